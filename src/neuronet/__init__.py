@@ -1,0 +1,33 @@
+"""neuronet: explicit layers, flat memory, zero-allocation training on NumPy or PyTorch.
+
+    import neuronet as nn
+    model = nn.Sequential(nn.Dense(784, 128, activation="relu"), nn.Dense(128, 10))
+    model.compile(optimizer=nn.Adam(1e-3), loss=nn.CrossEntropyLoss(), metrics=["accuracy"])
+    model.fit(x, y, epochs=5, batch_size=64)
+"""
+
+from . import backend as backends
+from .backend import set_backend
+from .callbacks import (
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    History,
+    ModelCheckpoint,
+    ProgressBar,
+    ReduceLROnPlateau,
+)
+from .core import LAYERS, Layer, Sequential, ShapeError, manual_seed
+from .layers import *  # noqa: F403
+from .layers import __all__ as _layer_names
+from .losses import LOSSES, CrossEntropyLoss, Loss, MSELoss
+from .optim import OPTIMIZERS, SGD, Adam, AdamW, Optimizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LAYERS", "LOSSES", "OPTIMIZERS", "SGD", "Adam", "AdamW", "CSVLogger", "Callback", "CrossEntropyLoss",
+    "EarlyStopping", "History", "Layer", "Loss", "MSELoss", "ModelCheckpoint", "Optimizer", "ProgressBar",
+    "ReduceLROnPlateau", "Sequential", "ShapeError", "backends", "manual_seed", "set_backend",
+    *_layer_names,
+]

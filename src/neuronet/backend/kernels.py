@@ -1,0 +1,175 @@
+"""Fused CPU kernels (Numba) behind the NumPy backend: one pass over memory each, no temporaries.
+
+Elementwise kernels take flat (1-D, contiguous) arrays; row kernels take 2-D ``(rows, C)`` arrays
+and act on the last axis. Codes for the activations are the positions in ``ACT_CODES``.
+Every kernel is compiled on first use per dtype and cached on disk (``cache=True``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+ACT_CODES = {
+    "linear": 0, "relu": 1, "sigmoid": 2, "tanh": 3, "leaky_relu": 4, "elu": 5, "selu": 6,
+    "gelu": 7, "gelu_tanh": 8, "silu": 9,
+}
+
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+_INV_SQRT2 = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+_SQRT_2_OVER_PI = 0.7978845608028654
+
+jit = numba.njit(cache=True, nogil=True, fastmath=False)
+
+
+@jit
+def _sigmoid(v):
+    if v >= 0:
+        return 1.0 / (1.0 + math.exp(-v))
+    e = math.exp(v)
+    return e / (1.0 + e)
+
+
+@jit
+def activation_forward(code, alpha, z, out):
+    """out[i] = act(z[i]); alpha is LeakyReLU's slope or ELU's alpha."""
+    n = z.size
+    if code == 0:
+        for i in range(n):
+            out[i] = z[i]
+    elif code == 1:
+        for i in range(n):
+            v = z[i]
+            out[i] = v if v > 0 else 0.0
+    elif code == 2:
+        for i in range(n):
+            out[i] = _sigmoid(z[i])
+    elif code == 3:
+        for i in range(n):
+            out[i] = math.tanh(z[i])
+    elif code == 4:
+        for i in range(n):
+            v = z[i]
+            out[i] = v if v > 0 else v * alpha
+    elif code == 5:
+        for i in range(n):
+            v = z[i]
+            out[i] = v if v > 0 else alpha * (math.exp(v) - 1.0)
+    elif code == 6:
+        for i in range(n):
+            v = z[i]
+            out[i] = _SELU_SCALE * v if v > 0 else _SELU_SCALE * _SELU_ALPHA * (math.exp(v) - 1.0)
+    elif code == 7:
+        for i in range(n):
+            v = z[i]
+            out[i] = 0.5 * v * (1.0 + math.erf(v * _INV_SQRT2))
+    elif code == 8:
+        for i in range(n):
+            v = z[i]
+            out[i] = 0.5 * v * (1.0 + math.tanh(_SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)))
+    elif code == 9:
+        for i in range(n):
+            v = z[i]
+            out[i] = v * _sigmoid(v)
+
+
+@jit
+def activation_backward(code, alpha, dy, z, y, out):
+    """out[i] = dy[i] * act'(z[i]); relu/sigmoid/tanh read the output y, the rest read z."""
+    n = dy.size
+    if code == 0:
+        for i in range(n):
+            out[i] = dy[i]
+    elif code == 1:
+        for i in range(n):
+            out[i] = dy[i] if y[i] > 0 else 0.0
+    elif code == 2:
+        for i in range(n):
+            s = y[i]
+            out[i] = dy[i] * s * (1.0 - s)
+    elif code == 3:
+        for i in range(n):
+            t = y[i]
+            out[i] = dy[i] * (1.0 - t * t)
+    elif code == 4:
+        for i in range(n):
+            out[i] = dy[i] if z[i] > 0 else dy[i] * alpha
+    elif code == 5:
+        for i in range(n):
+            v = z[i]
+            out[i] = dy[i] if v > 0 else dy[i] * alpha * math.exp(v)
+    elif code == 6:
+        for i in range(n):
+            v = z[i]
+            out[i] = dy[i] * _SELU_SCALE if v > 0 else dy[i] * _SELU_SCALE * _SELU_ALPHA * math.exp(v)
+    elif code == 7:
+        for i in range(n):
+            v = z[i]
+            cdf = 0.5 * (1.0 + math.erf(v * _INV_SQRT2))
+            out[i] = dy[i] * (cdf + v * _INV_SQRT_2PI * math.exp(-0.5 * v * v))
+    elif code == 8:
+        for i in range(n):
+            v = z[i]
+            t = math.tanh(_SQRT_2_OVER_PI * (v + 0.044715 * v * v * v))
+            d = 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * v * v)
+            out[i] = dy[i] * d
+    elif code == 9:
+        for i in range(n):
+            v = z[i]
+            s = _sigmoid(v)
+            out[i] = dy[i] * s * (1.0 + v * (1.0 - s))
+
+
+@jit
+def softmax_rows(z, out, log):
+    """Row-wise (log-)softmax of a 2-D array; out may be z."""
+    rows, cols = z.shape
+    for r in range(rows):
+        m = z[r, 0]
+        for c in range(1, cols):
+            if z[r, c] > m:
+                m = z[r, c]
+        s = 0.0
+        for c in range(cols):
+            s += math.exp(z[r, c] - m)
+        if log:
+            lse = m + math.log(s)
+            for c in range(cols):
+                out[r, c] = z[r, c] - lse
+        else:
+            inv = 1.0 / s
+            for c in range(cols):
+                out[r, c] = math.exp(z[r, c] - m) * inv
+
+
+@jit
+def softmax_rows_backward(dy, y, out, log):
+    """softmax: dz = y (dy - sum(dy y));  log_softmax: dz = dy - exp(y) sum(dy). out may be dy."""
+    rows, cols = dy.shape
+    for r in range(rows):
+        s = 0.0
+        if log:
+            for c in range(cols):
+                s += dy[r, c]
+            for c in range(cols):
+                out[r, c] = dy[r, c] - math.exp(y[r, c]) * s
+        else:
+            for c in range(cols):
+                s += dy[r, c] * y[r, c]
+            for c in range(cols):
+                out[r, c] = y[r, c] * (dy[r, c] - s)
+
+
+def warm_up(dtype=np.float32) -> None:
+    """Compile (or load from the cache) the activation kernels for one dtype."""
+    a = np.zeros(2, dtype)
+    for code in ACT_CODES.values():
+        activation_forward(code, 0.01, a, a)
+        activation_backward(code, 0.01, a, a, a, a)
+    m = a.reshape(1, 2)
+    softmax_rows(m, m, True)
+    softmax_rows_backward(m, m, m, True)

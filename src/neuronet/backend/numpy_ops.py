@@ -1,0 +1,98 @@
+"""The default backend: NumPy arrays on the CPU, with Numba kernels for the fused elementwise passes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import kernels
+from .ops import DEFAULT_ALPHA, Ops
+
+
+def _flat(a: np.ndarray) -> np.ndarray:
+    """A 1-D view of a C-contiguous array (kernels write through it)."""
+    if not a.flags.c_contiguous:
+        raise ValueError("internal: kernel output must be C-contiguous")
+    return a.reshape(-1)
+
+
+def _rows(a: np.ndarray) -> np.ndarray:
+    return a.reshape(-1, a.shape[-1])
+
+
+class NumpyOps(Ops):
+    xp = np
+    name = "numpy"
+    device = "cpu"
+
+    # ----------------------------------------------------------------- creation / conversion
+    def empty(self, shape, dtype):
+        return np.empty(shape, dtype=self.resolve_dtype(dtype))
+
+    def zeros(self, shape, dtype):
+        return np.zeros(shape, dtype=self.resolve_dtype(dtype))
+
+    def asarray(self, x, dtype=None):
+        if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor
+            x = x.detach().cpu().numpy()
+        return np.asarray(x, dtype=None if dtype is None else self.resolve_dtype(dtype))
+
+    def to_numpy(self, x):
+        return np.asarray(x)
+
+    def is_array(self, x):
+        return isinstance(x, np.ndarray)
+
+    def is_floating(self, x):
+        return np.issubdtype(np.asarray(x).dtype, np.floating)
+
+    def dtype_name(self, x):
+        return str(np.asarray(x).dtype)
+
+    def resolve_dtype(self, name):
+        return np.dtype(name)
+
+    # ----------------------------------------------------------------- shape helpers
+    def transpose(self, x, axes):
+        return np.transpose(x, axes)
+
+    def argmax(self, x, axis=-1):
+        return np.argmax(x, axis=axis)
+
+    # ----------------------------------------------------------------- primitives
+    def where(self, cond, a, b, out):
+        np.copyto(out, b)
+        np.copyto(out, a, where=cond)
+        return out
+
+    def bernoulli_mask(self, keep, rng, out):
+        # Draw uniforms straight into the float buffer, then turn them into {0, 1/keep}.
+        rng.random(out=out)
+        np.less(out, keep, out=out)
+        out *= 1.0 / keep
+        return out
+
+    def gather_rows(self, table, index, out):
+        return np.take(table, index, axis=0, out=out)
+
+    def scatter_add_rows(self, table, index, rows):
+        np.add.at(table, index, rows)
+
+    # ----------------------------------------------------------------- activations
+    def activation(self, name, z, out, alpha=None):
+        if name in ("softmax", "log_softmax"):
+            kernels.softmax_rows(_rows(z), _rows(out), name == "log_softmax")
+            return out
+        a = DEFAULT_ALPHA.get(name, 0.0) if alpha is None else alpha
+        kernels.activation_forward(kernels.ACT_CODES[name], a, np.ascontiguousarray(z).reshape(-1), _flat(out))
+        return out
+
+    def activation_backward(self, name, dy, z, y, out, alpha=None):
+        if name in ("softmax", "log_softmax"):
+            kernels.softmax_rows_backward(_rows(dy), _rows(y), _rows(out), name == "log_softmax")
+            return out
+        a = DEFAULT_ALPHA.get(name, 0.0) if alpha is None else alpha
+        dummy = dy.reshape(-1) if z is None else np.ascontiguousarray(z).reshape(-1)
+        yy = dummy if y is None else np.ascontiguousarray(y).reshape(-1)
+        kernels.activation_backward(kernels.ACT_CODES[name], a, np.ascontiguousarray(dy).reshape(-1),
+                                    dummy, yy, _flat(out))
+        return out

@@ -1,0 +1,194 @@
+"""The backend seam: one object that owns the array namespace, allocation and the fused kernels.
+
+Layers never import NumPy or torch for math. They call ``self.ops`` and use the array namespace
+``ops.xp`` only through the subset that NumPy and PyTorch spell the same way, always with ``out=``
+so that nothing is allocated in a training step:
+
+    xp.exp xp.log xp.tanh xp.sqrt xp.square xp.abs xp.sign xp.sin xp.cos
+    xp.add xp.subtract xp.multiply xp.divide xp.maximum xp.minimum xp.matmul
+    xp.sum xp.mean xp.amax xp.amin   (axis=, keepdims=, out=)
+
+plus the operators (``+ - * / @``, in-place ``+= -= *= /=``), slicing, ``.reshape`` and ``.shape``.
+Everything else (creation, transposes, reductions with indices, scatter, random numbers) is a
+method here, written once for both backends where the spelling agrees and overridden where not.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+ACTIVATIONS = (
+    "linear", "relu", "sigmoid", "tanh", "leaky_relu", "elu", "selu", "gelu", "gelu_tanh",
+    "silu", "softmax", "log_softmax",
+)
+
+# Activations whose derivative is a function of their output alone: for these no copy of the
+# pre-activation is saved for backward.
+OUTPUT_DERIVATIVE = {"linear", "relu", "sigmoid", "tanh", "softmax", "log_softmax"}
+
+# The alpha of the activations that take one, when none is given (PyTorch's defaults).
+DEFAULT_ALPHA = {"leaky_relu": 0.01, "elu": 1.0}
+
+
+def check_activation(name: str | None, owner: str) -> str:
+    """Normalise an activation name (None -> "linear") or raise naming the owner and the choices."""
+    name = "linear" if name is None else str(name).lower()
+    if name not in ACTIVATIONS:
+        raise ValueError(f"{owner}: unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)}")
+    return name
+
+
+class Ops:
+    """Backend-neutral kernels. Subclasses set ``xp``, ``name``, ``device`` and the primitives."""
+
+    xp: Any
+    name: str = "abstract"
+    device: str = "cpu"
+
+    # ----------------------------------------------------------------- creation / conversion
+    def empty(self, shape, dtype) -> Any:
+        raise NotImplementedError
+
+    def zeros(self, shape, dtype) -> Any:
+        raise NotImplementedError
+
+    def asarray(self, x, dtype=None) -> Any:
+        """Convert to this backend (no copy when already there with that dtype)."""
+        raise NotImplementedError
+
+    def to_numpy(self, x) -> np.ndarray:
+        raise NotImplementedError
+
+    def is_array(self, x) -> bool:
+        raise NotImplementedError
+
+    def is_floating(self, x) -> bool:
+        raise NotImplementedError
+
+    def dtype_name(self, x) -> str:
+        """'float32', 'float64', 'int64', ... for error messages and checks."""
+        raise NotImplementedError
+
+    def resolve_dtype(self, name: str) -> Any:
+        raise NotImplementedError
+
+    def copy_(self, dst, src) -> None:
+        dst[...] = src
+
+    def fill_(self, x, value: float) -> None:
+        x[...] = value
+
+    # ----------------------------------------------------------------- shape helpers
+    def transpose(self, x, axes) -> Any:
+        raise NotImplementedError
+
+    def swapaxes(self, x, a: int, b: int) -> Any:
+        axes = list(range(x.ndim))
+        axes[a], axes[b] = axes[b], axes[a]
+        return self.transpose(x, axes)
+
+    def argmax(self, x, axis: int = -1) -> Any:
+        raise NotImplementedError
+
+    def item(self, x) -> float:
+        return float(x)
+
+    # ----------------------------------------------------------------- primitives that differ
+    def where(self, cond, a, b, out) -> Any:
+        raise NotImplementedError
+
+    def bernoulli_mask(self, keep: float, rng: np.random.Generator, out) -> Any:
+        """Fill ``out`` with 1/keep where a uniform draw < keep, else 0 (inverted dropout)."""
+        raise NotImplementedError
+
+    def gather_rows(self, table, index, out) -> Any:
+        """out[i] = table[index[i]] for a flat integer index."""
+        raise NotImplementedError
+
+    def scatter_add_rows(self, table, index, rows) -> None:
+        """table[index[i]] += rows[i], repeated indices accumulate."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- matrix products
+    def matmul(self, a, b, out) -> Any:
+        return self.xp.matmul(a, b, out=out)
+
+    def matmul_acc(self, a, b, out, scratch) -> None:
+        """out += a @ b, using ``scratch`` (same shape as out) for the product."""
+        self.xp.matmul(a, b, out=scratch)
+        out += scratch
+
+    def sum_rows_acc(self, x, out) -> None:
+        """out += x summed over every axis but the last (bias gradients)."""
+        out += self.xp.sum(x.reshape(-1, x.shape[-1]), axis=0)
+
+    # ----------------------------------------------------------------- activations
+    def activation(self, name: str, z, out, alpha: float | None = None) -> Any:
+        """out = act(z) for a name in ACTIVATIONS; ``out`` may be ``z``. Softmaxes use the last axis.
+
+        ``alpha`` is LeakyReLU's negative slope or ELU's alpha (DEFAULT_ALPHA when None).
+        """
+        raise NotImplementedError
+
+    def activation_backward(self, name: str, dy, z, y, out, alpha: float | None = None) -> Any:
+        """out = dL/dz from dy = dL/dy, the pre-activation ``z`` and the output ``y``.
+
+        For names in OUTPUT_DERIVATIVE ``z`` is not read (pass None). ``out`` may be ``dy``.
+        Derivatives at 0 follow PyTorch: ReLU'(0) = 0, LeakyReLU'(0) = alpha, ELU'(0) = alpha.
+        """
+        raise NotImplementedError
+
+    def arange(self, n: int) -> Any:
+        """0..n-1 as an integer index array (cached by callers in their workspace)."""
+        return self.xp.arange(n)
+
+    # ----------------------------------------------------------------- optimizer updates (whole flat buffer)
+    def adam_step(self, p, g, m, v, scratch, *, lr, beta1, beta2, eps, weight_decay, step, decoupled) -> None:
+        """One Adam/AdamW update of the flat arrays in place, as ``torch.optim.Adam``/``AdamW``."""
+        xp = self.xp
+        if weight_decay and decoupled:
+            p *= 1.0 - lr * weight_decay
+        if weight_decay and not decoupled:
+            xp.multiply(p, weight_decay, out=scratch)
+            scratch += g
+            g = scratch
+        m *= beta1
+        m += (1.0 - beta1) * g
+        v *= beta2
+        xp.multiply(g, g, out=scratch)
+        scratch *= 1.0 - beta2
+        v += scratch
+        bc1 = 1.0 - beta1 ** step
+        bc2 = 1.0 - beta2 ** step
+        xp.sqrt(v, out=scratch)
+        scratch *= 1.0 / math.sqrt(bc2)
+        scratch += eps
+        xp.divide(m, scratch, out=scratch)
+        scratch *= lr / bc1
+        p -= scratch
+
+    def sgd_step(self, p, g, buf, scratch, *, lr, momentum, dampening, nesterov, weight_decay, first) -> None:
+        """One SGD update in place, as ``torch.optim.SGD`` (``buf`` is the momentum buffer)."""
+        xp = self.xp
+        if weight_decay:
+            xp.multiply(p, weight_decay, out=scratch)
+            scratch += g
+            g = scratch
+        if momentum:
+            if first:
+                self.copy_(buf, g)
+            else:
+                buf *= momentum
+                buf += (1.0 - dampening) * g
+            if nesterov:
+                if g is not scratch:
+                    self.copy_(scratch, g)
+                scratch += momentum * buf
+                g = scratch
+            else:
+                g = buf
+        xp.multiply(g, lr, out=scratch)
+        p -= scratch

@@ -1,0 +1,148 @@
+"""The PyTorch backend: the same kernels on torch tensors, on device "cpu", "cuda" or "mps".
+
+Imported only when asked for, so the core runs without torch installed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .ops import DEFAULT_ALPHA, Ops
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+           "int64": torch.int64, "int32": torch.int32, "bool": torch.bool, "uint8": torch.uint8}
+
+
+class TorchOps(Ops):
+    xp = torch
+    name = "torch"
+
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+        self._device = torch.device(device)
+
+    # ----------------------------------------------------------------- creation / conversion
+    def empty(self, shape, dtype):
+        return torch.empty(shape, dtype=self.resolve_dtype(dtype), device=self._device)
+
+    def zeros(self, shape, dtype):
+        return torch.zeros(shape, dtype=self.resolve_dtype(dtype), device=self._device)
+
+    def asarray(self, x, dtype=None):
+        dt = None if dtype is None else self.resolve_dtype(dtype)
+        if isinstance(x, torch.Tensor):
+            return x.detach().to(device=self._device, dtype=dt or x.dtype)
+        a = np.asarray(x)
+        if dt is None and a.dtype == np.float64 and not isinstance(x, np.ndarray):
+            dt = torch.float32  # Python floats become float32, as torch.tensor does
+        t = torch.from_numpy(np.ascontiguousarray(a)) if a.dtype != np.object_ else torch.tensor(x)
+        return t.to(device=self._device, dtype=dt or t.dtype)
+
+    def to_numpy(self, x):
+        if isinstance(x, torch.Tensor):
+            return x.detach().cpu().numpy()
+        return np.asarray(x)
+
+    def is_array(self, x):
+        return isinstance(x, torch.Tensor)
+
+    def is_floating(self, x):
+        return x.is_floating_point() if isinstance(x, torch.Tensor) else np.issubdtype(np.asarray(x).dtype,
+                                                                                        np.floating)
+
+    def dtype_name(self, x):
+        if isinstance(x, torch.Tensor):
+            return str(x.dtype).replace("torch.", "")
+        return str(np.asarray(x).dtype)
+
+    def resolve_dtype(self, name):
+        if isinstance(name, torch.dtype):
+            return name
+        return _DTYPES[str(np.dtype(name))]
+
+    def copy_(self, dst, src):
+        if isinstance(src, torch.Tensor):
+            dst.copy_(src)
+        else:
+            dst[...] = src
+
+    def fill_(self, x, value):
+        x.fill_(value)
+
+    # ----------------------------------------------------------------- shape helpers
+    def transpose(self, x, axes):
+        return x.permute(*axes)
+
+    def argmax(self, x, axis=-1):
+        return torch.argmax(x, dim=axis)
+
+    def item(self, x):
+        return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
+
+    # ----------------------------------------------------------------- primitives
+    def where(self, cond, a, b, out):
+        a = a if isinstance(a, torch.Tensor) else torch.as_tensor(a, dtype=out.dtype, device=out.device)
+        b = b if isinstance(b, torch.Tensor) else torch.as_tensor(b, dtype=out.dtype, device=out.device)
+        return torch.where(cond, a, b, out=out)
+
+    def bernoulli_mask(self, keep, rng, out):
+        # Uniforms come from the NumPy generator so a seed gives the same mask on every backend.
+        u = torch.from_numpy(rng.random(tuple(out.shape), dtype=np.float64)).to(out.device, out.dtype)
+        torch.lt(u, keep, out=out)
+        out *= 1.0 / keep
+        return out
+
+    def gather_rows(self, table, index, out):
+        return torch.index_select(table, 0, index.reshape(-1).long(), out=out.reshape(-1, *table.shape[1:]))
+
+    def scatter_add_rows(self, table, index, rows):
+        table.index_add_(0, index.reshape(-1).long(), rows.reshape(-1, *table.shape[1:]))
+
+    # ----------------------------------------------------------------- activations
+    def activation(self, name, z, out, alpha=None):
+        y = _act(name, z, DEFAULT_ALPHA.get(name, 0.0) if alpha is None else alpha)
+        if y is not out:
+            out.copy_(y)
+        return out
+
+    def activation_backward(self, name, dy, z, y, out, alpha=None):
+        if name == "linear":
+            g = dy
+        elif name == "relu":
+            g = dy * (y > 0)
+        elif name == "sigmoid":
+            g = dy * y * (1.0 - y)
+        elif name == "tanh":
+            g = dy * (1.0 - y * y)
+        elif name == "softmax":
+            g = y * (dy - (dy * y).sum(dim=-1, keepdim=True))
+        elif name == "log_softmax":
+            g = dy - torch.exp(y) * dy.sum(dim=-1, keepdim=True)
+        else:  # PyTorch's own derivative, so both backends agree with it at the kinks
+            with torch.enable_grad():
+                zz = z.detach().requires_grad_(True)
+                (g,) = torch.autograd.grad(_act(name, zz, DEFAULT_ALPHA.get(name, 0.0) if alpha is None
+                                                else alpha), zz, dy)
+        if g is not out:
+            out.copy_(g)
+        return out
+
+
+def _act(name, z, a):
+    if name == "linear":
+        return z
+    return {
+        "relu": torch.relu,
+        "sigmoid": torch.sigmoid,
+        "tanh": torch.tanh,
+        "leaky_relu": lambda v: F.leaky_relu(v, a),
+        "elu": lambda v: F.elu(v, a),
+        "selu": F.selu,
+        "gelu": F.gelu,
+        "gelu_tanh": lambda v: F.gelu(v, approximate="tanh"),
+        "silu": F.silu,
+        "softmax": lambda v: torch.softmax(v, dim=-1),
+        "log_softmax": lambda v: torch.log_softmax(v, dim=-1),
+    }[name](z)

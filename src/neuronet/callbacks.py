@@ -1,0 +1,237 @@
+"""Callbacks with Keras's hooks: on_{train,epoch,batch}_{begin,end}(..., logs)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+
+class Callback:
+    """Base class; ``self.model`` is set by ``fit`` before ``on_train_begin``."""
+
+    model: Any = None
+
+    def set_model(self, model) -> None:
+        self.model = model
+
+    def on_train_begin(self, logs: dict | None = None) -> None: ...
+    def on_train_end(self, logs: dict | None = None) -> None: ...
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None: ...
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None: ...
+    def on_batch_begin(self, batch: int, logs: dict | None = None) -> None: ...
+    def on_batch_end(self, batch: int, logs: dict | None = None) -> None: ...
+
+
+class CallbackList(Callback):
+    """Fans every hook out to a list of callbacks, in order."""
+
+    def __init__(self, callbacks: list[Callback], model):
+        self.callbacks = list(callbacks)
+        for cb in self.callbacks:
+            cb.set_model(model)
+
+    def __getattribute__(self, name):
+        if name.startswith("on_"):
+            def fan_out(*args, **kwargs):
+                for cb in object.__getattribute__(self, "callbacks"):
+                    getattr(cb, name)(*args, **kwargs)
+            return fan_out
+        return object.__getattribute__(self, name)
+
+
+class History(Callback):
+    """Per-epoch logs: ``history.history["loss"]``, ``["val_loss"]``, ...; ``epoch`` lists the epochs."""
+
+    def __init__(self):
+        self.history: dict[str, list[float]] = {}
+        self.epoch: list[int] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch.append(epoch)
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+
+    def to_csv(self, path: str) -> None:
+        """Write one row per epoch (atomically)."""
+        keys = list(self.history)
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["epoch", *keys])
+            for i, epoch in enumerate(self.epoch):
+                w.writerow([epoch, *(self.history[k][i] for k in keys)])
+        os.replace(tmp, path)
+
+
+class ProgressBar(Callback):
+    """A tqdm bar per epoch with rate, ETA and the running loss/metrics (``verbose=1``)."""
+
+    def __init__(self, epochs: int, steps: int):
+        self.epochs, self.steps = epochs, steps
+        self.bar = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=self.steps, desc=f"Epoch {epoch + 1}/{self.epochs}", unit="batch",
+                        leave=True, dynamic_ncols=True)
+
+    def on_batch_end(self, batch, logs=None):
+        self.bar.update(1)
+        if logs:
+            self.bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()}, refresh=False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs:
+            self.bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()}, refresh=False)
+        self.bar.close()
+
+
+class _Monitor(Callback):
+    """Shared by the callbacks that watch one logged value for improvement."""
+
+    def __init__(self, monitor: str, mode: str, min_delta: float):
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"{type(self).__name__}: mode must be 'auto', 'min' or 'max', got {mode!r}")
+        self.monitor = monitor
+        self.mode = ("max" if "acc" in monitor else "min") if mode == "auto" else mode
+        self.min_delta = abs(float(min_delta))
+        self.best = math.inf if self.mode == "min" else -math.inf
+
+    def _current(self, logs):
+        if not logs or self.monitor not in logs:
+            raise KeyError(f"{type(self).__name__}: monitored value {self.monitor!r} is not in the logs "
+                           f"({', '.join(logs or {})}); pass validation_data or monitor another key")
+        return float(logs[self.monitor])
+
+    def _improved(self, value: float) -> bool:
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+
+class EarlyStopping(_Monitor):
+    """Stop training when ``monitor`` has not improved for ``patience`` epochs."""
+
+    def __init__(self, patience: int = 0, min_delta: float = 0.0, monitor: str = "val_loss", mode: str = "auto",
+                 restore_best_weights: bool = False):
+        super().__init__(monitor, mode, min_delta)
+        self.patience = int(patience)
+        self.restore_best_weights = restore_best_weights
+        self.wait = 0
+        self.stopped_epoch: int | None = None
+        self._best_params = None
+
+    def on_train_begin(self, logs=None):
+        self.wait, self.stopped_epoch = 0, None
+        self.best = math.inf if self.mode == "min" else -math.inf
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = self._current(logs)
+        if self._improved(value):
+            self.best, self.wait = value, 0
+            if self.restore_best_weights:
+                self._best_params = np.array(self.model.ops.to_numpy(self.model.flat_params))
+            return
+        self.wait += 1
+        if self.wait > self.patience:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+            if self._best_params is not None:
+                self.model.ops.copy_(self.model.flat_params, self.model.ops.asarray(self._best_params))
+
+
+class ModelCheckpoint(_Monitor):
+    """Save the model (``model.save(path)``) after each epoch, or only when ``monitor`` improves.
+
+    ``path`` may contain ``{epoch}`` and log keys, e.g. ``"ckpt-{epoch:02d}-{val_loss:.3f}.nnet"``.
+    """
+
+    def __init__(self, path: str, monitor: str = "val_loss", save_best_only: bool = False, mode: str = "auto"):
+        super().__init__(monitor, mode, 0.0)
+        self.path = str(path)
+        self.save_best_only = save_best_only
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.save_best_only:
+            value = self._current(logs)
+            if not self._improved(value):
+                return
+            self.best = value
+        self.model.save(self.path.format(epoch=epoch + 1, **logs))
+
+
+class ReduceLROnPlateau(_Monitor):
+    """Multiply the learning rate by ``factor`` after ``patience`` epochs without improvement."""
+
+    def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10, min_lr: float = 0.0,
+                 min_delta: float = 1e-4, cooldown: int = 0, mode: str = "auto", verbose: int = 0):
+        super().__init__(monitor, mode, min_delta)
+        if not 0.0 < factor < 1.0:
+            raise ValueError(f"ReduceLROnPlateau: factor must be in (0, 1), got {factor}")
+        self.factor, self.patience, self.min_lr = float(factor), int(patience), float(min_lr)
+        self.cooldown, self.verbose = int(cooldown), verbose
+        self.wait = self.cooldown_counter = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = self._current(logs)
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._improved(value):
+            self.best, self.wait = value, 0
+            return
+        if self.cooldown_counter > 0:
+            return
+        self.wait += 1
+        if self.wait > self.patience:
+            opt = self.model.optimizer
+            new_lr = max(opt.lr * self.factor, self.min_lr)
+            if new_lr < opt.lr:
+                opt.lr = new_lr
+                if self.verbose:
+                    print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new_lr:.3g}")
+            self.cooldown_counter, self.wait = self.cooldown, 0
+
+
+class CSVLogger(Callback):
+    """Append one CSV row of logs per epoch to ``path`` (header on the first row)."""
+
+    def __init__(self, path: str, append: bool = False):
+        self.path, self.append = str(path), append
+        self._keys: list[str] | None = None
+
+    def on_train_begin(self, logs=None):
+        self._keys = None
+        if not self.append and os.path.exists(self.path):
+            os.remove(self.path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        new_file = not os.path.exists(self.path)
+        if self._keys is None:
+            self._keys = list(logs)
+        with open(self.path, "a", newline="") as f:
+            w = csv.writer(f)
+            if new_file:
+                w.writerow(["epoch", *self._keys])
+            w.writerow([epoch, *(logs.get(k, "") for k in self._keys)])
+
+
+class Timer(Callback):
+    """Records wall time per epoch in ``times`` (seconds)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times.append(time.perf_counter() - self._t)

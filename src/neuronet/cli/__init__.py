@@ -1,0 +1,1 @@
+"""The ``neuronet`` command line."""

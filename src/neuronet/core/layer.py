@@ -1,0 +1,283 @@
+"""The Layer protocol: declare parameters in ``setup``, compute in ``forward``, differentiate in ``backward``.
+
+A layer never allocates its parameters itself. ``setup(input_shape)`` declares them (name, shape,
+initializer); whoever is the root of the tree (a model, or the layer alone) then allocates ONE flat
+parameter array and ONE flat gradient array and hands every layer views into them. Arrays a layer
+keeps between forward and backward live in its workspace: named buffers allocated on first use and
+grown only when a larger batch arrives, so a steady-state step allocates nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from ..backend import Ops, default_ops
+from . import random as nnrandom
+
+Initializer = Callable[[np.random.Generator, tuple, np.dtype], np.ndarray]
+
+# Every Layer subclass by class name: the YAML configs, .nnet files and exporters look them up here.
+LAYERS: dict[str, type[Layer]] = {}
+
+
+class ShapeError(ValueError):
+    """An input whose shape, dtype or range does not fit the layer it was given to."""
+
+
+class Workspace:
+    """Grow-only named scratch buffers on this object's backend (shared by layers and losses)."""
+
+    ops: Ops
+    dtype: np.dtype
+
+    def workspace(self, name: str, shape: tuple, dtype: Any = None) -> Any:
+        """A buffer of ``shape``: a view of the prefix of a buffer kept under ``name``.
+
+        The backing buffer is allocated the first time and re-allocated only when a larger one is
+        asked for; its contents are whatever was last written there.
+        """
+        store = self.__dict__.setdefault("_workspace", {})
+        n = math.prod(shape)
+        dtype = self.dtype if dtype is None else dtype
+        buf = store.get(name)
+        if buf is None or buf.shape[0] < n or not self.ops.is_array(buf) or \
+                self.ops.dtype_name(buf) != str(np.dtype(dtype)):
+            buf = self.ops.empty((max(n, 1),), dtype)
+            store[name] = buf
+        return buf[:n].reshape(shape)
+
+    def clear_workspace(self) -> None:
+        self.__dict__["_workspace"] = {}
+
+
+class Layer(Workspace):
+    """Base class of every layer.
+
+    Subclasses implement ``setup(input_shape) -> output_shape`` (declaring parameters with
+    ``add_param``, buffers with ``add_buffer`` and sub-layers with ``add_child``), ``forward(x,
+    training)`` and ``backward(dy)``. ``backward`` ACCUMULATES into ``self.grads`` and returns dL/dx.
+    Shapes exclude the batch dimension.
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        LAYERS[cls.__name__] = cls
+
+    def __init__(self) -> None:
+        self.params: dict[str, Any] = {}
+        self.grads: dict[str, Any] = {}
+        self.buffers: dict[str, Any] = {}
+        self.children: dict[str, Layer] = {}
+        self.input_shape: tuple | None = None
+        self.output_shape: tuple | None = None
+        self.ops: Ops = default_ops()
+        self.dtype = np.dtype("float32")
+        self.flat_params = None  # set on the root only
+        self.flat_grads = None
+        self._param_specs: dict[str, tuple[tuple, Initializer]] = {}
+        self._buffer_init: dict[str, np.ndarray] = {}
+
+    # ----------------------------------------------------------------- declaration
+    def setup(self, input_shape: tuple) -> tuple:
+        """Declare parameters for ``input_shape`` and return the output shape (default: unchanged)."""
+        return input_shape
+
+    def add_param(self, name: str, shape: tuple, init: Initializer) -> None:
+        self._param_specs[name] = (tuple(int(s) for s in shape), init)
+
+    def add_buffer(self, name: str, value: np.ndarray) -> None:
+        """A non-trained array kept with the layer (e.g. running statistics), saved in state_dict."""
+        self._buffer_init[name] = np.asarray(value)
+
+    def add_child(self, name: str, layer: Layer, input_shape: tuple) -> tuple:
+        """Build ``layer`` as the sub-layer ``name`` and return its output shape."""
+        self.children[name] = layer
+        return layer.build(input_shape, dtype=self.dtype, ops=self.ops, _root=False)
+
+    @property
+    def built(self) -> bool:
+        return self.output_shape is not None
+
+    def build(self, input_shape, dtype: Any = None, ops: Ops | None = None, *, _root: bool = True) -> tuple:
+        """Declare everything for ``input_shape`` (no batch dimension); as root, allocate and initialise.
+
+        Returns the output shape. A layer built on its own owns its flat parameter array.
+        """
+        self.dtype = np.dtype(dtype or self.dtype)
+        self.ops = ops or self.ops
+        self.children = {}
+        self._param_specs = {}
+        self._buffer_init = {}
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.output_shape = tuple(self.setup(self.input_shape))
+        if _root:
+            self._allocate()
+        return self.output_shape
+
+    # ----------------------------------------------------------------- the parameter tree
+    def named_layers(self, prefix: str = "") -> Iterator[tuple[str, Layer]]:
+        """(dotted prefix, layer) for this layer and every descendant, parents first."""
+        yield prefix, self
+        for name, child in self.children.items():
+            yield from child.named_layers(f"{prefix}{name}.")
+
+    def param_specs(self) -> Iterator[tuple[str, Layer, str, tuple, Initializer]]:
+        """(dotted name, owner, local name, shape, init) in PyTorch's order: own params, then children's."""
+        for prefix, layer in self.named_layers():
+            for local, (shape, init) in layer._param_specs.items():
+                yield prefix + local, layer, local, shape, init
+
+    def num_params(self) -> int:
+        return sum(math.prod(shape) for _, _, _, shape, _ in self.param_specs())
+
+    def _allocate(self) -> None:
+        """Allocate the flat arrays, carve every view and initialise (root only)."""
+        rng = nnrandom.generator()
+        total = self.num_params()
+        host = np.zeros(total, dtype=self.dtype)
+        offset = 0
+        for _, _, _, shape, init in self.param_specs():
+            n = math.prod(shape)
+            host[offset:offset + n] = np.asarray(init(rng, shape, self.dtype), dtype=self.dtype).reshape(-1)
+            offset += n
+        self.flat_params = self.ops.asarray(host)
+        self.flat_grads = self.ops.zeros((total,), self.dtype)
+        for _, layer in self.named_layers():
+            layer.buffers = {k: self.ops.asarray(v.copy()) for k, v in layer._buffer_init.items()}
+        self._bind(self.ops)
+
+    def _bind(self, ops: Ops) -> None:
+        """Point every layer's ``params``/``grads`` at views of the root's flat arrays, in spec order."""
+        offset = 0
+
+        def carve(layer: Layer) -> None:
+            nonlocal offset
+            layer.ops, layer.dtype = ops, self.dtype
+            layer.params, layer.grads = {}, {}
+            layer.clear_workspace()
+            for local, (shape, _) in layer._param_specs.items():
+                n = math.prod(shape)
+                layer.params[local] = self.flat_params[offset:offset + n].reshape(shape)
+                layer.grads[local] = self.flat_grads[offset:offset + n].reshape(shape)
+                offset += n
+            for cname, child in layer.children.items():
+                carve(child)
+                for key in child.params:  # a composite sees its descendants under dotted keys
+                    layer.params[f"{cname}.{key}"] = child.params[key]
+                    layer.grads[f"{cname}.{key}"] = child.grads[key]
+
+        carve(self)
+
+    def to(self, device: str) -> Layer:
+        """Move parameters, gradients and buffers to another backend/device ("numpy", "torch", "cuda", "mps")."""
+        from ..backend import get_ops
+
+        ops = get_ops(device)
+        if self.built and self.flat_params is not None:
+            self.flat_params = ops.asarray(self.ops.to_numpy(self.flat_params))
+            self.flat_grads = ops.asarray(self.ops.to_numpy(self.flat_grads))
+            for _, layer in self.named_layers():
+                layer.buffers = {k: ops.asarray(self.ops.to_numpy(v)) for k, v in layer.buffers.items()}
+            self._bind(ops)
+        else:
+            for _, layer in self.named_layers():
+                layer.ops = ops
+        return self
+
+    def zero_grad(self) -> None:
+        self._require_built("zero_grad")
+        self.ops.fill_(self.flat_grads, 0.0)
+
+    def _require_built(self, what: str) -> None:
+        if not self.built or self.flat_params is None:
+            raise RuntimeError(f"{self!r}: {what} needs the parameters, which exist only after build(input_shape) "
+                               "or a first forward")
+
+    def named_parameters(self) -> Iterator[tuple[str, Any]]:
+        """(PyTorch name, view into the flat parameter array)."""
+        self._require_built("named_parameters")
+        for name, *_ in self.param_specs():
+            yield name, self.params[name]
+
+    def named_buffers(self) -> Iterator[tuple[str, Any]]:
+        for prefix, layer in self.named_layers():
+            for key, value in layer.buffers.items():
+                yield prefix + key, value
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Parameters and buffers as NumPy copies under PyTorch's key names."""
+        self._require_built("state_dict")
+        out = {name: np.array(self.ops.to_numpy(v)) for name, v in self.named_parameters()}
+        out.update({name: np.array(self.ops.to_numpy(v)) for name, v in self.named_buffers()})
+        return out
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        """Copy NumPy arrays or torch tensors into the model, by PyTorch key name.
+
+        With ``strict`` a missing, unexpected or mis-shaped key raises a KeyError/ValueError naming it;
+        without, only the keys present in both are copied (shapes must still agree).
+        """
+        self._require_built("load_state_dict")
+        targets = dict(self.named_parameters())
+        buffers = {}
+        for prefix, layer in self.named_layers():
+            for key in layer.buffers:
+                buffers[prefix + key] = (layer, key)
+        expected = set(targets) | set(buffers)
+        given = {k: self.ops.to_numpy(v) if not isinstance(v, np.ndarray) else v for k, v in state.items()}
+        if strict:
+            missing = sorted(expected - set(given))
+            unexpected = sorted(set(given) - expected)
+            if missing or unexpected:
+                raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        for key, value in given.items():
+            if key not in expected:
+                continue
+            value = np.asarray(value)
+            current = targets[key] if key in targets else buffers[key][0].buffers[buffers[key][1]]
+            if tuple(value.shape) != tuple(current.shape):
+                raise ValueError(f"load_state_dict: {key!r} has shape {tuple(value.shape)}, "
+                                 f"the model expects {tuple(current.shape)}")
+            if key in targets:
+                self.ops.copy_(current, self.ops.asarray(value.astype(self.dtype)))
+            else:
+                layer, local = buffers[key]
+                layer.buffers[local] = self.ops.asarray(value.astype(np.asarray(layer._buffer_init[local]).dtype))
+
+    # ----------------------------------------------------------------- computation
+    def forward(self, x, training: bool = True):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    def __call__(self, x, training: bool = False):
+        """Standalone use: build from the first input if needed, then forward."""
+        if not self.built:
+            self.build(tuple(x.shape[1:]))
+        return self.forward(self.ops.asarray(x), training=training)
+
+    def check_input(self, x) -> None:
+        """Raise a ShapeError naming this layer when ``x`` does not fit the built input shape."""
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ShapeError(f"{self!r}: expected input of shape (N, {_dims(self.input_shape)}), "
+                             f"got {tuple(x.shape)}")
+
+    # ----------------------------------------------------------------- description
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def get_config(self) -> dict:
+        """Constructor arguments, for files and configs: ``type(self)(**get_config())`` rebuilds it."""
+        return {}
+
+
+def _dims(shape: tuple) -> str:
+    return ", ".join(str(s) for s in shape)

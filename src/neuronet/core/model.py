@@ -1,0 +1,113 @@
+"""Sequential: a stack of layers that owns one flat parameter array and one flat gradient array."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .layer import Layer, ShapeError
+from .training import Trainer
+
+
+class Sequential(Trainer, Layer):
+    """Layers applied in order; sub-layer ``i`` is named ``"i"`` (PyTorch's ``nn.Sequential`` keys).
+
+    Args:
+        *layers: the layers.
+        dtype (str, optional): "float32" (default) or "float64" for everything in the model.
+    """
+
+    def __init__(self, *layers: Layer, dtype: str = "float32"):
+        Layer.__init__(self)
+        Trainer.__init__(self)
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential: item {i} is a {type(layer).__name__}, not a neuronet Layer")
+        self.layers = list(layers)
+        self.dtype = np.dtype(dtype)
+
+    def add(self, layer: Layer) -> None:
+        if self.built:
+            raise RuntimeError("Sequential.add: the model is already built; add layers before build/fit")
+        self.layers.append(layer)
+
+    def setup(self, input_shape):
+        shape = input_shape
+        for i, layer in enumerate(self.layers):
+            shape = self.add_child(str(i), layer, shape)
+        return shape
+
+    def build(self, input_shape, dtype: Any = None, ops=None, *, _root: bool = True) -> tuple:
+        out = super().build(input_shape, dtype, ops, _root=_root)
+        if self.optimizer is not None:
+            self.optimizer.reset()
+        return out
+
+    # ----------------------------------------------------------------- computation
+    def _prepare_input(self, x):
+        """Bring a batch onto this model's backend and dtype, building the model on first sight."""
+        ops = self.ops
+        x = ops.asarray(x)
+        if x.ndim < 1:
+            raise ShapeError("Sequential: expected a batch (N, ...), got a scalar")
+        if ops.is_floating(x) and ops.dtype_name(x) != str(self.dtype):
+            x = ops.asarray(x, self.dtype)
+        if not self.built:
+            self.build(tuple(x.shape[1:]))
+        return x
+
+    def forward(self, x, training: bool = True):
+        """Run every layer; ``x`` is (N, *input_shape). Saved activations stay in the layers' workspaces."""
+        x = self._prepare_input(x)
+        for layer in self.layers:
+            layer.check_input(x)
+            x = layer.forward(x, training=training)
+        return x
+
+    def backward(self, dy):
+        """Back-propagate dL/dy through every layer, accumulating into ``grads``; returns dL/dx."""
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+        return dy
+
+    def check_input(self, x) -> None:
+        if self.layers:
+            self.layers[0].check_input(x)
+
+    # ----------------------------------------------------------------- parameters and state
+    # ----------------------------------------------------------------- description
+    def summary(self, print_fn=print) -> str:
+        """A table of layers, output shapes and parameter counts, with the memory they take."""
+        self._require_built("summary")
+        rows = [("Layer", "Output shape", "Params")]
+        for i, layer in enumerate(self.layers):
+            rows.append((f"{i}: {layer!r}", str((None, *layer.output_shape)), f"{layer.num_params():,}"))
+        widths = [max(len(r[c]) for r in rows) for c in range(3)]
+        line = "-" * (sum(widths) + 6)
+        text = [line] + [f"{r[0]:<{widths[0]}}   {r[1]:<{widths[1]}}   {r[2]:>{widths[2]}}" for r in rows]
+        text.insert(2, line)
+        n = self.num_params()
+        nbytes = n * self.dtype.itemsize
+        text += [line, f"Total params: {n:,} ({nbytes / 2**20:.2f} MiB {self.dtype}; gradients the same)",
+                 f"Backend: {self.ops.name} ({self.ops.device})", line]
+        out = "\n".join(text)
+        if print_fn is not None:
+            print_fn(out)
+        return out
+
+    def extra_repr(self):
+        return ", ".join(repr(layer) for layer in self.layers)
+
+    def __repr__(self):
+        inner = ",\n  ".join(repr(layer) for layer in self.layers)
+        return f"Sequential(\n  {inner}\n)"
+
+    def get_config(self):
+        return {"dtype": str(self.dtype)}
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, i: int) -> Layer:
+        return self.layers[i]

@@ -1,0 +1,86 @@
+"""Dense: y = act(x @ weight.T + bias), the matmul, bias and activation fused (PyTorch: nn.Linear)."""
+
+from __future__ import annotations
+
+from ..backend import OUTPUT_DERIVATIVE, check_activation
+from ..core import initializers as init
+from ..core.layer import Layer, ShapeError
+
+
+class Dense(Layer):
+    """Fully connected layer on the last axis.
+
+    y = act(x @ weight.T + bias)
+
+    Args:
+        in_features (int): size of the last input axis.
+        out_features (int): size of the last output axis.
+        activation (str, optional): one of ``backend.ACTIVATIONS``, fused into forward and backward.
+        bias (bool, optional): add a learned bias. Default: ``True``.
+    Shape:
+        x: (N, *, in_features) -> y: (N, *, out_features)
+    Parameters:
+        weight (out_features, in_features), bias (out_features) — PyTorch's layout and init.
+    Saved for backward:
+        x (by reference), y (workspace) and, for activations whose derivative needs it, z = x W^T + b.
+    """
+
+    def __init__(self, in_features: int, out_features: int, activation: str | None = None, bias: bool = True):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.activation = check_activation(activation, f"Dense({in_features}, {out_features})")
+        self.use_bias = bool(bias)
+
+    def setup(self, input_shape):
+        if not input_shape or input_shape[-1] != self.in_features:
+            raise ShapeError(f"{self!r}: expected input of shape (N, ..., {self.in_features}), "
+                             f"got (N, {', '.join(map(str, input_shape))})")
+        bound = init.fan_in_uniform(self.in_features)
+        self.add_param("weight", (self.out_features, self.in_features), bound)
+        if self.use_bias:
+            self.add_param("bias", (self.out_features,), bound)
+        return (*input_shape[:-1], self.out_features)
+
+    def check_input(self, x):
+        if x.ndim < 2 or x.shape[-1] != self.in_features:
+            raise ShapeError(f"{self!r}: expected input of shape (N, ..., {self.in_features}), got {tuple(x.shape)}")
+
+    def forward(self, x, training: bool = True):
+        ops, w = self.ops, self.params["weight"]
+        self._x_shape = x.shape
+        self._x = x.reshape(-1, self.in_features)  # (M, in), M = all leading positions
+        m = self._x.shape[0]
+        y = self.workspace("y", (m, self.out_features))
+        keep_z = self.activation not in OUTPUT_DERIVATIVE
+        z = self.workspace("z", (m, self.out_features)) if keep_z else y
+        ops.matmul(self._x, w.T, out=z)
+        if self.use_bias:
+            z += self.params["bias"]
+        if self.activation != "linear":
+            ops.activation(self.activation, z, y)
+        self._z = z
+        self._y = y
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def backward(self, dy):
+        ops, m = self.ops, self._x.shape[0]
+        dy = dy.reshape(m, self.out_features)
+        if self.activation == "linear":
+            dz = dy
+        else:
+            dz = ops.activation_backward(self.activation, dy, self._z, self._y,
+                                         self.workspace("dz", (m, self.out_features)))
+        ops.matmul_acc(dz.T, self._x, self.grads["weight"], self.workspace("dw", self.grads["weight"].shape))
+        if self.use_bias:
+            ops.sum_rows_acc(dz, self.grads["bias"])
+        dx = self.workspace("dx", (m, self.in_features))
+        ops.matmul(dz, self.params["weight"], out=dx)
+        return dx.reshape(self._x_shape)
+
+    def extra_repr(self):
+        act = "" if self.activation == "linear" else f", activation={self.activation!r}"
+        return f"{self.in_features}, {self.out_features}{act}" + ("" if self.use_bias else ", bias=False")
+
+    def get_config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "activation": self.activation, "bias": self.use_bias}

@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+import torch
+
+import neuronet as nn
+from neuronet.backend import ACTIVATIONS
+from neuronet.testing import check_gradients, compare_with_torch
+
+TORCH_ACT = {
+    "linear": torch.nn.Identity(), "relu": torch.nn.ReLU(), "sigmoid": torch.nn.Sigmoid(), "tanh": torch.nn.Tanh(),
+    "leaky_relu": torch.nn.LeakyReLU(0.01), "elu": torch.nn.ELU(), "selu": torch.nn.SELU(), "gelu": torch.nn.GELU(),
+    "gelu_tanh": torch.nn.GELU(approximate="tanh"), "silu": torch.nn.SiLU(), "softmax": torch.nn.Softmax(-1),
+    "log_softmax": torch.nn.LogSoftmax(-1),
+}
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_dense_matches_torch(activation):
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(7, 5), TORCH_ACT[activation])
+    layer = nn.Dense(7, 5, activation=activation)
+    x = np.random.default_rng(1).standard_normal((6, 7))
+    compare_with_torch(layer, module, x, name_map={"0.weight": "weight", "0.bias": "bias"})
+
+
+def test_dense_on_3d_input_matches_torch():
+    module = torch.nn.Linear(4, 3)
+    x = np.random.default_rng(2).standard_normal((2, 5, 4))
+    compare_with_torch(nn.Dense(4, 3, activation=None), module, x)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "gelu", "silu", "softmax", "elu", "selu"])
+def test_dense_gradcheck(activation):
+    x = np.random.default_rng(3).standard_normal((3, 4)) + 0.1  # keep clear of ReLU's kink at 0
+    check_gradients(nn.Dense(4, 3, activation=activation), x)
+
+
+def test_dense_float32_torch_backend_matches_numpy():
+    x = np.random.default_rng(4).standard_normal((8, 6)).astype(np.float32)
+    a = nn.Dense(6, 4, activation="gelu")
+    a.build((6,))
+    b = nn.Dense(6, 4, activation="gelu")
+    b.build((6,))
+    b.load_state_dict(a.state_dict())
+    b.to("torch")
+    np.testing.assert_allclose(b.ops.to_numpy(b(x)), a(x), atol=1e-5)
+
+
+def test_dense_wrong_feature_size_names_layer_and_shapes():
+    model = nn.Sequential(nn.Dense(4, 3))
+    model.build((4,))
+    with pytest.raises(nn.ShapeError, match=r"Dense\(4, 3\).*\(N, \.\.\., 4\).*\(2, 5\)"):
+        model.forward(np.zeros((2, 5), np.float32))
+
+
+def test_backward_accumulates():
+    layer = nn.Dense(3, 2)
+    x = np.ones((2, 3), np.float32)
+    layer(x, training=True)
+    layer.backward(np.ones((2, 2), np.float32))
+    once = layer.grads["weight"].copy()
+    layer.backward(np.ones((2, 2), np.float32))
+    np.testing.assert_allclose(layer.grads["weight"], 2 * once)
