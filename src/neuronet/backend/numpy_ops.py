@@ -66,7 +66,7 @@ class NumpyOps(Ops):
 
     def bernoulli_mask(self, keep, rng, out):
         # Draw uniforms straight into the float buffer, then turn them into {0, 1/keep}.
-        rng.random(out=out)
+        rng.random(out=out, dtype=out.dtype)
         np.less(out, keep, out=out)
         out *= 1.0 / keep
         return out
