@@ -1,0 +1,78 @@
+"""Time the same workload in neuronet and in PyTorch, each engine in its own process, alternating.
+
+A benchmark file defines ``ENGINES = {"neuronet-numpy": build, "neuronet-torch": build, "pytorch": build}``
+where ``build()`` returns a zero-argument ``step`` callable (one training or inference step), and
+ends with ``harness.main(ENGINES, title=...)``. Run it as ``python benchmarks/bench_x.py``:
+the parent process starts one child per (round, engine) in the order A B C A B C ..., each child
+times ``--steps`` calls after warm-up and reports steps/s and the bytes tracemalloc saw per step.
+Two BLAS/OpenMP thread pools in one process fight over the cores, hence the separate processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+
+
+def _child(engines: dict, name: str, steps: int, warmup: int) -> None:
+    step = engines[name]()
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    tracemalloc.start()
+    before, _ = tracemalloc.get_traced_memory()
+    tracemalloc.reset_peak()
+    n_alloc = 5
+    for _ in range(n_alloc):
+        step()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    print(json.dumps({"engine": name, "median_s": statistics.median(times),
+                      "peak_bytes_per_step": max(0, peak - before)}))
+
+
+def main(engines: dict, title: str, steps: int = 50, warmup: int = 10, rounds: int = 3) -> dict:
+    parser = argparse.ArgumentParser(description=title)
+    parser.add_argument("--engine", help="(internal) run one engine in this process")
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--only", nargs="*", help="engines to run (default: all)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    args = parser.parse_args()
+    if args.engine:
+        _child(engines, args.engine, args.steps, args.warmup)
+        return {}
+    names = args.only or list(engines)
+    results: dict[str, list[float]] = {n: [] for n in names}
+    alloc: dict[str, int] = {}
+    for _ in range(args.rounds):
+        for name in names:
+            out = subprocess.run([sys.executable, sys.argv[0], "--engine", name, "--steps", str(args.steps),
+                                  "--warmup", str(args.warmup)], capture_output=True, text=True, check=False)
+            if out.returncode != 0:
+                raise SystemExit(f"{name} failed:\n{out.stderr}")
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            results[name].append(row["median_s"])
+            alloc[name] = row["peak_bytes_per_step"]
+    summary = {n: statistics.median(v) for n, v in results.items()}
+    ref = summary.get("pytorch")
+    print(f"\n{title}")
+    print(f"{'engine':<18}{'ms/step':>10}{'steps/s':>10}{'ratio vs PyTorch':>18}{'peak B/step':>14}")
+    for n in names:
+        s = summary[n]
+        ratio = f"{ref / s:.2f}" if ref else "-"
+        print(f"{n:<18}{s * 1e3:>10.2f}{1 / s:>10.1f}{ratio:>18}{alloc[n]:>14,}")
+    if args.json:
+        print(json.dumps({"title": title, "ms": {n: s * 1e3 for n, s in summary.items()},
+                          "ratio": {n: (ref / s if ref else None) for n, s in summary.items()}}))
+    return summary
