@@ -7,6 +7,7 @@
 """
 
 from . import backend as backends
+from . import data
 from .backend import set_backend
 from .callbacks import (
     Callback,
@@ -28,6 +29,6 @@ __version__ = "0.1.0"
 __all__ = [
     "LAYERS", "LOSSES", "OPTIMIZERS", "SGD", "Adam", "AdamW", "CSVLogger", "Callback", "CrossEntropyLoss",
     "EarlyStopping", "History", "Layer", "Loss", "MSELoss", "ModelCheckpoint", "Optimizer", "ProgressBar",
-    "ReduceLROnPlateau", "Sequential", "ShapeError", "backends", "manual_seed", "set_backend",
+    "ReduceLROnPlateau", "Sequential", "ShapeError", "backends", "data", "manual_seed", "set_backend",
     *_layer_names,
 ]
