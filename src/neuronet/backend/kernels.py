@@ -173,3 +173,41 @@ def warm_up(dtype=np.float32) -> None:
     m = a.reshape(1, 2)
     softmax_rows(m, m, True)
     softmax_rows_backward(m, m, m, True)
+
+
+# ----------------------------------------------------------------- routing kernels (mixture of experts)
+@jit
+def topk_rows(x, k, values, indices):
+    """The k largest entries of each row of 2-D x, largest first (ties: lower index first)."""
+    rows, cols = x.shape
+    for r in range(rows):
+        for j in range(k):
+            best = -1
+            for c in range(cols):
+                taken = False
+                for i in range(j):
+                    if indices[r, i] == c:
+                        taken = True
+                if not taken and (best < 0 or x[r, c] > x[r, best]):
+                    best = c
+            indices[r, j] = best
+            values[r, j] = x[r, best]
+
+
+@jit
+def group_by_key(keys, order, counts):
+    """Stable counting sort of the integer keys 0..len(counts)-1: order lists positions grouped by key."""
+    counts[:] = 0
+    for i in range(keys.size):
+        counts[keys[i]] += 1
+    start = 0
+    for b in range(counts.size):
+        n = counts[b]
+        counts[b] = start  # temporarily the write cursor of bucket b
+        start += n
+    for i in range(keys.size):
+        b = keys[i]
+        order[counts[b]] = i
+        counts[b] += 1
+    for b in range(counts.size - 1, 0, -1):
+        counts[b] -= counts[b - 1]

@@ -71,6 +71,15 @@ class NumpyOps(Ops):
         out *= 1.0 / keep
         return out
 
+    def topk(self, x, k, values, indices):
+        kernels.topk_rows(x, k, values, indices)
+
+    def group_by_key(self, keys, order, counts):
+        kernels.group_by_key(keys, order, counts)
+
+    def bincount(self, keys, out):
+        out[...] = np.bincount(keys, minlength=len(out))
+
     def gather_rows(self, table, index, out):
         return np.take(table, index, axis=0, out=out)
 

@@ -94,6 +94,16 @@ class TorchOps(Ops):
         out *= 1.0 / keep
         return out
 
+    def topk(self, x, k, values, indices):
+        torch.topk(x, k, dim=-1, sorted=True, out=(values, indices))
+
+    def group_by_key(self, keys, order, counts):
+        torch.sort(keys, stable=True, out=(torch.empty_like(keys), order))
+        self.bincount(keys, counts)
+
+    def bincount(self, keys, out):
+        out.copy_(torch.bincount(keys, minlength=len(out)))
+
     def gather_rows(self, table, index, out):
         return torch.index_select(table, 0, index.reshape(-1).long(), out=out.reshape(-1, *table.shape[1:]))
 

@@ -15,7 +15,9 @@ from .activation import (
 )
 from .dense import Dense
 from .dropout import Dropout
+from .moe import MoE
 from .reshape import Flatten, Reshape
 
 __all__ = ["Activation", "Dense", "Dropout", "ELU", "Flatten", "GELU", "LeakyReLU", "LogSoftmax", "ReLU",
            "Reshape", "SELU", "SiLU", "Sigmoid", "Softmax", "Tanh"]
+__all__ += ["MoE"]
