@@ -1,0 +1,153 @@
+"""GGUF export and import: the model's tensors under their state_dict names, its architecture as metadata.
+
+The file alone describes the model: ``general.architecture = "neuronet"``, ``general.name``, and
+``neuronet.config``, a JSON string ``{"format_version", "input_shape", "model"}`` where ``model`` is
+the layer tree ``{class name, get_config(), child layers (Sequential only)}``
+(the description ``nnet.describe`` gives, as in ``.nnet`` files); typed keys
+``neuronet.input_shape``, ``neuronet.dtype``, ``neuronet.weight_type`` and ``neuronet.param_count``
+repeat the essentials for tools that do not parse JSON.
+
+Tensors of two or more dimensions are stored in the requested type (f32, f16 or q8_0; q8_0 needs
+the last dimension to be a multiple of 32 and falls back to f16 otherwise); 1-D tensors (biases,
+norms) stay f32; integer buffers keep their integer type; a 0-d buffer is stored with shape (1,).
+GGUF lists dimensions innermost first, so a (out, in) weight appears there as [in, out].
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.layer import Layer
+from ._atomic import atomic_path
+from .nnet import build_layer, describe
+
+ARCH = "neuronet"
+FORMAT_VERSION = 1
+WEIGHT_TYPES = ("f32", "f16", "q8_0")
+Q8_BLOCK = 32
+
+
+# --------------------------------------------------------------------------- export
+def export_gguf(model: Layer, path: str | Path, dtype: str = "f32", *, name: str | None = None) -> Path:
+    """Write ``model`` (built) as a GGUF file readable by ``gguf.GGUFReader``; returns the path.
+
+    Args:
+        model: a built Sequential (or layer).
+        path: the ``.gguf`` file, written atomically (nothing is left behind on error).
+        dtype: storage type of tensors with two or more dimensions: "f32", "f16" or "q8_0".
+        name: ``general.name`` (default: the model's class name).
+    """
+    import gguf
+
+    if dtype not in WEIGHT_TYPES:
+        raise ValueError(f"export_gguf: dtype must be one of {', '.join(WEIGHT_TYPES)}, got {dtype!r}")
+    model._require_built("export_gguf")
+    _check_serialisable(model)
+    config = {"format_version": FORMAT_VERSION, "input_shape": list(model.input_shape),
+              "model": describe(model)}
+    tensors = {key: _encode(gguf, value, dtype) for key, value in model.state_dict().items()}
+    with atomic_path(path, "export_gguf") as tmp:
+        writer = gguf.GGUFWriter(tmp, ARCH)
+        writer.add_name(name or type(model).__name__)
+        writer.add_string(f"{ARCH}.config", json.dumps(config))
+        writer.add_array(f"{ARCH}.input_shape", [int(s) for s in model.input_shape])
+        writer.add_string(f"{ARCH}.dtype", str(model.dtype))
+        writer.add_string(f"{ARCH}.weight_type", dtype)
+        writer.add_uint64(f"{ARCH}.param_count", int(model.num_params()))
+        for key, (data, raw_type) in tensors.items():
+            writer.add_tensor(key, data, raw_dtype=raw_type)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    return Path(path)
+
+
+def _check_serialisable(model: Layer) -> None:
+    """Raise naming the first layer whose get_config() cannot be written as JSON."""
+    for prefix, layer in model.named_layers():
+        try:
+            json.dumps(layer.get_config())
+        except (TypeError, ValueError) as err:
+            where = prefix.rstrip(".") or "model"
+            raise TypeError(f"export_gguf: layer {where} ({layer!r}): its configuration is not "
+                            f"JSON-serialisable ({err}), so GGUF cannot describe it; nn.export_onnx "
+                            "may still support it") from err
+
+
+def _encode(gguf: Any, value: np.ndarray, dtype: str) -> tuple[np.ndarray, Any]:
+    """(array to write, raw GGML type or None) for one state_dict entry."""
+    value = np.asarray(value)
+    if value.ndim == 0:
+        value = value.reshape(1)
+    if not np.issubdtype(value.dtype, np.floating):
+        return np.ascontiguousarray(value), None
+    if value.ndim < 2 or dtype == "f32":
+        return np.ascontiguousarray(value, dtype=np.float32), None
+    if dtype == "q8_0" and value.shape[-1] % Q8_BLOCK == 0:
+        q8 = gguf.GGMLQuantizationType.Q8_0
+        return gguf.quants.quantize(np.ascontiguousarray(value, dtype=np.float32), q8), q8
+    return np.ascontiguousarray(value, dtype=np.float16), None
+
+
+# --------------------------------------------------------------------------- import
+def read_gguf_tensors(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(neuronet.config as a dict, {state_dict name: float32/integer array}) of a neuronet GGUF file.
+
+    Quantised tensors are dequantised; shapes are NumPy's (outermost first).
+    """
+    import gguf
+
+    reader = _open(gguf, path)
+    field = reader.fields.get(f"{ARCH}.config")
+    if field is None:
+        raise ValueError(f"load_gguf: {str(path)!r} has no '{ARCH}.config' metadata; it was not written by "
+                         "nn.export_gguf")
+    try:
+        config = json.loads(field.contents())
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"load_gguf: {str(path)!r}: '{ARCH}.config' is not valid JSON ({err})") from err
+    if not isinstance(config, dict) or config.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"load_gguf: {str(path)!r}: unsupported {ARCH}.config format_version "
+                         f"{config.get('format_version') if isinstance(config, dict) else None!r}")
+    tensors = {}
+    for t in reader.tensors:
+        if t.tensor_type in (gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.F32):
+            tensors[t.name] = np.array(t.data, dtype=np.float32)
+        elif np.issubdtype(t.data.dtype, np.integer) and t.data.dtype != np.uint8:
+            tensors[t.name] = np.array(t.data)
+        else:
+            tensors[t.name] = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+    return config, tensors
+
+
+def load_gguf(path: str | Path) -> Layer:
+    """Rebuild the model ``export_gguf`` saved: architecture from the metadata, weights from the tensors."""
+    config, tensors = read_gguf_tensors(path)
+    model = build_layer(config.get("model"), f"load_gguf: {str(path)!r}: {ARCH}.config model")
+    shape = config.get("input_shape")
+    if not isinstance(shape, list) or not all(isinstance(s, int) and s > 0 for s in shape):
+        raise ValueError(f"load_gguf: {str(path)!r}: bad input_shape {shape!r} in {ARCH}.config")
+    model.build(tuple(shape))
+    expected = model.state_dict()
+    state = {}
+    for key, value in tensors.items():
+        want = expected.get(key)
+        if want is not None and value.size == want.size:
+            value = value.reshape(want.shape)  # 0-d buffers were stored as (1,)
+        state[key] = value
+    model.load_state_dict(state)
+    return model
+
+
+def _open(gguf: Any, path: str | Path) -> Any:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"load_gguf: no such file {str(path)!r}")
+    try:
+        return gguf.GGUFReader(path)
+    except (ValueError, IndexError, KeyError, OSError) as err:
+        raise ValueError(f"load_gguf: {str(path)!r} is not a readable GGUF file ({err})") from err

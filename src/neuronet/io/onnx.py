@@ -1,0 +1,319 @@
+"""ONNX export: ``export_onnx(model, path, input_shape)`` writes an opset-17 graph that runs in onnxruntime.
+
+Each layer class has one small converter, registered under its class name in ``ONNX_CONVERTERS``:
+``convert(g, layer, x, prefix) -> y`` reads hyper-parameters with ``layer.get_config()`` and weights
+from ``layer.params``/``layer.buffers``, appends nodes to the graph ``g`` and returns the name of its
+output. Weights become initializers named by their state_dict key (``prefix + key``, with a suffix
+such as ``.T`` when the layout had to change). Supporting a new layer is one new entry.
+
+The graph is float32 (a float64 model is exported in float32) with a dynamic batch dimension; the
+other input dimensions are fixed by ``input_shape``. Dropout is the identity (inference graph).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.layer import Layer, ShapeError
+from ._atomic import atomic_path
+
+OPSET = 17
+
+Converter = Callable[["OnnxGraph", Layer, str, str], str]
+ONNX_CONVERTERS: dict[str, Converter] = {}
+
+# Layers whose input is integer token ids (the graph input becomes int64).
+INTEGER_INPUT = {"Embedding"}
+
+
+def converter(*class_names: str) -> Callable[[Converter], Converter]:
+    """Register ``fn`` as the ONNX converter of the layer classes named ``class_names``."""
+    def register(fn: Converter) -> Converter:
+        for name in class_names:
+            ONNX_CONVERTERS[name] = fn
+        return fn
+    return register
+
+
+class OnnxGraph:
+    """The nodes and initializers of one graph, with unique value names."""
+
+    def __init__(self) -> None:
+        from onnx import helper, numpy_helper
+
+        self._helper, self._numpy_helper = helper, numpy_helper
+        self.nodes: list = []
+        self.initializers: list = []
+        self._used: set[str] = set()
+
+    def fresh(self, hint: str) -> str:
+        name, i = hint, 1
+        while name in self._used:
+            name, i = f"{hint}_{i}", i + 1
+        self._used.add(name)
+        return name
+
+    def const(self, hint: str, value: Any, dtype: Any = np.float32) -> str:
+        """An initializer holding ``value`` (float32 unless ``dtype`` says otherwise)."""
+        name = self.fresh(hint)
+        array = np.ascontiguousarray(value, dtype=dtype)
+        self.initializers.append(self._numpy_helper.from_array(array, name))
+        return name
+
+    def ints(self, hint: str, values: Any) -> str:
+        return self.const(hint, values, np.int64)
+
+    def param(self, layer: Layer, prefix: str, key: str, transform: Callable | None = None,
+              suffix: str = "") -> str:
+        """The parameter or buffer ``key`` of ``layer`` as an initializer named ``prefix + key + suffix``."""
+        value = layer.params[key] if key in layer.params else layer.buffers[key]
+        array = np.asarray(layer.ops.to_numpy(value), dtype=np.float32)
+        return self.const(prefix + key + suffix, array if transform is None else transform(array))
+
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs: Any) -> Any:
+        """Append one node; returns its output name (or the list of names when ``outputs > 1``)."""
+        names = [self.fresh(f"{op_type}_out") for _ in range(outputs)]
+        node = self._helper.make_node(op_type, list(inputs), names, name=self.fresh(op_type), **attrs)
+        self.nodes.append(node)
+        return names[0] if outputs == 1 else names
+
+
+def convert_layer(g: OnnxGraph, layer: Layer, x: str, prefix: str) -> str:
+    """Run ``layer``'s converter, or raise naming the layer and the formats that can hold it."""
+    fn = ONNX_CONVERTERS.get(type(layer).__name__)
+    if fn is None:
+        where = prefix.rstrip(".") or "model"
+        raise NotImplementedError(
+            f"export_onnx: layer {where} ({layer!r}) has no ONNX converter; it can be saved with "
+            f"nn.export_gguf (GGUF) or model.save (.nnet). ONNX export supports: "
+            f"{', '.join(sorted(ONNX_CONVERTERS))}")
+    return fn(g, layer, x, prefix)
+
+
+def export_onnx(model: Layer, path: str | Path, input_shape: tuple, *, opset: int = OPSET) -> Path:
+    """Write ``model`` as an ONNX file that onnxruntime runs unchanged; returns the path.
+
+    Args:
+        model: a Sequential (or a single layer); built from ``input_shape`` when not built yet.
+        path: the ``.onnx`` file, written atomically (nothing is left behind on error).
+        input_shape: the input shape without the batch dimension, which stays dynamic.
+        opset: the ONNX opset (17 or newer).
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    input_shape = tuple(int(s) for s in input_shape)
+    if not model.built:
+        model.build(input_shape)
+    elif tuple(model.input_shape) != input_shape:
+        raise ShapeError(f"export_onnx: {type(model).__name__} was built for input "
+                         f"(N, {_dims(model.input_shape)}), got input_shape ({_dims(input_shape)})")
+    g = OnnxGraph()
+    x = convert_layer(g, model, "input", "")
+    g.nodes.append(helper.make_node("Identity", [x], ["output"], name="output"))
+    in_type = TensorProto.INT64 if type(_first_leaf(model)).__name__ in INTEGER_INPUT else TensorProto.FLOAT
+    graph = helper.make_graph(
+        g.nodes, "neuronet",
+        [helper.make_tensor_value_info("input", in_type, ["batch", *input_shape])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", *model.output_shape])],
+        initializer=g.initializers)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              producer_name="neuronet", doc_string=repr(model))
+    onnx.checker.check_model(proto, full_check=True)
+    with atomic_path(path, "export_onnx") as tmp:
+        tmp.write_bytes(proto.SerializeToString())
+    return Path(path)
+
+
+def _first_leaf(layer: Layer) -> Layer:
+    while layer.children:
+        layer = next(iter(layer.children.values()))
+    return layer
+
+
+def _dims(shape) -> str:
+    return ", ".join(str(s) for s in shape)
+
+
+# --------------------------------------------------------------------------- shared pieces
+def activation(g: OnnxGraph, name: str, x: str, alpha: float | None = None) -> str:
+    """``name`` from backend.ACTIVATIONS applied to ``x`` (softmaxes over the last axis)."""
+    if name == "linear":
+        return x
+    if name in _SIMPLE:
+        return g.op(_SIMPLE[name], x)
+    if name == "leaky_relu":
+        return g.op("LeakyRelu", x, alpha=0.01 if alpha is None else alpha)
+    if name == "elu":
+        return g.op("Elu", x, alpha=1.0 if alpha is None else alpha)
+    if name == "selu":
+        return g.op("Selu", x, alpha=1.6732632423543772, gamma=1.0507009873554805)
+    if name == "gelu":  # x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))
+        erf = g.op("Erf", g.op("Mul", x, g.const("inv_sqrt2", 1 / math.sqrt(2))))
+        return g.op("Mul", g.op("Mul", x, g.const("half", 0.5)), g.op("Add", erf, g.const("one", 1.0)))
+    if name == "gelu_tanh":  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        cube = g.op("Mul", g.op("Mul", x, x), x)
+        inner = g.op("Add", x, g.op("Mul", cube, g.const("gelu_c", 0.044715)))
+        t = g.op("Tanh", g.op("Mul", inner, g.const("sqrt_2_over_pi", math.sqrt(2 / math.pi))))
+        return g.op("Mul", g.op("Mul", x, g.const("half", 0.5)), g.op("Add", t, g.const("one", 1.0)))
+    if name == "silu":
+        return g.op("Mul", x, g.op("Sigmoid", x))
+    if name in ("softmax", "log_softmax"):
+        return g.op("Softmax" if name == "softmax" else "LogSoftmax", x, axis=-1)
+    raise NotImplementedError(f"export_onnx: activation {name!r} has no ONNX form")
+
+
+_SIMPLE = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}
+
+
+def linear(g: OnnxGraph, layer: Layer, prefix: str, x: str, rank: int, weight: str = "weight",
+           bias: str | None = "bias") -> str:
+    """x @ W^T (+ b) on the last axis of a rank-``rank`` input (Gemm for 2-D, MatMul + Add otherwise)."""
+    has_bias = bias is not None and bias in layer.params
+    if rank == 2:
+        inputs = [x, g.param(layer, prefix, weight)] + ([g.param(layer, prefix, bias)] if has_bias else [])
+        return g.op("Gemm", *inputs, transB=1)
+    y = g.op("MatMul", x, g.param(layer, prefix, weight, np.transpose, ".T"))
+    return g.op("Add", y, g.param(layer, prefix, bias)) if has_bias else y
+
+
+def reshape(g: OnnxGraph, x: str, shape: list[int]) -> str:
+    """Reshape; a 0 keeps that input dimension (the dynamic batch), a -1 is inferred."""
+    return g.op("Reshape", x, g.ints("shape", shape))
+
+
+def _pair(v: Any) -> list[int]:
+    return [int(v), int(v)] if isinstance(v, (int, np.integer)) else [int(s) for s in v]
+
+
+def _ntuple(v: Any, n: int) -> list[int]:
+    return [int(v)] * n if isinstance(v, (int, np.integer)) else [int(s) for s in v]
+
+
+# --------------------------------------------------------------------------- containers and basics
+@converter("Sequential")
+def _sequential(g, layer, x, prefix):
+    for name, child in layer.children.items():
+        x = convert_layer(g, child, x, f"{prefix}{name}.")
+    return x
+
+
+@converter("Dense")
+def _dense(g, layer, x, prefix):
+    cfg = layer.get_config()
+    y = linear(g, layer, prefix, x, 1 + len(layer.input_shape))
+    return activation(g, cfg["activation"], y)
+
+
+@converter("Activation", "ReLU", "Sigmoid", "Tanh", "LeakyReLU", "ELU", "SELU", "GELU", "SiLU",
+           "Softmax", "LogSoftmax")
+def _activation_layer(g, layer, x, prefix):
+    return activation(g, layer.name, x, layer.alpha)
+
+
+@converter("Dropout")
+def _identity(g, layer, x, prefix):
+    return x
+
+
+@converter("Flatten")
+def _flatten(g, layer, x, prefix):
+    return g.op("Flatten", x, axis=1)
+
+
+@converter("Reshape")
+def _reshape(g, layer, x, prefix):
+    return reshape(g, x, [0, *layer.output_shape])
+
+
+# --------------------------------------------------------------------------- sequences and attention
+@converter("Embedding")
+def _embedding(g, layer, x, prefix):
+    return g.op("Gather", g.param(layer, prefix, "weight"), x, axis=0)
+
+
+@converter("PositionalEncoding")
+def _positional_encoding(g, layer, x, prefix):
+    t = layer.input_shape[0]
+    table = np.asarray(layer.ops.to_numpy(layer.table()))[:t]
+    return g.op("Add", x, g.const(prefix + ("weight" if layer.get_config()["learned"] else "pe"), table))
+
+
+@converter("LayerNorm", "RMSNorm")
+def _norm(g, layer, x, prefix):
+    eps = layer.get_config()["eps"]
+    weight = g.param(layer, prefix, "weight")
+    if "bias" in layer.params:
+        return g.op("LayerNormalization", x, weight, g.param(layer, prefix, "bias"), axis=-1, epsilon=eps)
+    mean_sq = g.op("ReduceMean", g.op("Mul", x, x), axes=[-1], keepdims=1)  # RMSNorm
+    rms = g.op("Sqrt", g.op("Add", mean_sq, g.const("eps", eps)))
+    return g.op("Mul", g.op("Div", x, rms), weight)
+
+
+@converter("MultiHeadAttention")
+def _attention(g, layer, x, prefix):
+    cfg = layer.get_config()
+    d, h = cfg["dim"], cfg["num_heads"]
+    hd, t = d // h, layer.input_shape[0]
+    qkv = linear(g, layer, prefix, x, 3, "in_proj_weight", "in_proj_bias")                  # (N, T, 3D)
+    heads = g.op("Transpose", reshape(g, qkv, [0, 0, 3, h, hd]), perm=[2, 0, 3, 1, 4])     # (3, N, H, T, hd)
+    q, k, v = (g.op("Squeeze", s, g.ints("axis0", [0]))
+               for s in g.op("Split", heads, g.ints("split3", [1, 1, 1]), outputs=3, axis=0))
+    if cfg.get("rope"):
+        q, k = _rope(g, q, t, hd), _rope(g, k, t, hd)
+    scores = g.op("MatMul", g.op("Mul", q, g.const("scale", 1 / math.sqrt(hd))),
+                  g.op("Transpose", k, perm=[0, 1, 3, 2]))                                   # (N, H, T, T)
+    if cfg["causal"]:
+        scores = g.op("Add", scores, g.const("causal_mask", np.triu(np.full((t, t), -np.inf), 1)))
+    ctx = g.op("MatMul", g.op("Softmax", scores, axis=-1), v)                                # (N, H, T, hd)
+    ctx = reshape(g, g.op("Transpose", ctx, perm=[0, 2, 1, 3]), [0, 0, d])                 # (N, T, D)
+    return convert_layer(g, layer.children["out_proj"], ctx, prefix + "out_proj.")
+
+
+def _rope(g: OnnxGraph, x: str, t: int, hd: int) -> str:
+    """Rotary embedding of (N, H, T, hd): [a, b] -> [a cos - b sin, b cos + a sin] (rotate-half pairing)."""
+    half = hd // 2
+    angle = np.arange(t)[:, None] * 10000.0 ** (-np.arange(half) * 2.0 / hd)                # (T, hd/2)
+    cos, sin = g.const("rope_cos", np.cos(angle)), g.const("rope_sin", np.sin(angle))
+    a, b = g.op("Split", x, g.ints("split_half", [half, half]), outputs=2, axis=-1)
+    first = g.op("Sub", g.op("Mul", a, cos), g.op("Mul", b, sin))
+    second = g.op("Add", g.op("Mul", b, cos), g.op("Mul", a, sin))
+    return g.op("Concat", first, second, axis=-1)
+
+
+@converter("TransformerBlock")
+def _transformer_block(g, layer, x, prefix):
+    c = layer.children
+    ffn = ["ffn"] if "ffn" in c else ["linear1", "linear2"]
+
+    def branch(names, h):
+        for name in names:
+            h = convert_layer(g, c[name], h, f"{prefix}{name}.")
+        return h
+
+    h = g.op("Add", x, branch(["norm1", "self_attn"], x))
+    return g.op("Add", h, branch(["norm2", *ffn], h))
+
+
+@converter("SwiGLU")
+def _swiglu(g, layer, x, prefix):
+    c = layer.children
+    gate = convert_layer(g, c["w1"], x, prefix + "w1.")            # silu fused into w1
+    hidden = g.op("Mul", gate, convert_layer(g, c["w3"], x, prefix + "w3."))
+    return convert_layer(g, c["w2"], hidden, prefix + "w2.")
+
+
+@converter("MeanPooling")
+def _mean_pooling(g, layer, x, prefix):
+    return g.op("ReduceMean", x, axes=[1], keepdims=0)
+
+
+@converter("CLSPooling", "LastToken")
+def _token_pooling(g, layer, x, prefix):
+    index = 0 if type(layer).__name__ == "CLSPooling" else -1
+    return g.op("Gather", x, g.ints("token", index), axis=1)
