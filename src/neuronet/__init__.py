@@ -19,6 +19,7 @@ from .callbacks import (
     ReduceLROnPlateau,
 )
 from .core import LAYERS, Layer, Sequential, ShapeError, manual_seed
+from .io import export_gguf, export_onnx, load, load_gguf, to_torch_state_dict
 from .layers import *  # noqa: F403
 from .layers import __all__ as _layer_names
 from .losses import LOSSES, CrossEntropyLoss, Loss, MSELoss
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "LAYERS", "LOSSES", "OPTIMIZERS", "SGD", "Adam", "AdamW", "CSVLogger", "Callback", "CrossEntropyLoss",
     "EarlyStopping", "History", "Layer", "Loss", "MSELoss", "ModelCheckpoint", "Optimizer", "ProgressBar",
-    "ReduceLROnPlateau", "Sequential", "ShapeError", "backends", "data", "manual_seed", "set_backend",
+    "ReduceLROnPlateau", "Sequential", "ShapeError", "backends", "data", "load", "manual_seed", "set_backend",
+    "export_gguf", "export_onnx", "load_gguf", "to_torch_state_dict",
     *_layer_names,
 ]

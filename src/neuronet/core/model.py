@@ -76,6 +76,15 @@ class Sequential(Trainer, Layer):
             self.layers[0].check_input(x)
 
     # ----------------------------------------------------------------- parameters and state
+    def save(self, path) -> None:
+        """Write architecture, weights, optimizer state and training position to a ``.nnet`` file.
+
+        The write is atomic (a crash never leaves a half-written file); ``nn.load(path)`` rebuilds it.
+        """
+        from ..io.nnet import save
+
+        save(self, path)
+
     # ----------------------------------------------------------------- description
     def summary(self, print_fn=print) -> str:
         """A table of layers, output shapes and parameter counts, with the memory they take."""

@@ -1,0 +1,372 @@
+"""The ``.nnet`` model file: safetensors tensors plus JSON metadata. Nothing in a file is ever executed.
+
+Layout (a valid safetensors file, readable by ``safetensors.safe_open``):
+
+    8 bytes   little-endian u64 N: length of the header
+    N bytes   JSON header: {tensor name: {dtype, shape, data_offsets}, "__metadata__": {...}}
+    rest      the tensors' bytes, back to back
+
+Tensors: parameters and buffers under their ``state_dict`` names ("0.weight", "2.running_mean") and
+the optimizer's state arrays as "optimizer.<name>" (e.g. "optimizer.m"). ``__metadata__["neuronet"]``
+holds the JSON metadata:
+
+    format_version   1
+    architecture     {"type": "Sequential", "config": {...},
+                      "layers": [{"type": "Dense", "config": {...}}, ...]}
+    input_shape      [64]            (no batch dimension)
+    dtype            "float32"
+    compile          {"optimizer": {"type", "config", "iterations", "initial_lr", "state": [names]},
+                      "loss": {"type", "config"}, "metrics": [...]}   or null
+    training         {"epoch": epochs completed, "rng_state": the global generator's state, "history": {...}}
+
+Loading rebuilds layers only through ``LAYERS`` (by class name, constructor arguments from the JSON),
+checks every declared size against the file's length before reading, and compares every tensor's
+name, dtype and shape with the rebuilt model before anything is allocated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from ._atomic import atomic_path
+
+FORMAT_VERSION = 1
+MAX_HEADER_BYTES = 16 << 20
+MAX_DEPTH = 16
+_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
+_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32,
+           "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+_DTYPE_CODES = {np.dtype(v): k for k, v in _DTYPES.items()}
+_FLOAT_DTYPES = ("float16", "float32", "float64")
+
+
+class NnetFormatError(ValueError):
+    """A ``.nnet`` file that is truncated, malformed, inconsistent or refers to unknown classes."""
+
+
+# --------------------------------------------------------------------------------------------- writing
+def save(model, path: str | os.PathLike) -> None:
+    """Write ``model`` (architecture, weights, buffers, optimizer state, training position) to ``path``."""
+    from .. import __version__
+    from ..core import random as nnrandom
+
+    model._require_built("save")
+    tensors = {name: np.ascontiguousarray(value) for name, value in model.state_dict().items()}
+    compile_info = None
+    if model.optimizer is not None and model.loss is not None:
+        opt = model.optimizer
+        for name, value in opt.state.items():
+            tensors[f"optimizer.{name}"] = np.ascontiguousarray(opt.ops.to_numpy(value))
+        compile_info = {
+            "optimizer": {"type": type(opt).__name__, "config": opt.get_config(),
+                          "iterations": opt.iterations, "initial_lr": opt.initial_lr,
+                          "state": list(opt.state)},
+            "loss": {"type": type(model.loss).__name__, "config": model.loss.get_config()},
+            "metrics": list(model.metric_fns),
+        }
+    history = model.history
+    epoch = history.epoch[-1] + 1 if history is not None and history.epoch else getattr(model, "epoch", 0)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "neuronet_version": __version__,
+        "architecture": describe(model),
+        "input_shape": list(model.input_shape),
+        "dtype": str(model.dtype),
+        "compile": compile_info,
+        "training": {
+            "epoch": int(epoch),
+            "rng_state": nnrandom.generator().bit_generator.state,
+            "history": history.history if history is not None else getattr(model, "saved_history", {}),
+        },
+    }
+    for name, value in tensors.items():
+        if value.dtype not in _DTYPE_CODES:
+            raise TypeError(f"save: tensor {name!r} has dtype {value.dtype}, which .nnet files do not store")
+    blob = _safetensors_bytes(tensors, {"format": "neuronet", "neuronet": json.dumps(meta)})
+    with atomic_path(path, "save") as tmp:
+        tmp.write_bytes(blob)
+
+
+def describe(layer) -> dict:
+    """{"type", "config"} of a layer, plus "layers" (its children, in order) for a Sequential."""
+    from ..core.model import Sequential
+
+    node = {"type": type(layer).__name__, "config": layer.get_config()}
+    if isinstance(layer, Sequential):
+        node["layers"] = [describe(child) for child in layer.layers]
+    return node
+
+
+def _safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    from safetensors.numpy import save as st_save
+
+    return st_save(tensors, metadata=metadata)
+
+
+# --------------------------------------------------------------------------------------------- reading
+def read(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
+    """Parse and validate a ``.nnet`` file: returns (metadata, {name: read-only array}).
+
+    Raises ``NnetFormatError`` for anything that is not a well-formed neuronet file.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    where = str(path)
+    if size < 8:
+        raise NnetFormatError(f"{where}: truncated ({size} bytes; a .nnet file starts with an 8-byte "
+                              "header length)")
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > MAX_HEADER_BYTES or n > size - 8:
+            raise NnetFormatError(f"{where}: header length {n} is impossible (file has {size} bytes, "
+                                  f"limit {MAX_HEADER_BYTES}); truncated or not a .nnet file")
+        try:
+            header = json.loads(f.read(n).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise NnetFormatError(f"{where}: header is not valid JSON ({e}); truncated or not a .nnet file"
+                                  ) from None
+        data = f.read()
+    if not isinstance(header, dict):
+        raise NnetFormatError(f"{where}: header must be a JSON object")
+    raw_meta = header.pop("__metadata__", None)
+    if not isinstance(raw_meta, dict) or raw_meta.get("format") != "neuronet" or \
+            not isinstance(raw_meta.get("neuronet"), str):
+        raise NnetFormatError(f"{where}: a safetensors file without neuronet metadata "
+                              "(not written by model.save)")
+    try:
+        meta = json.loads(raw_meta["neuronet"])
+    except (ValueError, RecursionError) as e:
+        raise NnetFormatError(f"{where}: the neuronet metadata is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise NnetFormatError(f"{where}: the neuronet metadata must be a JSON object")
+    return meta, _tensors(header, data, where)
+
+
+def _tensors(header: dict, data: bytes, where: str) -> dict[str, np.ndarray]:
+    """Views of ``data`` for each header entry, after checking that entries tile the data exactly."""
+    spans = []
+    for name, entry in header.items():
+        if not _NAME.fullmatch(name) or len(name) > 256:
+            raise NnetFormatError(f"{where}: invalid tensor name {name[:80]!r} "
+                                  "(letters, digits, _ and dots only)")
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise NnetFormatError(f"{where}: tensor {name!r}: entry must have exactly dtype, shape and "
+                                  "data_offsets")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in _DTYPES:
+            raise NnetFormatError(f"{where}: tensor {name!r}: unsupported dtype {dtype!r}; "
+                                  f"expected one of {', '.join(_DTYPES)}")
+        if not _int_list(shape, 8) or not _int_list(offsets, 2) or len(offsets) != 2:
+            raise NnetFormatError(f"{where}: tensor {name!r}: shape and data_offsets must be lists of "
+                                  f"non-negative integers, got {shape!r}, {offsets!r}")
+        begin, end = offsets
+        nbytes = math.prod(shape) * np.dtype(_DTYPES[dtype]).itemsize
+        if not begin <= end <= len(data) or end - begin != nbytes:
+            raise NnetFormatError(f"{where}: tensor {name!r}: shape {shape} ({dtype}) needs {nbytes} "
+                                  f"bytes but data_offsets are {offsets} in a data section of {len(data)} "
+                                  "bytes (truncated or corrupt file)")
+        spans.append((begin, end, name))
+    spans.sort()
+    position = 0
+    for begin, end, name in spans:
+        if begin != position:
+            raise NnetFormatError(f"{where}: tensor {name!r} starts at byte {begin}, expected {position} "
+                                  "(overlapping or gapped tensors)")
+        position = end
+    if position != len(data):
+        raise NnetFormatError(f"{where}: {len(data) - position} unexpected bytes after the last tensor")
+    out = {}
+    for name, entry in header.items():
+        begin, end = entry["data_offsets"]
+        dtype = np.dtype(_DTYPES[entry["dtype"]]).newbyteorder("<")
+        count = math.prod(entry["shape"])
+        out[name] = np.frombuffer(data, dtype, count=count, offset=begin).reshape(entry["shape"])
+    return out
+
+
+def _int_list(value, max_len: int) -> bool:
+    return isinstance(value, list) and len(value) <= max_len and all(
+        type(v) is int and 0 <= v < 2**53 for v in value)
+
+
+# --------------------------------------------------------------------------------------------- loading
+def load(path: str | os.PathLike, device: str | None = None, restore_rng: bool = True):
+    """Rebuild the model saved in ``path``: architecture, weights, buffers, compile state and position.
+
+    Args:
+        path: a file written by ``model.save``.
+        device (str, optional): backend/device to build on ("numpy", "torch", "cuda", ...). Default: the
+            current default backend.
+        restore_rng (bool, optional): put the global generator (shuffling, dropout) back where the saved
+            run left it, so that continuing ``fit(..., initial_epoch=model.epoch)`` reproduces an
+            uninterrupted run exactly. Default: ``True``.
+    Returns:
+        The model, with ``model.epoch`` (epochs completed) and ``model.saved_history`` set.
+    Raises:
+        NnetFormatError: the file is truncated, malformed or inconsistent with the architecture it declares.
+    """
+    from ..backend import get_ops
+    from ..core import random as nnrandom
+
+    where = str(path)
+    meta, tensors = read(path)
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise NnetFormatError(f"{where}: format_version {meta.get('format_version')!r} is not supported "
+                              f"(this neuronet reads version {FORMAT_VERSION})")
+    input_shape = _field(meta, "input_shape", list, where)
+    if not input_shape or not _int_list(input_shape, 8) or not all(0 < s < 2**31 for s in input_shape):
+        raise NnetFormatError(f"{where}: input_shape must be a list of 1 to 8 positive integers, "
+                              f"got {input_shape!r}")
+    dtype = _field(meta, "dtype", str, where)
+    if dtype not in _FLOAT_DTYPES:
+        raise NnetFormatError(f"{where}: dtype {dtype!r} is not one of {', '.join(_FLOAT_DTYPES)}")
+    model = build_layer(_field(meta, "architecture", dict, where), f"{where}: architecture")
+    try:
+        model.build(tuple(input_shape), dtype, get_ops(device) if device else None, _root=False)
+    except (ValueError, TypeError, KeyError, IndexError) as e:
+        raise NnetFormatError(f"{where}: the architecture does not build for input shape {input_shape}: {e}"
+                              ) from None
+
+    compile_info = meta.get("compile")
+    opt_state = {}
+    if compile_info is not None:
+        opt_meta = _field(_dict(compile_info, "compile", where), "optimizer", dict, where)
+        names = _field(opt_meta, "state", list, where)
+        if not all(isinstance(n, str) and _NAME.fullmatch(n) for n in names):
+            raise NnetFormatError(f"{where}: compile.optimizer.state must list tensor names, got {names!r}")
+        opt_state = {n: f"optimizer.{n}" for n in names}
+    _check_tensors(model, tensors, opt_state, dtype, where)
+    model._allocate()
+    model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("optimizer.")})
+    if compile_info is not None:
+        _compile(model, compile_info, {n: tensors[key] for n, key in opt_state.items()}, where)
+
+    training = meta.get("training") or {}
+    _dict(training, "training", where)
+    model.epoch = training.get("epoch", 0)
+    if type(model.epoch) is not int or model.epoch < 0:
+        raise NnetFormatError(f"{where}: training.epoch must be a non-negative integer, got {model.epoch!r}")
+    model.saved_history = training.get("history") or {}
+    if restore_rng and training.get("rng_state") is not None:
+        bitgen = nnrandom.generator().bit_generator
+        state = training["rng_state"]
+        if not isinstance(state, dict) or state.get("bit_generator") != type(bitgen).__name__:
+            raise NnetFormatError(f"{where}: training.rng_state is not a {type(bitgen).__name__} state")
+        try:
+            bitgen.state = state
+        except (ValueError, TypeError, KeyError) as e:
+            raise NnetFormatError(f"{where}: training.rng_state is invalid: {e}") from None
+    return model
+
+
+def _field(d: dict, key: str, kind: type, where: str):
+    value = d.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise NnetFormatError(f"{where}: metadata {key!r} must be a {kind.__name__}, got {value!r:.80}")
+    return value
+
+
+def _dict(value, key: str, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise NnetFormatError(f"{where}: metadata {key!r} must be a JSON object, got {value!r:.80}")
+    return value
+
+
+def build_layer(node: dict, where: str, depth: int = 0):
+    """A layer from ``{"type": name, "config": {...}[, "layers": [...]]}``, looked up only in ``LAYERS``."""
+    from ..core.layer import LAYERS
+    from ..core.model import Sequential
+
+    if depth > MAX_DEPTH:
+        raise NnetFormatError(f"{where}: layers nested deeper than {MAX_DEPTH}")
+    if not isinstance(node, dict) or not isinstance(node.get("type"), str) or \
+            not isinstance(node.get("config", {}), dict):
+        raise NnetFormatError(f"{where}: expected {{'type': name, 'config': {{...}}}}, got {node!r:.120}")
+    name, config = node["type"], node.get("config", {})
+    cls = LAYERS.get(name) if name.isidentifier() else None
+    if cls is None:
+        raise NnetFormatError(f"{where}: unknown layer class {name[:80]!r} (not a registered neuronet layer)")
+    children = node.get("layers")
+    if (children is not None) != issubclass(cls, Sequential):
+        raise NnetFormatError(f"{where}: 'layers' is required for a Sequential and allowed only there")
+    try:
+        if children is None:
+            return cls(**config)
+        if not isinstance(children, list):
+            raise NnetFormatError(f"{where}: 'layers' must be a list")
+        layers = [build_layer(c, f"{where}.layers[{i}]", depth + 1) for i, c in enumerate(children)]
+        return cls(*layers, **config)
+    except NnetFormatError:
+        raise
+    except (TypeError, ValueError, KeyError, OverflowError) as e:
+        raise NnetFormatError(f"{where}: {name} cannot be rebuilt from config {config!r:.200}: {e}") from None
+
+
+def _check_tensors(model, tensors: dict, opt_state: dict, dtype: str, where: str) -> None:
+    """Every declared parameter/buffer/optimizer array is in the file with its shape, and nothing else is."""
+    expected = {name: (shape, dtype) for name, _, _, shape, _ in model.param_specs()}
+    for prefix, layer in model.named_layers():
+        for key, value in layer._buffer_init.items():
+            expected[prefix + key] = (tuple(value.shape), str(value.dtype))
+    total = model.num_params()
+    for key in opt_state.values():
+        expected[key] = ((total,), dtype)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise NnetFormatError(f"{where}: the file has {len(tensors)} tensors, the architecture needs "
+                              f"{len(expected)}; missing {missing[:10]}, unexpected {unexpected[:10]}")
+    for name, (shape, want_dtype) in expected.items():
+        got = tensors[name]
+        if tuple(got.shape) != tuple(shape) or got.dtype != np.dtype(want_dtype):
+            raise NnetFormatError(f"{where}: tensor {name!r} is {got.dtype}{list(got.shape)}, the "
+                                  f"architecture needs {np.dtype(want_dtype)}{list(shape)}")
+
+
+def _compile(model, info: dict, state: dict[str, np.ndarray], where: str) -> None:
+    from ..losses import LOSSES
+    from ..optim import OPTIMIZERS
+
+    opt_meta, loss_meta = info["optimizer"], _field(info, "loss", dict, where)
+    metrics = info.get("metrics") or []
+    if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
+        raise NnetFormatError(f"{where}: compile.metrics must be a list of names, got {metrics!r:.80}")
+    try:
+        optimizer = _instance(OPTIMIZERS, opt_meta, "optimizer", where)
+        loss = _instance(LOSSES, loss_meta, "loss", where)
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    except NnetFormatError:
+        raise
+    except (TypeError, ValueError, KeyError) as e:
+        raise NnetFormatError(f"{where}: compile information is invalid: {e}") from None
+    iterations = opt_meta.get("iterations", 0)
+    if type(iterations) is not int or iterations < 0:
+        raise NnetFormatError(f"{where}: compile.optimizer.iterations must be a non-negative integer")
+    initial_lr = opt_meta.get("initial_lr", optimizer.lr)
+    if not isinstance(initial_lr, (int, float)):
+        raise NnetFormatError(f"{where}: compile.optimizer.initial_lr must be a number")
+    optimizer.initial_lr = float(initial_lr)
+    if state:
+        optimizer._init_state(model.flat_params)  # allocates state and scratch on the model's backend
+        unknown = sorted(set(state) - set(optimizer.state))
+        if unknown:
+            raise NnetFormatError(f"{where}: {type(optimizer).__name__} has no state {unknown}; it keeps "
+                                  f"{sorted(optimizer.state)}")
+        for name, value in state.items():
+            optimizer.ops.copy_(optimizer.state[name], optimizer.ops.asarray(np.array(value)))
+    optimizer.iterations = iterations
+
+
+def _instance(registry: dict, node: dict, kind: str, where: str):
+    name, config = node.get("type"), node.get("config", {})
+    if not isinstance(name, str) or name not in registry or not isinstance(config, dict):
+        raise NnetFormatError(f"{where}: unknown {kind} {str(name)[:80]!r}; "
+                              f"known: {', '.join(sorted(registry))}")
+    return registry[name](**config)
