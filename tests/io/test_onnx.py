@@ -194,3 +194,8 @@ def test_input_shape_must_match_built_model(tmp_path):
     model.build((3,))
     with pytest.raises(nn.ShapeError, match=r"built for input \(N, 3\), got input_shape \(4\)"):
         nn.export_onnx(model, tmp_path / "m.onnx", (4,))
+
+
+def test_moe(tmp_path):
+    model = nn.Sequential(nn.Dense(6, 8), layer("MoE", 8, 12, 4, 2), nn.Dense(8, 3))
+    assert_runs_like_predict(model, floats(3, 5, 6), tmp_path)

@@ -61,7 +61,7 @@ class OnnxGraph:
     def const(self, hint: str, value: Any, dtype: Any = np.float32) -> str:
         """An initializer holding ``value`` (float32 unless ``dtype`` says otherwise)."""
         name = self.fresh(hint)
-        array = np.ascontiguousarray(value, dtype=dtype)
+        array = np.array(value, dtype=dtype, order="C")  # keeps 0-d scalars 0-d
         self.initializers.append(self._numpy_helper.from_array(array, name))
         return name
 
@@ -317,3 +317,120 @@ def _mean_pooling(g, layer, x, prefix):
 def _token_pooling(g, layer, x, prefix):
     index = 0 if type(layer).__name__ == "CLSPooling" else -1
     return g.op("Gather", x, g.ints("token", index), axis=1)
+
+
+@converter("GlobalAttention")
+def _global_attention(g, layer, x, prefix):
+    hidden = g.op("Tanh", linear(g, layer, prefix, x, 3))                               # (N, T, D)
+    scores = g.op("MatMul", hidden, g.param(layer, prefix, "v"))                         # (N, T)
+    weights = g.op("Unsqueeze", g.op("Softmax", scores, axis=1), g.ints("axis1", [1]))   # (N, 1, T)
+    return reshape(g, g.op("MatMul", weights, x), [0, -1])                              # (N, D)
+
+
+@converter("RBF")
+def _rbf(g, layer, x, prefix):
+    diff = g.op("Sub", g.op("Unsqueeze", x, g.ints("axis_m2", [-2])), g.param(layer, prefix, "centers"))
+    dist2 = g.op("ReduceSum", g.op("Mul", diff, diff), g.ints("axis_m1", [-1]), keepdims=0)  # (..., centers)
+    return g.op("Exp", g.op("Mul", dist2, g.const("neg_gamma", -layer.get_config()["gamma"])))
+
+
+@converter("MoE")
+def _moe(g, layer, x, prefix):
+    """Every expert on every token, weighted by the top-k softmax scattered into a dense (..., E) gate."""
+    from onnx import TensorProto, helper
+
+    k = layer.get_config()["top_k"]
+    logits = convert_layer(g, layer.children["gate"], x, prefix + "gate.")                        # (..., E)
+    top, idx = g.op("TopK", logits, g.ints("k", [k]), outputs=2, axis=-1)
+    zeros = g.op("ConstantOfShape", g.op("Shape", logits), value=helper.make_tensor("zero", TensorProto.FLOAT,
+                                                                                     [1], [0.0]))
+    gates = g.op("ScatterElements", zeros, idx, g.op("Softmax", top, axis=-1), axis=-1)           # (..., E)
+    experts = layer.children["experts"]
+    axis = g.ints("axis_m2", [-2])
+    outs = [g.op("Unsqueeze", convert_layer(g, child, x, f"{prefix}experts.{name}."), axis)
+            for name, child in experts.children.items()]
+    stacked = g.op("Concat", *outs, axis=-2)                                            # (..., E, D)
+    return g.op("Squeeze", g.op("MatMul", g.op("Unsqueeze", gates, axis), stacked), axis)
+
+
+ONNX_CONVERTERS["MoEExpert"] = _sequential  # linear1 then linear2, in child order
+
+
+# --------------------------------------------------------------------------- convolutions and pooling
+@converter("Conv1D", "Conv2D")
+def _conv(g, layer, x, prefix):
+    cfg = layer.get_config()
+    nd = len(layer.input_shape) - 1
+    pads = _ntuple(cfg.get("padding", 0), nd)
+    inputs = [g.param(layer, prefix, key) for key in ("weight", "bias") if key in layer.params]
+    y = g.op("Conv", x, *inputs, kernel_shape=_ntuple(cfg["kernel_size"], nd),
+             strides=_ntuple(cfg.get("stride", 1), nd), pads=pads + pads)
+    return activation(g, cfg.get("activation") or "linear", y)
+
+
+@converter("MaxPool2D", "AvgPool2D")
+def _pool(g, layer, x, prefix):
+    cfg = layer.get_config()
+    kernel = _pair(cfg["kernel_size"])
+    stride = kernel if cfg.get("stride") is None else _pair(cfg["stride"])
+    pads = _pair(cfg.get("padding", 0))
+    if type(layer).__name__ == "MaxPool2D":
+        return g.op("MaxPool", x, kernel_shape=kernel, strides=stride, pads=pads + pads)
+    return g.op("AveragePool", x, kernel_shape=kernel, strides=stride, pads=pads + pads, count_include_pad=1)
+
+
+@converter("GlobalAvgPool2D")
+def _global_avg_pool(g, layer, x, prefix):
+    return g.op("Flatten", g.op("GlobalAveragePool", x), axis=1)
+
+
+@converter("BatchNorm1D", "BatchNorm2D")
+def _batchnorm(g, layer, x, prefix):
+    eps = layer.get_config().get("eps", 1e-5)
+    stats = [g.param(layer, prefix, key) for key in ("weight", "bias", "running_mean", "running_var")]
+    return g.op("BatchNormalization", x, *stats, epsilon=eps)
+
+
+# --------------------------------------------------------------------------- recurrent
+# PyTorch's gate blocks in ONNX's order: LSTM i,f,g,o -> i,o,f,c; GRU r,z,n -> z,r,h.
+_GATE_ORDER = {"LSTM": [0, 3, 1, 2], "GRU": [1, 0, 2]}
+
+
+def _gates(w: np.ndarray, kind: str) -> np.ndarray:
+    blocks = np.split(w, len(_GATE_ORDER[kind]), axis=0)
+    return np.concatenate([blocks[i] for i in _GATE_ORDER[kind]], axis=0)
+
+
+def rnn(g: OnnxGraph, layer: Layer, prefix: str, x: str, kind: str, hidden: int, return_sequences: bool,
+        suffixes: tuple[str, ...]) -> str:
+    """ONNX LSTM/GRU over batch-first x (N, T, I); ``suffixes`` ("",) or ("", "_reverse") per direction."""
+    def stacked(*keys: str) -> str:  # (dirs, rows) per key, keys concatenated along the rows
+        value = np.stack([np.concatenate([_gates(_host(layer, key + s), kind) for key in keys])
+                          for s in suffixes])
+        return g.const(f"{prefix}{keys[0]}.onnx", value)
+
+    w, r, b = stacked("weight_ih_l0"), stacked("weight_hh_l0"), stacked("bias_ih_l0", "bias_hh_l0")
+    attrs = {"hidden_size": hidden, "direction": "bidirectional" if len(suffixes) == 2 else "forward"}
+    if kind == "GRU":
+        attrs["linear_before_reset"] = 1  # PyTorch: n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+    seq, last = g.op(kind, g.op("Transpose", x, perm=[1, 0, 2]), w, r, b, outputs=2, **attrs)
+    if return_sequences:  # (T, dirs, N, H) -> (N, T, dirs * H)
+        return reshape(g, g.op("Transpose", seq, perm=[2, 0, 1, 3]), [0, 0, -1])
+    return reshape(g, g.op("Transpose", last, perm=[1, 0, 2]), [0, -1])  # (dirs, N, H) -> (N, dirs * H)
+
+
+def _host(layer: Layer, key: str) -> np.ndarray:
+    return np.asarray(layer.ops.to_numpy(layer.params[key]), dtype=np.float32)
+
+
+@converter("LSTM", "GRU")
+def _rnn_layer(g, layer, x, prefix):
+    cfg = layer.get_config()
+    return rnn(g, layer, prefix, x, type(layer).__name__, cfg["hidden_size"], cfg["return_sequences"], ("",))
+
+
+@converter("Bidirectional")
+def _bidirectional(g, layer, x, prefix):
+    cfg = layer.get_config()["rnn"]
+    suffixes = ("", "_reverse")
+    return rnn(g, layer, prefix, x, cfg["type"], cfg["hidden_size"], cfg["return_sequences"], suffixes)
