@@ -45,7 +45,20 @@ def cnn():
     return model, x
 
 
-MODELS = {"mlp": mlp, "gpt": gpt, "cnn": cnn}
+def rnn():
+    model = nn.Sequential(layer("Bidirectional", layer("LSTM", 3, 32, return_sequences=True)),
+                          layer("GRU", 64, 32), nn.Dense(32, 2))
+    model.build((5, 3))
+    return model, RNG.standard_normal((4, 5, 3)).astype(np.float32)
+
+
+def moe():
+    model = nn.Sequential(nn.Dense(4, 32), layer("MoE", 32, 32, 4, 2), nn.Dense(32, 3))
+    model.build((4,))
+    return model, RNG.standard_normal((6, 4)).astype(np.float32)
+
+
+MODELS = {"mlp": mlp, "gpt": gpt, "cnn": cnn, "rnn": rnn, "moe": moe}
 
 
 def read(path):

@@ -91,7 +91,7 @@ def test_cnn(tmp_path):
 def test_cnn_flatten_padded_pools(tmp_path):
     model = nn.Sequential(layer("Conv2D", 2, 3, (3, 2), activation="gelu"),
                           layer("AvgPool2D", 3, stride=2, padding=1), layer("MaxPool2D", 2, padding=1),
-                          nn.Flatten(), nn.Dense(12, 2))
+                          nn.Flatten(), nn.Dense(27, 2))
     model.build((2, 9, 8))
     assert_runs_like_predict(model, floats(3, 2, 9, 8), tmp_path)
 
