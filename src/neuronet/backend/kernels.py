@@ -211,3 +211,84 @@ def group_by_key(keys, order, counts):
         counts[b] += 1
     for b in range(counts.size - 1, 0, -1):
         counts[b] -= counts[b - 1]
+
+
+# ----------------------------------------------------------------- sequence models (norms, attention)
+@jit
+def norm_rows_forward(x, w, b, eps, center, has_bias, out, mean, rstd):
+    """LayerNorm (center) or RMSNorm rows of 2-D x: out = (x - mean) * rstd * w (+ b); saves mean, rstd."""
+    rows, cols = x.shape
+    for r in range(rows):
+        mu = 0.0
+        if center:
+            for c in range(cols):
+                mu += x[r, c]
+            mu /= cols
+        var = 0.0
+        for c in range(cols):
+            d = x[r, c] - mu
+            var += d * d
+        s = 1.0 / math.sqrt(var / cols + eps)
+        mean[r] = mu
+        rstd[r] = s
+        for c in range(cols):
+            v = (x[r, c] - mu) * s * w[c]
+            out[r, c] = v + b[c] if has_bias else v
+
+
+@jit
+def norm_rows_backward(dy, x, w, mean, rstd, center, has_bias, dx, dw, db):
+    """dx = rstd (g - mean(g) [LayerNorm only] - xhat mean(g xhat)), g = dy w.
+
+    ACCUMULATES dw += sum dy xhat and db += sum dy.
+    """
+    rows, cols = x.shape
+    for r in range(rows):
+        mu, s = mean[r], rstd[r]
+        sg = 0.0
+        sgx = 0.0
+        for c in range(cols):
+            xh = (x[r, c] - mu) * s
+            g = dy[r, c] * w[c]
+            sg += g
+            sgx += g * xh
+            dw[c] += dy[r, c] * xh
+            if has_bias:
+                db[c] += dy[r, c]
+        mg = sg / cols if center else 0.0
+        mgx = sgx / cols
+        for c in range(cols):
+            xh = (x[r, c] - mu) * s
+            dx[r, c] = s * (dy[r, c] * w[c] - mg - xh * mgx)
+
+
+@jit
+def causal_softmax_rows(z, out, t):
+    """Softmax of the rows of 2-D z = (B*t, t) scores where row r (query r % t) sees keys 0..r % t only."""
+    rows, cols = z.shape
+    for r in range(rows):
+        q = r % t
+        m = z[r, 0]
+        for c in range(1, q + 1):
+            if z[r, c] > m:
+                m = z[r, c]
+        s = 0.0
+        for c in range(q + 1):
+            e = math.exp(z[r, c] - m)
+            out[r, c] = e
+            s += e
+        inv = 1.0 / s
+        for c in range(q + 1):
+            out[r, c] *= inv
+        for c in range(q + 1, cols):
+            out[r, c] = 0.0
+
+
+@jit
+def scatter_add_rows(table, index, rows):
+    """table[index[i]] += rows[i] (repeated indices accumulate)."""
+    n, cols = rows.shape
+    for i in range(n):
+        k = index[i]
+        for c in range(cols):
+            table[k, c] += rows[i, c]

@@ -81,10 +81,11 @@ class NumpyOps(Ops):
         out[...] = np.bincount(keys, minlength=len(out))
 
     def gather_rows(self, table, index, out):
-        return np.take(table, index, axis=0, out=out)
+        # mode='raise' would buffer the whole output (a temporary per call); callers check the range.
+        return np.take(table, index, axis=0, out=out, mode='clip')
 
     def scatter_add_rows(self, table, index, rows):
-        np.add.at(table, index, rows)
+        kernels.scatter_add_rows(_rows(table), index.reshape(-1), _rows(np.ascontiguousarray(rows)))
 
     # ----------------------------------------------------------------- activations
     def activation(self, name, z, out, alpha=None):
@@ -104,4 +105,23 @@ class NumpyOps(Ops):
         yy = dummy if y is None else np.ascontiguousarray(y).reshape(-1)
         kernels.activation_backward(kernels.ACT_CODES[name], a, np.ascontiguousarray(dy).reshape(-1),
                                     dummy, yy, _flat(out))
+        return out
+
+    # ----------------------------------------------------------------- sequence models (norms, attention)
+    def norm_rows(self, x, weight, bias, eps, center, out, mean, rstd):
+        b = weight if bias is None else bias
+        kernels.norm_rows_forward(_rows(x), weight, b, eps, center, bias is not None, _rows(out), mean, rstd)
+        return out
+
+    def norm_rows_backward(self, dy, x, weight, mean, rstd, center, dx, dweight, dbias):
+        db = dweight if dbias is None else dbias
+        kernels.norm_rows_backward(_rows(dy), _rows(x), weight, mean, rstd, center, dbias is not None,
+                                   _rows(dx), dweight, db)
+        return dx
+
+    def attention_softmax(self, scores, out, causal):
+        if causal:
+            kernels.causal_softmax_rows(_rows(scores), _rows(out), scores.shape[-1])
+        else:
+            kernels.softmax_rows(_rows(scores), _rows(out), False)
         return out

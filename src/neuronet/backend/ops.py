@@ -105,7 +105,7 @@ class Ops:
         raise NotImplementedError
 
     def gather_rows(self, table, index, out) -> Any:
-        """out[i] = table[index[i]] for a flat integer index."""
+        """out[i] = table[index[i]] for a flat integer index (the caller checks it is in range)."""
         raise NotImplementedError
 
     def scatter_add_rows(self, table, index, rows) -> None:
@@ -144,6 +144,24 @@ class Ops:
     def arange(self, n: int) -> Any:
         """0..n-1 as an integer index array (cached by callers in their workspace)."""
         return self.xp.arange(n)
+
+    # ----------------------------------------------------------------- sequence models (norms, attention)
+    def norm_rows(self, x, weight, bias, eps: float, center: bool, out, mean, rstd) -> Any:
+        """LayerNorm (``center``) or RMSNorm over the last axis of 2-D ``x``.
+
+        out = (x - mean) * rstd * weight (+ bias), rstd = 1/sqrt(var + eps);
+        for RMSNorm mean = 0 and var = mean(x^2).
+        Saves ``mean`` and ``rstd`` (one per row) for ``norm_rows_backward``. ``bias`` may be None.
+        """
+        raise NotImplementedError
+
+    def norm_rows_backward(self, dy, x, weight, mean, rstd, center: bool, dx, dweight, dbias) -> Any:
+        """dx of ``norm_rows``; ACCUMULATES into ``dweight`` and ``dbias`` (None when there is no bias)."""
+        raise NotImplementedError
+
+    def attention_softmax(self, scores, out, causal: bool) -> Any:
+        """Softmax over the last axis of (..., T, T) scores; with ``causal`` query t sees keys 0..t only."""
+        raise NotImplementedError
 
     # ----------------------------------------------------------------- optimizer updates (whole flat buffer)
     def adam_step(self, p, g, m, v, scratch, *, lr, beta1, beta2, eps, weight_decay, step, decoupled) -> None:

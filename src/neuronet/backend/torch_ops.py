@@ -139,6 +139,42 @@ class TorchOps(Ops):
             out.copy_(g)
         return out
 
+    # ----------------------------------------------------------------- sequence models (norms, attention)
+    def norm_rows(self, x, weight, bias, eps, center, out, mean, rstd):
+        x = x.reshape(-1, x.shape[-1])
+        if center:
+            var, mu = torch.var_mean(x, dim=-1, unbiased=False)
+            mean.copy_(mu)
+        else:
+            var = (x * x).mean(dim=-1)
+            mean.zero_()
+        torch.rsqrt(var + eps, out=rstd)
+        y = (x - mean[:, None]) * rstd[:, None] * weight
+        if bias is not None:
+            y += bias
+        out.copy_(y.reshape(out.shape))
+        return out
+
+    def norm_rows_backward(self, dy, x, weight, mean, rstd, center, dx, dweight, dbias):
+        x, dy = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
+        xhat = (x - mean[:, None]) * rstd[:, None]
+        g = dy * weight
+        d = g - xhat * (g * xhat).mean(dim=-1, keepdim=True)
+        if center:
+            d -= g.mean(dim=-1, keepdim=True)
+        dx.copy_((d * rstd[:, None]).reshape(dx.shape))
+        dweight += (dy * xhat).sum(dim=0)
+        if dbias is not None:
+            dbias += dy.sum(dim=0)
+        return dx
+
+    def attention_softmax(self, scores, out, causal):
+        if causal:
+            t = scores.shape[-1]
+            mask = torch.ones(t, t, dtype=torch.bool, device=scores.device).triu_(1)
+            scores = scores.masked_fill(mask, float("-inf"))
+        out.copy_(torch.softmax(scores, dim=-1))
+        return out
 
 def _act(name, z, a):
     if name == "linear":

@@ -13,11 +13,18 @@ from .activation import (
     Softmax,
     Tanh,
 )
+from .attention import MultiHeadAttention
 from .dense import Dense
 from .dropout import Dropout
+from .embedding import Embedding, PositionalEncoding
 from .moe import MoE
+from .normalization import LayerNorm, RMSNorm
 from .reshape import Flatten, Reshape
+from .swiglu import SwiGLU
+from .transformer import TransformerBlock
 
 __all__ = ["Activation", "Dense", "Dropout", "ELU", "Flatten", "GELU", "LeakyReLU", "LogSoftmax", "ReLU",
            "Reshape", "SELU", "SiLU", "Sigmoid", "Softmax", "Tanh"]
 __all__ += ["MoE"]
+__all__ += ["Embedding", "LayerNorm", "MultiHeadAttention", "PositionalEncoding", "RMSNorm", "SwiGLU",
+            "TransformerBlock"]

@@ -1,0 +1,175 @@
+"""Multi-head scaled dot-product self-attention (PyTorch: nn.MultiheadAttention(batch_first=True))."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..core import initializers as init
+from ..core import random as nnrandom
+from ..core.layer import Layer, ShapeError
+from .dense import Dense
+
+
+class MultiHeadAttention(Layer):
+    """Self-attention with ``num_heads`` heads of size hd = dim / num_heads.
+
+    [q, k, v] = x @ in_proj_weight.T + in_proj_bias, split into heads    (N, H, T, hd) each
+    q, k <- rope(q), rope(k)                                              (only with ``rope``)
+    P = softmax(q k^T / sqrt(hd) + mask)                                  (N, H, T, T); mask = -inf above the
+                                                                          diagonal when ``causal``
+    y = out_proj(concat_heads(dropout(P) v))
+    Backward: dv = P^T do, dP = do v^T, dS = P (dP - rowsum(dP P)),
+              dq = dS k / sqrt(hd), dk = dS^T q / sqrt(hd).
+
+    PyTorch counterpart: ``nn.MultiheadAttention(dim, num_heads, dropout, batch_first=True)`` called as
+    ``mha(x, x, x, attn_mask=causal_mask, need_weights=False)``.
+
+    Args:
+        dim (int): model width D (divisible by ``num_heads``).
+        num_heads (int): number of heads H.
+        causal (bool, optional): position t attends to positions <= t only. Default: ``False``.
+        dropout (float, optional): dropout on the attention weights while training. Default: ``0.0``.
+        rope (bool, optional): rotary position embedding of q and k (LLaMA's rotate-half pairing of
+            dimension i with i + hd/2, base 10000, positions from 0; tables are not parameters).
+            Default: ``False``.
+    Shape:
+        x: (N, T, dim) -> y: (N, T, dim)
+    Parameters:
+        in_proj_weight (3 dim, dim), in_proj_bias (3 dim), out_proj.weight (dim, dim), out_proj.bias (dim).
+    Saved for backward:
+        x (by reference); q (scaled, rotated), k, v, P and the dropout mask (workspace).
+    """
+
+    def __init__(self, dim: int, num_heads: int, causal: bool = False, dropout: float = 0.0,
+                 rope: bool = False):
+        super().__init__()
+        self.dim, self.num_heads, self.causal, self.dropout, self.rope = \
+            int(dim), int(num_heads), bool(causal), float(dropout), bool(rope)
+        if self.num_heads < 1 or self.dim % self.num_heads:
+            raise ValueError(f"{self!r}: dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        self.head_dim = self.dim // self.num_heads
+        if self.rope and self.head_dim % 2:
+            raise ValueError(f"{self!r}: rope needs an even head size, got {self.head_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"{self!r}: dropout must be in [0, 1), got {self.dropout}")
+
+    def setup(self, input_shape):
+        self.check_shape(tuple(input_shape))
+        d = self.dim
+        self.add_param("in_proj_weight", (3 * d, d), init.xavier_uniform(d, 3 * d))
+        self.add_param("in_proj_bias", (3 * d,), init.zeros)
+        self.add_child("out_proj", Dense(d, d), input_shape)
+        return input_shape
+
+    def check_shape(self, shape: tuple) -> None:
+        """``shape`` is (T, dim) without the batch."""
+        if len(shape) != 2 or shape[-1] != self.dim:
+            raise ShapeError(f"{self!r}: expected input of shape (N, T, {self.dim}), "
+                             f"got (N, {', '.join(map(str, shape))})")
+
+    def check_input(self, x):
+        self.check_shape(tuple(x.shape[1:]))
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, x, training: bool = True):
+        ops, xp = self.ops, self.ops.xp
+        n, t, d = x.shape
+        h, hd = self.num_heads, self.head_dim
+        self._shape = (n, t, d)
+        self._x = x.reshape(n * t, d)
+        qkv = self.workspace("qkv", (n * t, 3 * d))
+        ops.matmul(self._x, self.params["in_proj_weight"].T, out=qkv)
+        qkv += self.params["in_proj_bias"]
+        heads = self.workspace("heads", (3, n, h, t, hd))  # q, k, v as (N, H, T, hd)
+        ops.copy_(heads, ops.transpose(qkv.reshape(n, t, 3, h, hd), (2, 0, 3, 1, 4)))
+        q, k, v = heads[0], heads[1], heads[2]
+        if self.rope:
+            cos, sin, _ = self._rope_tables(t)
+            q, k = self._rotate(q, "q_rot", cos, sin), self._rotate(k, "k_rot", cos, sin)
+        q *= 1.0 / math.sqrt(hd)
+        probs = self.workspace("probs", (n, h, t, t))
+        ops.matmul(q, ops.swapaxes(k, -1, -2), out=probs)
+        ops.attention_softmax(probs, probs, self.causal)
+        self._drop = training and self.dropout > 0.0
+        weights = probs
+        if self._drop:
+            mask = self.workspace("mask", (n, h, t, t))
+            ops.bernoulli_mask(1.0 - self.dropout, nnrandom.generator(), mask)
+            weights = self.workspace("dropped", (n, h, t, t))
+            xp.multiply(probs, mask, out=weights)
+        o = self.workspace("o", (n, h, t, hd))
+        ops.matmul(weights, v, out=o)
+        ctx = self.workspace("ctx", (n, t, h, hd))
+        ops.copy_(ctx, ops.transpose(o, (0, 2, 1, 3)))
+        self._q, self._k, self._v, self._probs, self._weights = q, k, v, probs, weights
+        return self.children["out_proj"].forward(ctx.reshape(n, t, d), training)
+
+    # ----------------------------------------------------------------- backward
+    def backward(self, dy):
+        ops = self.ops
+        n, t, d = self._shape
+        h, hd = self.num_heads, self.head_dim
+        dctx = self.children["out_proj"].backward(dy)
+        do = self.workspace("do", (n, h, t, hd))
+        ops.copy_(do, ops.transpose(dctx.reshape(n, t, h, hd), (0, 2, 1, 3)))
+        dheads = self.workspace("dheads", (3, n, h, t, hd))
+        ops.matmul(ops.swapaxes(self._weights, -1, -2), do, out=dheads[2])
+        dp = self.workspace("dp", (n, h, t, t))
+        ops.matmul(do, ops.swapaxes(self._v, -1, -2), out=dp)
+        if self._drop:
+            dp *= self.workspace("mask", (n, h, t, t))
+        ops.activation_backward("softmax", dp, None, self._probs, dp)  # now dL/dscores
+        dq = self.workspace("dq_rot", (n, h, t, hd)) if self.rope else dheads[0]
+        dk = self.workspace("dk_rot", (n, h, t, hd)) if self.rope else dheads[1]
+        ops.matmul(dp, self._k, out=dq)
+        dq *= 1.0 / math.sqrt(hd)
+        ops.matmul(ops.swapaxes(dp, -1, -2), self._q, out=dk)
+        if self.rope:  # the transpose of a rotation is the rotation by -angle
+            cos, _, neg_sin = self._rope_tables(t)
+            self._rotate(dq, "dq", cos, neg_sin, out=dheads[0])
+            self._rotate(dk, "dk", cos, neg_sin, out=dheads[1])
+        dqkv = self.workspace("dqkv", (n * t, 3 * d))
+        ops.copy_(dqkv.reshape(n, t, 3, h, hd), ops.transpose(dheads, (1, 3, 0, 2, 4)))
+        ops.matmul_acc(dqkv.T, self._x, self.grads["in_proj_weight"],
+                       self.workspace("dw", (3 * d, d)))
+        ops.sum_rows_acc(dqkv, self.grads["in_proj_bias"])
+        dx = self.workspace("dx", (n * t, d))
+        ops.matmul(dqkv, self.params["in_proj_weight"], out=dx)
+        return dx.reshape(n, t, d)
+
+    # ----------------------------------------------------------------- rotary embedding
+    def _rope_tables(self, t: int):
+        """cos, sin and -sin of angle[p, i] = p * 10000^(-2i/hd), shape (t, hd/2), on this backend."""
+        cached = self.__dict__.get("_rope")
+        if cached is None or cached[0].shape[0] < t or not self.ops.is_array(cached[0]) or \
+                self.ops.dtype_name(cached[0]) != str(self.dtype):
+            half = self.head_dim // 2
+            angle = np.arange(t)[:, None] * 10000.0 ** (-np.arange(half) * 2.0 / self.head_dim)
+            cached = self._rope = tuple(self.ops.asarray(a.astype(self.dtype))
+                                        for a in (np.cos(angle), np.sin(angle), -np.sin(angle)))
+        return tuple(a[:t] for a in cached)
+
+    def _rotate(self, src, name: str, cos, sin, out=None):
+        """out = src * [cos, cos] + rotate_half(src) * [sin, sin], rotate_half([a, b]) = [-b, a]."""
+        xp, half = self.ops.xp, self.head_dim // 2
+        out = self.workspace(name, tuple(src.shape)) if out is None else out
+        tmp = self.workspace("rope_tmp", (*src.shape[:-1], half))
+        a, b = src[..., :half], src[..., half:]
+        xp.multiply(a, cos, out=out[..., :half])
+        xp.multiply(b, sin, out=tmp)
+        out[..., :half] -= tmp
+        xp.multiply(b, cos, out=out[..., half:])
+        xp.multiply(a, sin, out=tmp)
+        out[..., half:] += tmp
+        return out
+
+    def extra_repr(self):
+        extra = "".join(f", {k}={v!r}" for k, v in (("causal", self.causal), ("dropout", self.dropout),
+                                                       ("rope", self.rope)) if v)
+        return f"{self.dim}, {self.num_heads}{extra}"
+
+    def get_config(self):
+        return {"dim": self.dim, "num_heads": self.num_heads, "causal": self.causal, "dropout": self.dropout,
+                "rope": self.rope}

@@ -1,0 +1,118 @@
+"""Pre-norm Transformer block (PyTorch: nn.TransformerEncoderLayer(norm_first=True, batch_first=True))."""
+
+from __future__ import annotations
+
+from ..core.layer import Layer
+from .attention import MultiHeadAttention
+from .dense import Dense
+from .dropout import Dropout
+from .normalization import LayerNorm, RMSNorm
+from .swiglu import SwiGLU
+
+NORMS = {"layer": LayerNorm, "rms": RMSNorm}
+FFNS = ("gelu", "swiglu")
+
+
+class TransformerBlock(Layer):
+    """Two pre-norm residual sub-blocks: attention, then a feed-forward network.
+
+    h = x + dropout1(self_attn(norm1(x)))
+    y = h + dropout2(ffn(norm2(h)))
+    ffn = linear2(dropout(gelu(linear1 .)))   or, with ffn="swiglu", SwiGLU(dim, ff_dim)
+    Backward: dh = dy + d(ffn branch)/dh . dy;  dx = dh + d(attention branch)/dx . dh.
+
+    PyTorch counterpart: ``nn.TransformerEncoderLayer(dim, num_heads, ff_dim, dropout, activation="gelu",
+    batch_first=True, norm_first=True)`` called with the causal ``src_mask`` when ``causal``. The LLaMA-style
+    variants (``norm="rms"``, ``ffn="swiglu"``, ``rope=True``) have no torch.nn counterpart.
+
+    Args:
+        dim (int): model width.
+        num_heads (int): attention heads (dim must be divisible by it).
+        ff_dim (int): feed-forward hidden width.
+        causal (bool, optional): mask future positions. Default: ``False``.
+        dropout (float, optional): PyTorch's placement: attention weights, after each sub-block and
+            inside the FFN. Default: ``0.0``.
+        norm (str, optional): "layer" (LayerNorm, eps 1e-5) or "rms" (RMSNorm, eps 1e-6).
+            Default: ``"layer"``.
+        ffn (str, optional): "gelu" (exact erf GELU) or "swiglu". Default: ``"gelu"``.
+        rope (bool, optional): rotary embeddings on q and k in the attention. Default: ``False``.
+    Shape:
+        x: (N, T, dim) -> y: (N, T, dim)
+    Parameters:
+        self_attn.* (MultiHeadAttention); linear1.* (ff_dim, dim) and linear2.* (dim, ff_dim), or
+        ffn.w1/w2/w3.weight; norm1.weight/bias, norm2.weight/bias (no bias for RMSNorm).
+    Saved for backward:
+        the residual h (workspace); the sub-layers keep their own.
+    """
+
+    def __init__(self, dim: int, num_heads: int, ff_dim: int, causal: bool = False, dropout: float = 0.0,
+                 norm: str = "layer", ffn: str = "gelu", rope: bool = False):
+        super().__init__()
+        self.dim, self.num_heads, self.ff_dim = int(dim), int(num_heads), int(ff_dim)
+        self.causal, self.dropout, self.norm, self.ffn, self.rope = \
+            bool(causal), float(dropout), str(norm), str(ffn), bool(rope)
+        if self.norm not in NORMS:
+            raise ValueError(f"{self!r}: norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        if self.ffn not in FFNS:
+            raise ValueError(f"{self!r}: ffn must be one of {', '.join(FFNS)}, got {ffn!r}")
+        MultiHeadAttention(dim, num_heads, causal, dropout, rope)  # validate the heads now, not at build
+
+    def setup(self, input_shape):
+        d, p = self.dim, self.dropout
+        attn = MultiHeadAttention(d, self.num_heads, self.causal, p, self.rope)
+        self.add_child("self_attn", attn, input_shape)
+        if self.ffn == "gelu":
+            hidden = self.add_child("linear1", Dense(d, self.ff_dim, activation="gelu"), input_shape)
+            self.add_child("dropout", Dropout(p), hidden)
+            self.add_child("linear2", Dense(self.ff_dim, d), hidden)
+            self._ffn = [self.children[k] for k in ("linear1", "dropout", "linear2")]
+        else:
+            self.add_child("ffn", SwiGLU(d, self.ff_dim), input_shape)
+            self._ffn = [self.children["ffn"]]
+        norm = NORMS[self.norm]
+        self.add_child("norm1", norm(d), input_shape)
+        self.add_child("norm2", norm(d), input_shape)
+        self.add_child("dropout1", Dropout(p), input_shape)
+        self.add_child("dropout2", Dropout(p), input_shape)
+        return input_shape
+
+    def check_input(self, x):
+        self.children["self_attn"].check_input(x)
+
+    def _branch(self, layers: list[Layer], x, training: bool):
+        for layer in layers:
+            x = layer.forward(x, training)
+        return x
+
+    def _branch_backward(self, layers: list[Layer], dy):
+        for layer in reversed(layers):
+            dy = layer.backward(dy)
+        return dy
+
+    def forward(self, x, training: bool = True):
+        c, xp = self.children, self.ops.xp
+        attn = [c["norm1"], c["self_attn"], c["dropout1"]]
+        ffn = [c["norm2"], *self._ffn, c["dropout2"]]
+        h = self.workspace("h", tuple(x.shape))
+        xp.add(x, self._branch(attn, x, training), out=h)
+        y = self.workspace("y", tuple(x.shape))
+        xp.add(h, self._branch(ffn, h, training), out=y)
+        return y
+
+    def backward(self, dy):
+        c, xp = self.children, self.ops.xp
+        dh = self.workspace("dh", tuple(dy.shape))
+        xp.add(dy, self._branch_backward([c["norm2"], *self._ffn, c["dropout2"]], dy), out=dh)
+        dx = self.workspace("dx", tuple(dy.shape))
+        xp.add(dh, self._branch_backward([c["norm1"], c["self_attn"], c["dropout1"]], dh), out=dx)
+        return dx
+
+    def extra_repr(self):
+        opts = [("causal", self.causal, False), ("dropout", self.dropout, 0.0), ("norm", self.norm, "layer"),
+                ("ffn", self.ffn, "gelu"), ("rope", self.rope, False)]
+        extra = "".join(f", {k}={v!r}" for k, v, default in opts if v != default)
+        return f"{self.dim}, {self.num_heads}, {self.ff_dim}{extra}"
+
+    def get_config(self):
+        return {"dim": self.dim, "num_heads": self.num_heads, "ff_dim": self.ff_dim, "causal": self.causal,
+                "dropout": self.dropout, "norm": self.norm, "ffn": self.ffn, "rope": self.rope}
