@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels
+from . import conv_kernels, kernels
 from .ops import DEFAULT_ALPHA, Ops
 
 
@@ -86,6 +86,23 @@ class NumpyOps(Ops):
 
     def scatter_add_rows(self, table, index, rows):
         kernels.scatter_add_rows(_rows(table), index.reshape(-1), _rows(np.ascontiguousarray(rows)))
+
+    # ----------------------------------------------------------------- convolution and pooling (Numba)
+    def im2col(self, x, kernel, stride, padding, out):
+        conv_kernels.im2col(x, *kernel, *stride, *padding, out)
+        return out
+
+    def col2im(self, cols, kernel, stride, padding, out):
+        conv_kernels.col2im(cols, *kernel, *stride, *padding, out)
+        return out
+
+    def max_pool2d(self, x, kernel, stride, padding, out, index):
+        conv_kernels.max_pool2d(x, *kernel, *stride, *padding, out, index)
+        return out
+
+    def max_pool2d_backward(self, dy, index, out):
+        conv_kernels.max_pool2d_backward(np.ascontiguousarray(dy), index, out)
+        return out
 
     # ----------------------------------------------------------------- activations
     def activation(self, name, z, out, alpha=None):

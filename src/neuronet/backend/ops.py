@@ -125,6 +125,28 @@ class Ops:
         """out += x summed over every axis but the last (bias gradients)."""
         out += self.xp.sum(x.reshape(-1, x.shape[-1]), axis=0)
 
+    # ----------------------------------------------------------------- convolution and pooling (NCHW)
+    def im2col(self, x, kernel: tuple, stride: tuple, padding: tuple, out) -> Any:
+        """Patches of ``x`` (N, C, H, W) as columns: out (C, kh, kw, N, OH, OW), zero outside x.
+
+        out[c, i, j, n, oh, ow] = x[n, c, oh*sh + i - ph, ow*sw + j - pw]; seen as a
+        (C*kh*kw, N*OH*OW) matrix, a convolution is one GEMM ``weight.reshape(O, -1) @ out``.
+        """
+        raise NotImplementedError
+
+    def col2im(self, cols, kernel: tuple, stride: tuple, padding: tuple, out) -> Any:
+        """The adjoint of ``im2col``: out (N, C, H, W) = every column entry added back where it was read."""
+        raise NotImplementedError
+
+    def max_pool2d(self, x, kernel: tuple, stride: tuple, padding: tuple, out, index) -> Any:
+        """out = the max of each window of ``x`` (N, C, H, W), padding as -inf; ``index`` (int64) gets
+        the position h*W + w of each max in its plane, as ``F.max_pool2d(..., return_indices=True)``."""
+        raise NotImplementedError
+
+    def max_pool2d_backward(self, dy, index, out) -> Any:
+        """out (N, C, H, W) = dy added at the ``index`` positions of each plane (zero elsewhere)."""
+        raise NotImplementedError
+
     # ----------------------------------------------------------------- activations
     def activation(self, name: str, z, out, alpha: float | None = None) -> Any:
         """out = act(z) for a name in ACTIVATIONS; ``out`` may be ``z``. Softmaxes use the last axis.

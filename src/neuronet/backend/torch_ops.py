@@ -110,6 +110,30 @@ class TorchOps(Ops):
     def scatter_add_rows(self, table, index, rows):
         table.index_add_(0, index.reshape(-1).long(), rows.reshape(-1, *table.shape[1:]))
 
+    # ----------------------------------------------------------------- convolution and pooling (PyTorch's kernels)
+    def im2col(self, x, kernel, stride, padding, out):
+        cols = F.unfold(x, kernel, padding=padding, stride=stride)  # (N, C*kh*kw, OH*OW)
+        out.view(cols.shape[1], cols.shape[0], cols.shape[2]).copy_(cols.transpose(0, 1))
+        return out
+
+    def col2im(self, cols, kernel, stride, padding, out):
+        k, n = cols.shape[0] * cols.shape[1] * cols.shape[2], cols.shape[3]
+        cols = cols.reshape(k, n, -1).transpose(0, 1)
+        out.copy_(F.fold(cols, tuple(out.shape[2:]), kernel, padding=padding, stride=stride))
+        return out
+
+    def max_pool2d(self, x, kernel, stride, padding, out, index):
+        y, idx = F.max_pool2d(x, kernel, stride, padding, return_indices=True)
+        out.copy_(y)
+        index.copy_(idx)
+        return out
+
+    def max_pool2d_backward(self, dy, index, out):
+        n, c = out.shape[0], out.shape[1]
+        out.zero_()
+        out.view(n * c, -1).scatter_add_(1, index.reshape(n * c, -1), dy.reshape(n * c, -1))
+        return out
+
     # ----------------------------------------------------------------- activations
     def activation(self, name, z, out, alpha=None):
         y = _act(name, z, DEFAULT_ALPHA.get(name, 0.0) if alpha is None else alpha)

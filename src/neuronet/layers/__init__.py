@@ -14,6 +14,9 @@ from .activation import (
     Tanh,
 )
 from .attention import MultiHeadAttention
+from .batchnorm import BatchNorm1D, BatchNorm2D
+from .conv import Conv1D, Conv2D
+from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from .dense import Dense
 from .dropout import Dropout
 from .embedding import Embedding, PositionalEncoding
@@ -28,3 +31,4 @@ __all__ = ["Activation", "Dense", "Dropout", "ELU", "Flatten", "GELU", "LeakyReL
 __all__ += ["MoE"]
 __all__ += ["Embedding", "LayerNorm", "MultiHeadAttention", "PositionalEncoding", "RMSNorm", "SwiGLU",
             "TransformerBlock"]
+__all__ += ["AvgPool2D", "BatchNorm1D", "BatchNorm2D", "Conv1D", "Conv2D", "GlobalAvgPool2D", "MaxPool2D"]

@@ -1,0 +1,172 @@
+"""BatchNorm1D and BatchNorm2D: normalise each channel over the batch (PyTorch: nn.BatchNorm1d/2d)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core import initializers as init
+from ..core.layer import Layer, ShapeError
+
+
+class _BatchNorm(Layer):
+    """Per-channel normalisation of x seen as (N, C, L); L = 1 for (N, C), H*W for images.
+
+    Training:  mean, var = batch mean and biased variance over (N, L) per channel;
+               running_mean += momentum * (mean - running_mean), running_var likewise with the
+               unbiased variance var * M/(M-1), M = N*L; num_batches_tracked += 1.
+    Inference: mean, var = running_mean, running_var.
+    y = (x - mean) / sqrt(var + eps) * weight + bias.
+    Backward (training), with xhat the normalised input:
+        dbias = sum dy,  dweight = sum dy * xhat,
+        dx = weight / sqrt(var + eps) * (dy - dbias/M - xhat * dweight/M)
+    (in inference mean and var are constants and dx = weight / sqrt(var + eps) * dy).
+    """
+
+    allowed_ranks: tuple[int, ...] = ()
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = int(num_features), float(eps), float(momentum)
+
+    def setup(self, input_shape):
+        if len(input_shape) not in self.allowed_ranks or input_shape[0] != self.num_features:
+            raise ShapeError(f"{self!r}: expected input of shape {self._expected()}, "
+                             f"got (N, {', '.join(map(str, input_shape))})")
+        c = self.num_features
+        self.add_param("weight", (c,), init.ones)
+        self.add_param("bias", (c,), init.zeros)
+        self.add_buffer("running_mean", np.zeros(c, self.dtype))
+        self.add_buffer("running_var", np.ones(c, self.dtype))
+        self.add_buffer("num_batches_tracked", np.array(0, np.int64))
+        return input_shape
+
+    def _expected(self) -> str:
+        return " or ".join(f"(N, {self.num_features}{', ' + tail if tail else ''})"
+                           for tail in [("", "L", "H, W")[r - 1] for r in self.allowed_ranks])
+
+    def check_input(self, x):
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ShapeError(f"{self!r}: expected input of shape (N, {', '.join(map(str, self.input_shape))}), "
+                             f"got {tuple(x.shape)}")
+
+    def forward(self, x, training: bool = True):
+        ops, xp = self.ops, self.ops.xp
+        n, c = x.shape[0], self.num_features
+        x3 = x.reshape(n, c, -1)
+        m = x3.shape[0] * x3.shape[2]
+        stat = (1, c, 1)
+        xhat = self.workspace("xhat", x3.shape)
+        y = self.workspace("y", x3.shape)
+        rstd = self.workspace("rstd", stat)
+        if training:
+            if m < 2:
+                raise ValueError(f"{self!r}: expected more than 1 value per channel when training, "
+                                 f"got input of shape {tuple(x.shape)}")
+            mean = self.workspace("mean", stat)
+            xp.mean(x3, axis=(0, 2), keepdims=True, out=mean)
+            xp.subtract(x3, mean, out=xhat)
+            xp.multiply(xhat, xhat, out=y)  # y as scratch for the squares
+            xp.mean(y, axis=(0, 2), keepdims=True, out=rstd)  # the biased variance, for now
+            self._update_running(mean.reshape(c), rstd.reshape(c), m)
+        else:
+            xp.subtract(x3, self.buffers["running_mean"].reshape(stat), out=xhat)
+            ops.copy_(rstd, self.buffers["running_var"].reshape(stat))
+        rstd += self.eps
+        xp.sqrt(rstd, out=rstd)
+        std = self.workspace("std", stat)
+        ops.copy_(std, rstd)
+        ops.fill_(rstd, 1.0)
+        rstd /= std  # 1 / sqrt(var + eps)
+        xhat *= rstd
+        xp.multiply(xhat, self.params["weight"].reshape(stat), out=y)
+        y += self.params["bias"].reshape(stat)
+        self._xhat, self._rstd, self._training = xhat, rstd, training
+        return y.reshape(x.shape)
+
+    def _update_running(self, mean, var, m: int) -> None:
+        mom, tmp, buf = self.momentum, self.workspace("tmp", (self.num_features,)), self.buffers
+        buf["running_mean"] *= 1.0 - mom
+        self.ops.xp.multiply(mean, mom, out=tmp)
+        buf["running_mean"] += tmp
+        buf["running_var"] *= 1.0 - mom
+        self.ops.xp.multiply(var, mom * m / (m - 1), out=tmp)  # the unbiased variance, as PyTorch
+        buf["running_var"] += tmp
+        buf["num_batches_tracked"] += 1
+
+    def backward(self, dy):
+        xp = self.ops.xp
+        xhat, c = self._xhat, self.num_features
+        n, m = xhat.shape[0], xhat.shape[0] * xhat.shape[2]
+        stat = (1, c, 1)
+        dy3 = dy.reshape(xhat.shape)
+        dbias, dweight = self.workspace("dbias", stat), self.workspace("dweight", stat)
+        dx = self.workspace("dx", xhat.shape)
+        xp.sum(dy3, axis=(0, 2), keepdims=True, out=dbias)
+        xp.multiply(dy3, xhat, out=dx)
+        xp.sum(dx, axis=(0, 2), keepdims=True, out=dweight)
+        self.grads["weight"] += dweight.reshape(c)
+        self.grads["bias"] += dbias.reshape(c)
+        scale = self.workspace("scale", stat)
+        xp.multiply(self.params["weight"].reshape(stat), self._rstd, out=scale)
+        if self._training:
+            dweight *= 1.0 / m
+            dbias *= 1.0 / m
+            xp.multiply(xhat, dweight, out=dx)
+            xp.subtract(dy3, dx, out=dx)
+            dx -= dbias
+            dx *= scale
+        else:
+            xp.multiply(dy3, scale, out=dx)
+        return dx.reshape(n, *self.input_shape)
+
+    def extra_repr(self):
+        text = f"{self.num_features}"
+        text += f", eps={self.eps}" if self.eps != 1e-5 else ""
+        return text + (f", momentum={self.momentum}" if self.momentum != 0.1 else "")
+
+    def get_config(self):
+        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum}
+
+
+class BatchNorm1D(_BatchNorm):
+    """Batch normalisation of (N, C) features or (N, C, L) sequences, per channel C.
+
+    y = (x - E[x]) / sqrt(Var[x] + eps) * weight + bias   (statistics over N, and L)
+
+    PyTorch: ``nn.BatchNorm1d(num_features, eps=1e-5, momentum=0.1)``.
+
+    Args:
+        num_features (int): C.
+        eps (float, optional): added to the variance. Default: ``1e-5``.
+        momentum (float, optional): weight of the new batch in the running statistics. Default: ``0.1``.
+    Shape:
+        x: (N, C) or (N, C, L) -> y: the same.
+    Parameters and buffers:
+        weight (C) = 1, bias (C) = 0; running_mean (C), running_var (C), num_batches_tracked () in state_dict.
+    Saved for backward:
+        xhat (N, C, L) and 1/sqrt(var + eps) (C) in workspace.
+    """
+
+    allowed_ranks = (1, 2)
+
+
+class BatchNorm2D(_BatchNorm):
+    """Batch normalisation of NCHW images, per channel C (statistics over N, H, W).
+
+    y = (x - E[x]) / sqrt(Var[x] + eps) * weight + bias
+
+    PyTorch: ``nn.BatchNorm2d(num_features, eps=1e-5, momentum=0.1)``.
+
+    Args:
+        num_features (int): C.
+        eps (float, optional): Default: ``1e-5``.
+        momentum (float, optional): Default: ``0.1``.
+    Shape:
+        x: (N, C, H, W) -> y: the same.
+    Parameters and buffers:
+        as BatchNorm1D.
+    Saved for backward:
+        xhat (N, C, H*W) and 1/sqrt(var + eps) (C) in workspace.
+    """
+
+    allowed_ranks = (3,)

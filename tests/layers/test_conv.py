@@ -1,0 +1,148 @@
+import numpy as np
+import pytest
+import torch
+
+import neuronet as nn
+from neuronet.testing import check_gradients, compare_with_torch, step_allocations
+
+TORCH_ACT = {"linear": torch.nn.Identity(), "relu": torch.nn.ReLU(), "tanh": torch.nn.Tanh(), "gelu": torch.nn.GELU()}
+PAIRS = {"0.weight": "weight", "0.bias": "bias"}
+
+
+def on_backend(layer, shape, backend, dtype="float64"):
+    layer.build(shape, dtype=dtype)
+    return layer.to(backend)
+
+
+# (in, out, kernel, stride, padding, input (C, H, W), batch)
+CONV2D_CASES = [
+    (3, 4, 3, 1, 0, (3, 7, 6), 2),
+    (3, 4, 3, 1, 1, (3, 5, 8), 2),
+    (2, 5, 5, 2, 2, (2, 9, 7), 3),
+    (2, 3, 1, 1, 0, (2, 4, 5), 2),
+    (2, 3, 1, 2, 0, (2, 5, 5), 1),
+    (1, 2, 3, 2, 1, (1, 8, 11), 1),
+    (3, 2, (3, 5), (2, 1), (1, 2), (3, 6, 9), 2),
+    (2, 2, 5, 1, 2, (2, 5, 5), 1),
+]
+
+
+@pytest.mark.parametrize("case", CONV2D_CASES)
+def test_conv2d_matches_torch(case, backend):
+    cin, cout, k, s, p, shape, n = case
+    torch.manual_seed(0)
+    module = torch.nn.Conv2d(cin, cout, k, stride=s, padding=p)
+    layer = on_backend(nn.Conv2D(cin, cout, k, stride=s, padding=p), shape, backend)
+    x = np.random.default_rng(1).standard_normal((n, *shape))
+    compare_with_torch(layer, module, x, atol=1e-8, rtol=1e-7)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "gelu"])
+def test_conv2d_fused_activation_matches_torch(activation, backend):
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), TORCH_ACT[activation])
+    layer = on_backend(nn.Conv2D(3, 4, 3, padding=1, activation=activation), (3, 5, 6), backend)
+    x = np.random.default_rng(2).standard_normal((2, 3, 5, 6))
+    compare_with_torch(layer, module, x, name_map=PAIRS, atol=1e-8, rtol=1e-7)
+
+
+def test_conv2d_without_bias_and_float32_matches_torch():
+    torch.manual_seed(0)
+    module = torch.nn.Conv2d(3, 6, 3, stride=2, padding=1, bias=False)
+    x = np.random.default_rng(3).standard_normal((4, 3, 10, 9)).astype(np.float32)
+    compare_with_torch(nn.Conv2D(3, 6, 3, stride=2, padding=1, bias=False), module, x, dtype="float32")
+
+
+@pytest.mark.parametrize("k,s,p,length", [(3, 1, 0, 9), (3, 1, 1, 7), (5, 2, 2, 11), (1, 1, 0, 4), (4, 3, 1, 10)])
+def test_conv1d_matches_torch(k, s, p, length, backend):
+    torch.manual_seed(0)
+    module = torch.nn.Conv1d(3, 4, k, stride=s, padding=p)
+    layer = on_backend(nn.Conv1D(3, 4, k, stride=s, padding=p), (3, length), backend)
+    x = np.random.default_rng(4).standard_normal((2, 3, length))
+    compare_with_torch(layer, module, x, atol=1e-8, rtol=1e-7)
+
+
+def test_conv1d_weight_layout_is_pytorchs():
+    layer = nn.Conv1D(3, 5, 4)
+    layer.build((3, 10))
+    assert layer.params["weight"].shape == (5, 3, 4) and layer.params["bias"].shape == (5,)
+    assert np.abs(layer.params["weight"]).max() <= 1 / np.sqrt(12)
+
+
+@pytest.mark.parametrize("activation", [None, "tanh"])
+def test_conv2d_gradcheck(activation):
+    x = np.random.default_rng(5).standard_normal((2, 2, 5, 4))
+    check_gradients(nn.Conv2D(2, 3, 3, stride=2, padding=1, activation=activation), x)
+
+
+def test_conv1d_gradcheck():
+    x = np.random.default_rng(6).standard_normal((2, 2, 7))
+    check_gradients(nn.Conv1D(2, 3, 3, stride=2, padding=2), x)
+
+
+def test_conv_backward_accumulates():
+    layer = nn.Conv2D(2, 3, 3)
+    x = np.random.default_rng(7).standard_normal((2, 2, 5, 5)).astype(np.float32)
+    y = layer(x, training=True)
+    layer.backward(np.ones_like(y))
+    once = layer.grads["weight"].copy()
+    layer.backward(np.ones_like(y))
+    np.testing.assert_allclose(layer.grads["weight"], 2 * once, rtol=1e-6)
+
+
+def test_conv2d_wrong_channel_count_names_layer_and_shapes():
+    model = nn.Sequential(nn.Conv2D(3, 8, 3))
+    model.build((3, 16, 16))
+    with pytest.raises(nn.ShapeError, match=r"Conv2D\(3, 8, kernel_size=3\).*\(N, 3, 16, 16\).*\(2, 1, 16, 16\)"):
+        model.forward(np.zeros((2, 1, 16, 16), np.float32))
+    with pytest.raises(nn.ShapeError, match=r"Conv2D\(3, 8, kernel_size=3\).*\(N, 3, H, W\).*\(N, 1, 16, 16\)"):
+        nn.Sequential(nn.Conv2D(3, 8, 3)).forward(np.zeros((2, 1, 16, 16), np.float32))
+
+
+def test_conv_input_smaller_than_kernel_names_layer_and_shapes():
+    with pytest.raises(nn.ShapeError, match=r"Conv2D\(1, 2, kernel_size=5\).*\(N, 1, 3, 8\).*smaller.*\(5, 5\)"):
+        nn.Conv2D(1, 2, 5).build((1, 3, 8))
+    with pytest.raises(nn.ShapeError, match=r"Conv1D\(1, 2, kernel_size=4\).*\(N, 1, 2\)"):
+        nn.Sequential(nn.Conv1D(1, 2, 4)).forward(np.zeros((1, 1, 2), np.float32))
+
+
+def test_conv_bad_arguments():
+    with pytest.raises(ValueError, match="kernel_size"):
+        nn.Conv2D(1, 2, (3, 3, 3))
+    with pytest.raises(ValueError, match="stride"):
+        nn.Conv2D(1, 2, 3, stride=0)
+
+
+def mnist_like_cnn(dtype="float32"):
+    return nn.Sequential(
+        nn.Conv2D(1, 4, 3, padding=1, activation="relu"), nn.MaxPool2D(2),
+        nn.Conv2D(4, 8, 3, padding=1, activation="relu"), nn.MaxPool2D(2),
+        nn.Flatten(), nn.Dense(8 * 3 * 3, 16, activation="relu"), nn.Dense(16, 10), dtype=dtype)
+
+
+def test_cnn_train_step_allocates_nothing():
+    rng = np.random.default_rng(8)
+    x, y = rng.standard_normal((16, 1, 12, 12)).astype(np.float32), rng.integers(0, 10, 16)
+    model = mnist_like_cnn()
+    model.compile(optimizer=nn.SGD(0.01, momentum=0.9), loss=nn.CrossEntropyLoss())
+    growth, peak = step_allocations(lambda: model.train_step(x, y))
+    assert growth < 64 * 1024, growth
+    assert peak < 256 * 1024, peak
+
+
+def test_cnn_numpy_and_torch_backends_agree():
+    rng = np.random.default_rng(9)
+    x, y = rng.standard_normal((8, 1, 12, 12)), rng.integers(0, 10, 8)
+    models = []
+    for backend in ("numpy", "torch"):
+        nn.manual_seed(0)
+        model = mnist_like_cnn("float64")
+        model.build((1, 12, 12))
+        model.to(backend)
+        model.compile(optimizer=nn.Adam(1e-2), loss=nn.CrossEntropyLoss())
+        losses = [model.train_step(model.ops.asarray(x), model.ops.asarray(y)) for _ in range(3)]
+        models.append((model, losses))
+    (a, la), (b, lb) = models
+    np.testing.assert_allclose(la, lb, rtol=1e-9)
+    for key, value in a.state_dict().items():
+        np.testing.assert_allclose(b.state_dict()[key], value, rtol=1e-7, atol=1e-10, err_msg=key)
