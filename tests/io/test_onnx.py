@@ -19,16 +19,16 @@ def layer(name, *args, **kwargs):
     return getattr(nn, name)(*args, **kwargs)
 
 
-def run_onnx(model, x, tmp_path, input_shape=None):
+def run_onnx(model, x, tmp_path, **kwargs):
     """Export, check and run in onnxruntime; returns (onnxruntime output, model.predict output)."""
-    path = nn.export_onnx(model, tmp_path / "model.onnx", input_shape or x.shape[1:])
+    path = nn.export_onnx(model, tmp_path / "model.onnx", x.shape[1:], **kwargs)
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, {"input": x})[0], model.predict(x)
 
 
-def assert_runs_like_predict(model, x, tmp_path):
-    got, want = run_onnx(model, x, tmp_path)
+def assert_runs_like_predict(model, x, tmp_path, **kwargs):
+    got, want = run_onnx(model, x, tmp_path, **kwargs)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
@@ -74,6 +74,15 @@ def test_float64_model_exports_float32(tmp_path):
     model = nn.Sequential(nn.Dense(3, 4, activation="silu"), nn.Dense(4, 2), dtype="float64")
     x = floats(3, 3)
     got, want = run_onnx(model, x, tmp_path)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_model_on_torch_backend_exports(tmp_path):
+    model = nn.Sequential(nn.Dense(4, 6, activation="elu"), nn.Dense(6, 2))
+    x = floats(3, 4)
+    want = model.predict(x)
+    model.to("torch")
+    got, _ = run_onnx(model, x, tmp_path)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
@@ -157,11 +166,12 @@ def test_small_gpt(variant, tmp_path):
     assert_runs_like_predict(model, tokens(3, 6, 20), tmp_path)
 
 
-def test_attention_norms_swiglu(tmp_path):
+@pytest.mark.parametrize("opset", [17, 18, 21])
+def test_attention_norms_swiglu(opset, tmp_path):
     model = nn.Sequential(layer("Embedding", 10, 8), layer("PositionalEncoding", 8, 8, learned=True),
                           layer("MultiHeadAttention", 8, 2, causal=True, rope=True), layer("RMSNorm", 8),
                           layer("SwiGLU", 8, 12), layer("MeanPooling"), nn.Dense(8, 3))
-    assert_runs_like_predict(model, tokens(2, 5, 10), tmp_path)
+    assert_runs_like_predict(model, tokens(2, 5, 10), tmp_path, opset=opset)
 
 
 # --------------------------------------------------------------------------- bad input

@@ -43,8 +43,10 @@ def converter(*class_names: str) -> Callable[[Converter], Converter]:
 class OnnxGraph:
     """The nodes and initializers of one graph, with unique value names."""
 
-    def __init__(self) -> None:
+    def __init__(self, opset: int = OPSET) -> None:
         from onnx import helper, numpy_helper
+
+        self.opset = opset
 
         self._helper, self._numpy_helper = helper, numpy_helper
         self.nodes: list = []
@@ -113,7 +115,9 @@ def export_onnx(model: Layer, path: str | Path, input_shape: tuple, *, opset: in
     elif tuple(model.input_shape) != input_shape:
         raise ShapeError(f"export_onnx: {type(model).__name__} was built for input "
                          f"(N, {_dims(model.input_shape)}), got input_shape ({_dims(input_shape)})")
-    g = OnnxGraph()
+    if opset < OPSET:
+        raise ValueError(f"export_onnx: opset must be {OPSET} or newer (LayerNormalization), got {opset}")
+    g = OnnxGraph(opset)
     x = convert_layer(g, model, "input", "")
     g.nodes.append(helper.make_node("Identity", [x], ["output"], name="output"))
     in_type = TensorProto.INT64 if type(_first_leaf(model)).__name__ in INTEGER_INPUT else TensorProto.FLOAT
@@ -180,6 +184,13 @@ def linear(g: OnnxGraph, layer: Layer, prefix: str, x: str, rank: int, weight: s
         return g.op("Gemm", *inputs, transB=1)
     y = g.op("MatMul", x, g.param(layer, prefix, weight, np.transpose, ".T"))
     return g.op("Add", y, g.param(layer, prefix, bias)) if has_bias else y
+
+
+def reduce_mean(g: OnnxGraph, x: str, axis: int, keepdims: int) -> str:
+    """Mean over one axis (its axes moved from an attribute to an input in opset 18)."""
+    if g.opset >= 18:
+        return g.op("ReduceMean", x, g.ints("axes", [axis]), keepdims=keepdims)
+    return g.op("ReduceMean", x, axes=[axis], keepdims=keepdims)
 
 
 def reshape(g: OnnxGraph, x: str, shape: list[int]) -> str:
@@ -250,7 +261,7 @@ def _norm(g, layer, x, prefix):
     weight = g.param(layer, prefix, "weight")
     if "bias" in layer.params:
         return g.op("LayerNormalization", x, weight, g.param(layer, prefix, "bias"), axis=-1, epsilon=eps)
-    mean_sq = g.op("ReduceMean", g.op("Mul", x, x), axes=[-1], keepdims=1)  # RMSNorm
+    mean_sq = reduce_mean(g, g.op("Mul", x, x), -1, keepdims=1)  # RMSNorm
     rms = g.op("Sqrt", g.op("Add", mean_sq, g.const("eps", eps)))
     return g.op("Mul", g.op("Div", x, rms), weight)
 
@@ -310,7 +321,7 @@ def _swiglu(g, layer, x, prefix):
 
 @converter("MeanPooling")
 def _mean_pooling(g, layer, x, prefix):
-    return g.op("ReduceMean", x, axes=[1], keepdims=0)
+    return reduce_mean(g, x, 1, keepdims=0)
 
 
 @converter("CLSPooling", "LastToken")
