@@ -1,0 +1,80 @@
+"""MoE training step: Dense(64,64) -> MoE top-2 of 4 experts (64-256-64 GELU) -> Dense(64,10), batch 256.
+
+neuronet's MoE vs the same sparse dispatch written plainly in PyTorch (gather each expert's tokens,
+run it, index_add the weighted output back), each engine in its own process.
+"""
+
+from __future__ import annotations
+
+import harness
+import numpy as np
+
+BATCH, DIM, HIDDEN, EXPERTS, TOP_K, CLASSES = 256, 64, 256, 4, 2, 10
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((BATCH, DIM)).astype(np.float32), rng.integers(0, CLASSES, BATCH)
+
+
+def neuronet(backend: str):
+    def build():
+        import neuronet as nn
+
+        x, y = _data()
+        model = nn.Sequential(nn.Dense(DIM, DIM), nn.MoE(DIM, HIDDEN, EXPERTS, TOP_K), nn.Dense(DIM, CLASSES))
+        model.compile(optimizer=nn.Adam(1e-3), loss=nn.CrossEntropyLoss())
+        model.build((DIM,))
+        model.to(backend)
+        if backend != "numpy":
+            x, y = model.ops.asarray(x), model.ops.asarray(y)
+        return lambda: model.train_step(x, y)
+    return build
+
+
+def pytorch():
+    import torch
+    import torch.nn.functional as F
+
+    class MoE(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gate = torch.nn.Linear(DIM, EXPERTS, bias=False)
+            self.experts = torch.nn.ModuleList(
+                torch.nn.Sequential(torch.nn.Linear(DIM, HIDDEN), torch.nn.GELU(),
+                                    torch.nn.Linear(HIDDEN, DIM))
+                for _ in range(EXPERTS))
+
+        def forward(self, x):
+            logits = self.gate(x)
+            weights, chosen = torch.topk(logits, TOP_K, dim=-1)
+            weights = torch.softmax(weights, dim=-1)
+            out = torch.zeros_like(x)
+            for e, expert in enumerate(self.experts):
+                token, slot = torch.where(chosen == e)
+                if len(token):
+                    out.index_add_(0, token, weights[token, slot, None] * expert(x[token]))
+            f = torch.bincount(chosen[:, 0], minlength=EXPERTS).float() / len(x)
+            self.aux_loss = EXPERTS * (f * torch.softmax(logits, dim=-1).mean(0)).sum()
+            return out
+
+    x, y = _data()
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    moe = MoE()
+    model = torch.nn.Sequential(torch.nn.Linear(DIM, DIM), moe, torch.nn.Linear(DIM, CLASSES))
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+
+    def step():
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y) + 0.01 * moe.aux_loss
+        loss.backward()
+        opt.step()
+        return loss.item()
+    return step
+
+
+ENGINES = {"neuronet-numpy": neuronet("numpy"), "neuronet-torch": neuronet("torch"), "pytorch": pytorch}
+
+if __name__ == "__main__":
+    harness.main(ENGINES, "MoE Dense(64,64) -> top-2 of 4 experts (64-256-64 GELU) -> Dense(64,10), "
+                          "batch 256, Adam (training step)")
