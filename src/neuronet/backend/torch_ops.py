@@ -37,7 +37,9 @@ class TorchOps(Ops):
         a = np.asarray(x)
         if dt is None and a.dtype == np.float64 and not isinstance(x, np.ndarray):
             dt = torch.float32  # Python floats become float32, as torch.tensor does
-        t = torch.from_numpy(np.ascontiguousarray(a)) if a.dtype != np.object_ else torch.tensor(x)
+        # (ascontiguousarray turns a 0-d array into 1-d: keep the shape, e.g. num_batches_tracked)
+        t = torch.from_numpy(np.ascontiguousarray(a).reshape(a.shape)) if a.dtype != np.object_ \
+            else torch.tensor(x)
         return t.to(device=self._device, dtype=dt or t.dtype)
 
     def to_numpy(self, x):

@@ -46,8 +46,8 @@ class _BatchNorm(Layer):
 
     def check_input(self, x):
         if tuple(x.shape[1:]) != self.input_shape:
-            raise ShapeError(f"{self!r}: expected input of shape (N, {', '.join(map(str, self.input_shape))}), "
-                             f"got {tuple(x.shape)}")
+            dims = ", ".join(map(str, self.input_shape))
+            raise ShapeError(f"{self!r}: expected input of shape (N, {dims}), got {tuple(x.shape)}")
 
     def forward(self, x, training: bool = True):
         ops, xp = self.ops, self.ops.xp

@@ -63,7 +63,7 @@ class _Conv(Layer):
             raise ShapeError(f"{self!r}: expected input of shape (N, {self.in_channels}, "
                              f"{self._spatial()}), got (N, {', '.join(map(str, input_shape))})")
         out = tuple(output_size(s, k, st, p) for s, k, st, p in
-                    zip(input_shape[1:], self.kernel_size, self.stride, self.padding))
+                    zip(input_shape[1:], self.kernel_size, self.stride, self.padding, strict=True))
         if min(out) < 1:
             raise ShapeError(f"{self!r}: input (N, {', '.join(map(str, input_shape))}) is smaller than the "
                              f"kernel {self.kernel_size} with padding {self.padding}")
@@ -121,7 +121,8 @@ class _Conv(Layer):
 
     def check_input(self, x):
         if tuple(x.shape[1:]) != self.input_shape:
-            raise ShapeError(f"{self!r}: expected input of shape (N, {', '.join(map(str, self.input_shape))}) "
+            dims = ", ".join(map(str, self.input_shape))
+            raise ShapeError(f"{self!r}: expected input of shape (N, {dims}) "
                              f"(in_channels={self.in_channels}), got {tuple(x.shape)}")
 
     def extra_repr(self):

@@ -1,4 +1,4 @@
-"""Pooling over NCHW images: MaxPool2D, AvgPool2D, GlobalAvgPool2D (PyTorch: nn.MaxPool2d, nn.AvgPool2d, ...)."""
+"""Pooling over NCHW images: MaxPool2D, AvgPool2D, GlobalAvgPool2D (PyTorch: nn.MaxPool2d, AvgPool2d, ...)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from .conv import output_size, pair, short
 
 
 class _Pool2D(Layer):
-    """Shared arguments and shape rule of the windowed poolings (``ceil_mode=False``, as PyTorch's default)."""
+    """The arguments and shape rule of the windowed poolings (``ceil_mode=False``, PyTorch's default)."""
 
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
@@ -16,15 +16,15 @@ class _Pool2D(Layer):
         self.stride = pair(self.kernel_size if stride is None else stride, "stride", name, 2)
         self.padding = pair(padding, "padding", name, 2)
         if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.padding) < 0 or \
-                any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
-            raise ValueError(f"{self!r}: need kernel_size >= 1, stride >= 1 and 0 <= padding <= kernel_size / 2, "
-                             f"got {self.kernel_size}, {self.stride}, {self.padding}")
+                any(2 * p > k for p, k in zip(self.padding, self.kernel_size, strict=True)):
+            raise ValueError(f"{self!r}: need kernel_size >= 1, stride >= 1 and 0 <= padding <= "
+                             f"kernel_size / 2, got {self.kernel_size}, {self.stride}, {self.padding}")
 
     def setup(self, input_shape):
         if len(input_shape) != 3:
-            raise ShapeError(f"{self!r}: expected input of shape (N, C, H, W), got (N, {', '.join(map(str, input_shape))})")
+            raise ShapeError(f"{self!r}: expected input of shape (N, C, H, W), got (N, {_dims(input_shape)})")
         out = tuple(output_size(s, k, st, p) for s, k, st, p in
-                    zip(input_shape[1:], self.kernel_size, self.stride, self.padding))
+                    zip(input_shape[1:], self.kernel_size, self.stride, self.padding, strict=True))
         if min(out) < 1:
             raise ShapeError(f"{self!r}: input (N, {', '.join(map(str, input_shape))}) is smaller than the "
                              f"window {self.kernel_size} with padding {self.padding}")
@@ -36,7 +36,12 @@ class _Pool2D(Layer):
         return text + (f", padding={short(self.padding)}" if set(self.padding) != {0} else "")
 
     def get_config(self):
-        return {"kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding)}
+        return {"kernel_size": list(self.kernel_size), "stride": list(self.stride),
+                "padding": list(self.padding)}
+
+
+def _dims(shape: tuple) -> str:
+    return ", ".join(map(str, shape))
 
 
 class MaxPool2D(_Pool2D):
@@ -76,7 +81,7 @@ class AvgPool2D(_Pool2D):
     PyTorch: ``nn.AvgPool2d(kernel_size, stride=None, padding=0)``.
 
     Args:
-        kernel_size (int | tuple[int, int]), stride (optional, default ``kernel_size``), padding (optional, 0).
+        kernel_size (int | tuple[int, int]), stride (default ``kernel_size``), padding (default 0).
     Shape:
         x: (N, C, H, W) -> y: (N, C, OH, OW).
     Saved for backward:
@@ -138,7 +143,7 @@ class GlobalAvgPool2D(Layer):
 
     def setup(self, input_shape):
         if len(input_shape) != 3:
-            raise ShapeError(f"{self!r}: expected input of shape (N, C, H, W), got (N, {', '.join(map(str, input_shape))})")
+            raise ShapeError(f"{self!r}: expected input of shape (N, C, H, W), got (N, {_dims(input_shape)})")
         return (input_shape[0],)
 
     def forward(self, x, training: bool = True):

@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+import torch
+
+import neuronet as nn
+from neuronet.testing import check_gradients, compare_with_torch
+
+
+def built(layer, shape, backend):
+    layer.build(shape, dtype="float64")
+    return layer.to(backend)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm2d_matches_torch(training, backend):
+    torch.manual_seed(0)
+    module = torch.nn.BatchNorm2d(3)
+    with torch.no_grad():  # non-trivial affine parameters and running statistics
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.uniform_(-0.5, 0.5)
+        module.running_mean.uniform_(-1, 1)
+        module.running_var.uniform_(0.5, 2)
+    x = np.random.default_rng(0).standard_normal((4, 3, 5, 6)) * 2 + 1
+    layer = built(nn.BatchNorm2D(3), (3, 5, 6), backend)
+    compare_with_torch(layer, module, x, training=training)
+
+
+@pytest.mark.parametrize("shape", [(5,), (5, 7)])
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm1d_matches_torch(shape, training, backend):
+    torch.manual_seed(0)
+    module = torch.nn.BatchNorm1d(5, eps=1e-3, momentum=0.2)
+    with torch.no_grad():
+        module.weight.uniform_(0.5, 1.5)
+        module.running_var.uniform_(0.5, 2)
+    x = np.random.default_rng(1).standard_normal((6, *shape))
+    layer = built(nn.BatchNorm1D(5, eps=1e-3, momentum=0.2), shape, backend)
+    compare_with_torch(layer, module, x, training=training)
+
+
+def test_running_statistics_follow_torch_over_several_steps(backend):
+    module = torch.nn.BatchNorm2d(4, momentum=0.3).double()
+    layer = built(nn.BatchNorm2D(4, momentum=0.3), (4, 3, 5), backend)
+    rng = np.random.default_rng(2)
+    for _ in range(5):
+        x = rng.standard_normal((3, 4, 3, 5)) * rng.uniform(0.5, 3) + rng.uniform(-2, 2)
+        module(torch.tensor(x))
+        layer.forward(layer.ops.asarray(x), training=True)
+    state = layer.state_dict()
+    for key, value in module.state_dict().items():
+        np.testing.assert_allclose(state[key], value.numpy(), rtol=1e-12, atol=1e-12, err_msg=key)
+    assert state["num_batches_tracked"] == 5 and state["num_batches_tracked"].dtype == np.int64
+    x = rng.standard_normal((2, 4, 3, 5))
+    module.eval()
+    np.testing.assert_allclose(layer.ops.to_numpy(layer.forward(layer.ops.asarray(x), training=False)),
+                               module(torch.tensor(x)).detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_state_dict_names_are_pytorchs_and_load_both_ways():
+    model = nn.Sequential(nn.Conv2D(1, 2, 3), nn.BatchNorm2D(2))
+    model.build((1, 6, 6))
+    torch_model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    assert set(model.state_dict()) == set(torch_model.state_dict())
+    torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    model.load_state_dict(torch_model.state_dict())
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_gradcheck(training):
+    x = np.random.default_rng(3).standard_normal((3, 2, 2, 3))
+    layer = nn.BatchNorm2D(2)
+    layer.build((2, 2, 3), dtype="float64")
+    layer.params["weight"][...] = [0.7, 1.3]
+    layer.params["bias"][...] = [0.1, -0.2]
+    # The running statistics change on every training forward; the gradient does not depend on them.
+    check_gradients(layer, x, training=training)
+
+
+def test_batchnorm_bad_input():
+    with pytest.raises(nn.ShapeError, match=r"BatchNorm2D\(3\).*\(N, 3, H, W\).*\(N, 4, 5, 5\)"):
+        nn.BatchNorm2D(3).build((4, 5, 5))
+    with pytest.raises(nn.ShapeError, match=r"BatchNorm1D\(3\).*\(N, 3\) or \(N, 3, L\).*\(N, 3, 2, 2\)"):
+        nn.BatchNorm1D(3).build((3, 2, 2))
+    layer = nn.BatchNorm1D(3)
+    layer.build((3,))
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        layer.forward(np.zeros((1, 3), np.float32), training=True)
