@@ -121,7 +121,11 @@ def read_gguf_tensors(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
         elif np.issubdtype(t.data.dtype, np.integer) and t.data.dtype != np.uint8:
             tensors[t.name] = np.array(t.data)
         else:
-            tensors[t.name] = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+            try:
+                tensors[t.name] = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+            except (NotImplementedError, ValueError) as err:
+                raise ValueError(f"load_gguf: {str(path)!r}: tensor {t.name!r} of type {t.tensor_type.name} "
+                                 f"cannot be read ({err})") from err
     return config, tensors
 
 
