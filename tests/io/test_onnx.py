@@ -174,6 +174,14 @@ def test_attention_norms_swiglu(opset, tmp_path):
     assert_runs_like_predict(model, tokens(2, 5, 10), tmp_path, opset=opset)
 
 
+def test_every_public_layer_has_a_converter():
+    from neuronet.io.onnx import ONNX_CONVERTERS
+    from neuronet.layers import __all__ as public_layers
+
+    missing = sorted(set(public_layers) - set(ONNX_CONVERTERS))
+    assert not missing, f"add an ONNX converter (neuronet/io/onnx.py) for {missing}"
+
+
 # --------------------------------------------------------------------------- bad input
 class Squarer(nn.Layer):
     """A user layer with no ONNX converter."""
