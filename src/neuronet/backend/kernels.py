@@ -125,6 +125,37 @@ def activation_backward(code, alpha, dy, z, y, out):
 
 
 @jit
+def bias_activation_rows(code, alpha, z, bias, out):
+    """z[r] += bias, then out[r] = act(z[r]), row by row so the second pass reads from cache; out may be z."""
+    cols = z.shape[1]
+    for r in range(z.shape[0]):
+        zr = z[r]
+        for c in range(cols):
+            zr[c] += bias[c]
+        activation_forward(code, alpha, zr, out[r])
+
+
+@jit
+def activation_backward_bias_rows(code, alpha, dy, z, y, out, dbias):
+    """out[r] = dy[r] * act'(z[r]) (as activation_backward), then dbias += out[r]; out may be dy."""
+    cols = dy.shape[1]
+    for r in range(dy.shape[0]):
+        activation_backward(code, alpha, dy[r], z[r], y[r], out[r])
+        o = out[r]
+        for c in range(cols):
+            dbias[c] += o[c]
+
+
+@jit
+def add_column_sums(x, out):
+    """out += x summed over rows (bias gradients), without a temporary."""
+    cols = x.shape[1]
+    for r in range(x.shape[0]):
+        for c in range(cols):
+            out[c] += x[r, c]
+
+
+@jit
 def softmax_rows(z, out, log):
     """Row-wise (log-)softmax of a 2-D array; out may be z."""
     rows, cols = z.shape

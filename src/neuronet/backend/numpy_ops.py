@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import conv_kernels, kernels
@@ -142,3 +144,32 @@ class NumpyOps(Ops):
         else:
             kernels.softmax_rows(_rows(scores), _rows(out), False)
         return out
+
+    # ----------------------------------------------------------------- optimizer updates (one fused Numba pass each)
+    update_scratch = 0
+
+    def sum_of_squares(self, x):
+        return float(np.dot(x, x))
+
+    def adam_step(self, p, g, m, v, scratch, *, lr, beta1, beta2, eps, weight_decay, step, decoupled):
+        t = p.dtype.type
+        decay, l2 = (1.0 - lr * weight_decay, 0.0) if decoupled else (1.0, weight_decay)
+        optim_kernels.adam_update(p, g, m, v, t(decay), t(l2), t(beta2), t(1.0 - beta1), t(1.0 - beta2),
+                                  t(lr / (1.0 - beta1 ** step)), t(math.sqrt(1.0 - beta2 ** step)), t(eps))
+
+    def sgd_step(self, p, g, buf, scratch, *, lr, momentum, dampening, nesterov, weight_decay, first):
+        t = p.dtype.type
+        buf = _EMPTY[p.dtype] if buf is None else buf
+        optim_kernels.sgd_update(p, g, buf, t(lr), t(weight_decay), t(momentum), t(1.0 - dampening),
+                                 bool(nesterov), bool(first))
+
+    def rmsprop_step(self, p, g, square_avg, grad_avg, buf, scratch, *, lr, alpha, eps, weight_decay, momentum,
+                     centered):
+        t, empty = p.dtype.type, _EMPTY[p.dtype]
+        optim_kernels.rmsprop_update(p, g, square_avg, empty if grad_avg is None else grad_avg,
+                                     empty if buf is None else buf, t(lr), t(weight_decay), t(alpha),
+                                     t(1.0 - alpha), t(eps), t(momentum), bool(centered))
+
+
+# Stand-ins for absent optimizer state (no momentum buffer, not centered), one per float dtype.
+_EMPTY = {np.dtype(d): np.zeros(0, d) for d in ("float32", "float64")}

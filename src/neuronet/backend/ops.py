@@ -186,52 +186,92 @@ class Ops:
         raise NotImplementedError
 
     # ----------------------------------------------------------------- optimizer updates (whole flat buffer)
+    # Each updates the flat parameters and optimizer state in place with the arithmetic of the single-tensor
+    # torch.optim step. This generic version works on NumPy and torch alike as in-place passes over
+    # ``scratch``: ``update_scratch`` arrays shaped like the parameters (NumpyOps fuses each update into one
+    # Numba pass and needs none).
+    update_scratch = 2
+
+    def sum_of_squares(self, x) -> float:
+        """sum(x * x) of a 1-D array, without a temporary (global-norm clipping)."""
+        return self.item(self.xp.dot(x, x))
+
     def adam_step(self, p, g, m, v, scratch, *, lr, beta1, beta2, eps, weight_decay, step, decoupled) -> None:
         """One Adam/AdamW update of the flat arrays in place, as ``torch.optim.Adam``/``AdamW``."""
-        xp = self.xp
+        xp, s0, s1 = self.xp, scratch[0], scratch[1]
         if weight_decay and decoupled:
             p *= 1.0 - lr * weight_decay
         if weight_decay and not decoupled:
-            xp.multiply(p, weight_decay, out=scratch)
-            scratch += g
-            g = scratch
-        m *= beta1
-        m += (1.0 - beta1) * g
+            g = self._l2_grad(p, g, weight_decay, s0)
+        xp.subtract(g, m, out=s1)  # m = lerp(m, g, 1 - beta1)
+        s1 *= 1.0 - beta1
+        m += s1
         v *= beta2
-        xp.multiply(g, g, out=scratch)
-        scratch *= 1.0 - beta2
-        v += scratch
-        bc1 = 1.0 - beta1 ** step
-        bc2 = 1.0 - beta2 ** step
-        xp.sqrt(v, out=scratch)
-        scratch *= 1.0 / math.sqrt(bc2)
-        scratch += eps
-        xp.divide(m, scratch, out=scratch)
-        scratch *= lr / bc1
-        p -= scratch
+        xp.multiply(g, g, out=s1)
+        s1 *= 1.0 - beta2
+        v += s1
+        xp.sqrt(v, out=s1)
+        s1 /= math.sqrt(1.0 - beta2 ** step)
+        s1 += eps
+        xp.divide(m, s1, out=s1)
+        s1 *= lr / (1.0 - beta1 ** step)
+        p -= s1
 
     def sgd_step(self, p, g, buf, scratch, *, lr, momentum, dampening, nesterov, weight_decay, first) -> None:
-        """One SGD update in place, as ``torch.optim.SGD`` (``buf`` is the momentum buffer)."""
-        xp = self.xp
+        """One SGD update in place, as ``torch.optim.SGD`` (``buf``: the momentum buffer, None without)."""
+        xp, s0, s1 = self.xp, scratch[0], scratch[1]
         if weight_decay:
-            xp.multiply(p, weight_decay, out=scratch)
-            scratch += g
-            g = scratch
+            g = self._l2_grad(p, g, weight_decay, s0)
         if momentum:
             if first:
                 self.copy_(buf, g)
             else:
                 buf *= momentum
-                buf += (1.0 - dampening) * g
+                xp.multiply(g, 1.0 - dampening, out=s1)
+                buf += s1
             if nesterov:
-                if g is not scratch:
-                    self.copy_(scratch, g)
-                scratch += momentum * buf
-                g = scratch
+                xp.multiply(buf, momentum, out=s1)
+                s1 += g
+                g = s1
             else:
                 g = buf
-        xp.multiply(g, lr, out=scratch)
-        p -= scratch
+        xp.multiply(g, lr, out=s1)
+        p -= s1
+
+    def rmsprop_step(self, p, g, square_avg, grad_avg, buf, scratch, *, lr, alpha, eps, weight_decay, momentum,
+                     centered) -> None:
+        """One RMSprop update in place, as ``torch.optim.RMSprop`` (``grad_avg``/``buf`` None when unused)."""
+        xp, s0, s1 = self.xp, scratch[0], scratch[1]
+        if weight_decay:
+            g = self._l2_grad(p, g, weight_decay, s0)
+        square_avg *= alpha
+        xp.multiply(g, g, out=s1)
+        s1 *= 1.0 - alpha
+        square_avg += s1
+        if centered:
+            xp.subtract(g, grad_avg, out=s1)  # grad_avg = lerp(grad_avg, g, 1 - alpha)
+            s1 *= 1.0 - alpha
+            grad_avg += s1
+            xp.multiply(grad_avg, grad_avg, out=s1)
+            xp.subtract(square_avg, s1, out=s1)
+            xp.sqrt(s1, out=s1)
+        else:
+            xp.sqrt(square_avg, out=s1)
+        s1 += eps
+        xp.divide(g, s1, out=s1)
+        if momentum:
+            buf *= momentum
+            buf += s1
+            xp.multiply(buf, lr, out=s1)
+        else:
+            s1 *= lr
+        p -= s1
+
+    def _l2_grad(self, p, g, weight_decay, out):
+        """out = g + weight_decay * p (the coupled weight decay of SGD, Adam and RMSprop)."""
+        self.xp.multiply(p, weight_decay, out=out)
+        out += g
+        return out
 
     # ----------------------------------------------------------------- routing (mixture of experts)
     def topk(self, x, k: int, values, indices) -> None:

@@ -137,13 +137,24 @@ class TorchOps(Ops):
         return out
 
     # ----------------------------------------------------------------- activations
-    def activation(self, name, z, out, alpha=None):
+    def activation(self, name, z, out, alpha=None, *, bias=None):
+        if bias is not None:
+            z += bias
         y = _act(name, z, DEFAULT_ALPHA.get(name, 0.0) if alpha is None else alpha)
         if y is not out:
             out.copy_(y)
         return out
 
-    def activation_backward(self, name, dy, z, y, out, alpha=None):
+    def matmul_acc(self, a, b, out, scratch=None):
+        if out.dim() == 2:
+            out.addmm_(a, b)
+        else:
+            super().matmul_acc(a, b, out, scratch)
+
+    def sum_rows_acc(self, x, out):
+        out += x.reshape(-1, x.shape[-1]).sum(dim=0)
+
+    def activation_backward(self, name, dy, z, y, out, alpha=None, *, bias_grad=None):
         if name == "linear":
             g = dy
         elif name == "relu":
@@ -163,7 +174,10 @@ class TorchOps(Ops):
                                                 else alpha), zz, dy)
         if g is not out:
             out.copy_(g)
+        if bias_grad is not None:
+            self.sum_rows_acc(out, bias_grad)
         return out
+
 
     # ----------------------------------------------------------------- sequence models (norms, attention)
     def norm_rows(self, x, weight, bias, eps, center, out, mean, rstd):

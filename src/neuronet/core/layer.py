@@ -63,6 +63,10 @@ class Layer(Workspace):
     Shapes exclude the batch dimension.
     """
 
+    # False while nothing consumes this layer's dL/dx (a model's first trainable layer during
+    # train_step): ``backward`` may then skip computing it and return None.
+    needs_input_grad: bool = True
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         LAYERS[cls.__name__] = cls

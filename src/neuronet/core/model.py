@@ -36,6 +36,8 @@ class Sequential(Trainer, Layer):
         shape = input_shape
         for i, layer in enumerate(self.layers):
             shape = self.add_child(str(i), layer, shape)
+        self._first_trainable = next((i for i, layer in enumerate(self.layers) if layer.num_params()),
+                                     len(self.layers))
         return shape
 
     def build(self, input_shape, dtype: Any = None, ops=None, *, _root: bool = True) -> tuple:
@@ -65,11 +67,24 @@ class Sequential(Trainer, Layer):
             x = layer.forward(x, training=training)
         return x
 
-    def backward(self, dy):
-        """Back-propagate dL/dy through every layer, accumulating into ``grads``; returns dL/dx."""
-        for layer in reversed(self.layers):
+    def backward(self, dy, input_grad: bool = True):
+        """Back-propagate dL/dy through every layer, accumulating into ``grads``; returns dL/dx.
+
+        With ``input_grad=False`` (train_step) nothing below the first layer with parameters runs,
+        that layer may skip its dL/dx, and None is returned.
+        """
+        layers = self.layers
+        first = 0 if input_grad else self._first_trainable
+        if first == len(layers):
+            return dy if input_grad else None
+        for layer in layers[:first:-1]:
             dy = layer.backward(dy)
-        return dy
+        bottom = layers[first]
+        bottom.needs_input_grad = input_grad
+        try:
+            return bottom.backward(dy)
+        finally:
+            bottom.needs_input_grad = True
 
     def check_input(self, x) -> None:
         if self.layers:

@@ -84,7 +84,7 @@ class Trainer:
             raise FloatingPointError(f"train_step: the loss is {loss} (NaN or inf in the inputs/targets, or the "
                                      "model diverged: lower the learning rate); the step was refused")
         self.zero_grad()
-        self.backward(self.loss.backward())
+        self.backward(self.loss.backward(), input_grad=False)
         for layer in aux_layers:
             layer.aux_grad_scale = 0.0
         self.optimizer.step(self.flat_params, self.flat_grads)

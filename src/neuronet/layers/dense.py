@@ -46,33 +46,25 @@ class Dense(Layer):
             raise ShapeError(f"{self!r}: expected input of shape (N, ..., {self.in_features}), got {tuple(x.shape)}")
 
     def forward(self, x, training: bool = True):
-        ops, w = self.ops, self.params["weight"]
         self._x_shape = x.shape
         self._x = x.reshape(-1, self.in_features)  # (M, in), M = all leading positions
         m = self._x.shape[0]
         y = self.workspace("y", (m, self.out_features))
-        keep_z = self.activation not in OUTPUT_DERIVATIVE
-        z = self.workspace("z", (m, self.out_features)) if keep_z else y
-        ops.matmul(self._x, w.T, out=z)
-        if self.use_bias:
-            z += self.params["bias"]
-        if self.activation != "linear":
-            ops.activation(self.activation, z, y)
-        self._z = z
-        self._y = y
+        z = y if self.activation in OUTPUT_DERIVATIVE else self.workspace("z", (m, self.out_features))
+        self.ops.matmul(self._x, self.params["weight"].T, out=z)
+        self.ops.activation(self.activation, z, y, bias=self.params.get("bias"))  # y = act(z += bias)
+        self._z, self._y = z, y
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def backward(self, dy):
-        ops, m = self.ops, self._x.shape[0]
+        ops, m, g = self.ops, self._x.shape[0], self.grads
         dy = dy.reshape(m, self.out_features)
-        if self.activation == "linear":
-            dz = dy
-        else:
-            dz = ops.activation_backward(self.activation, dy, self._z, self._y,
-                                         self.workspace("dz", (m, self.out_features)))
-        ops.matmul_acc(dz.T, self._x, self.grads["weight"], self.workspace("dw", self.grads["weight"].shape))
-        if self.use_bias:
-            ops.sum_rows_acc(dz, self.grads["bias"])
+        dz = dy if self.activation == "linear" else self.workspace("dz", (m, self.out_features))
+        if dz is not dy or self.use_bias:  # dz = dy * act'(z); db += sum over rows of dz
+            ops.activation_backward(self.activation, dy, self._z, self._y, dz, bias_grad=g.get("bias"))
+        ops.matmul_acc(dz.T, self._x, g["weight"], self.workspace("dw", g["weight"].shape))  # dW += dz^T x
+        if not self.needs_input_grad:
+            return None
         dx = self.workspace("dx", (m, self.in_features))
         ops.matmul(dz, self.params["weight"], out=dx)
         return dx.reshape(self._x_shape)
