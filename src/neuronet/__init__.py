@@ -22,8 +22,22 @@ from .core import LAYERS, Layer, Sequential, ShapeError, manual_seed
 from .io import export_gguf, export_onnx, load, load_gguf, to_torch_state_dict
 from .layers import *  # noqa: F403
 from .layers import __all__ as _layer_names
-from .losses import LOSSES, CrossEntropyLoss, Loss, MSELoss
-from .optim import OPTIMIZERS, SGD, Adam, AdamW, Optimizer
+from .losses import (
+    LOSSES,
+    BCELoss,
+    BCEWithLogitsLoss,
+    CrossEntropyLoss,
+    HuberLoss,
+    KLDivLoss,
+    L1Loss,
+    Loss,
+    MarginRankingLoss,
+    MSELoss,
+    MultiMarginLoss,
+    NLLLoss,
+    TripletMarginLoss,
+)
+from .optim import OPTIMIZERS, SGD, Adam, AdamW, Optimizer, RMSprop
 
 __version__ = "0.1.0"
 
@@ -33,4 +47,6 @@ __all__ = [
     "ReduceLROnPlateau", "Sequential", "ShapeError", "backends", "data", "load", "manual_seed", "set_backend",
     "export_gguf", "export_onnx", "load_gguf", "to_torch_state_dict",
     *_layer_names,
+    "BCELoss", "BCEWithLogitsLoss", "HuberLoss", "KLDivLoss", "L1Loss", "MarginRankingLoss",
+    "MultiMarginLoss", "NLLLoss", "RMSprop", "TripletMarginLoss",
 ]

@@ -2,7 +2,9 @@
 
 Each reduces like PyTorch's ``reduction="mean"`` and its gradient matches PyTorch's. Classes are on
 the last axis: logits (..., C) with integer targets (...) or class probabilities (..., C), the mean
-taken over every leading position. Buffers live in the loss's workspace, so a step allocates nothing.
+taken over every leading position. Losses of several inputs take a tuple as ``pred`` and their
+``backward()`` returns a tuple. A loss computes on the backend and dtype of its prediction (NumPy or
+torch) and keeps its buffers in its workspace, so a steady-state step allocates nothing sizeable.
 """
 
 from __future__ import annotations
@@ -20,35 +22,115 @@ LOSSES: dict[str, type[Loss]] = {}
 
 
 class Loss(Workspace):
-    """Base class: subclasses implement ``forward`` (returning a Python float) and ``backward``."""
+    """Base class: binds the backend, checks inputs and targets, and keeps the forward/backward order.
+
+    Subclasses name their inputs (``inputs``; more than one means ``pred`` is a tuple) and implement
+    ``_forward(*preds, target) -> float``, keeping what ``_backward()`` needs, and ``_backward()``,
+    which returns dL/dpred (a tuple for several inputs) in workspace buffers.
+    """
+
+    inputs: tuple[str, ...] = ("input",)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        LOSSES[cls.__name__] = cls
+        if not cls.__name__.startswith("_"):
+            LOSSES[cls.__name__] = cls
 
     def __call__(self, pred, target=None) -> float:
         return self.forward(pred, target)
 
-    def _bind(self, pred) -> None:
-        """Compute on the backend and dtype of the prediction."""
-        self.ops = ops_for_array(pred)
-        self.dtype = np.dtype(self.ops.dtype_name(pred))
+    def forward(self, pred, target=None) -> float:
+        """The loss of ``pred`` against ``target`` as a Python float; saves what backward needs."""
+        preds = self._bind(pred)
+        self._pending = False
+        value = self._forward(*preds, target)
+        self._pending = True
+        return value
 
-    def _target(self, pred, target, name: str):
+    def backward(self) -> Any:
+        """dL/dpred of the last forward (a tuple of gradients for a tuple ``pred``)."""
+        if not self.__dict__.get("_pending"):
+            raise RuntimeError(f"{type(self).__name__}: backward() needs a forward(pred, target) first")
+        return self._backward()
+
+    def _forward(self, *args) -> float:
+        raise NotImplementedError
+
+    def _backward(self) -> Any:
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- input and target checks
+    def _bind(self, pred) -> tuple:
+        """The predictions as arrays on their backend, all in the first one's float dtype and shape."""
+        name, n = type(self).__name__, len(self.inputs)
+        if n > 1:
+            if not isinstance(pred, (tuple, list)) or len(pred) != n:
+                got = f"{len(pred)} arrays" if isinstance(pred, (tuple, list)) else type(pred).__name__
+                raise TypeError(f"{name}: pred must be a tuple ({', '.join(self.inputs)}), got {got}")
+            preds = tuple(pred)
+        else:
+            preds = (pred,)
+        self.ops = ops = ops_for_array(preds[0])
+        first = ops.asarray(preds[0])
+        if not ops.is_floating(first):
+            raise TypeError(f"{name}: {self.inputs[0]} must be a floating-point array, "
+                            f"got {ops.dtype_name(first)}")
+        self.dtype = np.dtype(ops.dtype_name(first))
+        out = [first]
+        for label, x in zip(self.inputs[1:], preds[1:], strict=True):
+            x = ops.asarray(x, self.dtype)
+            if tuple(x.shape) != tuple(first.shape):
+                raise ShapeError(f"{name}: {label} shape {tuple(x.shape)} does not match {self.inputs[0]} "
+                                 f"shape {tuple(first.shape)}")
+            out.append(x)
+        return tuple(out)
+
+    def _float_target(self, pred, target):
         """``target`` on pred's backend, as pred's float dtype, with pred's shape."""
-        t = self.ops.asarray(target, self.dtype)
+        name, ops = type(self).__name__, self.ops
+        if target is None:
+            raise TypeError(f"{name}: a target of shape {tuple(pred.shape)} is required")
+        t = ops.asarray(target)
+        kind = np.dtype(ops.dtype_name(t)).kind
+        if kind not in "biuf":
+            raise TypeError(f"{name}: target must be numeric, got dtype {ops.dtype_name(t)}")
         if tuple(t.shape) != tuple(pred.shape):
             raise ShapeError(f"{name}: target shape {tuple(t.shape)} does not match prediction shape "
                              f"{tuple(pred.shape)}")
+        return ops.asarray(t, self.dtype)
+
+    def _class_target(self, pred, target):
+        """Integer class ``target`` of shape pred.shape[:-1], checked to lie in [0, C), flattened to (M,)."""
+        name, ops, xp = type(self).__name__, self.ops, self.ops.xp
+        if target is None:
+            raise TypeError(f"{name}: integer class targets of shape {tuple(pred.shape[:-1])} are required")
+        t = ops.asarray(target)
+        if tuple(t.shape) != tuple(pred.shape[:-1]):
+            raise ShapeError(f"{name}: class targets must have shape {tuple(pred.shape[:-1])} (input "
+                             f"{tuple(pred.shape)}), got {tuple(t.shape)}")
+        if ops.is_floating(t) or np.dtype(ops.dtype_name(t)).kind not in "iu":
+            raise TypeError(f"{name}: class targets must be integers, got {ops.dtype_name(t)}")
+        t = t.reshape(-1)
+        c = pred.shape[-1]
+        if t.shape[0]:
+            lo, hi = ops.item(xp.amin(t)), ops.item(xp.amax(t))
+            if lo < 0 or hi >= c:
+                raise ValueError(f"{name}: class label {int(lo if lo < 0 else hi)} out of range [0, {c}) "
+                                 f"for {c} classes")
         return t
 
-    def forward(self, pred, target) -> float:
-        raise NotImplementedError
+    def _rows(self, m: int):
+        """0..m-1 on this backend (cached), the row index that pairs with class targets."""
+        rows = self.__dict__.get("_arange")
+        if rows is None or rows.shape[0] < m or not self.ops.is_array(rows):
+            rows = self._arange = self.ops.arange(max(m, 1))
+        return rows[:m]
 
-    def backward(self) -> Any:
-        raise NotImplementedError
+    def _sum(self, x) -> float:
+        return self.ops.item(self.ops.xp.sum(x))
 
     def get_config(self) -> dict:
+        """The constructor arguments (``type(loss)(**loss.get_config())`` rebuilds it)."""
         return {}
 
     def __repr__(self):
@@ -56,36 +138,213 @@ class Loss(Workspace):
         return f"{type(self).__name__}({args})"
 
 
-class MSELoss(Loss):
-    """mean((pred - target)^2) over all elements.  Saved for backward: pred - target (workspace)."""
+# --------------------------------------------------------------------- elementwise losses
+class _PointwiseLoss(Loss):
+    """sum over elements of f(pred, target), divided by ``_count`` (all elements: reduction="mean").
 
-    def forward(self, pred, target):
-        self._bind(pred)
-        t = self._target(pred, target, "MSELoss")
-        diff = self.workspace("diff", tuple(pred.shape))
-        self.ops.xp.subtract(pred, t, out=diff)
-        self._diff = diff
-        grad = self.workspace("grad", tuple(pred.shape))
-        self.ops.xp.multiply(diff, diff, out=grad)  # grad doubles as scratch until backward
-        return self.ops.item(self.ops.xp.sum(grad)) / max(math.prod(diff.shape), 1)
+    Subclasses implement ``_pointwise(x, t) -> (sum of f, d)`` where ``d`` (a workspace buffer) times
+    ``deriv_scale`` is df/dx; the workspace "grad" is free scratch inside ``_pointwise``.
+    """
 
-    def backward(self):
-        grad = self.workspace("grad", tuple(self._diff.shape))
-        n = math.prod(self._diff.shape)
-        self.ops.xp.multiply(self._diff, 2.0 / max(n, 1), out=grad)
+    deriv_scale = 1.0
+
+    def _forward(self, x, target):
+        t = self._float_target(x, target)
+        total, self._deriv = self._pointwise(x, t)
+        n = max(self._count(x), 1)
+        self._scale = self.deriv_scale / n
+        return total / n
+
+    def _count(self, x) -> int:
+        return math.prod(x.shape)
+
+    def _pointwise(self, x, t) -> tuple[float, Any]:
+        raise NotImplementedError
+
+    def _backward(self):
+        grad = self.workspace("grad", tuple(self._deriv.shape))
+        self.ops.xp.multiply(self._deriv, self._scale, out=grad)
         return grad
 
 
+class MSELoss(_PointwiseLoss):
+    """Mean squared error (PyTorch: nn.MSELoss).
+
+    loss = mean((x - t)^2);  dL/dx = 2 (x - t) / n
+
+    Shape:
+        pred (*), target (*) the same shape.
+    Saved for backward:
+        x - t (workspace).
+    """
+
+    deriv_scale = 2.0
+
+    def _pointwise(self, x, t):
+        xp = self.ops.xp
+        d = self.workspace("deriv", tuple(x.shape))
+        xp.subtract(x, t, out=d)
+        sq = self.workspace("grad", tuple(x.shape))
+        xp.multiply(d, d, out=sq)
+        return self._sum(sq), d
+
+
+class L1Loss(_PointwiseLoss):
+    """Mean absolute error (PyTorch: nn.L1Loss).
+
+    loss = mean(|x - t|);  dL/dx = sign(x - t) / n   (0 where x = t)
+
+    Shape:
+        pred (*), target (*) the same shape.
+    Saved for backward:
+        sign(x - t) (workspace).
+    """
+
+    def _pointwise(self, x, t):
+        xp = self.ops.xp
+        d = self.workspace("grad", tuple(x.shape))
+        xp.subtract(x, t, out=d)
+        s = self.workspace("deriv", tuple(x.shape))
+        xp.sign(d, out=s)
+        xp.abs(d, out=d)
+        return self._sum(d), s
+
+
+class HuberLoss(_PointwiseLoss):
+    """Huber loss (PyTorch: nn.HuberLoss).
+
+    f = 0.5 d^2 where |d| <= delta, else delta (|d| - 0.5 delta), d = x - t;
+    dL/dx = clip(d, -delta, delta) / n
+
+    Args:
+        delta (float): where the quadratic turns linear (> 0). Default: ``1.0``.
+    Shape:
+        pred (*), target (*) the same shape.
+    Saved for backward:
+        clip(d, -delta, delta) (workspace).
+    """
+
+    def __init__(self, delta: float = 1.0):
+        if not delta > 0:
+            raise ValueError(f"HuberLoss: delta must be > 0, got {delta!r}")
+        self.delta = float(delta)
+
+    def _pointwise(self, x, t):
+        xp = self.ops.xp
+        d = self.workspace("grad", tuple(x.shape))
+        xp.subtract(x, t, out=d)
+        c = self.workspace("deriv", tuple(x.shape))
+        xp.clip(d, -self.delta, self.delta, out=c)
+        d *= 2.0  # 2 f = c (2 d - c)
+        d -= c
+        d *= c
+        return 0.5 * self._sum(d), c
+
+    def get_config(self):
+        return {"delta": self.delta}
+
+
+class BCELoss(_PointwiseLoss):
+    """Binary cross-entropy on probabilities (PyTorch: nn.BCELoss).
+
+    f = -(t log x + (1 - t) log(1 - x)), each log clamped at -100 as PyTorch does;
+    dL/dx = (x - t) / max(x (1 - x), 1e-12) / n
+
+    Shape:
+        pred (*) with values in [0, 1], target (*) the same shape.
+    Saved for backward:
+        the derivative (workspace).
+    """
+
+    def _pointwise(self, x, t):
+        ops, xp, shape = self.ops, self.ops.xp, tuple(x.shape)
+        if math.prod(shape):
+            lo, hi = ops.item(xp.amin(x)), ops.item(xp.amax(x))
+            if not (lo >= 0.0 and hi <= 1.0):
+                raise ValueError(f"BCELoss: input must hold probabilities in [0, 1], got values in "
+                                 f"[{lo}, {hi}] (for logits use BCEWithLogitsLoss)")
+        log_x, log_1mx = self.workspace("grad", shape), self.workspace("tmp", shape)
+        d = self.workspace("deriv", shape)
+        xp.multiply(x, -1.0, out=log_1mx)
+        log_1mx += 1.0  # 1 - x
+        xp.multiply(x, log_1mx, out=log_x)
+        xp.clip(log_x, 1e-12, 1.0, out=log_x)
+        xp.subtract(x, t, out=d)
+        d /= log_x  # (x - t) / max(x (1 - x), 1e-12)
+        xp.log(x, out=log_x)
+        xp.log(log_1mx, out=log_1mx)
+        xp.clip(log_x, -100.0, 0.0, out=log_x)
+        xp.clip(log_1mx, -100.0, 0.0, out=log_1mx)
+        log_x -= log_1mx  # t log x + (1 - t) log(1 - x) = log(1 - x) + t (log x - log(1 - x))
+        log_x *= t
+        log_x += log_1mx
+        return -self._sum(log_x), d
+
+
+class BCEWithLogitsLoss(_PointwiseLoss):
+    """Binary cross-entropy on logits, sigmoid fused (PyTorch: nn.BCEWithLogitsLoss).
+
+    f = max(x, 0) - x t + log(1 + exp(-|x|));  dL/dx = (sigmoid(x) - t) / n
+
+    Shape:
+        pred (*) logits, target (*) the same shape.
+    Saved for backward:
+        sigmoid(x) - t (workspace).
+    """
+
+    def _pointwise(self, x, t):
+        ops, xp, shape = self.ops, self.ops.xp, tuple(x.shape)
+        f, d = self.workspace("grad", shape), self.workspace("deriv", shape)
+        xp.abs(x, out=f)
+        f *= -1.0
+        xp.exp(f, out=f)
+        xp.log1p(f, out=f)
+        xp.clip(x, 0.0, None, out=d)
+        f += d
+        xp.multiply(x, t, out=d)
+        f -= d
+        ops.activation("sigmoid", x, d)
+        d -= t
+        return self._sum(f), d
+
+
+class KLDivLoss(_PointwiseLoss):
+    """KL divergence of log-probabilities from probabilities (PyTorch: nn.KLDivLoss(reduction="batchmean")).
+
+    loss = sum(t (log t - x)) / N  (0 where t = 0), N = the first dimension;  dL/dx = -t / N
+
+    Shape:
+        pred (N, *) log-probabilities, target (N, *) probabilities.
+    Saved for backward:
+        -t (workspace).
+    """
+
+    def _count(self, x):
+        return x.shape[0] if x.ndim else 1
+
+    def _pointwise(self, x, t):
+        xp, shape = self.ops.xp, tuple(x.shape)
+        f, d = self.workspace("grad", shape), self.workspace("deriv", shape)
+        xp.clip(t, float(np.finfo(self.dtype).tiny), None, out=f)  # t log t -> 0 where t = 0
+        xp.log(f, out=f)
+        f -= x
+        f *= t
+        xp.multiply(t, -1.0, out=d)
+        return self._sum(f), d
+
+
+# --------------------------------------------------------------------- losses over classes (last axis)
 class CrossEntropyLoss(Loss):
-    """Softmax cross-entropy on logits, log-softmax and gradient fused.
+    """Softmax cross-entropy on logits, log-softmax and gradient fused (PyTorch: nn.CrossEntropyLoss).
 
     loss = mean over positions of -sum_c q_c log softmax(z)_c, with q the one-hot target (or the
-    given probabilities) smoothed as q = (1 - eps) q + eps / C.  dL/dz = (softmax(z) sum(q) - q) / M.
+    given probabilities) smoothed as q = (1 - eps) q + eps / C.  dL/dz = (softmax(z) sum_c q_c - q) / M.
 
     Args:
         label_smoothing (float, optional): eps in [0, 1]. Default: ``0.0``.
     Shape:
         logits (..., C); target (...) integer classes in [0, C), or (..., C) probabilities.
+        M = the number of positions (all leading axes), e.g. N*T for (N, T, V) logits.
     Saved for backward:
         log-probabilities (workspace) and the target.
     """
@@ -95,67 +354,263 @@ class CrossEntropyLoss(Loss):
             raise ValueError(f"CrossEntropyLoss: label_smoothing must be in [0, 1], got {label_smoothing}")
         self.label_smoothing = float(label_smoothing)
 
-    def forward(self, pred, target):
-        self._bind(pred)
-        ops, xp = self.ops, self.ops.xp
+    def _forward(self, pred, target):
+        ops, xp, eps = self.ops, self.ops.xp, self.label_smoothing
         c = pred.shape[-1]
         z = pred.reshape(-1, c)
         m = z.shape[0]
         logp = self.workspace("logp", (m, c))
         ops.activation("log_softmax", z, logp)
         self._logp, self._shape = logp, tuple(pred.shape)
-        target = ops.asarray(target)
-        eps = self.label_smoothing
-        if ops.is_floating(target) and tuple(target.shape) == tuple(pred.shape):
-            q = ops.asarray(target, self.dtype).reshape(m, c)
-            self._probs = q
+        smooth = eps / c * self._sum(logp) if eps else 0.0
+        t = ops.asarray(target) if target is not None else None
+        if t is not None and ops.is_floating(t) and tuple(t.shape) == tuple(pred.shape):
+            q = self._probs = ops.asarray(t, self.dtype).reshape(m, c)
             tmp = self.workspace("grad", (m, c))
             xp.multiply(logp, q, out=tmp)
-            total = ops.item(xp.sum(tmp)) * (1.0 - eps)
-            if eps:
-                total += eps / c * ops.item(xp.sum(logp))
-            return -total / m
-        if tuple(target.shape) != tuple(pred.shape[:-1]):
-            raise ShapeError(f"CrossEntropyLoss: integer targets must have shape {tuple(pred.shape[:-1])} "
-                             f"(logits {tuple(pred.shape)}), got {tuple(target.shape)}")
-        if ops.is_floating(target):
-            raise TypeError(f"CrossEntropyLoss: class targets must be integers, got {ops.dtype_name(target)}")
-        t = target.reshape(-1)
-        lo, hi = ops.item(xp.amin(t)), ops.item(xp.amax(t))
-        if lo < 0 or hi >= c:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"CrossEntropyLoss: class label {int(bad)} out of range [0, {c}) for {c} classes")
-        self._probs, self._index = None, t
-        rows = self._rows(m)
-        picked = ops.item(xp.sum(logp[rows, t]))
-        total = (1.0 - eps) * picked + (eps / c * ops.item(xp.sum(logp)) if eps else 0.0)
-        return -total / m
+            return -((1.0 - eps) * self._sum(tmp) + smooth) / max(m, 1)
+        self._probs, self._index = None, self._class_target(pred, t)
+        picked = self._sum(logp[self._rows(m), self._index])
+        return -((1.0 - eps) * picked + smooth) / max(m, 1)
 
-    def _rows(self, m: int):
-        rows = self.__dict__.get("_arange")
-        if rows is None or rows.shape[0] < m or not self.ops.is_array(rows):
-            rows = self.ops.arange(max(m, 1))
-            self._arange = rows
-        return rows[:m]
-
-    def backward(self):
-        ops, xp = self.ops, self.ops.xp
+    def _backward(self):
+        xp, eps = self.ops.xp, self.label_smoothing
         m, c = self._logp.shape
-        eps = self.label_smoothing
         grad = self.workspace("grad", (m, c))
         xp.exp(self._logp, out=grad)
-        if self._probs is not None:
+        q = self._probs
+        if q is not None:
             # softmax * sum_c(q_smoothed) - q_smoothed, row by row (rows need not sum to 1)
-            grad *= xp.sum(self._probs, axis=-1, keepdims=True) * (1.0 - eps) + eps
-            grad -= self._probs * (1.0 - eps) if eps else self._probs
-            if eps:
-                grad -= eps / c
+            total = self.workspace("rowsum", (m, 1))
+            xp.sum(q, axis=-1, keepdims=True, out=total)
+            total *= 1.0 - eps
+            total += eps
+            grad *= total
+            tmp = self.workspace("tmp", (m, c))
+            xp.multiply(q, 1.0 - eps, out=tmp)
+            grad -= tmp
         else:
             grad[self._rows(m), self._index] -= 1.0 - eps
-            if eps:
-                grad -= eps / c
-        grad *= 1.0 / m
+        if eps:
+            grad -= eps / c
+        grad *= 1.0 / max(m, 1)
         return grad.reshape(self._shape)
 
     def get_config(self):
         return {"label_smoothing": self.label_smoothing}
+
+
+class NLLLoss(Loss):
+    """Negative log-likelihood of log-probabilities (PyTorch: nn.NLLLoss).
+
+    loss = -mean over positions of x[..., t];  dL/dx = -1/M at the target class, 0 elsewhere
+
+    Shape:
+        pred (..., C) log-probabilities; target (...) integer classes in [0, C).
+    Saved for backward:
+        the target.
+    """
+
+    def _forward(self, pred, target):
+        c = pred.shape[-1]
+        x = pred.reshape(-1, c)
+        self._index, self._shape = self._class_target(pred, target), tuple(pred.shape)
+        return -self._sum(x[self._rows(x.shape[0]), self._index]) / max(x.shape[0], 1)
+
+    def _backward(self):
+        m = self._index.shape[0]
+        grad = self.workspace("grad", (m, self._shape[-1]))
+        self.ops.fill_(grad, 0.0)
+        grad[self._rows(m), self._index] = -1.0 / max(m, 1)
+        return grad.reshape(self._shape)
+
+
+class MultiMarginLoss(Loss):
+    """Multi-class hinge loss (PyTorch: nn.MultiMarginLoss, p=1).
+
+    loss = mean over samples of sum_{j != y} max(0, margin - x_y + x_j) / C;
+    dL/dx_j = [margin - x_y + x_j > 0] / (C N) for j != y, and dL/dx_y = -(sum of those).
+
+    Args:
+        margin (float): Default: ``1.0``.
+    Shape:
+        pred (N, C); target (N,) integer classes in [0, C).
+    Saved for backward:
+        the indicator of active margins (workspace) and the target.
+    """
+
+    def __init__(self, margin: float = 1.0):
+        self.margin = float(margin)
+
+    def _forward(self, pred, target):
+        xp = self.ops.xp
+        if pred.ndim != 2:
+            raise ShapeError(f"MultiMarginLoss: input must be 2-D (N, C), got shape {tuple(pred.shape)}")
+        n, c = pred.shape
+        idx, rows = self._class_target(pred, target), self._rows(n)
+        z = self.workspace("grad", (n, c))
+        xp.subtract(pred, pred[rows, idx].reshape(n, 1), out=z)
+        z += self.margin
+        z[rows, idx] = 0.0  # the target class is not a margin
+        active = self._active = self.workspace("deriv", (n, c))
+        xp.sign(z, out=active)
+        xp.clip(active, 0.0, 1.0, out=active)  # 1 where margin - x_y + x_j > 0
+        xp.clip(z, 0.0, None, out=z)
+        self._index = idx
+        return self._sum(z) / (c * max(n, 1))
+
+    def _backward(self):
+        xp = self.ops.xp
+        n, c = self._active.shape
+        grad = self.workspace("grad", (n, c))
+        xp.multiply(self._active, 1.0 / (c * max(n, 1)), out=grad)
+        total = self.workspace("rowsum", (n,))
+        xp.sum(grad, axis=1, out=total)
+        total *= -1.0
+        grad[self._rows(n), self._index] = total
+        return grad
+
+    def get_config(self):
+        return {"margin": self.margin}
+
+
+# --------------------------------------------------------------------- losses of several inputs
+class MarginRankingLoss(Loss):
+    """Ranking hinge of two scores (PyTorch: nn.MarginRankingLoss).
+
+    loss = mean(max(0, -y (x1 - x2) + margin));  dL/dx1 = -y [z >= 0] / n = -dL/dx2, z the hinge argument
+
+    Args:
+        margin (float): Default: ``0.0``.
+    Shape:
+        pred = (x1, x2), each (*); target y (*) with values in {-1, 1}.
+    Saved for backward:
+        -y [z >= 0] (workspace).
+    """
+
+    inputs = ("input1", "input2")
+
+    def __init__(self, margin: float = 0.0):
+        self.margin = float(margin)
+
+    def _forward(self, x1, x2, target):
+        xp, shape = self.ops.xp, tuple(x1.shape)
+        y = self._float_target(x1, target)
+        z, d = self.workspace("z", shape), self.workspace("deriv", shape)
+        xp.abs(y, out=d)
+        if math.prod(shape) and not self.ops.item(xp.amin(d)) == self.ops.item(xp.amax(d)) == 1.0:
+            raise ValueError("MarginRankingLoss: target values must be -1 or 1")
+        xp.subtract(x1, x2, out=z)
+        z *= y
+        z *= -1.0
+        z += self.margin
+        xp.sign(z, out=d)
+        d += 1.0
+        xp.clip(d, 0.0, 1.0, out=d)  # [z >= 0]: torch's clamp_min passes the gradient at 0
+        d *= y
+        d *= -1.0
+        xp.clip(z, 0.0, None, out=z)
+        self._deriv, self._n = d, max(math.prod(shape), 1)
+        return self._sum(z) / self._n
+
+    def _backward(self):
+        xp, d = self.ops.xp, self._deriv
+        g1, g2 = self.workspace("grad1", tuple(d.shape)), self.workspace("grad2", tuple(d.shape))
+        xp.multiply(d, 1.0 / self._n, out=g1)
+        xp.multiply(d, -1.0 / self._n, out=g2)
+        return g1, g2
+
+    def get_config(self):
+        return {"margin": self.margin}
+
+
+class TripletMarginLoss(Loss):
+    """Triplet hinge on p-norm distances (PyTorch: nn.TripletMarginLoss, pairwise_distance's eps = 1e-6).
+
+    loss = mean over positions of max(0, d(a, p) - d(a, n) + margin), d(x, y) = ||x - y + eps||_p over the
+    last axis;  with u = x - y + eps: dd/du = sign(u) |u|^(p-1) / d^(p-1) (u / d for p = 2).
+
+    Args:
+        margin (float): Default: ``1.0``.
+        p (float): the norm's degree, >= 1. Default: ``2``.
+    Shape:
+        pred = (anchor, positive, negative), each (..., D); target None.
+    Saved for backward:
+        the differences u, the distances and the active hinges (workspace).
+    """
+
+    inputs = ("anchor", "positive", "negative")
+    eps = 1e-6
+
+    def __init__(self, margin: float = 1.0, p: float = 2.0):
+        if not p >= 1:
+            raise ValueError(f"TripletMarginLoss: p must be >= 1, got {p!r}")
+        self.margin, self.p = float(margin), float(p)
+
+    def _forward(self, a, pos, neg, target):
+        if target is not None:
+            raise TypeError("TripletMarginLoss: takes no target (pass target=None); pred is "
+                            "(anchor, positive, negative)")
+        if a.ndim < 1:
+            raise ShapeError("TripletMarginLoss: inputs must have a feature axis (..., D), got a scalar")
+        xp, dim = self.ops.xp, a.shape[-1]
+        m = math.prod(a.shape[:-1])
+        self._shape = tuple(a.shape)
+        d_pos = self._distance(a, pos, "pos")
+        d_neg = self._distance(a, neg, "neg")
+        z = self.workspace("z", (m,))
+        xp.subtract(d_pos, d_neg, out=z)
+        z += self.margin
+        active = self._active = self.workspace("active", (m, 1))
+        xp.sign(z.reshape(m, 1), out=active)
+        active += 1.0
+        xp.clip(active, 0.0, 1.0, out=active)  # [z >= 0]: torch's clamp_min passes the gradient at 0
+        xp.clip(z, 0.0, None, out=z)
+        self._m, self._dim = max(m, 1), dim
+        return self._sum(z) / self._m
+
+    def _distance(self, x, y, name: str):
+        """d = ||x - y + eps||_p per position; keeps u = x - y + eps in the workspace "u_<name>"."""
+        xp, dim = self.ops.xp, x.shape[-1]
+        m = math.prod(x.shape[:-1])
+        u = self.workspace(f"u_{name}", (m, dim))
+        xp.subtract(x.reshape(m, dim), y.reshape(m, dim), out=u)
+        u += self.eps
+        tmp = self.workspace("tmp", (m, dim))
+        xp.abs(u, out=tmp)
+        tmp **= self.p
+        d = self.workspace(f"d_{name}", (m,))
+        xp.sum(tmp, axis=-1, out=d)
+        d **= 1.0 / self.p
+        return d
+
+    def _norm_grad(self, name: str, out):
+        """out = dd/du for the distance ``name``, scaled by the active hinges / M."""
+        xp, p = self.ops.xp, self.p
+        u, d = self.__dict__["_workspace"][f"u_{name}"], self.__dict__["_workspace"][f"d_{name}"]
+        m, dim = self._m, self._dim
+        u, d = u[:m * dim].reshape(m, dim), d[:m].reshape(m, 1)
+        tmp = self.workspace("tmp", (m, dim))
+        xp.abs(u, out=out)
+        out **= p - 1.0
+        xp.sign(u, out=tmp)
+        out *= tmp
+        scale = self.workspace("scale", (m, 1))
+        xp.clip(d, float(np.finfo(self.dtype).tiny), None, out=scale)
+        scale **= p - 1.0
+        xp.divide(self._active, scale, out=scale)
+        scale *= 1.0 / self._m
+        out *= scale
+        return out
+
+    def _backward(self):
+        m, dim = self._m, self._dim
+        g_pos = self._norm_grad("pos", self.workspace("grad_positive", (m, dim)))
+        g_neg = self._norm_grad("neg", self.workspace("grad_negative", (m, dim)))
+        g_a = self.workspace("grad_anchor", (m, dim))
+        self.ops.xp.subtract(g_pos, g_neg, out=g_a)
+        g_pos *= -1.0
+        return g_a.reshape(self._shape), g_pos.reshape(self._shape), g_neg.reshape(self._shape)
+
+    def get_config(self):
+        return {"margin": self.margin, "p": self.p}

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from . import conv_kernels, kernels
+from . import conv_kernels, kernels, optim_kernels
 from .ops import DEFAULT_ALPHA, Ops
 
 

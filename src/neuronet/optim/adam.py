@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from .optimizer import Optimizer
+from .optimizer import Optimizer, _check_number
 
 
 class Adam(Optimizer):
     """Adam with L2 weight decay added to the gradient, as ``torch.optim.Adam``.
 
-    State: first and second moments ``m``, ``v`` (flat, like the parameters).
+    g = grad + weight_decay p;  m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2;
+    p -= lr / (1 - beta1^t) m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+
+    Args:
+        lr (float): learning rate. Default: ``1e-3``.
+        betas (tuple[float, float]): decay rates of the moments, each in [0, 1). Default: ``(0.9, 0.999)``.
+        eps (float): added to the denominator. Default: ``1e-8``.
+        weight_decay (float): L2 penalty (decoupled in AdamW). Default: ``0``.
+        clip_norm (float, optional): global-norm gradient clipping (see Optimizer).
+    State:
+        ``m`` and ``v`` (torch's ``exp_avg``, ``exp_avg_sq``), flat like the parameters.
     """
 
     state_names = ("m", "v")
@@ -17,14 +27,12 @@ class Adam(Optimizer):
     def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, clip_norm: float | None = None):
         super().__init__(lr, clip_norm)
-        b1, b2 = betas
-        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
-            raise ValueError(f"{type(self).__name__}: betas must be in [0, 1), got {betas}")
-        if eps < 0 or weight_decay < 0:
-            raise ValueError(f"{type(self).__name__}: eps and weight_decay must be >= 0")
-        self.betas = (float(b1), float(b2))
-        self.eps = float(eps)
-        self.weight_decay = float(weight_decay)
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise ValueError(f"{type(self).__name__}: betas must be a pair (beta1, beta2), got {betas!r}")
+        self.betas = (_check_number(self, "beta1", betas[0], 0.0, 1.0, hi_open=True),
+                      _check_number(self, "beta2", betas[1], 0.0, 1.0, hi_open=True))
+        self.eps = _check_number(self, "eps", eps)
+        self.weight_decay = _check_number(self, "weight_decay", weight_decay)
 
     def update(self, params, grads):
         self.ops.adam_step(params, grads, self.state["m"], self.state["v"], self._scratch, lr=self.lr,
@@ -37,7 +45,10 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
-    """Adam with decoupled weight decay, as ``torch.optim.AdamW`` (default weight_decay 0.01)."""
+    """Adam with decoupled weight decay, as ``torch.optim.AdamW``: p *= 1 - lr weight_decay, then Adam.
+
+    Same arguments as Adam; weight_decay defaults to ``0.01``.
+    """
 
     decoupled = True
 

@@ -1,4 +1,9 @@
-"""Optimizer base: state over the whole flat parameter array, global-norm clipping, a learning rate."""
+"""Optimizer base: state over the whole flat parameter array, global-norm clipping, a learning rate.
+
+A subclass names its state arrays (``state_names``, flat like the parameters) and implements
+``update(params, grads)`` as ONE call into the backend (``ops.adam_step``, ...), which updates the
+parameters and the state in place: NumPy runs a fused Numba pass, torch a few in-place passes.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +15,17 @@ from ..backend import ops_for_array
 # Every Optimizer subclass by class name, for configs and files.
 OPTIMIZERS: dict[str, type[Optimizer]] = {}
 
+# torch.nn.utils.clip_grad_norm_ divides max_norm by (total_norm + this).
+CLIP_EPS = 1e-6
+
 
 class Optimizer:
     """``opt.step(params, grads)`` updates the flat ``params`` in place from the flat ``grads``.
 
     Args:
-        lr (float): learning rate (>= 0).
-        clip_norm (float, optional): rescale the gradient so its global L2 norm is at most this.
+        lr (float): learning rate (>= 0); schedulers change ``opt.lr`` between steps.
+        clip_norm (float, optional): before each step, scale the gradient in place so that its global
+            L2 norm is at most this, as ``torch.nn.utils.clip_grad_norm_(params, clip_norm)``.
     """
 
     state_names: tuple[str, ...] = ()
@@ -26,51 +35,89 @@ class Optimizer:
         OPTIMIZERS[cls.__name__] = cls
 
     def __init__(self, lr: float, clip_norm: float | None = None):
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
-            raise ValueError(f"{type(self).__name__}: learning rate must be a finite number >= 0, got {lr!r}")
-        if clip_norm is not None and not clip_norm > 0:
-            raise ValueError(f"{type(self).__name__}: clip_norm must be > 0, got {clip_norm!r}")
-        self.lr = float(lr)
+        self.lr = _check_number(self, "lr", lr)
         self.initial_lr = self.lr
-        self.clip_norm = clip_norm
+        if clip_norm is not None and not (isinstance(clip_norm, (int, float)) and clip_norm > 0):
+            raise ValueError(f"{type(self).__name__}: clip_norm must be a number > 0, got {clip_norm!r}")
+        self.clip_norm = None if clip_norm is None else float(clip_norm)
         self.iterations = 0
         self.state: dict[str, Any] = {}
         self._scratch = None
+        self.ops = None
 
     def reset(self) -> None:
-        """Forget the moment estimates and the step count (the parameter layout changed)."""
+        """Forget the state and the step count (the parameter layout changed)."""
         self.iterations = 0
         self.state = {}
         self._scratch = None
 
     def _init_state(self, params) -> None:
-        ops = ops_for_array(params)
-        self.ops = ops
-        self.state = {name: ops.zeros(tuple(params.shape), ops.dtype_name(params)) for name in self.state_names}
-        self._scratch = ops.empty(tuple(params.shape), ops.dtype_name(params))
+        """Allocate zeroed state (and the backend's update scratch, if it needs any) for ``params``."""
+        self.ops = ops_for_array(params)
+        self.state = {}
+        self._ensure_state(params)
+
+    def _ensure_state(self, params) -> None:
+        """Make every state array and the scratch fit ``params``; state of the right shape is kept
+        (moved to the parameters' backend if needed), so a loaded or pre-set state survives."""
+        ops = self.ops = ops_for_array(params)
+        shape, dtype = tuple(params.shape), ops.dtype_name(params)
+        for name in self.state_names:
+            s = self.state.get(name)
+            if s is None or tuple(s.shape) != shape:
+                self.state[name] = ops.zeros(shape, dtype)
+            elif not ops.is_array(s) or ops.dtype_name(s) != dtype:
+                self.state[name] = ops.asarray(s, dtype)
+        k = ops.update_scratch
+        s = self._scratch
+        if k and (s is None or not ops.is_array(s) or tuple(s.shape) != (k, *shape)
+                  or ops.dtype_name(s) != dtype):
+            self._scratch = ops.empty((k, *shape), dtype)
 
     def step(self, params, grads) -> None:
-        s = self._scratch
-        if s is None or type(s) is not type(params) or tuple(s.shape) != tuple(params.shape):
-            self._init_state(params)
+        """One update of the flat ``params`` (in place) from the flat ``grads``."""
+        if self.ops is None or not self.ops.is_array(params) or not self._state_fits(params):
+            self._ensure_state(params)
         self.iterations += 1
         if self.clip_norm is not None:
             self.clip_(grads)
         self.update(params, grads)
 
+    def _state_fits(self, params) -> bool:
+        shape = tuple(params.shape)
+        for name in self.state_names:
+            s = self.state.get(name)
+            if s is None or type(s) is not type(params) or tuple(s.shape) != shape:
+                return False
+        s = self._scratch
+        return not self.ops.update_scratch or s is not None and type(s) is type(params)
+
     def clip_(self, grads) -> float:
-        """Scale ``grads`` in place so their global L2 norm is at most clip_norm; returns the norm."""
-        xp = self.ops.xp
-        norm = math.sqrt(self.ops.item(xp.sum(xp.multiply(grads, grads, out=self._scratch))))
-        if norm > self.clip_norm:
-            grads *= self.clip_norm / (norm + 1e-6)  # torch.nn.utils.clip_grad_norm_'s epsilon
+        """Scale ``grads`` in place so their global L2 norm is at most clip_norm; returns the norm before."""
+        ops = self.ops or ops_for_array(grads)
+        norm = math.sqrt(ops.sum_of_squares(grads))
+        coef = self.clip_norm / (norm + CLIP_EPS)
+        if coef < 1.0:
+            grads *= coef
         return norm
 
     def update(self, params, grads) -> None:
         raise NotImplementedError
 
     def get_config(self) -> dict:
+        """The constructor arguments (``type(opt)(**opt.get_config())`` rebuilds it)."""
         return {"lr": self.lr, "clip_norm": self.clip_norm}
 
     def __repr__(self):
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_config().items())})"
+
+
+def _check_number(owner, name: str, value, lo: float = 0.0, hi: float = math.inf,
+                  hi_open: bool = False) -> float:
+    """``value`` as a float in [lo, hi] (or [lo, hi)), else a ValueError naming the optimizer and argument."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and \
+        lo <= value and (value < hi if hi_open else value <= hi)
+    if not ok:
+        interval = f">= {lo:g}" if not math.isfinite(hi) else f"in [{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        raise ValueError(f"{type(owner).__name__}: {name} must be a finite number {interval}, got {value!r}")
+    return float(value)
