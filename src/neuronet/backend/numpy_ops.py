@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from . import conv_kernels, kernels, optim_kernels
+from . import conv_kernels, kernels, optim_kernels, rnn_kernels
 from .ops import DEFAULT_ALPHA, Ops
 
 
@@ -125,6 +125,19 @@ class NumpyOps(Ops):
         kernels.activation_backward(kernels.ACT_CODES[name], a, np.ascontiguousarray(dy).reshape(-1),
                                     dummy, yy, _flat(out))
         return out
+
+    # ----------------------------------------------------------------- recurrent cells (one Numba pass each)
+    def lstm_cell(self, gates, gh, bias, c_prev, c, tanh_c, h):
+        rnn_kernels.lstm_cell_forward(gates, gh, bias, c_prev, c, tanh_c, h, gates.dtype == np.float32)
+
+    def lstm_cell_backward(self, gates, c_prev, tanh_c, dh, dc, dgates):
+        rnn_kernels.lstm_cell_backward(gates, c_prev, tanh_c, dh, dc, dgates)
+
+    def gru_cell(self, gates, gh, b_ih, b_hh, h_prev, hn, h):
+        rnn_kernels.gru_cell_forward(gates, gh, b_ih, b_hh, h_prev, hn, h, gates.dtype == np.float32)
+
+    def gru_cell_backward(self, gates, hn, h_prev, dh, dgx, dgh, dh_direct):
+        rnn_kernels.gru_cell_backward(gates, hn, h_prev, dh, dgx, dgh, dh_direct)
 
     # ----------------------------------------------------------------- sequence models (norms, attention)
     def norm_rows(self, x, weight, bias, eps, center, out, mean, rstd):

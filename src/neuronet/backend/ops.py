@@ -185,6 +185,37 @@ class Ops:
         """Softmax over the last axis of (..., T, T) scores; with ``causal`` query t sees keys 0..t only."""
         raise NotImplementedError
 
+    # ----------------------------------------------------------------- recurrent cells (LSTM, GRU), one step
+    def lstm_cell(self, gates, gh, bias, c_prev, c, tanh_c, h) -> None:
+        """One LSTM step in PyTorch's gate order i, f, g, o; every array 2-D ``(N, .)`` and contiguous.
+
+        ``gates`` (N, 4H) holds x W_ih^T on entry and, on exit, the activations sigmoid(i), sigmoid(f),
+        tanh(g), sigmoid(o) of gates + gh + bias (gh = h_prev W_hh^T, bias = b_ih + b_hh). Writes
+        c = f c_prev + i g, tanh_c = tanh(c) and h = o tanh_c.
+        """
+        raise NotImplementedError
+
+    def lstm_cell_backward(self, gates, c_prev, tanh_c, dh, dc, dgates) -> None:
+        """dgates (N, 4H) = dL/d(pre-activations) of ``lstm_cell`` given dh = dL/dh_t.
+
+        ``dc`` holds dL/dc_t from step t+1 on entry and dL/dc_{t-1} on exit.
+        """
+        raise NotImplementedError
+
+    def gru_cell(self, gates, gh, b_ih, b_hh, h_prev, hn, h) -> None:
+        """One GRU step in PyTorch's gate order r, z, n; every array 2-D ``(N, .)`` and contiguous.
+
+        ``gates`` (N, 3H) holds gx = x W_ih^T on entry; gh = h_prev W_hh^T. With a = gx + b_ih and
+        b = gh + b_hh: r = sigmoid(a_r + b_r), z = sigmoid(a_z + b_z), n = tanh(a_n + r * b_n),
+        h = (1 - z) n + z h_prev. On exit ``gates`` holds r, z, n; ``hn`` = b_n is kept for backward.
+        """
+        raise NotImplementedError
+
+    def gru_cell_backward(self, gates, hn, h_prev, dh, dgx, dgh, dh_direct) -> None:
+        """From dh = dL/dh_t: dgx = dL/da, dgh = dL/db (see ``gru_cell``), dh_direct = dh * z, the part of
+        dL/dh_{t-1} that skips the recurrent product (the caller adds dgh @ W_hh)."""
+        raise NotImplementedError
+
     # ----------------------------------------------------------------- optimizer updates (whole flat buffer)
     # Each updates the flat parameters and optimizer state in place with the arithmetic of the single-tensor
     # torch.optim step. This generic version works on NumPy and torch alike as in-place passes over

@@ -214,7 +214,52 @@ class TorchOps(Ops):
             mask = torch.ones(t, t, dtype=torch.bool, device=scores.device).triu_(1)
             scores = scores.masked_fill(mask, float("-inf"))
         out.copy_(torch.softmax(scores, dim=-1))
-        return out
+        return out    # ----------------------------------------------------------------- recurrent cells (LSTM, GRU)
+    def lstm_cell(self, gates, gh, bias, c_prev, c, tanh_c, h):
+        hid = c.shape[1]
+        gates += gh
+        gates += bias
+        gates[:, :2 * hid].sigmoid_()
+        gates[:, 2 * hid:3 * hid].tanh_()
+        gates[:, 3 * hid:].sigmoid_()
+        i, f, g, o = gates.split(hid, dim=1)
+        torch.mul(f, c_prev, out=c)
+        c.addcmul_(i, g)
+        torch.tanh(c, out=tanh_c)
+        torch.mul(o, tanh_c, out=h)
+
+    def lstm_cell_backward(self, gates, c_prev, tanh_c, dh, dc, dgates):
+        i, f, g, o = gates.split(dh.shape[1], dim=1)
+        di, df, dg, do = dgates.split(dh.shape[1], dim=1)
+        dc.addcmul_(dh * o, 1.0 - tanh_c * tanh_c)
+        torch.mul(dc * g, i * (1.0 - i), out=di)
+        torch.mul(dc * c_prev, f * (1.0 - f), out=df)
+        torch.mul(dc * i, 1.0 - g * g, out=dg)
+        torch.mul(dh * tanh_c, o * (1.0 - o), out=do)
+        dc *= f
+
+    def gru_cell(self, gates, gh, b_ih, b_hh, h_prev, hn, h):
+        hid = h.shape[1]
+        gates += b_ih
+        a_r, a_z, a_n = gates.split(hid, dim=1)
+        b = gh + b_hh
+        b_r, b_z, b_n = b.split(hid, dim=1)
+        hn.copy_(b_n)
+        gates[:, :2 * hid] += b[:, :2 * hid]
+        gates[:, :2 * hid].sigmoid_()
+        a_n.addcmul_(a_r, hn).tanh_()
+        torch.lerp(a_n, h_prev, a_z, out=h)
+
+    def gru_cell_backward(self, gates, hn, h_prev, dh, dgx, dgh, dh_direct):
+        r, z, n = gates.split(dh.shape[1], dim=1)
+        dr, dz, dn = dgx.split(dh.shape[1], dim=1)
+        torch.mul(dh * (1.0 - z), 1.0 - n * n, out=dn)
+        torch.mul(dh * (h_prev - n), z * (1.0 - z), out=dz)
+        torch.mul(dn * hn, r * (1.0 - r), out=dr)
+        dgh.copy_(dgx)
+        dgh[:, 2 * dh.shape[1]:] *= r
+        torch.mul(dh, z, out=dh_direct)
+
 
 def _act(name, z, a):
     if name == "linear":

@@ -1,0 +1,140 @@
+"""Fused Numba kernels for one step of an LSTM or GRU cell: all gate nonlinearities in one pass.
+
+Arrays are 2-D and C-contiguous: gate blocks ``(N, G*H)`` in PyTorch's order (LSTM i, f, g, o;
+GRU r, z, n), states ``(N, H)``, biases ``(G*H,)``. With ``fast`` (used for float32) tanh is a
+rational approximation (Eigen's ``ptanh_float``, max abs error ~2.4e-7 on float32, i.e. float32
+rounding) and sigmoid(v) = 0.5 + 0.5 tanh(v / 2): branch-free arithmetic that LLVM vectorises, about
+5x faster than libm's scalar calls. Without ``fast`` (float64) the exact ``math`` functions are used,
+so float64 gradient checks see the true derivatives.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+# error_model="numpy": no ZeroDivisionError branch in the division, which would stop vectorisation.
+jit = numba.njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+
+_F = np.float32
+_CLAMP = _F(7.90531110763549805)
+_P13, _P11, _P9, _P7, _P5, _P3, _P1 = (_F(c) for c in (
+    -2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11, 5.12229709037114e-08,
+    1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03))
+_Q6, _Q4, _Q2, _Q0 = (_F(c) for c in (
+    1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03))
+_HALF = _F(0.5)
+
+
+@jit
+def _tanh_f32(v):
+    v = v if v < _CLAMP else _CLAMP
+    v = v if v > -_CLAMP else -_CLAMP
+    v2 = v * v
+    p = v2 * _P13 + _P11
+    p = p * v2 + _P9
+    p = p * v2 + _P7
+    p = p * v2 + _P5
+    p = p * v2 + _P3
+    p = p * v2 + _P1
+    q = v2 * _Q6 + _Q4
+    q = q * v2 + _Q2
+    q = q * v2 + _Q0
+    return p * v / q
+
+
+@jit
+def _tanh(v, fast):
+    return _tanh_f32(v) if fast else math.tanh(v)
+
+
+@jit
+def _sigmoid(v, fast):
+    return _HALF * _tanh_f32(_HALF * v) + _HALF if fast else 1.0 / (1.0 + math.exp(-v))
+
+
+@jit
+def lstm_cell_forward(gates, gh, bias, c_prev, c, tanh_c, h, fast):
+    """gates <- act(gates + gh + bias) (i, f, g, o); c = f c_prev + i g; h = o tanh(c)."""
+    n_rows, hidden = c.shape
+    for r in range(n_rows):
+        row = gates[r]
+        for k in range(4 * hidden):
+            row[k] = row[k] + gh[r, k] + bias[k]
+        for k in range(2 * hidden):
+            row[k] = _sigmoid(row[k], fast)
+        for k in range(2 * hidden, 3 * hidden):
+            row[k] = _tanh(row[k], fast)
+        for k in range(3 * hidden, 4 * hidden):
+            row[k] = _sigmoid(row[k], fast)
+        for j in range(hidden):
+            cj = row[hidden + j] * c_prev[r, j] + row[j] * row[2 * hidden + j]
+            c[r, j] = cj
+            t = _tanh(cj, fast)
+            tanh_c[r, j] = t
+            h[r, j] = row[3 * hidden + j] * t
+
+
+@jit
+def lstm_cell_backward(gates, c_prev, tanh_c, dh, dc, dgates):
+    """dgates = dL/d(pre-activations); dc: dL/dc_t from step t+1 in, dL/dc_{t-1} out."""
+    n_rows, hidden = dh.shape
+    for r in range(n_rows):
+        for j in range(hidden):
+            i = gates[r, j]
+            f = gates[r, hidden + j]
+            g = gates[r, 2 * hidden + j]
+            o = gates[r, 3 * hidden + j]
+            t = tanh_c[r, j]
+            d = dh[r, j]
+            dct = dc[r, j] + d * o * (1.0 - t * t)
+            dgates[r, j] = dct * g * i * (1.0 - i)
+            dgates[r, hidden + j] = dct * c_prev[r, j] * f * (1.0 - f)
+            dgates[r, 2 * hidden + j] = dct * i * (1.0 - g * g)
+            dgates[r, 3 * hidden + j] = d * t * o * (1.0 - o)
+            dc[r, j] = dct * f
+
+
+@jit
+def gru_cell_forward(gates, gh, b_ih, b_hh, h_prev, hn, h, fast):
+    """r, z = sig(.), hn = gh_n + b_hn, n = tanh(gx_n + b_in + r hn), h = (1 - z) n + z h_prev.
+
+    ``gates`` holds x W_ih^T (bias-free) on entry and the activations r, z, n on exit.
+    """
+    n_rows, hidden = h.shape
+    for r in range(n_rows):
+        row = gates[r]
+        for k in range(2 * hidden):
+            row[k] = _sigmoid(row[k] + b_ih[k] + gh[r, k] + b_hh[k], fast)
+        for j in range(hidden):
+            k = 2 * hidden + j
+            hnj = gh[r, k] + b_hh[k]
+            hn[r, j] = hnj
+            nj = _tanh(row[k] + b_ih[k] + row[j] * hnj, fast)
+            row[k] = nj
+            z = row[hidden + j]
+            h[r, j] = (1.0 - z) * nj + z * h_prev[r, j]
+
+
+@jit
+def gru_cell_backward(gates, hn, h_prev, dh, dgx, dgh, dh_direct):
+    """dgx = dL/d(x W_ih^T + b_ih), dgh = dL/d(h W_hh^T + b_hh), dh_direct = dh z (the skip path)."""
+    n_rows, hidden = dh.shape
+    for r in range(n_rows):
+        for j in range(hidden):
+            rr = gates[r, j]
+            z = gates[r, hidden + j]
+            n = gates[r, 2 * hidden + j]
+            d = dh[r, j]
+            dn = d * (1.0 - z) * (1.0 - n * n)
+            dz = d * (h_prev[r, j] - n) * z * (1.0 - z)
+            dr = dn * hn[r, j] * rr * (1.0 - rr)
+            dgx[r, j] = dr
+            dgx[r, hidden + j] = dz
+            dgx[r, 2 * hidden + j] = dn
+            dgh[r, j] = dr
+            dgh[r, hidden + j] = dz
+            dgh[r, 2 * hidden + j] = dn * rr
+            dh_direct[r, j] = d * z

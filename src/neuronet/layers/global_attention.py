@@ -1,0 +1,88 @@
+"""GlobalAttention: additive (Bahdanau-style) attention pooling of a sequence into one vector."""
+
+from __future__ import annotations
+
+from ..core import initializers as init
+from ..core.layer import Layer, ShapeError
+
+
+class GlobalAttention(Layer):
+    """Score every step, softmax over time, return the weighted sum of the steps.
+
+    u_t = tanh(x_t W^T + b),  s_t = v . u_t,  a = softmax_T(s),  y = sum_t a_t x_t
+    (no PyTorch layer; the same as ``(softmax(tanh(F.linear(x, W, b)) @ v, dim=1)[..., None] * x).sum(1)``)
+
+    Args:
+        dim (int): feature size D.
+    Shape:
+        x: (N, T, D) -> y: (N, D)
+    Parameters:
+        weight (D, D), bias (D) (nn.Linear's init), v (D) U(-1/sqrt(D), 1/sqrt(D)).
+    Saved for backward:
+        x (by reference), u (N, T, D) and a (N, T) (workspace).
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = int(dim)
+
+    def setup(self, input_shape):
+        if len(input_shape) != 2 or input_shape[1] != self.dim or input_shape[0] < 1:
+            raise ShapeError(f"{self!r}: expected input of shape (N, T, {self.dim}), "
+                             f"got (N, {', '.join(map(str, input_shape))})")
+        bound = init.fan_in_uniform(self.dim)
+        self.add_param("weight", (self.dim, self.dim), bound)
+        self.add_param("bias", (self.dim,), bound)
+        self.add_param("v", (self.dim,), bound)
+        return (self.dim,)
+
+    def check_input(self, x) -> None:
+        if x.ndim != 3 or x.shape[2] != self.dim or x.shape[1] < 1:
+            raise ShapeError(f"{self!r}: expected input of shape (N, T, {self.dim}) with T >= 1, "
+                             f"got {tuple(x.shape)}")
+
+    def forward(self, x, training: bool = True):
+        ops, p = self.ops, self.params
+        n, steps, d = x.shape
+        self._x = x
+        u = self.workspace("u", (n, steps, d))
+        ops.matmul(x.reshape(n * steps, d), p["weight"].T, out=u.reshape(n * steps, d))
+        u += p["bias"]
+        ops.activation("tanh", u, u)
+        a = self.workspace("a", (n, steps))
+        ops.matmul(u, p["v"], out=a)  # scores s (N, T)
+        ops.activation("softmax", a, a)
+        y = self.workspace("y", (n, d))
+        ops.matmul(a.reshape(n, 1, steps), x, out=y.reshape(n, 1, d))
+        self._u, self._a = u, a
+        return y
+
+    def backward(self, dy):
+        ops, p, g, x, u, a = self.ops, self.params, self.grads, self._x, self._u, self._a
+        n, steps, d = x.shape
+        # y = sum_t a_t x_t:  dx_t = a_t dy (+ the path through the scores),  da_t = x_t . dy
+        dx = self.workspace("dx", (n, steps, d))
+        ops.xp.multiply(a.reshape(n, steps, 1), dy.reshape(n, 1, d), out=dx)
+        ds = self.workspace("ds", (n, steps))
+        ops.matmul(x, dy.reshape(n, d, 1), out=ds.reshape(n, steps, 1))
+        ops.activation_backward("softmax", ds, None, a, ds)
+        # s_t = v . u_t:  dv = sum ds_t u_t,  du_t = ds_t v;  then through tanh and the linear map
+        dv = self.workspace("dv", (d,))
+        ops.matmul(ds.reshape(1, n * steps), u.reshape(n * steps, d), out=dv.reshape(1, d))
+        g["v"] += dv
+        dz = self.workspace("dz", (n * steps, d))
+        ops.xp.multiply(ds.reshape(n * steps, 1), p["v"], out=dz)
+        ops.activation_backward("tanh", dz, None, u.reshape(n * steps, d), dz)
+        rows = x.reshape(n * steps, d)
+        ops.matmul_acc(dz.T, rows, g["weight"], self.workspace("dw", (d, d)))
+        ops.sum_rows_acc(dz, g["bias"])
+        dx_scores = self.workspace("dx_scores", (n * steps, d))
+        ops.matmul(dz, p["weight"], out=dx_scores)
+        dx += dx_scores.reshape(n, steps, d)
+        return dx
+
+    def extra_repr(self):
+        return str(self.dim)
+
+    def get_config(self):
+        return {"dim": self.dim}

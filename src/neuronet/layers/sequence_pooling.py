@@ -1,0 +1,89 @@
+"""Sequence pooling (N, T, D) -> (N, D): the mean over time, the first token or the last token."""
+
+from __future__ import annotations
+
+from ..core.layer import Layer, ShapeError
+
+
+class _SequencePooling(Layer):
+    """Checks a (N, T, D) input and returns (N, D)."""
+
+    def setup(self, input_shape):
+        if len(input_shape) != 2 or input_shape[0] < 1:
+            raise ShapeError(f"{self!r}: expected input of shape (N, T, D) with T >= 1, "
+                             f"got (N, {', '.join(map(str, input_shape))})")
+        return (input_shape[1],)
+
+    def check_input(self, x) -> None:
+        if x.ndim != 3 or x.shape[1] < 1 or (self.built and x.shape[2] != self.input_shape[1]):
+            want = "D" if not self.built else self.input_shape[1]
+            raise ShapeError(f"{self!r}: expected input of shape (N, T, {want}) with T >= 1, "
+                             f"got {tuple(x.shape)}")
+
+
+class _TokenPooling(_SequencePooling):
+    """y = x[:, index]; the gradient goes to that token only."""
+
+    index: int
+
+    def forward(self, x, training: bool = True):
+        self._x_shape = tuple(x.shape)
+        y = self.workspace("y", (x.shape[0], x.shape[2]))
+        self.ops.copy_(y, x[:, self.index])
+        return y
+
+    def backward(self, dy):
+        dx = self.workspace("dx", self._x_shape)
+        self.ops.fill_(dx, 0.0)
+        self.ops.copy_(dx[:, self.index], dy)
+        return dx
+
+
+class MeanPooling(_SequencePooling):
+    """Average over the time axis.
+
+    y = (1/T) sum_t x[:, t]     (PyTorch: x.mean(dim=1))
+
+    Shape:
+        x: (N, T, D) -> y: (N, D)
+    Saved for backward:
+        the input shape only.
+    """
+
+    def forward(self, x, training: bool = True):
+        self._x_shape = tuple(x.shape)
+        weights = self.workspace("weights", (x.shape[1],))  # 1/T each: a GEMM reduces without temporaries
+        self.ops.fill_(weights, 1.0 / x.shape[1])
+        y = self.workspace("y", (x.shape[0], x.shape[2]))
+        return self.ops.matmul(weights, x, out=y)
+
+    def backward(self, dy):
+        n, steps, dim = self._x_shape
+        dx = self.workspace("dx", self._x_shape)
+        self.ops.copy_(dx, dy.reshape(n, 1, dim))
+        dx *= 1.0 / steps
+        return dx
+
+
+class CLSPooling(_TokenPooling):
+    """The first token, as BERT's [CLS] summary: y = x[:, 0]   (PyTorch: x[:, 0]).
+
+    Shape:
+        x: (N, T, D) -> y: (N, D)
+    Saved for backward:
+        the input shape only.
+    """
+
+    index = 0
+
+
+class LastToken(_TokenPooling):
+    """The last token, as a causal model's summary: y = x[:, -1]   (PyTorch: x[:, -1]).
+
+    Shape:
+        x: (N, T, D) -> y: (N, D)
+    Saved for backward:
+        the input shape only.
+    """
+
+    index = -1
