@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+import torch
+from _transformer_refs import SelfAttention
+
+import neuronet as nn
+from neuronet.testing import check_gradients, compare_with_torch
+
+
+def _on(layer, backend, shape):
+    layer.build(shape, dtype="float64")
+    return layer.to(backend)
+
+
+def _torch_mha(dim, heads):
+    torch.manual_seed(0)
+    m = torch.nn.MultiheadAttention(dim, heads, batch_first=True)
+    with torch.no_grad():  # torch zeroes the biases: give them values so their gradients are tested
+        m.in_proj_bias.normal_()
+        m.out_proj.bias.normal_()
+    return m
+
+
+def _call(causal):
+    def forward(m, x):
+        t = x.shape[1]
+        mask = torch.nn.Transformer.generate_square_subsequent_mask(t, dtype=x.dtype) if causal else None
+        return m(x, x, x, attn_mask=mask, need_weights=False)[0]
+    return forward
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_matches_torch(causal, backend):
+    x = np.random.default_rng(1).standard_normal((2, 5, 8))
+    layer = _on(nn.MultiHeadAttention(8, 2, causal=causal), backend, (5, 8))
+    compare_with_torch(layer, _torch_mha(8, 2), x, torch_forward=_call(causal))
+
+
+def test_attention_state_dict_keys_match_torch():
+    layer = nn.MultiHeadAttention(8, 4)
+    layer.build((3, 8))
+    ours = {k: v.shape for k, v in layer.state_dict().items()}
+    assert ours == {k: tuple(v.shape) for k, v in torch.nn.MultiheadAttention(8, 4).state_dict().items()}
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_with_rope_matches_reference(causal, backend):
+    torch.manual_seed(0)
+    x = np.random.default_rng(2).standard_normal((2, 6, 8))
+    layer = _on(nn.MultiHeadAttention(8, 2, causal=causal, rope=True), backend, (6, 8))
+    compare_with_torch(layer, SelfAttention(8, 2, causal, use_rope=True), x)
+
+
+@pytest.mark.parametrize("opts", [{}, {"causal": True}, {"causal": True, "rope": True}])
+def test_attention_gradcheck(opts):
+    check_gradients(nn.MultiHeadAttention(4, 2, **opts), np.random.default_rng(3).standard_normal((2, 3, 4)))
+
+
+def test_attention_shorter_sequence_after_build(backend):
+    """A model built for T = 6 runs on T = 3 (sampling), with the causal mask and rope tables cut to size."""
+    torch.manual_seed(0)
+    x = np.random.default_rng(4).standard_normal((1, 3, 8))
+    layer = _on(nn.MultiHeadAttention(8, 2, causal=True, rope=True), backend, (6, 8))
+    layer.forward(layer.ops.asarray(np.zeros((1, 6, 8))))
+    compare_with_torch(layer, SelfAttention(8, 2, True, use_rope=True), x)
+
+
+def test_attention_dropout_identity_at_eval_and_scaled_while_training():
+    x = np.random.default_rng(5).standard_normal((4, 16, 8))
+    plain, drop = nn.MultiHeadAttention(8, 2), nn.MultiHeadAttention(8, 2, dropout=0.5)
+    plain.build((16, 8), dtype="float64")
+    drop.build((16, 8), dtype="float64")
+    drop.load_state_dict(plain.state_dict())
+    np.testing.assert_allclose(drop.forward(x, training=False), plain.forward(x, training=False))
+    # Inverted dropout keeps the expectation: averaged over many masks the output approaches eval's.
+    mean = np.mean([np.array(drop.forward(x, training=True)) for _ in range(300)], axis=0)
+    ref = plain.forward(x, training=False)
+    assert np.abs(mean - ref).mean() < 0.1 * np.abs(ref).mean()
+    assert np.abs(np.array(drop.forward(x, training=True)) - ref).mean() > 0.1 * np.abs(ref).mean()
+
+
+def test_attention_dropout_gradcheck():
+    x = np.random.default_rng(6).standard_normal((2, 4, 4))
+    layer = nn.MultiHeadAttention(4, 2, causal=True, dropout=0.3)
+    check_gradients(layer, x, reseed=lambda: nn.manual_seed(7))
+
+
+def test_attention_bad_configuration_and_input():
+    with pytest.raises(ValueError, match=r"MultiHeadAttention\(10, 3\): dim 10 is not divisible by"):
+        nn.MultiHeadAttention(10, 3)
+    with pytest.raises(ValueError, match=r"rope needs an even head size, got 3"):
+        nn.MultiHeadAttention(6, 2, rope=True)
+    model = nn.Sequential(nn.MultiHeadAttention(8, 2))
+    model.build((5, 8))
+    with pytest.raises(nn.ShapeError, match=r"MultiHeadAttention\(8, 2\).*\(N, T, 8\).*\(N, 5, 6\)"):
+        model.forward(np.zeros((1, 5, 6), np.float32))

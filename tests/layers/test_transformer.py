@@ -1,0 +1,125 @@
+import numpy as np
+import pytest
+import torch
+from _transformer_refs import Block
+
+import neuronet as nn
+from neuronet.testing import check_gradients, compare_with_torch, step_allocations
+
+
+def _on(layer, backend, shape):
+    layer.build(shape, dtype="float64")
+    return layer.to(backend)
+
+
+def _perturbed(module):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return module
+
+
+def _encoder_layer(causal):
+    torch.manual_seed(0)
+    m = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, activation="gelu", batch_first=True,
+                                         norm_first=True)
+
+    def forward(mod, x):
+        t = x.shape[1]
+        mask = torch.nn.Transformer.generate_square_subsequent_mask(t, dtype=x.dtype) if causal else None
+        return mod(x, src_mask=mask, is_causal=causal)
+    return _perturbed(m), forward
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_block_matches_torch_encoder_layer(causal, backend):
+    module, forward = _encoder_layer(causal)
+    layer = _on(nn.TransformerBlock(8, 2, 16, causal=causal), backend, (5, 8))
+    x = np.random.default_rng(1).standard_normal((2, 5, 8))
+    compare_with_torch(layer, module, x, torch_forward=forward)
+
+
+def test_block_state_dict_keys_match_torch():
+    layer = nn.TransformerBlock(8, 2, 16)
+    layer.build((5, 8))
+    torch_layer = torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=True, norm_first=True)
+    assert {k: v.shape for k, v in layer.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in torch_layer.state_dict().items()}
+
+
+VARIANTS = [
+    {"norm": "rms"},
+    {"ffn": "swiglu"},
+    {"rope": True},
+    {"norm": "rms", "ffn": "swiglu", "rope": True},
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(f"{k}={v[k]}" for k in v))
+def test_llama_variants_match_reference(variant, backend):
+    torch.manual_seed(0)
+    opts = {"norm": "layer", "ffn": "gelu", "rope": False, **variant}
+    module = _perturbed(Block(8, 2, 12, True, opts["norm"], opts["ffn"], opts["rope"]))
+    layer = _on(nn.TransformerBlock(8, 2, 12, causal=True, **variant), backend, (6, 8))
+    compare_with_torch(layer, module, np.random.default_rng(2).standard_normal((2, 6, 8)))
+
+
+def test_llama_block_keys():
+    layer = nn.TransformerBlock(8, 2, 12, norm="rms", ffn="swiglu", rope=True)
+    layer.build((4, 8))
+    assert sorted(layer.state_dict()) == sorted([
+        "self_attn.in_proj_weight", "self_attn.in_proj_bias", "self_attn.out_proj.weight",
+        "self_attn.out_proj.bias", "ffn.w1.weight", "ffn.w2.weight", "ffn.w3.weight", "norm1.weight",
+        "norm2.weight"])
+
+
+@pytest.mark.parametrize("opts", [{"causal": True}, {"norm": "rms", "ffn": "swiglu", "rope": True}])
+def test_block_gradcheck(opts):
+    check_gradients(nn.TransformerBlock(4, 2, 6, **opts), np.random.default_rng(3).standard_normal((2, 3, 4)))
+
+
+def test_block_bad_arguments():
+    with pytest.raises(ValueError, match=r"not divisible by num_heads 3"):
+        nn.TransformerBlock(8, 3, 16)
+    with pytest.raises(ValueError, match=r"TransformerBlock\(8, 2, 16.*norm must be one of layer, rms"):
+        nn.TransformerBlock(8, 2, 16, norm="batch")
+    with pytest.raises(ValueError, match=r"ffn must be one of gelu, swiglu"):
+        nn.TransformerBlock(8, 2, 16, ffn="relu")
+    model = nn.Sequential(nn.TransformerBlock(8, 2, 16))
+    model.build((5, 8))
+    with pytest.raises(nn.ShapeError, match=r"\(N, T, 8\).*\(N, 5, 4\)"):
+        model.forward(np.zeros((1, 5, 4), np.float32))
+
+
+def _tiny_gpt(llama=False):
+    style = {"norm": "rms", "ffn": "swiglu", "rope": True} if llama else {}
+    layers = [nn.Embedding(11, 16)] + ([] if llama else [nn.PositionalEncoding(8, 16, learned=True)])
+    layers += [nn.TransformerBlock(16, 2, 32, causal=True, **style) for _ in range(2)]
+    return nn.Sequential(*layers, nn.RMSNorm(16) if llama else nn.LayerNorm(16), nn.Dense(16, 11))
+
+
+@pytest.mark.parametrize("llama", [False, True])
+def test_gpt_train_step_allocates_nothing_on_numpy(llama):
+    rng = np.random.default_rng(4)
+    x, y = rng.integers(0, 11, (4, 8)), rng.integers(0, 11, (4, 8))
+    model = _tiny_gpt(llama)
+    model.compile(optimizer=nn.AdamW(1e-3), loss=nn.CrossEntropyLoss())
+    growth, peak = step_allocations(lambda: model.train_step(x, y))
+    assert growth < 64 * 1024 and peak < 256 * 1024, (growth, peak)
+
+
+def test_gpt_learns_and_torch_backend_agrees():
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 11, (4, 8))
+    y = (x + 1) % 11  # predict the next id
+    models = []
+    for backend in ("numpy", "torch"):
+        nn.manual_seed(0)
+        m = _tiny_gpt()
+        m.compile(optimizer=nn.Adam(1e-2), loss=nn.CrossEntropyLoss())
+        m.build((8,))
+        m.to(backend)
+        losses = [m.train_step(x, y) for _ in range(30)]
+        models.append(losses)
+    np.testing.assert_allclose(models[0], models[1], rtol=2e-3)
+    assert models[0][-1] < 0.3 * models[0][0]
