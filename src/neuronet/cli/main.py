@@ -1,50 +1,312 @@
-"""``neuronet`` command: demo, info (more commands are added in their own modules)."""
+"""``neuronet`` command line: demo, train, evaluate, predict, export, bench, info.
+
+Every command has ``--help``. ``train`` lives in ``cli/train.py``, its YAML schema in ``cli/config.py``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
+from pathlib import Path
+
+import numpy as np
+
+from . import train as train_cmd
+from .config import ConfigError
 
 
+# --------------------------------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Train a small network on scikit-learn's offline digits set and report the test accuracy."""
-    import numpy as np
-    from sklearn.datasets import load_digits
-
+    """Train a small CNN (an MLP if convolutions are not installed) on the offline digits set."""
     import neuronet as nn
 
     nn.manual_seed(args.seed)
-    digits = load_digits()
-    x = (digits.data / 16.0).astype(np.float32)
-    y = digits.target.astype(np.int64)
-    order = np.random.default_rng(args.seed).permutation(len(x))
-    x, y = x[order], y[order]
-    cut = int(0.8 * len(x))
-    model = nn.Sequential(nn.Dense(64, 128, activation="relu"), nn.Dropout(0.1), nn.Dense(128, 10))
-    model.compile(optimizer=nn.Adam(1e-3), loss=nn.CrossEntropyLoss(), metrics=["accuracy"])
+    x, y = nn.data.load_digits()  # (1797, 1, 8, 8) in [0, 1]
+    x_train, x_test, y_train, y_test = nn.data.train_test_split(x, y, test_size=0.2, seed=args.seed)
+    if {"Conv2D", "MaxPool2D"} <= set(nn.LAYERS):
+        model = nn.Sequential(
+            nn.LAYERS["Conv2D"](1, 16, 3, padding=1, activation="relu"),
+            nn.LAYERS["MaxPool2D"](2),  # (N, 16, 4, 4)
+            nn.Flatten(),
+            nn.Dense(256, 64, activation="relu"),
+            nn.Dense(64, 10),
+        )
+    else:
+        x_train, x_test = x_train.reshape(len(x_train), -1), x_test.reshape(len(x_test), -1)
+        model = nn.Sequential(nn.Dense(64, 128, activation="relu"), nn.Dropout(0.1), nn.Dense(128, 10))
+    model.compile(optimizer=nn.Adam(2e-3), loss=nn.CrossEntropyLoss(), metrics=["accuracy"])
+    model.build(x_train.shape[1:])
+    model.summary()
     start = time.perf_counter()
-    model.fit(x[:cut], y[:cut], epochs=args.epochs, batch_size=32, validation_data=(x[cut:], y[cut:]),
-              verbose=1)
-    result = model.evaluate(x[cut:], y[cut:])
-    print(f"digits test accuracy: {result['accuracy']:.4f} (loss {result['loss']:.4f}) "
-          f"in {time.perf_counter() - start:.1f} s")
+    model.fit(
+        x_train, y_train, epochs=args.epochs, batch_size=32, validation_data=(x_test, y_test), verbose=1
+    )
+    result = model.evaluate(x_test, y_test)
+    print(
+        f"digits test accuracy: {result['accuracy']:.4f} (loss {result['loss']:.4f}) on {len(x_test)} "
+        f"held-out images, trained in {time.perf_counter() - start:.1f} s"
+    )
     return 0
 
 
+# ------------------------------------------------------------------------------------- evaluate / predict
+def _preprocessor(model, enabled: bool):
+    from .pipeline import Preprocessor
+
+    stored = getattr(model, "extra", {}).get("preprocessing")
+    return Preprocessor.from_json(stored) if enabled and stored else Preprocessor("none")
+
+
+def _load_labelled(spec: str, model, label_column) -> tuple[np.ndarray, np.ndarray]:
+    """Raw (x, y) from a .npz/.csv file, a config .yaml (its test split) or a dataset name."""
+    import neuronet as nn
+
+    from .config import SOURCES, load_config
+    from .pipeline import load_dataset
+
+    path = Path(spec)
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as f:
+            keys = ("x", "y") if "x" in f else ("x_test", "y_test")
+            if keys[0] not in f or keys[1] not in f:
+                raise ValueError(
+                    f"{spec}: expected arrays 'x' and 'y' (or 'x_test' and 'y_test'), found {list(f)}"
+                )
+            return f[keys[0]], f[keys[1]]
+    if path.suffix == ".csv":
+        return nn.data.load_csv(path, label_column=label_column)
+    if path.suffix in (".yaml", ".yml"):
+        cfg = load_config(path)
+        ds, seed = cfg["dataset"], cfg["training"]["seed"]
+    elif spec in SOURCES and spec not in ("csv", "text"):
+        stored = getattr(model, "extra", {}).get("dataset", {})
+        same = stored.get("source") == spec
+        ds = {
+            "source": spec,
+            "path": stored.get("path") if same else None,
+            "label_column": -1,
+            "block_size": 64,
+            "limit": 0,
+            "splits": {"test": stored.get("test", 0.2) if same else 0.2, "validation": 0.0},
+        }
+        seed = stored.get("seed", 0) if same else 0
+    else:
+        raise ValueError(
+            f"{spec}: expected a .npz, .csv or .yaml file or a dataset name "
+            "(digits, mnist, fashion_mnist, cifar10)"
+        )
+    splits = load_dataset(ds, seed)
+    return splits.x_test, splits.y_test
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import neuronet as nn
+
+    model = nn.load(args.model)
+    if model.loss is None:
+        model.compile(loss="cross_entropy", metrics=["accuracy"])
+    x, y = _load_labelled(args.data, model, args.label_column)
+    x = _preprocessor(model, not args.no_preprocess)(x)
+    result = model.evaluate(x, y, batch_size=args.batch_size)
+    print(f"{args.data}: {len(x)} samples; " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import neuronet as nn
+
+    model = nn.load(args.model)
+    path = Path(args.input)
+    if path.suffix == ".npy":
+        x = np.load(path, allow_pickle=False)
+    elif path.suffix == ".csv":
+        x, _ = nn.data.load_csv(path, label_column=args.label_column)
+    else:
+        raise ValueError(f"{path}: expected a .npy or .csv file")
+    x = _preprocessor(model, not args.no_preprocess)(x)
+    if tuple(x.shape[1:]) != tuple(model.input_shape):
+        if int(np.prod(x.shape[1:])) == int(np.prod(model.input_shape)):
+            x = x.reshape(len(x), *model.input_shape)
+        else:
+            raise ValueError(
+                f"inputs have shape {x.shape[1:]} per sample, the model expects {tuple(model.input_shape)}"
+            )
+    out = model.predict(x, batch_size=args.batch_size)
+    if args.output:
+        from ..io._atomic import atomic_path
+
+        with atomic_path(args.output, "predict") as tmp:
+            if args.output.endswith(".csv"):
+                np.savetxt(tmp, out.reshape(len(out), -1), delimiter=",", fmt="%.6g")
+            else:
+                with open(tmp, "wb") as f:
+                    np.save(f, out)
+        print(f"wrote {out.shape} predictions to {args.output}")
+        return 0
+    classes = out.argmax(axis=-1) if out.ndim >= 2 and out.shape[-1] > 1 else None
+    for i in range(min(len(out), args.show)):
+        print(f"{i}: class {classes[i]}" if classes is not None and classes.ndim == 1 else f"{i}: {out[i]}")
+    if len(out) > args.show:
+        print(f"... {len(out) - args.show} more (use --output FILE to write them all)")
+    return 0
+
+
+# ------------------------------------------------------------------------------- export / bench / info
+def cmd_export(args: argparse.Namespace) -> int:
+    import neuronet as nn
+
+    model = nn.load(args.model)
+    out = Path(args.output or Path(args.model).with_suffix(f".{args.format}"))
+    train_cmd.export(model, args.format, out)
+    print(f"wrote {out}")
+    return 0
+
+
+def benchmarks_dir() -> Path:
+    return Path(__file__).resolve().parents[3] / "benchmarks"
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    folder = benchmarks_dir()
+    scripts = sorted(folder.glob("bench_*.py"))
+    if args.only:
+        scripts = [s for s in scripts if s.stem.removeprefix("bench_") in args.only]
+    if not scripts:
+        print(
+            f"neuronet bench: no benchmark scripts found in {folder} (they live in a source checkout)",
+            file=sys.stderr,
+        )
+        return 1
+    extra = ["--steps", "10", "--warmup", "3", "--rounds", "1"] if args.quick else []
+    status = 0
+    for script in scripts:
+        print(f"== {script.stem} ==", flush=True)
+        status |= subprocess.call([sys.executable, str(script), *extra], cwd=folder.parent)
+    return status
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import platform
+
+    import neuronet as nn
+
+    lines = [
+        f"neuronet {nn.__version__} (Python {platform.python_version()}, {platform.platform()})",
+        f"numpy {np.__version__}",
+    ]
+    for name in ("numba", "torch", "onnx", "onnxruntime", "gguf", "safetensors", "sklearn", "matplotlib"):
+        try:
+            module = __import__(name)
+            lines.append(f"{name} {getattr(module, '__version__', '?')}")
+        except ImportError:
+            lines.append(f"{name}: not installed")
+    lines.append(
+        f"backends/devices: {', '.join(nn.backends.available())} (default: {nn.backends.default_ops().name})"
+    )
+    try:
+        from threadpoolctl import threadpool_info
+
+        for pool in threadpool_info():
+            lines.append(
+                f"threads: {pool['internal_api']} ({pool['user_api']}) {pool['num_threads']} threads"
+            )
+    except ImportError:
+        lines.append("threads: threadpoolctl not installed")
+    print("\n".join(lines))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neuronet", description="neuronet: explicit, fast neural networks")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="train a small network on the offline digits set")
-    demo.add_argument("--epochs", type=int, default=15)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo",
+        help="train a small CNN on the offline digits set",
+        description="Train a small CNN on scikit-learn's digits (offline) and report accuracy.",
+    )
+    demo.add_argument("--epochs", type=int, default=10)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
+
+    train_cmd.add_parser(sub)
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="loss and metrics of a model file on labelled data",
+        description="Evaluate MODEL on DATA: a .npz (x, y), a .csv (labels in --label-column), "
+        "a config .yaml (its test split) or a dataset name (digits, mnist, "
+        "fashion_mnist, cifar10; the test split). The preprocessing stored at "
+        "training time is applied.",
+    )
+    ev.add_argument("model", help=".nnet file")
+    ev.add_argument("data")
+    _common_data_args(ev)
+    ev.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser(
+        "predict",
+        help="run a model file on inputs (.npy or .csv)",
+        description="Predict with MODEL on INPUT (.npy array or .csv of features); prints the "
+        "predicted classes, or writes all outputs with --output (.npy or .csv).",
+    )
+    pr.add_argument("model", help=".nnet file")
+    pr.add_argument("input", help=".npy or .csv file")
+    pr.add_argument("--output", help="write the raw outputs here (.npy or .csv)")
+    pr.add_argument("--show", type=int, default=20, help="rows to print when not writing a file")
+    _common_data_args(pr, label_default=None)
+    pr.set_defaults(func=cmd_predict)
+
+    ex = sub.add_parser(
+        "export",
+        help="convert a model file to ONNX or GGUF",
+        description="Export MODEL (.nnet) to ONNX (runs in onnxruntime) or GGUF.",
+    )
+    ex.add_argument("model", help=".nnet file")
+    ex.add_argument("--format", required=True, choices=("onnx", "gguf"))
+    ex.add_argument("--output", help="output path (default: the model path with the format's suffix)")
+    ex.set_defaults(func=cmd_export)
+
+    be = sub.add_parser(
+        "bench",
+        help="run the benchmarks and print neuronet/PyTorch ratios",
+        description="Run benchmarks/bench_*.py (source checkout), each printing its ratio table.",
+    )
+    be.add_argument("--only", nargs="*", help="benchmark names, e.g. mlp moe")
+    be.add_argument("--quick", action="store_true", help="few steps and one round (a smoke run)")
+    be.set_defaults(func=cmd_bench)
+
+    info = sub.add_parser(
+        "info",
+        help="versions, backends, devices and BLAS threads",
+        description="Print the neuronet version, backends and devices, library versions and "
+        "BLAS thread pools.",
+    )
+    info.set_defaults(func=cmd_info)
     return parser
+
+
+def _common_data_args(p: argparse.ArgumentParser, label_default=-1) -> None:
+    p.add_argument(
+        "--label-column",
+        default=label_default,
+        type=lambda v: int(v) if v.lstrip("-").isdigit() else v,
+        help="label column of a .csv (index or header name)",
+    )
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--no-preprocess", action="store_true", help="do not apply the stored preprocessing")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"neuronet {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ holds the JSON metadata:
     compile          {"optimizer": {"type", "config", "iterations", "initial_lr", "state": [names]},
                       "loss": {"type", "config"}, "metrics": [...]}   or null
     training         {"epoch": epochs completed, "rng_state": the global generator's state, "history": {...}}
+    extra            {...}   free-form JSON from the caller (the CLI keeps its preprocessing here)
 
 Loading rebuilds layers only through ``LAYERS`` (by class name, constructor arguments from the JSON),
 checks every declared size against the file's length before reading, and compares every tensor's
@@ -52,8 +53,11 @@ class NnetFormatError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------- writing
-def save(model, path: str | os.PathLike) -> None:
-    """Write ``model`` (architecture, weights, buffers, optimizer state, training position) to ``path``."""
+def save(model, path: str | os.PathLike, extra: dict | None = None) -> None:
+    """Write ``model`` (architecture, weights, buffers, optimizer state, training position) to ``path``.
+
+    ``extra`` (JSON-serialisable) is stored as is and comes back as ``model.extra`` from ``load``.
+    """
     from .. import __version__
     from ..core import random as nnrandom
 
@@ -85,6 +89,7 @@ def save(model, path: str | os.PathLike) -> None:
             "rng_state": nnrandom.generator().bit_generator.state,
             "history": history.history if history is not None else getattr(model, "saved_history", {}),
         },
+        "extra": extra if extra is not None else getattr(model, "extra", {}),
     }
     for name, value in tensors.items():
         if value.dtype not in _DTYPE_CODES:
@@ -208,7 +213,7 @@ def load(path: str | os.PathLike, device: str | None = None, restore_rng: bool =
             run left it, so that continuing ``fit(..., initial_epoch=model.epoch)`` reproduces an
             uninterrupted run exactly. Default: ``True``.
     Returns:
-        The model, with ``model.epoch`` (epochs completed) and ``model.saved_history`` set.
+        The model, with ``model.epoch`` (epochs completed), ``model.saved_history`` and ``model.extra`` set.
     Raises:
         NnetFormatError: the file is truncated, malformed or inconsistent with the architecture it declares.
     """
@@ -254,6 +259,7 @@ def load(path: str | os.PathLike, device: str | None = None, restore_rng: bool =
     if type(model.epoch) is not int or model.epoch < 0:
         raise NnetFormatError(f"{where}: training.epoch must be a non-negative integer, got {model.epoch!r}")
     model.saved_history = training.get("history") or {}
+    model.extra = _dict(meta.get("extra") or {}, "extra", where)
     if restore_rng and training.get("rng_state") is not None:
         bitgen = nnrandom.generator().bit_generator
         state = training["rng_state"]

@@ -1,0 +1,249 @@
+"""YAML training configs: validate against a schema (errors name the key path and the allowed values),
+fill in defaults, and turn the ``type:`` entries into neuronet objects.
+
+    model:        {layers: [{type: Dense, in_features: 64, out_features: 10}, ...], dtype: float32}
+    training:     {epochs, batch_size, optimizer: {type: Adam, lr: 0.001}, loss, metrics, callbacks, seed}
+    dataset:      {source: digits|mnist|fashion_mnist|cifar10|csv|text, path, splits: {test, validation},
+                   label_column, block_size, limit}
+    preprocessing: {normalization: auto|none|scale|standardize, scale, flatten,
+                    augmentation: {shift, rotate, flip}}
+    output:       {dir, model, history, plot}
+    hardware:     {device: auto|cpu|numpy|torch|cuda|mps, threads}
+    export:       {formats: [onnx, gguf]}
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+SOURCES = ("digits", "mnist", "fashion_mnist", "cifar10", "csv", "text")
+NORMALIZATIONS = ("auto", "none", "scale", "standardize")
+DEVICES = ("auto", "cpu", "numpy", "torch", "cuda", "mps")
+EXPORT_FORMATS = ("onnx", "gguf")
+
+
+class ConfigError(ValueError):
+    """A config key or value that is not allowed; the message starts with the key path."""
+
+
+@dataclass(frozen=True)
+class Field:
+    """One leaf of the schema: accepted Python types, default, allowed values and an extra check."""
+
+    types: tuple
+    default: Any = None
+    choices: tuple | None = None
+    check: Any = None  # (predicate, "what it must be")
+
+
+def _positive(v) -> bool:
+    return v > 0
+
+
+def _fraction(v) -> bool:
+    return 0.0 <= v < 1.0
+
+
+NUMBER = (int, float)
+SCHEMA: dict = {
+    "format_version": Field((int,), FORMAT_VERSION, (FORMAT_VERSION,)),
+    "model": {
+        "layers": Field((list,), None, check=(bool, "a non-empty list of {type: LayerName, ...arguments}")),
+        "dtype": Field((str,), "float32", ("float32", "float64")),
+    },
+    "training": {
+        "epochs": Field((int,), 10, check=(_positive, "a positive integer")),
+        "batch_size": Field((int,), 32, check=(_positive, "a positive integer")),
+        "optimizer": Field((str, dict), {"type": "Adam", "lr": 0.001}),
+        "loss": Field((str, dict), "CrossEntropyLoss"),
+        "metrics": Field((list,), ["accuracy"]),
+        "callbacks": Field((list,), []),
+        "seed": Field((int,), 0),
+    },
+    "dataset": {
+        "source": Field((str,), None, SOURCES),
+        "path": Field((str,), None),
+        "splits": {
+            "test": Field(NUMBER, 0.2, check=(_fraction, "a fraction in [0, 1)")),
+            "validation": Field(NUMBER, 0.0, check=(_fraction, "a fraction in [0, 1)")),
+        },
+        "label_column": Field((int, str), -1),
+        "block_size": Field((int,), 64, check=(_positive, "a positive integer")),
+        "limit": Field((int,), 0, check=(lambda v: v >= 0, "0 (all samples) or a positive integer")),
+    },
+    "preprocessing": {
+        "normalization": Field((str,), "auto", NORMALIZATIONS),
+        "scale": Field(NUMBER, 255.0, check=(_positive, "a positive number")),
+        "flatten": Field((bool,), False),
+        "augmentation": {
+            "shift": Field((int,), 0, check=(lambda v: v >= 0, "a number of pixels >= 0")),
+            "rotate": Field(NUMBER, 0.0, check=(lambda v: 0 <= v <= 180, "degrees in [0, 180]")),
+            "flip": Field((bool,), False),
+        },
+    },
+    "output": {
+        "dir": Field((str,), None),
+        "model": Field((str,), "model.nnet"),
+        "history": Field((str,), "history.csv"),
+        "plot": Field((str, bool), False),
+    },
+    "hardware": {
+        "device": Field((str,), "auto", DEVICES),
+        "threads": Field((int,), 0, check=(lambda v: v >= 0, "0 (library default) or a positive integer")),
+    },
+    "export": {
+        "formats": Field((list,), []),
+    },
+}
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    """Read a YAML config (``yaml.safe_load``: no code runs) and return it validated, with defaults."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return validate(raw if raw is not None else {})
+
+
+def validate(raw: Any) -> dict:
+    """Check ``raw`` against ``SCHEMA`` and return a full config (every key present)."""
+    cfg = _validate(raw, SCHEMA, "")
+    if cfg["model"]["layers"] is None:
+        raise ConfigError("model.layers: required (a list of {type: LayerName, ...arguments})")
+    if cfg["dataset"]["source"] is None:
+        raise ConfigError(f"dataset.source: required; allowed: {', '.join(SOURCES)}")
+    if cfg["dataset"]["source"] in ("csv", "text") and cfg["dataset"]["path"] is None:
+        raise ConfigError(f"dataset.path: required for source {cfg['dataset']['source']!r} (a file)")
+    for i, fmt in enumerate(cfg["export"]["formats"]):
+        if fmt not in EXPORT_FORMATS:
+            raise ConfigError(
+                f"export.formats[{i}]: {fmt!r} is not allowed; allowed: {', '.join(EXPORT_FORMATS)}"
+            )
+    for i, name in enumerate(cfg["training"]["metrics"]):
+        from ..metrics import METRICS
+
+        if name not in METRICS:
+            raise ConfigError(
+                f"training.metrics[{i}]: unknown metric {name!r}; allowed: {', '.join(METRICS)}"
+            )
+    return cfg
+
+
+def _validate(raw: Any, schema: dict, path: str) -> dict:
+    where = path or "config"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(schema), key=str)
+    if unknown:
+        raise ConfigError(f"{_join(path, unknown[0])}: unknown key; allowed keys here: {', '.join(schema)}")
+    out = {}
+    for key, spec in schema.items():
+        here = _join(path, key)
+        if isinstance(spec, dict):
+            out[key] = _validate(raw.get(key), spec, here)
+            continue
+        value = raw.get(key, spec.default)
+        if value is None:
+            out[key] = None
+            continue
+        if isinstance(value, bool) and bool not in spec.types or not isinstance(value, spec.types):
+            names = " or ".join(
+                "number" if t is float else t.__name__
+                for t in spec.types
+                if t is not int or float not in spec.types
+            )
+            raise ConfigError(f"{here}: expected {names}, got {value!r}")
+        if spec.choices is not None and value not in spec.choices:
+            raise ConfigError(
+                f"{here}: {value!r} is not allowed; allowed: {', '.join(map(str, spec.choices))}"
+            )
+        if spec.check is not None and not spec.check[0](value):
+            raise ConfigError(f"{here}: must be {spec.check[1]}, got {value!r}")
+        out[key] = value
+    return out
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+# --------------------------------------------------------------------------------------------- objects
+def construct(registry: dict, spec: Any, where: str, aliases: dict | None = None) -> Any:
+    """An instance from ``"Name"`` or ``{type: Name, **arguments}``, looked up in ``registry``.
+
+    Errors name the key path, the allowed type names and, for bad arguments, the accepted ones.
+    """
+    if isinstance(spec, str):
+        spec = {"type": spec}
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise ConfigError(f"{where}: expected a type name or {{type: Name, ...arguments}}, got {spec!r}")
+    name, kwargs = spec["type"], {k: v for k, v in spec.items() if k != "type"}
+    key = (aliases or {}).get(str(name).lower().replace("-", "_"), name)
+    cls = registry.get(key)
+    if cls is None:
+        allowed = sorted(set(registry) | set(aliases or {}))
+        raise ConfigError(f"{where}.type: unknown {name!r}; allowed: {', '.join(allowed)}")
+    params = inspect.signature(cls).parameters
+    accepted = [p for p, v in params.items() if v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD)]
+    unknown = [k for k in kwargs if k not in accepted]
+    if unknown and not any(v.kind == v.VAR_KEYWORD for v in params.values()):
+        raise ConfigError(
+            f"{where}.{unknown[0]}: {name} has no argument {unknown[0]!r}; "
+            f"its arguments: {', '.join(accepted)}"
+        )
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where} ({name}): {e}; its arguments: {', '.join(accepted)}") from None
+
+
+def build_model(cfg: dict):
+    """The Sequential described by ``cfg["model"]`` (not yet built)."""
+    from ..core.layer import LAYERS
+    from ..core.model import Sequential
+
+    layers = []
+    for i, spec in enumerate(cfg["model"]["layers"]):
+        where = f"model.layers[{i}]"
+        if not isinstance(spec, dict) or "type" not in spec:
+            raise ConfigError(f"{where}: expected {{type: LayerName, ...arguments}}, got {spec!r}")
+        layers.append(construct(LAYERS, spec, where))
+    return Sequential(*layers, dtype=cfg["model"]["dtype"])
+
+
+def compile_model(model, cfg: dict) -> None:
+    from ..core.training import LOSS_ALIASES, OPTIMIZER_ALIASES
+    from ..losses import LOSSES
+    from ..optim import OPTIMIZERS
+
+    training = cfg["training"]
+    optimizer = construct(OPTIMIZERS, training["optimizer"], "training.optimizer", OPTIMIZER_ALIASES)
+    loss = construct(LOSSES, training["loss"], "training.loss", LOSS_ALIASES)
+    model.compile(optimizer=optimizer, loss=loss, metrics=training["metrics"])
+
+
+def build_callbacks(cfg: dict) -> list:
+    from .. import callbacks as cb_module
+
+    registry = {
+        name: obj
+        for name, obj in vars(cb_module).items()
+        if isinstance(obj, type)
+        and issubclass(obj, cb_module.Callback)
+        and not name.startswith("_")
+        and name not in ("Callback", "CallbackList", "History", "ProgressBar")
+    }
+    return [
+        construct(registry, spec, f"training.callbacks[{i}]")
+        for i, spec in enumerate(cfg["training"]["callbacks"])
+    ]

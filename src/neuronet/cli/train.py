@@ -1,0 +1,269 @@
+"""``neuronet train CONFIG.yaml``: data, model, fit, then the model file, history CSV, plot and exports."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..callbacks import Callback
+from .config import build_callbacks, build_model, compile_model, load_config
+from .pipeline import Preprocessor, load_dataset
+
+EXPORTS = ("onnx", "gguf")
+
+
+class Augment(Callback):
+    """Before each epoch, overwrite the training array with a fresh random augmentation of the raw images."""
+
+    def __init__(self, raw: np.ndarray, target: np.ndarray, preprocess: Preprocessor, aug: dict):
+        self.raw, self.target, self.preprocess, self.aug = raw, target, preprocess, aug
+
+    def on_epoch_begin(self, epoch, logs=None):
+        from ..data import augment_images
+
+        self.target[...] = self.preprocess(augment_images(self.raw, **self.aug))
+
+
+class StopOnInterrupt(Callback):
+    """First Ctrl-C: finish the current batch, then stop (the caller saves). A second Ctrl-C aborts."""
+
+    def __init__(self):
+        self.interrupted = False
+        self._previous = None
+
+    def on_train_begin(self, logs=None):
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def on_train_end(self, logs=None):
+        signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+
+    def _handle(self, signum, frame):
+        if self.interrupted:
+            raise KeyboardInterrupt
+        self.interrupted = True
+        self.model.stop_training = True
+        print(
+            "\ninterrupted: stopping after this batch and saving a checkpoint (Ctrl-C again to abort)",
+            flush=True,
+        )
+
+
+def select_device(name: str) -> str:
+    """``auto`` -> cuda, then mps, else NumPy on the CPU (fastest for small models); ``cpu`` is NumPy."""
+    from ..backend import available
+
+    if name != "auto":
+        return "numpy" if name == "cpu" else name
+    names = available()
+    return next((d for d in ("cuda", "mps") if d in names), "numpy")
+
+
+def set_threads(n: int) -> None:
+    if not n:
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        torch.set_num_threads(n)
+    except ImportError:
+        pass
+
+
+def run(
+    config_path: str,
+    output_dir: str | None = None,
+    epochs: int | None = None,
+    plot: bool = False,
+    verbose: int = 1,
+    resume: bool = False,
+) -> dict:
+    """Train from a config file; returns a summary dict (paths, test metrics, wall time).
+
+    With ``resume`` an existing output model file is loaded and training continues after its last epoch.
+    """
+    import neuronet as nn
+
+    from ..io.nnet import save
+
+    cfg = load_config(config_path)
+    if epochs is not None:
+        cfg["training"]["epochs"] = epochs
+    out = cfg["output"]
+    folder = Path(output_dir or out["dir"] or Path("runs") / Path(config_path).stem)
+    folder.mkdir(parents=True, exist_ok=True)
+    seed = cfg["training"]["seed"]
+    nn.manual_seed(seed)
+    set_threads(cfg["hardware"]["threads"])
+
+    ds = cfg["dataset"]
+    splits = load_dataset(ds, seed)
+    preprocess = Preprocessor.from_config(cfg["preprocessing"]).fit(splits.x_train, ds["source"])
+    x_train, x_test = preprocess(splits.x_train), preprocess(splits.x_test)
+    y_train, y_test = splits.y_train, splits.y_test
+    validation = None
+    if ds["splits"]["validation"]:
+        cut = len(x_train) - max(1, int(len(x_train) * ds["splits"]["validation"]))
+        validation = (x_train[cut:], y_train[cut:])
+        x_train, y_train, raw_train = x_train[:cut], y_train[:cut], splits.x_train[:cut]
+    else:
+        raw_train = splits.x_train
+
+    device = select_device(cfg["hardware"]["device"])
+    model_path = folder / out["model"]
+    if resume and model_path.exists():
+        model = nn.load(model_path, device=device)  # weights, optimizer state, epoch and RNG position
+        if verbose:
+            print(f"resuming {model_path} after epoch {model.epoch}")
+    else:
+        model = build_model(cfg)
+        model.to(device)
+        compile_model(model, cfg)
+        model.build(tuple(x_train.shape[1:]))
+    callbacks = build_callbacks(cfg)
+    aug = {k: v for k, v in cfg["preprocessing"]["augmentation"].items() if v}
+    if aug:
+        callbacks.append(Augment(raw_train, x_train, preprocess, aug))
+    stopper = StopOnInterrupt()
+    callbacks.append(stopper)
+    if verbose:
+        model.summary()
+        print(f"data: {ds['source']} train {x_train.shape} test {x_test.shape}; device {device}; seed {seed}")
+
+    start = time.perf_counter()
+    history = model.fit(
+        x_train,
+        y_train,
+        epochs=cfg["training"]["epochs"],
+        initial_epoch=getattr(model, "epoch", 0),
+        batch_size=cfg["training"]["batch_size"],
+        validation_data=validation,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    seconds = time.perf_counter() - start
+    if getattr(model, "saved_history", None):
+        _prepend(history, model.saved_history)
+    extra = {
+        "dataset": {k: ds[k] for k in ("source", "path", "label_column", "block_size")}
+        | {"test": ds["splits"]["test"], "seed": seed},
+        "preprocessing": preprocess.to_json(),
+    }
+    save(model, model_path, extra=extra)
+    history.to_csv(str(folder / out["history"]))
+    summary = {
+        "model": str(model_path),
+        "history": str(folder / out["history"]),
+        "seconds": seconds,
+        "interrupted": stopper.interrupted,
+        "epochs": history.epoch[-1] + 1 if history.epoch else getattr(model, "epoch", 0),
+    }
+    if stopper.interrupted:
+        print(
+            f"saved a checkpoint after epoch {summary['epochs']} to {model_path}; continue with: "
+            f"neuronet train {config_path} --resume"
+        )
+        return summary
+    if len(x_test):
+        summary["test"] = model.evaluate(x_test, y_test, batch_size=max(256, cfg["training"]["batch_size"]))
+    if plot or out["plot"]:
+        name = out["plot"] if isinstance(out["plot"], str) else "history.png"
+        summary["plot"] = str(plot_history(history.history, folder / name, title=Path(config_path).stem))
+    for fmt in cfg["export"]["formats"]:
+        summary[fmt] = str(export(model, fmt, model_path.with_suffix(f".{fmt}")))
+    if verbose:
+        tested = ", ".join(f"{k} {v:.4f}" for k, v in summary.get("test", {}).items())
+        print(f"trained {summary['epochs']} epochs in {seconds:.1f} s; test: {tested or 'no test split'}")
+        print(
+            "wrote "
+            + ", ".join(str(v) for k, v in summary.items() if k in ("model", "history", "plot", *EXPORTS))
+        )
+    return summary
+
+
+def _prepend(history, saved: dict) -> None:
+    """Put the epochs of the run being resumed in front of this run's history (CSV and plot show all)."""
+    done = len(next(iter(saved.values()), []))
+    if done and all(len(v) == done for v in saved.values()):
+        history.epoch = list(range(done)) + history.epoch
+        for key, values in history.history.items():
+            history.history[key] = list(saved.get(key, [float("nan")] * done)) + values
+
+
+def export(model, fmt: str, path: Path) -> Path:
+    """Write ``model`` as ONNX or GGUF with helper functions from ``neuronet.io`` (clear error if absent)."""
+    try:
+        from .. import io
+
+        fn = {"onnx": io.export_onnx, "gguf": io.export_gguf}[fmt]
+    except (ImportError, AttributeError):
+        raise RuntimeError(f"export to {fmt} is not available yet in this neuronet") from None
+    if fmt == "onnx":
+        fn(model, path, model.input_shape)
+    else:
+        fn(model, path)
+    return path
+
+
+def plot_history(history: dict, path: Path, title: str = "") -> Path:
+    """Loss and metric curves per epoch (train solid, validation dashed) as a PNG (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..io._atomic import atomic_path
+
+    names = [k for k in history if not k.startswith("val_")]
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.5), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        epochs = np.arange(1, len(history[name]) + 1)
+        ax.plot(epochs, history[name], label=f"train {name}")
+        if f"val_{name}" in history:
+            ax.plot(epochs, history[f"val_{name}"], "--", label=f"validation {name}")
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path, "plot") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model from a YAML config",
+        description="Train the model described by CONFIG.yaml and write the model file, the "
+        "history CSV and (with --plot) a PNG of the curves. Ctrl-C stops after the "
+        "current batch and saves a checkpoint.",
+    )
+    p.add_argument(
+        "config", help="YAML file: model, training, dataset, preprocessing, output, hardware, export"
+    )
+    p.add_argument(
+        "--output-dir", "-o", help="folder for the outputs (default: output.dir or runs/<config name>)"
+    )
+    p.add_argument("--epochs", type=int, help="override training.epochs")
+    p.add_argument("--plot", action="store_true", help="also write a PNG of the loss/metric curves")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary table")
+    p.add_argument("--resume", action="store_true", help="continue from the output model file if it exists")
+    p.set_defaults(func=lambda a: _cmd(a))
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    summary = run(args.config, args.output_dir, args.epochs, args.plot, 0 if args.quiet else 1, args.resume)
+    return 130 if summary["interrupted"] else 0

@@ -1,0 +1,178 @@
+"""The neuronet command: train/evaluate/predict end to end in subprocesses, config errors, Ctrl-C, helpers."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+import neuronet as nn
+from neuronet.callbacks import Callback
+from neuronet.cli import train as train_module
+from neuronet.cli.config import ConfigError, validate
+from neuronet.cli.main import build_parser, main
+
+TINY = {
+    "model": {
+        "layers": [
+            {"type": "Flatten"},
+            {"type": "Dense", "in_features": 64, "out_features": 16, "activation": "relu"},
+            {"type": "Dense", "in_features": 16, "out_features": 10},
+        ]
+    },
+    "training": {"epochs": 1, "batch_size": 16, "optimizer": {"type": "Adam", "lr": 0.01}, "seed": 3},
+    "dataset": {"source": "digits", "splits": {"test": 0.2}},
+    "hardware": {"device": "cpu"},
+}
+
+
+def _write(tmp_path, cfg=TINY, name="tiny.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _run(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "neuronet.cli.main", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_train_evaluate_predict_end_to_end(tmp_path):
+    config = _write(tmp_path)
+    done = _run("train", str(config), "-o", "out", "--plot", "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert {p.name for p in (tmp_path / "out").iterdir()} >= {"model.nnet", "history.csv", "history.png"}
+    assert (tmp_path / "out" / "history.png").read_bytes()[:4] == b"\x89PNG"
+    header, row = (tmp_path / "out" / "history.csv").read_text().splitlines()
+    assert header == "epoch,loss,accuracy" and row.startswith("0,")
+
+    x, y = nn.data.load_digits()
+    np.save(tmp_path / "x.npy", x[:4])
+    done = _run("evaluate", "out/model.nnet", "digits", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    accuracy = float(done.stdout.split("accuracy ")[1])
+    assert accuracy > 0.5  # one epoch of a tiny MLP: well above chance (0.1)
+    done = _run("predict", "out/model.nnet", "x.npy", "--output", "p.npy", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    model = nn.load(tmp_path / "out" / "model.nnet")
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), model.predict(x[:4]), rtol=1e-6)
+
+
+def test_predict_prints_classes_and_evaluate_reads_files(tmp_path, capsys):
+    config = _write(tmp_path)
+    train_module.run(str(config), str(tmp_path / "out"), verbose=0)
+    x, y = nn.data.load_digits()
+    np.save(tmp_path / "x.npy", x[:3])
+    np.savez(tmp_path / "xy.npz", x=x[:50], y=y[:50])
+    assert main(["predict", str(tmp_path / "out" / "model.nnet"), str(tmp_path / "x.npy")]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("0: class ")
+    assert main(["evaluate", str(tmp_path / "out" / "model.nnet"), str(tmp_path / "xy.npz")]) == 0
+    assert "50 samples; loss" in capsys.readouterr().out
+    assert main(["evaluate", str(tmp_path / "out" / "model.nnet"), str(config)]) == 0
+    assert main(["export", str(tmp_path / "out" / "model.nnet"), "--format", "onnx"]) == 0
+    assert (tmp_path / "out" / "model.onnx").exists()
+    assert main(["predict", str(tmp_path / "out" / "model.nnet"), str(tmp_path / "xy.npz")]) == 2
+    assert "expected a .npy or .csv file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda c: c["training"].update(optimiser="Adam"),
+            r"training.optimiser: unknown key; allowed keys here: epochs",
+        ),
+        (
+            lambda c: c["dataset"].update(source="digitz"),
+            r"dataset.source: 'digitz' is not allowed; allowed: digits, mnist",
+        ),
+        (lambda c: c["training"].update(epochs=0), r"training.epochs: must be a positive integer"),
+        (lambda c: c["training"].update(batch_size="32"), r"training.batch_size: expected int, got '32'"),
+        (
+            lambda c: c.update(hardware={"device": "tpu"}),
+            r"hardware.device: 'tpu' is not allowed; allowed: auto, cpu",
+        ),
+        (lambda c: c["dataset"].update(splits={"test": 1.5}), r"dataset.splits.test: must be a fraction"),
+        (lambda c: c.update(export={"formats": ["tflite"]}), r"export.formats\[0\]: 'tflite' is not allowed"),
+        (lambda c: c["model"].pop("layers"), r"model.layers: required"),
+    ],
+)
+def test_config_errors_name_the_key(edit, message):
+    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+    edit(cfg)
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg)
+
+
+def test_config_object_errors_name_the_key(tmp_path, capsys):
+    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+    cfg["model"]["layers"][1]["activaton"] = "relu"
+    assert main(["train", str(_write(tmp_path, cfg)), "-o", str(tmp_path), "-q"]) == 2
+    assert "model.layers[1].activaton: Dense has no argument 'activaton'" in capsys.readouterr().err
+    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+    cfg["training"]["optimizer"] = {"type": "Adamm"}
+    assert main(["train", str(_write(tmp_path, cfg)), "-o", str(tmp_path), "-q"]) == 2
+    assert "training.optimizer.type: unknown 'Adamm'; allowed: Adam" in capsys.readouterr().err
+    cfg["training"]["optimizer"] = {"type": "SGD", "lr": -1}
+    assert main(["train", str(_write(tmp_path, cfg)), "-o", str(tmp_path), "-q"]) == 2
+    assert "training.optimizer (SGD): SGD: l" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_after_the_batch_and_saves(tmp_path, monkeypatch):
+    class PressCtrlC(Callback):
+        def on_batch_end(self, batch, logs=None):
+            if batch == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(train_module, "build_callbacks", lambda cfg: [PressCtrlC()])
+    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+    cfg["training"]["epochs"] = 50
+    summary = train_module.run(str(_write(tmp_path, cfg)), str(tmp_path / "out"), verbose=0)
+    assert summary["interrupted"] and summary["epochs"] == 1
+    assert nn.load(tmp_path / "out" / "model.nnet").optimizer.iterations == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+    monkeypatch.setattr(train_module, "build_callbacks", lambda cfg: [])
+    cfg["training"]["epochs"] = 3
+    summary = train_module.run(str(_write(tmp_path, cfg)), str(tmp_path / "out"), verbose=0, resume=True)
+    assert not summary["interrupted"] and summary["epochs"] == 3
+    assert len((tmp_path / "out" / "history.csv").read_text().splitlines()) == 1 + 3
+    assert nn.load(tmp_path / "out" / "model.nnet").optimizer.iterations == 3 + 2 * 90  # 1438 samples / 16
+
+
+def test_augmentation_and_validation_split(tmp_path):
+    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+    cfg["preprocessing"] = {"augmentation": {"shift": 1, "rotate": 10}, "normalization": "standardize"}
+    cfg["dataset"]["splits"]["validation"] = 0.1
+    summary = train_module.run(str(_write(tmp_path, cfg)), str(tmp_path / "out"), verbose=0)
+    model = nn.load(summary["model"])
+    assert model.extra["preprocessing"]["normalization"] == "standardize"
+    assert "val_loss" in model.saved_history and summary["test"]["accuracy"] > 0.3
+
+
+def test_every_command_has_help(capsys):
+    commands = ["demo", "train", "evaluate", "predict", "export", "bench", "info"]
+    for command in commands:
+        with pytest.raises(SystemExit) as exit_info:
+            build_parser().parse_args([command, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: neuronet " + command in capsys.readouterr().out
+
+
+def test_info_lists_backends(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"neuronet {nn.__version__}" in out and "backends/devices: numpy" in out and "numba" in out
+
+
+def test_bench_without_matching_scripts(capsys):
+    assert main(["bench", "--only", "no_such_benchmark"]) == 1
+    assert "no benchmark scripts found" in capsys.readouterr().err
