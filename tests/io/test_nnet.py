@@ -125,6 +125,8 @@ BAD_FILES = {
         r"tensor '2.weight' is float32\[3, 16\].*needs float32\[4, 16\]"),
     "unknown layer": (dict(edit_meta=lambda m: _set_layer(m, 1, {"type": "os.system", "config": {}})),
                       "unknown layer class 'os.system'"),
+    "private base class": (dict(edit_meta=lambda m: _set_layer(m, 1, {"type": "_Conv", "config": {}})),
+                           "unknown layer class '_Conv'"),
     "bad config": (dict(edit_meta=lambda m: _set_layer(m, 1, {"type": "Dropout", "config": {"p": 7}})),
                    "Dropout cannot be rebuilt"),
     "huge declared size": (dict(edit_meta=lambda m: _set_layer(m, 2, {"type": "Dense", "config": {

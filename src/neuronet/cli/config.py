@@ -189,6 +189,7 @@ def construct(registry: dict, spec: Any, where: str, aliases: dict | None = None
         raise ConfigError(f"{where}: expected a type name or {{type: Name, ...arguments}}, got {spec!r}")
     name, kwargs = spec["type"], {k: v for k, v in spec.items() if k != "type"}
     key = (aliases or {}).get(str(name).lower().replace("-", "_"), name)
+    registry = {k: v for k, v in registry.items() if not k.startswith("_")}  # no private bases
     cls = registry.get(key)
     if cls is None:
         allowed = sorted(set(registry) | set(aliases or {}))

@@ -296,7 +296,7 @@ def build_layer(node: dict, where: str, depth: int = 0):
             not isinstance(node.get("config", {}), dict):
         raise NnetFormatError(f"{where}: expected {{'type': name, 'config': {{...}}}}, got {node!r:.120}")
     name, config = node["type"], node.get("config", {})
-    cls = LAYERS.get(name) if name.isidentifier() else None
+    cls = LAYERS.get(name) if name.isidentifier() and not name.startswith("_") else None
     if cls is None:
         raise NnetFormatError(f"{where}: unknown layer class {name[:80]!r} (not a registered neuronet layer)")
     children = node.get("layers")
