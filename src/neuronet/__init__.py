@@ -37,7 +37,19 @@ from .losses import (
     NLLLoss,
     TripletMarginLoss,
 )
-from .optim import OPTIMIZERS, SGD, Adam, AdamW, Optimizer, RMSprop
+from .optim import (
+    OPTIMIZERS,
+    SGD,
+    Adam,
+    AdamW,
+    CosineAnnealingLR,
+    LinearLR,
+    LinearWarmup,
+    LRScheduler,
+    Optimizer,
+    RMSprop,
+    StepLR,
+)
 
 __version__ = "0.1.0"
 
@@ -48,5 +60,6 @@ __all__ = [
     "export_gguf", "export_onnx", "load_gguf", "to_torch_state_dict",
     *_layer_names,
     "BCELoss", "BCEWithLogitsLoss", "HuberLoss", "KLDivLoss", "L1Loss", "MarginRankingLoss",
-    "MultiMarginLoss", "NLLLoss", "RMSprop", "TripletMarginLoss",
+    "MultiMarginLoss", "NLLLoss", "RMSprop", "TripletMarginLoss", "CosineAnnealingLR", "LRScheduler",
+    "LinearLR", "LinearWarmup", "StepLR",
 ]

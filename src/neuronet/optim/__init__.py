@@ -3,6 +3,8 @@
 from .adam import Adam, AdamW
 from .optimizer import OPTIMIZERS, Optimizer
 from .rmsprop import RMSprop
+from .schedulers import CosineAnnealingLR, LinearLR, LinearWarmup, LRScheduler, ReduceLROnPlateau, StepLR
 from .sgd import SGD
 
-__all__ = ["OPTIMIZERS", "Adam", "AdamW", "Optimizer", "RMSprop", "SGD"]
+__all__ = ["OPTIMIZERS", "Adam", "AdamW", "CosineAnnealingLR", "LRScheduler", "LinearLR", "LinearWarmup",
+           "Optimizer", "RMSprop", "ReduceLROnPlateau", "SGD", "StepLR"]
