@@ -59,13 +59,8 @@ class History(Callback):
     def to_csv(self, path: str) -> None:
         """Write one row per epoch (atomically)."""
         keys = list(self.history)
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["epoch", *keys])
-            for i, epoch in enumerate(self.epoch):
-                w.writerow([epoch, *(self.history[k][i] for k in keys)])
-        os.replace(tmp, path)
+        rows = [[epoch, *(self.history[k][i] for k in keys)] for i, epoch in enumerate(self.epoch)]
+        _write_rows_atomically(path, [["epoch", *keys], *rows])
 
 
 class ProgressBar(Callback):
@@ -90,6 +85,20 @@ class ProgressBar(Callback):
         if logs:
             self.bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()}, refresh=False)
         self.bar.close()
+
+
+class EpochLogger(Callback):
+    """One line per epoch with the logs and the epoch's wall time (``verbose=2``)."""
+
+    def __init__(self, epochs: int, print_fn=print):
+        self.epochs, self.print_fn = epochs, print_fn
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        items = " - ".join(f"{k}: {v:.4f}" for k, v in (logs or {}).items())
+        self.print_fn(f"Epoch {epoch + 1}/{self.epochs} - {time.perf_counter() - self._t:.1f}s - {items}")
 
 
 class _Monitor(Callback):
@@ -118,8 +127,8 @@ class _Monitor(Callback):
 class EarlyStopping(_Monitor):
     """Stop training when ``monitor`` has not improved for ``patience`` epochs."""
 
-    def __init__(self, patience: int = 0, min_delta: float = 0.0, monitor: str = "val_loss", mode: str = "auto",
-                 restore_best_weights: bool = False):
+    def __init__(self, patience: int = 0, min_delta: float = 0.0, monitor: str = "val_loss",
+                 mode: str = "auto", restore_best_weights: bool = False):
         super().__init__(monitor, mode, min_delta)
         self.patience = int(patience)
         self.restore_best_weights = restore_best_weights
@@ -152,7 +161,8 @@ class ModelCheckpoint(_Monitor):
     ``path`` may contain ``{epoch}`` and log keys, e.g. ``"ckpt-{epoch:02d}-{val_loss:.3f}.nnet"``.
     """
 
-    def __init__(self, path: str, monitor: str = "val_loss", save_best_only: bool = False, mode: str = "auto"):
+    def __init__(self, path: str, monitor: str = "val_loss", save_best_only: bool = False,
+                 mode: str = "auto"):
         super().__init__(monitor, mode, 0.0)
         self.path = str(path)
         self.save_best_only = save_best_only
@@ -201,27 +211,28 @@ class ReduceLROnPlateau(_Monitor):
 
 
 class CSVLogger(Callback):
-    """Append one CSV row of logs per epoch to ``path`` (header on the first row)."""
+    """One CSV row of logs per epoch in ``path`` (header first), rewritten atomically after each epoch.
+
+    With ``append`` the rows of an existing file are kept and new ones added after them.
+    """
 
     def __init__(self, path: str, append: bool = False):
         self.path, self.append = str(path), append
-        self._keys: list[str] | None = None
+        self._rows: list[list] = []
 
     def on_train_begin(self, logs=None):
-        self._keys = None
-        if not self.append and os.path.exists(self.path):
-            os.remove(self.path)
+        self._rows = []
+        if self.append and os.path.exists(self.path):
+            with open(self.path, newline="") as f:
+                self._rows = list(csv.reader(f))
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        new_file = not os.path.exists(self.path)
-        if self._keys is None:
-            self._keys = list(logs)
-        with open(self.path, "a", newline="") as f:
-            w = csv.writer(f)
-            if new_file:
-                w.writerow(["epoch", *self._keys])
-            w.writerow([epoch, *(logs.get(k, "") for k in self._keys)])
+        if not self._rows:
+            self._rows.append(["epoch", *logs])
+        keys = self._rows[0][1:]
+        self._rows.append([epoch, *(logs.get(k, "") for k in keys)])
+        _write_rows_atomically(self.path, self._rows)
 
 
 class Timer(Callback):
@@ -235,3 +246,11 @@ class Timer(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.times.append(time.perf_counter() - self._t)
+
+
+def _write_rows_atomically(path: str, rows: list[list]) -> None:
+    """Write CSV rows to a temporary file next to ``path``, then rename it over ``path``."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    os.replace(tmp, path)

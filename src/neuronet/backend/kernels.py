@@ -44,7 +44,7 @@ def activation_forward(code, alpha, z, out):
     elif code == 1:
         for i in range(n):
             v = z[i]
-            out[i] = v if v > 0 else 0.0
+            out[i] = 0.0 if v <= 0 else v  # NaN propagates, as in torch.relu
     elif code == 2:
         for i in range(n):
             out[i] = _sigmoid(z[i])

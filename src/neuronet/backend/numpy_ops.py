@@ -107,24 +107,37 @@ class NumpyOps(Ops):
         return out
 
     # ----------------------------------------------------------------- activations
-    def activation(self, name, z, out, alpha=None):
+    def activation(self, name, z, out, alpha=None, *, bias=None):
         if name in ("softmax", "log_softmax"):
+            if bias is not None:
+                z += bias
             kernels.softmax_rows(_rows(z), _rows(out), name == "log_softmax")
             return out
-        a = DEFAULT_ALPHA.get(name, 0.0) if alpha is None else alpha
-        kernels.activation_forward(kernels.ACT_CODES[name], a, np.ascontiguousarray(z).reshape(-1), _flat(out))
+        code, a = kernels.ACT_CODES[name], DEFAULT_ALPHA.get(name, 0.0) if alpha is None else alpha
+        if bias is not None:
+            kernels.bias_activation_rows(code, a, _rows(z), bias, _rows(out))
+        else:
+            kernels.activation_forward(code, a, np.ascontiguousarray(z).reshape(-1), _flat(out))
         return out
 
-    def activation_backward(self, name, dy, z, y, out, alpha=None):
+    def activation_backward(self, name, dy, z, y, out, alpha=None, *, bias_grad=None):
         if name in ("softmax", "log_softmax"):
             kernels.softmax_rows_backward(_rows(dy), _rows(y), _rows(out), name == "log_softmax")
+            if bias_grad is not None:
+                kernels.add_column_sums(_rows(out), bias_grad)
             return out
-        a = DEFAULT_ALPHA.get(name, 0.0) if alpha is None else alpha
-        dummy = dy.reshape(-1) if z is None else np.ascontiguousarray(z).reshape(-1)
-        yy = dummy if y is None else np.ascontiguousarray(y).reshape(-1)
-        kernels.activation_backward(kernels.ACT_CODES[name], a, np.ascontiguousarray(dy).reshape(-1),
-                                    dummy, yy, _flat(out))
+        code, a = kernels.ACT_CODES[name], DEFAULT_ALPHA.get(name, 0.0) if alpha is None else alpha
+        dy = np.ascontiguousarray(dy)
+        z = dy if z is None else np.ascontiguousarray(z)  # a stand-in where the derivative does not read it
+        y = z if y is None else np.ascontiguousarray(y)
+        if bias_grad is not None:
+            kernels.activation_backward_bias_rows(code, a, _rows(dy), _rows(z), _rows(y), _rows(out), bias_grad)
+        else:
+            kernels.activation_backward(code, a, dy.reshape(-1), z.reshape(-1), y.reshape(-1), _flat(out))
         return out
+
+    def sum_rows_acc(self, x, out):
+        kernels.add_column_sums(_rows(np.ascontiguousarray(x)), out)
 
     # ----------------------------------------------------------------- recurrent cells (one Numba pass each)
     def lstm_cell(self, gates, gh, bias, c_prev, c, tanh_c, h):

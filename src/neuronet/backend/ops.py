@@ -116,8 +116,12 @@ class Ops:
     def matmul(self, a, b, out) -> Any:
         return self.xp.matmul(a, b, out=out)
 
-    def matmul_acc(self, a, b, out, scratch) -> None:
-        """out += a @ b, using ``scratch`` (same shape as out) for the product."""
+    def matmul_acc(self, a, b, out, scratch=None) -> None:
+        """out += a @ b for 2-D arrays. Backends that cannot accumulate inside the GEMM compute the
+        product into ``scratch`` (same shape as out; allocated when None) and add it."""
+        if scratch is None:
+            out += self.xp.matmul(a, b)
+            return
         self.xp.matmul(a, b, out=scratch)
         out += scratch
 
@@ -148,18 +152,21 @@ class Ops:
         raise NotImplementedError
 
     # ----------------------------------------------------------------- activations
-    def activation(self, name: str, z, out, alpha: float | None = None) -> Any:
+    def activation(self, name: str, z, out, alpha: float | None = None, *, bias=None) -> Any:
         """out = act(z) for a name in ACTIVATIONS; ``out`` may be ``z``. Softmaxes use the last axis.
 
-        ``alpha`` is LeakyReLU's negative slope or ELU's alpha (DEFAULT_ALPHA when None).
+        ``alpha`` is LeakyReLU's negative slope or ELU's alpha (DEFAULT_ALPHA when None). With
+        ``bias`` (last-axis vector) ``z += bias`` first, in place, in the same pass (Dense).
         """
         raise NotImplementedError
 
-    def activation_backward(self, name: str, dy, z, y, out, alpha: float | None = None) -> Any:
+    def activation_backward(self, name: str, dy, z, y, out, alpha: float | None = None, *,
+                            bias_grad=None) -> Any:
         """out = dL/dz from dy = dL/dy, the pre-activation ``z`` and the output ``y``.
 
         For names in OUTPUT_DERIVATIVE ``z`` is not read (pass None). ``out`` may be ``dy``.
         Derivatives at 0 follow PyTorch: ReLU'(0) = 0, LeakyReLU'(0) = alpha, ELU'(0) = alpha.
+        With ``bias_grad``, also ``bias_grad += out`` summed over every axis but the last (Dense).
         """
         raise NotImplementedError
 

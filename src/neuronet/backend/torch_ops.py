@@ -91,7 +91,8 @@ class TorchOps(Ops):
 
     def bernoulli_mask(self, keep, rng, out):
         # Uniforms come from the NumPy generator so a seed gives the same mask on every backend.
-        u = torch.from_numpy(rng.random(tuple(out.shape), dtype=np.float64)).to(out.device, out.dtype)
+        host = np.float32 if out.dtype == torch.float32 else np.float64  # the draws NumpyOps makes
+        u = torch.from_numpy(rng.random(tuple(out.shape), dtype=host)).to(out.device, out.dtype)
         torch.lt(u, keep, out=out)
         out *= 1.0 / keep
         return out

@@ -177,7 +177,7 @@ class Layer(Workspace):
         carve(self)
 
     def to(self, device: str) -> Layer:
-        """Move parameters, gradients and buffers to another backend/device ("numpy", "torch", "cuda", "mps")."""
+        """Move parameters, gradients and buffers to a backend/device ("numpy", "torch", "cuda", "mps")."""
         from ..backend import get_ops
 
         ops = get_ops(device)
@@ -198,8 +198,8 @@ class Layer(Workspace):
 
     def _require_built(self, what: str) -> None:
         if not self.built or self.flat_params is None:
-            raise RuntimeError(f"{self!r}: {what} needs the parameters, which exist only after build(input_shape) "
-                               "or a first forward")
+            raise RuntimeError(f"{self!r}: {what} needs the parameters, which exist only after "
+                               "build(input_shape) or a first forward")
 
     def named_parameters(self) -> Iterator[tuple[str, Any]]:
         """(PyTorch name, view into the flat parameter array)."""
@@ -222,35 +222,27 @@ class Layer(Workspace):
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
         """Copy NumPy arrays or torch tensors into the model, by PyTorch key name.
 
-        With ``strict`` a missing, unexpected or mis-shaped key raises a KeyError/ValueError naming it;
-        without, only the keys present in both are copied (shapes must still agree).
+        Everything is checked before anything is copied. With ``strict`` a missing or unexpected
+        key raises KeyError naming every such key; a mis-shaped key raises ValueError naming it and
+        both shapes (also without ``strict``, which otherwise copies only the keys present in both).
         """
         self._require_built("load_state_dict")
-        targets = dict(self.named_parameters())
-        buffers = {}
-        for prefix, layer in self.named_layers():
-            for key in layer.buffers:
-                buffers[prefix + key] = (layer, key)
-        expected = set(targets) | set(buffers)
-        given = {k: self.ops.to_numpy(v) if not isinstance(v, np.ndarray) else v for k, v in state.items()}
-        if strict:
-            missing = sorted(expected - set(given))
-            unexpected = sorted(set(given) - expected)
-            if missing or unexpected:
-                raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
-        for key, value in given.items():
-            if key not in expected:
-                continue
-            value = np.asarray(value)
-            current = targets[key] if key in targets else buffers[key][0].buffers[buffers[key][1]]
-            if tuple(value.shape) != tuple(current.shape):
-                raise ValueError(f"load_state_dict: {key!r} has shape {tuple(value.shape)}, "
-                                 f"the model expects {tuple(current.shape)}")
-            if key in targets:
-                self.ops.copy_(current, self.ops.asarray(value.astype(self.dtype)))
-            else:
-                layer, local = buffers[key]
-                layer.buffers[local] = self.ops.asarray(value.astype(np.asarray(layer._buffer_init[local]).dtype))
+        params = dict(self.named_parameters())
+        buffers = dict(self.named_buffers())
+        expected = params.keys() | buffers.keys()
+        given = {key: _host(value) for key, value in state.items()}
+        missing, unexpected = sorted(expected - given.keys()), sorted(given.keys() - expected)
+        if strict and (missing or unexpected):
+            raise KeyError(f"load_state_dict into {type(self).__name__}: missing keys {missing}, "
+                           f"unexpected keys {unexpected}")
+        common = [key for key in given if key in expected]
+        targets = {key: params[key] if key in params else buffers[key] for key in common}
+        wrong = [f"{key!r} has shape {tuple(given[key].shape)}, the model expects {tuple(t.shape)}"
+                 for key, t in targets.items() if tuple(given[key].shape) != tuple(t.shape)]
+        if wrong:
+            raise ValueError(f"load_state_dict into {type(self).__name__}: " + "; ".join(wrong))
+        for key, target in targets.items():
+            self.ops.copy_(target, self.ops.asarray(given[key], self.ops.dtype_name(target)))
 
     # ----------------------------------------------------------------- computation
     def forward(self, x, training: bool = True):
@@ -285,3 +277,10 @@ class Layer(Workspace):
 
 def _dims(shape: tuple) -> str:
     return ", ".join(str(s) for s in shape)
+
+
+def _host(value) -> np.ndarray:
+    """A NumPy view/copy of a NumPy array, a torch tensor (any device) or a nested list."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)

@@ -25,8 +25,8 @@ OPTIMIZER_ALIASES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": 
 LOSS_ALIASES = {
     "mse": "MSELoss", "mean_squared_error": "MSELoss", "cross_entropy": "CrossEntropyLoss",
     "categorical_crossentropy": "CrossEntropyLoss", "sparse_categorical_crossentropy": "CrossEntropyLoss",
-    "nll": "NLLLoss", "bce": "BCELoss", "binary_crossentropy": "BCELoss", "bce_with_logits": "BCEWithLogitsLoss",
-    "huber": "HuberLoss", "l1": "L1Loss", "mae": "L1Loss",
+    "nll": "NLLLoss", "bce": "BCELoss", "binary_crossentropy": "BCELoss",
+    "bce_with_logits": "BCEWithLogitsLoss", "huber": "HuberLoss", "l1": "L1Loss", "mae": "L1Loss",
 }
 
 
@@ -61,32 +61,40 @@ class Trainer:
             raise ValueError(f"{what}: x has {len(x)} samples but y has {len(y)}")
 
     # ----------------------------------------------------------------- one step
-    def _aux_layers(self):
-        return [layer for _, layer in self.named_layers() if getattr(layer, "aux_loss_weight", 0.0)]
+    def _aux_layers(self) -> list:
+        """Sub-layers that add an auxiliary loss (``aux_loss_weight``, e.g. MoE load balancing)."""
+        cache = self.__dict__.get("_aux_cache")
+        if cache is None or cache[0] is not self.flat_params:  # rebuilt or moved: look again
+            cache = self._aux_cache = (self.flat_params, [layer for _, layer in self.named_layers()
+                                                          if getattr(layer, "aux_loss_weight", 0.0)])
+        return cache[1]
 
     def train_step(self, x, y) -> float:
         """Forward, loss, backward and one optimizer step on one batch; returns the loss.
 
-        A non-finite loss (NaN or inf in the data or a diverged model) raises FloatingPointError
-        before the weights are touched.
+        Layers with an ``aux_loss_weight`` add ``aux_loss_weight * aux_loss`` to the returned loss and,
+        through ``aux_grad_scale`` (set only during this backward), to the gradient. A non-finite loss
+        (NaN or inf in the data, or a diverged model) raises FloatingPointError before the weights
+        are touched.
         """
         self._require_compiled("train_step")
         self._check_lengths(x, y, "train_step")
         out = self._last_output = self.forward(x, training=True)
         loss = self.loss.forward(out, y)
         aux_layers = self._aux_layers()
-        for layer in aux_layers:  # e.g. MoE load balancing: added to the loss and to its gradient
-            loss += layer.aux_loss_weight * layer.aux_loss
-            layer.aux_grad_scale = layer.aux_loss_weight
+        for layer in aux_layers:
+            loss += layer.aux_loss_weight * float(layer.aux_loss)
         if not math.isfinite(loss):
+            raise FloatingPointError(f"train_step: the loss is {loss} (NaN or inf in the inputs/targets, or "
+                                     "the model diverged: lower the learning rate); the step was refused")
+        self.zero_grad()
+        for layer in aux_layers:
+            layer.aux_grad_scale = layer.aux_loss_weight
+        try:
+            self.backward(self.loss.backward(), input_grad=False)
+        finally:
             for layer in aux_layers:
                 layer.aux_grad_scale = 0.0
-            raise FloatingPointError(f"train_step: the loss is {loss} (NaN or inf in the inputs/targets, or the "
-                                     "model diverged: lower the learning rate); the step was refused")
-        self.zero_grad()
-        self.backward(self.loss.backward(), input_grad=False)
-        for layer in aux_layers:
-            layer.aux_grad_scale = 0.0
         self.optimizer.step(self.flat_params, self.flat_grads)
         return loss
 
@@ -101,34 +109,53 @@ class Trainer:
         """data[idx] gathered into a reused buffer (NumPy data), or a plain index otherwise."""
         if not isinstance(data, np.ndarray):
             return data[idx]
-        shape = (len(idx), *data.shape[1:])
         buf = buffers.get(key)
         if buf is None or buf.shape[0] < len(idx) or buf.dtype != data.dtype:
             buf = buffers[key] = np.empty((max(len(idx), 1), *data.shape[1:]), data.dtype)
-        out = buf[:len(idx)].reshape(shape)
+        out = buf[:len(idx)]
         np.take(data, idx, axis=0, out=out)
         return out
 
-    def fit(self, x, y=None, epochs: int = 1, batch_size: int = 32, validation_data=None,
+    def fit(self, x, y, epochs: int = 1, batch_size: int = 32, validation_data=None,
             validation_split: float = 0.0, shuffle: bool = True, callbacks=None, verbose: int = 1,
             initial_epoch: int = 0):
-        """Train for ``epochs`` passes over (x, y); returns a History (``history.history[key]``)."""
-        from ..callbacks import CallbackList, History, ProgressBar
+        """Train for ``epochs`` passes over (x, y) in mini-batches; returns a History.
+
+        ``validation_split`` holds out the LAST fraction of (x, y) (before shuffling) as validation
+        data, as Keras does; ``validation_data=(xv, yv)`` takes precedence. Logs per epoch: ``loss``,
+        the metrics, and ``val_``-prefixed ones with validation data. ``verbose``: 0 silent, 1 a
+        progress bar per epoch (loss/metrics, rate, ETA), 2 one line per epoch.
+        """
+        from ..callbacks import CallbackList, EpochLogger, History, ProgressBar
 
         self._require_compiled("fit")
+        x, y = _as_data(x, "x"), _as_data(y, "y")
         self._check_lengths(x, y, "fit")
-        if batch_size < 1 or epochs < 0:
+        if int(batch_size) < 1 or int(epochs) < 0:
             raise ValueError(f"fit: batch_size must be >= 1 and epochs >= 0, got {batch_size}, {epochs}")
-        if validation_data is None and validation_split:
+        if not 0.0 <= validation_split < 1.0:
+            raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split}")
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("fit: validation_data must be a pair (x_val, y_val)")
+            validation_data = (_as_data(validation_data[0], "x_val"), _as_data(validation_data[1], "y_val"))
+            self._check_lengths(*validation_data, "fit (validation_data)")
+        elif validation_split:
             cut = int(len(x) * (1.0 - validation_split))
+            if cut == 0 or cut == len(x):
+                raise ValueError(f"fit: validation_split={validation_split} of {len(x)} samples leaves an "
+                                 "empty training or validation set")
             validation_data = (x[cut:], y[cut:])
             x, y = x[:cut], y[:cut]
-        n = len(x)
-        steps = math.ceil(n / batch_size)
+        n, batch_size = len(x), int(batch_size)
+        if n == 0:
+            raise ValueError("fit: x is empty")
         history = History()
         cbs = [history, *(callbacks or [])]
-        if verbose:
-            cbs.append(ProgressBar(epochs, steps))
+        if verbose == 1:
+            cbs.append(ProgressBar(epochs, math.ceil(n / batch_size)))
+        elif verbose:
+            cbs.append(EpochLogger(epochs))
         cb = CallbackList(cbs, self)
         self.history = history
         self.stop_training = False
@@ -136,21 +163,18 @@ class Trainer:
         cb.on_train_begin()
         for epoch in range(initial_epoch, epochs):
             cb.on_epoch_begin(epoch)
-            totals = {"loss": 0.0, **{k: 0.0 for k in self.metric_fns}}
-            counts = {"loss": 0, **{k: 0 for k in self.metric_fns}}
+            totals = _Totals(self.metric_fns)
             for step, idx in enumerate(self._batches(n, batch_size, shuffle)):
                 cb.on_batch_begin(step)
-                xb = self._take(x, idx, buffers, "x")
                 yb = self._take(y, idx, buffers, "y")
-                loss = self.train_step(xb, yb)
-                totals["loss"] += loss * len(idx)
-                counts["loss"] += len(idx)
+                loss = self.train_step(self._take(x, idx, buffers, "x"), yb)
+                totals.add_loss(loss, len(idx))
                 if self.metric_fns:
-                    self._accumulate_metrics(self.ops.to_numpy(self._last_output), yb, totals, counts)
-                cb.on_batch_end(step, {k: totals[k] / max(counts[k], 1) for k in totals})
+                    totals.add_metrics(self.ops.to_numpy(self._last_output), self.ops.to_numpy(yb))
+                cb.on_batch_end(step, totals.means())
                 if self.stop_training:
                     break
-            logs = {k: totals[k] / max(counts[k], 1) for k in totals}
+            logs = totals.means()
             if validation_data is not None:
                 val = self.evaluate(*validation_data, batch_size=max(batch_size, 256))
                 logs.update({f"val_{k}": v for k, v in val.items()})
@@ -160,35 +184,62 @@ class Trainer:
         cb.on_train_end()
         return history
 
-    def _accumulate_metrics(self, pred, target, totals, counts) -> None:
-        target = self.ops.to_numpy(target) if not isinstance(target, np.ndarray) else target
-        for name, fn in self.metric_fns.items():
-            s, c = fn(pred, target)
-            totals[name] += s
-            counts[name] += c
-
     def evaluate(self, x, y, batch_size: int = 256, verbose: int = 0) -> dict:
-        """Mean loss (and metrics) over (x, y) in inference mode."""
+        """Mean loss (and metrics) over (x, y) in inference mode: ``{"loss": ..., "accuracy": ...}``."""
         if self.loss is None:
             raise RuntimeError("evaluate: call model.compile(loss=...) first")
+        x, y = _as_data(x, "x"), _as_data(y, "y")
         self._check_lengths(x, y, "evaluate")
-        totals = {"loss": 0.0, **{k: 0.0 for k in self.metric_fns}}
-        counts = {"loss": 0, **{k: 0 for k in self.metric_fns}}
-        for start in range(0, len(x), batch_size):
+        if len(x) == 0:
+            raise ValueError("evaluate: x is empty")
+        totals = _Totals(self.metric_fns)
+        for start in range(0, len(x), int(batch_size)):
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
             out = self.forward(xb, training=False)
-            totals["loss"] += self.loss.forward(out, yb) * len(xb)
-            counts["loss"] += len(xb)
+            totals.add_loss(self.loss.forward(out, yb), len(xb))
             if self.metric_fns:
-                self._accumulate_metrics(self.ops.to_numpy(out), np.asarray(self.ops.to_numpy(yb)), totals, counts)
-        return {k: totals[k] / max(counts[k], 1) for k in totals}
+                totals.add_metrics(self.ops.to_numpy(out), self.ops.to_numpy(yb))
+        result = totals.means()
+        if verbose:
+            print(" - ".join(f"{k}: {v:.4f}" for k, v in result.items()))
+        return result
 
     def predict(self, x, batch_size: int = 256) -> np.ndarray:
-        """Outputs for every sample of x in inference mode, as one NumPy array."""
-        outs = []
-        for start in range(0, len(x), batch_size):
-            out = self.forward(x[start:start + batch_size], training=False)
-            outs.append(np.array(self.ops.to_numpy(out)))
-        if not outs:
+        """Outputs for every sample of x in inference mode, as one NumPy array (no compile needed)."""
+        x = _as_data(x, "x")
+        if len(x) == 0:
             raise ValueError("predict: x is empty")
+        outs = [np.array(self.ops.to_numpy(self.forward(x[start:start + batch_size], training=False)))
+                for start in range(0, len(x), int(batch_size))]
         return np.concatenate(outs)
+
+
+class _Totals:
+    """Sample-weighted running means of the loss and the metrics over an epoch."""
+
+    def __init__(self, metric_fns: dict):
+        self.metric_fns = metric_fns
+        self.sums = {"loss": 0.0, **{k: 0.0 for k in metric_fns}}
+        self.counts = dict.fromkeys(self.sums, 0)
+
+    def add_loss(self, loss: float, n: int) -> None:
+        self.sums["loss"] += loss * n
+        self.counts["loss"] += n
+
+    def add_metrics(self, pred: np.ndarray, target: np.ndarray) -> None:
+        for name, fn in self.metric_fns.items():
+            s, c = fn(pred, np.asarray(target))
+            self.sums[name] += s
+            self.counts[name] += c
+
+    def means(self) -> dict:
+        return {k: self.sums[k] / max(self.counts[k], 1) for k in self.sums}
+
+
+def _as_data(data, name: str):
+    """Arrays (NumPy or torch) pass through; lists and other sequences become NumPy arrays."""
+    if data is None:
+        raise ValueError(f"{name} is required (got None)")
+    if isinstance(data, np.ndarray) or type(data).__module__.startswith("torch"):
+        return data
+    return np.asarray(data)

@@ -43,7 +43,8 @@ class Dense(Layer):
 
     def check_input(self, x):
         if x.ndim < 2 or x.shape[-1] != self.in_features:
-            raise ShapeError(f"{self!r}: expected input of shape (N, ..., {self.in_features}), got {tuple(x.shape)}")
+            raise ShapeError(f"{self!r}: expected input of shape (N, ..., {self.in_features}), "
+                             f"got {tuple(x.shape)}")
 
     def forward(self, x, training: bool = True):
         self._x_shape = x.shape

@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+
+import neuronet as nn
+from neuronet.testing import check_gradients
+
+
+def _forward(layer, x, training=True):
+    if not layer.built:
+        layer.build(x.shape[1:], dtype=str(x.dtype))
+    return np.asarray(layer.ops.to_numpy(layer.forward(layer.ops.asarray(x), training=training)))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
+def test_mask_statistics_and_scaling(p):
+    x = np.ones((200, 500), np.float32)
+    y = _forward(nn.Dropout(p), x)
+    dropped = np.mean(y == 0)
+    assert abs(dropped - p) < 0.01  # 100k Bernoulli draws: std ~0.0016
+    np.testing.assert_allclose(y[y != 0], 1.0 / (1.0 - p), rtol=1e-6)
+    assert abs(y.mean() - 1.0) < 0.03  # inverted dropout keeps the expectation
+
+
+def test_identity_at_eval_and_with_p_zero():
+    x = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+    layer = nn.Dropout(0.5)
+    np.testing.assert_array_equal(_forward(layer, x, training=False), x)
+    np.testing.assert_array_equal(layer.backward(x), x)
+    np.testing.assert_array_equal(_forward(nn.Dropout(0.0), x, training=True), x)
+
+
+def test_backward_uses_the_forward_mask():
+    x = np.random.default_rng(1).standard_normal((8, 10)) + 5.0  # no exact zeros
+    layer = nn.Dropout(0.3)
+    y = _forward(layer, x)
+    dy = np.random.default_rng(2).standard_normal(x.shape)
+    dx = layer.backward(dy)
+    mask = y / x  # 0 or 1/(1-p)
+    np.testing.assert_allclose(dx, dy * mask, rtol=1e-12)
+
+
+def test_gradcheck_with_a_fixed_mask():
+    x = np.random.default_rng(3).standard_normal((3, 5))
+    check_gradients(nn.Dropout(0.4), x, reseed=lambda: nn.manual_seed(7))
+
+
+def test_seed_reproduces_the_mask_on_both_backends():
+    x = np.ones((16, 32), np.float32)
+    nn.manual_seed(3)
+    a = _forward(nn.Dropout(0.5), x)
+    nn.manual_seed(3)
+    layer = nn.Dropout(0.5)
+    layer.build((32,))
+    layer.to("torch")
+    b = _forward(layer, x)
+    np.testing.assert_array_equal(a, b)
+    nn.manual_seed(4)
+    assert not np.array_equal(a, _forward(nn.Dropout(0.5), x))
+
+
+def test_bad_p_is_rejected():
+    for p in (-0.1, 1.0, 2):
+        with pytest.raises(ValueError, match="Dropout: p must be in"):
+            nn.Dropout(p)
+
+
+def test_dropout_in_a_model_is_off_in_predict():
+    model = nn.Sequential(nn.Dense(4, 4), nn.Dropout(0.9))
+    x = np.ones((3, 4), np.float32)
+    np.testing.assert_array_equal(model.predict(x), model.predict(x))
+    np.testing.assert_allclose(model.predict(x), model.forward(x, training=False))
