@@ -4,6 +4,7 @@ Loaders take a local folder. When its files are absent they are downloaded if a 
 otherwise ``DatasetNotFoundError`` says which files to put where.
 """
 
+from .cifar10 import load_cifar10, read_cifar10_bin
 from .datasets import CharDataset, load_csv, load_digits
 from .download import DatasetNotFoundError
 from .mnist import load_fashion_mnist, load_mnist, read_idx
@@ -12,3 +13,4 @@ from .transforms import augment_images, batches, normalize, one_hot, standardize
 __all__ = ["CharDataset", "DatasetNotFoundError", "augment_images", "batches", "load_csv", "load_digits",
            "load_fashion_mnist", "load_mnist", "normalize", "one_hot", "read_idx", "standardize",
            "train_test_split"]
+__all__ += ["load_cifar10", "read_cifar10_bin"]
