@@ -176,3 +176,23 @@ def test_info_lists_backends(capsys):
 def test_bench_without_matching_scripts(capsys):
     assert main(["bench", "--only", "no_such_benchmark"]) == 1
     assert "no benchmark scripts found" in capsys.readouterr().err
+
+
+def test_dataset_sources_text_and_csv(data_root):
+    from neuronet.cli.pipeline import Preprocessor, load_dataset
+
+    base = {
+        "path": None,
+        "label_column": -1,
+        "block_size": 16,
+        "limit": 0,
+        "splits": {"test": 0.1, "validation": 0.0},
+    }
+    text = load_dataset({**base, "source": "text", "path": str(data_root / "camoes" / "camoes.txt")}, seed=0)
+    assert text.x_train.shape[1] == 16 and text.x_train.dtype == np.int64
+    np.testing.assert_array_equal(text.x_train[:, 1:], text.y_train[:, :-1])
+    assert Preprocessor().fit(text.x_train, "text")(text.x_train).dtype == np.int64  # token ids stay integers
+    digits = load_dataset({**base, "source": "digits", "limit": 100}, seed=0)
+    assert digits.x_train.shape == (100, 1, 8, 8) and len(digits.x_test) == 180
+    table = load_dataset({**base, "source": "csv", "path": str(data_root / "iris" / "iris.csv")}, seed=0)
+    assert table.x_train.shape == (135, 4) and set(table.y_train.tolist()) == {0, 1, 2}

@@ -52,6 +52,12 @@ class StopOnInterrupt(Callback):
         )
 
 
+def run_name(config_path: str) -> str:
+    """The config's file name, or its folder's name for the usual ``<example>/config.yaml``."""
+    path = Path(config_path).resolve()
+    return path.parent.name if path.stem == "config" else path.stem
+
+
 def select_device(name: str) -> str:
     """``auto`` -> cuda, then mps, else NumPy on the CPU (fastest for small models); ``cpu`` is NumPy."""
     from ..backend import available
@@ -99,7 +105,7 @@ def run(
     if epochs is not None:
         cfg["training"]["epochs"] = epochs
     out = cfg["output"]
-    folder = Path(output_dir or out["dir"] or Path("runs") / Path(config_path).stem)
+    folder = Path(output_dir or out["dir"] or Path("runs") / run_name(config_path))
     folder.mkdir(parents=True, exist_ok=True)
     seed = cfg["training"]["seed"]
     nn.manual_seed(seed)
@@ -177,7 +183,7 @@ def run(
         summary["test"] = model.evaluate(x_test, y_test, batch_size=max(256, cfg["training"]["batch_size"]))
     if plot or out["plot"]:
         name = out["plot"] if isinstance(out["plot"], str) else "history.png"
-        summary["plot"] = str(plot_history(history.history, folder / name, title=Path(config_path).stem))
+        summary["plot"] = str(plot_history(history.history, folder / name, title=run_name(config_path)))
     for fmt in cfg["export"]["formats"]:
         summary[fmt] = str(export(model, fmt, model_path.with_suffix(f".{fmt}")))
     if verbose:
