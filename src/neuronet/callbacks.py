@@ -148,7 +148,7 @@ class EarlyStopping(_Monitor):
                 self._best_params = np.array(self.model.ops.to_numpy(self.model.flat_params))
             return
         self.wait += 1
-        if self.wait > self.patience:
+        if self.wait >= self.patience:  # Keras: stop after `patience` epochs without improvement
             self.stopped_epoch = epoch
             self.model.stop_training = True
             if self._best_params is not None:

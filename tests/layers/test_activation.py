@@ -45,7 +45,8 @@ def test_activation_gradcheck(case):
     check_gradients(CASES[case][0](), x)
 
 
-@pytest.mark.parametrize("case", ["relu", "leaky_relu", "leaky_relu_0.2", "elu", "elu_0.5", "selu", "gelu", "silu"])
+@pytest.mark.parametrize("case", ["relu", "leaky_relu", "leaky_relu_0.2", "elu", "elu_0.5", "selu", "gelu",
+                                  "silu"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_derivative_at_exactly_zero_is_torchs(case, dtype):
     """ReLU'(0) = 0, LeakyReLU'(0) = alpha, ELU/SELU at 0 as torch's autograd (alpha, scale * alpha)."""
@@ -67,7 +68,8 @@ def test_known_derivatives_at_zero():
 
 def test_dense_derivative_at_zero_preactivation_matches_torch():
     """The fused Dense + activation path takes the same convention at z = 0 as the standalone layer."""
-    for act, mod in [("relu", torch.nn.ReLU()), ("leaky_relu", torch.nn.LeakyReLU()), ("elu", torch.nn.ELU())]:
+    pairs = [("relu", torch.nn.ReLU()), ("leaky_relu", torch.nn.LeakyReLU()), ("elu", torch.nn.ELU())]
+    for act, mod in pairs:
         module = torch.nn.Sequential(torch.nn.Linear(3, 2), mod)
         with torch.no_grad():
             module[0].weight.zero_()
