@@ -110,7 +110,7 @@ class Loss(Workspace):
                              f"{tuple(pred.shape)}), got {tuple(t.shape)}")
         if ops.is_floating(t) or np.dtype(ops.dtype_name(t)).kind not in "iu":
             raise TypeError(f"{name}: class targets must be integers, got {ops.dtype_name(t)}")
-        t = t.reshape(-1)
+        t = ops.asarray(t, "int64").reshape(-1)  # as an index (torch reads uint8 as a mask)
         c = pred.shape[-1]
         if t.shape[0]:
             lo, hi = ops.item(xp.amin(t)), ops.item(xp.amax(t))

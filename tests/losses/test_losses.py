@@ -194,3 +194,13 @@ def test_losses_are_registered_and_rebuild_from_config():
         loss = cls()
         assert repr(type(loss)(**loss.get_config())) == repr(loss)
     assert repr(nn.HuberLoss(0.5)) == "HuberLoss(delta=0.5)"
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.int64])
+def test_class_targets_of_any_integer_dtype(dtype, backend):
+    ops = nn.backends.get_ops(backend)
+    x = np.random.default_rng(8).standard_normal((4, 5))
+    target = np.array([0, 1, 4, 2])
+    want = F.cross_entropy(torch.tensor(x), torch.tensor(target)).item()
+    assert nn.CrossEntropyLoss()(ops.asarray(x), target.astype(dtype)) == pytest.approx(want, rel=1e-12)
+    assert nn.NLLLoss()(ops.asarray(x), target.astype(dtype)) == pytest.approx(-x[range(4), target].mean())
