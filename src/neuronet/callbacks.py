@@ -177,37 +177,14 @@ class ModelCheckpoint(_Monitor):
         self.model.save(self.path.format(epoch=epoch + 1, **logs))
 
 
-class ReduceLROnPlateau(_Monitor):
-    """Multiply the learning rate by ``factor`` after ``patience`` epochs without improvement."""
+def __getattr__(name: str):
+    # ReduceLROnPlateau is ONE class: the scheduler in optim/schedulers.py, which is also this fit callback
+    # (it subclasses Callback, hence the lazy import).
+    if name == "ReduceLROnPlateau":
+        from .optim.schedulers import ReduceLROnPlateau
 
-    def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10, min_lr: float = 0.0,
-                 min_delta: float = 1e-4, cooldown: int = 0, mode: str = "auto", verbose: int = 0):
-        super().__init__(monitor, mode, min_delta)
-        if not 0.0 < factor < 1.0:
-            raise ValueError(f"ReduceLROnPlateau: factor must be in (0, 1), got {factor}")
-        self.factor, self.patience, self.min_lr = float(factor), int(patience), float(min_lr)
-        self.cooldown, self.verbose = int(cooldown), verbose
-        self.wait = self.cooldown_counter = 0
-
-    def on_epoch_end(self, epoch, logs=None):
-        value = self._current(logs)
-        if self.cooldown_counter > 0:
-            self.cooldown_counter -= 1
-            self.wait = 0
-        if self._improved(value):
-            self.best, self.wait = value, 0
-            return
-        if self.cooldown_counter > 0:
-            return
-        self.wait += 1
-        if self.wait > self.patience:
-            opt = self.model.optimizer
-            new_lr = max(opt.lr * self.factor, self.min_lr)
-            if new_lr < opt.lr:
-                opt.lr = new_lr
-                if self.verbose:
-                    print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new_lr:.3g}")
-            self.cooldown_counter, self.wait = self.cooldown, 0
+        return ReduceLROnPlateau
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class CSVLogger(Callback):
