@@ -106,6 +106,8 @@ class _BatchNorm(Layer):
         xp.sum(dx, axis=(0, 2), keepdims=True, out=dweight)
         self.grads["weight"] += dweight.reshape(c)
         self.grads["bias"] += dbias.reshape(c)
+        if not self.needs_input_grad:
+            return None
         scale = self.workspace("scale", stat)
         xp.multiply(self.params["weight"].reshape(stat), self._rstd, out=scale)
         if self._training:

@@ -90,9 +90,9 @@ class _Conv(Layer):
         ops.matmul(self.params["weight"].reshape(o, k), self._cols, out=z)
         if self.use_bias:
             z += self.params["bias"].reshape(o, 1)
-        # relu & co. are differentiated from their output: activate in place and keep only that.
-        a = z if self.activation in OUTPUT_DERIVATIVE else self.workspace("a", (o, n * p))
-        if self.activation != "linear":
+        a = z
+        if self.activation != "linear":  # into its own buffer: in place, the Numba pass is slower
+            a = self.workspace("a", (o, n * p))
             ops.activation(self.activation, z, a)
         self._z, self._a = z, a
         y = self.workspace("y", (n, o, p))
@@ -103,16 +103,20 @@ class _Conv(Layer):
         ops, n = self.ops, dy.shape[0]
         c, o, (kh, kw), (oh, ow) = self.in_channels, self.out_channels, self._kernel2d, self._out2d
         k, p = c * kh * kw, oh * ow
-        dz = self.workspace("dz", (o, n, p))
-        ops.copy_(dz, ops.swapaxes(dy.reshape(n, o, p), 0, 1))  # (N, O, P) -> (O, N, P)
-        dz = dz.reshape(o, n * p)
-        if self.activation != "linear":
-            ops.activation_backward(self.activation, dz, self._z, self._a, dz)
+        dy_t = self.workspace("dy_t", (o, n, p))
+        ops.copy_(dy_t, ops.swapaxes(dy.reshape(n, o, p), 0, 1))  # (N, O, P) -> (O, N, P)
+        dz = dy_t = dy_t.reshape(o, n * p)
+        if self.activation != "linear":  # (not in place: the aliased Numba loop does not vectorise)
+            dz = self.workspace("dz", (o, n * p))
+            z = None if self.activation in OUTPUT_DERIVATIVE else self._z
+            ops.activation_backward(self.activation, dy_t, z, self._a, dz)
         ops.matmul_acc(dz, self._cols.T, self.grads["weight"].reshape(o, k), self.workspace("dw", (o, k)))
         if self.use_bias:
             db = self.workspace("db", (o,))
             ops.xp.sum(dz, axis=1, out=db)
             self.grads["bias"] += db
+        if not self.needs_input_grad:
+            return None
         dcols = self.workspace("dcols", (k, n * p))
         ops.matmul(self.params["weight"].reshape(o, k).T, dz, out=dcols)
         dx = self.workspace("dx", (n, c, *self._in2d))
