@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 import harness
+import numpy as np
 
 TRAIN_BATCH, PREDICT_BATCH = 64, 256
 
