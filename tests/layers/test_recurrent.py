@@ -68,7 +68,7 @@ def test_torch_backend_matches_numpy(kind, dtype, atol):
         layer.zero_grad()
         dx = layer.ops.to_numpy(layer.backward(layer.ops.asarray(dy)))
         results.append((np.array(y), np.array(dx), np.array(layer.ops.to_numpy(layer.flat_grads))))
-    for a, b in zip(*results):
+    for a, b in zip(*results, strict=True):
         np.testing.assert_allclose(a, b, atol=atol, rtol=1e-5)
 
 

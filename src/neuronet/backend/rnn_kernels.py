@@ -26,6 +26,7 @@ _P13, _P11, _P9, _P7, _P5, _P3, _P1 = (_F(c) for c in (
 _Q6, _Q4, _Q2, _Q0 = (_F(c) for c in (
     1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03))
 _HALF = _F(0.5)
+_ONE = _F(1.0)  # exact in float32 and float64: keeps the float32 kernels in float32
 
 
 @jit
@@ -52,7 +53,7 @@ def _tanh(v, fast):
 
 @jit
 def _sigmoid(v, fast):
-    return _HALF * _tanh_f32(_HALF * v) + _HALF if fast else 1.0 / (1.0 + math.exp(-v))
+    return _HALF * _tanh_f32(_HALF * v) + _HALF if fast else _ONE / (_ONE + math.exp(-v))
 
 
 @jit
@@ -89,11 +90,11 @@ def lstm_cell_backward(gates, c_prev, tanh_c, dh, dc, dgates):
             o = gates[r, 3 * hidden + j]
             t = tanh_c[r, j]
             d = dh[r, j]
-            dct = dc[r, j] + d * o * (1.0 - t * t)
-            dgates[r, j] = dct * g * i * (1.0 - i)
-            dgates[r, hidden + j] = dct * c_prev[r, j] * f * (1.0 - f)
-            dgates[r, 2 * hidden + j] = dct * i * (1.0 - g * g)
-            dgates[r, 3 * hidden + j] = d * t * o * (1.0 - o)
+            dct = dc[r, j] + d * o * (_ONE - t * t)
+            dgates[r, j] = dct * g * i * (_ONE - i)
+            dgates[r, hidden + j] = dct * c_prev[r, j] * f * (_ONE - f)
+            dgates[r, 2 * hidden + j] = dct * i * (_ONE - g * g)
+            dgates[r, 3 * hidden + j] = d * t * o * (_ONE - o)
             dc[r, j] = dct * f
 
 
@@ -115,7 +116,7 @@ def gru_cell_forward(gates, gh, b_ih, b_hh, h_prev, hn, h, fast):
             nj = _tanh(row[k] + b_ih[k] + row[j] * hnj, fast)
             row[k] = nj
             z = row[hidden + j]
-            h[r, j] = (1.0 - z) * nj + z * h_prev[r, j]
+            h[r, j] = (_ONE - z) * nj + z * h_prev[r, j]
 
 
 @jit
@@ -128,9 +129,9 @@ def gru_cell_backward(gates, hn, h_prev, dh, dgx, dgh, dh_direct):
             z = gates[r, hidden + j]
             n = gates[r, 2 * hidden + j]
             d = dh[r, j]
-            dn = d * (1.0 - z) * (1.0 - n * n)
-            dz = d * (h_prev[r, j] - n) * z * (1.0 - z)
-            dr = dn * hn[r, j] * rr * (1.0 - rr)
+            dn = d * (_ONE - z) * (_ONE - n * n)
+            dz = d * (h_prev[r, j] - n) * z * (_ONE - z)
+            dr = dn * hn[r, j] * rr * (_ONE - rr)
             dgx[r, j] = dr
             dgx[r, hidden + j] = dz
             dgx[r, 2 * hidden + j] = dn

@@ -1,0 +1,63 @@
+"""Sequential-MNIST LSTM (28 steps x 28 features -> 128 hidden -> Dense 10), batch 64, Adam, float32:
+training steps, neuronet vs PyTorch nn.LSTM (CPU)."""
+
+from __future__ import annotations
+
+import harness
+import numpy as np
+
+BATCH, STEPS, FEATURES, HIDDEN, CLASSES = 64, 28, 28, 128, 10
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    return rng.random((BATCH, STEPS, FEATURES), dtype=np.float32), rng.integers(0, CLASSES, BATCH)
+
+
+def neuronet(backend: str):
+    def build():
+        import neuronet as nn
+
+        x, y = _data()
+        model = nn.Sequential(nn.LSTM(FEATURES, HIDDEN), nn.Dense(HIDDEN, CLASSES))
+        model.compile(optimizer=nn.Adam(1e-3), loss=nn.CrossEntropyLoss())
+        model.build((STEPS, FEATURES))
+        model.to(backend)
+        if backend != "numpy":
+            x, y = model.ops.asarray(x), model.ops.asarray(y)
+        return lambda: model.train_step(x, y)
+    return build
+
+
+def pytorch():
+    import torch
+
+    x, y = _data()
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = torch.nn.LSTM(FEATURES, HIDDEN, batch_first=True)
+            self.head = torch.nn.Linear(HIDDEN, CLASSES)
+
+        def forward(self, x):
+            return self.head(self.lstm(x)[1][0][-1])
+
+    model = Net()
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss.item()
+    return step
+
+
+ENGINES = {"neuronet-numpy": neuronet("numpy"), "neuronet-torch": neuronet("torch"), "pytorch": pytorch}
+
+if __name__ == "__main__":
+    harness.main(ENGINES, "LSTM 28x28 -> 128 -> 10 (sequential MNIST), batch 64, Adam, float32 (train step)")
