@@ -35,33 +35,31 @@ def _write(tmp_path, cfg=TINY, name="tiny.yaml"):
     return path
 
 
-def _run(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "neuronet.cli.main", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+# One interpreter runs the three commands in sequence (each process start costs seconds of imports).
+SCRIPT = """
+import sys
+from neuronet.cli.main import main
+for argv in (["train", "tiny.yaml", "-o", "out", "--quiet"], ["evaluate", "out/model.nnet", "digits"],
+             ["predict", "out/model.nnet", "x.npy", "--output", "p.npy"]):
+    code = main(argv)
+    if code:
+        sys.exit(code)
+"""
 
 
 def test_train_evaluate_predict_end_to_end(tmp_path):
-    config = _write(tmp_path)
-    done = _run("train", str(config), "-o", "out", "--plot", "--quiet", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert {p.name for p in (tmp_path / "out").iterdir()} >= {"model.nnet", "history.csv", "history.png"}
-    assert (tmp_path / "out" / "history.png").read_bytes()[:4] == b"\x89PNG"
-    header, row = (tmp_path / "out" / "history.csv").read_text().splitlines()
-    assert header == "epoch,loss,accuracy" and row.startswith("0,")
-
+    _write(tmp_path)
     x, y = nn.data.load_digits()
     np.save(tmp_path / "x.npy", x[:4])
-    done = _run("evaluate", "out/model.nnet", "digits", cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
-    accuracy = float(done.stdout.split("accuracy ")[1])
+    assert {p.name for p in (tmp_path / "out").iterdir()} >= {"model.nnet", "history.csv"}
+    header, row = (tmp_path / "out" / "history.csv").read_text().splitlines()
+    assert header == "epoch,loss,accuracy" and row.startswith("0,")
+    accuracy = float(done.stdout.split("accuracy ")[1].split()[0])
     assert accuracy > 0.5  # one epoch of a tiny MLP: well above chance (0.1)
-    done = _run("predict", "out/model.nnet", "x.npy", "--output", "p.npy", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
     model = nn.load(tmp_path / "out" / "model.nnet")
     np.testing.assert_allclose(np.load(tmp_path / "p.npy"), model.predict(x[:4]), rtol=1e-6)
 
@@ -72,6 +70,7 @@ def test_predict_prints_classes_and_evaluate_reads_files(tmp_path, capsys):
     x, y = nn.data.load_digits()
     np.save(tmp_path / "x.npy", x[:3])
     np.savez(tmp_path / "xy.npz", x=x[:50], y=y[:50])
+    capsys.readouterr()
     assert main(["predict", str(tmp_path / "out" / "model.nnet"), str(tmp_path / "x.npy")]) == 0
     assert capsys.readouterr().out.splitlines()[0].startswith("0: class ")
     assert main(["evaluate", str(tmp_path / "out" / "model.nnet"), str(tmp_path / "xy.npz")]) == 0
@@ -152,7 +151,8 @@ def test_augmentation_and_validation_split(tmp_path):
     cfg = yaml.safe_load(yaml.safe_dump(TINY))
     cfg["preprocessing"] = {"augmentation": {"shift": 1, "rotate": 10}, "normalization": "standardize"}
     cfg["dataset"]["splits"]["validation"] = 0.1
-    summary = train_module.run(str(_write(tmp_path, cfg)), str(tmp_path / "out"), verbose=0)
+    summary = train_module.run(str(_write(tmp_path, cfg)), str(tmp_path / "out"), plot=True, verbose=0)
+    assert open(summary["plot"], "rb").read(4) == b"\x89PNG"
     model = nn.load(summary["model"])
     assert model.extra["preprocessing"]["normalization"] == "standardize"
     assert "val_loss" in model.saved_history and summary["test"]["accuracy"] > 0.3

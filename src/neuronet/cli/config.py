@@ -234,15 +234,18 @@ def compile_model(model, cfg: dict) -> None:
 
 
 def build_callbacks(cfg: dict) -> list:
-    from .. import callbacks as cb_module
+    """``training.callbacks``: any public neuronet Callback (EarlyStopping, ReduceLROnPlateau, ...)."""
+    import neuronet
 
+    from ..callbacks import Callback
+
+    public = {name: getattr(neuronet, name) for name in neuronet.__all__}
     registry = {
         name: obj
-        for name, obj in vars(cb_module).items()
+        for name, obj in public.items()
         if isinstance(obj, type)
-        and issubclass(obj, cb_module.Callback)
-        and not name.startswith("_")
-        and name not in ("Callback", "CallbackList", "History", "ProgressBar")
+        and issubclass(obj, Callback)
+        and name not in ("Callback", "History", "ProgressBar")
     }
     return [
         construct(registry, spec, f"training.callbacks[{i}]")

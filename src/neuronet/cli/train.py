@@ -186,13 +186,10 @@ def run(
         summary["plot"] = str(plot_history(history.history, folder / name, title=run_name(config_path)))
     for fmt in cfg["export"]["formats"]:
         summary[fmt] = str(export(model, fmt, model_path.with_suffix(f".{fmt}")))
-    if verbose:
-        tested = ", ".join(f"{k} {v:.4f}" for k, v in summary.get("test", {}).items())
-        print(f"trained {summary['epochs']} epochs in {seconds:.1f} s; test: {tested or 'no test split'}")
-        print(
-            "wrote "
-            + ", ".join(str(v) for k, v in summary.items() if k in ("model", "history", "plot", *EXPORTS))
-        )
+    tested = ", ".join(f"{k} {v:.4f}" for k, v in summary.get("test", {}).items())
+    print(f"trained {summary['epochs']} epochs in {seconds:.1f} s; test: {tested or 'no test split'}")
+    written = [str(v) for k, v in summary.items() if k in ("model", "history", "plot", *EXPORTS)]
+    print("wrote " + ", ".join(written))
     return summary
 
 
@@ -265,7 +262,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--epochs", type=int, help="override training.epochs")
     p.add_argument("--plot", action="store_true", help="also write a PNG of the loss/metric curves")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary table")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or model table (results only)")
     p.add_argument("--resume", action="store_true", help="continue from the output model file if it exists")
     p.set_defaults(func=lambda a: _cmd(a))
 
