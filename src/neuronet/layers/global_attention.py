@@ -60,9 +60,7 @@ class GlobalAttention(Layer):
     def backward(self, dy):
         ops, p, g, x, u, a = self.ops, self.params, self.grads, self._x, self._u, self._a
         n, steps, d = x.shape
-        # y = sum_t a_t x_t:  dx_t = a_t dy (+ the path through the scores),  da_t = x_t . dy
-        dx = self.workspace("dx", (n, steps, d))
-        ops.xp.multiply(a.reshape(n, steps, 1), dy.reshape(n, 1, d), out=dx)
+        # y = sum_t a_t x_t:  da_t = x_t . dy,  dx_t = a_t dy (+ the path through the scores, below)
         ds = self.workspace("ds", (n, steps))
         ops.matmul(x, dy.reshape(n, d, 1), out=ds.reshape(n, steps, 1))
         ops.activation_backward("softmax", ds, None, a, ds)
@@ -76,6 +74,10 @@ class GlobalAttention(Layer):
         rows = x.reshape(n * steps, d)
         ops.matmul_acc(dz.T, rows, g["weight"], self.workspace("dw", (d, d)))
         ops.sum_rows_acc(dz, g["bias"])
+        if not self.needs_input_grad:
+            return None
+        dx = self.workspace("dx", (n, steps, d))
+        ops.xp.multiply(a.reshape(n, steps, 1), dy.reshape(n, 1, d), out=dx)
         dx_scores = self.workspace("dx_scores", (n * steps, d))
         ops.matmul(dz, p["weight"], out=dx_scores)
         dx += dx_scores.reshape(n, steps, d)

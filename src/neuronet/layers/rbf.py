@@ -77,6 +77,8 @@ class RBF(Layer):
         self.grads["centers"] += dc
         ops.matmul(g.T, x, out=dc)
         self.grads["centers"] -= dc
+        if not self.needs_input_grad:
+            return None
         dx = self.workspace("dx", (m, self.in_features))
         ops.matmul(g, c, out=dx)
         dx *= -1.0

@@ -69,7 +69,7 @@ class _Direction(Workspace):
 
     def backward(self, dy, cols: slice, sequences: bool, dx_tm, accumulate: bool) -> None:
         """Back-propagate dy (its slice ``cols`` is this direction's); write, or add, dL/dx into the
-        time-major dx_tm (T, N, I)."""
+        time-major dx_tm (T, N, I) unless it is None."""
         ops, cell = self.ops, self.cell
         steps, n, size_in = self.x.shape
         hid, width = cell.hidden_size, cell.gates * cell.hidden_size
@@ -92,6 +92,8 @@ class _Direction(Workspace):
         ops.matmul_acc(dgh.T, hrows, self.grad("weight_hh"), self.workspace("dw_hh", (width, hid)))
         ops.sum_rows_acc(dgx, self.grad("bias_ih"))
         ops.sum_rows_acc(dgh, self.grad("bias_hh"))
+        if dx_tm is None:
+            return
         direct = not (accumulate or self.reverse)  # already in time order: the GEMM writes dx_tm itself
         dxt = dx_tm if direct else self.workspace("dx", (steps, n, size_in))
         ops.matmul(dgx, self.param("weight_ih"), out=dxt.reshape(steps * n, size_in))
@@ -137,11 +139,13 @@ class _RecurrentLayer(Layer):
 
     def backward(self, dy):
         n, steps, size_in = self._x_shape
-        dx_tm = self.workspace("dx_tm", (steps, n, size_in))
+        dx_tm = self.workspace("dx_tm", (steps, n, size_in)) if self.needs_input_grad else None
         hid = self.hidden_size
         for j, direction in enumerate(self._directions):
             cols = slice(j * hid, (j + 1) * hid)
             direction.backward(dy, cols, self.return_sequences, dx_tm, accumulate=j > 0)
+        if dx_tm is None:
+            return None
         dx = self.workspace("dx", self._x_shape)
         self.ops.copy_(dx, self.ops.swapaxes(dx_tm, 0, 1))
         return dx
