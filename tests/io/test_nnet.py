@@ -20,8 +20,11 @@ def _data(n=96):
 
 def _model(optimizer=None):
     model = nn.Sequential(nn.Dense(6, 16, activation="relu"), nn.Dropout(0.2), nn.Dense(16, 3))
-    model.compile(optimizer=optimizer or nn.Adam(1e-2), loss=nn.CrossEntropyLoss(label_smoothing=0.1),
-                  metrics=["accuracy"])
+    model.compile(
+        optimizer=optimizer or nn.Adam(1e-2),
+        loss=nn.CrossEntropyLoss(label_smoothing=0.1),
+        metrics=["accuracy"],
+    )
     return model
 
 
@@ -83,6 +86,7 @@ def test_save_is_atomic(saved, monkeypatch):
 
     def crash(*args, **kwargs):
         raise OSError("disk full")
+
     monkeypatch.setattr("pathlib.Path.write_bytes", crash)
     with pytest.raises(OSError, match="disk full"):
         model.save(path)
@@ -102,7 +106,7 @@ def _rewrite(path, edit_header=None, edit_meta=None, data_cut=0, drop=None):
         save_file(tensors, str(path), metadata=metadata)
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    header, data = json.loads(raw[8:8 + n]), raw[8 + n:]
+    header, data = json.loads(raw[8 : 8 + n]), raw[8 + n :]
     if edit_meta:
         meta = json.loads(header["__metadata__"]["neuronet"])
         edit_meta(meta)
@@ -110,7 +114,7 @@ def _rewrite(path, edit_header=None, edit_meta=None, data_cut=0, drop=None):
     if edit_header:
         edit_header(header)
     blob = json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(blob)) + blob + data[:len(data) - data_cut])
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + data[: len(data) - data_cut])
 
 
 def _set_layer(meta, i, node):
@@ -120,28 +124,53 @@ def _set_layer(meta, i, node):
 BAD_FILES = {
     "truncated data": (dict(data_cut=5), "needs .* bytes"),
     "tensor count": (dict(drop="2.bias"), r"missing \['2.bias'\]"),
-    "wrong shape in JSON": (dict(edit_meta=lambda m: _set_layer(m, 2, {"type": "Dense", "config": {
-        "in_features": 16, "out_features": 4}})),
-        r"tensor '2.weight' is float32\[3, 16\].*needs float32\[4, 16\]"),
-    "unknown layer": (dict(edit_meta=lambda m: _set_layer(m, 1, {"type": "os.system", "config": {}})),
-                      "unknown layer class 'os.system'"),
-    "private base class": (dict(edit_meta=lambda m: _set_layer(m, 1, {"type": "_Conv", "config": {}})),
-                           "unknown layer class '_Conv'"),
-    "bad config": (dict(edit_meta=lambda m: _set_layer(m, 1, {"type": "Dropout", "config": {"p": 7}})),
-                   "Dropout cannot be rebuilt"),
-    "huge declared size": (dict(edit_meta=lambda m: _set_layer(m, 2, {"type": "Dense", "config": {
-        "in_features": 16, "out_features": 10**12}})), r"needs float32\[1000000000000, 16\]"),
-    "path-traversal name": (dict(edit_header=lambda h: h.update({"../../etc/passwd": h.pop("0.bias")})),
-                            "invalid tensor name"),
+    "wrong shape in JSON": (
+        dict(
+            edit_meta=lambda m: _set_layer(
+                m, 2, {"type": "Dense", "config": {"in_features": 16, "out_features": 4}}
+            )
+        ),
+        r"tensor '2.weight' is float32\[3, 16\].*needs float32\[4, 16\]",
+    ),
+    "unknown layer": (
+        dict(edit_meta=lambda m: _set_layer(m, 1, {"type": "os.system", "config": {}})),
+        "unknown layer class 'os.system'",
+    ),
+    "private base class": (
+        dict(edit_meta=lambda m: _set_layer(m, 1, {"type": "_Conv", "config": {}})),
+        "unknown layer class '_Conv'",
+    ),
+    "bad config": (
+        dict(edit_meta=lambda m: _set_layer(m, 1, {"type": "Dropout", "config": {"p": 7}})),
+        "Dropout cannot be rebuilt",
+    ),
+    "huge declared size": (
+        dict(
+            edit_meta=lambda m: _set_layer(
+                m, 2, {"type": "Dense", "config": {"in_features": 16, "out_features": 10**12}}
+            )
+        ),
+        r"needs float32\[1000000000000, 16\]",
+    ),
+    "path-traversal name": (
+        dict(edit_header=lambda h: h.update({"../../etc/passwd": h.pop("0.bias")})),
+        "invalid tensor name",
+    ),
     "huge tensor shape": (dict(edit_header=lambda h: h["0.weight"].update(shape=[2**40, 2**12])), "needs"),
-    "mistyped shape": (dict(edit_header=lambda h: h["0.weight"].update(shape="16x6")),
-                       "lists of non-negative"),
+    "mistyped shape": (
+        dict(edit_header=lambda h: h["0.weight"].update(shape="16x6")),
+        "lists of non-negative",
+    ),
     "mistyped input_shape": (dict(edit_meta=lambda m: m.update(input_shape=["6"])), "input_shape"),
     "wrong format version": (dict(edit_meta=lambda m: m.update(format_version=99)), "format_version 99"),
-    "unknown optimizer": (dict(edit_meta=lambda m: m["compile"]["optimizer"].update(type="Evil")),
-                          "unknown optimizer 'Evil'"),
-    "bad rng state": (dict(edit_meta=lambda m: m["training"].update(rng_state={"bit_generator": "PCG64"})),
-                      "rng_state is invalid"),
+    "unknown optimizer": (
+        dict(edit_meta=lambda m: m["compile"]["optimizer"].update(type="Evil")),
+        "unknown optimizer 'Evil'",
+    ),
+    "bad rng state": (
+        dict(edit_meta=lambda m: m["training"].update(rng_state={"bit_generator": "PCG64"})),
+        "rng_state is invalid",
+    ),
 }
 
 
@@ -177,3 +206,36 @@ def test_plain_safetensors_file_is_not_a_model(tmp_path):
     save_file({"w": np.zeros(3, np.float32)}, str(tmp_path / "plain.safetensors"))
     with pytest.raises(NnetFormatError, match="without neuronet metadata"):
         nn.load(tmp_path / "plain.safetensors")
+
+
+def test_buffers_and_conv_round_trip(tmp_path):
+    model = nn.Sequential(
+        nn.LAYERS["Conv2D"](1, 4, 3, padding=1),
+        nn.LAYERS["BatchNorm2D"](4),
+        nn.ReLU(),
+        nn.LAYERS["MaxPool2D"](2),
+        nn.Flatten(),
+        nn.Dense(16, 2),
+    )
+    x = np.random.default_rng(0).standard_normal((6, 1, 4, 4)).astype(np.float32)
+    model.compile(optimizer=nn.SGD(0.1, momentum=0.9), loss="cross_entropy")
+    model.fit(x, np.arange(6) % 2, epochs=2, batch_size=3, verbose=0)
+    model.save(tmp_path / "cnn.nnet")
+    loaded = nn.load(tmp_path / "cnn.nnet")
+    for key, value in model.state_dict().items():  # includes running_mean/var and int64 num_batches_tracked
+        np.testing.assert_array_equal(loaded.state_dict()[key], value, err_msg=key)
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+
+
+def test_torch_backend_model_saves_and_loads_on_either_backend(tmp_path):
+    x, y = _data(32)
+    model = _model().to("torch")
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    model.save(tmp_path / "t.nnet")
+    on_numpy = nn.load(tmp_path / "t.nnet", device="numpy")
+    on_torch = nn.load(tmp_path / "t.nnet", device="torch")
+    assert on_torch.ops.name != on_numpy.ops.name
+    np.testing.assert_allclose(on_numpy.predict(x), model.predict(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(on_torch.predict(x), model.predict(x), rtol=1e-5, atol=1e-6)
+    on_torch.fit(x, y, epochs=2, batch_size=16, verbose=0, initial_epoch=1)  # optimizer state lives on torch
+    assert on_torch.optimizer.iterations == 4

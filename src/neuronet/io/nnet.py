@@ -62,12 +62,12 @@ def save(model, path: str | os.PathLike, extra: dict | None = None) -> None:
     from ..core import random as nnrandom
 
     model._require_built("save")
-    tensors = {name: np.ascontiguousarray(value) for name, value in model.state_dict().items()}
+    tensors = {name: np.asarray(value, order="C") for name, value in model.state_dict().items()}
     compile_info = None
     if model.optimizer is not None and model.loss is not None:
         opt = model.optimizer
         for name, value in opt.state.items():
-            tensors[f"optimizer.{name}"] = np.ascontiguousarray(opt.ops.to_numpy(value))
+            tensors[f"optimizer.{name}"] = np.asarray(opt.ops.to_numpy(value), order="C")
         compile_info = {
             "optimizer": {"type": type(opt).__name__, "config": opt.get_config(),
                           "iterations": opt.iterations, "initial_lr": opt.initial_lr,
@@ -137,7 +137,7 @@ def read(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
         except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise NnetFormatError(f"{where}: header is not valid JSON ({e}); truncated or not a .nnet file"
                                   ) from None
-        data = f.read()
+        data = bytearray(f.read())  # writable, so the arrays below can go to torch without a warning
     if not isinstance(header, dict):
         raise NnetFormatError(f"{where}: header must be a JSON object")
     raw_meta = header.pop("__metadata__", None)
@@ -154,7 +154,7 @@ def read(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
     return meta, _tensors(header, data, where)
 
 
-def _tensors(header: dict, data: bytes, where: str) -> dict[str, np.ndarray]:
+def _tensors(header: dict, data: bytearray, where: str) -> dict[str, np.ndarray]:
     """Views of ``data`` for each header entry, after checking that entries tile the data exactly."""
     spans = []
     for name, entry in header.items():
