@@ -41,13 +41,13 @@ class Workspace:
         asked for; its contents are whatever was last written there.
         """
         store = self.__dict__.setdefault("_workspace", {})
+        dtypes = self.__dict__.setdefault("_workspace_dtypes", {})  # as allocated: cheaper than asking
         n = math.prod(shape)
-        dtype = self.dtype if dtype is None else dtype
+        dtype = self.dtype if dtype is None else np.dtype(dtype)
         buf = store.get(name)
-        if buf is None or buf.shape[0] < n or not self.ops.is_array(buf) or \
-                self.ops.dtype_name(buf) != str(np.dtype(dtype)):
-            buf = self.ops.empty((max(n, 1),), dtype)
-            store[name] = buf
+        if buf is None or buf.shape[0] < n or dtypes.get(name) != dtype or not self.ops.is_array(buf):
+            buf = store[name] = self.ops.empty((max(n, 1),), dtype)
+            dtypes[name] = dtype
         return buf[:n].reshape(shape)
 
     def clear_workspace(self) -> None:

@@ -50,6 +50,8 @@ class Sequential(Trainer, Layer):
     def _prepare_input(self, x):
         """Bring a batch onto this model's backend and dtype, building the model on first sight."""
         ops = self.ops
+        if type(x) is np.ndarray and x.dtype == self.dtype and ops.is_array(x) and x.ndim and self.built:
+            return x  # the common case, without the generic checks below
         x = ops.asarray(x)
         if x.ndim < 1:
             raise ShapeError("Sequential: expected a batch (N, ...), got a scalar")
