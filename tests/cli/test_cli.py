@@ -196,3 +196,6 @@ def test_dataset_sources_text_and_csv(data_root):
     assert digits.x_train.shape == (100, 1, 8, 8) and len(digits.x_test) == 180
     table = load_dataset({**base, "source": "csv", "path": str(data_root / "iris" / "iris.csv")}, seed=0)
     assert table.x_train.shape == (135, 4) and set(table.y_train.tolist()) == {0, 1, 2}
+    sample = str(data_root / "cifar10-sample" / "train_sample_200.bin")
+    cifar = load_dataset({**base, "source": "cifar10", "path": sample}, seed=0)
+    assert cifar.x_train.shape == (180, 3, 32, 32) and cifar.x_train.dtype == np.uint8

@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import data
-from .config import ConfigError
 
 IMAGE_SOURCES = ("digits", "mnist", "fashion_mnist", "cifar10")
-DEFAULT_FOLDERS = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "cifar10": "cifar10-sample"}
+DEFAULT_FOLDERS = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "cifar10": "cifar10"}
 
 
 def data_root() -> Path:
@@ -46,12 +45,12 @@ def load_dataset(ds: dict, seed: int) -> Splits:
         loader = data.load_mnist if source == "mnist" else data.load_fashion_mnist
         x_train, y_train, x_test, y_test = loader(root)
         splits = Splits(x_train[:, None], y_train, x_test[:, None], y_test)  # (N, 1, 28, 28)
-    elif source == "cifar10":
-        if not hasattr(data, "load_cifar10"):
-            raise ConfigError("dataset.source: cifar10 needs neuronet.data.load_cifar10, not available yet")
+    elif source == "cifar10":  # the standard batches in a folder, or one binary batch file split here
         root = Path(path) if path else data_root() / DEFAULT_FOLDERS[source]
-        loaded = data.load_cifar10(root)
-        splits = Splits(*loaded) if len(loaded) == 4 else Splits(*_split(*loaded, test, seed))
+        if root.suffix == ".bin":
+            splits = Splits(*_split(*data.read_cifar10_bin(root), test, seed))
+        else:
+            splits = Splits(*data.load_cifar10(root))
     elif source == "csv":
         x, y = data.load_csv(path, label_column=ds["label_column"])
         splits = Splits(*_split(x, y, test, seed))
