@@ -125,6 +125,14 @@ def test_config_object_errors_name_the_key(tmp_path, capsys):
     assert "training.optimizer (SGD): SGD: l" in capsys.readouterr().err
 
 
+def test_missing_dataset_says_where_to_put_it(tmp_path, capsys):
+    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+    cfg["dataset"] = {"source": "mnist", "path": str(tmp_path / "empty"), "download": False}
+    assert main(["train", str(_write(tmp_path, cfg)), "-o", str(tmp_path), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "MNIST: missing train-images-idx3-ubyte.gz" in err and str(tmp_path / "empty") in err
+
+
 def test_ctrl_c_stops_after_the_batch_and_saves(tmp_path, monkeypatch):
     class PressCtrlC(Callback):
         def on_batch_end(self, batch, logs=None):

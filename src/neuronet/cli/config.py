@@ -4,7 +4,7 @@ fill in defaults, and turn the ``type:`` entries into neuronet objects.
     model:        {layers: [{type: Dense, in_features: 64, out_features: 10}, ...], dtype: float32}
     training:     {epochs, batch_size, optimizer: {type: Adam, lr: 0.001}, loss, metrics, callbacks, seed}
     dataset:      {source: digits|mnist|fashion_mnist|cifar10|csv|text, path, splits: {test, validation},
-                   label_column, block_size, limit}
+                   label_column, block_size, limit, download}
     preprocessing: {normalization: auto|none|scale|standardize, scale, flatten,
                     augmentation: {shift, rotate, flip}}
     output:       {dir, model, history, plot}
@@ -75,6 +75,7 @@ SCHEMA: dict = {
         "label_column": Field((int, str), -1),
         "block_size": Field((int,), 64, check=(_positive, "a positive integer")),
         "limit": Field((int,), 0, check=(lambda v: v >= 0, "0 (all samples) or a positive integer")),
+        "download": Field((bool,), True),
     },
     "preprocessing": {
         "normalization": Field((str,), "auto", NORMALIZATIONS),

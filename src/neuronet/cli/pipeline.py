@@ -43,14 +43,14 @@ def load_dataset(ds: dict, seed: int) -> Splits:
     elif source in ("mnist", "fashion_mnist"):
         root = Path(path) if path else data_root() / DEFAULT_FOLDERS[source]
         loader = data.load_mnist if source == "mnist" else data.load_fashion_mnist
-        x_train, y_train, x_test, y_test = loader(root)
+        x_train, y_train, x_test, y_test = loader(root, download=ds.get("download", True))
         splits = Splits(x_train[:, None], y_train, x_test[:, None], y_test)  # (N, 1, 28, 28)
     elif source == "cifar10":  # the standard batches in a folder, or one binary batch file split here
         root = Path(path) if path else data_root() / DEFAULT_FOLDERS[source]
         if root.suffix == ".bin":
             splits = Splits(*_split(*data.read_cifar10_bin(root), test, seed))
         else:
-            splits = Splits(*data.load_cifar10(root))
+            splits = Splits(*data.load_cifar10(root, download=ds.get("download", True)))
     elif source == "csv":
         x, y = data.load_csv(path, label_column=ds["label_column"])
         splits = Splits(*_split(x, y, test, seed))
