@@ -32,6 +32,7 @@ class Splits:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    vocab: str | None = None  # text: the characters, in token-id order
 
 
 def load_dataset(ds: dict, seed: int) -> Splits:
@@ -61,7 +62,7 @@ def load_dataset(ds: dict, seed: int) -> Splits:
         x = chars.data[: n * t].reshape(n, t)
         y = chars.data[1 : n * t + 1].reshape(n, t)
         cut = n - max(1, int(n * test)) if test else n
-        splits = Splits(x[:cut], y[:cut], x[cut:], y[cut:])
+        splits = Splits(x[:cut], y[:cut], x[cut:], y[cut:], vocab="".join(chars.chars))
     if ds["limit"]:
         splits.x_train, splits.y_train = splits.x_train[: ds["limit"]], splits.y_train[: ds["limit"]]
     return splits

@@ -99,8 +99,6 @@ def run(
     """
     import neuronet as nn
 
-    from ..io.nnet import save
-
     cfg = load_config(config_path)
     if epochs is not None:
         cfg["training"]["epochs"] = epochs
@@ -145,6 +143,12 @@ def run(
         model.summary()
         print(f"data: {ds['source']} train {x_train.shape} test {x_test.shape}; device {device}; seed {seed}")
 
+    # what evaluate/predict need to treat new data the same way; kept in every file this model writes
+    model.extra = {
+        "dataset": {k: ds[k] for k in ("source", "path", "label_column", "block_size")}
+        | {"test": ds["splits"]["test"], "seed": seed, "vocab": splits.vocab},
+        "preprocessing": preprocess.to_json(),
+    }
     start = time.perf_counter()
     history = model.fit(
         x_train,
@@ -159,12 +163,7 @@ def run(
     seconds = time.perf_counter() - start
     if getattr(model, "saved_history", None):
         _prepend(history, model.saved_history)
-    extra = {
-        "dataset": {k: ds[k] for k in ("source", "path", "label_column", "block_size")}
-        | {"test": ds["splits"]["test"], "seed": seed},
-        "preprocessing": preprocess.to_json(),
-    }
-    save(model, model_path, extra=extra)
+    model.save(model_path)
     history.to_csv(str(folder / out["history"]))
     summary = {
         "model": str(model_path),
