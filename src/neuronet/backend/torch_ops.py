@@ -261,6 +261,44 @@ class TorchOps(Ops):
         dgh[:, 2 * dh.shape[1]:] *= r
         torch.mul(dh, z, out=dh_direct)
 
+    # ----------------------------------------------------------------- optimizer updates (torch.optim's ops)
+    def adam_step(self, p, g, m, v, scratch, *, lr, beta1, beta2, eps, weight_decay, step, decoupled):
+        if weight_decay and decoupled:
+            p.mul_(1.0 - lr * weight_decay)
+        elif weight_decay:
+            g = torch.add(g, p, alpha=weight_decay, out=scratch[0])
+        m.lerp_(g, 1.0 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+        denom = torch.sqrt(v, out=scratch[1]).div_((1.0 - beta2 ** step) ** 0.5).add_(eps)
+        p.addcdiv_(m, denom, value=-lr / (1.0 - beta1 ** step))
+
+    def sgd_step(self, p, g, buf, scratch, *, lr, momentum, dampening, nesterov, weight_decay, first):
+        if weight_decay:
+            g = torch.add(g, p, alpha=weight_decay, out=scratch[0])
+        if momentum:
+            if first:
+                buf.copy_(g)
+            else:
+                buf.mul_(momentum).add_(g, alpha=1.0 - dampening)
+            g = torch.add(g, buf, alpha=momentum, out=scratch[0]) if nesterov else buf
+        p.add_(g, alpha=-lr)
+
+    def rmsprop_step(self, p, g, square_avg, grad_avg, buf, scratch, *, lr, alpha, eps, weight_decay,
+                     momentum, centered):
+        if weight_decay:
+            g = torch.add(g, p, alpha=weight_decay, out=scratch[0])
+        square_avg.mul_(alpha).addcmul_(g, g, value=1.0 - alpha)
+        if centered:
+            grad_avg.lerp_(g, 1.0 - alpha)
+            avg = torch.addcmul(square_avg, grad_avg, grad_avg, value=-1.0, out=scratch[1]).sqrt_()
+        else:
+            avg = torch.sqrt(square_avg, out=scratch[1])
+        avg.add_(eps)
+        if momentum:
+            buf.mul_(momentum).addcdiv_(g, avg)
+            p.add_(buf, alpha=-lr)
+        else:
+            p.addcdiv_(g, avg, value=-lr)
 
 def _act(name, z, a):
     if name == "linear":
