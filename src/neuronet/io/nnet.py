@@ -64,18 +64,18 @@ def save(model, path: str | os.PathLike, extra: dict | None = None) -> None:
     model._require_built("save")
     tensors = {name: np.asarray(value, order="C") for name, value in model.state_dict().items()}
     compile_info = None
-    if model.optimizer is not None and model.loss is not None:
-        opt = model.optimizer
+    opt, loss = getattr(model, "optimizer", None), getattr(model, "loss", None)  # a bare Layer has neither
+    if opt is not None and loss is not None:
         for name, value in opt.state.items():
             tensors[f"optimizer.{name}"] = np.asarray(opt.ops.to_numpy(value), order="C")
         compile_info = {
             "optimizer": {"type": type(opt).__name__, "config": opt.get_config(),
                           "iterations": opt.iterations, "initial_lr": opt.initial_lr,
                           "state": list(opt.state)},
-            "loss": {"type": type(model.loss).__name__, "config": model.loss.get_config()},
+            "loss": {"type": type(loss).__name__, "config": loss.get_config()},
             "metrics": list(model.metric_fns),
         }
-    history = model.history
+    history = getattr(model, "history", None)
     epoch = history.epoch[-1] + 1 if history is not None and history.epoch else getattr(model, "epoch", 0)
     meta = {
         "format_version": FORMAT_VERSION,
@@ -94,7 +94,9 @@ def save(model, path: str | os.PathLike, extra: dict | None = None) -> None:
     for name, value in tensors.items():
         if value.dtype not in _DTYPE_CODES:
             raise TypeError(f"save: tensor {name!r} has dtype {value.dtype}, which .nnet files do not store")
-    blob = _safetensors_bytes(tensors, {"format": "neuronet", "neuronet": json.dumps(meta)})
+    from safetensors.numpy import save as safetensors_bytes
+
+    blob = safetensors_bytes(tensors, metadata={"format": "neuronet", "neuronet": json.dumps(meta)})
     with atomic_path(path, "save") as tmp:
         tmp.write_bytes(blob)
 
@@ -109,15 +111,9 @@ def describe(layer) -> dict:
     return node
 
 
-def _safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
-    from safetensors.numpy import save as st_save
-
-    return st_save(tensors, metadata=metadata)
-
-
 # --------------------------------------------------------------------------------------------- reading
 def read(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
-    """Parse and validate a ``.nnet`` file: returns (metadata, {name: read-only array}).
+    """Parse and validate a ``.nnet`` file: returns (metadata, {name: array}).
 
     Raises ``NnetFormatError`` for anything that is not a well-formed neuronet file.
     """
