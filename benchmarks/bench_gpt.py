@@ -1,0 +1,78 @@
+"""Char GPT (vocab 65, block 64, 4 layers, 4 heads, width 128, ff 512), batch 12, AdamW: training steps.
+
+The same model in PyTorch: nn.Embedding + a learned position table + 4 nn.TransformerEncoderLayer(
+norm_first=True, activation="gelu", batch_first=True, dropout=0) with the causal mask + LayerNorm + Linear,
+cross-entropy on (N, T, V) logits.
+"""
+
+from __future__ import annotations
+
+import harness
+import numpy as np
+
+VOCAB, BLOCK, LAYERS, HEADS, DIM, FF, BATCH = 65, 64, 4, 4, 128, 512, 12
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, VOCAB, (BATCH, BLOCK)), rng.integers(0, VOCAB, (BATCH, BLOCK))
+
+
+def neuronet(backend: str):
+    def build():
+        import neuronet as nn
+
+        x, y = _data()
+        model = nn.Sequential(
+            nn.Embedding(VOCAB, DIM), nn.PositionalEncoding(BLOCK, DIM, learned=True),
+            *[nn.TransformerBlock(DIM, HEADS, FF, causal=True) for _ in range(LAYERS)],
+            nn.LayerNorm(DIM), nn.Dense(DIM, VOCAB))
+        model.compile(optimizer=nn.AdamW(1e-3), loss=nn.CrossEntropyLoss())
+        model.build((BLOCK,))
+        model.to(backend)
+        if backend != "numpy":
+            x, y = model.ops.asarray(x), model.ops.asarray(y)
+        return lambda: model.train_step(x, y)
+    return build
+
+
+def pytorch():
+    import torch
+
+    class GPT(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok = torch.nn.Embedding(VOCAB, DIM)
+            self.pos = torch.nn.Parameter(torch.randn(BLOCK, DIM) * 0.02)
+            self.blocks = torch.nn.ModuleList(
+                torch.nn.TransformerEncoderLayer(DIM, HEADS, FF, dropout=0.0, activation="gelu",
+                                                 batch_first=True, norm_first=True) for _ in range(LAYERS))
+            self.norm = torch.nn.LayerNorm(DIM)
+            self.head = torch.nn.Linear(DIM, VOCAB)
+            self.register_buffer("mask", torch.nn.Transformer.generate_square_subsequent_mask(BLOCK))
+
+        def forward(self, idx):
+            h = self.tok(idx) + self.pos[: idx.shape[1]]
+            for block in self.blocks:
+                h = block(h, src_mask=self.mask, is_causal=True)
+            return self.head(self.norm(h))
+
+    x, y = (torch.from_numpy(a) for a in _data())
+    model = GPT()
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad()
+        loss = loss_fn(model(x).reshape(-1, VOCAB), y.reshape(-1))
+        loss.backward()
+        opt.step()
+        return loss.item()
+    return step
+
+
+ENGINES = {"neuronet-numpy": neuronet("numpy"), "neuronet-torch": neuronet("torch"), "pytorch": pytorch}
+
+if __name__ == "__main__":
+    harness.main(ENGINES, "char GPT 4 x (128 wide, 4 heads, ff 512), block 64, batch 12, AdamW, float32 "
+                 "(training step)", steps=30, warmup=5)
