@@ -225,9 +225,9 @@ class Ops:
 
     # ----------------------------------------------------------------- optimizer updates (whole flat buffer)
     # Each updates the flat parameters and optimizer state in place with the arithmetic of the single-tensor
-    # torch.optim step. This generic version works on NumPy and torch alike as in-place passes over
-    # ``scratch``: ``update_scratch`` arrays shaped like the parameters (NumpyOps fuses each update into one
-    # Numba pass and needs none).
+    # torch.optim step. This generic version (the readable reference, valid on NumPy and torch alike) makes
+    # in-place passes over ``scratch``: ``update_scratch`` arrays shaped like the parameters. NumpyOps fuses
+    # each update into one Numba pass (no scratch); TorchOps uses torch.optim's own in-place ops.
     update_scratch = 2
 
     def sum_of_squares(self, x) -> float:
