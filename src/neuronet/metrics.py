@@ -10,15 +10,15 @@ def accuracy(pred: np.ndarray, target: np.ndarray) -> tuple[float, int]:
 
     ``target`` may be class indices (...), one-hot/probabilities (..., C) or 0/1 labels.
     """
-    pred = np.asarray(pred)
-    target = np.asarray(target)
-    if pred.shape[-1] == 1 or pred.ndim == target.ndim and pred.shape[-1] == 1:
-        guess = (pred.reshape(target.shape) > 0.5) if pred.size == target.size else pred > 0.5
-        correct = guess == (target > 0.5)
+    pred, target = np.asarray(pred), np.asarray(target)
+    if pred.ndim == 1 or pred.shape[-1] == 1:  # one output per sample: a probability
+        guess, truth = pred.reshape(-1) > 0.5, target.reshape(-1) > 0.5
     else:
         guess = pred.argmax(axis=-1)
         truth = target.argmax(axis=-1) if target.shape == pred.shape else target
-        correct = guess == truth.reshape(guess.shape)
+    if guess.size != truth.size:
+        raise ValueError(f"accuracy: predictions {pred.shape} do not match targets {target.shape}")
+    correct = guess == truth.reshape(guess.shape)
     return float(correct.sum()), int(correct.size)
 
 
