@@ -207,3 +207,15 @@ def test_dataset_sources_text_and_csv(data_root):
     sample = str(data_root / "cifar10-sample" / "train_sample_200.bin")
     cifar = load_dataset({**base, "source": "cifar10", "path": sample}, seed=0)
     assert cifar.x_train.shape == (180, 3, 32, 32) and cifar.x_train.dtype == np.uint8
+
+
+def test_resume_through_the_cli_matches_a_straight_run(tmp_path):
+    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+    cfg["preprocessing"] = {"augmentation": {"shift": 1}}  # augmentation draws from the restored generator
+    config = str(_write(tmp_path, cfg))
+    straight = train_module.run(config, str(tmp_path / "a"), epochs=2, verbose=0)
+    train_module.run(config, str(tmp_path / "b"), epochs=1, verbose=0)
+    resumed = train_module.run(config, str(tmp_path / "b"), epochs=2, verbose=0, resume=True)
+    params = [nn.load(summary["model"]).flat_params for summary in (straight, resumed)]
+    np.testing.assert_array_equal(params[0], params[1])
+    assert (tmp_path / "a" / "history.csv").read_text() == (tmp_path / "b" / "history.csv").read_text()
