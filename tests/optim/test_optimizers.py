@@ -175,3 +175,19 @@ def test_adam_trains_a_model_with_fit():
     model.compile(optimizer=nn.RMSprop(1e-2, clip_norm=5.0), loss=nn.CrossEntropyLoss())
     hist = model.fit(x, y, epochs=15, batch_size=16, verbose=0)
     assert hist.history["loss"][-1] < 0.5 * hist.history["loss"][0]
+
+
+@pytest.mark.parametrize("opt", [nn.RMSprop(1e-2, momentum=0.9, centered=True, clip_norm=1.0),
+                                 nn.SGD(0.1, momentum=0.9, nesterov=True), nn.AdamW(1e-2)], ids=repr)
+def test_training_resumes_exactly_after_save_and_load(opt, tmp_path):
+    rng = np.random.default_rng(9)
+    x, y = rng.standard_normal((32, 4)).astype(np.float32), rng.integers(0, 3, 32)
+    model = nn.Sequential(nn.Dense(4, 8, activation="relu"), nn.Dense(8, 3))
+    model.compile(optimizer=opt, loss=nn.CrossEntropyLoss(label_smoothing=0.1))
+    for _ in range(3):
+        model.train_step(x, y)
+    model.save(tmp_path / "m.nnet")
+    loaded = nn.load(tmp_path / "m.nnet")
+    assert sorted(loaded.optimizer.state) == sorted(opt.state) and loaded.optimizer.iterations == 3
+    assert [model.train_step(x, y) for _ in range(3)] == [loaded.train_step(x, y) for _ in range(3)]
+    np.testing.assert_array_equal(loaded.flat_params, model.flat_params)
