@@ -17,7 +17,7 @@ _FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
 _MIRRORS = {
     "MNIST": ["https://ossci-datasets.s3.amazonaws.com/mnist/",
               "https://storage.googleapis.com/cvdf-datasets/mnist/"],
-    "Fashion-MNIST": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"]  ,
+    "Fashion-MNIST": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],  # http only
 }
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
