@@ -47,8 +47,7 @@ class GlobalAttention(Layer):
         self._x = x
         u = self.workspace("u", (n, steps, d))
         ops.matmul(x.reshape(n * steps, d), p["weight"].T, out=u.reshape(n * steps, d))
-        u += p["bias"]
-        ops.activation("tanh", u, u)
+        ops.activation("tanh", u, u, bias=p["bias"])
         a = self.workspace("a", (n, steps))
         ops.matmul(u, p["v"], out=a)  # scores s (N, T)
         ops.activation("softmax", a, a)
@@ -69,15 +68,13 @@ class GlobalAttention(Layer):
         ops.matmul(ds.reshape(1, n * steps), u.reshape(n * steps, d), out=dv.reshape(1, d))
         g["v"] += dv
         dz = self.workspace("dz", (n * steps, d))
-        ops.xp.multiply(ds.reshape(n * steps, 1), p["v"], out=dz)
-        ops.activation_backward("tanh", dz, None, u.reshape(n * steps, d), dz)
-        rows = x.reshape(n * steps, d)
-        ops.matmul_acc(dz.T, rows, g["weight"], self.workspace("dw", (d, d)))
-        ops.sum_rows_acc(dz, g["bias"])
+        ops.matmul(ds.reshape(n * steps, 1), p["v"].reshape(1, d), out=dz)  # outer products as a K=1 GEMM
+        ops.activation_backward("tanh", dz, None, u.reshape(n * steps, d), dz, bias_grad=g["bias"])
+        ops.matmul_acc(dz.T, x.reshape(n * steps, d), g["weight"], self.workspace("dw", (d, d)))
         if not self.needs_input_grad:
             return None
         dx = self.workspace("dx", (n, steps, d))
-        ops.xp.multiply(a.reshape(n, steps, 1), dy.reshape(n, 1, d), out=dx)
+        ops.matmul(a.reshape(n, steps, 1), dy.reshape(n, 1, d), out=dx)
         dx_scores = self.workspace("dx_scores", (n * steps, d))
         ops.matmul(dz, p["weight"], out=dx_scores)
         dx += dx_scores.reshape(n, steps, d)
