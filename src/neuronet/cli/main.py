@@ -52,11 +52,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------- evaluate / predict
-def _preprocessor(model, enabled: bool):
+def _model_inputs(model, x: np.ndarray, preprocess: bool) -> np.ndarray:
+    """Apply the preprocessing stored at training time, then reshape samples to the model's input shape."""
     from .pipeline import Preprocessor
 
     stored = getattr(model, "extra", {}).get("preprocessing")
-    return Preprocessor.from_json(stored) if enabled and stored else Preprocessor("none")
+    x = (Preprocessor.from_json(stored) if preprocess and stored else Preprocessor("none"))(x)
+    if tuple(x.shape[1:]) == tuple(model.input_shape):
+        return x
+    if int(np.prod(x.shape[1:])) != int(np.prod(model.input_shape)):
+        raise ValueError(
+            f"inputs have shape {x.shape[1:]} per sample, the model expects {tuple(model.input_shape)}"
+        )
+    return x.reshape(len(x), *model.input_shape)
 
 
 def _load_labelled(spec: str, model, label_column) -> tuple[np.ndarray, np.ndarray]:
@@ -108,7 +116,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if model.loss is None:
         model.compile(loss="cross_entropy", metrics=["accuracy"])
     x, y = _load_labelled(args.data, model, args.label_column)
-    x = _preprocessor(model, not args.no_preprocess)(x)
+    x = _model_inputs(model, x, not args.no_preprocess)
     result = model.evaluate(x, y, batch_size=args.batch_size)
     print(f"{args.data}: {len(x)} samples; " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
     return 0
@@ -125,14 +133,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         x, _ = nn.data.load_csv(path, label_column=args.label_column)
     else:
         raise ValueError(f"{path}: expected a .npy or .csv file")
-    x = _preprocessor(model, not args.no_preprocess)(x)
-    if tuple(x.shape[1:]) != tuple(model.input_shape):
-        if int(np.prod(x.shape[1:])) == int(np.prod(model.input_shape)):
-            x = x.reshape(len(x), *model.input_shape)
-        else:
-            raise ValueError(
-                f"inputs have shape {x.shape[1:]} per sample, the model expects {tuple(model.input_shape)}"
-            )
+    x = _model_inputs(model, x, not args.no_preprocess)
     out = model.predict(x, batch_size=args.batch_size)
     if args.output:
         from ..io._atomic import atomic_path
