@@ -10,10 +10,13 @@ fill in defaults, and turn the ``type:`` entries into neuronet objects.
     output:       {dir, model, history, plot}
     hardware:     {device: auto|cpu|numpy|torch|cuda|mps, threads}
     export:       {formats: [onnx, gguf]}
+
+Relative paths (``dataset.path``, ``output.dir``) are relative to the current directory.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
 from dataclasses import dataclass
@@ -116,6 +119,8 @@ def load_config(path: str | os.PathLike) -> dict:
 
 def validate(raw: Any) -> dict:
     """Check ``raw`` against ``SCHEMA`` and return a full config (every key present)."""
+    from ..metrics import METRICS
+
     cfg = _validate(raw, SCHEMA, "")
     if cfg["model"]["layers"] is None:
         raise ConfigError("model.layers: required (a list of {type: LayerName, ...arguments})")
@@ -129,8 +134,6 @@ def validate(raw: Any) -> dict:
                 f"export.formats[{i}]: {fmt!r} is not allowed; allowed: {', '.join(EXPORT_FORMATS)}"
             )
     for i, name in enumerate(cfg["training"]["metrics"]):
-        from ..metrics import METRICS
-
         if name not in METRICS:
             raise ConfigError(
                 f"training.metrics[{i}]: unknown metric {name!r}; allowed: {', '.join(METRICS)}"
@@ -153,7 +156,7 @@ def _validate(raw: Any, schema: dict, path: str) -> dict:
         if isinstance(spec, dict):
             out[key] = _validate(raw.get(key), spec, here)
             continue
-        value = raw.get(key, spec.default)
+        value = raw.get(key, copy.deepcopy(spec.default))
         if value is None:
             out[key] = None
             continue
