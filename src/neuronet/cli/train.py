@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -69,6 +70,7 @@ def select_device(name: str) -> str:
 
 
 def set_threads(n: int) -> None:
+    """Limit BLAS (via threadpoolctl) and, when it is in use, PyTorch to ``n`` threads (0: leave alone)."""
     if not n:
         return
     try:
@@ -77,12 +79,8 @@ def set_threads(n: int) -> None:
         threadpool_limits(n)
     except ImportError:
         pass
-    try:
-        import torch
-
-        torch.set_num_threads(n)
-    except ImportError:
-        pass
+    if "torch" in sys.modules:  # do not pay torch's import time for a NumPy run
+        sys.modules["torch"].set_num_threads(n)
 
 
 def run(
@@ -107,7 +105,6 @@ def run(
     folder.mkdir(parents=True, exist_ok=True)
     seed = cfg["training"]["seed"]
     nn.manual_seed(seed)
-    set_threads(cfg["hardware"]["threads"])
 
     ds = cfg["dataset"]
     splits = load_dataset(ds, seed)
@@ -133,6 +130,7 @@ def run(
         model.to(device)
         compile_model(model, cfg)
         model.build(tuple(x_train.shape[1:]))
+    set_threads(cfg["hardware"]["threads"])  # after the device, so torch is imported only when used
     callbacks = build_callbacks(cfg)
     aug = {k: v for k, v in cfg["preprocessing"]["augmentation"].items() if v}
     if aug:
