@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 import harness
+import numpy as np
 
 BATCH = 128
 

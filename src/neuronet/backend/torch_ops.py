@@ -141,6 +141,8 @@ class TorchOps(Ops):
     def activation(self, name, z, out, alpha=None, *, bias=None):
         if bias is not None:
             z += bias
+        if name in _OUT_VARIANT:  # written straight into out (which may be z)
+            return _OUT_VARIANT[name](z, out)
         y = _act(name, z, DEFAULT_ALPHA.get(name, 0.0) if alpha is None else alpha)
         if y is not out:
             out.copy_(y)
@@ -159,7 +161,7 @@ class TorchOps(Ops):
         if name == "linear":
             g = dy
         elif name == "relu":
-            g = dy * (y > 0)
+            g = torch.mul(dy, y > 0, out=out)
         elif name == "sigmoid":
             g = dy * y * (1.0 - y)
         elif name == "tanh":
@@ -300,19 +302,27 @@ class TorchOps(Ops):
         else:
             p.addcdiv_(g, avg, value=-lr)
 
+
+_OUT_VARIANT = {
+    "relu": lambda z, out: torch.clamp_min(z, 0.0, out=out),  # NaN propagates, as torch.relu
+    "sigmoid": lambda z, out: torch.sigmoid(z, out=out),
+    "tanh": lambda z, out: torch.tanh(z, out=out),
+}
+
+_ACT = {
+    "relu": lambda v, a: torch.relu(v),
+    "sigmoid": lambda v, a: torch.sigmoid(v),
+    "tanh": lambda v, a: torch.tanh(v),
+    "leaky_relu": lambda v, a: F.leaky_relu(v, a),
+    "elu": lambda v, a: F.elu(v, a),
+    "selu": lambda v, a: F.selu(v),
+    "gelu": lambda v, a: F.gelu(v),
+    "gelu_tanh": lambda v, a: F.gelu(v, approximate="tanh"),
+    "silu": lambda v, a: F.silu(v),
+    "softmax": lambda v, a: torch.softmax(v, dim=-1),
+    "log_softmax": lambda v, a: torch.log_softmax(v, dim=-1),
+}
+
+
 def _act(name, z, a):
-    if name == "linear":
-        return z
-    return {
-        "relu": torch.relu,
-        "sigmoid": torch.sigmoid,
-        "tanh": torch.tanh,
-        "leaky_relu": lambda v: F.leaky_relu(v, a),
-        "elu": lambda v: F.elu(v, a),
-        "selu": F.selu,
-        "gelu": F.gelu,
-        "gelu_tanh": lambda v: F.gelu(v, approximate="tanh"),
-        "silu": F.silu,
-        "softmax": lambda v: torch.softmax(v, dim=-1),
-        "log_softmax": lambda v: torch.log_softmax(v, dim=-1),
-    }[name](z)
+    return z if name == "linear" else _ACT[name](z, a)

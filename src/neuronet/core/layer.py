@@ -40,18 +40,26 @@ class Workspace:
         The backing buffer is allocated the first time and re-allocated only when a larger one is
         asked for; its contents are whatever was last written there.
         """
+        views = self.__dict__.setdefault("_workspace_views", {})
+        hit = views.get(name)  # the same request as last time: the same view (saves slicing a tensor)
+        if hit is not None and hit[0] == shape and hit[1] is dtype and hit[2] is self.ops and \
+                hit[3] == self.dtype:
+            return hit[4]
         store = self.__dict__.setdefault("_workspace", {})
         dtypes = self.__dict__.setdefault("_workspace_dtypes", {})  # as allocated: cheaper than asking
         n = math.prod(shape)
-        dtype = self.dtype if dtype is None else np.dtype(dtype)
+        want = self.dtype if dtype is None else np.dtype(dtype)
         buf = store.get(name)
-        if buf is None or buf.shape[0] < n or dtypes.get(name) != dtype or not self.ops.is_array(buf):
-            buf = store[name] = self.ops.empty((max(n, 1),), dtype)
-            dtypes[name] = dtype
-        return buf[:n].reshape(shape)
+        if buf is None or buf.shape[0] < n or dtypes.get(name) != want or not self.ops.is_array(buf):
+            buf = store[name] = self.ops.empty((max(n, 1),), want)
+            dtypes[name] = want
+        view = buf[:n].reshape(shape)
+        views[name] = (shape, dtype, self.ops, self.dtype, view)
+        return view
 
     def clear_workspace(self) -> None:
         self.__dict__["_workspace"] = {}
+        self.__dict__["_workspace_views"] = {}
 
 
 class Layer(Workspace):
