@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--backend", default="numpy")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--verbose", type=int, default=2, help="1: progress bar, 2: one line per epoch")
     args = parser.parse_args()
 
     x_train, y_train, x_test, y_test = nn.data.load_mnist(DATA / "mnist", download=False)
@@ -54,7 +55,7 @@ def main() -> None:
     model.summary()
 
     start = time.perf_counter()
-    model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=2,
+    model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=args.verbose,
               validation_data=(x_test, y_test))
     train_time = time.perf_counter() - start
     result = model.evaluate(x_test, y_test, batch_size=1000)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from . import conv_kernels, kernels, optim_kernels, rnn_kernels
 from .ops import DEFAULT_ALPHA, Ops
@@ -90,8 +91,12 @@ class NumpyOps(Ops):
         kernels.scatter_add_rows(_rows(table), index.reshape(-1), _rows(np.ascontiguousarray(rows)))
 
     # ----------------------------------------------------------------- convolution and pooling (Numba)
-    def im2col(self, x, kernel, stride, padding, out):
-        conv_kernels.im2col(x, *kernel, *stride, *padding, out)
+    def im2col(self, x, kernel, stride, out):
+        # One strided copy (NumPy's copy loop beats a Numba gather on these short rows).
+        (kh, kw), (sh, sw), (n, c), s = kernel, stride, x.shape[:2], x.strides
+        strides = (s[1], s[2], s[3], s[0], s[2] * sh, s[3] * sw)
+        patches = as_strided(x, (c, kh, kw, n, *out.shape[4:]), strides)
+        np.copyto(out, patches)
         return out
 
     def col2im(self, cols, kernel, stride, padding, out):

@@ -130,16 +130,17 @@ class Ops:
         out += self.xp.sum(x.reshape(-1, x.shape[-1]), axis=0)
 
     # ----------------------------------------------------------------- convolution and pooling (NCHW)
-    def im2col(self, x, kernel: tuple, stride: tuple, padding: tuple, out) -> Any:
-        """Patches of ``x`` (N, C, H, W) as columns: out (C, kh, kw, N, OH, OW), zero outside x.
+    def im2col(self, x, kernel: tuple, stride: tuple, out) -> Any:
+        """Patches of ``x`` (N, C, H, W), already padded, as columns: out (C, kh, kw, N, OH, OW).
 
-        out[c, i, j, n, oh, ow] = x[n, c, oh*sh + i - ph, ow*sw + j - pw]; seen as a
-        (C*kh*kw, N*OH*OW) matrix, a convolution is one GEMM ``weight.reshape(O, -1) @ out``.
+        out[c, i, j, n, oh, ow] = x[n, c, oh*sh + i, ow*sw + j]; seen as a (C*kh*kw, N*OH*OW)
+        matrix, a convolution is one GEMM ``weight.reshape(O, -1) @ out``.
         """
         raise NotImplementedError
 
     def col2im(self, cols, kernel: tuple, stride: tuple, padding: tuple, out) -> Any:
-        """The adjoint of ``im2col``: out (N, C, H, W) = every column entry added back where it was read."""
+        """The adjoint of ``im2col`` of the zero-padded input: out (N, C, H, W), unpadded, = every
+        column entry added back where it was read (entries that read the padding are dropped)."""
         raise NotImplementedError
 
     def max_pool2d(self, x, kernel: tuple, stride: tuple, padding: tuple, out, index) -> Any:

@@ -114,8 +114,8 @@ class TorchOps(Ops):
         table.index_add_(0, index.reshape(-1).long(), rows.reshape(-1, *table.shape[1:]))
 
     # ----------------------------------------------------------------- convolution and pooling (PyTorch's kernels)
-    def im2col(self, x, kernel, stride, padding, out):
-        cols = F.unfold(x, kernel, padding=padding, stride=stride)  # (N, C*kh*kw, OH*OW)
+    def im2col(self, x, kernel, stride, out):
+        cols = F.unfold(x, kernel, stride=stride)  # (N, C*kh*kw, OH*OW)
         out.view(cols.shape[1], cols.shape[0], cols.shape[2]).copy_(cols.transpose(0, 1))
         return out
 

@@ -30,7 +30,7 @@ def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
 class _Conv(Layer):
     """The N-d convolution, computed as 2-D: a Conv1D is a Conv2D with a (1, k) kernel over (N, C, 1, L).
 
-    Forward: cols = im2col(x) (C*kh*kw, N*P); z = weight (O, C*kh*kw) @ cols + bias; y = act(z),
+    Forward: cols = im2col(zero-padded x) (C*kh*kw, N*P); z = weight (O, C*kh*kw) @ cols + bias; y = act(z),
     transposed from (O, N, P) to (N, O, P). Backward is the transpose of each step:
     dz = act'(dy^T); dweight += dz @ cols^T; dbias += sum dz; dx = col2im(weight^T @ dz).
     """
@@ -84,7 +84,7 @@ class _Conv(Layer):
         c, o, (kh, kw), (oh, ow) = self.in_channels, self.out_channels, self._kernel2d, self._out2d
         k, p = c * kh * kw, oh * ow
         cols = self.workspace("cols", (c, kh, kw, n, oh, ow))
-        ops.im2col(x.reshape(n, c, *self._in2d), self._kernel2d, self._stride2d, self._padding2d, cols)
+        ops.im2col(self._pad(x.reshape(n, c, *self._in2d)), self._kernel2d, self._stride2d, cols)
         self._cols = cols.reshape(k, n * p)
         z = self.workspace("z", (o, n * p))
         ops.matmul(self.params["weight"].reshape(o, k), self._cols, out=z)
@@ -98,6 +98,16 @@ class _Conv(Layer):
         y = self.workspace("y", (n, o, p))
         ops.copy_(y, ops.swapaxes(a.reshape(o, n, p), 0, 1))  # (O, N, P) -> (N, O, P)
         return y.reshape(n, *self.output_shape)
+
+    def _pad(self, x):
+        """x (N, C, H, W) with zeros around it (in workspace), or x itself without padding."""
+        (ph, pw), (h, w) = self._padding2d, self._in2d
+        if ph == pw == 0:
+            return x
+        padded = self.workspace("padded", (x.shape[0], x.shape[1], h + 2 * ph, w + 2 * pw))
+        self.ops.fill_(padded, 0.0)
+        self.ops.copy_(padded[:, :, ph:ph + h, pw:pw + w], x)
+        return padded
 
     def backward(self, dy):
         ops, n = self.ops, dy.shape[0]
