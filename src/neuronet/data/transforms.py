@@ -69,26 +69,32 @@ def augment_images(x: np.ndarray, *, shift: int = 0, rotate: float = 0.0, flip: 
     if x.ndim != 4:
         raise ValueError(f"augment_images: expected an NCHW batch (N, C, H, W), got shape {x.shape}")
     rng = nnrandom.generator() if rng is None else rng
-    n, _, h, w = x.shape
+    n = len(x)
     out = np.array(x, copy=True)
     if flip:
         mirrored = rng.random(n) < 0.5
         out[mirrored] = out[mirrored, :, :, ::-1]
     if rotate or shift:
         angle = np.deg2rad(rng.uniform(-rotate, rotate, n)) if rotate else np.zeros(n)
-        dy, dx = (rng.integers(-shift, shift + 1, (2, n)) if shift else np.zeros((2, n), dtype=np.int64))
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-        cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
-        src = out.copy()
-        for i in range(n):  # inverse mapping: where does each output pixel come from?
-            c, s = np.cos(angle[i]), np.sin(angle[i])
-            ys = c * (yy - cy - dy[i]) + s * (xx - cx - dx[i]) + cy
-            xs = -s * (yy - cy - dy[i]) + c * (xx - cx - dx[i]) + cx
-            yi, xi = np.rint(ys).astype(np.int64), np.rint(xs).astype(np.int64)
-            inside = (yi >= 0) & (yi < h) & (xi >= 0) & (xi < w)
-            out[i] = 0
-            out[i][:, inside] = src[i][:, yi[inside], xi[inside]]
+        dy, dx = rng.integers(-shift, shift + 1, (2, n)) if shift else np.zeros((2, n), dtype=np.int64)
+        for start in range(0, n, 1024):  # chunks keep the (chunk, H, W) index arrays small
+            part = slice(start, start + 1024)
+            out[part] = _warp(out[part], angle[part], dy[part], dx[part])
     return out
+
+
+def _warp(x: np.ndarray, angle: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
+    """Rotate each image by ``angle`` about its centre and shift it by (dy, dx), nearest pixel, zero fill."""
+    n, _, h, w = x.shape
+    cos, sin = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+    ry, rx = yy - cy - dy[:, None, None], xx - cx - dx[:, None, None]  # (n, H, W), output pixel offsets
+    yi = np.rint(cos * ry + sin * rx + cy).astype(np.int64)  # the source pixel each output pixel reads
+    xi = np.rint(-sin * ry + cos * rx + cx).astype(np.int64)
+    inside = (yi >= 0) & (yi < h) & (xi >= 0) & (xi < w)
+    gathered = x[np.arange(n)[:, None, None], :, yi.clip(0, h - 1), xi.clip(0, w - 1)]  # (n, H, W, C)
+    return np.where(inside[:, None], gathered.transpose(0, 3, 1, 2), 0)
 
 
 def batches(*arrays: np.ndarray, batch_size: int = 32, shuffle: bool = True, drop_last: bool = False,
