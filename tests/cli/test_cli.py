@@ -219,3 +219,14 @@ def test_resume_through_the_cli_matches_a_straight_run(tmp_path):
     params = [nn.load(summary["model"]).flat_params for summary in (straight, resumed)]
     np.testing.assert_array_equal(params[0], params[1])
     assert (tmp_path / "a" / "history.csv").read_text() == (tmp_path / "b" / "history.csv").read_text()
+
+
+def test_prediction_descriptions():
+    from types import SimpleNamespace
+
+    from neuronet.cli.main import _describe_prediction
+
+    lm = SimpleNamespace(extra={"dataset": {"vocab": "ab\n"}})
+    assert _describe_prediction(np.array([0.1, 2.0, -1.0]), lm) == "class 1"
+    assert _describe_prediction(np.eye(3)[[1, 2, 0]], lm) == "next characters 'b\\na'"
+    assert _describe_prediction(np.array([0.5]), SimpleNamespace()) == "[0.5]"

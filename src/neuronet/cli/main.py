@@ -146,12 +146,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     np.save(f, out)
         print(f"wrote {out.shape} predictions to {args.output}")
         return 0
-    classes = out.argmax(axis=-1) if out.ndim >= 2 and out.shape[-1] > 1 else None
     for i in range(min(len(out), args.show)):
-        print(f"{i}: class {classes[i]}" if classes is not None and classes.ndim == 1 else f"{i}: {out[i]}")
+        print(f"{i}: {_describe_prediction(out[i], model)}")
     if len(out) > args.show:
         print(f"... {len(out) - args.show} more (use --output FILE to write them all)")
     return 0
+
+
+def _describe_prediction(row: np.ndarray, model) -> str:
+    """A class for one logit vector, the argmax characters for a language model's (T, V), else the values."""
+    if row.ndim == 1 and row.size > 1:
+        return f"class {int(row.argmax())}"
+    vocab = getattr(model, "extra", {}).get("dataset", {}).get("vocab")
+    if row.ndim == 2 and vocab and row.shape[-1] == len(vocab):
+        return "next characters " + repr("".join(vocab[j] for j in row.argmax(axis=-1)))
+    return str(row)
 
 
 # ------------------------------------------------------------------------------- export / bench / info
