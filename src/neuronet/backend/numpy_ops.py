@@ -176,7 +176,7 @@ class NumpyOps(Ops):
             kernels.softmax_rows(_rows(scores), _rows(out), False)
         return out
 
-    # ----------------------------------------------------------------- optimizer updates (one fused Numba pass each)
+    # ----------------------------------------------------------------- optimizer updates (one Numba pass each)
     update_scratch = 0
 
     def sum_of_squares(self, x):
@@ -194,8 +194,8 @@ class NumpyOps(Ops):
         optim_kernels.sgd_update(p, g, buf, t(lr), t(weight_decay), t(momentum), t(1.0 - dampening),
                                  bool(nesterov), bool(first))
 
-    def rmsprop_step(self, p, g, square_avg, grad_avg, buf, scratch, *, lr, alpha, eps, weight_decay, momentum,
-                     centered):
+    def rmsprop_step(self, p, g, square_avg, grad_avg, buf, scratch, *, lr, alpha, eps, weight_decay,
+                     momentum, centered):
         t, empty = p.dtype.type, _EMPTY[p.dtype]
         optim_kernels.rmsprop_update(p, g, square_avg, empty if grad_avg is None else grad_avg,
                                      empty if buf is None else buf, t(lr), t(weight_decay), t(alpha),

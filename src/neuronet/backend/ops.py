@@ -277,8 +277,8 @@ class Ops:
         xp.multiply(g, lr, out=s1)
         p -= s1
 
-    def rmsprop_step(self, p, g, square_avg, grad_avg, buf, scratch, *, lr, alpha, eps, weight_decay, momentum,
-                     centered) -> None:
+    def rmsprop_step(self, p, g, square_avg, grad_avg, buf, scratch, *, lr, alpha, eps, weight_decay,
+                     momentum, centered) -> None:
         """One RMSprop update in place, as ``torch.optim.RMSprop`` (``grad_avg``/``buf`` None when unused)."""
         xp, s0, s1 = self.xp, scratch[0], scratch[1]
         if weight_decay:
