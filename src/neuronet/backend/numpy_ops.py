@@ -176,7 +176,7 @@ class NumpyOps(Ops):
             kernels.softmax_rows(_rows(scores), _rows(out), False)
         return out
 
-    # ----------------------------------------------------------------- optimizer updates (one Numba pass each)
+    # ----------------------------------------------------------------- optimizer updates (Numba, one pass)
     update_scratch = 0
 
     def sum_of_squares(self, x):
