@@ -49,8 +49,11 @@ class _Direction(Workspace):
         n, steps, size_in = x.shape
         hid, width = cell.hidden_size, cell.gates * cell.hidden_size
         self.x = self.workspace("x", (steps, n, size_in))  # (T, N, I) in processing order
-        for k, t in enumerate(self.times(steps)):
-            ops.copy_(self.x[k], x[:, t])
+        if self.reverse:
+            for k, t in enumerate(self.times(steps)):
+                ops.copy_(self.x[k], x[:, t])
+        else:
+            ops.copy_(self.x, ops.swapaxes(x, 0, 1))
         self.gates = self.workspace("gates", (steps, n, width))
         ops.matmul(self.x.reshape(steps * n, size_in), self.param("weight_ih").T,
                    out=self.gates.reshape(steps * n, width))
@@ -74,6 +77,7 @@ class _Direction(Workspace):
         steps, n, size_in = self.x.shape
         hid, width = cell.hidden_size, cell.gates * cell.hidden_size
         dgx, dgh = cell.grad_buffers(self, n, steps)
+        shared = dgh is dgx  # LSTM: W_ih, W_hh and both biases see the same pre-activation gradient
         dh = self.workspace("dh", (n, hid))
         dy_step = self.workspace("dy_step", (n, hid))  # contiguous copy: NumPy buffers strided ufunc inputs
         times = list(self.times(steps))
@@ -90,8 +94,16 @@ class _Direction(Workspace):
         dgx, dgh = dgx.reshape(steps * n, width), dgh.reshape(steps * n, width)
         ops.matmul_acc(dgx.T, rows, self.grad("weight_ih"), self.workspace("dw_ih", (width, size_in)))
         ops.matmul_acc(dgh.T, hrows, self.grad("weight_hh"), self.workspace("dw_hh", (width, hid)))
-        ops.sum_rows_acc(dgx, self.grad("bias_ih"))
-        ops.sum_rows_acc(dgh, self.grad("bias_hh"))
+        if shared:  # both biases get the same gradient: sum it once
+            dbias = self.workspace("dbias", (width,))
+            ops.fill_(dbias, 0.0)
+            ops.sum_rows_acc(dgx, dbias)
+            for name in ("bias_ih", "bias_hh"):
+                grad = self.grad(name)
+                grad += dbias
+        else:
+            ops.sum_rows_acc(dgx, self.grad("bias_ih"))
+            ops.sum_rows_acc(dgh, self.grad("bias_hh"))
         if dx_tm is None:
             return
         direct = not (accumulate or self.reverse)  # already in time order: the GEMM writes dx_tm itself
