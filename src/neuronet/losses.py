@@ -586,10 +586,8 @@ class TripletMarginLoss(Loss):
 
     def _norm_grad(self, name: str, out):
         """out = dd/du for the distance ``name``, scaled by the active hinges / M."""
-        xp, p = self.ops.xp, self.p
-        u, d = self.__dict__["_workspace"][f"u_{name}"], self.__dict__["_workspace"][f"d_{name}"]
-        m, dim = self._m, self._dim
-        u, d = u[:m * dim].reshape(m, dim), d[:m].reshape(m, 1)
+        xp, p, m, dim = self.ops.xp, self.p, self._m, self._dim
+        u, d = self.workspace(f"u_{name}", (m, dim)), self.workspace(f"d_{name}", (m, 1))  # kept by forward
         tmp = self.workspace("tmp", (m, dim))
         xp.abs(u, out=out)
         out **= p - 1.0
