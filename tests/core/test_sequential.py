@@ -198,3 +198,22 @@ def test_to_torch_and_back_keeps_the_weights():
     model.to("numpy")
     np.testing.assert_allclose(model.predict(x), want, atol=1e-6)
     assert np.shares_memory(model.params["2.weight"], model.flat_params)
+
+
+def test_train_step_skips_the_unused_input_gradient_only():
+    model = nn.Sequential(nn.Flatten(), nn.Dense(6, 4, activation="relu"), nn.Dense(4, 2))
+    x = np.random.default_rng(5).standard_normal((3, 2, 3)).astype(np.float32)
+    y = model.forward(x)
+    dy = np.ones_like(y)
+    model.zero_grad()
+    dx = model.backward(dy)
+    assert dx.shape == x.shape
+    full = model.flat_grads.copy()
+    model.zero_grad()
+    model.forward(x)
+    assert model.backward(dy, input_grad=False) is None
+    np.testing.assert_array_equal(model.flat_grads, full)  # the same parameter gradients
+    assert model[1].needs_input_grad  # the flag is only set during that backward
+    outer = nn.Sequential(nn.Sequential(nn.Dense(6, 3)), nn.Dense(3, 1))  # nested first model
+    outer.forward(x.reshape(3, 6))
+    assert outer.backward(np.ones((3, 1), np.float32), input_grad=False) is None

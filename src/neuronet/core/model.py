@@ -76,6 +76,7 @@ class Sequential(Trainer, Layer):
         that layer may skip its dL/dx, and None is returned.
         """
         layers = self.layers
+        input_grad = input_grad and self.needs_input_grad  # False also when nested first in a model
         first = 0 if input_grad else self._first_trainable
         if first == len(layers):
             return dy if input_grad else None
