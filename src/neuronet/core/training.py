@@ -66,7 +66,7 @@ class Trainer:
         cache = self.__dict__.get("_aux_cache")
         if cache is None or cache[0] is not self.flat_params:  # rebuilt or moved: look again
             cache = self._aux_cache = (self.flat_params, [layer for _, layer in self.named_layers()
-                                                          if getattr(layer, "aux_loss_weight", 0.0)])
+                                                          if hasattr(layer, "aux_loss_weight")])
         return cache[1]
 
     def train_step(self, x, y) -> float:
