@@ -7,8 +7,9 @@ from neuronet.backend import ACTIVATIONS
 from neuronet.testing import check_gradients, compare_with_torch
 
 TORCH_ACT = {
-    "linear": torch.nn.Identity(), "relu": torch.nn.ReLU(), "sigmoid": torch.nn.Sigmoid(), "tanh": torch.nn.Tanh(),
-    "leaky_relu": torch.nn.LeakyReLU(0.01), "elu": torch.nn.ELU(), "selu": torch.nn.SELU(), "gelu": torch.nn.GELU(),
+    "linear": torch.nn.Identity(), "relu": torch.nn.ReLU(), "sigmoid": torch.nn.Sigmoid(),
+    "tanh": torch.nn.Tanh(), "leaky_relu": torch.nn.LeakyReLU(0.01), "elu": torch.nn.ELU(),
+    "selu": torch.nn.SELU(), "gelu": torch.nn.GELU(),
     "gelu_tanh": torch.nn.GELU(approximate="tanh"), "silu": torch.nn.SiLU(), "softmax": torch.nn.Softmax(-1),
     "log_softmax": torch.nn.LogSoftmax(-1),
 }
@@ -61,3 +62,23 @@ def test_backward_accumulates():
     once = layer.grads["weight"].copy()
     layer.backward(np.ones((2, 2), np.float32))
     np.testing.assert_allclose(layer.grads["weight"], 2 * once)
+
+
+@pytest.mark.parametrize("activation", ["linear", "relu"])
+def test_dense_without_bias_matches_torch(activation):
+    module = torch.nn.Sequential(torch.nn.Linear(5, 4, bias=False), TORCH_ACT[activation])
+    layer = nn.Dense(5, 4, activation=activation, bias=False)
+    x = np.random.default_rng(5).standard_normal((3, 2, 5))
+    compare_with_torch(layer, module, x, name_map={"0.weight": "weight"})
+    assert list(layer.params) == ["weight"]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_dense_float32_grads_match_torch_on_each_backend(backend):
+    module = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU())
+    layer = nn.Dense(16, 8, activation="relu")
+    layer.build((16,))
+    layer.to(backend)
+    x = np.random.default_rng(6).standard_normal((32, 16)).astype(np.float32)
+    compare_with_torch(layer, module, x, dtype="float32", atol=1e-5, rtol=1e-4,
+                       name_map={"0.weight": "weight", "0.bias": "bias"})

@@ -34,7 +34,9 @@ class Activation(Layer):
         return self.ops.activation_backward(self.name, dy, self._x, self._y, dx, self.alpha)
 
     def extra_repr(self):
-        return repr(self.name) if type(self) is Activation else ("" if self.alpha is None else f"{self.alpha}")
+        if type(self) is Activation:
+            return repr(self.name)
+        return "" if self.alpha is None else f"{self.alpha}"
 
     def get_config(self):
         return {"name": self.name, "alpha": self.alpha}
