@@ -212,19 +212,6 @@ class CSVLogger(Callback):
         _write_rows_atomically(self.path, self._rows)
 
 
-class Timer(Callback):
-    """Records wall time per epoch in ``times`` (seconds)."""
-
-    def __init__(self):
-        self.times: list[float] = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._t = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.times.append(time.perf_counter() - self._t)
-
-
 def _write_rows_atomically(path: str, rows: list[list]) -> None:
     """Write CSV rows to a temporary file next to ``path``, then rename it over ``path``."""
     tmp = f"{path}.tmp{os.getpid()}"
