@@ -1,6 +1,6 @@
 """CIFAR-10 with a small CNN with BatchNorm (conv-BN-ReLU blocks, max pooling, global average pooling).
 
-    python examples/cifar10/main.py [--epochs 30] [--batch-size 32] [--backend numpy|torch] [--full ROOT]
+    python examples/cifar10/main.py [--epochs 15] [--batch-size 32] [--backend numpy|torch] [--full ROOT]
 
 Data: by default the 200 real CIFAR-10 training images in $NEURONET_DATA/cifar10-sample/train_sample_200.bin
 (else <repo>/../shared/data/...), split 160 train / 40 held out. With ``--full ROOT`` the whole data set
@@ -46,7 +46,7 @@ def load(full: str | None):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--backend", default="numpy")
