@@ -1,4 +1,4 @@
-"""MNIST with a small CNN (conv32-pool-conv64-pool-fc128-fc10, Adam) on the full 60k/10k split.
+"""MNIST with a small CNN (conv32-pool-conv64-pool-fc128-fc10, Adam, cosine lr) on the full 60k/10k split.
 
     python examples/mnist_cnn/main.py [--epochs 3] [--batch-size 64] [--backend numpy|torch] [--limit N]
 
@@ -54,9 +54,11 @@ def main() -> None:
     model.compile(optimizer=nn.Adam(args.lr), loss=nn.CrossEntropyLoss(), metrics=["accuracy"])
     model.summary()
 
+    steps = args.epochs * -(-len(x_train) // args.batch_size)
+    schedule = nn.CosineAnnealingLR(T_max=steps, interval="step")  # lr from --lr down to 0, per batch
     start = time.perf_counter()
     model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=args.verbose,
-              validation_data=(x_test, y_test))
+              validation_data=(x_test, y_test), callbacks=[schedule])
     train_time = time.perf_counter() - start
     result = model.evaluate(x_test, y_test, batch_size=1000)
     print(f"test loss {result['loss']:.4f}  test accuracy {result['accuracy']:.4f}  "
