@@ -185,14 +185,15 @@ class TorchOps(Ops):
     # ----------------------------------------------------------------- sequence models (norms, attention)
     def norm_rows(self, x, weight, bias, eps, center, out, mean, rstd):
         x = x.reshape(-1, x.shape[-1])
-        if center:
-            var, mu = torch.var_mean(x, dim=-1, unbiased=False)
-            mean.copy_(mu)
-        else:
-            var = (x * x).mean(dim=-1)
-            mean.zero_()
-        torch.rsqrt(var + eps, out=rstd)
-        y = (x - mean[:, None]) * rstd[:, None] * weight
+        if center:  # LayerNorm: PyTorch's fused kernel
+            y, mu, rs = torch.native_layer_norm(x, [x.shape[-1]], weight, bias, eps)
+            out.copy_(y.reshape(out.shape))
+            mean.copy_(mu.reshape(-1))
+            rstd.copy_(rs.reshape(-1))
+            return out
+        mean.zero_()  # RMSNorm
+        torch.rsqrt((x * x).mean(dim=-1) + eps, out=rstd)
+        y = x * rstd[:, None] * weight
         if bias is not None:
             y += bias
         out.copy_(y.reshape(out.shape))
@@ -200,11 +201,17 @@ class TorchOps(Ops):
 
     def norm_rows_backward(self, dy, x, weight, mean, rstd, center, dx, dweight, dbias):
         x, dy = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
-        xhat = (x - mean[:, None]) * rstd[:, None]
+        if center:  # LayerNorm; the backward does not read the bias argument, so weight stands in for it
+            stats = mean.reshape(-1, 1), rstd.reshape(-1, 1)
+            gx, gw, gb = torch.ops.aten.native_layer_norm_backward(dy, x, [x.shape[-1]], *stats, weight, weight,
+                                                                   [True, True, True])
+            dx.copy_(gx.reshape(dx.shape))
+            dweight += gw
+            dbias += gb
+            return dx
+        xhat = x * rstd[:, None]  # RMSNorm
         g = dy * weight
         d = g - xhat * (g * xhat).mean(dim=-1, keepdim=True)
-        if center:
-            d -= g.mean(dim=-1, keepdim=True)
         dx.copy_((d * rstd[:, None]).reshape(dx.shape))
         dweight += (dy * xhat).sum(dim=0)
         if dbias is not None:
@@ -217,7 +224,9 @@ class TorchOps(Ops):
             mask = torch.ones(t, t, dtype=torch.bool, device=scores.device).triu_(1)
             scores = scores.masked_fill(mask, float("-inf"))
         out.copy_(torch.softmax(scores, dim=-1))
-        return out    # ----------------------------------------------------------------- recurrent cells (LSTM, GRU)
+        return out
+
+    # ----------------------------------------------------------------- recurrent cells (LSTM, GRU)
     def lstm_cell(self, gates, gh, bias, c_prev, c, tanh_c, h):
         hid = c.shape[1]
         gates += gh
