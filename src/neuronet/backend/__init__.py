@@ -30,7 +30,7 @@ def _canonical(name: str) -> str:
     raise ValueError(f"unknown backend or device {name!r}; expected one of {', '.join(available())}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _ops_for(canonical: str) -> Ops:
     if canonical == "numpy":
         return NumpyOps()

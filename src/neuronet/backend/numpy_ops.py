@@ -136,7 +136,8 @@ class NumpyOps(Ops):
         z = dy if z is None else np.ascontiguousarray(z)  # a stand-in where the derivative does not read it
         y = z if y is None else np.ascontiguousarray(y)
         if bias_grad is not None:
-            kernels.activation_backward_bias_rows(code, a, _rows(dy), _rows(z), _rows(y), _rows(out), bias_grad)
+            kernels.activation_backward_bias_rows(code, a, _rows(dy), _rows(z), _rows(y), _rows(out),
+                                                  bias_grad)
         else:
             kernels.activation_backward(code, a, dy.reshape(-1), z.reshape(-1), y.reshape(-1), _flat(out))
         return out

@@ -314,13 +314,17 @@ class Ops:
 
     # ----------------------------------------------------------------- routing (mixture of experts)
     def topk(self, x, k: int, values, indices) -> None:
-        """The ``k`` largest entries of each row of 2-D ``x``, largest first, into ``values`` and int64 ``indices``."""
+        """The ``k`` largest entries of each row of 2-D ``x``, largest first.
+
+        Written into ``values`` and int64 ``indices``.
+        """
         raise NotImplementedError
 
     def group_by_key(self, keys, order, counts) -> None:
         """Stable sort of 1-D int64 ``keys`` in 0..len(counts)-1.
 
-        ``order`` (like keys) receives the positions of key 0, then of key 1, ...; ``counts[b]`` how many equal b.
+        ``order`` (like keys) receives the positions of key 0, then of key 1, ...;
+        ``counts[b]`` how many equal b.
         """
         raise NotImplementedError
 

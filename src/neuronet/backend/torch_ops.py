@@ -113,7 +113,7 @@ class TorchOps(Ops):
     def scatter_add_rows(self, table, index, rows):
         table.index_add_(0, index.reshape(-1).long(), rows.reshape(-1, *table.shape[1:]))
 
-    # ----------------------------------------------------------------- convolution and pooling (PyTorch's kernels)
+    # ------------------------------------------------------------ convolution and pooling (PyTorch's kernels)
     def im2col(self, x, kernel, stride, out):
         cols = F.unfold(x, kernel, stride=stride)  # (N, C*kh*kw, OH*OW)
         out.view(cols.shape[1], cols.shape[0], cols.shape[2]).copy_(cols.transpose(0, 1))
@@ -203,8 +203,8 @@ class TorchOps(Ops):
         x, dy = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
         if center:  # LayerNorm; the backward does not read the bias argument, so weight stands in for it
             stats = mean.reshape(-1, 1), rstd.reshape(-1, 1)
-            gx, gw, gb = torch.ops.aten.native_layer_norm_backward(dy, x, [x.shape[-1]], *stats, weight, weight,
-                                                                   [True, True, True])
+            gx, gw, gb = torch.ops.aten.native_layer_norm_backward(
+                dy, x, [x.shape[-1]], *stats, weight, weight, [True, True, True])
             dx.copy_(gx.reshape(dx.shape))
             dweight += gw
             dbias += gb

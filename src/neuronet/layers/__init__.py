@@ -16,13 +16,13 @@ from .activation import (
 from .attention import MultiHeadAttention
 from .batchnorm import BatchNorm1D, BatchNorm2D
 from .conv import Conv1D, Conv2D
-from .global_attention import GlobalAttention
-from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from .dense import Dense
 from .dropout import Dropout
 from .embedding import Embedding, PositionalEncoding
+from .global_attention import GlobalAttention
 from .moe import MoE
 from .normalization import LayerNorm, RMSNorm
+from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from .rbf import RBF
 from .recurrent import GRU, LSTM, Bidirectional
 from .reshape import Flatten, Reshape
@@ -30,11 +30,43 @@ from .sequence_pooling import CLSPooling, LastToken, MeanPooling
 from .swiglu import SwiGLU
 from .transformer import TransformerBlock
 
-__all__ = ["Activation", "Dense", "Dropout", "ELU", "Flatten", "GELU", "LeakyReLU", "LogSoftmax", "ReLU",
-           "Reshape", "SELU", "SiLU", "Sigmoid", "Softmax", "Tanh"]
-__all__ += ["MoE"]
-__all__ += ["Embedding", "LayerNorm", "MultiHeadAttention", "PositionalEncoding", "RMSNorm", "SwiGLU",
-            "TransformerBlock"]
-__all__ += ["AvgPool2D", "BatchNorm1D", "BatchNorm2D", "Conv1D", "Conv2D", "GlobalAvgPool2D", "MaxPool2D"]
-__all__ += ["Bidirectional", "CLSPooling", "GRU", "GlobalAttention", "LSTM", "LastToken", "MeanPooling",
-            "RBF"]
+__all__ = [
+    "Activation",
+    "AvgPool2D",
+    "BatchNorm1D",
+    "BatchNorm2D",
+    "Bidirectional",
+    "CLSPooling",
+    "Conv1D",
+    "Conv2D",
+    "Dense",
+    "Dropout",
+    "ELU",
+    "Embedding",
+    "Flatten",
+    "GELU",
+    "GRU",
+    "GlobalAttention",
+    "GlobalAvgPool2D",
+    "LSTM",
+    "LastToken",
+    "LayerNorm",
+    "LeakyReLU",
+    "LogSoftmax",
+    "MaxPool2D",
+    "MeanPooling",
+    "MoE",
+    "MultiHeadAttention",
+    "PositionalEncoding",
+    "RBF",
+    "RMSNorm",
+    "ReLU",
+    "Reshape",
+    "SELU",
+    "SiLU",
+    "Sigmoid",
+    "Softmax",
+    "SwiGLU",
+    "Tanh",
+    "TransformerBlock",
+]

@@ -44,7 +44,8 @@ def compare_with_torch(layer: Layer, module, x: np.ndarray, *, torch_forward: Ca
     result = {"y": y, "dx": None}
     if floating and check_input_grad:
         dx = np.asarray(layer.ops.to_numpy(dx))
-        np.testing.assert_allclose(dx, xt.grad.numpy(), atol=atol, rtol=rtol, err_msg=f"{layer!r}: input grad")
+        np.testing.assert_allclose(dx, xt.grad.numpy(), atol=atol, rtol=rtol,
+                                   err_msg=f"{layer!r}: input grad")
         result["dx"] = dx
     for tname, p in module.named_parameters():
         ours_name = name_map.get(tname, tname)
