@@ -20,9 +20,7 @@ def _data(n: int):
     return rng.random((n, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, n)
 
 
-def neuronet_model():
-    import neuronet as nn
-
+def neuronet_model(nn):
     return nn.Sequential(
         nn.Conv2D(1, 32, 3, padding=1, activation="relu"), nn.MaxPool2D(2),
         nn.Conv2D(32, 64, 3, padding=1, activation="relu"), nn.MaxPool2D(2),
@@ -38,21 +36,15 @@ def torch_model():
         torch.nn.Flatten(), torch.nn.Linear(3136, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
 
 
-def neuronet(backend: str, mode: str):
+def neuronet_predict(backend: str):
     def build():
         import neuronet as nn
 
-        model = neuronet_model()
-        model.compile(optimizer=nn.Adam(1e-3), loss=nn.CrossEntropyLoss())
+        model = neuronet_model(nn)
         model.build((1, 28, 28))
         model.to(backend)
-        if mode == "predict":
-            x, _ = _data(PREDICT_BATCH)
-            return lambda: model.predict(x, batch_size=PREDICT_BATCH)
-        x, y = _data(TRAIN_BATCH)
-        if backend != "numpy":
-            x, y = model.ops.asarray(x), model.ops.asarray(y)
-        return lambda: model.train_step(x, y)
+        x, _ = _data(PREDICT_BATCH)
+        return lambda: model.predict(x, batch_size=PREDICT_BATCH)
     return build
 
 
@@ -71,15 +63,7 @@ def pytorch(mode: str):
             return infer
         x, y = (torch.from_numpy(a) for a in _data(TRAIN_BATCH))
         opt = torch.optim.Adam(model.parameters(), 1e-3)
-        loss_fn = torch.nn.CrossEntropyLoss()
-
-        def step():
-            opt.zero_grad()
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            opt.step()
-            return loss.item()
-        return step
+        return harness.torch_training_step(model, opt, x, y, torch.nn.CrossEntropyLoss())
     return build
 
 
@@ -88,8 +72,10 @@ TITLES = {"train": f"MNIST CNN, batch {TRAIN_BATCH}, Adam, float32 (training ste
 
 
 def engines(mode: str) -> dict:
-    return {"neuronet-numpy": neuronet("numpy", mode), "neuronet-torch": neuronet("torch", mode),
-            "pytorch": pytorch(mode)}
+    if mode == "predict":
+        return harness.standard_engines(neuronet_predict, pytorch(mode))
+    return harness.standard_engines(harness.neuronet_training(neuronet_model, lambda: _data(TRAIN_BATCH)),
+                                    pytorch(mode))
 
 
 if __name__ == "__main__":

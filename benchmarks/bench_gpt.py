@@ -22,22 +22,10 @@ def _data():
     return rng.integers(0, VOCAB, (BATCH, BLOCK)), rng.integers(0, VOCAB, (BATCH, BLOCK))
 
 
-def neuronet(backend: str):
-    def build():
-        import neuronet as nn
-
-        x, y = _data()
-        model = nn.Sequential(
-            nn.Embedding(VOCAB, DIM), nn.PositionalEncoding(BLOCK, DIM, learned=True),
-            *[nn.TransformerBlock(DIM, HEADS, FF, causal=True) for _ in range(LAYERS)],
-            nn.LayerNorm(DIM), nn.Dense(DIM, VOCAB))
-        model.compile(optimizer=nn.AdamW(1e-3), loss=nn.CrossEntropyLoss())
-        model.build((BLOCK,))
-        model.to(backend)
-        if backend != "numpy":
-            x, y = model.ops.asarray(x), model.ops.asarray(y)
-        return lambda: model.train_step(x, y)
-    return build
+neuronet = harness.neuronet_training(lambda nn: nn.Sequential(
+    nn.Embedding(VOCAB, DIM), nn.PositionalEncoding(BLOCK, DIM, learned=True),
+    *[nn.TransformerBlock(DIM, HEADS, FF, causal=True) for _ in range(LAYERS)],
+    nn.LayerNorm(DIM), nn.Dense(DIM, VOCAB)), _data, optimizer="AdamW")
 
 
 def pytorch():
@@ -64,18 +52,12 @@ def pytorch():
     x, y = (torch.from_numpy(a) for a in _data())
     model = GPT()
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def step():
-        opt.zero_grad()
-        loss = loss_fn(model(x).reshape(-1, VOCAB), y.reshape(-1))
-        loss.backward()
-        opt.step()
-        return loss.item()
-    return step
+    cross_entropy = torch.nn.CrossEntropyLoss()
+    return harness.torch_training_step(
+        model, opt, x, y, lambda logits, target: cross_entropy(logits.reshape(-1, VOCAB), target.reshape(-1)))
 
 
-ENGINES = {"neuronet-numpy": neuronet("numpy"), "neuronet-torch": neuronet("torch"), "pytorch": pytorch}
+ENGINES = harness.standard_engines(neuronet, pytorch)
 
 if __name__ == "__main__":
     harness.main(ENGINES, "char GPT 4 x (128 wide, 4 heads, ff 512), block 64, batch 12, AdamW, float32 "

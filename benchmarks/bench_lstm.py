@@ -14,19 +14,8 @@ def _data():
     return rng.random((BATCH, STEPS, FEATURES), dtype=np.float32), rng.integers(0, CLASSES, BATCH)
 
 
-def neuronet(backend: str):
-    def build():
-        import neuronet as nn
-
-        x, y = _data()
-        model = nn.Sequential(nn.LSTM(FEATURES, HIDDEN), nn.Dense(HIDDEN, CLASSES))
-        model.compile(optimizer=nn.Adam(1e-3), loss=nn.CrossEntropyLoss())
-        model.build((STEPS, FEATURES))
-        model.to(backend)
-        if backend != "numpy":
-            x, y = model.ops.asarray(x), model.ops.asarray(y)
-        return lambda: model.train_step(x, y)
-    return build
+neuronet = harness.neuronet_training(
+    lambda nn: nn.Sequential(nn.LSTM(FEATURES, HIDDEN), nn.Dense(HIDDEN, CLASSES)), _data)
 
 
 def pytorch():
@@ -46,18 +35,10 @@ def pytorch():
 
     model = Net()
     opt = torch.optim.Adam(model.parameters(), 1e-3)
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def step():
-        opt.zero_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss.item()
-    return step
+    return harness.torch_training_step(model, opt, x, y, torch.nn.CrossEntropyLoss())
 
 
-ENGINES = {"neuronet-numpy": neuronet("numpy"), "neuronet-torch": neuronet("torch"), "pytorch": pytorch}
+ENGINES = harness.standard_engines(neuronet, pytorch)
 
 if __name__ == "__main__":
     harness.main(ENGINES, "LSTM 28x28 -> 128 -> 10 (sequential MNIST), batch 64, Adam, float32 (train step)")

@@ -13,20 +13,8 @@ def _data():
     return rng.standard_normal((BATCH, 784)).astype(np.float32), rng.integers(0, 10, BATCH)
 
 
-def neuronet(backend: str):
-    def build():
-        import neuronet as nn
-
-        x, y = _data()
-        model = nn.Sequential(nn.Dense(784, 512, activation="relu"), nn.Dense(512, 256, activation="relu"),
-                              nn.Dense(256, 10))
-        model.compile(optimizer=nn.Adam(1e-3), loss=nn.CrossEntropyLoss())
-        model.build((784,))
-        model.to(backend)
-        if backend != "numpy":
-            x, y = model.ops.asarray(x), model.ops.asarray(y)
-        return lambda: model.train_step(x, y)
-    return build
+neuronet = harness.neuronet_training(lambda nn: nn.Sequential(
+    nn.Dense(784, 512, activation="relu"), nn.Dense(512, 256, activation="relu"), nn.Dense(256, 10)), _data)
 
 
 def pytorch():
@@ -37,18 +25,10 @@ def pytorch():
     model = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 256),
                                 torch.nn.ReLU(), torch.nn.Linear(256, 10))
     opt = torch.optim.Adam(model.parameters(), 1e-3)
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def step():
-        opt.zero_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss.item()
-    return step
+    return harness.torch_training_step(model, opt, x, y, torch.nn.CrossEntropyLoss())
 
 
-ENGINES = {"neuronet-numpy": neuronet("numpy"), "neuronet-torch": neuronet("torch"), "pytorch": pytorch}
+ENGINES = harness.standard_engines(neuronet, pytorch)
 
 if __name__ == "__main__":
     harness.main(ENGINES, "MLP 784-512-256-10, batch 128, Adam, float32 (training step)")

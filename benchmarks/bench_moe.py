@@ -17,19 +17,8 @@ def _data():
     return rng.standard_normal((BATCH, DIM)).astype(np.float32), rng.integers(0, CLASSES, BATCH)
 
 
-def neuronet(backend: str):
-    def build():
-        import neuronet as nn
-
-        x, y = _data()
-        model = nn.Sequential(nn.Dense(DIM, DIM), nn.MoE(DIM, HIDDEN, EXPERTS, TOP_K), nn.Dense(DIM, CLASSES))
-        model.compile(optimizer=nn.Adam(1e-3), loss=nn.CrossEntropyLoss())
-        model.build((DIM,))
-        model.to(backend)
-        if backend != "numpy":
-            x, y = model.ops.asarray(x), model.ops.asarray(y)
-        return lambda: model.train_step(x, y)
-    return build
+neuronet = harness.neuronet_training(lambda nn: nn.Sequential(
+    nn.Dense(DIM, DIM), nn.MoE(DIM, HIDDEN, EXPERTS, TOP_K), nn.Dense(DIM, CLASSES)), _data)
 
 
 def pytorch():
@@ -63,17 +52,11 @@ def pytorch():
     moe = MoE()
     model = torch.nn.Sequential(torch.nn.Linear(DIM, DIM), moe, torch.nn.Linear(DIM, CLASSES))
     opt = torch.optim.Adam(model.parameters(), 1e-3)
-
-    def step():
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y) + 0.01 * moe.aux_loss
-        loss.backward()
-        opt.step()
-        return loss.item()
-    return step
+    return harness.torch_training_step(
+        model, opt, x, y, lambda logits, target: F.cross_entropy(logits, target) + 0.01 * moe.aux_loss)
 
 
-ENGINES = {"neuronet-numpy": neuronet("numpy"), "neuronet-torch": neuronet("torch"), "pytorch": pytorch}
+ENGINES = harness.standard_engines(neuronet, pytorch)
 
 if __name__ == "__main__":
     harness.main(ENGINES, "MoE Dense(64,64) -> top-2 of 4 experts (64-256-64 GELU) -> Dense(64,10), "

@@ -97,3 +97,42 @@ def main(engines: dict, title: str, steps: int = 50, warmup: int = 10, rounds: i
                           "cpu_ms": {n: c * 1e3 for n, c in cpu_summary.items()},
                           "ratio": {n: (ref / s if ref else None) for n, s in summary.items()}}))
     return summary
+
+
+# ----------------------------------------------------------------- the step builders every benchmark shares
+def neuronet_training(make_model, data, optimizer: str = "Adam", lr: float = 1e-3):
+    """ENGINES entries for neuronet: ``for_backend(name)`` gives a build() of one train_step on ``data()``.
+
+    ``make_model(nn)`` returns an uncompiled Sequential; the loss is cross-entropy.
+    """
+    def for_backend(backend: str):
+        def build():
+            import neuronet as nn
+
+            x, y = data()
+            model = make_model(nn)
+            model.compile(optimizer=getattr(nn, optimizer)(lr), loss=nn.CrossEntropyLoss())
+            model.build(tuple(x.shape[1:]))
+            model.to(backend)
+            if backend != "numpy":
+                x, y = model.ops.asarray(x), model.ops.asarray(y)
+            return lambda: model.train_step(x, y)
+        return build
+    return for_backend
+
+
+def torch_training_step(model, optimizer, x, y, loss_fn):
+    """One PyTorch training step as a PyTorch user writes it: zero_grad, forward, loss, backward, step."""
+    def step():
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+    return step
+
+
+def standard_engines(neuronet_for_backend, pytorch_build) -> dict:
+    """neuronet on each backend and PyTorch's own nn/optim, in the order they alternate."""
+    return {"neuronet-numpy": neuronet_for_backend("numpy"), "neuronet-torch": neuronet_for_backend("torch"),
+            "pytorch": pytorch_build}
