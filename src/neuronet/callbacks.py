@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from ._atomic import atomic_path
+
 
 class Callback:
     """Base class; ``self.model`` is set by ``fit`` before ``on_train_begin``."""
@@ -214,7 +216,5 @@ class CSVLogger(Callback):
 
 def _write_rows_atomically(path: str, rows: list[list]) -> None:
     """Write CSV rows to a temporary file next to ``path``, then rename it over ``path``."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path, "CSV log") as tmp, open(tmp, "w", newline="") as f:
         csv.writer(f).writerows(rows)
-    os.replace(tmp, path)

@@ -136,7 +136,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     x = _model_inputs(model, x, not args.no_preprocess)
     out = model.predict(x, batch_size=args.batch_size)
     if args.output:
-        from ..io._atomic import atomic_path
+        from .._atomic import atomic_path
 
         with atomic_path(args.output, "predict") as tmp:
             if args.output.endswith(".csv"):

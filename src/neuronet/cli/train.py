@@ -221,7 +221,7 @@ def plot_history(history: dict, path: Path, title: str = "") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..io._atomic import atomic_path
+    from .._atomic import atomic_path
 
     names = [k for k in history if not k.startswith("val_")]
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.5), squeeze=False)

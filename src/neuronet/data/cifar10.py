@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import tarfile
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .._atomic import atomic_path
 from .download import DatasetNotFoundError, ensure_files
 
 RECORD = 1 + 3 * 32 * 32
@@ -90,19 +90,10 @@ def _download(root: Path, download: bool) -> Path:
         for member in archive:
             name = Path(member.name).name  # never a path from the archive: only these known names
             if member.isfile() and name in wanted:
-                _write_atomically(folder / name, archive.extractfile(member).read())
+                with atomic_path(folder / name, "CIFAR-10") as tmp:
+                    tmp.write_bytes(archive.extractfile(member).read())
                 wanted.discard(name)
     if wanted:
         raise DatasetNotFoundError(f"CIFAR-10: {root / ARCHIVE} lacks {', '.join(sorted(wanted))}")
     return folder
 
-
-def _write_atomically(dest: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

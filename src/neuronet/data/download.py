@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import urllib.request
 from pathlib import Path
+
+from .._atomic import atomic_path
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -42,13 +43,7 @@ def ensure_files(root: str | os.PathLike, names: list[str], mirrors: list[str], 
 
 def _fetch(url: str, dest: Path, timeout: float) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                while chunk := response.read(1 << 20):
-                    f.write(chunk)
-            os.replace(tmp, dest)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    with urllib.request.urlopen(url, timeout=timeout) as response, \
+            atomic_path(dest, "download") as tmp, open(tmp, "wb") as f:
+        while chunk := response.read(1 << 20):
+            f.write(chunk)

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from .._atomic import atomic_path
 from ..core.layer import Layer
-from ._atomic import atomic_path
 from .nnet import build_layer, describe
 
 ARCH = "neuronet"

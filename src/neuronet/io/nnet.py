@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._atomic import atomic_path
+from .._atomic import atomic_path
 
 FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 16 << 20

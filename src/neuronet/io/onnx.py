@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from .._atomic import atomic_path
 from ..core.layer import Layer, ShapeError
-from ._atomic import atomic_path
 
 OPSET = 17
 
