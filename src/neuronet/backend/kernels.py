@@ -12,6 +12,8 @@ import math
 import numba
 import numpy as np
 
+from . import fastmath as fm
+
 ACT_CODES = {
     "linear": 0, "relu": 1, "sigmoid": 2, "tanh": 3, "leaky_relu": 4, "elu": 5, "selu": 6,
     "gelu": 7, "gelu_tanh": 8, "silu": 9,
@@ -23,68 +25,16 @@ _INV_SQRT2 = 0.7071067811865476
 _INV_SQRT_2PI = 0.3989422804014327
 _SQRT_2_OVER_PI = 0.7978845608028654
 
-jit = numba.njit(cache=True, nogil=True, fastmath=False)
-
-
-@jit
-def _sigmoid(v):
-    if v >= 0:
-        return 1.0 / (1.0 + math.exp(-v))
-    e = math.exp(v)
-    return e / (1.0 + e)
-
-
-# GELU on float32 data: libm's erf and exp are scalar calls that stop the loop from vectorising
-# (~10 ns/element). These two are plain float32 arithmetic (no raising division, no promotion to
-# float64 through Python-float constants), so LLVM vectorises the loop at full float32 width.
-f32 = np.float32
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def _erf32(x):
-    """erf for float32 data, max abs error 4e-7: Eigen's odd/even rational fit on [-4, 4], +-1 beyond."""
-    x = min(max(x, -f32(4.0)), f32(4.0))
-    x2 = x * x
-    p = -f32(2.72614225801306e-10)
-    p = p * x2 + f32(2.77068142495902e-08)
-    p = p * x2 - f32(2.10102402082508e-06)
-    p = p * x2 - f32(5.69250639462346e-05)
-    p = p * x2 - f32(7.34990630326855e-04)
-    p = p * x2 - f32(2.95459980854025e-03)
-    p = p * x2 - f32(1.60960333262415e-02)
-    q = -f32(1.45660718464996e-05)
-    q = q * x2 - f32(2.13374055278905e-04)
-    q = q * x2 - f32(1.68282697438203e-03)
-    q = q * x2 - f32(7.37332916720468e-03)
-    q = q * x2 - f32(1.42647390514189e-02)
-    return x * p / q
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def _gauss32(v):
-    """exp(-v^2 / 2) for float32 data, relative error < 1e-6: exp(u)^32, u = -v^2/64 (Taylor, degree 8)."""
-    y = v * v
-    u = -min(y, f32(36.0)) * f32(1.0 / 64.0)
-    e = f32(1.0 / 5040) + u * f32(1.0 / 40320)  # Horner, innermost term first
-    e = f32(1.0 / 720) + u * e
-    e = f32(1.0 / 120) + u * e
-    e = f32(1.0 / 24) + u * e
-    e = f32(1.0 / 6) + u * e
-    e = f32(0.5) + u * e
-    e = f32(1.0) + u * e
-    e = f32(1.0) + u * e
-    e *= e
-    e *= e
-    e *= e
-    e *= e
-    e *= e
-    return f32(0.0) if y > f32(36.0) else e  # below 1.6e-8 * |v|: zero
+# reassoc lets LLVM vectorise the row sums (softmax, norms); contract fuses a*b+c into FMAs. Constants are
+# cast to the data's dtype (``dt(...)``) so float32 data is computed in float32 throughout.
+jit = numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"}, error_model="numpy")
 
 
 @jit
 def activation_forward(code, alpha, z, out):
     """out[i] = act(z[i]); alpha is LeakyReLU's slope or ELU's alpha."""
-    n = z.size
+    n, dt = z.size, z.dtype.type
+    one, half, alpha = dt(1.0), dt(0.5), dt(alpha)
     if code == 0:
         for i in range(n):
             out[i] = z[i]
@@ -94,10 +44,10 @@ def activation_forward(code, alpha, z, out):
             out[i] = 0.0 if v <= 0 else v  # NaN propagates, as in torch.relu
     elif code == 2:
         for i in range(n):
-            out[i] = _sigmoid(z[i])
+            out[i] = fm.sigmoid(z[i])
     elif code == 3:
         for i in range(n):
-            out[i] = math.tanh(z[i])
+            out[i] = fm.tanh(z[i])
     elif code == 4:
         for i in range(n):
             v = z[i]
@@ -105,34 +55,33 @@ def activation_forward(code, alpha, z, out):
     elif code == 5:
         for i in range(n):
             v = z[i]
-            out[i] = v if v > 0 else alpha * (math.exp(v) - 1.0)
+            out[i] = v if v > 0 else alpha * (fm.exp(v) - one)
     elif code == 6:
+        scale, scale_alpha = dt(_SELU_SCALE), dt(_SELU_SCALE * _SELU_ALPHA)
         for i in range(n):
             v = z[i]
-            out[i] = _SELU_SCALE * v if v > 0 else _SELU_SCALE * _SELU_ALPHA * (math.exp(v) - 1.0)
+            out[i] = scale * v if v > 0 else scale_alpha * (fm.exp(v) - one)
     elif code == 7:
-        if z.itemsize == 4:  # float32: a rational erf that vectorises (libm's erf does not)
-            for i in range(n):
-                v = z[i]
-                out[i] = f32(0.5) * v * (f32(1.0) + _erf32(v * f32(_INV_SQRT2)))
-        else:
-            for i in range(n):
-                v = z[i]
-                out[i] = 0.5 * v * (1.0 + math.erf(v * _INV_SQRT2))
-    elif code == 8:
+        inv_sqrt2 = dt(_INV_SQRT2)
         for i in range(n):
             v = z[i]
-            out[i] = 0.5 * v * (1.0 + math.tanh(_SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)))
+            out[i] = half * v * (one + fm.erf(v * inv_sqrt2))
+    elif code == 8:
+        c, c3 = dt(_SQRT_2_OVER_PI), dt(_SQRT_2_OVER_PI * 0.044715)
+        for i in range(n):
+            v = z[i]
+            out[i] = half * v * (one + fm.tanh(v * (c + c3 * v * v)))
     elif code == 9:
         for i in range(n):
             v = z[i]
-            out[i] = v * _sigmoid(v)
+            out[i] = v * fm.sigmoid(v)
 
 
 @jit
 def activation_backward(code, alpha, dy, z, y, out):
     """out[i] = dy[i] * act'(z[i]); relu/sigmoid/tanh read the output y, the rest read z."""
-    n = dy.size
+    n, dt = dy.size, dy.dtype.type
+    one, half, alpha = dt(1.0), dt(0.5), dt(alpha)
     if code == 0:
         for i in range(n):
             out[i] = dy[i]
@@ -142,44 +91,40 @@ def activation_backward(code, alpha, dy, z, y, out):
     elif code == 2:
         for i in range(n):
             s = y[i]
-            out[i] = dy[i] * s * (1.0 - s)
+            out[i] = dy[i] * s * (one - s)
     elif code == 3:
         for i in range(n):
             t = y[i]
-            out[i] = dy[i] * (1.0 - t * t)
+            out[i] = dy[i] * (one - t * t)
     elif code == 4:
         for i in range(n):
             out[i] = dy[i] if z[i] > 0 else dy[i] * alpha
     elif code == 5:
         for i in range(n):
             v = z[i]
-            out[i] = dy[i] if v > 0 else dy[i] * alpha * math.exp(v)
+            out[i] = dy[i] if v > 0 else dy[i] * alpha * fm.exp(v)
     elif code == 6:
+        scale, scale_alpha = dt(_SELU_SCALE), dt(_SELU_SCALE * _SELU_ALPHA)
         for i in range(n):
             v = z[i]
-            out[i] = dy[i] * _SELU_SCALE if v > 0 else dy[i] * _SELU_SCALE * _SELU_ALPHA * math.exp(v)
-    elif code == 7:
-        if z.itemsize == 4:
-            for i in range(n):
-                v = z[i]
-                cdf = f32(0.5) * (f32(1.0) + _erf32(v * f32(_INV_SQRT2)))
-                out[i] = dy[i] * (cdf + v * f32(_INV_SQRT_2PI) * _gauss32(v))
-        else:
-            for i in range(n):
-                v = z[i]
-                cdf = 0.5 * (1.0 + math.erf(v * _INV_SQRT2))
-                out[i] = dy[i] * (cdf + v * _INV_SQRT_2PI * math.exp(-0.5 * v * v))
+            out[i] = dy[i] * scale if v > 0 else dy[i] * scale_alpha * fm.exp(v)
+    elif code == 7:  # d/dv [v Phi(v)] = Phi(v) + v phi(v)
+        inv_sqrt2, inv_sqrt_2pi = dt(_INV_SQRT2), dt(_INV_SQRT_2PI)
+        for i in range(n):
+            v = z[i]
+            cdf = half * (one + fm.erf(v * inv_sqrt2))
+            out[i] = dy[i] * (cdf + v * inv_sqrt_2pi * fm.exp(-half * v * v))
     elif code == 8:
+        c, c3 = dt(_SQRT_2_OVER_PI), dt(_SQRT_2_OVER_PI * 0.044715)
         for i in range(n):
             v = z[i]
-            t = math.tanh(_SQRT_2_OVER_PI * (v + 0.044715 * v * v * v))
-            d = 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * v * v)
-            out[i] = dy[i] * d
+            t = fm.tanh(v * (c + c3 * v * v))
+            out[i] = dy[i] * (half * (one + t) + half * v * (one - t * t) * (c + dt(3.0) * c3 * v * v))
     elif code == 9:
         for i in range(n):
             v = z[i]
-            s = _sigmoid(v)
-            out[i] = dy[i] * s * (1.0 + v * (1.0 - s))
+            s = fm.sigmoid(v)
+            out[i] = dy[i] * s * (one + v * (one - s))
 
 
 @jit
@@ -214,43 +159,61 @@ def add_column_sums(x, out):
 
 
 @jit
-def softmax_rows(z, out, log):
-    """Row-wise (log-)softmax of a 2-D array; out may be z."""
+def softmax_rows(z, out, log, scale, causal_t):
+    """Row-wise (log-)softmax of ``scale * z`` (2-D); out may be z.
+
+    With ``causal_t`` > 0 the rows are (B * causal_t) attention scores and row r (query r % causal_t)
+    sees keys 0..r % causal_t only; the masked entries of ``out`` are 0.
+    """
     rows, cols = z.shape
+    dt = z.dtype.type
+    scale = dt(scale)
     for r in range(rows):
-        m = z[r, 0]
-        for c in range(1, cols):
-            if z[r, c] > m:
-                m = z[r, c]
-        s = 0.0
-        for c in range(cols):
-            s += math.exp(z[r, c] - m)
-        if log:
-            lse = m + math.log(s)
-            for c in range(cols):
-                out[r, c] = z[r, c] - lse
+        seen = r % causal_t + 1 if causal_t > 0 else cols
+        zr, o = z[r], out[r]
+        m = zr[0]
+        for c in range(1, seen):
+            m = max(m, zr[c])
+        s = dt(0.0)
+        if log:  # o may be zr: read zr in full before writing
+            for c in range(seen):
+                s += fm.exp((zr[c] - m) * scale)
+            lse = m * scale + math.log(s)
+            for c in range(seen):
+                o[c] = zr[c] * scale - lse
         else:
-            inv = 1.0 / s
-            for c in range(cols):
-                out[r, c] = math.exp(z[r, c] - m) * inv
+            for c in range(seen):
+                e = fm.exp((zr[c] - m) * scale)
+                o[c] = e
+                s += e
+            inv = dt(1.0) / s
+            for c in range(seen):
+                o[c] *= inv
+        for c in range(seen, cols):
+            o[c] = 0.0
 
 
 @jit
-def softmax_rows_backward(dy, y, out, log):
-    """softmax: dz = y (dy - sum(dy y));  log_softmax: dz = dy - exp(y) sum(dy). out may be dy."""
+def softmax_rows_backward(dy, y, out, log, scale):
+    """d/dz of softmax(scale z): scale y (dy - sum(dy y)); of log_softmax: scale (dy - exp(y) sum(dy)).
+
+    out may be dy.
+    """
     rows, cols = dy.shape
+    dt = dy.dtype.type
+    scale = dt(scale)
     for r in range(rows):
-        s = 0.0
+        s = dt(0.0)
         if log:
             for c in range(cols):
                 s += dy[r, c]
             for c in range(cols):
-                out[r, c] = dy[r, c] - math.exp(y[r, c]) * s
+                out[r, c] = scale * (dy[r, c] - fm.exp(y[r, c]) * s)
         else:
             for c in range(cols):
                 s += dy[r, c] * y[r, c]
             for c in range(cols):
-                out[r, c] = y[r, c] * (dy[r, c] - s)
+                out[r, c] = scale * y[r, c] * (dy[r, c] - s)
 
 
 def warm_up(dtype=np.float32) -> None:
@@ -260,8 +223,8 @@ def warm_up(dtype=np.float32) -> None:
         activation_forward(code, 0.01, a, a)
         activation_backward(code, 0.01, a, a, a, a)
     m = a.reshape(1, 2)
-    softmax_rows(m, m, True)
-    softmax_rows_backward(m, m, m, True)
+    softmax_rows(m, m, True, 1.0, 0)
+    softmax_rows_backward(m, m, m, True, 1.0)
 
 
 # ----------------------------------------------------------------- routing kernels (mixture of experts)
@@ -307,22 +270,28 @@ def group_by_key(keys, order, counts):
 def norm_rows_forward(x, w, b, eps, center, has_bias, out, mean, rstd):
     """LayerNorm (center) or RMSNorm rows of 2-D x: out = (x - mean) * rstd * w (+ b); saves mean, rstd."""
     rows, cols = x.shape
+    dt = x.dtype.type
+    eps, inv_cols = dt(eps), dt(1.0 / cols)
     for r in range(rows):
-        mu = 0.0
+        xr, o = x[r], out[r]
+        mu = dt(0.0)
         if center:
             for c in range(cols):
-                mu += x[r, c]
-            mu /= cols
-        var = 0.0
+                mu += xr[c]
+            mu *= inv_cols
+        var = dt(0.0)
         for c in range(cols):
-            d = x[r, c] - mu
+            d = xr[c] - mu
             var += d * d
-        s = 1.0 / math.sqrt(var / cols + eps)
+        s = dt(1.0) / np.sqrt(var * inv_cols + eps)
         mean[r] = mu
         rstd[r] = s
-        for c in range(cols):
-            v = (x[r, c] - mu) * s * w[c]
-            out[r, c] = v + b[c] if has_bias else v
+        if has_bias:
+            for c in range(cols):
+                o[c] = (xr[c] - mu) * s * w[c] + b[c]
+        else:
+            for c in range(cols):
+                o[c] = (xr[c] - mu) * s * w[c]
 
 
 @jit
@@ -332,45 +301,26 @@ def norm_rows_backward(dy, x, w, mean, rstd, center, has_bias, dx, dw, db):
     ACCUMULATES dw += sum dy xhat and db += sum dy.
     """
     rows, cols = x.shape
+    dt = x.dtype.type
+    inv_cols = dt(1.0 / cols)
     for r in range(rows):
         mu, s = mean[r], rstd[r]
-        sg = 0.0
-        sgx = 0.0
+        xr, dyr, dxr = x[r], dy[r], dx[r]
+        sg = dt(0.0)
+        sgx = dt(0.0)
         for c in range(cols):
-            xh = (x[r, c] - mu) * s
-            g = dy[r, c] * w[c]
+            xh = (xr[c] - mu) * s
+            g = dyr[c] * w[c]
             sg += g
             sgx += g * xh
-            dw[c] += dy[r, c] * xh
-            if has_bias:
-                db[c] += dy[r, c]
-        mg = sg / cols if center else 0.0
-        mgx = sgx / cols
+            dw[c] += dyr[c] * xh
+        if has_bias:
+            for c in range(cols):
+                db[c] += dyr[c]
+        mg = sg * inv_cols if center else dt(0.0)
+        mgx = sgx * inv_cols
         for c in range(cols):
-            xh = (x[r, c] - mu) * s
-            dx[r, c] = s * (dy[r, c] * w[c] - mg - xh * mgx)
-
-
-@jit
-def causal_softmax_rows(z, out, t):
-    """Softmax of the rows of 2-D z = (B*t, t) scores where row r (query r % t) sees keys 0..r % t only."""
-    rows, cols = z.shape
-    for r in range(rows):
-        q = r % t
-        m = z[r, 0]
-        for c in range(1, q + 1):
-            if z[r, c] > m:
-                m = z[r, c]
-        s = 0.0
-        for c in range(q + 1):
-            e = math.exp(z[r, c] - m)
-            out[r, c] = e
-            s += e
-        inv = 1.0 / s
-        for c in range(q + 1):
-            out[r, c] *= inv
-        for c in range(q + 1, cols):
-            out[r, c] = 0.0
+            dxr[c] = s * (dyr[c] * w[c] - mg - (xr[c] - mu) * s * mgx)
 
 
 @jit

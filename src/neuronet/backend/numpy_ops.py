@@ -116,7 +116,7 @@ class NumpyOps(Ops):
         if name in ("softmax", "log_softmax"):
             if bias is not None:
                 z += bias
-            kernels.softmax_rows(_rows(z), _rows(out), name == "log_softmax")
+            kernels.softmax_rows(_rows(z), _rows(out), name == "log_softmax", 1.0, 0)
             return out
         code, a = kernels.ACT_CODES[name], DEFAULT_ALPHA.get(name, 0.0) if alpha is None else alpha
         if bias is not None:
@@ -127,7 +127,7 @@ class NumpyOps(Ops):
 
     def activation_backward(self, name, dy, z, y, out, alpha=None, *, bias_grad=None):
         if name in ("softmax", "log_softmax"):
-            kernels.softmax_rows_backward(_rows(dy), _rows(y), _rows(out), name == "log_softmax")
+            kernels.softmax_rows_backward(_rows(dy), _rows(y), _rows(out), name == "log_softmax", 1.0)
             if bias_grad is not None:
                 kernels.add_column_sums(_rows(out), bias_grad)
             return out
@@ -147,13 +147,13 @@ class NumpyOps(Ops):
 
     # ----------------------------------------------------------------- recurrent cells (one Numba pass each)
     def lstm_cell(self, gates, gh, bias, c_prev, c, tanh_c, h):
-        rnn_kernels.lstm_cell_forward(gates, gh, bias, c_prev, c, tanh_c, h, gates.dtype == np.float32)
+        rnn_kernels.lstm_cell_forward(gates, gh, bias, c_prev, c, tanh_c, h)
 
     def lstm_cell_backward(self, gates, c_prev, tanh_c, dh, dc, dgates):
         rnn_kernels.lstm_cell_backward(gates, c_prev, tanh_c, dh, dc, dgates)
 
     def gru_cell(self, gates, gh, b_ih, b_hh, h_prev, hn, h):
-        rnn_kernels.gru_cell_forward(gates, gh, b_ih, b_hh, h_prev, hn, h, gates.dtype == np.float32)
+        rnn_kernels.gru_cell_forward(gates, gh, b_ih, b_hh, h_prev, hn, h)
 
     def gru_cell_backward(self, gates, hn, h_prev, dh, dgx, dgh, dh_direct):
         rnn_kernels.gru_cell_backward(gates, hn, h_prev, dh, dgx, dgh, dh_direct)
@@ -170,11 +170,12 @@ class NumpyOps(Ops):
                                    _rows(dx), dweight, db)
         return dx
 
-    def attention_softmax(self, scores, out, causal):
-        if causal:
-            kernels.causal_softmax_rows(_rows(scores), _rows(out), scores.shape[-1])
-        else:
-            kernels.softmax_rows(_rows(scores), _rows(out), False)
+    def attention_softmax(self, scores, out, causal, scale=1.0):
+        kernels.softmax_rows(_rows(scores), _rows(out), False, scale, scores.shape[-1] if causal else 0)
+        return out
+
+    def attention_softmax_backward(self, dprobs, probs, out, scale=1.0):
+        kernels.softmax_rows_backward(_rows(dprobs), _rows(probs), _rows(out), False, scale)
         return out
 
     # ----------------------------------------------------------------- optimizer updates (Numba, one pass)

@@ -189,8 +189,13 @@ class Ops:
         """dx of ``norm_rows``; ACCUMULATES into ``dweight`` and ``dbias`` (None when there is no bias)."""
         raise NotImplementedError
 
-    def attention_softmax(self, scores, out, causal: bool) -> Any:
-        """Softmax over the last axis of (..., T, T) scores; with ``causal`` query t sees keys 0..t only."""
+    def attention_softmax(self, scores, out, causal: bool, scale: float = 1.0) -> Any:
+        """P = softmax(scale * scores) over the last axis of (..., T, T) scores; with ``causal`` query t
+        sees keys 0..t only (P is 0 above the diagonal). ``out`` may be ``scores``."""
+        raise NotImplementedError
+
+    def attention_softmax_backward(self, dprobs, probs, out, scale: float = 1.0) -> Any:
+        """dL/dscores of ``attention_softmax``: scale * P (dP - rowsum(dP P)). ``out`` may be ``dprobs``."""
         raise NotImplementedError
 
     # ----------------------------------------------------------------- recurrent cells (LSTM, GRU), one step

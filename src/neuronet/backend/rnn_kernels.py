@@ -1,63 +1,26 @@
 """Fused Numba kernels for one step of an LSTM or GRU cell: all gate nonlinearities in one pass.
 
 Arrays are 2-D and C-contiguous: gate blocks ``(N, G*H)`` in PyTorch's order (LSTM i, f, g, o;
-GRU r, z, n), states ``(N, H)``, biases ``(G*H,)``. With ``fast`` (used for float32) tanh is a
-rational approximation (Eigen's ``ptanh_float``, max abs error ~2.4e-7 on float32, i.e. float32
-rounding) and sigmoid(v) = 0.5 + 0.5 tanh(v / 2): branch-free arithmetic that LLVM vectorises, about
-5x faster than libm's scalar calls. Without ``fast`` (float64) the exact ``math`` functions are used,
-so float64 gradient checks see the true derivatives.
+GRU r, z, n), states ``(N, H)``, biases ``(G*H,)``. tanh and sigmoid come from ``fastmath``: on
+float32 data branch-free approximations that LLVM vectorises (about 5x faster than libm's scalar
+calls), on float64 data the exact functions, so float64 gradient checks see the true derivatives.
 """
 
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
+
+from . import fastmath as fm
 
 # error_model="numpy": no ZeroDivisionError branch in the division, which would stop vectorisation.
 jit = numba.njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 
-_F = np.float32
-_CLAMP = _F(7.90531110763549805)
-_P13, _P11, _P9, _P7, _P5, _P3, _P1 = (_F(c) for c in (
-    -2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11, 5.12229709037114e-08,
-    1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03))
-_Q6, _Q4, _Q2, _Q0 = (_F(c) for c in (
-    1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03))
-_HALF = _F(0.5)
-_ONE = _F(1.0)  # exact in float32 and float64: keeps the float32 kernels in float32
+_ONE = np.float32(1.0)  # exact in float32 and float64: keeps the float32 kernels in float32
 
 
 @jit
-def _tanh_f32(v):
-    v = v if v < _CLAMP else _CLAMP
-    v = v if v > -_CLAMP else -_CLAMP
-    v2 = v * v
-    p = v2 * _P13 + _P11
-    p = p * v2 + _P9
-    p = p * v2 + _P7
-    p = p * v2 + _P5
-    p = p * v2 + _P3
-    p = p * v2 + _P1
-    q = v2 * _Q6 + _Q4
-    q = q * v2 + _Q2
-    q = q * v2 + _Q0
-    return p * v / q
-
-
-@jit
-def _tanh(v, fast):
-    return _tanh_f32(v) if fast else math.tanh(v)
-
-
-@jit
-def _sigmoid(v, fast):
-    return _HALF * _tanh_f32(_HALF * v) + _HALF if fast else _ONE / (_ONE + math.exp(-v))
-
-
-@jit
-def lstm_cell_forward(gates, gh, bias, c_prev, c, tanh_c, h, fast):
+def lstm_cell_forward(gates, gh, bias, c_prev, c, tanh_c, h):
     """gates <- act(gates + gh + bias) (i, f, g, o); c = f c_prev + i g; h = o tanh(c)."""
     n_rows, hidden = c.shape
     for r in range(n_rows):
@@ -65,15 +28,15 @@ def lstm_cell_forward(gates, gh, bias, c_prev, c, tanh_c, h, fast):
         for k in range(4 * hidden):
             row[k] = row[k] + gh[r, k] + bias[k]
         for k in range(2 * hidden):
-            row[k] = _sigmoid(row[k], fast)
+            row[k] = fm.sigmoid(row[k])
         for k in range(2 * hidden, 3 * hidden):
-            row[k] = _tanh(row[k], fast)
+            row[k] = fm.tanh(row[k])
         for k in range(3 * hidden, 4 * hidden):
-            row[k] = _sigmoid(row[k], fast)
+            row[k] = fm.sigmoid(row[k])
         for j in range(hidden):
             cj = row[hidden + j] * c_prev[r, j] + row[j] * row[2 * hidden + j]
             c[r, j] = cj
-            t = _tanh(cj, fast)
+            t = fm.tanh(cj)
             tanh_c[r, j] = t
             h[r, j] = row[3 * hidden + j] * t
 
@@ -99,7 +62,7 @@ def lstm_cell_backward(gates, c_prev, tanh_c, dh, dc, dgates):
 
 
 @jit
-def gru_cell_forward(gates, gh, b_ih, b_hh, h_prev, hn, h, fast):
+def gru_cell_forward(gates, gh, b_ih, b_hh, h_prev, hn, h):
     """r, z = sig(.), hn = gh_n + b_hn, n = tanh(gx_n + b_in + r hn), h = (1 - z) n + z h_prev.
 
     ``gates`` holds x W_ih^T (bias-free) on entry and the activations r, z, n on exit.
@@ -108,12 +71,12 @@ def gru_cell_forward(gates, gh, b_ih, b_hh, h_prev, hn, h, fast):
     for r in range(n_rows):
         row = gates[r]
         for k in range(2 * hidden):
-            row[k] = _sigmoid(row[k] + b_ih[k] + gh[r, k] + b_hh[k], fast)
+            row[k] = fm.sigmoid(row[k] + b_ih[k] + gh[r, k] + b_hh[k])
         for j in range(hidden):
             k = 2 * hidden + j
             hnj = gh[r, k] + b_hh[k]
             hn[r, j] = hnj
-            nj = _tanh(row[k] + b_ih[k] + row[j] * hnj, fast)
+            nj = fm.tanh(row[k] + b_ih[k] + row[j] * hnj)
             row[k] = nj
             z = row[hidden + j]
             h[r, j] = (_ONE - z) * nj + z * h_prev[r, j]

@@ -218,12 +218,19 @@ class TorchOps(Ops):
             dbias += dy.sum(dim=0)
         return dx
 
-    def attention_softmax(self, scores, out, causal):
+    def attention_softmax(self, scores, out, causal, scale=1.0):
+        scores = scores * scale
         if causal:
             t = scores.shape[-1]
             mask = torch.ones(t, t, dtype=torch.bool, device=scores.device).triu_(1)
-            scores = scores.masked_fill(mask, float("-inf"))
+            scores.masked_fill_(mask, float("-inf"))
         out.copy_(torch.softmax(scores, dim=-1))
+        return out
+
+    def attention_softmax_backward(self, dprobs, probs, out, scale=1.0):
+        rowsum = (dprobs * probs).sum(dim=-1, keepdim=True)
+        torch.mul(probs, dprobs - rowsum, out=out)
+        out *= scale
         return out
 
     # ----------------------------------------------------------------- recurrent cells (LSTM, GRU)

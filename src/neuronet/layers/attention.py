@@ -20,8 +20,9 @@ class MultiHeadAttention(Layer):
     P = softmax(q k^T / sqrt(hd) + mask)                                  (N, H, T, T); mask = -inf above the
                                                                           diagonal when ``causal``
     y = out_proj(concat_heads(dropout(P) v))
-    Backward: dv = P^T do, dP = do v^T, dS = P (dP - rowsum(dP P)),
-              dq = dS k / sqrt(hd), dk = dS^T q / sqrt(hd).
+    Backward: dv = P^T do, dP = do v^T, dS = P (dP - rowsum(dP P)) / sqrt(hd),
+              dq = dS k, dk = dS^T q.
+    The heads are strided views of the (N*T, 3 dim) projection: no transposing copies.
 
     PyTorch counterpart: ``nn.MultiheadAttention(dim, num_heads, dropout, batch_first=True)`` called as
     ``mha(x, x, x, attn_mask=causal_mask, need_weights=False)``.
@@ -39,7 +40,8 @@ class MultiHeadAttention(Layer):
     Parameters:
         in_proj_weight (3 dim, dim), in_proj_bias (3 dim), out_proj.weight (dim, dim), out_proj.bias (dim).
     Saved for backward:
-        x (by reference); q (scaled, rotated), k, v, P and the dropout mask (workspace).
+        x (by reference); the q, k, v projection (rotated q, k with ``rope``), P and the dropout mask
+        (workspace).
     """
 
     def __init__(self, dim: int, num_heads: int, causal: bool = False, dropout: float = 0.0,
@@ -76,62 +78,60 @@ class MultiHeadAttention(Layer):
     def forward(self, x, training: bool = True):
         ops, xp = self.ops, self.ops.xp
         n, t, d = x.shape
-        h, hd = self.num_heads, self.head_dim
         self._shape = (n, t, d)
         self._x = x.reshape(n * t, d)
         qkv = self.workspace("qkv", (n * t, 3 * d))
         ops.matmul(self._x, self.params["in_proj_weight"].T, out=qkv)
         qkv += self.params["in_proj_bias"]
-        heads = self.workspace("heads", (3, n, h, t, hd))  # q, k, v as (N, H, T, hd)
-        ops.copy_(heads, ops.transpose(qkv.reshape(n, t, 3, h, hd), (2, 0, 3, 1, 4)))
-        q, k, v = heads[0], heads[1], heads[2]
+        q, k, v = self._heads(qkv, 3)  # views: the GEMMs below read the heads in place
         if self.rope:
             cos, sin, _ = self._rope_tables(t)
             q, k = self._rotate(q, "q_rot", cos, sin), self._rotate(k, "k_rot", cos, sin)
-        q *= 1.0 / math.sqrt(hd)
-        probs = self.workspace("probs", (n, h, t, t))
+        probs = self.workspace("probs", (n, self.num_heads, t, t))
         ops.matmul(q, ops.swapaxes(k, -1, -2), out=probs)
-        ops.attention_softmax(probs, probs, self.causal)
+        ops.attention_softmax(probs, probs, self.causal, 1.0 / math.sqrt(self.head_dim))
         self._drop = training and self.dropout > 0.0
         weights = probs
         if self._drop:
-            mask = self.workspace("mask", (n, h, t, t))
+            mask = self.workspace("mask", probs.shape)
             ops.bernoulli_mask(1.0 - self.dropout, nnrandom.generator(), mask)
-            weights = self.workspace("dropped", (n, h, t, t))
+            weights = self.workspace("dropped", probs.shape)
             xp.multiply(probs, mask, out=weights)
-        o = self.workspace("o", (n, h, t, hd))
-        ops.matmul(weights, v, out=o)
-        ctx = self.workspace("ctx", (n, t, h, hd))
-        ops.copy_(ctx, ops.transpose(o, (0, 2, 1, 3)))
+        ctx = self.workspace("ctx", (n * t, d))
+        ops.matmul(weights, v, out=self._heads(ctx, 1)[0])
         self._q, self._k, self._v, self._probs, self._weights = q, k, v, probs, weights
         return self.children["out_proj"].forward(ctx.reshape(n, t, d), training)
+
+    def _heads(self, rows, parts: int):
+        """(N*T, parts*dim) rows as ``parts`` strided (N, H, T, hd) views (no copy)."""
+        n, t, _ = self._shape
+        split = rows.reshape(n, t, parts, self.num_heads, self.head_dim)
+        return [self.ops.swapaxes(split[:, :, i], 1, 2) for i in range(parts)]
 
     # ----------------------------------------------------------------- backward
     def backward(self, dy):
         ops = self.ops
         n, t, d = self._shape
-        h, hd = self.num_heads, self.head_dim
         dctx = self.children["out_proj"].backward(dy)
-        do = self.workspace("do", (n, h, t, hd))
-        ops.copy_(do, ops.transpose(dctx.reshape(n, t, h, hd), (0, 2, 1, 3)))
-        dheads = self.workspace("dheads", (3, n, h, t, hd))
-        ops.matmul(ops.swapaxes(self._weights, -1, -2), do, out=dheads[2])
-        dp = self.workspace("dp", (n, h, t, t))
+        do = self._heads(dctx.reshape(n * t, d), 1)[0]
+        dqkv = self.workspace("dqkv", (n * t, 3 * d))
+        dq, dk, dv = self._heads(dqkv, 3)
+        ops.matmul(ops.swapaxes(self._weights, -1, -2), do, out=dv)
+        dp = self.workspace("dp", self._probs.shape)
         ops.matmul(do, ops.swapaxes(self._v, -1, -2), out=dp)
         if self._drop:
-            dp *= self.workspace("mask", (n, h, t, t))
-        ops.activation_backward("softmax", dp, None, self._probs, dp)  # now dL/dscores
-        dq = self.workspace("dq_rot", (n, h, t, hd)) if self.rope else dheads[0]
-        dk = self.workspace("dk_rot", (n, h, t, hd)) if self.rope else dheads[1]
-        ops.matmul(dp, self._k, out=dq)
-        dq *= 1.0 / math.sqrt(hd)
-        ops.matmul(ops.swapaxes(dp, -1, -2), self._q, out=dk)
-        if self.rope:  # the transpose of a rotation is the rotation by -angle
-            cos, _, neg_sin = self._rope_tables(t)
-            self._rotate(dq, "dq", cos, neg_sin, out=dheads[0])
-            self._rotate(dk, "dk", cos, neg_sin, out=dheads[1])
-        dqkv = self.workspace("dqkv", (n * t, 3 * d))
-        ops.copy_(dqkv.reshape(n, t, 3, h, hd), ops.transpose(dheads, (1, 3, 0, 2, 4)))
+            dp *= self.workspace("mask", dp.shape)
+        ops.attention_softmax_backward(dp, self._probs, dp, 1.0 / math.sqrt(self.head_dim))  # dL/d(q k^T)
+        if self.rope:
+            dq_rot, dk_rot = (self.workspace(name, tuple(dq.shape)) for name in ("dq_rot", "dk_rot"))
+            ops.matmul(dp, self._k, out=dq_rot)
+            ops.matmul(ops.swapaxes(dp, -1, -2), self._q, out=dk_rot)
+            cos, _, neg_sin = self._rope_tables(t)  # the transpose of a rotation is the rotation by -angle
+            self._rotate(dq_rot, "dq", cos, neg_sin, out=dq)
+            self._rotate(dk_rot, "dk", cos, neg_sin, out=dk)
+        else:
+            ops.matmul(dp, self._k, out=dq)
+            ops.matmul(ops.swapaxes(dp, -1, -2), self._q, out=dk)
         ops.matmul_acc(dqkv.T, self._x, self.grads["in_proj_weight"],
                        self.workspace("dw", (3 * d, d)))
         ops.sum_rows_acc(dqkv, self.grads["in_proj_bias"])
