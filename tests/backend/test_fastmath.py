@@ -11,8 +11,8 @@ from neuronet.backend import fastmath as fm
 REFERENCES = {
     "exp": (np.exp, -87.0, 88.0, "rel", 2e-7),
     "erf": (np.vectorize(math.erf), -6.0, 6.0, "abs", 5e-7),
-    "tanh": (np.tanh, -12.0, 12.0, "abs", 3e-7),
-    "sigmoid": (lambda v: 1.0 / (1.0 + np.exp(-v)), -40.0, 40.0, "abs", 3e-7),
+    "tanh": (np.tanh, -12.0, 12.0, "abs", 4e-7),
+    "sigmoid": (lambda v: 1.0 / (1.0 + np.exp(-v)), -40.0, 40.0, "abs", 4e-7),
 }
 
 
