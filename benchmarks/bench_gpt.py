@@ -4,9 +4,10 @@ The same model in PyTorch: nn.Embedding + a learned position table + 4 nn.Transf
 norm_first=True, activation="gelu", batch_first=True, dropout=0) with the causal mask + LayerNorm + Linear,
 cross-entropy on (N, T, V) logits.
 
-Measured (2-core shared machine, ``--threads 1``, 3 rounds x 30 steps): neuronet-numpy 72.7 ms/step
-(1.06x PyTorch's speed), neuronet-torch 76.7 ms (1.01x), PyTorch 77.3 ms. With two threads per engine
-on that loaded machine every engine stalls (0.6-3 s/step), so compare single-threaded there.
+Measured 2026-11-24 on the 2-core machine, quiet, 5 rounds x 30 steps, default (2) threads: neuronet-numpy
+41.0 ms/step (1.10x PyTorch's speed), neuronet-torch 45.1 ms (0.99x), PyTorch 44.9 ms. With ``--threads 1``:
+1.35x (66.7 against 90.0 ms). The NumPy step: GEMMs are ~75 % of it; the per-head attention matmuls
+(48 small 64x32x64 products per call, one thread each in NumPy, two in PyTorch) are the largest gap left.
 """
 
 from __future__ import annotations

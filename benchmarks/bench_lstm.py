@@ -1,5 +1,9 @@
 """Sequential-MNIST LSTM (28 steps x 28 features -> 128 hidden -> Dense 10), batch 64, Adam, float32:
-training steps, neuronet vs PyTorch nn.LSTM (CPU)."""
+training steps, neuronet vs PyTorch nn.LSTM (CPU).
+
+Measured 2026-11-24 on the 2-core machine, quiet, 3 rounds: neuronet-numpy 7.97 ms/step (1.11x PyTorch's
+speed), neuronet-torch 0.57x, PyTorch 8.82 ms; with ``--threads 1``: 1.24x.
+"""
 
 from __future__ import annotations
 
