@@ -6,19 +6,24 @@ float64 through Python-float constants), accurate to float32 rounding, and run 4
 loop. Call ``exp(x)``, ``erf(x)``, ``tanh(x)`` or ``sigmoid(x)`` from a jitted kernel: the argument's
 type picks the version at compile time, so float64 gradient checks still see the exact functions.
 
-Numba's disk cache tracks only the file of the kernel that is cached: after editing this file, delete
-the ``*.nbi``/``*.nbc`` files under ``neuronet/backend/__pycache__`` so the kernels recompile.
+Numba's disk cache tracks only the file of the kernel that is cached, so importing this module drops
+the package's cached kernels whenever this file has changed (``jit_cache``).
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numba
 import numpy as np
 from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic, overload
+
+from .jit_cache import drop_stale_caches
+
+drop_stale_caches(Path(__file__).parent, ["fastmath.py"])
 
 f32 = np.float32
 _JIT = {"fastmath": {"contract"}, "error_model": "numpy"}  # contract: fuse a*b+c into one FMA
