@@ -1,6 +1,6 @@
 """MNIST autoencoder: 784 -> 32 -> 784 through a dense bottleneck, trained with fit on MSE.
 
-    python examples/autoencoder/main.py [--epochs 10] [--out reconstructions.png]
+    python examples/autoencoder/main.py [--epochs 10] [--limit N] [--out reconstructions.png]
 
 Reads MNIST from ``$NEURONET_DATA/mnist`` (default ``<repo>/../shared/data/mnist``), reports the
 reconstruction loss on the 10,000 test images and writes a PNG: test digits (top row) above their
@@ -48,11 +48,15 @@ def save_grid(path: Path, rows: list[np.ndarray], labels: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--limit", type=int, default=None,
+                        help="train on the first N training images only (default: all 60,000)")
     parser.add_argument("--out", type=Path, default=HERE / "reconstructions.png")
     args = parser.parse_args()
     nn.manual_seed(0)
 
     x_train, _, x_test, y_test = nn.data.load_mnist(DATA / "mnist")
+    if args.limit:
+        x_train = x_train[:args.limit]
     x_train = x_train.reshape(len(x_train), -1).astype(np.float32) / 255.0  # (60000, 784) in [0, 1]
     x_test = x_test.reshape(len(x_test), -1).astype(np.float32) / 255.0
 

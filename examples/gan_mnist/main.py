@@ -1,6 +1,6 @@
 """A GAN on MNIST written against the low-level API: two Sequential models, no fit.
 
-    python examples/gan_mnist/main.py [--epochs 30] [--out samples.png]
+    python examples/gan_mnist/main.py [--epochs 30] [--limit N] [--out samples.png]
 
 This is how research code drives neuronet below ``fit``: explicit ``forward``/``backward`` calls,
 ``zero_grad`` and ``optimizer.step(model.flat_params, model.flat_grads)``. The generator learns
@@ -61,12 +61,16 @@ def save_grid(path: Path, images: np.ndarray, cols: int = 8) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--limit", type=int, default=None,
+                        help="train on the first N training images only (default: all 60,000)")
     parser.add_argument("--out", type=Path, default=HERE / "samples.png")
     args = parser.parse_args()
     nn.manual_seed(0)
     rng = np.random.default_rng(0)
 
     x_train, _, _, _ = nn.data.load_mnist(DATA / "mnist")
+    if args.limit:
+        x_train = x_train[:args.limit]
     x_train = x_train.reshape(len(x_train), -1).astype(np.float32) / 127.5 - 1.0  # (60000, 784) in [-1, 1]
 
     generator, discriminator = build_models()

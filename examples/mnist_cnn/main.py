@@ -1,9 +1,11 @@
 """MNIST with a small CNN (conv32-pool-conv64-pool-fc128-fc10, Adam, cosine lr) on the full 60k/10k split.
 
     python examples/mnist_cnn/main.py [--epochs 3] [--batch-size 64] [--backend numpy|torch] [--limit N]
+                                      [--test-limit M]
 
 Data: $NEURONET_DATA/mnist, else <repo>/../shared/data/mnist (the four IDX files).
-``--limit N`` trains on the first N images only (a quick smoke run).
+``--limit N`` trains on the first N images only and ``--test-limit M`` evaluates on the first M test
+images only (quick smoke runs).
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--backend", default="numpy")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--limit", type=int, default=None, help="train on the first N images only")
+    parser.add_argument("--test-limit", type=int, default=None,
+                        help="evaluate on the first M test images only")
     parser.add_argument("--verbose", type=int, default=2, help="1: progress bar, 2: one line per epoch")
     args = parser.parse_args()
 
@@ -46,6 +50,8 @@ def main() -> None:
     x_test = ((x_test[:, None].astype(np.float32) / 255) - MEAN) / STD
     if args.limit:
         x_train, y_train = x_train[:args.limit], y_train[:args.limit]
+    if args.test_limit:
+        x_test, y_test = x_test[:args.test_limit], y_test[:args.test_limit]
 
     nn.manual_seed(args.seed)
     model = build_model()

@@ -1,8 +1,9 @@
 """MNIST with a 784-512-256-10 MLP (ReLU, dropout, Adam) on the full 60k/10k split.
 
-    python examples/mnist_mlp/main.py [--epochs 10] [--batch-size 128] [--backend numpy|torch]
+    python examples/mnist_mlp/main.py [--epochs 10] [--batch-size 128] [--backend numpy|torch] [--limit N]
 
 Data: $NEURONET_DATA/mnist, else <repo>/../shared/data/mnist (the four IDX files).
+``--limit N`` trains on the first N images only (a quick smoke run).
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--backend", default="numpy")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=None, help="train on the first N images only")
     args = parser.parse_args()
 
     x_train, y_train, x_test, y_test = nn.data.load_mnist(DATA / "mnist", download=False)
     x_train = x_train.reshape(len(x_train), -1).astype(np.float32) / 255  # (60000, 784) in [0, 1]
     x_test = x_test.reshape(len(x_test), -1).astype(np.float32) / 255
+    if args.limit:
+        x_train, y_train = x_train[:args.limit], y_train[:args.limit]
 
     nn.manual_seed(args.seed)
     model = nn.Sequential(
