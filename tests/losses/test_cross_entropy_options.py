@@ -100,6 +100,19 @@ def test_probability_targets_with_weight_match_torch(eps, backend):
     np.testing.assert_allclose(grad, want_grad, rtol=1e-10, atol=1e-14)
 
 
+def test_float32_sequence_logits_keep_their_dtype(backend):
+    x, target, weight, ignore_index, eps = _case("smooth_weight_ignore", (3, 6, C), seed=10)
+    want, want_grad = _torch(F.cross_entropy, x, target, weight=weight, ignore_index=ignore_index,
+                             label_smoothing=eps)
+    ops = nn.backends.get_ops(backend)
+    loss = nn.CrossEntropyLoss(weight, ignore_index=ignore_index, label_smoothing=eps)
+    got = loss.forward(ops.asarray(x, "float32"), target)
+    grad = loss.backward()
+    assert ops.dtype_name(grad) == "float32" and tuple(grad.shape) == x.shape
+    assert got == pytest.approx(want, rel=1e-5)
+    np.testing.assert_allclose(ops.to_numpy(grad), want_grad, atol=1e-6)
+
+
 def test_one_loss_follows_changing_batches_and_ignore_patterns(backend):
     """Batch size, ignored positions and weights-vs-uniform paths change between calls of one loss."""
     ours = {"plain": nn.CrossEntropyLoss(label_smoothing=0.1), "weighted": nn.NLLLoss(np.arange(1.0, C + 1))}
