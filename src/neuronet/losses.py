@@ -599,21 +599,25 @@ class NLLLoss(_ClassScoreLoss):
 
 
 class MultiMarginLoss(Loss):
-    """Multi-class hinge loss (PyTorch: nn.MultiMarginLoss, p=1).
+    """Multi-class hinge loss (PyTorch: nn.MultiMarginLoss).
 
-    loss = mean over samples of sum_{j != y} max(0, margin - x_y + x_j) / C;
-    dL/dx_j = [margin - x_y + x_j > 0] / (C N) for j != y, and dL/dx_y = -(sum of those).
+    h_j = max(0, margin - x_y + x_j) for j != y;  loss = mean over samples of sum_{j != y} h_j^p / C;
+    dL/dx_j = p h_j^(p-1) / (C N) for j != y (the indicator [h_j > 0] when p = 1), and
+    dL/dx_y = -(sum of those).
 
     Args:
         margin (float): Default: ``1.0``.
+        p (int, keyword): 1 or 2. Default: ``1``.
     Shape:
         pred (N, C); target (N,) integer classes in [0, C).
     Saved for backward:
-        the indicator of active margins (workspace) and the target.
+        dh^p/dh of the margins (workspace) and the target.
     """
 
-    def __init__(self, margin: float = 1.0):
-        self.margin = float(margin)
+    def __init__(self, margin: float = 1.0, *, p: int = 1):
+        if p not in (1, 2):
+            raise ValueError(f"MultiMarginLoss: p must be 1 or 2, got {p!r}")
+        self.p, self.margin = int(p), float(margin)
 
     def _forward(self, pred, target):
         xp = self.ops.xp
@@ -621,22 +625,25 @@ class MultiMarginLoss(Loss):
             raise ShapeError(f"MultiMarginLoss: input must be 2-D (N, C), got shape {tuple(pred.shape)}")
         n, c = pred.shape
         idx, rows = self._class_target(pred, target), self._rows(n)
-        z = self.workspace("grad", (n, c))
-        xp.subtract(pred, pred[rows, idx].reshape(n, 1), out=z)
-        z += self.margin
-        z[rows, idx] = 0.0  # the target class is not a margin
-        active = self._active = self.workspace("deriv", (n, c))
-        xp.sign(z, out=active)
-        xp.clip(active, 0.0, 1.0, out=active)  # 1 where margin - x_y + x_j > 0
-        xp.clip(z, 0.0, None, out=z)
+        h = self.workspace("grad", (n, c))
+        xp.subtract(pred, pred[rows, idx].reshape(n, 1), out=h)
+        h += self.margin
+        h[rows, idx] = 0.0  # the target class is not a margin
+        xp.clip(h, 0.0, None, out=h)
+        deriv = self._deriv = self.workspace("deriv", (n, c))
+        if self.p == 1:
+            xp.sign(h, out=deriv)  # 1 where the margin is violated
+        else:
+            xp.multiply(h, 2.0, out=deriv)
+            h *= h
         self._index = idx
-        return self._sum(z) / (c * max(n, 1))
+        return self._sum(h) / (c * max(n, 1))
 
     def _backward(self):
         xp = self.ops.xp
-        n, c = self._active.shape
+        n, c = self._deriv.shape
         grad = self.workspace("grad", (n, c))
-        xp.multiply(self._active, 1.0 / (c * max(n, 1)), out=grad)
+        xp.multiply(self._deriv, 1.0 / (c * max(n, 1)), out=grad)
         total = self.workspace("rowsum", (n,))
         xp.sum(grad, axis=1, out=total)
         total *= -1.0
@@ -644,7 +651,7 @@ class MultiMarginLoss(Loss):
         return grad
 
     def get_config(self):
-        return {"margin": self.margin}
+        return {"p": self.p, "margin": self.margin}
 
 
 # --------------------------------------------------------------------- losses of several inputs
