@@ -122,16 +122,15 @@ class MultiHeadAttention(Layer):
         if self._drop:
             dp *= self.workspace("mask", dp.shape)
         ops.attention_softmax_backward(dp, self._probs, dp, 1.0 / math.sqrt(self.head_dim))  # dL/d(q k^T)
+        # with rope, the gradients of the rotated q, k first, then rotated back into dqkv
+        gq, gk = (self.workspace(name, tuple(dq.shape)) for name in ("dq_rot", "dk_rot")) if self.rope \
+            else (dq, dk)
+        ops.matmul(dp, self._k, out=gq)
+        ops.matmul(ops.swapaxes(dp, -1, -2), self._q, out=gk)
         if self.rope:
-            dq_rot, dk_rot = (self.workspace(name, tuple(dq.shape)) for name in ("dq_rot", "dk_rot"))
-            ops.matmul(dp, self._k, out=dq_rot)
-            ops.matmul(ops.swapaxes(dp, -1, -2), self._q, out=dk_rot)
             cos, _, neg_sin = self._rope_tables(t)  # the transpose of a rotation is the rotation by -angle
-            self._rotate(dq_rot, "dq", cos, neg_sin, out=dq)
-            self._rotate(dk_rot, "dk", cos, neg_sin, out=dk)
-        else:
-            ops.matmul(dp, self._k, out=dq)
-            ops.matmul(ops.swapaxes(dp, -1, -2), self._q, out=dk)
+            self._rotate(gq, "dq", cos, neg_sin, out=dq)
+            self._rotate(gk, "dk", cos, neg_sin, out=dk)
         ops.matmul_acc(dqkv.T, self._x, self.grads["in_proj_weight"],
                        self.workspace("dw", (3 * d, d)))
         ops.sum_rows_acc(dqkv, self.grads["in_proj_bias"])
