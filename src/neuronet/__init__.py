@@ -7,7 +7,7 @@
 """
 
 from . import backend as backends
-from . import data
+from . import data, errors
 from .backend import set_backend
 from .callbacks import (
     Callback,
@@ -18,7 +18,8 @@ from .callbacks import (
     ProgressBar,
     ReduceLROnPlateau,
 )
-from .core import LAYERS, Layer, Sequential, ShapeError, manual_seed
+from .core import LAYERS, Layer, manual_seed
+from .errors import ShapeError
 from .io import export_gguf, export_onnx, load, load_gguf, to_torch_state_dict
 from .layers import *  # noqa: F403
 from .layers import __all__ as _layer_names
@@ -37,6 +38,7 @@ from .losses import (
     NLLLoss,
     TripletMarginLoss,
 )
+from .model import Sequential
 from .optim import (
     OPTIMIZERS,
     SGD,
@@ -56,7 +58,8 @@ __version__ = "0.1.0"
 __all__ = [
     "LAYERS", "LOSSES", "OPTIMIZERS", "SGD", "Adam", "AdamW", "CSVLogger", "Callback", "CrossEntropyLoss",
     "EarlyStopping", "History", "Layer", "Loss", "MSELoss", "ModelCheckpoint", "Optimizer", "ProgressBar",
-    "ReduceLROnPlateau", "Sequential", "ShapeError", "backends", "data", "load", "manual_seed", "set_backend",
+    "ReduceLROnPlateau", "Sequential", "ShapeError", "backends", "data",
+    "errors", "load", "manual_seed", "set_backend",
     "export_gguf", "export_onnx", "load_gguf", "to_torch_state_dict",
     *_layer_names,
     "BCELoss", "BCEWithLogitsLoss", "HuberLoss", "KLDivLoss", "L1Loss", "MarginRankingLoss",

@@ -6,27 +6,12 @@ import csv
 import math
 import os
 import time
-from typing import Any
 
 import numpy as np
 
 from ._atomic import atomic_path
-
-
-class Callback:
-    """Base class; ``self.model`` is set by ``fit`` before ``on_train_begin``."""
-
-    model: Any = None
-
-    def set_model(self, model) -> None:
-        self.model = model
-
-    def on_train_begin(self, logs: dict | None = None) -> None: ...
-    def on_train_end(self, logs: dict | None = None) -> None: ...
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None: ...
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None: ...
-    def on_batch_begin(self, batch: int, logs: dict | None = None) -> None: ...
-    def on_batch_end(self, batch: int, logs: dict | None = None) -> None: ...
+from .core.callback import Callback
+from .optim.schedulers import ReduceLROnPlateau  # noqa: F401 -- the scheduler is also a fit callback
 
 
 class CallbackList(Callback):
@@ -177,16 +162,6 @@ class ModelCheckpoint(_Monitor):
                 return
             self.best = value
         self.model.save(self.path.format(epoch=epoch + 1, **logs))
-
-
-def __getattr__(name: str):
-    # ReduceLROnPlateau is ONE class: the scheduler in optim/schedulers.py, which is also this fit callback
-    # (it subclasses Callback, hence the lazy import).
-    if name == "ReduceLROnPlateau":
-        from .optim.schedulers import ReduceLROnPlateau
-
-        return ReduceLROnPlateau
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class CSVLogger(Callback):

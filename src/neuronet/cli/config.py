@@ -23,15 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
+
 FORMAT_VERSION = 1
 SOURCES = ("digits", "mnist", "fashion_mnist", "cifar10", "csv", "text")
 NORMALIZATIONS = ("auto", "none", "scale", "standardize")
 DEVICES = ("auto", "cpu", "numpy", "torch", "cuda", "mps")
 EXPORT_FORMATS = ("onnx", "gguf")
-
-
-class ConfigError(ValueError):
-    """A config key or value that is not allowed; the message starts with the key path."""
 
 
 @dataclass(frozen=True)
@@ -215,7 +213,7 @@ def construct(registry: dict, spec: Any, where: str, aliases: dict | None = None
 def build_model(cfg: dict):
     """The Sequential described by ``cfg["model"]`` (not yet built)."""
     from ..core.layer import LAYERS
-    from ..core.model import Sequential
+    from ..model import Sequential
 
     layers = []
     for i, spec in enumerate(cfg["model"]["layers"]):
@@ -227,8 +225,8 @@ def build_model(cfg: dict):
 
 
 def compile_model(model, cfg: dict) -> None:
-    from ..core.training import LOSS_ALIASES, OPTIMIZER_ALIASES
     from ..losses import LOSSES
+    from ..model.training import LOSS_ALIASES, OPTIMIZER_ALIASES
     from ..optim import OPTIMIZERS
 
     training = cfg["training"]

@@ -1,7 +1,8 @@
-"""Layer protocol, flat parameter memory, workspaces and the Sequential model."""
+"""Layer protocol, flat parameter memory and workspaces."""
 
-from .layer import LAYERS, Layer, ShapeError, Workspace
-from .model import Sequential
+from ..errors import ShapeError
+from .callback import Callback
+from .layer import LAYERS, Layer, Workspace
 from .random import manual_seed
 
-__all__ = ["LAYERS", "Layer", "Sequential", "ShapeError", "Workspace", "manual_seed"]
+__all__ = ["LAYERS", "Callback", "Layer", "ShapeError", "Workspace", "manual_seed"]

@@ -16,16 +16,13 @@ from typing import Any
 import numpy as np
 
 from ..backend import Ops, default_ops
+from ..errors import ShapeError
 from . import random as nnrandom
 
 Initializer = Callable[[np.random.Generator, tuple, np.dtype], np.ndarray]
 
 # Every Layer subclass by class name: the YAML configs, .nnet files and exporters look them up here.
 LAYERS: dict[str, type[Layer]] = {}
-
-
-class ShapeError(ValueError):
-    """An input whose shape, dtype or range does not fit the layer it was given to."""
 
 
 class Workspace:

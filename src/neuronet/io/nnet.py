@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from .._atomic import atomic_path
+from ..core.layer import LAYERS
+from ..errors import NnetFormatError
 
 FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 16 << 20
@@ -46,10 +48,6 @@ _DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I64": np.in
            "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 _DTYPE_CODES = {np.dtype(v): k for k, v in _DTYPES.items()}
 _FLOAT_DTYPES = ("float16", "float32", "float64")
-
-
-class NnetFormatError(ValueError):
-    """A ``.nnet`` file that is truncated, malformed, inconsistent or refers to unknown classes."""
 
 
 # --------------------------------------------------------------------------------------------- writing
@@ -103,10 +101,8 @@ def save(model, path: str | os.PathLike, extra: dict | None = None) -> None:
 
 def describe(layer) -> dict:
     """{"type", "config"} of a layer, plus "layers" (its children, in order) for a Sequential."""
-    from ..core.model import Sequential
-
     node = {"type": type(layer).__name__, "config": layer.get_config()}
-    if isinstance(layer, Sequential):
+    if isinstance(layer, LAYERS["Sequential"]):
         node["layers"] = [describe(child) for child in layer.layers]
     return node
 
@@ -283,9 +279,6 @@ def _dict(value, key: str, where: str) -> dict:
 
 def build_layer(node: dict, where: str, depth: int = 0):
     """A layer from ``{"type": name, "config": {...}[, "layers": [...]]}``, looked up only in ``LAYERS``."""
-    from ..core.layer import LAYERS
-    from ..core.model import Sequential
-
     if depth > MAX_DEPTH:
         raise NnetFormatError(f"{where}: layers nested deeper than {MAX_DEPTH}")
     if not isinstance(node, dict) or not isinstance(node.get("type"), str) or \
@@ -296,7 +289,7 @@ def build_layer(node: dict, where: str, depth: int = 0):
     if cls is None:
         raise NnetFormatError(f"{where}: unknown layer class {name[:80]!r} (not a registered neuronet layer)")
     children = node.get("layers")
-    if (children is not None) != issubclass(cls, Sequential):
+    if (children is not None) != issubclass(cls, LAYERS["Sequential"]):
         raise NnetFormatError(f"{where}: 'layers' is required for a Sequential and allowed only there")
     try:
         if children is None:

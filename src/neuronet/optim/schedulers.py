@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from ..callbacks import Callback
+from ..core.callback import Callback
 from .optimizer import Optimizer
 
 

@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from .layer import Layer, ShapeError
+from ..core.layer import Layer
+from ..errors import ShapeError
 from .training import Trainer
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from . import random as nnrandom
+from ..core import random as nnrandom
 
 
 def _resolve(kind: str, value, registry: dict, aliases: dict):
