@@ -352,7 +352,7 @@ class Model(Trainer, Layer):
         self.metric_fns = {}
         if isinstance(metrics, (list, tuple)) and all(isinstance(m, str) for m in metrics):
             metrics = [_metrics_of(metrics, o, names) for o in names]
-        per = self._per_output(metrics or [], "metrics", lambda v: isinstance(v, (list, tuple)))
+        per = self._per_output(metrics or [], "metrics", lambda v: all(isinstance(m, str) for m in v))
         for k, (name, ms) in enumerate(zip(names, per)):
             for metric, fn in resolve(ms).items():
                 self.metric_fns[f"{name}_{metric}"] = (k, fn)
@@ -545,7 +545,8 @@ class _OutputTotals:
 def _loss(item) -> Loss:
     if isinstance(item, Loss):
         return item
-    if isinstance(item, dict) and item.get("type") in LOSSES and isinstance(item.get("config", {}), dict):
+    if isinstance(item, dict) and item.get("type") in LOSSES and item["type"] != "PerOutputLoss" and \
+            isinstance(item.get("config", {}), dict):
         return LOSSES[item["type"]](**item.get("config", {}))
     raise ConfigError(f"PerOutputLoss: expected a Loss or {{'type', 'config'}}, got {item!r:.80}")
 
