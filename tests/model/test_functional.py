@@ -366,3 +366,57 @@ def test_wrong_number_of_inputs_and_wrong_shapes():
         shared(nn.Input((3, 4)))
     with pytest.raises(ShapeError, match="keep the shape"):
         nn.Residual(nn.Dense(4, 3))(nn.Input((4,)))
+
+
+# ----------------------------------------------------------------- interop
+def _onnx_run(path, feeds):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def test_onnx_round_trip_of_a_residual_cnn(tmp_path):
+    model = _residual_cnn()
+    x = RNG.standard_normal((3, 3, 8, 8)).astype(np.float32)
+    model.forward(x)                                   # BatchNorm running statistics away from 0/1
+    nn.export_onnx(model, tmp_path / "r.onnx", (3, 8, 8))
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "r.onnx")).graph.node}
+    assert "Add" in ops and "Conv" in ops
+    (got,) = _onnx_run(tmp_path / "r.onnx", {"input": x})
+    np.testing.assert_allclose(got, model.predict(x), rtol=1e-4, atol=1e-5)
+
+
+def test_onnx_round_trip_of_two_inputs_two_outputs_and_residual_in_sequential(tmp_path):
+    model = _two_in_two_out()
+    xs = [RNG.standard_normal((4, 5)).astype(np.float32), RNG.standard_normal((4, 4)).astype(np.float32)]
+    nn.export_onnx(model, tmp_path / "g.onnx")
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "g.onnx")).graph.node}
+    assert {"Concat", "Mul"} <= ops
+    got = _onnx_run(tmp_path / "g.onnx", {"input_0": xs[0], "input_1": xs[1]})
+    for a, b in zip(got, model.predict(xs)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    seq = nn.Sequential(nn.Dense(4, 4), nn.Residual(nn.Dense(4, 4, activation="tanh")))
+    nn.export_onnx(seq, tmp_path / "s.onnx", (4,))
+    x = RNG.standard_normal((2, 4)).astype(np.float32)
+    np.testing.assert_allclose(_onnx_run(tmp_path / "s.onnx", {"input": x})[0], seq.predict(x), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_gguf_round_trip_and_torch_state_dict(tmp_path):
+    model = _residual_cnn()
+    x = RNG.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    nn.export_gguf(model, tmp_path / "r.gguf")
+    np.testing.assert_allclose(nn.load_gguf(tmp_path / "r.gguf").predict(x), model.predict(x), rtol=1e-6)
+    two = _two_in_two_out()
+    nn.export_gguf(two, tmp_path / "g.gguf")
+    assert nn.load_gguf(tmp_path / "g.gguf").layer_keys == two.layer_keys
+    module, run = _torch_residual_cnn()
+    module.load_state_dict(nn.to_torch_state_dict(model), strict=False)
+    module.eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(run(module, torch.tensor(x)).numpy(), model.predict(x), rtol=1e-4, atol=1e-5)
