@@ -19,7 +19,7 @@ def _t(a):
 def _load_torch(module, model):
     """Copy the model's state_dict into ``module`` (float64), ignoring torch-only BN counters."""
     state = {k: torch.tensor(v, dtype=torch.float64) for k, v in model.state_dict().items()}
-    missing, unexpected = module.double().load_state_dict(state, strict=False)
+    missing, unexpected = module.double().load_state_dict(state, strict=True)
     assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), (missing, unexpected)
 
 
@@ -35,10 +35,11 @@ def _compare(model, module, torch_fn, xs, atol=2e-5, rtol=2e-4):
     txs = [_t(x) for x in (xs if multi_in else [xs])]
     touts = torch_fn(module, *txs)
     touts = touts if isinstance(touts, (list, tuple)) else [touts]
-    sum(((t * torch.tensor(d, dtype=torch.float64)).sum() for t, d in zip(touts, dys))).backward()
-    for y, t in zip(ys_list, touts):
+    sum((t * torch.tensor(d, dtype=torch.float64)).sum()
+        for t, d in zip(touts, dys, strict=True)).backward()
+    for y, t in zip(ys_list, touts, strict=True):
         np.testing.assert_allclose(y, t.detach().numpy(), atol=atol, rtol=rtol)
-    for dx, t in zip(dxs if multi_in else [dxs], txs):
+    for dx, t in zip(dxs if multi_in else [dxs], txs, strict=True):
         np.testing.assert_allclose(dx, t.grad.numpy(), atol=atol, rtol=rtol)
     tparams = dict(module.named_parameters())
     names = [name for name, _ in model.named_parameters()]
@@ -151,7 +152,8 @@ def test_concatenate_on_a_later_axis_and_three_way_add():
     def run(m, x):
         a, b = m["0"](x), m["1"](x)
         s = a + a + m["4"](x)
-        return torch.cat([torch.cat([a, m["2"](x)], dim=-1), torch.cat([s, s], dim=3), torch.cat([b, b], -1)], 1)
+        left = torch.cat([a, m["2"](x)], dim=-1)
+        return torch.cat([left, torch.cat([s, s], dim=3), torch.cat([b, b], -1)], 1)
     _compare(model, module, run, RNG.standard_normal((3, 2, 3, 4)).astype(np.float32))
 
 
@@ -165,8 +167,8 @@ class _TorchResidual(torch.nn.Module):
 
 
 def test_residual_inside_sequential_matches_torch():
-    model = nn.Sequential(nn.Dense(6, 8), nn.Residual(nn.Sequential(nn.Dense(8, 8), nn.ReLU(), nn.Dense(8, 8))),
-                          nn.Dense(8, 3))
+    block = nn.Sequential(nn.Dense(8, 8), nn.ReLU(), nn.Dense(8, 8))
+    model = nn.Sequential(nn.Dense(6, 8), nn.Residual(block), nn.Dense(8, 3))
     model.build((6,))
     assert "1.block.0.weight" in model.state_dict()
     module = torch.nn.Sequential(torch.nn.Linear(6, 8), _TorchResidual(torch.nn.Sequential(
@@ -246,7 +248,7 @@ def test_save_and_load_round_trip_of_a_graph(tmp_path):
     model.save(tmp_path / "g.nnet")
     loaded = nn.load(tmp_path / "g.nnet")
     assert isinstance(loaded, nn.Model) and loaded.layer_keys == model.layer_keys
-    for a, b in zip(model.predict([xa, xb]), loaded.predict([xa, xb])):
+    for a, b in zip(model.predict([xa, xb]), loaded.predict([xa, xb]), strict=True):
         np.testing.assert_array_equal(a, b)
     assert loaded.loss.weights == [1.0, 0.25] and list(loaded.metric_fns) == list(model.metric_fns)
     model.train_step([xa, xb], y)
@@ -285,7 +287,7 @@ def test_torch_backend_gives_the_same_values_and_trains():
     xs = [RNG.standard_normal((6, 5)).astype(np.float32), RNG.standard_normal((6, 4)).astype(np.float32)]
     want = model.predict(xs)
     model.to("torch")
-    for a, b in zip(want, model.predict(xs)):
+    for a, b in zip(want, model.predict(xs), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     model.compile(optimizer="sgd", loss=["cross_entropy", "mse"])
     y = [np.arange(6) % 3, np.zeros((6, 2), np.float32)]
@@ -398,7 +400,7 @@ def test_onnx_round_trip_of_two_inputs_two_outputs_and_residual_in_sequential(tm
     ops = {node.op_type for node in onnx.load(str(tmp_path / "g.onnx")).graph.node}
     assert {"Concat", "Mul"} <= ops
     got = _onnx_run(tmp_path / "g.onnx", {"input_0": xs[0], "input_1": xs[1]})
-    for a, b in zip(got, model.predict(xs)):
+    for a, b in zip(got, model.predict(xs), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     seq = nn.Sequential(nn.Dense(4, 4), nn.Residual(nn.Dense(4, 4, activation="tanh")))
     nn.export_onnx(seq, tmp_path / "s.onnx", (4,))
@@ -416,7 +418,42 @@ def test_gguf_round_trip_and_torch_state_dict(tmp_path):
     nn.export_gguf(two, tmp_path / "g.gguf")
     assert nn.load_gguf(tmp_path / "g.gguf").layer_keys == two.layer_keys
     module, run = _torch_residual_cnn()
-    module.load_state_dict(nn.to_torch_state_dict(model), strict=False)
+    module.load_state_dict(nn.to_torch_state_dict(model), strict=True)
     module.eval()
     with torch.no_grad():
-        np.testing.assert_allclose(run(module, torch.tensor(x)).numpy(), model.predict(x), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(run(module, torch.tensor(x)).numpy(), model.predict(x), rtol=1e-4,
+                                   atol=1e-5)
+
+
+# ----------------------------------------------------------------- cross-attention
+def _cross_attention_model(dropout=0.0):
+    q, kv = nn.Input((5, 8), name="query"), nn.Input((7, 8), name="memory")
+    return nn.Model([q, kv], nn.MultiHeadAttention(8, 2, dropout=dropout)([q, kv]))
+
+
+def test_cross_attention_matches_torch_multihead_attention():
+    model = _cross_attention_model()
+    module = torch.nn.ModuleDict({"0": torch.nn.MultiheadAttention(8, 2, batch_first=True)})
+    xs = [RNG.standard_normal((3, 5, 8)).astype(np.float32), RNG.standard_normal((3, 7, 8)).astype(np.float32)]
+    _compare(model, module, lambda m, q, kv: m["0"](q, kv, kv, need_weights=False)[0], xs)
+
+
+def test_cross_attention_in_a_decoder_graph_trains_on_both_backends(backend):
+    src, tgt = nn.Input((6, 8)), nn.Input((4, 8))
+    memory = nn.MultiHeadAttention(8, 2)(src)                       # self-attention over the source
+    h = nn.Add()([tgt, nn.MultiHeadAttention(8, 2)([tgt, memory])])  # cross-attention to it
+    model = nn.Model([src, tgt], nn.Dense(8, 3)(nn.MeanPooling()(h))).to(backend)
+    model.compile(optimizer=nn.Adam(1e-2), loss="cross_entropy")
+    xs = [RNG.standard_normal((8, 6, 8)).astype(np.float32), RNG.standard_normal((8, 4, 8)).astype(np.float32)]
+    y = RNG.integers(0, 3, 8)
+    first = model.train_step(xs, y)
+    for _ in range(5):
+        last = model.train_step(xs, y)
+    assert last < first
+
+
+def test_cross_attention_rejects_mismatched_embedding_sizes():
+    with pytest.raises(ShapeError, match=r"key_value of shape \(N, T, 8\).*got \(N, 7, 6\)"):
+        nn.MultiHeadAttention(8, 2)([nn.Input((5, 8)), nn.Input((7, 6))])
+    with pytest.raises(ValueError, match="neither causal nor rope"):
+        nn.MultiHeadAttention(8, 2, causal=True)([nn.Input((5, 8)), nn.Input((7, 8))])

@@ -136,8 +136,9 @@ def load_gguf(path: str | Path) -> Layer:
     model = build_layer(config.get("model"), f"load_gguf: {str(path)!r}: {ARCH}.config model")
     shape = config.get("input_shape")
     several = isinstance(shape, list) and bool(shape) and all(isinstance(s, list) for s in shape)
-    if not isinstance(shape, list) or not all(isinstance(s, list) and all(isinstance(d, int) and d > 0 for d in s)
-                                              for s in (shape if several else [shape])):
+    if not isinstance(shape, list) or not all(
+            isinstance(s, list) and all(isinstance(d, int) and d > 0 for d in s)
+            for s in (shape if several else [shape])):
         raise ValueError(f"load_gguf: {str(path)!r}: bad input_shape {shape!r} in {ARCH}.config")
     model.build(tuple(tuple(s) for s in shape) if several else tuple(shape))
     expected = model.state_dict()

@@ -303,8 +303,8 @@ def build_layer(node: dict, where: str, depth: int = 0):
         raise NnetFormatError(f"{where}: unknown layer class {name[:80]!r} (not a registered neuronet layer)")
     children = node.get("layers")
     if (children is not None) != _takes_layers(cls):
-        raise NnetFormatError(f"{where}: 'layers' is required for a Sequential, Residual or Model and allowed "
-                              "only there")
+        raise NnetFormatError(f"{where}: 'layers' is required for a Sequential, Residual or Model and "
+                              "allowed only there")
     label = node.get("name")
     if label is not None and not (isinstance(label, str) and label.isidentifier() and len(label) <= 128):
         raise NnetFormatError(f"{where}: layer name must be an identifier, got {label!r:.80}")

@@ -97,7 +97,8 @@ def convert_layer(g: OnnxGraph, layer: Layer, x: str, prefix: str) -> str:
     return fn(g, layer, x, prefix)
 
 
-def export_onnx(model: Layer, path: str | Path, input_shape: tuple | None = None, *, opset: int = OPSET) -> Path:
+def export_onnx(model: Layer, path: str | Path, input_shape: tuple | None = None, *,
+                opset: int = OPSET) -> Path:
     """Write ``model`` as an ONNX file that onnxruntime runs unchanged; returns the path.
 
     Args:
@@ -133,13 +134,15 @@ def export_onnx(model: Layer, path: str | Path, input_shape: tuple | None = None
     outs = y if isinstance(y, list) else [y]
     out_shapes = list(model.output_shape) if isinstance(y, list) else [model.output_shape]
     out_names = [f"output_{i}" for i in range(len(outs))] if isinstance(y, list) else ["output"]
-    for value, name in zip(outs, out_names):
+    for value, name in zip(outs, out_names, strict=True):
         g.nodes.append(helper.make_node("Identity", [value], [name], name=name))
     in_type = TensorProto.INT64 if type(_first_leaf(model)).__name__ in INTEGER_INPUT else TensorProto.FLOAT
     graph = helper.make_graph(
         g.nodes, "neuronet",
-        [helper.make_tensor_value_info(n, in_type, ["batch", *s]) for n, s in zip(in_names, in_shapes)],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", *s]) for n, s in zip(out_names, out_shapes)],
+        [helper.make_tensor_value_info(n, in_type, ["batch", *s])
+         for n, s in zip(in_names, in_shapes, strict=True)],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", *s])
+         for n, s in zip(out_names, out_shapes, strict=True)],
         initializer=g.initializers)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="neuronet", doc_string=repr(model))

@@ -122,7 +122,7 @@ class Concatenate(_Merge):
 
     def forward(self, xs, training: bool = True):
         y = self.workspace("y", (xs[0].shape[0], *self.output_shape))
-        for x, where in zip(xs, self._slices):
+        for x, where in zip(xs, self._slices, strict=True):
             self.ops.copy_(y[where], x)
         return y
 

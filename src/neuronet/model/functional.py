@@ -186,8 +186,8 @@ class Model(Trainer, Layer):
             shape = tuple(shape_of[t] for t in step.inputs) if step.listed else shape_of[step.inputs[0]]
             if step.layer in built:
                 if layer.input_shape != shape:
-                    raise ShapeError(f"Model: shared layer {layer!r} was built for {_dims(layer.input_shape)}, "
-                                     f"called on {_dims(shape)}")
+                    raise ShapeError(f"Model: shared layer {layer!r} was built for "
+                                     f"{_dims(layer.input_shape)}, called on {_dims(shape)}")
                 shape_of[step.output] = layer.output_shape
             else:
                 built.add(step.layer)
@@ -239,7 +239,8 @@ class Model(Trainer, Layer):
             return [x[0] if isinstance(x, (list, tuple)) and len(x) == 1 and hasattr(x[0], "shape") else x]
         if not isinstance(x, (list, tuple)) or len(x) != n:
             got = f"{len(x)} arrays" if isinstance(x, (list, tuple)) else f"one {type(x).__name__}"
-            raise ShapeError(f"Model: expected a list of {n} inputs ({', '.join(self.input_names)}), got {got}")
+            raise ShapeError(f"Model: expected a list of {n} inputs ({', '.join(self.input_names)}), "
+                             f"got {got}")
         return x
 
     def _prepare(self, x, i: int):
@@ -260,8 +261,9 @@ class Model(Trainer, Layer):
         for i, xi in enumerate(xs):
             values[i] = self._prepare(xi, i)
         if len(xs) > 1 and len({v.shape[0] for v in values[:len(xs)]}) > 1:
-            raise ShapeError(f"Model: inputs have different batch sizes {[v.shape[0] for v in values[:len(xs)]]}")
-        for step, layer in zip(self._steps, self._runners()):
+            sizes = [v.shape[0] for v in values[:len(xs)]]
+            raise ShapeError(f"Model: inputs have different batch sizes {sizes}")
+        for step, layer in zip(self._steps, self._runners(), strict=True):
             arg = [values[t] for t in step.inputs] if step.listed else values[step.inputs[0]]
             values[step.output] = layer.forward(arg, training=training)
         if self._multi_out:
@@ -291,7 +293,7 @@ class Model(Trainer, Layer):
                              f"got {len(dys)}")
         grads, runners, steps = self._grads, self._runners(), self._steps
         grads[:] = self._nones
-        for t, d in zip(self._output_ids, dys):
+        for t, d in zip(self._output_ids, dys, strict=True):
             self._add_grad(t, d)
         needs = None if input_grad else self._needs_train
         for k, need_dx in self._plans[input_grad]:
@@ -307,7 +309,7 @@ class Model(Trainer, Layer):
             if not step.listed:
                 self._add_grad(step.inputs[0], dx)
                 continue
-            for t, d in zip(step.inputs, dx):
+            for t, d in zip(step.inputs, dx, strict=True):
                 if needs is None or needs[t]:
                     self._add_grad(t, d)
         if not input_grad:
@@ -353,7 +355,7 @@ class Model(Trainer, Layer):
         if isinstance(metrics, (list, tuple)) and all(isinstance(m, str) for m in metrics):
             metrics = [_metrics_of(metrics, o, names) for o in names]
         per = self._per_output(metrics or [], "metrics", lambda v: all(isinstance(m, str) for m in v))
-        for k, (name, ms) in enumerate(zip(names, per)):
+        for k, (name, ms) in enumerate(zip(names, per, strict=True)):
             for metric, fn in resolve(ms).items():
                 self.metric_fns[f"{name}_{metric}"] = (k, fn)
         return self
@@ -367,7 +369,8 @@ class Model(Trainer, Layer):
             return [value.get(n, [] if what == "metrics" else None) for n in names]
         if isinstance(value, (list, tuple)) and not single(value):
             if len(value) != len(names):
-                raise ConfigError(f"compile: {what} has {len(value)} entries for {len(names)} outputs {names}")
+                raise ConfigError(f"compile: {what} has {len(value)} entries for {len(names)} outputs "
+                                  f"{names}")
             return list(value)
         return [value] * len(names)
 
@@ -406,7 +409,7 @@ class Model(Trainer, Layer):
         for start in range(0, len(x), int(batch_size)):
             out = self.forward(x[start:start + batch_size], training=False)
             parts.append([np.array(self.ops.to_numpy(o)) for o in (out if self._multi_out else [out])])
-        outs = [np.concatenate(p) for p in zip(*parts)]
+        outs = [np.concatenate(p) for p in zip(*parts, strict=True)]
         return outs if self._multi_out else outs[0]
 
     # ----------------------------------------------------------------- files and description
@@ -446,7 +449,8 @@ class Model(Trainer, Layer):
         text += [line, f"Total params: {n:,} ({n * self.dtype.itemsize / 2**20:.2f} MiB {self.dtype}; "
                        "gradients the same)",
                  f"Trainable params: {trainable:,}", f"Non-trainable params: {n - trainable:,}",
-                 f"Outputs: {', '.join(f'{o} <- {producer[t]}' for o, t in zip(self.output_names, self._output_ids))}",
+                 "Outputs: " + ", ".join(f"{o} <- {producer[t]}"
+                                         for o, t in zip(self.output_names, self._output_ids, strict=True)),
                  f"Backend: {self.ops.name} ({self.ops.device})", line]
         out = "\n".join(text)
         if print_fn is not None:
@@ -494,9 +498,10 @@ class PerOutputLoss(Loss):
         preds = pred if isinstance(pred, (list, tuple)) else [pred]
         if not isinstance(targets, (list, tuple)) or len(targets) != len(self.losses) or \
                 len(preds) != len(self.losses):
-            raise ShapeError(f"PerOutputLoss: expected {len(self.losses)} predictions and targets (one per output)")
+            raise ShapeError(f"PerOutputLoss: expected {len(self.losses)} predictions and targets "
+                             "(one per output)")
         total = 0.0
-        for k, (loss, p, t) in enumerate(zip(self.losses, preds, targets)):
+        for k, (loss, p, t) in enumerate(zip(self.losses, preds, targets, strict=True)):
             self.values[k] = loss.forward(p, t)
             total += self.weights[k] * self.values[k]
         return total
@@ -510,7 +515,8 @@ class PerOutputLoss(Loss):
         return self._dys if len(self._dys) > 1 else self._dys[0]
 
     def get_config(self):
-        return {"losses": [{"type": type(loss).__name__, "config": loss.get_config()} for loss in self.losses],
+        return {"losses": [{"type": type(loss).__name__, "config": loss.get_config()}
+                           for loss in self.losses],
                 "weights": list(self.weights)}
 
 
@@ -526,7 +532,7 @@ class _OutputTotals:
     def add_loss(self, loss: float, n: int) -> None:
         self.sums["loss"] += loss * n
         self.counts["loss"] += n
-        for name, value in zip(self.model.output_names, self.model.loss.values):
+        for name, value in zip(self.model.output_names, self.model.loss.values, strict=True):
             self.sums[f"{name}_loss"] += value * n
             self.counts[f"{name}_loss"] += n
 

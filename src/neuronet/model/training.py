@@ -147,7 +147,8 @@ class Trainer:
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("fit: validation_data must be a pair (x_val, y_val)")
-            validation_data = (self._data(validation_data[0], "x_val"), self._data(validation_data[1], "y_val"))
+            validation_data = (self._data(validation_data[0], "x_val"),
+                               self._data(validation_data[1], "y_val"))
             self._check_lengths(*validation_data, "fit (validation_data)")
         elif validation_split:
             cut = int(len(x) * (1.0 - validation_split))
