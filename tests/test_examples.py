@@ -77,6 +77,8 @@ EXAMPLES = [
             evaluate="{tmp}/config.yaml"),
     Example("mnist_cnn", ("--epochs", "1", "--limit", "256", "--test-limit", "256"),
             rf"test loss {FLOAT}  test accuracy {FLOAT}  \(1 epochs on 256 images, .*", data="mnist"),
+    Example("resnet_mnist", ("--epochs", "1", "--limit", "64", "--test-limit", "64", "--batch-size", "32"),
+            rf"neuronet: test loss {FLOAT}  test accuracy {FLOAT}  \(1 epochs on 64 images, .*", data="mnist"),
     Example("text_classification", ("--epochs", "1",), rf"1 epochs in {FLOAT} s",
             data="tinyshakespeare/input.txt"),
     Example("gan_mnist", ("--epochs", "1", "--limit", "512", "--out", "{tmp}/samples.png"),

@@ -442,7 +442,7 @@ class Model(Trainer, Layer):
                          ", ".join(producer[t] for t in step.inputs)))
         widths = [max(len(r[c]) for r in rows) for c in range(4)]
         line = "-" * (sum(widths) + 9)
-        text = [line] + [f"{r[0]:<{widths[0]}}   {r[1]:<{widths[1]}}   {r[2]:>{widths[2]}}   {r[3]}"
+        text = [line] + [f"{r[0]:<{widths[0]}}   {r[1]:<{widths[1]}}   {r[2]:>{widths[2]}}   {r[3]}".rstrip()
                          for r in rows]
         text.insert(2, line)
         n, trainable = self.num_params(), self._trainable_param_count()
