@@ -457,3 +457,25 @@ def test_cross_attention_rejects_mismatched_embedding_sizes():
         nn.MultiHeadAttention(8, 2)([nn.Input((5, 8)), nn.Input((7, 6))])
     with pytest.raises(ValueError, match="neither causal nor rope"):
         nn.MultiHeadAttention(8, 2, causal=True)([nn.Input((5, 8)), nn.Input((7, 8))])
+
+
+def test_a_hostile_graph_in_a_file_is_a_format_error(tmp_path):
+    import json
+
+    from safetensors.numpy import save_file
+
+    from neuronet.io.nnet import read
+
+    model = _two_in_two_out()
+    model.save(tmp_path / "g.nnet")
+    meta, tensors = read(tmp_path / "g.nnet")
+    for corrupt, message in ((lambda g: g["nodes"][0].update(inputs=[99]), "must name a layer and earlier"),
+                             (lambda g: g["nodes"][2].update(layer=-1), "must name a layer"),
+                             (lambda g: g.update(outputs=["x"]), "outputs must be tensor ids"),
+                             (lambda g: g["inputs"][0].update(shape=[3]), "Dense")):
+        bad = json.loads(json.dumps(meta))
+        corrupt(bad["architecture"]["graph"])
+        save_file(dict(tensors), tmp_path / "bad.nnet", metadata={"format": "neuronet",
+                                                                  "neuronet": json.dumps(bad)})
+        with pytest.raises(nn.errors.NnetFormatError, match=message):
+            nn.load(tmp_path / "bad.nnet")
