@@ -126,7 +126,8 @@ def main() -> None:
     parser.add_argument("--framework", choices=("neuronet", "pytorch"), default="neuronet")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="train on the first N images only")
-    parser.add_argument("--test-limit", type=int, default=None, help="evaluate on the first M test images only")
+    parser.add_argument("--test-limit", type=int, default=None,
+                        help="evaluate on the first M test images only")
     parser.add_argument("--verbose", type=int, default=2, help="1: progress bar, 2: one line per epoch")
     args = parser.parse_args()
 

@@ -434,7 +434,7 @@ def _cross_attention_model(dropout=0.0):
 def test_cross_attention_matches_torch_multihead_attention():
     model = _cross_attention_model()
     module = torch.nn.ModuleDict({"0": torch.nn.MultiheadAttention(8, 2, batch_first=True)})
-    xs = [RNG.standard_normal((3, 5, 8)).astype(np.float32), RNG.standard_normal((3, 7, 8)).astype(np.float32)]
+    xs = [RNG.standard_normal(s).astype(np.float32) for s in ((3, 5, 8), (3, 7, 8))]
     _compare(model, module, lambda m, q, kv: m["0"](q, kv, kv, need_weights=False)[0], xs)
 
 
@@ -444,7 +444,7 @@ def test_cross_attention_in_a_decoder_graph_trains_on_both_backends(backend):
     h = nn.Add()([tgt, nn.MultiHeadAttention(8, 2)([tgt, memory])])  # cross-attention to it
     model = nn.Model([src, tgt], nn.Dense(8, 3)(nn.MeanPooling()(h))).to(backend)
     model.compile(optimizer=nn.Adam(1e-2), loss="cross_entropy")
-    xs = [RNG.standard_normal((8, 6, 8)).astype(np.float32), RNG.standard_normal((8, 4, 8)).astype(np.float32)]
+    xs = [RNG.standard_normal(s).astype(np.float32) for s in ((8, 6, 8), (8, 4, 8))]
     y = RNG.integers(0, 3, 8)
     first = model.train_step(xs, y)
     for _ in range(5):
