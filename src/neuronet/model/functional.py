@@ -114,7 +114,8 @@ class Model(Trainer, Layer):
         if len(set(self.layer_keys)) != len(self.layer_keys):
             dup = sorted({k for k in self.layer_keys if self.layer_keys.count(k) > 1})
             raise ConfigError(f"Model: several layers are named {dup}; layer names must be unique")
-        self.output_names = [self._name_of(t, i) for i, t in enumerate(self._outputs)]
+        names = [self._name_of(t, i) for i, t in enumerate(self._outputs)]
+        self.output_names = [n if names.count(n) == 1 else f"out{i}" for i, n in enumerate(names)]
         self.input_names = [t.name or f"input_{i}" for i, t in enumerate(self._inputs)]
         n = len(self._inputs) + len(self._steps)
         self._values: list[Any] = [None] * n
