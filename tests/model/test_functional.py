@@ -490,3 +490,17 @@ def test_a_sequential_is_a_node_and_a_model_takes_a_name():
     module = torch.nn.ModuleDict({"0": torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
                                                            torch.nn.Linear(8, 4)), "2": torch.nn.Linear(4, 2)})
     _compare(model, module, lambda m, x: m["2"](x + m["0"](x)), x)
+
+
+def test_callbacks_see_per_output_logs_and_checkpoint_a_graph(tmp_path):
+    model = _two_in_two_out()
+    model.compile(optimizer=nn.Adam(1e-2), loss=["cross_entropy", "mse"], metrics=["accuracy"])
+    xs = [RNG.standard_normal((32, 5)).astype(np.float32), RNG.standard_normal((32, 4)).astype(np.float32)]
+    ys = [RNG.integers(0, 3, 32), RNG.standard_normal((32, 2)).astype(np.float32)]
+    path = tmp_path / "best.nnet"
+    hist = model.fit(xs, ys, epochs=3, batch_size=8, verbose=0, validation_data=(xs, ys),
+                     callbacks=[nn.ModelCheckpoint(path, monitor="val_cls_loss", save_best_only=True),
+                                nn.EarlyStopping(patience=5, monitor="val_reg_loss")])
+    assert {"cls_accuracy", "val_reg_loss", "val_cls_accuracy"} <= set(hist.history)
+    best = nn.load(path)
+    assert isinstance(best, nn.Model) and best.output_names == ["cls", "reg"]
