@@ -266,6 +266,19 @@ def _norm(g, layer, x, prefix):
     return g.op("Mul", g.op("Div", x, rms), weight)
 
 
+@converter("GroupNorm")
+def _group_norm(g, layer, x, prefix):
+    """(N, C, *) -> (N, G, rest): InstanceNormalization normalises each group; then the per-channel affine."""
+    cfg = layer.get_config()
+    groups, shape = cfg["num_groups"], layer.input_shape
+    ones, zeros = g.const("gn_ones", np.ones(groups)), g.const("gn_zeros", np.zeros(groups))
+    y = g.op("InstanceNormalization", reshape(g, x, [0, groups, -1]), ones, zeros, epsilon=cfg["eps"])
+    per_channel = (shape[0],) + (1,) * (len(shape) - 1)  # broadcasts over the positions
+    weight = g.param(layer, prefix, "weight", lambda w: w.reshape(per_channel))
+    bias = g.param(layer, prefix, "bias", lambda b: b.reshape(per_channel))
+    return g.op("Add", g.op("Mul", reshape(g, y, [0, *shape]), weight), bias)
+
+
 @converter("MultiHeadAttention")
 def _attention(g, layer, x, prefix):
     cfg = layer.get_config()
