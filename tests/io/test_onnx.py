@@ -135,6 +135,16 @@ def test_bidirectional_rnn(cell, return_sequences, tmp_path):
     assert_runs_like_predict(model, floats(2, 5, 3), tmp_path)
 
 
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("return_sequences", [False, True])
+def test_stacked_rnn(cell, bidirectional, return_sequences, tmp_path):
+    rnn = layer(cell, 3, 4, return_sequences=return_sequences, num_layers=3, dropout=0.5)
+    width = 8 if bidirectional else 4
+    model = nn.Sequential(nn.Bidirectional(rnn) if bidirectional else rnn, nn.Dense(width, 2))
+    assert_runs_like_predict(model, floats(2, 5, 3), tmp_path)
+
+
 @pytest.mark.parametrize("pooling", ["MeanPooling", "CLSPooling", "LastToken"])
 def test_sequence_pooling(pooling, tmp_path):
     model = nn.Sequential(nn.Dense(3, 4), layer(pooling), nn.Dense(4, 2))
