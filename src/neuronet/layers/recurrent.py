@@ -180,12 +180,13 @@ class _Recurrent(Layer):
         h = self.workspace("h" + p.tag, (steps + 1, n, hid))
         gates = self.workspace("gates" + p.tag, (steps, n, width))
         dgx, dgh = self.cell.backward_loop(self, p, gates, h, dh, dout)
+        shared = dgh is dgx  # LSTM: one pre-activation gradient for both sides
         rows, prev = seq.reshape(steps * n, size_in), h[p.off:steps + p.off].reshape(steps * n, hid)
         dgx, dgh = dgx.reshape(steps * n, width), dgh.reshape(steps * n, width)
         grads = {name: self.grads[name + p.tag] for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
         ops.matmul_acc(dgx.T, rows, grads["weight_ih"], self.workspace(f"dw_ih_l{p.layer}", (width, size_in)))
         ops.matmul_acc(dgh.T, prev, grads["weight_hh"], self.workspace("dw_hh", (width, hid)))
-        if dgh is dgx:  # LSTM: both biases get the same gradient: sum it once
+        if shared:  # both biases get the same gradient: sum it once
             dbias = self.workspace("dbias", (width,))
             ops.fill_(dbias, 0.0)
             ops.sum_rows_acc(dgx, dbias)
