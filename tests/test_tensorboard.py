@@ -59,6 +59,7 @@ def test_batch_scalars_and_weight_histograms(tmp_path):
     train = _read(tmp_path / "logs" / "train")
     batch_loss = _scalars(train, "batch_loss")
     assert [s for s, _ in batch_loss] == list(range(1, 4 * 2 + 1))  # 30 training samples: 2 batches/epoch
+    assert model.optimizer.iterations == 8
     assert set(train.Tags()["histograms"]) == {"0.weight", "0.bias", "1.weight", "1.bias"}
     events = train.Histograms("1.weight")
     assert [e.step for e in events] == [1, 3]
@@ -78,3 +79,21 @@ def test_bad_arguments_and_missing_writer_name_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     with pytest.raises(ImportError, match=r"pip install 'neuronet\[tensorboard\]'"):
         nn.TensorBoard(tmp_path)
+
+
+def test_resumed_training_continues_the_batch_curve(tmp_path):
+    model, _ = _fit(tmp_path, update_freq="batch", epochs=1)
+    x = np.random.default_rng(1).standard_normal((32, 4)).astype(np.float32)
+    model.fit(x, (x[:, 1] > 0).astype(np.int64), epochs=2, initial_epoch=1, batch_size=16, verbose=0,
+              callbacks=[nn.TensorBoard(tmp_path / "logs", update_freq="batch")])
+    train = _read(tmp_path / "logs" / "train")
+    assert [s for s, _ in _scalars(train, "batch_loss")] == [1, 2, 3, 4]
+    assert [s for s, _ in _scalars(train, "epoch_loss")] == [0, 1]
+
+
+def test_torch_summary_writer_is_the_fallback(tmp_path, monkeypatch):
+    pytest.importorskip("torch.utils.tensorboard")
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)
+    _, history = _fit(tmp_path, epochs=2)
+    got = _scalars(_read(tmp_path / "logs" / "validation"), "epoch_loss")
+    np.testing.assert_allclose([v for _, v in got], history.history["val_loss"], rtol=1e-6)

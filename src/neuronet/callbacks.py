@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import os
 import time
@@ -203,7 +204,8 @@ class TensorBoard(Callback):
     ``log_dir/validation`` under the same tags (``epoch_loss``, ``epoch_accuracy``, ...), so TensorBoard
     draws them in one chart; ``epoch_learning_rate`` is the optimizer's ``lr``. With
     ``update_freq="batch"`` the running means of the epoch are also written after every batch
-    (``batch_loss``, ...; the step counts batches from the start of training). Every ``histogram_freq``
+    (``batch_loss``, ...; the step is the optimizer's ``iterations``, so a resumed run continues the
+    curve). Every ``histogram_freq``
     epochs (0: never) each parameter's values are written as a histogram under its state_dict name.
 
     The writer is tensorboardX's (or, without it, torch.utils.tensorboard's); install it with
@@ -218,30 +220,25 @@ class TensorBoard(Callback):
         self.log_dir, self.update_freq, self.histogram_freq = str(log_dir), update_freq, int(histogram_freq)
         self._writer_class = _summary_writer()
         self._writers: dict = {}
-        self._batches = 0
 
     def _writer(self, name: str):
-        if name not in self._writers:
-            self._writers[name] = self._writer_class(os.path.join(self.log_dir, name))
+        if name not in self._writers:  # the writers name files by the second: a suffix keeps runs apart
+            suffix = f".{os.getpid()}.{next(_EVENT_FILES)}"
+            self._writers[name] = self._writer_class(os.path.join(self.log_dir, name), filename_suffix=suffix)
         return self._writers[name]
 
-    def on_train_begin(self, logs=None):
-        self._batches = 0
-
     def on_batch_end(self, batch, logs=None):
-        self._batches += 1
         if self.update_freq == "batch":
+            step = self.model.optimizer.iterations
             for key, value in (logs or {}).items():
-                self._writer("train").add_scalar(f"batch_{key}", float(value), self._batches)
+                self._writer("train").add_scalar(f"batch_{key}", float(value), step)
 
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
             split, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
             self._writer(split).add_scalar(f"epoch_{name}", float(value), epoch)
         train = self._writer("train")
-        optimizer = getattr(self.model, "optimizer", None)
-        if optimizer is not None:
-            train.add_scalar("epoch_learning_rate", float(optimizer.lr), epoch)
+        train.add_scalar("epoch_learning_rate", float(self.model.optimizer.lr), epoch)
         if self.histogram_freq and (epoch + 1) % self.histogram_freq == 0:
             for name, value in self.model.named_parameters():
                 train.add_histogram(name, np.asarray(self.model.ops.to_numpy(value)), epoch)
@@ -252,6 +249,9 @@ class TensorBoard(Callback):
         for writer in self._writers.values():
             writer.close()
         self._writers = {}
+
+
+_EVENT_FILES = itertools.count()
 
 
 def _summary_writer():
