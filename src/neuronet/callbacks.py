@@ -205,8 +205,8 @@ class TensorBoard(Callback):
     draws them in one chart; ``epoch_learning_rate`` is the optimizer's ``lr``. With
     ``update_freq="batch"`` the running means of the epoch are also written after every batch
     (``batch_loss``, ...; the step is the optimizer's ``iterations``, so a resumed run continues the
-    curve). Every ``histogram_freq``
-    epochs (0: never) each parameter's values are written as a histogram under its state_dict name.
+    curve). Every ``histogram_freq`` epochs (0: never) each parameter's values are written as a histogram
+    under its state_dict name. Only this callback writes; ``fit`` does not know about it.
 
     The writer is tensorboardX's (or, without it, torch.utils.tensorboard's); install it with
     ``pip install 'neuronet[tensorboard]'``.

@@ -83,3 +83,4 @@ def test_group_norm_bad_arguments_and_input():
         model.forward(np.zeros((2, 5, 3), np.float32))
     with pytest.raises(nn.ShapeError, match=r"GroupNorm\(2, 4.*\(N, 4, \*\), got \(N, 3\)"):
         nn.Sequential(nn.GroupNorm(2, 4)).build((3,))
+

@@ -359,9 +359,9 @@ def group_norm_forward(x, w, b, groups, eps, out, mean, rstd):
             rstd[i * groups + g] = s
             for c in range(per):
                 k = g * per + c
-                scale, shift = s * w[k], b[k] - mu * s * w[k]
+                scale = s * w[k]
                 for j in range(m):
-                    out[i, k, j] = block[c, j] * scale + shift
+                    out[i, k, j] = (block[c, j] - mu) * scale + b[k]
 
 
 @jit

@@ -438,7 +438,7 @@ def rnn(g: OnnxGraph, layer: Layer, prefix: str, x: str, kind: str, cfg: dict, d
     if kind == "GRU":
         attrs["linear_before_reset"] = 1  # PyTorch: n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
     seq = g.op("Transpose", x, perm=[1, 0, 2])                                       # (T, N, I)
-    for k in range(cfg.get("num_layers", 1)):
+    for k in range(cfg["num_layers"]):
         if k:  # (T, dirs, N, H) -> (T, N, dirs * H): the next layer's input
             seq = reshape(g, g.op("Transpose", seq, perm=[0, 2, 1, 3]), [0, 0, -1])
         w, r, b = stacked(k, "weight_ih"), stacked(k, "weight_hh"), stacked(k, "bias_ih", "bias_hh")
