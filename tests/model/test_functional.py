@@ -487,8 +487,8 @@ def test_a_sequential_is_a_node_and_a_model_takes_a_name():
     model = nn.Model(inp, nn.Dense(4, 2)(nn.Add()([inp, stack(inp)])), name="encoder")
     assert model.layer_name == "encoder" and "0.2.weight" in model.state_dict()
     x = RNG.standard_normal((3, 4)).astype(np.float32)
-    module = torch.nn.ModuleDict({"0": torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
-                                                           torch.nn.Linear(8, 4)), "2": torch.nn.Linear(4, 2)})
+    twin = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    module = torch.nn.ModuleDict({"0": twin, "2": torch.nn.Linear(4, 2)})
     _compare(model, module, lambda m, x: m["2"](x + m["0"](x)), x)
 
 
