@@ -7,7 +7,7 @@
 """
 
 from . import backend as backends
-from . import data, errors
+from . import data, distributed, errors
 from .backend import set_backend
 from .callbacks import (
     Callback,

@@ -34,12 +34,16 @@ def broadcast_model(comm: Communicator, model) -> None:
     bad = [(r, int(i) - 1) for r, i in enumerate(where) if i]
     if bad:
         r, i = bad[0]
-        theirs_at = root[i] if i < len(root) else "nothing (rank 0 has fewer parameters)"
-        here = mine[i] if i < len(mine) else "nothing"
-        here = f"; here (rank {comm.rank}) it is {here}" if r == comm.rank else ""
-        raise ConfigError(f"distributed: the model on rank {r} differs from rank 0's at entry {i}: rank 0 "
-                          f"has {theirs_at}{here}. Every rank must build the same architecture "
-                          f"({len(bad)} rank(s) differ)")
+        def describe(entries, who):
+            if i >= len(entries):
+                return f"{who} has no entry {i}"
+            name, shape = entries[i]
+            return f"{who} has {name!r} " + (f"= {shape}" if name == "dtype" else f"of shape {tuple(shape)}")
+
+        here = f", rank {r} {describe(mine, 'here')[5:]}" if r == comm.rank else ""
+        raise ConfigError(f"distributed: the model architectures differ across ranks: the first difference "
+                          f"is at parameter {i}: {describe(root, 'rank 0')}{here} ({len(bad)} rank(s) differ "
+                          "from rank 0). Every rank must build the same model")
     comm.broadcast(model.flat_params, what="the initial parameter broadcast")
     broadcast_buffers(comm, model)
 

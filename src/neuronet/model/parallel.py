@@ -323,10 +323,6 @@ class TrainingRun:
         if self.comm is None:
             loss = local(x, y)
         else:
-            if self.has_buffers:
-                from ..distributed.sync import broadcast_buffers
-
-                broadcast_buffers(self.comm, model)
             self.sync.begin(len(x) / self.n_global)
             try:
                 loss = local(x, y)
@@ -335,6 +331,10 @@ class TrainingRun:
                 raise
             self.sync.finish()
         model.optimizer.step(model.flat_params, model.flat_grads)
+        if self.comm is not None and self.has_buffers:  # rank 0's running statistics, as DDP
+            from ..distributed.sync import broadcast_buffers
+
+            broadcast_buffers(self.comm, model)
         return loss
 
     # ---------------------------------------------------------------- logs
