@@ -153,3 +153,14 @@ def test_bad_workers_and_launcher_raise_config_errors(monkeypatch):
         monkeypatch.delenv(key, raising=False)
     with pytest.raises(ConfigError, match="mpiexec -n K"):
         model.fit(x, y, batch_size=8, verbose=0, distributed=True)
+
+
+def test_config_hardware_workers():
+    from neuronet.cli.config import validate
+
+    base = {"model": {"layers": [{"type": "Dense", "in_features": 4, "out_features": 2}]},
+            "dataset": {"source": "digits"}}
+    assert validate(dict(base, hardware={"workers": "auto"}))["hardware"]["workers"] == "auto"
+    assert validate(base)["hardware"]["workers"] == 1
+    with pytest.raises(ConfigError, match="hardware.workers"):
+        validate(dict(base, hardware={"workers": 0}))

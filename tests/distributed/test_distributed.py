@@ -148,3 +148,21 @@ def test_checkpoint_of_two_ranks_resumes_on_three(single, tmp_path):
     history = json.loads((second / "history.json").read_text())
     assert len(history["loss"]) == 1  # epoch 3 only: the checkpoint's position was kept
     assert not np.allclose(ranks[0]["0.weight"], _params(first, 0)["0.weight"])
+
+
+@NEEDS_MPI
+def test_cli_train_under_mpiexec_trains_distributed(tmp_path):
+    import yaml
+
+    dense = {"type": "Dense", "in_features": 64, "out_features": 16, "activation": "relu"}
+    cfg = {"model": {"layers": [{"type": "Flatten"}, dense,
+                                {"type": "Dense", "in_features": 16, "out_features": 10}]},
+           "training": {"epochs": 1, "batch_size": 16, "seed": 3},
+           "dataset": {"source": "digits", "splits": {"test": 0.2}},
+           "hardware": {"device": "cpu", "workers": 2}}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    cli = [sys.executable, "-m", "neuronet.cli.main", "train", "tiny.yaml", "-o", "out", "-q"]
+    status, text, _ = run_job(["mpiexec", "-n", "2", *cli], tmp_path)
+    assert status == 0, text
+    assert text.count("trained 1 epochs") == 1, text  # rank 0 alone reports and writes
+    assert (tmp_path / "out" / "model.nnet").exists()
