@@ -32,7 +32,8 @@ WORKLOADS = {  # name: (global batch, input shape)
 SETTINGS = ("threads", "workers", "mpi", "torch")
 WARMUP, STEPS = 5, 30
 COLUMNS = [("samples_per_s", ".0f"), ("samples_per_s_no_overlap", ".0f"), ("allreduce_wait_ms", ".2f"),
-           ("allreduce_wait_ms_no_overlap", ".2f"), ("allreduce_full_ms", ".2f"), ("allreduce_bus_GBps", ".2f")]
+           ("allreduce_wait_ms_no_overlap", ".2f"), ("allreduce_full_ms", ".2f"),
+           ("allreduce_bus_GBps", ".2f")]
 WIDTHS = (10, 10, 8, 14, 12, 8)
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -155,8 +156,8 @@ def main() -> None:
             results.append(r)
 
             cells = [format(r[key], spec) if key in r else "-" for key, spec in COLUMNS]
-            print(f"{name:8} {setting:8} " + " ".join(f"{c:>{w}}" for c, w in zip(cells, WIDTHS, strict=True)),
-                  flush=True)
+            row = " ".join(f"{c:>{w}}" for c, w in zip(cells, WIDTHS, strict=True))
+            print(f"{name:8} {setting:8} {row}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 
