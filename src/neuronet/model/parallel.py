@@ -178,19 +178,21 @@ class WorkerPool(Workspace):
         self.losses[k] = self.replicas[k]._gradients(x, y)
 
     def gradients(self, x, y) -> float:
-        """The mean loss over the batch, with its gradient in ``model.flat_grads``."""
+        """The mean loss over the batch, with its gradient in ``model.flat_grads``.
+
+        Call it inside ``blas_threads(model, workers)`` (as fit does for the whole step).
+        """
         model, n = self.model, len(x)
         k = min(self.workers, n)
         bounds = _bounds(n, k)
         if self.has_buffers:
             for rep in self.replicas[:k]:
                 copy_buffers(model, rep)
-        with blas_threads(model, k):
-            futures = [_state(model).threads(self.workers - 1).submit(
-                self._shard, j, x[bounds[j]:bounds[j + 1]], y[bounds[j]:bounds[j + 1]]) for j in range(1, k)]
-            self._shard(0, x[:bounds[1]], y[:bounds[1]])
-            for f in futures:
-                f.result()
+        futures = [_state(model).threads(self.workers - 1).submit(
+            self._shard, j, x[bounds[j]:bounds[j + 1]], y[bounds[j]:bounds[j + 1]]) for j in range(1, k)]
+        self._shard(0, x[:bounds[1]], y[:bounds[1]])
+        for f in futures:
+            f.result()
         weights = self.workspace("weights", (1, k))
         self.ops.copy_(weights, self.ops.asarray(np.diff(bounds).reshape(1, k) / n, self.dtype))
         self.ops.matmul(weights, self.grads[:k], out=model.flat_grads.reshape(1, -1))  # one fused pass
@@ -228,12 +230,13 @@ def choose_workers(model, x, y, batch_size: int) -> int:
     timings = {}
     for workers in options:
         step = model._gradients if workers == 1 else worker_pool(model, workers).gradients
-        step(xb, yb)  # warm-up (workspaces, JIT)
-        best = math.inf
-        for _ in range(3):
-            start = time.perf_counter()
-            step(xb, yb)
-            best = min(best, time.perf_counter() - start)
+        with blas_threads(model, workers):
+            step(xb, yb)  # warm-up (workspaces, JIT)
+            best = math.inf
+            for _ in range(3):
+                start = time.perf_counter()
+                step(xb, yb)
+                best = min(best, time.perf_counter() - start)
         timings[workers] = best
     model.load_state_dict(buffers, strict=False)
     rng.bit_generator.state = rng_state
@@ -317,6 +320,11 @@ class TrainingRun:
         model = self.model
         if self.comm is None and self.workers == 1:
             return model.train_step(x, y)
+        with blas_threads(model, self.workers):
+            return self._step(x, y)
+
+    def _step(self, x, y) -> float:
+        model = self.model
         model._require_compiled("train_step")
         model._check_lengths(x, y, "train_step")
         local = model._gradients if self.workers == 1 else worker_pool(model, self.workers).gradients
