@@ -5,7 +5,8 @@
 Trains a small MLP on fixed data with shuffle=False and writes the final parameters of this rank to
 OUT_DIR/params_<rank>.npz (plus the fit history on rank 0). MODE: "fit" (normal), "kill" (rank 1 kills
 itself mid-fit), "hang" (rank 1 stops answering mid-fit), "mismatch" (rank 1 builds another model),
-"bn" (a model with BatchNorm), "resume" (load OUT_DIR/ckpt.nnet, train one more epoch).
+"bn" (a model with BatchNorm, 2 pool workers per rank, on the torch backend under torchrun),
+"resume" (load OUT_DIR/ckpt.nnet, train one more epoch).
 """
 
 import json
@@ -38,6 +39,9 @@ if mode == "resume":
     model = nn.load(os.path.join(out, "ckpt.nnet"))
 else:
     model = nn.Sequential(*layers).compile(nn.Adam(1e-2), "cross_entropy", metrics=["accuracy"])
+    if mode == "bn" and nn.distributed.launcher() == "torch":
+        model.build((12,))
+        model.to("torch")
 
 
 class Fault(nn.Callback):
@@ -50,7 +54,7 @@ class Fault(nn.Callback):
 
 
 history = model.fit(x, y, epochs=2 if mode != "resume" else 3, batch_size=batch, shuffle=False, verbose=0,
-                    distributed=distributed, callbacks=[Fault()],
+                    distributed=distributed, callbacks=[Fault()], workers=2 if mode == "bn" else 1,
                     initial_epoch=getattr(model, "epoch", 0) if mode == "resume" else 0)
 np.savez(os.path.join(out, f"params_{rank}.npz"), **model.state_dict())
 if rank == 0:
