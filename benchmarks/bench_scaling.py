@@ -134,14 +134,53 @@ def launch(name: str, setting: str) -> dict:
     return json.loads(lines[-1])
 
 
+LINKS_GBIT = (10, 25, 100)
+RANKS = (8, 64, 256)
+
+
+def efficiency(compute_s: float, nbytes: float, ranks: int, bytes_per_s: float) -> tuple[float, float]:
+    """Ring allreduce scale model: the efficiency of one step without overlap, and with the allreduce
+    hidden behind backward (taken as 2/3 of the compute: backward costs about twice the forward)."""
+    comm = 2 * (ranks - 1) / ranks * nbytes / bytes_per_s
+    exposed = max(0.0, comm - 2 / 3 * compute_s)
+    return compute_s / (compute_s + comm), compute_s / (compute_s + exposed)
+
+
+def scale_model(results: list[dict]) -> str:
+    """A Markdown table of predicted scaling efficiency from the measured MPI rows (T_compute: the step
+    without overlap minus its allreduce wait)."""
+    lines = ["| workload | gradient | T_compute | link | K=8 | K=64 | K=256 | K=256, 10x faster node |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if r["setting"] != "mpi":
+            continue
+        batch = WORKLOADS[r["workload"]][0]
+        step = batch / r["samples_per_s_no_overlap"]
+        compute = step - r["allreduce_wait_ms_no_overlap"] / 1e3
+        nbytes = 4 * r["params"]
+        links = [(f"{g} Gb/s", g * 1e9 / 8) for g in LINKS_GBIT]
+        links.append((f"measured {r['allreduce_bus_GBps']:.2f} GB/s", r["allreduce_bus_GBps"] * 1e9))
+        for name, bw in links:
+            cells = [efficiency(compute, nbytes, k, bw) for k in RANKS]
+            cells.append(efficiency(compute / 10, nbytes, RANKS[-1], bw))
+            text = " | ".join(f"{a:.0%} / {b:.0%}" for a, b in cells)
+            size = f"{nbytes / 2**20:.2f} MiB"
+            lines.append(f"| {r['workload']} | {size} | {compute * 1e3:.1f} ms | {name} | {text} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--scale-model", metavar="JSON", help="print the scale model for saved results")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.scale_model:
+        print(scale_model(json.loads(Path(args.scale_model).read_text())))
+        return
     if args.child:
         result = measure(*args.child)
         if result is not None:
@@ -160,6 +199,9 @@ def main() -> None:
             print(f"{name:8} {setting:8} {row}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
+    if any(r["setting"] == "mpi" for r in results):
+        print("\nscaling efficiency predicted by a ring allreduce (no overlap / overlapped with backward):")
+        print(scale_model(results))
 
 
 if __name__ == "__main__":

@@ -87,6 +87,16 @@ def test_concurrent_predict_and_evaluate_from_4_threads(what):
     assert not wrong, f"{len(wrong)} of 160 concurrent {what} calls returned wrong numbers"
 
 
+def test_a_model_that_predicted_in_threads_can_still_be_copied():
+    import copy
+
+    model = _mlp()
+    x, _ = _data((20,), 16)
+    model.predict(x, workers=2)
+    clone = copy.deepcopy(model)  # the threads and locks are not copied: the clone makes its own
+    np.testing.assert_allclose(clone.predict(x, workers=2), model.predict(x), rtol=1e-6)
+
+
 def test_predict_with_workers_equals_predict(backend):
     model = _mlp().to(backend)
     x, _ = _data((20,), 101)

@@ -41,6 +41,9 @@ class _Parallel:
         self.pool: WorkerPool | None = None
         self.executor: ThreadPoolExecutor | None = None
 
+    def __deepcopy__(self, memo):  # a copied model starts without threads, locks or replicas
+        return _Parallel()
+
     def threads(self, n: int) -> ThreadPoolExecutor:
         """A persistent executor with at least ``n`` threads."""
         if self.executor is None or self.executor._max_workers < n:
