@@ -1,7 +1,8 @@
 """Scaling on one machine: samples/s of a training step for the MLP, CNN and LSTM workloads, run as
 
-    threads  1 process, BLAS on 2 threads          workers  fit(workers=2): 2 replicas x 1 BLAS thread
-    mpi      mpiexec -n 2, 1 thread per rank        torch    torchrun --nproc-per-node 2, 1 thread per rank
+    single   1 process, 1 thread (the reference)    threads  1 process, BLAS on 2 threads
+    workers  fit(workers=2): 2 replicas x 1 thread  mpi      mpiexec -n 2, 1 thread per rank
+    torch    torchrun --nproc-per-node 2, 1 thread per rank
 
 with the same GLOBAL batch in every setting (each of 2 ranks gets half), so samples/s compare directly.
 The distributed settings also report the time a step spends blocked in the gradient allreduce, with the
@@ -29,7 +30,7 @@ WORKLOADS = {  # name: (global batch, input shape)
     "cnn": (64, (1, 28, 28)),
     "lstm": (64, (28, 28)),
 }
-SETTINGS = ("threads", "workers", "mpi", "torch")
+SETTINGS = ("single", "threads", "workers", "mpi", "torch")
 WARMUP, STEPS = 5, 30
 COLUMNS = [("samples_per_s", ".0f"), ("samples_per_s_no_overlap", ".0f"), ("allreduce_wait_ms", ".2f"),
            ("allreduce_wait_ms_no_overlap", ".2f"), ("allreduce_full_ms", ".2f"),
