@@ -108,7 +108,12 @@ class MPIComm(Communicator):
 
 
 class TorchComm(Communicator):
-    """torch.distributed (launched by ``torchrun``): gloo for CPU tensors and NumPy, NCCL for CUDA."""
+    """torch.distributed (launched by ``torchrun``): gloo for CPU tensors and NumPy, NCCL for CUDA.
+
+    With CUDA available the process group is ``"cpu:gloo,cuda:nccl"``: each collective goes to the
+    backend of its tensor's device, so NumPy models and CUDA models both work (the CUDA path is not
+    exercised by the test suite, which has no GPU).
+    """
 
     name = "torch"
 
@@ -120,8 +125,8 @@ class TorchComm(Communicator):
 
         self.torch, self.dist = torch, dist
         if not dist.is_initialized():
-            backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-            if backend == "nccl":
+            backend = backend or ("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+            if "nccl" in backend:
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
             dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
         self.backend = dist.get_backend()
