@@ -166,3 +166,20 @@ def test_cli_train_under_mpiexec_trains_distributed(tmp_path):
     assert status == 0, text
     assert text.count("trained 1 epochs") == 1, text  # rank 0 alone reports and writes
     assert (tmp_path / "out" / "model.nnet").exists()
+
+
+@NEEDS_MPI
+def test_three_ranks_with_an_uneven_last_batch_equal_one_process(tmp_path):
+    """256 samples, 3 ranks x 40: the last global batch of 16 splits 6/5/5, weighted by sample count."""
+    ref, out = tmp_path / "one", tmp_path / "three"
+    ref.mkdir()
+    out.mkdir()
+    status, text, _ = run_job([sys.executable, str(SCRIPT), str(ref), "fit", "120"], ref)
+    assert status == 0, text
+    status, text, _ = run_job(_job("mpi", 3, out, "fit", 40), out)
+    assert status == 0, text
+    want = _params(ref, 0)
+    for rank in range(3):
+        got = _params(out, rank)
+        for key in want:
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6, err_msg=f"{rank}: {key}")
