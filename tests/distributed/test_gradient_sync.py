@@ -70,3 +70,27 @@ def test_layers_may_report_out_of_order():
     assert [c[0] for c in comm.calls] == [model.num_params() - 64 * 3 - 3 - 64 * 64 - 64]
     sync.finish()
     np.testing.assert_array_equal(model.flat_grads, 2.0)
+
+
+def test_a_synchronised_step_allocates_nothing_in_steady_state():
+    from neuronet.testing import step_allocations
+
+    model = _model()
+    comm = Recorder(model)
+    comm.calls = _Forget()
+    sync = GradientSync(comm, model, bucket_bytes=4 * 64 * 65)
+    x, y = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32), np.arange(16) % 3
+
+    def step():
+        sync.begin(0.5)
+        model._gradients(x, y)
+        sync.finish()
+        model.optimizer.step(model.flat_params, model.flat_grads)
+
+    growth, peak = step_allocations(step)
+    assert growth < 64 * 1024 and peak < 256 * 1024, (growth, peak)
+
+
+class _Forget(list):
+    def append(self, item):  # the recorder's log would grow: keep nothing
+        pass
