@@ -51,7 +51,7 @@ NEEDS_MPI = pytest.mark.skipif(not _have_mpi(), reason="needs mpi4py and mpiexec
 LAUNCHERS = [pytest.param("mpi", marks=NEEDS_MPI), "torch"]
 
 
-def run_job(cmd: list[str], out: Path, timeout_env: float = 30) -> tuple[int, str, float]:
+def run_job(cmd: list[str], out: Path, timeout_env: float = 60) -> tuple[int, str, float]:
     """Run ``cmd`` in a new session; return (status, output, seconds). The session is always killed."""
     env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                NEURONET_DIST_TIMEOUT=str(timeout_env), OMP_NUM_THREADS="1")
