@@ -101,11 +101,18 @@ def predict(model, x, batch_size: int, workers: int):
 
 # ------------------------------------------------------------------------- threads and BLAS
 def cores() -> int:
-    """CPU cores this process may use."""
+    """CPU cores this process may use: its affinity set, shared with the other ranks on this node when a
+    launcher started several here without binding them to cores."""
+    total = os.cpu_count() or 1
     try:
-        return len(os.sched_getaffinity(0))
+        mine = len(os.sched_getaffinity(0))
     except AttributeError:
-        return os.cpu_count() or 1
+        mine = total
+    if mine < total:  # the launcher bound this rank to its own cores
+        return mine
+    env = os.environ
+    local = env.get("LOCAL_WORLD_SIZE") or env.get("OMPI_COMM_WORLD_LOCAL_SIZE") or env.get("MPI_LOCALNRANKS")
+    return max(1, mine // int(local)) if local and local.isdigit() else mine
 
 
 _controller = None
