@@ -103,6 +103,7 @@ def test_predict_with_workers_equals_predict(backend):
     model = _mlp().to(backend)
     x, _ = _data((20,), 101)
     np.testing.assert_allclose(model.predict(x, workers=3), model.predict(x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(model.predict(x, workers="auto"), model.predict(x), rtol=1e-6, atol=1e-6)
 
 
 def _transformer(seed=0):

@@ -40,16 +40,18 @@ class _Parallel:
         self.local = threading.local()
         self.pool: WorkerPool | None = None
         self.executor: ThreadPoolExecutor | None = None
+        self.executor_size = 0
 
     def __deepcopy__(self, memo):  # a copied model starts without threads, locks or replicas
         return _Parallel()
 
     def threads(self, n: int) -> ThreadPoolExecutor:
         """A persistent executor with at least ``n`` threads."""
-        if self.executor is None or self.executor._max_workers < n:
+        if self.executor_size < n:
             if self.executor is not None:
                 self.executor.shutdown(wait=False)
             self.executor = ThreadPoolExecutor(n, thread_name_prefix="neuronet-worker")
+            self.executor_size = n
         return self.executor
 
 
@@ -84,8 +86,11 @@ def inference_model(model):
 
 
 def predict(model, x, batch_size: int, workers: int):
-    """``model.predict`` with ``x`` split into ``workers`` contiguous chunks predicted in threads."""
+    """``model.predict`` with ``x`` split into ``workers`` contiguous chunks predicted in threads
+    (``"auto"``: one per core)."""
     workers = check_workers(workers, len(x), "predict")
+    if workers == "auto":
+        workers = min(cores(), len(x))
     if workers == 1:
         return model.predict(x, batch_size=batch_size)
     if not model.built:
@@ -149,7 +154,8 @@ def blas_threads(model, workers: int):
             torch.set_num_threads(torch_threads)
 
 
-def check_workers(workers, batch: int, what: str) -> int:
+def check_workers(workers, batch: int, what: str) -> int | str:
+    """``workers`` if it is "auto" or a positive integer no larger than ``batch``; else ConfigError."""
     if workers == "auto":
         return workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
