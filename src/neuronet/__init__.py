@@ -7,7 +7,7 @@
 """
 
 from . import backend as backends
-from . import data, errors
+from . import data, distributed, errors
 from .backend import set_backend
 from .callbacks import (
     Callback,
@@ -60,6 +60,7 @@ __all__ = [
     "LAYERS", "LOSSES", "OPTIMIZERS", "SGD", "Adam", "AdamW", "CSVLogger", "Callback", "CrossEntropyLoss",
     "EarlyStopping", "History", "Layer", "Loss", "MSELoss", "ModelCheckpoint", "Optimizer", "ProgressBar",
     "ReduceLROnPlateau", "Sequential", "TensorBoard", "Input", "Model", "ShapeError", "backends", "data",
+    "distributed",
     "errors", "load", "manual_seed", "set_backend",
     "export_gguf", "export_onnx", "load_gguf", "to_torch_state_dict",
     *_layer_names,

@@ -401,18 +401,6 @@ class Model(Trainer, Layer):
             return Trainer._totals(self)
         return _OutputTotals(self)
 
-    def predict(self, x, batch_size: int = 256):
-        """Outputs for every sample of x in inference mode (a list of arrays for several outputs)."""
-        x = self._data(x, "x")
-        if len(x) == 0:
-            raise ValueError("predict: x is empty")
-        parts = []
-        for start in range(0, len(x), int(batch_size)):
-            out = self.forward(x[start:start + batch_size], training=False)
-            parts.append([np.array(self.ops.to_numpy(o)) for o in (out if self._multi_out else [out])])
-        outs = [np.concatenate(p) for p in zip(*parts, strict=True)]
-        return outs if self._multi_out else outs[0]
-
     # ----------------------------------------------------------------- files and description
     def save(self, path) -> None:
         """Write the graph (as JSON nodes and edges), weights and training state to a ``.nnet`` file."""

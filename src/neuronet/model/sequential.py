@@ -19,6 +19,10 @@ class Sequential(Trainer, Layer):
         dtype (str, optional): "float32" (default) or "float64" for everything in the model.
     """
 
+    # Called as ``grad_ready(layer)`` right after each layer's backward (its gradients are then final),
+    # so distributed training can start reducing them while earlier layers still compute.
+    grad_ready = None
+
     def __init__(self, *layers: Layer, dtype: str = "float32"):
         Layer.__init__(self)
         Trainer.__init__(self)
@@ -81,14 +85,20 @@ class Sequential(Trainer, Layer):
         first = 0 if input_grad else self._first_trainable
         if first == len(layers):
             return dy if input_grad else None
+        ready = self.grad_ready
         for layer in layers[:first:-1]:
             dy = layer.backward(dy)
+            if ready is not None:
+                ready(layer)
         bottom = layers[first]
         bottom.needs_input_grad = input_grad
         try:
-            return bottom.backward(dy)
+            dy = bottom.backward(dy)
         finally:
             bottom.needs_input_grad = True
+        if ready is not None:
+            ready(bottom)
+        return dy
 
     def check_input(self, x) -> None:
         if self.layers:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..core import random as nnrandom
+from . import parallel
 
 
 def _resolve(kind: str, value, registry: dict, aliases: dict):
@@ -86,6 +87,12 @@ class Trainer:
         """
         self._require_compiled("train_step")
         self._check_lengths(x, y, "train_step")
+        loss = self._gradients(x, y)
+        self.optimizer.step(self.flat_params, self.flat_grads)
+        return loss
+
+    def _gradients(self, x, y) -> float:
+        """train_step without the optimizer step: the loss, with its gradient in ``flat_grads``."""
         out = self._last_output = self.forward(x, training=True)
         loss = self.loss.forward(out, y)
         aux_layers = self._aux_layers()
@@ -102,7 +109,6 @@ class Trainer:
         finally:
             for layer in aux_layers:
                 layer.aux_grad_scale = 0.0
-        self.optimizer.step(self.flat_params, self.flat_grads)
         return loss
 
     # ----------------------------------------------------------------- loops
@@ -127,13 +133,15 @@ class Trainer:
 
     def fit(self, x, y, epochs: int = 1, batch_size: int = 32, validation_data=None,
             validation_split: float = 0.0, shuffle: bool = True, callbacks=None, verbose: int = 1,
-            initial_epoch: int = 0):
+            initial_epoch: int = 0, workers=1, distributed: bool = False):
         """Train for ``epochs`` passes over (x, y) in mini-batches; returns a History.
 
         ``validation_split`` holds out the LAST fraction of (x, y) (before shuffling) as validation
         data, as Keras does; ``validation_data=(xv, yv)`` takes precedence. Logs per epoch: ``loss``,
         the metrics, and ``val_``-prefixed ones with validation data. ``verbose``: 0 silent, 1 a
-        progress bar per epoch (loss/metrics, rate, ETA), 2 one line per epoch.
+        progress bar per epoch (loss/metrics, rate, ETA), 2 one line per epoch. ``workers=N`` (or
+        "auto") splits each batch over N threads; ``distributed=True`` trains data-parallel over the
+        ranks of an ``mpiexec``/``torchrun`` job, ``batch_size`` per rank (docs/parallel.md).
         """
         from ..callbacks import CallbackList, EpochLogger, History, ProgressBar
 
@@ -160,10 +168,12 @@ class Trainer:
         n, batch_size = len(x), int(batch_size)
         if n == 0:
             raise ValueError("fit: x is empty")
+        run = parallel.TrainingRun(self, x, y, batch_size, workers, distributed)
+        verbose, callbacks = run.verbose(verbose), run.callbacks(callbacks)
         history = History()
         cbs = [history, *(callbacks or [])]
         if verbose == 1:
-            cbs.append(ProgressBar(epochs, math.ceil(n / batch_size)))
+            cbs.append(ProgressBar(epochs, run.steps(n)))
         elif verbose:
             cbs.append(EpochLogger(epochs))
         cb = CallbackList(cbs, self)
@@ -174,19 +184,20 @@ class Trainer:
         for epoch in range(initial_epoch, epochs):
             cb.on_epoch_begin(epoch)
             totals = self._totals()
-            for step, idx in enumerate(self._batches(n, batch_size, shuffle)):
+            for step, idx in enumerate(run.batches(n, shuffle, epoch)):
                 cb.on_batch_begin(step)
                 yb = self._take(y, idx, buffers, "y")
-                loss = self.train_step(self._take(x, idx, buffers, "x"), yb)
+                loss = run.train_step(self._take(x, idx, buffers, "x"), yb)
                 totals.add_loss(loss, len(idx))
                 if self.metric_fns:
                     totals.add_metrics(self._last_output, yb)
                 cb.on_batch_end(step, totals.means())
                 if self.stop_training:
                     break
-            logs = totals.means()
+            logs = run.reduce(totals)
             if validation_data is not None:
-                val = self.evaluate(*validation_data, batch_size=max(batch_size, 256))
+                val = self.evaluate(*validation_data, batch_size=max(batch_size, 256),
+                                    distributed=run.distributed)
                 logs.update({f"val_{k}": v for k, v in val.items()})
             cb.on_epoch_end(epoch, logs)
             if self.stop_training:
@@ -194,8 +205,12 @@ class Trainer:
         cb.on_train_end()
         return history
 
-    def evaluate(self, x, y, batch_size: int = 256, verbose: int = 0) -> dict:
-        """Mean loss (and metrics) over (x, y) in inference mode: ``{"loss": ..., "accuracy": ...}``."""
+    def evaluate(self, x, y, batch_size: int = 256, verbose: int = 0, distributed: bool = False) -> dict:
+        """Mean loss (and metrics) over (x, y) in inference mode: ``{"loss": ..., "accuracy": ...}``.
+
+        Safe to call from several threads at once. ``distributed=True``: each rank evaluates its part of
+        (x, y) and the result is reduced over the ranks (every rank must call it).
+        """
         if self.loss is None:
             raise RuntimeError("evaluate: call model.compile(loss=...) first")
         x, y = self._data(x, "x"), self._data(y, "y")
@@ -203,25 +218,34 @@ class Trainer:
         if len(x) == 0:
             raise ValueError("evaluate: x is empty")
         totals = self._totals()
-        for start in range(0, len(x), int(batch_size)):
-            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-            out = self.forward(xb, training=False)
-            totals.add_loss(self.loss.forward(out, yb), len(xb))
-            if self.metric_fns:
-                totals.add_metrics(out, yb)
-        result = totals.means()
+        x, y, comm = parallel.shard(x, y, distributed)
+        with parallel.inference_model(self) as model:
+            for start in range(0, len(x), int(batch_size)):
+                xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+                out = model.forward(xb, training=False)
+                totals.add_loss(model.loss.forward(out, yb), len(xb))
+                if self.metric_fns:
+                    totals.add_metrics(out, yb)
+        result = parallel.reduce_totals(totals, comm)
         if verbose:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in result.items()))
         return result
 
-    def predict(self, x, batch_size: int = 256) -> np.ndarray:
-        """Outputs for every sample of x in inference mode, as one NumPy array (no compile needed)."""
+    def predict(self, x, batch_size: int = 256, workers: int = 1) -> np.ndarray:
+        """Outputs for every sample of x in inference mode, as one NumPy array (no compile needed); a list
+        of arrays for a model with several outputs.
+
+        Safe to call from several threads at once; ``workers=N`` splits x over N threads.
+        """
         x = self._data(x, "x")
         if len(x) == 0:
             raise ValueError("predict: x is empty")
-        outs = [np.array(self.ops.to_numpy(self.forward(x[start:start + batch_size], training=False)))
-                for start in range(0, len(x), int(batch_size))]
-        return np.concatenate(outs)
+        if workers != 1:
+            return parallel.predict(self, x, int(batch_size), workers)
+        with parallel.inference_model(self) as model:
+            parts = [parallel.to_host(self.ops, model.forward(x[start:start + batch_size], training=False))
+                     for start in range(0, len(x), int(batch_size))]
+        return parallel.join_batches(parts)
 
 
 class _Totals:
