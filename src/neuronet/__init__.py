@@ -42,12 +42,14 @@ from .model import Sequential
 from .optim import (
     OPTIMIZERS,
     SGD,
+    Adagrad,
     Adam,
     AdamW,
     CosineAnnealingLR,
     LinearLR,
     LinearWarmup,
     LRScheduler,
+    NAdam,
     Optimizer,
     RMSprop,
     StepLR,
@@ -64,5 +66,5 @@ __all__ = [
     *_layer_names,
     "BCELoss", "BCEWithLogitsLoss", "HuberLoss", "KLDivLoss", "L1Loss", "MarginRankingLoss",
     "MultiMarginLoss", "NLLLoss", "RMSprop", "TripletMarginLoss", "CosineAnnealingLR", "LRScheduler",
-    "LinearLR", "LinearWarmup", "StepLR",
+    "LinearLR", "LinearWarmup", "StepLR", "Adagrad", "NAdam",
 ]

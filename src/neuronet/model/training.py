@@ -21,7 +21,8 @@ def _resolve(kind: str, value, registry: dict, aliases: dict):
     return registry[key]()
 
 
-OPTIMIZER_ALIASES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop"}
+OPTIMIZER_ALIASES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad",
+                     "nadam": "NAdam"}
 LOSS_ALIASES = {
     "mse": "MSELoss", "mean_squared_error": "MSELoss", "cross_entropy": "CrossEntropyLoss",
     "categorical_crossentropy": "CrossEntropyLoss", "sparse_categorical_crossentropy": "CrossEntropyLoss",
@@ -47,6 +48,7 @@ class Trainer:
         from ..optim import OPTIMIZERS
 
         self.optimizer = _resolve("optimizer", optimizer, OPTIMIZERS, OPTIMIZER_ALIASES)
+        self.optimizer.bind(self)  # parameter names for its groups, and which layers are frozen
         self.loss = _resolve("loss", loss, LOSSES, LOSS_ALIASES)
         self.metric_fns = resolve(metrics)
         return self
