@@ -206,11 +206,11 @@ class NumpyOps(Ops):
                                      t(1.0 - alpha), t(eps), t(momentum), bool(centered))
 
     def adagrad_step(self, p, g, state_sum, scratch, spans, *, lr, weight_decay, eps):
-        optim_kernels.adagrad_update(p, g, state_sum, *_table(spans, zip(lr, weight_decay, strict=True), p.dtype),
-                                     p.dtype.type(eps))
+        table = _table(spans, zip(lr, weight_decay, strict=True), p.dtype)
+        optim_kernels.adagrad_update(p, g, state_sum, *table, p.dtype.type(eps))
 
-    def nadam_step(self, p, g, m, v, scratch, spans, *, lr, weight_decay, beta1, beta2, eps, step, mu, mu_next,
-                   mu_product):
+    def nadam_step(self, p, g, m, v, scratch, spans, *, lr, weight_decay, beta1, beta2, eps, step, mu,
+                   mu_next, mu_product):
         t = p.dtype.type
         coef = [(wd, r * (1.0 - mu) / (1.0 - mu_product), r * mu_next / (1.0 - mu_product * mu_next))
                 for r, wd in zip(lr, weight_decay, strict=True)]

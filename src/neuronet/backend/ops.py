@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+
 class Spans(NamedTuple):
     """Where an optimizer update applies: the ranges [starts[i], stops[i]) of the flat parameter buffer,
     each with the index ``group[i]`` of its parameter group (int64 arrays); frozen ranges are absent.
@@ -34,8 +35,7 @@ class Spans(NamedTuple):
     def of(cls, items) -> Spans:
         items = tuple((int(a), int(b), int(k)) for a, b, k in items)
         cols = np.array(items, np.int64).reshape(-1, 3).T
-        return cls(np.ascontiguousarray(cols[0]), np.ascontiguousarray(cols[1]), np.ascontiguousarray(cols[2]),
-                   items)
+        return cls(*(np.ascontiguousarray(c) for c in cols), items)
 
 
 ACTIVATIONS = (
@@ -269,11 +269,12 @@ class Ops:
         momentum buffer, None without)."""
         self._each_span(self._sgd_span, spans, (p, g, buf), scratch, lr, weight_decay, kw)
 
-    def rmsprop_step(self, p, g, square_avg, grad_avg, buf, scratch, spans, *, lr, weight_decay, **kw) -> None:
+    def rmsprop_step(self, p, g, square_avg, grad_avg, buf, scratch, spans, *, lr, weight_decay,
+                     **kw) -> None:
         """One RMSprop update (alpha, eps, momentum, centered), as ``torch.optim.RMSprop`` (``grad_avg``/
         ``buf`` None when unused)."""
-        self._each_span(self._rmsprop_span, spans, (p, g, square_avg, grad_avg, buf), scratch, lr, weight_decay,
-                        kw)
+        arrays = (p, g, square_avg, grad_avg, buf)
+        self._each_span(self._rmsprop_span, spans, arrays, scratch, lr, weight_decay, kw)
 
     def adagrad_step(self, p, g, state_sum, scratch, spans, *, lr, weight_decay, **kw) -> None:
         """One Adagrad update (eps), as ``torch.optim.Adagrad``; ``lr`` is already decayed (torch's clr)."""

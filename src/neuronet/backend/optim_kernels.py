@@ -72,7 +72,7 @@ def sgd_update(p, g, buf, starts, stops, group, coef, momentum, damp, nesterov, 
 
 @jit
 def rmsprop_update(p, g, sq, gavg, buf, starts, stops, group, coef, alpha, c, eps, momentum, centered):
-    """One RMSprop step in place; c = 1 - alpha; ``gavg``/``buf`` are empty when unused; coef[k] = (lr, l2)."""
+    """One RMSprop step in place; c = 1 - alpha; ``gavg``/``buf`` empty when unused; coef[k] = (lr, l2)."""
     use_momentum = buf.size > 0
     for s in range(starts.size):
         lr, l2 = coef[group[s], 0], coef[group[s], 1]

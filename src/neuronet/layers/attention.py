@@ -131,9 +131,9 @@ class MultiHeadAttention(Layer):
             cos, _, neg_sin = self._rope_tables(t)  # the transpose of a rotation is the rotation by -angle
             self._rotate(gq, "dq", cos, neg_sin, out=dq)
             self._rotate(gk, "dk", cos, neg_sin, out=dk)
-        ops.matmul_acc(dqkv.T, self._x, self.grads["in_proj_weight"],
-                       self.workspace("dw", (3 * d, d)))
-        ops.sum_rows_acc(dqkv, self.grads["in_proj_bias"])
+        if self.trainable:  # frozen: no weight gradients (out_proj, a child, decides for itself)
+            ops.matmul_acc(dqkv.T, self._x, self.grads["in_proj_weight"], self.workspace("dw", (3 * d, d)))
+            ops.sum_rows_acc(dqkv, self.grads["in_proj_bias"])
         dx = self.workspace("dx", (n * t, d))
         ops.matmul(dqkv, self.params["in_proj_weight"], out=dx)
         return dx.reshape(n, t, d)

@@ -52,7 +52,8 @@ class Embedding(Layer):
         return y.reshape(*x.shape, self.dim)
 
     def backward(self, dy):
-        self.ops.scatter_add_rows(self.grads["weight"], self._ids, dy.reshape(-1, self.dim))
+        if self.trainable:
+            self.ops.scatter_add_rows(self.grads["weight"], self._ids, dy.reshape(-1, self.dim))
         return None
 
     def extra_repr(self):
@@ -129,7 +130,7 @@ class PositionalEncoding(Layer):
         return y
 
     def backward(self, dy):
-        if self.learned:
+        if self.learned and self.trainable:
             t = dy.shape[1]
             g = self.workspace("dw", (t, self.dim))
             self.ops.xp.sum(dy, axis=0, out=g)

@@ -56,8 +56,12 @@ class LayerNorm(Layer):
 
     def backward(self, dy):
         dx = self.workspace("dx", tuple(dy.shape))
+        dw, db = self.grads["weight"], self.grads.get("bias")
+        if not self.trainable:  # frozen: the fused kernel's sums go to scratch that nobody reads
+            dw = self.workspace("dw_frozen", tuple(dw.shape))
+            db = None if db is None else self.workspace("db_frozen", tuple(db.shape))
         return self.ops.norm_rows_backward(dy, self._x, self.params["weight"], self._mean, self._rstd,
-                                           self.center, dx, self.grads["weight"], self.grads.get("bias"))
+                                           self.center, dx, dw, db)
 
     def extra_repr(self):
         return f"{self.d}, eps={self.eps}"

@@ -92,6 +92,24 @@ class _Direction(Workspace):
                     dh += dy_step
         rows, hrows = self.x.reshape(steps * n, size_in), self.h[:steps].reshape(steps * n, hid)
         dgx, dgh = dgx.reshape(steps * n, width), dgh.reshape(steps * n, width)
+        if self.owner.trainable:  # frozen: no weight gradients
+            self._weight_grads(rows, hrows, dgx, dgh, shared)
+        if dx_tm is None:
+            return
+        direct = not (accumulate or self.reverse)  # already in time order: the GEMM writes dx_tm itself
+        dxt = dx_tm if direct else self.workspace("dx", (steps, n, size_in))
+        ops.matmul(dgx, self.param("weight_ih"), out=dxt.reshape(steps * n, size_in))
+        if not direct:
+            for k, t in enumerate(times):
+                if accumulate:
+                    dx_tm[t] += dxt[k]
+                else:
+                    ops.copy_(dx_tm[t], dxt[k])
+
+    def _weight_grads(self, rows, hrows, dgx, dgh, shared: bool) -> None:
+        """Accumulate dW_ih, dW_hh and the bias gradients from the pre-activation gradients of all steps."""
+        ops = self.ops
+        width, size_in, hid = dgx.shape[1], rows.shape[1], hrows.shape[1]
         ops.matmul_acc(dgx.T, rows, self.grad("weight_ih"), self.workspace("dw_ih", (width, size_in)))
         ops.matmul_acc(dgh.T, hrows, self.grad("weight_hh"), self.workspace("dw_hh", (width, hid)))
         if shared:  # both biases get the same gradient: sum it once
@@ -104,17 +122,6 @@ class _Direction(Workspace):
         else:
             ops.sum_rows_acc(dgx, self.grad("bias_ih"))
             ops.sum_rows_acc(dgh, self.grad("bias_hh"))
-        if dx_tm is None:
-            return
-        direct = not (accumulate or self.reverse)  # already in time order: the GEMM writes dx_tm itself
-        dxt = dx_tm if direct else self.workspace("dx", (steps, n, size_in))
-        ops.matmul(dgx, self.param("weight_ih"), out=dxt.reshape(steps * n, size_in))
-        if not direct:
-            for k, t in enumerate(times):
-                if accumulate:
-                    dx_tm[t] += dxt[k]
-                else:
-                    ops.copy_(dx_tm[t], dxt[k])
 
 
 class _RecurrentLayer(Layer):

@@ -21,8 +21,8 @@ def _resolve(kind: str, value, registry: dict, aliases: dict):
     return registry[key]()
 
 
-OPTIMIZER_ALIASES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad",
-                     "nadam": "NAdam"}
+OPTIMIZER_ALIASES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop",
+                     "adagrad": "Adagrad", "nadam": "NAdam"}
 LOSS_ALIASES = {
     "mse": "MSELoss", "mean_squared_error": "MSELoss", "cross_entropy": "CrossEntropyLoss",
     "categorical_crossentropy": "CrossEntropyLoss", "sparse_categorical_crossentropy": "CrossEntropyLoss",

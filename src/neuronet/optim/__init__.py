@@ -8,5 +8,5 @@ from .rmsprop import RMSprop
 from .schedulers import CosineAnnealingLR, LinearLR, LinearWarmup, LRScheduler, ReduceLROnPlateau, StepLR
 from .sgd import SGD
 
-__all__ = ["OPTIMIZERS", "Adagrad", "Adam", "AdamW", "CosineAnnealingLR", "LRScheduler", "LinearLR", "LinearWarmup",
-           "NAdam", "Optimizer", "RMSprop", "ReduceLROnPlateau", "SGD", "StepLR"]
+__all__ = ["OPTIMIZERS", "Adagrad", "Adam", "AdamW", "CosineAnnealingLR", "LRScheduler", "LinearLR",
+           "LinearWarmup", "NAdam", "Optimizer", "RMSprop", "ReduceLROnPlateau", "SGD", "StepLR"]

@@ -54,5 +54,6 @@ class AdamW(Adam):
     decoupled = True
 
     def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.01, clip_norm: float | None = None, groups: list[dict] | None = None):
+                 weight_decay: float = 0.01, clip_norm: float | None = None,
+                 groups: list[dict] | None = None):
         super().__init__(lr, betas, eps, weight_decay, clip_norm, groups)

@@ -40,7 +40,8 @@ def check_groups(owner: str, groups) -> list[dict]:
         patterns = group.get("params")
         if isinstance(patterns, str):
             patterns = [patterns]
-        if not (isinstance(patterns, (list, tuple)) and patterns and all(isinstance(p, str) for p in patterns)):
+        if not (isinstance(patterns, (list, tuple)) and patterns
+                and all(isinstance(p, str) for p in patterns)):
             raise ConfigError(f"{owner}: groups[{i}]['params'] must be a name pattern or a non-empty list of "
                               f"them (e.g. '*.bias'), got {group.get('params')!r}")
         for key in ("lr", "weight_decay"):

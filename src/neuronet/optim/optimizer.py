@@ -84,9 +84,9 @@ class Optimizer:
             if model is not None and model.flat_params is params:
                 self._spans = model_spans(type(self).__name__, model, self.groups)
             elif self.groups:
-                raise RuntimeError(f"{type(self).__name__}: parameter groups need the parameter names; compile "
-                                   "a model with this optimizer (or call optimizer.bind(model)) and step its "
-                                   "flat_params")
+                raise RuntimeError(f"{type(self).__name__}: parameter groups need the parameter names; "
+                                   "compile a model with this optimizer (or call optimizer.bind(model)) and "
+                                   "step its flat_params")
             else:
                 self._spans = whole(int(params.shape[0]))
             self._spans_key, self._spans_params = key, params
@@ -156,7 +156,8 @@ class Optimizer:
 
     def get_config(self) -> dict:
         """The constructor arguments (``type(opt)(**opt.get_config())`` rebuilds it)."""
-        return {"lr": self.lr, "clip_norm": self.clip_norm, **({"groups": self.groups} if self.groups else {})}
+        groups = {"groups": self.groups} if self.groups else {}
+        return {"lr": self.lr, "clip_norm": self.clip_norm, **groups}
 
     def __repr__(self):
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_config().items())})"

@@ -39,8 +39,9 @@ class RMSprop(Optimizer):
 
     def update(self, params, grads, spans):
         self.ops.rmsprop_step(params, grads, self.state["square_avg"], self.state.get("grad_avg"),
-                              self.state.get("momentum_buffer"), self._scratch, spans, **self.group_settings(),
-                              alpha=self.alpha, eps=self.eps, momentum=self.momentum, centered=self.centered)
+                              self.state.get("momentum_buffer"), self._scratch, spans,
+                              **self.group_settings(), alpha=self.alpha, eps=self.eps, momentum=self.momentum,
+                              centered=self.centered)
 
     def get_config(self):
         return {**super().get_config(), "alpha": self.alpha, "eps": self.eps,
