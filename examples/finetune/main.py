@@ -1,12 +1,13 @@
 """Fine-tuning with frozen layers and parameter groups: a CNN pretrained on MNIST 0-4, fine-tuned on 5-9.
 
-    python examples/finetune/main.py [--pretrain-limit 6000] [--pretrain-epochs 1] [--finetune-size 1000]
-                                     [--epochs 5] [--lr 1e-3] [--test-limit N] [--backend numpy|torch]
+    python examples/finetune/main.py [--pretrain-limit 6000] [--pretrain-epochs 1] [--finetune-size 500]
+                                     [--epochs 10] [--lr 3e-3] [--test-limit N] [--backend numpy|torch]
 
 Pretrains conv8-pool-conv16-pool-fc64 + a 5-way head on digits 0-4, then trains a fresh 5-way head on a
-small set of 5-9 (``--finetune-size`` images) four ways, each from the same pretrained weights:
+small set of 5-9 (``--finetune-size`` images) five ways, each from the same pretrained weights:
 
     frozen      the backbone frozen (``layer.trainable = False``): only the head learns
+    convs       the two conv layers frozen: fc64 and the head learn
     groups      everything learns, the backbone at lr / 10 (a parameter group)
     one-lr      everything at one lr
     scratch     no pretraining, everything at one lr (the baseline transfer should beat)
@@ -62,9 +63,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pretrain-limit", type=int, default=6000, help="images of 0-4 to pretrain on")
     parser.add_argument("--pretrain-epochs", type=int, default=1)
-    parser.add_argument("--finetune-size", type=int, default=1000, help="images of 5-9 to fine-tune on")
-    parser.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--finetune-size", type=int, default=500, help="images of 5-9 to fine-tune on")
+    parser.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs")
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--test-limit", type=int, default=None, help="test on the first N images of 5-9")
     parser.add_argument("--backend", default="numpy")
@@ -90,10 +91,10 @@ def main() -> None:
     print(f"fine-tuning on {len(x_fine)} images of 5-9, {args.epochs} epochs, test on {len(x_eval)}:")
     print(f"{'variant':<8}  {'trainable':>9}  {'test acc':>8}  {'wall s':>6}  {'cpu s':>6}  "
           f"{'cpu ms/step':>11}")
-    for variant in ("frozen", "groups", "one-lr", "scratch"):
+    for variant in ("frozen", "convs", "groups", "one-lr", "scratch"):
         model = fresh(args.backend, None if variant == "scratch" else pretrained, args.seed + 1)
-        if variant == "frozen":
-            for layer in model.layers[:-1]:
+        if variant in ("frozen", "convs"):
+            for layer in model.layers[:-1] if variant == "frozen" else model.layers[:4]:
                 layer.trainable = False
         groups = [{"params": BACKBONE, "lr": args.lr / 10}] if variant == "groups" else None
         model.compile(nn.Adam(args.lr, groups=groups), nn.CrossEntropyLoss(), metrics=["accuracy"])
