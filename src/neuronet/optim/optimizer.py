@@ -50,7 +50,7 @@ class Optimizer:
         self.lr = _check_number(self, "lr", lr)
         self.groups = check_groups(type(self).__name__, groups)
         self._model = None
-        self._spans = self._spans_key = None
+        self._spans = self._spans_key = self._spans_params = None
         self.initial_lr = self.lr
         if clip_norm is not None and not (isinstance(clip_norm, (int, float)) and clip_norm > 0):
             raise ValueError(f"{type(self).__name__}: clip_norm must be a number > 0, got {clip_norm!r}")
@@ -65,13 +65,13 @@ class Optimizer:
         self.iterations = 0
         self.state = {}
         self._scratch = None
-        self._spans = self._spans_key = None
+        self._spans = self._spans_key = self._spans_params = None
 
     def bind(self, model) -> None:
         """Learn the parameter names, flat offsets and frozen layers of ``model`` (its ``compile`` calls
         this), for the groups and for skipping frozen layers; re-read whenever ``trainable`` changes."""
         self._model = model
-        self._spans = self._spans_key = None
+        self._spans = self._spans_key = self._spans_params = None
         if self.groups and model.built and model.flat_params is not None:
             self._spans_for(model.flat_params)  # a pattern that matches nothing fails here, not later
 
