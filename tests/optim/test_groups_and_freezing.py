@@ -245,3 +245,15 @@ def test_frozen_and_grouped_train_step_allocates_nothing(opt):
     x, y = rng.standard_normal((64, 784)).astype(np.float32), rng.integers(0, 10, 64)
     growth, peak = step_allocations(lambda: model.train_step(x, y), steps=20)
     assert growth < 64 * 1024 and peak < 256 * 1024, (growth, peak)
+
+
+def test_a_fully_frozen_model_steps_without_changing(backend):
+    model, _ = _pair()
+    model.trainable = False
+    model.compile(nn.AdamW(0.1), nn.CrossEntropyLoss())
+    model.to(backend)
+    before = np.array(model.ops.to_numpy(model.flat_params))
+    x, y = _data()
+    model.train_step(x, y)
+    np.testing.assert_array_equal(model.ops.to_numpy(model.flat_params), before)
+    assert model.num_trainable_params() == 0
