@@ -154,6 +154,8 @@ LAYERS = [
     (lambda: nn.TransformerBlock(8, 2, 16, norm="rms", ffn="swiglu"), (2, 5, 8)),
     (lambda: nn.LayerNorm(6), (4, 6)),
     (lambda: nn.RMSNorm(6), (4, 6)),
+    (lambda: nn.GroupNorm(2, 4), (3, 4, 5)),
+    (lambda: nn.Bidirectional(nn.LSTM(4, 5, num_layers=2, return_sequences=True)), (2, 3, 4)),
     (lambda: nn.BatchNorm1D(6), (8, 6)),
     (lambda: nn.BatchNorm2D(3), (4, 3, 3, 3)),
     (lambda: nn.LSTM(4, 5, return_sequences=True), (2, 3, 4)),
