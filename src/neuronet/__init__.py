@@ -43,12 +43,14 @@ from .model import Input, Model, Sequential
 from .optim import (
     OPTIMIZERS,
     SGD,
+    Adagrad,
     Adam,
     AdamW,
     CosineAnnealingLR,
     LinearLR,
     LinearWarmup,
     LRScheduler,
+    NAdam,
     Optimizer,
     RMSprop,
     StepLR,
@@ -66,5 +68,5 @@ __all__ = [
     *_layer_names,
     "BCELoss", "BCEWithLogitsLoss", "HuberLoss", "KLDivLoss", "L1Loss", "MarginRankingLoss",
     "MultiMarginLoss", "NLLLoss", "RMSprop", "TripletMarginLoss", "CosineAnnealingLR", "LRScheduler",
-    "LinearLR", "LinearWarmup", "StepLR",
+    "LinearLR", "LinearWarmup", "StepLR", "Adagrad", "NAdam",
 ]

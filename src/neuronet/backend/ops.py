@@ -16,9 +16,27 @@ method here, written once for both backends where the spelling agrees and overri
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+
+
+class Spans(NamedTuple):
+    """Where an optimizer update applies: the ranges [starts[i], stops[i]) of the flat parameter buffer,
+    each with the index ``group[i]`` of its parameter group (int64 arrays); frozen ranges are absent.
+    ``items`` holds the same as Python (start, stop, group) triples."""
+
+    starts: np.ndarray
+    stops: np.ndarray
+    group: np.ndarray
+    items: tuple
+
+    @classmethod
+    def of(cls, items) -> Spans:
+        items = tuple((int(a), int(b), int(k)) for a, b, k in items)
+        cols = np.array(items, np.int64).reshape(-1, 3).T
+        return cls(*(np.ascontiguousarray(c) for c in cols), items)
+
 
 ACTIVATIONS = (
     "linear", "relu", "sigmoid", "tanh", "leaky_relu", "elu", "selu", "gelu", "gelu_tanh",
@@ -239,19 +257,49 @@ class Ops:
         dL/dh_{t-1} that skips the recurrent product (the caller adds dgh @ W_hh)."""
         raise NotImplementedError
 
-    # ----------------------------------------------------------------- optimizer updates (whole flat buffer)
+    # ----------------------------------------------------------------- optimizer updates (flat buffer spans)
     # Each updates the flat parameters and optimizer state in place with the arithmetic of the single-tensor
-    # torch.optim step. This generic version (the readable reference, valid on NumPy and torch alike) makes
-    # in-place passes over ``scratch``: ``update_scratch`` arrays shaped like the parameters. NumpyOps fuses
-    # each update into one Numba pass (no scratch); TorchOps uses torch.optim's own in-place ops.
+    # torch.optim step, over the ranges of ``spans`` (a Spans: the trainable parts of the buffer, each with
+    # its parameter group); ``lr[k]`` and ``weight_decay[k]`` are group k's. This generic version (the
+    # readable reference, valid on NumPy and torch alike) makes in-place passes over each span, using
+    # ``scratch``: ``update_scratch`` arrays shaped like the parameters. NumpyOps fuses each update into
+    # one Numba pass over the whole table of spans (no scratch); TorchOps uses torch.optim's own ops.
     update_scratch = 2
 
     def sum_of_squares(self, x) -> float:
         """sum(x * x) of a 1-D array, without a temporary (global-norm clipping)."""
         return self.item(self.xp.dot(x, x))
 
-    def adam_step(self, p, g, m, v, scratch, *, lr, beta1, beta2, eps, weight_decay, step, decoupled) -> None:
-        """One Adam/AdamW update of the flat arrays in place, as ``torch.optim.Adam``/``AdamW``."""
+    def adam_step(self, p, g, m, v, scratch, spans, *, lr, weight_decay, **kw) -> None:
+        """One Adam/AdamW update (beta1, beta2, eps, step, decoupled), as ``torch.optim.Adam``/``AdamW``."""
+        self._each_span(self._adam_span, spans, (p, g, m, v), scratch, lr, weight_decay, kw)
+
+    def sgd_step(self, p, g, buf, scratch, spans, *, lr, weight_decay, **kw) -> None:
+        """One SGD update (momentum, dampening, nesterov, first), as ``torch.optim.SGD`` (``buf``: the
+        momentum buffer, None without)."""
+        self._each_span(self._sgd_span, spans, (p, g, buf), scratch, lr, weight_decay, kw)
+
+    def rmsprop_step(self, p, g, square_avg, grad_avg, buf, scratch, spans, *, lr, weight_decay,
+                     **kw) -> None:
+        """One RMSprop update (alpha, eps, momentum, centered), as ``torch.optim.RMSprop`` (``grad_avg``/
+        ``buf`` None when unused)."""
+        arrays = (p, g, square_avg, grad_avg, buf)
+        self._each_span(self._rmsprop_span, spans, arrays, scratch, lr, weight_decay, kw)
+
+    def adagrad_step(self, p, g, state_sum, scratch, spans, *, lr, weight_decay, **kw) -> None:
+        """One Adagrad update (eps), as ``torch.optim.Adagrad``; ``lr`` is already decayed (torch's clr)."""
+        self._each_span(self._adagrad_span, spans, (p, g, state_sum), scratch, lr, weight_decay, kw)
+
+    def nadam_step(self, p, g, m, v, scratch, spans, *, lr, weight_decay, **kw) -> None:
+        """One NAdam update (beta1, beta2, eps, step, mu, mu_next, mu_product), as ``torch.optim.NAdam``."""
+        self._each_span(self._nadam_span, spans, (p, g, m, v), scratch, lr, weight_decay, kw)
+
+    def _each_span(self, update, spans, arrays, scratch, lr, weight_decay, kw) -> None:
+        for a, b, k in spans.items:
+            update(*(None if x is None else x[a:b] for x in arrays), scratch[:, a:b], lr=lr[k],
+                   weight_decay=weight_decay[k], **kw)
+
+    def _adam_span(self, p, g, m, v, scratch, *, lr, beta1, beta2, eps, weight_decay, step, decoupled):
         xp, s0, s1 = self.xp, scratch[0], scratch[1]
         if weight_decay and decoupled:
             p *= 1.0 - lr * weight_decay
@@ -271,8 +319,7 @@ class Ops:
         s1 *= lr / (1.0 - beta1 ** step)
         p -= s1
 
-    def sgd_step(self, p, g, buf, scratch, *, lr, momentum, dampening, nesterov, weight_decay, first) -> None:
-        """One SGD update in place, as ``torch.optim.SGD`` (``buf``: the momentum buffer, None without)."""
+    def _sgd_span(self, p, g, buf, scratch, *, lr, momentum, dampening, nesterov, weight_decay, first):
         xp, s0, s1 = self.xp, scratch[0], scratch[1]
         if weight_decay:
             g = self._l2_grad(p, g, weight_decay, s0)
@@ -292,9 +339,8 @@ class Ops:
         xp.multiply(g, lr, out=s1)
         p -= s1
 
-    def rmsprop_step(self, p, g, square_avg, grad_avg, buf, scratch, *, lr, alpha, eps, weight_decay,
-                     momentum, centered) -> None:
-        """One RMSprop update in place, as ``torch.optim.RMSprop`` (``grad_avg``/``buf`` None when unused)."""
+    def _rmsprop_span(self, p, g, square_avg, grad_avg, buf, scratch, *, lr, alpha, eps, weight_decay,
+                      momentum, centered):
         xp, s0, s1 = self.xp, scratch[0], scratch[1]
         if weight_decay:
             g = self._l2_grad(p, g, weight_decay, s0)
@@ -320,6 +366,40 @@ class Ops:
         else:
             s1 *= lr
         p -= s1
+
+    def _adagrad_span(self, p, g, state_sum, scratch, *, lr, eps, weight_decay):
+        xp, s0, s1 = self.xp, scratch[0], scratch[1]
+        if weight_decay:
+            g = self._l2_grad(p, g, weight_decay, s0)
+        xp.multiply(g, g, out=s1)
+        state_sum += s1
+        xp.sqrt(state_sum, out=s1)
+        s1 += eps
+        xp.divide(g, s1, out=s1)
+        s1 *= lr
+        p -= s1
+
+    def _nadam_span(self, p, g, m, v, scratch, *, lr, beta1, beta2, eps, weight_decay, step, mu, mu_next,
+                    mu_product):
+        xp, s0, s1 = self.xp, scratch[0], scratch[1]
+        if weight_decay:
+            g = self._l2_grad(p, g, weight_decay, s0)
+        xp.subtract(g, m, out=s1)  # m = lerp(m, g, 1 - beta1)
+        s1 *= 1.0 - beta1
+        m += s1
+        v *= beta2
+        xp.multiply(g, g, out=s1)
+        s1 *= 1.0 - beta2
+        v += s1
+        xp.divide(v, 1.0 - beta2 ** step, out=s1)  # denom = sqrt(v / bias_correction2) + eps
+        xp.sqrt(s1, out=s1)
+        s1 += eps
+        xp.divide(g, s1, out=s0)  # (g may live in s0 already: elementwise in place)
+        s0 *= lr * (1.0 - mu) / (1.0 - mu_product)
+        p -= s0
+        xp.divide(m, s1, out=s0)
+        s0 *= lr * mu_next / (1.0 - mu_product * mu_next)
+        p -= s0
 
     def _l2_grad(self, p, g, weight_decay, out):
         """out = g + weight_decay * p (the coupled weight decay of SGD, Adam and RMSprop)."""

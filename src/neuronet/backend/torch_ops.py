@@ -298,7 +298,7 @@ class TorchOps(Ops):
         torch.mul(dh, z, out=dh_direct)
 
     # ----------------------------------------------------------------- optimizer updates (torch.optim's ops)
-    def adam_step(self, p, g, m, v, scratch, *, lr, beta1, beta2, eps, weight_decay, step, decoupled):
+    def _adam_span(self, p, g, m, v, scratch, *, lr, beta1, beta2, eps, weight_decay, step, decoupled):
         if weight_decay and decoupled:
             p.mul_(1.0 - lr * weight_decay)
         elif weight_decay:
@@ -308,7 +308,7 @@ class TorchOps(Ops):
         denom = torch.sqrt(v, out=scratch[1]).div_((1.0 - beta2 ** step) ** 0.5).add_(eps)
         p.addcdiv_(m, denom, value=-lr / (1.0 - beta1 ** step))
 
-    def sgd_step(self, p, g, buf, scratch, *, lr, momentum, dampening, nesterov, weight_decay, first):
+    def _sgd_span(self, p, g, buf, scratch, *, lr, momentum, dampening, nesterov, weight_decay, first):
         if weight_decay:
             g = torch.add(g, p, alpha=weight_decay, out=scratch[0])
         if momentum:
@@ -319,8 +319,8 @@ class TorchOps(Ops):
             g = torch.add(g, buf, alpha=momentum, out=scratch[0]) if nesterov else buf
         p.add_(g, alpha=-lr)
 
-    def rmsprop_step(self, p, g, square_avg, grad_avg, buf, scratch, *, lr, alpha, eps, weight_decay,
-                     momentum, centered):
+    def _rmsprop_span(self, p, g, square_avg, grad_avg, buf, scratch, *, lr, alpha, eps, weight_decay,
+                      momentum, centered):
         if weight_decay:
             g = torch.add(g, p, alpha=weight_decay, out=scratch[0])
         square_avg.mul_(alpha).addcmul_(g, g, value=1.0 - alpha)
@@ -335,6 +335,23 @@ class TorchOps(Ops):
             p.add_(buf, alpha=-lr)
         else:
             p.addcdiv_(g, avg, value=-lr)
+
+    def _adagrad_span(self, p, g, state_sum, scratch, *, lr, eps, weight_decay):
+        if weight_decay:
+            g = torch.add(g, p, alpha=weight_decay, out=scratch[0])
+        state_sum.addcmul_(g, g, value=1)
+        std = torch.sqrt(state_sum, out=scratch[1]).add_(eps)
+        p.addcdiv_(g, std, value=-lr)
+
+    def _nadam_span(self, p, g, m, v, scratch, *, lr, beta1, beta2, eps, weight_decay, step, mu, mu_next,
+                    mu_product):
+        if weight_decay:
+            g = torch.add(g, p, alpha=weight_decay, out=scratch[0])
+        m.lerp_(g, 1.0 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+        denom = torch.div(v, 1.0 - beta2 ** step, out=scratch[1]).sqrt_().add_(eps)
+        p.addcdiv_(g, denom, value=-lr * (1.0 - mu) / (1.0 - mu_product))
+        p.addcdiv_(m, denom, value=-lr * mu_next / (1.0 - mu_product * mu_next))
 
 
 _OUT_VARIANT = {

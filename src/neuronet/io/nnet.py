@@ -15,6 +15,7 @@ holds the JSON metadata:
                       "layers": [{"type": "Dense", "config": {...}}, ...]}
     input_shape      [64]            (no batch dimension)
     dtype            "float32"
+    frozen           ["0", "2.attn"]  layers with trainable=False, by state_dict prefix ("" the model)
     compile          {"optimizer": {"type", "config", "iterations", "initial_lr", "state": [names]},
                       "loss": {"type", "config"}, "metrics": [...]}   or null
     training         {"epoch": epochs completed, "rng_state": the global generator's state, "history": {...}}
@@ -37,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .._atomic import atomic_path
+from ..core import layer as layer_module
 from ..core.layer import LAYERS
 from ..errors import NnetFormatError
 
@@ -81,6 +83,7 @@ def save(model, path: str | os.PathLike, extra: dict | None = None) -> None:
         "architecture": describe(model),
         "input_shape": list(model.input_shape),
         "dtype": str(model.dtype),
+        "frozen": [prefix.rstrip(".") for prefix, layer in model.named_layers() if not layer.trainable],
         "compile": compile_info,
         "training": {
             "epoch": int(epoch),
@@ -244,6 +247,7 @@ def load(path: str | os.PathLike, device: str | None = None, restore_rng: bool =
         raise NnetFormatError(f"{where}: the architecture does not build for input shape {input_shape}: {e}"
                               ) from None
 
+    _set_frozen(model, meta.get("frozen") or [], where)
     compile_info = meta.get("compile")
     opt_state = {}
     if compile_info is not None:
@@ -275,6 +279,17 @@ def load(path: str | os.PathLike, device: str | None = None, restore_rng: bool =
         except (ValueError, TypeError, KeyError) as e:
             raise NnetFormatError(f"{where}: training.rng_state is invalid: {e}") from None
     return model
+
+
+def _set_frozen(model, frozen, where: str) -> None:
+    """Restore every layer's ``trainable`` flag from the prefixes of the frozen ones."""
+    layers = {prefix.rstrip("."): layer for prefix, layer in model.named_layers()}
+    if not isinstance(frozen, list) or not all(isinstance(p, str) and p in layers for p in frozen):
+        raise NnetFormatError(f"{where}: metadata 'frozen' must list layer names of the model, "
+                              f"got {frozen!r:.120}")
+    for prefix, layer in layers.items():  # each flag alone: the setter would also set the descendants'
+        layer._trainable = prefix not in frozen
+    layer_module.TRAINABLE_VERSION += 1
 
 
 def _field(d: dict, key: str, kind: type, where: str):

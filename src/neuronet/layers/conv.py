@@ -120,8 +120,9 @@ class _Conv(Layer):
             dz = self.workspace("dz", (o, n * p))
             z = None if self.activation in OUTPUT_DERIVATIVE else self._z
             ops.activation_backward(self.activation, dy_t, z, self._a, dz)
-        ops.matmul_acc(dz, self._cols.T, self.grads["weight"].reshape(o, k), self.workspace("dw", (o, k)))
-        if self.use_bias:
+        if self.trainable:  # frozen: no weight gradients
+            ops.matmul_acc(dz, self._cols.T, self.grads["weight"].reshape(o, k), self.workspace("dw", (o, k)))
+        if self.use_bias and self.trainable:
             db = self.workspace("db", (o,))
             ops.xp.sum(dz, axis=1, out=db)
             self.grads["bias"] += db

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core import layer as layer_module
 from ..core.layer import Layer
 from ..errors import ShapeError
 from .training import Trainer
@@ -18,10 +19,6 @@ class Sequential(Trainer, Layer):
         *layers: the layers.
         dtype (str, optional): "float32" (default) or "float64" for everything in the model.
     """
-
-    # Called as ``grad_ready(layer)`` right after each layer's backward (its gradients are then final),
-    # so distributed training can start reducing them while earlier layers still compute.
-    grad_ready = None
 
     def __init__(self, *layers: Layer, dtype: str = "float32"):
         Layer.__init__(self)
@@ -41,9 +38,19 @@ class Sequential(Trainer, Layer):
         shape = input_shape
         for i, layer in enumerate(self.layers):
             shape = self.add_child(str(i), layer, shape)
-        self._first_trainable = next((i for i, layer in enumerate(self.layers) if layer.num_params()),
-                                     len(self.layers))
+        self.__dict__.pop("_first_trainable_at", None)
         return shape
+
+    @property
+    def _first_trainable(self) -> int:
+        """Index of the first layer with trainable weights: in train_step nothing below it runs backward
+        (frozen bottom layers cost a forward only). Re-read when any ``trainable`` changes."""
+        cached = self.__dict__.get("_first_trainable_at")
+        if cached is None or cached[0] != layer_module.TRAINABLE_VERSION:
+            first = next((i for i, layer in enumerate(self.layers) if layer.num_trainable_params()),
+                         len(self.layers))
+            cached = self._first_trainable_at = (layer_module.TRAINABLE_VERSION, first)
+        return cached[1]
 
     def build(self, input_shape, dtype: Any = None, ops=None, *, _root: bool = True) -> tuple:
         out = super().build(input_shape, dtype, ops, _root=_root)
@@ -125,9 +132,10 @@ class Sequential(Trainer, Layer):
         line = "-" * (sum(widths) + 6)
         text = [line] + [f"{r[0]:<{widths[0]}}   {r[1]:<{widths[1]}}   {r[2]:>{widths[2]}}" for r in rows]
         text.insert(2, line)
-        n = self.num_params()
+        n, trainable = self.num_params(), self.num_trainable_params()
         nbytes = n * self.dtype.itemsize
         text += [line, f"Total params: {n:,} ({nbytes / 2**20:.2f} MiB {self.dtype}; gradients the same)",
+                 f"Trainable params: {trainable:,}", f"Non-trainable params: {n - trainable:,}",
                  f"Backend: {self.ops.name} ({self.ops.device})", line]
         out = "\n".join(text)
         if print_fn is not None:

@@ -22,7 +22,8 @@ def _resolve(kind: str, value, registry: dict, aliases: dict):
     return registry[key]()
 
 
-OPTIMIZER_ALIASES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop"}
+OPTIMIZER_ALIASES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop",
+                     "adagrad": "Adagrad", "nadam": "NAdam"}
 LOSS_ALIASES = {
     "mse": "MSELoss", "mean_squared_error": "MSELoss", "cross_entropy": "CrossEntropyLoss",
     "categorical_crossentropy": "CrossEntropyLoss", "sparse_categorical_crossentropy": "CrossEntropyLoss",
@@ -33,6 +34,10 @@ LOSS_ALIASES = {
 
 class Trainer:
     """Mixed into Sequential: everything that drives forward/backward/step over data."""
+
+    # Called as ``grad_ready(layer)`` once a layer's gradients are final in backward (Sequential and
+    # Model call it), so distributed training can start reducing them while earlier layers still compute.
+    grad_ready = None
 
     def __init__(self) -> None:
         self.optimizer = None
@@ -48,6 +53,7 @@ class Trainer:
         from ..optim import OPTIMIZERS
 
         self.optimizer = _resolve("optimizer", optimizer, OPTIMIZERS, OPTIMIZER_ALIASES)
+        self.optimizer.bind(self)  # parameter names for its groups, and which layers are frozen
         self.loss = _resolve("loss", loss, LOSSES, LOSS_ALIASES)
         self.metric_fns = resolve(metrics)
         return self
