@@ -114,19 +114,30 @@ class TorchOps(Ops):
         table.index_add_(0, index.reshape(-1).long(), rows.reshape(-1, *table.shape[1:]))
 
     # ------------------------------------------------------------ convolution and pooling (PyTorch's kernels)
-    def im2col(self, x, kernel, stride, out):
-        cols = F.unfold(x, kernel, stride=stride)  # (N, C*kh*kw, OH*OW)
-        out.view(cols.shape[1], cols.shape[0], cols.shape[2]).copy_(cols.transpose(0, 1))
+    def conv2d(self, x, weight, geom, out, scratch):
+        x, padding = _symmetric(x, geom)
+        out.copy_(F.conv2d(x, weight, None, geom.stride, padding, geom.dilation, geom.groups))
         return out
 
-    def col2im(self, cols, kernel, stride, padding, out):
-        k, n = cols.shape[0] * cols.shape[1] * cols.shape[2], cols.shape[3]
-        cols = cols.reshape(k, n, -1).transpose(0, 1)
-        out.copy_(F.fold(cols, tuple(out.shape[2:]), kernel, padding=padding, stride=stride))
-        return out
+    def conv2d_backward(self, dy, x, weight, geom, dx, dweight, scratch):
+        if x is None:  # dx only: the kernel reads nothing of x but its shape
+            x = dy.new_zeros(()).expand(dy.shape[0], weight.shape[1] * geom.groups, *geom.in_size)
+        x, padding = _symmetric(x, geom)
+        gx, gw, _ = torch.ops.aten.convolution_backward(
+            dy, x, weight, None, geom.stride, padding, geom.dilation, False, [0, 0], geom.groups,
+            [dx is not None, dweight is not None, False])
+        if dweight is not None:
+            dweight += gw
+        if dx is not None:
+            (top, _), (left, _) = ((0, 0), (0, 0)) if geom.symmetric else geom.padding  # crop x's padding
+            h, w = geom.in_size
+            dx.copy_(gx[:, :, top:top + h, left:left + w])
+        return dx
 
     def max_pool2d(self, x, kernel, stride, padding, out, index):
-        y, idx = F.max_pool2d(x, kernel, stride, padding, return_indices=True)
+        floor = [(size + 2 * p - k) // s + 1 for size, k, s, p in zip(x.shape[2:], kernel, stride, padding)]
+        y, idx = F.max_pool2d(x, kernel, stride, padding, ceil_mode=list(out.shape[2:]) != floor,
+                              return_indices=True)
         out.copy_(y)
         index.copy_(idx)
         return out
@@ -317,6 +328,14 @@ class TorchOps(Ops):
             p.add_(buf, alpha=-lr)
         else:
             p.addcdiv_(g, avg, value=-lr)
+
+
+def _symmetric(x, geom):
+    """x and the per-axis padding to give PyTorch's kernels: asymmetric padding is applied to x here."""
+    if geom.symmetric:
+        return x, tuple(lo for lo, _ in geom.padding)
+    (top, bottom), (left, right) = geom.padding
+    return F.pad(x, (left, right, top, bottom)), (0, 0)
 
 
 _OUT_VARIANT = {
