@@ -31,8 +31,16 @@ class ConvGeometry:
         return tuple(size + lo + hi for size, (lo, hi) in zip(self.in_size, self.padding, strict=True))
 
     @property
-    def symmetric(self) -> bool:
-        return all(lo == hi for lo, hi in self.padding)
+    def reach(self) -> tuple[int, int]:
+        """(H, W) of the padded input that the windows read: (OH - 1)*sh + dh*(kh - 1) + 1, ..."""
+        return tuple((o - 1) * s + d * (k - 1) + 1 for o, s, d, k in
+                     zip(self.out_size, self.stride, self.dilation, self.kernel, strict=True))
+
+    @property
+    def plain(self) -> bool:
+        """Symmetric padding and the floor rule's output size: what a framework's conv2d call expresses."""
+        return all(lo == hi and size - r < s for (lo, hi), size, r, s in
+                   zip(self.padding, self.padded_size, self.reach, self.stride, strict=True))
 
 
 def conv_output_size(size: int, kernel: int, stride: int, before: int, after: int, dilation: int = 1) -> int:

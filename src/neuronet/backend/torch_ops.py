@@ -115,23 +115,26 @@ class TorchOps(Ops):
 
     # ------------------------------------------------------------ convolution and pooling (PyTorch's kernels)
     def conv2d(self, x, weight, geom, out, scratch):
-        x, padding = _symmetric(x, geom)
+        x, padding = _conv_input(x, geom)
         out.copy_(F.conv2d(x, weight, None, geom.stride, padding, geom.dilation, geom.groups))
         return out
 
     def conv2d_backward(self, dy, x, weight, geom, dx, dweight, scratch):
         if x is None:  # dx only: the kernel reads nothing of x but its shape
             x = dy.new_zeros(()).expand(dy.shape[0], weight.shape[1] * geom.groups, *geom.in_size)
-        x, padding = _symmetric(x, geom)
+        x, padding = _conv_input(x, geom)
         gx, gw, _ = torch.ops.aten.convolution_backward(
             dy, x, weight, None, geom.stride, padding, geom.dilation, False, [0, 0], geom.groups,
             [dx is not None, dweight is not None, False])
         if dweight is not None:
             dweight += gw
-        if dx is not None:
-            (top, _), (left, _) = ((0, 0), (0, 0)) if geom.symmetric else geom.padding  # crop x's padding
-            h, w = geom.in_size
-            dx.copy_(gx[:, :, top:top + h, left:left + w])
+        if dx is None:
+            return None
+        if geom.plain:
+            dx.copy_(gx)
+        else:  # from the explicitly padded (or cut) input back to x: cut the padding, zeros for cut rows
+            (top, _), (left, _), (h, w) = *geom.padding, geom.in_size
+            dx.copy_(F.pad(gx, (-left, w + left - gx.shape[3], -top, h + top - gx.shape[2])))
         return dx
 
     def max_pool2d(self, x, kernel, stride, padding, out, index):
@@ -330,12 +333,14 @@ class TorchOps(Ops):
             p.addcdiv_(g, avg, value=-lr)
 
 
-def _symmetric(x, geom):
-    """x and the per-axis padding to give PyTorch's kernels: asymmetric padding is applied to x here."""
-    if geom.symmetric:
+def _conv_input(x, geom):
+    """x and the padding to give PyTorch's kernels. Where padding is asymmetric, or the output is
+    shorter than the floor rule (a transposed convolution's output_padding >= stride), x is padded
+    (or cut, F.pad taking negative sizes) here to exactly the rows and columns the windows read."""
+    if geom.plain:
         return x, tuple(lo for lo, _ in geom.padding)
-    (top, bottom), (left, right) = geom.padding
-    return F.pad(x, (left, right, top, bottom)), (0, 0)
+    ((top, _), (left, _)), (reach_h, reach_w) = geom.padding, geom.reach
+    return F.pad(x, (left, reach_w - left - x.shape[3], top, reach_h - top - x.shape[2])), (0, 0)
 
 
 _OUT_VARIANT = {
