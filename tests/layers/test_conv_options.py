@@ -64,7 +64,8 @@ def test_depthwise_weight_layout_is_pytorchs():
 
 def test_conv_options_with_activation_match_torch(backend):
     torch.manual_seed(0)
-    module = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding="same", dilation=2, groups=2), torch.nn.GELU())
+    module = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding="same", dilation=2, groups=2),
+                                 torch.nn.GELU())
     layer = nn.Conv2D(4, 4, 3, padding="same", activation="gelu", dilation=2, groups=2)
     layer.build((4, 6, 6), dtype="float64")
     layer.to(backend)
@@ -100,8 +101,8 @@ TRANSPOSE_CASES = [
 def test_conv_transpose2d_matches_torch(case, dtype, backend):
     cin, cout, k, s, p, op, d, g, bias, shape, n = case
     torch.manual_seed(0)
-    module = torch.nn.ConvTranspose2d(cin, cout, k, stride=s, padding=p, output_padding=op, groups=g, bias=bias,
-                                      dilation=d)
+    module = torch.nn.ConvTranspose2d(cin, cout, k, stride=s, padding=p, output_padding=op, groups=g,
+                                      bias=bias, dilation=d)
     layer = nn.ConvTranspose2D(cin, cout, k, stride=s, padding=p, output_padding=op, bias=bias, dilation=d,
                                groups=g)
     x = np.random.default_rng(5).standard_normal((n, *shape))
@@ -228,7 +229,8 @@ def test_conv_transpose_bad_arguments_and_shapes():
         nn.ConvTranspose2D(2, 3, 3, stride=2, output_padding=2)
     with pytest.raises(nn.errors.ConfigError, match="dilation"):
         nn.Conv2D(2, 3, 3, dilation=0)
-    with pytest.raises(nn.ShapeError, match=r"ConvTranspose2D\(2, 3, kernel_size=3\).*\(N, 2, H, W\).*\(N, 4, 5\)"):
+    with pytest.raises(nn.ShapeError, match=r"ConvTranspose2D\(2, 3, kernel_size=3\).*\(N, 2, H, W\)"
+                                            r".*\(N, 4, 5\)"):
         nn.ConvTranspose2D(2, 3, 3).build((4, 5))
     with pytest.raises(nn.ShapeError, match=r"ConvTranspose2D.*empty output"):
         nn.ConvTranspose2D(2, 3, 1, padding=1).build((2, 1, 1))

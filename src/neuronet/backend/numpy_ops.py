@@ -93,7 +93,8 @@ class NumpyOps(Ops):
     # ----------------------------------------------------------------- convolution and pooling (Numba)
     def im2col(self, x, geom, out):
         # One strided copy (NumPy's copy loop beats a Numba gather on these short rows).
-        (kh, kw), (sh, sw), (dh, dw), (n, c), s = geom.kernel, geom.stride, geom.dilation, x.shape[:2], x.strides
+        (kh, kw), (sh, sw), (dh, dw) = geom.kernel, geom.stride, geom.dilation
+        (n, c), s = x.shape[:2], x.strides
         strides = (s[1], s[2] * dh, s[3] * dw, s[0], s[2] * sh, s[3] * sw)
         patches = as_strided(x, (c, kh, kw, n, *out.shape[4:]), strides)
         np.copyto(out, patches)

@@ -138,7 +138,8 @@ class TorchOps(Ops):
         return dx
 
     def max_pool2d(self, x, kernel, stride, padding, out, index):
-        floor = [(size + 2 * p - k) // s + 1 for size, k, s, p in zip(x.shape[2:], kernel, stride, padding)]
+        floor = [(size + 2 * p - k) // s + 1 for size, k, s, p in zip(x.shape[2:], kernel, stride, padding,
+                                                                       strict=True)]
         y, idx = F.max_pool2d(x, kernel, stride, padding, ceil_mode=list(out.shape[2:]) != floor,
                               return_indices=True)
         out.copy_(y)

@@ -108,7 +108,8 @@ class _Conv(Layer):
                              f"{self.kernel_size} (dilation {self.dilation}) with padding {self.padding}")
         fan_in = self.in_channels // self.groups * math.prod(self.kernel_size)
         bound = init.fan_in_uniform(fan_in)
-        self.add_param("weight", (self.out_channels, self.in_channels // self.groups, *self.kernel_size), bound)
+        weight_shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+        self.add_param("weight", weight_shape, bound)
         if self.use_bias:
             self.add_param("bias", (self.out_channels,), bound)
         self.geometry = ConvGeometry(
@@ -190,7 +191,8 @@ def _add_channel_sums(layer: Layer, g, out) -> None:
 class Conv2D(_Conv):
     """2-D convolution (cross-correlation) over NCHW images, bias and activation fused.
 
-    y[n, o] = act(bias[o] + sum_{c in o's group, i, j} weight[o, c, i, j] * x_pad[n, c, sh*h + dh*i, sw*w + dw*j])
+    y[n, o, h, w] = act(bias[o] + sum_{c in o's group, i, j} weight[o, c, i, j]
+                                                             * x_pad[n, c, sh*h + dh*i, sw*w + dw*j])
 
     PyTorch: ``nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)``
     (+ activation).
@@ -210,7 +212,8 @@ class Conv2D(_Conv):
     Shape:
         x: (N, C, H, W) -> y: (N, O, OH, OW), OH = floor((H + pad_top + pad_bottom - dh*(kh-1) - 1) / sh) + 1.
     Parameters:
-        weight (O, C/groups, kh, kw), bias (O) — PyTorch's layout and default init U(+-1/sqrt(C/groups*kh*kw)).
+        weight (O, C/groups, kh, kw), bias (O) — PyTorch's layout and default init
+        U(+-1/sqrt(C/groups*kh*kw)).
     Saved for backward:
         the input (torch backend) or its im2col columns (C*kh*kw, N*OH*OW) (NumPy backend), and the
         activation's output (or input), in workspace.
@@ -269,7 +272,8 @@ class ConvTranspose2D(Layer):
     Shape:
         x: (N, C, H, W) -> y: (N, O, OH, OW), OH = (H - 1)*sh - 2*ph + dh*(kh - 1) + output_padding + 1.
     Parameters:
-        weight (C, O/groups, kh, kw), bias (O) — PyTorch's layout and default init U(+-1/sqrt(O/groups*kh*kw)).
+        weight (C, O/groups, kh, kw), bias (O) — PyTorch's layout and default init
+        U(+-1/sqrt(O/groups*kh*kw)).
     Saved for backward:
         the input (a reference to it; nothing is copied).
     """
@@ -289,9 +293,11 @@ class ConvTranspose2D(Layer):
             raise ConfigError(f"{name}: kernel_size, stride and dilation must be >= 1, padding and "
                               f"output_padding >= 0, got {self.kernel_size}, {self.stride}, {self.dilation}, "
                               f"{self.padding}, {self.output_padding}")
-        if any(op >= max(s, d) for op, s, d in zip(self.output_padding, self.stride, self.dilation, strict=True)):
+        if any(op >= max(s, d) for op, s, d in
+               zip(self.output_padding, self.stride, self.dilation, strict=True)):
             raise ConfigError(f"{name}: output_padding must be smaller than stride or dilation (as PyTorch), "
-                              f"got output_padding={short(self.output_padding)}, stride={short(self.stride)}, "
+                              f"got output_padding={short(self.output_padding)}, "
+                              f"stride={short(self.stride)}, "
                               f"dilation={short(self.dilation)}")
         _check_groups(name, self.groups, self.in_channels, self.out_channels)
         self.use_bias = bool(bias)
@@ -307,7 +313,8 @@ class ConvTranspose2D(Layer):
             raise ShapeError(f"{self!r}: input (N, {_dims(input_shape)}) gives an empty output {out}: "
                              f"padding {self.padding} cuts more than the kernel adds")
         bound = init.fan_in_uniform(self.out_channels // self.groups * math.prod(self.kernel_size))
-        self.add_param("weight", (self.in_channels, self.out_channels // self.groups, *self.kernel_size), bound)
+        weight_shape = (self.in_channels, self.out_channels // self.groups, *self.kernel_size)
+        self.add_param("weight", weight_shape, bound)
         if self.use_bias:
             self.add_param("bias", (self.out_channels,), bound)
         # The convolution this layer transposes: from our output (its input) to our input (its output).
@@ -332,7 +339,8 @@ class ConvTranspose2D(Layer):
         # dx = the transposed convolution's forward: conv2d(dy); it also leaves dy's columns for dweight.
         dx = self.workspace("dx", self._x.shape)
         ops.conv2d(dy, self.params["weight"], geom, dx, self.workspace)
-        ops.conv2d_backward(self._x, dy, self.params["weight"], geom, None, self.grads["weight"], self.workspace)
+        ops.conv2d_backward(self._x, dy, self.params["weight"], geom, None, self.grads["weight"],
+                            self.workspace)
         return dx
 
     def extra_repr(self):
@@ -345,6 +353,7 @@ class ConvTranspose2D(Layer):
 
     def get_config(self):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
-                "kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding),
+                "kernel_size": list(self.kernel_size), "stride": list(self.stride),
+                "padding": list(self.padding),
                 "output_padding": list(self.output_padding), "bias": self.use_bias,
                 "dilation": list(self.dilation), "groups": self.groups}

@@ -44,7 +44,8 @@ class _Pool(Layer):
 
     def setup(self, input_shape):
         if len(input_shape) != self.ndim + 1:
-            raise ShapeError(f"{self!r}: expected input of shape (N, C, {'L' if self.ndim == 1 else 'H, W'}), "
+            spatial = "L" if self.ndim == 1 else "H, W"
+            raise ShapeError(f"{self!r}: expected input of shape (N, C, {spatial}), "
                              f"got (N, {_dims(input_shape)})")
         out = tuple(pool_output_size(s, k, st, p, self.ceil_mode) for s, k, st, p in
                     zip(input_shape[1:], self.kernel_size, self.stride, self.padding, strict=True))
@@ -81,7 +82,8 @@ class _MaxPool(_Pool):
         n, c = x.shape[:2]
         y = self.workspace("y", (n, c, *self._out))
         self._index = self.workspace("index", (n, c, *self._out), dtype="int64")
-        self.ops.max_pool2d(x.reshape(n, c, *self._in), self._kernel, self._stride, self._padding, y, self._index)
+        x = x.reshape(n, c, *self._in)
+        self.ops.max_pool2d(x, self._kernel, self._stride, self._padding, y, self._index)
         return y.reshape(n, *self.output_shape)
 
     def backward(self, dy):

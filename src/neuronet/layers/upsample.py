@@ -54,8 +54,9 @@ class Upsample(Layer):
 
     def __init__(self, scale_factor=2, mode: str = "nearest"):
         super().__init__()
-        scale = (scale_factor, scale_factor) if isinstance(scale_factor, (int, float)) else tuple(scale_factor)
-        if len(scale) != 2 or not all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0 for s in scale):
+        number = (int, float)
+        scale = (scale_factor, scale_factor) if isinstance(scale_factor, number) else tuple(scale_factor)
+        if len(scale) != 2 or not all(isinstance(s, number) and math.isfinite(s) and s > 0 for s in scale):
             raise ConfigError(f"Upsample: scale_factor must be a positive number or a pair of them, "
                               f"got {scale_factor!r}")
         if mode not in MODES:
@@ -94,7 +95,7 @@ class Upsample(Layer):
         return y
 
     def backward(self, dy):
-        (n, c, oh, ow), (_, h, w) = dy.shape, self.input_shape
+        (n, c, _, ow), (_, h, w) = dy.shape, self.input_shape
         a_h, a_w = self._matrices()
         dt = self.workspace("dt", (n, c, h, ow))
         self.ops.matmul(a_h.T, dy, out=dt)
