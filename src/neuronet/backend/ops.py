@@ -155,15 +155,20 @@ class Ops:
         self.copy_(out.reshape(n, o, oh * ow), self.swapaxes(z, 0, 1))  # (O, N, P) -> (N, O, P)
         return out
 
-    def conv2d_backward(self, dy, x, weight, geom: ConvGeometry, dx, dweight, scratch: Scratch) -> Any:
-        """The gradients of ``conv2d``: dx = dL/dx (written; skipped when None) and dweight += dL/dweight
-        (skipped when None), from dy = dL/dout (N, O, OH, OW). ``x`` is the forward input; this version
-        reads the columns that ``conv2d`` left in scratch instead, and needs neither x nor them for dx."""
+    def conv2d_backward(self, dy, x, weight, geom: ConvGeometry, dx, dweight, dbias, scratch: Scratch) -> Any:
+        """The gradients of ``conv2d`` from dy = dL/dout (N, O, OH, OW): dx = dL/dx (written), dweight +=
+        dL/dweight and dbias (O,) += dy summed over N, OH, OW, each skipped when None (PyTorch's
+        ``convolution_backward`` with its output mask). ``x`` is the forward input; this version reads the
+        columns that ``conv2d`` left in scratch instead, and needs neither x nor them for dx."""
         n, o, g = dy.shape[0], weight.shape[0], geom.groups
         c, (kh, kw), (oh, ow) = weight.shape[1] * g, geom.kernel, geom.out_size
         m, k = n * oh * ow, c // g * kh * kw
         dy_t = scratch("conv.dy_t", (o, n, oh * ow))
         self.copy_(dy_t, self.swapaxes(dy.reshape(n, o, oh * ow), 0, 1))  # (N, O, P) -> (O, N, P)
+        if dbias is not None:
+            db = scratch("conv.db", (o,))
+            self.xp.sum(dy_t.reshape(o, m), axis=1, out=db)
+            dbias += db
         dy_t, w = _groups(dy_t, g, m), _groups(weight, g, k)
         if dweight is not None:
             cols, dw = _groups(scratch("conv.cols", (c, kh, kw, n, oh, ow)), g, m), _groups(dweight, g, k)

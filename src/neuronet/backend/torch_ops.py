@@ -119,15 +119,17 @@ class TorchOps(Ops):
         out.copy_(F.conv2d(x, weight, None, geom.stride, padding, geom.dilation, geom.groups))
         return out
 
-    def conv2d_backward(self, dy, x, weight, geom, dx, dweight, scratch):
+    def conv2d_backward(self, dy, x, weight, geom, dx, dweight, dbias, scratch):
         if x is None:  # dx only: the kernel reads nothing of x but its shape
             x = dy.new_zeros(()).expand(dy.shape[0], weight.shape[1] * geom.groups, *geom.in_size)
         x, padding = _conv_input(x, geom)
-        gx, gw, _ = torch.ops.aten.convolution_backward(
-            dy, x, weight, None, geom.stride, padding, geom.dilation, False, [0, 0], geom.groups,
-            [dx is not None, dweight is not None, False])
+        gx, gw, gb = torch.ops.aten.convolution_backward(
+            dy, x, weight, [weight.shape[0]], geom.stride, padding, geom.dilation, False, [0, 0], geom.groups,
+            [dx is not None, dweight is not None, dbias is not None])
         if dweight is not None:
             dweight += gw
+        if dbias is not None:
+            dbias += gb
         if dx is None:
             return None
         if geom.plain:

@@ -44,9 +44,9 @@ def _dims(shape: tuple) -> str:
 class _Conv(Layer):
     """The N-d convolution, computed as 2-D: a Conv1D is a Conv2D with a (1, k) kernel over (N, C, 1, L).
 
-    Forward: z = ops.conv2d(x, weight) + bias; y = act(z). Backward: dz = act'(dy); dbias += sum dz;
-    (dx, dweight) = ops.conv2d_backward(dz). The NumPy backend computes conv2d as one GEMM per group over
-    im2col columns (kept for the weight gradient); the torch backend calls PyTorch's convolution kernels.
+    Forward: z = ops.conv2d(x, weight) + bias; y = act(z). Backward: dz = act'(dy);
+    (dx, dweight, dbias) = ops.conv2d_backward(dz). The NumPy backend computes conv2d as one GEMM per
+    group over im2col columns (kept for the weight gradient); the torch backend calls PyTorch's kernels.
     """
 
     ndim = 2
@@ -143,11 +143,9 @@ class _Conv(Layer):
             dz = self.workspace("dz", dy.shape)
             z = None if self.activation in OUTPUT_DERIVATIVE else self._z
             ops.activation_backward(self.activation, dy, z, self._a, dz)
-        if self.use_bias:
-            _add_channel_sums(self, dz, self.grads["bias"])
         dx = self.workspace("dx", self._x.shape) if self.needs_input_grad else None
         ops.conv2d_backward(dz, self._x, self._weight(self.params), geom, dx, self._weight(self.grads),
-                            self.workspace)
+                            self.grads.get("bias"), self.workspace)
         return None if dx is None else dx.reshape(n, *self.input_shape)
 
     def check_input(self, x):
@@ -179,13 +177,6 @@ def _check_groups(name: str, groups: int, in_channels: int, out_channels: int) -
     if groups < 1 or in_channels % groups or out_channels % groups:
         raise ConfigError(f"{name}: in_channels ({in_channels}) and out_channels ({out_channels}) must be "
                           f"divisible by groups, got groups={groups}")
-
-
-def _add_channel_sums(layer: Layer, g, out) -> None:
-    """out (C,) += g (N, C, H, W) summed over N, H and W (the bias gradient)."""
-    sums = layer.workspace("channel_sums", (g.shape[1],))
-    layer.ops.xp.sum(g, axis=(0, 2, 3), out=sums)
-    out += sums
 
 
 class Conv2D(_Conv):
@@ -327,19 +318,21 @@ class ConvTranspose2D(Layer):
         n = x.shape[0]
         self._x = x
         y = self.workspace("y", (n, *self.output_shape))
-        self.ops.conv2d_backward(x, None, self.params["weight"], self.geometry, y, None, self.workspace)
+        self.ops.conv2d_backward(x, None, self.params["weight"], self.geometry, y, None, None, self.workspace)
         if self.use_bias:
             y += self.params["bias"].reshape(self.out_channels, 1, 1)
         return y
 
     def backward(self, dy):
         ops, geom = self.ops, self.geometry
-        if self.use_bias:
-            _add_channel_sums(self, dy, self.grads["bias"])
+        if self.use_bias:  # dbias += dy summed over N, OH, OW
+            db = self.workspace("db", (self.out_channels,))
+            ops.xp.sum(dy, axis=(0, 2, 3), out=db)
+            self.grads["bias"] += db
         # dx = the transposed convolution's forward: conv2d(dy); it also leaves dy's columns for dweight.
         dx = self.workspace("dx", self._x.shape)
         ops.conv2d(dy, self.params["weight"], geom, dx, self.workspace)
-        ops.conv2d_backward(self._x, dy, self.params["weight"], geom, None, self.grads["weight"],
+        ops.conv2d_backward(self._x, dy, self.params["weight"], geom, None, self.grads["weight"], None,
                             self.workspace)
         return dx
 
