@@ -139,8 +139,9 @@ class Ops:
     # conv2d and conv2d_backward serve every convolution layer: a Conv2D runs them as written, a
     # ConvTranspose2D runs them the other way round (its forward is conv2d_backward's dx, its backward
     # conv2d). This generic version is im2col + one GEMM per group; TorchOps calls PyTorch's kernels.
-    def conv2d(self, x, weight, geom: ConvGeometry, out, scratch: Scratch) -> Any:
-        """out (N, O, OH, OW) = the cross-correlation of x (N, C, H, W) with weight (O, C/groups, kh, kw).
+    def conv2d(self, x, weight, bias, geom: ConvGeometry, out, scratch: Scratch) -> Any:
+        """out (N, O, OH, OW) = the cross-correlation of x (N, C, H, W) with weight (O, C/groups, kh, kw),
+        plus bias (O,) unless None.
 
         ``scratch(name, shape)`` gives reusable buffers (a layer's ``workspace``); the columns of x stay
         in ``scratch("conv.cols")`` for ``conv2d_backward``'s weight gradient.
@@ -152,7 +153,11 @@ class Ops:
         self.im2col(self.pad2d(x, geom, scratch), geom, cols)
         z = scratch("conv.gemm", (o, n, oh * ow))
         self.matmul(_groups(weight, g, c // g * kh * kw), _groups(cols, g, m), out=_groups(z, g, m))
-        self.copy_(out.reshape(n, o, oh * ow), self.swapaxes(z, 0, 1))  # (O, N, P) -> (N, O, P)
+        z = self.swapaxes(z, 0, 1)  # (O, N, P) -> (N, O, P), with the bias in the same pass
+        if bias is None:
+            self.copy_(out.reshape(n, o, oh * ow), z)
+        else:
+            self.xp.add(z, bias.reshape(o, 1), out=out.reshape(n, o, oh * ow))
         return out
 
     def conv2d_backward(self, dy, x, weight, geom: ConvGeometry, dx, dweight, dbias, scratch: Scratch) -> Any:

@@ -114,9 +114,9 @@ class TorchOps(Ops):
         table.index_add_(0, index.reshape(-1).long(), rows.reshape(-1, *table.shape[1:]))
 
     # ------------------------------------------------------------ convolution and pooling (PyTorch's kernels)
-    def conv2d(self, x, weight, geom, out, scratch):
+    def conv2d(self, x, weight, bias, geom, out, scratch):
         x, padding = _conv_input(x, geom)
-        out.copy_(F.conv2d(x, weight, None, geom.stride, padding, geom.dilation, geom.groups))
+        out.copy_(F.conv2d(x, weight, bias, geom.stride, padding, geom.dilation, geom.groups))
         return out
 
     def conv2d_backward(self, dy, x, weight, geom, dx, dweight, dbias, scratch):

@@ -44,7 +44,7 @@ def _dims(shape: tuple) -> str:
 class _Conv(Layer):
     """The N-d convolution, computed as 2-D: a Conv1D is a Conv2D with a (1, k) kernel over (N, C, 1, L).
 
-    Forward: z = ops.conv2d(x, weight) + bias; y = act(z). Backward: dz = act'(dy);
+    Forward: z = ops.conv2d(x, weight, bias); y = act(z). Backward: dz = act'(dy);
     (dx, dweight, dbias) = ops.conv2d_backward(dz). The NumPy backend computes conv2d as one GEMM per
     group over im2col columns (kept for the weight gradient); the torch backend calls PyTorch's kernels.
     """
@@ -126,9 +126,7 @@ class _Conv(Layer):
         ops, n, geom, o = self.ops, x.shape[0], self.geometry, self.out_channels
         self._x = x.reshape(n, self.in_channels, *geom.in_size)
         z = self.workspace("z", (n, o, *geom.out_size))
-        ops.conv2d(self._x, self._weight(self.params), geom, z, self.workspace)
-        if self.use_bias:
-            z += self.params["bias"].reshape(o, 1, 1)
+        ops.conv2d(self._x, self._weight(self.params), self.params.get("bias"), geom, z, self.workspace)
         a = z
         if self.activation != "linear":  # into its own buffer: in place, the Numba pass is slower
             a = self.workspace("a", z.shape)
@@ -331,7 +329,7 @@ class ConvTranspose2D(Layer):
             self.grads["bias"] += db
         # dx = the transposed convolution's forward: conv2d(dy); it also leaves dy's columns for dweight.
         dx = self.workspace("dx", self._x.shape)
-        ops.conv2d(dy, self.params["weight"], geom, dx, self.workspace)
+        ops.conv2d(dy, self.params["weight"], None, geom, dx, self.workspace)
         ops.conv2d_backward(self._x, dy, self.params["weight"], geom, None, self.grads["weight"], None,
                             self.workspace)
         return dx
