@@ -153,11 +153,9 @@ class Ops:
         self.im2col(self.pad2d(x, geom, scratch), geom, cols)
         z = scratch("conv.gemm", (o, n, oh * ow))
         self.matmul(_groups(weight, g, c // g * kh * kw), _groups(cols, g, m), out=_groups(z, g, m))
-        z = self.swapaxes(z, 0, 1)  # (O, N, P) -> (N, O, P), with the bias in the same pass
-        if bias is None:
-            self.copy_(out.reshape(n, o, oh * ow), z)
-        else:
-            self.xp.add(z, bias.reshape(o, 1), out=out.reshape(n, o, oh * ow))
+        if bias is not None:  # here, where rows are contiguous (an add into the transposed copy is 3x slower)
+            z += bias.reshape(o, 1, 1)
+        self.copy_(out.reshape(n, o, oh * ow), self.swapaxes(z, 0, 1))  # (O, N, P) -> (N, O, P)
         return out
 
     def conv2d_backward(self, dy, x, weight, geom: ConvGeometry, dx, dweight, dbias, scratch: Scratch) -> Any:
