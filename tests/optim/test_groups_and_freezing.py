@@ -150,6 +150,8 @@ LAYERS = [
     (lambda: nn.Dense(6, 5), (4, 6)),
     (lambda: nn.Conv2D(2, 3, 3, padding=1, activation="relu"), (2, 2, 5, 5)),
     (lambda: nn.Conv1D(2, 3, 3), (2, 2, 7)),
+    (lambda: nn.Conv2D(4, 4, 3, padding="same", groups=2, dilation=2), (2, 4, 6, 6)),
+    (lambda: nn.ConvTranspose2D(2, 3, 3, stride=2, padding=1, output_padding=1), (2, 2, 4, 4)),
     (lambda: nn.MultiHeadAttention(8, 2, rope=True), (2, 5, 8)),
     (lambda: nn.TransformerBlock(8, 2, 16, norm="rms", ffn="swiglu"), (2, 5, 8)),
     (lambda: nn.LayerNorm(6), (4, 6)),

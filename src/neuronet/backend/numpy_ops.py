@@ -91,16 +91,18 @@ class NumpyOps(Ops):
         kernels.scatter_add_rows(_rows(table), index.reshape(-1), _rows(np.ascontiguousarray(rows)))
 
     # ----------------------------------------------------------------- convolution and pooling (Numba)
-    def im2col(self, x, kernel, stride, out):
+    def im2col(self, x, geom, out):
         # One strided copy (NumPy's copy loop beats a Numba gather on these short rows).
-        (kh, kw), (sh, sw), (n, c), s = kernel, stride, x.shape[:2], x.strides
-        strides = (s[1], s[2], s[3], s[0], s[2] * sh, s[3] * sw)
+        (kh, kw), (sh, sw), (dh, dw) = geom.kernel, geom.stride, geom.dilation
+        (n, c), s = x.shape[:2], x.strides
+        strides = (s[1], s[2] * dh, s[3] * dw, s[0], s[2] * sh, s[3] * sw)
         patches = as_strided(x, (c, kh, kw, n, *out.shape[4:]), strides)
         np.copyto(out, patches)
         return out
 
-    def col2im(self, cols, kernel, stride, padding, out):
-        conv_kernels.col2im(cols, *kernel, *stride, *padding, out)
+    def col2im(self, cols, geom, out):
+        ((top, _), (left, _)) = geom.padding
+        conv_kernels.col2im(cols, *geom.stride, *geom.dilation, top, left, out)
         return out
 
     def max_pool2d(self, x, kernel, stride, padding, out, index):

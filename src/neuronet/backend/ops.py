@@ -16,9 +16,15 @@ method here, written once for both backends where the spelling agrees and overri
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from .conv_geometry import ConvGeometry
+
+# A buffer source for kernels that need scratch space: (name, shape) -> array (Layer.workspace).
+Scratch = Callable[[str, tuple], Any]
 
 
 class Spans(NamedTuple):
@@ -148,22 +154,79 @@ class Ops:
         out += self.xp.sum(x.reshape(-1, x.shape[-1]), axis=0)
 
     # ----------------------------------------------------------------- convolution and pooling (NCHW)
-    def im2col(self, x, kernel: tuple, stride: tuple, out) -> Any:
+    # conv2d and conv2d_backward serve every convolution layer: a Conv2D runs them as written, a
+    # ConvTranspose2D runs them the other way round (its forward is conv2d_backward's dx, its backward
+    # conv2d). This generic version is im2col + one GEMM per group; TorchOps calls PyTorch's kernels.
+    def conv2d(self, x, weight, bias, geom: ConvGeometry, out, scratch: Scratch) -> Any:
+        """out (N, O, OH, OW) = the cross-correlation of x (N, C, H, W) with weight (O, C/groups, kh, kw),
+        plus bias (O,) unless None.
+
+        ``scratch(name, shape)`` gives reusable buffers (a layer's ``workspace``); the columns of x stay
+        in ``scratch("conv.cols")`` for ``conv2d_backward``'s weight gradient.
+        """
+        (n, c), o, g = x.shape[:2], weight.shape[0], geom.groups
+        (kh, kw), (oh, ow) = geom.kernel, geom.out_size
+        m = n * oh * ow
+        cols = scratch("conv.cols", (c, kh, kw, n, oh, ow))
+        self.im2col(self.pad2d(x, geom, scratch), geom, cols)
+        z = scratch("conv.gemm", (o, n, oh * ow))
+        self.matmul(_groups(weight, g, c // g * kh * kw), _groups(cols, g, m), out=_groups(z, g, m))
+        if bias is not None:  # here, where rows are contiguous (an add into the transposed copy is 3x slower)
+            z += bias.reshape(o, 1, 1)
+        self.copy_(out.reshape(n, o, oh * ow), self.swapaxes(z, 0, 1))  # (O, N, P) -> (N, O, P)
+        return out
+
+    def conv2d_backward(self, dy, x, weight, geom: ConvGeometry, dx, dweight, dbias, scratch: Scratch) -> Any:
+        """The gradients of ``conv2d`` from dy = dL/dout (N, O, OH, OW): dx = dL/dx (written), dweight +=
+        dL/dweight and dbias (O,) += dy summed over N, OH, OW, each skipped when None (PyTorch's
+        ``convolution_backward`` with its output mask). ``x`` is the forward input; this version reads the
+        columns that ``conv2d`` left in scratch instead, and needs neither x nor them for dx."""
+        n, o, g = dy.shape[0], weight.shape[0], geom.groups
+        c, (kh, kw), (oh, ow) = weight.shape[1] * g, geom.kernel, geom.out_size
+        m, k = n * oh * ow, c // g * kh * kw
+        dy_t = scratch("conv.dy_t", (o, n, oh * ow))
+        self.copy_(dy_t, self.swapaxes(dy.reshape(n, o, oh * ow), 0, 1))  # (N, O, P) -> (O, N, P)
+        if dbias is not None:
+            db = scratch("conv.db", (o,))
+            self.xp.sum(dy_t.reshape(o, m), axis=1, out=db)
+            dbias += db
+        dy_t, w = _groups(dy_t, g, m), _groups(weight, g, k)
+        if dweight is not None:
+            cols, dw = _groups(scratch("conv.cols", (c, kh, kw, n, oh, ow)), g, m), _groups(dweight, g, k)
+            self.matmul_acc(dy_t, self.swapaxes(cols, -1, -2), dw, scratch("conv.dw", tuple(dw.shape)))
+        if dx is not None:
+            dcols = scratch("conv.dcols", (c, kh, kw, n, oh, ow))
+            self.matmul(self.swapaxes(w, -1, -2), dy_t, out=_groups(dcols, g, m))
+            self.col2im(dcols, geom, dx)
+        return dx
+
+    def pad2d(self, x, geom: ConvGeometry, scratch: Scratch) -> Any:
+        """x (N, C, H, W) inside zeros of ``geom.padding`` (in ``scratch("conv.padded")``), or x itself."""
+        ((top, _), (left, _)), (h, w) = geom.padding, geom.in_size
+        if not any(any(side) for side in geom.padding):
+            return x
+        padded = scratch("conv.padded", (x.shape[0], x.shape[1], *geom.padded_size))
+        self.fill_(padded, 0.0)
+        self.copy_(padded[:, :, top:top + h, left:left + w], x)
+        return padded
+
+    def im2col(self, x, geom: ConvGeometry, out) -> Any:
         """Patches of ``x`` (N, C, H, W), already padded, as columns: out (C, kh, kw, N, OH, OW).
 
-        out[c, i, j, n, oh, ow] = x[n, c, oh*sh + i, ow*sw + j]; seen as a (C*kh*kw, N*OH*OW)
-        matrix, a convolution is one GEMM ``weight.reshape(O, -1) @ out``.
+        out[c, i, j, n, oh, ow] = x[n, c, oh*sh + i*dh, ow*sw + j*dw]; seen as a (C*kh*kw, N*OH*OW)
+        matrix, a convolution is one GEMM ``weight.reshape(O, -1) @ out`` (per group).
         """
         raise NotImplementedError
 
-    def col2im(self, cols, kernel: tuple, stride: tuple, padding: tuple, out) -> Any:
+    def col2im(self, cols, geom: ConvGeometry, out) -> Any:
         """The adjoint of ``im2col`` of the zero-padded input: out (N, C, H, W), unpadded, = every
         column entry added back where it was read (entries that read the padding are dropped)."""
         raise NotImplementedError
 
     def max_pool2d(self, x, kernel: tuple, stride: tuple, padding: tuple, out, index) -> Any:
         """out = the max of each window of ``x`` (N, C, H, W), padding as -inf; ``index`` (int64) gets
-        the position h*W + w of each max in its plane, as ``F.max_pool2d(..., return_indices=True)``."""
+        the position h*W + w of each max in its plane, as ``F.max_pool2d(..., return_indices=True)``.
+        The size of ``out`` says whether the last, partial windows count (``ceil_mode``)."""
         raise NotImplementedError
 
     def max_pool2d_backward(self, dy, index, out) -> Any:
@@ -426,3 +489,8 @@ class Ops:
     def bincount(self, keys, out) -> None:
         """out[b] = how many of the 1-D integer ``keys`` equal b, for b in 0..len(out)-1."""
         raise NotImplementedError
+
+
+def _groups(a, groups: int, last: int):
+    """``a`` as (groups, rows, last) matrices, or one (rows, last) matrix without groups."""
+    return a.reshape(groups, -1, last) if groups > 1 else a.reshape(-1, last)
