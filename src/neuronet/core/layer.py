@@ -9,6 +9,7 @@ grown only when a larger batch arrives, so a steady-state step allocates nothing
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
@@ -286,6 +287,16 @@ class Layer(Workspace):
 
     def backward(self, dy):
         raise NotImplementedError
+
+    @contextlib.contextmanager
+    def input_grad_needed(self, needed: bool) -> Iterator[Layer]:
+        """Within the block ``needs_input_grad`` is ``needed``; afterwards its previous value again (a
+        container asks its first layer to skip dL/dx without losing what the layer's own owner set)."""
+        previous, self.needs_input_grad = self.needs_input_grad, needed
+        try:
+            yield self
+        finally:
+            self.needs_input_grad = previous
 
     def __call__(self, x, training: bool = False):
         """Standalone use: build from the first input if needed, then forward.

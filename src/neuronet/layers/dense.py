@@ -76,6 +76,18 @@ class Dense(Layer):
         ops.matmul(dz, self.params["weight"], out=dx)
         return dx.reshape(self._x_shape)
 
+    def reserve(self, rows: int) -> None:
+        """Allocate the workspaces of a batch of up to ``rows`` positions now, computing nothing (a MoE
+        sizes its experts for the worst routing this way)."""
+        shape = (rows, self.out_features)
+        self.workspace("y", shape)
+        if self.activation not in OUTPUT_DERIVATIVE:
+            self.workspace("z", shape)
+        if self.activation != "linear":
+            self.workspace("dz", shape)
+        self.workspace("dw", (self.out_features, self.in_features))
+        self.workspace("dx", (rows, self.in_features))
+
     def extra_repr(self):
         act = "" if self.activation == "linear" else f", activation={self.activation!r}"
         return f"{self.in_features}, {self.out_features}{act}" + ("" if self.use_bias else ", bias=False")

@@ -312,11 +312,8 @@ class Model(Trainer, Layer):
         for k, need_dx in plan:
             step, layer = steps[k], runners[k]
             if not need_dx:
-                layer.needs_input_grad = False
-                try:
+                with layer.input_grad_needed(False):
                     layer.backward(grads[step.output])
-                finally:
-                    layer.needs_input_grad = True
             else:
                 dx = layer.backward(grads[step.output])
             if ready is not None and layer is self.layers[step.layer]:

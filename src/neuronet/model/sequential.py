@@ -98,11 +98,8 @@ class Sequential(Trainer, Layer):
             if ready is not None:
                 ready(layer)
         bottom = layers[first]
-        bottom.needs_input_grad = input_grad
-        try:
+        with bottom.input_grad_needed(input_grad):
             dy = bottom.backward(dy)
-        finally:
-            bottom.needs_input_grad = True
         if ready is not None:
             ready(bottom)
         return dy

@@ -87,7 +87,7 @@ class Trainer:
         """Forward, loss, backward and one optimizer step on one batch; returns the loss.
 
         Layers with an ``aux_loss_weight`` add ``aux_loss_weight * aux_loss`` to the returned loss and,
-        through ``aux_grad_scale`` (set only during this backward), to the gradient. A non-finite loss
+        through ``set_aux_loss_scale`` (the weight for this backward, 0 after it), to the gradient. A non-finite loss
         (NaN or inf in the data, or a diverged model) raises FloatingPointError before the weights
         are touched.
         """
@@ -109,12 +109,12 @@ class Trainer:
                                      "the model diverged: lower the learning rate); the step was refused")
         self.zero_grad()
         for layer in aux_layers:
-            layer.aux_grad_scale = layer.aux_loss_weight
+            layer.set_aux_loss_scale(layer.aux_loss_weight)
         try:
             self.backward(self.loss.backward(), input_grad=False)
         finally:
             for layer in aux_layers:
-                layer.aux_grad_scale = 0.0
+                layer.set_aux_loss_scale(0.0)
         return loss
 
     # ----------------------------------------------------------------- loops
