@@ -87,9 +87,9 @@ class Trainer:
         """Forward, loss, backward and one optimizer step on one batch; returns the loss.
 
         Layers with an ``aux_loss_weight`` add ``aux_loss_weight * aux_loss`` to the returned loss and,
-        through ``set_aux_loss_scale`` (the weight for this backward, 0 after it), to the gradient. A non-finite loss
-        (NaN or inf in the data, or a diverged model) raises FloatingPointError before the weights
-        are touched.
+        through ``set_aux_loss_scale`` (the weight for this backward, 0 after it), to the gradient. A
+        non-finite loss (NaN or inf in the data, or a diverged model) raises FloatingPointError before
+        the weights are touched.
         """
         self._require_compiled("train_step")
         self._check_lengths(x, y, "train_step")
