@@ -20,7 +20,7 @@ import numpy as np
 
 from ..backend import Ops, default_ops
 from ..errors import ShapeError
-from . import graph
+from . import graph, input_spec
 from . import random as nnrandom
 
 Initializer = Callable[[np.random.Generator, tuple, np.dtype], np.ndarray]
@@ -81,6 +81,10 @@ class Layer(Workspace):
     # Keras's ``name=`` (any layer's constructor takes it): a model's state_dict key for this layer.
     layer_name: str | None = None
     _trainable: bool = True
+    # The expected input shape without the batch axis, as a pattern (see core/input_spec.py): ints exact,
+    # strings name axes of size >= 1, ``...`` any number of axes; checked by ``build`` and ``check_input``.
+    # None: at build anything ``setup`` accepts, afterwards exactly the built shape.
+    input_spec: tuple | None = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -136,6 +140,8 @@ class Layer(Workspace):
         self._param_specs = {}
         self._buffer_init = {}
         self.input_shape = _as_shape(input_shape)
+        if self.input_spec is not None:
+            input_spec.check(self, self.input_spec, self.input_shape, f"(N, {_dims(self.input_shape)})")
         self.output_shape = tuple(self.setup(self.input_shape))
         if _root:
             self._allocate()
@@ -310,10 +316,12 @@ class Layer(Workspace):
         return self.forward(self.ops.asarray(x), training=training)
 
     def check_input(self, x) -> None:
-        """Raise a ShapeError naming this layer when ``x`` does not fit the built input shape."""
-        if tuple(x.shape[1:]) != self.input_shape:
-            raise ShapeError(f"{self!r}: expected input of shape (N, {_dims(self.input_shape)}), "
-                             f"got {tuple(x.shape)}")
+        """Raise a ShapeError naming this layer when ``x`` does not fit ``input_spec`` (None: the built
+        input shape)."""
+        spec = self.input_spec if self.input_spec is not None else self.input_shape
+        if spec is None:
+            raise ShapeError(f"{self!r}: check_input before build: the layer has no input shape yet")
+        input_spec.check(self, spec, tuple(x.shape[1:]), str(tuple(x.shape)))
 
     # ----------------------------------------------------------------- description
     def extra_repr(self) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..core.layer import Layer, ShapeError
+from ..core.layer import Layer
 from .dense import Dense
 
 
@@ -110,16 +110,13 @@ class MoE(Layer):
         self._offsets_for = 0  # rows whose offsets are in the "row_offsets" workspace
 
     def setup(self, input_shape):
-        if not input_shape or input_shape[-1] != self.dim:
-            raise ShapeError(f"{self!r}: expected input of shape (N, ..., {self.dim}), "
-                             f"got (N, {', '.join(map(str, input_shape))})")
         self.add_child("gate", Dense(self.dim, self.num_experts, bias=False), input_shape)
         self.add_child("experts", MoEExperts(self.num_experts, self.dim, self.hidden), input_shape)
         return input_shape
 
-    def check_input(self, x):
-        if x.ndim < 2 or x.shape[-1] != self.dim:
-            raise ShapeError(f"{self!r}: expected input of shape (N, ..., {self.dim}), got {tuple(x.shape)}")
+    @property
+    def input_spec(self):
+        return (..., self.dim)
 
     def forward(self, x, training: bool = True):
         ops, xp, k, n_exp = self.ops, self.ops.xp, self.top_k, self.num_experts
