@@ -18,7 +18,7 @@ from .callbacks import (
     ProgressBar,
     ReduceLROnPlateau,
 )
-from .core import LAYERS, Layer, manual_seed
+from .core import LAYERS, Layer, manual_seed, register_layer
 from .errors import ShapeError
 from .io import export_gguf, export_onnx, load, load_gguf, to_torch_state_dict
 from .layers import *  # noqa: F403
@@ -59,7 +59,7 @@ __all__ = [
     "LAYERS", "LOSSES", "OPTIMIZERS", "SGD", "Adam", "AdamW", "CSVLogger", "Callback", "CrossEntropyLoss",
     "EarlyStopping", "History", "Layer", "Loss", "MSELoss", "ModelCheckpoint", "Optimizer", "ProgressBar",
     "ReduceLROnPlateau", "Sequential", "ShapeError", "backends", "data",
-    "errors", "load", "manual_seed", "set_backend",
+    "errors", "load", "manual_seed", "register_layer", "set_backend",
     "export_gguf", "export_onnx", "load_gguf", "to_torch_state_dict",
     *_layer_names,
     "BCELoss", "BCEWithLogitsLoss", "HuberLoss", "KLDivLoss", "L1Loss", "MarginRankingLoss",

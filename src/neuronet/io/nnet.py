@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .._atomic import atomic_path
-from ..core.layer import LAYERS
+from ..core.layer import LAYERS, layer_name
 from ..errors import NnetFormatError
 
 FORMAT_VERSION = 1
@@ -101,7 +101,7 @@ def save(model, path: str | os.PathLike, extra: dict | None = None) -> None:
 
 def describe(layer) -> dict:
     """{"type", "config"} of a layer, plus "layers" (its children, in order) for a Sequential."""
-    node = {"type": type(layer).__name__, "config": layer.get_config()}
+    node = {"type": layer_name(type(layer)), "config": layer.get_config()}
     if isinstance(layer, LAYERS["Sequential"]):
         node["layers"] = [describe(child) for child in layer.layers]
     return node
@@ -285,9 +285,13 @@ def build_layer(node: dict, where: str, depth: int = 0):
             not isinstance(node.get("config", {}), dict):
         raise NnetFormatError(f"{where}: expected {{'type': name, 'config': {{...}}}}, got {node!r:.120}")
     name, config = node["type"], node.get("config", {})
-    cls = LAYERS.get(name) if name.isidentifier() and not name.startswith("_") else None
+    cls = LAYERS.get(name) if all(part.isidentifier() for part in name.split(".")) else None
     if cls is None:
-        raise NnetFormatError(f"{where}: unknown layer class {name[:80]!r} (not a registered neuronet layer)")
+        short = name.rsplit(".", 1)[-1][:80]
+        raise NnetFormatError(f"{where}: unknown layer class {name[:80]!r}: not a built-in layer nor a "
+                              f"registered one. If it is your own class, register it before loading: "
+                              f"decorate it with @nn.register_layer (or call nn.register_layer({short})) "
+                              "and import its module first")
     children = node.get("layers")
     if (children is not None) != issubclass(cls, LAYERS["Sequential"]):
         raise NnetFormatError(f"{where}: 'layers' is required for a Sequential and allowed only there")
