@@ -22,8 +22,8 @@ def test_accuracy_for_one_output_thresholds_at_half():
 def test_accuracy_shape_mismatch_and_unknown_metric():
     with pytest.raises(ValueError, match="accuracy: predictions"):
         accuracy(np.zeros((3, 2)), np.zeros(4, int))
-    with pytest.raises(ValueError, match="unknown metric 'f1'; known: acc, accuracy"):
-        resolve(["f1"])
+    with pytest.raises(ValueError, match="unknown metric 'f2'; known: acc, accuracy, f1"):
+        resolve(["f2"])
     assert list(resolve(["acc"])) == ["accuracy"]
 
 
