@@ -62,6 +62,22 @@ def layer_name(cls: type) -> str:
     return _NAMES.get(cls) or f"{cls.__module__}.{cls.__name__}"
 
 
+FLOAT_DTYPES = ("float32", "float64")
+
+
+def float_dtype(dtype: Any, who: str) -> np.dtype:
+    """``dtype`` as a NumPy dtype, if it is one neuronet computes in; a ConfigError naming them otherwise."""
+    try:
+        checked = np.dtype(dtype)
+    except TypeError:  # e.g. "bfloat16", which NumPy does not know
+        checked = None
+    if checked is None or checked.name not in FLOAT_DTYPES:
+        raise ConfigError(f"{who}: dtype {str(dtype)!r} is not supported; models compute in "
+                          f"{' or '.join(FLOAT_DTYPES)} on every backend (float16 and bfloat16 are not "
+                          "supported: the kernels and optimizer updates would lose too much precision)")
+    return checked
+
+
 def _is_builtin(cls: type) -> bool:
     return cls.__module__.split(".")[0] == "neuronet"
 
@@ -159,7 +175,7 @@ class Layer(Workspace):
 
         Returns the output shape. A layer built on its own owns its flat parameter array.
         """
-        self.dtype = np.dtype(dtype or self.dtype)
+        self.dtype = float_dtype(dtype or self.dtype, type(self).__name__)
         self.ops = ops or self.ops
         self.children = {}
         self._param_specs = {}
