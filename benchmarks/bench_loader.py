@@ -1,0 +1,49 @@
+"""Training from nn.data.DataLoader vs from in-memory arrays: the MNIST CNN of bench_cnn, batch 64, Adam.
+
+Each timed step is one epoch of ``fit`` over 1,280 MNIST-shaped samples (20 batches), shuffled:
+``arrays`` gathers batches from NumPy arrays in the training loop; ``loader`` iterates a
+DataLoader whose background thread gathers the next batches while the model computes; ``memmap``
+is the same loader over an ``np.memmap`` file (data larger than memory is read this way). The
+ratio loader time / arrays time is the cost of the loader (1.00: none).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import bench_cnn
+import harness
+import numpy as np
+
+SAMPLES, BATCH = 1280, 64
+
+
+def engine(kind: str):
+    def build():
+        import neuronet as nn
+
+        nn.manual_seed(0)
+        x, y = bench_cnn._data(SAMPLES)
+        model = bench_cnn.neuronet_model(nn)
+        model.compile(optimizer=nn.Adam(1e-3), loss=nn.CrossEntropyLoss())
+        model.build(tuple(x.shape[1:]))
+        if kind == "arrays":
+            return lambda: model.fit(x, y, batch_size=BATCH, verbose=0)
+        if kind == "memmap":
+            path = os.path.join(tempfile.mkdtemp(), "x.npy")
+            np.save(path, x)
+            x = np.load(path, mmap_mode="r")
+        loader = nn.data.DataLoader(nn.data.Dataset(x, y), batch_size=BATCH, shuffle=True)
+        return lambda: model.fit(loader, verbose=0)
+    return build
+
+
+ENGINES = {name: engine(name) for name in ("arrays", "loader", "memmap")}
+
+if __name__ == "__main__":
+    times = harness.main(ENGINES, f"MNIST CNN, one epoch of {SAMPLES} samples, batch {BATCH}, Adam: "
+                                  "fit from arrays vs from a DataLoader", steps=5, warmup=1)
+    if times:
+        for name in ("loader", "memmap"):
+            print(f"{name} / arrays time per epoch: {times[name] / times['arrays']:.3f}")
