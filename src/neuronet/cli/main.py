@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
+    except (ConfigError, FileNotFoundError, ImportError, ValueError, RuntimeError) as e:
         print(f"neuronet {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .._atomic import atomic_path
+from .._optional import require
 from ..core.layer import Layer, ShapeError
 
 OPSET = 17
@@ -106,7 +107,7 @@ def export_onnx(model: Layer, path: str | Path, input_shape: tuple, *, opset: in
         input_shape: the input shape without the batch dimension, which stays dynamic.
         opset: the ONNX opset (17 or newer).
     """
-    import onnx
+    onnx = require("onnx", "onnx", "export_onnx")
     from onnx import TensorProto, helper
 
     input_shape = tuple(int(s) for s in input_shape)
