@@ -45,5 +45,6 @@ def test_import_neuronet_never_imports_torch():
     code = ("import sys, numpy as np, neuronet as nn; model = nn.Sequential(nn.Dense(2, 2)); "
             "model.compile('adam', 'mse'); model.fit(np.ones((4, 2)), np.ones((4, 2)), verbose=0); "
             "print(sorted(m for m in ('torch', 'onnx', 'matplotlib') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                         check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
