@@ -136,6 +136,8 @@ def test_a_used_up_generator_and_bad_arguments_are_explained():
         model.fit(nn.data.DataLoader(nn.data.Dataset(x, y)), validation_split=0.2, verbose=0)
     with pytest.raises(nn.errors.ConfigError, match="steps_per_epoch must be an integer >= 1"):
         model.fit(x, y, steps_per_epoch=0, verbose=0)
+    with pytest.raises(nn.errors.ConfigError, match="apply to a source of batches"):
+        model.fit(x, y, steps_per_epoch=2, verbose=0)
 
 
 def test_validation_data_may_be_a_loader():

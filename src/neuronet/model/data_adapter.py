@@ -156,6 +156,9 @@ def adapt(x, y=None, *, batch_size: int, shuffle: bool = False, steps: int | Non
             raise ConfigError(f"{what}: x is a source of batches (a {type(x).__name__}); it yields the "
                               "targets and sample weights itself, so y and sample_weight must be None")
         return SourceBatches(x, steps, to_host, class_weight, what)
+    if steps is not None:
+        raise ConfigError(f"{what}: steps_per_epoch/steps apply to a source of batches; on arrays an "
+                          "epoch is one pass over them")
     x = as_array(x, "x")
     if needs_y:
         y = as_array(y, "y")
