@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .._atomic import atomic_path
+from .._optional import require
 from ..core.layer import Layer
 from .nnet import build_layer, describe
 
@@ -41,7 +42,7 @@ def export_gguf(model: Layer, path: str | Path, dtype: str = "f32", *, name: str
         dtype: storage type of tensors with two or more dimensions: "f32", "f16" or "q8_0".
         name: ``general.name`` (default: the model's class name).
     """
-    import gguf
+    gguf = require("gguf", "gguf", "export_gguf")
 
     if dtype not in WEIGHT_TYPES:
         raise ValueError(f"export_gguf: dtype must be one of {', '.join(WEIGHT_TYPES)}, got {dtype!r}")
@@ -101,7 +102,7 @@ def read_gguf_tensors(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
 
     Quantised tensors are dequantised; shapes are NumPy's (outermost first).
     """
-    import gguf
+    gguf = require("gguf", "gguf", "load_gguf")
 
     reader = _open(gguf, path)
     field = reader.fields.get(f"{ARCH}.config")
