@@ -198,7 +198,7 @@ class Layer(Workspace):
         self.children = {}
         self._param_specs = {}
         self._buffer_init = {}
-        self.input_shape = _as_shape(input_shape)
+        self.input_shape, self.output_shape = _as_shape(input_shape), None  # unbuilt until setup returns
         if self.input_spec is not None:
             input_spec.check(self, self.input_spec, self.input_shape, f"(N, {_dims(self.input_shape)})")
         self.output_shape = tuple(self.setup(self.input_shape))
