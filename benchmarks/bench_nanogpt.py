@@ -1,19 +1,24 @@
 """nanoGPT's Shakespeare-char configuration: 6 layers, 6 heads, width 384 (ff 1536), block 256,
 batch 64, dropout 0.2, vocab 65, AdamW: training steps, neuronet vs PyTorch (``bench_gpt.py``'s model).
 
-About 1.2 TFLOP per training step (and GiBs of saved activations at batch 64 x 256 tokens): seconds per
-step on 2 cores, hence few steps and one round by default; the peak resident memory column is the
-interesting one. Tokens are random integers below 65 (timing does not depend on the text). nanoGPT
-itself uses no biases and weight-tied embeddings; both engines here keep torch.nn's biases, untied.
+About 1.2 TFLOP per training step and GiBs of saved activations at batch 64 x 256 tokens (neuronet's
+NumPy engine passed 10 GiB resident before its first step finished on 2026-12-06): tens of seconds per
+step on 2 cores, hence few steps and one round by default. ``NEURONET_NANOGPT_BATCH=8`` runs the same
+model on a smaller batch where the machine is shared. Tokens are random integers below 65 (timing does
+not depend on the text). nanoGPT itself uses no biases and weight-tied embeddings; both engines here
+keep torch.nn's biases, untied.
 """
 
 from __future__ import annotations
+
+import os
 
 import bench_gpt
 import harness
 import numpy as np
 
-VOCAB, BLOCK, LAYERS, HEADS, DIM, BATCH, DROPOUT = 65, 256, 6, 6, 384, 64, 0.2
+VOCAB, BLOCK, LAYERS, HEADS, DIM, DROPOUT = 65, 256, 6, 6, 384, 0.2
+BATCH = int(os.environ.get("NEURONET_NANOGPT_BATCH", 64))  # a smaller batch where memory is short
 FF = 4 * DIM
 
 

@@ -39,9 +39,16 @@ class Loss(Workspace):
     def __call__(self, pred, target=None) -> float:
         return self.forward(pred, target)
 
+    sync_free: bool | None = None
+    """Whether forward returns the loss as a 0-d array on its device without reading it back (no
+    host-device synchronisation: no ``.item()``, class labels not range-checked on the host). ``None``
+    (default): on accelerators (CUDA, MPS) but not on the CPU, where reading a value costs nothing."""
+
     def forward(self, pred, target=None) -> float:
-        """The loss of ``pred`` against ``target`` as a Python float; saves what backward needs."""
+        """The loss of ``pred`` against ``target`` as a Python float (a 0-d device array when sync-free,
+        see ``sync_free``); saves what backward needs."""
         preds = self._bind(pred)
+        self._deferred = self.ops.device != "cpu" if self.sync_free is None else bool(self.sync_free)
         self._pending = False
         value = self._forward(*preds, target)
         self._pending = True
@@ -121,7 +128,7 @@ class Loss(Workspace):
     def _check_labels(self, labels, c: int, note: str = "") -> None:
         """Raise, naming a label and the range, when the flat integer ``labels`` leave [0, c)."""
         ops, xp = self.ops, self.ops.xp
-        if labels.shape[0]:
+        if labels.shape[0] and not self._deferred:  # (sync-free: an out-of-range label fails on the device)
             lo, hi = ops.item(xp.amin(labels)), ops.item(xp.amax(labels))
             if lo < 0 or hi >= c:
                 bad = int(lo if lo < 0 else hi)
@@ -136,7 +143,8 @@ class Loss(Workspace):
         return rows[:m]
 
     def _sum(self, x) -> float:
-        return self.ops.item(self.ops.xp.sum(x))
+        total = self.ops.xp.sum(x)
+        return total if self.__dict__.get("_deferred") else self.ops.item(total)
 
     def get_config(self) -> dict:
         """The constructor arguments (``type(loss)(**loss.get_config())`` rebuilds it)."""
@@ -400,12 +408,14 @@ class _ClassScoreLoss(Loss):
         xp.multiply(self._rows(m), c, out=flat)
         flat += label
         self.total_weight = total = self._sum(w_row)
-        self._uniform = w is None and total == m > 0
+        self._uniform = not self._deferred and w is None and total == m > 0
         if self._uniform:
             scale = 1.0 / m
         else:
             scale = self.workspace("row_scale", (m, 1))
-            if total > 0:
+            if self._deferred:  # total is a 0-d device array: divide there (W = 0 gives inf, not NaN)
+                xp.divide(keep.reshape(m, 1), total, out=scale)
+            elif total > 0:
                 xp.multiply(keep.reshape(m, 1), 1.0 / total, out=scale)
             else:  # 0/0 as in torch: NaN where kept, 0 where ignored
                 ops.where(kept.reshape(m, 1), math.nan, 0.0, scale)
@@ -420,6 +430,8 @@ class _ClassScoreLoss(Loss):
 
     def _mean(self, total: float) -> float:
         """total / W (NaN when W = 0, torch's 0/0)."""
+        if self._deferred:
+            return total / self.total_weight
         return total / self.total_weight if self.total_weight > 0 else math.nan
 
     def _target_coef(self):

@@ -224,7 +224,8 @@ class TorchOps(Ops):
     def attention_softmax(self, scores, out, causal, scale=1.0):
         t = scores.shape[-1]
         if _numba_ok(scores) and scores.is_contiguous() and out.is_contiguous():
-            kernels.softmax_rows(*_host(scores.view(-1, t), out.view(-1, t)), False, scale, t if causal else 0)
+            rows = _host(scores.view(-1, t), out.view(-1, t))
+            kernels.softmax_rows(*rows, False, scale, t if causal else 0)
             return out
         torch.mul(scores, scale, out=out)
         if causal:
@@ -261,7 +262,8 @@ class TorchOps(Ops):
             rnn_kernels.lstm_cell_forward(*_host(gates, gh, bias, c_prev, c, tanh_c, h))
             return
         if gates.is_cuda:
-            hy, cy, act = torch.ops.aten._thnn_fused_lstm_cell(gates, gh, c_prev, bias, self._zeros_like(bias))
+            fused = torch.ops.aten._thnn_fused_lstm_cell
+            hy, cy, act = fused(gates, gh, c_prev, bias, self._zeros_like(bias))
             gates.copy_(act)
             c.copy_(cy)
             torch.tanh(cy, out=tanh_c)

@@ -40,8 +40,13 @@ class Trainer:
         self.stop_training = False
         self.history = None
 
-    def compile(self, optimizer: Any = "adam", loss: Any = "cross_entropy", metrics: list[str] | None = None):
-        """Choose the optimizer, the loss and the metrics reported by fit/evaluate."""
+    def compile(self, optimizer: Any = "adam", loss: Any = "cross_entropy", metrics: list[str] | None = None,
+                cuda_graph: bool = False):
+        """Choose the optimizer, the loss and the metrics reported by fit/evaluate.
+
+        ``cuda_graph=True`` (torch backend on CUDA): ``train_step`` captures forward + backward once per
+        input shape and replays it as one CUDA graph (see ``model/cuda_graph.py``).
+        """
         from ..losses import LOSSES
         from ..metrics import resolve
         from ..optim import OPTIMIZERS
@@ -49,6 +54,7 @@ class Trainer:
         self.optimizer = _resolve("optimizer", optimizer, OPTIMIZERS, OPTIMIZER_ALIASES)
         self.loss = _resolve("loss", loss, LOSSES, LOSS_ALIASES)
         self.metric_fns = resolve(metrics)
+        self.cuda_graph = bool(cuda_graph)
         return self
 
     def _require_compiled(self, what: str) -> None:
@@ -75,18 +81,38 @@ class Trainer:
         Layers with an ``aux_loss_weight`` add ``aux_loss_weight * aux_loss`` to the returned loss and,
         through ``aux_grad_scale`` (set only during this backward), to the gradient. A non-finite loss
         (NaN or inf in the data, or a diverged model) raises FloatingPointError before the weights
-        are touched.
+        are touched. On an accelerator the loss is read back once, after the backward is queued (the
+        step's only host-device synchronisation); with ``compile(cuda_graph=True)`` forward and backward
+        replay as one CUDA graph.
         """
         self._require_compiled("train_step")
         self._check_lengths(x, y, "train_step")
+        if self.__dict__.get("cuda_graph"):
+            from .cuda_graph import graphed_train_step
+
+            return graphed_train_step(self, x, y)
+        loss = self._forward_loss(x, y)
+        deferred = self.loss.__dict__.get("_deferred")  # a device array: read it once, after the backward
+        value = loss if deferred else _finite_loss(loss)
+        self._backward_loss()
+        if deferred:
+            value = _finite_loss(loss)
+        self.optimizer.step(self.flat_params, self.flat_grads)
+        return value
+
+    def _forward_loss(self, x, y):
+        """The forward pass and the loss of one batch, auxiliary losses included (a 0-d array on the
+        device when the loss is sync-free)."""
         out = self._last_output = self.forward(x, training=True)
         loss = self.loss.forward(out, y)
+        deferred = self.loss.__dict__.get("_deferred")
+        for layer in self._aux_layers():
+            loss = loss + layer.aux_loss_weight * (layer.aux_loss if deferred else float(layer.aux_loss))
+        return loss
+
+    def _backward_loss(self) -> None:
+        """zero_grad, then the backward of the last ``_forward_loss`` into ``flat_grads``."""
         aux_layers = self._aux_layers()
-        for layer in aux_layers:
-            loss += layer.aux_loss_weight * float(layer.aux_loss)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"train_step: the loss is {loss} (NaN or inf in the inputs/targets, or "
-                                     "the model diverged: lower the learning rate); the step was refused")
         self.zero_grad()
         for layer in aux_layers:
             layer.aux_grad_scale = layer.aux_loss_weight
@@ -95,8 +121,6 @@ class Trainer:
         finally:
             for layer in aux_layers:
                 layer.aux_grad_scale = 0.0
-        self.optimizer.step(self.flat_params, self.flat_grads)
-        return loss
 
     # ----------------------------------------------------------------- loops
     def _batches(self, n: int, batch_size: int, shuffle: bool):
@@ -234,6 +258,15 @@ class _Totals:
 
     def means(self) -> dict:
         return {k: self.sums[k] / max(self.counts[k], 1) for k in self.sums}
+
+
+def _finite_loss(loss) -> float:
+    """The loss as a Python float; FloatingPointError (the step is refused) when it is NaN or inf."""
+    value = float(loss)
+    if not math.isfinite(value):
+        raise FloatingPointError(f"train_step: the loss is {value} (NaN or inf in the inputs/targets, or the "
+                                 "model diverged: lower the learning rate); the step was refused")
+    return value
 
 
 def _as_data(data, name: str):
