@@ -106,7 +106,7 @@ def run_timings(workloads: list[str], engines: list[str], steps: int, warmup: in
                 out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
                 ok = out.returncode == 0
                 rows[workload, engine] = json.loads(out.stdout.strip().splitlines()[-1]) if ok else \
-                    {"error": (out.stderr.strip().splitlines() or ["?"])[-1][:60]}
+                    {"error": (out.stderr.strip().splitlines() or ["?"])[-1]}
             except subprocess.TimeoutExpired:
                 rows[workload, engine] = {"error": f"timed out after {timeout} s"}
     print(f"\n{'workload':<10}" + "".join(f"{e:>24}" for e in engines) + "   (ms/step; x PyTorch eager)")
@@ -115,7 +115,7 @@ def run_timings(workloads: list[str], engines: list[str], steps: int, warmup: in
         cells = []
         for engine in engines:
             r = rows[workload, engine]
-            cells.append(r["error"][:22] if "error" in r else
+            cells.append("failed (below)" if "error" in r else
                          f"{r['ms']:.2f} ({ref / r['ms']:.2f}x)" if ref else f"{r['ms']:.2f}")
         print(f"{workload:<10}" + "".join(f"{c:>24}" for c in cells))
     errors = {k: v["error"] for k, v in rows.items() if "error" in v}
