@@ -90,3 +90,21 @@ def test_cuda_graph_refuses_dropout():
     model.to("cuda")
     with pytest.raises(ConfigError, match="dropout"):
         model.train_step(np.ones((2, 4), np.float32), np.ones(2, np.int64))
+
+
+@pytest.mark.parametrize("layer", [nn.Dropout(0.1), nn.TransformerBlock(8, 2, 16, dropout=0.1),
+                                   nn.MoE(8, 16, 4, 2)])
+def test_cuda_graph_refuses_host_random_and_data_dependent_layers(layer):
+    from types import SimpleNamespace
+
+    from neuronet.model.cuda_graph import _refuse_uncapturable
+
+    model = nn.Sequential(nn.Dense(8, 8), layer)
+    model.build((3, 8))
+    cuda_ops = SimpleNamespace(name="torch", device="cuda")
+    on_cuda = SimpleNamespace(ops=cuda_ops, named_layers=model.named_layers)
+    with pytest.raises(ConfigError, match="dropout|data-dependent"):
+        _refuse_uncapturable(on_cuda)
+    plain = nn.Sequential(nn.Dense(8, 8), nn.TransformerBlock(8, 2, 16))
+    plain.build((3, 8))
+    _refuse_uncapturable(SimpleNamespace(ops=on_cuda.ops, named_layers=plain.named_layers))  # no error

@@ -24,6 +24,8 @@ from __future__ import annotations
 import math
 
 from ..errors import ConfigError
+from ..layers.attention import MultiHeadAttention
+from ..layers.dropout import Dropout
 
 
 def _refuse_uncapturable(model) -> None:
@@ -32,10 +34,12 @@ def _refuse_uncapturable(model) -> None:
                           f"runs on {model.ops.name} ({model.ops.device}): call model.to('cuda') first, or "
                           "compile without cuda_graph")
     for name, layer in model.named_layers():
-        rate = getattr(layer, "dropout", getattr(layer, "p", 0.0))
-        if isinstance(rate, float) and rate > 0.0:
-            raise ConfigError(f"compile(cuda_graph=True): layer {name or type(layer).__name__} has dropout "
-                              f"{rate}; its masks are drawn on the host and cannot be captured")
+        rate = layer.p if isinstance(layer, Dropout) else \
+            layer.dropout if isinstance(layer, MultiHeadAttention) else 0.0
+        if rate > 0.0:
+            label = name.rstrip(".") or type(layer).__name__
+            raise ConfigError(f"compile(cuda_graph=True): layer {label} has dropout {rate}; its masks "
+                              "are drawn on the host and cannot be captured")
         if hasattr(layer, "aux_loss_weight"):
             raise ConfigError(f"compile(cuda_graph=True): layer {name} ({type(layer).__name__}) routes "
                               "tokens with data-dependent shapes and cannot be captured")
@@ -75,11 +79,11 @@ class _Graph:
 
 def graphed_train_step(model, x, y) -> float:
     """``train_step`` with forward + backward replayed from a CUDA graph captured for x's shape."""
-    _refuse_uncapturable(model)
     ops = model.ops
-    key = (tuple(x.shape), str(getattr(x, "dtype", "")), tuple(y.shape), id(model.flat_params))
+    key = (tuple(x.shape), str(getattr(x, "dtype", "")), tuple(y.shape), id(model.flat_params), ops)
     graphs = model.__dict__.setdefault("_cuda_graphs", {})
     if key not in graphs:
+        _refuse_uncapturable(model)
         if model.loss.sync_free is False:
             raise ConfigError("compile(cuda_graph=True): the loss has sync_free=False")
         graphs[key] = _Graph(model, ops.asarray(x), ops.asarray(y))
