@@ -176,7 +176,7 @@ def summarize(rows: dict[str, list[dict]], flops: float | None) -> dict:
 def format_table(summary: dict, title: str) -> str:
     lines = [f"\n{title}",
              f"{'engine':<22}{'ms/step':>9}{'ratio vs PyTorch':>22}{'CPU ratio':>11}{'peak RSS':>10}"
-             f"{'vs PT':>7}{'B/step':>9}{'GFLOP/s':>9}{'of sgemm':>15}"]
+             f"{'vs PT':>7}{'B/step':>12}{'GFLOP/s':>9}{'of sgemm':>15}"]
     for name, e in summary["engines"].items():
         ratio = "{1:.2f} ({0:.2f}-{2:.2f})".format(*e["ratio"]) if "ratio" in e else "-"
         cpu = f"{e['cpu_ratio'][1]:.2f}" if "cpu_ratio" in e else "-"
@@ -184,7 +184,7 @@ def format_table(summary: dict, title: str) -> str:
         gf = f"{e['gflops']:.1f}" if "gflops" in e else "-"
         frac = f"{e['fraction_of_gemm']:.0%} of {e['gemm_gflops']:.0f}" if "fraction_of_gemm" in e else "-"
         lines.append(f"{name:<22}{e['ms'][1]:>9.2f}{ratio:>22}{cpu:>11}{e['rss_peak_mib']:>7.0f}MiB{mem:>7}"
-                     f"{e['peak_bytes_per_step']:>9,}{gf:>9}{frac:>15}")
+                     f"{e['peak_bytes_per_step']:>12,}{gf:>9}{frac:>15}")
     lines += [f"warning: {w}" for w in summary["warnings"]]
     return "\n".join(lines)
 
