@@ -35,7 +35,7 @@ import sys
 import time
 import tracemalloc
 
-SPREAD_WARNING = 0.20  # rounds whose ratios differ by more than this fraction of their median
+SPREAD_WARNING = 0.20  # rounds whose ratios differ by more than this (slowest / fastest - 1)
 
 
 def _peak_rss_mib() -> float:
@@ -146,7 +146,8 @@ def main(engines: dict, title: str, steps: int = 50, warmup: int = 10, rounds: i
 def summarize(rows: dict[str, list[dict]], flops: float | None) -> dict:
     """Per engine: median step, per-round ratios to PyTorch (min, median, max), CPU ratio, memory, GFLOP/s."""
     ref = rows.get("pytorch")
-    out: dict = {"engines": {}, "warnings": []}
+    out: dict = {"engines": {}}
+    spreads: dict[str, list[float]] = {}  # per engine: its round ratios (raw times without PyTorch)
     for name, runs in rows.items():
         wall = [r["median_s"] for r in runs]
         cpu = [r["cpu_s"] for r in runs]
@@ -158,11 +159,10 @@ def summarize(rows: dict[str, list[dict]], flops: float | None) -> dict:
             entry["ratio"] = _spread([p["median_s"] / r["median_s"] for p, r in zip(ref, runs, strict=True)])
             entry["cpu_ratio"] = _spread([p["cpu_s"] / r["cpu_s"] for p, r in zip(ref, runs, strict=True)])
             entry["rss_vs_pytorch"] = entry["rss_peak_mib"] / max(p["rss_peak_mib"] for p in ref)
-            lo, mid, hi = entry["ratio"]
-            if name != "pytorch" and len(runs) > 1 and (hi - lo) > SPREAD_WARNING * mid:
-                out["warnings"].append(f"{name}: the rounds' ratios differ by {(hi - lo) / mid:.0%} "
-                                       f"({lo:.2f}-{hi:.2f}), more than {SPREAD_WARNING:.0%}: the machine "
-                                       "was busy; rerun, or read the CPU-time ratio")
+            if name != "pytorch":
+                spreads[name] = [p["median_s"] / r["median_s"] for p, r in zip(ref, runs, strict=True)]
+        else:
+            spreads[name] = wall
         ceilings = [r["gemm_gflops"] for r in runs if r.get("gemm_gflops")]
         if flops:
             entry["gflops"] = flops / (statistics.median(wall)) / 1e9
@@ -170,7 +170,19 @@ def summarize(rows: dict[str, list[dict]], flops: float | None) -> dict:
                 entry["gemm_gflops"] = statistics.median(ceilings)
                 entry["fraction_of_gemm"] = entry["gflops"] / entry["gemm_gflops"]
         out["engines"][name] = entry
+    out["warnings"] = spread_warnings(spreads, min(len(r) for r in rows.values()), SPREAD_WARNING)
     return out
+
+
+def spread_warnings(times: dict[str, list[float]], rounds: int, tolerance: float = 0.2) -> list[str]:
+    """Warnings for timings not to trust: a single round, or rounds of an engine more than ``tolerance``
+    apart (slowest / fastest - 1), which a busy machine causes."""
+    if rounds < 2:
+        return ["WARNING: one round only: nothing shows whether the machine was busy; use --rounds 3 "
+                "before trusting these ratios"]
+    return [f"WARNING: {name}: rounds differ by {max(v) / min(v) - 1:.0%} (> {tolerance:.0%}): the "
+            "machine was busy; these ratios are unreliable (rerun, read the CPU ratio, or use --threads 1)"
+            for name, v in times.items() if min(v) > 0 and max(v) / min(v) - 1 > tolerance]
 
 
 def format_table(summary: dict, title: str) -> str:
@@ -185,7 +197,7 @@ def format_table(summary: dict, title: str) -> str:
         frac = f"{e['fraction_of_gemm']:.0%} of {e['gemm_gflops']:.0f}" if "fraction_of_gemm" in e else "-"
         lines.append(f"{name:<22}{e['ms'][1]:>9.2f}{ratio:>22}{cpu:>11}{e['rss_peak_mib']:>7.0f}MiB{mem:>7}"
                      f"{e['peak_bytes_per_step']:>12,}{gf:>9}{frac:>15}")
-    lines += [f"warning: {w}" for w in summary["warnings"]]
+    lines += summary["warnings"]
     return "\n".join(lines)
 
 

@@ -7,7 +7,7 @@
 """
 
 from . import backend as backends
-from . import data, errors
+from . import data, distributed, errors
 from .backend import set_backend
 from .callbacks import (
     Callback,
@@ -19,7 +19,7 @@ from .callbacks import (
     ReduceLROnPlateau,
     TensorBoard,
 )
-from .core import LAYERS, Layer, manual_seed
+from .core import LAYERS, Layer, manual_seed, register_layer
 from .errors import ShapeError
 from .io import export_gguf, export_onnx, load, load_gguf, to_torch_state_dict
 from .layers import *  # noqa: F403
@@ -39,16 +39,18 @@ from .losses import (
     NLLLoss,
     TripletMarginLoss,
 )
-from .model import Sequential
+from .model import Input, Model, Sequential
 from .optim import (
     OPTIMIZERS,
     SGD,
+    Adagrad,
     Adam,
     AdamW,
     CosineAnnealingLR,
     LinearLR,
     LinearWarmup,
     LRScheduler,
+    NAdam,
     Optimizer,
     RMSprop,
     StepLR,
@@ -59,11 +61,11 @@ __version__ = "0.1.0"
 __all__ = [
     "LAYERS", "LOSSES", "OPTIMIZERS", "SGD", "Adam", "AdamW", "CSVLogger", "Callback", "CrossEntropyLoss",
     "EarlyStopping", "History", "Layer", "Loss", "MSELoss", "ModelCheckpoint", "Optimizer", "ProgressBar",
-    "ReduceLROnPlateau", "Sequential", "TensorBoard", "ShapeError", "backends", "data",
-    "errors", "load", "manual_seed", "set_backend",
+    "ReduceLROnPlateau", "Sequential", "TensorBoard", "Input", "Model", "ShapeError", "backends", "data",
+    "distributed", "errors", "load", "manual_seed", "register_layer", "set_backend",
     "export_gguf", "export_onnx", "load_gguf", "to_torch_state_dict",
     *_layer_names,
     "BCELoss", "BCEWithLogitsLoss", "HuberLoss", "KLDivLoss", "L1Loss", "MarginRankingLoss",
     "MultiMarginLoss", "NLLLoss", "RMSprop", "TripletMarginLoss", "CosineAnnealingLR", "LRScheduler",
-    "LinearLR", "LinearWarmup", "StepLR",
+    "LinearLR", "LinearWarmup", "StepLR", "Adagrad", "NAdam",
 ]

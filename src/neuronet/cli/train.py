@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._optional import require
 from ..callbacks import Callback
 from .config import build_callbacks, build_model, compile_model, load_config
 from .pipeline import Preprocessor, load_dataset
@@ -98,6 +99,11 @@ def run(
     import neuronet as nn
 
     cfg = load_config(config_path)
+    distributed = nn.distributed.launcher() is not None  # under mpiexec/torchrun; rank 0 writes
+    if distributed:
+        nn.distributed.init()
+    lead = nn.distributed.rank() == 0
+    verbose = verbose if lead else 0
     if epochs is not None:
         cfg["training"]["epochs"] = epochs
     out = cfg["output"]
@@ -157,12 +163,15 @@ def run(
         validation_data=validation,
         callbacks=callbacks,
         verbose=verbose,
+        workers=cfg["hardware"]["workers"],
+        distributed=distributed,
     )
     seconds = time.perf_counter() - start
     if getattr(model, "saved_history", None):
         _prepend(history, model.saved_history)
-    model.save(model_path)
-    history.to_csv(str(folder / out["history"]))
+    if lead:
+        model.save(model_path)
+        history.to_csv(str(folder / out["history"]))
     summary = {
         "model": str(model_path),
         "history": str(folder / out["history"]),
@@ -170,14 +179,17 @@ def run(
         "interrupted": stopper.interrupted,
         "epochs": history.epoch[-1] + 1 if history.epoch else getattr(model, "epoch", 0),
     }
-    if stopper.interrupted:
+    if stopper.interrupted and lead:
         print(
             f"saved a checkpoint after epoch {summary['epochs']} to {model_path}; continue with: "
             f"neuronet train {config_path} --resume"
         )
         return summary
     if len(x_test):
-        summary["test"] = model.evaluate(x_test, y_test, batch_size=max(256, cfg["training"]["batch_size"]))
+        summary["test"] = model.evaluate(x_test, y_test, batch_size=max(256, cfg["training"]["batch_size"]),
+                                         distributed=distributed)
+    if not lead:
+        return summary
     if plot or out["plot"]:
         name = out["plot"] if isinstance(out["plot"], str) else "history.png"
         summary["plot"] = str(plot_history(history.history, folder / name, title=run_name(config_path)))
@@ -216,7 +228,7 @@ def export(model, fmt: str, path: Path) -> Path:
 
 def plot_history(history: dict, path: Path, title: str = "") -> Path:
     """Loss and metric curves per epoch (train solid, validation dashed) as a PNG (matplotlib, Agg)."""
-    import matplotlib
+    matplotlib = require("matplotlib", "plot", "plotting the training history")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -9,6 +9,8 @@ grown only when a larger batch arrives, so a steady-state step allocates nothing
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,13 +18,74 @@ from typing import Any
 import numpy as np
 
 from ..backend import Ops, default_ops
-from ..errors import ShapeError
+from ..errors import ConfigError, ShapeError
+from . import graph
 from . import random as nnrandom
 
 Initializer = Callable[[np.random.Generator, tuple, np.dtype], np.ndarray]
 
-# Every Layer subclass by class name: the YAML configs, .nnet files and exporters look them up here.
+# Layer classes by the name files and configs use: neuronet's own public layers (registered on
+# definition) and custom layers registered with ``register_layer``. The YAML configs, .nnet files and
+# exporters look them up here; a user class never lands here by merely subclassing Layer, so it cannot
+# shadow a built-in of the same name.
 LAYERS: dict[str, type[Layer]] = {}
+_NAMES: dict[type, str] = {}  # the reverse map: the name a registered class is saved under
+
+
+def register_layer(cls: type[Layer] | None = None, *, name: str | None = None):
+    """Register a custom layer class so that ``nn.load`` and YAML configs can rebuild it by name.
+
+    Use as ``@nn.register_layer``, ``@nn.register_layer(name="my_pkg.Block")`` or
+    ``nn.register_layer(Block)``; the class is returned unchanged. It is saved under ``name``, by
+    default its class name, or ``"<module>.<ClassName>"`` when a built-in layer already has that name
+    (built-ins are never replaced). Registering again under the same name replaces the previous custom
+    class (a re-run notebook cell). Its ``get_config()`` must return the constructor's arguments.
+    """
+    def add(cls: type[Layer]) -> type[Layer]:
+        if not (isinstance(cls, type) and issubclass(cls, Layer)):
+            raise TypeError(f"register_layer: expected a Layer subclass, got {cls!r}")
+        key = name or cls.__name__
+        holder = LAYERS.get(key)
+        if holder is not None and holder is not cls and _is_builtin(holder):
+            if name is not None:
+                raise ConfigError(f"register_layer: {name!r} is the name of a built-in layer; choose another")
+            key = f"{cls.__module__}.{cls.__name__}"
+        if not all(part.isidentifier() for part in key.split(".")):
+            raise ConfigError(f"register_layer: {key!r} is not a dotted Python name")
+        LAYERS[key] = cls
+        _NAMES[cls] = key
+        return cls
+
+    return add if cls is None else add(cls)
+
+
+def layer_name(cls: type) -> str:
+    """The name ``cls`` is saved under: its registered name, else ``"<module>.<ClassName>"`` (which
+    ``nn.load`` refuses until the class is registered)."""
+    return _NAMES.get(cls) or f"{cls.__module__}.{cls.__name__}"
+
+
+FLOAT_DTYPES = ("float32", "float64")
+
+
+def float_dtype(dtype: Any, who: str) -> np.dtype:
+    """``dtype`` as a NumPy dtype, if it is one neuronet computes in; a ConfigError naming them otherwise."""
+    try:
+        checked = np.dtype(dtype)
+    except TypeError:  # e.g. "bfloat16", which NumPy does not know
+        checked = None
+    if checked is None or checked.name not in FLOAT_DTYPES:
+        raise ConfigError(f"{who}: dtype {str(dtype)!r} is not supported; models compute in "
+                          f"{' or '.join(FLOAT_DTYPES)} on every backend (float16 and bfloat16 are not "
+                          "supported: the kernels and optimizer updates would lose too much precision)")
+    return checked
+
+
+def _is_builtin(cls: type) -> bool:
+    return cls.__module__.split(".")[0] == "neuronet"
+
+# Bumped whenever any layer's ``trainable`` changes, so cached frozen layouts know to look again.
+TRAINABLE_VERSION = 0
 
 
 class Workspace:
@@ -71,10 +134,17 @@ class Layer(Workspace):
     # False while nothing consumes this layer's dL/dx (a model's first trainable layer during
     # train_step): ``backward`` may then skip computing it and return None.
     needs_input_grad: bool = True
+    # Keras's ``name=`` (any layer's constructor takes it): a model's state_dict key for this layer.
+    layer_name: str | None = None
+    _trainable: bool = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        LAYERS[cls.__name__] = cls
+        if _is_builtin(cls) and not cls.__name__.startswith("_"):  # private bases are not layers to name
+            LAYERS[cls.__name__] = cls
+            _NAMES[cls] = cls.__name__
+        if "__init__" in cls.__dict__ and "name" not in inspect.signature(cls.__init__).parameters:
+            cls.__init__ = _accepting_name(cls.__init__)
 
     def __init__(self) -> None:
         self.params: dict[str, Any] = {}
@@ -105,6 +175,8 @@ class Layer(Workspace):
     def add_child(self, name: str, layer: Layer, input_shape: tuple) -> tuple:
         """Build ``layer`` as the sub-layer ``name`` and return its output shape."""
         self.children[name] = layer
+        if not self._trainable:  # frozen before it was built: freeze the children it builds
+            layer.trainable = False
         return layer.build(input_shape, dtype=self.dtype, ops=self.ops, _root=False)
 
     @property
@@ -116,12 +188,12 @@ class Layer(Workspace):
 
         Returns the output shape. A layer built on its own owns its flat parameter array.
         """
-        self.dtype = np.dtype(dtype or self.dtype)
+        self.dtype = float_dtype(dtype or self.dtype, type(self).__name__)
         self.ops = ops or self.ops
         self.children = {}
         self._param_specs = {}
         self._buffer_init = {}
-        self.input_shape = tuple(int(s) for s in input_shape)
+        self.input_shape = _as_shape(input_shape)
         self.output_shape = tuple(self.setup(self.input_shape))
         if _root:
             self._allocate()
@@ -142,6 +214,24 @@ class Layer(Workspace):
 
     def num_params(self) -> int:
         return sum(math.prod(shape) for _, _, _, shape, _ in self.param_specs())
+
+    @property
+    def trainable(self) -> bool:
+        """False freezes this layer and (set on a composite) all its descendants, as Keras' ``trainable``
+        or torch's ``requires_grad_(False)``: backward skips its weight gradients (dL/dx still flows) and
+        the optimizer leaves its weights and their state untouched."""
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        global TRAINABLE_VERSION
+        for _, layer in self.named_layers():
+            layer._trainable = bool(value)
+        TRAINABLE_VERSION += 1  # optimizers and models re-read the frozen layout on their next step
+
+    def num_trainable_params(self) -> int:
+        """Parameters of the layers whose ``trainable`` is True (those the optimizer updates)."""
+        return sum(math.prod(shape) for _, owner, _, shape, _ in self.param_specs() if owner.trainable)
 
     def _allocate(self) -> None:
         """Allocate the flat arrays, carve every view and initialise (root only)."""
@@ -257,7 +347,12 @@ class Layer(Workspace):
         raise NotImplementedError
 
     def __call__(self, x, training: bool = False):
-        """Standalone use: build from the first input if needed, then forward."""
+        """Standalone use: build from the first input if needed, then forward.
+
+        On symbolic tensors (``nn.Input``) it records a graph node for ``nn.Model`` instead.
+        """
+        if graph.is_symbolic(x):
+            return graph.call_layer(self, x)
         if not self.built:
             self.build(tuple(x.shape[1:]))
         return self.forward(self.ops.asarray(x), training=training)
@@ -278,6 +373,25 @@ class Layer(Workspace):
     def get_config(self) -> dict:
         """Constructor arguments, for files and configs: ``type(self)(**get_config())`` rebuilds it."""
         return {}
+
+
+def _accepting_name(init: Callable) -> Callable:
+    """Wrap a layer constructor so that it also takes Keras's ``name=`` (kept as ``layer_name``)."""
+    @functools.wraps(init)
+    def __init__(self, *args, name: str | None = None, **kwargs):
+        init(self, *args, **kwargs)
+        if name is not None:
+            if not isinstance(name, str) or not name.isidentifier():
+                raise ValueError(f"{type(self).__name__}: name must be an identifier, got {name!r}")
+            self.layer_name = name
+    return __init__
+
+
+def _as_shape(shape) -> tuple:
+    """A shape as a tuple of ints, or a tuple of such shapes for a layer of several inputs."""
+    if len(shape) and isinstance(shape[0], (tuple, list)):
+        return tuple(_as_shape(s) for s in shape)
+    return tuple(int(s) for s in shape)
 
 
 def _dims(shape: tuple) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .._atomic import atomic_path
+from .._optional import require
 from ..core.layer import Layer
 from .nnet import build_layer, describe
 
@@ -41,7 +42,7 @@ def export_gguf(model: Layer, path: str | Path, dtype: str = "f32", *, name: str
         dtype: storage type of tensors with two or more dimensions: "f32", "f16" or "q8_0".
         name: ``general.name`` (default: the model's class name).
     """
-    import gguf
+    gguf = require("gguf", "gguf", "export_gguf")
 
     if dtype not in WEIGHT_TYPES:
         raise ValueError(f"export_gguf: dtype must be one of {', '.join(WEIGHT_TYPES)}, got {dtype!r}")
@@ -54,7 +55,8 @@ def export_gguf(model: Layer, path: str | Path, dtype: str = "f32", *, name: str
         writer = gguf.GGUFWriter(tmp, ARCH)
         writer.add_name(name or type(model).__name__)
         writer.add_string(f"{ARCH}.config", json.dumps(config))
-        writer.add_array(f"{ARCH}.input_shape", [int(s) for s in model.input_shape])
+        if isinstance(model.input_shape[0], int):  # (a model of several inputs has them in the config)
+            writer.add_array(f"{ARCH}.input_shape", [int(s) for s in model.input_shape])
         writer.add_string(f"{ARCH}.dtype", str(model.dtype))
         writer.add_string(f"{ARCH}.weight_type", dtype)
         writer.add_uint64(f"{ARCH}.param_count", int(model.num_params()))
@@ -100,7 +102,7 @@ def read_gguf_tensors(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
 
     Quantised tensors are dequantised; shapes are NumPy's (outermost first).
     """
-    import gguf
+    gguf = require("gguf", "gguf", "load_gguf")
 
     reader = _open(gguf, path)
     field = reader.fields.get(f"{ARCH}.config")
@@ -134,9 +136,12 @@ def load_gguf(path: str | Path) -> Layer:
     config, tensors = read_gguf_tensors(path)
     model = build_layer(config.get("model"), f"load_gguf: {str(path)!r}: {ARCH}.config model")
     shape = config.get("input_shape")
-    if not isinstance(shape, list) or not all(isinstance(s, int) and s > 0 for s in shape):
+    several = isinstance(shape, list) and bool(shape) and all(isinstance(s, list) for s in shape)
+    if not isinstance(shape, list) or not all(
+            isinstance(s, list) and all(isinstance(d, int) and d > 0 for d in s)
+            for s in (shape if several else [shape])):
         raise ValueError(f"load_gguf: {str(path)!r}: bad input_shape {shape!r} in {ARCH}.config")
-    model.build(tuple(shape))
+    model.build(tuple(tuple(s) for s in shape) if several else tuple(shape))
     expected = model.state_dict()
     state = {}
     for key, value in tensors.items():

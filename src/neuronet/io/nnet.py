@@ -15,6 +15,7 @@ holds the JSON metadata:
                       "layers": [{"type": "Dense", "config": {...}}, ...]}
     input_shape      [64]            (no batch dimension)
     dtype            "float32"
+    frozen           ["0", "2.attn"]  layers with trainable=False, by state_dict prefix ("" the model)
     compile          {"optimizer": {"type", "config", "iterations", "initial_lr", "state": [names]},
                       "loss": {"type", "config"}, "metrics": [...]}   or null
     training         {"epoch": epochs completed, "rng_state": the global generator's state, "history": {...}}
@@ -37,7 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from .._atomic import atomic_path
-from ..core.layer import LAYERS
+from ..core import layer as layer_module
+from ..core.layer import LAYERS, layer_name
 from ..errors import NnetFormatError
 
 FORMAT_VERSION = 1
@@ -81,6 +83,7 @@ def save(model, path: str | os.PathLike, extra: dict | None = None) -> None:
         "architecture": describe(model),
         "input_shape": list(model.input_shape),
         "dtype": str(model.dtype),
+        "frozen": [prefix.rstrip(".") for prefix, layer in model.named_layers() if not layer.trainable],
         "compile": compile_info,
         "training": {
             "epoch": int(epoch),
@@ -100,11 +103,21 @@ def save(model, path: str | os.PathLike, extra: dict | None = None) -> None:
 
 
 def describe(layer) -> dict:
-    """{"type", "config"} of a layer, plus "layers" (its children, in order) for a Sequential."""
-    node = {"type": type(layer).__name__, "config": layer.get_config()}
-    if isinstance(layer, LAYERS["Sequential"]):
+    """{"type", "config"} of a layer, plus "layers" (its children, in order) for a Sequential, a
+    Residual or a Model, "graph" (JSON nodes and edges) for a Model and "name" for a named layer."""
+    node = {"type": layer_name(type(layer)), "config": layer.get_config()}
+    if layer.layer_name:
+        node["name"] = layer.layer_name
+    if _takes_layers(type(layer)):
         node["layers"] = [describe(child) for child in layer.layers]
+    if hasattr(layer, "graph_config"):
+        node["graph"] = layer.graph_config()
     return node
+
+
+def _takes_layers(cls) -> bool:
+    """Classes made of layers: Sequential(*layers), Residual(block), Model.from_graph(layers, graph)."""
+    return issubclass(cls, (LAYERS["Sequential"], LAYERS["Residual"])) or hasattr(cls, "from_graph")
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -218,19 +231,23 @@ def load(path: str | os.PathLike, device: str | None = None, restore_rng: bool =
         raise NnetFormatError(f"{where}: format_version {meta.get('format_version')!r} is not supported "
                               f"(this neuronet reads version {FORMAT_VERSION})")
     input_shape = _field(meta, "input_shape", list, where)
-    if not input_shape or not _int_list(input_shape, 8) or not all(0 < s < 2**31 for s in input_shape):
-        raise NnetFormatError(f"{where}: input_shape must be a list of 1 to 8 positive integers, "
-                              f"got {input_shape!r}")
+    several = bool(input_shape) and all(isinstance(s, list) for s in input_shape)  # a model of several inputs
+    if not all(s and _int_list(s, 8) and all(0 < d < 2**31 for d in s)
+               for s in (input_shape if several else [input_shape])) or len(input_shape) > 64:
+        raise NnetFormatError(f"{where}: input_shape must be a list of 1 to 8 positive integers (or a list "
+                              f"of such lists, one per input), got {input_shape!r:.200}")
+    input_shape = tuple(tuple(s) for s in input_shape) if several else tuple(input_shape)
     dtype = _field(meta, "dtype", str, where)
     if dtype not in _FLOAT_DTYPES:
         raise NnetFormatError(f"{where}: dtype {dtype!r} is not one of {', '.join(_FLOAT_DTYPES)}")
     model = build_layer(_field(meta, "architecture", dict, where), f"{where}: architecture")
     try:
-        model.build(tuple(input_shape), dtype, get_ops(device) if device else None, _root=False)
+        model.build(input_shape, dtype, get_ops(device) if device else None, _root=False)
     except (ValueError, TypeError, KeyError, IndexError) as e:
         raise NnetFormatError(f"{where}: the architecture does not build for input shape {input_shape}: {e}"
                               ) from None
 
+    _set_frozen(model, meta.get("frozen") or [], where)
     compile_info = meta.get("compile")
     opt_state = {}
     if compile_info is not None:
@@ -264,6 +281,17 @@ def load(path: str | os.PathLike, device: str | None = None, restore_rng: bool =
     return model
 
 
+def _set_frozen(model, frozen, where: str) -> None:
+    """Restore every layer's ``trainable`` flag from the prefixes of the frozen ones."""
+    layers = {prefix.rstrip("."): layer for prefix, layer in model.named_layers()}
+    if not isinstance(frozen, list) or not all(isinstance(p, str) and p in layers for p in frozen):
+        raise NnetFormatError(f"{where}: metadata 'frozen' must list layer names of the model, "
+                              f"got {frozen!r:.120}")
+    for prefix, layer in layers.items():  # each flag alone: the setter would also set the descendants'
+        layer._trainable = prefix not in frozen
+    layer_module.TRAINABLE_VERSION += 1
+
+
 def _field(d: dict, key: str, kind: type, where: str):
     value = d.get(key)
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
@@ -285,19 +313,31 @@ def build_layer(node: dict, where: str, depth: int = 0):
             not isinstance(node.get("config", {}), dict):
         raise NnetFormatError(f"{where}: expected {{'type': name, 'config': {{...}}}}, got {node!r:.120}")
     name, config = node["type"], node.get("config", {})
-    cls = LAYERS.get(name) if name.isidentifier() and not name.startswith("_") else None
+    cls = LAYERS.get(name) if all(part.isidentifier() for part in name.split(".")) else None
     if cls is None:
-        raise NnetFormatError(f"{where}: unknown layer class {name[:80]!r} (not a registered neuronet layer)")
+        short = name.rsplit(".", 1)[-1][:80]
+        raise NnetFormatError(f"{where}: unknown layer class {name[:80]!r}: not a built-in layer nor a "
+                              f"registered one. If it is your own class, register it before loading: "
+                              f"decorate it with @nn.register_layer (or call nn.register_layer({short})) "
+                              "and import its module first")
     children = node.get("layers")
-    if (children is not None) != issubclass(cls, LAYERS["Sequential"]):
-        raise NnetFormatError(f"{where}: 'layers' is required for a Sequential and allowed only there")
+    if (children is not None) != _takes_layers(cls):
+        raise NnetFormatError(f"{where}: 'layers' is required for a Sequential, Residual or Model and "
+                              "allowed only there")
+    label = node.get("name")
+    if label is not None and not (isinstance(label, str) and label.isidentifier() and len(label) <= 128):
+        raise NnetFormatError(f"{where}: layer name must be an identifier, got {label!r:.80}")
     try:
         if children is None:
-            return cls(**config)
-        if not isinstance(children, list):
-            raise NnetFormatError(f"{where}: 'layers' must be a list")
-        layers = [build_layer(c, f"{where}.layers[{i}]", depth + 1) for i, c in enumerate(children)]
-        return cls(*layers, **config)
+            layer = cls(**config)
+        else:
+            if not isinstance(children, list):
+                raise NnetFormatError(f"{where}: 'layers' must be a list")
+            layers = [build_layer(c, f"{where}.layers[{i}]", depth + 1) for i, c in enumerate(children)]
+            layer = cls.from_graph(layers, node.get("graph"), **config) if hasattr(cls, "from_graph") \
+                else cls(*layers, **config)
+        layer.layer_name = label
+        return layer
     except NnetFormatError:
         raise
     except (TypeError, ValueError, KeyError, OverflowError) as e:

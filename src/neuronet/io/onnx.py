@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .._atomic import atomic_path
+from .._optional import require
 from ..core.layer import Layer, ShapeError
 
 OPSET = 17
@@ -97,19 +98,29 @@ def convert_layer(g: OnnxGraph, layer: Layer, x: str, prefix: str) -> str:
     return fn(g, layer, x, prefix)
 
 
-def export_onnx(model: Layer, path: str | Path, input_shape: tuple, *, opset: int = OPSET) -> Path:
+def export_onnx(model: Layer, path: str | Path, input_shape: tuple | None = None, *,
+                opset: int = OPSET) -> Path:
     """Write ``model`` as an ONNX file that onnxruntime runs unchanged; returns the path.
 
     Args:
-        model: a Sequential (or a single layer); built from ``input_shape`` when not built yet.
+        model: a Sequential, a Model (or a single layer); built from ``input_shape`` when not built yet.
         path: the ``.onnx`` file, written atomically (nothing is left behind on error).
-        input_shape: the input shape without the batch dimension, which stays dynamic.
+        input_shape: the input shape without the batch dimension, which stays dynamic (a list of
+            shapes for a model of several inputs; optional for a built model).
         opset: the ONNX opset (17 or newer).
+
+    The graph's inputs and outputs are "input" and "output", or "input_0", "input_1", ... and
+    "output_0", ... for a functional model of several inputs or outputs.
     """
-    import onnx
+    onnx = require("onnx", "onnx", "export_onnx")
     from onnx import TensorProto, helper
 
-    input_shape = tuple(int(s) for s in input_shape)
+    if input_shape is None:
+        model._require_built("export_onnx without input_shape")
+        input_shape = model.input_shape
+    several = bool(input_shape) and isinstance(input_shape[0], (tuple, list))
+    input_shape = tuple(tuple(int(d) for d in s) for s in input_shape) if several else \
+        tuple(int(s) for s in input_shape)
     if not model.built:
         model.build(input_shape)
     elif tuple(model.input_shape) != input_shape:
@@ -118,13 +129,21 @@ def export_onnx(model: Layer, path: str | Path, input_shape: tuple, *, opset: in
     if opset < OPSET:
         raise ValueError(f"export_onnx: opset must be {OPSET} or newer (LayerNormalization), got {opset}")
     g = OnnxGraph(opset)
-    x = convert_layer(g, model, "input", "")
-    g.nodes.append(helper.make_node("Identity", [x], ["output"], name="output"))
+    in_shapes = list(input_shape) if several else [input_shape]
+    in_names = [f"input_{i}" for i in range(len(in_shapes))] if several else ["input"]
+    y = convert_layer(g, model, in_names if several else in_names[0], "")
+    outs = y if isinstance(y, list) else [y]
+    out_shapes = list(model.output_shape) if isinstance(y, list) else [model.output_shape]
+    out_names = [f"output_{i}" for i in range(len(outs))] if isinstance(y, list) else ["output"]
+    for value, name in zip(outs, out_names, strict=True):
+        g.nodes.append(helper.make_node("Identity", [value], [name], name=name))
     in_type = TensorProto.INT64 if type(_first_leaf(model)).__name__ in INTEGER_INPUT else TensorProto.FLOAT
     graph = helper.make_graph(
         g.nodes, "neuronet",
-        [helper.make_tensor_value_info("input", in_type, ["batch", *input_shape])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", *model.output_shape])],
+        [helper.make_tensor_value_info(n, in_type, ["batch", *s])
+         for n, s in zip(in_names, in_shapes, strict=True)],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", *s])
+         for n, s in zip(out_names, out_shapes, strict=True)],
         initializer=g.initializers)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="neuronet", doc_string=repr(model))
@@ -212,6 +231,39 @@ def _sequential(g, layer, x, prefix):
     for name, child in layer.children.items():
         x = convert_layer(g, child, x, f"{prefix}{name}.")
     return x
+
+
+@converter("Model")
+def _model(g, layer, x, prefix):
+    """A functional model: its calls in order over named values (x is a list for several inputs)."""
+    graph = layer.graph_config()
+    values = list(x) if isinstance(x, list) else [x]
+    for node in graph["nodes"]:
+        args = [values[t] for t in node["inputs"]]
+        child = layer.layers[node["layer"]]
+        values.append(convert_layer(g, child, args if node["list"] else args[0],
+                                    f"{prefix}{layer.layer_keys[node['layer']]}."))
+    outs = [values[t] for t in graph["outputs"]]
+    return outs if graph["multi_output"] else outs[0]
+
+
+@converter("Add", "Multiply")
+def _merge(g, layer, xs, prefix):
+    op = "Add" if type(layer).__name__ == "Add" else "Mul"
+    y = xs[0]
+    for x in xs[1:]:
+        y = g.op(op, y, x)
+    return y
+
+
+@converter("Concatenate")
+def _concatenate(g, layer, xs, prefix):
+    return g.op("Concat", *xs, axis=layer.axis)
+
+
+@converter("Residual")
+def _residual(g, layer, x, prefix):
+    return g.op("Add", x, convert_layer(g, layer.block, x, f"{prefix}block."))
 
 
 @converter("Dense")
@@ -385,22 +437,62 @@ ONNX_CONVERTERS["MoEExpert"] = _sequential  # linear1 then linear2, in child ord
 def _conv(g, layer, x, prefix):
     cfg = layer.get_config()
     nd = len(layer.input_shape) - 1
-    pads = _ntuple(cfg.get("padding", 0), nd)
+    kernel, dilation = _ntuple(cfg["kernel_size"], nd), _ntuple(cfg.get("dilation", 1), nd)
+    padding = cfg.get("padding", 0)
+    if padding == "same":  # PyTorch's split: the odd one after
+        before = [d * (k - 1) // 2 for k, d in zip(kernel, dilation, strict=True)]
+        pads = before + [d * (k - 1) - b for k, d, b in zip(kernel, dilation, before, strict=True)]
+    else:
+        pads = _ntuple(0 if padding == "valid" else padding, nd) * 2
     inputs = [g.param(layer, prefix, key) for key in ("weight", "bias") if key in layer.params]
-    y = g.op("Conv", x, *inputs, kernel_shape=_ntuple(cfg["kernel_size"], nd),
-             strides=_ntuple(cfg.get("stride", 1), nd), pads=pads + pads)
+    y = g.op("Conv", x, *inputs, kernel_shape=kernel, strides=_ntuple(cfg.get("stride", 1), nd), pads=pads,
+             dilations=dilation, group=cfg.get("groups", 1))
     return activation(g, cfg.get("activation") or "linear", y)
 
 
-@converter("MaxPool2D", "AvgPool2D")
+@converter("ConvTranspose2D")
+def _conv_transpose(g, layer, x, prefix):
+    cfg = layer.get_config()
+    pads, extra = _pair(cfg["padding"]), _pair(cfg["output_padding"])
+    attrs = dict(kernel_shape=_pair(cfg["kernel_size"]), strides=_pair(cfg["stride"]),
+                 dilations=_pair(cfg["dilation"]), group=cfg["groups"])
+    has_bias = "bias" in layer.params
+    if all(e < s for e, s in zip(extra, attrs["strides"], strict=True)):
+        bias = [g.param(layer, prefix, "bias")] if has_bias else []
+        return g.op("ConvTranspose", x, g.param(layer, prefix, "weight"), *bias, pads=pads * 2,
+                    output_padding=extra, **attrs)
+    # onnxruntime takes output_padding < stride only: cut less at the end instead, zeros past the
+    # full output (no input reaches them), then the bias.
+    end = [max(p - e, 0) for p, e in zip(pads, extra, strict=True)]
+    y = g.op("ConvTranspose", x, g.param(layer, prefix, "weight"), pads=pads + end, **attrs)
+    after = [max(e - p, 0) for p, e in zip(pads, extra, strict=True)]
+    y = g.op("Pad", y, g.ints("pads", [0, 0, 0, 0, 0, 0, *after]))
+    if not has_bias:
+        return y
+    return g.op("Add", y, g.param(layer, prefix, "bias", lambda b: b.reshape(-1, 1, 1), ".reshape"))
+
+
+@converter("MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D")
 def _pool(g, layer, x, prefix):
     cfg = layer.get_config()
-    kernel = _pair(cfg["kernel_size"])
-    stride = kernel if cfg.get("stride") is None else _pair(cfg["stride"])
-    pads = _pair(cfg.get("padding", 0))
-    if type(layer).__name__ == "MaxPool2D":
-        return g.op("MaxPool", x, kernel_shape=kernel, strides=stride, pads=pads + pads)
-    return g.op("AveragePool", x, kernel_shape=kernel, strides=stride, pads=pads + pads, count_include_pad=1)
+    nd = len(layer.input_shape) - 1
+    kernel = _ntuple(cfg["kernel_size"], nd)
+    stride = kernel if cfg.get("stride") is None else _ntuple(cfg["stride"], nd)
+    pads = _ntuple(cfg.get("padding", 0), nd) * 2
+    ceil = int(cfg.get("ceil_mode", False))
+    if type(layer).__name__.startswith("Max"):
+        return g.op("MaxPool", x, kernel_shape=kernel, strides=stride, pads=pads, ceil_mode=ceil)
+    return g.op("AveragePool", x, kernel_shape=kernel, strides=stride, pads=pads, ceil_mode=ceil,
+                count_include_pad=int(cfg.get("count_include_pad", True)))
+
+
+@converter("Upsample")
+def _upsample(g, layer, x, prefix):
+    scales = g.const("scales", [1.0, 1.0, *layer.scale_factor])
+    if layer.mode == "nearest":  # output i reads input floor(i / scale)
+        return g.op("Resize", x, "", scales, mode="nearest", coordinate_transformation_mode="asymmetric",
+                    nearest_mode="floor")
+    return g.op("Resize", x, "", scales, mode="linear", coordinate_transformation_mode="pytorch_half_pixel")
 
 
 @converter("GlobalAvgPool2D")
