@@ -10,6 +10,7 @@ from neuronet.backend import blas_threads, get_ops
 def test_small_products_run_single_threaded_and_large_ones_restore_the_count(monkeypatch):
     set_threads, get_threads = blas_threads._LIB
     before = get_threads()
+    monkeypatch.setattr(blas_threads, "_saved", [])  # whatever earlier products left
     set_threads(2)
     try:
         ops = get_ops("numpy")
@@ -21,5 +22,4 @@ def test_small_products_run_single_threaded_and_large_ones_restore_the_count(mon
         ops.matmul(a, b, out)
         assert get_threads() == 2
     finally:
-        blas_threads._saved.clear()
         set_threads(before)
