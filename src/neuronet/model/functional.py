@@ -58,8 +58,9 @@ class Model(Trainer, Layer):
     """A graph of layers from ``inputs`` to ``outputs`` (symbolic tensors, or lists of them).
 
     Args:
-        inputs: ``nn.Input(...)`` tensors, one or a list.
-        outputs: tensors computed from them by calling layers, one or a list.
+        inputs (SymbolicTensor | list[SymbolicTensor]): ``nn.Input(...)`` tensors, one or a list.
+        outputs (SymbolicTensor | list[SymbolicTensor]): tensors computed from them by calling layers,
+            one or a list.
         dtype (str, optional): "float32" (default) or "float64" for everything in the model.
 
     ``forward`` takes one array or a list (one per input) and returns one array or a list (one per
