@@ -67,6 +67,12 @@ def pytorch(mode: str):
     return build
 
 
+def forward_flops(n: int) -> float:
+    """conv1 (1->32, 3x3 on 28x28), conv2 (32->64, 3x3 on 14x14), fc 3136->128->10."""
+    return 2.0 * n * (28 * 28 * 32 * 9 + 14 * 14 * 64 * 32 * 9 + 3136 * 128 + 128 * 10)
+
+
+FLOPS = {"train": harness.training_flops(forward_flops(TRAIN_BATCH)), "predict": forward_flops(PREDICT_BATCH)}
 TITLES = {"train": f"MNIST CNN, batch {TRAIN_BATCH}, Adam, float32 (training step)",
           "predict": f"MNIST CNN, batch {PREDICT_BATCH}, float32 (inference: predict)"}
 
@@ -82,4 +88,4 @@ if __name__ == "__main__":
     modes = [os.environ["NEURONET_BENCH_MODE"]] if "NEURONET_BENCH_MODE" in os.environ else list(TITLES)
     for mode in modes:
         os.environ["NEURONET_BENCH_MODE"] = mode  # the per-engine child processes inherit it
-        harness.main(engines(mode), TITLES[mode], steps=30, warmup=5)
+        harness.main(engines(mode), TITLES[mode], steps=30, warmup=5, flops=FLOPS[mode])

@@ -23,43 +23,61 @@ def _data():
     return rng.integers(0, VOCAB, (BATCH, BLOCK)), rng.integers(0, VOCAB, (BATCH, BLOCK))
 
 
-neuronet = harness.neuronet_training(lambda nn: nn.Sequential(
-    nn.Embedding(VOCAB, DIM), nn.PositionalEncoding(BLOCK, DIM, learned=True),
-    *[nn.TransformerBlock(DIM, HEADS, FF, causal=True) for _ in range(LAYERS)],
-    nn.LayerNorm(DIM), nn.Dense(DIM, VOCAB)), _data, optimizer="AdamW")
+def neuronet_gpt(vocab: int, block: int, layers: int, heads: int, dim: int, ff: int, dropout: float = 0.0):
+    """make_model(nn) for harness.neuronet_training: embeddings, pre-norm causal blocks, LayerNorm, head."""
+    def make(nn):
+        return nn.Sequential(
+            nn.Embedding(vocab, dim), nn.PositionalEncoding(block, dim, learned=True),
+            *([nn.Dropout(dropout)] if dropout else []),
+            *[nn.TransformerBlock(dim, heads, ff, causal=True, dropout=dropout) for _ in range(layers)],
+            nn.LayerNorm(dim), nn.Dense(dim, vocab))
+    return make
 
 
-def pytorch():
-    import torch
+def pytorch_gpt(data, vocab: int, block: int, layers: int, heads: int, dim: int, ff: int,
+                dropout: float = 0.0):
+    """build() of the same GPT's training step in PyTorch (AdamW, lr 1e-3)."""
+    def build():
+        import torch
 
-    class GPT(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.tok = torch.nn.Embedding(VOCAB, DIM)
-            self.pos = torch.nn.Parameter(torch.randn(BLOCK, DIM) * 0.02)
-            self.blocks = torch.nn.ModuleList(
-                torch.nn.TransformerEncoderLayer(DIM, HEADS, FF, dropout=0.0, activation="gelu",
-                                                 batch_first=True, norm_first=True) for _ in range(LAYERS))
-            self.norm = torch.nn.LayerNorm(DIM)
-            self.head = torch.nn.Linear(DIM, VOCAB)
-            self.register_buffer("mask", torch.nn.Transformer.generate_square_subsequent_mask(BLOCK))
+        class GPT(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.tok = torch.nn.Embedding(vocab, dim)
+                self.pos = torch.nn.Parameter(torch.randn(block, dim) * 0.02)
+                self.drop = torch.nn.Dropout(dropout)
+                self.blocks = torch.nn.ModuleList(torch.nn.TransformerEncoderLayer(
+                    dim, heads, ff, dropout=dropout, activation="gelu", batch_first=True, norm_first=True)
+                    for _ in range(layers))
+                self.norm = torch.nn.LayerNorm(dim)
+                self.head = torch.nn.Linear(dim, vocab)
+                self.register_buffer("mask", torch.nn.Transformer.generate_square_subsequent_mask(block))
 
-        def forward(self, idx):
-            h = self.tok(idx) + self.pos[: idx.shape[1]]
-            for block in self.blocks:
-                h = block(h, src_mask=self.mask, is_causal=True)
-            return self.head(self.norm(h))
+            def forward(self, idx):
+                h = self.drop(self.tok(idx) + self.pos[: idx.shape[1]])
+                for layer in self.blocks:
+                    h = layer(h, src_mask=self.mask, is_causal=True)
+                return self.head(self.norm(h))
 
-    x, y = (torch.from_numpy(a) for a in _data())
-    model = GPT()
-    opt = torch.optim.AdamW(model.parameters(), 1e-3)
-    cross_entropy = torch.nn.CrossEntropyLoss()
-    return harness.torch_training_step(
-        model, opt, x, y, lambda logits, target: cross_entropy(logits.reshape(-1, VOCAB), target.reshape(-1)))
+        x, y = (torch.from_numpy(a) for a in data())
+        model = GPT()
+        opt = torch.optim.AdamW(model.parameters(), 1e-3)
+        cross_entropy = torch.nn.CrossEntropyLoss()
+        return harness.torch_training_step(
+            model, opt, x, y, lambda logits, target: cross_entropy(logits.reshape(-1, vocab),
+                                                                   target.reshape(-1)))
+    return build
+
+
+SHAPE = dict(vocab=VOCAB, block=BLOCK, layers=LAYERS, heads=HEADS, dim=DIM, ff=FF)
+neuronet = harness.neuronet_training(neuronet_gpt(**SHAPE), _data, optimizer="AdamW")
+pytorch = pytorch_gpt(_data, **SHAPE)
 
 
 ENGINES = harness.standard_engines(neuronet, pytorch)
 
 if __name__ == "__main__":
     harness.main(ENGINES, "char GPT 4 x (128 wide, 4 heads, ff 512), block 64, batch 12, AdamW, float32 "
-                 "(training step)", steps=30, warmup=5)
+                 "(training step)", steps=30, warmup=5,
+                 flops=harness.training_flops(
+                     harness.transformer_forward_flops(BATCH, BLOCK, DIM, FF, LAYERS, VOCAB)))

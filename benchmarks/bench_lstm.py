@@ -45,4 +45,6 @@ def pytorch():
 ENGINES = harness.standard_engines(neuronet, pytorch)
 
 if __name__ == "__main__":
-    harness.main(ENGINES, "LSTM 28x28 -> 128 -> 10 (sequential MNIST), batch 64, Adam, float32 (train step)")
+    harness.main(ENGINES, "LSTM 28x28 -> 128 -> 10 (sequential MNIST), batch 64, Adam, float32 (train step)",
+                 flops=harness.training_flops(
+                     2 * BATCH * (STEPS * 4 * HIDDEN * (FEATURES + HIDDEN) + HIDDEN * CLASSES)))

@@ -31,4 +31,5 @@ def pytorch():
 ENGINES = harness.standard_engines(neuronet, pytorch)
 
 if __name__ == "__main__":
-    harness.main(ENGINES, "MLP 784-512-256-10, batch 128, Adam, float32 (training step)")
+    harness.main(ENGINES, "MLP 784-512-256-10, batch 128, Adam, float32 (training step)",
+                 flops=harness.training_flops(2 * BATCH * (784 * 512 + 512 * 256 + 256 * 10)))

@@ -60,4 +60,6 @@ ENGINES = harness.standard_engines(neuronet, pytorch)
 
 if __name__ == "__main__":
     harness.main(ENGINES, "MoE Dense(64,64) -> top-2 of 4 experts (64-256-64 GELU) -> Dense(64,10), "
-                          "batch 256, Adam (training step)")
+                          "batch 256, Adam (training step)",
+                 flops=harness.training_flops(
+                     2 * BATCH * (DIM * DIM + DIM * EXPERTS + TOP_K * 2 * DIM * HIDDEN + DIM * CLASSES)))

@@ -18,6 +18,8 @@ __all__ = ["ACTIVATIONS", "OUTPUT_DERIVATIVE", "Ops", "NumpyOps", "Spans", "avai
            "get_ops", "ops_for_array", "set_backend", "default_ops"]
 
 _default = os.environ.get("NEURONET_BACKEND", "numpy")
+# The device "torch" names (default "cpu"): benchmarks/gpu_check.py runs the torch-backend tests with "cuda".
+_TORCH_DEVICE = os.environ.get("NEURONET_TORCH_DEVICE", "cpu")
 
 
 def _canonical(name: str) -> str:
@@ -26,7 +28,9 @@ def _canonical(name: str) -> str:
         return "numpy"
     if name == "reference":
         return name
-    if name in ("torch", "torch-cpu", "torch:cpu"):
+    if name == "torch":
+        return f"torch:{_TORCH_DEVICE}"
+    if name in ("torch-cpu", "torch:cpu"):
         return "torch:cpu"
     if name.startswith("cuda") or name == "mps":
         return "torch:" + name
@@ -92,5 +96,5 @@ def ops_for_array(x) -> Ops:
     """The ops object an array lives on: NumPy for ndarrays, torch on the tensor's device otherwise."""
     if type(x).__module__.startswith("torch"):
         device = str(x.device)
-        return get_ops("torch" if device == "cpu" else device)
+        return get_ops("torch:cpu" if device == "cpu" else device)
     return get_ops("numpy")

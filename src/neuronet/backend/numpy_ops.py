@@ -7,7 +7,7 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from . import conv_kernels, kernels, optim_kernels, rnn_kernels
+from . import blas_threads, conv_kernels, kernels, optim_kernels, rnn_kernels
 from .ops import DEFAULT_ALPHA, Ops
 
 
@@ -29,6 +29,19 @@ class NumpyOps(Ops):
     xp = np
     name = "numpy"
     device = "cpu"
+
+    # ----------------------------------------------------------------- matrix products
+    # Small 2-D products run on one OpenBLAS thread (see blas_threads: the LSTM step 4-10x faster on 2
+    # loaded cores). Stacked products (attention heads) leave the thread count as it is: switching
+    # back and forth inside the GPT step measured no gain.
+    def matmul(self, a, b, out):
+        if a.ndim == 2 and b.ndim == 2:
+            blas_threads.before_product(a.shape[0], a.shape[1], b.shape[1])
+        return np.matmul(a, b, out=out)
+
+    def matmul_acc(self, a, b, out, scratch=None):
+        blas_threads.before_product(a.shape[0], a.shape[1], b.shape[1])
+        super().matmul_acc(a, b, out, scratch)
 
     # ----------------------------------------------------------------- primitives
     def where(self, cond, a, b, out):

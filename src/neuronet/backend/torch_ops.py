@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import kernels, rnn_kernels
 from .ops import DEFAULT_ALPHA, Ops
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
@@ -251,23 +252,53 @@ class TorchOps(Ops):
         dbias += gb
         return dx
 
+    # Forward: in place in ``out`` with a cached causal mask, no allocation (torch's vectorised softmax
+    # took ~5 % less CPU in the char-GPT step than the Numba kernel on the same memory). Backward on the
+    # CPU: the fused Numba kernel (no (N, H, T, T) temporaries); elsewhere torch ops.
     def attention_softmax(self, scores, out, causal, scale=1.0):
-        scores = scores * scale
+        t = scores.shape[-1]
+        torch.mul(scores, scale, out=out)
         if causal:
-            t = scores.shape[-1]
-            mask = torch.ones(t, t, dtype=torch.bool, device=scores.device).triu_(1)
-            scores.masked_fill_(mask, float("-inf"))
-        out.copy_(torch.softmax(scores, dim=-1))
-        return out
+            out.masked_fill_(self._causal_mask(t, out.device), float("-inf"))
+        return torch.ops.aten._softmax.out(out, -1, False, out=out)
 
     def attention_softmax_backward(self, dprobs, probs, out, scale=1.0):
+        t = probs.shape[-1]
+        if _numba_ok(probs) and all(a.is_contiguous() for a in (dprobs, probs, out)):
+            kernels.softmax_rows_backward(*_host(dprobs.view(-1, t), probs.view(-1, t), out.view(-1, t)),
+                                          False, scale)
+            return out
         rowsum = (dprobs * probs).sum(dim=-1, keepdim=True)
         torch.mul(probs, dprobs - rowsum, out=out)
         out *= scale
         return out
 
+    def _causal_mask(self, t: int, device):
+        """(t, t) bool, True above the diagonal; made once per size and device."""
+        cache = self.__dict__.setdefault("_mask_cache", {})
+        key = (t, str(device))
+        if key not in cache:
+            cache[key] = torch.ones(t, t, dtype=torch.bool, device=device).triu_(1)
+        return cache[key]
+
     # ----------------------------------------------------------------- recurrent cells (LSTM, GRU)
+    # On the CPU the cells run the NumPy backend's fused Numba kernels on the tensors' own memory
+    # (``Tensor.numpy()`` shares it): one pass instead of ~10 dispatched torch ops per step, 3.8x less
+    # CPU time per cell forward + backward at N=64, H=128. On CUDA the forward cells are PyTorch's
+    # fused ``_thnn_fused_*_cell`` kernels (what nn.LSTM/nn.GRU run there), the GRU backward too; the
+    # LSTM backward stays in torch ops (its fused kernel wants c_t, which this interface does not pass).
     def lstm_cell(self, gates, gh, bias, c_prev, c, tanh_c, h):
+        if _numba_ok(gates):
+            rnn_kernels.lstm_cell_forward(*_host(gates, gh, bias, c_prev, c, tanh_c, h))
+            return
+        if gates.is_cuda:
+            fused = torch.ops.aten._thnn_fused_lstm_cell
+            hy, cy, act = fused(gates, gh, c_prev, bias, self._zeros_like(bias))
+            gates.copy_(act)
+            c.copy_(cy)
+            torch.tanh(cy, out=tanh_c)
+            h.copy_(hy)
+            return
         hid = c.shape[1]
         gates += gh
         gates += bias
@@ -281,6 +312,9 @@ class TorchOps(Ops):
         torch.mul(o, tanh_c, out=h)
 
     def lstm_cell_backward(self, gates, c_prev, tanh_c, dh, dc, dgates):
+        if _numba_ok(gates):
+            rnn_kernels.lstm_cell_backward(*_host(gates, c_prev, tanh_c, dh, dc, dgates))
+            return
         i, f, g, o = gates.split(dh.shape[1], dim=1)
         di, df, dg, do = dgates.split(dh.shape[1], dim=1)
         dc.addcmul_(dh * o, 1.0 - tanh_c * tanh_c)
@@ -292,6 +326,15 @@ class TorchOps(Ops):
 
     def gru_cell(self, gates, gh, b_ih, b_hh, h_prev, hn, h):
         hid = h.shape[1]
+        if _numba_ok(gates):
+            rnn_kernels.gru_cell_forward(*_host(gates, gh, b_ih, b_hh, h_prev, hn, h))
+            return
+        if gates.is_cuda:  # workspace: r, z, n, h_prev, h W_hn^T + b_hn
+            hy, work = torch.ops.aten._thnn_fused_gru_cell(gates, gh, h_prev, b_ih, b_hh)
+            gates.copy_(work[:, :3 * hid])
+            hn.copy_(work[:, 4 * hid:])
+            h.copy_(hy)
+            return
         gates += b_ih
         a_r, a_z, a_n = gates.split(hid, dim=1)
         b = gh + b_hh
@@ -303,6 +346,16 @@ class TorchOps(Ops):
         torch.lerp(a_n, h_prev, a_z, out=h)
 
     def gru_cell_backward(self, gates, hn, h_prev, dh, dgx, dgh, dh_direct):
+        if _numba_ok(gates):
+            rnn_kernels.gru_cell_backward(*_host(gates, hn, h_prev, dh, dgx, dgh, dh_direct))
+            return
+        if gates.is_cuda:
+            work = torch.cat([gates, h_prev, hn], dim=1)
+            gx, gh, direct, _, _ = torch.ops.aten._thnn_fused_gru_cell_backward(dh, work, True)
+            dgx.copy_(gx)
+            dgh.copy_(gh)
+            dh_direct.copy_(direct)
+            return
         r, z, n = gates.split(dh.shape[1], dim=1)
         dr, dz, dn = dgx.split(dh.shape[1], dim=1)
         torch.mul(dh * (1.0 - z), 1.0 - n * n, out=dn)
@@ -311,6 +364,14 @@ class TorchOps(Ops):
         dgh.copy_(dgx)
         dgh[:, 2 * dh.shape[1]:] *= r
         torch.mul(dh, z, out=dh_direct)
+
+    def _zeros_like(self, x):
+        """A cached zero tensor of x's shape, dtype and device (a bias argument that adds nothing)."""
+        key = (tuple(x.shape), x.dtype, x.device)
+        cache = self.__dict__.setdefault("_zero_cache", {})
+        if key not in cache:
+            cache[key] = torch.zeros_like(x)
+        return cache[key]
 
     # ----------------------------------------------------------------- optimizer updates (torch.optim's ops)
     def _adam_span(self, p, g, m, v, scratch, *, lr, beta1, beta2, eps, weight_decay, step, decoupled):
@@ -398,6 +459,19 @@ _ACT = {
     "softmax": lambda v, a: torch.softmax(v, dim=-1),
     "log_softmax": lambda v, a: torch.log_softmax(v, dim=-1),
 }
+
+
+_NUMBA_DTYPES = (torch.float32, torch.float64)
+
+
+def _numba_ok(x) -> bool:
+    """Whether a cell's tensors can go to the Numba kernels: CPU float32/float64, no autograd."""
+    return x.device.type == "cpu" and x.dtype in _NUMBA_DTYPES and not x.requires_grad
+
+
+def _host(*tensors):
+    """NumPy views sharing the tensors' memory (no copy)."""
+    return [t.numpy() for t in tensors]
 
 
 def _act(name, z, a):

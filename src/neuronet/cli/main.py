@@ -178,6 +178,10 @@ def benchmarks_dir() -> Path:
     return Path(__file__).resolve().parents[3] / "benchmarks"
 
 
+# What `neuronet bench` runs by default: the workloads of the README's speed table.
+TABLE_BENCHMARKS = ("mlp", "cnn", "lstm", "gpt", "moe", "resnet")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     folder = benchmarks_dir()
     scripts = sorted(folder.glob("bench_*.py"))
@@ -195,6 +199,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
                   f"available: {', '.join(sorted(known))}", file=sys.stderr)
             return 2
         scripts = [s for s in scripts if s.stem.removeprefix("bench_") in wanted]
+    elif not args.all:  # the speed table's workloads; the heavy or special ones only when named
+        rest = sorted(s.stem.removeprefix("bench_") for s in scripts
+                      if s.stem.removeprefix("bench_") not in TABLE_BENCHMARKS)
+        scripts = [s for s in scripts if s.stem.removeprefix("bench_") in TABLE_BENCHMARKS]
+        if rest:
+            print(f"neuronet bench: also available with --only or --all: {', '.join(rest)}", flush=True)
     extra = ["--steps", "10", "--warmup", "3", "--rounds", "2"] if args.quick else []
     status = 0
     for script in scripts:
@@ -307,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     be.add_argument("--only", nargs="*", help="benchmark names, e.g. mlp moe")
     be.add_argument("--quick", action="store_true", help="few steps and two rounds (a smoke run)")
+    be.add_argument("--all", action="store_true",
+                    help="every benchmark, also nanogpt (needs > 10 GiB), scaling, loader, finetune")
     be.set_defaults(func=cmd_bench)
 
     info = sub.add_parser(

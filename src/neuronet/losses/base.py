@@ -31,9 +31,16 @@ class Loss(Workspace):
     def __call__(self, pred, target=None) -> float:
         return self.forward(pred, target)
 
+    sync_free: bool | None = None
+    """Whether forward returns the loss as a 0-d array on its device without reading it back (no
+    host-device synchronisation: no ``.item()``, class labels not range-checked on the host). ``None``
+    (default): on accelerators (CUDA, MPS) but not on the CPU, where reading a value costs nothing."""
+
     def forward(self, pred, target=None) -> float:
-        """The loss of ``pred`` against ``target`` as a Python float; saves what backward needs."""
+        """The loss of ``pred`` against ``target`` as a Python float (a 0-d device array when sync-free,
+        see ``sync_free``); saves what backward needs."""
         preds = self._bind(pred)
+        self._deferred = self.ops.device != "cpu" if self.sync_free is None else bool(self.sync_free)
         self._pending = False
         value = self._forward(*preds, target)
         self._pending = True
@@ -113,7 +120,7 @@ class Loss(Workspace):
     def _check_labels(self, labels, c: int, note: str = "") -> None:
         """Raise, naming a label and the range, when the flat integer ``labels`` leave [0, c)."""
         ops, xp = self.ops, self.ops.xp
-        if labels.shape[0]:
+        if labels.shape[0] and not self._deferred:  # (sync-free: an out-of-range label fails on the device)
             lo, hi = ops.item(xp.amin(labels)), ops.item(xp.amax(labels))
             if lo < 0 or hi >= c:
                 bad = int(lo if lo < 0 else hi)
@@ -128,7 +135,8 @@ class Loss(Workspace):
         return rows[:m]
 
     def _sum(self, x) -> float:
-        return self.ops.item(self.ops.xp.sum(x))
+        total = self.ops.xp.sum(x)
+        return total if self.__dict__.get("_deferred") else self.ops.item(total)
 
     def get_config(self) -> dict:
         """The constructor arguments (``type(loss)(**loss.get_config())`` rebuilds it)."""

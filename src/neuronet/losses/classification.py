@@ -68,12 +68,14 @@ class _ClassScoreLoss(Loss):
         xp.multiply(self._rows(m), c, out=flat)
         flat += label
         self.total_weight = total = self._sum(w_row)
-        self._uniform = w is None and total == m > 0
+        self._uniform = not self._deferred and w is None and total == m > 0
         if self._uniform:
             scale = 1.0 / m
         else:
             scale = self.workspace("row_scale", (m, 1))
-            if total > 0:
+            if self._deferred:  # total is a 0-d device array: divide there (W = 0 gives inf, not NaN)
+                xp.divide(keep.reshape(m, 1), total, out=scale)
+            elif total > 0:
                 xp.multiply(keep.reshape(m, 1), 1.0 / total, out=scale)
             else:  # 0/0 as in torch: NaN where kept, 0 where ignored
                 ops.where(kept.reshape(m, 1), math.nan, 0.0, scale)
@@ -88,6 +90,8 @@ class _ClassScoreLoss(Loss):
 
     def _mean(self, total: float) -> float:
         """total / W (NaN when W = 0, torch's 0/0)."""
+        if self._deferred:
+            return total / self.total_weight
         return total / self.total_weight if self.total_weight > 0 else math.nan
 
     def _target_coef(self):

@@ -38,6 +38,15 @@ LOSS_ALIASES = {
 }
 
 
+def _finite_loss(loss) -> float:
+    """The loss as a Python float; FloatingPointError (the step is refused) when it is NaN or inf."""
+    value = float(loss)
+    if not math.isfinite(value):
+        raise FloatingPointError(f"train_step: the loss is {value} (NaN or inf in the inputs/targets, or the "
+                                 "model diverged: lower the learning rate); the step was refused")
+    return value
+
+
 class Trainer:
     """Mixed into Sequential: everything that drives forward/backward/step over data."""
 
@@ -52,8 +61,13 @@ class Trainer:
         self.stop_training = False
         self.history = None
 
-    def compile(self, optimizer: Any = "adam", loss: Any = "cross_entropy", metrics: list[str] | None = None):
-        """Choose the optimizer, the loss and the metrics reported by fit/evaluate."""
+    def compile(self, optimizer: Any = "adam", loss: Any = "cross_entropy", metrics: list[str] | None = None,
+                cuda_graph: bool = False):
+        """Choose the optimizer, the loss and the metrics reported by fit/evaluate.
+
+        ``cuda_graph=True`` (torch backend on CUDA): ``train_step`` captures forward + backward once per
+        input shape and replays it as one CUDA graph (see ``model/cuda_graph.py``).
+        """
         from ..losses import LOSSES
         from ..metrics import resolve
         from ..optim import OPTIMIZERS
@@ -62,6 +76,7 @@ class Trainer:
         self.optimizer.bind(self)  # parameter names for its groups, and which layers are frozen
         self.loss = _resolve("loss", loss, LOSSES, LOSS_ALIASES)
         self.metric_fns = resolve(metrics)
+        self.cuda_graph = bool(cuda_graph)
         return self
 
     def _require_compiled(self, what: str) -> None:
@@ -97,25 +112,45 @@ class Trainer:
         Layers with an ``aux_loss_weight`` add ``aux_loss_weight * aux_loss`` to the returned loss and,
         through ``set_aux_loss_scale`` (the weight for this backward, 0 after it), to the gradient. A
         non-finite loss (NaN or inf in the data, or a diverged model) raises FloatingPointError before
-        the weights are touched.
+        the weights are touched. On an accelerator the loss is read back once, after the backward is
+        queued (the step's only host-device synchronisation); with ``compile(cuda_graph=True)`` forward
+        and backward replay as one CUDA graph.
         """
         self._require_compiled("train_step")
         self._check_lengths(x, y, "train_step")
+        if self.__dict__.get("cuda_graph"):
+            from .cuda_graph import graphed_train_step
+
+            if sample_weight is not None:
+                raise ConfigError("train_step: sample_weight is not supported with compile(cuda_graph=True)")
+            return graphed_train_step(self, x, y)
         loss = self._gradients(x, y, sample_weight)
         self.optimizer.step(self.flat_params, self.flat_grads)
         return loss
 
     def _gradients(self, x, y, sample_weight=None) -> float:
         """train_step without the optimizer step: the loss, with its gradient in ``flat_grads``."""
+        loss = self._forward_loss(x, y, sample_weight)
+        deferred = self.loss.__dict__.get("_deferred")  # a device array: read it once, after the backward
+        if not deferred:
+            loss = _finite_loss(loss)
+        self._backward_loss(sample_weight)
+        return _finite_loss(loss) if deferred else loss
+
+    def _forward_loss(self, x, y, sample_weight=None):
+        """The forward pass and the loss of one batch, auxiliary losses included (a 0-d array on the
+        device when the loss is sync-free)."""
         out = self._last_output = self.forward(x, training=True)
         loss = self.loss.forward(out, y) if sample_weight is None else \
             weighted_forward(self.loss, out, y, sample_weight)
+        deferred = self.loss.__dict__.get("_deferred")
+        for layer in self._aux_layers():
+            loss = loss + layer.aux_loss_weight * (layer.aux_loss if deferred else float(layer.aux_loss))
+        return loss
+
+    def _backward_loss(self, sample_weight=None) -> None:
+        """zero_grad, then the backward of the last ``_forward_loss`` into ``flat_grads``."""
         aux_layers = self._aux_layers()
-        for layer in aux_layers:
-            loss += layer.aux_loss_weight * float(layer.aux_loss)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"train_step: the loss is {loss} (NaN or inf in the inputs/targets, or "
-                                     "the model diverged: lower the learning rate); the step was refused")
         self.zero_grad()
         for layer in aux_layers:
             layer.set_aux_loss_scale(layer.aux_loss_weight)
@@ -126,7 +161,6 @@ class Trainer:
         finally:
             for layer in aux_layers:
                 layer.set_aux_loss_scale(0.0)
-        return loss
 
     # ----------------------------------------------------------------- loops
     def fit(self, x, y=None, epochs: int = 1, batch_size: int = 32, validation_data=None,

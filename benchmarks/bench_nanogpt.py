@@ -1,0 +1,40 @@
+"""nanoGPT's Shakespeare-char configuration: 6 layers, 6 heads, width 384 (ff 1536), block 256,
+batch 64, dropout 0.2, vocab 65, AdamW: training steps, neuronet vs PyTorch (``bench_gpt.py``'s model).
+
+About 1.2 TFLOP per training step and GiBs of saved activations at batch 64 x 256 tokens (neuronet's
+NumPy engine passed 10 GiB resident before its first step finished on 2026-12-06): tens of seconds per
+step on 2 cores, hence few steps and one round by default. ``NEURONET_NANOGPT_BATCH=8`` runs the same
+model on a smaller batch where the machine is shared. Tokens are random integers below 65 (timing does
+not depend on the text). nanoGPT itself uses no biases and weight-tied embeddings; both engines here
+keep torch.nn's biases, untied.
+"""
+
+from __future__ import annotations
+
+import os
+
+import bench_gpt
+import harness
+import numpy as np
+
+VOCAB, BLOCK, LAYERS, HEADS, DIM, DROPOUT = 65, 256, 6, 6, 384, 0.2
+BATCH = int(os.environ.get("NEURONET_NANOGPT_BATCH", 64))  # a smaller batch where memory is short
+FF = 4 * DIM
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, VOCAB, (BATCH, BLOCK)), rng.integers(0, VOCAB, (BATCH, BLOCK))
+
+
+SHAPE = dict(vocab=VOCAB, block=BLOCK, layers=LAYERS, heads=HEADS, dim=DIM, ff=FF, dropout=DROPOUT)
+ENGINES = harness.standard_engines(
+    harness.neuronet_training(bench_gpt.neuronet_gpt(**SHAPE), _data, optimizer="AdamW"),
+    bench_gpt.pytorch_gpt(_data, **SHAPE))
+
+if __name__ == "__main__":
+    harness.main(ENGINES, f"nanoGPT shakespeare-char: {LAYERS} x ({DIM} wide, {HEADS} heads, ff {FF}), block "
+                 f"{BLOCK}, batch {BATCH}, dropout {DROPOUT}, AdamW, float32 (training step)",
+                 steps=2, warmup=1, rounds=1,
+                 flops=harness.training_flops(
+                     harness.transformer_forward_flops(BATCH, BLOCK, DIM, FF, LAYERS, VOCAB)))

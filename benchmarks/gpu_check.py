@@ -1,0 +1,156 @@
+"""One script for a machine with a CUDA GPU: the torch backend's correctness tests on it, then timings.
+
+    python benchmarks/gpu_check.py                  # tests, then every workload
+    python benchmarks/gpu_check.py --skip-tests --workloads mlp gpt --steps 100
+
+1. ``pytest`` over the tests that exercise the torch backend, with ``NEURONET_TORCH_DEVICE=cuda`` so that
+   every ``model.to("torch")`` in them lands on the GPU (``tests/test_sync_free.py`` then also runs its
+   CUDA-graph tests, which are skipped without a GPU).
+2. Per workload (the CPU benchmarks' models, batches and optimizers), each engine in its own process:
+   neuronet-torch eager, neuronet-torch with ``compile(cuda_graph=True)``, PyTorch eager and PyTorch
+   under ``torch.compile``; median ms/step over ``--steps`` after ``--warmup`` steps, each step ending in
+   a read of the loss (as ``train_step`` and the usual PyTorch loop do), and one table of ratios to
+   PyTorch eager (> 1: faster).
+
+Without CUDA it says so and exits with status 2: nothing in it has been run on a GPU where that
+happens, and no GPU result may be claimed from a CPU run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TESTS = ["tests/backend", "tests/layers", "tests/losses", "tests/optim", "tests/test_training.py",
+         "tests/test_sync_free.py"]
+ENGINES = ["neuronet-torch", "neuronet-torch+graph", "pytorch", "pytorch+compile"]
+WORKLOADS = ["mlp", "cnn", "lstm", "gpt", "moe", "nanogpt"]
+
+
+def _builders(workload: str):
+    """(neuronet for_backend, PyTorch build) of one CPU benchmark's workload."""
+    sys.path.insert(0, str(HERE))
+    import harness
+
+    if workload == "cnn":
+        import bench_cnn
+
+        data = lambda: bench_cnn._data(bench_cnn.TRAIN_BATCH)  # noqa: E731
+        return harness.neuronet_training(bench_cnn.neuronet_model, data), bench_cnn.pytorch("train")
+    if workload == "nanogpt":
+        import bench_gpt
+        import bench_nanogpt as b
+
+        return (harness.neuronet_training(bench_gpt.neuronet_gpt(**b.SHAPE), b._data, optimizer="AdamW"),
+                bench_gpt.pytorch_gpt(b._data, **b.SHAPE))
+    module = __import__(f"bench_{workload}")
+    return module.neuronet, module.pytorch
+
+
+def _on_device(device: str, compiled: bool) -> None:
+    """Make the CPU benchmarks' PyTorch builders build on ``device`` (and wrap the model in torch.compile)."""
+    import harness
+    import torch
+
+    torch.set_default_device(device)
+    from_numpy = torch.from_numpy
+    torch.from_numpy = lambda a: from_numpy(a).to(device)
+    if compiled:
+        step = harness.torch_training_step
+        harness.torch_training_step = lambda model, *rest: step(torch.compile(model), *rest)
+
+
+def _child(workload: str, engine: str, steps: int, warmup: int, device: str) -> None:
+    import torch
+
+    neuronet, pytorch = _builders(workload)
+    if engine.startswith("pytorch"):
+        _on_device(device, engine.endswith("compile"))
+        step = pytorch()
+    else:
+        step = neuronet("torch" if device == "cpu" else device, cuda_graph=engine.endswith("graph"))()
+    sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
+    for _ in range(warmup):
+        step()
+    sync()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
+    print(json.dumps({"ms": statistics.median(times) * 1e3, "peak_mib": peak}))
+
+
+def run_tests() -> int:
+    env = dict(os.environ, NEURONET_TORCH_DEVICE="cuda", PYTHONPATH=str(HERE.parent / "src"))
+    return subprocess.call([sys.executable, "-m", "pytest", "-q", *TESTS], cwd=HERE.parent, env=env)
+
+
+def run_timings(workloads: list[str], engines: list[str], steps: int, warmup: int, timeout: int,
+                device: str) -> None:
+    rows = {}
+    for workload in workloads:
+        for engine in engines:
+            cmd = [sys.executable, __file__, "--child", workload, engine, "--steps", str(steps),
+                   "--warmup", str(warmup), "--device", device]
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+                ok = out.returncode == 0
+                rows[workload, engine] = json.loads(out.stdout.strip().splitlines()[-1]) if ok else \
+                    {"error": (out.stderr.strip().splitlines() or ["?"])[-1]}
+            except subprocess.TimeoutExpired:
+                rows[workload, engine] = {"error": f"timed out after {timeout} s"}
+    print(f"\n{'workload':<10}" + "".join(f"{e:>24}" for e in engines) + "   (ms/step; x PyTorch eager)")
+    for workload in workloads:
+        ref = rows.get((workload, "pytorch"), {}).get("ms")
+        cells = []
+        for engine in engines:
+            r = rows[workload, engine]
+            cells.append("failed (below)" if "error" in r else
+                         f"{r['ms']:.2f} ({ref / r['ms']:.2f}x)" if ref else f"{r['ms']:.2f}")
+        print(f"{workload:<10}" + "".join(f"{c:>24}" for c in cells))
+    errors = {k: v["error"] for k, v in rows.items() if "error" in v}
+    for (workload, engine), message in errors.items():
+        print(f"{workload} / {engine}: {message}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", nargs=2, metavar=("WORKLOAD", "ENGINE"), help=argparse.SUPPRESS)
+    parser.add_argument("--workloads", nargs="*", default=WORKLOADS, choices=WORKLOADS)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--timeout", type=int, default=600, help="seconds per (workload, engine)")
+    parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument("--engines", nargs="*", default=ENGINES, choices=ENGINES)
+    parser.add_argument("--device", default="cuda", help="cuda, cuda:1 (cpu: a smoke run of this script)")
+    args = parser.parse_args()
+    if args.child:
+        _child(*args.child, args.steps, args.warmup, args.device)
+        return 0
+    import torch
+
+    if args.device == "cpu":  # only checks that the script itself runs; the numbers mean nothing
+        run_timings(args.workloads, args.engines, args.steps, args.warmup, args.timeout, "cpu")
+        return 0
+    if not torch.cuda.is_available():
+        print("gpu_check: PyTorch sees no CUDA device here; nothing was checked (this script is for a GPU "
+              "machine)", file=sys.stderr)
+        return 2
+    print(f"gpu_check on {torch.cuda.get_device_name()} (torch {torch.__version__})", flush=True)
+    status = 0 if args.skip_tests else run_tests()
+    run_timings(args.workloads, args.engines, args.steps, args.warmup, args.timeout, args.device)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

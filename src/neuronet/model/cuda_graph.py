@@ -1,0 +1,90 @@
+"""``compile(cuda_graph=True)``: forward + loss + backward of ``train_step`` replayed as one CUDA graph.
+
+A neuronet training step allocates nothing in its steady state and, with a sync-free loss, never reads
+a value back to the host, so its kernel launches can be recorded once and replayed: one launch per
+step instead of hundreds, which is where small models lose time on a GPU. Per input shape:
+
+1. three forward + backward passes (no optimizer step) on a side stream (PyTorch's recipe: lazy
+   workspaces, cuBLAS handles and the caching allocator settle before capture);
+2. ``torch.cuda.graph`` records ``forward -> loss -> zero_grad -> backward`` reading the static input
+   buffers and writing the loss into a static 0-d tensor;
+3. each call copies the batch into the static buffers, replays the graph, reads the loss once (the
+   step's one synchronisation: a non-finite loss is refused before the weights change) and runs the
+   optimizer eagerly over the flat parameter array (a handful of kernels; kept out of the graph so that
+   Python-side state such as Adam's step count and a scheduler's learning rate stay live).
+
+Not capturable, refused with a ConfigError: models whose forward draws random numbers on the host
+(dropout > 0: the masks come from the NumPy generator so that every backend sees the same masks) and
+models whose shapes depend on the data (MoE routing). Only verified where a GPU was available: see
+docs/performance-guide.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..errors import ConfigError
+from ..layers.attention import MultiHeadAttention
+from ..layers.dropout import Dropout
+
+
+def _refuse_uncapturable(model) -> None:
+    if model.ops.name != "torch" or not str(model.ops.device).startswith("cuda"):
+        raise ConfigError(f"compile(cuda_graph=True) needs the torch backend on a CUDA device; this model "
+                          f"runs on {model.ops.name} ({model.ops.device}): call model.to('cuda') first, or "
+                          "compile without cuda_graph")
+    for name, layer in model.named_layers():
+        rate = layer.p if isinstance(layer, Dropout) else \
+            layer.dropout if isinstance(layer, MultiHeadAttention) else 0.0
+        if rate > 0.0:
+            label = name.rstrip(".") or type(layer).__name__
+            raise ConfigError(f"compile(cuda_graph=True): layer {label} has dropout {rate}; its masks "
+                              "are drawn on the host and cannot be captured")
+        if hasattr(layer, "aux_loss_weight"):
+            raise ConfigError(f"compile(cuda_graph=True): layer {name} ({type(layer).__name__}) routes "
+                              "tokens with data-dependent shapes and cannot be captured")
+
+
+class _Graph:
+    """The captured step of one (input shape, dtype) pair and its static buffers."""
+
+    def __init__(self, model, x, y):
+        import torch
+
+        ops = model.ops
+        self.x, self.y = ops.asarray(x).clone(), ops.asarray(y).clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):  # forward + backward only: the weights do not move
+                model._forward_loss(self.x, self.y)
+                model._backward_loss()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.loss = model._forward_loss(self.x, self.y)
+            model._backward_loss()
+
+    def step(self, model, x, y) -> float:
+        self.x.copy_(x, non_blocking=True)
+        self.y.copy_(y, non_blocking=True)
+        self.graph.replay()
+        value = float(self.loss)
+        if not math.isfinite(value):
+            raise FloatingPointError(f"train_step: the loss is {value} (NaN or inf in the inputs/targets, or "
+                                     "the model diverged); the step was refused")
+        model.optimizer.step(model.flat_params, model.flat_grads)
+        return value
+
+
+def graphed_train_step(model, x, y) -> float:
+    """``train_step`` with forward + backward replayed from a CUDA graph captured for x's shape."""
+    ops = model.ops
+    key = (tuple(x.shape), str(getattr(x, "dtype", "")), tuple(y.shape), id(model.flat_params), ops)
+    graphs = model.__dict__.setdefault("_cuda_graphs", {})
+    if key not in graphs:
+        _refuse_uncapturable(model)
+        if model.loss.sync_free is False:
+            raise ConfigError("compile(cuda_graph=True): the loss has sync_free=False")
+        graphs[key] = _Graph(model, ops.asarray(x), ops.asarray(y))
+    return graphs[key].step(model, ops.asarray(x), ops.asarray(y))

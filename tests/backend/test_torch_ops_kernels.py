@@ -1,0 +1,87 @@
+"""The torch backend's two routes for the recurrent cells and the attention softmax agree.
+
+On CPU float32/float64 tensors TorchOps runs the NumPy backend's Numba kernels on the tensors' memory;
+elsewhere (CUDA, bfloat16, ...) it runs torch ops. Both must give the NumPy backend's numbers.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from neuronet.backend import get_ops
+from neuronet.backend import torch_ops as torch_ops_module
+
+N, H = 3, 5
+
+
+@pytest.fixture(params=["numba", "torch-ops"])
+def route(request, monkeypatch):
+    if request.param == "torch-ops":
+        monkeypatch.setattr(torch_ops_module, "_NUMBA_DTYPES", ())
+    return request.param
+
+
+def _arrays(shapes, seed):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s) for s in shapes]
+
+
+def _run(ops, method, arrays):
+    """Call ops.<method> on copies of ``arrays`` on that backend; return every argument afterwards."""
+    args = [ops.asarray(a.copy()) for a in arrays]
+    getattr(ops, method)(*args)
+    return [np.asarray(ops.to_numpy(a)) for a in args]
+
+
+CELLS = {
+    "lstm_cell": [(N, 4 * H), (N, 4 * H), (4 * H,), (N, H), (N, H), (N, H), (N, H)],
+    "gru_cell": [(N, 3 * H), (N, 3 * H), (3 * H,), (3 * H,), (N, H), (N, H), (N, H)],
+    "gru_cell_backward": [(N, 3 * H), (N, H), (N, H), (N, H), (N, 3 * H), (N, 3 * H), (N, H)],
+}
+
+
+@pytest.mark.parametrize("method", list(CELLS))
+def test_cells_match_numpy_backend(method, route):
+    arrays = _arrays(CELLS[method], 0)
+    if method == "gru_cell_backward":  # gates are activations in (0, 1)
+        arrays[0] = 1.0 / (1.0 + np.exp(-arrays[0]))
+    expected = _run(get_ops("numpy"), method, arrays)
+    got = _run(get_ops("torch"), method, arrays)
+    for e, g in zip(expected, got, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12)
+
+
+def test_lstm_cell_backward_matches_numpy_backend(route):
+    gates = 1.0 / (1.0 + np.exp(-_arrays([(N, 4 * H)], 1)[0]))
+    c_prev, tanh_c, dh, dc = _arrays([(N, H)] * 4, 2)
+    tanh_c = np.tanh(tanh_c)
+    arrays = [gates, c_prev, tanh_c, dh, dc, np.zeros((N, 4 * H))]
+    expected = _run(get_ops("numpy"), "lstm_cell_backward", arrays)
+    got = _run(get_ops("torch"), "lstm_cell_backward", arrays)
+    for e, g in zip(expected, got, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_softmax_and_backward_match_numpy_backend(causal, route):
+    scores, dprobs = _arrays([(2, 3, 4, 4)] * 2, 3)
+    numpy_ops, ops = get_ops("numpy"), get_ops("torch")
+    want = numpy_ops.attention_softmax(scores.copy(), np.empty_like(scores), causal, 0.5)
+    got = ops.attention_softmax(ops.asarray(scores), ops.asarray(scores), causal, 0.5)  # out is scores
+    np.testing.assert_allclose(ops.to_numpy(got), want, rtol=1e-12, atol=1e-15)
+    dwant = numpy_ops.attention_softmax_backward(dprobs.copy(), want, np.empty_like(want), 0.5)
+    dgot = ops.attention_softmax_backward(ops.asarray(dprobs), got, torch.empty_like(got), 0.5)
+    np.testing.assert_allclose(ops.to_numpy(dgot), dwant, rtol=1e-12, atol=1e-15)
+    if causal and route == "torch-ops":  # the mask is made once per size, not per call
+        masks = dict(ops._mask_cache)
+        ops.attention_softmax(ops.asarray(scores), ops.asarray(scores), True, 0.5)
+        assert ops._mask_cache == masks and (4, "cpu") in masks
+
+
+def test_bfloat16_takes_the_torch_ops_route():
+    ops = get_ops("torch")
+    scores = torch.randn(2, 4, 4).to(torch.bfloat16)
+    probs = ops.attention_softmax(scores, scores.clone(), True, 1.0)
+    assert probs.dtype == torch.bfloat16
+    torch.testing.assert_close(probs.float().sum(-1), torch.ones(2, 4), atol=1e-2, rtol=0)
+    assert float(probs[0, 0, 1]) == 0.0

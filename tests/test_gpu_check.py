@@ -1,0 +1,28 @@
+"""benchmarks/gpu_check.py: refuses without CUDA (never reports GPU numbers from a CPU run) and its timing
+machinery runs (smoke run on the CPU with one workload)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
+ENV = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_without_cuda_it_says_so_and_exits_2():
+    out = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, env=ENV, timeout=120)
+    assert out.returncode == 2 and "no CUDA device" in out.stderr and "ms/step" not in out.stdout
+
+
+def test_cpu_smoke_run_prints_the_table_and_the_graph_refusal():
+    out = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--workloads", "mlp", "--engines",
+                          "neuronet-torch", "neuronet-torch+graph", "--steps", "1", "--warmup", "1"],
+                         capture_output=True, text=True, env=ENV, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "mlp" in out.stdout and "needs the torch backend on a CUDA device" in out.stdout
