@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 
 from ..core import random as nnrandom
+from ..errors import NonFiniteError
+from . import resume
 
 
 def _resolve(kind: str, value, registry: dict, aliases: dict):
@@ -39,6 +41,14 @@ class Trainer:
         self.metric_fns: dict = {}
         self.stop_training = False
         self.history = None
+        # what a .nnet file keeps about training, restored by nn.load (see model/resume.py)
+        self.epoch = 0                      # epochs completed
+        self.saved_history: dict = {}       # per-epoch logs of the run this model was loaded from
+        self.extra: dict = {}               # free-form JSON kept in the model's files
+        self.position: dict | None = None   # where a saved run stopped inside an epoch; fit resumes there
+        self.last_loss = math.nan           # the loss of the last batch fit ran (TerminateOnNaN reads it)
+        self.skipped_steps = 0              # batches fit skipped for a non-finite loss
+        self._cursor: resume.EpochCursor | None = None
 
     def compile(self, optimizer: Any = "adam", loss: Any = "cross_entropy", metrics: list[str] | None = None):
         """Choose the optimizer, the loss and the metrics reported by fit/evaluate."""
@@ -85,7 +95,7 @@ class Trainer:
         for layer in aux_layers:
             loss += layer.aux_loss_weight * float(layer.aux_loss)
         if not math.isfinite(loss):
-            raise FloatingPointError(f"train_step: the loss is {loss} (NaN or inf in the inputs/targets, or "
+            raise NonFiniteError(f"train_step: the loss is {loss} (NaN or inf in the inputs/targets, or "
                                      "the model diverged: lower the learning rate); the step was refused")
         self.zero_grad()
         for layer in aux_layers:
@@ -100,9 +110,9 @@ class Trainer:
 
     # ----------------------------------------------------------------- loops
     def _batches(self, n: int, batch_size: int, shuffle: bool):
+        """Index arrays of the epoch's batches; the permutation is drawn now, not on first iteration."""
         order = nnrandom.generator().permutation(n) if shuffle else np.arange(n)
-        for start in range(0, n, batch_size):
-            yield order[start:start + batch_size]
+        return (order[start:start + batch_size] for start in range(0, n, batch_size))
 
     @staticmethod
     def _take(data, idx, buffers: dict, key: str):
@@ -118,13 +128,19 @@ class Trainer:
 
     def fit(self, x, y, epochs: int = 1, batch_size: int = 32, validation_data=None,
             validation_split: float = 0.0, shuffle: bool = True, callbacks=None, verbose: int = 1,
-            initial_epoch: int = 0):
+            initial_epoch: int = 0, on_nonfinite: str = "raise"):
         """Train for ``epochs`` passes over (x, y) in mini-batches; returns a History.
 
         ``validation_split`` holds out the LAST fraction of (x, y) (before shuffling) as validation
         data, as Keras does; ``validation_data=(xv, yv)`` takes precedence. Logs per epoch: ``loss``,
         the metrics, and ``val_``-prefixed ones with validation data. ``verbose``: 0 silent, 1 a
         progress bar per epoch (loss/metrics, rate, ETA), 2 one line per epoch.
+
+        Resuming: ``fit(..., initial_epoch=model.epoch)`` on a loaded model continues exactly where the
+        saved run was, also inside an epoch (``model.position``). ``on_nonfinite``: what a batch with
+        a NaN/inf loss does (its update is never applied): ``"raise"`` NonFiniteError (default),
+        ``"skip"`` it, or skip it with a ``"warn"``ing; NaN/inf weights at an epoch's end are reported
+        the same way (raise, or warn).
         """
         from ..callbacks import CallbackList, EpochLogger, History, ProgressBar
 
@@ -159,21 +175,41 @@ class Trainer:
         cb = CallbackList(cbs, self)
         self.history = history
         self.stop_training = False
+        resume.check_mode(on_nonfinite)
+        cursor = self._cursor = resume.EpochCursor(n, batch_size, bool(shuffle), self.position)
+        self.position = None
         buffers: dict = {}
         cb.on_train_begin()
         for epoch in range(initial_epoch, epochs):
-            cb.on_epoch_begin(epoch)
             totals = _Totals(self.metric_fns)
-            for step, idx in enumerate(self._batches(n, batch_size, shuffle)):
+            cursor.begin(epoch, totals)
+            cb.on_epoch_begin(epoch)
+            batches = self._batches(n, batch_size, shuffle)
+            first = cursor.first_step()
+            for step, idx in enumerate(batches):
+                if step < first:
+                    continue
                 cb.on_batch_begin(step)
                 yb = self._take(y, idx, buffers, "y")
-                loss = self.train_step(self._take(x, idx, buffers, "x"), yb)
-                totals.add_loss(loss, len(idx))
-                if self.metric_fns:
-                    totals.add_metrics(self.ops.to_numpy(self._last_output), self.ops.to_numpy(yb))
+                try:
+                    loss = self.last_loss = self.train_step(self._take(x, idx, buffers, "x"), yb)
+                except NonFiniteError as err:  # the update was refused; the weights are unchanged
+                    self.last_loss = math.nan
+                    resume.nonfinite_step(err, on_nonfinite, epoch, step)
+                    self.skipped_steps += 1
+                else:
+                    totals.add_loss(loss, len(idx))
+                    if self.metric_fns:
+                        totals.add_metrics(self.ops.to_numpy(self._last_output), self.ops.to_numpy(yb))
+                cursor.step = step + 1
                 cb.on_batch_end(step, totals.means())
                 if self.stop_training:
                     break
+            if cursor.step * batch_size < n:  # stopped inside the epoch: it ends when fit resumes it
+                break
+            resume.check_weights(self, on_nonfinite, epoch)
+            cursor.finish()
+            self.epoch = epoch + 1
             logs = totals.means()
             if validation_data is not None:
                 val = self.evaluate(*validation_data, batch_size=max(batch_size, 256))
@@ -195,6 +231,7 @@ class Trainer:
         totals = _Totals(self.metric_fns)
         for start in range(0, len(x), int(batch_size)):
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+            resume.check_input(xb, "evaluate")
             out = self.forward(xb, training=False)
             totals.add_loss(self.loss.forward(out, yb), len(xb))
             if self.metric_fns:
@@ -209,9 +246,21 @@ class Trainer:
         x = _as_data(x, "x")
         if len(x) == 0:
             raise ValueError("predict: x is empty")
-        outs = [np.array(self.ops.to_numpy(self.forward(x[start:start + batch_size], training=False)))
+        outs = [np.array(self.ops.to_numpy(self.forward(_finite(x[start:start + batch_size], "predict"),
+                                                        training=False)))
                 for start in range(0, len(x), int(batch_size))]
         return np.concatenate(outs)
+
+    # ----------------------------------------------------------------- what .nnet files keep
+    def training_position(self) -> dict | None:
+        """Where ``fit`` is inside an epoch (saved as ``training.position``), or None between epochs."""
+        if self._cursor is not None:
+            return self._cursor.position()
+        return self.position
+
+    def full_history(self) -> dict:
+        """Per-epoch logs of the whole run: the loaded run's up to where this one's started, then this one's."""
+        return resume.merged_history(self.saved_history, self.history)
 
 
 class _Totals:
@@ -234,6 +283,11 @@ class _Totals:
 
     def means(self) -> dict:
         return {k: self.sums[k] / max(self.counts[k], 1) for k in self.sums}
+
+
+def _finite(x, what: str):
+    resume.check_input(x, what)
+    return x
 
 
 def _as_data(data, name: str):
