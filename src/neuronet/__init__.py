@@ -17,6 +17,7 @@ from .callbacks import (
     ModelCheckpoint,
     ProgressBar,
     ReduceLROnPlateau,
+    TerminateOnNaN,
 )
 from .core import LAYERS, Layer, manual_seed
 from .errors import ShapeError
@@ -66,3 +67,4 @@ __all__ = [
     "MultiMarginLoss", "NLLLoss", "RMSprop", "TripletMarginLoss", "CosineAnnealingLR", "LRScheduler",
     "LinearLR", "LinearWarmup", "StepLR",
 ]
+__all__ += ["TerminateOnNaN"]

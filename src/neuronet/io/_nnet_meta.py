@@ -41,7 +41,8 @@ def check_keys(value, allowed: set, field: str, where: str, required: set = froz
 def count(value, field: str, where: str) -> int:
     """A non-negative JSON integer below 2**53."""
     if type(value) is not int or not 0 <= value < 2**53:
-        raise NnetFormatError(f"{where}: metadata {field!r} must be a non-negative integer, got {value!r:.80}")
+        raise NnetFormatError(f"{where}: metadata {field!r} must be a non-negative integer, "
+                              f"got {value!r:.80}")
     return value
 
 

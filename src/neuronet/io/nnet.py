@@ -398,8 +398,8 @@ def _compile(model, info: dict, state: dict[str, np.ndarray], where: str) -> Non
     except _REBUILD_ERRORS as e:
         raise NnetFormatError(f"{where}: compile information is invalid: {e!s:.300}") from None
     iterations = checks.count(opt_meta.get("iterations", 0), "compile.optimizer.iterations", where)
-    optimizer.initial_lr = checks.number(opt_meta.get("initial_lr", optimizer.lr), "compile.optimizer.initial_lr",
-                                         where)
+    optimizer.initial_lr = checks.number(opt_meta.get("initial_lr", optimizer.lr),
+                                         "compile.optimizer.initial_lr", where)
     scheduler = opt_meta.get("scheduler")
     if scheduler is not None:  # picked up by the next scheduler of this type attached to the optimizer
         try:

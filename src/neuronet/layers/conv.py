@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from ..backend import OUTPUT_DERIVATIVE, check_activation
+from ..core import args
 from ..core import initializers as init
 from ..core.layer import Layer, ShapeError
 
@@ -40,7 +41,8 @@ class _Conv(Layer):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  activation: str | None = None, bias: bool = True):
         super().__init__()
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.in_channels = args.size(type(self).__name__, "in_channels", in_channels)
+        self.out_channels = args.size(type(self).__name__, "out_channels", out_channels)
         name = f"{type(self).__name__}({in_channels}, {out_channels})"
         self.kernel_size = pair(kernel_size, "kernel_size", name, self.ndim)
         self.stride = pair(stride, "stride", name, self.ndim)

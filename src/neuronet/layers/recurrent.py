@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core import args
 from ..core import initializers as init
 from ..core.layer import LAYERS, Layer, ShapeError, Workspace
 
@@ -170,11 +171,10 @@ class _RNN(_RecurrentLayer):
 
     def __init__(self, input_size: int, hidden_size: int, return_sequences: bool = False):
         super().__init__()
-        if input_size < 1 or hidden_size < 1:
-            raise ValueError(f"{type(self).__name__}: input_size and hidden_size must be >= 1, "
-                             f"got {input_size}, {hidden_size}")
-        self.input_size, self.hidden_size = int(input_size), int(hidden_size)
-        self.return_sequences = bool(return_sequences)
+        owner = type(self).__name__
+        self.input_size = args.size(owner, "input_size", input_size)
+        self.hidden_size = args.size(owner, "hidden_size", hidden_size)
+        self.return_sequences = args.flag(owner, "return_sequences", return_sequences)
         self._directions = [_Direction(self, self, "", reverse=False)]
 
     def setup(self, input_shape):

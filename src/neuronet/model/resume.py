@@ -61,7 +61,8 @@ class EpochCursor:
         same = (pending["samples"], pending["batch_size"], pending["shuffle"]) == \
             (self.n, self.batch_size, self.shuffle) and set(pending["sums"]) == set(self.totals.sums)
         if not same:
-            warnings.warn(f"fit: the saved run stopped inside epoch {epoch} with {pending['samples']} samples, "
+            warnings.warn(f"fit: the saved run stopped inside epoch {epoch} with {pending['samples']} "
+                          "samples, "
                           f"batch_size {pending['batch_size']}, shuffle={pending['shuffle']} and logs "
                           f"{sorted(pending['sums'])}; this run differs, so epoch {epoch} starts over",
                           RuntimeWarning, stacklevel=4)
@@ -108,8 +109,8 @@ def nonfinite_step(err: FloatingPointError, mode: str, epoch: int, step: int) ->
 
 def check_weights(model, mode: str, epoch: int) -> None:
     """At the end of an epoch: NaN or inf in the weights (e.g. from an infinite gradient) is reported."""
-    ops = model.ops
-    if math.isfinite(ops.sum_of_squares(model.flat_params)) or np.isfinite(ops.to_numpy(model.flat_params)).all():
+    ops, flat = model.ops, model.flat_params
+    if math.isfinite(ops.sum_of_squares(flat)) or np.isfinite(ops.to_numpy(flat)).all():
         return  # (the second test: finite weights whose sum of squares overflowed)
     message = f"fit: after epoch {epoch + 1} the weights hold NaN or inf (an infinite gradient); lower " \
               "the learning rate or clip gradients (clip_norm)"

@@ -259,7 +259,7 @@ class Trainer:
         return self.position
 
     def full_history(self) -> dict:
-        """Per-epoch logs of the whole run: the loaded run's up to where this one's started, then this one's."""
+        """Per-epoch logs of the whole run: the loaded run's up to where this one started, then this one."""
         return resume.merged_history(self.saved_history, self.history)
 
 
