@@ -113,7 +113,8 @@ def _numeric(rows: list[list[str]], columns: list[int], names: list[str], path, 
             if value is None or not math.isfinite(value):
                 where = f"load_csv: {path} row {i + 1}, column {names[c][:80]!r}"
                 raise DataFormatError(f"{where}: {row[c][:80]!r} is not a finite number") from None
-            out[i, j] = value
+            with np.errstate(over="ignore"):  # reported below, naming the cell
+                out[i, j] = value
     if not np.isfinite(out).all():  # finite in float64, out of range of a narrower dtype
         i, j = map(int, np.argwhere(~np.isfinite(out))[0])
         raise DataFormatError(f"load_csv: {path} row {i + 1}, column {names[columns[j]][:80]!r}: "
