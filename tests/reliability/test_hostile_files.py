@@ -142,7 +142,7 @@ def test_gguf_rejects_a_transposed_weight(tmp_path):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    with pytest.raises(NnetFormatError, match=r"'0.weight' has shape \[3, 5\], the architecture needs \[5, 3"):
+    with pytest.raises(NnetFormatError, match=r"0.weight. has shape \[3, 5\], the architecture needs \[5, 3"):
         nn.load_gguf(tmp_path / "t.gguf")
 
 
