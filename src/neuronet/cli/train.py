@@ -199,16 +199,17 @@ class TrainingFailed(RuntimeError):
 def _late_error(err: Exception, model, model_path: Path) -> str:
     """Save the model trained so far beside ``model_path`` (never over it) and describe the failure."""
     what = f"{type(err).__name__}: {err}".replace("\n", " ")
-    where = f"epoch {model.epoch + 1}" + (f", batch {model.training_position()['step']}"
-                                          if model.training_position() else "")
+    position = model.training_position()
+    where = f"in epoch {model.epoch + 1} after batch {position['step']}" if position else \
+        f"after epoch {model.epoch}"
     partial = model_path.with_name(f"{model_path.stem}.partial{model_path.suffix}")
     if model.optimizer.iterations == 0:
-        return f"training failed in {where}: {what}"
+        return f"training failed {where}: {what}"
     try:
         model.save(partial)
     except Exception as save_err:  # noqa: BLE001 -- reported with the first error
-        return f"training failed in {where}: {what}; saving the model trained so far failed too: {save_err}"
-    return f"training failed in {where}: {what}; the model trained so far is in {partial}"
+        return f"training failed {where}: {what}; saving the model trained so far failed too: {save_err}"
+    return f"training failed {where}: {what}; the model trained so far is in {partial}"
 
 
 def full_history(model):
