@@ -61,5 +61,6 @@ def _assert_close(name: str, got: np.ndarray, want: np.ndarray, atol: float, rto
     err = np.abs(got - want) - (atol + rtol * np.abs(want))
     if err.size and err.max() > 0:
         i = np.unravel_index(np.argmax(err), err.shape)
-        raise AssertionError(f"gradient of {name} differs at {i}: analytic {got[i]!r}, numerical {want[i]!r} "
-                             f"(max abs diff {np.abs(got - want).max():.3g})")
+        where = tuple(int(k) for k in i)
+        raise AssertionError(f"gradient of {name!r} differs at {where}: analytic {float(got[i])!r}, "
+                             f"numerical {float(want[i])!r} (max abs diff {np.abs(got - want).max():.3g})")
