@@ -127,7 +127,7 @@ def check_input(x, what: str) -> None:
     if type(x) is not np.ndarray or x.dtype.kind != "f" or not x.size:
         return
     with np.errstate(all="ignore"):
-        total = np.add.reduce(x.reshape(-1), dtype=np.float64)
+        total = np.add.reduce(x.reshape(-1))  # in x's dtype: SIMD, no copy; inf also if large values overflow
     if math.isfinite(total):
         return
     bad = ~np.isfinite(x.reshape(len(x), -1))
