@@ -151,7 +151,7 @@ class ModelCheckpoint(_Monitor):
     """Save the model (``model.save(path)``) after each epoch, or only when ``monitor`` improves.
 
     ``path`` may contain ``{epoch}`` and log keys, e.g. ``"ckpt-{epoch:02d}-{val_loss:.3f}.nnet"``.
-    ``save_freq``: ``"epoch"`` (default), or an integer N to also save every N batches (Keras); such a
+    ``save_freq``: ``"epoch"`` (default), or an integer N to save every N batches instead (Keras); such a
     file holds the position inside the epoch, and ``fit`` resumes from it exactly. Every save is
     atomic and durable: a crash leaves the previous file complete.
     """
@@ -178,6 +178,8 @@ class ModelCheckpoint(_Monitor):
             self.model.save(self.path.format(epoch=self.model.epoch + 1, **(logs or {})))
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.save_freq != "epoch":
+            return
         logs = logs or {}
         if self.save_best_only:
             value = self._current(logs)
