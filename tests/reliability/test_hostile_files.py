@@ -41,6 +41,14 @@ def test_declared_sizes_are_checked_before_anything_is_allocated(tmp_path, peak_
     assert peak < 4 * MiB, f"{peak / MiB:.0f} MiB allocated to reject a {path.stat().st_size}-byte file"
 
 
+def test_a_file_may_not_ask_for_20000_layers(tmp_path, peak_bytes):
+    path = tmp_path / "many.nnet"
+    write_nnet(path, minimal_meta([{"type": "ReLU"}] * 20_000, [4]), small_tensors())
+    err, peak = peak_bytes(lambda: nn.load(path))
+    assert isinstance(err, NnetFormatError) and "more than 10000 layers" in str(err)
+    assert peak < 16 * MiB, peak / MiB  # the parsed JSON only, not 20,000 Layer objects
+
+
 def test_flipped_bit_in_the_weights_fails_the_checksum(tmp_path):
     _, path = _saved(tmp_path)
     raw = bytearray(path.read_bytes())

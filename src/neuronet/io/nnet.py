@@ -51,6 +51,7 @@ from . import _nnet_meta as checks
 FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 16 << 20
 MAX_DEPTH = 16
+MAX_LAYERS = 10_000  # layer objects one file may ask for (a GPT with 48 blocks has a few hundred)
 _NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
 _DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32,
            "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
@@ -331,6 +332,8 @@ def build_layer(node: dict, where: str, depth: int = 0):
     """A layer from ``{"type": name, "config": {...}[, "layers": [...]]}``, looked up only in ``LAYERS``."""
     if depth > MAX_DEPTH:
         raise NnetFormatError(f"{where}: layers nested deeper than {MAX_DEPTH}")
+    if depth == 0 and _count_layers(node) > MAX_LAYERS:
+        raise NnetFormatError(f"{where}: more than {MAX_LAYERS} layers")
     if not isinstance(node, dict) or not isinstance(node.get("type"), str) or \
             not isinstance(node.get("config", {}), dict):
         raise NnetFormatError(f"{where}: expected {{'type': name, 'config': {{...}}}}, got {node!r:.120}")
@@ -357,6 +360,13 @@ def build_layer(node: dict, where: str, depth: int = 0):
 
 
 _NODE_KEYS = {"type", "config", "layers"}
+
+
+def _count_layers(node, depth: int = 0) -> int:
+    children = node.get("layers") if isinstance(node, dict) else None
+    if not isinstance(children, list) or depth > MAX_DEPTH:
+        return 1
+    return 1 + sum(_count_layers(c, depth + 1) for c in children)
 
 
 def _check_tensors(model, tensors: dict, opt_state: dict, dtype: str, where: str) -> None:
