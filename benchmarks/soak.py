@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -46,7 +45,8 @@ class Probe(nn.Callback):
     """Per-batch wall time; RSS, fds and the window's median step time every ``window`` batches."""
 
     def __init__(self, window: int):
-        self.window, self.rows, self.times = window, [], []
+        self.window, self.rows, self.steps = window, [], 0
+        self.times = np.zeros(window)  # preallocated: the probe itself must not grow
         self._t = time.perf_counter()
         self._cpu = time.process_time()
 
@@ -54,11 +54,12 @@ class Probe(nn.Callback):
         self._t = time.perf_counter()
 
     def on_batch_end(self, batch, logs=None):
-        self.times.append(time.perf_counter() - self._t)
-        if len(self.times) % self.window == 0:
-            recent, cpu = self.times[-self.window:], time.process_time()
-            self.rows.append({"steps": len(self.times), "rss_mib": round(rss_mib(), 1), "fds": open_fds(),
-                              "median_ms": round(1e3 * statistics.median(recent), 3),
+        self.times[self.steps % self.window] = time.perf_counter() - self._t
+        self.steps += 1
+        if self.steps % self.window == 0:
+            cpu = time.process_time()
+            self.rows.append({"steps": self.steps, "rss_mib": round(rss_mib(), 1), "fds": open_fds(),
+                              "median_ms": round(1e3 * float(np.median(self.times)), 3),
                               "cpu_ms": round(1e3 * (cpu - self._cpu) / self.window, 3)})
             self._cpu = cpu
 
@@ -88,7 +89,7 @@ def soak(name: str, build, steps: int, window: int, save_every: int, folder: Pat
     model.fit(x, y, epochs=-(-steps // 50), batch_size=batch, verbose=0, shuffle=True,
               callbacks=[probe, checkpoint, nn.TerminateOnNaN()])
     first, last = probe.rows[0], probe.rows[-1]
-    return {"model": name, "steps": len(probe.times), "window": window, "first": first, "last": last,
+    return {"model": name, "steps": probe.steps, "window": window, "first": first, "last": last,
             "rss_growth_mib": round(last["rss_mib"] - first["rss_mib"], 1),
             "fd_growth": last["fds"] - first["fds"],
             "step_time_ratio": round(last["median_ms"] / first["median_ms"], 3),

@@ -29,7 +29,8 @@ def _temps(folder):
 
 
 def _kill_during(work, rounds, seed, longest=0.04):
-    """Fork ``rounds`` children running ``work()`` forever; SIGKILL each after a random delay.
+    """Fork ``rounds`` children running ``work(ready)`` forever; SIGKILL each a random delay after it
+    calls ``ready()`` (once its loop is warm, so that on a loaded machine the kill still lands in it).
 
     Yields after each kill (the child is reaped). Every child is killed and reaped, even on failure.
     """
@@ -40,8 +41,7 @@ def _kill_during(work, rounds, seed, longest=0.04):
         if pid == 0:  # the child: signal that it runs, then save until killed
             try:
                 os.close(r)
-                os.write(w, b"x")
-                work()
+                work(lambda fd=w: os.write(fd, b"x"))
             finally:
                 os._exit(0)
         try:
@@ -62,10 +62,12 @@ def test_sigkill_during_save_leaves_old_or_new_model(tmp_path):
     candidates = [np.array(a.flat_params), np.array(b.flat_params)]
     kills_mid_write = 0
 
-    def save_forever():
+    def save_forever(ready):
+        b.save(path)
+        ready()
         while True:
-            b.save(path)
             a.save(path)
+            b.save(path)
 
     for _ in _kill_during(save_forever, rounds=20, seed=0):
         kills_mid_write += bool(_temps(tmp_path))
@@ -84,9 +86,16 @@ def test_sigkill_during_model_checkpoint(tmp_path):
     model.fit(x, y, epochs=1, batch_size=16, verbose=0)  # compiles the kernels here, not in every child
     model.save(path)
 
-    def train_forever():
+    class Ready(nn.Callback):
+        def __init__(self, ready):
+            self.ready = ready
+
+        def on_train_begin(self, logs=None):
+            self.ready()
+
+    def train_forever(ready):
         model.fit(x, y, epochs=10**6, batch_size=16, verbose=0, initial_epoch=model.epoch,
-                  callbacks=[nn.ModelCheckpoint(str(path), save_freq=1)])
+                  callbacks=[Ready(ready), nn.ModelCheckpoint(str(path), save_freq=1)])
 
     iterations = set()
     for _ in _kill_during(train_forever, rounds=20, seed=1, longest=0.2):

@@ -112,7 +112,8 @@ def _numeric(rows: list[list[str]], columns: list[int], names: list[str], path, 
                 value = None
             if value is None or not math.isfinite(value):
                 where = f"load_csv: {path} row {i + 1}, column {names[c][:80]!r}"
-                raise DataFormatError(f"{where}: {row[c][:80]!r} is not a finite number") from None
+                what = "a number" if value is None else "a finite number"
+                raise DataFormatError(f"{where}: {row[c][:80]!r} is not {what}") from None
             with np.errstate(over="ignore"):  # reported below, naming the cell
                 out[i, j] = value
     if not np.isfinite(out).all():  # finite in float64, out of range of a narrower dtype
