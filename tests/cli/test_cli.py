@@ -230,4 +230,4 @@ def test_prediction_descriptions():
     lm = SimpleNamespace(extra={"dataset": {"vocab": "ab\n"}})
     assert _describe_prediction(np.array([0.1, 2.0, -1.0]), lm) == "class 1"
     assert _describe_prediction(np.eye(3)[[1, 2, 0]], lm) == "next characters 'b\\na'"
-    assert _describe_prediction(np.array([0.5]), SimpleNamespace()) == "[0.5]"
+    assert _describe_prediction(np.array([0.5]), SimpleNamespace(extra={})) == "[0.5]"
