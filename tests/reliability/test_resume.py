@@ -99,6 +99,17 @@ def test_changed_data_restarts_the_interrupted_epoch_with_a_warning(tmp_path):
     assert loaded.epoch == 1 and loaded.optimizer.iterations == 3 + 10
 
 
+def test_fit_from_another_epoch_does_not_resume_inside_one(tmp_path):
+    x, y = _data(100)
+    model = _model()
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[StopAt(1, 2)])
+    model.save(tmp_path / "m.nnet")
+    loaded = nn.load(tmp_path / "m.nnet")
+    with pytest.warns(RuntimeWarning, match="saved inside epoch 1, but fit starts at epoch 0"):
+        loaded.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    assert loaded.optimizer.iterations == 13 + 3 + 2 * 13
+
+
 def test_scheduler_state_round_trip():
     opt = nn.SGD(0.1)
     sched = nn.LinearWarmup(opt, warmup_steps=3, after=nn.StepLR(step_size=2, gamma=0.5))

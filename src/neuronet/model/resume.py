@@ -25,12 +25,17 @@ ON_NONFINITE = ("raise", "skip", "warn")
 class EpochCursor:
     """Where ``fit`` is inside the current epoch (ints and references only: updating it allocates nothing)."""
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, pending: dict | None):
+    def __init__(self, n: int, batch_size: int, shuffle: bool, pending: dict | None, initial_epoch: int):
         self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
         self.epoch = -1
         self.step = 0
         self.epoch_rng_state: dict | None = None
         self.totals = None
+        if pending is not None and pending["epoch"] != initial_epoch:
+            warnings.warn(f"fit: the model was saved inside epoch {pending['epoch']}, but fit starts at "
+                          f"epoch {initial_epoch}; pass initial_epoch=model.epoch to resume exactly",
+                          RuntimeWarning, stacklevel=3)
+            pending = None
         self._pending = pending
         # load() put the generator where the save happened; keep that state for the resumed batch
         self._resume_rng = nnrandom.generator().bit_generator.state if pending is not None else None

@@ -176,7 +176,7 @@ class Trainer:
         self.history = history
         self.stop_training = False
         resume.check_mode(on_nonfinite)
-        cursor = self._cursor = resume.EpochCursor(n, batch_size, bool(shuffle), self.position)
+        cursor = self._cursor = resume.EpochCursor(n, batch_size, bool(shuffle), self.position, initial_epoch)
         self.position = None
         buffers: dict = {}
         cb.on_train_begin()
