@@ -17,6 +17,7 @@ from .callbacks import (
     ModelCheckpoint,
     ProgressBar,
     ReduceLROnPlateau,
+    TensorBoard,
     TerminateOnNaN,
 )
 from .core import LAYERS, Layer, manual_seed
@@ -59,7 +60,7 @@ __version__ = "0.1.0"
 __all__ = [
     "LAYERS", "LOSSES", "OPTIMIZERS", "SGD", "Adam", "AdamW", "CSVLogger", "Callback", "CrossEntropyLoss",
     "EarlyStopping", "History", "Layer", "Loss", "MSELoss", "ModelCheckpoint", "Optimizer", "ProgressBar",
-    "ReduceLROnPlateau", "Sequential", "ShapeError", "backends", "data",
+    "ReduceLROnPlateau", "Sequential", "TensorBoard", "ShapeError", "backends", "data",
     "errors", "load", "manual_seed", "set_backend",
     "export_gguf", "export_onnx", "load_gguf", "to_torch_state_dict",
     *_layer_names,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import os
 import time
@@ -12,6 +13,7 @@ import numpy as np
 
 from ._atomic import atomic_path
 from .core.callback import Callback
+from .errors import ConfigError
 from .optim.schedulers import ReduceLROnPlateau  # noqa: F401 -- the scheduler is also a fit callback
 
 
@@ -265,3 +267,73 @@ def _write_rows_atomically(path: str, rows: list[list]) -> None:
     """Write CSV rows to a temporary file next to ``path``, then rename it over ``path``."""
     with atomic_path(path, "CSV log") as tmp, open(tmp, "w", newline="") as f:
         csv.writer(f).writerows(rows)
+
+
+class TensorBoard(Callback):
+    """Write TensorBoard event files: losses and metrics, the learning rate and weight histograms.
+
+    As Keras's callback: training values go to ``log_dir/train`` and validation values to
+    ``log_dir/validation`` under the same tags (``epoch_loss``, ``epoch_accuracy``, ...), so TensorBoard
+    draws them in one chart; ``epoch_learning_rate`` is the optimizer's ``lr``. With
+    ``update_freq="batch"`` the running means of the epoch are also written after every batch
+    (``batch_loss``, ...; the step is the optimizer's ``iterations``, so a resumed run continues the
+    curve). Every ``histogram_freq`` epochs (0: never) each parameter's values are written as a histogram
+    under its state_dict name. Only this callback writes; ``fit`` does not know about it.
+
+    The writer is tensorboardX's (or, without it, torch.utils.tensorboard's); install it with
+    ``pip install 'neuronet[tensorboard]'``.
+    """
+
+    def __init__(self, log_dir: str = "logs", update_freq: str = "epoch", histogram_freq: int = 0):
+        if update_freq not in ("epoch", "batch"):
+            raise ConfigError(f"TensorBoard: update_freq must be 'epoch' or 'batch', got {update_freq!r}")
+        if int(histogram_freq) < 0:
+            raise ConfigError(f"TensorBoard: histogram_freq must be >= 0, got {histogram_freq}")
+        self.log_dir, self.update_freq, self.histogram_freq = str(log_dir), update_freq, int(histogram_freq)
+        self._writer_class = _summary_writer()
+        self._writers: dict = {}
+
+    def _writer(self, name: str):
+        if name not in self._writers:  # the writers name files by the second: a suffix keeps runs apart
+            suffix = f".{os.getpid()}.{next(_EVENT_FILES)}"
+            self._writers[name] = self._writer_class(os.path.join(self.log_dir, name), filename_suffix=suffix)
+        return self._writers[name]
+
+    def on_batch_end(self, batch, logs=None):
+        if self.update_freq == "batch":
+            step = self.model.optimizer.iterations
+            for key, value in (logs or {}).items():
+                self._writer("train").add_scalar(f"batch_{key}", float(value), step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            split, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+            self._writer(split).add_scalar(f"epoch_{name}", float(value), epoch)
+        train = self._writer("train")
+        train.add_scalar("epoch_learning_rate", float(self.model.optimizer.lr), epoch)
+        if self.histogram_freq and (epoch + 1) % self.histogram_freq == 0:
+            for name, value in self.model.named_parameters():
+                train.add_histogram(name, np.asarray(self.model.ops.to_numpy(value)), epoch)
+        for writer in self._writers.values():
+            writer.flush()
+
+    def on_train_end(self, logs=None):
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
+
+
+_EVENT_FILES = itertools.count()
+
+
+def _summary_writer():
+    """The SummaryWriter class of tensorboardX, else of torch.utils.tensorboard (imported on first use)."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ImportError("TensorBoard callback: needs tensorboardX (or torch with tensorboard); "
+                              "install it with pip install 'neuronet[tensorboard]'") from None
+    return SummaryWriter

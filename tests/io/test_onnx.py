@@ -113,6 +113,22 @@ def test_conv1d_batchnorm1d(tmp_path):
     assert_runs_like_predict(model, floats(4, 3, 7), tmp_path)
 
 
+@pytest.mark.parametrize("opset", [17, 18, 21])
+def test_group_norm(opset, tmp_path):
+    model = nn.Sequential(layer("Conv1D", 3, 6, 3), layer("GroupNorm", 3, 6), nn.Flatten(), nn.Dense(30, 4),
+                          layer("GroupNorm", 2, 4))
+    model.build((3, 7))
+    _train_a_little(model, floats(8, 3, 7), RNG.integers(0, 4, 8))  # non-trivial weight and bias
+    assert_runs_like_predict(model, floats(4, 3, 7), tmp_path, opset=opset)
+
+
+def test_embedding_with_padding_idx(tmp_path):
+    model = nn.Sequential(layer("Embedding", 10, 4, padding_idx=0), layer("MeanPooling"), nn.Dense(4, 2))
+    x = tokens(3, 5, 10)
+    x[:, -2:] = 0  # padded tail
+    assert_runs_like_predict(model, x, tmp_path)
+
+
 def _train_a_little(model, x, y):
     model.compile(optimizer=nn.SGD(0.01), loss=nn.CrossEntropyLoss())
     for _ in range(3):
@@ -132,6 +148,16 @@ def test_rnn(cell, return_sequences, tmp_path):
 def test_bidirectional_rnn(cell, return_sequences, tmp_path):
     model = nn.Sequential(layer("Bidirectional", layer(cell, 3, 4, return_sequences=return_sequences)),
                           nn.Dense(8, 2))
+    assert_runs_like_predict(model, floats(2, 5, 3), tmp_path)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("return_sequences", [False, True])
+def test_stacked_rnn(cell, bidirectional, return_sequences, tmp_path):
+    rnn = layer(cell, 3, 4, return_sequences=return_sequences, num_layers=3, dropout=0.5)
+    width = 8 if bidirectional else 4
+    model = nn.Sequential(nn.Bidirectional(rnn) if bidirectional else rnn, nn.Dense(width, 2))
     assert_runs_like_predict(model, floats(2, 5, 3), tmp_path)
 
 

@@ -18,6 +18,38 @@ def test_embedding_matches_torch_with_repeated_ids(backend):
     assert result["y"].shape == (2, 4, 6)
 
 
+@pytest.mark.parametrize("padding_idx", [3, -2])
+def test_embedding_padding_idx_matches_torch(padding_idx, backend):
+    ids = np.array([[1, 3, 3, 0], [3, 1, 4, 3]])  # the padding id 3 appears four times
+    module = torch.nn.Embedding(5, 6, padding_idx=padding_idx)
+    with torch.no_grad():
+        module.weight[3] = torch.randn(6)  # a non-zero padding row: still no gradient
+    result = compare_with_torch(_on(nn.Embedding(5, 6, padding_idx=padding_idx), backend, (4,)), module, ids)
+    assert result["y"].shape == (2, 4, 6)
+
+
+def test_embedding_padding_row_starts_at_zero_and_never_trains():
+    layer = nn.Embedding(5, 3, padding_idx=-1)
+    assert layer.padding_idx == 4 and repr(layer) == "Embedding(5, 3, padding_idx=4)"
+    layer.build((2,))
+    np.testing.assert_array_equal(layer.params["weight"][4], 0.0)
+    assert np.all(layer.params["weight"][:4] != 0.0)
+    layer.zero_grad()
+    layer.forward(np.array([[4, 1], [4, 4]]))
+    layer.backward(np.ones((2, 2, 3), np.float32))
+    np.testing.assert_array_equal(layer.grads["weight"][4], 0.0)
+    np.testing.assert_array_equal(layer.grads["weight"][1], 1.0)
+    again = nn.Embedding(**layer.get_config())
+    assert again.padding_idx == 4
+
+
+@pytest.mark.parametrize("bad", [5, -6])
+def test_embedding_padding_idx_out_of_range(bad):
+    with pytest.raises(nn.errors.ConfigError,
+                       match=rf"Embedding\(5, 2\): padding_idx must be in \[-5, 5\), got {bad}"):
+        nn.Embedding(5, 2, padding_idx=bad)
+
+
 def test_embedding_gradcheck():
     check_gradients(nn.Embedding(4, 3), np.array([[0, 2, 2], [3, 2, 0]]))
 

@@ -8,19 +8,21 @@ from neuronet.testing import check_gradients, compare_with_torch, step_allocatio
 TORCH_RNN = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}
 
 
-def make(kind, input_size, hidden, return_sequences, bidirectional):
-    layer = getattr(nn, kind)(input_size, hidden, return_sequences=return_sequences)
+def make(kind, input_size, hidden, return_sequences, bidirectional, **kwargs):
+    layer = getattr(nn, kind)(input_size, hidden, return_sequences=return_sequences, **kwargs)
     return nn.Bidirectional(layer) if bidirectional else layer
 
 
 def torch_forward(return_sequences):
-    """nn.LSTM/GRU output in our layout: all steps (N, T, D*H), or [h_n of each direction] (N, D*H)."""
+    """nn.LSTM/GRU output in our layout: all steps (N, T, D*H), or [h_n of each direction of the top layer]
+    (N, D*H)."""
     def run(module, x):
         out, state = module(x)
         if return_sequences:
             return out
-        h_n = state[0] if isinstance(state, tuple) else state  # (D, N, H)
-        return h_n.permute(1, 0, 2).reshape(x.shape[0], -1)
+        h_n = state[0] if isinstance(state, tuple) else state  # (layers * D, N, H)
+        directions = 2 if module.bidirectional else 1
+        return h_n[-directions:].permute(1, 0, 2).reshape(x.shape[0], -1)
     return run
 
 
@@ -130,3 +132,119 @@ def test_lstm_train_step_allocates_nothing():
     growth, peak = step_allocations(lambda: model.train_step(x, y))
     assert growth < 64 * 1024, growth
     assert peak < 256 * 1024, peak
+
+
+# --------------------------------------------------------------------------- stacked layers and dropout
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("return_sequences", [False, True])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_stacked_matches_torch_on_both_backends(kind, return_sequences, bidirectional, backend):
+    torch.manual_seed(3)
+    module = TORCH_RNN[kind](4, 5, num_layers=3, batch_first=True, bidirectional=bidirectional)
+    layer = make(kind, 4, 5, return_sequences, bidirectional, num_layers=3)
+    layer.build((6, 4), dtype="float64")
+    layer.to(backend)
+    x = np.random.default_rng(10).standard_normal((3, 6, 4))
+    compare_with_torch(layer, module, x, torch_forward=torch_forward(return_sequences), atol=1e-9, rtol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_stacked_dropout_in_eval_mode_matches_torch(kind):
+    torch.manual_seed(4)
+    module = TORCH_RNN[kind](3, 4, num_layers=2, dropout=0.5, batch_first=True, bidirectional=True)
+    x = np.random.default_rng(11).standard_normal((2, 5, 3))
+    compare_with_torch(make(kind, 3, 4, True, True, num_layers=2, dropout=0.5), module, x, training=False,
+                       torch_forward=torch_forward(True), atol=1e-9, rtol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_stacked_gradcheck(kind, bidirectional):
+    x = np.random.default_rng(12).standard_normal((2, 3, 3))
+    check_gradients(make(kind, 3, 2, True, bidirectional, num_layers=2), x)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_dropout_between_layers_gradcheck(kind):
+    x = np.random.default_rng(13).standard_normal((3, 4, 3))
+    check_gradients(make(kind, 3, 3, False, True, num_layers=3, dropout=0.4), x,
+                    reseed=lambda: nn.manual_seed(5))
+
+
+def test_dropout_acts_between_layers_only_while_training():
+    x = np.random.default_rng(14).standard_normal((4, 5, 3))
+    nn.manual_seed(0)
+    dropped = make("LSTM", 3, 6, True, False, num_layers=2, dropout=0.5)
+    dropped.build((5, 3), dtype="float64")
+    plain = make("LSTM", 3, 6, True, False, num_layers=2)
+    plain.build((5, 3), dtype="float64")
+    plain.load_state_dict(dropped.state_dict())
+    np.testing.assert_array_equal(dropped.forward(x, training=False), plain.forward(x, training=False))
+    assert not np.allclose(dropped.forward(x, training=True), plain.forward(x, training=True))
+    # torch's dropout: zero with probability p, scale the rest by 1 / (1 - p), on layer 0's outputs
+    mask = dropped.workspace("mask_l1", (5, 4, 6))
+    assert set(np.unique(mask)) == {0.0, 2.0} and 0.3 < np.mean(mask == 0.0) < 0.7
+    single = make("GRU", 3, 6, True, False, dropout=0.5)  # one layer: nothing to drop, as torch
+    single.build((5, 3), dtype="float64")
+    np.testing.assert_array_equal(single.forward(x, training=True), single.forward(x, training=False))
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_stacked_dropout_torch_backend_matches_numpy(kind):
+    x = np.random.default_rng(15).standard_normal((3, 5, 4))
+    dy = np.random.default_rng(16).standard_normal((3, 5, 12))
+    results = []
+    for backend in ("numpy", "torch"):
+        nn.manual_seed(0)
+        layer = make(kind, 4, 6, True, True, num_layers=2, dropout=0.3)
+        layer.build((5, 4), dtype="float64")
+        layer.to(backend)
+        nn.manual_seed(1)  # the same masks: both backends draw them from neuronet's generator
+        y = layer.ops.to_numpy(layer.forward(layer.ops.asarray(x)))
+        layer.zero_grad()
+        dx = layer.ops.to_numpy(layer.backward(layer.ops.asarray(dy)))
+        results.append((np.array(y), np.array(dx), np.array(layer.ops.to_numpy(layer.flat_grads))))
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-12, rtol=1e-7)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_stacked_torch_state_dict_loads_unchanged(bidirectional):
+    torch.manual_seed(5)
+    lstm = torch.nn.LSTM(3, 4, num_layers=2, batch_first=True, bidirectional=bidirectional)
+    layer = make("LSTM", 3, 4, True, bidirectional, num_layers=2)
+    layer.build((5, 3))
+    assert list(dict(layer.named_parameters())) == list(lstm.state_dict())
+    layer.load_state_dict(lstm.state_dict())
+    x = np.random.default_rng(17).standard_normal((2, 5, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = lstm(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(layer(x), want, atol=1e-5)
+
+
+def test_stacked_bidirectional_saves_and_loads(tmp_path):
+    model = nn.Sequential(nn.Bidirectional(nn.GRU(3, 4, num_layers=2, dropout=0.25)), nn.Dense(8, 2))
+    model.build((5, 3))
+    model.save(tmp_path / "m.nnet")
+    loaded = nn.load(tmp_path / "m.nnet")
+    assert repr(loaded[0]) == "Bidirectional(GRU(3, 4, num_layers=2, dropout=0.25))"
+    x = np.random.default_rng(18).standard_normal((2, 5, 3)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+
+
+def test_stacked_bidirectional_train_step_allocates_nothing():
+    x = np.random.default_rng(19).standard_normal((16, 7, 8)).astype(np.float32)
+    y = np.random.default_rng(20).integers(0, 4, 16)
+    model = nn.Sequential(nn.Bidirectional(nn.LSTM(8, 16, num_layers=2, dropout=0.2)), nn.Dense(32, 4))
+    model.compile(optimizer=nn.Adam(1e-3), loss=nn.CrossEntropyLoss())
+    growth, peak = step_allocations(lambda: model.train_step(x, y))
+    assert growth < 64 * 1024, growth
+    assert peak < 256 * 1024, peak
+
+
+@pytest.mark.parametrize("kwargs,match", [({"num_layers": 0}, "num_layers must be >= 1, got 0"),
+                                          ({"dropout": 1.0}, r"dropout must be in \[0, 1\), got 1.0")])
+def test_bad_num_layers_or_dropout(kwargs, match):
+    for kind in ("LSTM", "GRU"):
+        with pytest.raises(nn.errors.ConfigError, match=f"{kind}: {match}"):
+            getattr(nn, kind)(3, 4, **kwargs)

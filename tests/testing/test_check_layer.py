@@ -25,12 +25,18 @@ TABLE = [
     (nn.BatchNorm2D(3), (3, 4, 4), {}),
     (nn.LayerNorm(5), (2, 5), {}),
     (nn.RMSNorm(5), (2, 5), {}),
+    (nn.GroupNorm(2, 4), (4, 3, 2), {"wrong_input": np.zeros((2, 6, 3, 2))}),  # any positions, 4 channels
     (nn.Embedding(10, 4), (6,), {"integer_high": 10, "wrong_input": np.zeros((2, 6))}),
+    (nn.Embedding(10, 4, padding_idx=0), (6,),  # the padding row is read but (by design) gets no gradient
+     {"integer_high": 10, "wrong_input": np.zeros((2, 6)),
+      "checks": [c for c in ALL_CHECKS if c != "gradients"]}),
     (nn.PositionalEncoding(8, 4), (5, 4), {}),
     (nn.PositionalEncoding(8, 4, learned=True), (5, 4), {}),
     (nn.LSTM(3, 4), (5, 3), {}),
     (nn.GRU(3, 4, return_sequences=True), (5, 3), {}),
     (nn.Bidirectional(nn.LSTM(3, 4, return_sequences=True)), (5, 3), {}),
+    (nn.LSTM(3, 4, num_layers=2, dropout=0.3), (5, 3), {}),
+    (nn.Bidirectional(nn.GRU(3, 4, num_layers=3, dropout=0.2, return_sequences=True)), (5, 3), {}),
     (nn.MultiHeadAttention(8, 2, causal=True), (5, 8), {}),
     (nn.TransformerBlock(8, 2, 16, causal=True), (5, 8), {}),
     (nn.TransformerBlock(8, 2, 16, norm="rms", ffn="swiglu", rope=True), (5, 8), {}),

@@ -331,3 +331,69 @@ def scatter_add_rows(table, index, rows):
         k = index[i]
         for c in range(cols):
             table[k, c] += rows[i, c]
+
+
+@jit
+def group_norm_forward(x, w, b, groups, eps, out, mean, rstd):
+    """GroupNorm of x (N, C, M): each sample's channels in ``groups`` blocks of C/groups, normalised over
+    the block's (C/groups) * M values, then out = xhat * w[c] + b[c]; saves mean, rstd (N * groups)."""
+    n, channels, m = x.shape
+    per = channels // groups
+    dt = x.dtype.type
+    eps, inv_count = dt(eps), dt(1.0 / (per * m))
+    for i in range(n):
+        for g in range(groups):
+            block = x[i, g * per:(g + 1) * per]
+            mu = dt(0.0)
+            for c in range(per):
+                for j in range(m):
+                    mu += block[c, j]
+            mu *= inv_count
+            var = dt(0.0)
+            for c in range(per):
+                for j in range(m):
+                    d = block[c, j] - mu
+                    var += d * d
+            s = dt(1.0) / np.sqrt(var * inv_count + eps)
+            mean[i * groups + g] = mu
+            rstd[i * groups + g] = s
+            for c in range(per):
+                k = g * per + c
+                scale = s * w[k]
+                for j in range(m):
+                    out[i, k, j] = (block[c, j] - mu) * scale + b[k]
+
+
+@jit
+def group_norm_backward(dy, x, w, mean, rstd, groups, dx, dw, db):
+    """dx = rstd (gy - mean(gy) - xhat mean(gy xhat)) per group, gy = dy w[c];
+
+    ACCUMULATES dw[c] += sum dy xhat and db[c] += sum dy.
+    """
+    n, channels, m = x.shape
+    per = channels // groups
+    dt = x.dtype.type
+    inv_count = dt(1.0 / (per * m))
+    for i in range(n):
+        for g in range(groups):
+            mu, s = mean[i * groups + g], rstd[i * groups + g]
+            sg = dt(0.0)
+            sgx = dt(0.0)
+            for c in range(per):
+                k = g * per + c
+                sdy = dt(0.0)
+                sdyx = dt(0.0)
+                for j in range(m):
+                    xh = (x[i, k, j] - mu) * s
+                    sdy += dy[i, k, j]
+                    sdyx += dy[i, k, j] * xh
+                dw[k] += sdyx
+                db[k] += sdy
+                sg += sdy * w[k]
+                sgx += sdyx * w[k]
+            mg, mgx = sg * inv_count, sgx * inv_count
+            for c in range(per):
+                k = g * per + c
+                for j in range(m):
+                    xh = (x[i, k, j] - mu) * s
+                    dx[i, k, j] = s * (dy[i, k, j] * w[k] - mg - xh * mgx)

@@ -170,6 +170,15 @@ class NumpyOps(Ops):
                                    _rows(dx), dweight, db)
         return dx
 
+    def group_norm(self, x, weight, bias, groups, eps, out, mean, rstd):
+        kernels.group_norm_forward(x, weight, bias, groups, eps, out, mean, rstd)
+        return out
+
+    def group_norm_backward(self, dy, x, weight, mean, rstd, groups, dx, dweight, dbias):
+        kernels.group_norm_backward(np.ascontiguousarray(dy), x, weight, mean, rstd, groups, dx, dweight,
+                                    dbias)
+        return dx
+
     def attention_softmax(self, scores, out, causal, scale=1.0):
         kernels.softmax_rows(_rows(scores), _rows(out), False, scale, scores.shape[-1] if causal else 0)
         return out

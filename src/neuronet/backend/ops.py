@@ -189,6 +189,16 @@ class Ops:
         """dx of ``norm_rows``; ACCUMULATES into ``dweight`` and ``dbias`` (None when there is no bias)."""
         raise NotImplementedError
 
+    def group_norm(self, x, weight, bias, groups: int, eps: float, out, mean, rstd) -> Any:
+        """GroupNorm of contiguous ``x`` (N, C, M): each sample's C channels in ``groups`` equal blocks,
+        each normalised over its (C / groups) * M values; out = (x - mean) * rstd * weight[c] + bias[c].
+        Saves ``mean`` and ``rstd`` (N * groups) for ``group_norm_backward``."""
+        raise NotImplementedError
+
+    def group_norm_backward(self, dy, x, weight, mean, rstd, groups: int, dx, dweight, dbias) -> Any:
+        """dx of ``group_norm`` (all (N, C, M)); ACCUMULATES into ``dweight`` and ``dbias`` (C)."""
+        raise NotImplementedError
+
     def attention_softmax(self, scores, out, causal: bool, scale: float = 1.0) -> Any:
         """P = softmax(scale * scores) over the last axis of (..., T, T) scores; with ``causal`` query t
         sees keys 0..t only (P is 0 above the diagonal). ``out`` may be ``scores``."""

@@ -218,6 +218,24 @@ class TorchOps(Ops):
             dbias += dy.sum(dim=0)
         return dx
 
+    def group_norm(self, x, weight, bias, groups, eps, out, mean, rstd):  # PyTorch's fused kernels
+        n, c, m = x.shape
+        y, mu, rs = torch.native_group_norm(x, weight, bias, n, c, m, groups, eps)
+        out.copy_(y)
+        mean.copy_(mu.reshape(-1))
+        rstd.copy_(rs.reshape(-1))
+        return out
+
+    def group_norm_backward(self, dy, x, weight, mean, rstd, groups, dx, dweight, dbias):
+        n, c, m = x.shape
+        stats = mean.reshape(n, groups), rstd.reshape(n, groups)
+        gx, gw, gb = torch.ops.aten.native_group_norm_backward(dy.contiguous(), x, *stats, weight, n, c, m,
+                                                               groups, [True, True, True])
+        dx.copy_(gx)
+        dweight += gw
+        dbias += gb
+        return dx
+
     def attention_softmax(self, scores, out, causal, scale=1.0):
         scores = scores * scale
         if causal:

@@ -266,6 +266,19 @@ def _norm(g, layer, x, prefix):
     return g.op("Mul", g.op("Div", x, rms), weight)
 
 
+@converter("GroupNorm")
+def _group_norm(g, layer, x, prefix):
+    """(N, C, *) -> (N, G, rest): InstanceNormalization normalises each group; then the per-channel affine."""
+    cfg = layer.get_config()
+    groups, shape = cfg["num_groups"], layer.input_shape
+    ones, zeros = g.const("gn_ones", np.ones(groups)), g.const("gn_zeros", np.zeros(groups))
+    y = g.op("InstanceNormalization", reshape(g, x, [0, groups, -1]), ones, zeros, epsilon=cfg["eps"])
+    per_channel = (shape[0],) + (1,) * (len(shape) - 1)  # broadcasts over the positions
+    weight = g.param(layer, prefix, "weight", lambda w: w.reshape(per_channel))
+    bias = g.param(layer, prefix, "bias", lambda b: b.reshape(per_channel))
+    return g.op("Add", g.op("Mul", reshape(g, y, [0, *shape]), weight), bias)
+
+
 @converter("MultiHeadAttention")
 def _attention(g, layer, x, prefix):
     cfg = layer.get_config()
@@ -412,20 +425,25 @@ def _gates(w: np.ndarray, kind: str) -> np.ndarray:
     return np.concatenate([blocks[i] for i in _GATE_ORDER[kind]], axis=0)
 
 
-def rnn(g: OnnxGraph, layer: Layer, prefix: str, x: str, kind: str, hidden: int, return_sequences: bool,
-        suffixes: tuple[str, ...]) -> str:
-    """ONNX LSTM/GRU over batch-first x (N, T, I); ``suffixes`` ("",) or ("", "_reverse") per direction."""
-    def stacked(*keys: str) -> str:  # (dirs, rows) per key, keys concatenated along the rows
-        value = np.stack([np.concatenate([_gates(_host(layer, key + s), kind) for key in keys])
-                          for s in suffixes])
-        return g.const(f"{prefix}{keys[0]}.onnx", value)
+def rnn(g: OnnxGraph, layer: Layer, prefix: str, x: str, kind: str, cfg: dict, directions: int) -> str:
+    """ONNX LSTM/GRU nodes, one per stacked layer, over batch-first x (N, T, I) (dropout: inference)."""
+    suffixes = ("", "_reverse")[:directions]
 
-    w, r, b = stacked("weight_ih_l0"), stacked("weight_hh_l0"), stacked("bias_ih_l0", "bias_hh_l0")
-    attrs = {"hidden_size": hidden, "direction": "bidirectional" if len(suffixes) == 2 else "forward"}
+    def stacked(k: int, *keys: str) -> str:  # (dirs, rows) per key, keys concatenated along the rows
+        value = np.stack([np.concatenate([_gates(_host(layer, f"{key}_l{k}{s}"), kind) for key in keys])
+                          for s in suffixes])
+        return g.const(f"{prefix}{keys[0]}_l{k}.onnx", value)
+
+    attrs = {"hidden_size": cfg["hidden_size"], "direction": ("forward", "bidirectional")[directions - 1]}
     if kind == "GRU":
         attrs["linear_before_reset"] = 1  # PyTorch: n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
-    seq, last = g.op(kind, g.op("Transpose", x, perm=[1, 0, 2]), w, r, b, outputs=2, **attrs)
-    if return_sequences:  # (T, dirs, N, H) -> (N, T, dirs * H)
+    seq = g.op("Transpose", x, perm=[1, 0, 2])                                       # (T, N, I)
+    for k in range(cfg["num_layers"]):
+        if k:  # (T, dirs, N, H) -> (T, N, dirs * H): the next layer's input
+            seq = reshape(g, g.op("Transpose", seq, perm=[0, 2, 1, 3]), [0, 0, -1])
+        w, r, b = stacked(k, "weight_ih"), stacked(k, "weight_hh"), stacked(k, "bias_ih", "bias_hh")
+        seq, last = g.op(kind, seq, w, r, b, outputs=2, **attrs)
+    if cfg["return_sequences"]:  # (T, dirs, N, H) -> (N, T, dirs * H)
         return reshape(g, g.op("Transpose", seq, perm=[2, 0, 1, 3]), [0, 0, -1])
     return reshape(g, g.op("Transpose", last, perm=[1, 0, 2]), [0, -1])  # (dirs, N, H) -> (N, dirs * H)
 
@@ -436,12 +454,10 @@ def _host(layer: Layer, key: str) -> np.ndarray:
 
 @converter("LSTM", "GRU")
 def _rnn_layer(g, layer, x, prefix):
-    cfg = layer.get_config()
-    return rnn(g, layer, prefix, x, type(layer).__name__, cfg["hidden_size"], cfg["return_sequences"], ("",))
+    return rnn(g, layer, prefix, x, type(layer).__name__, layer.get_config(), 1)
 
 
 @converter("Bidirectional")
 def _bidirectional(g, layer, x, prefix):
     cfg = layer.get_config()["rnn"]
-    suffixes = ("", "_reverse")
-    return rnn(g, layer, prefix, x, cfg["type"], cfg["hidden_size"], cfg["return_sequences"], suffixes)
+    return rnn(g, layer, prefix, x, cfg["type"], cfg, 2)

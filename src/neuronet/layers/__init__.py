@@ -21,7 +21,7 @@ from .dropout import Dropout
 from .embedding import Embedding, PositionalEncoding
 from .global_attention import GlobalAttention
 from .moe import MoE
-from .normalization import LayerNorm, RMSNorm
+from .normalization import GroupNorm, LayerNorm, RMSNorm
 from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from .rbf import RBF
 from .recurrent import GRU, LSTM, Bidirectional
@@ -48,6 +48,7 @@ __all__ = [
     "GRU",
     "GlobalAttention",
     "GlobalAvgPool2D",
+    "GroupNorm",
     "LSTM",
     "LastToken",
     "LayerNorm",

@@ -7,33 +7,49 @@ import numpy as np
 from ..core import args
 from ..core import initializers as init
 from ..core.layer import Layer, ShapeError
+from ..errors import ConfigError
 
 
 class Embedding(Layer):
     """Look up one learned row per integer id.
 
-    y[n, t] = weight[ids[n, t]];  dL/dweight[k] += sum of dy[n, t] over every (n, t) with ids[n, t] = k.
+    y[n, t] = weight[ids[n, t]];  dL/dweight[k] += sum of dy[n, t] over every (n, t) with ids[n, t] = k,
+    except the row ``padding_idx``, which gets no gradient (it stays what it was: zeros unless loaded).
 
-    PyTorch counterpart: ``nn.Embedding(num, dim)``.
+    PyTorch counterpart: ``nn.Embedding(num, dim, padding_idx)``.
 
     Args:
         num (int): number of ids (rows of the table).
         dim (int): size of each embedding vector.
+        padding_idx (int, optional): an id in [-num, num) (negative counts from the end) whose row is
+            initialised to zeros and never trained. Default: ``None``.
     Shape:
         ids: (N, T) integers in [0, num) -> y: (N, T, dim)
     Parameters:
-        weight (num, dim), initialised N(0, 1) as PyTorch does.
+        weight (num, dim), initialised N(0, 1) as PyTorch does (row ``padding_idx`` zeros).
     Saved for backward:
         the ids (by reference).
     """
 
-    def __init__(self, num: int, dim: int):
+    def __init__(self, num: int, dim: int, padding_idx: int | None = None):
         super().__init__()
         self.num, self.dim = args.size("Embedding", "num", num), args.size("Embedding", "dim", dim)
+        if padding_idx is not None:
+            if not -self.num <= int(padding_idx) < self.num:
+                raise ConfigError(f"Embedding({self.num}, {self.dim}): padding_idx must be in "
+                                  f"[{-self.num}, {self.num}), got {padding_idx}")
+            padding_idx = int(padding_idx) % self.num  # PyTorch keeps the non-negative form
+        self.padding_idx = padding_idx
 
     def setup(self, input_shape):
-        self.add_param("weight", (self.num, self.dim), init.normal(1.0))
+        self.add_param("weight", (self.num, self.dim), self._init_weight)
         return (*input_shape, self.dim)
+
+    def _init_weight(self, rng, shape, dtype):
+        weight = init.normal(1.0)(rng, shape, dtype)
+        if self.padding_idx is not None:
+            weight[self.padding_idx] = 0.0
+        return weight
 
     def check_input(self, x):
         if x.ndim < 1 or self.ops.is_floating(x):
@@ -43,7 +59,7 @@ class Embedding(Layer):
         lo, hi = self.ops.item(xp.amin(x)), self.ops.item(xp.amax(x))
         if lo < 0 or hi >= self.num:
             bad = int(lo if lo < 0 else hi)
-            raise ValueError(f"{self!r}: id {bad} out of range [0, {self.num})")
+            raise ShapeError(f"{self!r}: id {bad} out of range [0, {self.num})")
 
     def forward(self, x, training: bool = True):
         self.check_input(x)
@@ -53,14 +69,22 @@ class Embedding(Layer):
         return y.reshape(*x.shape, self.dim)
 
     def backward(self, dy):
-        self.ops.scatter_add_rows(self.grads["weight"], self._ids, dy.reshape(-1, self.dim))
+        grad = self.grads["weight"]
+        if self.padding_idx is None:
+            self.ops.scatter_add_rows(grad, self._ids, dy.reshape(-1, self.dim))
+            return None
+        row = self.workspace("padding_row", (self.dim,))  # the padding row's gradient, put back after
+        self.ops.copy_(row, grad[self.padding_idx])
+        self.ops.scatter_add_rows(grad, self._ids, dy.reshape(-1, self.dim))
+        self.ops.copy_(grad[self.padding_idx], row)
         return None
 
     def extra_repr(self):
-        return f"{self.num}, {self.dim}"
+        pad = "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
+        return f"{self.num}, {self.dim}{pad}"
 
     def get_config(self):
-        return {"num": self.num, "dim": self.dim}
+        return {"num": self.num, "dim": self.dim, "padding_idx": self.padding_idx}
 
 
 def sinusoid_table(max_len: int, dim: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Normalisation of each position over the feature axis: LayerNorm and RMSNorm (nn.LayerNorm, nn.RMSNorm)."""
+"""Normalisation over the feature axis (LayerNorm, RMSNorm) or channel groups (GroupNorm), as PyTorch's."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 from ..core import args
 from ..core import initializers as init
 from ..core.layer import Layer, ShapeError
+from ..errors import ConfigError
 
 
 class LayerNorm(Layer):
@@ -91,3 +92,71 @@ class RMSNorm(LayerNorm):
 
     def __init__(self, d: int, eps: float = 1e-6):
         super().__init__(d, eps)
+
+
+class GroupNorm(Layer):
+    """Split each sample's channels into groups; normalise each group over its channels and positions.
+
+    y = (x - mean_g) / sqrt(var_g + eps) * weight[c] + bias[c]   (mean, biased var over group g's
+    C/G channels and all positions of one sample)
+    dx = rstd (gy - mean_g(gy) - xhat mean_g(gy xhat)),  gy = dy * weight[c]
+
+    PyTorch counterpart: ``nn.GroupNorm(num_groups, num_channels, eps)``. One group is LayerNorm over
+    (C, *); C groups is InstanceNorm with a per-channel affine.
+
+    Args:
+        num_groups (int): G, which must divide ``num_channels``.
+        num_channels (int): C, the size of axis 1.
+        eps (float, optional): added to the variance. Default: ``1e-5``.
+    Shape:
+        x: (N, C, *) -> y: (N, C, *)
+    Parameters:
+        weight (C) = 1, bias (C) = 0.
+    Saved for backward:
+        x (by reference), mean and rstd per (sample, group) (workspace).
+    """
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.num_groups, self.num_channels, self.eps = int(num_groups), int(num_channels), float(eps)
+        if self.num_groups < 1 or self.num_channels % self.num_groups:
+            raise ConfigError(f"{self!r}: num_channels ({self.num_channels}) must be divisible by "
+                              f"num_groups ({self.num_groups}), and num_groups >= 1")
+
+    def setup(self, input_shape):
+        if not input_shape or input_shape[0] != self.num_channels:
+            raise ShapeError(f"{self!r}: expected input of shape (N, {self.num_channels}, *), "
+                             f"got (N, {', '.join(map(str, input_shape))})")
+        self.add_param("weight", (self.num_channels,), init.ones)
+        self.add_param("bias", (self.num_channels,), init.zeros)
+        return input_shape
+
+    def check_input(self, x):
+        if x.ndim < 2 or x.shape[1] != self.num_channels:
+            raise ShapeError(f"{self!r}: expected input of shape (N, {self.num_channels}, *), "
+                             f"got {tuple(x.shape)}")
+
+    def forward(self, x, training: bool = True):
+        self.check_input(x)
+        n = x.shape[0]
+        self._x = x.reshape(n, self.num_channels, -1)  # (N, C, M): every position after the channels
+        stats = (n * self.num_groups,)
+        self._mean, self._rstd = self.workspace("mean", stats), self.workspace("rstd", stats)
+        y = self.workspace("y", tuple(x.shape))
+        self.ops.group_norm(self._x, self.params["weight"], self.params["bias"], self.num_groups, self.eps,
+                            y.reshape(self._x.shape), self._mean, self._rstd)
+        return y
+
+    def backward(self, dy):
+        dx = self.workspace("dx", tuple(dy.shape))
+        shape, grads = self._x.shape, self.grads
+        self.ops.group_norm_backward(dy.reshape(shape), self._x, self.params["weight"], self._mean,
+                                     self._rstd, self.num_groups, dx.reshape(shape), grads["weight"],
+                                     grads["bias"])
+        return dx
+
+    def extra_repr(self):
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}"
+
+    def get_config(self):
+        return {"num_groups": self.num_groups, "num_channels": self.num_channels, "eps": self.eps}

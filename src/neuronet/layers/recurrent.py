@@ -1,246 +1,306 @@
-"""LSTM, GRU and Bidirectional over batch-first sequences (PyTorch: nn.LSTM, nn.GRU, batch_first=True).
+"""LSTM, GRU and Bidirectional over batch-first sequences (PyTorch: nn.LSTM, nn.GRU with batch_first=True,
+num_layers, dropout and bidirectional).
 
-One direction runs time-major inside, in processing order k = 0..T-1 (time t = k, or T-1-k when
-reversed), so that each step's rows are contiguous. Only the recurrent products run per step:
+Layer l (of ``num_layers``) reads the time-major sequence s_l (T, N, I_l): s_0 is x, s_{l+1} the outputs
+h_t of every direction of layer l side by side (T, N, D*H), dropped out while training. One pass is one
+layer in one direction; only its recurrent products run per step:
 
-    forward   gates = x W_ih^T                      one GEMM over all T steps
-              gates[k] = cell(gates[k] + h[k] W_hh^T + biases)      per step, fused kernel
-    backward  dgates[k] = cell'(dh);  dh[k-1] = dgates[k] W_hh       per step
-              dW_ih = dgates^T x,  dW_hh = dgates^T h[0:T],  dx = dgates W_ih   one GEMM each
+    forward   gates = s_l W_ih^T                          one GEMM over all T steps
+              for t in time order (reversed for the reverse direction):           the cell's loop
+                  gates[t] = cell(gates[t] + h_prev W_hh^T + biases)
+    backward  for t in the opposite order:                                        the cell's loop
+                  dgates[t] = cell'(dh);  dh_prev = dgates[t] W_hh
+              dW_ih = dgates^T s_l,  dW_hh = dgates^T h_prev,  ds_l = dgates W_ih  one GEMM each
 
-The fused cell math is ``ops.lstm_cell`` / ``ops.gru_cell`` (Numba on NumPy, torch ops on torch).
+Each pass keeps its state in workspaces named after it (``h_l0``, ``c_l1_reverse``, ...) in time order
+with one extra slot: the state before step t is h[t + off] and after it h[t + 1 - off], where off is 0
+forward and 1 reversed. Every GEMM over all steps then reads contiguous time-ordered rows in either
+direction. The fused cell math is ``ops.lstm_cell`` / ``ops.gru_cell`` (Numba on NumPy, torch ops on torch).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..core import args
 from ..core import initializers as init
-from ..core.layer import LAYERS, Layer, ShapeError, Workspace
+from ..core import random as nnrandom
+from ..core.layer import LAYERS, Layer, ShapeError
 
 
-class _Direction(Workspace):
-    """One pass over the sequence with ``owner``'s parameters ``<name>_l0<suffix>``; saves its own state."""
+class _Pass(NamedTuple):
+    """One layer in one direction: the suffix of its parameter and workspace names and its time order."""
 
-    def __init__(self, cell: _RNN, owner: Layer, suffix: str, reverse: bool):
-        self.cell, self.owner, self.suffix, self.reverse = cell, owner, suffix, reverse
-
-    @property
-    def ops(self):
-        return self.owner.ops
+    layer: int
+    reverse: bool
 
     @property
-    def dtype(self):
-        return self.owner.dtype
+    def tag(self) -> str:
+        return f"_l{self.layer}" + ("_reverse" if self.reverse else "")
 
-    def param(self, name: str):
-        return self.owner.params[f"{name}_l0{self.suffix}"]
-
-    def grad(self, name: str):
-        return self.owner.grads[f"{name}_l0{self.suffix}"]
+    @property
+    def off(self) -> int:
+        return int(self.reverse)
 
     def times(self, steps: int) -> range:
-        """Time index of each processing step k."""
+        """The times t in processing order."""
         return range(steps - 1, -1, -1) if self.reverse else range(steps)
 
-    def forward(self, x, out, cols: slice, sequences: bool) -> None:
-        """Run over x (N, T, I); write h_t to out[:, t, cols] (sequences) or the final h to out[:, cols]."""
-        ops, cell = self.ops, self.cell
-        n, steps, size_in = x.shape
-        hid, width = cell.hidden_size, cell.gates * cell.hidden_size
-        self.x = self.workspace("x", (steps, n, size_in))  # (T, N, I) in processing order
-        if self.reverse:
-            for k, t in enumerate(self.times(steps)):
-                ops.copy_(self.x[k], x[:, t])
-        else:
-            ops.copy_(self.x, ops.swapaxes(x, 0, 1))
-        self.gates = self.workspace("gates", (steps, n, width))
-        ops.matmul(self.x.reshape(steps * n, size_in), self.param("weight_ih").T,
-                   out=self.gates.reshape(steps * n, width))
-        self.h = self.workspace("h", (steps + 1, n, hid))
-        ops.fill_(self.h[0], 0.0)
-        cell.begin(self, n, steps)
-        gh = self.workspace("gh", (n, width))
-        w_hh = self.param("weight_hh")
-        for k, t in enumerate(self.times(steps)):
-            ops.matmul(self.h[k], w_hh.T, out=gh)
-            cell.step(self, k, gh)
-            if sequences:
-                ops.copy_(out[:, t, cols], self.h[k + 1])
-        if not sequences:
-            ops.copy_(out[:, cols], self.h[steps])
 
-    def backward(self, dy, cols: slice, sequences: bool, dx_tm, accumulate: bool) -> None:
-        """Back-propagate dy (its slice ``cols`` is this direction's); write, or add, dL/dx into the
-        time-major dx_tm (T, N, I) unless it is None."""
-        ops, cell = self.ops, self.cell
-        steps, n, size_in = self.x.shape
-        hid, width = cell.hidden_size, cell.gates * cell.hidden_size
-        dgx, dgh = cell.grad_buffers(self, n, steps)
-        shared = dgh is dgx  # LSTM: W_ih, W_hh and both biases see the same pre-activation gradient
-        dh = self.workspace("dh", (n, hid))
-        dy_step = self.workspace("dy_step", (n, hid))  # contiguous copy: NumPy buffers strided ufunc inputs
-        times = list(self.times(steps))
-        ops.copy_(dh, dy[:, times[-1], cols] if sequences else dy[:, cols])
-        w_hh = self.param("weight_hh")
-        for k in range(steps - 1, -1, -1):
-            cell.step_backward(self, k, dh)
-            if k:
-                cell.recurrent_grad(self, dgh[k], w_hh, dh)
-                if sequences:
-                    ops.copy_(dy_step, dy[:, times[k - 1], cols])
-                    dh += dy_step
-        rows, hrows = self.x.reshape(steps * n, size_in), self.h[:steps].reshape(steps * n, hid)
-        dgx, dgh = dgx.reshape(steps * n, width), dgh.reshape(steps * n, width)
-        ops.matmul_acc(dgx.T, rows, self.grad("weight_ih"), self.workspace("dw_ih", (width, size_in)))
-        ops.matmul_acc(dgh.T, hrows, self.grad("weight_hh"), self.workspace("dw_hh", (width, hid)))
-        if shared:  # both biases get the same gradient: sum it once
-            dbias = self.workspace("dbias", (width,))
-            ops.fill_(dbias, 0.0)
-            ops.sum_rows_acc(dgx, dbias)
-            for name in ("bias_ih", "bias_hh"):
-                grad = self.grad(name)
-                grad += dbias
-        else:
-            ops.sum_rows_acc(dgx, self.grad("bias_ih"))
-            ops.sum_rows_acc(dgh, self.grad("bias_hh"))
-        if dx_tm is None:
-            return
-        direct = not (accumulate or self.reverse)  # already in time order: the GEMM writes dx_tm itself
-        dxt = dx_tm if direct else self.workspace("dx", (steps, n, size_in))
-        ops.matmul(dgx, self.param("weight_ih"), out=dxt.reshape(steps * n, size_in))
-        if not direct:
-            for k, t in enumerate(times):
-                if accumulate:
-                    dx_tm[t] += dxt[k]
-                else:
-                    ops.copy_(dx_tm[t], dxt[k])
+class _Recurrent(Layer):
+    """Runs ``num_layers`` layers of one or two directions of ``cell`` (an LSTM or GRU: the step math)."""
 
-
-class _RecurrentLayer(Layer):
-    """Runs one or two directions and lays their outputs side by side on the last axis."""
-
+    cell: _RNN
+    directions: int
     input_size: int
     hidden_size: int
     return_sequences: bool
-    _directions: list[_Direction]
+    num_layers: int
+    dropout: float
+
+    def _use(self, cell: _RNN, directions: int) -> None:
+        self.cell, self.directions = cell, directions
+        self._passes = [[_Pass(k, bool(d)) for d in range(directions)] for k in range(cell.num_layers)]
+
+    def setup(self, input_shape):
+        if len(input_shape) != 2 or input_shape[1] != self.input_size:
+            raise ShapeError(f"{self!r}: expected input of shape (N, T, {self.input_size}), "
+                             f"got (N, {', '.join(map(str, input_shape))})")
+        hid, width = self.hidden_size, self.cell.gates * self.hidden_size
+        bound = init.fan_in_uniform(hid)  # PyTorch: every weight and bias U(-1/sqrt(H), 1/sqrt(H))
+        for passes in self._passes:  # PyTorch's order: layer by layer, forward then reverse
+            for p in passes:
+                size_in = self.input_size if p.layer == 0 else self.directions * hid
+                self.add_param("weight_ih" + p.tag, (width, size_in), bound)
+                self.add_param("weight_hh" + p.tag, (width, hid), bound)
+                self.add_param("bias_ih" + p.tag, (width,), bound)
+                self.add_param("bias_hh" + p.tag, (width,), bound)
+        width_out = self.directions * hid
+        return (input_shape[0], width_out) if self.return_sequences else (width_out,)
 
     def check_input(self, x) -> None:
         if x.ndim != 3 or x.shape[2] != self.input_size or x.shape[1] < 1:
             raise ShapeError(f"{self!r}: expected input of shape (N, T, {self.input_size}) with T >= 1, "
                              f"got {tuple(x.shape)}")
 
-    def _output_shape(self, input_shape: tuple) -> tuple:
-        if len(input_shape) != 2 or input_shape[1] != self.input_size:
-            raise ShapeError(f"{self!r}: expected input of shape (N, T, {self.input_size}), "
-                             f"got (N, {', '.join(map(str, input_shape))})")
-        width = len(self._directions) * self.hidden_size
-        return (input_shape[0], width) if self.return_sequences else (width,)
+    def param(self, p: _Pass, name: str):
+        return self.params[name + p.tag]
 
+    # ----------------------------------------------------------------- forward
     def forward(self, x, training: bool = True):
         self.check_input(x)
-        n, steps, _ = x.shape
-        hid = self.hidden_size
-        shape = (n, steps, len(self._directions) * hid) if self.return_sequences else \
-            (n, len(self._directions) * hid)
-        y = self.workspace("y", shape)
-        for j, direction in enumerate(self._directions):
-            direction.forward(x, y, slice(j * hid, (j + 1) * hid), self.return_sequences)
-        self._x_shape = tuple(x.shape)
+        ops, (n, steps, size_in) = self.ops, x.shape
+        hid, width = self.hidden_size, self.directions * self.hidden_size
+        self._steps, self._n = steps, n
+        self._dropping = training and self.dropout > 0.0 and self.num_layers > 1
+        seq = self.workspace("seq_in", (steps, n, size_in))
+        ops.copy_(seq, ops.swapaxes(x, 0, 1))
+        last = self.num_layers - 1
+        y = self.workspace("y", (n, steps, width) if self.return_sequences else (n, width))
+        for layer, passes in enumerate(self._passes):
+            seq = self._layer_input(layer, seq)
+            out = self.workspace(f"seq_l{layer}", (steps, n, width)) if layer < last else None
+            for j, p in enumerate(passes):
+                h = self._forward_pass(p, seq)
+                cols = slice(j * hid, (j + 1) * hid)
+                if out is not None:
+                    ops.copy_(out[:, :, cols], h[1 - p.off:steps + 1 - p.off])
+                elif self.return_sequences:
+                    ops.copy_(y[:, :, cols], ops.swapaxes(h[1 - p.off:steps + 1 - p.off], 0, 1))
+                else:
+                    ops.copy_(y[:, cols], h[(1 - p.off) * steps])  # the state after the last step
+            seq = out
         return y
 
+    def _layer_input(self, layer: int, below):
+        """s_layer: x (time-major) for layer 0, else the outputs of the layer below, dropped out while
+        training (the scaled keep-mask is kept as ``mask_l<layer>``)."""
+        if layer == 0 or not self._dropping:
+            return below
+        mask = self.workspace(f"mask_l{layer}", tuple(below.shape))
+        self.ops.bernoulli_mask(1.0 - self.dropout, nnrandom.generator(), mask)
+        dropped = self.workspace(f"dropped_l{layer}", tuple(below.shape))
+        self.ops.xp.multiply(below, mask, out=dropped)
+        return dropped
+
+    def _saved_input(self, layer: int):
+        """The s_layer that ``forward`` fed to ``layer`` (the same workspace views)."""
+        steps, n, width = self._steps, self._n, self.directions * self.hidden_size
+        if layer == 0:
+            return self.workspace("seq_in", (steps, n, self.input_size))
+        name = f"dropped_l{layer}" if self._dropping else f"seq_l{layer - 1}"
+        return self.workspace(name, (steps, n, width))
+
+    def _forward_pass(self, p: _Pass, seq):
+        """Run pass ``p`` over s (T, N, I); returns its states h (T + 1, N, H)."""
+        ops, (steps, n, size_in) = self.ops, seq.shape
+        width = self.cell.gates * self.hidden_size
+        gates = self.workspace("gates" + p.tag, (steps, n, width))
+        ops.matmul(seq.reshape(steps * n, size_in), self.param(p, "weight_ih").T,
+                   out=gates.reshape(steps * n, width))
+        h = self.workspace("h" + p.tag, (steps + 1, n, self.hidden_size))
+        ops.fill_(h[p.off * steps], 0.0)  # the zero initial state
+        self.cell.forward_loop(self, p, gates, h)
+        return h
+
+    # ----------------------------------------------------------------- backward
     def backward(self, dy):
-        n, steps, size_in = self._x_shape
-        dx_tm = self.workspace("dx_tm", (steps, n, size_in)) if self.needs_input_grad else None
-        hid = self.hidden_size
-        for j, direction in enumerate(self._directions):
-            cols = slice(j * hid, (j + 1) * hid)
-            direction.backward(dy, cols, self.return_sequences, dx_tm, accumulate=j > 0)
-        if dx_tm is None:
+        ops, steps, n = self.ops, self._steps, self._n
+        hid, width = self.hidden_size, self.directions * self.hidden_size
+        dseq = None  # dL/d(outputs of the current layer) (T, N, D*H); None: only the final states have one
+        if self.return_sequences:
+            dseq = self.workspace("dseq_top", (steps, n, width))
+            ops.copy_(dseq, ops.swapaxes(dy, 0, 1))
+        for layer in range(self.num_layers - 1, -1, -1):
+            seq = self._saved_input(layer)
+            need_dx = layer > 0 or self.needs_input_grad
+            dseq_in = self.workspace(f"dseq_in_l{layer}", tuple(seq.shape)) if need_dx else None
+            for j, p in enumerate(self._passes[layer]):
+                cols = slice(j * hid, (j + 1) * hid)
+                dh = self.workspace("dh", (n, hid))  # dL/dh at the last step processed
+                if dseq is None:
+                    ops.copy_(dh, dy[:, cols])
+                else:
+                    ops.fill_(dh, 0.0)
+                self._backward_pass(p, seq, dh, None if dseq is None else dseq[:, :, cols], dseq_in, j > 0)
+            if dseq_in is not None and layer > 0 and self._dropping:
+                dseq_in *= self.workspace(f"mask_l{layer}", tuple(seq.shape))
+            dseq = dseq_in
+        if dseq is None:
             return None
-        dx = self.workspace("dx", self._x_shape)
-        self.ops.copy_(dx, self.ops.swapaxes(dx_tm, 0, 1))
+        dx = self.workspace("dx", (n, steps, self.input_size))
+        ops.copy_(dx, ops.swapaxes(dseq, 0, 1))
         return dx
 
+    def _backward_pass(self, p: _Pass, seq, dh, dout, dseq_in, accumulate: bool) -> None:
+        """Back-propagate pass ``p``; write (or with ``accumulate`` add) ds (T, N, I) into ``dseq_in``
+        unless it is None. ``dout`` (T, N, H) is dL/dh_t from above, or None."""
+        ops, (steps, n, size_in) = self.ops, seq.shape
+        hid, width = self.hidden_size, self.cell.gates * self.hidden_size
+        h = self.workspace("h" + p.tag, (steps + 1, n, hid))
+        gates = self.workspace("gates" + p.tag, (steps, n, width))
+        dgx, dgh = self.cell.backward_loop(self, p, gates, h, dh, dout)
+        shared = dgh is dgx  # LSTM: one pre-activation gradient for both sides
+        rows, prev = seq.reshape(steps * n, size_in), h[p.off:steps + p.off].reshape(steps * n, hid)
+        dgx, dgh = dgx.reshape(steps * n, width), dgh.reshape(steps * n, width)
+        grads = {name: self.grads[name + p.tag] for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+        ops.matmul_acc(dgx.T, rows, grads["weight_ih"], self.workspace(f"dw_ih_l{p.layer}", (width, size_in)))
+        ops.matmul_acc(dgh.T, prev, grads["weight_hh"], self.workspace("dw_hh", (width, hid)))
+        if shared:  # both biases get the same gradient: sum it once
+            dbias = self.workspace("dbias", (width,))
+            ops.fill_(dbias, 0.0)
+            ops.sum_rows_acc(dgx, dbias)
+            grads["bias_ih"] += dbias
+            grads["bias_hh"] += dbias
+        else:
+            ops.sum_rows_acc(dgx, grads["bias_ih"])
+            ops.sum_rows_acc(dgh, grads["bias_hh"])
+        if dseq_in is None:
+            return
+        dseq_rows = dseq_in.reshape(steps * n, size_in)
+        if accumulate:
+            ops.matmul_acc(dgx, self.param(p, "weight_ih"), dseq_rows,
+                           self.workspace(f"ds_l{p.layer}", (steps * n, size_in)))
+        else:
+            ops.matmul(dgx, self.param(p, "weight_ih"), out=dseq_rows)
 
-class _RNN(_RecurrentLayer):
-    """Shared by LSTM and GRU: parameters, checks and the per-step hooks a ``_Direction`` calls."""
+
+class _RNN(_Recurrent):
+    """Shared by LSTM and GRU: arguments, checks, config; the subclass gives the cell's two loops."""
 
     gates: int
 
-    def __init__(self, input_size: int, hidden_size: int, return_sequences: bool = False):
+    def __init__(self, input_size: int, hidden_size: int, return_sequences: bool = False, num_layers: int = 1,
+                 dropout: float = 0.0):
         super().__init__()
-        owner = type(self).__name__
-        self.input_size = args.size(owner, "input_size", input_size)
-        self.hidden_size = args.size(owner, "hidden_size", hidden_size)
-        self.return_sequences = args.flag(owner, "return_sequences", return_sequences)
-        self._directions = [_Direction(self, self, "", reverse=False)]
+        name = type(self).__name__
+        self.input_size = args.size(name, "input_size", input_size)
+        self.hidden_size = args.size(name, "hidden_size", hidden_size)
+        self.return_sequences = args.flag(name, "return_sequences", return_sequences)
+        self.num_layers = args.size(name, "num_layers", num_layers)
+        self.dropout = args.real(name, "dropout", dropout, 0.0, 1.0, hi_open=True)
+        self._use(self, directions=1)
 
-    def setup(self, input_shape):
-        self.declare(self, "")
-        return self._output_shape(input_shape)
+    def forward_loop(self, layer: _Recurrent, p: _Pass, gates, h) -> None:
+        """Run the cell over time: ``gates`` (T, N, G*H) holds s W_ih^T on entry and the gate activations
+        on exit; ``h`` (T + 1, N, H) holds the zero initial state and receives every h_t. Whatever else
+        backward needs goes into ``layer``'s workspaces named with ``p.tag``."""
+        raise NotImplementedError
 
-    def declare(self, owner: Layer, suffix: str) -> None:
-        """Declare this cell's parameters on ``owner`` as PyTorch names them (U(-1/sqrt(H), 1/sqrt(H)))."""
-        width, bound = self.gates * self.hidden_size, init.fan_in_uniform(self.hidden_size)
-        owner.add_param(f"weight_ih_l0{suffix}", (width, self.input_size), bound)
-        owner.add_param(f"weight_hh_l0{suffix}", (width, self.hidden_size), bound)
-        owner.add_param(f"bias_ih_l0{suffix}", (width,), bound)
-        owner.add_param(f"bias_hh_l0{suffix}", (width,), bound)
-
-    def recurrent_grad(self, d: _Direction, dgh_k, w_hh, dh) -> None:
-        """dh = dL/dh_{k-1} from the recurrent product: dgh_k @ W_hh."""
-        d.ops.matmul(dgh_k, w_hh, out=dh)
+    def backward_loop(self, layer: _Recurrent, p: _Pass, gates, h, dh, dout):
+        """Run the cell backward over time from dh (N, H) = dL/dh at the last step processed, adding
+        dout[t] = dL/dh_t from above (when not None) at each step. Returns (dgx, dgh) (T, N, G*H): the
+        gradients of the input-side (s W_ih^T + b_ih) and recurrent-side (h W_hh^T + b_hh) pre-activations."""
+        raise NotImplementedError
 
     def extra_repr(self):
-        seq = ", return_sequences=True" if self.return_sequences else ""
-        return f"{self.input_size}, {self.hidden_size}{seq}"
+        extra = ", return_sequences=True" if self.return_sequences else ""
+        extra += f", num_layers={self.num_layers}" if self.num_layers != 1 else ""
+        extra += f", dropout={self.dropout}" if self.dropout else ""
+        return f"{self.input_size}, {self.hidden_size}{extra}"
 
     def get_config(self):
         return {"input_size": self.input_size, "hidden_size": self.hidden_size,
-                "return_sequences": self.return_sequences}
+                "return_sequences": self.return_sequences, "num_layers": self.num_layers,
+                "dropout": self.dropout}
 
 
 class LSTM(_RNN):
     """Long short-term memory over a batch-first sequence, from zero initial states.
 
     i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of (x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)
-    c_t = f c_{t-1} + i g,   h_t = o tanh(c_t)          (PyTorch: nn.LSTM(batch_first=True), one layer)
+    c_t = f c_{t-1} + i g,   h_t = o tanh(c_t)
+    (PyTorch: nn.LSTM(input_size, hidden_size, num_layers, dropout=dropout, batch_first=True))
 
     Args:
         input_size (int): features per step I.
         hidden_size (int): hidden size H.
-        return_sequences (bool, optional): return every h_t instead of the last. Default: ``False``.
+        return_sequences (bool, optional): return every h_t of the top layer instead of the last. Default:
+            ``False``.
+        num_layers (int, optional): stacked layers; layer l > 0 reads the h_t of layer l - 1. Default: 1.
+        dropout (float, optional): dropout on the outputs of every layer but the top one, while training.
+            Default: 0.
     Shape:
         x: (N, T, I) -> y: (N, H), or (N, T, H) with ``return_sequences``
     Parameters:
-        weight_ih_l0 (4H, I), weight_hh_l0 (4H, H), bias_ih_l0 (4H), bias_hh_l0 (4H); gate order i, f, g, o.
+        weight_ih_l{k} (4H, I for k = 0 else H), weight_hh_l{k} (4H, H), bias_ih_l{k} (4H), bias_hh_l{k} (4H)
+        for each layer k; gate order i, f, g, o.
     Saved for backward:
-        per direction (workspace): x time-major (T, N, I), gate activations (T, N, 4H), h and c (T+1, N, H),
-        tanh(c) (T, N, H).
+        per layer and direction (workspace): its input (T, N, I), gate activations (T, N, 4H), h and c
+        (T+1, N, H), tanh(c) (T, N, H); the dropout masks.
     """
 
     gates = 4
 
-    def begin(self, d: _Direction, n: int, steps: int) -> None:
-        d.c = d.workspace("c", (steps + 1, n, self.hidden_size))
-        d.tanh_c = d.workspace("tanh_c", (steps, n, self.hidden_size))
-        d.ops.fill_(d.c[0], 0.0)
-        d.bias = d.workspace("bias", (self.gates * self.hidden_size,))
-        d.ops.xp.add(d.param("bias_ih"), d.param("bias_hh"), out=d.bias)
+    def forward_loop(self, layer, p, gates, h):
+        ops, (steps, n, width), hid = layer.ops, gates.shape, self.hidden_size
+        c = layer.workspace("c" + p.tag, (steps + 1, n, hid))
+        tanh_c = layer.workspace("tanh_c" + p.tag, (steps, n, hid))
+        bias = layer.workspace("bias" + p.tag, (width,))
+        ops.xp.add(layer.param(p, "bias_ih"), layer.param(p, "bias_hh"), out=bias)
+        ops.fill_(c[p.off * steps], 0.0)
+        gh, w_hh = layer.workspace("gh", (n, width)), layer.param(p, "weight_hh")
+        for t in p.times(steps):
+            prev, new = t + p.off, t + 1 - p.off
+            ops.matmul(h[prev], w_hh.T, out=gh)
+            ops.lstm_cell(gates[t], gh, bias, c[prev], c[new], tanh_c[t], h[new])
 
-    def step(self, d: _Direction, k: int, gh) -> None:
-        d.ops.lstm_cell(d.gates[k], gh, d.bias, d.c[k], d.c[k + 1], d.tanh_c[k], d.h[k + 1])
-
-    def grad_buffers(self, d: _Direction, n: int, steps: int):
-        d.dgates = d.workspace("dgates", (steps, n, self.gates * self.hidden_size))
-        d.dc = d.workspace("dc", (n, self.hidden_size))
-        d.ops.fill_(d.dc, 0.0)
-        return d.dgates, d.dgates  # the same pre-activation gradient reaches W_ih, W_hh and both biases
-
-    def step_backward(self, d: _Direction, k: int, dh) -> None:
-        d.ops.lstm_cell_backward(d.gates[k], d.c[k], d.tanh_c[k], dh, d.dc, d.dgates[k])
+    def backward_loop(self, layer, p, gates, h, dh, dout):
+        ops, (steps, n, width), hid = layer.ops, gates.shape, self.hidden_size
+        c = layer.workspace("c" + p.tag, (steps + 1, n, hid))
+        tanh_c = layer.workspace("tanh_c" + p.tag, (steps, n, hid))
+        dgates = layer.workspace("dgates", (steps, n, width))
+        dc, dstep = layer.workspace("dc", (n, hid)), layer.workspace("dstep", (n, hid))
+        ops.fill_(dc, 0.0)
+        w_hh, first = layer.param(p, "weight_hh"), p.off * (steps - 1)  # first: the step from the zero state
+        for t in reversed(p.times(steps)):
+            if dout is not None:
+                ops.copy_(dstep, dout[t])  # contiguous copy: NumPy buffers strided ufunc inputs
+                dh += dstep
+            ops.lstm_cell_backward(gates[t], c[t + p.off], tanh_c[t], dh, dc, dgates[t])
+            if t != first:
+                ops.matmul(dgates[t], w_hh, out=dh)
+        return dgates, dgates  # the same pre-activation gradient reaches W_ih, W_hh and both biases
 
 
 class GRU(_RNN):
@@ -248,56 +308,70 @@ class GRU(_RNN):
 
     r = sigmoid(x W_ir^T + b_ir + h W_hr^T + b_hr),  z = sigmoid(x W_iz^T + b_iz + h W_hz^T + b_hz)
     n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn)),  h_t = (1 - z) n + z h_{t-1}
-    (PyTorch: nn.GRU(batch_first=True), one layer)
+    (PyTorch: nn.GRU(input_size, hidden_size, num_layers, dropout=dropout, batch_first=True))
 
     Args:
         input_size (int): features per step I.
         hidden_size (int): hidden size H.
-        return_sequences (bool, optional): return every h_t instead of the last. Default: ``False``.
+        return_sequences (bool, optional): return every h_t of the top layer instead of the last. Default:
+            ``False``.
+        num_layers (int, optional): stacked layers; layer l > 0 reads the h_t of layer l - 1. Default: 1.
+        dropout (float, optional): dropout on the outputs of every layer but the top one, while training.
+            Default: 0.
     Shape:
         x: (N, T, I) -> y: (N, H), or (N, T, H) with ``return_sequences``
     Parameters:
-        weight_ih_l0 (3H, I), weight_hh_l0 (3H, H), bias_ih_l0 (3H), bias_hh_l0 (3H); gate order r, z, n.
+        weight_ih_l{k} (3H, I for k = 0 else H), weight_hh_l{k} (3H, H), bias_ih_l{k} (3H), bias_hh_l{k} (3H)
+        for each layer k; gate order r, z, n.
     Saved for backward:
-        per direction (workspace): x time-major (T, N, I), gate activations (T, N, 3H), h (T+1, N, H) and
-        h W_hn^T + b_hn (T, N, H).
+        per layer and direction (workspace): its input (T, N, I), gate activations (T, N, 3H), h (T+1, N, H)
+        and h W_hn^T + b_hn (T, N, H); the dropout masks.
     """
 
     gates = 3
 
-    def begin(self, d: _Direction, n: int, steps: int) -> None:
-        d.hn = d.workspace("hn", (steps, n, self.hidden_size))
+    def forward_loop(self, layer, p, gates, h):
+        ops, (steps, n, width) = layer.ops, gates.shape
+        hn = layer.workspace("hn" + p.tag, (steps, n, self.hidden_size))
+        gh, w_hh = layer.workspace("gh", (n, width)), layer.param(p, "weight_hh")
+        b_ih, b_hh = layer.param(p, "bias_ih"), layer.param(p, "bias_hh")
+        for t in p.times(steps):
+            prev, new = t + p.off, t + 1 - p.off
+            ops.matmul(h[prev], w_hh.T, out=gh)
+            ops.gru_cell(gates[t], gh, b_ih, b_hh, h[prev], hn[t], h[new])
 
-    def step(self, d: _Direction, k: int, gh) -> None:
-        d.ops.gru_cell(d.gates[k], gh, d.param("bias_ih"), d.param("bias_hh"), d.h[k], d.hn[k], d.h[k + 1])
+    def backward_loop(self, layer, p, gates, h, dh, dout):
+        ops, (steps, n, width), hid = layer.ops, gates.shape, self.hidden_size
+        hn = layer.workspace("hn" + p.tag, (steps, n, hid))
+        dgx, dgh = layer.workspace("dgx", (steps, n, width)), layer.workspace("dgh", (steps, n, width))
+        dstep, dh_direct = layer.workspace("dstep", (n, hid)), layer.workspace("dh_direct", (n, hid))
+        w_hh, first = layer.param(p, "weight_hh"), p.off * (steps - 1)  # first: the step from the zero state
+        for t in reversed(p.times(steps)):
+            if dout is not None:
+                ops.copy_(dstep, dout[t])  # contiguous copy: NumPy buffers strided ufunc inputs
+                dh += dstep
+            ops.gru_cell_backward(gates[t], hn[t], h[t + p.off], dh, dgx[t], dgh[t], dh_direct)
+            if t != first:  # dL/dh_{t-1} = dgh W_hh + dh z
+                ops.matmul(dgh[t], w_hh, out=dh)
+                dh += dh_direct
+        return dgx, dgh
 
-    def grad_buffers(self, d: _Direction, n: int, steps: int):
-        width = self.gates * self.hidden_size
-        d.dgx = d.workspace("dgx", (steps, n, width))
-        d.dgh = d.workspace("dgh", (steps, n, width))
-        d.dh_direct = d.workspace("dh_direct", (n, self.hidden_size))
-        return d.dgx, d.dgh
 
-    def step_backward(self, d: _Direction, k: int, dh) -> None:
-        d.ops.gru_cell_backward(d.gates[k], d.hn[k], d.h[k], dh, d.dgx[k], d.dgh[k], d.dh_direct)
-
-    def recurrent_grad(self, d: _Direction, dgh_k, w_hh, dh) -> None:
-        super().recurrent_grad(d, dgh_k, w_hh, dh)
-        dh += d.dh_direct
-
-
-class Bidirectional(_RecurrentLayer):
+class Bidirectional(_Recurrent):
     """Run an LSTM or GRU forward and backward in time and concatenate the two on the last axis.
 
-    y_t = [h_t forward, h_t backward]   (PyTorch: nn.LSTM/nn.GRU(bidirectional=True, batch_first=True))
+    y_t = [h_t forward, h_t backward]; with ``num_layers`` > 1 every layer is bidirectional and the next
+    one reads both halves.  (PyTorch: nn.LSTM/nn.GRU(..., bidirectional=True, batch_first=True))
 
     Args:
-        rnn (LSTM | GRU): the cell, its sizes and ``return_sequences``; the reverse direction gets its own
-            parameters of the same shapes (a dict ``{"type": "LSTM", ...}`` is accepted too, for configs).
+        rnn (LSTM | GRU): the cell, its sizes, ``return_sequences``, ``num_layers`` and ``dropout``; the
+            reverse direction gets its own parameters of the same shapes (a dict ``{"type": "LSTM", ...}``
+            is accepted too, for configs).
     Shape:
         x: (N, T, I) -> y: (N, T, 2H) with ``return_sequences``, else [h_n forward, h_n backward] (N, 2H)
+        of the top layer
     Parameters:
-        the cell's ``*_l0`` and ``*_l0_reverse``, in PyTorch's order.
+        the cell's ``*_l{k}`` and ``*_l{k}_reverse``, in PyTorch's order; layer k > 0 reads 2H features.
     Saved for backward:
         each direction's state, as for the cell.
     """
@@ -310,15 +384,9 @@ class Bidirectional(_RecurrentLayer):
         if not isinstance(rnn, _RNN):
             raise TypeError(f"Bidirectional: expected an LSTM or GRU, got {type(rnn).__name__}")
         self.rnn = rnn
-        self.input_size, self.hidden_size = rnn.input_size, rnn.hidden_size
-        self.return_sequences = rnn.return_sequences
-        self._directions = [_Direction(rnn, self, "", reverse=False),
-                            _Direction(rnn, self, "_reverse", reverse=True)]
-
-    def setup(self, input_shape):
-        self.rnn.declare(self, "")
-        self.rnn.declare(self, "_reverse")
-        return self._output_shape(input_shape)
+        for name in ("input_size", "hidden_size", "return_sequences", "num_layers", "dropout"):
+            setattr(self, name, getattr(rnn, name))
+        self._use(rnn, directions=2)
 
     def extra_repr(self):
         return repr(self.rnn)
