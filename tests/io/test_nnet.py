@@ -167,7 +167,7 @@ BAD_FILES = {
                 m, 2, {"type": "Dense", "config": {"in_features": 16, "out_features": 10**12}}
             )
         ),
-        r"out_features must be an integer in \[1, 2147483647\], got 1000000000000",
+        r"out_features must be <= 2147483647, got 1000000000000",
     ),
     "path-traversal name": (
         dict(edit_header=lambda h: h.update({"../../etc/passwd": h.pop("0.bias")})),

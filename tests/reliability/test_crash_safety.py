@@ -86,16 +86,18 @@ def test_sigkill_during_model_checkpoint(tmp_path):
     model.fit(x, y, epochs=1, batch_size=16, verbose=0)  # compiles the kernels here, not in every child
     model.save(path)
 
-    class Ready(nn.Callback):
+    class Ready(nn.Callback):  # after the first checkpoint is written: the loop is warm
         def __init__(self, ready):
             self.ready = ready
 
-        def on_train_begin(self, logs=None):
-            self.ready()
+        def on_batch_end(self, batch, logs=None):
+            if self.ready is not None:
+                self.ready()
+                self.ready = None
 
     def train_forever(ready):
         model.fit(x, y, epochs=10**6, batch_size=16, verbose=0, initial_epoch=model.epoch,
-                  callbacks=[Ready(ready), nn.ModelCheckpoint(str(path), save_freq=1)])
+                  callbacks=[nn.ModelCheckpoint(str(path), save_freq=1), Ready(ready)])
 
     iterations = set()
     for _ in _kill_during(train_forever, rounds=20, seed=1, longest=0.2):

@@ -14,8 +14,11 @@ MAX_SIZE = 2**31 - 1  # any one dimension
 
 def size(owner: str, name: str, value, lo: int = 1, hi: int = MAX_SIZE) -> int:
     """An integer (not a bool, not a float) in [lo, hi]."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not lo <= value <= hi:
-        raise ConfigError(f"{owner}: {name} must be an integer in [{lo}, {hi}], got {value!r:.80}")
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise ConfigError(f"{owner}: {name} must be an integer, got {value!r:.80}")
+    if not lo <= value <= hi:
+        bound = f">= {lo}" if value < lo else f"<= {hi}"
+        raise ConfigError(f"{owner}: {name} must be {bound}, got {value!r:.80}")
     return int(value)
 
 
@@ -24,9 +27,10 @@ def real(owner: str, name: str, value, lo: float = -math.inf, hi: float = math.i
     """A finite real number in the interval [lo, hi] (ends open as asked)."""
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and \
         (lo < value if lo_open else lo <= value) and (value < hi if hi_open else value <= hi)
-    if not ok:
-        interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-        raise ConfigError(f"{owner}: {name} must be in {interval} (finite), got {value!r:.80}")
+    if not ok:  # an infinite bound is shown open: inf and nan are never accepted
+        interval = f"{'(' if lo_open or lo == -math.inf else '['}{lo:g}, " \
+                   f"{hi:g}{')' if hi_open or hi == math.inf else ']'}"
+        raise ConfigError(f"{owner}: {name} must be in {interval}, got {value!r:.80}")
     return float(value)
 
 
