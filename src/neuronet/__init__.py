@@ -40,7 +40,7 @@ from .losses import (
     NLLLoss,
     TripletMarginLoss,
 )
-from .model import Sequential
+from .model import Input, Model, Sequential
 from .optim import (
     OPTIMIZERS,
     SGD,
@@ -60,7 +60,7 @@ __version__ = "0.1.0"
 __all__ = [
     "LAYERS", "LOSSES", "OPTIMIZERS", "SGD", "Adam", "AdamW", "CSVLogger", "Callback", "CrossEntropyLoss",
     "EarlyStopping", "History", "Layer", "Loss", "MSELoss", "ModelCheckpoint", "Optimizer", "ProgressBar",
-    "ReduceLROnPlateau", "Sequential", "TensorBoard", "ShapeError", "backends", "data",
+    "ReduceLROnPlateau", "Sequential", "TensorBoard", "Input", "Model", "ShapeError", "backends", "data",
     "errors", "load", "manual_seed", "set_backend",
     "export_gguf", "export_onnx", "load_gguf", "to_torch_state_dict",
     *_layer_names,

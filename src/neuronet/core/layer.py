@@ -9,6 +9,8 @@ grown only when a larger batch arrives, so a steady-state step allocates nothing
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,6 +19,7 @@ import numpy as np
 
 from ..backend import Ops, default_ops
 from ..errors import ShapeError
+from . import graph
 from . import random as nnrandom
 
 Initializer = Callable[[np.random.Generator, tuple, np.dtype], np.ndarray]
@@ -71,10 +74,14 @@ class Layer(Workspace):
     # False while nothing consumes this layer's dL/dx (a model's first trainable layer during
     # train_step): ``backward`` may then skip computing it and return None.
     needs_input_grad: bool = True
+    # Keras's ``name=`` (any layer's constructor takes it): a model's state_dict key for this layer.
+    layer_name: str | None = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         LAYERS[cls.__name__] = cls
+        if "__init__" in cls.__dict__ and "name" not in inspect.signature(cls.__init__).parameters:
+            cls.__init__ = _accepting_name(cls.__init__)
 
     def __init__(self) -> None:
         self.params: dict[str, Any] = {}
@@ -121,7 +128,7 @@ class Layer(Workspace):
         self.children = {}
         self._param_specs = {}
         self._buffer_init = {}
-        self.input_shape = tuple(int(s) for s in input_shape)
+        self.input_shape = _as_shape(input_shape)
         self.output_shape = tuple(self.setup(self.input_shape))
         if _root:
             self._allocate()
@@ -257,7 +264,12 @@ class Layer(Workspace):
         raise NotImplementedError
 
     def __call__(self, x, training: bool = False):
-        """Standalone use: build from the first input if needed, then forward."""
+        """Standalone use: build from the first input if needed, then forward.
+
+        On symbolic tensors (``nn.Input``) it records a graph node for ``nn.Model`` instead.
+        """
+        if graph.is_symbolic(x):
+            return graph.call_layer(self, x)
         if not self.built:
             self.build(tuple(x.shape[1:]))
         return self.forward(self.ops.asarray(x), training=training)
@@ -278,6 +290,25 @@ class Layer(Workspace):
     def get_config(self) -> dict:
         """Constructor arguments, for files and configs: ``type(self)(**get_config())`` rebuilds it."""
         return {}
+
+
+def _accepting_name(init: Callable) -> Callable:
+    """Wrap a layer constructor so that it also takes Keras's ``name=`` (kept as ``layer_name``)."""
+    @functools.wraps(init)
+    def __init__(self, *args, name: str | None = None, **kwargs):
+        init(self, *args, **kwargs)
+        if name is not None:
+            if not isinstance(name, str) or not name.isidentifier():
+                raise ValueError(f"{type(self).__name__}: name must be an identifier, got {name!r}")
+            self.layer_name = name
+    return __init__
+
+
+def _as_shape(shape) -> tuple:
+    """A shape as a tuple of ints, or a tuple of such shapes for a layer of several inputs."""
+    if len(shape) and isinstance(shape[0], (tuple, list)):
+        return tuple(_as_shape(s) for s in shape)
+    return tuple(int(s) for s in shape)
 
 
 def _dims(shape: tuple) -> str:

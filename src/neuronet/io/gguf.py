@@ -26,7 +26,7 @@ from .._atomic import atomic_path
 from ..core.layer import Layer
 from ..errors import NnetFormatError
 from ._nnet_meta import check_keys
-from .nnet import _REBUILD_ERRORS, build_layer, describe
+from .nnet import _REBUILD_ERRORS, build_layer, describe, parse_input_shape
 
 ARCH = "neuronet"
 FORMAT_VERSION = 1
@@ -57,7 +57,8 @@ def export_gguf(model: Layer, path: str | Path, dtype: str = "f32", *, name: str
         writer = gguf.GGUFWriter(tmp, ARCH)
         writer.add_name(name or type(model).__name__)
         writer.add_string(f"{ARCH}.config", json.dumps(config))
-        writer.add_array(f"{ARCH}.input_shape", [int(s) for s in model.input_shape])
+        if isinstance(model.input_shape[0], int):  # (a model of several inputs has them in the config)
+            writer.add_array(f"{ARCH}.input_shape", [int(s) for s in model.input_shape])
         writer.add_string(f"{ARCH}.dtype", str(model.dtype))
         writer.add_string(f"{ARCH}.weight_type", dtype)
         writer.add_uint64(f"{ARCH}.param_count", int(model.num_params()))
@@ -132,10 +133,7 @@ def _read_config(path: str | Path) -> tuple[dict, Any]:
         raise NnetFormatError(f"{where}: unsupported {ARCH}.config format_version "
                               f"{config.get('format_version') if isinstance(config, dict) else None!r:.80}")
     check_keys(config, CONFIG_KEYS, f"{ARCH}.config", where, required=CONFIG_KEYS)
-    shape = config["input_shape"]
-    if not isinstance(shape, list) or not 0 < len(shape) <= 8 or \
-            not all(type(s) is int and 0 < s < 2**31 for s in shape):
-        raise NnetFormatError(f"{where}: bad input_shape {shape!r:.80} in {ARCH}.config")
+    config["input_shape"] = parse_input_shape(config["input_shape"], f"{where}: {ARCH}.config")
     return config, reader
 
 
@@ -165,7 +163,7 @@ def load_gguf(path: str | Path) -> Layer:
     where = f"load_gguf: {str(path)!r}"
     model = build_layer(config["model"], f"{where}: {ARCH}.config model")
     try:
-        model.build(tuple(config["input_shape"]), _root=False)
+        model.build(config["input_shape"], _root=False)
     except _REBUILD_ERRORS as e:
         raise NnetFormatError(f"{where}: the architecture does not build for input shape "
                               f"{config['input_shape']}: {e!s:.300}") from None

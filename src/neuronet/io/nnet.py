@@ -117,11 +117,21 @@ def _scheduler_state(optimizer) -> dict | None:
 
 
 def describe(layer) -> dict:
-    """{"type", "config"} of a layer, plus "layers" (its children, in order) for a Sequential."""
+    """{"type", "config"} of a layer, plus "layers" (its children, in order) for a Sequential, a
+    Residual or a Model, "graph" (JSON nodes and edges) for a Model and "name" for a named layer."""
     node = {"type": type(layer).__name__, "config": layer.get_config()}
-    if isinstance(layer, LAYERS["Sequential"]):
+    if layer.layer_name:
+        node["name"] = layer.layer_name
+    if _takes_layers(type(layer)):
         node["layers"] = [describe(child) for child in layer.layers]
+    if hasattr(layer, "graph_config"):
+        node["graph"] = layer.graph_config()
     return node
+
+
+def _takes_layers(cls) -> bool:
+    """Classes made of layers: Sequential(*layers), Residual(block), Model.from_graph(layers, graph)."""
+    return issubclass(cls, (LAYERS["Sequential"], LAYERS["Residual"])) or hasattr(cls, "from_graph")
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -245,10 +255,7 @@ def load(path: str | os.PathLike, device: str | None = None, restore_rng: bool =
     if bad is not None:
         raise NnetFormatError(f"{where}: tensor {bad!r} holds NaN or inf (the saved model had diverged); "
                               "pass allow_nonfinite=True to load it anyway")
-    input_shape = _field(meta, "input_shape", list, where)
-    if not input_shape or not _int_list(input_shape, 8) or not all(0 < s < 2**31 for s in input_shape):
-        raise NnetFormatError(f"{where}: input_shape must be a list of 1 to 8 positive integers, "
-                              f"got {input_shape!r:.80}")
+    input_shape = parse_input_shape(meta.get("input_shape"), where)
     dtype = _field(meta, "dtype", str, where)
     if dtype not in _FLOAT_DTYPES:
         raise NnetFormatError(f"{where}: dtype {dtype!r:.80} is not one of {', '.join(_FLOAT_DTYPES)}")
@@ -260,7 +267,7 @@ def load(path: str | os.PathLike, device: str | None = None, restore_rng: bool =
     # declare (no allocation sized by the file), compare with the tensors, and only then allocate
     model = build_layer(_field(meta, "architecture", dict, where), f"{where}: architecture")
     try:
-        model.build(tuple(input_shape), dtype, get_ops(device) if device else None, _root=False)
+        model.build(input_shape, dtype, get_ops(device) if device else None, _root=False)
     except _REBUILD_ERRORS as e:
         raise NnetFormatError(f"{where}: the architecture does not build for input shape {input_shape}: "
                               f"{e!s:.300}") from None
@@ -315,6 +322,16 @@ def _restore_rng(state, where: str) -> None:
         raise NnetFormatError(f"{where}: training.rng_state is invalid: {e!s:.200}") from None
 
 
+def parse_input_shape(value, where: str) -> tuple:
+    """A checked ``input_shape``: 1 to 8 positive integers, or a list of such lists (one per input)."""
+    several = isinstance(value, list) and bool(value) and all(isinstance(s, list) for s in value)
+    if not isinstance(value, list) or len(value) > 64 or not all(
+            s and _int_list(s, 8) and all(0 < d < 2**31 for d in s) for s in (value if several else [value])):
+        raise NnetFormatError(f"{where}: input_shape must be a list of 1 to 8 positive integers (or a list "
+                              f"of such lists, one per input), got {value!r:.200}")
+    return tuple(tuple(s) for s in value) if several else tuple(value)
+
+
 def _field(d: dict, key: str, kind: type, where: str):
     value = d.get(key)
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
@@ -343,15 +360,23 @@ def build_layer(node: dict, where: str, depth: int = 0):
     if cls is None:
         raise NnetFormatError(f"{where}: unknown layer class {name[:80]!r} (not a registered neuronet layer)")
     children = node.get("layers")
-    if (children is not None) != issubclass(cls, LAYERS["Sequential"]):
-        raise NnetFormatError(f"{where}: 'layers' is required for a Sequential and allowed only there")
+    if (children is not None) != _takes_layers(cls):
+        raise NnetFormatError(f"{where}: 'layers' is required for a Sequential, Residual or Model and "
+                              "allowed only there")
+    label = node.get("name")
+    if label is not None and not (isinstance(label, str) and label.isidentifier() and len(label) <= 128):
+        raise NnetFormatError(f"{where}: layer name must be an identifier, got {label!r:.80}")
     try:
         if children is None:
-            return cls(**config)
-        if not isinstance(children, list):
-            raise NnetFormatError(f"{where}: 'layers' must be a list")
-        layers = [build_layer(c, f"{where}.layers[{i}]", depth + 1) for i, c in enumerate(children)]
-        return cls(*layers, **config)
+            layer = cls(**config)
+        else:
+            if not isinstance(children, list):
+                raise NnetFormatError(f"{where}: 'layers' must be a list")
+            layers = [build_layer(c, f"{where}.layers[{i}]", depth + 1) for i, c in enumerate(children)]
+            layer = cls.from_graph(layers, node.get("graph"), **config) if hasattr(cls, "from_graph") \
+                else cls(*layers, **config)
+        layer.layer_name = label
+        return layer
     except NnetFormatError:
         raise
     except _REBUILD_ERRORS as e:
@@ -359,7 +384,7 @@ def build_layer(node: dict, where: str, depth: int = 0):
                               ) from None
 
 
-_NODE_KEYS = {"type", "config", "layers"}
+_NODE_KEYS = {"type", "config", "layers", "name", "graph"}
 
 
 def _count_layers(node, depth: int = 0) -> int:

@@ -97,19 +97,29 @@ def convert_layer(g: OnnxGraph, layer: Layer, x: str, prefix: str) -> str:
     return fn(g, layer, x, prefix)
 
 
-def export_onnx(model: Layer, path: str | Path, input_shape: tuple, *, opset: int = OPSET) -> Path:
+def export_onnx(model: Layer, path: str | Path, input_shape: tuple | None = None, *,
+                opset: int = OPSET) -> Path:
     """Write ``model`` as an ONNX file that onnxruntime runs unchanged; returns the path.
 
     Args:
-        model: a Sequential (or a single layer); built from ``input_shape`` when not built yet.
+        model: a Sequential, a Model (or a single layer); built from ``input_shape`` when not built yet.
         path: the ``.onnx`` file, written atomically (nothing is left behind on error).
-        input_shape: the input shape without the batch dimension, which stays dynamic.
+        input_shape: the input shape without the batch dimension, which stays dynamic (a list of
+            shapes for a model of several inputs; optional for a built model).
         opset: the ONNX opset (17 or newer).
+
+    The graph's inputs and outputs are "input" and "output", or "input_0", "input_1", ... and
+    "output_0", ... for a functional model of several inputs or outputs.
     """
     import onnx
     from onnx import TensorProto, helper
 
-    input_shape = tuple(int(s) for s in input_shape)
+    if input_shape is None:
+        model._require_built("export_onnx without input_shape")
+        input_shape = model.input_shape
+    several = bool(input_shape) and isinstance(input_shape[0], (tuple, list))
+    input_shape = tuple(tuple(int(d) for d in s) for s in input_shape) if several else \
+        tuple(int(s) for s in input_shape)
     if not model.built:
         model.build(input_shape)
     elif tuple(model.input_shape) != input_shape:
@@ -118,13 +128,21 @@ def export_onnx(model: Layer, path: str | Path, input_shape: tuple, *, opset: in
     if opset < OPSET:
         raise ValueError(f"export_onnx: opset must be {OPSET} or newer (LayerNormalization), got {opset}")
     g = OnnxGraph(opset)
-    x = convert_layer(g, model, "input", "")
-    g.nodes.append(helper.make_node("Identity", [x], ["output"], name="output"))
+    in_shapes = list(input_shape) if several else [input_shape]
+    in_names = [f"input_{i}" for i in range(len(in_shapes))] if several else ["input"]
+    y = convert_layer(g, model, in_names if several else in_names[0], "")
+    outs = y if isinstance(y, list) else [y]
+    out_shapes = list(model.output_shape) if isinstance(y, list) else [model.output_shape]
+    out_names = [f"output_{i}" for i in range(len(outs))] if isinstance(y, list) else ["output"]
+    for value, name in zip(outs, out_names, strict=True):
+        g.nodes.append(helper.make_node("Identity", [value], [name], name=name))
     in_type = TensorProto.INT64 if type(_first_leaf(model)).__name__ in INTEGER_INPUT else TensorProto.FLOAT
     graph = helper.make_graph(
         g.nodes, "neuronet",
-        [helper.make_tensor_value_info("input", in_type, ["batch", *input_shape])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", *model.output_shape])],
+        [helper.make_tensor_value_info(n, in_type, ["batch", *s])
+         for n, s in zip(in_names, in_shapes, strict=True)],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", *s])
+         for n, s in zip(out_names, out_shapes, strict=True)],
         initializer=g.initializers)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="neuronet", doc_string=repr(model))
@@ -212,6 +230,39 @@ def _sequential(g, layer, x, prefix):
     for name, child in layer.children.items():
         x = convert_layer(g, child, x, f"{prefix}{name}.")
     return x
+
+
+@converter("Model")
+def _model(g, layer, x, prefix):
+    """A functional model: its calls in order over named values (x is a list for several inputs)."""
+    graph = layer.graph_config()
+    values = list(x) if isinstance(x, list) else [x]
+    for node in graph["nodes"]:
+        args = [values[t] for t in node["inputs"]]
+        child = layer.layers[node["layer"]]
+        values.append(convert_layer(g, child, args if node["list"] else args[0],
+                                    f"{prefix}{layer.layer_keys[node['layer']]}."))
+    outs = [values[t] for t in graph["outputs"]]
+    return outs if graph["multi_output"] else outs[0]
+
+
+@converter("Add", "Multiply")
+def _merge(g, layer, xs, prefix):
+    op = "Add" if type(layer).__name__ == "Add" else "Mul"
+    y = xs[0]
+    for x in xs[1:]:
+        y = g.op(op, y, x)
+    return y
+
+
+@converter("Concatenate")
+def _concatenate(g, layer, xs, prefix):
+    return g.op("Concat", *xs, axis=layer.axis)
+
+
+@converter("Residual")
+def _residual(g, layer, x, prefix):
+    return g.op("Add", x, convert_layer(g, layer.block, x, f"{prefix}block."))
 
 
 @converter("Dense")

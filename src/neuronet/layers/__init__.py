@@ -20,6 +20,7 @@ from .dense import Dense
 from .dropout import Dropout
 from .embedding import Embedding, PositionalEncoding
 from .global_attention import GlobalAttention
+from .merge import Add, Concatenate, Multiply, Residual
 from .moe import MoE
 from .normalization import GroupNorm, LayerNorm, RMSNorm
 from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
@@ -32,11 +33,13 @@ from .transformer import TransformerBlock
 
 __all__ = [
     "Activation",
+    "Add",
     "AvgPool2D",
     "BatchNorm1D",
     "BatchNorm2D",
     "Bidirectional",
     "CLSPooling",
+    "Concatenate",
     "Conv1D",
     "Conv2D",
     "Dense",
@@ -58,10 +61,12 @@ __all__ = [
     "MeanPooling",
     "MoE",
     "MultiHeadAttention",
+    "Multiply",
     "PositionalEncoding",
     "RBF",
     "RMSNorm",
     "ReLU",
+    "Residual",
     "Reshape",
     "SELU",
     "SiLU",

@@ -28,6 +28,10 @@ class MultiHeadAttention(Layer):
     PyTorch counterpart: ``nn.MultiheadAttention(dim, num_heads, dropout, batch_first=True)`` called as
     ``mha(x, x, x, attn_mask=causal_mask, need_weights=False)``.
 
+    Cross-attention: called on a list ``[query, key_value]`` (in a functional model), q comes from
+    rows [0:dim] of ``in_proj_weight`` applied to ``query`` and k, v from rows [dim:3 dim] applied to
+    ``key_value``: PyTorch's ``mha(query, key_value, key_value)``. Neither ``causal`` nor ``rope``.
+
     Args:
         dim (int): model width D (divisible by ``num_heads``).
         num_heads (int): number of heads H.
@@ -37,7 +41,8 @@ class MultiHeadAttention(Layer):
             dimension i with i + hd/2, base 10000, positions from 0; tables are not parameters).
             Default: ``False``.
     Shape:
-        x: (N, T, dim) -> y: (N, T, dim)
+        x: (N, T, dim) -> y: (N, T, dim); cross: [(N, Tq, dim), (N, Tk, dim)] -> (N, Tq, dim) and
+        dL/dx is the list [dL/dquery, dL/dkey_value].
     Parameters:
         in_proj_weight (3 dim, dim), in_proj_bias (3 dim), out_proj.weight (dim, dim), out_proj.bias (dim).
     Saved for backward:
@@ -61,25 +66,45 @@ class MultiHeadAttention(Layer):
             raise ValueError(f"{self!r}: dropout must be in [0, 1), got {self.dropout}")
 
     def setup(self, input_shape):
-        self.check_shape(tuple(input_shape))
+        self.cross = bool(input_shape) and not isinstance(input_shape[0], int)
+        if self.cross:  # [query, key_value]
+            if len(input_shape) != 2:
+                raise ShapeError(f"{self!r}: cross-attention takes [query, key_value], got "
+                                 f"{len(input_shape)} inputs")
+            for shape, what in zip(input_shape, ("query", "key_value"), strict=True):
+                self.check_shape(shape, what)
+            if self.causal or self.rope:
+                raise ValueError(f"{self!r}: cross-attention ([query, key_value]) takes neither causal "
+                                 "nor rope")
+            input_shape = input_shape[0]
+        else:
+            self.check_shape(tuple(input_shape))
         d = self.dim
         self.add_param("in_proj_weight", (3 * d, d), init.xavier_uniform(d, 3 * d))
         self.add_param("in_proj_bias", (3 * d,), init.zeros)
         self.add_child("out_proj", Dense(d, d), input_shape)
         return input_shape
 
-    def check_shape(self, shape: tuple) -> None:
+    def check_shape(self, shape: tuple, what: str = "input") -> None:
         """``shape`` is (T, dim) without the batch."""
         if len(shape) != 2 or shape[-1] != self.dim:
-            raise ShapeError(f"{self!r}: expected input of shape (N, T, {self.dim}), "
-                             f"got (N, {', '.join(map(str, shape))})")
+            raise ShapeError(f"{self!r}: expected {what} of shape (N, T, {self.dim}) (the embedding size "
+                             f"{self.dim}), got (N, {', '.join(map(str, shape))})")
 
     def check_input(self, x):
-        self.check_shape(tuple(x.shape[1:]))
+        if self.cross:
+            if not isinstance(x, (list, tuple)) or len(x) != 2:
+                raise ShapeError(f"{self!r}: built for cross-attention, expected [query, key_value]")
+            for xi, what in zip(x, ("query", "key_value"), strict=True):
+                self.check_shape(tuple(xi.shape[1:]), what)
+        else:
+            self.check_shape(tuple(x.shape[1:]))
 
     # ----------------------------------------------------------------- forward
     def forward(self, x, training: bool = True):
-        ops, xp = self.ops, self.ops.xp
+        if self.cross:
+            return self._forward_cross(x, training)
+        ops = self.ops
         n, t, d = x.shape
         self._shape = (n, t, d)
         self._x = x.reshape(n * t, d)
@@ -90,7 +115,30 @@ class MultiHeadAttention(Layer):
         if self.rope:
             cos, sin, _ = self._rope_tables(t)
             q, k = self._rotate(q, "q_rot", cos, sin), self._rotate(k, "k_rot", cos, sin)
-        probs = self.workspace("probs", (n, self.num_heads, t, t))
+        ctx = self._attend(q, k, v, training)
+        return self.children["out_proj"].forward(ctx.reshape(n, t, d), training)
+
+    def _forward_cross(self, x, training: bool):
+        """q from ``query`` with rows [0:dim] of the packed projection, k and v from ``key_value``."""
+        ops = self.ops
+        (n, t, d), tk = x[0].shape, x[1].shape[1]
+        self._shape, self._tk = (n, t, d), tk
+        self._x, self._xkv = x[0].reshape(n * t, d), x[1].reshape(n * tk, d)
+        w, b = self.params["in_proj_weight"], self.params["in_proj_bias"]
+        q_rows, kv_rows = self.workspace("q", (n * t, d)), self.workspace("kv", (n * tk, 2 * d))
+        ops.matmul(self._x, w[:d].T, out=q_rows)
+        q_rows += b[:d]
+        ops.matmul(self._xkv, w[d:].T, out=kv_rows)
+        kv_rows += b[d:]
+        k, v = self._heads(kv_rows, 2, tk)
+        ctx = self._attend(self._heads(q_rows, 1)[0], k, v, training)
+        return self.children["out_proj"].forward(ctx.reshape(n, t, d), training)
+
+    def _attend(self, q, k, v, training: bool):
+        """Heads (N, H, Tq, hd), (N, H, Tk, hd) x2 -> the (N*Tq, dim) rows of concat_heads(dropout(P) v)."""
+        ops, xp = self.ops, self.ops.xp
+        n, t, d = self._shape
+        probs = self.workspace("probs", (n, self.num_heads, t, k.shape[2]))
         ops.matmul(q, ops.swapaxes(k, -1, -2), out=probs)
         ops.attention_softmax(probs, probs, self.causal, 1.0 / math.sqrt(self.head_dim))
         self._drop = training and self.dropout > 0.0
@@ -103,11 +151,12 @@ class MultiHeadAttention(Layer):
         ctx = self.workspace("ctx", (n * t, d))
         ops.matmul(weights, v, out=self._heads(ctx, 1)[0])
         self._q, self._k, self._v, self._probs, self._weights = q, k, v, probs, weights
-        return self.children["out_proj"].forward(ctx.reshape(n, t, d), training)
+        return ctx
 
-    def _heads(self, rows, parts: int):
-        """(N*T, parts*dim) rows as ``parts`` strided (N, H, T, hd) views (no copy)."""
-        n, t, _ = self._shape
+    def _heads(self, rows, parts: int, t: int | None = None):
+        """(N*T, parts*dim) rows as ``parts`` (N, H, T, hd) views (no copy); T: the query's by default."""
+        n, tq, _ = self._shape
+        t = tq if t is None else t
         split = rows.reshape(n, t, parts, self.num_heads, self.head_dim)
         return [self.ops.swapaxes(split[:, :, i], 1, 2) for i in range(parts)]
 
@@ -117,8 +166,41 @@ class MultiHeadAttention(Layer):
         n, t, d = self._shape
         dctx = self.children["out_proj"].backward(dy)
         do = self._heads(dctx.reshape(n * t, d), 1)[0]
+        if self.cross:
+            return self._backward_cross(do)
         dqkv = self.workspace("dqkv", (n * t, 3 * d))
         dq, dk, dv = self._heads(dqkv, 3)
+        self._attend_backward(do, dq, dk, dv)
+        ops.matmul_acc(dqkv.T, self._x, self.grads["in_proj_weight"],
+                       self.workspace("dw", (3 * d, d)))
+        ops.sum_rows_acc(dqkv, self.grads["in_proj_bias"])
+        dx = self.workspace("dx", (n * t, d))
+        ops.matmul(dqkv, self.params["in_proj_weight"], out=dx)
+        return dx.reshape(n, t, d)
+
+    def _backward_cross(self, do):
+        """The weight gradients of both projections, then [dL/dquery, dL/dkey_value]."""
+        ops = self.ops
+        (n, t, d), tk = self._shape, self._tk
+        dq_rows, dkv_rows = self.workspace("dq_rows", (n * t, d)), self.workspace("dkv_rows", (n * tk, 2 * d))
+        self._attend_backward(do, self._heads(dq_rows, 1)[0], *self._heads(dkv_rows, 2, tk))
+        w, gw, gb = self.params["in_proj_weight"], self.grads["in_proj_weight"], self.grads["in_proj_bias"]
+        ops.matmul_acc(dq_rows.T, self._x, gw[:d], self.workspace("dw", (d, d)))
+        ops.matmul_acc(dkv_rows.T, self._xkv, gw[d:], self.workspace("dw_kv", (2 * d, d)))
+        ops.sum_rows_acc(dq_rows, gb[:d])
+        ops.sum_rows_acc(dkv_rows, gb[d:])
+        if not self.needs_input_grad:
+            return None
+        dxq, dxkv = self.workspace("dx", (n * t, d)), self.workspace("dx_kv", (n * tk, d))
+        ops.matmul(dq_rows, w[:d], out=dxq)
+        ops.matmul(dkv_rows, w[d:], out=dxkv)
+        dxs = self.__dict__.setdefault("_dxs", [None, None])
+        dxs[0], dxs[1] = dxq.reshape(n, t, d), dxkv.reshape(n, tk, d)
+        return dxs
+
+    def _attend_backward(self, do, dq, dk, dv) -> None:
+        """From dL/d(attention output heads) to dL/dq, dL/dk, dL/dv (head views, written in place)."""
+        ops = self.ops
         ops.matmul(ops.swapaxes(self._weights, -1, -2), do, out=dv)
         dp = self.workspace("dp", self._probs.shape)
         ops.matmul(do, ops.swapaxes(self._v, -1, -2), out=dp)
@@ -131,15 +213,10 @@ class MultiHeadAttention(Layer):
         ops.matmul(dp, self._k, out=gq)
         ops.matmul(ops.swapaxes(dp, -1, -2), self._q, out=gk)
         if self.rope:
-            cos, _, neg_sin = self._rope_tables(t)  # the transpose of a rotation is the rotation by -angle
+            # the transpose of a rotation is the rotation by -angle
+            cos, _, neg_sin = self._rope_tables(self._shape[1])
             self._rotate(gq, "dq", cos, neg_sin, out=dq)
             self._rotate(gk, "dk", cos, neg_sin, out=dk)
-        ops.matmul_acc(dqkv.T, self._x, self.grads["in_proj_weight"],
-                       self.workspace("dw", (3 * d, d)))
-        ops.sum_rows_acc(dqkv, self.grads["in_proj_bias"])
-        dx = self.workspace("dx", (n * t, d))
-        ops.matmul(dqkv, self.params["in_proj_weight"], out=dx)
-        return dx.reshape(n, t, d)
 
     # ----------------------------------------------------------------- rotary embedding
     def _rope_tables(self, t: int):

@@ -129,6 +129,10 @@ def check_input(x, what: str) -> None:
 
     One reduction over the input (no copy) in the common finite case.
     """
+    if hasattr(x, "arrays"):  # a DataList: the inputs of a model of several inputs
+        for array in x.arrays:
+            check_input(array, what)
+        return
     if type(x) is not np.ndarray or x.dtype.kind != "f" or not x.size:
         return
     with np.errstate(all="ignore"):

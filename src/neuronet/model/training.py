@@ -65,6 +65,13 @@ class Trainer:
         if self.optimizer is None or self.loss is None:
             raise RuntimeError(f"{what}: call model.compile(optimizer=..., loss=...) first")
 
+    def _data(self, data, name: str):
+        """``fit``/``evaluate``/``predict`` data as arrays (a model of several inputs takes a DataList)."""
+        return _as_data(data, name)
+
+    def _totals(self) -> _Totals:
+        return _Totals(self.metric_fns, self.ops)
+
     @staticmethod
     def _check_lengths(x, y, what: str) -> None:
         if y is not None and len(x) != len(y):
@@ -117,6 +124,8 @@ class Trainer:
     @staticmethod
     def _take(data, idx, buffers: dict, key: str):
         """data[idx] gathered into a reused buffer (NumPy data), or a plain index otherwise."""
+        if isinstance(data, DataList):
+            return DataList([Trainer._take(d, idx, buffers, f"{key}{i}") for i, d in enumerate(data.arrays)])
         if not isinstance(data, np.ndarray):
             return data[idx]
         buf = buffers.get(key)
@@ -145,7 +154,7 @@ class Trainer:
         from ..callbacks import CallbackList, EpochLogger, History, ProgressBar
 
         self._require_compiled("fit")
-        x, y = _as_data(x, "x"), _as_data(y, "y")
+        x, y = self._data(x, "x"), self._data(y, "y")
         self._check_lengths(x, y, "fit")
         if int(batch_size) < 1 or int(epochs) < 0:
             raise ValueError(f"fit: batch_size must be >= 1 and epochs >= 0, got {batch_size}, {epochs}")
@@ -154,7 +163,8 @@ class Trainer:
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("fit: validation_data must be a pair (x_val, y_val)")
-            validation_data = (_as_data(validation_data[0], "x_val"), _as_data(validation_data[1], "y_val"))
+            validation_data = (self._data(validation_data[0], "x_val"),
+                               self._data(validation_data[1], "y_val"))
             self._check_lengths(*validation_data, "fit (validation_data)")
         elif validation_split:
             cut = int(len(x) * (1.0 - validation_split))
@@ -181,7 +191,7 @@ class Trainer:
         buffers: dict = {}
         cb.on_train_begin()
         for epoch in range(initial_epoch, epochs):
-            totals = _Totals(self.metric_fns)
+            totals = self._totals()
             cursor.begin(epoch, totals)
             cb.on_epoch_begin(epoch)
             batches = self._batches(n, batch_size, shuffle)
@@ -200,7 +210,7 @@ class Trainer:
                 else:
                     totals.add_loss(loss, len(idx))
                     if self.metric_fns:
-                        totals.add_metrics(self.ops.to_numpy(self._last_output), self.ops.to_numpy(yb))
+                        totals.add_metrics(self._last_output, yb)
                 cursor.step = step + 1
                 cb.on_batch_end(step, totals.means())
                 if self.stop_training:
@@ -224,18 +234,18 @@ class Trainer:
         """Mean loss (and metrics) over (x, y) in inference mode: ``{"loss": ..., "accuracy": ...}``."""
         if self.loss is None:
             raise RuntimeError("evaluate: call model.compile(loss=...) first")
-        x, y = _as_data(x, "x"), _as_data(y, "y")
+        x, y = self._data(x, "x"), self._data(y, "y")
         self._check_lengths(x, y, "evaluate")
         if len(x) == 0:
             raise ValueError("evaluate: x is empty")
-        totals = _Totals(self.metric_fns)
+        totals = self._totals()
         for start in range(0, len(x), int(batch_size)):
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
             resume.check_input(xb, "evaluate")
             out = self.forward(xb, training=False)
             totals.add_loss(self.loss.forward(out, yb), len(xb))
             if self.metric_fns:
-                totals.add_metrics(self.ops.to_numpy(out), self.ops.to_numpy(yb))
+                totals.add_metrics(out, yb)
         result = totals.means()
         if verbose:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in result.items()))
@@ -243,7 +253,7 @@ class Trainer:
 
     def predict(self, x, batch_size: int = 256) -> np.ndarray:
         """Outputs for every sample of x in inference mode, as one NumPy array (no compile needed)."""
-        x = _as_data(x, "x")
+        x = self._data(x, "x")
         if len(x) == 0:
             raise ValueError("predict: x is empty")
         outs = [np.array(self.ops.to_numpy(self.forward(_finite(x[start:start + batch_size], "predict"),
@@ -266,8 +276,8 @@ class Trainer:
 class _Totals:
     """Sample-weighted running means of the loss and the metrics over an epoch."""
 
-    def __init__(self, metric_fns: dict):
-        self.metric_fns = metric_fns
+    def __init__(self, metric_fns: dict, ops):
+        self.metric_fns, self.ops = metric_fns, ops
         self.sums = {"loss": 0.0, **{k: 0.0 for k in metric_fns}}
         self.counts = dict.fromkeys(self.sums, 0)
 
@@ -275,7 +285,8 @@ class _Totals:
         self.sums["loss"] += loss * n
         self.counts["loss"] += n
 
-    def add_metrics(self, pred: np.ndarray, target: np.ndarray) -> None:
+    def add_metrics(self, pred, target) -> None:
+        pred, target = self.ops.to_numpy(pred), self.ops.to_numpy(target)
         for name, fn in self.metric_fns.items():
             s, c = fn(pred, np.asarray(target))
             self.sums[name] += s
@@ -297,3 +308,16 @@ def _as_data(data, name: str):
     if isinstance(data, np.ndarray) or type(data).__module__.startswith("torch"):
         return data
     return np.asarray(data)
+
+
+class DataList:
+    """Equal-length arrays batched together: the data of a model with several inputs (or outputs)."""
+
+    def __init__(self, arrays: list):
+        self.arrays = list(arrays)
+
+    def __len__(self) -> int:
+        return len(self.arrays[0])
+
+    def __getitem__(self, index) -> DataList:
+        return DataList([a[index] for a in self.arrays])

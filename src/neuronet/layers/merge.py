@@ -1,0 +1,195 @@
+"""Merge layers (several inputs, given as a list) and Residual: the joins of a functional graph.
+
+A layer of several inputs receives a list in ``forward`` and returns a list (one dL/dx per input)
+from ``backward``; its ``input_shape`` is the tuple of its inputs' shapes. Keras: ``Add``,
+``Multiply``, ``Concatenate``; PyTorch: ``a + b``, ``a * b``, ``torch.cat(dim=axis)``.
+"""
+
+from __future__ import annotations
+
+from ..core.layer import Layer
+from ..errors import ShapeError
+
+
+def _dims(shape: tuple) -> str:
+    return f"(N, {', '.join(map(str, shape))})"
+
+
+class _Merge(Layer):
+    """Checks that the input is a list of at least two tensors and keeps a reusable list for dL/dx."""
+
+    def setup(self, input_shape):
+        if not input_shape or isinstance(input_shape[0], int) or len(input_shape) < 2:
+            raise ShapeError(f"{self!r}: takes a list of at least two inputs, got one of shape "
+                             f"{_dims(input_shape)}")
+        self._dx = [None] * len(input_shape)
+        return self.merge_shape(input_shape)
+
+    def check_input(self, xs) -> None:
+        if not isinstance(xs, (list, tuple)) or len(xs) != len(self.input_shape):
+            raise ShapeError(f"{self!r}: expected a list of {len(self.input_shape)} inputs, got "
+                             f"{type(xs).__name__}")
+        got = tuple(tuple(x.shape[1:]) for x in xs)
+        if got != self.input_shape or len({x.shape[0] for x in xs}) != 1:
+            raise ShapeError(f"{self!r}: expected inputs {', '.join(map(_dims, self.input_shape))}, got "
+                             f"{', '.join(str(tuple(x.shape)) for x in xs)}")
+
+    def _same_shapes(self, shapes: tuple) -> tuple:
+        if len(set(shapes)) != 1:
+            raise ShapeError(f"{self!r}: all inputs must have the same shape, got "
+                             f"{', '.join(map(_dims, shapes))}")
+        return shapes[0]
+
+
+class Add(_Merge):
+    """y = x0 + x1 + ... (inputs of equal shape). Saved for backward: nothing (dL/dxi = dy)."""
+
+    merge_shape = _Merge._same_shapes
+
+    def forward(self, xs, training: bool = True):
+        xp = self.ops.xp
+        y = self.workspace("y", tuple(xs[0].shape))
+        xp.add(xs[0], xs[1], out=y)
+        for x in xs[2:]:
+            xp.add(y, x, out=y)
+        return y
+
+    def backward(self, dy):
+        for i in range(len(self._dx)):
+            self._dx[i] = dy
+        return self._dx
+
+
+class Multiply(_Merge):
+    """y = x0 * x1 * ... (elementwise, equal shapes). Saved for backward: the inputs (by reference)."""
+
+    merge_shape = _Merge._same_shapes
+
+    def forward(self, xs, training: bool = True):
+        xp = self.ops.xp
+        self._xs = xs
+        y = self.workspace("y", tuple(xs[0].shape))
+        xp.multiply(xs[0], xs[1], out=y)
+        for x in xs[2:]:
+            xp.multiply(y, x, out=y)
+        return y
+
+    def backward(self, dy):
+        """dL/dxi = dy * (product of the other inputs)."""
+        if not self.needs_input_grad:
+            return None
+        xp = self.ops.xp
+        for i in range(len(self._dx)):
+            dx = self.workspace(f"dx{i}", tuple(dy.shape))
+            first = True
+            for j, x in enumerate(self._xs):
+                if j != i:
+                    xp.multiply(dy if first else dx, x, out=dx)
+                    first = False
+            self._dx[i] = dx
+        return self._dx
+
+
+class Concatenate(_Merge):
+    """y = torch.cat(xs, dim=axis); ``axis`` counts the batch axis (1 = the first feature axis).
+
+    Shape: inputs equal except along ``axis``. Saved for backward: nothing (dL/dxi is a slice of dy,
+    copied into a contiguous buffer).
+    """
+
+    def __init__(self, axis: int = 1):
+        super().__init__()
+        self.axis = int(axis)
+        if self.axis == 0:
+            raise ValueError("Concatenate: axis 0 is the batch axis; use axis=1 for the first feature axis")
+
+    def merge_shape(self, shapes: tuple) -> tuple:
+        rank = len(shapes[0]) + 1
+        axis = self.axis if self.axis > 0 else self.axis + rank
+        if not 0 < axis < rank or any(len(s) != rank - 1 for s in shapes):
+            raise ShapeError(f"{self!r}: axis {self.axis} does not fit inputs "
+                             f"{', '.join(map(_dims, shapes))}")
+        k = axis - 1
+        rest = {s[:k] + s[k + 1:] for s in shapes}
+        if len(rest) != 1:
+            raise ShapeError(f"{self!r}: inputs must agree except along axis {self.axis}, got "
+                             f"{', '.join(map(_dims, shapes))}")
+        self._slices, start = [], 0
+        for s in shapes:  # where each input sits in the output
+            self._slices.append((slice(None),) * axis + (slice(start, start + s[k]),))
+            start += s[k]
+        return shapes[0][:k] + (start,) + shapes[0][k + 1:]
+
+    def forward(self, xs, training: bool = True):
+        y = self.workspace("y", (xs[0].shape[0], *self.output_shape))
+        for x, where in zip(xs, self._slices, strict=True):
+            self.ops.copy_(y[where], x)
+        return y
+
+    def backward(self, dy):
+        if not self.needs_input_grad:
+            return None
+        for i, where in enumerate(self._slices):
+            part = dy[where]
+            dx = self.workspace(f"dx{i}", tuple(part.shape))
+            self.ops.copy_(dx, part)
+            self._dx[i] = dx
+        return self._dx
+
+    def extra_repr(self):
+        return f"axis={self.axis}"
+
+    def get_config(self):
+        return {"axis": self.axis}
+
+
+class Residual(Layer):
+    """y = x + block(x): a skip connection around ``block`` (any layer, e.g. a Sequential).
+
+    Usable in ``Sequential`` and in functional models; ``block`` must keep the shape. Its parameters
+    are ``block.<name>`` (a PyTorch module holding ``self.block``).
+    Saved for backward: whatever ``block`` saves.
+    """
+
+    def __init__(self, block: Layer):
+        super().__init__()
+        if not isinstance(block, Layer):
+            raise TypeError(f"Residual: block is a {type(block).__name__}, not a neuronet Layer")
+        self.block = block
+
+    @property
+    def layers(self) -> list[Layer]:
+        return [self.block]
+
+    def setup(self, input_shape):
+        out = self.add_child("block", self.block, input_shape)
+        if tuple(out) != tuple(input_shape):
+            raise ShapeError(f"Residual: block {self.block!r} maps {_dims(input_shape)} to {_dims(out)}; "
+                             "a residual block must keep the shape")
+        return input_shape
+
+    def check_input(self, x) -> None:
+        self.block.check_input(x)
+
+    def forward(self, x, training: bool = True):
+        h = self.block.forward(x, training=training)
+        y = self.workspace("y", tuple(x.shape))
+        self.ops.xp.add(x, h, out=y)
+        return y
+
+    def backward(self, dy):
+        """dL/dx = dy + block.backward(dy); without ``needs_input_grad`` only the block's weights."""
+        block = self.block
+        block.needs_input_grad = self.needs_input_grad
+        try:
+            dh = block.backward(dy)
+        finally:
+            block.needs_input_grad = True
+        if not self.needs_input_grad:
+            return None
+        dx = self.workspace("dx", tuple(dy.shape))
+        self.ops.xp.add(dy, dh, out=dx)
+        return dx
+
+    def extra_repr(self):
+        return repr(self.block)
