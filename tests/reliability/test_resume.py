@@ -158,6 +158,7 @@ def test_terminate_on_nan_stops_a_diverging_run():
     assert model.stop_training and model.epoch < 5
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
 def test_terminate_on_nan_stops_on_a_nan_loss():
     x, y = _data()
     x[40:] = np.inf
