@@ -7,7 +7,7 @@
 """
 
 from . import backend as backends
-from . import data, errors
+from . import data, distributed, errors
 from .backend import set_backend
 from .callbacks import (
     Callback,
@@ -44,12 +44,14 @@ from .model import Input, Model, Sequential
 from .optim import (
     OPTIMIZERS,
     SGD,
+    Adagrad,
     Adam,
     AdamW,
     CosineAnnealingLR,
     LinearLR,
     LinearWarmup,
     LRScheduler,
+    NAdam,
     Optimizer,
     RMSprop,
     StepLR,
@@ -61,11 +63,12 @@ __all__ = [
     "LAYERS", "LOSSES", "OPTIMIZERS", "SGD", "Adam", "AdamW", "CSVLogger", "Callback", "CrossEntropyLoss",
     "EarlyStopping", "History", "Layer", "Loss", "MSELoss", "ModelCheckpoint", "Optimizer", "ProgressBar",
     "ReduceLROnPlateau", "Sequential", "TensorBoard", "Input", "Model", "ShapeError", "backends", "data",
+    "distributed",
     "errors", "load", "manual_seed", "set_backend",
     "export_gguf", "export_onnx", "load_gguf", "to_torch_state_dict",
     *_layer_names,
     "BCELoss", "BCEWithLogitsLoss", "HuberLoss", "KLDivLoss", "L1Loss", "MarginRankingLoss",
     "MultiMarginLoss", "NLLLoss", "RMSprop", "TripletMarginLoss", "CosineAnnealingLR", "LRScheduler",
-    "LinearLR", "LinearWarmup", "StepLR",
+    "LinearLR", "LinearWarmup", "StepLR", "Adagrad", "NAdam",
 ]
 __all__ += ["TerminateOnNaN"]

@@ -119,7 +119,7 @@ def test_config_object_errors_name_the_key(tmp_path, capsys):
     cfg = yaml.safe_load(yaml.safe_dump(TINY))
     cfg["training"]["optimizer"] = {"type": "Adamm"}
     assert main(["train", str(_write(tmp_path, cfg)), "-o", str(tmp_path), "-q"]) == 2
-    assert "training.optimizer.type: unknown 'Adamm'; allowed: Adam" in capsys.readouterr().err
+    assert "training.optimizer.type: unknown 'Adamm'; allowed: Adagrad, Adam" in capsys.readouterr().err
     cfg["training"]["optimizer"] = {"type": "SGD", "lr": -1}
     assert main(["train", str(_write(tmp_path, cfg)), "-o", str(tmp_path), "-q"]) == 2
     assert "training.optimizer (SGD): SGD: l" in capsys.readouterr().err

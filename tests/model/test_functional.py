@@ -504,3 +504,43 @@ def test_callbacks_see_per_output_logs_and_checkpoint_a_graph(tmp_path):
     assert {"cls_accuracy", "val_reg_loss", "val_cls_accuracy"} <= set(hist.history)
     best = nn.load(path)
     assert isinstance(best, nn.Model) and best.output_names == ["cls", "reg"]
+
+
+def test_freezing_in_a_graph_equals_requires_grad_false():
+    """A frozen shared layer: its weights stay, the rest steps as torch with requires_grad=False."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    inp = nn.Input((6,))
+    shared = nn.Dense(6, 6, activation="tanh")
+    h = shared(inp)
+    out = nn.Dense(6, 2)(nn.Add()([h, shared(h)]))
+    model = nn.Model(inp, out)
+    model.compile(optimizer=nn.Adam(1e-2), loss="mse")
+    model.build((6,))
+    shared.trainable = False
+    t_shared, t_head = torch.nn.Linear(6, 6), torch.nn.Linear(6, 2)
+    with torch.no_grad():
+        for mod, key in ((t_shared, "0"), (t_head, "2")):
+            mod.weight.copy_(torch.tensor(model.state_dict()[f"{key}.weight"]))
+            mod.bias.copy_(torch.tensor(model.state_dict()[f"{key}.bias"]))
+    t_shared.requires_grad_(False)
+    opt = torch.optim.Adam(t_head.parameters(), lr=1e-2)
+    frozen = model.state_dict()["0.weight"]
+    ready = []
+    model.grad_ready = ready.append
+    x, y = rng.standard_normal((16, 6)).astype("float32"), rng.standard_normal((16, 2)).astype("float32")
+    for _ in range(3):
+        model.train_step(x, y)
+        xt = torch.tensor(x)
+        h_t = torch.tanh(t_shared(xt))
+        loss = torch.nn.functional.mse_loss(t_head(h_t + torch.tanh(t_shared(h_t))), torch.tensor(y))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    state = model.state_dict()
+    np.testing.assert_array_equal(state["0.weight"], frozen)
+    np.testing.assert_allclose(state["2.weight"], t_head.weight.detach().numpy(), rtol=1e-4, atol=1e-5)
+    assert model.num_trainable_params() == 6 * 2 + 2
+    # backward visits only the head (nothing trainable lies below it): reported once per step
+    assert ready == [model.layers[2]] * 3

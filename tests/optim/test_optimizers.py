@@ -26,6 +26,11 @@ CASES = {
                                                      momentum=0.7, centered=True)),
     "rmsprop_centered": ("RMSprop", dict(lr=0.01, centered=True)),
     "rmsprop_momentum": ("RMSprop", dict(lr=0.01, momentum=0.9)),
+    "adagrad": ("Adagrad", dict(lr=0.1)),
+    "adagrad_decay_wd": ("Adagrad", dict(lr=0.1, lr_decay=0.05, weight_decay=0.1, eps=1e-6)),
+    "nadam": ("NAdam", dict(lr=0.01)),
+    "nadam_wd_betas": ("NAdam", dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1,
+                                     momentum_decay=0.01)),
 }
 
 
@@ -73,6 +78,15 @@ def _run(name, backend, clip_norm=None, steps=STEPS):
     return opt
 
 
+@pytest.fixture(autouse=True)
+def _float64_scalars():
+    """torch keeps NAdam's mu_product as a tensor of the default dtype: float64, like our scalars."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_optimizer_matches_torch_step_for_step(name, backend):
     opt = _run(name, backend)
@@ -95,33 +109,43 @@ def test_clip_scales_the_gradient_in_place_like_torch():
 
 
 def test_float32_numba_update_matches_generic_numpy_passes():
-    """The fused NumPy-backend kernels agree with the generic in-place passes (the torch-backend code)."""
-    from neuronet.backend import Ops
+    """The fused NumPy-backend kernels agree with the generic in-place passes (the torch-backend code), over a
+    table of spans with two groups and frozen gaps (which both leave untouched)."""
+    from neuronet.backend import Ops, Spans
 
     ops = nn.backends.get_ops("numpy")
     rng = np.random.default_rng(5)
     n = 1000
+    spans = Spans.of([(0, 300, 0), (300, 450, 1), (600, 990, 0)])  # 450:600 and 990: frozen
+    groups = dict(lr=(1e-2, 3e-3), weight_decay=(0.01, 0.0))
     p, g = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
     first, second = (0.1 * rng.standard_normal(n)).astype(np.float32), rng.random(n).astype(np.float32) + 0.1
-    adam = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, step=3, decoupled=True)
-    rmsprop = dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.9, centered=True)
-    sgd = dict(lr=0.1, momentum=0.9, dampening=0.1, nesterov=False, weight_decay=0.01, first=False)
+    adam = dict(beta1=0.9, beta2=0.999, eps=1e-8, step=3, decoupled=True)
+    nadam = dict(beta1=0.9, beta2=0.999, eps=1e-8, step=3, mu=0.45, mu_next=0.46, mu_product=0.09)
+    rmsprop = dict(alpha=0.99, eps=1e-8, momentum=0.9, centered=True)
+    sgd = dict(momentum=0.9, dampening=0.1, nesterov=False, first=False)
     cases = [("adam_step", [first, second], adam), ("rmsprop_step", [second, first, first * 2], rmsprop),
-             ("sgd_step", [first], sgd)]
+             ("sgd_step", [first], sgd), ("adagrad_step", [second], dict(eps=1e-10)),
+             ("nadam_step", [first, second], nadam)]
     for method, state, kwargs in cases:
         p1, p2 = p.copy(), p.copy()
         s1, s2 = [s.copy() for s in state], [s.copy() for s in state]
-        getattr(ops, method)(p1, g, *s1, None, **kwargs)
-        getattr(Ops, method)(ops, p2, g, *s2, np.empty((2, n), np.float32), **kwargs)
+        getattr(ops, method)(p1, g, *s1, None, spans, **groups, **kwargs)
+        getattr(Ops, method)(ops, p2, g, *s2, np.empty((2, n), np.float32), spans, **groups, **kwargs)
         np.testing.assert_allclose(p1, p2, rtol=1e-6, atol=1e-7, err_msg=method)
         for a, b in zip(s1, s2, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=method)
+        for frozen in (slice(450, 600), slice(990, None)):
+            np.testing.assert_array_equal(p1[frozen], p[frozen], err_msg=method)
+            for a, b in zip(s1, state, strict=True):
+                np.testing.assert_array_equal(a[frozen], b[frozen], err_msg=method)
+        assert not np.array_equal(p1[:300], p[:300]) and not np.array_equal(p1[300:450], p[300:450])
 
 
 MLP_PARAMS = 784 * 512 + 512 + 512 * 256 + 256 + 256 * 10 + 10  # 535,818
 
 
-@pytest.mark.parametrize("opt", [nn.Adam(1e-3), nn.AdamW(1e-3, clip_norm=1.0),
+@pytest.mark.parametrize("opt", [nn.Adam(1e-3), nn.AdamW(1e-3, clip_norm=1.0), nn.Adagrad(), nn.NAdam(),
                                  nn.SGD(0.1, momentum=0.9, nesterov=True),
                                  nn.RMSprop(1e-3, momentum=0.9, centered=True, weight_decay=1e-4)], ids=repr)
 def test_numpy_step_allocates_nothing(opt):
@@ -150,7 +174,8 @@ def test_bad_arguments_raise(make, message):
         make()
 
 
-@pytest.mark.parametrize("name", ["sgd_momentum_dampening", "adam_wd_betas", "rmsprop_centered_momentum_wd"])
+@pytest.mark.parametrize("name", ["sgd_momentum_dampening", "adam_wd_betas", "rmsprop_centered_momentum_wd",
+                                  "adagrad_decay_wd", "nadam_wd_betas"])
 def test_config_round_trip_and_registry(name):
     opt = _ours(name)
     clone = nn.OPTIMIZERS[type(opt).__name__](**opt.get_config())
@@ -178,7 +203,9 @@ def test_adam_trains_a_model_with_fit():
 
 
 @pytest.mark.parametrize("opt", [nn.RMSprop(1e-2, momentum=0.9, centered=True, clip_norm=1.0),
-                                 nn.SGD(0.1, momentum=0.9, nesterov=True), nn.AdamW(1e-2)], ids=repr)
+                                 nn.SGD(0.1, momentum=0.9, nesterov=True), nn.AdamW(1e-2),
+                                 nn.Adagrad(0.05, lr_decay=0.01), nn.NAdam(1e-2, weight_decay=0.01)],
+                         ids=repr)
 def test_training_resumes_exactly_after_save_and_load(opt, tmp_path):
     rng = np.random.default_rng(9)
     x, y = rng.standard_normal((32, 4)).astype(np.float32), rng.integers(0, 3, 32)

@@ -28,21 +28,25 @@ def _valid_range(size, stride, offset, limit):
 
 
 @jit
-def col2im(cols, kh, kw, sh, sw, ph, pw, out):
-    """The adjoint of im2col: out[n, c, h, w] = sum of the cols entries that read x[n, c, h, w]."""
+def col2im(cols, sh, sw, dh, dw, ph, pw, out):
+    """The adjoint of im2col: out[n, c, h, w] = sum of the cols entries that read x[n, c, h, w].
+
+    cols (C, kh, kw, N, OH, OW) read x_pad[n, c, oh*sh + i*dh, ow*sw + j*dw]; ph, pw: the padding
+    before (top, left); whatever falls outside out's (H, W) was padding and is dropped.
+    """
     n_, c_, h_, w_ = out.shape
-    oh_, ow_ = cols.shape[4], cols.shape[5]
+    kh, kw, oh_, ow_ = cols.shape[1], cols.shape[2], cols.shape[4], cols.shape[5]
     out[...] = 0.0
     for c in range(c_):
         for i in range(kh):
-            lo_h, hi_h = _valid_range(oh_, sh, i - ph, h_)
+            lo_h, hi_h = _valid_range(oh_, sh, i * dh - ph, h_)
             for j in range(kw):
-                lo_w, hi_w = _valid_range(ow_, sw, j - pw, w_)
+                lo_w, hi_w = _valid_range(ow_, sw, j * dw - pw, w_)
                 for n in range(n_):
                     for oh in range(lo_h, hi_h):
-                        h = oh * sh + i - ph
+                        h = oh * sh + i * dh - ph
                         for ow in range(lo_w, hi_w):
-                            out[n, c, h, ow * sw + j - pw] += cols[c, i, j, n, oh, ow]
+                            out[n, c, h, ow * sw + j * dw - pw] += cols[c, i, j, n, oh, ow]
 
 
 def max_pool2d(x, kh, kw, sh, sw, ph, pw, out, index):
@@ -52,7 +56,8 @@ def max_pool2d(x, kh, kw, sh, sw, ph, pw, out, index):
     kernel. The usual 2x2 / stride 2 pooling has its own unrolled kernel (~20x faster than the
     general loops, whose short variable-length window loops do not pipeline).
     """
-    if (kh, kw, sh, sw, ph, pw) == (2, 2, 2, 2, 0, 0):
+    whole = 2 * out.shape[2] <= x.shape[2] and 2 * out.shape[3] <= x.shape[3]  # no partial (ceil_mode) window
+    if (kh, kw, sh, sw, ph, pw) == (2, 2, 2, 2, 0, 0) and whole:
         _max_pool_2x2(x, out, index)
     else:
         _max_pool_any(x, kh, kw, sh, sw, ph, pw, out, index)

@@ -91,16 +91,18 @@ class NumpyOps(Ops):
         kernels.scatter_add_rows(_rows(table), index.reshape(-1), _rows(np.ascontiguousarray(rows)))
 
     # ----------------------------------------------------------------- convolution and pooling (Numba)
-    def im2col(self, x, kernel, stride, out):
+    def im2col(self, x, geom, out):
         # One strided copy (NumPy's copy loop beats a Numba gather on these short rows).
-        (kh, kw), (sh, sw), (n, c), s = kernel, stride, x.shape[:2], x.strides
-        strides = (s[1], s[2], s[3], s[0], s[2] * sh, s[3] * sw)
+        (kh, kw), (sh, sw), (dh, dw) = geom.kernel, geom.stride, geom.dilation
+        (n, c), s = x.shape[:2], x.strides
+        strides = (s[1], s[2] * dh, s[3] * dw, s[0], s[2] * sh, s[3] * sw)
         patches = as_strided(x, (c, kh, kw, n, *out.shape[4:]), strides)
         np.copyto(out, patches)
         return out
 
-    def col2im(self, cols, kernel, stride, padding, out):
-        conv_kernels.col2im(cols, *kernel, *stride, *padding, out)
+    def col2im(self, cols, geom, out):
+        ((top, _), (left, _)) = geom.padding
+        conv_kernels.col2im(cols, *geom.stride, *geom.dilation, top, left, out)
         return out
 
     def max_pool2d(self, x, kernel, stride, padding, out, index):
@@ -193,24 +195,44 @@ class NumpyOps(Ops):
     def sum_of_squares(self, x):
         return float(np.dot(x, x))
 
-    def adam_step(self, p, g, m, v, scratch, *, lr, beta1, beta2, eps, weight_decay, step, decoupled):
-        t = p.dtype.type
-        decay, l2 = (1.0 - lr * weight_decay, 0.0) if decoupled else (1.0, weight_decay)
-        optim_kernels.adam_update(p, g, m, v, t(decay), t(l2), t(beta2), t(1.0 - beta1), t(1.0 - beta2),
-                                  t(lr / (1.0 - beta1 ** step)), t(math.sqrt(1.0 - beta2 ** step)), t(eps))
+    def adam_step(self, p, g, m, v, scratch, spans, *, lr, weight_decay, beta1, beta2, eps, step, decoupled):
+        t, bc1 = p.dtype.type, 1.0 - beta1 ** step
+        coef = [(1.0 - r * wd, 0.0, r / bc1) if decoupled else (1.0, wd, r / bc1)
+                for r, wd in zip(lr, weight_decay, strict=True)]
+        optim_kernels.adam_update(p, g, m, v, *_table(spans, coef, p.dtype), t(beta2), t(1.0 - beta1),
+                                  t(1.0 - beta2), t(math.sqrt(1.0 - beta2 ** step)), t(eps))
 
-    def sgd_step(self, p, g, buf, scratch, *, lr, momentum, dampening, nesterov, weight_decay, first):
+    def sgd_step(self, p, g, buf, scratch, spans, *, lr, weight_decay, momentum, dampening, nesterov, first):
         t = p.dtype.type
-        buf = _EMPTY[p.dtype] if buf is None else buf
-        optim_kernels.sgd_update(p, g, buf, t(lr), t(weight_decay), t(momentum), t(1.0 - dampening),
-                                 bool(nesterov), bool(first))
+        optim_kernels.sgd_update(p, g, _EMPTY[p.dtype] if buf is None else buf,
+                                 *_table(spans, zip(lr, weight_decay, strict=True), p.dtype), t(momentum),
+                                 t(1.0 - dampening), bool(nesterov), bool(first))
 
-    def rmsprop_step(self, p, g, square_avg, grad_avg, buf, scratch, *, lr, alpha, eps, weight_decay,
+    def rmsprop_step(self, p, g, square_avg, grad_avg, buf, scratch, spans, *, lr, weight_decay, alpha, eps,
                      momentum, centered):
         t, empty = p.dtype.type, _EMPTY[p.dtype]
         optim_kernels.rmsprop_update(p, g, square_avg, empty if grad_avg is None else grad_avg,
-                                     empty if buf is None else buf, t(lr), t(weight_decay), t(alpha),
+                                     empty if buf is None else buf,
+                                     *_table(spans, zip(lr, weight_decay, strict=True), p.dtype), t(alpha),
                                      t(1.0 - alpha), t(eps), t(momentum), bool(centered))
+
+    def adagrad_step(self, p, g, state_sum, scratch, spans, *, lr, weight_decay, eps):
+        table = _table(spans, zip(lr, weight_decay, strict=True), p.dtype)
+        optim_kernels.adagrad_update(p, g, state_sum, *table, p.dtype.type(eps))
+
+    def nadam_step(self, p, g, m, v, scratch, spans, *, lr, weight_decay, beta1, beta2, eps, step, mu,
+                   mu_next, mu_product):
+        t = p.dtype.type
+        coef = [(wd, r * (1.0 - mu) / (1.0 - mu_product), r * mu_next / (1.0 - mu_product * mu_next))
+                for r, wd in zip(lr, weight_decay, strict=True)]
+        optim_kernels.nadam_update(p, g, m, v, *_table(spans, coef, p.dtype), t(beta2), t(1.0 - beta1),
+                                   t(1.0 - beta2), t(1.0 - beta2 ** step), t(eps))
+
+
+def _table(spans, coef, dtype) -> tuple:
+    """The kernels' span arguments: starts, stops, group, and the per-group scalars (one row of ``coef``
+    per group) in the parameters' dtype."""
+    return spans.starts, spans.stops, spans.group, np.array(list(coef), dtype)
 
 
 # Stand-ins for absent optimizer state (no momentum buffer, not centered), one per float dtype.

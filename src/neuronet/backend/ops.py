@@ -16,9 +16,33 @@ method here, written once for both backends where the spelling agrees and overri
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
+
+from .conv_geometry import ConvGeometry
+
+# A buffer source for kernels that need scratch space: (name, shape) -> array (Layer.workspace).
+Scratch = Callable[[str, tuple], Any]
+
+
+class Spans(NamedTuple):
+    """Where an optimizer update applies: the ranges [starts[i], stops[i]) of the flat parameter buffer,
+    each with the index ``group[i]`` of its parameter group (int64 arrays); frozen ranges are absent.
+    ``items`` holds the same as Python (start, stop, group) triples."""
+
+    starts: np.ndarray
+    stops: np.ndarray
+    group: np.ndarray
+    items: tuple
+
+    @classmethod
+    def of(cls, items) -> Spans:
+        items = tuple((int(a), int(b), int(k)) for a, b, k in items)
+        cols = np.array(items, np.int64).reshape(-1, 3).T
+        return cls(*(np.ascontiguousarray(c) for c in cols), items)
+
 
 ACTIVATIONS = (
     "linear", "relu", "sigmoid", "tanh", "leaky_relu", "elu", "selu", "gelu", "gelu_tanh",
@@ -130,22 +154,79 @@ class Ops:
         out += self.xp.sum(x.reshape(-1, x.shape[-1]), axis=0)
 
     # ----------------------------------------------------------------- convolution and pooling (NCHW)
-    def im2col(self, x, kernel: tuple, stride: tuple, out) -> Any:
+    # conv2d and conv2d_backward serve every convolution layer: a Conv2D runs them as written, a
+    # ConvTranspose2D runs them the other way round (its forward is conv2d_backward's dx, its backward
+    # conv2d). This generic version is im2col + one GEMM per group; TorchOps calls PyTorch's kernels.
+    def conv2d(self, x, weight, bias, geom: ConvGeometry, out, scratch: Scratch) -> Any:
+        """out (N, O, OH, OW) = the cross-correlation of x (N, C, H, W) with weight (O, C/groups, kh, kw),
+        plus bias (O,) unless None.
+
+        ``scratch(name, shape)`` gives reusable buffers (a layer's ``workspace``); the columns of x stay
+        in ``scratch("conv.cols")`` for ``conv2d_backward``'s weight gradient.
+        """
+        (n, c), o, g = x.shape[:2], weight.shape[0], geom.groups
+        (kh, kw), (oh, ow) = geom.kernel, geom.out_size
+        m = n * oh * ow
+        cols = scratch("conv.cols", (c, kh, kw, n, oh, ow))
+        self.im2col(self.pad2d(x, geom, scratch), geom, cols)
+        z = scratch("conv.gemm", (o, n, oh * ow))
+        self.matmul(_groups(weight, g, c // g * kh * kw), _groups(cols, g, m), out=_groups(z, g, m))
+        if bias is not None:  # here, where rows are contiguous (an add into the transposed copy is 3x slower)
+            z += bias.reshape(o, 1, 1)
+        self.copy_(out.reshape(n, o, oh * ow), self.swapaxes(z, 0, 1))  # (O, N, P) -> (N, O, P)
+        return out
+
+    def conv2d_backward(self, dy, x, weight, geom: ConvGeometry, dx, dweight, dbias, scratch: Scratch) -> Any:
+        """The gradients of ``conv2d`` from dy = dL/dout (N, O, OH, OW): dx = dL/dx (written), dweight +=
+        dL/dweight and dbias (O,) += dy summed over N, OH, OW, each skipped when None (PyTorch's
+        ``convolution_backward`` with its output mask). ``x`` is the forward input; this version reads the
+        columns that ``conv2d`` left in scratch instead, and needs neither x nor them for dx."""
+        n, o, g = dy.shape[0], weight.shape[0], geom.groups
+        c, (kh, kw), (oh, ow) = weight.shape[1] * g, geom.kernel, geom.out_size
+        m, k = n * oh * ow, c // g * kh * kw
+        dy_t = scratch("conv.dy_t", (o, n, oh * ow))
+        self.copy_(dy_t, self.swapaxes(dy.reshape(n, o, oh * ow), 0, 1))  # (N, O, P) -> (O, N, P)
+        if dbias is not None:
+            db = scratch("conv.db", (o,))
+            self.xp.sum(dy_t.reshape(o, m), axis=1, out=db)
+            dbias += db
+        dy_t, w = _groups(dy_t, g, m), _groups(weight, g, k)
+        if dweight is not None:
+            cols, dw = _groups(scratch("conv.cols", (c, kh, kw, n, oh, ow)), g, m), _groups(dweight, g, k)
+            self.matmul_acc(dy_t, self.swapaxes(cols, -1, -2), dw, scratch("conv.dw", tuple(dw.shape)))
+        if dx is not None:
+            dcols = scratch("conv.dcols", (c, kh, kw, n, oh, ow))
+            self.matmul(self.swapaxes(w, -1, -2), dy_t, out=_groups(dcols, g, m))
+            self.col2im(dcols, geom, dx)
+        return dx
+
+    def pad2d(self, x, geom: ConvGeometry, scratch: Scratch) -> Any:
+        """x (N, C, H, W) inside zeros of ``geom.padding`` (in ``scratch("conv.padded")``), or x itself."""
+        ((top, _), (left, _)), (h, w) = geom.padding, geom.in_size
+        if not any(any(side) for side in geom.padding):
+            return x
+        padded = scratch("conv.padded", (x.shape[0], x.shape[1], *geom.padded_size))
+        self.fill_(padded, 0.0)
+        self.copy_(padded[:, :, top:top + h, left:left + w], x)
+        return padded
+
+    def im2col(self, x, geom: ConvGeometry, out) -> Any:
         """Patches of ``x`` (N, C, H, W), already padded, as columns: out (C, kh, kw, N, OH, OW).
 
-        out[c, i, j, n, oh, ow] = x[n, c, oh*sh + i, ow*sw + j]; seen as a (C*kh*kw, N*OH*OW)
-        matrix, a convolution is one GEMM ``weight.reshape(O, -1) @ out``.
+        out[c, i, j, n, oh, ow] = x[n, c, oh*sh + i*dh, ow*sw + j*dw]; seen as a (C*kh*kw, N*OH*OW)
+        matrix, a convolution is one GEMM ``weight.reshape(O, -1) @ out`` (per group).
         """
         raise NotImplementedError
 
-    def col2im(self, cols, kernel: tuple, stride: tuple, padding: tuple, out) -> Any:
+    def col2im(self, cols, geom: ConvGeometry, out) -> Any:
         """The adjoint of ``im2col`` of the zero-padded input: out (N, C, H, W), unpadded, = every
         column entry added back where it was read (entries that read the padding are dropped)."""
         raise NotImplementedError
 
     def max_pool2d(self, x, kernel: tuple, stride: tuple, padding: tuple, out, index) -> Any:
         """out = the max of each window of ``x`` (N, C, H, W), padding as -inf; ``index`` (int64) gets
-        the position h*W + w of each max in its plane, as ``F.max_pool2d(..., return_indices=True)``."""
+        the position h*W + w of each max in its plane, as ``F.max_pool2d(..., return_indices=True)``.
+        The size of ``out`` says whether the last, partial windows count (``ceil_mode``)."""
         raise NotImplementedError
 
     def max_pool2d_backward(self, dy, index, out) -> Any:
@@ -239,19 +320,49 @@ class Ops:
         dL/dh_{t-1} that skips the recurrent product (the caller adds dgh @ W_hh)."""
         raise NotImplementedError
 
-    # ----------------------------------------------------------------- optimizer updates (whole flat buffer)
+    # ----------------------------------------------------------------- optimizer updates (flat buffer spans)
     # Each updates the flat parameters and optimizer state in place with the arithmetic of the single-tensor
-    # torch.optim step. This generic version (the readable reference, valid on NumPy and torch alike) makes
-    # in-place passes over ``scratch``: ``update_scratch`` arrays shaped like the parameters. NumpyOps fuses
-    # each update into one Numba pass (no scratch); TorchOps uses torch.optim's own in-place ops.
+    # torch.optim step, over the ranges of ``spans`` (a Spans: the trainable parts of the buffer, each with
+    # its parameter group); ``lr[k]`` and ``weight_decay[k]`` are group k's. This generic version (the
+    # readable reference, valid on NumPy and torch alike) makes in-place passes over each span, using
+    # ``scratch``: ``update_scratch`` arrays shaped like the parameters. NumpyOps fuses each update into
+    # one Numba pass over the whole table of spans (no scratch); TorchOps uses torch.optim's own ops.
     update_scratch = 2
 
     def sum_of_squares(self, x) -> float:
         """sum(x * x) of a 1-D array, without a temporary (global-norm clipping)."""
         return self.item(self.xp.dot(x, x))
 
-    def adam_step(self, p, g, m, v, scratch, *, lr, beta1, beta2, eps, weight_decay, step, decoupled) -> None:
-        """One Adam/AdamW update of the flat arrays in place, as ``torch.optim.Adam``/``AdamW``."""
+    def adam_step(self, p, g, m, v, scratch, spans, *, lr, weight_decay, **kw) -> None:
+        """One Adam/AdamW update (beta1, beta2, eps, step, decoupled), as ``torch.optim.Adam``/``AdamW``."""
+        self._each_span(self._adam_span, spans, (p, g, m, v), scratch, lr, weight_decay, kw)
+
+    def sgd_step(self, p, g, buf, scratch, spans, *, lr, weight_decay, **kw) -> None:
+        """One SGD update (momentum, dampening, nesterov, first), as ``torch.optim.SGD`` (``buf``: the
+        momentum buffer, None without)."""
+        self._each_span(self._sgd_span, spans, (p, g, buf), scratch, lr, weight_decay, kw)
+
+    def rmsprop_step(self, p, g, square_avg, grad_avg, buf, scratch, spans, *, lr, weight_decay,
+                     **kw) -> None:
+        """One RMSprop update (alpha, eps, momentum, centered), as ``torch.optim.RMSprop`` (``grad_avg``/
+        ``buf`` None when unused)."""
+        arrays = (p, g, square_avg, grad_avg, buf)
+        self._each_span(self._rmsprop_span, spans, arrays, scratch, lr, weight_decay, kw)
+
+    def adagrad_step(self, p, g, state_sum, scratch, spans, *, lr, weight_decay, **kw) -> None:
+        """One Adagrad update (eps), as ``torch.optim.Adagrad``; ``lr`` is already decayed (torch's clr)."""
+        self._each_span(self._adagrad_span, spans, (p, g, state_sum), scratch, lr, weight_decay, kw)
+
+    def nadam_step(self, p, g, m, v, scratch, spans, *, lr, weight_decay, **kw) -> None:
+        """One NAdam update (beta1, beta2, eps, step, mu, mu_next, mu_product), as ``torch.optim.NAdam``."""
+        self._each_span(self._nadam_span, spans, (p, g, m, v), scratch, lr, weight_decay, kw)
+
+    def _each_span(self, update, spans, arrays, scratch, lr, weight_decay, kw) -> None:
+        for a, b, k in spans.items:
+            update(*(None if x is None else x[a:b] for x in arrays), scratch[:, a:b], lr=lr[k],
+                   weight_decay=weight_decay[k], **kw)
+
+    def _adam_span(self, p, g, m, v, scratch, *, lr, beta1, beta2, eps, weight_decay, step, decoupled):
         xp, s0, s1 = self.xp, scratch[0], scratch[1]
         if weight_decay and decoupled:
             p *= 1.0 - lr * weight_decay
@@ -271,8 +382,7 @@ class Ops:
         s1 *= lr / (1.0 - beta1 ** step)
         p -= s1
 
-    def sgd_step(self, p, g, buf, scratch, *, lr, momentum, dampening, nesterov, weight_decay, first) -> None:
-        """One SGD update in place, as ``torch.optim.SGD`` (``buf``: the momentum buffer, None without)."""
+    def _sgd_span(self, p, g, buf, scratch, *, lr, momentum, dampening, nesterov, weight_decay, first):
         xp, s0, s1 = self.xp, scratch[0], scratch[1]
         if weight_decay:
             g = self._l2_grad(p, g, weight_decay, s0)
@@ -292,9 +402,8 @@ class Ops:
         xp.multiply(g, lr, out=s1)
         p -= s1
 
-    def rmsprop_step(self, p, g, square_avg, grad_avg, buf, scratch, *, lr, alpha, eps, weight_decay,
-                     momentum, centered) -> None:
-        """One RMSprop update in place, as ``torch.optim.RMSprop`` (``grad_avg``/``buf`` None when unused)."""
+    def _rmsprop_span(self, p, g, square_avg, grad_avg, buf, scratch, *, lr, alpha, eps, weight_decay,
+                      momentum, centered):
         xp, s0, s1 = self.xp, scratch[0], scratch[1]
         if weight_decay:
             g = self._l2_grad(p, g, weight_decay, s0)
@@ -321,6 +430,40 @@ class Ops:
             s1 *= lr
         p -= s1
 
+    def _adagrad_span(self, p, g, state_sum, scratch, *, lr, eps, weight_decay):
+        xp, s0, s1 = self.xp, scratch[0], scratch[1]
+        if weight_decay:
+            g = self._l2_grad(p, g, weight_decay, s0)
+        xp.multiply(g, g, out=s1)
+        state_sum += s1
+        xp.sqrt(state_sum, out=s1)
+        s1 += eps
+        xp.divide(g, s1, out=s1)
+        s1 *= lr
+        p -= s1
+
+    def _nadam_span(self, p, g, m, v, scratch, *, lr, beta1, beta2, eps, weight_decay, step, mu, mu_next,
+                    mu_product):
+        xp, s0, s1 = self.xp, scratch[0], scratch[1]
+        if weight_decay:
+            g = self._l2_grad(p, g, weight_decay, s0)
+        xp.subtract(g, m, out=s1)  # m = lerp(m, g, 1 - beta1)
+        s1 *= 1.0 - beta1
+        m += s1
+        v *= beta2
+        xp.multiply(g, g, out=s1)
+        s1 *= 1.0 - beta2
+        v += s1
+        xp.divide(v, 1.0 - beta2 ** step, out=s1)  # denom = sqrt(v / bias_correction2) + eps
+        xp.sqrt(s1, out=s1)
+        s1 += eps
+        xp.divide(g, s1, out=s0)  # (g may live in s0 already: elementwise in place)
+        s0 *= lr * (1.0 - mu) / (1.0 - mu_product)
+        p -= s0
+        xp.divide(m, s1, out=s0)
+        s0 *= lr * mu_next / (1.0 - mu_product * mu_next)
+        p -= s0
+
     def _l2_grad(self, p, g, weight_decay, out):
         """out = g + weight_decay * p (the coupled weight decay of SGD, Adam and RMSprop)."""
         self.xp.multiply(p, weight_decay, out=out)
@@ -346,3 +489,8 @@ class Ops:
     def bincount(self, keys, out) -> None:
         """out[b] = how many of the 1-D integer ``keys`` equal b, for b in 0..len(out)-1."""
         raise NotImplementedError
+
+
+def _groups(a, groups: int, last: int):
+    """``a`` as (groups, rows, last) matrices, or one (rows, last) matrix without groups."""
+    return a.reshape(groups, -1, last) if groups > 1 else a.reshape(-1, last)

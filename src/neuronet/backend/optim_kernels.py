@@ -10,6 +10,12 @@ single-tensor ``torch.optim`` implementations term by term:
             p -= lr (g' + momentum b if nesterov else b)
     RMSprop g' = g + wd p;  s = alpha s + (1 - alpha) g'^2;  a = lerp(a, g', 1 - alpha) (centered);
             d = sqrt(s - a^2 if centered else s) + eps;  b = momentum b + g' / d;  p -= lr (b or g' / d)
+    Adagrad g' = g + wd p;  s += g'^2;  p -= clr g' / (sqrt(s) + eps)
+    NAdam   g' = g + wd p;  m, v as Adam;  d = sqrt(v / bc2) + eps;  p -= cg g' / d;  p -= cm m / d
+
+Every kernel walks a table of spans of the flat buffer (the trainable parts, each with its parameter
+group; one span covering everything when nothing is frozen or grouped) and reads the per-group scalars
+from a small ``coef`` array, so frozen layers and parameter groups cost no extra pass.
 
 Decoupled decay is applied as ``p * decay`` with decay = 1 exactly when absent, and L2 decay as
 ``g + l2 * p`` with l2 = 0 when absent, so one loop without branches serves every variant.
@@ -27,56 +33,102 @@ jit = numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")
 
 
 @jit
-def adam_update(p, g, m, v, decay, l2, beta2, c1, c2, step_size, bc2_sqrt, eps):
-    """One Adam/AdamW step over flat arrays, in place; c1 = 1 - beta1 (the lerp weight), c2 = 1 - beta2."""
-    for i in range(p.size):
-        pi = p[i]
-        gi = g[i] + l2 * pi
-        mi = m[i] + c1 * (gi - m[i])
-        vi = v[i] * beta2 + c2 * (gi * gi)
-        m[i] = mi
-        v[i] = vi
-        p[i] = pi * decay - step_size * (mi / (np.sqrt(vi) / bc2_sqrt + eps))
+def adam_update(p, g, m, v, starts, stops, group, coef, beta2, c1, c2, bc2_sqrt, eps):
+    """One Adam/AdamW step in place; c1 = 1 - beta1 (the lerp weight), c2 = 1 - beta2; per group k
+    coef[k] = (decay, l2, step_size)."""
+    for s in range(starts.size):
+        decay, l2, step_size = coef[group[s], 0], coef[group[s], 1], coef[group[s], 2]
+        a, b = starts[s], stops[s]
+        ps, gs, ms, vs = p[a:b], g[a:b], m[a:b], v[a:b]  # (views: a loop from 0 vectorises, one from a not)
+        for i in range(ps.size):
+            pi = ps[i]
+            gi = gs[i] + l2 * pi
+            mi = ms[i] + c1 * (gi - ms[i])
+            vi = vs[i] * beta2 + c2 * (gi * gi)
+            ms[i] = mi
+            vs[i] = vi
+            ps[i] = pi * decay - step_size * (mi / (np.sqrt(vi) / bc2_sqrt + eps))
 
 
 @jit
-def sgd_update(p, g, buf, lr, l2, momentum, damp, nesterov, first):
-    """One SGD step over flat arrays, in place; ``buf`` is the momentum buffer (empty without momentum)."""
-    if buf.size == 0:
-        for i in range(p.size):
-            p[i] = p[i] - lr * (g[i] + l2 * p[i])
-    elif first:
-        for i in range(p.size):
-            gi = g[i] + l2 * p[i]
-            buf[i] = gi
-            p[i] = p[i] - lr * (gi + momentum * gi if nesterov else gi)
-    else:
-        for i in range(p.size):
-            gi = g[i] + l2 * p[i]
-            b = buf[i] * momentum + damp * gi
-            buf[i] = b
-            p[i] = p[i] - lr * (gi + momentum * b if nesterov else b)
-
-
-@jit
-def rmsprop_update(p, g, sq, gavg, buf, lr, l2, alpha, c, eps, momentum, centered):
-    """One RMSprop step over flat arrays, in place; c = 1 - alpha; ``gavg``/``buf`` are empty when unused."""
+def sgd_update(p, g, buf, starts, stops, group, coef, momentum, damp, nesterov, first):
+    """One SGD step in place; ``buf`` is the momentum buffer (empty without momentum); coef[k] = (lr, l2)."""
     use_momentum = buf.size > 0
-    for i in range(p.size):
-        gi = g[i] + l2 * p[i]
-        s = sq[i] * alpha + c * (gi * gi)
-        sq[i] = s
-        if centered:
-            a = gavg[i] + c * (gi - gavg[i])
-            gavg[i] = a
-            s = s - a * a
-        d = np.sqrt(s) + eps
-        if use_momentum:
-            b = buf[i] * momentum + gi / d
-            buf[i] = b
-            p[i] = p[i] - lr * b
+    for s in range(starts.size):
+        lr, l2 = coef[group[s], 0], coef[group[s], 1]
+        a, b = starts[s], stops[s]
+        ps, gs, bs = p[a:b], g[a:b], buf[a:b]
+        if not use_momentum:
+            for i in range(ps.size):
+                ps[i] = ps[i] - lr * (gs[i] + l2 * ps[i])
+        elif first:
+            for i in range(ps.size):
+                gi = gs[i] + l2 * ps[i]
+                bs[i] = gi
+                ps[i] = ps[i] - lr * (gi + momentum * gi if nesterov else gi)
         else:
-            p[i] = p[i] - lr * (gi / d)
+            for i in range(ps.size):
+                gi = gs[i] + l2 * ps[i]
+                bi = bs[i] * momentum + damp * gi
+                bs[i] = bi
+                ps[i] = ps[i] - lr * (gi + momentum * bi if nesterov else bi)
+
+
+@jit
+def rmsprop_update(p, g, sq, gavg, buf, starts, stops, group, coef, alpha, c, eps, momentum, centered):
+    """One RMSprop step in place; c = 1 - alpha; ``gavg``/``buf`` empty when unused; coef[k] = (lr, l2)."""
+    use_momentum = buf.size > 0
+    for s in range(starts.size):
+        lr, l2 = coef[group[s], 0], coef[group[s], 1]
+        a, b = starts[s], stops[s]
+        ps, gs, sqs, gas, bs = p[a:b], g[a:b], sq[a:b], gavg[a:b], buf[a:b]
+        for i in range(ps.size):
+            gi = gs[i] + l2 * ps[i]
+            sqi = sqs[i] * alpha + c * (gi * gi)
+            sqs[i] = sqi
+            if centered:
+                ai = gas[i] + c * (gi - gas[i])
+                gas[i] = ai
+                sqi = sqi - ai * ai
+            d = np.sqrt(sqi) + eps
+            if use_momentum:
+                bi = bs[i] * momentum + gi / d
+                bs[i] = bi
+                ps[i] = ps[i] - lr * bi
+            else:
+                ps[i] = ps[i] - lr * (gi / d)
+
+
+@jit
+def adagrad_update(p, g, state_sum, starts, stops, group, coef, eps):
+    """One Adagrad step in place; coef[k] = (clr, l2) with clr the decayed learning rate."""
+    for s in range(starts.size):
+        clr, l2 = coef[group[s], 0], coef[group[s], 1]
+        a, b = starts[s], stops[s]
+        ps, gs, ss = p[a:b], g[a:b], state_sum[a:b]
+        for i in range(ps.size):
+            gi = gs[i] + l2 * ps[i]
+            si = ss[i] + gi * gi
+            ss[i] = si
+            ps[i] = ps[i] - clr * (gi / (np.sqrt(si) + eps))
+
+
+@jit
+def nadam_update(p, g, m, v, starts, stops, group, coef, beta2, c1, c2, bc2, eps):
+    """One NAdam step in place; per group k coef[k] = (l2, grad_coef, avg_coef), where
+    p -= grad_coef g / d, then p -= avg_coef m / d, with d = sqrt(v / bc2) + eps."""
+    for s in range(starts.size):
+        l2, cg, cm = coef[group[s], 0], coef[group[s], 1], coef[group[s], 2]
+        a, b = starts[s], stops[s]
+        ps, gs, ms, vs = p[a:b], g[a:b], m[a:b], v[a:b]
+        for i in range(ps.size):
+            gi = gs[i] + l2 * ps[i]
+            mi = ms[i] + c1 * (gi - ms[i])
+            vi = vs[i] * beta2 + c2 * (gi * gi)
+            ms[i] = mi
+            vs[i] = vi
+            d = np.sqrt(vi / bc2) + eps
+            ps[i] = (ps[i] - cg * (gi / d)) - cm * (mi / d)
 
 
 def warm_up(dtype=np.float32) -> None:
@@ -84,10 +136,13 @@ def warm_up(dtype=np.float32) -> None:
     t = np.dtype(dtype).type
     a = np.zeros(4, dtype)
     empty = np.zeros(0, dtype)
-    adam_update(a, a.copy(), a.copy(), a.copy(), t(1), t(0), t(0.999), t(0.1), t(1e-3), t(1e-3), t(1),
-                t(1e-8))
-    sgd_update(a, a.copy(), a.copy(), t(1e-2), t(0), t(0.9), t(1), False, False)
-    sgd_update(a, a.copy(), empty, t(1e-2), t(0), t(0), t(1), False, True)
-    rmsprop_update(a, a.copy(), a.copy(), a.copy(), a.copy(), t(1e-2), t(0), t(0.99), t(0.01), t(1e-8),
-                   t(0.9), True)
-    rmsprop_update(a, a.copy(), a.copy(), empty, empty, t(1e-2), t(0), t(0.99), t(0.01), t(1e-8), t(0), False)
+    one = np.zeros(1, np.int64)
+    starts, stops, group, coef = one, one + 4, one, np.zeros((1, 3), dtype)
+    span = (starts, stops, group, coef)
+    adam_update(a, a.copy(), a.copy(), a.copy(), *span, t(0.999), t(0.1), t(1e-3), t(1), t(1e-8))
+    sgd_update(a, a.copy(), a.copy(), *span, t(0.9), t(1), False, False)
+    sgd_update(a, a.copy(), empty, *span, t(0), t(1), False, True)
+    rmsprop_update(a, a.copy(), a.copy(), a.copy(), a.copy(), *span, t(0.99), t(0.01), t(1e-8), t(0.9), True)
+    rmsprop_update(a, a.copy(), a.copy(), empty, empty, *span, t(0.99), t(0.01), t(1e-8), t(0), False)
+    adagrad_update(a, a.copy(), a.copy(), *span, t(1e-10))
+    nadam_update(a, a.copy(), a.copy(), a.copy(), *span, t(0.999), t(0.1), t(1e-3), t(1), t(1e-8))

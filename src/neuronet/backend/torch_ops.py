@@ -114,19 +114,36 @@ class TorchOps(Ops):
         table.index_add_(0, index.reshape(-1).long(), rows.reshape(-1, *table.shape[1:]))
 
     # ------------------------------------------------------------ convolution and pooling (PyTorch's kernels)
-    def im2col(self, x, kernel, stride, out):
-        cols = F.unfold(x, kernel, stride=stride)  # (N, C*kh*kw, OH*OW)
-        out.view(cols.shape[1], cols.shape[0], cols.shape[2]).copy_(cols.transpose(0, 1))
+    def conv2d(self, x, weight, bias, geom, out, scratch):
+        x, padding = _conv_input(x, geom)
+        out.copy_(F.conv2d(x, weight, bias, geom.stride, padding, geom.dilation, geom.groups))
         return out
 
-    def col2im(self, cols, kernel, stride, padding, out):
-        k, n = cols.shape[0] * cols.shape[1] * cols.shape[2], cols.shape[3]
-        cols = cols.reshape(k, n, -1).transpose(0, 1)
-        out.copy_(F.fold(cols, tuple(out.shape[2:]), kernel, padding=padding, stride=stride))
-        return out
+    def conv2d_backward(self, dy, x, weight, geom, dx, dweight, dbias, scratch):
+        if x is None:  # dx only: the kernel reads nothing of x but its shape
+            x = dy.new_zeros(()).expand(dy.shape[0], weight.shape[1] * geom.groups, *geom.in_size)
+        x, padding = _conv_input(x, geom)
+        gx, gw, gb = torch.ops.aten.convolution_backward(
+            dy, x, weight, [weight.shape[0]], geom.stride, padding, geom.dilation, False, [0, 0], geom.groups,
+            [dx is not None, dweight is not None, dbias is not None])
+        if dweight is not None:
+            dweight += gw
+        if dbias is not None:
+            dbias += gb
+        if dx is None:
+            return None
+        if geom.plain:
+            dx.copy_(gx)
+        else:  # from the explicitly padded (or cut) input back to x: cut the padding, zeros for cut rows
+            (top, _), (left, _), (h, w) = *geom.padding, geom.in_size
+            dx.copy_(F.pad(gx, (-left, w + left - gx.shape[3], -top, h + top - gx.shape[2])))
+        return dx
 
     def max_pool2d(self, x, kernel, stride, padding, out, index):
-        y, idx = F.max_pool2d(x, kernel, stride, padding, return_indices=True)
+        floor = [(size + 2 * p - k) // s + 1 for size, k, s, p in zip(x.shape[2:], kernel, stride, padding,
+                                                                       strict=True)]
+        y, idx = F.max_pool2d(x, kernel, stride, padding, ceil_mode=list(out.shape[2:]) != floor,
+                              return_indices=True)
         out.copy_(y)
         index.copy_(idx)
         return out
@@ -298,7 +315,7 @@ class TorchOps(Ops):
         torch.mul(dh, z, out=dh_direct)
 
     # ----------------------------------------------------------------- optimizer updates (torch.optim's ops)
-    def adam_step(self, p, g, m, v, scratch, *, lr, beta1, beta2, eps, weight_decay, step, decoupled):
+    def _adam_span(self, p, g, m, v, scratch, *, lr, beta1, beta2, eps, weight_decay, step, decoupled):
         if weight_decay and decoupled:
             p.mul_(1.0 - lr * weight_decay)
         elif weight_decay:
@@ -308,7 +325,7 @@ class TorchOps(Ops):
         denom = torch.sqrt(v, out=scratch[1]).div_((1.0 - beta2 ** step) ** 0.5).add_(eps)
         p.addcdiv_(m, denom, value=-lr / (1.0 - beta1 ** step))
 
-    def sgd_step(self, p, g, buf, scratch, *, lr, momentum, dampening, nesterov, weight_decay, first):
+    def _sgd_span(self, p, g, buf, scratch, *, lr, momentum, dampening, nesterov, weight_decay, first):
         if weight_decay:
             g = torch.add(g, p, alpha=weight_decay, out=scratch[0])
         if momentum:
@@ -319,8 +336,8 @@ class TorchOps(Ops):
             g = torch.add(g, buf, alpha=momentum, out=scratch[0]) if nesterov else buf
         p.add_(g, alpha=-lr)
 
-    def rmsprop_step(self, p, g, square_avg, grad_avg, buf, scratch, *, lr, alpha, eps, weight_decay,
-                     momentum, centered):
+    def _rmsprop_span(self, p, g, square_avg, grad_avg, buf, scratch, *, lr, alpha, eps, weight_decay,
+                      momentum, centered):
         if weight_decay:
             g = torch.add(g, p, alpha=weight_decay, out=scratch[0])
         square_avg.mul_(alpha).addcmul_(g, g, value=1.0 - alpha)
@@ -335,6 +352,33 @@ class TorchOps(Ops):
             p.add_(buf, alpha=-lr)
         else:
             p.addcdiv_(g, avg, value=-lr)
+
+    def _adagrad_span(self, p, g, state_sum, scratch, *, lr, eps, weight_decay):
+        if weight_decay:
+            g = torch.add(g, p, alpha=weight_decay, out=scratch[0])
+        state_sum.addcmul_(g, g, value=1)
+        std = torch.sqrt(state_sum, out=scratch[1]).add_(eps)
+        p.addcdiv_(g, std, value=-lr)
+
+    def _nadam_span(self, p, g, m, v, scratch, *, lr, beta1, beta2, eps, weight_decay, step, mu, mu_next,
+                    mu_product):
+        if weight_decay:
+            g = torch.add(g, p, alpha=weight_decay, out=scratch[0])
+        m.lerp_(g, 1.0 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+        denom = torch.div(v, 1.0 - beta2 ** step, out=scratch[1]).sqrt_().add_(eps)
+        p.addcdiv_(g, denom, value=-lr * (1.0 - mu) / (1.0 - mu_product))
+        p.addcdiv_(m, denom, value=-lr * mu_next / (1.0 - mu_product * mu_next))
+
+
+def _conv_input(x, geom):
+    """x and the padding to give PyTorch's kernels. Where padding is asymmetric, or the output is
+    shorter than the floor rule (a transposed convolution's output_padding >= stride), x is padded
+    (or cut, F.pad taking negative sizes) here to exactly the rows and columns the windows read."""
+    if geom.plain:
+        return x, tuple(lo for lo, _ in geom.padding)
+    ((top, _), (left, _)), (reach_h, reach_w) = geom.padding, geom.reach
+    return F.pad(x, (left, reach_w - left - x.shape[3], top, reach_h - top - x.shape[2])), (0, 0)
 
 
 _OUT_VARIANT = {

@@ -8,7 +8,7 @@ fill in defaults, and turn the ``type:`` entries into neuronet objects.
     preprocessing: {normalization: auto|none|scale|standardize, scale, flatten,
                     augmentation: {shift, rotate, flip}}
     output:       {dir, model, history, plot}
-    hardware:     {device: auto|cpu|numpy|torch|cuda|mps, threads}
+    hardware:     {device: auto|cpu|numpy|torch|cuda|mps, threads, workers: N|auto}
     export:       {formats: [onnx, gguf]}
 
 Relative paths (``dataset.path``, ``output.dir``) are relative to the current directory.
@@ -97,6 +97,8 @@ SCHEMA: dict = {
     "hardware": {
         "device": Field((str,), "auto", DEVICES),
         "threads": Field((int,), 0, check=(lambda v: v >= 0, "0 (library default) or a positive integer")),
+        "workers": Field((int, str), 1, check=(lambda v: v == "auto" or (isinstance(v, int) and v > 0),
+                                               "a positive integer or 'auto'")),
     },
     "export": {
         "formats": Field((list,), []),

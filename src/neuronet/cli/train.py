@@ -98,6 +98,11 @@ def run(
     import neuronet as nn
 
     cfg = load_config(config_path)
+    distributed = nn.distributed.launcher() is not None  # under mpiexec/torchrun; rank 0 writes
+    if distributed:
+        nn.distributed.init()
+    lead = nn.distributed.rank() == 0
+    verbose = verbose if lead else 0
     if epochs is not None:
         cfg["training"]["epochs"] = epochs
     out = cfg["output"]
@@ -158,13 +163,16 @@ def run(
             validation_data=validation,
             callbacks=callbacks,
             verbose=verbose,
+            workers=cfg["hardware"]["workers"],
+            distributed=distributed,
         )
     except Exception as err:  # a late failure: keep what was trained, then one line (main prints it)
-        raise TrainingFailed(_late_error(err, model, model_path)) from err
+        raise TrainingFailed(_late_error(err, model, model_path) if lead else str(err)) from err
     seconds = time.perf_counter() - start
-    model.save(model_path)
     history = full_history(model)
-    history.to_csv(str(folder / out["history"]))
+    if lead:
+        model.save(model_path)
+        history.to_csv(str(folder / out["history"]))
     summary = {
         "model": str(model_path),
         "history": str(folder / out["history"]),
@@ -172,14 +180,17 @@ def run(
         "interrupted": stopper.interrupted,
         "epochs": model.epoch,
     }
-    if stopper.interrupted:
+    if stopper.interrupted and lead:
         where = f"inside epoch {model.epoch + 1}" if model.training_position() else \
             f"after epoch {model.epoch}"
         print(f"saved a checkpoint {where} to {model_path}; continue with: "
               f"neuronet train {config_path} --resume")
         return summary
     if len(x_test):
-        summary["test"] = model.evaluate(x_test, y_test, batch_size=max(256, cfg["training"]["batch_size"]))
+        summary["test"] = model.evaluate(x_test, y_test, batch_size=max(256, cfg["training"]["batch_size"]),
+                                         distributed=distributed)
+    if not lead:
+        return summary
     if plot or out["plot"]:
         name = out["plot"] if isinstance(out["plot"], str) else "history.png"
         summary["plot"] = str(plot_history(history.history, folder / name, title=run_name(config_path)))

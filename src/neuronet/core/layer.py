@@ -27,6 +27,9 @@ Initializer = Callable[[np.random.Generator, tuple, np.dtype], np.ndarray]
 # Every Layer subclass by class name: the YAML configs, .nnet files and exporters look them up here.
 LAYERS: dict[str, type[Layer]] = {}
 
+# Bumped whenever any layer's ``trainable`` changes, so cached frozen layouts know to look again.
+TRAINABLE_VERSION = 0
+
 
 class Workspace:
     """Grow-only named scratch buffers on this object's backend (shared by layers and losses)."""
@@ -76,6 +79,7 @@ class Layer(Workspace):
     needs_input_grad: bool = True
     # Keras's ``name=`` (any layer's constructor takes it): a model's state_dict key for this layer.
     layer_name: str | None = None
+    _trainable: bool = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -112,6 +116,8 @@ class Layer(Workspace):
     def add_child(self, name: str, layer: Layer, input_shape: tuple) -> tuple:
         """Build ``layer`` as the sub-layer ``name`` and return its output shape."""
         self.children[name] = layer
+        if not self._trainable:  # frozen before it was built: freeze the children it builds
+            layer.trainable = False
         return layer.build(input_shape, dtype=self.dtype, ops=self.ops, _root=False)
 
     @property
@@ -149,6 +155,24 @@ class Layer(Workspace):
 
     def num_params(self) -> int:
         return sum(math.prod(shape) for _, _, _, shape, _ in self.param_specs())
+
+    @property
+    def trainable(self) -> bool:
+        """False freezes this layer and (set on a composite) all its descendants, as Keras' ``trainable``
+        or torch's ``requires_grad_(False)``: backward skips its weight gradients (dL/dx still flows) and
+        the optimizer leaves its weights and their state untouched."""
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        global TRAINABLE_VERSION
+        for _, layer in self.named_layers():
+            layer._trainable = bool(value)
+        TRAINABLE_VERSION += 1  # optimizers and models re-read the frozen layout on their next step
+
+    def num_trainable_params(self) -> int:
+        """Parameters of the layers whose ``trainable`` is True (those the optimizer updates)."""
+        return sum(math.prod(shape) for _, owner, _, shape, _ in self.param_specs() if owner.trainable)
 
     def _allocate(self) -> None:
         """Allocate the flat arrays, carve every view and initialise (root only)."""

@@ -15,7 +15,7 @@ from ..errors import NnetFormatError
 
 # Allowed keys at each level of the metadata (other engineers: add new fields here).
 META_KEYS = {"format_version", "neuronet_version", "architecture", "input_shape", "dtype", "compile",
-             "training", "extra", "checksum"}
+             "training", "extra", "checksum", "frozen"}
 COMPILE_KEYS = {"optimizer", "loss", "metrics"}
 OPTIMIZER_KEYS = {"type", "config", "iterations", "initial_lr", "state", "scheduler"}
 LOSS_KEYS = {"type", "config"}

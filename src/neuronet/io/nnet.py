@@ -15,6 +15,7 @@ holds the JSON metadata:
                       "layers": [{"type": "Dense", "config": {...}}, ...]}
     input_shape      [64]            (no batch dimension)
     dtype            "float32"
+    frozen           ["0", "2.attn"]  layers with trainable=False, by state_dict prefix ("" the model)
     compile          {"optimizer": {"type", "config", "iterations", "initial_lr", "state": [names]},
                       "loss": {"type", "config"}, "metrics": [...]}   or null
     training         {"epoch": epochs completed, "rng_state": the global generator's state, "history": {...},
@@ -44,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from .._atomic import atomic_path
+from ..core import layer as layer_module
 from ..core.layer import LAYERS
 from ..errors import NnetFormatError
 from . import _nnet_meta as checks
@@ -92,6 +94,7 @@ def save(model, path: str | os.PathLike, extra: dict | None = None) -> None:
         "architecture": describe(model),
         "input_shape": list(model.input_shape),
         "dtype": str(model.dtype),
+        "frozen": [prefix.rstrip(".") for prefix, layer in model.named_layers() if not layer.trainable],
         "compile": compile_info,
         "training": {
             "epoch": int(model.epoch) if trainer else 0,
@@ -271,6 +274,7 @@ def load(path: str | os.PathLike, device: str | None = None, restore_rng: bool =
     except _REBUILD_ERRORS as e:
         raise NnetFormatError(f"{where}: the architecture does not build for input shape {input_shape}: "
                               f"{e!s:.300}") from None
+    _set_frozen(model, meta.get("frozen") or [], where)
     _check_tensors(model, tensors, opt_state, dtype, where)
     model._allocate()
     model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("optimizer.")})
@@ -330,6 +334,17 @@ def parse_input_shape(value, where: str) -> tuple:
         raise NnetFormatError(f"{where}: input_shape must be a list of 1 to 8 positive integers (or a list "
                               f"of such lists, one per input), got {value!r:.200}")
     return tuple(tuple(s) for s in value) if several else tuple(value)
+
+
+def _set_frozen(model, frozen, where: str) -> None:
+    """Restore every layer's ``trainable`` flag from the prefixes of the frozen ones."""
+    layers = {prefix.rstrip("."): layer for prefix, layer in model.named_layers()}
+    if not isinstance(frozen, list) or not all(isinstance(p, str) and p in layers for p in frozen):
+        raise NnetFormatError(f"{where}: metadata 'frozen' must list layer names of the model, "
+                              f"got {frozen!r:.120}")
+    for prefix, layer in layers.items():  # each flag alone: the setter would also set the descendants'
+        layer._trainable = prefix not in frozen
+    layer_module.TRAINABLE_VERSION += 1
 
 
 def _field(d: dict, key: str, kind: type, where: str):

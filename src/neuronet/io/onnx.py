@@ -436,22 +436,62 @@ ONNX_CONVERTERS["MoEExpert"] = _sequential  # linear1 then linear2, in child ord
 def _conv(g, layer, x, prefix):
     cfg = layer.get_config()
     nd = len(layer.input_shape) - 1
-    pads = _ntuple(cfg.get("padding", 0), nd)
+    kernel, dilation = _ntuple(cfg["kernel_size"], nd), _ntuple(cfg.get("dilation", 1), nd)
+    padding = cfg.get("padding", 0)
+    if padding == "same":  # PyTorch's split: the odd one after
+        before = [d * (k - 1) // 2 for k, d in zip(kernel, dilation, strict=True)]
+        pads = before + [d * (k - 1) - b for k, d, b in zip(kernel, dilation, before, strict=True)]
+    else:
+        pads = _ntuple(0 if padding == "valid" else padding, nd) * 2
     inputs = [g.param(layer, prefix, key) for key in ("weight", "bias") if key in layer.params]
-    y = g.op("Conv", x, *inputs, kernel_shape=_ntuple(cfg["kernel_size"], nd),
-             strides=_ntuple(cfg.get("stride", 1), nd), pads=pads + pads)
+    y = g.op("Conv", x, *inputs, kernel_shape=kernel, strides=_ntuple(cfg.get("stride", 1), nd), pads=pads,
+             dilations=dilation, group=cfg.get("groups", 1))
     return activation(g, cfg.get("activation") or "linear", y)
 
 
-@converter("MaxPool2D", "AvgPool2D")
+@converter("ConvTranspose2D")
+def _conv_transpose(g, layer, x, prefix):
+    cfg = layer.get_config()
+    pads, extra = _pair(cfg["padding"]), _pair(cfg["output_padding"])
+    attrs = dict(kernel_shape=_pair(cfg["kernel_size"]), strides=_pair(cfg["stride"]),
+                 dilations=_pair(cfg["dilation"]), group=cfg["groups"])
+    has_bias = "bias" in layer.params
+    if all(e < s for e, s in zip(extra, attrs["strides"], strict=True)):
+        bias = [g.param(layer, prefix, "bias")] if has_bias else []
+        return g.op("ConvTranspose", x, g.param(layer, prefix, "weight"), *bias, pads=pads * 2,
+                    output_padding=extra, **attrs)
+    # onnxruntime takes output_padding < stride only: cut less at the end instead, zeros past the
+    # full output (no input reaches them), then the bias.
+    end = [max(p - e, 0) for p, e in zip(pads, extra, strict=True)]
+    y = g.op("ConvTranspose", x, g.param(layer, prefix, "weight"), pads=pads + end, **attrs)
+    after = [max(e - p, 0) for p, e in zip(pads, extra, strict=True)]
+    y = g.op("Pad", y, g.ints("pads", [0, 0, 0, 0, 0, 0, *after]))
+    if not has_bias:
+        return y
+    return g.op("Add", y, g.param(layer, prefix, "bias", lambda b: b.reshape(-1, 1, 1), ".reshape"))
+
+
+@converter("MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D")
 def _pool(g, layer, x, prefix):
     cfg = layer.get_config()
-    kernel = _pair(cfg["kernel_size"])
-    stride = kernel if cfg.get("stride") is None else _pair(cfg["stride"])
-    pads = _pair(cfg.get("padding", 0))
-    if type(layer).__name__ == "MaxPool2D":
-        return g.op("MaxPool", x, kernel_shape=kernel, strides=stride, pads=pads + pads)
-    return g.op("AveragePool", x, kernel_shape=kernel, strides=stride, pads=pads + pads, count_include_pad=1)
+    nd = len(layer.input_shape) - 1
+    kernel = _ntuple(cfg["kernel_size"], nd)
+    stride = kernel if cfg.get("stride") is None else _ntuple(cfg["stride"], nd)
+    pads = _ntuple(cfg.get("padding", 0), nd) * 2
+    ceil = int(cfg.get("ceil_mode", False))
+    if type(layer).__name__.startswith("Max"):
+        return g.op("MaxPool", x, kernel_shape=kernel, strides=stride, pads=pads, ceil_mode=ceil)
+    return g.op("AveragePool", x, kernel_shape=kernel, strides=stride, pads=pads, ceil_mode=ceil,
+                count_include_pad=int(cfg.get("count_include_pad", True)))
+
+
+@converter("Upsample")
+def _upsample(g, layer, x, prefix):
+    scales = g.const("scales", [1.0, 1.0, *layer.scale_factor])
+    if layer.mode == "nearest":  # output i reads input floor(i / scale)
+        return g.op("Resize", x, "", scales, mode="nearest", coordinate_transformation_mode="asymmetric",
+                    nearest_mode="floor")
+    return g.op("Resize", x, "", scales, mode="linear", coordinate_transformation_mode="pytorch_half_pixel")
 
 
 @converter("GlobalAvgPool2D")

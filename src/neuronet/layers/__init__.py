@@ -15,7 +15,7 @@ from .activation import (
 )
 from .attention import MultiHeadAttention
 from .batchnorm import BatchNorm1D, BatchNorm2D
-from .conv import Conv1D, Conv2D
+from .conv import Conv1D, Conv2D, ConvTranspose2D
 from .dense import Dense
 from .dropout import Dropout
 from .embedding import Embedding, PositionalEncoding
@@ -23,17 +23,19 @@ from .global_attention import GlobalAttention
 from .merge import Add, Concatenate, Multiply, Residual
 from .moe import MoE
 from .normalization import GroupNorm, LayerNorm, RMSNorm
-from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
+from .pooling import AvgPool1D, AvgPool2D, GlobalAvgPool2D, MaxPool1D, MaxPool2D
 from .rbf import RBF
 from .recurrent import GRU, LSTM, Bidirectional
 from .reshape import Flatten, Reshape
 from .sequence_pooling import CLSPooling, LastToken, MeanPooling
 from .swiglu import SwiGLU
 from .transformer import TransformerBlock
+from .upsample import Upsample
 
 __all__ = [
     "Activation",
     "Add",
+    "AvgPool1D",
     "AvgPool2D",
     "BatchNorm1D",
     "BatchNorm2D",
@@ -42,6 +44,7 @@ __all__ = [
     "Concatenate",
     "Conv1D",
     "Conv2D",
+    "ConvTranspose2D",
     "Dense",
     "Dropout",
     "ELU",
@@ -57,6 +60,7 @@ __all__ = [
     "LayerNorm",
     "LeakyReLU",
     "LogSoftmax",
+    "MaxPool1D",
     "MaxPool2D",
     "MeanPooling",
     "MoE",
@@ -75,4 +79,5 @@ __all__ = [
     "SwiGLU",
     "Tanh",
     "TransformerBlock",
+    "Upsample",
 ]

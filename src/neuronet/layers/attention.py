@@ -171,9 +171,9 @@ class MultiHeadAttention(Layer):
         dqkv = self.workspace("dqkv", (n * t, 3 * d))
         dq, dk, dv = self._heads(dqkv, 3)
         self._attend_backward(do, dq, dk, dv)
-        ops.matmul_acc(dqkv.T, self._x, self.grads["in_proj_weight"],
-                       self.workspace("dw", (3 * d, d)))
-        ops.sum_rows_acc(dqkv, self.grads["in_proj_bias"])
+        if self.trainable:  # frozen: no weight gradients (out_proj, a child, decides for itself)
+            ops.matmul_acc(dqkv.T, self._x, self.grads["in_proj_weight"], self.workspace("dw", (3 * d, d)))
+            ops.sum_rows_acc(dqkv, self.grads["in_proj_bias"])
         dx = self.workspace("dx", (n * t, d))
         ops.matmul(dqkv, self.params["in_proj_weight"], out=dx)
         return dx.reshape(n, t, d)
@@ -185,10 +185,11 @@ class MultiHeadAttention(Layer):
         dq_rows, dkv_rows = self.workspace("dq_rows", (n * t, d)), self.workspace("dkv_rows", (n * tk, 2 * d))
         self._attend_backward(do, self._heads(dq_rows, 1)[0], *self._heads(dkv_rows, 2, tk))
         w, gw, gb = self.params["in_proj_weight"], self.grads["in_proj_weight"], self.grads["in_proj_bias"]
-        ops.matmul_acc(dq_rows.T, self._x, gw[:d], self.workspace("dw", (d, d)))
-        ops.matmul_acc(dkv_rows.T, self._xkv, gw[d:], self.workspace("dw_kv", (2 * d, d)))
-        ops.sum_rows_acc(dq_rows, gb[:d])
-        ops.sum_rows_acc(dkv_rows, gb[d:])
+        if self.trainable:
+            ops.matmul_acc(dq_rows.T, self._x, gw[:d], self.workspace("dw", (d, d)))
+            ops.matmul_acc(dkv_rows.T, self._xkv, gw[d:], self.workspace("dw_kv", (2 * d, d)))
+            ops.sum_rows_acc(dq_rows, gb[:d])
+            ops.sum_rows_acc(dkv_rows, gb[d:])
         if not self.needs_input_grad:
             return None
         dxq, dxkv = self.workspace("dx", (n * t, d)), self.workspace("dx_kv", (n * tk, d))

@@ -109,8 +109,9 @@ class _BatchNorm(Layer):
         xp.sum(dy3, axis=(0, 2), keepdims=True, out=dbias)
         xp.multiply(dy3, xhat, out=dx)
         xp.sum(dx, axis=(0, 2), keepdims=True, out=dweight)
-        self.grads["weight"] += dweight.reshape(c)
-        self.grads["bias"] += dbias.reshape(c)
+        if self.trainable:  # frozen: the sums are still needed for dx, but no weight gradients
+            self.grads["weight"] += dweight.reshape(c)
+            self.grads["bias"] += dbias.reshape(c)
         if not self.needs_input_grad:
             return None
         scale = self.workspace("scale", stat)

@@ -1,20 +1,30 @@
-"""Conv1D and Conv2D: y = act(weight * x + bias) as one GEMM over im2col columns (PyTorch: nn.Conv1d/2d)."""
+"""Convolutions: Conv1D, Conv2D and ConvTranspose2D (PyTorch: nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d).
+
+Every one runs on the two kernels ``ops.conv2d`` (y = x * weight) and ``ops.conv2d_backward`` (its dx
+and dweight) over one ``ConvGeometry``. A convolution uses them as written; a transposed convolution is
+the adjoint of a convolution in its input, so its forward is that convolution's dx and its backward
+that convolution's forward (dx) and weight gradient (with the roles of x and dy exchanged).
+"""
 
 from __future__ import annotations
 
 import math
 
 from ..backend import OUTPUT_DERIVATIVE, check_activation
+from ..backend.conv_geometry import ConvGeometry, conv_output_size
 from ..core import args
 from ..core import initializers as init
 from ..core.layer import Layer, ShapeError
+from ..errors import ConfigError
+
+PADDING_MODES = ("same", "valid")
 
 
 def pair(value, name: str, owner: str, ndim: int) -> tuple[int, ...]:
     """An int or a tuple of ``ndim`` ints, as a tuple (the kernel_size/stride/padding arguments)."""
     values = (value,) * ndim if isinstance(value, int) else tuple(value)
     if len(values) != ndim or not all(isinstance(v, int) for v in values):
-        raise ValueError(f"{owner}: {name} must be an int or a tuple of {ndim} ints, got {value!r}")
+        raise ConfigError(f"{owner}: {name} must be an int or a tuple of {ndim} ints, got {value!r}")
     return tuple(int(v) for v in values)
 
 
@@ -23,39 +33,69 @@ def short(values: tuple):
     return values[0] if len(set(values)) == 1 else values
 
 
-def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    """floor((size + 2*padding - kernel) / stride) + 1, PyTorch's output length (ceil_mode=False)."""
-    return (size + 2 * padding - kernel) // stride + 1
+def _plain(values: tuple, ndim: int):
+    """A tuple argument as get_config stores it: an int for 1-D layers, a list otherwise."""
+    return values[0] if ndim == 1 else list(values)
+
+
+def _dims(shape: tuple) -> str:
+    return ", ".join(map(str, shape))
 
 
 class _Conv(Layer):
     """The N-d convolution, computed as 2-D: a Conv1D is a Conv2D with a (1, k) kernel over (N, C, 1, L).
 
-    Forward: cols = im2col(zero-padded x) (C*kh*kw, N*P); z = weight (O, C*kh*kw) @ cols + bias; y = act(z),
-    transposed from (O, N, P) to (N, O, P). Backward is the transpose of each step:
-    dz = act'(dy^T); dweight += dz @ cols^T; dbias += sum dz; dx = col2im(weight^T @ dz).
+    Forward: z = ops.conv2d(x, weight, bias); y = act(z). Backward: dz = act'(dy);
+    (dx, dweight, dbias) = ops.conv2d_backward(dz). The NumPy backend computes conv2d as one GEMM per
+    group over im2col columns (kept for the weight gradient); the torch backend calls PyTorch's kernels.
     """
 
     ndim = 2
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 activation: str | None = None, bias: bool = True):
+                 activation: str | None = None, bias: bool = True, *, dilation=1, groups: int = 1):
         super().__init__()
-        self.in_channels = args.size(type(self).__name__, "in_channels", in_channels)
-        self.out_channels = args.size(type(self).__name__, "out_channels", out_channels)
+        owner = type(self).__name__
+        self.in_channels = args.size(owner, "in_channels", in_channels)
+        self.out_channels = args.size(owner, "out_channels", out_channels)
+        self.groups = args.size(owner, "groups", groups)
         name = f"{type(self).__name__}({in_channels}, {out_channels})"
-        self.kernel_size = pair(kernel_size, "kernel_size", name, self.ndim)
-        self.stride = pair(stride, "stride", name, self.ndim)
-        self.padding = pair(padding, "padding", name, self.ndim)
-        if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
-            raise ValueError(f"{name}: kernel_size and stride must be >= 1 and padding >= 0, got "
-                             f"{self.kernel_size}, {self.stride}, {self.padding}")
+        nd = self.ndim
+        self.kernel_size = pair(kernel_size, "kernel_size", name, nd)
+        self.stride = pair(stride, "stride", name, nd)
+        self.dilation = pair(dilation, "dilation", name, nd)
+        if isinstance(padding, str):
+            if padding not in PADDING_MODES:
+                raise ConfigError(f"{name}: padding must be 'same', 'valid' or ints, got {padding!r}")
+            if padding == "same" and set(self.stride) != {1}:
+                raise ConfigError(f"{name}: padding='same' needs stride 1 (as PyTorch), got stride="
+                                  f"{short(self.stride)}")
+            self.padding = padding
+        else:
+            self.padding = pair(padding, "padding", name, nd)
+        if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.dilation) < 1 or \
+                min(self._pads_before()) < 0:
+            raise ConfigError(f"{name}: kernel_size, stride and dilation must be >= 1 and padding >= 0, got "
+                              f"{self.kernel_size}, {self.stride}, {self.dilation}, {self.padding}")
+        _check_groups(name, self.groups, self.in_channels, self.out_channels)
         self.activation = check_activation(activation, name)
         self.use_bias = bool(bias)
 
+    def _pads(self) -> tuple[tuple[int, int], ...]:
+        """(before, after) per spatial axis; "same" puts the odd one after, as PyTorch."""
+        if self.padding == "valid":
+            return ((0, 0),) * self.ndim
+        if self.padding == "same":
+            total = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size, strict=True)]
+            return tuple((t // 2, t - t // 2) for t in total)
+        return tuple((p, p) for p in self.padding)
+
+    def _pads_before(self) -> tuple[int, ...]:
+        return tuple(lo for lo, _ in self._pads())
+
     # The 2-D view of the N-d arguments: a 1-D layer runs with a height-1 kernel.
-    def _as_2d(self, values: tuple, fill: int) -> tuple[int, int]:
-        return (fill, *values) if self.ndim == 1 else values
+    def _as_2d(self, values: tuple, fill) -> tuple:
+        return (fill, *values) if self.ndim == 1 else tuple(values)
 
     def _spatial(self) -> str:
         return "L" if self.ndim == 1 else "H, W"
@@ -63,122 +103,115 @@ class _Conv(Layer):
     def setup(self, input_shape):
         if len(input_shape) != self.ndim + 1 or input_shape[0] != self.in_channels:
             raise ShapeError(f"{self!r}: expected input of shape (N, {self.in_channels}, "
-                             f"{self._spatial()}), got (N, {', '.join(map(str, input_shape))})")
-        out = tuple(output_size(s, k, st, p) for s, k, st, p in
-                    zip(input_shape[1:], self.kernel_size, self.stride, self.padding, strict=True))
+                             f"{self._spatial()}), got (N, {_dims(input_shape)})")
+        pads = self._pads()
+        out = tuple(conv_output_size(s, k, st, lo, hi, d) for s, k, st, (lo, hi), d in
+                    zip(input_shape[1:], self.kernel_size, self.stride, pads, self.dilation, strict=True))
         if min(out) < 1:
-            raise ShapeError(f"{self!r}: input (N, {', '.join(map(str, input_shape))}) is smaller than the "
-                             f"kernel {self.kernel_size} with padding {self.padding}")
-        fan_in = self.in_channels * math.prod(self.kernel_size)
+            raise ShapeError(f"{self!r}: input (N, {_dims(input_shape)}) is smaller than the kernel "
+                             f"{self.kernel_size} (dilation {self.dilation}) with padding {self.padding}")
+        fan_in = self.in_channels // self.groups * math.prod(self.kernel_size)
         bound = init.fan_in_uniform(fan_in)
-        self.add_param("weight", (self.out_channels, self.in_channels, *self.kernel_size), bound)
+        weight_shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+        self.add_param("weight", weight_shape, bound)
         if self.use_bias:
             self.add_param("bias", (self.out_channels,), bound)
-        self._kernel2d = self._as_2d(self.kernel_size, 1)
-        self._stride2d = self._as_2d(self.stride, 1)
-        self._padding2d = self._as_2d(self.padding, 0)
-        self._in2d = self._as_2d(input_shape[1:], 1)    # (H, W)
-        self._out2d = self._as_2d(out, 1)               # (OH, OW)
+        self.geometry = ConvGeometry(
+            in_size=self._as_2d(input_shape[1:], 1), out_size=self._as_2d(out, 1),
+            kernel=self._as_2d(self.kernel_size, 1), stride=self._as_2d(self.stride, 1),
+            padding=self._as_2d(pads, (0, 0)), dilation=self._as_2d(self.dilation, 1), groups=self.groups)
         return (self.out_channels, *out)
 
+    def _weight(self, params):
+        """weight (or its gradient) as (O, C/groups, kh, kw)."""
+        return params["weight"].reshape(self.out_channels, -1, *self.geometry.kernel)
+
     def forward(self, x, training: bool = True):
-        ops, n = self.ops, x.shape[0]
-        c, o, (kh, kw), (oh, ow) = self.in_channels, self.out_channels, self._kernel2d, self._out2d
-        k, p = c * kh * kw, oh * ow
-        cols = self.workspace("cols", (c, kh, kw, n, oh, ow))
-        ops.im2col(self._pad(x.reshape(n, c, *self._in2d)), self._kernel2d, self._stride2d, cols)
-        self._cols = cols.reshape(k, n * p)
-        z = self.workspace("z", (o, n * p))
-        ops.matmul(self.params["weight"].reshape(o, k), self._cols, out=z)
-        if self.use_bias:
-            z += self.params["bias"].reshape(o, 1)
+        ops, n, geom, o = self.ops, x.shape[0], self.geometry, self.out_channels
+        self._x = x.reshape(n, self.in_channels, *geom.in_size)
+        z = self.workspace("z", (n, o, *geom.out_size))
+        ops.conv2d(self._x, self._weight(self.params), self.params.get("bias"), geom, z, self.workspace)
         a = z
         if self.activation != "linear":  # into its own buffer: in place, the Numba pass is slower
-            a = self.workspace("a", (o, n * p))
+            a = self.workspace("a", z.shape)
             ops.activation(self.activation, z, a)
         self._z, self._a = z, a
-        y = self.workspace("y", (n, o, p))
-        ops.copy_(y, ops.swapaxes(a.reshape(o, n, p), 0, 1))  # (O, N, P) -> (N, O, P)
-        return y.reshape(n, *self.output_shape)
-
-    def _pad(self, x):
-        """x (N, C, H, W) with zeros around it (in workspace), or x itself without padding."""
-        (ph, pw), (h, w) = self._padding2d, self._in2d
-        if ph == pw == 0:
-            return x
-        padded = self.workspace("padded", (x.shape[0], x.shape[1], h + 2 * ph, w + 2 * pw))
-        self.ops.fill_(padded, 0.0)
-        self.ops.copy_(padded[:, :, ph:ph + h, pw:pw + w], x)
-        return padded
+        return a.reshape(n, *self.output_shape)
 
     def backward(self, dy):
-        ops, n = self.ops, dy.shape[0]
-        c, o, (kh, kw), (oh, ow) = self.in_channels, self.out_channels, self._kernel2d, self._out2d
-        k, p = c * kh * kw, oh * ow
-        dy_t = self.workspace("dy_t", (o, n, p))
-        ops.copy_(dy_t, ops.swapaxes(dy.reshape(n, o, p), 0, 1))  # (N, O, P) -> (O, N, P)
-        dz = dy_t = dy_t.reshape(o, n * p)
+        ops, n, geom, o = self.ops, dy.shape[0], self.geometry, self.out_channels
+        dz = dy = dy.reshape(n, o, *geom.out_size)
         if self.activation != "linear":  # (not in place: the aliased Numba loop does not vectorise)
-            dz = self.workspace("dz", (o, n * p))
+            dz = self.workspace("dz", dy.shape)
             z = None if self.activation in OUTPUT_DERIVATIVE else self._z
-            ops.activation_backward(self.activation, dy_t, z, self._a, dz)
-        ops.matmul_acc(dz, self._cols.T, self.grads["weight"].reshape(o, k), self.workspace("dw", (o, k)))
-        if self.use_bias:
-            db = self.workspace("db", (o,))
-            ops.xp.sum(dz, axis=1, out=db)
-            self.grads["bias"] += db
-        if not self.needs_input_grad:
-            return None
-        dcols = self.workspace("dcols", (k, n * p))
-        ops.matmul(self.params["weight"].reshape(o, k).T, dz, out=dcols)
-        dx = self.workspace("dx", (n, c, *self._in2d))
-        ops.col2im(dcols.reshape(c, kh, kw, n, oh, ow), self._kernel2d, self._stride2d, self._padding2d, dx)
-        return dx.reshape(n, *self.input_shape)
+            ops.activation_backward(self.activation, dy, z, self._a, dz)
+        dx = self.workspace("dx", self._x.shape) if self.needs_input_grad else None
+        trains = self.trainable  # frozen: no weight gradients
+        ops.conv2d_backward(dz, self._x, self._weight(self.params), geom, dx,
+                            self._weight(self.grads) if trains else None,
+                            self.grads.get("bias") if trains else None, self.workspace)
+        return None if dx is None else dx.reshape(n, *self.input_shape)
 
     def check_input(self, x):
         if tuple(x.shape[1:]) != self.input_shape:
-            dims = ", ".join(map(str, self.input_shape))
-            raise ShapeError(f"{self!r}: expected input of shape (N, {dims}) "
+            raise ShapeError(f"{self!r}: expected input of shape (N, {_dims(self.input_shape)}) "
                              f"(in_channels={self.in_channels}), got {tuple(x.shape)}")
 
     def extra_repr(self):
-        ks, st, pd = (short(v) for v in (self.kernel_size, self.stride, self.padding))
-        text = f"{self.in_channels}, {self.out_channels}, kernel_size={ks}"
-        text += f", stride={st}" if set(self.stride) != {1} else ""
-        text += f", padding={pd}" if set(self.padding) != {0} else ""
+        text = f"{self.in_channels}, {self.out_channels}, kernel_size={short(self.kernel_size)}"
+        text += f", stride={short(self.stride)}" if set(self.stride) != {1} else ""
+        if isinstance(self.padding, str) or set(self.padding) != {0}:
+            text += f", padding={self.padding!r}" if isinstance(self.padding, str) else \
+                f", padding={short(self.padding)}"
+        text += f", dilation={short(self.dilation)}" if set(self.dilation) != {1} else ""
+        text += f", groups={self.groups}" if self.groups != 1 else ""
         text += f", activation={self.activation!r}" if self.activation != "linear" else ""
         return text + ("" if self.use_bias else ", bias=False")
 
     def get_config(self):
-        one = self.ndim == 1
+        nd = self.ndim
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
-                "kernel_size": self.kernel_size[0] if one else list(self.kernel_size),
-                "stride": self.stride[0] if one else list(self.stride),
-                "padding": self.padding[0] if one else list(self.padding),
-                "activation": self.activation, "bias": self.use_bias}
+                "kernel_size": _plain(self.kernel_size, nd), "stride": _plain(self.stride, nd),
+                "padding": self.padding if isinstance(self.padding, str) else _plain(self.padding, nd),
+                "activation": self.activation, "bias": self.use_bias,
+                "dilation": _plain(self.dilation, nd), "groups": self.groups}
+
+
+def _check_groups(name: str, groups: int, in_channels: int, out_channels: int) -> None:
+    if groups < 1 or in_channels % groups or out_channels % groups:
+        raise ConfigError(f"{name}: in_channels ({in_channels}) and out_channels ({out_channels}) must be "
+                          f"divisible by groups, got groups={groups}")
 
 
 class Conv2D(_Conv):
     """2-D convolution (cross-correlation) over NCHW images, bias and activation fused.
 
-    y[n, o] = act(bias[o] + sum_{c,i,j} weight[o, c, i, j] * x_pad[n, c, s*h + i, s*w + j])
+    y[n, o, h, w] = act(bias[o] + sum_{c in o's group, i, j} weight[o, c, i, j]
+                                                             * x_pad[n, c, sh*h + dh*i, sw*w + dw*j])
 
-    PyTorch: ``nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding)`` (+ activation).
+    PyTorch: ``nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)``
+    (+ activation).
 
     Args:
         in_channels (int): C, channels of the input.
         out_channels (int): O, channels of the output.
         kernel_size (int | tuple[int, int]): (kh, kw).
         stride (int | tuple[int, int], optional): Default: 1.
-        padding (int | tuple[int, int], optional): zeros added on each side. Default: 0.
+        padding (int | tuple[int, int] | "same" | "valid", optional): zeros added on each side; "same"
+            keeps (H, W) (stride 1 only; an odd total puts the extra row/column after). Default: 0.
         activation (str, optional): one of ``backend.ACTIVATIONS``, fused into forward and backward.
         bias (bool, optional): Default: ``True``.
+        dilation (int | tuple[int, int], optional): spacing of the kernel taps. Default: 1.
+        groups (int, optional): channels split into this many independent convolutions (``groups =
+            in_channels``: depthwise); both channel counts must be divisible by it. Default: 1.
     Shape:
-        x: (N, C, H, W) -> y: (N, O, OH, OW), OH = floor((H + 2*ph - kh) / sh) + 1 (OW alike).
+        x: (N, C, H, W) -> y: (N, O, OH, OW), OH = floor((H + pad_top + pad_bottom - dh*(kh-1) - 1) / sh) + 1.
     Parameters:
-        weight (O, C, kh, kw), bias (O) — PyTorch's layout and default init U(+-1/sqrt(C*kh*kw)).
+        weight (O, C/groups, kh, kw), bias (O) — PyTorch's layout and default init
+        U(+-1/sqrt(C/groups*kh*kw)).
     Saved for backward:
-        the im2col columns (C*kh*kw, N*OH*OW) and the activation's output (or input) in workspace.
+        the input (torch backend) or its im2col columns (C*kh*kw, N*OH*OW) (NumPy backend), and the
+        activation's output (or input), in workspace.
     """
 
     ndim = 2
@@ -187,19 +220,138 @@ class Conv2D(_Conv):
 class Conv1D(_Conv):
     """1-D convolution over (N, C, L) sequences, bias and activation fused.
 
-    y[n, o, t] = act(bias[o] + sum_{c,i} weight[o, c, i] * x_pad[n, c, s*t + i])
+    y[n, o, t] = act(bias[o] + sum_{c in o's group, i} weight[o, c, i] * x_pad[n, c, s*t + d*i])
 
-    PyTorch: ``nn.Conv1d(in_channels, out_channels, kernel_size, stride, padding)`` (+ activation).
+    PyTorch: ``nn.Conv1d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)``
+    (+ activation).
 
     Args:
         in_channels (int), out_channels (int), kernel_size (int), stride (int, optional; 1),
-        padding (int, optional; 0), activation (str, optional), bias (bool, optional; ``True``).
+        padding (int | "same" | "valid", optional; 0), activation (str, optional), bias (bool, optional;
+        ``True``), dilation (int, optional; 1), groups (int, optional; 1) — as Conv2D.
     Shape:
-        x: (N, C, L) -> y: (N, O, OL), OL = floor((L + 2*padding - kernel_size) / stride) + 1.
+        x: (N, C, L) -> y: (N, O, OL), OL = floor((L + pad_left + pad_right - d*(k-1) - 1) / stride) + 1.
     Parameters:
-        weight (O, C, k), bias (O) — PyTorch's layout and default init.
+        weight (O, C/groups, k), bias (O) — PyTorch's layout and default init.
     Saved for backward:
         as Conv2D (it runs as a Conv2D with a (1, k) kernel).
     """
 
     ndim = 1
+
+
+class ConvTranspose2D(Layer):
+    """Transposed 2-D convolution: the adjoint, in its input, of a Conv2D with the same arguments.
+
+    Each input pixel scatters ``weight[c]`` (scaled by x[n, c, h, w]) onto the output at
+    (sh*h + dh*i - padding, sw*w + dw*j - padding):
+
+        y[n, o, sh*h + dh*i - ph, sw*w + dw*j - pw] += x[n, c, h, w] * weight[c, o, i, j]   (+ bias[o])
+
+    PyTorch: ``nn.ConvTranspose2d(in_channels, out_channels, kernel_size, stride, padding,
+    output_padding, groups, bias, dilation)``.
+
+    Args:
+        in_channels (int): C, channels of the input.
+        out_channels (int): O, channels of the output.
+        kernel_size (int | tuple[int, int]): (kh, kw).
+        stride (int | tuple[int, int], optional): Default: 1.
+        padding (int | tuple[int, int], optional): rows/columns cut from each side of the full output
+            (``dilation * (kernel_size - 1) - padding`` zeros around the input). Default: 0.
+        output_padding (int | tuple[int, int], optional): extra rows/columns at the bottom/right, to pick
+            one of the sizes a strided Conv2D maps to the same output; smaller than stride or dilation.
+            Default: 0.
+        bias (bool, optional): Default: ``True``.
+        dilation (int | tuple[int, int], optional): Default: 1.
+        groups (int, optional): Default: 1.
+    Shape:
+        x: (N, C, H, W) -> y: (N, O, OH, OW), OH = (H - 1)*sh - 2*ph + dh*(kh - 1) + output_padding + 1.
+    Parameters:
+        weight (C, O/groups, kh, kw), bias (O) — PyTorch's layout and default init
+        U(+-1/sqrt(O/groups*kh*kw)).
+    Saved for backward:
+        the input (a reference to it; nothing is copied).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 output_padding=0, bias: bool = True, *, dilation=1, groups: int = 1):
+        super().__init__()
+        self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
+        name = f"ConvTranspose2D({in_channels}, {out_channels})"
+        self.kernel_size = pair(kernel_size, "kernel_size", name, 2)
+        self.stride = pair(stride, "stride", name, 2)
+        self.padding = pair(padding, "padding", name, 2)
+        self.output_padding = pair(output_padding, "output_padding", name, 2)
+        self.dilation = pair(dilation, "dilation", name, 2)
+        if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.dilation) < 1 or \
+                min(self.padding) < 0 or min(self.output_padding) < 0:
+            raise ConfigError(f"{name}: kernel_size, stride and dilation must be >= 1, padding and "
+                              f"output_padding >= 0, got {self.kernel_size}, {self.stride}, {self.dilation}, "
+                              f"{self.padding}, {self.output_padding}")
+        if any(op >= max(s, d) for op, s, d in
+               zip(self.output_padding, self.stride, self.dilation, strict=True)):
+            raise ConfigError(f"{name}: output_padding must be smaller than stride or dilation (as PyTorch), "
+                              f"got output_padding={short(self.output_padding)}, "
+                              f"stride={short(self.stride)}, "
+                              f"dilation={short(self.dilation)}")
+        _check_groups(name, self.groups, self.in_channels, self.out_channels)
+        self.use_bias = bool(bias)
+
+    def setup(self, input_shape):
+        if len(input_shape) != 3 or input_shape[0] != self.in_channels:
+            raise ShapeError(f"{self!r}: expected input of shape (N, {self.in_channels}, H, W), "
+                             f"got (N, {_dims(input_shape)})")
+        out = tuple((size - 1) * s - 2 * p + d * (k - 1) + op + 1 for size, s, p, d, k, op in
+                    zip(input_shape[1:], self.stride, self.padding, self.dilation, self.kernel_size,
+                        self.output_padding, strict=True))
+        if min(out) < 1:
+            raise ShapeError(f"{self!r}: input (N, {_dims(input_shape)}) gives an empty output {out}: "
+                             f"padding {self.padding} cuts more than the kernel adds")
+        bound = init.fan_in_uniform(self.out_channels // self.groups * math.prod(self.kernel_size))
+        weight_shape = (self.in_channels, self.out_channels // self.groups, *self.kernel_size)
+        self.add_param("weight", weight_shape, bound)
+        if self.use_bias:
+            self.add_param("bias", (self.out_channels,), bound)
+        # The convolution this layer transposes: from our output (its input) to our input (its output).
+        self.geometry = ConvGeometry(in_size=out, out_size=tuple(input_shape[1:]), kernel=self.kernel_size,
+                                     stride=self.stride, padding=tuple((p, p) for p in self.padding),
+                                     dilation=self.dilation, groups=self.groups)
+        return (self.out_channels, *out)
+
+    def forward(self, x, training: bool = True):
+        n = x.shape[0]
+        self._x = x
+        y = self.workspace("y", (n, *self.output_shape))
+        self.ops.conv2d_backward(x, None, self.params["weight"], self.geometry, y, None, None, self.workspace)
+        if self.use_bias:
+            y += self.params["bias"].reshape(self.out_channels, 1, 1)
+        return y
+
+    def backward(self, dy):
+        ops, geom = self.ops, self.geometry
+        if self.use_bias and self.trainable:  # dbias += dy summed over N, OH, OW (none when frozen)
+            db = self.workspace("db", (self.out_channels,))
+            ops.xp.sum(dy, axis=(0, 2, 3), out=db)
+            self.grads["bias"] += db
+        # dx = the transposed convolution's forward: conv2d(dy); it also leaves dy's columns for dweight.
+        dx = self.workspace("dx", self._x.shape)
+        ops.conv2d(dy, self.params["weight"], None, geom, dx, self.workspace)
+        if self.trainable:
+            ops.conv2d_backward(self._x, dy, self.params["weight"], geom, None, self.grads["weight"], None,
+                                self.workspace)
+        return dx
+
+    def extra_repr(self):
+        text = f"{self.in_channels}, {self.out_channels}, kernel_size={short(self.kernel_size)}"
+        for key in ("stride", "padding", "output_padding", "dilation"):
+            value, default = getattr(self, key), 1 if key in ("stride", "dilation") else 0
+            text += f", {key}={short(value)}" if set(value) != {default} else ""
+        text += f", groups={self.groups}" if self.groups != 1 else ""
+        return text + ("" if self.use_bias else ", bias=False")
+
+    def get_config(self):
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": list(self.kernel_size), "stride": list(self.stride),
+                "padding": list(self.padding),
+                "output_padding": list(self.output_padding), "bias": self.use_bias,
+                "dilation": list(self.dilation), "groups": self.groups}

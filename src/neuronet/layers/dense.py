@@ -62,14 +62,16 @@ class Dense(Layer):
     def backward(self, dy):
         ops, m, g = self.ops, self._x.shape[0], self.grads
         dy = dy.reshape(m, self.out_features)
+        db = g.get("bias") if self.trainable else None  # frozen: no weight gradients at all
         if self.activation == "linear":
             dz = dy
-            if self.use_bias:
-                ops.sum_rows_acc(dz, g["bias"])  # db += sum over rows of dz
+            if db is not None:
+                ops.sum_rows_acc(dz, db)  # db += sum over rows of dz
         else:  # dz = dy * act'(z) and db += sum over rows of dz, in one pass
             dz = self.workspace("dz", (m, self.out_features))
-            ops.activation_backward(self.activation, dy, self._z, self._y, dz, bias_grad=g.get("bias"))
-        ops.matmul_acc(dz.T, self._x, g["weight"], self.workspace("dw", g["weight"].shape))  # dW += dz^T x
+            ops.activation_backward(self.activation, dy, self._z, self._y, dz, bias_grad=db)
+        if self.trainable:  # dW += dz^T x
+            ops.matmul_acc(dz.T, self._x, g["weight"], self.workspace("dw", g["weight"].shape))
         if not self.needs_input_grad:
             return None
         dx = self.workspace("dx", (m, self.in_features))

@@ -69,6 +69,8 @@ class Embedding(Layer):
         return y.reshape(*x.shape, self.dim)
 
     def backward(self, dy):
+        if not self.trainable:  # frozen: no weight gradient
+            return None
         grad = self.grads["weight"]
         if self.padding_idx is None:
             self.ops.scatter_add_rows(grad, self._ids, dy.reshape(-1, self.dim))
@@ -154,7 +156,7 @@ class PositionalEncoding(Layer):
         return y
 
     def backward(self, dy):
-        if self.learned:
+        if self.learned and self.trainable:
             t = dy.shape[1]
             g = self.workspace("dw", (t, self.dim))
             self.ops.xp.sum(dy, axis=0, out=g)

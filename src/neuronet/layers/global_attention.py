@@ -65,13 +65,16 @@ class GlobalAttention(Layer):
         ops.matmul(x, dy.reshape(n, d, 1), out=ds.reshape(n, steps, 1))
         ops.activation_backward("softmax", ds, None, a, ds)
         # s_t = v . u_t:  dv = sum ds_t u_t,  du_t = ds_t v;  then through tanh and the linear map
-        dv = self.workspace("dv", (d,))
-        ops.matmul(ds.reshape(1, n * steps), u.reshape(n * steps, d), out=dv.reshape(1, d))
-        g["v"] += dv
+        if self.trainable:  # frozen: no weight gradients
+            dv = self.workspace("dv", (d,))
+            ops.matmul(ds.reshape(1, n * steps), u.reshape(n * steps, d), out=dv.reshape(1, d))
+            g["v"] += dv
         dz = self.workspace("dz", (n * steps, d))
         ops.matmul(ds.reshape(n * steps, 1), p["v"].reshape(1, d), out=dz)  # outer products as a K=1 GEMM
-        ops.activation_backward("tanh", dz, None, u.reshape(n * steps, d), dz, bias_grad=g["bias"])
-        ops.matmul_acc(dz.T, x.reshape(n * steps, d), g["weight"], self.workspace("dw", (d, d)))
+        ops.activation_backward("tanh", dz, None, u.reshape(n * steps, d), dz,
+                                bias_grad=g["bias"] if self.trainable else None)
+        if self.trainable:
+            ops.matmul_acc(dz.T, x.reshape(n * steps, d), g["weight"], self.workspace("dw", (d, d)))
         if not self.needs_input_grad:
             return None
         dx = self.workspace("dx", (n, steps, d))

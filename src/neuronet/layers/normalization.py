@@ -59,8 +59,9 @@ class LayerNorm(Layer):
 
     def backward(self, dy):
         dx = self.workspace("dx", tuple(dy.shape))
+        dw, db = _affine_grads(self)
         return self.ops.norm_rows_backward(dy, self._x, self.params["weight"], self._mean, self._rstd,
-                                           self.center, dx, self.grads["weight"], self.grads.get("bias"))
+                                           self.center, dx, dw, db)
 
     def extra_repr(self):
         return f"{self.d}, eps={self.eps}"
@@ -149,10 +150,9 @@ class GroupNorm(Layer):
 
     def backward(self, dy):
         dx = self.workspace("dx", tuple(dy.shape))
-        shape, grads = self._x.shape, self.grads
+        shape = self._x.shape
         self.ops.group_norm_backward(dy.reshape(shape), self._x, self.params["weight"], self._mean,
-                                     self._rstd, self.num_groups, dx.reshape(shape), grads["weight"],
-                                     grads["bias"])
+                                     self._rstd, self.num_groups, dx.reshape(shape), *_affine_grads(self))
         return dx
 
     def extra_repr(self):
@@ -160,3 +160,13 @@ class GroupNorm(Layer):
 
     def get_config(self):
         return {"num_groups": self.num_groups, "num_channels": self.num_channels, "eps": self.eps}
+
+
+def _affine_grads(layer: Layer) -> tuple:
+    """Where a norm's fused backward kernel accumulates dweight and dbias (None without a bias): the
+    gradients, or, for a frozen layer, scratch that nobody reads (the sums come in the same pass as dx)."""
+    dw, db = layer.grads["weight"], layer.grads.get("bias")
+    if layer.trainable:
+        return dw, db
+    return layer.workspace("dw_frozen", tuple(dw.shape)), \
+        None if db is None else layer.workspace("db_frozen", tuple(db.shape))

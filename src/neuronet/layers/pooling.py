@@ -1,131 +1,260 @@
-"""Pooling over NCHW images: MaxPool2D, AvgPool2D, GlobalAvgPool2D (PyTorch: nn.MaxPool2d, AvgPool2d, ...)."""
+"""Pooling: MaxPool1D/2D, AvgPool1D/2D, GlobalAvgPool2D (PyTorch: nn.MaxPool1d/2d, AvgPool1d/2d, ...).
+
+The 1-D poolings run the 2-D code on (N, C, 1, L) with a (1, k) window.
+"""
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..core.layer import Layer, ShapeError
-from .conv import output_size, pair, short
+from ..errors import ConfigError
+from .conv import _plain, pair, short
 
 
-class _Pool2D(Layer):
-    """The arguments and shape rule of the windowed poolings (``ceil_mode=False``, PyTorch's default)."""
+def pool_output_size(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> int:
+    """PyTorch's pooling output length: floor (or ceil) of (size + 2*padding - kernel) / stride, plus 1;
+    with ``ceil_mode`` a last window that would start in the right padding is dropped."""
+    span = size + 2 * padding - kernel
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
 
-    def __init__(self, kernel_size, stride=None, padding=0):
+
+class _Pool(Layer):
+    """The arguments and shape rule of the windowed poolings, as 2-D windows over (N, C, H, W)."""
+
+    ndim = 2
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False):
         super().__init__()
-        name = type(self).__name__
-        self.kernel_size = pair(kernel_size, "kernel_size", name, 2)
-        self.stride = pair(self.kernel_size if stride is None else stride, "stride", name, 2)
-        self.padding = pair(padding, "padding", name, 2)
+        name, nd = type(self).__name__, self.ndim
+        self.kernel_size = pair(kernel_size, "kernel_size", name, nd)
+        self.stride = pair(self.kernel_size if stride is None else stride, "stride", name, nd)
+        self.padding = pair(padding, "padding", name, nd)
+        self.ceil_mode = bool(ceil_mode)
         if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.padding) < 0 or \
                 any(2 * p > k for p, k in zip(self.padding, self.kernel_size, strict=True)):
-            raise ValueError(f"{self!r}: need kernel_size >= 1, stride >= 1 and 0 <= padding <= "
-                             f"kernel_size / 2, got {self.kernel_size}, {self.stride}, {self.padding}")
+            raise ConfigError(f"{self!r}: need kernel_size >= 1, stride >= 1 and 0 <= padding <= "
+                              f"kernel_size / 2, got {self.kernel_size}, {self.stride}, {self.padding}")
+
+    def _as_2d(self, values: tuple, fill: int) -> tuple:
+        return (fill, *values) if self.ndim == 1 else tuple(values)
 
     def setup(self, input_shape):
-        if len(input_shape) != 3:
-            raise ShapeError(f"{self!r}: expected input of shape (N, C, H, W), got (N, {_dims(input_shape)})")
-        out = tuple(output_size(s, k, st, p) for s, k, st, p in
+        if len(input_shape) != self.ndim + 1:
+            spatial = "L" if self.ndim == 1 else "H, W"
+            raise ShapeError(f"{self!r}: expected input of shape (N, C, {spatial}), "
+                             f"got (N, {_dims(input_shape)})")
+        out = tuple(pool_output_size(s, k, st, p, self.ceil_mode) for s, k, st, p in
                     zip(input_shape[1:], self.kernel_size, self.stride, self.padding, strict=True))
         if min(out) < 1:
-            raise ShapeError(f"{self!r}: input (N, {', '.join(map(str, input_shape))}) is smaller than the "
+            raise ShapeError(f"{self!r}: input (N, {_dims(input_shape)}) is smaller than the "
                              f"window {self.kernel_size} with padding {self.padding}")
+        self._kernel = self._as_2d(self.kernel_size, 1)   # the 2-D view
+        self._stride = self._as_2d(self.stride, 1)
+        self._padding = self._as_2d(self.padding, 0)
+        self._in = self._as_2d(input_shape[1:], 1)        # (H, W)
+        self._out = self._as_2d(out, 1)                   # (OH, OW)
         return (input_shape[0], *out)
 
     def extra_repr(self):
         text = f"kernel_size={short(self.kernel_size)}"
         text += f", stride={short(self.stride)}" if self.stride != self.kernel_size else ""
-        return text + (f", padding={short(self.padding)}" if set(self.padding) != {0} else "")
+        text += f", padding={short(self.padding)}" if set(self.padding) != {0} else ""
+        return text + (", ceil_mode=True" if self.ceil_mode else "")
 
     def get_config(self):
-        return {"kernel_size": list(self.kernel_size), "stride": list(self.stride),
-                "padding": list(self.padding)}
+        nd = self.ndim
+        return {"kernel_size": _plain(self.kernel_size, nd), "stride": _plain(self.stride, nd),
+                "padding": _plain(self.padding, nd), "ceil_mode": self.ceil_mode}
 
 
 def _dims(shape: tuple) -> str:
     return ", ".join(map(str, shape))
 
 
-class MaxPool2D(_Pool2D):
+class _MaxPool(_Pool):
+    """The maximum of each window; the gradient flows to the position of that maximum (see MaxPool2D)."""
+
+    def forward(self, x, training: bool = True):
+        n, c = x.shape[:2]
+        y = self.workspace("y", (n, c, *self._out))
+        self._index = self.workspace("index", (n, c, *self._out), dtype="int64")
+        x = x.reshape(n, c, *self._in)
+        self.ops.max_pool2d(x, self._kernel, self._stride, self._padding, y, self._index)
+        return y.reshape(n, *self.output_shape)
+
+    def backward(self, dy):
+        n, c = dy.shape[:2]
+        dx = self.workspace("dx", (n, c, *self._in))
+        self.ops.max_pool2d_backward(dy.reshape(n, c, *self._out), self._index, dx)
+        return dx.reshape(n, *self.input_shape)
+
+
+class MaxPool2D(_MaxPool):
     """The maximum of each window; the gradient flows to the position of that maximum.
 
     y[n, c, oh, ow] = max_{i,j} x_pad[n, c, oh*sh + i, ow*sw + j]   (padding counts as -inf)
 
-    PyTorch: ``nn.MaxPool2d(kernel_size, stride=None, padding=0)`` (ties: the first maximum; NaN propagates).
+    PyTorch: ``nn.MaxPool2d(kernel_size, stride=None, padding=0, ceil_mode=False)`` (ties: the first
+    maximum; NaN propagates).
 
     Args:
         kernel_size (int | tuple[int, int]): window (kh, kw).
         stride (int | tuple[int, int], optional): Default: ``kernel_size``.
         padding (int | tuple[int, int], optional): at most half the window. Default: 0.
+        ceil_mode (bool, optional): also pool the last, partial windows (ceil instead of floor in the
+            size rule; a window may not start in the right padding). Default: ``False``.
     Shape:
-        x: (N, C, H, W) -> y: (N, C, OH, OW), OH = floor((H + 2*ph - kh) / sh) + 1.
+        x: (N, C, H, W) -> y: (N, C, OH, OW), OH = floor((H + 2*ph - kh) / sh) + 1 (ceil with ceil_mode).
     Saved for backward:
         the int64 index of each window's maximum in its input plane (workspace), as PyTorch's indices.
     """
 
-    def forward(self, x, training: bool = True):
-        n = x.shape[0]
-        y = self.workspace("y", (n, *self.output_shape))
-        self._index = self.workspace("index", (n, *self.output_shape), dtype="int64")
-        self.ops.max_pool2d(x, self.kernel_size, self.stride, self.padding, y, self._index)
-        return y
 
-    def backward(self, dy):
-        dx = self.workspace("dx", (dy.shape[0], *self.input_shape))
-        return self.ops.max_pool2d_backward(dy, self._index, dx)
+class MaxPool1D(_MaxPool):
+    """The maximum of each window of a (N, C, L) sequence (a MaxPool2D over (N, C, 1, L)).
 
+    y[n, c, t] = max_i x_pad[n, c, t*stride + i]
 
-class AvgPool2D(_Pool2D):
-    """The mean of each window, the zero padding counted in (``count_include_pad=True``).
-
-    y[n, c, oh, ow] = 1/(kh*kw) * sum_{i,j} x_pad[n, c, oh*sh + i, ow*sw + j]
-
-    PyTorch: ``nn.AvgPool2d(kernel_size, stride=None, padding=0)``.
+    PyTorch: ``nn.MaxPool1d(kernel_size, stride=None, padding=0, ceil_mode=False)``.
 
     Args:
-        kernel_size (int | tuple[int, int]), stride (default ``kernel_size``), padding (default 0).
+        kernel_size (int), stride (int, optional; ``kernel_size``), padding (int, optional; 0, at most
+        kernel_size / 2), ceil_mode (bool, optional; ``False``) — as MaxPool2D.
     Shape:
-        x: (N, C, H, W) -> y: (N, C, OH, OW).
+        x: (N, C, L) -> y: (N, C, OL), OL = floor((L + 2*padding - kernel_size) / stride) + 1.
     Saved for backward:
-        nothing (the gradient of a mean does not depend on x).
+        the int64 index of each window's maximum (workspace).
     """
+
+    ndim = 1
+
+
+class _AvgPool(_Pool):
+    """The mean of each window (see AvgPool2D): a sum of the kh*kw strided window views, times 1/divisor."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+                 count_include_pad: bool = True):
+        self.count_include_pad = bool(count_include_pad)  # (first: the argument errors print it)
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+
+    def setup(self, input_shape):
+        output_shape = super().setup(input_shape)
+        # PyTorch's divisor of each window: its size clipped to the padded input (count_include_pad) or
+        # to the input itself; one number unless ceil_mode or excluded padding make the edges differ.
+        sizes = [self._window_sizes(*args) for args in zip(self._in, self._out, self._kernel, self._stride,
+                                                            self._padding, strict=True)]
+        inverse = 1.0 / np.outer(*sizes)
+        self._inverse = inverse[0, 0] if np.all(inverse == inverse[0, 0]) else inverse.astype(self.dtype)
+        # The padded plane every window lies in (ceil_mode windows may reach past the padding).
+        self._padded = tuple(max(size + 2 * p, (o - 1) * s + k) for size, o, k, s, p in
+                             zip(self._in, self._out, self._kernel, self._stride, self._padding, strict=True))
+        return output_shape
+
+    def _window_sizes(self, size: int, out: int, kernel: int, stride: int, padding: int) -> np.ndarray:
+        start = np.arange(out) * stride - padding
+        end = np.minimum(start + kernel, size + padding)
+        if not self.count_include_pad:
+            start, end = np.maximum(start, 0), np.minimum(end, size)
+        return (end - start).astype(np.float64)
 
     def _windows(self, padded):
         """The kh*kw strided views of ``padded`` that window offset (i, j) reads, each (N, C, OH, OW)."""
-        (kh, kw), (sh, sw), (oh, ow) = self.kernel_size, self.stride, self.output_shape[1:]
+        (kh, kw), (sh, sw), (oh, ow) = self._kernel, self._stride, self._out
         for i in range(kh):
             for j in range(kw):
                 yield padded[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
 
-    def _padded(self, n: int):
-        (ph, pw), (c, h, w) = self.padding, self.input_shape
-        buf = self.workspace("padded", (n, c, h + 2 * ph, w + 2 * pw))
+    def _padded_views(self, n: int, c: int):
+        """A zeroed (N, C, Hp, Wp) buffer and its view of where the input sits."""
+        (ph, pw), (h, w) = self._padding, self._in
+        buf = self.workspace("padded", (n, c, *self._padded))
+        self.ops.fill_(buf, 0.0)
         return buf, buf[:, :, ph:ph + h, pw:pw + w]
 
+    def _scale(self, y):
+        """y *= 1/divisor, per window."""
+        if isinstance(self._inverse, np.ndarray):
+            inverse = self.workspace("inverse", self._out)
+            self.ops.copy_(inverse, self.ops.asarray(self._inverse))
+            y *= inverse
+        else:
+            y *= float(self._inverse)
+
     def forward(self, x, training: bool = True):
-        ops, n = self.ops, x.shape[0]
-        if set(self.padding) != {0}:
-            padded, inner = self._padded(n)
-            ops.fill_(padded, 0.0)
+        ops, (n, c) = self.ops, x.shape[:2]
+        x = x.reshape(n, c, *self._in)
+        if self._padded != self._in:
+            padded, inner = self._padded_views(n, c)
             ops.copy_(inner, x)
             x = padded
-        y = self.workspace("y", (n, *self.output_shape))
+        y = self.workspace("y", (n, c, *self._out))
         for k, window in enumerate(self._windows(x)):
             if k == 0:
                 ops.copy_(y, window)
             else:
                 y += window
-        y *= 1.0 / (self.kernel_size[0] * self.kernel_size[1])
-        return y
+        self._scale(y)
+        return y.reshape(n, *self.output_shape)
 
     def backward(self, dy):
-        ops, n = self.ops, dy.shape[0]
-        padded, inner = self._padded(n)
-        ops.fill_(padded, 0.0)
+        ops, (n, c) = self.ops, dy.shape[:2]
+        g = self.workspace("dy_scaled", (n, c, *self._out))
+        ops.copy_(g, dy.reshape(n, c, *self._out))
+        self._scale(g)
+        padded, inner = self._padded_views(n, c)
         for window in self._windows(padded):
-            window += dy
-        dx = self.workspace("dx", (n, *self.input_shape))
+            window += g
+        dx = self.workspace("dx", (n, c, *self._in))
         ops.copy_(dx, inner)
-        dx *= 1.0 / (self.kernel_size[0] * self.kernel_size[1])
-        return dx
+        return dx.reshape(n, *self.input_shape)
+
+    def extra_repr(self):
+        return super().extra_repr() + ("" if self.count_include_pad else ", count_include_pad=False")
+
+    def get_config(self):
+        return {**super().get_config(), "count_include_pad": self.count_include_pad}
+
+
+class AvgPool2D(_AvgPool):
+    """The mean of each window, the zero padding counted in by default (``count_include_pad=True``).
+
+    y[n, c, oh, ow] = 1/divisor * sum_{i,j} x_pad[n, c, oh*sh + i, ow*sw + j]
+
+    divisor = kh*kw, except where a window is cut: by the end of the padded input in ``ceil_mode``
+    (it counts what is left), or, with ``count_include_pad=False``, by the padding (it counts only
+    input elements) — PyTorch's rule.
+
+    PyTorch: ``nn.AvgPool2d(kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True)``.
+
+    Args:
+        kernel_size (int | tuple[int, int]), stride (default ``kernel_size``), padding (default 0),
+        ceil_mode (bool, default ``False``), count_include_pad (bool, default ``True``).
+    Shape:
+        x: (N, C, H, W) -> y: (N, C, OH, OW), as MaxPool2D.
+    Saved for backward:
+        nothing (the gradient of a mean does not depend on x).
+    """
+
+
+class AvgPool1D(_AvgPool):
+    """The mean of each window of a (N, C, L) sequence (an AvgPool2D over (N, C, 1, L)).
+
+    PyTorch: ``nn.AvgPool1d(kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True)``.
+
+    Args:
+        kernel_size (int), stride (int, optional), padding (int, optional), ceil_mode (bool, optional),
+        count_include_pad (bool, optional) — as AvgPool2D.
+    Shape:
+        x: (N, C, L) -> y: (N, C, OL), as MaxPool1D.
+    Saved for backward:
+        nothing.
+    """
+
+    ndim = 1
 
 
 class GlobalAvgPool2D(Layer):

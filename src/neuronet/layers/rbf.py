@@ -72,12 +72,13 @@ class RBF(Layer):
         ops.xp.multiply(dy.reshape(m, self.num_centers), self._y, out=g)
         g *= -2.0 * self.gamma  # the factor 2 of both formulas folded in
         g_rows = ops.xp.sum(g, axis=1, out=self.workspace("g_rows", (m,)))
-        g_cols = ops.xp.sum(g, axis=0, out=self.workspace("g_cols", (self.num_centers,)))
-        dc = self.workspace("dc", tuple(c.shape))
-        ops.xp.multiply(c, g_cols.reshape(-1, 1), out=dc)
-        self.grads["centers"] += dc
-        ops.matmul(g.T, x, out=dc)
-        self.grads["centers"] -= dc
+        if self.trainable:  # frozen: no weight gradients
+            g_cols = ops.xp.sum(g, axis=0, out=self.workspace("g_cols", (self.num_centers,)))
+            dc = self.workspace("dc", tuple(c.shape))
+            ops.xp.multiply(c, g_cols.reshape(-1, 1), out=dc)
+            self.grads["centers"] += dc
+            ops.matmul(g.T, x, out=dc)
+            self.grads["centers"] -= dc
         if not self.needs_input_grad:
             return None
         dx = self.workspace("dx", (m, self.in_features))

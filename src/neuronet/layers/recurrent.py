@@ -183,6 +183,20 @@ class _Recurrent(Layer):
         shared = dgh is dgx  # LSTM: one pre-activation gradient for both sides
         rows, prev = seq.reshape(steps * n, size_in), h[p.off:steps + p.off].reshape(steps * n, hid)
         dgx, dgh = dgx.reshape(steps * n, width), dgh.reshape(steps * n, width)
+        if self.trainable:  # frozen: no weight gradients
+            self._weight_grads(p, rows, prev, dgx, dgh, shared)
+        if dseq_in is None:
+            return
+        dseq_rows = dseq_in.reshape(steps * n, size_in)
+        if accumulate:
+            ops.matmul_acc(dgx, self.param(p, "weight_ih"), dseq_rows,
+                           self.workspace(f"ds_l{p.layer}", (steps * n, size_in)))
+        else:
+            ops.matmul(dgx, self.param(p, "weight_ih"), out=dseq_rows)
+
+    def _weight_grads(self, p: _Pass, rows, prev, dgx, dgh, shared: bool) -> None:
+        """Accumulate pass ``p``'s dW_ih, dW_hh and bias gradients from its pre-activation gradients."""
+        ops, width, size_in, hid = self.ops, dgx.shape[1], rows.shape[1], prev.shape[1]
         grads = {name: self.grads[name + p.tag] for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
         ops.matmul_acc(dgx.T, rows, grads["weight_ih"], self.workspace(f"dw_ih_l{p.layer}", (width, size_in)))
         ops.matmul_acc(dgh.T, prev, grads["weight_hh"], self.workspace("dw_hh", (width, hid)))
@@ -195,14 +209,6 @@ class _Recurrent(Layer):
         else:
             ops.sum_rows_acc(dgx, grads["bias_ih"])
             ops.sum_rows_acc(dgh, grads["bias_hh"])
-        if dseq_in is None:
-            return
-        dseq_rows = dseq_in.reshape(steps * n, size_in)
-        if accumulate:
-            ops.matmul_acc(dgx, self.param(p, "weight_ih"), dseq_rows,
-                           self.workspace(f"ds_l{p.layer}", (steps * n, size_in)))
-        else:
-            ops.matmul(dgx, self.param(p, "weight_ih"), out=dseq_rows)
 
 
 class _RNN(_Recurrent):

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core import layer as layer_module
 from ..core.graph import SymbolicTensor, call_layer, is_symbolic
 from ..core.layer import Layer
 from ..errors import ConfigError, ShapeError
@@ -193,13 +194,22 @@ class Model(Trainer, Layer):
             else:
                 built.add(step.layer)
                 shape_of[step.output] = self.add_child(self.layer_keys[step.layer], layer, shape)
-        self._plans = {flag: self._plan(flag) for flag in (True, False)}  # by input_grad
+        self.__dict__.pop("_plans_at", None)
         outs = [shape_of[t] for t in self._output_ids]
         return tuple(outs) if self._multi_out else outs[0]
 
+    @property
+    def _plans(self) -> dict:
+        """The backward plans by ``input_grad``; re-made when any layer's ``trainable`` changes."""
+        cached = self.__dict__.get("_plans_at")
+        if cached is None or cached[0] != layer_module.TRAINABLE_VERSION:
+            cached = self._plans_at = (layer_module.TRAINABLE_VERSION,
+                                       {flag: self._plan(flag) for flag in (True, False)})
+        return cached[1]
+
     def _has_trainable_params(self, layer: Layer) -> bool:
-        """Whether backward must reach ``layer`` for its weights (the hook freezing will refine)."""
-        return layer.num_params() > 0
+        """Whether backward must reach ``layer`` for its weights (frozen layers' need not)."""
+        return layer.num_trainable_params() > 0
 
     def _plan(self, input_grad: bool) -> list[tuple[int, bool]]:
         """(step index, whether its dL/dx is needed) in backward order, leaving out steps that need no run."""
@@ -296,8 +306,10 @@ class Model(Trainer, Layer):
         grads[:] = self._nones
         for t, d in zip(self._output_ids, dys, strict=True):
             self._add_grad(t, d)
+        plan = self._plans[input_grad]
         needs = None if input_grad else self._needs_train
-        for k, need_dx in self._plans[input_grad]:
+        ready = self.grad_ready
+        for k, need_dx in plan:
             step, layer = steps[k], runners[k]
             if not need_dx:
                 layer.needs_input_grad = False
@@ -305,8 +317,12 @@ class Model(Trainer, Layer):
                     layer.backward(grads[step.output])
                 finally:
                     layer.needs_input_grad = True
+            else:
+                dx = layer.backward(grads[step.output])
+            if ready is not None and layer is self.layers[step.layer]:
+                ready(layer)  # its first call is backward's last visit: the gradients are final
+            if not need_dx:
                 continue
-            dx = layer.backward(grads[step.output])
             if not step.listed:
                 self._add_grad(step.inputs[0], dx)
                 continue
@@ -339,6 +355,7 @@ class Model(Trainer, Layer):
         from ..optim import OPTIMIZERS
 
         self.optimizer = _resolve("optimizer", optimizer, OPTIMIZERS, OPTIMIZER_ALIASES)
+        self.optimizer.bind(self)  # parameter names for its groups, and which layers are frozen
         names = self.output_names
         if isinstance(loss, PerOutputLoss):
             self.loss = loss
@@ -401,28 +418,12 @@ class Model(Trainer, Layer):
             return Trainer._totals(self)
         return _OutputTotals(self)
 
-    def predict(self, x, batch_size: int = 256):
-        """Outputs for every sample of x in inference mode (a list of arrays for several outputs)."""
-        x = self._data(x, "x")
-        if len(x) == 0:
-            raise ValueError("predict: x is empty")
-        parts = []
-        for start in range(0, len(x), int(batch_size)):
-            out = self.forward(x[start:start + batch_size], training=False)
-            parts.append([np.array(self.ops.to_numpy(o)) for o in (out if self._multi_out else [out])])
-        outs = [np.concatenate(p) for p in zip(*parts, strict=True)]
-        return outs if self._multi_out else outs[0]
-
     # ----------------------------------------------------------------- files and description
     def save(self, path) -> None:
         """Write the graph (as JSON nodes and edges), weights and training state to a ``.nnet`` file."""
         from ..io.nnet import save
 
         save(self, path)
-
-    def _trainable_param_count(self) -> int:
-        """Parameters the optimizer updates (all of them until layers can be frozen)."""
-        return self.num_params()
 
     def summary(self, print_fn=print) -> str:
         """Keras's table: layer (type), output shape, parameters, and which layers feed it."""
@@ -446,7 +447,7 @@ class Model(Trainer, Layer):
         text = [line] + [f"{r[0]:<{widths[0]}}   {r[1]:<{widths[1]}}   {r[2]:>{widths[2]}}   {r[3]}".rstrip()
                          for r in rows]
         text.insert(2, line)
-        n, trainable = self.num_params(), self._trainable_param_count()
+        n, trainable = self.num_params(), self.num_trainable_params()
         text += [line, f"Total params: {n:,} ({n * self.dtype.itemsize / 2**20:.2f} MiB {self.dtype}; "
                        "gradients the same)",
                  f"Trainable params: {trainable:,}", f"Non-trainable params: {n - trainable:,}",

@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 
 from ..core import random as nnrandom
-from ..errors import NonFiniteError
+from ..errors import ConfigError, NonFiniteError
 
 ON_NONFINITE = ("raise", "skip", "warn")
 
@@ -98,9 +98,11 @@ def merged_history(saved: dict, history) -> dict:
             for k in keys}
 
 
-def check_mode(on_nonfinite: str) -> str:
+def check_mode(on_nonfinite: str, distributed: bool) -> str:
     if on_nonfinite not in ON_NONFINITE:
-        raise ValueError(f"fit: on_nonfinite must be one of {', '.join(ON_NONFINITE)}, got {on_nonfinite!r}")
+        raise ConfigError(f"fit: on_nonfinite must be one of {', '.join(ON_NONFINITE)}, got {on_nonfinite!r}")
+    if distributed and on_nonfinite != "raise":  # one rank skipping a step would leave the others waiting
+        raise ConfigError(f"fit: on_nonfinite={on_nonfinite!r} is not supported with distributed=True")
     return on_nonfinite
 
 

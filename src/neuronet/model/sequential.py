@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core import layer as layer_module
 from ..core.layer import Layer
 from ..errors import ShapeError
 from .training import Trainer
@@ -37,9 +38,19 @@ class Sequential(Trainer, Layer):
         shape = input_shape
         for i, layer in enumerate(self.layers):
             shape = self.add_child(str(i), layer, shape)
-        self._first_trainable = next((i for i, layer in enumerate(self.layers) if layer.num_params()),
-                                     len(self.layers))
+        self.__dict__.pop("_first_trainable_at", None)
         return shape
+
+    @property
+    def _first_trainable(self) -> int:
+        """Index of the first layer with trainable weights: in train_step nothing below it runs backward
+        (frozen bottom layers cost a forward only). Re-read when any ``trainable`` changes."""
+        cached = self.__dict__.get("_first_trainable_at")
+        if cached is None or cached[0] != layer_module.TRAINABLE_VERSION:
+            first = next((i for i, layer in enumerate(self.layers) if layer.num_trainable_params()),
+                         len(self.layers))
+            cached = self._first_trainable_at = (layer_module.TRAINABLE_VERSION, first)
+        return cached[1]
 
     def build(self, input_shape, dtype: Any = None, ops=None, *, _root: bool = True) -> tuple:
         out = super().build(input_shape, dtype, ops, _root=_root)
@@ -81,14 +92,20 @@ class Sequential(Trainer, Layer):
         first = 0 if input_grad else self._first_trainable
         if first == len(layers):
             return dy if input_grad else None
+        ready = self.grad_ready
         for layer in layers[:first:-1]:
             dy = layer.backward(dy)
+            if ready is not None:
+                ready(layer)
         bottom = layers[first]
         bottom.needs_input_grad = input_grad
         try:
-            return bottom.backward(dy)
+            dy = bottom.backward(dy)
         finally:
             bottom.needs_input_grad = True
+        if ready is not None:
+            ready(bottom)
+        return dy
 
     def check_input(self, x) -> None:
         if self.layers:
@@ -115,9 +132,10 @@ class Sequential(Trainer, Layer):
         line = "-" * (sum(widths) + 6)
         text = [line] + [f"{r[0]:<{widths[0]}}   {r[1]:<{widths[1]}}   {r[2]:>{widths[2]}}" for r in rows]
         text.insert(2, line)
-        n = self.num_params()
+        n, trainable = self.num_params(), self.num_trainable_params()
         nbytes = n * self.dtype.itemsize
         text += [line, f"Total params: {n:,} ({nbytes / 2**20:.2f} MiB {self.dtype}; gradients the same)",
+                 f"Trainable params: {trainable:,}", f"Non-trainable params: {n - trainable:,}",
                  f"Backend: {self.ops.name} ({self.ops.device})", line]
         out = "\n".join(text)
         if print_fn is not None:

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..core import random as nnrandom
 from ..errors import NonFiniteError
-from . import resume
+from . import parallel, resume
 
 
 def _resolve(kind: str, value, registry: dict, aliases: dict):
@@ -23,7 +23,8 @@ def _resolve(kind: str, value, registry: dict, aliases: dict):
     return registry[key]()
 
 
-OPTIMIZER_ALIASES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop"}
+OPTIMIZER_ALIASES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop",
+                     "adagrad": "Adagrad", "nadam": "NAdam"}
 LOSS_ALIASES = {
     "mse": "MSELoss", "mean_squared_error": "MSELoss", "cross_entropy": "CrossEntropyLoss",
     "categorical_crossentropy": "CrossEntropyLoss", "sparse_categorical_crossentropy": "CrossEntropyLoss",
@@ -34,6 +35,10 @@ LOSS_ALIASES = {
 
 class Trainer:
     """Mixed into Sequential: everything that drives forward/backward/step over data."""
+
+    # Called as ``grad_ready(layer)`` once a layer's gradients are final in backward (Sequential and
+    # Model call it), so distributed training can start reducing them while earlier layers still compute.
+    grad_ready = None
 
     def __init__(self) -> None:
         self.optimizer = None
@@ -57,6 +62,7 @@ class Trainer:
         from ..optim import OPTIMIZERS
 
         self.optimizer = _resolve("optimizer", optimizer, OPTIMIZERS, OPTIMIZER_ALIASES)
+        self.optimizer.bind(self)  # parameter names for its groups, and which layers are frozen
         self.loss = _resolve("loss", loss, LOSSES, LOSS_ALIASES)
         self.metric_fns = resolve(metrics)
         return self
@@ -96,6 +102,12 @@ class Trainer:
         """
         self._require_compiled("train_step")
         self._check_lengths(x, y, "train_step")
+        loss = self._gradients(x, y)
+        self.optimizer.step(self.flat_params, self.flat_grads)
+        return loss
+
+    def _gradients(self, x, y) -> float:
+        """train_step without the optimizer step: the loss, with its gradient in ``flat_grads``."""
         out = self._last_output = self.forward(x, training=True)
         loss = self.loss.forward(out, y)
         aux_layers = self._aux_layers()
@@ -103,7 +115,7 @@ class Trainer:
             loss += layer.aux_loss_weight * float(layer.aux_loss)
         if not math.isfinite(loss):
             raise NonFiniteError(f"train_step: the loss is {loss} (NaN or inf in the inputs/targets, or "
-                                     "the model diverged: lower the learning rate); the step was refused")
+                                 "the model diverged: lower the learning rate); the step was refused")
         self.zero_grad()
         for layer in aux_layers:
             layer.aux_grad_scale = layer.aux_loss_weight
@@ -112,7 +124,6 @@ class Trainer:
         finally:
             for layer in aux_layers:
                 layer.aux_grad_scale = 0.0
-        self.optimizer.step(self.flat_params, self.flat_grads)
         return loss
 
     # ----------------------------------------------------------------- loops
@@ -137,13 +148,15 @@ class Trainer:
 
     def fit(self, x, y, epochs: int = 1, batch_size: int = 32, validation_data=None,
             validation_split: float = 0.0, shuffle: bool = True, callbacks=None, verbose: int = 1,
-            initial_epoch: int = 0, on_nonfinite: str = "raise"):
+            initial_epoch: int = 0, workers=1, distributed: bool = False, on_nonfinite: str = "raise"):
         """Train for ``epochs`` passes over (x, y) in mini-batches; returns a History.
 
         ``validation_split`` holds out the LAST fraction of (x, y) (before shuffling) as validation
         data, as Keras does; ``validation_data=(xv, yv)`` takes precedence. Logs per epoch: ``loss``,
         the metrics, and ``val_``-prefixed ones with validation data. ``verbose``: 0 silent, 1 a
-        progress bar per epoch (loss/metrics, rate, ETA), 2 one line per epoch.
+        progress bar per epoch (loss/metrics, rate, ETA), 2 one line per epoch. ``workers=N`` (or
+        "auto") splits each batch over N threads; ``distributed=True`` trains data-parallel over the
+        ranks of an ``mpiexec``/``torchrun`` job, ``batch_size`` per rank (docs/parallel.md).
 
         Resuming: ``fit(..., initial_epoch=model.epoch)`` on a loaded model continues exactly where the
         saved run was, also inside an epoch (``model.position``). ``on_nonfinite``: what a batch with
@@ -176,16 +189,18 @@ class Trainer:
         n, batch_size = len(x), int(batch_size)
         if n == 0:
             raise ValueError("fit: x is empty")
+        run = parallel.TrainingRun(self, x, y, batch_size, workers, distributed)
+        verbose, callbacks = run.verbose(verbose), run.callbacks(callbacks)
         history = History()
         cbs = [history, *(callbacks or [])]
         if verbose == 1:
-            cbs.append(ProgressBar(epochs, math.ceil(n / batch_size)))
+            cbs.append(ProgressBar(epochs, run.steps(n)))
         elif verbose:
             cbs.append(EpochLogger(epochs))
         cb = CallbackList(cbs, self)
         self.history = history
         self.stop_training = False
-        resume.check_mode(on_nonfinite)
+        resume.check_mode(on_nonfinite, run.distributed)
         cursor = self._cursor = resume.EpochCursor(n, batch_size, bool(shuffle), self.position, initial_epoch)
         self.position = None
         buffers: dict = {}
@@ -194,7 +209,7 @@ class Trainer:
             totals = self._totals()
             cursor.begin(epoch, totals)
             cb.on_epoch_begin(epoch)
-            batches = self._batches(n, batch_size, shuffle)
+            batches = list(run.batches(n, shuffle, epoch))  # the shuffle is drawn here, before resuming
             first = cursor.first_step()
             for step, idx in enumerate(batches):
                 if step < first:
@@ -202,7 +217,7 @@ class Trainer:
                 cb.on_batch_begin(step)
                 yb = self._take(y, idx, buffers, "y")
                 try:
-                    loss = self.last_loss = self.train_step(self._take(x, idx, buffers, "x"), yb)
+                    loss = self.last_loss = run.train_step(self._take(x, idx, buffers, "x"), yb)
                 except NonFiniteError as err:  # the update was refused; the weights are unchanged
                     self.last_loss = math.nan
                     resume.nonfinite_step(err, on_nonfinite, epoch, step)
@@ -215,14 +230,15 @@ class Trainer:
                 cb.on_batch_end(step, totals.means())
                 if self.stop_training:
                     break
-            if cursor.step * batch_size < n:  # stopped inside the epoch: it ends when fit resumes it
+            if cursor.step < len(batches):  # stopped inside the epoch: it ends when fit resumes it
                 break
             resume.check_weights(self, on_nonfinite, epoch)
             cursor.finish()
             self.epoch = epoch + 1
-            logs = totals.means()
+            logs = run.reduce(totals)
             if validation_data is not None:
-                val = self.evaluate(*validation_data, batch_size=max(batch_size, 256))
+                val = self.evaluate(*validation_data, batch_size=max(batch_size, 256),
+                                    distributed=run.distributed)
                 logs.update({f"val_{k}": v for k, v in val.items()})
             cb.on_epoch_end(epoch, logs)
             if self.stop_training:
@@ -230,8 +246,12 @@ class Trainer:
         cb.on_train_end()
         return history
 
-    def evaluate(self, x, y, batch_size: int = 256, verbose: int = 0) -> dict:
-        """Mean loss (and metrics) over (x, y) in inference mode: ``{"loss": ..., "accuracy": ...}``."""
+    def evaluate(self, x, y, batch_size: int = 256, verbose: int = 0, distributed: bool = False) -> dict:
+        """Mean loss (and metrics) over (x, y) in inference mode: ``{"loss": ..., "accuracy": ...}``.
+
+        Safe to call from several threads at once. ``distributed=True``: each rank evaluates its part of
+        (x, y) and the result is reduced over the ranks (every rank must call it).
+        """
         if self.loss is None:
             raise RuntimeError("evaluate: call model.compile(loss=...) first")
         x, y = self._data(x, "x"), self._data(y, "y")
@@ -239,27 +259,36 @@ class Trainer:
         if len(x) == 0:
             raise ValueError("evaluate: x is empty")
         totals = self._totals()
-        for start in range(0, len(x), int(batch_size)):
-            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-            resume.check_input(xb, "evaluate")
-            out = self.forward(xb, training=False)
-            totals.add_loss(self.loss.forward(out, yb), len(xb))
-            if self.metric_fns:
-                totals.add_metrics(out, yb)
-        result = totals.means()
+        resume.check_input(x, "evaluate")
+        x, y, comm = parallel.shard(x, y, distributed)
+        with parallel.inference_model(self) as model:
+            for start in range(0, len(x), int(batch_size)):
+                xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+                out = model.forward(xb, training=False)
+                totals.add_loss(model.loss.forward(out, yb), len(xb))
+                if self.metric_fns:
+                    totals.add_metrics(out, yb)
+        result = parallel.reduce_totals(totals, comm)
         if verbose:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in result.items()))
         return result
 
-    def predict(self, x, batch_size: int = 256) -> np.ndarray:
-        """Outputs for every sample of x in inference mode, as one NumPy array (no compile needed)."""
+    def predict(self, x, batch_size: int = 256, workers: int = 1) -> np.ndarray:
+        """Outputs for every sample of x in inference mode, as one NumPy array (no compile needed); a list
+        of arrays for a model with several outputs.
+
+        Safe to call from several threads at once; ``workers=N`` splits x over N threads.
+        """
         x = self._data(x, "x")
         if len(x) == 0:
             raise ValueError("predict: x is empty")
-        outs = [np.array(self.ops.to_numpy(self.forward(_finite(x[start:start + batch_size], "predict"),
-                                                        training=False)))
-                for start in range(0, len(x), int(batch_size))]
-        return np.concatenate(outs)
+        resume.check_input(x, "predict")
+        if workers != 1:
+            return parallel.predict(self, x, int(batch_size), workers)
+        with parallel.inference_model(self) as model:
+            parts = [parallel.to_host(self.ops, model.forward(x[start:start + batch_size], training=False))
+                     for start in range(0, len(x), int(batch_size))]
+        return parallel.join_batches(parts)
 
     # ----------------------------------------------------------------- what .nnet files keep
     def training_position(self) -> dict | None:
@@ -294,11 +323,6 @@ class _Totals:
 
     def means(self) -> dict:
         return {k: self.sums[k] / max(self.counts[k], 1) for k in self.sums}
-
-
-def _finite(x, what: str):
-    resume.check_input(x, what)
-    return x
 
 
 def _as_data(data, name: str):

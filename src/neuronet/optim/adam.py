@@ -17,6 +17,7 @@ class Adam(Optimizer):
         eps (float): added to the denominator. Default: ``1e-8``.
         weight_decay (float): L2 penalty (decoupled in AdamW). Default: ``0``.
         clip_norm (float, optional): global-norm gradient clipping (see Optimizer).
+        groups (list[dict], optional): parameter groups with their own lr / weight_decay (see Optimizer).
     State:
         ``m`` and ``v`` (torch's ``exp_avg``, ``exp_avg_sq``), flat like the parameters.
     """
@@ -25,8 +26,8 @@ class Adam(Optimizer):
     decoupled = False
 
     def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, clip_norm: float | None = None):
-        super().__init__(lr, clip_norm)
+                 weight_decay: float = 0.0, clip_norm: float | None = None, groups: list[dict] | None = None):
+        super().__init__(lr, clip_norm, groups)
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
             raise ValueError(f"{type(self).__name__}: betas must be a pair (beta1, beta2), got {betas!r}")
         self.betas = (_check_number(self, "beta1", betas[0], 0.0, 1.0, hi_open=True),
@@ -34,10 +35,10 @@ class Adam(Optimizer):
         self.eps = _check_number(self, "eps", eps)
         self.weight_decay = _check_number(self, "weight_decay", weight_decay)
 
-    def update(self, params, grads):
-        self.ops.adam_step(params, grads, self.state["m"], self.state["v"], self._scratch, lr=self.lr,
-                           beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
-                           weight_decay=self.weight_decay, step=self.iterations, decoupled=self.decoupled)
+    def update(self, params, grads, spans):
+        self.ops.adam_step(params, grads, self.state["m"], self.state["v"], self._scratch, spans,
+                           **self.group_settings(), beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
+                           step=self.iterations, decoupled=self.decoupled)
 
     def get_config(self):
         return {**super().get_config(), "betas": list(self.betas), "eps": self.eps,
@@ -53,5 +54,6 @@ class AdamW(Adam):
     decoupled = True
 
     def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.01, clip_norm: float | None = None):
-        super().__init__(lr, betas, eps, weight_decay, clip_norm)
+                 weight_decay: float = 0.01, clip_norm: float | None = None,
+                 groups: list[dict] | None = None):
+        super().__init__(lr, betas, eps, weight_decay, clip_norm, groups)

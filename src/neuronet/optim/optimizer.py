@@ -1,8 +1,10 @@
-"""Optimizer base: state over the whole flat parameter array, global-norm clipping, a learning rate.
+"""Optimizer base: state over the whole flat parameter array, global-norm clipping, a learning rate,
+parameter groups and frozen layers.
 
 A subclass names its state arrays (``state_names``, flat like the parameters) and implements
-``update(params, grads)`` as ONE call into the backend (``ops.adam_step``, ...), which updates the
-parameters and the state in place: NumPy runs a fused Numba pass, torch a few in-place passes.
+``update(params, grads, spans)`` as ONE call into the backend (``ops.adam_step``, ...), which updates the
+parameters and the state in place over the trainable spans of the buffer, with each span's group
+settings: NumPy runs one fused Numba pass over the table of spans, torch a few in-place passes per span.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import math
 from typing import Any
 
 from ..backend import ops_for_array
+from ..core import layer as layer_module
+from .groups import check_groups, model_spans, whole
 
 # Every Optimizer subclass by class name, for configs and files.
 OPTIMIZERS: dict[str, type[Optimizer]] = {}
@@ -26,6 +30,14 @@ class Optimizer:
         lr (float): learning rate (>= 0); schedulers change ``opt.lr`` between steps.
         clip_norm (float, optional): before each step, scale the gradient in place so that its global
             L2 norm is at most this, as ``torch.nn.utils.clip_grad_norm_(params, clip_norm)``.
+        groups (list[dict], optional): parameter groups, as torch's, by ``state_dict`` name patterns:
+            ``[{"params": "*.bias", "weight_decay": 0.0}, {"params": ["0.*", "1.*"], "lr": 1e-4}]``.
+            Each parameter takes the first group whose fnmatch pattern matches its name; the others take
+            this optimizer's own lr and weight_decay. Schedulers scale every group's lr by the factor they
+            apply to the optimizer's. The names come from the model that compiles this optimizer
+            (``bind``).
+
+    Layers with ``trainable = False`` are skipped: their weights and state stay untouched.
     """
 
     state_names: tuple[str, ...] = ()
@@ -34,8 +46,11 @@ class Optimizer:
         super().__init_subclass__(**kwargs)
         OPTIMIZERS[cls.__name__] = cls
 
-    def __init__(self, lr: float, clip_norm: float | None = None):
+    def __init__(self, lr: float, clip_norm: float | None = None, groups: list[dict] | None = None):
         self.lr = _check_number(self, "lr", lr)
+        self.groups = check_groups(type(self).__name__, groups)
+        self._model = None
+        self._spans = self._spans_key = self._spans_params = None
         self.initial_lr = self.lr
         if clip_norm is not None and not (isinstance(clip_norm, (int, float)) and clip_norm > 0):
             raise ValueError(f"{type(self).__name__}: clip_norm must be a number > 0, got {clip_norm!r}")
@@ -52,6 +67,40 @@ class Optimizer:
         self.iterations = 0
         self.state = {}
         self._scratch = None
+        self._spans = self._spans_key = self._spans_params = None
+
+    def bind(self, model) -> None:
+        """Learn the parameter names, flat offsets and frozen layers of ``model`` (its ``compile`` calls
+        this), for the groups and for skipping frozen layers; re-read whenever ``trainable`` changes."""
+        self._model = model
+        self._spans = self._spans_key = self._spans_params = None
+        if self.groups and model.built and model.flat_params is not None:
+            self._spans_for(model.flat_params)  # a pattern that matches nothing fails here, not later
+
+    def _spans_for(self, params):
+        """The Spans of ``params`` to update: the bound model's trainable spans with their groups, or the
+        whole buffer as group 0 when ``params`` is not a bound model's."""
+        key = (layer_module.TRAINABLE_VERSION, tuple(params.shape))
+        if self._spans is None or self._spans_key != key or self._spans_params is not params:
+            model = self._model
+            if model is not None and model.flat_params is params:
+                self._spans = model_spans(type(self).__name__, model, self.groups)
+            elif self.groups:
+                raise RuntimeError(f"{type(self).__name__}: parameter groups need the parameter names; "
+                                   "compile a model with this optimizer (or call optimizer.bind(model)) and "
+                                   "step its flat_params")
+            else:
+                self._spans = whole(int(params.shape[0]))
+            self._spans_key, self._spans_params = key, params
+        return self._spans
+
+    def group_settings(self) -> dict:
+        """``lr`` and ``weight_decay`` per group (group 0: this optimizer's own), as tuples; a group's lr
+        follows the optimizer's lr by the same factor (a scheduler's) as lr / initial_lr."""
+        lr, wd = self.lr, getattr(self, "weight_decay", 0.0)
+        scale = lr / self.initial_lr if self.initial_lr else 1.0
+        return {"lr": (lr, *(g["lr"] * scale if "lr" in g else lr for g in self.groups)),
+                "weight_decay": (wd, *(g.get("weight_decay", wd) for g in self.groups))}
 
     def _init_state(self, params) -> None:
         """Allocate zeroed state (and the backend's update scratch, if it needs any) for ``params``."""
@@ -80,10 +129,11 @@ class Optimizer:
         """One update of the flat ``params`` (in place) from the flat ``grads``."""
         if self.ops is None or not self.ops.is_array(params) or not self._state_fits(params):
             self._ensure_state(params)
+        spans = self._spans_for(params)
         self.iterations += 1
         if self.clip_norm is not None:
             self.clip_(grads)
-        self.update(params, grads)
+        self.update(params, grads, spans)
 
     def _state_fits(self, params) -> bool:
         shape = tuple(params.shape)
@@ -103,12 +153,13 @@ class Optimizer:
             grads *= coef
         return norm
 
-    def update(self, params, grads) -> None:
+    def update(self, params, grads, spans) -> None:
         raise NotImplementedError
 
     def get_config(self) -> dict:
         """The constructor arguments (``type(opt)(**opt.get_config())`` rebuilds it)."""
-        return {"lr": self.lr, "clip_norm": self.clip_norm}
+        groups = {"groups": self.groups} if self.groups else {}
+        return {"lr": self.lr, "clip_norm": self.clip_norm, **groups}
 
     def __repr__(self):
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_config().items())})"

@@ -20,13 +20,15 @@ class RMSprop(Optimizer):
         momentum (float): Default: ``0``.
         centered (bool): normalise by the estimated variance of the gradient. Default: ``False``.
         clip_norm (float, optional): global-norm gradient clipping (see Optimizer).
+        groups (list[dict], optional): parameter groups with their own lr / weight_decay (see Optimizer).
     State:
         ``square_avg``; ``momentum_buffer`` when momentum > 0; ``grad_avg`` when centered.
     """
 
     def __init__(self, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
-                 momentum: float = 0.0, centered: bool = False, clip_norm: float | None = None):
-        super().__init__(lr, clip_norm)
+                 momentum: float = 0.0, centered: bool = False, clip_norm: float | None = None,
+                 groups: list[dict] | None = None):
+        super().__init__(lr, clip_norm, groups)
         self.alpha = _check_number(self, "alpha", alpha, 0.0, 1.0)
         self.eps = _check_number(self, "eps", eps)
         self.weight_decay = _check_number(self, "weight_decay", weight_decay)
@@ -35,10 +37,10 @@ class RMSprop(Optimizer):
         self.state_names = ("square_avg", *(("momentum_buffer",) if self.momentum else ()),
                             *(("grad_avg",) if self.centered else ()))
 
-    def update(self, params, grads):
+    def update(self, params, grads, spans):
         self.ops.rmsprop_step(params, grads, self.state["square_avg"], self.state.get("grad_avg"),
-                              self.state.get("momentum_buffer"), self._scratch, lr=self.lr, alpha=self.alpha,
-                              eps=self.eps, weight_decay=self.weight_decay, momentum=self.momentum,
+                              self.state.get("momentum_buffer"), self._scratch, spans,
+                              **self.group_settings(), alpha=self.alpha, eps=self.eps, momentum=self.momentum,
                               centered=self.centered)
 
     def get_config(self):

@@ -18,13 +18,15 @@ class SGD(Optimizer):
         weight_decay (float): L2 penalty. Default: ``0``.
         dampening (float): Default: ``0``.
         clip_norm (float, optional): global-norm gradient clipping (see Optimizer).
+        groups (list[dict], optional): parameter groups with their own lr / weight_decay (see Optimizer).
     State:
         ``momentum_buffer`` when momentum > 0.
     """
 
     def __init__(self, lr: float = 1e-2, momentum: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0, dampening: float = 0.0, clip_norm: float | None = None):
-        super().__init__(lr, clip_norm)
+                 weight_decay: float = 0.0, dampening: float = 0.0, clip_norm: float | None = None,
+                 groups: list[dict] | None = None):
+        super().__init__(lr, clip_norm, groups)
         self.momentum = _check_number(self, "momentum", momentum)
         self.weight_decay = _check_number(self, "weight_decay", weight_decay)
         self.dampening = _check_number(self, "dampening", dampening, 0.0, 1.0)
@@ -33,10 +35,10 @@ class SGD(Optimizer):
             raise ValueError("SGD: Nesterov momentum requires a momentum > 0 and zero dampening")
         self.state_names = ("momentum_buffer",) if self.momentum else ()
 
-    def update(self, params, grads):
-        self.ops.sgd_step(params, grads, self.state.get("momentum_buffer"), self._scratch, lr=self.lr,
-                          momentum=self.momentum, dampening=self.dampening, nesterov=self.nesterov,
-                          weight_decay=self.weight_decay, first=self.iterations == 1)
+    def update(self, params, grads, spans):
+        self.ops.sgd_step(params, grads, self.state.get("momentum_buffer"), self._scratch, spans,
+                          **self.group_settings(), momentum=self.momentum, dampening=self.dampening,
+                          nesterov=self.nesterov, first=self.iterations == 1)
 
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov,

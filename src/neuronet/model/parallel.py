@@ -1,0 +1,404 @@
+"""Parallel execution of one model: thread-safe inference, the worker pool, and distributed fit.
+
+All three rest on lightweight replicas (``core.replica``): copies of the layer tree that share the flat
+parameter array and own their workspaces.
+
+- ``inference_model(model)``: predict/evaluate run on the model itself when no other thread is using
+  it, else on a replica kept for the calling thread, so concurrent calls never share workspaces.
+- ``WorkerPool``: ``fit(..., workers=N)`` splits each batch into N contiguous shards computed by N
+  persistent training replicas in threads (NumPy's BLAS and the ``nogil`` Numba kernels release the
+  GIL), each with a row of one (N, P) gradient array; one matrix product reduces the rows into
+  ``model.flat_grads`` (weighted by shard size) before the single optimizer step.
+- ``TrainingRun``: what ``fit`` asks for each epoch and step, for one process or many (nn.distributed).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import numpy as np
+
+from ..core import random as nnrandom
+from ..core.layer import Workspace
+from ..core.replica import copy_buffers, replica
+from ..errors import ConfigError
+
+# Callbacks that write files or print run only on rank 0 (a callback may also set rank_zero_only).
+_RANK_ZERO_CALLBACKS = {"ModelCheckpoint", "CSVLogger", "TensorBoard", "ProgressBar", "EpochLogger"}
+
+
+class _Parallel:
+    """Per-model state: who is using the model, the per-thread inference replicas, the worker pool."""
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.local = threading.local()
+        self.pool: WorkerPool | None = None
+        self.executor: ThreadPoolExecutor | None = None
+        self.executor_size = 0
+
+    def __deepcopy__(self, memo):  # a copied model starts without threads, locks or replicas
+        return _Parallel()
+
+    def threads(self, n: int) -> ThreadPoolExecutor:
+        """A persistent executor with at least ``n`` threads."""
+        if self.executor_size < n:
+            if self.executor is not None:
+                self.executor.shutdown(wait=False)
+            self.executor = ThreadPoolExecutor(n, thread_name_prefix="neuronet-worker")
+            self.executor_size = n
+        return self.executor
+
+
+def _state(model) -> _Parallel:
+    state = model.__dict__.get("_parallel")
+    if state is None:
+        state = model.__dict__.setdefault("_parallel", _Parallel())  # atomic: one winner
+    return state
+
+
+@contextmanager
+def inference_model(model):
+    """The model itself if no other thread is using it, else this thread's inference replica.
+
+    A replica is made once per thread and model (and again after the model is rebuilt or moved); it
+    sees every weight update at once since it shares the parameter array.
+    """
+    state = _state(model)
+    if not model.built or state.lock.acquire(blocking=False):
+        if not model.built:
+            state.lock.acquire()  # the first forward builds the model: one thread at a time
+        try:
+            yield model
+        finally:
+            state.lock.release()
+        return
+    local = state.local
+    if getattr(local, "key", None) is not model.flat_params or local.loss is not model.loss:
+        local.replica, local.key, local.loss = replica(model), model.flat_params, model.loss
+    local.replica.metric_fns = model.metric_fns
+    yield local.replica
+
+
+def predict(model, x, batch_size: int, workers: int):
+    """``model.predict`` with ``x`` split into ``workers`` contiguous chunks predicted in threads
+    (``"auto"``: one per core)."""
+    workers = check_workers(workers, len(x), "predict")
+    if workers == "auto":
+        workers = min(cores(), len(x))
+    if workers == 1:
+        return model.predict(x, batch_size=batch_size)
+    if not model.built:
+        model.predict(x[:1], batch_size=1)  # build once, before the threads
+    bounds = _bounds(len(x), workers)
+    chunks = [x[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    with blas_threads(model, workers):
+        pool = _state(model).threads(workers - 1)
+        futures = [pool.submit(model.predict, c, batch_size) for c in chunks[1:]]
+        first = model.predict(chunks[0], batch_size=batch_size)
+        return join_batches([first, *(f.result() for f in futures)])
+
+
+def to_host(ops, out):
+    """One forward's output(s) as NumPy copies (a list for several outputs): the workspace is reused."""
+    if isinstance(out, (list, tuple)):
+        return [np.array(ops.to_numpy(o)) for o in out]
+    return np.array(ops.to_numpy(out))
+
+
+def join_batches(parts: list):
+    """Per-batch predictions joined along the batch axis (one list of arrays for several outputs)."""
+    if isinstance(parts[0], list):
+        return [np.concatenate(p) for p in zip(*parts, strict=True)]
+    return np.concatenate(parts)
+
+
+# ------------------------------------------------------------------------- threads and BLAS
+def cores() -> int:
+    """CPU cores this process may use: its affinity set, shared with the other ranks on this node when a
+    launcher started several here without binding them to cores."""
+    total = os.cpu_count() or 1
+    try:
+        mine = len(os.sched_getaffinity(0))
+    except AttributeError:
+        mine = total
+    if mine < total:  # the launcher bound this rank to its own cores
+        return mine
+    env = os.environ
+    local = env.get("LOCAL_WORLD_SIZE") or env.get("OMPI_COMM_WORLD_LOCAL_SIZE") or env.get("MPI_LOCALNRANKS")
+    return max(1, mine // int(local)) if local and local.isdigit() else mine
+
+
+_controller = None
+
+
+@contextmanager
+def blas_threads(model, workers: int):
+    """Limit BLAS (threadpoolctl) and torch intra-op threads so workers x threads <= cores."""
+    global _controller
+    n = max(1, cores() // workers)
+    if workers == 1:
+        yield
+        return
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # without threadpoolctl the pool may oversubscribe, but still computes
+        yield
+        return
+    if _controller is None:
+        _controller = ThreadpoolController()
+    torch_threads = None
+    if model.ops.name == "torch":
+        import torch
+
+        torch_threads = torch.get_num_threads()
+        torch.set_num_threads(n)
+    try:
+        with _controller.limit(limits=n, user_api="blas"):
+            yield
+    finally:
+        if torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(torch_threads)
+
+
+def check_workers(workers, batch: int, what: str) -> int | str:
+    """``workers`` if it is "auto" or a positive integer no larger than ``batch``; else ConfigError."""
+    if workers == "auto":
+        return workers
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"{what}: workers must be a positive integer or 'auto', got {workers!r}")
+    if workers > batch:
+        raise ConfigError(f"{what}: workers={workers} is larger than the batch ({batch} samples): every "
+                          "worker needs at least one sample; use fewer workers or a larger batch_size")
+    return workers
+
+
+def _bounds(n: int, parts: int) -> list[int]:
+    """Contiguous split of n rows into ``parts`` shards differing by at most one (np.array_split)."""
+    q, r = divmod(n, parts)
+    return [k * q + min(k, r) for k in range(parts + 1)]
+
+
+# ------------------------------------------------------------------------- the worker pool
+class WorkerPool(Workspace):
+    """``workers`` training replicas of ``model`` computing the shards of one batch in threads.
+
+    BatchNorm: each worker normalises its shard with the shard's own statistics (per-replica
+    statistics, as PyTorch DDP does per process); before each step every worker's running statistics
+    are copied from the model, and afterwards worker 0's become the model's (DDP's broadcast_buffers).
+    """
+
+    def __init__(self, model, workers: int):
+        self.model, self.workers = model, workers
+        self.ops, self.dtype = model.ops, model.dtype
+        self.key = (model.flat_params, model.loss)
+        self.grads = self.ops.zeros((workers, model.num_params()), model.dtype)
+        self.replicas = [replica(model, grads=self.grads[k]) for k in range(workers)]
+        self.has_buffers = any(True for _ in model.named_buffers())
+        self.losses = [0.0] * workers
+
+    def _shard(self, k: int, x, y) -> None:
+        self.losses[k] = self.replicas[k]._gradients(x, y)
+
+    def gradients(self, x, y) -> float:
+        """The mean loss over the batch, with its gradient in ``model.flat_grads``.
+
+        Call it inside ``blas_threads(model, workers)`` (as fit does for the whole step).
+        """
+        model, n = self.model, len(x)
+        k = min(self.workers, n)
+        bounds = _bounds(n, k)
+        if self.has_buffers:
+            for rep in self.replicas[:k]:
+                copy_buffers(model, rep)
+        futures = [_state(model).threads(self.workers - 1).submit(
+            self._shard, j, x[bounds[j]:bounds[j + 1]], y[bounds[j]:bounds[j + 1]]) for j in range(1, k)]
+        self._shard(0, x[:bounds[1]], y[:bounds[1]])
+        for f in futures:
+            f.result()
+        weights = self.workspace("weights", (1, k))
+        self.ops.copy_(weights, self.ops.asarray(np.diff(bounds).reshape(1, k) / n, self.dtype))
+        self.ops.matmul(weights, self.grads[:k], out=model.flat_grads.reshape(1, -1))  # one fused pass
+        if self.has_buffers:
+            copy_buffers(self.replicas[0], model)
+        out0 = self.replicas[0]._last_output
+        out = model._last_output = self.workspace("output", (n, *out0.shape[1:]))
+        for j in range(k):
+            self.ops.copy_(out[bounds[j]:bounds[j + 1]], self.replicas[j]._last_output)
+        return float(sum(self.losses[j] * (bounds[j + 1] - bounds[j]) for j in range(k)) / n)
+
+
+def worker_pool(model, workers: int) -> WorkerPool:
+    """The model's pool of ``workers`` replicas (made again after a rebuild, move or recompile)."""
+    state = _state(model)
+    pool = state.pool
+    if pool is None or pool.workers != workers or pool.key[0] is not model.flat_params or \
+            pool.key[1] is not model.loss:
+        pool = state.pool = WorkerPool(model, workers)
+    return pool
+
+
+def choose_workers(model, x, y, batch_size: int) -> int:
+    """``workers="auto"``: time a few forward/backward passes with 1 worker x all BLAS threads and with
+    one worker per core x 1 thread; the faster wins. Weights, buffers and the random stream are left
+    as they were (no optimizer step is taken)."""
+    n = min(batch_size, len(x))
+    options = [1] + ([min(cores(), n)] if min(cores(), n) > 1 else [])
+    if len(options) == 1:
+        return 1
+    buffers = {k: np.array(model.ops.to_numpy(v)) for k, v in model.named_buffers()}
+    rng = nnrandom.generator()
+    rng_state = rng.bit_generator.state
+    xb, yb = x[:n], y[:n]
+    timings = {}
+    for workers in options:
+        step = model._gradients if workers == 1 else worker_pool(model, workers).gradients
+        with blas_threads(model, workers):
+            step(xb, yb)  # warm-up (workspaces, JIT)
+            best = math.inf
+            for _ in range(3):
+                start = time.perf_counter()
+                step(xb, yb)
+                best = min(best, time.perf_counter() - start)
+        timings[workers] = best
+    model.load_state_dict(buffers, strict=False)
+    rng.bit_generator.state = rng_state
+    return min(timings, key=timings.get)
+
+
+# ------------------------------------------------------------------------- what fit drives
+class TrainingRun:
+    """What ``fit`` asks per epoch and step: the batches, the step, the reduced logs, the callbacks.
+
+    One process with one worker is exactly the plain loop (``model._batches`` and ``train_step``).
+    """
+
+    def __init__(self, model, x, y, batch_size: int, workers, distributed: bool):
+        self.model, self.batch_size = model, batch_size
+        self.comm = self.sync = None
+        self.rank, self.size = 0, 1
+        if distributed:
+            from .. import distributed as dist
+
+            if not dist.is_initialized() and dist.launcher() is None:
+                raise ConfigError("fit(distributed=True): no launcher started this process; "
+                                  + dist.LAUNCH_HELP)
+            self.comm = dist.init()
+            self.rank, self.size = self.comm.rank, self.comm.size
+            if not model.built:
+                model.build(tuple(x.shape[1:]))
+            dist.broadcast_model(self.comm, model)
+            seed = np.array([nnrandom.generator().integers(2**62)], np.int64)
+            self.seed = int(self.comm.broadcast(seed, what="the shuffle seed")[0])
+            self.sync = dist.GradientSync(self.comm, model)
+            self.has_buffers = any(True for _ in model.named_buffers())
+        workers = check_workers(workers, batch_size, "fit")
+        if workers == "auto":
+            if not model.built:
+                model.build(tuple(x.shape[1:]))
+            workers = choose_workers(model, x, y, batch_size)
+        self.workers = workers
+        self.n_global = batch_size
+
+    @property
+    def distributed(self) -> bool:
+        return self.comm is not None
+
+    # ---------------------------------------------------------------- what rank 0 alone does
+    def verbose(self, verbose: int) -> int:
+        return verbose if self.rank == 0 else 0
+
+    def callbacks(self, callbacks):
+        if self.rank == 0 or not callbacks:
+            return callbacks
+        return [cb for cb in callbacks if not getattr(cb, "rank_zero_only", type(cb).__name__ in
+                                                      _RANK_ZERO_CALLBACKS)]
+
+    # ---------------------------------------------------------------- data
+    def steps(self, n: int) -> int:
+        return math.ceil(n / (self.batch_size * self.size))
+
+    def batches(self, n: int, shuffle: bool, epoch: int):
+        """This rank's sample indices per step.
+
+        Distributed: global batch i is ``order[i*B*K:(i+1)*B*K]`` split over the ranks in rank order;
+        ``shuffle`` draws ONE permutation per epoch from a seed rank 0 broadcast (same on all ranks).
+        A final global batch smaller than K is dropped (some rank would have no sample).
+        """
+        if self.comm is None:
+            yield from self.model._batches(n, self.batch_size, shuffle)
+            return
+        order = np.random.default_rng([self.seed, epoch]).permutation(n) if shuffle else np.arange(n)
+        step = self.batch_size * self.size
+        for start in range(0, n, step):
+            chunk = order[start:start + step]
+            if len(chunk) < self.size:
+                return
+            bounds = _bounds(len(chunk), self.size)
+            self.n_global = len(chunk)
+            yield chunk[bounds[self.rank]:bounds[self.rank + 1]]
+
+    # ---------------------------------------------------------------- one step
+    def train_step(self, x, y) -> float:
+        model = self.model
+        if self.comm is None and self.workers == 1:
+            return model.train_step(x, y)
+        with blas_threads(model, self.workers):
+            return self._step(x, y)
+
+    def _step(self, x, y) -> float:
+        model = self.model
+        model._require_compiled("train_step")
+        model._check_lengths(x, y, "train_step")
+        local = model._gradients if self.workers == 1 else worker_pool(model, self.workers).gradients
+        if self.comm is None:
+            loss = local(x, y)
+        else:
+            self.sync.begin(len(x) / self.n_global)
+            try:
+                loss = local(x, y)
+            except BaseException:
+                self.sync.cancel()
+                raise
+            self.sync.finish()
+        model.optimizer.step(model.flat_params, model.flat_grads)
+        if self.comm is not None and self.has_buffers:  # rank 0's running statistics, as DDP
+            from ..distributed.sync import broadcast_buffers
+
+            broadcast_buffers(self.comm, model)
+        return loss
+
+    # ---------------------------------------------------------------- logs
+    def reduce(self, totals) -> dict:
+        """The epoch's loss and metric means over every rank's samples."""
+        return reduce_totals(totals, self.comm)
+
+
+def shard(x, y, distributed: bool):
+    """This rank's contiguous part of (x, y) for a distributed evaluate (everything otherwise)."""
+    if not distributed:
+        return x, y, None
+    from .. import distributed as dist
+
+    comm = dist.init()
+    bounds = _bounds(len(x), comm.size)
+    a, b = bounds[comm.rank], bounds[comm.rank + 1]
+    return x[a:b], y[a:b], comm
+
+
+def reduce_totals(totals, comm) -> dict:
+    """Sum the running sums and counts of a ``_Totals`` over the ranks (if any); returns the means."""
+    if comm is not None:
+        keys = list(totals.sums)
+        vec = np.array([totals.sums[k] for k in keys] + [totals.counts[k] for k in keys], np.float64)
+        comm.allreduce(vec, what="the loss and metric totals")
+        totals.sums = dict(zip(keys, vec[:len(keys)].tolist(), strict=True))
+        totals.counts = dict(zip(keys, vec[len(keys):].tolist(), strict=True))
+    return totals.means()

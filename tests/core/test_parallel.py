@@ -1,0 +1,187 @@
+"""Replicas, thread-safe predict/evaluate and the worker pool (fit/predict with workers=N)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import neuronet as nn
+from neuronet.core.replica import replica
+from neuronet.errors import ConfigError
+from neuronet.model import parallel
+from neuronet.testing import step_allocations
+
+
+def _mlp(seed=0, bn=False):
+    nn.manual_seed(seed)
+    layers = [nn.Dense(20, 48, activation="relu")]
+    if bn:
+        layers.append(nn.BatchNorm1D(48))
+    layers += [nn.Dense(48, 48, activation="tanh"), nn.Dense(48, 5)]
+    model = nn.Sequential(*layers).compile(nn.SGD(0.05, momentum=0.9), "cross_entropy", metrics=["accuracy"])
+    model.build((20,))
+    return model
+
+
+def _cnn(seed=0):
+    nn.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2D(1, 4, 3, activation="relu"), nn.MaxPool2D(2), nn.Flatten(),
+                          nn.Dense(4 * 3 * 3, 5)).compile(nn.Adam(1e-2), "cross_entropy")
+    model.build((1, 8, 8))
+    return model
+
+
+def _lstm(seed=0):
+    nn.manual_seed(seed)
+    model = nn.Sequential(nn.LSTM(6, 10), nn.Dense(10, 5)).compile(nn.Adam(1e-2), "cross_entropy")
+    model.build((7, 6))
+    return model
+
+
+def _data(shape, n=120):
+    rng = np.random.default_rng(1)
+    if shape == (6,):  # token ids for the transformer
+        return rng.integers(0, 20, (n, 6)), rng.integers(0, 5, n)
+    return rng.standard_normal((n, *shape)).astype(np.float32), rng.integers(0, 5, n)
+
+
+def test_replica_shares_parameters_and_owns_gradients():
+    model = _mlp()
+    grads = model.ops.zeros((model.num_params(),), model.dtype)
+    rep = replica(model, grads=grads)
+    assert np.shares_memory(rep.layers[0].params["weight"], model.flat_params)
+    assert np.shares_memory(rep.layers[0].grads["weight"], grads)
+    assert not np.shares_memory(rep.layers[0].grads["weight"], model.flat_grads)
+    assert rep.optimizer is None and rep.loss is not model.loss
+    x, _ = _data((20,), 8)
+    model.flat_params[:] += 0.01  # an update of the original is seen by the replica
+    np.testing.assert_allclose(rep.forward(x, training=False), model.forward(x, training=False), rtol=1e-6)
+
+
+@pytest.mark.parametrize("what", ["predict", "evaluate"])
+def test_concurrent_predict_and_evaluate_from_4_threads(what):
+    model = _mlp()
+    x, y = _data((20,), 200)
+    want = model.predict(x) if what == "predict" else model.evaluate(x, y)
+    wrong, errors = [], []
+
+    def call():
+        try:
+            for _ in range(40):
+                got = model.predict(x, batch_size=16) if what == "predict" else model.evaluate(x, y, 16)
+                if what == "predict":
+                    ok = np.allclose(got, want, rtol=1e-5, atol=1e-6)
+                else:
+                    ok = all(abs(got[k] - want[k]) < 1e-5 for k in want)
+                if not ok:
+                    wrong.append(1)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert not wrong, f"{len(wrong)} of 160 concurrent {what} calls returned wrong numbers"
+
+
+def test_a_model_that_predicted_in_threads_can_still_be_copied():
+    import copy
+
+    model = _mlp()
+    x, _ = _data((20,), 16)
+    model.predict(x, workers=2)
+    clone = copy.deepcopy(model)  # the threads and locks are not copied: the clone makes its own
+    np.testing.assert_allclose(clone.predict(x, workers=2), model.predict(x), rtol=1e-6)
+
+
+def test_predict_with_workers_equals_predict(backend):
+    model = _mlp().to(backend)
+    x, _ = _data((20,), 101)
+    np.testing.assert_allclose(model.predict(x, workers=3), model.predict(x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(model.predict(x, workers="auto"), model.predict(x), rtol=1e-6, atol=1e-6)
+
+
+def _transformer(seed=0):
+    nn.manual_seed(seed)  # SGD: Adam would amplify the rounding noise of the key bias (true gradient 0)
+    model = nn.Sequential(nn.Embedding(20, 16), nn.TransformerBlock(16, 2, 32), nn.LastToken(),
+                          nn.Dense(16, 5)).compile(nn.SGD(0.1, momentum=0.9), "cross_entropy")
+    model.build((6,))
+    return model
+
+
+@pytest.mark.parametrize("make, shape", [(_mlp, (20,)), (_cnn, (1, 8, 8)), (_lstm, (7, 6)),
+                                         (_transformer, (6,))], ids=["mlp", "cnn", "lstm", "transformer"])
+def test_worker_pool_gives_the_weights_of_one_worker(make, shape, backend):
+    x, y = _data(shape)
+    one, two = make().to(backend), make().to(backend)
+    h1 = one.fit(x, y, epochs=2, batch_size=25, shuffle=False, verbose=0)
+    h2 = two.fit(x, y, epochs=2, batch_size=25, shuffle=False, verbose=0, workers=2)
+    for (name, a), (_, b) in zip(one.state_dict().items(), two.state_dict().items(), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(h2.history["loss"], h1.history["loss"], rtol=1e-5)
+    first = next(iter(one.state_dict()))
+    assert not np.allclose(one.state_dict()[first], make().state_dict()[first])  # it trained
+
+
+def test_worker_pool_batchnorm_uses_per_worker_statistics():
+    x, y = _data((20,))
+    model = _mlp(bn=True)
+    model.fit(x, y, epochs=1, batch_size=40, shuffle=False, verbose=0, workers=2)
+    pool = parallel.worker_pool(model, 2)
+    for key in ("running_mean", "running_var"):  # worker 0's statistics become the model's
+        np.testing.assert_array_equal(model.layers[1].buffers[key], pool.replicas[0].layers[1].buffers[key])
+    assert float(np.abs(model.layers[1].buffers["running_mean"]).sum()) > 0
+
+
+def test_worker_pool_step_allocates_nothing_in_steady_state():
+    model = _mlp()
+    x, y = _data((20,), 64)
+    pool = parallel.worker_pool(model, 2)
+
+    def step():
+        pool.gradients(x, y)
+        model.optimizer.step(model.flat_params, model.flat_grads)
+
+    growth, _ = step_allocations(step)
+    assert growth < 64 * 1024
+
+
+def test_workers_auto_leaves_the_model_untouched():
+    model = _mlp(bn=True)
+    x, y = _data((20,), 64)
+    before = model.state_dict()
+    state = nn.core.random.generator().bit_generator.state
+    assert parallel.choose_workers(model, x, y, 32) in (1, 2)
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+    assert nn.core.random.generator().bit_generator.state == state
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, workers="auto")
+
+
+def test_bad_workers_and_launcher_raise_config_errors(monkeypatch):
+    model = _mlp()
+    x, y = _data((20,), 40)
+    with pytest.raises(ConfigError, match="workers=16 is larger than the batch"):
+        model.fit(x, y, batch_size=8, verbose=0, workers=16)
+    with pytest.raises(ConfigError, match="positive integer"):
+        model.fit(x, y, batch_size=8, verbose=0, workers=0)
+    for key in ("TORCHELASTIC_RUN_ID", "RANK", "PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(ConfigError, match="mpiexec -n K"):
+        model.fit(x, y, batch_size=8, verbose=0, distributed=True)
+
+
+def test_config_hardware_workers():
+    from neuronet.cli.config import validate
+
+    base = {"model": {"layers": [{"type": "Dense", "in_features": 4, "out_features": 2}]},
+            "dataset": {"source": "digits"}}
+    assert validate(dict(base, hardware={"workers": "auto"}))["hardware"]["workers"] == "auto"
+    assert validate(base)["hardware"]["workers"] == 1
+    with pytest.raises(ConfigError, match="hardware.workers"):
+        validate(dict(base, hardware={"workers": 0}))
