@@ -178,8 +178,8 @@ def test_nonfinite_inputs_to_predict_and_evaluate_are_named(bad):
     model.fit(x, y, epochs=1, verbose=0)
     x[33, 4] = bad
     with pytest.raises(NonFiniteError, match="predict: the input holds 1 NaN/inf values in 1 samples "
-                                             r"\(first: sample 1\)"):
-        model.predict(x, batch_size=32)  # sample 33 is sample 1 of the second batch
+                                             r"\(first: sample 33\)"):
+        model.predict(x, batch_size=32)
     with pytest.raises(NonFiniteError, match="evaluate"):
         model.evaluate(x, y)
     x[33, 4] = 0.0

@@ -58,7 +58,7 @@ class _Conv(Layer):
         owner = type(self).__name__
         self.in_channels = args.size(owner, "in_channels", in_channels)
         self.out_channels = args.size(owner, "out_channels", out_channels)
-        self.groups = args.size(owner, "groups", groups)
+        self.groups = args.size(owner, "groups", groups, lo=-args.MAX_SIZE)  # its range: _check_groups
         name = f"{type(self).__name__}({in_channels}, {out_channels})"
         nd = self.ndim
         self.kernel_size = pair(kernel_size, "kernel_size", name, nd)

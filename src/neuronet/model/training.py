@@ -209,9 +209,11 @@ class Trainer:
             totals = self._totals()
             cursor.begin(epoch, totals)
             cb.on_epoch_begin(epoch)
-            batches = list(run.batches(n, shuffle, epoch))  # the shuffle is drawn here, before resuming
-            first = cursor.first_step()
+            batches = run.batches(n, shuffle, epoch)  # lazy: a distributed run sizes each step as it goes
+            first, complete = None, True
             for step, idx in enumerate(batches):
+                if first is None:  # the shuffle is drawn by now: resume (or not) from here
+                    first = cursor.first_step()
                 if step < first:
                     continue
                 cb.on_batch_begin(step)
@@ -229,8 +231,9 @@ class Trainer:
                 cursor.step = step + 1
                 cb.on_batch_end(step, totals.means())
                 if self.stop_training:
+                    complete = next(batches, None) is None  # stopped after the last batch: epoch done
                     break
-            if cursor.step < len(batches):  # stopped inside the epoch: it ends when fit resumes it
+            if not complete:  # stopped inside the epoch: it ends when fit resumes it
                 break
             resume.check_weights(self, on_nonfinite, epoch)
             cursor.finish()
