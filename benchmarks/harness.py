@@ -91,12 +91,25 @@ def main(engines: dict, title: str, steps: int = 50, warmup: int = 10, rounds: i
         cpu_ratio = f"{cpu_ref / c:.2f}" if cpu_ref else "-"
         print(f"{n:<18}{s * 1e3:>10.2f}{1 / s:>10.1f}{ratio:>18}{c * 1e3:>13.2f}{cpu_ratio:>11}"
               f"{alloc[n]:>14,}")
+    for warning in spread_warnings(results, args.rounds):
+        print(warning)
     if args.json:
         print(json.dumps({"title": title, "threads": args.threads,
                           "ms": {n: s * 1e3 for n, s in summary.items()},
                           "cpu_ms": {n: c * 1e3 for n, c in cpu_summary.items()},
                           "ratio": {n: (ref / s if ref else None) for n, s in summary.items()}}))
     return summary
+
+
+def spread_warnings(times: dict[str, list[float]], rounds: int, tolerance: float = 0.2) -> list[str]:
+    """Warnings for timings not to trust: a single round, or rounds of an engine more than ``tolerance``
+    apart (slowest / fastest - 1), which a busy machine causes."""
+    if rounds < 2:
+        return ["WARNING: one round only: nothing shows whether the machine was busy; use --rounds 3 "
+                "before trusting these ratios"]
+    return [f"WARNING: {name}: rounds differ by {max(v) / min(v) - 1:.0%} (> {tolerance:.0%}): the "
+            "machine was busy; these ratios are unreliable (rerun, or use --threads 1)"
+            for name, v in times.items() if min(v) > 0 and max(v) / min(v) - 1 > tolerance]
 
 
 # ----------------------------------------------------------------- the step builders every benchmark shares

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-EXECUTED = ["writing-a-layer.md", "layers.md", "callbacks.md", "functional.md", "conv.md", "reliability.md"]
+EXECUTED = ["writing-a-layer.md", "layers.md", "callbacks.md", "functional.md", "conv.md",
+            "getting-started.md", "data.md", "reliability.md"]
 
 
 def python_blocks(page: Path) -> list[str]:

@@ -34,6 +34,7 @@ def atomic_path(path: str | os.PathLike, who: str) -> Iterator[Path]:
     except OSError as err:
         raise PermissionError(f"{who}: cannot write {str(target)!r}: {err.strerror or err}") from err
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() would have given the file
     try:
         yield Path(tmp)
         _fsync_file(tmp)
@@ -87,3 +88,10 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it: put it straight back)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask

@@ -295,7 +295,7 @@ class TensorBoard(Callback):
 
     def _writer(self, name: str):
         if name not in self._writers:  # the writers name files by the second: a suffix keeps runs apart
-            suffix = f".{os.getpid()}.{next(_EVENT_FILES)}"
+            suffix = f".{os.getpid()}.{next(_EVENT_FILES):06d}"  # zero-padded: files are read in name order
             self._writers[name] = self._writer_class(os.path.join(self.log_dir, name), filename_suffix=suffix)
         return self._writers[name]
 

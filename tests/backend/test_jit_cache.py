@@ -29,3 +29,18 @@ def test_a_read_only_cache_is_left_alone(tmp_path):
     (tmp_path / "helper.py").write_text("A = 1\n")
     (tmp_path / "__pycache__").write_text("not a folder")  # every write below fails
     drop_stale_caches(tmp_path, ["helper.py"])
+
+
+def test_a_cold_kernel_cache_is_announced_once_on_stderr(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    script = ("import numpy as np, neuronet as nn; "
+              "nn.Sequential(nn.Dense(3, 2, activation='relu')).predict(np.ones((2, 3), np.float32))")
+    runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                           timeout=600) for _ in range(2)]
+    assert all(run.returncode == 0 for run in runs), runs[0].stderr + runs[1].stderr
+    assert runs[0].stderr.count("compiling kernels on first use (first run only") == 1
+    assert "compiling kernels" not in runs[1].stderr

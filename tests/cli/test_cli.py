@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -182,9 +183,37 @@ def test_info_lists_backends(capsys):
     assert f"neuronet {nn.__version__}" in out and "backends/devices: numpy" in out and "numba" in out
 
 
-def test_bench_without_matching_scripts(capsys):
-    assert main(["bench", "--only", "no_such_benchmark"]) == 1
-    assert "no benchmark scripts found" in capsys.readouterr().err
+def test_info_prints_each_version_and_thread_pool_once(capsys):
+    assert main(["info"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert not [line for line in lines if line.endswith(" ?")]
+    threads = [line for line in lines if line.startswith("threads:")]
+    assert len(threads) == len(set(threads))
+
+
+def test_bench_only_runs_the_named_benchmarks_and_lists_them_otherwise(capsys, monkeypatch):
+    import neuronet.cli.main as cli
+
+    ran = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, **kw: ran.append(cmd) or 0)
+    assert main(["bench", "--only", "mlp", "bench_lstm.py", "--quick"]) == 0
+    assert [Path(cmd[1]).name for cmd in ran] == ["bench_lstm.py", "bench_mlp.py"]
+    assert ran[0][2:] == ["--steps", "10", "--warmup", "3", "--rounds", "2"]
+    assert main(["bench", "--only", "no_such_benchmark"]) == 2
+    err = capsys.readouterr().err
+    assert "no benchmark named no_such_benchmark; available: " in err and "mlp" in err
+
+
+def test_bench_warns_about_one_round_and_disagreeing_rounds():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    try:
+        from harness import spread_warnings
+    finally:
+        sys.path.pop(0)
+    assert "one round only" in spread_warnings({"a": [1.0]}, rounds=1)[0]
+    assert spread_warnings({"a": [1.0, 1.1, 1.15], "b": [2.0, 2.1]}, rounds=3) == []
+    (warning,) = spread_warnings({"a": [1.0, 1.1], "b": [1.0, 1.3]}, rounds=2)
+    assert warning.startswith("WARNING: b: rounds differ by 30%")
 
 
 def test_dataset_sources_text_and_csv(data_root):

@@ -21,9 +21,10 @@ from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic, overload
 
-from .jit_cache import drop_stale_caches
+from .jit_cache import announce_if_cold, drop_stale_caches
 
 drop_stale_caches(Path(__file__).parent, ["fastmath.py"])
+announce_if_cold(Path(__file__).parent)
 
 f32 = np.float32
 _JIT = {"fastmath": {"contract"}, "error_model": "numpy"}  # contract: fuse a*b+c into one FMA

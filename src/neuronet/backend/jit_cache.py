@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import sys
 from pathlib import Path
-
-import numba
 
 from .._atomic import atomic_path
 
@@ -20,12 +19,16 @@ STAMP = "neuronet-kernel-helpers.sha256"
 
 
 def cache_folders(source_dir: Path) -> list[Path]:
-    """Where Numba caches the kernels of ``source_dir``: its ``__pycache__``, and the mirror of its path
-    under ``NUMBA_CACHE_DIR`` when that is set."""
-    folders = [source_dir / "__pycache__"]
-    if numba.config.CACHE_DIR:
-        folders.append(Path(numba.config.CACHE_DIR, *source_dir.resolve().parts[1:]))
-    return folders
+    """Where Numba caches the kernels of ``source_dir``, asked of Numba's own cache locators (in its
+    order: ``NUMBA_CACHE_DIR``, the sources' ``__pycache__``, a user-wide folder when that is read-only)."""
+    from numba.core.caching import CacheImpl
+
+    probe = next(source_dir.glob("*.py"), None)
+    for locator in getattr(CacheImpl, "_locator_classes", []) if probe else []:
+        found = locator.from_function(cache_folders, str(probe))
+        if found is not None:
+            return [Path(found.get_cache_path())]
+    return [source_dir / "__pycache__"]
 
 
 def drop_stale_caches(source_dir: Path, helpers: list[str]) -> None:
@@ -43,3 +46,14 @@ def drop_stale_caches(source_dir: Path, helpers: list[str]) -> None:
                 cached.unlink(missing_ok=True)
             with atomic_path(stamp, "neuronet kernel cache") as tmp:
                 tmp.write_text(digest)
+
+
+def announce_if_cold(source_dir: Path) -> bool:
+    """Print one line to stderr when Numba has no cached kernel of ``source_dir`` (a first run, or the
+    cache was just dropped): the kernels are then compiled on first use, which takes seconds. Returns
+    whether it printed."""
+    if any(next(folder.glob("*.nbi"), None) is not None for folder in cache_folders(source_dir)):
+        return False
+    print("neuronet: compiling kernels on first use (first run only, about 10 s; cached afterwards)",
+          file=sys.stderr, flush=True)
+    return True

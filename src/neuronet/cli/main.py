@@ -181,15 +181,21 @@ def benchmarks_dir() -> Path:
 def cmd_bench(args: argparse.Namespace) -> int:
     folder = benchmarks_dir()
     scripts = sorted(folder.glob("bench_*.py"))
-    if args.only:
-        scripts = [s for s in scripts if s.stem.removeprefix("bench_") in args.only]
     if not scripts:
         print(
             f"neuronet bench: no benchmark scripts found in {folder} (they live in a source checkout)",
             file=sys.stderr,
         )
         return 1
-    extra = ["--steps", "10", "--warmup", "3", "--rounds", "1"] if args.quick else []
+    if args.only:
+        wanted = {Path(name).stem.removeprefix("bench_") for name in args.only}
+        known = {s.stem.removeprefix("bench_") for s in scripts}
+        if wanted - known:
+            print(f"neuronet bench: no benchmark named {', '.join(sorted(wanted - known))}; "
+                  f"available: {', '.join(sorted(known))}", file=sys.stderr)
+            return 2
+        scripts = [s for s in scripts if s.stem.removeprefix("bench_") in wanted]
+    extra = ["--steps", "10", "--warmup", "3", "--rounds", "2"] if args.quick else []
     status = 0
     for script in scripts:
         print(f"== {script.stem} ==", flush=True)
@@ -199,6 +205,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     import platform
+    from importlib import metadata
 
     import neuronet as nn
 
@@ -206,26 +213,39 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"neuronet {nn.__version__} (Python {platform.python_version()}, {platform.platform()})",
         f"numpy {np.__version__}",
     ]
+    distributions = {"sklearn": "scikit-learn"}  # import name -> the name pip installs it under
     for name in ("numba", "torch", "onnx", "onnxruntime", "gguf", "safetensors", "sklearn", "matplotlib"):
         try:
-            module = __import__(name)
-            lines.append(f"{name} {getattr(module, '__version__', '?')}")
+            __import__(name)
         except ImportError:
             lines.append(f"{name}: not installed")
+            continue
+        try:
+            lines.append(f"{name} {metadata.version(distributions.get(name, name))}")
+        except metadata.PackageNotFoundError:  # importable but not pip-installed (a source checkout)
+            lines.append(f"{name} (version unknown)")
     lines.append(
         f"backends/devices: {', '.join(nn.backends.available())} (default: {nn.backends.default_ops().name})"
     )
-    try:
-        from threadpoolctl import threadpool_info
-
-        for pool in threadpool_info():
-            lines.append(
-                f"threads: {pool['internal_api']} ({pool['user_api']}) {pool['num_threads']} threads"
-            )
-    except ImportError:
-        lines.append("threads: threadpoolctl not installed")
+    lines += _thread_pools()
     print("\n".join(lines))
     return 0
+
+
+def _thread_pools() -> list[str]:
+    """One line per kind of BLAS/OpenMP pool, naming the packages that load one (numpy, torch, ...)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return ["threads: threadpoolctl not installed"]
+    pools: dict[tuple, list[str]] = {}
+    for pool in threadpool_info():
+        parts = Path(pool["filepath"]).parts
+        owner = parts[parts.index("site-packages") + 1].removesuffix(".libs") if "site-packages" in parts \
+            else Path(pool["filepath"]).name
+        pools.setdefault((pool["internal_api"], pool["user_api"], pool["num_threads"]), []).append(owner)
+    return [f"threads: {api} ({user_api}) {n} threads, loaded by {', '.join(sorted(set(owners)))}"
+            for (api, user_api, n), owners in pools.items()]
 
 
 # --------------------------------------------------------------------------------------------- parser
@@ -286,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run benchmarks/bench_*.py (source checkout), each printing its ratio table.",
     )
     be.add_argument("--only", nargs="*", help="benchmark names, e.g. mlp moe")
-    be.add_argument("--quick", action="store_true", help="few steps and one round (a smoke run)")
+    be.add_argument("--quick", action="store_true", help="few steps and two rounds (a smoke run)")
     be.set_defaults(func=cmd_bench)
 
     info = sub.add_parser(
@@ -314,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
+    except (ConfigError, FileNotFoundError, ImportError, ValueError, RuntimeError) as e:
         print(f"neuronet {args.command}: error: {e}", file=sys.stderr)
         return 2
 

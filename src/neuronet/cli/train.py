@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._optional import require
 from ..callbacks import Callback
 from .config import build_callbacks, build_model, compile_model, load_config
 from .pipeline import Preprocessor, load_dataset
@@ -250,7 +251,7 @@ def export(model, fmt: str, path: Path) -> Path:
 
 def plot_history(history: dict, path: Path, title: str = "") -> Path:
     """Loss and metric curves per epoch (train solid, validation dashed) as a PNG (matplotlib, Agg)."""
-    import matplotlib
+    matplotlib = require("matplotlib", "plot", "plotting the training history")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -2,7 +2,8 @@
 
 from ..errors import ShapeError
 from .callback import Callback
-from .layer import LAYERS, Layer, Workspace
+from .layer import LAYERS, Layer, Workspace, layer_name, register_layer
 from .random import manual_seed
 
-__all__ = ["LAYERS", "Callback", "Layer", "ShapeError", "Workspace", "manual_seed"]
+__all__ = ["LAYERS", "Callback", "Layer", "ShapeError", "Workspace", "layer_name", "manual_seed",
+           "register_layer"]

@@ -18,14 +18,71 @@ from typing import Any
 import numpy as np
 
 from ..backend import Ops, default_ops
-from ..errors import ShapeError
+from ..errors import ConfigError, ShapeError
 from . import graph
 from . import random as nnrandom
 
 Initializer = Callable[[np.random.Generator, tuple, np.dtype], np.ndarray]
 
-# Every Layer subclass by class name: the YAML configs, .nnet files and exporters look them up here.
+# Layer classes by the name files and configs use: neuronet's own public layers (registered on
+# definition) and custom layers registered with ``register_layer``. The YAML configs, .nnet files and
+# exporters look them up here; a user class never lands here by merely subclassing Layer, so it cannot
+# shadow a built-in of the same name.
 LAYERS: dict[str, type[Layer]] = {}
+_NAMES: dict[type, str] = {}  # the reverse map: the name a registered class is saved under
+
+
+def register_layer(cls: type[Layer] | None = None, *, name: str | None = None):
+    """Register a custom layer class so that ``nn.load`` and YAML configs can rebuild it by name.
+
+    Use as ``@nn.register_layer``, ``@nn.register_layer(name="my_pkg.Block")`` or
+    ``nn.register_layer(Block)``; the class is returned unchanged. It is saved under ``name``, by
+    default its class name, or ``"<module>.<ClassName>"`` when a built-in layer already has that name
+    (built-ins are never replaced). Registering again under the same name replaces the previous custom
+    class (a re-run notebook cell). Its ``get_config()`` must return the constructor's arguments.
+    """
+    def add(cls: type[Layer]) -> type[Layer]:
+        if not (isinstance(cls, type) and issubclass(cls, Layer)):
+            raise TypeError(f"register_layer: expected a Layer subclass, got {cls!r}")
+        key = name or cls.__name__
+        holder = LAYERS.get(key)
+        if holder is not None and holder is not cls and _is_builtin(holder):
+            if name is not None:
+                raise ConfigError(f"register_layer: {name!r} is the name of a built-in layer; choose another")
+            key = f"{cls.__module__}.{cls.__name__}"
+        if not all(part.isidentifier() for part in key.split(".")):
+            raise ConfigError(f"register_layer: {key!r} is not a dotted Python name")
+        LAYERS[key] = cls
+        _NAMES[cls] = key
+        return cls
+
+    return add if cls is None else add(cls)
+
+
+def layer_name(cls: type) -> str:
+    """The name ``cls`` is saved under: its registered name, else ``"<module>.<ClassName>"`` (which
+    ``nn.load`` refuses until the class is registered)."""
+    return _NAMES.get(cls) or f"{cls.__module__}.{cls.__name__}"
+
+
+FLOAT_DTYPES = ("float32", "float64")
+
+
+def float_dtype(dtype: Any, who: str) -> np.dtype:
+    """``dtype`` as a NumPy dtype, if it is one neuronet computes in; a ConfigError naming them otherwise."""
+    try:
+        checked = np.dtype(dtype)
+    except TypeError:  # e.g. "bfloat16", which NumPy does not know
+        checked = None
+    if checked is None or checked.name not in FLOAT_DTYPES:
+        raise ConfigError(f"{who}: dtype {str(dtype)!r} is not supported; models compute in "
+                          f"{' or '.join(FLOAT_DTYPES)} on every backend (float16 and bfloat16 are not "
+                          "supported: the kernels and optimizer updates would lose too much precision)")
+    return checked
+
+
+def _is_builtin(cls: type) -> bool:
+    return cls.__module__.split(".")[0] == "neuronet"
 
 # Bumped whenever any layer's ``trainable`` changes, so cached frozen layouts know to look again.
 TRAINABLE_VERSION = 0
@@ -83,7 +140,9 @@ class Layer(Workspace):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        LAYERS[cls.__name__] = cls
+        if _is_builtin(cls) and not cls.__name__.startswith("_"):  # private bases are not layers to name
+            LAYERS[cls.__name__] = cls
+            _NAMES[cls] = cls.__name__
         if "__init__" in cls.__dict__ and "name" not in inspect.signature(cls.__init__).parameters:
             cls.__init__ = _accepting_name(cls.__init__)
 
@@ -129,7 +188,7 @@ class Layer(Workspace):
 
         Returns the output shape. A layer built on its own owns its flat parameter array.
         """
-        self.dtype = np.dtype(dtype or self.dtype)
+        self.dtype = float_dtype(dtype or self.dtype, type(self).__name__)
         self.ops = ops or self.ops
         self.children = {}
         self._param_specs = {}

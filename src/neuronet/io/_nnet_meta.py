@@ -20,7 +20,7 @@ COMPILE_KEYS = {"optimizer", "loss", "metrics"}
 OPTIMIZER_KEYS = {"type", "config", "iterations", "initial_lr", "state", "scheduler"}
 LOSS_KEYS = {"type", "config"}
 TRAINING_KEYS = {"epoch", "rng_state", "history", "position"}
-POSITION_KEYS = {"epoch", "step", "samples", "batch_size", "shuffle", "epoch_rng_state", "sums", "counts"}
+POSITION_KEYS = {"epoch", "step", "samples", "batch_size", "shuffle", "epoch_rng_state", "totals"}
 MAX_HISTORY = 10**6  # entries per logged value
 
 
@@ -80,11 +80,12 @@ def position(value, where: str) -> dict | None:
         count(value[key], f"training.position.{key}", where)
     if type(value["shuffle"]) is not bool or not isinstance(value["epoch_rng_state"], dict):
         raise NnetFormatError(f"{where}: metadata 'training.position' has a bad shuffle or epoch_rng_state")
-    for key in ("sums", "counts"):
-        table = value[key]
-        if not isinstance(table, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                  for v in table.values()):
-            raise NnetFormatError(f"{where}: metadata 'training.position.{key}' must map names to numbers")
+    table = value["totals"]
+    if not isinstance(table, dict) or not all(
+            isinstance(v, list) and len(v) < 2**16 and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in v) for v in table.values()):
+        raise NnetFormatError(f"{where}: metadata 'training.position.totals' must map names to lists of "
+                              "numbers")
     return value
 
 

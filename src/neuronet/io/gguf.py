@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .._atomic import atomic_path
+from .._optional import require
 from ..core.layer import Layer
 from ..errors import NnetFormatError
 from ._nnet_meta import check_keys
@@ -44,7 +45,7 @@ def export_gguf(model: Layer, path: str | Path, dtype: str = "f32", *, name: str
         dtype: storage type of tensors with two or more dimensions: "f32", "f16" or "q8_0".
         name: ``general.name`` (default: the model's class name).
     """
-    import gguf
+    gguf = require("gguf", "gguf", "export_gguf")
 
     if dtype not in WEIGHT_TYPES:
         raise ValueError(f"export_gguf: dtype must be one of {', '.join(WEIGHT_TYPES)}, got {dtype!r}")
@@ -117,7 +118,7 @@ def read_gguf_tensors(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
 
 def _read_config(path: str | Path) -> tuple[dict, Any]:
     """The checked ``neuronet.config`` and the open reader (tensors memory-mapped, nothing read yet)."""
-    import gguf
+    gguf = require("gguf", "gguf", "load_gguf")
 
     reader = _open(gguf, path)
     where = f"load_gguf: {str(path)!r}"

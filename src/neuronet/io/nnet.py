@@ -46,7 +46,7 @@ import numpy as np
 
 from .._atomic import atomic_path
 from ..core import layer as layer_module
-from ..core.layer import LAYERS
+from ..core.layer import LAYERS, layer_name
 from ..errors import NnetFormatError
 from . import _nnet_meta as checks
 
@@ -122,7 +122,7 @@ def _scheduler_state(optimizer) -> dict | None:
 def describe(layer) -> dict:
     """{"type", "config"} of a layer, plus "layers" (its children, in order) for a Sequential, a
     Residual or a Model, "graph" (JSON nodes and edges) for a Model and "name" for a named layer."""
-    node = {"type": type(layer).__name__, "config": layer.get_config()}
+    node = {"type": layer_name(type(layer)), "config": layer.get_config()}
     if layer.layer_name:
         node["name"] = layer.layer_name
     if _takes_layers(type(layer)):
@@ -371,9 +371,13 @@ def build_layer(node: dict, where: str, depth: int = 0):
         raise NnetFormatError(f"{where}: expected {{'type': name, 'config': {{...}}}}, got {node!r:.120}")
     checks.check_keys(node, _NODE_KEYS, "architecture node", where, required={"type"})
     name, config = node["type"], node.get("config", {})
-    cls = LAYERS.get(name) if name.isidentifier() and not name.startswith("_") else None
+    cls = LAYERS.get(name) if all(part.isidentifier() for part in name.split(".")) else None
     if cls is None:
-        raise NnetFormatError(f"{where}: unknown layer class {name[:80]!r} (not a registered neuronet layer)")
+        short = name.rsplit(".", 1)[-1][:80]
+        raise NnetFormatError(f"{where}: unknown layer class {name[:80]!r}: not a built-in layer nor a "
+                              f"registered one. If it is your own class, register it before loading: "
+                              f"decorate it with @nn.register_layer (or call nn.register_layer({short})) "
+                              "and import its module first")
     children = node.get("layers")
     if (children is not None) != _takes_layers(cls):
         raise NnetFormatError(f"{where}: 'layers' is required for a Sequential, Residual or Model and "

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .._atomic import atomic_path
+from .._optional import require
 from ..core.layer import Layer, ShapeError
 
 OPSET = 17
@@ -111,7 +112,7 @@ def export_onnx(model: Layer, path: str | Path, input_shape: tuple | None = None
     The graph's inputs and outputs are "input" and "output", or "input_0", "input_1", ... and
     "output_0", ... for a functional model of several inputs or outputs.
     """
-    import onnx
+    onnx = require("onnx", "onnx", "export_onnx")
     from onnx import TensorProto, helper
 
     if input_shape is None:

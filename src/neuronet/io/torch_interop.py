@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._optional import require
 from ..core.layer import Layer
 
 
@@ -14,6 +15,6 @@ def to_torch_state_dict(model: Layer) -> dict[str, Any]:
     the way back is ``model.load_state_dict(torch_module.state_dict())``. Tensors are copies on the
     CPU, in the model's dtype (buffers keep theirs, e.g. int64 ``num_batches_tracked``).
     """
-    import torch
+    torch = require("torch", "torch", "to_torch_state_dict")
 
     return {name: torch.from_numpy(value) for name, value in model.state_dict().items()}

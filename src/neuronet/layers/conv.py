@@ -225,7 +225,7 @@ class Conv1D(_Conv):
     PyTorch: ``nn.Conv1d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)``
     (+ activation).
 
-    Args:
+    Arguments, as Conv2D's:
         in_channels (int), out_channels (int), kernel_size (int), stride (int, optional; 1),
         padding (int | "same" | "valid", optional; 0), activation (str, optional), bias (bool, optional;
         ``True``), dilation (int, optional; 1), groups (int, optional; 1) — as Conv2D.

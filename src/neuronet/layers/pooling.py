@@ -121,7 +121,7 @@ class MaxPool1D(_MaxPool):
 
     PyTorch: ``nn.MaxPool1d(kernel_size, stride=None, padding=0, ceil_mode=False)``.
 
-    Args:
+    Arguments, as MaxPool2D's:
         kernel_size (int), stride (int, optional; ``kernel_size``), padding (int, optional; 0, at most
         kernel_size / 2), ceil_mode (bool, optional; ``False``) — as MaxPool2D.
     Shape:
@@ -230,9 +230,13 @@ class AvgPool2D(_AvgPool):
 
     PyTorch: ``nn.AvgPool2d(kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True)``.
 
-    Args:
-        kernel_size (int | tuple[int, int]), stride (default ``kernel_size``), padding (default 0),
-        ceil_mode (bool, default ``False``), count_include_pad (bool, default ``True``).
+    Arguments:
+        kernel_size (int | tuple[int, int]): the window.
+        stride (int | tuple[int, int], optional): default ``kernel_size``.
+        padding (int | tuple[int, int], optional): zeros on each side, default 0.
+        ceil_mode (bool, optional): round the output size up, default ``False``.
+        count_include_pad (bool, optional): divide by the whole window, padding included (default
+            ``True``).
     Shape:
         x: (N, C, H, W) -> y: (N, C, OH, OW), as MaxPool2D.
     Saved for backward:
@@ -245,7 +249,7 @@ class AvgPool1D(_AvgPool):
 
     PyTorch: ``nn.AvgPool1d(kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True)``.
 
-    Args:
+    Arguments, as AvgPool2D's:
         kernel_size (int), stride (int, optional), padding (int, optional), ceil_mode (bool, optional),
         count_include_pad (bool, optional) — as AvgPool2D.
     Shape:

@@ -30,7 +30,9 @@ from ..core.graph import SymbolicTensor, call_layer, is_symbolic
 from ..core.layer import Layer
 from ..errors import ConfigError, ShapeError
 from ..losses import LOSSES, Loss
-from .training import LOSS_ALIASES, OPTIMIZER_ALIASES, DataList, Trainer, _as_data, _resolve
+from .data_adapter import DataList, as_array
+from .totals import Totals
+from .training import LOSS_ALIASES, OPTIMIZER_ALIASES, Trainer, _resolve
 
 
 def Input(shape, name: str | None = None) -> SymbolicTensor:  # noqa: N802 (Keras's spelling)
@@ -56,8 +58,9 @@ class Model(Trainer, Layer):
     """A graph of layers from ``inputs`` to ``outputs`` (symbolic tensors, or lists of them).
 
     Args:
-        inputs: ``nn.Input(...)`` tensors, one or a list.
-        outputs: tensors computed from them by calling layers, one or a list.
+        inputs (SymbolicTensor | list[SymbolicTensor]): ``nn.Input(...)`` tensors, one or a list.
+        outputs (SymbolicTensor | list[SymbolicTensor]): tensors computed from them by calling layers,
+            one or a list.
         dtype (str, optional): "float32" (default) or "float64" for everything in the model.
 
     ``forward`` takes one array or a list (one per input) and returns one array or a list (one per
@@ -397,7 +400,7 @@ class Model(Trainer, Layer):
         if not several:
             if isinstance(data, (list, tuple)) and len(data) == 1 and hasattr(data[0], "shape"):
                 data = data[0]
-            return _as_data(data, name)
+            return as_array(data, name)
         count = len(self._inputs) if name.startswith("x") else len(self._output_ids)
         if isinstance(data, DataList):
             return data
@@ -405,18 +408,21 @@ class Model(Trainer, Layer):
             got = f"{len(data)} arrays" if isinstance(data, (list, tuple)) else f"one {type(data).__name__}"
             raise ShapeError(f"Model: {name} must be a list of {count} arrays (one per "
                              f"{'input' if name.startswith('x') else 'output'}), got {got}")
-        arrays = [_as_data(a, f"{name}[{i}]") for i, a in enumerate(data)]
+        arrays = [as_array(a, f"{name}[{i}]") for i, a in enumerate(data)]
         if len({len(a) for a in arrays}) != 1:
             raise ShapeError(f"Model: the arrays of {name} have different lengths {[len(a) for a in arrays]}")
         return DataList(arrays)
 
-    def train_step(self, x, y) -> float:
-        return Trainer.train_step(self, self._data(x, "x"), self._data(y, "y"))
+    def train_step(self, x, y, sample_weight=None) -> float:
+        return Trainer.train_step(self, self._data(x, "x"), self._data(y, "y"), sample_weight)
 
-    def _totals(self):
+    def _totals(self) -> Totals:
         if not self._multi_out:
             return Trainer._totals(self)
-        return _OutputTotals(self)
+        return Totals(self.metric_fns, self.ops, ("loss", *(f"{o}_loss" for o in self.output_names)))
+
+    def loss_parts(self) -> tuple:
+        return tuple(self.loss.values) if self._multi_out else ()
 
     # ----------------------------------------------------------------- files and description
     def save(self, path) -> None:
@@ -520,34 +526,6 @@ class PerOutputLoss(Loss):
         return {"losses": [{"type": type(loss).__name__, "config": loss.get_config()}
                            for loss in self.losses],
                 "weights": list(self.weights)}
-
-
-class _OutputTotals:
-    """Sample-weighted epoch means of the total loss, each output's loss and each output's metrics."""
-
-    def __init__(self, model: Model):
-        self.model = model
-        keys = ["loss", *(f"{o}_loss" for o in model.output_names), *model.metric_fns]
-        self.sums = dict.fromkeys(keys, 0.0)
-        self.counts = dict.fromkeys(keys, 0)
-
-    def add_loss(self, loss: float, n: int) -> None:
-        self.sums["loss"] += loss * n
-        self.counts["loss"] += n
-        for name, value in zip(self.model.output_names, self.model.loss.values, strict=True):
-            self.sums[f"{name}_loss"] += value * n
-            self.counts[f"{name}_loss"] += n
-
-    def add_metrics(self, pred, target) -> None:
-        ops = self.model.ops
-        targets = target.arrays if isinstance(target, DataList) else target
-        for name, (k, fn) in self.model.metric_fns.items():
-            s, c = fn(ops.to_numpy(pred[k]), np.asarray(ops.to_numpy(targets[k])))
-            self.sums[name] += s
-            self.counts[name] += c
-
-    def means(self) -> dict:
-        return {k: self.sums[k] / max(self.counts[k], 1) for k in self.sums}
 
 
 def _loss(item) -> Loss:

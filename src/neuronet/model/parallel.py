@@ -204,10 +204,10 @@ class WorkerPool(Workspace):
         self.has_buffers = any(True for _ in model.named_buffers())
         self.losses = [0.0] * workers
 
-    def _shard(self, k: int, x, y) -> None:
-        self.losses[k] = self.replicas[k]._gradients(x, y)
+    def _shard(self, k: int, x, y, w) -> None:
+        self.losses[k] = self.replicas[k]._gradients(x, y, w)
 
-    def gradients(self, x, y) -> float:
+    def gradients(self, x, y, sample_weight=None) -> float:
         """The mean loss over the batch, with its gradient in ``model.flat_grads``.
 
         Call it inside ``blas_threads(model, workers)`` (as fit does for the whole step).
@@ -218,9 +218,12 @@ class WorkerPool(Workspace):
         if self.has_buffers:
             for rep in self.replicas[:k]:
                 copy_buffers(model, rep)
-        futures = [_state(model).threads(self.workers - 1).submit(
-            self._shard, j, x[bounds[j]:bounds[j + 1]], y[bounds[j]:bounds[j + 1]]) for j in range(1, k)]
-        self._shard(0, x[:bounds[1]], y[:bounds[1]])
+        w = sample_weight
+        parts = [(x[a:b], y[a:b], None if w is None else w[a:b]) for a, b in zip(bounds[:-1], bounds[1:],
+                                                                                   strict=True)]
+        futures = [_state(model).threads(self.workers - 1).submit(self._shard, j, *parts[j])
+                   for j in range(1, k)]
+        self._shard(0, *parts[0])
         for f in futures:
             f.result()
         weights = self.workspace("weights", (1, k))
@@ -277,11 +280,14 @@ def choose_workers(model, x, y, batch_size: int) -> int:
 class TrainingRun:
     """What ``fit`` asks per epoch and step: the batches, the step, the reduced logs, the callbacks.
 
-    One process with one worker is exactly the plain loop (``model._batches`` and ``train_step``).
+    One process with one worker is exactly the plain loop (``data.epoch()`` and ``train_step``).
     """
 
-    def __init__(self, model, x, y, batch_size: int, workers, distributed: bool):
+    def __init__(self, model, data, batch_size: int, workers, distributed: bool):
+        from .data_adapter import ArrayBatches
+
         self.model, self.batch_size = model, batch_size
+        x, y = data.arrays[:2] if isinstance(data, ArrayBatches) else (None, None)
         self.comm = self.sync = None
         self.rank, self.size = 0, 1
         if distributed:
@@ -290,6 +296,9 @@ class TrainingRun:
             if not dist.is_initialized() and dist.launcher() is None:
                 raise ConfigError("fit(distributed=True): no launcher started this process; "
                                   + dist.LAUNCH_HELP)
+            if x is None:
+                raise ConfigError("fit(distributed=True): the ranks split arrays (x, y) between them; for a "
+                                  "source of batches, give each rank its own shard and pass arrays per rank")
             self.comm = dist.init()
             self.rank, self.size = self.comm.rank, self.comm.size
             if not model.built:
@@ -301,6 +310,9 @@ class TrainingRun:
             self.has_buffers = any(True for _ in model.named_buffers())
         workers = check_workers(workers, batch_size, "fit")
         if workers == "auto":
+            if x is None:
+                raise ConfigError('fit(workers="auto") measures on arrays (x, y); with a source of batches '
+                                  "give the number of workers")
             if not model.built:
                 model.build(tuple(x.shape[1:]))
             workers = choose_workers(model, x, y, batch_size)
@@ -322,8 +334,15 @@ class TrainingRun:
                                                       _RANK_ZERO_CALLBACKS)]
 
     # ---------------------------------------------------------------- data
-    def steps(self, n: int) -> int:
-        return math.ceil(n / (self.batch_size * self.size))
+    def steps(self, data) -> int | None:
+        """Batches per epoch (None: unknown, for a source without a length)."""
+        return data.steps if self.comm is None else math.ceil(data.n / (self.batch_size * self.size))
+
+    def epoch(self, data, epoch: int):
+        """This rank's ``(x, y, w)`` batches of the epoch: all of them in one process."""
+        if self.comm is None:
+            return data.epoch()
+        return data.epoch(self.batches(data.n, data.shuffle, epoch))
 
     def batches(self, n: int, shuffle: bool, epoch: int):
         """This rank's sample indices per step.
@@ -332,9 +351,6 @@ class TrainingRun:
         ``shuffle`` draws ONE permutation per epoch from a seed rank 0 broadcast (same on all ranks).
         A final global batch smaller than K is dropped (some rank would have no sample).
         """
-        if self.comm is None:
-            yield from self.model._batches(n, self.batch_size, shuffle)
-            return
         order = np.random.default_rng([self.seed, epoch]).permutation(n) if shuffle else np.arange(n)
         step = self.batch_size * self.size
         for start in range(0, n, step):
@@ -346,24 +362,26 @@ class TrainingRun:
             yield chunk[bounds[self.rank]:bounds[self.rank + 1]]
 
     # ---------------------------------------------------------------- one step
-    def train_step(self, x, y) -> float:
+    def train_step(self, x, y, sample_weight=None) -> float:
         model = self.model
         if self.comm is None and self.workers == 1:
-            return model.train_step(x, y)
+            return model.train_step(x, y, sample_weight)
+        if not model.built:
+            model.build(tuple(x.shape[1:]))
         with blas_threads(model, self.workers):
-            return self._step(x, y)
+            return self._step(x, y, sample_weight)
 
-    def _step(self, x, y) -> float:
+    def _step(self, x, y, w) -> float:
         model = self.model
         model._require_compiled("train_step")
         model._check_lengths(x, y, "train_step")
         local = model._gradients if self.workers == 1 else worker_pool(model, self.workers).gradients
         if self.comm is None:
-            loss = local(x, y)
+            loss = local(x, y, w)
         else:
             self.sync.begin(len(x) / self.n_global)
             try:
-                loss = local(x, y)
+                loss = local(x, y, w)
             except BaseException:
                 self.sync.cancel()
                 raise
@@ -381,24 +399,36 @@ class TrainingRun:
         return reduce_totals(totals, self.comm)
 
 
-def shard(x, y, distributed: bool):
-    """This rank's contiguous part of (x, y) for a distributed evaluate (everything otherwise)."""
+def shard(data, distributed: bool):
+    """(this rank's contiguous part of array batches, comm) for a distributed evaluate; (data, None) else."""
     if not distributed:
-        return x, y, None
+        return data, None
     from .. import distributed as dist
+    from .data_adapter import ArrayBatches
 
+    if not isinstance(data, ArrayBatches):
+        raise ConfigError("evaluate(distributed=True): the ranks split arrays (x, y) between them; with a "
+                          "source of batches, give each rank its own part and evaluate without distributed")
     comm = dist.init()
-    bounds = _bounds(len(x), comm.size)
-    a, b = bounds[comm.rank], bounds[comm.rank + 1]
-    return x[a:b], y[a:b], comm
+    bounds = _bounds(data.n, comm.size)
+    return data.part(bounds[comm.rank], bounds[comm.rank + 1]), comm
 
 
 def reduce_totals(totals, comm) -> dict:
-    """Sum the running sums and counts of a ``_Totals`` over the ranks (if any); returns the means."""
+    """Add up the epoch's loss sums and metric counts (``Totals.state``) over the ranks (if any); returns
+    the means. A state's length may differ between ranks (a class seen on one only): zero-padded first."""
     if comm is not None:
-        keys = list(totals.sums)
-        vec = np.array([totals.sums[k] for k in keys] + [totals.counts[k] for k in keys], np.float64)
+        state = totals.state()
+        keys = list(state)
+        lengths = np.zeros((comm.size, len(keys)), np.float64)
+        lengths[comm.rank] = [len(state[k]) for k in keys]
+        comm.allreduce(lengths, what="the sizes of the metric totals")
+        sizes = lengths.max(axis=0).astype(int)
+        vec = np.zeros(int(sizes.sum()), np.float64)
+        ends = np.cumsum(sizes)
+        for key, end, size in zip(keys, ends, sizes, strict=True):
+            vec[end - size:end - size + len(state[key])] = state[key]
         comm.allreduce(vec, what="the loss and metric totals")
-        totals.sums = dict(zip(keys, vec[:len(keys)].tolist(), strict=True))
-        totals.counts = dict(zip(keys, vec[len(keys):].tolist(), strict=True))
+        totals.load_state({key: vec[end - size:end].tolist() for key, end, size in zip(keys, ends, sizes,
+                                                                                        strict=True)})
     return totals.means()

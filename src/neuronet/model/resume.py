@@ -54,8 +54,7 @@ class EpochCursor:
             return 0
         pending, self._pending = self._pending, None
         nnrandom.generator().bit_generator.state = self._resume_rng
-        self.totals.sums.update(pending["sums"])
-        self.totals.counts.update({k: int(v) for k, v in pending["counts"].items()})
+        self.totals.load_state(pending["totals"])
         self.step = pending["step"]
         return self.step
 
@@ -64,23 +63,24 @@ class EpochCursor:
         if pending is None or pending["epoch"] != epoch:
             return False
         same = (pending["samples"], pending["batch_size"], pending["shuffle"]) == \
-            (self.n, self.batch_size, self.shuffle) and set(pending["sums"]) == set(self.totals.sums)
+            (self.n, self.batch_size, self.shuffle) and set(pending["totals"]) == set(self.totals.state())
         if not same:
             warnings.warn(f"fit: the saved run stopped inside epoch {epoch} with {pending['samples']} "
                           "samples, "
                           f"batch_size {pending['batch_size']}, shuffle={pending['shuffle']} and logs "
-                          f"{sorted(pending['sums'])}; this run differs, so epoch {epoch} starts over",
+                          f"{sorted(pending['totals'])}; this run differs, so epoch {epoch} starts over",
                           RuntimeWarning, stacklevel=4)
             self._pending = None
         return same
 
     def position(self) -> dict | None:
-        """The JSON ``training.position`` of a save made now, or None between epochs."""
-        if self.step == 0 or self.totals is None:
+        """The JSON ``training.position`` of a save made now, or None between epochs (and for a source
+        of batches that is not an array: its position cannot be replayed)."""
+        if self.step == 0 or self.totals is None or self.n < 0:
             return None
         return {"epoch": self.epoch, "step": self.step, "samples": self.n, "batch_size": self.batch_size,
                 "shuffle": self.shuffle, "epoch_rng_state": self.epoch_rng_state,
-                "sums": dict(self.totals.sums), "counts": dict(self.totals.counts)}
+                "totals": self.totals.state()}
 
     def finish(self) -> None:
         """The epoch ran to its end: there is no position inside it to resume from."""

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..core import layer as layer_module
-from ..core.layer import Layer
+from ..core.layer import Layer, float_dtype
 from ..errors import ShapeError
 from .training import Trainer
 
@@ -27,7 +27,7 @@ class Sequential(Trainer, Layer):
             if not isinstance(layer, Layer):
                 raise TypeError(f"Sequential: item {i} is a {type(layer).__name__}, not a neuronet Layer")
         self.layers = list(layers)
-        self.dtype = np.dtype(dtype)
+        self.dtype = float_dtype(dtype, "Sequential")
 
     def add(self, layer: Layer) -> None:
         if self.built:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from ..core import random as nnrandom
-from ..errors import NonFiniteError
+from ..errors import ConfigError, NonFiniteError, ShapeError
 from . import parallel, resume
+from .data_adapter import DataList, adapt, as_array, split_validation
+from .totals import Totals
+from .weighting import scale_rows, weighted_forward
+
+__all__ = ["DataList", "LOSS_ALIASES", "OPTIMIZER_ALIASES", "Trainer"]
 
 
 def _resolve(kind: str, value, registry: dict, aliases: dict):
@@ -73,10 +78,10 @@ class Trainer:
 
     def _data(self, data, name: str):
         """``fit``/``evaluate``/``predict`` data as arrays (a model of several inputs takes a DataList)."""
-        return _as_data(data, name)
+        return as_array(data, name)
 
-    def _totals(self) -> _Totals:
-        return _Totals(self.metric_fns, self.ops)
+    def _totals(self) -> Totals:
+        return Totals(self.metric_fns, self.ops)
 
     @staticmethod
     def _check_lengths(x, y, what: str) -> None:
@@ -92,8 +97,10 @@ class Trainer:
                                                           if hasattr(layer, "aux_loss_weight")])
         return cache[1]
 
-    def train_step(self, x, y) -> float:
+    def train_step(self, x, y, sample_weight=None) -> float:
         """Forward, loss, backward and one optimizer step on one batch; returns the loss.
+
+        ``sample_weight`` (N,) scales each sample's loss (Keras: the loss is (1/N) sum_i w_i l_i).
 
         Layers with an ``aux_loss_weight`` add ``aux_loss_weight * aux_loss`` to the returned loss and,
         through ``aux_grad_scale`` (set only during this backward), to the gradient. A non-finite loss
@@ -102,14 +109,15 @@ class Trainer:
         """
         self._require_compiled("train_step")
         self._check_lengths(x, y, "train_step")
-        loss = self._gradients(x, y)
+        loss = self._gradients(x, y, sample_weight)
         self.optimizer.step(self.flat_params, self.flat_grads)
         return loss
 
-    def _gradients(self, x, y) -> float:
+    def _gradients(self, x, y, sample_weight=None) -> float:
         """train_step without the optimizer step: the loss, with its gradient in ``flat_grads``."""
         out = self._last_output = self.forward(x, training=True)
-        loss = self.loss.forward(out, y)
+        loss = self.loss.forward(out, y) if sample_weight is None else \
+            weighted_forward(self.loss, out, y, sample_weight)
         aux_layers = self._aux_layers()
         for layer in aux_layers:
             loss += layer.aux_loss_weight * float(layer.aux_loss)
@@ -120,112 +128,86 @@ class Trainer:
         for layer in aux_layers:
             layer.aux_grad_scale = layer.aux_loss_weight
         try:
-            self.backward(self.loss.backward(), input_grad=False)
+            grad = self.loss.backward()
+            self.backward(grad if sample_weight is None else scale_rows(self.ops, grad, sample_weight),
+                          input_grad=False)
         finally:
             for layer in aux_layers:
                 layer.aux_grad_scale = 0.0
         return loss
 
     # ----------------------------------------------------------------- loops
-    def _batches(self, n: int, batch_size: int, shuffle: bool):
-        """Index arrays of the epoch's batches; the permutation is drawn now, not on first iteration."""
-        order = nnrandom.generator().permutation(n) if shuffle else np.arange(n)
-        return (order[start:start + batch_size] for start in range(0, n, batch_size))
-
-    @staticmethod
-    def _take(data, idx, buffers: dict, key: str):
-        """data[idx] gathered into a reused buffer (NumPy data), or a plain index otherwise."""
-        if isinstance(data, DataList):
-            return DataList([Trainer._take(d, idx, buffers, f"{key}{i}") for i, d in enumerate(data.arrays)])
-        if not isinstance(data, np.ndarray):
-            return data[idx]
-        buf = buffers.get(key)
-        if buf is None or buf.shape[0] < len(idx) or buf.dtype != data.dtype:
-            buf = buffers[key] = np.empty((max(len(idx), 1), *data.shape[1:]), data.dtype)
-        out = buf[:len(idx)]
-        np.take(data, idx, axis=0, out=out)
-        return out
-
-    def fit(self, x, y, epochs: int = 1, batch_size: int = 32, validation_data=None,
+    def fit(self, x, y=None, epochs: int = 1, batch_size: int = 32, validation_data=None,
             validation_split: float = 0.0, shuffle: bool = True, callbacks=None, verbose: int = 1,
-            initial_epoch: int = 0, workers=1, distributed: bool = False, on_nonfinite: str = "raise"):
-        """Train for ``epochs`` passes over (x, y) in mini-batches; returns a History.
+            initial_epoch: int = 0, *, steps_per_epoch: int | None = None, class_weight: dict | None = None,
+            sample_weight=None, workers=1, distributed: bool = False, on_nonfinite: str = "raise"):
+        """Train for ``epochs`` passes over the data in mini-batches; returns a History.
 
-        ``validation_split`` holds out the LAST fraction of (x, y) (before shuffling) as validation
-        data, as Keras does; ``validation_data=(xv, yv)`` takes precedence. Logs per epoch: ``loss``,
-        the metrics, and ``val_``-prefixed ones with validation data. ``verbose``: 0 silent, 1 a
-        progress bar per epoch (loss/metrics, rate, ETA), 2 one line per epoch. ``workers=N`` (or
-        "auto") splits each batch over N threads; ``distributed=True`` trains data-parallel over the
-        ranks of an ``mpiexec``/``torchrun`` job, ``batch_size`` per rank (docs/parallel.md).
+        The data: arrays ``(x, y)`` (batched here, shuffled with ``shuffle``), or ``x`` alone as a
+        source of ``(x, y)`` batches: ``nn.data.DataLoader``, a PyTorch DataLoader, a generator
+        (``steps_per_epoch`` batches per epoch for an endless one). ``validation_split`` holds out the
+        LAST fraction of array data (before shuffling), as Keras does; ``validation_data`` (a pair of
+        arrays or a source) takes precedence. ``sample_weight`` (N,) and ``class_weight`` ({class:
+        weight}) scale each sample's loss, as in Keras. Logs per epoch: ``loss``, the metrics, and
+        ``val_``-prefixed ones with validation data. ``verbose``: 0 silent, 1 a progress bar per epoch
+        (loss/metrics, rate, ETA), 2 one line per epoch. ``workers=N`` (or "auto") splits each batch over
+        N threads; ``distributed=True`` trains data-parallel over the ranks of an ``mpiexec``/``torchrun``
+        job, ``batch_size`` per rank (docs/parallel.md).
 
         Resuming: ``fit(..., initial_epoch=model.epoch)`` on a loaded model continues exactly where the
         saved run was, also inside an epoch (``model.position``). ``on_nonfinite``: what a batch with
         a NaN/inf loss does (its update is never applied): ``"raise"`` NonFiniteError (default),
         ``"skip"`` it, or skip it with a ``"warn"``ing; NaN/inf weights at an epoch's end are reported
-        the same way (raise, or warn).
+        the same way (raise, or warn) (docs/reliability.md).
         """
         from ..callbacks import CallbackList, EpochLogger, History, ProgressBar
 
         self._require_compiled("fit")
-        x, y = self._data(x, "x"), self._data(y, "y")
-        self._check_lengths(x, y, "fit")
         if int(batch_size) < 1 or int(epochs) < 0:
             raise ValueError(f"fit: batch_size must be >= 1 and epochs >= 0, got {batch_size}, {epochs}")
-        if not 0.0 <= validation_split < 1.0:
-            raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split}")
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise ValueError("fit: validation_data must be a pair (x_val, y_val)")
-            validation_data = (self._data(validation_data[0], "x_val"),
-                               self._data(validation_data[1], "y_val"))
-            self._check_lengths(*validation_data, "fit (validation_data)")
-        elif validation_split:
-            cut = int(len(x) * (1.0 - validation_split))
-            if cut == 0 or cut == len(x):
-                raise ValueError(f"fit: validation_split={validation_split} of {len(x)} samples leaves an "
-                                 "empty training or validation set")
-            validation_data = (x[cut:], y[cut:])
-            x, y = x[:cut], y[:cut]
-        n, batch_size = len(x), int(batch_size)
-        if n == 0:
-            raise ValueError("fit: x is empty")
-        run = parallel.TrainingRun(self, x, y, batch_size, workers, distributed)
+        batch_size = int(batch_size)
+        x, y, sample_weight, validation = split_validation(x, y, sample_weight, validation_data,
+                                                           validation_split, max(batch_size, 256),
+                                                           as_data=self._data)
+        data = adapt(x, y, batch_size=batch_size, shuffle=shuffle, steps=steps_per_epoch,
+                     sample_weight=sample_weight, class_weight=class_weight, to_host=self.ops.name == "numpy",
+                     as_data=self._data)
+        run = parallel.TrainingRun(self, data, batch_size, workers, distributed)
         verbose, callbacks = run.verbose(verbose), run.callbacks(callbacks)
         history = History()
         cbs = [history, *(callbacks or [])]
         if verbose == 1:
-            cbs.append(ProgressBar(epochs, run.steps(n)))
+            cbs.append(ProgressBar(epochs, run.steps(data)))
         elif verbose:
             cbs.append(EpochLogger(epochs))
         cb = CallbackList(cbs, self)
         self.history = history
         self.stop_training = False
         resume.check_mode(on_nonfinite, run.distributed)
-        cursor = self._cursor = resume.EpochCursor(n, batch_size, bool(shuffle), self.position, initial_epoch)
+        cursor = self._cursor = resume.EpochCursor(getattr(data, "n", -1), batch_size, bool(shuffle),
+                                                   self.position, initial_epoch)
         self.position = None
-        buffers: dict = {}
         cb.on_train_begin()
         for epoch in range(initial_epoch, epochs):
             totals = self._totals()
             cursor.begin(epoch, totals)
             cb.on_epoch_begin(epoch)
-            batches = run.batches(n, shuffle, epoch)  # lazy: a distributed run sizes each step as it goes
+            batches = iter(run.epoch(data, epoch))  # lazy: a distributed run sizes each step as it goes
             first, complete = None, True
-            for step, idx in enumerate(batches):
+            for step, (xb, yb, wb) in enumerate(batches):
                 if first is None:  # the shuffle is drawn by now: resume (or not) from here
                     first = cursor.first_step()
                 if step < first:
                     continue
                 cb.on_batch_begin(step)
-                yb = self._take(y, idx, buffers, "y")
                 try:
-                    loss = self.last_loss = run.train_step(self._take(x, idx, buffers, "x"), yb)
+                    loss = self.last_loss = run.train_step(xb, yb, wb)
                 except NonFiniteError as err:  # the update was refused; the weights are unchanged
                     self.last_loss = math.nan
                     resume.nonfinite_step(err, on_nonfinite, epoch, step)
                     self.skipped_steps += 1
                 else:
-                    totals.add_loss(loss, len(idx))
+                    totals.add_loss(loss, len(xb), self.loss_parts())
                     if self.metric_fns:
                         totals.add_metrics(self._last_output, yb)
                 cursor.step = step + 1
@@ -239,9 +221,8 @@ class Trainer:
             cursor.finish()
             self.epoch = epoch + 1
             logs = run.reduce(totals)
-            if validation_data is not None:
-                val = self.evaluate(*validation_data, batch_size=max(batch_size, 256),
-                                    distributed=run.distributed)
+            if validation is not None:
+                val = self.evaluate(validation, distributed=run.distributed)
                 logs.update({f"val_{k}": v for k, v in val.items()})
             cb.on_epoch_end(epoch, logs)
             if self.stop_training:
@@ -249,26 +230,27 @@ class Trainer:
         cb.on_train_end()
         return history
 
-    def evaluate(self, x, y, batch_size: int = 256, verbose: int = 0, distributed: bool = False) -> dict:
-        """Mean loss (and metrics) over (x, y) in inference mode: ``{"loss": ..., "accuracy": ...}``.
+    def evaluate(self, x, y=None, batch_size: int = 256, verbose: int = 0, *, steps: int | None = None,
+                 sample_weight=None, distributed: bool = False) -> dict:
+        """Mean loss (and metrics) in inference mode: ``{"loss": ..., "accuracy": ...}``.
 
+        The data: arrays ``(x, y)`` or a source of batches as in ``fit`` (``steps`` batches of it).
         Safe to call from several threads at once. ``distributed=True``: each rank evaluates its part of
-        (x, y) and the result is reduced over the ranks (every rank must call it).
+        the arrays and the result is reduced over the ranks (every rank must call it).
         """
         if self.loss is None:
             raise RuntimeError("evaluate: call model.compile(loss=...) first")
-        x, y = self._data(x, "x"), self._data(y, "y")
-        self._check_lengths(x, y, "evaluate")
-        if len(x) == 0:
-            raise ValueError("evaluate: x is empty")
+        resume.check_input(x, "evaluate")  # NaN/inf in array input: an error, not NaN results
+        data = adapt(x, y, batch_size=int(batch_size), steps=steps, sample_weight=sample_weight,
+                     to_host=self.ops.name == "numpy", what="evaluate", as_data=self._data)
+        data, comm = parallel.shard(data, distributed)
         totals = self._totals()
-        resume.check_input(x, "evaluate")
-        x, y, comm = parallel.shard(x, y, distributed)
         with parallel.inference_model(self) as model:
-            for start in range(0, len(x), int(batch_size)):
-                xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+            for xb, yb, wb in data.epoch():
                 out = model.forward(xb, training=False)
-                totals.add_loss(model.loss.forward(out, yb), len(xb))
+                loss = model.loss.forward(out, yb) if wb is None else \
+                    weighted_forward(model.loss, out, yb, wb)
+                totals.add_loss(loss, len(xb), model.loss_parts())
                 if self.metric_fns:
                     totals.add_metrics(out, yb)
         result = parallel.reduce_totals(totals, comm)
@@ -276,21 +258,31 @@ class Trainer:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in result.items()))
         return result
 
-    def predict(self, x, batch_size: int = 256, workers: int = 1) -> np.ndarray:
+    def predict(self, x, batch_size: int = 256, workers: int = 1, *, steps: int | None = None):
         """Outputs for every sample of x in inference mode, as one NumPy array (no compile needed); a list
         of arrays for a model with several outputs.
 
-        Safe to call from several threads at once; ``workers=N`` splits x over N threads.
+        ``x``: an array of samples (N, ...), or a source of batches (``x`` or ``(x, y)`` each). Safe to
+        call from several threads at once; ``workers=N`` splits array data over N threads.
         """
-        x = self._data(x, "x")
-        if len(x) == 0:
-            raise ValueError("predict: x is empty")
-        resume.check_input(x, "predict")
+        if self.built and isinstance(x, np.ndarray) and isinstance(self.input_shape, tuple) and \
+                x.ndim == len(self.input_shape):
+            raise ShapeError(f"predict: x has shape {tuple(x.shape)}, the dimensions of ONE sample; predict "
+                             f"takes a batch of shape (N, {', '.join(map(str, self.input_shape))}): for a "
+                             "single sample pass x[None] (or x.reshape(1, ...))")
+        resume.check_input(x, "predict")  # NaN/inf in array input: an error, not NaN outputs
+        data = adapt(x, batch_size=int(batch_size), steps=steps, to_host=self.ops.name == "numpy",
+                     what="predict", needs_y=False, as_data=self._data)
         if workers != 1:
-            return parallel.predict(self, x, int(batch_size), workers)
+            from .data_adapter import ArrayBatches
+
+            if not isinstance(data, ArrayBatches):
+                raise ConfigError("predict(workers=N) splits arrays over threads; a source of batches "
+                                  "runs with workers=1")
+            return parallel.predict(self, data.arrays[0], int(batch_size), workers)
         with parallel.inference_model(self) as model:
-            parts = [parallel.to_host(self.ops, model.forward(x[start:start + batch_size], training=False))
-                     for start in range(0, len(x), int(batch_size))]
+            parts = [parallel.to_host(self.ops, model.forward(xb, training=False))
+                     for xb, _, _ in data.epoch()]
         return parallel.join_batches(parts)
 
     # ----------------------------------------------------------------- what .nnet files keep
@@ -304,47 +296,10 @@ class Trainer:
         """Per-epoch logs of the whole run: the loaded run's up to where this one started, then this one."""
         return resume.merged_history(self.saved_history, self.history)
 
+    def loss_parts(self) -> tuple:
+        """Each output's own loss after a loss forward (a model of several outputs), for the logs."""
+        return ()
 
-class _Totals:
-    """Sample-weighted running means of the loss and the metrics over an epoch."""
-
-    def __init__(self, metric_fns: dict, ops):
-        self.metric_fns, self.ops = metric_fns, ops
-        self.sums = {"loss": 0.0, **{k: 0.0 for k in metric_fns}}
-        self.counts = dict.fromkeys(self.sums, 0)
-
-    def add_loss(self, loss: float, n: int) -> None:
-        self.sums["loss"] += loss * n
-        self.counts["loss"] += n
-
-    def add_metrics(self, pred, target) -> None:
-        pred, target = self.ops.to_numpy(pred), self.ops.to_numpy(target)
-        for name, fn in self.metric_fns.items():
-            s, c = fn(pred, np.asarray(target))
-            self.sums[name] += s
-            self.counts[name] += c
-
-    def means(self) -> dict:
-        return {k: self.sums[k] / max(self.counts[k], 1) for k in self.sums}
-
-
-def _as_data(data, name: str):
-    """Arrays (NumPy or torch) pass through; lists and other sequences become NumPy arrays."""
-    if data is None:
-        raise ValueError(f"{name} is required (got None)")
-    if isinstance(data, np.ndarray) or type(data).__module__.startswith("torch"):
-        return data
-    return np.asarray(data)
-
-
-class DataList:
-    """Equal-length arrays batched together: the data of a model with several inputs (or outputs)."""
-
-    def __init__(self, arrays: list):
-        self.arrays = list(arrays)
-
-    def __len__(self) -> int:
-        return len(self.arrays[0])
-
-    def __getitem__(self, index) -> DataList:
-        return DataList([a[index] for a in self.arrays])
+    def parameters(self) -> Iterator[Any]:
+        """The parameter views, in ``named_parameters`` order (PyTorch's ``module.parameters()``)."""
+        return (value for _, value in self.named_parameters())

@@ -54,7 +54,8 @@ def check_layer(layer: Layer, input_shape: Sequence[int], *, batch: int = 3, int
             ``bad_input`` ``wrong_input`` raises a ``ShapeError`` naming the layer.
         wrong_input: an input (batch axis included) the layer must reject; default: the random input with
             its last axis one longer.
-        atol, rtol: tolerances of the float64 comparisons.
+        atol: absolute tolerance of the float64 comparisons.
+        rtol: relative tolerance of the float64 comparisons.
         seed: seeds the inputs, the upstream gradient and the layer's random draws.
     """
     unknown = sorted(set(checks) - set(ALL_CHECKS))

@@ -1,0 +1,24 @@
+"""Per-sample loss weights (``sample_weight``, ``class_weight``) with Keras's meaning.
+
+With weights w_i on the N samples of a batch, the loss is (1/N) sum_i w_i l_i, where l_i is sample
+i's own loss (the batch loss of that sample alone), and its gradient is the unweighted gradient with
+row i scaled by w_i. Every loss here reduces as a mean over samples, so the row scaling is exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def weighted_forward(loss, out, y, w: np.ndarray) -> float:
+    """(1/N) sum_i w_i l_i; leaves ``loss`` holding the whole batch's forward, ready for ``backward``."""
+    per_sample = np.array([loss.forward(out[i:i + 1], y[i:i + 1]) for i in range(len(w))])
+    loss.forward(out, y)
+    return float(np.dot(w, per_sample)) / len(w)
+
+
+def scale_rows(ops, grad, w: np.ndarray):
+    """``grad`` (N, ...) with row i multiplied by w_i, in place."""
+    shape = (len(w),) + (1,) * (len(grad.shape) - 1)
+    grad *= ops.asarray(w.reshape(shape), ops.dtype_name(grad))
+    return grad

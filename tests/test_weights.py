@@ -1,0 +1,97 @@
+"""sample_weight and class_weight (Keras semantics) against torch; model.parameters(); dtype checks."""
+
+import numpy as np
+import pytest
+
+import neuronet as nn
+
+torch = pytest.importorskip("torch")
+
+
+def _pair(seed=0):
+    nn.manual_seed(seed)
+    model = nn.Sequential(nn.Dense(4, 6, activation="tanh"), nn.Dense(6, 3))
+    model.build((4,))
+    ref = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)).double()
+    state = {k.replace("1.", "2."): torch.from_numpy(v.astype(np.float64))
+             for k, v in model.state_dict().items()}
+    ref.load_state_dict(state)
+    return model, ref
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("kind", ["cross_entropy", "mse"])
+def test_weighted_step_matches_torch_weighted_loss(backend, kind):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((9, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 9) if kind == "cross_entropy" else rng.standard_normal((9, 3)).astype(np.float32)
+    w = rng.random(9) * 2
+    model, ref = _pair()
+    model.to(backend).compile(nn.SGD(0.0), kind)
+    loss = model.train_step(x, y, w)
+    out = ref(torch.from_numpy(x).double())
+    if kind == "cross_entropy":
+        per = torch.nn.functional.cross_entropy(out, torch.from_numpy(y), reduction="none")
+    else:
+        per = ((out - torch.from_numpy(y).double()) ** 2).mean(dim=1)
+    want = (per * torch.from_numpy(w)).mean()  # Keras: sum_i w_i l_i / N
+    want.backward()
+    assert loss == pytest.approx(want.item(), rel=1e-5)
+    for name, p in ref.named_parameters():
+        got = model.ops.to_numpy(model.grads[name.replace("2.", "1.")])
+        np.testing.assert_allclose(got, p.grad.numpy(), rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_fit_with_class_weight_equals_fit_with_the_matching_sample_weight():
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((30, 4)).astype(np.float32), rng.integers(0, 3, 30)
+    class_weight = {0: 0.5, 1: 2.0, 2: 1.0}
+    sw = rng.random(30) + 0.5
+    by_class, by_sample = _pair()[0], _pair()[0]
+    for model in (by_class, by_sample):
+        model.compile(nn.SGD(0.1), "cross_entropy")
+    h1 = by_class.fit(x, y, epochs=2, batch_size=8, shuffle=False, class_weight=class_weight,
+                      sample_weight=sw, verbose=0)
+    full = sw * np.array([class_weight[c] for c in y])
+    h2 = by_sample.fit(x, y, epochs=2, batch_size=8, shuffle=False, sample_weight=full, verbose=0)
+    np.testing.assert_allclose(h1.history["loss"], h2.history["loss"], rtol=1e-6)
+    np.testing.assert_array_equal(by_class.flat_params, by_sample.flat_params)
+    plain = _pair()[0].compile(nn.SGD(0.1), "cross_entropy")
+    plain.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0)
+    assert not np.array_equal(plain.flat_params, by_class.flat_params)
+    unit = _pair()[0].compile(nn.SGD(0.1), "cross_entropy")
+    unit.fit(x, y, epochs=2, batch_size=8, shuffle=False, sample_weight=np.ones(30), verbose=0)
+    np.testing.assert_allclose(unit.flat_params, plain.flat_params, rtol=1e-5, atol=1e-7)
+
+
+def test_weights_also_come_from_sources_and_evaluate():
+    rng = np.random.default_rng(3)
+    x, y, w = rng.standard_normal((12, 4)).astype(np.float32), rng.integers(0, 3, 12), rng.random(12)
+    a, b = _pair()[0], _pair()[0]
+    a.compile(nn.SGD(0.1), "cross_entropy")
+    b.compile(nn.SGD(0.1), "cross_entropy")
+    a.fit(x, y, batch_size=4, shuffle=False, sample_weight=w, verbose=0)
+    b.fit([(x[i:i + 4], y[i:i + 4], w[i:i + 4]) for i in range(0, 12, 4)], verbose=0)
+    np.testing.assert_array_equal(a.flat_params, b.flat_params)
+    out = torch.from_numpy(a.predict(x)).double()
+    per = torch.nn.functional.cross_entropy(out, torch.from_numpy(y), reduction="none").numpy()
+    assert a.evaluate(x, y, sample_weight=w)["loss"] == pytest.approx((per * w).mean(), rel=1e-5)
+
+
+def test_parameters_are_the_views_in_torch_order():
+    model, ref = _pair()
+    params = list(model.parameters())
+    assert [tuple(p.shape) for p in params] == [tuple(p.shape) for p in ref.parameters()]
+    assert all(p is model.params[name] for p, (name, _) in zip(params, model.named_parameters(), strict=True))
+    params[0][...] = 7.0  # views into the flat array, as torch's parameters are the module's tensors
+    assert (model.flat_params[:params[0].size] == 7.0).all()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "int32"])
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_unsupported_dtypes_are_refused_by_name(dtype, backend):
+    with pytest.raises(nn.errors.ConfigError, match=rf"dtype '{dtype}' is not supported.*float32 or float64"):
+        nn.Sequential(nn.Dense(2, 2), dtype=dtype)
+    layer = nn.Dense(2, 2)
+    with pytest.raises(nn.errors.ConfigError, match=rf"Dense: dtype '{dtype}' is not supported"):
+        layer.build((2,), dtype=dtype, ops=nn.backends.get_ops(backend))
