@@ -18,6 +18,7 @@ from .callbacks import (
     ProgressBar,
     ReduceLROnPlateau,
     TensorBoard,
+    TerminateOnNaN,
 )
 from .core import LAYERS, Layer, manual_seed, register_layer
 from .errors import ShapeError
@@ -69,3 +70,4 @@ __all__ = [
     "MultiMarginLoss", "NLLLoss", "RMSprop", "TripletMarginLoss", "CosineAnnealingLR", "LRScheduler",
     "LinearLR", "LinearWarmup", "StepLR", "Adagrad", "NAdam",
 ]
+__all__ += ["TerminateOnNaN"]

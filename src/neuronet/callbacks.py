@@ -7,6 +7,7 @@ import itertools
 import math
 import os
 import time
+import warnings
 
 import numpy as np
 
@@ -74,6 +75,10 @@ class ProgressBar(Callback):
         if logs:
             self.bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()}, refresh=False)
         self.bar.close()
+
+    def on_train_end(self, logs=None):
+        if self.bar is not None:  # training stopped inside an epoch
+            self.bar.close()
 
 
 class EpochLogger(Callback):
@@ -148,15 +153,35 @@ class ModelCheckpoint(_Monitor):
     """Save the model (``model.save(path)``) after each epoch, or only when ``monitor`` improves.
 
     ``path`` may contain ``{epoch}`` and log keys, e.g. ``"ckpt-{epoch:02d}-{val_loss:.3f}.nnet"``.
+    ``save_freq``: ``"epoch"`` (default), or an integer N to save every N batches instead (Keras); such a
+    file holds the position inside the epoch, and ``fit`` resumes from it exactly. Every save is
+    atomic and durable: a crash leaves the previous file complete.
     """
 
     def __init__(self, path: str, monitor: str = "val_loss", save_best_only: bool = False,
-                 mode: str = "auto"):
+                 mode: str = "auto", save_freq: str | int = "epoch"):
         super().__init__(monitor, mode, 0.0)
+        if save_freq != "epoch" and not (type(save_freq) is int and save_freq >= 1):
+            raise ValueError(f"ModelCheckpoint: save_freq must be 'epoch' or a number of batches >= 1, "
+                             f"got {save_freq!r}")
+        if save_freq != "epoch" and save_best_only:
+            raise ValueError("ModelCheckpoint: save_best_only needs save_freq='epoch' (monitored values are "
+                             "per epoch)")
         self.path = str(path)
         self.save_best_only = save_best_only
+        self.save_freq = save_freq
+        self._batches = 0
+
+    def on_batch_end(self, batch, logs=None):
+        if self.save_freq == "epoch":
+            return
+        self._batches += 1
+        if self._batches % self.save_freq == 0:
+            self.model.save(self.path.format(epoch=self.model.epoch + 1, **(logs or {})))
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.save_freq != "epoch":
+            return
         logs = logs or {}
         if self.save_best_only:
             value = self._current(logs)
@@ -164,6 +189,53 @@ class ModelCheckpoint(_Monitor):
                 return
             self.best = value
         self.model.save(self.path.format(epoch=epoch + 1, **logs))
+
+
+class TerminateOnNaN(Callback):
+    """Stop training when a batch's loss is NaN or inf, or grows past ``divergence`` times the first one.
+
+    fit's default ``on_nonfinite="raise"`` raises on a non-finite loss before this sees it; use
+    ``fit(..., on_nonfinite="skip")`` (or ``"warn"``) to stop cleanly instead. A finite loss that keeps
+    growing (a learning rate far too high) is caught by ``divergence``. A non-finite loss's update is
+    never applied, so after it the weights are those before the bad batch; ``stopped_batch`` and
+    ``reason`` say where and why, and the model can be saved and resumed from there.
+
+    Args:
+        divergence (float, optional): stop when a batch loss exceeds this many times the first batch
+            loss of the training run (and that first loss is positive). ``None`` disables the check.
+            Default: ``1e4``.
+    """
+
+    def __init__(self, divergence: float | None = 1e4):
+        if divergence is not None and not (isinstance(divergence, (int, float)) and divergence > 1):
+            raise ValueError(f"TerminateOnNaN: divergence must be a number > 1 or None, got {divergence!r}")
+        self.divergence = divergence
+        self.reason: str | None = None
+        self.stopped_batch: tuple[int, int] | None = None
+        self._first = math.nan
+        self._epoch = 0
+
+    def on_train_begin(self, logs=None):
+        self.reason, self.stopped_batch, self._first = None, None, math.nan
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_batch_end(self, batch, logs=None):
+        loss = self.model.last_loss
+        if math.isnan(self._first) and math.isfinite(loss):
+            self._first = loss
+        if not math.isfinite(loss):
+            self.reason = f"batch loss is {loss}"
+        elif self.divergence is not None and self._first > 0 and loss > self.divergence * self._first:
+            self.reason = f"batch loss {loss:.4g} is over {self.divergence:g} times the first " \
+                          f"({self._first:.4g}): the training diverges"
+        else:
+            return
+        self.stopped_batch = (self._epoch, batch)
+        self.model.stop_training = True
+        warnings.warn(f"TerminateOnNaN: epoch {self._epoch + 1}, batch {batch}: {self.reason}; training "
+                      "stopped", RuntimeWarning, stacklevel=2)
 
 
 class CSVLogger(Callback):

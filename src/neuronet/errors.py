@@ -4,7 +4,9 @@
     ├── ShapeError        an input or a graph whose shape, dtype or range does not fit a layer
     ├── NnetFormatError   a malformed, corrupt or hostile ``.nnet`` (or GGUF) model file
     ├── DataFormatError   a malformed dataset file (IDX, CIFAR, CSV)
-    └── ConfigError       a YAML config or argument combination that cannot be run
+    ├── ConfigError       a YAML config or argument combination that cannot be run
+    └── NonFiniteError    NaN or inf where numbers must be finite (a loss, weights, a predict input);
+                          also a ``FloatingPointError``
 
 Loaders raise only these (or ``OSError`` for a missing or unreadable file), so
 ``except nn.errors.NeuronetError`` catches every rejected input and nothing else.
@@ -33,4 +35,9 @@ class ConfigError(NeuronetError):
     """A configuration (YAML file, keyword arguments) that cannot be run, naming the key."""
 
 
-__all__ = ["ConfigError", "DataFormatError", "NeuronetError", "NnetFormatError", "ShapeError"]
+class NonFiniteError(NeuronetError, FloatingPointError):
+    """NaN or inf in a loss, the weights or an input, naming where it was found."""
+
+
+__all__ = ["ConfigError", "DataFormatError", "NeuronetError", "NnetFormatError", "NonFiniteError",
+           "ShapeError"]

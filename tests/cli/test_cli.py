@@ -144,8 +144,9 @@ def test_ctrl_c_stops_after_the_batch_and_saves(tmp_path, monkeypatch):
     cfg = yaml.safe_load(yaml.safe_dump(TINY))
     cfg["training"]["epochs"] = 50
     summary = train_module.run(str(_write(tmp_path, cfg)), str(tmp_path / "out"), verbose=0)
-    assert summary["interrupted"] and summary["epochs"] == 1
-    assert nn.load(tmp_path / "out" / "model.nnet").optimizer.iterations == 3
+    assert summary["interrupted"] and summary["epochs"] == 0  # stopped inside epoch 0, after batch 3
+    saved = nn.load(tmp_path / "out" / "model.nnet")
+    assert saved.optimizer.iterations == 3 and saved.position["step"] == 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
     monkeypatch.setattr(train_module, "build_callbacks", lambda cfg: [])
@@ -153,7 +154,7 @@ def test_ctrl_c_stops_after_the_batch_and_saves(tmp_path, monkeypatch):
     summary = train_module.run(str(_write(tmp_path, cfg)), str(tmp_path / "out"), verbose=0, resume=True)
     assert not summary["interrupted"] and summary["epochs"] == 3
     assert len((tmp_path / "out" / "history.csv").read_text().splitlines()) == 1 + 3
-    assert nn.load(tmp_path / "out" / "model.nnet").optimizer.iterations == 3 + 2 * 90  # 1438 samples / 16
+    assert nn.load(tmp_path / "out" / "model.nnet").optimizer.iterations == 3 * 90  # resumed at batch 3
 
 
 def test_augmentation_and_validation_split(tmp_path):
@@ -258,4 +259,4 @@ def test_prediction_descriptions():
     lm = SimpleNamespace(extra={"dataset": {"vocab": "ab\n"}})
     assert _describe_prediction(np.array([0.1, 2.0, -1.0]), lm) == "class 1"
     assert _describe_prediction(np.eye(3)[[1, 2, 0]], lm) == "next characters 'b\\na'"
-    assert _describe_prediction(np.array([0.5]), SimpleNamespace()) == "[0.5]"
+    assert _describe_prediction(np.array([0.5]), SimpleNamespace(extra={})) == "[0.5]"

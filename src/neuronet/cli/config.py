@@ -106,15 +106,62 @@ SCHEMA: dict = {
 }
 
 
+MAX_NODES = 100_000  # a config's YAML nodes counted with aliases expanded (an alias bomb has billions)
+
+
 def load_config(path: str | os.PathLike) -> dict:
-    """Read a YAML config (``yaml.safe_load``: no code runs) and return it validated, with defaults."""
+    """Read a YAML config (safe loader: no code runs) and return it validated, with defaults.
+
+    Raises ConfigError for invalid YAML, an alias bomb or recursive alias (more than ``MAX_NODES``
+    nodes once aliases are expanded), or a config that fails validation; OSError for an unreadable file.
+    """
+    try:
+        raw = safe_yaml(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e})") from None
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return validate(raw if raw is not None else {})
+
+
+def safe_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that first counts nodes, aliases expanded, and refuses more than MAX_NODES."""
     import yaml
 
+    loader = yaml.SafeLoader(text)
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _count_nodes(node, {}, set())
+        return loader.construct_document(node)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return validate(raw if raw is not None else {})
+        raise ConfigError(f"not valid YAML: {str(e)[:500]}") from None
+    except RecursionError:
+        raise ConfigError("not a usable config: YAML nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _count_nodes(node, sizes: dict, open_: set) -> int:
+    """Nodes under ``node`` with aliases expanded (memoised per node), refusing cycles and MAX_NODES."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_:
+        raise ConfigError("not a usable config: a YAML alias refers to a node that contains it")
+    open_.add(key)
+    total = 1
+    if isinstance(node.value, list):
+        for item in node.value:
+            for child in item if isinstance(item, tuple) else (item,):
+                total += _count_nodes(child, sizes, open_)
+                if total > MAX_NODES:
+                    raise ConfigError(f"not a usable config: more than {MAX_NODES} YAML nodes once aliases "
+                                      "are expanded (an alias bomb?)")
+    open_.discard(key)
+    sizes[key] = total
+    return total
 
 
 def validate(raw: Any) -> dict:
@@ -131,12 +178,12 @@ def validate(raw: Any) -> dict:
     for i, fmt in enumerate(cfg["export"]["formats"]):
         if fmt not in EXPORT_FORMATS:
             raise ConfigError(
-                f"export.formats[{i}]: {fmt!r} is not allowed; allowed: {', '.join(EXPORT_FORMATS)}"
+                f"export.formats[{i}]: {fmt!r:.80} is not allowed; allowed: {', '.join(EXPORT_FORMATS)}"
             )
     for i, name in enumerate(cfg["training"]["metrics"]):
         if name not in METRICS:
             raise ConfigError(
-                f"training.metrics[{i}]: unknown metric {name!r}; allowed: {', '.join(METRICS)}"
+                f"training.metrics[{i}]: unknown metric {name!r:.80}; allowed: {', '.join(METRICS)}"
             )
     return cfg
 
@@ -149,7 +196,8 @@ def _validate(raw: Any, schema: dict, path: str) -> dict:
         raise ConfigError(f"{where}: expected a mapping of keys, got {type(raw).__name__}")
     unknown = sorted(set(raw) - set(schema), key=str)
     if unknown:
-        raise ConfigError(f"{_join(path, unknown[0])}: unknown key; allowed keys here: {', '.join(schema)}")
+        raise ConfigError(f"{_join(path, str(unknown[0])[:80])}: unknown key; allowed keys here: "
+                          f"{', '.join(schema)}")
     out = {}
     for key, spec in schema.items():
         here = _join(path, key)
@@ -166,13 +214,13 @@ def _validate(raw: Any, schema: dict, path: str) -> dict:
                 for t in spec.types
                 if t is not int or float not in spec.types
             )
-            raise ConfigError(f"{here}: expected {names}, got {value!r}")
+            raise ConfigError(f"{here}: expected {names}, got {value!r:.80}")
         if spec.choices is not None and value not in spec.choices:
             raise ConfigError(
-                f"{here}: {value!r} is not allowed; allowed: {', '.join(map(str, spec.choices))}"
+                f"{here}: {value!r:.80} is not allowed; allowed: {', '.join(map(str, spec.choices))}"
             )
         if spec.check is not None and not spec.check[0](value):
-            raise ConfigError(f"{here}: must be {spec.check[1]}, got {value!r}")
+            raise ConfigError(f"{here}: must be {spec.check[1]}, got {value!r:.80}")
         out[key] = value
     return out
 
@@ -190,26 +238,28 @@ def construct(registry: dict, spec: Any, where: str, aliases: dict | None = None
     if isinstance(spec, str):
         spec = {"type": spec}
     if not isinstance(spec, dict) or "type" not in spec:
-        raise ConfigError(f"{where}: expected a type name or {{type: Name, ...arguments}}, got {spec!r}")
+        raise ConfigError(f"{where}: expected a type name or {{type: Name, ...arguments}}, got {spec!r:.80}")
     name, kwargs = spec["type"], {k: v for k, v in spec.items() if k != "type"}
     key = (aliases or {}).get(str(name).lower().replace("-", "_"), name)
     registry = {k: v for k, v in registry.items() if not k.startswith("_")}  # no private bases
     cls = registry.get(key)
     if cls is None:
         allowed = sorted(set(registry) | set(aliases or {}))
-        raise ConfigError(f"{where}.type: unknown {name!r}; allowed: {', '.join(allowed)}")
+        raise ConfigError(f"{where}.type: unknown {name!r:.80}; allowed: {', '.join(allowed)}")
     params = inspect.signature(cls).parameters
     accepted = [p for p, v in params.items() if v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD)]
     unknown = [k for k in kwargs if k not in accepted]
     if unknown and not any(v.kind == v.VAR_KEYWORD for v in params.values()):
         raise ConfigError(
-            f"{where}.{unknown[0]}: {name} has no argument {unknown[0]!r}; "
+            f"{where}.{str(unknown[0])[:80]}: {name} has no argument {unknown[0]!r:.80}; "
             f"its arguments: {', '.join(accepted)}"
         )
+    if not all(isinstance(k, str) for k in kwargs):
+        raise ConfigError(f"{where} ({name}): argument names must be strings, got {list(kwargs)!r:.80}")
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where} ({name}): {e}; its arguments: {', '.join(accepted)}") from None
+    except (TypeError, ValueError, LookupError, ArithmeticError, AttributeError, RecursionError) as e:
+        raise ConfigError(f"{where} ({name}): {e!s:.300}; its arguments: {', '.join(accepted)}") from None
 
 
 def build_model(cfg: dict):
@@ -221,7 +271,7 @@ def build_model(cfg: dict):
     for i, spec in enumerate(cfg["model"]["layers"]):
         where = f"model.layers[{i}]"
         if not isinstance(spec, dict) or "type" not in spec:
-            raise ConfigError(f"{where}: expected {{type: LayerName, ...arguments}}, got {spec!r}")
+            raise ConfigError(f"{where}: expected {{type: LayerName, ...arguments}}, got {spec!r:.80}")
         layers.append(construct(LAYERS, spec, where))
     return Sequential(*layers, dtype=cfg["model"]["dtype"])
 

@@ -56,7 +56,7 @@ def _model_inputs(model, x: np.ndarray, preprocess: bool) -> np.ndarray:
     """Apply the preprocessing stored at training time, then reshape samples to the model's input shape."""
     from .pipeline import Preprocessor
 
-    stored = getattr(model, "extra", {}).get("preprocessing")
+    stored = model.extra.get("preprocessing")
     x = (Preprocessor.from_json(stored) if preprocess and stored else Preprocessor("none"))(x)
     if tuple(x.shape[1:]) == tuple(model.input_shape):
         return x
@@ -89,7 +89,7 @@ def _load_labelled(spec: str, model, label_column) -> tuple[np.ndarray, np.ndarr
         cfg = load_config(path)
         ds, seed = cfg["dataset"], cfg["training"]["seed"]
     elif spec in SOURCES and spec not in ("csv", "text"):
-        stored = getattr(model, "extra", {}).get("dataset", {})
+        stored = model.extra.get("dataset", {})
         same = stored.get("source") == spec
         ds = {
             "source": spec,
@@ -157,7 +157,7 @@ def _describe_prediction(row: np.ndarray, model) -> str:
     """A class for one logit vector, the argmax characters for a language model's (T, V), else the values."""
     if row.ndim == 1 and row.size > 1:
         return f"class {int(row.argmax())}"
-    vocab = getattr(model, "extra", {}).get("dataset", {}).get("vocab")
+    vocab = model.extra.get("dataset", {}).get("vocab")
     if row.ndim == 2 and vocab and row.shape[-1] == len(vocab):
         return "next characters " + repr("".join(vocab[j] for j in row.argmax(axis=-1)))
     return str(row)

@@ -154,21 +154,23 @@ def run(
         "preprocessing": preprocess.to_json(),
     }
     start = time.perf_counter()
-    history = model.fit(
-        x_train,
-        y_train,
-        epochs=cfg["training"]["epochs"],
-        initial_epoch=getattr(model, "epoch", 0),
-        batch_size=cfg["training"]["batch_size"],
-        validation_data=validation,
-        callbacks=callbacks,
-        verbose=verbose,
-        workers=cfg["hardware"]["workers"],
-        distributed=distributed,
-    )
+    try:
+        model.fit(
+            x_train,
+            y_train,
+            epochs=cfg["training"]["epochs"],
+            initial_epoch=model.epoch,
+            batch_size=cfg["training"]["batch_size"],
+            validation_data=validation,
+            callbacks=callbacks,
+            verbose=verbose,
+            workers=cfg["hardware"]["workers"],
+            distributed=distributed,
+        )
+    except Exception as err:  # a late failure: keep what was trained, then one line (main prints it)
+        raise TrainingFailed(_late_error(err, model, model_path) if lead else str(err)) from err
     seconds = time.perf_counter() - start
-    if getattr(model, "saved_history", None):
-        _prepend(history, model.saved_history)
+    history = full_history(model)
     if lead:
         model.save(model_path)
         history.to_csv(str(folder / out["history"]))
@@ -177,13 +179,13 @@ def run(
         "history": str(folder / out["history"]),
         "seconds": seconds,
         "interrupted": stopper.interrupted,
-        "epochs": history.epoch[-1] + 1 if history.epoch else getattr(model, "epoch", 0),
+        "epochs": model.epoch,
     }
     if stopper.interrupted and lead:
-        print(
-            f"saved a checkpoint after epoch {summary['epochs']} to {model_path}; continue with: "
-            f"neuronet train {config_path} --resume"
-        )
+        where = f"inside epoch {model.epoch + 1}" if model.training_position() else \
+            f"after epoch {model.epoch}"
+        print(f"saved a checkpoint {where} to {model_path}; continue with: "
+              f"neuronet train {config_path} --resume")
         return summary
     if len(x_test):
         summary["test"] = model.evaluate(x_test, y_test, batch_size=max(256, cfg["training"]["batch_size"]),
@@ -202,13 +204,34 @@ def run(
     return summary
 
 
-def _prepend(history, saved: dict) -> None:
-    """Put the epochs of the run being resumed in front of this run's history (CSV and plot show all)."""
-    done = len(next(iter(saved.values()), []))
-    if done and all(len(v) == done for v in saved.values()):
-        history.epoch = list(range(done)) + history.epoch
-        for key, values in history.history.items():
-            history.history[key] = list(saved.get(key, [float("nan")] * done)) + values
+class TrainingFailed(RuntimeError):
+    """Training stopped on an error after it had started; the message says where the model was saved."""
+
+
+def _late_error(err: Exception, model, model_path: Path) -> str:
+    """Save the model trained so far beside ``model_path`` (never over it) and describe the failure."""
+    what = f"{type(err).__name__}: {err}".replace("\n", " ")
+    position = model.training_position()
+    where = f"in epoch {model.epoch + 1} after batch {position['step']}" if position else \
+        f"after epoch {model.epoch}"
+    partial = model_path.with_name(f"{model_path.stem}.partial{model_path.suffix}")
+    if model.optimizer.iterations == 0:
+        return f"training failed {where}: {what}"
+    try:
+        model.save(partial)
+    except Exception as save_err:  # noqa: BLE001 -- reported with the first error
+        return f"training failed {where}: {what}; saving the model trained so far failed too: {save_err}"
+    return f"training failed {where}: {what}; the model trained so far is in {partial}"
+
+
+def full_history(model):
+    """A History of every epoch of the run, the resumed one's included (for the CSV and the plot)."""
+    from ..callbacks import History
+
+    history = History()
+    history.history = model.full_history()
+    history.epoch = list(range(len(next(iter(history.history.values()), []))))
+    return history
 
 
 def export(model, fmt: str, path: Path) -> Path:

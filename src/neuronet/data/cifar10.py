@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .._atomic import atomic_path
+from ..errors import DataFormatError
 from .download import DatasetNotFoundError, ensure_files
 
 RECORD = 1 + 3 * 32 * 32
@@ -26,19 +27,19 @@ def read_cifar10_bin(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
     Returns:
         images uint8 ``(N, 3, 32, 32)`` (NCHW, RGB) and labels int64 ``(N,)`` in 0..9.
-    Raises ``ValueError`` naming the file when its length is not a whole number of records or a label
-    is out of range.
+    Raises ``DataFormatError`` naming the file when its length is not a whole number of records or a
+    label is out of range; ``OSError`` when it is missing or unreadable.
     """
     path = Path(path)
     raw = np.fromfile(path, dtype=np.uint8)
     if raw.size == 0 or raw.size % RECORD:
-        raise ValueError(f"{path}: {raw.size} bytes is not a whole number of CIFAR-10 records "
+        raise DataFormatError(f"{path}: {raw.size} bytes is not a whole number of CIFAR-10 records "
                          f"({RECORD} bytes each: 1 label byte + 3x32x32 pixels)")
     records = raw.reshape(-1, RECORD)
     labels = records[:, 0].astype(np.int64)
     if labels.max() > 9:
         bad = int(np.argmax(labels > 9))
-        raise ValueError(f"{path}: record {bad} has label {labels[bad]}; CIFAR-10 labels are 0..9")
+        raise DataFormatError(f"{path}: record {bad} has label {labels[bad]}; CIFAR-10 labels are 0..9")
     return records[:, 1:].reshape(-1, 3, 32, 32).copy(), labels
 
 

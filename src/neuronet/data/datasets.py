@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import math
 import os
 from pathlib import Path
 
 import numpy as np
+
+from ..errors import DataFormatError
 
 
 def load_digits(*, flat: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -41,12 +44,19 @@ def load_csv(path: str | os.PathLike, label_column: int | str | None = -1, *, he
     Returns:
         ``(x, y)``: x ``(rows, columns - 1)``; y int64 when every label is a whole number (classes), else
         float; y is ``None`` when ``label_column`` is None. Non-numeric labels are mapped to class indices
-        in sorted order. Raises ``ValueError`` naming the row and column of any non-numeric feature.
+        in sorted order.
+    Raises:
+        DataFormatError: naming the row and column of a non-numeric or non-finite (nan, inf) feature or
+            number label, a row of the wrong length, malformed CSV or text that is not UTF-8.
+        OSError: the file is missing or unreadable.
     """
-    with open(path, newline="") as f:
-        rows = [row for row in csv.reader(f, delimiter=delimiter) if row]
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [row for row in csv.reader(f, delimiter=delimiter) if row]
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise DataFormatError(f"load_csv: {path} is not a readable CSV file ({e!s:.200})") from None
     if not rows:
-        raise ValueError(f"load_csv: {path} is empty")
+        raise DataFormatError(f"load_csv: {path} is empty")
     if header is None:
         header = not all(_is_number(v) for v in rows[0])
     names = [n.strip() for n in rows[0]] if header else [str(i) for i in range(len(rows[0]))]
@@ -54,22 +64,30 @@ def load_csv(path: str | os.PathLike, label_column: int | str | None = -1, *, he
     width = len(names)
     for i, row in enumerate(body):
         if len(row) != width:
-            raise ValueError(f"load_csv: {path} row {i + 1 + header} has {len(row)} fields, expected {width}")
+            raise DataFormatError(f"load_csv: {path} row {i + 1 + header} has {len(row)} fields, "
+                                  f"expected {width}")
     if label_column is None:
         return _numeric(body, list(range(width)), names, path, dtype), None
     if isinstance(label_column, str):
         if label_column not in names:
-            raise ValueError(f"load_csv: no column {label_column!r} in {path}; columns: {', '.join(names)}")
+            raise DataFormatError(f"load_csv: no column {label_column!r} in {path}; columns: "
+                                  f"{', '.join(names)[:500]}")
         label = names.index(label_column)
     else:
         if not -width <= label_column < width:
-            raise ValueError(f"load_csv: label_column {label_column} is out of range for {width} columns")
+            raise DataFormatError(f"load_csv: label_column {label_column} is out of range for {width} "
+                                  "columns")
         label = label_column % width
     x = _numeric(body, [c for c in range(width) if c != label], names, path, dtype)
     raw = [row[label].strip() for row in body]
     if all(_is_number(v) for v in raw):
         y = np.array([float(v) for v in raw])
-        y = y.astype(np.int64) if np.all(y == np.round(y)) else y.astype(dtype)
+        if not np.isfinite(y).all():
+            bad = int(np.argmin(np.isfinite(y)))
+            raise DataFormatError(f"load_csv: {path} row {bad + 1 + header}, column {names[label]!r}: label "
+                                  f"{raw[bad]!r} is not a finite number")
+        whole = np.all(y == np.round(y)) and np.all(np.abs(y) < 2**53)
+        y = y.astype(np.int64) if whole else y.astype(dtype)
     else:
         classes = sorted(set(raw))
         y = np.array([classes.index(v) for v in raw], dtype=np.int64)
@@ -89,10 +107,19 @@ def _numeric(rows: list[list[str]], columns: list[int], names: list[str], path, 
     for i, row in enumerate(rows):
         for j, c in enumerate(columns):
             try:
-                out[i, j] = float(row[c])
+                value = float(row[c])
             except ValueError:
-                where = f"load_csv: {path} row {i + 1}, column {names[c]!r}"
-                raise ValueError(f"{where}: {row[c]!r} is not a number") from None
+                value = None
+            if value is None or not math.isfinite(value):
+                where = f"load_csv: {path} row {i + 1}, column {names[c][:80]!r}"
+                what = "a number" if value is None else "a finite number"
+                raise DataFormatError(f"{where}: {row[c][:80]!r} is not {what}") from None
+            with np.errstate(over="ignore"):  # reported below, naming the cell
+                out[i, j] = value
+    if not np.isfinite(out).all():  # finite in float64, out of range of a narrower dtype
+        i, j = map(int, np.argwhere(~np.isfinite(out))[0])
+        raise DataFormatError(f"load_csv: {path} row {i + 1}, column {names[columns[j]][:80]!r}: "
+                              f"{rows[i][columns[j]][:80]!r} does not fit {dtype}")
     return out
 
 

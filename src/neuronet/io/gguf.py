@@ -16,6 +16,7 @@ GGUF lists dimensions innermost first, so a (out, in) weight appears there as [i
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,9 @@ import numpy as np
 from .._atomic import atomic_path
 from .._optional import require
 from ..core.layer import Layer
-from .nnet import build_layer, describe
+from ..errors import NnetFormatError
+from ._nnet_meta import check_keys
+from .nnet import _REBUILD_ERRORS, build_layer, describe, parse_input_shape
 
 ARCH = "neuronet"
 FORMAT_VERSION = 1
@@ -97,58 +100,89 @@ def _encode(gguf: Any, value: np.ndarray, dtype: str) -> tuple[np.ndarray, Any]:
 
 
 # --------------------------------------------------------------------------- import
+# what the third-party GGUF parser raises on a malformed file; all become NnetFormatError
+_PARSE_ERRORS = (ValueError, LookupError, TypeError, ArithmeticError, AttributeError, struct.error,
+                 UnicodeDecodeError, NotImplementedError)
+CONFIG_KEYS = {"format_version", "input_shape", "model"}
+
+
 def read_gguf_tensors(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     """(neuronet.config as a dict, {state_dict name: float32/integer array}) of a neuronet GGUF file.
 
     Quantised tensors are dequantised; shapes are NumPy's (outermost first).
+    Raises NnetFormatError for a malformed file, FileNotFoundError for a missing one.
     """
+    config, reader = _read_config(path)
+    return config, {t.name: _tensor(t, path) for t in reader.tensors}
+
+
+def _read_config(path: str | Path) -> tuple[dict, Any]:
+    """The checked ``neuronet.config`` and the open reader (tensors memory-mapped, nothing read yet)."""
     gguf = require("gguf", "gguf", "load_gguf")
 
     reader = _open(gguf, path)
+    where = f"load_gguf: {str(path)!r}"
     field = reader.fields.get(f"{ARCH}.config")
     if field is None:
-        raise ValueError(f"load_gguf: {str(path)!r} has no '{ARCH}.config' metadata; it was not written by "
-                         "nn.export_gguf")
+        raise NnetFormatError(f"{where} has no '{ARCH}.config' metadata; it was not written by "
+                              "nn.export_gguf")
     try:
         config = json.loads(field.contents())
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"load_gguf: {str(path)!r}: '{ARCH}.config' is not valid JSON ({err})") from err
+    except (*_PARSE_ERRORS, RecursionError) as err:
+        raise NnetFormatError(f"{where}: '{ARCH}.config' is not valid JSON ({err!s:.200})") from None
     if not isinstance(config, dict) or config.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"load_gguf: {str(path)!r}: unsupported {ARCH}.config format_version "
-                         f"{config.get('format_version') if isinstance(config, dict) else None!r}")
-    tensors = {}
-    for t in reader.tensors:
+        raise NnetFormatError(f"{where}: unsupported {ARCH}.config format_version "
+                              f"{config.get('format_version') if isinstance(config, dict) else None!r:.80}")
+    check_keys(config, CONFIG_KEYS, f"{ARCH}.config", where, required=CONFIG_KEYS)
+    config["input_shape"] = parse_input_shape(config["input_shape"], f"{where}: {ARCH}.config")
+    return config, reader
+
+
+def _tensor(t: Any, path) -> np.ndarray:
+    import gguf
+
+    try:
         if t.tensor_type in (gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.F32):
-            tensors[t.name] = np.array(t.data, dtype=np.float32)
-        elif np.issubdtype(t.data.dtype, np.integer) and t.data.dtype != np.uint8:
-            tensors[t.name] = np.array(t.data)
-        else:
-            try:
-                tensors[t.name] = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
-            except (NotImplementedError, ValueError) as err:
-                raise ValueError(f"load_gguf: {str(path)!r}: tensor {t.name!r} of type {t.tensor_type.name} "
-                                 f"cannot be read ({err})") from err
-    return config, tensors
+            return np.array(t.data, dtype=np.float32)
+        if np.issubdtype(t.data.dtype, np.integer) and t.data.dtype != np.uint8:
+            return np.array(t.data)
+        return gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+    except _PARSE_ERRORS as err:
+        raise NnetFormatError(f"load_gguf: {str(path)!r}: tensor {t.name!r:.80} of type "
+                              f"{getattr(t.tensor_type, 'name', t.tensor_type)} cannot be read ({err!s:.200})"
+                              ) from None
 
 
 def load_gguf(path: str | Path) -> Layer:
-    """Rebuild the model ``export_gguf`` saved: architecture from the metadata, weights from the tensors."""
-    config, tensors = read_gguf_tensors(path)
-    model = build_layer(config.get("model"), f"load_gguf: {str(path)!r}: {ARCH}.config model")
-    shape = config.get("input_shape")
-    several = isinstance(shape, list) and bool(shape) and all(isinstance(s, list) for s in shape)
-    if not isinstance(shape, list) or not all(
-            isinstance(s, list) and all(isinstance(d, int) and d > 0 for d in s)
-            for s in (shape if several else [shape])):
-        raise ValueError(f"load_gguf: {str(path)!r}: bad input_shape {shape!r} in {ARCH}.config")
-    model.build(tuple(tuple(s) for s in shape) if several else tuple(shape))
-    expected = model.state_dict()
-    state = {}
-    for key, value in tensors.items():
-        want = expected.get(key)
-        if want is not None and value.size == want.size:
-            value = value.reshape(want.shape)  # 0-d buffers were stored as (1,)
-        state[key] = value
+    """Rebuild the model ``export_gguf`` saved: architecture from the metadata, weights from the tensors.
+
+    The layer tree is declared first and every declared parameter and buffer is compared (name and
+    NumPy shape, not only the element count) with the file's tensors before anything is allocated.
+    Raises NnetFormatError for a malformed or inconsistent file, FileNotFoundError for a missing one.
+    """
+    config, reader = _read_config(path)
+    where = f"load_gguf: {str(path)!r}"
+    model = build_layer(config["model"], f"{where}: {ARCH}.config model")
+    try:
+        model.build(config["input_shape"], _root=False)
+    except _REBUILD_ERRORS as e:
+        raise NnetFormatError(f"{where}: the architecture does not build for input shape "
+                              f"{config['input_shape']}: {e!s:.300}") from None
+    expected = {name: shape for name, _, _, shape, _ in model.param_specs()}
+    for prefix, layer in model.named_layers():
+        expected.update({prefix + k: tuple(v.shape) for k, v in layer._buffer_init.items()})
+    # GGUF lists dimensions innermost first
+    stored = {t.name: tuple(int(d) for d in reversed(t.shape)) for t in reader.tensors}
+    missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+    if missing or unexpected:
+        raise NnetFormatError(f"{where}: the architecture needs {len(expected)} tensors, the file has "
+                              f"{len(stored)}; missing {missing[:10]}, unexpected {unexpected[:10]}")
+    for name, want in expected.items():
+        if stored[name] != want and not (want == () and stored[name] == (1,)):  # 0-d buffers: (1,)
+            raise NnetFormatError(f"{where}: tensor {name!r} has shape {list(stored[name])}, the "
+                                  f"architecture needs {list(want)}")
+    state = {t.name: _tensor(t, path).reshape(expected[t.name]) for t in reader.tensors}
+    model._allocate()
     model.load_state_dict(state)
     return model
 
@@ -158,5 +192,6 @@ def _open(gguf: Any, path: str | Path) -> Any:
         raise FileNotFoundError(f"load_gguf: no such file {str(path)!r}")
     try:
         return gguf.GGUFReader(path)
-    except (ValueError, IndexError, KeyError, OSError) as err:
-        raise ValueError(f"load_gguf: {str(path)!r} is not a readable GGUF file ({err})") from err
+    except _PARSE_ERRORS as err:
+        raise NnetFormatError(f"load_gguf: {str(path)!r} is not a readable GGUF file ({err!s:.200})"
+                              ) from None

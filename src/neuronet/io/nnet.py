@@ -18,8 +18,14 @@ holds the JSON metadata:
     frozen           ["0", "2.attn"]  layers with trainable=False, by state_dict prefix ("" the model)
     compile          {"optimizer": {"type", "config", "iterations", "initial_lr", "state": [names]},
                       "loss": {"type", "config"}, "metrics": [...]}   or null
-    training         {"epoch": epochs completed, "rng_state": the global generator's state, "history": {...}}
+    training         {"epoch": epochs completed, "rng_state": the global generator's state, "history": {...},
+                      "position": where an interrupted epoch stopped, or null}
     extra            {...}   free-form JSON from the caller (the CLI keeps its preprocessing here)
+    checksum         {"sha256": hex digest of the tensors (``_nnet_meta.checksum``)}
+
+The optimizer entry also holds ``"scheduler"``: the state of the LR scheduler driving it, or null.
+Unknown keys, wrong types and out-of-range values are rejected (``_nnet_meta``); so are tensors
+that fail the checksum and, unless ``allow_nonfinite``, weights holding NaN or inf.
 
 Loading rebuilds layers only through ``LAYERS`` (by class name, constructor arguments from the JSON),
 checks every declared size against the file's length before reading, and compares every tensor's
@@ -33,6 +39,7 @@ import math
 import os
 import re
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +48,12 @@ from .._atomic import atomic_path
 from ..core import layer as layer_module
 from ..core.layer import LAYERS, layer_name
 from ..errors import NnetFormatError
+from . import _nnet_meta as checks
 
 FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 16 << 20
 MAX_DEPTH = 16
+MAX_LAYERS = 10_000  # layer objects one file may ask for (a GPT with 48 blocks has a few hundred)
 _NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
 _DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32,
            "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
@@ -63,6 +72,9 @@ def save(model, path: str | os.PathLike, extra: dict | None = None) -> None:
 
     model._require_built("save")
     tensors = {name: np.asarray(value, order="C") for name, value in model.state_dict().items()}
+    if checks.first_nonfinite(tensors) is not None:
+        warnings.warn(f"save: {checks.first_nonfinite(tensors)!r} holds NaN or inf; nn.load will refuse "
+                      "the file unless allow_nonfinite=True", RuntimeWarning, stacklevel=3)
     compile_info = None
     opt, loss = getattr(model, "optimizer", None), getattr(model, "loss", None)  # a bare Layer has neither
     if opt is not None and loss is not None:
@@ -71,12 +83,11 @@ def save(model, path: str | os.PathLike, extra: dict | None = None) -> None:
         compile_info = {
             "optimizer": {"type": type(opt).__name__, "config": opt.get_config(),
                           "iterations": opt.iterations, "initial_lr": opt.initial_lr,
-                          "state": list(opt.state)},
+                          "state": list(opt.state), "scheduler": _scheduler_state(opt)},
             "loss": {"type": type(loss).__name__, "config": loss.get_config()},
             "metrics": list(model.metric_fns),
         }
-    history = getattr(model, "history", None)
-    epoch = history.epoch[-1] + 1 if history is not None and history.epoch else getattr(model, "epoch", 0)
+    trainer = hasattr(model, "training_position")  # a Sequential; a bare Layer has no training state
     meta = {
         "format_version": FORMAT_VERSION,
         "neuronet_version": __version__,
@@ -86,11 +97,13 @@ def save(model, path: str | os.PathLike, extra: dict | None = None) -> None:
         "frozen": [prefix.rstrip(".") for prefix, layer in model.named_layers() if not layer.trainable],
         "compile": compile_info,
         "training": {
-            "epoch": int(epoch),
+            "epoch": int(model.epoch) if trainer else 0,
             "rng_state": nnrandom.generator().bit_generator.state,
-            "history": history.history if history is not None else getattr(model, "saved_history", {}),
+            "history": model.full_history() if trainer else {},
+            "position": model.training_position() if trainer else None,
         },
-        "extra": extra if extra is not None else getattr(model, "extra", {}),
+        "extra": extra if extra is not None else (model.extra if trainer else {}),
+        "checksum": {"sha256": checks.checksum(tensors)},
     }
     for name, value in tensors.items():
         if value.dtype not in _DTYPE_CODES:
@@ -100,6 +113,10 @@ def save(model, path: str | os.PathLike, extra: dict | None = None) -> None:
     blob = safetensors_bytes(tensors, metadata={"format": "neuronet", "neuronet": json.dumps(meta)})
     with atomic_path(path, "save") as tmp:
         tmp.write_bytes(blob)
+
+
+def _scheduler_state(optimizer) -> dict | None:
+    return optimizer.scheduler.state_dict() if optimizer.scheduler is not None else None
 
 
 def describe(layer) -> dict:
@@ -207,7 +224,8 @@ def _int_list(value, max_len: int) -> bool:
 
 
 # --------------------------------------------------------------------------------------------- loading
-def load(path: str | os.PathLike, device: str | None = None, restore_rng: bool = True):
+def load(path: str | os.PathLike, device: str | None = None, restore_rng: bool = True,
+         allow_nonfinite: bool = False):
     """Rebuild the model saved in ``path``: architecture, weights, buffers, compile state and position.
 
     Args:
@@ -217,68 +235,105 @@ def load(path: str | os.PathLike, device: str | None = None, restore_rng: bool =
         restore_rng (bool, optional): put the global generator (shuffling, dropout) back where the saved
             run left it, so that continuing ``fit(..., initial_epoch=model.epoch)`` reproduces an
             uninterrupted run exactly. Default: ``True``.
+        allow_nonfinite (bool, optional): load weights holding NaN or inf instead of refusing them.
+            Default: ``False``.
     Returns:
-        The model, with ``model.epoch`` (epochs completed), ``model.saved_history`` and ``model.extra`` set.
+        The model, with ``model.epoch`` (epochs completed), ``model.saved_history``, ``model.extra`` and
+        ``model.position`` (where an interrupted epoch stopped) set; a scheduler saved with the
+        optimizer resumes where it was when it is next attached to that optimizer.
     Raises:
-        NnetFormatError: the file is truncated, malformed or inconsistent with the architecture it declares.
+        NnetFormatError: the file is truncated, malformed, corrupt (checksum) or inconsistent with the
+            architecture it declares. OSError: the file is missing or unreadable.
     """
     from ..backend import get_ops
-    from ..core import random as nnrandom
 
     where = str(path)
     meta, tensors = read(path)
+    checks.check_keys(meta, checks.META_KEYS, "metadata", where)
     if meta.get("format_version") != FORMAT_VERSION:
-        raise NnetFormatError(f"{where}: format_version {meta.get('format_version')!r} is not supported "
+        raise NnetFormatError(f"{where}: format_version {meta.get('format_version')!r:.80} is not supported "
                               f"(this neuronet reads version {FORMAT_VERSION})")
-    input_shape = _field(meta, "input_shape", list, where)
-    several = bool(input_shape) and all(isinstance(s, list) for s in input_shape)  # a model of several inputs
-    if not all(s and _int_list(s, 8) and all(0 < d < 2**31 for d in s)
-               for s in (input_shape if several else [input_shape])) or len(input_shape) > 64:
-        raise NnetFormatError(f"{where}: input_shape must be a list of 1 to 8 positive integers (or a list "
-                              f"of such lists, one per input), got {input_shape!r:.200}")
-    input_shape = tuple(tuple(s) for s in input_shape) if several else tuple(input_shape)
+    checks.verify_checksum(meta, tensors, where)
+    bad = None if allow_nonfinite else checks.first_nonfinite(tensors)
+    if bad is not None:
+        raise NnetFormatError(f"{where}: tensor {bad!r} holds NaN or inf (the saved model had diverged); "
+                              "pass allow_nonfinite=True to load it anyway")
+    input_shape = parse_input_shape(meta.get("input_shape"), where)
     dtype = _field(meta, "dtype", str, where)
     if dtype not in _FLOAT_DTYPES:
-        raise NnetFormatError(f"{where}: dtype {dtype!r} is not one of {', '.join(_FLOAT_DTYPES)}")
+        raise NnetFormatError(f"{where}: dtype {dtype!r:.80} is not one of {', '.join(_FLOAT_DTYPES)}")
+    compile_info = meta.get("compile")
+    opt_state = _optimizer_state_names(compile_info, where)
+    training = _training(meta.get("training"), where)
+    extra = _dict(meta.get("extra") or {}, "extra", where)
+
+    # declare (no allocation sized by the file), compare with the tensors, and only then allocate
     model = build_layer(_field(meta, "architecture", dict, where), f"{where}: architecture")
     try:
         model.build(input_shape, dtype, get_ops(device) if device else None, _root=False)
-    except (ValueError, TypeError, KeyError, IndexError) as e:
-        raise NnetFormatError(f"{where}: the architecture does not build for input shape {input_shape}: {e}"
-                              ) from None
-
+    except _REBUILD_ERRORS as e:
+        raise NnetFormatError(f"{where}: the architecture does not build for input shape {input_shape}: "
+                              f"{e!s:.300}") from None
     _set_frozen(model, meta.get("frozen") or [], where)
-    compile_info = meta.get("compile")
-    opt_state = {}
-    if compile_info is not None:
-        opt_meta = _field(_dict(compile_info, "compile", where), "optimizer", dict, where)
-        names = _field(opt_meta, "state", list, where)
-        if not all(isinstance(n, str) and _NAME.fullmatch(n) for n in names):
-            raise NnetFormatError(f"{where}: compile.optimizer.state must list tensor names, got {names!r}")
-        opt_state = {n: f"optimizer.{n}" for n in names}
     _check_tensors(model, tensors, opt_state, dtype, where)
     model._allocate()
     model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("optimizer.")})
     if compile_info is not None:
         _compile(model, compile_info, {n: tensors[key] for n, key in opt_state.items()}, where)
-
-    training = meta.get("training") or {}
-    _dict(training, "training", where)
-    model.epoch = training.get("epoch", 0)
-    if type(model.epoch) is not int or model.epoch < 0:
-        raise NnetFormatError(f"{where}: training.epoch must be a non-negative integer, got {model.epoch!r}")
-    model.saved_history = training.get("history") or {}
-    model.extra = _dict(meta.get("extra") or {}, "extra", where)
+    if hasattr(model, "training_position"):
+        model.epoch, model.saved_history, model.extra = training["epoch"], training["history"], extra
+        model.position = training["position"]
     if restore_rng and training.get("rng_state") is not None:
-        bitgen = nnrandom.generator().bit_generator
-        state = training["rng_state"]
-        if not isinstance(state, dict) or state.get("bit_generator") != type(bitgen).__name__:
-            raise NnetFormatError(f"{where}: training.rng_state is not a {type(bitgen).__name__} state")
-        try:
-            bitgen.state = state
-        except (ValueError, TypeError, KeyError) as e:
-            raise NnetFormatError(f"{where}: training.rng_state is invalid: {e}") from None
+        _restore_rng(training["rng_state"], where)
     return model
+
+
+# what a constructor or setup fed a hostile config may raise; all become NnetFormatError
+_REBUILD_ERRORS = (ValueError, TypeError, LookupError, ArithmeticError, AttributeError, RecursionError)
+
+
+def _optimizer_state_names(compile_info, where: str) -> dict[str, str]:
+    """{state name: tensor name} of the optimizer state the file must hold, after checking compile."""
+    if compile_info is None:
+        return {}
+    checks.check_keys(compile_info, checks.COMPILE_KEYS, "compile", where, required={"optimizer", "loss"})
+    opt_meta = checks.check_keys(compile_info["optimizer"], checks.OPTIMIZER_KEYS, "compile.optimizer",
+                                 where, required={"type", "state"})
+    checks.check_keys(compile_info["loss"], checks.LOSS_KEYS, "compile.loss", where, required={"type"})
+    names = _field(opt_meta, "state", list, where)
+    if not all(isinstance(n, str) and _NAME.fullmatch(n) and len(n) < 64 for n in names):
+        raise NnetFormatError(f"{where}: compile.optimizer.state must list tensor names, got {names!r:.80}")
+    return {n: f"optimizer.{n}" for n in names}
+
+
+def _training(value, where: str) -> dict:
+    training = checks.check_keys(value if value is not None else {}, checks.TRAINING_KEYS, "training", where)
+    return {"epoch": checks.count(training.get("epoch", 0), "training.epoch", where),
+            "history": checks.history(training.get("history"), where),
+            "position": checks.position(training.get("position"), where),
+            "rng_state": training.get("rng_state")}
+
+
+def _restore_rng(state, where: str) -> None:
+    from ..core import random as nnrandom
+
+    bitgen = nnrandom.generator().bit_generator
+    if not isinstance(state, dict) or state.get("bit_generator") != type(bitgen).__name__:
+        raise NnetFormatError(f"{where}: training.rng_state is not a {type(bitgen).__name__} state")
+    try:
+        bitgen.state = state
+    except (ValueError, TypeError, LookupError, OverflowError) as e:
+        raise NnetFormatError(f"{where}: training.rng_state is invalid: {e!s:.200}") from None
+
+
+def parse_input_shape(value, where: str) -> tuple:
+    """A checked ``input_shape``: 1 to 8 positive integers, or a list of such lists (one per input)."""
+    several = isinstance(value, list) and bool(value) and all(isinstance(s, list) for s in value)
+    if not isinstance(value, list) or len(value) > 64 or not all(
+            s and _int_list(s, 8) and all(0 < d < 2**31 for d in s) for s in (value if several else [value])):
+        raise NnetFormatError(f"{where}: input_shape must be a list of 1 to 8 positive integers (or a list "
+                              f"of such lists, one per input), got {value!r:.200}")
+    return tuple(tuple(s) for s in value) if several else tuple(value)
 
 
 def _set_frozen(model, frozen, where: str) -> None:
@@ -309,9 +364,12 @@ def build_layer(node: dict, where: str, depth: int = 0):
     """A layer from ``{"type": name, "config": {...}[, "layers": [...]]}``, looked up only in ``LAYERS``."""
     if depth > MAX_DEPTH:
         raise NnetFormatError(f"{where}: layers nested deeper than {MAX_DEPTH}")
+    if depth == 0 and _count_layers(node) > MAX_LAYERS:
+        raise NnetFormatError(f"{where}: more than {MAX_LAYERS} layers")
     if not isinstance(node, dict) or not isinstance(node.get("type"), str) or \
             not isinstance(node.get("config", {}), dict):
         raise NnetFormatError(f"{where}: expected {{'type': name, 'config': {{...}}}}, got {node!r:.120}")
+    checks.check_keys(node, _NODE_KEYS, "architecture node", where, required={"type"})
     name, config = node["type"], node.get("config", {})
     cls = LAYERS.get(name) if all(part.isidentifier() for part in name.split(".")) else None
     if cls is None:
@@ -340,8 +398,19 @@ def build_layer(node: dict, where: str, depth: int = 0):
         return layer
     except NnetFormatError:
         raise
-    except (TypeError, ValueError, KeyError, OverflowError) as e:
-        raise NnetFormatError(f"{where}: {name} cannot be rebuilt from config {config!r:.200}: {e}") from None
+    except _REBUILD_ERRORS as e:
+        raise NnetFormatError(f"{where}: {name} cannot be rebuilt from config {config!r:.200}: {e!s:.300}"
+                              ) from None
+
+
+_NODE_KEYS = {"type", "config", "layers", "name", "graph"}
+
+
+def _count_layers(node, depth: int = 0) -> int:
+    children = node.get("layers") if isinstance(node, dict) else None
+    if not isinstance(children, list) or depth > MAX_DEPTH:
+        return 1
+    return 1 + sum(_count_layers(c, depth + 1) for c in children)
 
 
 def _check_tensors(model, tensors: dict, opt_state: dict, dtype: str, where: str) -> None:
@@ -368,6 +437,7 @@ def _check_tensors(model, tensors: dict, opt_state: dict, dtype: str, where: str
 def _compile(model, info: dict, state: dict[str, np.ndarray], where: str) -> None:
     from ..losses import LOSSES
     from ..optim import OPTIMIZERS
+    from ..optim.schedulers import check_state as check_scheduler_state
 
     opt_meta, loss_meta = info["optimizer"], _field(info, "loss", dict, where)
     metrics = info.get("metrics") or []
@@ -379,15 +449,18 @@ def _compile(model, info: dict, state: dict[str, np.ndarray], where: str) -> Non
         model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     except NnetFormatError:
         raise
-    except (TypeError, ValueError, KeyError) as e:
-        raise NnetFormatError(f"{where}: compile information is invalid: {e}") from None
-    iterations = opt_meta.get("iterations", 0)
-    if type(iterations) is not int or iterations < 0:
-        raise NnetFormatError(f"{where}: compile.optimizer.iterations must be a non-negative integer")
-    initial_lr = opt_meta.get("initial_lr", optimizer.lr)
-    if not isinstance(initial_lr, (int, float)):
-        raise NnetFormatError(f"{where}: compile.optimizer.initial_lr must be a number")
-    optimizer.initial_lr = float(initial_lr)
+    except _REBUILD_ERRORS as e:
+        raise NnetFormatError(f"{where}: compile information is invalid: {e!s:.300}") from None
+    iterations = checks.count(opt_meta.get("iterations", 0), "compile.optimizer.iterations", where)
+    optimizer.initial_lr = checks.number(opt_meta.get("initial_lr", optimizer.lr),
+                                         "compile.optimizer.initial_lr", where)
+    scheduler = opt_meta.get("scheduler")
+    if scheduler is not None:  # picked up by the next scheduler of this type attached to the optimizer
+        try:
+            check_scheduler_state(scheduler)
+        except ValueError as e:
+            raise NnetFormatError(f"{where}: compile.optimizer.scheduler: {e}") from None
+        optimizer.pending_scheduler_state = scheduler
     if state:
         optimizer._init_state(model.flat_params)  # allocates state and scratch on the model's backend
         unknown = sorted(set(state) - set(optimizer.state))
@@ -404,4 +477,6 @@ def _instance(registry: dict, node: dict, kind: str, where: str):
     if not isinstance(name, str) or name not in registry or not isinstance(config, dict):
         raise NnetFormatError(f"{where}: unknown {kind} {str(name)[:80]!r}; "
                               f"known: {', '.join(sorted(registry))}")
+    if not all(isinstance(k, str) and k.isidentifier() for k in config):
+        raise NnetFormatError(f"{where}: {kind} config keys must be argument names, got {list(config)!r:.80}")
     return registry[name](**config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..backend import OUTPUT_DERIVATIVE, check_activation
+from ..core import args
 from ..core.layer import Layer
 
 
@@ -21,7 +22,7 @@ class Activation(Layer):
     def __init__(self, name: str, alpha: float | None = None):
         super().__init__()
         self.name = check_activation(name, type(self).__name__)
-        self.alpha = None if alpha is None else float(alpha)
+        self.alpha = None if alpha is None else args.real(type(self).__name__, "alpha", alpha)
 
     def forward(self, x, training: bool = True):
         y = self.workspace("y", tuple(x.shape))

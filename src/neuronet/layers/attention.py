@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from ..core import args
 from ..core import initializers as init
 from ..core import random as nnrandom
 from ..core.layer import Layer, ShapeError
@@ -52,8 +53,10 @@ class MultiHeadAttention(Layer):
     def __init__(self, dim: int, num_heads: int, causal: bool = False, dropout: float = 0.0,
                  rope: bool = False):
         super().__init__()
-        self.dim, self.num_heads, self.causal, self.dropout, self.rope = \
-            int(dim), int(num_heads), bool(causal), float(dropout), bool(rope)
+        owner = "MultiHeadAttention"
+        self.dim, self.num_heads = args.size(owner, "dim", dim), args.size(owner, "num_heads", num_heads)
+        self.causal, self.rope = args.flag(owner, "causal", causal), args.flag(owner, "rope", rope)
+        self.dropout = args.real(owner, "dropout", dropout, 0.0, 1.0, hi_open=True)
         if self.num_heads < 1 or self.dim % self.num_heads:
             raise ValueError(f"{self!r}: dim {self.dim} is not divisible by num_heads {self.num_heads}")
         self.head_dim = self.dim // self.num_heads

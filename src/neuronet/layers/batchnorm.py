@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core import args
 from ..core import initializers as init
 from ..core.layer import Layer, ShapeError
 
@@ -26,7 +27,10 @@ class _BatchNorm(Layer):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
         super().__init__()
-        self.num_features, self.eps, self.momentum = int(num_features), float(eps), float(momentum)
+        owner = type(self).__name__
+        self.num_features = args.size(owner, "num_features", num_features)
+        self.eps = args.real(owner, "eps", eps, 0.0, lo_open=True)
+        self.momentum = args.real(owner, "momentum", momentum, 0.0, 1.0)
 
     def setup(self, input_shape):
         if len(input_shape) not in self.allowed_ranks or input_shape[0] != self.num_features:
@@ -35,8 +39,9 @@ class _BatchNorm(Layer):
         c = self.num_features
         self.add_param("weight", (c,), init.ones)
         self.add_param("bias", (c,), init.zeros)
-        self.add_buffer("running_mean", np.zeros(c, self.dtype))
-        self.add_buffer("running_var", np.ones(c, self.dtype))
+        # broadcast views: nothing sized by the configuration is allocated before the model is
+        self.add_buffer("running_mean", np.broadcast_to(np.zeros((), self.dtype), (c,)))
+        self.add_buffer("running_var", np.broadcast_to(np.ones((), self.dtype), (c,)))
         self.add_buffer("num_batches_tracked", np.array(0, np.int64))
         return input_shape
 

@@ -12,6 +12,7 @@ import math
 
 from ..backend import OUTPUT_DERIVATIVE, check_activation
 from ..backend.conv_geometry import ConvGeometry, conv_output_size
+from ..core import args
 from ..core import initializers as init
 from ..core.layer import Layer, ShapeError
 from ..errors import ConfigError
@@ -54,7 +55,10 @@ class _Conv(Layer):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  activation: str | None = None, bias: bool = True, *, dilation=1, groups: int = 1):
         super().__init__()
-        self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
+        owner = type(self).__name__
+        self.in_channels = args.size(owner, "in_channels", in_channels)
+        self.out_channels = args.size(owner, "out_channels", out_channels)
+        self.groups = args.size(owner, "groups", groups, lo=-args.MAX_SIZE)  # its range: _check_groups
         name = f"{type(self).__name__}({in_channels}, {out_channels})"
         nd = self.ndim
         self.kernel_size = pair(kernel_size, "kernel_size", name, nd)

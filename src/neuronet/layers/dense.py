@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..backend import OUTPUT_DERIVATIVE, check_activation
+from ..core import args
 from ..core import initializers as init
 from ..core.layer import Layer
 
@@ -27,7 +28,8 @@ class Dense(Layer):
 
     def __init__(self, in_features: int, out_features: int, activation: str | None = None, bias: bool = True):
         super().__init__()
-        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.in_features = args.size("Dense", "in_features", in_features)
+        self.out_features = args.size("Dense", "out_features", out_features)
         self.activation = check_activation(activation, f"Dense({in_features}, {out_features})")
         self.use_bias = bool(bias)
 

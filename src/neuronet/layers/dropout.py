@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..core import args
 from ..core import random as nnrandom
 from ..core.layer import Layer
 
@@ -17,9 +18,7 @@ class Dropout(Layer):
 
     def __init__(self, p: float = 0.5):
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
-        self.p = float(p)
+        self.p = args.real("Dropout", "p", p, 0.0, 1.0, hi_open=True)
 
     def forward(self, x, training: bool = True):
         self._active = training and self.p > 0.0

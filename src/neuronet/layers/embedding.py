@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core import args
 from ..core import initializers as init
 from ..core.layer import Layer, ShapeError
 from ..errors import ConfigError
@@ -32,7 +33,7 @@ class Embedding(Layer):
 
     def __init__(self, num: int, dim: int, padding_idx: int | None = None):
         super().__init__()
-        self.num, self.dim = int(num), int(dim)
+        self.num, self.dim = args.size("Embedding", "num", num), args.size("Embedding", "dim", dim)
         if padding_idx is not None:
             if not -self.num <= int(padding_idx) < self.num:
                 raise ConfigError(f"Embedding({self.num}, {self.dim}): padding_idx must be in "
@@ -120,15 +121,15 @@ class PositionalEncoding(Layer):
 
     def __init__(self, max_len: int, dim: int, learned: bool = False):
         super().__init__()
-        self.max_len, self.dim, self.learned = int(max_len), int(dim), bool(learned)
+        owner = "PositionalEncoding"
+        self.max_len, self.dim = args.size(owner, "max_len", max_len), args.size(owner, "dim", dim)
+        self.learned = args.flag(owner, "learned", learned)
 
     def setup(self, input_shape):
         self.check_shape(tuple(input_shape))
         if self.learned:
             self.add_param("weight", (self.max_len, self.dim), init.normal(0.02))
-        else:
-            self._host_table = sinusoid_table(self.max_len, self.dim)
-        return input_shape
+        return input_shape  # the sinusoid table is built on first use, never for a file being checked
 
     def check_shape(self, shape: tuple) -> None:
         """``shape`` is (T, dim) without the batch."""
@@ -147,7 +148,7 @@ class PositionalEncoding(Layer):
             return self.params["weight"]
         t = self.__dict__.get("_table")
         if t is None or not self.ops.is_array(t) or self.ops.dtype_name(t) != str(self.dtype):
-            t = self._table = self.ops.asarray(self._host_table.astype(self.dtype))
+            t = self._table = self.ops.asarray(sinusoid_table(self.max_len, self.dim).astype(self.dtype))
         return t
 
     def forward(self, x, training: bool = True):

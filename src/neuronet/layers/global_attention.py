@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..core import args
 from ..core import initializers as init
 from ..core.layer import Layer
 
@@ -24,7 +25,7 @@ class GlobalAttention(Layer):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.dim = int(dim)
+        self.dim = args.size(type(self).__name__, "dim", dim)
 
     def setup(self, input_shape):
         bound = init.fan_in_uniform(self.dim)

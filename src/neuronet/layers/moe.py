@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..core import args
+from ..core.args import MAX_SIZE
 from ..core.layer import Layer
 from .dense import Dense
 
@@ -20,7 +22,8 @@ class MoEExpert(Layer):
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.dim, self.hidden = int(dim), int(hidden)
+        self.dim, self.hidden = args.size(type(self).__name__, "dim", dim), \
+            args.size(type(self).__name__, "hidden", hidden)
 
     def setup(self, input_shape):
         shape = self.add_child("linear1", Dense(self.dim, self.hidden, activation="gelu"), input_shape)
@@ -50,7 +53,9 @@ class MoEExperts(Layer):
 
     def __init__(self, num_experts: int, dim: int, hidden: int):
         super().__init__()
-        self.num_experts, self.dim, self.hidden = int(num_experts), int(dim), int(hidden)
+        owner = type(self).__name__
+        self.num_experts = args.size(owner, "num_experts", num_experts)
+        self.dim, self.hidden = args.size(owner, "dim", dim), args.size(owner, "hidden", hidden)
 
     def setup(self, input_shape):
         for i in range(self.num_experts):
@@ -96,9 +101,12 @@ class MoE(Layer):
 
     def __init__(self, dim: int, hidden: int, num_experts: int, top_k: int, aux_loss_weight: float = 0.01):
         super().__init__()
-        self.dim, self.hidden = int(dim), int(hidden)
-        self.num_experts, self.top_k = int(num_experts), int(top_k)
-        if self.num_experts < 1 or not 1 <= self.top_k <= self.num_experts:
+        owner = type(self).__name__
+        self.dim, self.hidden = args.size(owner, "dim", dim), args.size(owner, "hidden", hidden)
+        # integers here; their ranges are checked together below
+        self.num_experts = args.size(owner, "num_experts", num_experts, lo=-MAX_SIZE)
+        self.top_k = args.size(owner, "top_k", top_k, lo=-MAX_SIZE)
+        if not 1 <= self.top_k <= self.num_experts:
             raise ValueError(f"MoE: need 1 <= top_k <= num_experts, got top_k={top_k}, "
                              f"num_experts={num_experts}")
         if aux_loss_weight < 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from ..core import args
 from ..core import initializers as init
 from ..core.layer import Layer
 from ..errors import ConfigError
@@ -32,7 +33,8 @@ class LayerNorm(Layer):
 
     def __init__(self, d: int, eps: float = 1e-5):
         super().__init__()
-        self.d, self.eps = int(d), float(eps)
+        self.d = args.size(type(self).__name__, "d", d)
+        self.eps = args.real(type(self).__name__, "eps", eps, 0.0, lo_open=True)
 
     def setup(self, input_shape):
         self.add_param("weight", (self.d,), init.ones)

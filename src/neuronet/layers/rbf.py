@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..core import args
 from ..core import initializers as init
 from ..core.layer import Layer
 
@@ -26,9 +27,9 @@ class RBF(Layer):
 
     def __init__(self, in_features: int, num_centers: int, gamma: float = 1.0):
         super().__init__()
-        if gamma <= 0:
-            raise ValueError(f"RBF: gamma must be > 0, got {gamma}")
-        self.in_features, self.num_centers, self.gamma = int(in_features), int(num_centers), float(gamma)
+        self.in_features = args.size("RBF", "in_features", in_features)
+        self.num_centers = args.size("RBF", "num_centers", num_centers)
+        self.gamma = args.real("RBF", "gamma", gamma, 0.0, lo_open=True)
 
     def setup(self, input_shape):
         self.add_param("centers", (self.num_centers, self.in_features), init.uniform(1.0))

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from ..core import args
 from ..core import initializers as init
 from ..core import random as nnrandom
 from ..core.layer import LAYERS, Layer
-from ..errors import ConfigError
 
 
 class _Pass(NamedTuple):
@@ -216,16 +216,11 @@ class _RNN(_Recurrent):
                  dropout: float = 0.0):
         super().__init__()
         name = type(self).__name__
-        if input_size < 1 or hidden_size < 1:
-            raise ConfigError(f"{name}: input_size and hidden_size must be >= 1, got {input_size}, "
-                              f"{hidden_size}")
-        if int(num_layers) < 1:
-            raise ConfigError(f"{name}: num_layers must be >= 1, got {num_layers}")
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"{name}: dropout must be in [0, 1), got {dropout}")
-        self.input_size, self.hidden_size = int(input_size), int(hidden_size)
-        self.return_sequences = bool(return_sequences)
-        self.num_layers, self.dropout = int(num_layers), float(dropout)
+        self.input_size = args.size(name, "input_size", input_size)
+        self.hidden_size = args.size(name, "hidden_size", hidden_size)
+        self.return_sequences = args.flag(name, "return_sequences", return_sequences)
+        self.num_layers = args.size(name, "num_layers", num_layers)
+        self.dropout = args.real(name, "dropout", dropout, 0.0, 1.0, hi_open=True)
         self._use(self, directions=1)
 
     def forward_loop(self, layer: _Recurrent, p: _Pass, gates, h) -> None:

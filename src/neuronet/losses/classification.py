@@ -240,7 +240,7 @@ class CrossEntropyLoss(_ClassScoreLoss):
 class NLLLoss(_ClassScoreLoss):
     """Negative log-likelihood of log-probabilities (PyTorch: nn.NLLLoss).
 
-    loss = -(1/W) sum_i w_i x[i, t_i], w_i = weight[t_i] [t_i != ignore_index], W = sum_i w_i;
+    loss = -(1/W) sum_i w_i x[i, t_i], w_i = weight[t_i] * (t_i != ignore_index), W = sum_i w_i;
     dL/dx = -w_i / W at the target class, 0 elsewhere.  W = 0 gives NaN (see _ClassScoreLoss).
 
     Args:

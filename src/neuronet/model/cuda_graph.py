@@ -21,11 +21,10 @@ docs/performance-guide.md.
 
 from __future__ import annotations
 
-import math
-
 from ..errors import ConfigError
 from ..layers.attention import MultiHeadAttention
 from ..layers.dropout import Dropout
+from .training import _finite_loss
 
 
 def _refuse_uncapturable(model) -> None:
@@ -69,10 +68,7 @@ class _Graph:
         self.x.copy_(x, non_blocking=True)
         self.y.copy_(y, non_blocking=True)
         self.graph.replay()
-        value = float(self.loss)
-        if not math.isfinite(value):
-            raise FloatingPointError(f"train_step: the loss is {value} (NaN or inf in the inputs/targets, or "
-                                     "the model diverged); the step was refused")
+        value = _finite_loss(self.loss)
         model.optimizer.step(model.flat_params, model.flat_grads)
         return value
 

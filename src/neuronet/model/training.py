@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, ShapeError
-from . import parallel
+from ..errors import ConfigError, NonFiniteError, ShapeError
+from . import parallel, resume
 from .data_adapter import DataList, adapt, as_array, split_validation
 from .totals import Totals
 from .weighting import scale_rows, weighted_forward
@@ -39,11 +39,12 @@ LOSS_ALIASES = {
 
 
 def _finite_loss(loss) -> float:
-    """The loss as a Python float; FloatingPointError (the step is refused) when it is NaN or inf."""
+    """The loss as a Python float; NonFiniteError (a FloatingPointError: the step is refused) when it is NaN
+    or inf."""
     value = float(loss)
     if not math.isfinite(value):
-        raise FloatingPointError(f"train_step: the loss is {value} (NaN or inf in the inputs/targets, or the "
-                                 "model diverged: lower the learning rate); the step was refused")
+        raise NonFiniteError(f"train_step: the loss is {value} (NaN or inf in the inputs/targets, or the "
+                             "model diverged: lower the learning rate); the step was refused")
     return value
 
 
@@ -60,6 +61,14 @@ class Trainer:
         self.metric_fns: dict = {}
         self.stop_training = False
         self.history = None
+        # what a .nnet file keeps about training, restored by nn.load (see model/resume.py)
+        self.epoch = 0                      # epochs completed
+        self.saved_history: dict = {}       # per-epoch logs of the run this model was loaded from
+        self.extra: dict = {}               # free-form JSON kept in the model's files
+        self.position: dict | None = None   # where a saved run stopped inside an epoch; fit resumes there
+        self.last_loss = math.nan           # the loss of the last batch fit ran (TerminateOnNaN reads it)
+        self.skipped_steps = 0              # batches fit skipped for a non-finite loss
+        self._cursor: resume.EpochCursor | None = None
 
     def compile(self, optimizer: Any = "adam", loss: Any = "cross_entropy", metrics: list[str] | None = None,
                 cuda_graph: bool = False):
@@ -166,7 +175,7 @@ class Trainer:
     def fit(self, x, y=None, epochs: int = 1, batch_size: int = 32, validation_data=None,
             validation_split: float = 0.0, shuffle: bool = True, callbacks=None, verbose: int = 1,
             initial_epoch: int = 0, *, steps_per_epoch: int | None = None, class_weight: dict | None = None,
-            sample_weight=None, workers=1, distributed: bool = False):
+            sample_weight=None, workers=1, distributed: bool = False, on_nonfinite: str = "raise"):
         """Train for ``epochs`` passes over the data in mini-batches; returns a History.
 
         The data: arrays ``(x, y)`` (batched here, shuffled with ``shuffle``), or ``x`` alone as a
@@ -179,6 +188,12 @@ class Trainer:
         (loss/metrics, rate, ETA), 2 one line per epoch. ``workers=N`` (or "auto") splits each batch over
         N threads; ``distributed=True`` trains data-parallel over the ranks of an ``mpiexec``/``torchrun``
         job, ``batch_size`` per rank (docs/parallel.md).
+
+        Resuming: ``fit(..., initial_epoch=model.epoch)`` on a loaded model continues exactly where the
+        saved run was, also inside an epoch (``model.position``). ``on_nonfinite``: what a batch with
+        a NaN/inf loss does (its update is never applied): ``"raise"`` NonFiniteError (default),
+        ``"skip"`` it, or skip it with a ``"warn"``ing; NaN/inf weights at an epoch's end are reported
+        the same way (raise, or warn) (docs/reliability.md).
         """
         from ..callbacks import CallbackList, EpochLogger, History, ProgressBar
 
@@ -203,19 +218,43 @@ class Trainer:
         cb = CallbackList(cbs, self)
         self.history = history
         self.stop_training = False
+        resume.check_mode(on_nonfinite, run.distributed)
+        cursor = self._cursor = resume.EpochCursor(getattr(data, "n", -1), batch_size, bool(shuffle),
+                                                   self.position, initial_epoch)
+        self.position = None
         cb.on_train_begin()
         for epoch in range(initial_epoch, epochs):
-            cb.on_epoch_begin(epoch)
             totals = self._totals()
-            for step, (xb, yb, wb) in enumerate(run.epoch(data, epoch)):
+            cursor.begin(epoch, totals)
+            cb.on_epoch_begin(epoch)
+            batches = iter(run.epoch(data, epoch))  # lazy: a distributed run sizes each step as it goes
+            first, complete = None, True
+            for step, (xb, yb, wb) in enumerate(batches):
+                if first is None:  # the shuffle is drawn by now: resume (or not) from here
+                    first = cursor.first_step()
+                if step < first:
+                    continue
                 cb.on_batch_begin(step)
-                loss = run.train_step(xb, yb, wb)
-                totals.add_loss(loss, len(xb), self.loss_parts())
-                if self.metric_fns:
-                    totals.add_metrics(self._last_output, yb)
+                try:
+                    loss = self.last_loss = run.train_step(xb, yb, wb)
+                except NonFiniteError as err:  # the update was refused; the weights are unchanged
+                    self.last_loss = math.nan
+                    resume.nonfinite_step(err, on_nonfinite, epoch, step)
+                    self.skipped_steps += 1
+                else:
+                    totals.add_loss(loss, len(xb), self.loss_parts())
+                    if self.metric_fns:
+                        totals.add_metrics(self._last_output, yb)
+                cursor.step = step + 1
                 cb.on_batch_end(step, totals.means())
                 if self.stop_training:
+                    complete = next(batches, None) is None  # stopped after the last batch: epoch done
                     break
+            if not complete:  # stopped inside the epoch: it ends when fit resumes it
+                break
+            resume.check_weights(self, on_nonfinite, epoch)
+            cursor.finish()
+            self.epoch = epoch + 1
             logs = run.reduce(totals)
             if validation is not None:
                 val = self.evaluate(validation, distributed=run.distributed)
@@ -236,6 +275,7 @@ class Trainer:
         """
         if self.loss is None:
             raise RuntimeError("evaluate: call model.compile(loss=...) first")
+        resume.check_input(x, "evaluate")  # NaN/inf in array input: an error, not NaN results
         data = adapt(x, y, batch_size=int(batch_size), steps=steps, sample_weight=sample_weight,
                      to_host=self.ops.name == "numpy", what="evaluate", as_data=self._data)
         data, comm = parallel.shard(data, distributed)
@@ -265,6 +305,7 @@ class Trainer:
             raise ShapeError(f"predict: x has shape {tuple(x.shape)}, the dimensions of ONE sample; predict "
                              f"takes a batch of shape (N, {', '.join(map(str, self.input_shape))}): for a "
                              "single sample pass x[None] (or x.reshape(1, ...))")
+        resume.check_input(x, "predict")  # NaN/inf in array input: an error, not NaN outputs
         data = adapt(x, batch_size=int(batch_size), steps=steps, to_host=self.ops.name == "numpy",
                      what="predict", needs_y=False, as_data=self._data)
         if workers != 1:
@@ -278,6 +319,17 @@ class Trainer:
             parts = [parallel.to_host(self.ops, model.forward(xb, training=False))
                      for xb, _, _ in data.epoch()]
         return parallel.join_batches(parts)
+
+    # ----------------------------------------------------------------- what .nnet files keep
+    def training_position(self) -> dict | None:
+        """Where ``fit`` is inside an epoch (saved as ``training.position``), or None between epochs."""
+        if self._cursor is not None:
+            return self._cursor.position()
+        return self.position
+
+    def full_history(self) -> dict:
+        """Per-epoch logs of the whole run: the loaded run's up to where this one started, then this one."""
+        return resume.merged_history(self.saved_history, self.history)
 
     def loss_parts(self) -> tuple:
         """Each output's own loss after a loss forward (a model of several outputs), for the logs."""

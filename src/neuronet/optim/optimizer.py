@@ -59,6 +59,8 @@ class Optimizer:
         self.state: dict[str, Any] = {}
         self._scratch = None
         self.ops = None
+        self.scheduler = None  # the LRScheduler driving lr; .nnet files keep its position
+        self.pending_scheduler_state: dict | None = None  # from a file, for the next scheduler attached
 
     def reset(self) -> None:
         """Forget the state and the step count (the parameter layout changed)."""

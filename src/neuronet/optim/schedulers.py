@@ -45,12 +45,39 @@ class LRScheduler(Callback):
             self.attach(optimizer)
 
     def attach(self, optimizer: Optimizer) -> None:
-        """Drive ``optimizer`` from epoch 0; its ``initial_lr`` is the base learning rate."""
+        """Drive ``optimizer`` from epoch 0; its ``initial_lr`` is the base learning rate.
+
+        An optimizer loaded from a ``.nnet`` file with the state of a scheduler of this type
+        (``optimizer.pending_scheduler_state``) resumes that schedule where it was instead.
+        """
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"{type(self).__name__}: expected a neuronet Optimizer, "
                             f"got {type(optimizer).__name__}")
         self.optimizer, self.base_lr = optimizer, optimizer.initial_lr
-        self._begin()
+        pending = optimizer.pending_scheduler_state
+        if pending is not None and pending.get("type") == type(self).__name__:
+            optimizer.pending_scheduler_state = None
+            self.load_state_dict(pending)
+        else:
+            self._begin()
+        optimizer.scheduler = self
+
+    # ----------------------------------------------------------------- position, for exact resume
+    _state_attrs: tuple[str, ...] = ("last_epoch", "base_lr", "_last_lr")
+    _nested: tuple[str, ...] = ()  # attributes holding a child scheduler's state
+
+    def state_dict(self) -> dict:
+        """The schedule's position (JSON): restored by ``load_state_dict`` or by attaching to a loaded
+        optimizer. Constructor arguments are not included: rebuild the scheduler with the same ones."""
+        state = {"type": type(self).__name__}
+        state.update({name: getattr(self, name) for name in self._state_attrs})
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state_dict()``'s position (on the optimizer already attached)."""
+        check_state(state, type(self))
+        for name in self._state_attrs:
+            setattr(self, name, state[name])
 
     def _begin(self) -> None:
         """torch's initial step to epoch 0 (which keeps the current lr for most schedules)."""
@@ -108,6 +135,26 @@ class LRScheduler(Callback):
     def on_batch_end(self, batch, logs=None):
         if self.interval == "step":
             self.step()
+
+
+def check_state(state, cls: type | None = None) -> None:
+    """Raise ValueError unless ``state`` is a scheduler state of ``cls`` (or of any known scheduler)."""
+    classes = {c.__name__: c for c in (StepLR, CosineAnnealingLR, LinearLR, LinearWarmup, ReduceLROnPlateau)}
+    name = state.get("type") if isinstance(state, dict) else None
+    want = classes.get(name) if cls is None else cls
+    if want is None or name != want.__name__ or set(state) != {"type", *want._state_attrs}:
+        raise ValueError(f"scheduler state {state!r:.120} is not a state of "
+                         f"{cls.__name__ if cls else 'a known scheduler'}")
+    for key in want._state_attrs:
+        value = state[key]
+        if key in want._nested:
+            if value is not None:
+                check_state(value)
+        elif key == "last_epoch" or key.startswith("num_") or key.endswith("_counter"):
+            if type(value) is not int or not -1 <= value < 2**53:
+                raise ValueError(f"scheduler state {key} must be an integer >= -1, got {value!r:.80}")
+        elif value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            raise ValueError(f"scheduler state {key} must be a number, got {value!r:.80}")
 
 
 class StepLR(LRScheduler):
@@ -253,6 +300,28 @@ class LinearWarmup(LRScheduler):
         self.warmup.attach(opt)
         self._last_lr = opt.lr
 
+    _state_attrs = (*LRScheduler._state_attrs, "warmup", "after")
+    _nested = ("warmup", "after")
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["warmup"] = self.warmup.state_dict()
+        state["after"] = self.after.state_dict() if self.after is not None else None
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        check_state(state, type(self))
+        if (state["after"] is None) != (self.after is None):
+            raise ValueError("LinearWarmup: the saved state and this scheduler differ in having 'after'")
+        for name in LRScheduler._state_attrs:
+            setattr(self, name, state[name])
+        for child in (self.warmup, self.after):
+            if child is not None:
+                child.optimizer, child.base_lr = self.optimizer, self.optimizer.initial_lr
+        self.warmup.load_state_dict(state["warmup"])
+        if self.after is not None:
+            self.after.load_state_dict(state["after"])
+
     def step(self):
         self._require_optimizer()
         self.last_epoch += 1
@@ -315,6 +384,8 @@ class ReduceLROnPlateau(LRScheduler):
         self.best = math.inf if self.mode == "min" else -math.inf
         self.num_bad_epochs = self.cooldown_counter = 0
         super().__init__(optimizer, "epoch")
+
+    _state_attrs = (*LRScheduler._state_attrs, "best", "num_bad_epochs", "cooldown_counter")
 
     def _begin(self):
         self.last_epoch, self._last_lr = 0, self.optimizer.lr
