@@ -331,6 +331,25 @@ class Trainer:
         """Per-epoch logs of the whole run: the loaded run's up to where this one started, then this one."""
         return resume.merged_history(self.saved_history, self.history)
 
+    def _summary_table(self, rows: list[tuple], notes: list[str] = (), print_fn=print) -> str:
+        """``summary()``'s text: ``rows`` (a header, then one per layer; the third column, the parameter
+        counts, right-aligned) and the totals, ``notes`` and the backend below."""
+        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+        cells = [[f"{cell:>{w}}" if c == 2 else f"{cell:<{w}}" for c, (cell, w) in enumerate(zip(r, widths,
+                                                                                                 strict=True))]
+                 for r in rows]
+        line = "-" * (sum(widths) + 3 * (len(widths) - 1))
+        text = [line, "   ".join(cells[0]).rstrip(), line, *("   ".join(c).rstrip() for c in cells[1:])]
+        n, trainable = self.num_params(), self.num_trainable_params()
+        text += [line, f"Total params: {n:,} ({n * self.dtype.itemsize / 2**20:.2f} MiB {self.dtype}; "
+                       "gradients the same)",
+                 f"Trainable params: {trainable:,}", f"Non-trainable params: {n - trainable:,}", *notes,
+                 f"Backend: {self.ops.name} ({self.ops.device})", line]
+        out = "\n".join(text)
+        if print_fn is not None:
+            print_fn(out)
+        return out
+
     def loss_parts(self) -> tuple:
         """Each output's own loss after a loss forward (a model of several outputs), for the logs."""
         return ()
