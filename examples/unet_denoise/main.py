@@ -1,6 +1,6 @@
 """Denoising MNIST with a small U-Net (skip concatenations) against a plain conv autoencoder.
 
-    python examples/unet_denoise/main.py [--epochs 2] [--limit 10000] [--test-limit 2000] [--sigma 0.5]
+    python examples/unet_denoise/main.py [--epochs 3] [--limit 20000] [--test-limit 2000] [--sigma 0.5]
                                          [--out denoised.png]
 
 Both networks see the same noisy digits (Gaussian noise of std ``sigma`` added to pixels in [0, 1],
@@ -88,8 +88,8 @@ def save_rows(path: Path, rows: list[np.ndarray], labels: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--limit", type=int, default=10000, help="first N training images (0: all 60,000)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--limit", type=int, default=20000, help="first N training images (0: all 60,000)")
     parser.add_argument("--test-limit", type=int, default=2000, help="first N test images (0: all 10,000)")
     parser.add_argument("--sigma", type=float, default=0.5, help="std of the Gaussian pixel noise")
     parser.add_argument("--batch-size", type=int, default=64)
