@@ -9,7 +9,7 @@ import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 EXECUTED = ["writing-a-layer.md", "layers.md", "callbacks.md", "functional.md", "conv.md",
-            "getting-started.md", "data.md", "reliability.md"]
+            "getting-started.md", "data.md", "reliability.md", "backends.md"]
 
 
 def python_blocks(page: Path) -> list[str]:

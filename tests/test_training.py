@@ -237,13 +237,16 @@ def test_empty_inputs_are_refused():
 
 # ----------------------------------------------------------------- auxiliary losses (MoE protocol)
 class _AuxScale(Layer):
-    """y = w * x with aux_loss = w^2: d(aux)/dw = 2w, added (times aux_grad_scale) in backward."""
+    """y = w * x with aux_loss = w^2: d(aux)/dw = 2w, added (times the aux loss scale) in backward."""
 
     def __init__(self, weight):
         super().__init__()
         self.aux_loss_weight = weight
-        self.aux_grad_scale = 0.0
+        self.scale = 0.0
         self.aux_loss = 0.0
+
+    def set_aux_loss_scale(self, scale):
+        self.scale = scale
 
     def setup(self, input_shape):
         self.add_param("w", (1,), lambda rng, shape, dtype: np.full(shape, 2.0, dtype))
@@ -255,7 +258,7 @@ class _AuxScale(Layer):
         return x * self.params["w"][0]
 
     def backward(self, dy):
-        self.grads["w"] += (dy * self._x).sum() + self.aux_grad_scale * 2 * self.params["w"]
+        self.grads["w"] += (dy * self._x).sum() + self.scale * 2 * self.params["w"]
         return dy * self.params["w"][0]
 
 
@@ -267,7 +270,7 @@ def test_aux_losses_are_added_to_loss_and_gradient_in_train_step_only():
     assert loss == pytest.approx(4.0 + 0.5 * 4.0)  # mse (2x)^2 = 4, aux 0.5 * w^2
     # dL/dw = 2 * w * mean(x^2) + 0.5 * 2w = 4 + 2 = 6 -> w = 2 - 6
     assert model.params["0.w"][0] == pytest.approx(-4.0)
-    assert model[0].aux_grad_scale == 0.0  # only during train_step's backward
+    assert model[0].scale == 0.0  # only during train_step's backward
     model.zero_grad()
     model.backward(model.forward(x) * 0)
     assert model.grads["0.w"][0] == 0.0  # a bare backward does not add the aux gradient

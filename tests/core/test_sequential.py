@@ -217,3 +217,17 @@ def test_train_step_skips_the_unused_input_gradient_only():
     outer = nn.Sequential(nn.Sequential(nn.Dense(6, 3)), nn.Dense(3, 1))  # nested first model
     outer.forward(x.reshape(3, 6))
     assert outer.backward(np.ones((3, 1), np.float32), input_grad=False) is None
+
+
+def test_backward_restores_the_previous_input_grad_setting():
+    """A container switches its bottom layer's ``needs_input_grad`` off for one backward and then back
+    to what it was, not to True: a setting made by the layer's owner survives."""
+    model = nn.Sequential(nn.Dense(6, 4), nn.Dense(4, 2))
+    x = np.random.default_rng(6).standard_normal((3, 6)).astype(np.float32)
+    model.forward(x)
+    model[0].needs_input_grad = False  # as an enclosing model would for its own first layer
+    model.backward(np.ones((3, 2), np.float32), input_grad=False)
+    assert model[0].needs_input_grad is False
+    with model[1].input_grad_needed(False) as layer:
+        assert layer.needs_input_grad is False
+    assert model[1].needs_input_grad is True

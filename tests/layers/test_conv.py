@@ -81,16 +81,6 @@ def test_conv1d_gradcheck():
     check_gradients(nn.Conv1D(2, 3, 3, stride=2, padding=2), x)
 
 
-def test_conv_backward_accumulates():
-    layer = nn.Conv2D(2, 3, 3)
-    x = np.random.default_rng(7).standard_normal((2, 2, 5, 5)).astype(np.float32)
-    y = layer(x, training=True)
-    layer.backward(np.ones_like(y))
-    once = layer.grads["weight"].copy()
-    layer.backward(np.ones_like(y))
-    np.testing.assert_allclose(layer.grads["weight"], 2 * once, rtol=1e-6)
-
-
 def test_conv2d_wrong_channel_count_names_layer_and_shapes():
     model = nn.Sequential(nn.Conv2D(3, 8, 3))
     model.build((3, 16, 16))

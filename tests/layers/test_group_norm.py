@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import neuronet as nn
-from neuronet.testing import check_gradients, compare_with_torch, step_allocations
+from neuronet.testing import check_gradients, compare_with_torch
 
 
 def _perturbed(module):
@@ -46,16 +46,6 @@ def test_group_norm_gradcheck():
     check_gradients(layer, rng.standard_normal((2, 4, 3)))
 
 
-def test_group_norm_train_step_allocates_nothing():
-    x = np.random.default_rng(4).standard_normal((16, 8, 6, 6)).astype(np.float32)
-    y = np.random.default_rng(5).integers(0, 3, 16)
-    model = nn.Sequential(nn.GroupNorm(4, 8), nn.Flatten(), nn.Dense(288, 3))
-    model.compile(optimizer=nn.SGD(0.01), loss=nn.CrossEntropyLoss())
-    growth, peak = step_allocations(lambda: model.train_step(x, y))
-    assert growth < 64 * 1024, growth
-    assert peak < 256 * 1024, peak
-
-
 def test_group_norm_saves_loads_and_exports(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     model = nn.Sequential(nn.Conv2D(2, 6, 3, padding=1), nn.GroupNorm(3, 6), nn.Flatten(), nn.Dense(96, 2))
@@ -79,8 +69,7 @@ def test_group_norm_bad_arguments_and_input():
         nn.GroupNorm(0, 6)
     model = nn.Sequential(nn.GroupNorm(2, 4))
     model.build((4, 3))
-    with pytest.raises(nn.ShapeError, match=r"GroupNorm\(2, 4.*\(N, 4, \*\).*\(2, 5, 3\)"):
+    with pytest.raises(nn.ShapeError, match=r"GroupNorm\(2, 4.*\(N, 4, \.\.\.\).*\(2, 5, 3\)"):
         model.forward(np.zeros((2, 5, 3), np.float32))
-    with pytest.raises(nn.ShapeError, match=r"GroupNorm\(2, 4.*\(N, 4, \*\), got \(N, 3\)"):
+    with pytest.raises(nn.ShapeError, match=r"GroupNorm\(2, 4.*\(N, 4, \.\.\.\), got \(N, 3\)"):
         nn.Sequential(nn.GroupNorm(2, 4)).build((3,))
-

@@ -56,6 +56,8 @@ TABLE = [
     (nn.RBF(3, 4, gamma=0.5), (3,), {}),
     (nn.GlobalAttention(4), (5, 4), {}),
     (nn.Activation("softmax"), (5,), {}),
+    (nn.ELU(0.5), (2, 5), {}),
+    (nn.LeakyReLU(0.2), (2, 5), {}),
     *[(cls(), (2, 5), {}) for cls in (nn.ReLU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU,
                                        nn.SiLU, nn.Softmax, nn.LogSoftmax)],
 ]

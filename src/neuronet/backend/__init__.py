@@ -1,7 +1,8 @@
 """Backends: which array library and device a model computes on.
 
 ``get_ops(name)`` returns the ops object for "numpy" (the default), "torch" (PyTorch on its CPU),
-"cpu" (NumPy), "cuda", "cuda:1" or "mps" (PyTorch on that device). ``set_backend`` changes the
+"cpu" (NumPy), "cuda", "cuda:1" or "mps" (PyTorch on that device), or "reference" (the plain-NumPy
+specification ``Ops``: slow, for checking; see docs/backends.md). ``set_backend`` changes the
 default for models built afterwards; the ``NEURONET_BACKEND`` environment variable sets it at start.
 """
 
@@ -25,6 +26,8 @@ def _canonical(name: str) -> str:
     name = str(name).lower()
     if name in ("numpy", "np", "cpu"):
         return "numpy"
+    if name == "reference":
+        return name
     if name == "torch":
         return f"torch:{_TORCH_DEVICE}"
     if name in ("torch-cpu", "torch:cpu"):
@@ -38,6 +41,8 @@ def _canonical(name: str) -> str:
 def _ops_for(canonical: str) -> Ops:
     if canonical == "numpy":
         return NumpyOps()
+    if canonical == "reference":
+        return Ops()
     try:
         from .torch_ops import TorchOps
     except ImportError as e:  # pragma: no cover - depends on the machine

@@ -1,4 +1,4 @@
-"""The default backend: NumPy arrays on the CPU, with Numba kernels for the fused elementwise passes."""
+"""The default backend: NumPy arrays on the CPU, with Numba kernels for the fused passes of ``Ops``."""
 
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ def _rows(a: np.ndarray) -> np.ndarray:
 
 
 class NumpyOps(Ops):
+    """The reference ``Ops`` (creation and conversion as written there) with one Numba pass per fused
+    kernel and in-place NumPy where the reference allocates."""
+
     xp = np
     name = "numpy"
     device = "cpu"
@@ -39,40 +42,6 @@ class NumpyOps(Ops):
     def matmul_acc(self, a, b, out, scratch=None):
         blas_threads.before_product(a.shape[0], a.shape[1], b.shape[1])
         super().matmul_acc(a, b, out, scratch)
-
-    # ----------------------------------------------------------------- creation / conversion
-    def empty(self, shape, dtype):
-        return np.empty(shape, dtype=self.resolve_dtype(dtype))
-
-    def zeros(self, shape, dtype):
-        return np.zeros(shape, dtype=self.resolve_dtype(dtype))
-
-    def asarray(self, x, dtype=None):
-        if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor
-            x = x.detach().cpu().numpy()
-        return np.asarray(x, dtype=None if dtype is None else self.resolve_dtype(dtype))
-
-    def to_numpy(self, x):
-        return np.asarray(x)
-
-    def is_array(self, x):
-        return isinstance(x, np.ndarray)
-
-    def is_floating(self, x):
-        return np.issubdtype(np.asarray(x).dtype, np.floating)
-
-    def dtype_name(self, x):
-        return str(np.asarray(x).dtype)
-
-    def resolve_dtype(self, name):
-        return np.dtype(name)
-
-    # ----------------------------------------------------------------- shape helpers
-    def transpose(self, x, axes):
-        return np.transpose(x, axes)
-
-    def argmax(self, x, axis=-1):
-        return np.argmax(x, axis=axis)
 
     # ----------------------------------------------------------------- primitives
     def where(self, cond, a, b, out):

@@ -1,16 +1,16 @@
 """The backend seam: one object that owns the array namespace, allocation and the fused kernels.
 
-Layers never import NumPy or torch for math. They call ``self.ops`` and use the array namespace
-``ops.xp`` only through the subset that NumPy and PyTorch spell the same way, always with ``out=``
-so that nothing is allocated in a training step:
+``Ops`` itself is the reference backend: every op written once in plain NumPy, as readable as the math
+it specifies (loops where they say it best). It runs (``Ops()`` computes on NumPy arrays), and the ops
+parity test (tests/backend/test_ops_parity.py) holds every faster backend to it: ``NumpyOps`` (Numba
+kernels) and ``TorchOps`` override only what they make faster or must spell differently.
 
-    xp.exp xp.log xp.tanh xp.sqrt xp.square xp.abs xp.sign xp.sin xp.cos
-    xp.add xp.subtract xp.multiply xp.divide xp.maximum xp.minimum xp.matmul
-    xp.sum xp.mean xp.amax xp.amin   (axis=, keepdims=, out=)
-
-plus the operators (``+ - * / @``, in-place ``+= -= *= /=``), slicing, ``.reshape`` and ``.shape``.
-Everything else (creation, transposes, reductions with indices, scatter, random numbers) is a
-method here, written once for both backends where the spelling agrees and overridden where not.
+Layers and losses never import NumPy or torch for math. They call ``self.ops`` and use the array
+namespace ``ops.xp`` only through ``XP_FUNCTIONS``: the functions NumPy and PyTorch spell the same way,
+always with ``out=`` so that nothing is allocated in a training step (a test scans layers/ and losses/
+for any other ``xp.<name>``). Besides those: the operators (``+ - * / @``, in-place ``+= -= *= /=``),
+slicing, ``.reshape`` and ``.shape``. Everything else (creation, transposes, reductions with indices,
+scatter, random numbers) is a method here. See docs/backends.md for adding a backend.
 """
 
 from __future__ import annotations
@@ -22,6 +22,15 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .conv_geometry import ConvGeometry
+
+# The array-namespace functions layers and losses may call as ``ops.xp.<name>`` (NumPy's names; every
+# backend's ``xp`` must provide them with NumPy's meaning for the arguments used: positional arrays,
+# ``out=``, and for the reductions ``axis=``/``keepdims=``). Anything else is an ``Ops`` method.
+XP_FUNCTIONS = frozenset({
+    "exp", "log", "log1p", "tanh", "sqrt", "square", "abs", "sign", "clip",
+    "add", "subtract", "multiply", "divide", "floor_divide", "maximum", "minimum", "not_equal", "matmul",
+    "sum", "mean", "amax", "amin",
+})
 
 # A buffer source for kernels that need scratch space: (name, shape) -> array (Layer.workspace).
 Scratch = Callable[[str, tuple], Any]
@@ -66,38 +75,41 @@ def check_activation(name: str | None, owner: str) -> str:
 
 
 class Ops:
-    """Backend-neutral kernels. Subclasses set ``xp``, ``name``, ``device`` and the primitives."""
+    """The reference backend: every op in plain NumPy. Subclasses set ``xp``, ``name``, ``device`` and
+    override what they make faster (NumpyOps) or spell differently (TorchOps)."""
 
-    xp: Any
-    name: str = "abstract"
+    xp: Any = np
+    name: str = "reference"
     device: str = "cpu"
 
     # ----------------------------------------------------------------- creation / conversion
     def empty(self, shape, dtype) -> Any:
-        raise NotImplementedError
+        return np.empty(shape, dtype=self.resolve_dtype(dtype))
 
     def zeros(self, shape, dtype) -> Any:
-        raise NotImplementedError
+        return np.zeros(shape, dtype=self.resolve_dtype(dtype))
 
     def asarray(self, x, dtype=None) -> Any:
         """Convert to this backend (no copy when already there with that dtype)."""
-        raise NotImplementedError
+        if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor
+            x = x.detach().cpu().numpy()
+        return np.asarray(x, dtype=None if dtype is None else self.resolve_dtype(dtype))
 
     def to_numpy(self, x) -> np.ndarray:
-        raise NotImplementedError
+        return np.asarray(x)
 
     def is_array(self, x) -> bool:
-        raise NotImplementedError
+        return isinstance(x, np.ndarray)
 
     def is_floating(self, x) -> bool:
-        raise NotImplementedError
+        return np.issubdtype(np.asarray(x).dtype, np.floating)
 
     def dtype_name(self, x) -> str:
         """'float32', 'float64', 'int64', ... for error messages and checks."""
-        raise NotImplementedError
+        return str(np.asarray(x).dtype)
 
     def resolve_dtype(self, name: str) -> Any:
-        raise NotImplementedError
+        return np.dtype(name)
 
     def copy_(self, dst, src) -> None:
         dst[...] = src
@@ -107,34 +119,39 @@ class Ops:
 
     # ----------------------------------------------------------------- shape helpers
     def transpose(self, x, axes) -> Any:
-        raise NotImplementedError
+        return np.transpose(x, axes)
 
     def swapaxes(self, x, a: int, b: int) -> Any:
         axes = list(range(x.ndim))
         axes[a], axes[b] = axes[b], axes[a]
         return self.transpose(x, axes)
 
-    def argmax(self, x, axis: int = -1) -> Any:
-        raise NotImplementedError
-
     def item(self, x) -> float:
         return float(x)
 
     # ----------------------------------------------------------------- primitives that differ
     def where(self, cond, a, b, out) -> Any:
-        raise NotImplementedError
+        """out = a where cond else b (a and b arrays or scalars)."""
+        out[...] = np.where(cond, a, b)
+        return out
 
     def bernoulli_mask(self, keep: float, rng: np.random.Generator, out) -> Any:
-        """Fill ``out`` with 1/keep where a uniform draw < keep, else 0 (inverted dropout)."""
-        raise NotImplementedError
+        """Fill ``out`` with 1/keep where a uniform draw < keep, else 0 (inverted dropout).
+
+        The draws are ``rng.random(out.shape, dtype=out.dtype)`` on every backend, so a seed gives the
+        same mask everywhere."""
+        u = rng.random(out.shape, dtype=out.dtype)
+        out[...] = (u < keep) / keep
+        return out
 
     def gather_rows(self, table, index, out) -> Any:
         """out[i] = table[index[i]] for a flat integer index (the caller checks it is in range)."""
-        raise NotImplementedError
+        out.reshape(-1, *table.shape[1:])[...] = table[index.reshape(-1)]
+        return out
 
     def scatter_add_rows(self, table, index, rows) -> None:
         """table[index[i]] += rows[i], repeated indices accumulate."""
-        raise NotImplementedError
+        np.add.at(table, index.reshape(-1), rows.reshape(-1, *table.shape[1:]))
 
     # ----------------------------------------------------------------- matrix products
     def matmul(self, a, b, out) -> Any:
@@ -216,22 +233,60 @@ class Ops:
         out[c, i, j, n, oh, ow] = x[n, c, oh*sh + i*dh, ow*sw + j*dw]; seen as a (C*kh*kw, N*OH*OW)
         matrix, a convolution is one GEMM ``weight.reshape(O, -1) @ out`` (per group).
         """
-        raise NotImplementedError
+        (kh, kw), (sh, sw), (dh, dw) = geom.kernel, geom.stride, geom.dilation
+        oh, ow = out.shape[4:]
+        for i in range(kh):
+            for j in range(kw):
+                rows = slice(i * dh, i * dh + (oh - 1) * sh + 1, sh)
+                cols = slice(j * dw, j * dw + (ow - 1) * sw + 1, sw)
+                self.copy_(out[:, i, j], self.swapaxes(x[:, :, rows, cols], 0, 1))
+        return out
 
     def col2im(self, cols, geom: ConvGeometry, out) -> Any:
         """The adjoint of ``im2col`` of the zero-padded input: out (N, C, H, W), unpadded, = every
         column entry added back where it was read (entries that read the padding are dropped)."""
-        raise NotImplementedError
+        (kh, kw), (sh, sw), (dh, dw) = geom.kernel, geom.stride, geom.dilation
+        ((top, _), (left, _)), (h, w) = geom.padding, geom.in_size
+        oh, ow = cols.shape[4:]
+        size = tuple(max(a, b) for a, b in zip(geom.padded_size, geom.reach, strict=True))
+        padded = self.zeros((out.shape[0], out.shape[1], *size), out.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                rows = slice(i * dh, i * dh + (oh - 1) * sh + 1, sh)
+                cols_ = slice(j * dw, j * dw + (ow - 1) * sw + 1, sw)
+                padded[:, :, rows, cols_] += self.swapaxes(cols[:, i, j], 0, 1)
+        self.copy_(out, padded[:, :, top:top + h, left:left + w])
+        return out
 
     def max_pool2d(self, x, kernel: tuple, stride: tuple, padding: tuple, out, index) -> Any:
         """out = the max of each window of ``x`` (N, C, H, W), padding as -inf; ``index`` (int64) gets
         the position h*W + w of each max in its plane, as ``F.max_pool2d(..., return_indices=True)``.
-        The size of ``out`` says whether the last, partial windows count (``ceil_mode``)."""
-        raise NotImplementedError
+        The size of ``out`` says whether the last, partial windows count (``ceil_mode``).
+        Ties keep the first maximum in the window's row-major order."""
+        (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+        h, w = x.shape[2:]
+        oh, ow = out.shape[2:]
+        out[...] = -np.inf
+        index[...] = 0
+        for i in range(kh):
+            for j in range(kw):
+                r = np.arange(oh) * sh - ph + i  # the input row/column each window reads at (i, j)
+                c = np.arange(ow) * sw - pw + j
+                inside = ((r >= 0) & (r < h))[:, None] & ((c >= 0) & (c < w))[None, :]
+                v = np.where(inside, x[:, :, r.clip(0, h - 1)][:, :, :, c.clip(0, w - 1)], -np.inf)
+                better = v > out
+                out[...] = np.where(better, v, out)
+                index[...] = np.where(better, (r[:, None] * w + c[None, :]), index)
+        return out
 
     def max_pool2d_backward(self, dy, index, out) -> Any:
         """out (N, C, H, W) = dy added at the ``index`` positions of each plane (zero elsewhere)."""
-        raise NotImplementedError
+        n, c = out.shape[:2]
+        planes = np.zeros((n * c, out.shape[2] * out.shape[3]), out.dtype)
+        for p, (idx, d) in enumerate(zip(index.reshape(n * c, -1), dy.reshape(n * c, -1), strict=True)):
+            np.add.at(planes[p], idx, d)
+        out[...] = planes.reshape(out.shape)
+        return out
 
     # ----------------------------------------------------------------- activations
     def activation(self, name: str, z, out, alpha: float | None = None, *, bias=None) -> Any:
@@ -240,7 +295,38 @@ class Ops:
         ``alpha`` is LeakyReLU's negative slope or ELU's alpha (DEFAULT_ALPHA when None). With
         ``bias`` (last-axis vector) ``z += bias`` first, in place, in the same pass (Dense).
         """
-        raise NotImplementedError
+        if bias is not None:
+            z += bias
+        a = DEFAULT_ALPHA.get(name, 0.0) if alpha is None else alpha
+        v = z.astype(np.float64)  # the specification computes in float64 and rounds once
+        if name == "linear":
+            y = v
+        elif name == "relu":
+            y = np.maximum(v, 0.0)
+        elif name == "sigmoid":
+            y = _sigmoid(v)
+        elif name == "tanh":
+            y = np.tanh(v)
+        elif name == "leaky_relu":
+            y = np.where(v > 0, v, a * v)
+        elif name == "elu":
+            y = np.where(v > 0, v, a * np.expm1(np.minimum(v, 0.0)))
+        elif name == "selu":
+            y = SELU_SCALE * np.where(v > 0, v, SELU_ALPHA * np.expm1(np.minimum(v, 0.0)))
+        elif name == "gelu":  # v Phi(v), Phi the standard normal CDF
+            y = v * _normal_cdf(v)
+        elif name == "gelu_tanh":
+            y = 0.5 * v * (1.0 + np.tanh(_SQRT_2_OVER_PI * (v + 0.044715 * v ** 3)))
+        elif name == "silu":
+            y = v * _sigmoid(v)
+        elif name == "softmax":
+            e = np.exp(v - v.max(axis=-1, keepdims=True))
+            y = e / e.sum(axis=-1, keepdims=True)
+        else:  # log_softmax
+            shifted = v - v.max(axis=-1, keepdims=True)
+            y = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+        out[...] = y
+        return out
 
     def activation_backward(self, name: str, dy, z, y, out, alpha: float | None = None, *,
                             bias_grad=None) -> Any:
@@ -250,7 +336,40 @@ class Ops:
         Derivatives at 0 follow PyTorch: ReLU'(0) = 0, LeakyReLU'(0) = alpha, ELU'(0) = alpha.
         With ``bias_grad``, also ``bias_grad += out`` summed over every axis but the last (Dense).
         """
-        raise NotImplementedError
+        a = DEFAULT_ALPHA.get(name, 0.0) if alpha is None else alpha
+        d, y = dy.astype(np.float64), None if y is None else y.astype(np.float64)
+        v = None if z is None else z.astype(np.float64)
+        if name == "linear":
+            g = d
+        elif name == "relu":
+            g = d * (y > 0)
+        elif name == "sigmoid":
+            g = d * y * (1.0 - y)
+        elif name == "tanh":
+            g = d * (1.0 - y * y)
+        elif name == "leaky_relu":
+            g = d * np.where(v > 0, 1.0, a)
+        elif name == "elu":
+            g = d * np.where(v > 0, 1.0, a * np.exp(np.minimum(v, 0.0)))
+        elif name == "selu":
+            g = d * SELU_SCALE * np.where(v > 0, 1.0, SELU_ALPHA * np.exp(np.minimum(v, 0.0)))
+        elif name == "gelu":  # Phi(v) + v phi(v)
+            g = d * (_normal_cdf(v) + v * np.exp(-0.5 * v * v) / math.sqrt(2.0 * math.pi))
+        elif name == "gelu_tanh":
+            t = np.tanh(_SQRT_2_OVER_PI * (v + 0.044715 * v ** 3))
+            dt = _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * v * v)
+            g = d * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * dt)
+        elif name == "silu":
+            s = _sigmoid(v)
+            g = d * s * (1.0 + v * (1.0 - s))
+        elif name == "softmax":
+            g = y * (d - (d * y).sum(axis=-1, keepdims=True))
+        else:  # log_softmax
+            g = d - np.exp(y) * d.sum(axis=-1, keepdims=True)
+        out[...] = g
+        if bias_grad is not None:
+            self.sum_rows_acc(out, bias_grad)
+        return out
 
     def arange(self, n: int) -> Any:
         """0..n-1 as an integer index array (cached by callers in their workspace)."""
@@ -264,30 +383,76 @@ class Ops:
         for RMSNorm mean = 0 and var = mean(x^2).
         Saves ``mean`` and ``rstd`` (one per row) for ``norm_rows_backward``. ``bias`` may be None.
         """
-        raise NotImplementedError
+        x = x.reshape(-1, x.shape[-1]).astype(np.float64)
+        mu = x.mean(axis=1) if center else np.zeros(len(x))
+        rs = 1.0 / np.sqrt(((x - mu[:, None]) ** 2).mean(axis=1) + eps)
+        mean[...], rstd[...] = mu, rs
+        y = (x - mu[:, None]) * rs[:, None] * weight
+        out[...] = (y if bias is None else y + bias).reshape(out.shape)
+        return out
 
     def norm_rows_backward(self, dy, x, weight, mean, rstd, center: bool, dx, dweight, dbias) -> Any:
-        """dx of ``norm_rows``; ACCUMULATES into ``dweight`` and ``dbias`` (None when there is no bias)."""
-        raise NotImplementedError
+        """dx of ``norm_rows``; ACCUMULATES into ``dweight`` and ``dbias`` (None when there is no bias).
+
+        With xhat = (x - mean) rstd and g = dy weight: dx = rstd (g - mean(g xhat) xhat - mean(g)),
+        the last term only when centred."""
+        dy = dy.reshape(-1, dy.shape[-1]).astype(np.float64)
+        x = x.reshape(dy.shape).astype(np.float64)
+        rs = rstd.astype(np.float64)[:, None]
+        xhat = (x - mean.astype(np.float64)[:, None]) * rs
+        g = dy * weight
+        d = g - xhat * (g * xhat).mean(axis=1, keepdims=True)
+        if center:
+            d -= g.mean(axis=1, keepdims=True)
+        dx[...] = (d * rs).reshape(dx.shape)
+        dweight += (dy * xhat).sum(axis=0)
+        if dbias is not None:
+            dbias += dy.sum(axis=0)
+        return dx
 
     def group_norm(self, x, weight, bias, groups: int, eps: float, out, mean, rstd) -> Any:
         """GroupNorm of contiguous ``x`` (N, C, M): each sample's C channels in ``groups`` equal blocks,
         each normalised over its (C / groups) * M values; out = (x - mean) * rstd * weight[c] + bias[c].
         Saves ``mean`` and ``rstd`` (N * groups) for ``group_norm_backward``."""
-        raise NotImplementedError
+        n, c, m = x.shape
+        blocks = x.reshape(n * groups, -1).astype(np.float64)  # one row per (sample, group)
+        mu, rs = blocks.mean(axis=1), 1.0 / np.sqrt(blocks.var(axis=1) + eps)
+        mean[...], rstd[...] = mu, rs
+        xhat = ((blocks - mu[:, None]) * rs[:, None]).reshape(n, c, m)
+        out[...] = xhat * weight[:, None] + bias[:, None]
+        return out
 
     def group_norm_backward(self, dy, x, weight, mean, rstd, groups: int, dx, dweight, dbias) -> Any:
-        """dx of ``group_norm`` (all (N, C, M)); ACCUMULATES into ``dweight`` and ``dbias`` (C)."""
-        raise NotImplementedError
+        """dx of ``group_norm`` (all (N, C, M)); ACCUMULATES into ``dweight`` and ``dbias`` (C).
+
+        Per (sample, group) block, with g = dy weight[c]: dx = rstd (g - mean(g) - xhat mean(g xhat))."""
+        n, c, m = x.shape
+        mu, rs = mean.astype(np.float64)[:, None], rstd.astype(np.float64)[:, None]
+        dy = dy.astype(np.float64)
+        xh = (x.reshape(n * groups, -1) - mu) * rs
+        g = (dy * weight[:, None]).reshape(n * groups, -1)
+        d = g - g.mean(axis=1, keepdims=True) - xh * (g * xh).mean(axis=1, keepdims=True)
+        dx[...] = (d * rs).reshape(n, c, m)
+        dweight += (dy * xh.reshape(n, c, m)).sum(axis=(0, 2))
+        dbias += dy.sum(axis=(0, 2))
+        return dx
 
     def attention_softmax(self, scores, out, causal: bool, scale: float = 1.0) -> Any:
         """P = softmax(scale * scores) over the last axis of (..., T, T) scores; with ``causal`` query t
         sees keys 0..t only (P is 0 above the diagonal). ``out`` may be ``scores``."""
-        raise NotImplementedError
+        s = scores.astype(np.float64) * scale
+        if causal:
+            t = s.shape[-1]
+            s = np.where(np.triu(np.ones((t, t), bool), 1), -np.inf, s)
+        e = np.exp(s - s.max(axis=-1, keepdims=True))
+        out[...] = e / e.sum(axis=-1, keepdims=True)
+        return out
 
     def attention_softmax_backward(self, dprobs, probs, out, scale: float = 1.0) -> Any:
         """dL/dscores of ``attention_softmax``: scale * P (dP - rowsum(dP P)). ``out`` may be ``dprobs``."""
-        raise NotImplementedError
+        d, p = dprobs.astype(np.float64), probs.astype(np.float64)
+        out[...] = scale * p * (d - (d * p).sum(axis=-1, keepdims=True))
+        return out
 
     # ----------------------------------------------------------------- recurrent cells (LSTM, GRU), one step
     def lstm_cell(self, gates, gh, bias, c_prev, c, tanh_c, h) -> None:
@@ -297,14 +462,26 @@ class Ops:
         tanh(g), sigmoid(o) of gates + gh + bias (gh = h_prev W_hh^T, bias = b_ih + b_hh). Writes
         c = f c_prev + i g, tanh_c = tanh(c) and h = o tanh_c.
         """
-        raise NotImplementedError
+        hid = c.shape[1]
+        pre = gates + gh + bias
+        gates[:, :2 * hid] = _sigmoid(pre[:, :2 * hid])
+        gates[:, 2 * hid:3 * hid] = np.tanh(pre[:, 2 * hid:3 * hid])
+        gates[:, 3 * hid:] = _sigmoid(pre[:, 3 * hid:])
+        i, f, g, o = np.split(gates, 4, axis=1)
+        c[...] = f * c_prev + i * g
+        tanh_c[...] = np.tanh(c)
+        h[...] = o * tanh_c
 
     def lstm_cell_backward(self, gates, c_prev, tanh_c, dh, dc, dgates) -> None:
         """dgates (N, 4H) = dL/d(pre-activations) of ``lstm_cell`` given dh = dL/dh_t.
 
         ``dc`` holds dL/dc_t from step t+1 on entry and dL/dc_{t-1} on exit.
         """
-        raise NotImplementedError
+        i, f, g, o = np.split(gates, 4, axis=1)
+        dc += dh * o * (1.0 - tanh_c * tanh_c)
+        dgates[...] = np.concatenate([dc * g * i * (1.0 - i), dc * c_prev * f * (1.0 - f),
+                                      dc * i * (1.0 - g * g), dh * tanh_c * o * (1.0 - o)], axis=1)
+        dc *= f
 
     def gru_cell(self, gates, gh, b_ih, b_hh, h_prev, hn, h) -> None:
         """One GRU step in PyTorch's gate order r, z, n; every array 2-D ``(N, .)`` and contiguous.
@@ -313,20 +490,32 @@ class Ops:
         b = gh + b_hh: r = sigmoid(a_r + b_r), z = sigmoid(a_z + b_z), n = tanh(a_n + r * b_n),
         h = (1 - z) n + z h_prev. On exit ``gates`` holds r, z, n; ``hn`` = b_n is kept for backward.
         """
-        raise NotImplementedError
+        a_r, a_z, a_n = np.split(gates + b_ih, 3, axis=1)
+        b_r, b_z, b_n = np.split(gh + b_hh, 3, axis=1)
+        r, z = _sigmoid(a_r + b_r), _sigmoid(a_z + b_z)
+        n = np.tanh(a_n + r * b_n)
+        hn[...] = b_n
+        gates[...] = np.concatenate([r, z, n], axis=1)
+        h[...] = (1.0 - z) * n + z * h_prev
 
     def gru_cell_backward(self, gates, hn, h_prev, dh, dgx, dgh, dh_direct) -> None:
         """From dh = dL/dh_t: dgx = dL/da, dgh = dL/db (see ``gru_cell``), dh_direct = dh * z, the part of
         dL/dh_{t-1} that skips the recurrent product (the caller adds dgh @ W_hh)."""
-        raise NotImplementedError
+        r, z, n = np.split(gates, 3, axis=1)
+        dn = dh * (1.0 - z) * (1.0 - n * n)
+        dr = dn * hn * r * (1.0 - r)
+        dz = dh * (h_prev - n) * z * (1.0 - z)
+        dgx[...] = np.concatenate([dr, dz, dn], axis=1)
+        dgh[...] = np.concatenate([dr, dz, dn * r], axis=1)
+        dh_direct[...] = dh * z
 
     # ----------------------------------------------------------------- optimizer updates (flat buffer spans)
     # Each updates the flat parameters and optimizer state in place with the arithmetic of the single-tensor
     # torch.optim step, over the ranges of ``spans`` (a Spans: the trainable parts of the buffer, each with
-    # its parameter group); ``lr[k]`` and ``weight_decay[k]`` are group k's. This generic version (the
-    # readable reference, valid on NumPy and torch alike) makes in-place passes over each span, using
-    # ``scratch``: ``update_scratch`` arrays shaped like the parameters. NumpyOps fuses each update into
-    # one Numba pass over the whole table of spans (no scratch); TorchOps uses torch.optim's own ops.
+    # its parameter group); ``lr[k]`` and ``weight_decay[k]`` are group k's. This reference makes in-place
+    # passes over each span, using ``scratch``: ``update_scratch`` arrays shaped like the parameters.
+    # NumpyOps fuses each update into one Numba pass over the whole table of spans (no scratch); TorchOps
+    # overrides the per-span ``_*_span`` steps with torch.optim's own ops.
     update_scratch = 2
 
     def sum_of_squares(self, x) -> float:
@@ -474,9 +663,11 @@ class Ops:
     def topk(self, x, k: int, values, indices) -> None:
         """The ``k`` largest entries of each row of 2-D ``x``, largest first.
 
-        Written into ``values`` and int64 ``indices``.
+        Written into ``values`` and int64 ``indices``; ties keep the lower index first.
         """
-        raise NotImplementedError
+        order = np.argsort(-x, axis=1, kind="stable")[:, :k]
+        indices[...] = order
+        values[...] = np.take_along_axis(x, order, axis=1)
 
     def group_by_key(self, keys, order, counts) -> None:
         """Stable sort of 1-D int64 ``keys`` in 0..len(counts)-1.
@@ -484,11 +675,26 @@ class Ops:
         ``order`` (like keys) receives the positions of key 0, then of key 1, ...;
         ``counts[b]`` how many equal b.
         """
-        raise NotImplementedError
+        order[...] = np.argsort(keys, kind="stable")
+        self.bincount(keys, counts)
 
     def bincount(self, keys, out) -> None:
         """out[b] = how many of the 1-D integer ``keys`` equal b, for b in 0..len(out)-1."""
-        raise NotImplementedError
+        out[...] = np.bincount(keys, minlength=len(out))
+
+
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _normal_cdf(v):
+    return 0.5 * (1.0 + _erf(v / math.sqrt(2.0)))
+
+
+def _sigmoid(v):
+    return 1.0 / (1.0 + np.exp(-v))
 
 
 def _groups(a, groups: int, last: int):

@@ -78,9 +78,6 @@ class TorchOps(Ops):
     def transpose(self, x, axes):
         return x.permute(*axes)
 
-    def argmax(self, x, axis=-1):
-        return torch.argmax(x, dim=axis)
-
     def item(self, x):
         return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
 
@@ -225,7 +222,8 @@ class TorchOps(Ops):
                 dy, x, [x.shape[-1]], *stats, weight, weight, [True, True, True])
             dx.copy_(gx.reshape(dx.shape))
             dweight += gw
-            dbias += gb
+            if dbias is not None:
+                dbias += gb
             return dx
         xhat = x * rstd[:, None]  # RMSNorm
         g = dy * weight

@@ -9,6 +9,7 @@ grown only when a larger batch arrives, so a steady-state step allocates nothing
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
@@ -19,7 +20,7 @@ import numpy as np
 
 from ..backend import Ops, default_ops
 from ..errors import ConfigError, ShapeError
-from . import graph
+from . import graph, input_spec
 from . import random as nnrandom
 
 Initializer = Callable[[np.random.Generator, tuple, np.dtype], np.ndarray]
@@ -137,6 +138,10 @@ class Layer(Workspace):
     # Keras's ``name=`` (any layer's constructor takes it): a model's state_dict key for this layer.
     layer_name: str | None = None
     _trainable: bool = True
+    # The expected input shape without the batch axis, as a pattern (see core/input_spec.py): ints exact,
+    # strings name axes of size >= 1, ``...`` any number of axes; checked by ``build`` and ``check_input``.
+    # None: at build anything ``setup`` accepts, afterwards exactly the built shape.
+    input_spec: tuple | None = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -193,7 +198,9 @@ class Layer(Workspace):
         self.children = {}
         self._param_specs = {}
         self._buffer_init = {}
-        self.input_shape = _as_shape(input_shape)
+        self.input_shape, self.output_shape = _as_shape(input_shape), None  # unbuilt until setup returns
+        if self.input_spec is not None:
+            input_spec.check(self, self.input_spec, self.input_shape, f"(N, {_dims(self.input_shape)})")
         self.output_shape = tuple(self.setup(self.input_shape))
         if _root:
             self._allocate()
@@ -346,6 +353,16 @@ class Layer(Workspace):
     def backward(self, dy):
         raise NotImplementedError
 
+    @contextlib.contextmanager
+    def input_grad_needed(self, needed: bool) -> Iterator[Layer]:
+        """Within the block ``needs_input_grad`` is ``needed``; afterwards its previous value again (a
+        container asks its first layer to skip dL/dx without losing what the layer's own owner set)."""
+        previous, self.needs_input_grad = self.needs_input_grad, needed
+        try:
+            yield self
+        finally:
+            self.needs_input_grad = previous
+
     def __call__(self, x, training: bool = False):
         """Standalone use: build from the first input if needed, then forward.
 
@@ -358,10 +375,12 @@ class Layer(Workspace):
         return self.forward(self.ops.asarray(x), training=training)
 
     def check_input(self, x) -> None:
-        """Raise a ShapeError naming this layer when ``x`` does not fit the built input shape."""
-        if tuple(x.shape[1:]) != self.input_shape:
-            raise ShapeError(f"{self!r}: expected input of shape (N, {_dims(self.input_shape)}), "
-                             f"got {tuple(x.shape)}")
+        """Raise a ShapeError naming this layer when ``x`` does not fit ``input_spec`` (None: the built
+        input shape)."""
+        spec = self.input_spec if self.input_spec is not None else self.input_shape
+        if spec is None:
+            raise ShapeError(f"{self!r}: check_input before build: the layer has no input shape yet")
+        input_spec.check(self, spec, tuple(x.shape[1:]), str(tuple(x.shape)))
 
     # ----------------------------------------------------------------- description
     def extra_repr(self) -> str:

@@ -49,11 +49,6 @@ class _BatchNorm(Layer):
         return " or ".join(f"(N, {self.num_features}{', ' + tail if tail else ''})"
                            for tail in [("", "L", "H, W")[r - 1] for r in self.allowed_ranks])
 
-    def check_input(self, x):
-        if tuple(x.shape[1:]) != self.input_shape:
-            dims = ", ".join(map(str, self.input_shape))
-            raise ShapeError(f"{self!r}: expected input of shape (N, {dims}), got {tuple(x.shape)}")
-
     def forward(self, x, training: bool = True):
         ops, xp = self.ops, self.ops.xp
         n, c = x.shape[0], self.num_features

@@ -97,13 +97,12 @@ class _Conv(Layer):
     def _as_2d(self, values: tuple, fill) -> tuple:
         return (fill, *values) if self.ndim == 1 else tuple(values)
 
-    def _spatial(self) -> str:
-        return "L" if self.ndim == 1 else "H, W"
+    @property
+    def input_spec(self):
+        """Any spatial size to build; the built shape afterwards (the geometry is fixed at build)."""
+        return self.input_shape if self.built else (self.in_channels, *("L" if self.ndim == 1 else "HW"))
 
     def setup(self, input_shape):
-        if len(input_shape) != self.ndim + 1 or input_shape[0] != self.in_channels:
-            raise ShapeError(f"{self!r}: expected input of shape (N, {self.in_channels}, "
-                             f"{self._spatial()}), got (N, {_dims(input_shape)})")
         pads = self._pads()
         out = tuple(conv_output_size(s, k, st, lo, hi, d) for s, k, st, (lo, hi), d in
                     zip(input_shape[1:], self.kernel_size, self.stride, pads, self.dilation, strict=True))
@@ -151,11 +150,6 @@ class _Conv(Layer):
                             self._weight(self.grads) if trains else None,
                             self.grads.get("bias") if trains else None, self.workspace)
         return None if dx is None else dx.reshape(n, *self.input_shape)
-
-    def check_input(self, x):
-        if tuple(x.shape[1:]) != self.input_shape:
-            raise ShapeError(f"{self!r}: expected input of shape (N, {_dims(self.input_shape)}) "
-                             f"(in_channels={self.in_channels}), got {tuple(x.shape)}")
 
     def extra_repr(self):
         text = f"{self.in_channels}, {self.out_channels}, kernel_size={short(self.kernel_size)}"
@@ -297,10 +291,12 @@ class ConvTranspose2D(Layer):
         _check_groups(name, self.groups, self.in_channels, self.out_channels)
         self.use_bias = bool(bias)
 
+    @property
+    def input_spec(self):
+        """Any spatial size to build; the built shape afterwards."""
+        return self.input_shape if self.built else (self.in_channels, "H", "W")
+
     def setup(self, input_shape):
-        if len(input_shape) != 3 or input_shape[0] != self.in_channels:
-            raise ShapeError(f"{self!r}: expected input of shape (N, {self.in_channels}, H, W), "
-                             f"got (N, {_dims(input_shape)})")
         out = tuple((size - 1) * s - 2 * p + d * (k - 1) + op + 1 for size, s, p, d, k, op in
                     zip(input_shape[1:], self.stride, self.padding, self.dilation, self.kernel_size,
                         self.output_padding, strict=True))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..backend import OUTPUT_DERIVATIVE, check_activation
 from ..core import args
 from ..core import initializers as init
-from ..core.layer import Layer, ShapeError
+from ..core.layer import Layer
 
 
 class Dense(Layer):
@@ -34,19 +34,15 @@ class Dense(Layer):
         self.use_bias = bool(bias)
 
     def setup(self, input_shape):
-        if not input_shape or input_shape[-1] != self.in_features:
-            raise ShapeError(f"{self!r}: expected input of shape (N, ..., {self.in_features}), "
-                             f"got (N, {', '.join(map(str, input_shape))})")
         bound = init.fan_in_uniform(self.in_features)
         self.add_param("weight", (self.out_features, self.in_features), bound)
         if self.use_bias:
             self.add_param("bias", (self.out_features,), bound)
         return (*input_shape[:-1], self.out_features)
 
-    def check_input(self, x):
-        if x.ndim < 2 or x.shape[-1] != self.in_features:
-            raise ShapeError(f"{self!r}: expected input of shape (N, ..., {self.in_features}), "
-                             f"got {tuple(x.shape)}")
+    @property
+    def input_spec(self):
+        return (..., self.in_features)
 
     def forward(self, x, training: bool = True):
         self._x_shape = x.shape
@@ -77,6 +73,18 @@ class Dense(Layer):
         dx = self.workspace("dx", (m, self.in_features))
         ops.matmul(dz, self.params["weight"], out=dx)
         return dx.reshape(self._x_shape)
+
+    def reserve(self, rows: int) -> None:
+        """Allocate the workspaces of a batch of up to ``rows`` positions now, computing nothing (a MoE
+        sizes its experts for the worst routing this way)."""
+        shape = (rows, self.out_features)
+        self.workspace("y", shape)
+        if self.activation not in OUTPUT_DERIVATIVE:
+            self.workspace("z", shape)
+        if self.activation != "linear":
+            self.workspace("dz", shape)
+        self.workspace("dw", (self.out_features, self.in_features))
+        self.workspace("dx", (rows, self.in_features))
 
     def extra_repr(self):
         act = "" if self.activation == "linear" else f", activation={self.activation!r}"

@@ -125,22 +125,23 @@ class PositionalEncoding(Layer):
         self.max_len, self.dim = args.size(owner, "max_len", max_len), args.size(owner, "dim", dim)
         self.learned = args.flag(owner, "learned", learned)
 
+    @property
+    def input_spec(self):
+        return ("T", self.dim)
+
     def setup(self, input_shape):
-        self.check_shape(tuple(input_shape))
+        self._check_length(input_shape[0])
         if self.learned:
             self.add_param("weight", (self.max_len, self.dim), init.normal(0.02))
         return input_shape  # the sinusoid table is built on first use, never for a file being checked
 
-    def check_shape(self, shape: tuple) -> None:
-        """``shape`` is (T, dim) without the batch."""
-        if len(shape) != 2 or shape[-1] != self.dim:
-            raise ShapeError(f"{self!r}: expected input of shape (N, T, {self.dim}), "
-                             f"got (N, {', '.join(map(str, shape))})")
-        if shape[0] > self.max_len:
-            raise ShapeError(f"{self!r}: sequence length {shape[0]} exceeds max_len {self.max_len}")
+    def _check_length(self, t: int) -> None:
+        if t > self.max_len:
+            raise ShapeError(f"{self!r}: sequence length {t} exceeds max_len {self.max_len}")
 
     def check_input(self, x):
-        self.check_shape(tuple(x.shape[1:]))
+        super().check_input(x)  # the input_spec
+        self._check_length(x.shape[1])
 
     def table(self):
         """PE on this layer's backend and dtype (the sinusoids are converted once per backend)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..core import args
 from ..core import initializers as init
-from ..core.layer import Layer, ShapeError
+from ..core.layer import Layer
 
 
 class GlobalAttention(Layer):
@@ -28,19 +28,15 @@ class GlobalAttention(Layer):
         self.dim = args.size(type(self).__name__, "dim", dim)
 
     def setup(self, input_shape):
-        if len(input_shape) != 2 or input_shape[1] != self.dim or input_shape[0] < 1:
-            raise ShapeError(f"{self!r}: expected input of shape (N, T, {self.dim}), "
-                             f"got (N, {', '.join(map(str, input_shape))})")
         bound = init.fan_in_uniform(self.dim)
         self.add_param("weight", (self.dim, self.dim), bound)
         self.add_param("bias", (self.dim,), bound)
         self.add_param("v", (self.dim,), bound)
         return (self.dim,)
 
-    def check_input(self, x) -> None:
-        if x.ndim != 3 or x.shape[2] != self.dim or x.shape[1] < 1:
-            raise ShapeError(f"{self!r}: expected input of shape (N, T, {self.dim}) with T >= 1, "
-                             f"got {tuple(x.shape)}")
+    @property
+    def input_spec(self):
+        return ("T", self.dim)
 
     def forward(self, x, training: bool = True):
         ops, p = self.ops, self.params

@@ -179,12 +179,8 @@ class Residual(Layer):
 
     def backward(self, dy):
         """dL/dx = dy + block.backward(dy); without ``needs_input_grad`` only the block's weights."""
-        block = self.block
-        block.needs_input_grad = self.needs_input_grad
-        try:
-            dh = block.backward(dy)
-        finally:
-            block.needs_input_grad = True
+        with self.block.input_grad_needed(self.needs_input_grad):
+            dh = self.block.backward(dy)
         if not self.needs_input_grad:
             return None
         dx = self.workspace("dx", tuple(dy.shape))

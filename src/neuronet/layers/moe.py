@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..core import args
 from ..core.args import MAX_SIZE
-from ..core.layer import Layer, ShapeError
+from ..core.layer import Layer
 from .dense import Dense
 
 
@@ -35,14 +35,11 @@ class MoEExpert(Layer):
     def backward(self, dy):
         return self.children["linear1"].backward(self.children["linear2"].backward(dy))
 
-    def reserve(self, n: int, zeros) -> None:
-        """Grow every workspace to ``n`` rows now, so later sub-batches of up to n rows allocate nothing.
-
-        Runs forward and backward on ``zeros`` (n, dim): a zero upstream gradient adds exactly zero
-        to the parameter gradients.
-        """
-        self.forward(zeros[:n])
-        self.backward(zeros[:n])
+    def reserve(self, rows: int) -> None:
+        """Allocate the workspaces for up to ``rows`` tokens now (computing nothing), so later
+        sub-batches of any size up to that allocate nothing."""
+        for child in self.children.values():
+            child.reserve(rows)
 
     def extra_repr(self):
         return f"{self.dim}, {self.hidden}"
@@ -84,7 +81,7 @@ class MoE(Layer):
     with a ``gate`` Linear (no bias) and an ``experts`` ModuleList of ``linear1``/``linear2``.
     Tokens go only to their chosen experts: each expert runs on the gathered rows routed to it, and
     its weighted output is scatter-added back. ``train_step``/``fit`` add ``aux_loss_weight *
-    aux_loss`` to the loss and, through ``aux_grad_scale``, its gradient to the gate's logits.
+    aux_loss`` to the loss and, through ``set_aux_loss_scale``, its gradient to the gate's logits.
 
     Args:
         dim (int): size of the last input axis (and of the output).
@@ -115,22 +112,19 @@ class MoE(Layer):
         if aux_loss_weight < 0:
             raise ValueError(f"MoE: aux_loss_weight must be >= 0, got {aux_loss_weight}")
         self.aux_loss_weight = float(aux_loss_weight)
-        self.aux_grad_scale = 0.0  # set by train_step around backward
+        self._aux_loss_scale = 0.0  # set_aux_loss_scale: how much of aux_loss backward adds
         self.aux_loss = 0.0
         self._reserved = 0  # rows every expert's workspace can already hold
         self._offsets_for = 0  # rows whose offsets are in the "row_offsets" workspace
 
     def setup(self, input_shape):
-        if not input_shape or input_shape[-1] != self.dim:
-            raise ShapeError(f"{self!r}: expected input of shape (N, ..., {self.dim}), "
-                             f"got (N, {', '.join(map(str, input_shape))})")
         self.add_child("gate", Dense(self.dim, self.num_experts, bias=False), input_shape)
         self.add_child("experts", MoEExperts(self.num_experts, self.dim, self.hidden), input_shape)
         return input_shape
 
-    def check_input(self, x):
-        if x.ndim < 2 or x.shape[-1] != self.dim:
-            raise ShapeError(f"{self!r}: expected input of shape (N, ..., {self.dim}), got {tuple(x.shape)}")
+    @property
+    def input_spec(self):
+        return (..., self.dim)
 
     def forward(self, x, training: bool = True):
         ops, xp, k, n_exp = self.ops, self.ops.xp, self.top_k, self.num_experts
@@ -139,9 +133,8 @@ class MoE(Layer):
         m = xf.shape[0]
         experts = self.children["experts"]
         if m > self._reserved:  # worst case: one expert gets every token
-            zeros = ops.zeros((m, self.dim), self.dtype)
             for i in range(n_exp):
-                experts[i].reserve(m, zeros)
+                experts[i].reserve(m)
             self._reserved = m
 
         # Route: gate logits, softmax over all experts (aux loss) and over the chosen top-k (weights).
@@ -207,7 +200,7 @@ class MoE(Layer):
         flat = self.workspace("flat_idx", (m, k), "int64")
         xp.add(self._idx, self._row_offsets(m), out=flat)  # position of (t, idx[t, j]) in dlogits
         ops.scatter_add_rows(dlogits.reshape(-1, 1), flat.reshape(-1), dtop.reshape(-1, 1))
-        if self.aux_grad_scale:
+        if self._aux_loss_scale:
             self._aux_backward(dlogits)
         dx = self.workspace("dx", (m, self.dim))
         ops.copy_(dx, self.children["gate"].backward(dlogits))
@@ -223,6 +216,13 @@ class MoE(Layer):
             start += n
         return dx.reshape(self._x_shape)
 
+    def set_aux_loss_scale(self, scale: float) -> None:
+        """Make the following backward passes add ``scale * d(aux_loss)`` to the gate's gradient (0: none).
+
+        ``train_step`` calls it with ``aux_loss_weight`` before its backward and with 0 after; a custom
+        loop that adds ``w * aux_loss`` to its loss calls it with ``w`` itself."""
+        self._aux_loss_scale = float(scale)
+
     def _aux_backward(self, dlogits) -> None:
         """dlogits += s * d(aux)/d(logits) = s * p * (c - p.c), c_i = E f_i / M, f held constant."""
         xp, m, n_exp = self.ops.xp, self._probs.shape[0], self.num_experts
@@ -231,7 +231,7 @@ class MoE(Layer):
         pc = xp.matmul(self._probs, c, out=self.workspace("aux_pc", (m, 1)))
         d = xp.subtract(c.reshape(-1), pc, out=self.workspace("aux_d", (m, n_exp)))
         d *= self._probs
-        d *= self.aux_grad_scale
+        d *= self._aux_loss_scale
         dlogits += d
 
     def _row_offsets(self, m: int):

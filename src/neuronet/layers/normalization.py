@@ -6,7 +6,7 @@ import math
 
 from ..core import args
 from ..core import initializers as init
-from ..core.layer import Layer, ShapeError
+from ..core.layer import Layer
 from ..errors import ConfigError
 
 
@@ -37,17 +37,14 @@ class LayerNorm(Layer):
         self.eps = args.real(type(self).__name__, "eps", eps, 0.0, lo_open=True)
 
     def setup(self, input_shape):
-        if not input_shape or input_shape[-1] != self.d:
-            raise ShapeError(f"{self!r}: expected input of shape (N, ..., {self.d}), "
-                             f"got (N, {', '.join(map(str, input_shape))})")
         self.add_param("weight", (self.d,), init.ones)
         if self.center:
             self.add_param("bias", (self.d,), init.zeros)
         return input_shape
 
-    def check_input(self, x):
-        if x.ndim < 2 or x.shape[-1] != self.d:
-            raise ShapeError(f"{self!r}: expected input of shape (N, ..., {self.d}), got {tuple(x.shape)}")
+    @property
+    def input_spec(self):
+        return (..., self.d)
 
     def forward(self, x, training: bool = True):
         self._x = x
@@ -125,17 +122,13 @@ class GroupNorm(Layer):
                               f"num_groups ({self.num_groups}), and num_groups >= 1")
 
     def setup(self, input_shape):
-        if not input_shape or input_shape[0] != self.num_channels:
-            raise ShapeError(f"{self!r}: expected input of shape (N, {self.num_channels}, *), "
-                             f"got (N, {', '.join(map(str, input_shape))})")
         self.add_param("weight", (self.num_channels,), init.ones)
         self.add_param("bias", (self.num_channels,), init.zeros)
         return input_shape
 
-    def check_input(self, x):
-        if x.ndim < 2 or x.shape[1] != self.num_channels:
-            raise ShapeError(f"{self!r}: expected input of shape (N, {self.num_channels}, *), "
-                             f"got {tuple(x.shape)}")
+    @property
+    def input_spec(self):
+        return (self.num_channels, ...)
 
     def forward(self, x, training: bool = True):
         self.check_input(x)

@@ -42,11 +42,11 @@ class _Pool(Layer):
     def _as_2d(self, values: tuple, fill: int) -> tuple:
         return (fill, *values) if self.ndim == 1 else tuple(values)
 
+    @property
+    def input_spec(self):
+        return self.input_shape if self.built else ("C", *("L" if self.ndim == 1 else "HW"))
+
     def setup(self, input_shape):
-        if len(input_shape) != self.ndim + 1:
-            spatial = "L" if self.ndim == 1 else "H, W"
-            raise ShapeError(f"{self!r}: expected input of shape (N, C, {spatial}), "
-                             f"got (N, {_dims(input_shape)})")
         out = tuple(pool_output_size(s, k, st, p, self.ceil_mode) for s, k, st, p in
                     zip(input_shape[1:], self.kernel_size, self.stride, self.padding, strict=True))
         if min(out) < 1:
@@ -274,9 +274,11 @@ class GlobalAvgPool2D(Layer):
         nothing.
     """
 
+    @property
+    def input_spec(self):
+        return self.input_shape if self.built else ("C", "H", "W")
+
     def setup(self, input_shape):
-        if len(input_shape) != 3:
-            raise ShapeError(f"{self!r}: expected input of shape (N, C, H, W), got (N, {_dims(input_shape)})")
         return (input_shape[0],)
 
     def forward(self, x, training: bool = True):

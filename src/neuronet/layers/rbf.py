@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..core import args
 from ..core import initializers as init
-from ..core.layer import Layer, ShapeError
+from ..core.layer import Layer
 
 
 class RBF(Layer):
@@ -32,16 +32,12 @@ class RBF(Layer):
         self.gamma = args.real("RBF", "gamma", gamma, 0.0, lo_open=True)
 
     def setup(self, input_shape):
-        if not input_shape or input_shape[-1] != self.in_features:
-            raise ShapeError(f"{self!r}: expected input of shape (N, ..., {self.in_features}), "
-                             f"got (N, {', '.join(map(str, input_shape))})")
         self.add_param("centers", (self.num_centers, self.in_features), init.uniform(1.0))
         return (*input_shape[:-1], self.num_centers)
 
-    def check_input(self, x) -> None:
-        if x.ndim < 2 or x.shape[-1] != self.in_features:
-            raise ShapeError(f"{self!r}: expected input of shape (N, ..., {self.in_features}), "
-                             f"got {tuple(x.shape)}")
+    @property
+    def input_spec(self):
+        return (..., self.in_features)
 
     def _squared_norms(self, a, name: str):
         """||a_i||^2 for every row of 2-D ``a``."""

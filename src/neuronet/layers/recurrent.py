@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 from ..core import args
 from ..core import initializers as init
 from ..core import random as nnrandom
-from ..core.layer import LAYERS, Layer, ShapeError
+from ..core.layer import LAYERS, Layer
 
 
 class _Pass(NamedTuple):
@@ -63,9 +63,6 @@ class _Recurrent(Layer):
         self._passes = [[_Pass(k, bool(d)) for d in range(directions)] for k in range(cell.num_layers)]
 
     def setup(self, input_shape):
-        if len(input_shape) != 2 or input_shape[1] != self.input_size:
-            raise ShapeError(f"{self!r}: expected input of shape (N, T, {self.input_size}), "
-                             f"got (N, {', '.join(map(str, input_shape))})")
         hid, width = self.hidden_size, self.cell.gates * self.hidden_size
         bound = init.fan_in_uniform(hid)  # PyTorch: every weight and bias U(-1/sqrt(H), 1/sqrt(H))
         for passes in self._passes:  # PyTorch's order: layer by layer, forward then reverse
@@ -78,10 +75,9 @@ class _Recurrent(Layer):
         width_out = self.directions * hid
         return (input_shape[0], width_out) if self.return_sequences else (width_out,)
 
-    def check_input(self, x) -> None:
-        if x.ndim != 3 or x.shape[2] != self.input_size or x.shape[1] < 1:
-            raise ShapeError(f"{self!r}: expected input of shape (N, T, {self.input_size}) with T >= 1, "
-                             f"got {tuple(x.shape)}")
+    @property
+    def input_spec(self):
+        return ("T", self.input_size)
 
     def param(self, p: _Pass, name: str):
         return self.params[name + p.tag]

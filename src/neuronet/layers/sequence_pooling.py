@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-from ..core.layer import Layer, ShapeError
+from ..core.layer import Layer
 
 
 class _SequencePooling(Layer):
     """Checks a (N, T, D) input and returns (N, D)."""
 
     def setup(self, input_shape):
-        if len(input_shape) != 2 or input_shape[0] < 1:
-            raise ShapeError(f"{self!r}: expected input of shape (N, T, D) with T >= 1, "
-                             f"got (N, {', '.join(map(str, input_shape))})")
         return (input_shape[1],)
 
-    def check_input(self, x) -> None:
-        if x.ndim != 3 or x.shape[1] < 1 or (self.built and x.shape[2] != self.input_shape[1]):
-            want = "D" if not self.built else self.input_shape[1]
-            raise ShapeError(f"{self!r}: expected input of shape (N, T, {want}) with T >= 1, "
-                             f"got {tuple(x.shape)}")
+    @property
+    def input_spec(self):
+        return ("T", self.input_shape[1] if self.built else "D")
 
 
 class _TokenPooling(_SequencePooling):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..core.layer import Layer, ShapeError
+from ..core.layer import Layer
 from .dense import Dense
 
 
@@ -30,18 +30,15 @@ class SwiGLU(Layer):
         self.dim, self.hidden = int(dim), int(hidden)
 
     def setup(self, input_shape):
-        if not input_shape or input_shape[-1] != self.dim:
-            raise ShapeError(f"{self!r}: expected input of shape (N, ..., {self.dim}), "
-                             f"got (N, {', '.join(map(str, input_shape))})")
         gate = Dense(self.dim, self.hidden, activation="silu", bias=False)
         hidden_shape = self.add_child("w1", gate, input_shape)
         self.add_child("w2", Dense(self.hidden, self.dim, bias=False), hidden_shape)
         self.add_child("w3", Dense(self.dim, self.hidden, bias=False), input_shape)
         return input_shape
 
-    def check_input(self, x):
-        if x.ndim < 2 or x.shape[-1] != self.dim:
-            raise ShapeError(f"{self!r}: expected input of shape (N, ..., {self.dim}), got {tuple(x.shape)}")
+    @property
+    def input_spec(self):
+        return (..., self.dim)
 
     def forward(self, x, training: bool = True):
         w1, w2, w3 = self.children["w1"], self.children["w2"], self.children["w3"]

@@ -64,10 +64,11 @@ class Upsample(Layer):
         self.scale_factor, self.mode = scale, mode
         self._matrices_on = None  # (ops, dtype, A_h, A_w) on the backend last used
 
+    @property
+    def input_spec(self):
+        return self.input_shape if self.built else ("C", "H", "W")
+
     def setup(self, input_shape):
-        if len(input_shape) != 3:
-            raise ShapeError(f"{self!r}: expected input of shape (N, C, H, W), "
-                             f"got (N, {', '.join(map(str, input_shape))})")
         c, h, w = input_shape
         out = tuple(math.floor(size * s) for size, s in zip((h, w), self.scale_factor, strict=True))
         if min(out) < 1:

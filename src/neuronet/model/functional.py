@@ -315,11 +315,8 @@ class Model(Trainer, Layer):
         for k, need_dx in plan:
             step, layer = steps[k], runners[k]
             if not need_dx:
-                layer.needs_input_grad = False
-                try:
+                with layer.input_grad_needed(False):
                     layer.backward(grads[step.output])
-                finally:
-                    layer.needs_input_grad = True
             else:
                 dx = layer.backward(grads[step.output])
             if ready is not None and layer is self.layers[step.layer]:
@@ -448,22 +445,9 @@ class Model(Trainer, Layer):
             rows.append((f"{key} ({type(layer).__name__})", _dims(layer.output_shape, batch="None"),
                          f"{layer.num_params():,}" if first else "(shared)",
                          ", ".join(producer[t] for t in step.inputs)))
-        widths = [max(len(r[c]) for r in rows) for c in range(4)]
-        line = "-" * (sum(widths) + 9)
-        text = [line] + [f"{r[0]:<{widths[0]}}   {r[1]:<{widths[1]}}   {r[2]:>{widths[2]}}   {r[3]}".rstrip()
-                         for r in rows]
-        text.insert(2, line)
-        n, trainable = self.num_params(), self.num_trainable_params()
-        text += [line, f"Total params: {n:,} ({n * self.dtype.itemsize / 2**20:.2f} MiB {self.dtype}; "
-                       "gradients the same)",
-                 f"Trainable params: {trainable:,}", f"Non-trainable params: {n - trainable:,}",
-                 "Outputs: " + ", ".join(f"{o} <- {producer[t]}"
-                                         for o, t in zip(self.output_names, self._output_ids, strict=True)),
-                 f"Backend: {self.ops.name} ({self.ops.device})", line]
-        out = "\n".join(text)
-        if print_fn is not None:
-            print_fn(out)
-        return out
+        outputs = "Outputs: " + ", ".join(f"{o} <- {producer[t]}"
+                                          for o, t in zip(self.output_names, self._output_ids, strict=True))
+        return self._summary_table(rows, [outputs], print_fn)
 
     def extra_repr(self):
         return (f"inputs={[t.shape for t in self._inputs]}, outputs={len(self._outputs)}, "

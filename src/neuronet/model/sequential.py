@@ -98,11 +98,8 @@ class Sequential(Trainer, Layer):
             if ready is not None:
                 ready(layer)
         bottom = layers[first]
-        bottom.needs_input_grad = input_grad
-        try:
+        with bottom.input_grad_needed(input_grad):
             dy = bottom.backward(dy)
-        finally:
-            bottom.needs_input_grad = True
         if ready is not None:
             ready(bottom)
         return dy
@@ -128,19 +125,7 @@ class Sequential(Trainer, Layer):
         rows = [("Layer", "Output shape", "Params")]
         for i, layer in enumerate(self.layers):
             rows.append((f"{i}: {layer!r}", str((None, *layer.output_shape)), f"{layer.num_params():,}"))
-        widths = [max(len(r[c]) for r in rows) for c in range(3)]
-        line = "-" * (sum(widths) + 6)
-        text = [line] + [f"{r[0]:<{widths[0]}}   {r[1]:<{widths[1]}}   {r[2]:>{widths[2]}}" for r in rows]
-        text.insert(2, line)
-        n, trainable = self.num_params(), self.num_trainable_params()
-        nbytes = n * self.dtype.itemsize
-        text += [line, f"Total params: {n:,} ({nbytes / 2**20:.2f} MiB {self.dtype}; gradients the same)",
-                 f"Trainable params: {trainable:,}", f"Non-trainable params: {n - trainable:,}",
-                 f"Backend: {self.ops.name} ({self.ops.device})", line]
-        out = "\n".join(text)
-        if print_fn is not None:
-            print_fn(out)
-        return out
+        return self._summary_table(rows, print_fn=print_fn)
 
     def extra_repr(self):
         return ", ".join(repr(layer) for layer in self.layers)

@@ -119,11 +119,11 @@ class Trainer:
         ``sample_weight`` (N,) scales each sample's loss (Keras: the loss is (1/N) sum_i w_i l_i).
 
         Layers with an ``aux_loss_weight`` add ``aux_loss_weight * aux_loss`` to the returned loss and,
-        through ``aux_grad_scale`` (set only during this backward), to the gradient. A non-finite loss
-        (NaN or inf in the data, or a diverged model) raises FloatingPointError before the weights
-        are touched. On an accelerator the loss is read back once, after the backward is queued (the
-        step's only host-device synchronisation); with ``compile(cuda_graph=True)`` forward and backward
-        replay as one CUDA graph.
+        through ``set_aux_loss_scale`` (the weight for this backward, 0 after it), to the gradient. A
+        non-finite loss (NaN or inf in the data, or a diverged model) raises FloatingPointError before
+        the weights are touched. On an accelerator the loss is read back once, after the backward is
+        queued (the step's only host-device synchronisation); with ``compile(cuda_graph=True)`` forward
+        and backward replay as one CUDA graph.
         """
         self._require_compiled("train_step")
         self._check_lengths(x, y, "train_step")
@@ -162,14 +162,14 @@ class Trainer:
         aux_layers = self._aux_layers()
         self.zero_grad()
         for layer in aux_layers:
-            layer.aux_grad_scale = layer.aux_loss_weight
+            layer.set_aux_loss_scale(layer.aux_loss_weight)
         try:
             grad = self.loss.backward()
             self.backward(grad if sample_weight is None else scale_rows(self.ops, grad, sample_weight),
                           input_grad=False)
         finally:
             for layer in aux_layers:
-                layer.aux_grad_scale = 0.0
+                layer.set_aux_loss_scale(0.0)
 
     # ----------------------------------------------------------------- loops
     def fit(self, x, y=None, epochs: int = 1, batch_size: int = 32, validation_data=None,
@@ -330,6 +330,25 @@ class Trainer:
     def full_history(self) -> dict:
         """Per-epoch logs of the whole run: the loaded run's up to where this one started, then this one."""
         return resume.merged_history(self.saved_history, self.history)
+
+    def _summary_table(self, rows: list[tuple], notes: list[str] = (), print_fn=print) -> str:
+        """``summary()``'s text: ``rows`` (a header, then one per layer; the third column, the parameter
+        counts, right-aligned) and the totals, ``notes`` and the backend below."""
+        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+        cells = [[f"{cell:>{w}}" if c == 2 else f"{cell:<{w}}" for c, (cell, w) in enumerate(zip(r, widths,
+                                                                                                 strict=True))]
+                 for r in rows]
+        line = "-" * (sum(widths) + 3 * (len(widths) - 1))
+        text = [line, "   ".join(cells[0]).rstrip(), line, *("   ".join(c).rstrip() for c in cells[1:])]
+        n, trainable = self.num_params(), self.num_trainable_params()
+        text += [line, f"Total params: {n:,} ({n * self.dtype.itemsize / 2**20:.2f} MiB {self.dtype}; "
+                       "gradients the same)",
+                 f"Trainable params: {trainable:,}", f"Non-trainable params: {n - trainable:,}", *notes,
+                 f"Backend: {self.ops.name} ({self.ops.device})", line]
+        out = "\n".join(text)
+        if print_fn is not None:
+            print_fn(out)
+        return out
 
     def loss_parts(self) -> tuple:
         """Each output's own loss after a loss forward (a model of several outputs), for the logs."""

@@ -1,0 +1,305 @@
+"""Every op of every backend against the reference: the base ``Ops`` (plain NumPy) is the specification;
+``NumpyOps`` (Numba) and ``TorchOps`` must give the same results on the same float64 inputs, forward and
+backward partner alike, including what they write into their in-place arguments."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+
+from neuronet.backend import ACTIVATIONS, OUTPUT_DERIVATIVE, NumpyOps, Ops, Spans
+from neuronet.backend.conv_geometry import ConvGeometry, conv_output_size
+
+torch = pytest.importorskip("torch")
+from neuronet.backend.torch_ops import TorchOps  # noqa: E402
+
+BACKENDS = {"numpy": NumpyOps(), "torch": TorchOps("cpu")}
+CASES: dict[str, tuple] = {}  # name -> (make(rng) -> dict of NumPy inputs, run(ops, inputs) -> outputs)
+
+
+def case(name: str, make):
+    def register(run):
+        CASES[name] = (make, run)
+        return run
+    return register
+
+
+def randn(rng, *shape):
+    return rng.standard_normal(shape)
+
+
+def scratch_of(ops):
+    """A Layer.workspace stand-in: one buffer per name, kept between calls."""
+    store = {}
+
+    def scratch(name, shape):
+        if name not in store or tuple(store[name].shape) != tuple(shape):
+            store[name] = ops.zeros(shape, "float64")
+        return store[name]
+    return scratch
+
+
+# ----------------------------------------------------------------- primitives
+@case("copy_ fill_ transpose swapaxes item arange", lambda r: {"x": randn(r, 2, 3, 4)})
+def _(ops, a):
+    y = ops.zeros((2, 3, 4), "float64")
+    ops.copy_(y, a["x"])
+    t = ops.transpose(y, (2, 0, 1)) * 1.0
+    s = ops.swapaxes(y, 0, 2) * 1.0
+    f = ops.empty((3,), "float64")
+    ops.fill_(f, 2.5)
+    return y, t, s, f, np.array(ops.item(y[1, 2, 3])), ops.arange(5)
+
+
+@case("where", lambda r: {"x": randn(r, 4, 5), "y": randn(r, 4, 5)})
+def _(ops, a):
+    out = ops.empty((4, 5), "float64")
+    ops.where(a["x"] > 0, a["x"], a["y"], out)
+    out2 = ops.empty((4, 5), "float64")
+    ops.where(a["x"] > 0, a["x"], 0.0, out2)
+    return out, out2
+
+
+@case("bernoulli_mask", lambda r: {})
+def _(ops, a):
+    out = ops.empty((6, 7), "float64")
+    return (ops.bernoulli_mask(0.7, np.random.default_rng(3), out),)
+
+
+@case("gather_rows scatter_add_rows",
+      lambda r: {"table": randn(r, 5, 3), "index": np.array([4, 0, 0, 2, 4, 4]), "rows": randn(r, 6, 3)})
+def _(ops, a):
+    out = ops.empty((6, 3), "float64")
+    ops.gather_rows(a["table"], a["index"], out)
+    ops.scatter_add_rows(a["table"], a["index"], a["rows"])
+    return out, a["table"]
+
+
+@case("matmul matmul_acc sum_rows_acc sum_of_squares",
+      lambda r: {"a": randn(r, 4, 3), "b": randn(r, 3, 5), "acc": randn(r, 4, 5), "bias": randn(r, 5)})
+def _(ops, a):
+    out = ops.empty((4, 5), "float64")
+    ops.matmul(a["a"], a["b"], out=out)
+    ops.matmul_acc(a["a"], a["b"], a["acc"], ops.empty((4, 5), "float64"))
+    ops.sum_rows_acc(out.reshape(2, 2, 5), a["bias"])
+    return out, a["acc"], a["bias"], np.array(ops.sum_of_squares(a["b"].reshape(-1)))
+
+
+# ----------------------------------------------------------------- convolution and pooling
+GEOM = ConvGeometry(in_size=(7, 6), kernel=(3, 3), stride=(2, 1), padding=((1, 0), (1, 1)), dilation=(1, 2),
+                    groups=2, out_size=(conv_output_size(7, 3, 2, 1, 0), conv_output_size(6, 3, 1, 1, 1, 2)))
+
+
+@case("conv2d conv2d_backward pad2d im2col col2im",
+      lambda r: {"x": randn(r, 2, 4, 7, 6), "w": randn(r, 6, 2, 3, 3), "b": randn(r, 6),
+                 "dy": randn(r, 2, 6, *GEOM.out_size), "dw": randn(r, 6, 2, 3, 3), "db": randn(r, 6)})
+def _(ops, a):
+    scratch = scratch_of(ops)
+    out = ops.empty((2, 6, *GEOM.out_size), "float64")
+    ops.conv2d(a["x"], a["w"], a["b"], GEOM, out, scratch)
+    dx = ops.empty((2, 4, 7, 6), "float64")
+    ops.conv2d_backward(a["dy"], a["x"], a["w"], GEOM, dx, a["dw"], a["db"], scratch)
+    return out, dx, a["dw"], a["db"]
+
+
+@case("im2col col2im (reference layout)", lambda r: {"x": randn(r, 2, 3, 7, 6)})
+def _(ops, a):
+    padded = ops.pad2d(a["x"], GEOM, scratch_of(ops))
+    cols = ops.empty((3, 3, 3, 2, *GEOM.out_size), "float64")
+    ops.im2col(padded, GEOM, cols)
+    back = ops.empty((2, 3, 7, 6), "float64")
+    ops.col2im(cols, GEOM, back)
+    return cols, back
+
+
+@pytest.mark.parametrize("size", [(8, 8)])
+def test_max_pool2d_partial_windows(size):
+    """ceil_mode's extra window (an 8x8 input gives 5, not 4, rows of windows) on every backend."""
+    check(lambda r: {"x": randn(r, 2, 3, *size), "dy": randn(r, 2, 3, 5, 5)}, _max_pool)
+
+
+@case("max_pool2d max_pool2d_backward", lambda r: {"x": randn(r, 2, 3, 7, 7), "dy": randn(r, 2, 3, 5, 5)})
+def _max_pool(ops, a):
+    x = a["x"]
+    oh = 5 if x.shape[2] == 8 else 4
+    out, index = ops.empty((2, 3, oh, oh), "float64"), ops.empty((2, 3, oh, oh), "int64")
+    ops.max_pool2d(x, (3, 3), (2, 2), (1, 1), out, index)
+    dx = ops.empty(tuple(x.shape), "float64")
+    ops.max_pool2d_backward(a["dy"][:, :, :oh, :oh], index, dx)
+    return out, index, dx
+
+
+# ----------------------------------------------------------------- activations
+def _activation_case(name):
+    def make(r):
+        return {"z": randn(r, 4, 6), "dy": randn(r, 4, 6), "bias": randn(r, 6), "db": randn(r, 6)}
+
+    def run(ops, a):
+        alpha = 0.2 if name in ("leaky_relu", "elu") else None
+        z = a["z"] * 1.0
+        y = ops.empty((4, 6), "float64")
+        ops.activation(name, z, y, alpha, bias=a["bias"])  # z += bias, then act
+        dz = ops.empty((4, 6), "float64")
+        ops.activation_backward(name, a["dy"], None if name in OUTPUT_DERIVATIVE else z, y, dz, alpha,
+                                bias_grad=a["db"])
+        plain = ops.empty((4, 6), "float64")
+        ops.activation(name, a["z"], plain, alpha)
+        return z, y, dz, a["db"], plain
+    CASES[f"activation activation_backward {name}"] = (make, run)
+
+
+for _name in ACTIVATIONS:
+    _activation_case(_name)
+
+
+# ----------------------------------------------------------------- norms and attention
+@pytest.mark.parametrize("center", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_norm_rows(center, bias):
+    def run(ops, a):
+        out, mean, rstd = ops.empty((5, 6), "float64"), ops.empty((5,), "float64"), ops.empty((5,), "float64")
+        ops.norm_rows(a["x"], a["w"], a["b"] if bias else None, 1e-5, center, out, mean, rstd)
+        dx = ops.empty((5, 6), "float64")
+        ops.norm_rows_backward(a["dy"], a["x"], a["w"], mean, rstd, center, dx, a["dw"],
+                               a["db"] if bias else None)
+        return out, rstd, dx, a["dw"], a["db"]
+    check(lambda r: {k: randn(r, *s) for k, s in
+                     dict(x=(5, 6), w=(6,), b=(6,), dy=(5, 6), dw=(6,), db=(6,)).items()}, run)
+
+
+@case("group_norm group_norm_backward",
+      lambda r: {k: randn(r, *s) for k, s in
+                 dict(x=(2, 6, 5), w=(6,), b=(6,), dy=(2, 6, 5), dw=(6,), db=(6,)).items()})
+def _(ops, a):
+    out, mean, rstd = ops.empty((2, 6, 5), "float64"), ops.empty((6,), "float64"), ops.empty((6,), "float64")
+    ops.group_norm(a["x"], a["w"], a["b"], 3, 1e-5, out, mean, rstd)
+    dx = ops.empty((2, 6, 5), "float64")
+    ops.group_norm_backward(a["dy"], a["x"], a["w"], mean, rstd, 3, dx, a["dw"], a["db"])
+    return out, mean, rstd, dx, a["dw"], a["db"]
+
+
+@case("attention_softmax attention_softmax_backward",
+      lambda r: {"s": randn(r, 2, 3, 4, 4), "dp": randn(r, 2, 3, 4, 4)})
+def _(ops, a):
+    p, pc = ops.empty((2, 3, 4, 4), "float64"), ops.empty((2, 3, 4, 4), "float64")
+    ops.attention_softmax(a["s"] * 1.0, p, False, 0.5)
+    ops.attention_softmax(a["s"] * 1.0, pc, True, 0.5)
+    ds = ops.empty((2, 3, 4, 4), "float64")
+    ops.attention_softmax_backward(a["dp"], pc, ds, 0.5)
+    return p, pc, ds
+
+
+# ----------------------------------------------------------------- recurrent cells
+@case("lstm_cell lstm_cell_backward",
+      lambda r: {k: randn(r, *s) for k, s in
+                 dict(gates=(3, 8), gh=(3, 8), bias=(8,), c_prev=(3, 2), dh=(3, 2), dc=(3, 2)).items()})
+def _(ops, a):
+    c, tanh_c, h = (ops.empty((3, 2), "float64") for _ in range(3))
+    ops.lstm_cell(a["gates"], a["gh"], a["bias"], a["c_prev"], c, tanh_c, h)
+    dgates = ops.empty((3, 8), "float64")
+    ops.lstm_cell_backward(a["gates"], a["c_prev"], tanh_c, a["dh"], a["dc"], dgates)
+    return a["gates"], c, tanh_c, h, dgates, a["dc"]
+
+
+@case("gru_cell gru_cell_backward",
+      lambda r: {k: randn(r, *s) for k, s in
+                 dict(gates=(3, 6), gh=(3, 6), b_ih=(6,), b_hh=(6,), h_prev=(3, 2), dh=(3, 2)).items()})
+def _(ops, a):
+    hn, h = ops.empty((3, 2), "float64"), ops.empty((3, 2), "float64")
+    ops.gru_cell(a["gates"], a["gh"], a["b_ih"], a["b_hh"], a["h_prev"], hn, h)
+    dgx, dgh, dh_direct = (ops.empty(shape, "float64") for shape in ((3, 6), (3, 6), (3, 2)))
+    ops.gru_cell_backward(a["gates"], hn, a["h_prev"], a["dh"], dgx, dgh, dh_direct)
+    return a["gates"], hn, h, dgx, dgh, dh_direct
+
+
+# ----------------------------------------------------------------- optimizer updates
+SPANS = Spans.of([(0, 5, 0), (7, 12, 1)])  # 5..7 frozen
+LR, WD = (0.1, 0.01), (0.0, 0.1)
+STEPS = {
+    "adam_step": (("m", "v"), [dict(beta1=0.9, beta2=0.99, eps=1e-8, step=3, decoupled=d) for d in (0, 1)]),
+    "sgd_step": (("buf",), [dict(momentum=0.9, dampening=0.1, nesterov=n, first=f) for n, f in
+                            ((False, True), (False, False), (True, False))]),
+    "rmsprop_step": (("square_avg", "grad_avg", "buf"),
+                     [dict(alpha=0.9, eps=1e-8, momentum=m, centered=c)
+                      for m, c in ((0.0, False), (0.5, True))]),
+    "adagrad_step": (("state_sum",), [dict(eps=1e-10)]),
+    "nadam_step": (("m", "v"), [dict(beta1=0.9, beta2=0.99, eps=1e-8, step=2, mu=0.9, mu_next=0.91,
+                                     mu_product=0.8)]),
+}
+
+
+def _step_case(name, k, kw):
+    used = {"grad_avg": kw.get("centered"), "buf": kw.get("momentum")}  # state an update without them lacks
+    state = [s for s in STEPS[name][0] if used.get(s, True)]
+
+    def make(r):
+        return {"p": randn(r, 12), "g": randn(r, 12), **{s: np.abs(randn(r, 12)) for s in state}}
+
+    def run(ops, a):
+        scratch = ops.zeros((ops.update_scratch, 12), "float64")
+        args = [a.get(s) for s in STEPS[name][0]]  # None for unused state
+        getattr(ops, name)(a["p"], a["g"], *args, scratch, SPANS, lr=LR, weight_decay=WD, **kw)
+        return a["p"], *(a[s] for s in state)
+    CASES[f"{name} {k}"] = (make, run)
+
+
+for _name, (_, _kws) in STEPS.items():
+    for _k, _kw in enumerate(_kws):
+        _step_case(_name, _k, _kw)
+
+
+# ----------------------------------------------------------------- routing
+@case("topk group_by_key bincount",
+      lambda r: {"x": randn(r, 5, 6), "keys": r.integers(0, 4, 20)})
+def _(ops, a):
+    values, indices = ops.empty((5, 2), "float64"), ops.empty((5, 2), "int64")
+    ops.topk(a["x"], 2, values, indices)
+    order, counts, bins = ops.empty((20,), "int64"), ops.empty((4,), "int64"), ops.empty((4,), "int64")
+    ops.group_by_key(a["keys"], order, counts)
+    ops.bincount(a["keys"], bins)
+    return values, indices, order, counts, bins
+
+
+# ----------------------------------------------------------------- the harness
+def outputs(ops, make, run, seed=0):
+    inputs = {k: ops.asarray(np.array(v)) for k, v in make(np.random.default_rng(seed)).items()}
+    return [np.array(ops.to_numpy(o)) for o in run(ops, inputs)]
+
+
+def check(make, run):
+    expected = outputs(Ops(), make, run)
+    for name, ops in BACKENDS.items():
+        got = outputs(ops, make, run)
+        assert len(got) == len(expected)
+        for i, (g, e) in enumerate(zip(got, expected, strict=True)):
+            np.testing.assert_allclose(g, e, rtol=1e-9, atol=1e-11, err_msg=f"{name}: output {i}")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_backend_matches_reference(name):
+    check(*CASES[name])
+
+
+# Conversion and creation run in every case above (the harness converts every input and output).
+HARNESS = {"empty", "zeros", "asarray", "to_numpy", "is_array", "is_floating", "dtype_name", "resolve_dtype"}
+SEPARATE = {"norm_rows", "norm_rows_backward"}  # test_norm_rows
+
+
+def test_every_op_is_in_the_table():
+    """A new op joins the table: every public method of Ops is named by a case (or the harness)."""
+    public = {n for n, f in inspect.getmembers(Ops, inspect.isfunction) if not n.startswith("_")}
+    named = {word for title in CASES for word in title.split()} | HARNESS | SEPARATE
+    assert public - named == set()
+
+
+def test_backends_override_only_what_differs():
+    """An override that is the reference's own code is dead: none is a plain copy of the base method."""
+    for ops in BACKENDS.values():
+        for name, f in vars(type(ops)).items():
+            base = getattr(Ops, name, None)
+            if inspect.isfunction(f) and inspect.isfunction(base):
+                code = (f.__code__.co_code, f.__code__.co_names, f.__code__.co_consts)
+                assert code != (base.__code__.co_code, base.__code__.co_names, base.__code__.co_consts), \
+                    f"{type(ops).__name__}.{name} repeats the reference"
