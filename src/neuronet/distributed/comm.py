@@ -15,6 +15,10 @@ from typing import Any
 
 import numpy as np
 
+# Seconds a failing rank waits between printing its error and aborting the job: mpiexec and torchrun
+# forward output asynchronously, and an abort can otherwise cut off the message's last line.
+ABORT_GRACE_S = 0.5
+
 
 class DistributedError(RuntimeError):
     """A collective failed or timed out: a rank died, stopped answering or disagrees."""
@@ -174,6 +178,8 @@ def _abort_on_uncaught(comm: Communicator) -> None:
             return
         traceback.print_exception(kind, value, tb)
         sys.stderr.write(f"neuronet.distributed: rank {comm.rank} failed; ending the job\n")
+        sys.stderr.flush()
+        time.sleep(ABORT_GRACE_S)  # the launcher forwards output asynchronously: let it pass the message on
         comm.abort(1)
 
     sys.excepthook = hook
