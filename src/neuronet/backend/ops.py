@@ -557,13 +557,7 @@ class Ops:
             p *= 1.0 - lr * weight_decay
         if weight_decay and not decoupled:
             g = self._l2_grad(p, g, weight_decay, s0)
-        xp.subtract(g, m, out=s1)  # m = lerp(m, g, 1 - beta1)
-        s1 *= 1.0 - beta1
-        m += s1
-        v *= beta2
-        xp.multiply(g, g, out=s1)
-        s1 *= 1.0 - beta2
-        v += s1
+        self._moments(g, m, v, beta1, beta2, s1)
         xp.sqrt(v, out=s1)
         s1 /= math.sqrt(1.0 - beta2 ** step)
         s1 += eps
@@ -636,13 +630,7 @@ class Ops:
         xp, s0, s1 = self.xp, scratch[0], scratch[1]
         if weight_decay:
             g = self._l2_grad(p, g, weight_decay, s0)
-        xp.subtract(g, m, out=s1)  # m = lerp(m, g, 1 - beta1)
-        s1 *= 1.0 - beta1
-        m += s1
-        v *= beta2
-        xp.multiply(g, g, out=s1)
-        s1 *= 1.0 - beta2
-        v += s1
+        self._moments(g, m, v, beta1, beta2, s1)
         xp.divide(v, 1.0 - beta2 ** step, out=s1)  # denom = sqrt(v / bias_correction2) + eps
         xp.sqrt(s1, out=s1)
         s1 += eps
@@ -652,6 +640,17 @@ class Ops:
         xp.divide(m, s1, out=s0)
         s0 *= lr * mu_next / (1.0 - mu_product * mu_next)
         p -= s0
+
+    def _moments(self, g, m, v, beta1, beta2, scratch) -> None:
+        """Adam's and NAdam's moments in place: m = lerp(m, g, 1 - beta1), v = beta2 v + (1 - beta2) g^2."""
+        xp = self.xp
+        xp.subtract(g, m, out=scratch)
+        scratch *= 1.0 - beta1
+        m += scratch
+        v *= beta2
+        xp.multiply(g, g, out=scratch)
+        scratch *= 1.0 - beta2
+        v += scratch
 
     def _l2_grad(self, p, g, weight_decay, out):
         """out = g + weight_decay * p (the coupled weight decay of SGD, Adam and RMSprop)."""
