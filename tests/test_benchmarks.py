@@ -1,0 +1,45 @@
+"""Every table benchmark's neuronet engines build and run a step (a benchmark that no longer runs
+would otherwise only show up when someone times it)."""
+
+import importlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench(monkeypatch_module):
+    monkeypatch_module.syspath_prepend(str(BENCHMARKS))
+    monkeypatch_module.setenv("NEURONET_NANOGPT_BATCH", "1")
+    return lambda name: importlib.import_module(name)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+    for name in [n for n in sys.modules if n.startswith("bench_") or n == "harness"]:
+        del sys.modules[name]
+
+
+def _engines(module):
+    return module.engines("train") | {"predict-" + k: v for k, v in module.engines("predict").items()} \
+        if hasattr(module, "engines") else module.ENGINES
+
+
+@pytest.mark.parametrize("name", ["bench_mlp", "bench_cnn", "bench_lstm", "bench_gpt", "bench_moe",
+                                  "bench_resnet", "bench_nanogpt"])
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_the_neuronet_engines_of_each_benchmark_run(bench, name, backend):
+    engines = {k: v for k, v in _engines(bench(name)).items() if k.endswith("neuronet-" + backend)}
+    assert engines, f"{name} has no neuronet-{backend} engine"
+    for build in engines.values():
+        step = build()
+        for _ in range(2):
+            loss = step()
+        if isinstance(loss, float):
+            assert np.isfinite(loss)
