@@ -12,6 +12,7 @@ choice changes. Without a bundled OpenBLAS it does nothing.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
 import os
@@ -53,5 +54,32 @@ def before_product(m: int, k: int, n: int) -> None:
         if threads > 1:
             _saved.append(threads)
             _LIB[0](1)
-    elif not small and _saved:
-        _LIB[0](_saved.pop())
+    elif not small:
+        use_all_threads()
+
+
+def use_all_threads() -> None:
+    """Undo a small product's switch to one thread."""
+    try:
+        threads = _saved.pop()
+    except IndexError:  # (nothing to undo; checked this way because threads may race here)
+        return
+    _LIB[0](threads)
+
+
+def threads() -> int:
+    """OpenBLAS's thread count as set (by the user, threadpoolctl or the default), not counting a
+    small product's temporary switch to one; 1 without a bundled OpenBLAS."""
+    if _LIB is None:
+        return 1
+    return _saved[0] if _saved else _LIB[1]()
+
+
+@contextlib.contextmanager
+def one_thread():
+    """OpenBLAS on one thread inside the block (for products run from several threads at once)."""
+    before_product(0, 0, 0)
+    try:
+        yield
+    finally:
+        use_all_threads()

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from . import blas_threads, conv_kernels, kernels, optim_kernels, rnn_kernels
-from .ops import DEFAULT_ALPHA, Ops
+from .conv_geometry import ConvGeometry
+from .ops import DEFAULT_ALPHA, Ops, _groups
+
+CONV_CHUNK_BYTES = 1 << 20  # the columns of one chunk of images (see NumpyOps._conv_shifted)
 
 
 def _flat(a: np.ndarray) -> np.ndarray:
@@ -20,6 +26,57 @@ def _flat(a: np.ndarray) -> np.ndarray:
 
 def _rows(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1, a.shape[-1])
+
+
+def _conv_chunks(lo: int, hi: int, bytes_per_image: int) -> list[tuple[int, int]]:
+    """(first image, count) of the chunks of images lo..hi-1 whose columns stay within
+    CONV_CHUNK_BYTES (at least one image each)."""
+    size = max(1, min(hi - lo, CONV_CHUNK_BYTES // bytes_per_image))
+    return [(n0, min(size, hi - n0)) for n0 in range(lo, hi, size)]
+
+
+_POOL: list[ThreadPoolExecutor] = []
+_POOL_LOCK = threading.Lock()
+
+
+def _in_parallel(n: int, images: Callable[[int, int, int], None]) -> int:
+    """Run ``images(part, lo, hi)`` over n images split into as many parts as OpenBLAS has threads,
+    one part per thread (this one included) with OpenBLAS on one thread meanwhile: each thread's
+    chunks then stay in its own core's cache, where a GEMM split over the cores by OpenBLAS moved every
+    chunk's columns from one core to the other. Returns the number of parts."""
+    parts = min(blas_threads.threads(), n)
+    if parts <= 1 or not _POOL_LOCK.acquire(blocking=False):  # (another thread's convolution has the pool)
+        images(0, 0, n)
+        return 1
+    try:
+        return _run_parts(parts, n, images)
+    finally:
+        _POOL_LOCK.release()
+
+
+def _run_parts(parts: int, n: int, images: Callable[[int, int, int], None]) -> int:
+    if not _POOL or _POOL[0]._max_workers < parts - 1:
+        _POOL[:] = [ThreadPoolExecutor(parts - 1, thread_name_prefix="neuronet-conv")]
+    bounds = [n * k // parts for k in range(parts + 1)]
+    with blas_threads.one_thread():
+        futures = [_POOL[0].submit(images, k, bounds[k], bounds[k + 1]) for k in range(1, parts)]
+        images(0, bounds[0], bounds[1])
+        for future in futures:
+            future.result()
+    return parts
+
+
+def _transposed_geometry(geom: ConvGeometry) -> ConvGeometry | None:
+    """The geometry of dx = conv2d(dy, flipped weight) for a stride-1 convolution that the shifted-rows
+    path runs (windows reaching exactly to the padded edge, padding at most the kernel's reach), else
+    None. Its padding on each side is (k-1)*d minus the forward's."""
+    reach = tuple((k - 1) * d for k, d in zip(geom.kernel, geom.dilation, strict=True))
+    if geom.stride != (1, 1) or geom.reach != geom.padded_size or \
+            any(side > r for pad, r in zip(geom.padding, reach, strict=True) for side in pad):
+        return None
+    padding = tuple((r - lo, r - hi) for (lo, hi), r in zip(geom.padding, reach, strict=True))
+    return ConvGeometry(in_size=geom.out_size, out_size=geom.in_size, kernel=geom.kernel, padding=padding,
+                        dilation=geom.dilation, groups=geom.groups)
 
 
 class NumpyOps(Ops):
@@ -72,7 +129,91 @@ class NumpyOps(Ops):
     def scatter_add_rows(self, table, index, rows):
         kernels.scatter_add_rows(_rows(table), index.reshape(-1), _rows(np.ascontiguousarray(rows)))
 
-    # ----------------------------------------------------------------- convolution and pooling (Numba)
+    # ----------------------------------------------------------------- convolution and pooling
+    # Stride-1 convolutions (the usual 3x3 "same" and 1x1 ones) run in the shifted-rows layout over
+    # chunks of images that stay in the cache; dx is itself such a convolution, of dy with the
+    # flipped, transposed kernel. Other geometries run the reference's whole-batch im2col + GEMM.
+    # See _shifted_geometry and benchmarks/README.md for the numbers.
+    def conv2d(self, x, weight, bias, geom, out, scratch):
+        if _transposed_geometry(geom) is None:
+            return super().conv2d(x, weight, bias, geom, out, scratch)
+        return self._conv_shifted(x, weight, bias, geom, out, scratch, "conv")
+
+    def conv2d_backward(self, dy, x, weight, geom, dx, dweight, dbias, scratch):
+        geom_t = _transposed_geometry(geom)
+        if geom_t is None:
+            return super().conv2d_backward(dy, x, weight, geom, dx, dweight, dbias, scratch)
+        (n, o), g, (oh, ow) = dy.shape[:2], geom.groups, geom.out_size
+        if dbias is not None:
+            db = scratch("conv.db", (o,))
+            np.sum(dy.reshape(n, o, oh * ow), axis=(0, 2), out=db)
+            dbias += db
+        if dweight is not None:
+            self._conv_weight_grad(dy, x, geom, _groups(dweight, g, dweight[0].size), scratch)
+        if dx is not None:  # dx = dy convolved with weight flipped in (i, j), in/out channels swapped
+            c, (kh, kw) = x.shape[1] if x is not None else dx.shape[1], geom.kernel
+            w_t = scratch("conv.w_t", (c, o // g, kh, kw))
+            np.copyto(w_t.reshape(g, c // g, o // g, kh, kw),
+                      weight.reshape(g, o // g, c // g, kh, kw).swapaxes(1, 2)[..., ::-1, ::-1])
+            self._conv_shifted(dy, w_t, None, geom_t, dx, scratch, "conv.dx")
+        return dx
+
+    def _conv_shifted(self, x, weight, bias, geom, out, scratch, tag):
+        """conv2d (stride 1) by chunks: for each, its columns in the shifted-rows layout, one GEMM per
+        group into z (O, b, OH, Wp), and z's first OW columns of each row copied to out (b, O, OH, OW)."""
+        (n, c), (o, g), (oh, ow) = x.shape[:2], (weight.shape[0], geom.groups), geom.out_size
+        length = oh * geom.padded_size[1]
+        w = _groups(weight, g, weight[0].size)
+
+        def images(part, lo, hi):
+            for n0, b in _conv_chunks(lo, hi, c * math.prod(geom.kernel) * length * x.itemsize):
+                cols = self._shifted_columns(x[n0:n0 + b], geom, scratch, f"{tag}{part}")
+                z = scratch(f"{tag}{part}.gemm", (o, b, oh, geom.padded_size[1]))
+                np.matmul(w, _groups(cols, g, b * length), out=_groups(z, g, b * length))
+                if bias is not None:  # here, where rows are contiguous
+                    z += bias.reshape(o, 1, 1, 1)
+                np.copyto(out[n0:n0 + b], z[..., :ow].transpose(1, 0, 2, 3))
+
+        _in_parallel(n, images)
+        return out
+
+    def _conv_weight_grad(self, dy, x, geom, dweight, scratch):
+        """dweight (per group) += dy (O, N*OH*Wp, zero past OW) @ columns of x^T, by the same chunks;
+        each thread sums its images' share in its own buffer."""
+        (n, o), c, (oh, ow) = dy.shape[:2], x.shape[1], geom.out_size
+        wp, g = geom.padded_size[1], geom.groups
+        length = oh * wp
+
+        def images(part, lo, hi):
+            acc, dw = scratch(f"conv{part}.dw_sum", dweight.shape), scratch(f"conv{part}.dw", dweight.shape)
+            acc[...] = 0.0
+            for n0, b in _conv_chunks(lo, hi, c * math.prod(geom.kernel) * length * x.itemsize):
+                dy_t = scratch(f"conv{part}.dy_t", (o, b, oh, wp))
+                np.copyto(dy_t[..., :ow], dy[n0:n0 + b].transpose(1, 0, 2, 3))
+                dy_t[..., ow:] = 0.0  # the extra outputs of each row contribute nothing
+                cols = self._shifted_columns(x[n0:n0 + b], geom, scratch, f"conv{part}")
+                np.matmul(_groups(dy_t, g, b * length), _groups(cols, g, b * length).swapaxes(-1, -2), out=dw)
+                acc += dw
+
+        for part in range(_in_parallel(n, images)):
+            dweight += scratch(f"conv{part}.dw_sum", dweight.shape)
+
+    @staticmethod
+    def _shifted_columns(x, geom, scratch, tag):
+        """The columns (C, kh, kw, b, OH*Wp) of the b images x (b, C, H, W): x is copied inside zeros
+        as planes (Hp*Wp + (kw-1)*dw apart), and entry (c, i, j, m) is the slice of plane (m, c) from
+        i*dh*Wp + j*dw, OH*Wp long (over the whole padded width: the GEMM computes Wp - OW outputs
+        per row that are dropped). One strided copy reads them all."""
+        (b, c, h, w), (kh, kw), (dh, dw) = x.shape, geom.kernel, geom.dilation
+        (hp, wp), ((top, _), (left, _)), oh = geom.padded_size, geom.padding, geom.out_size[0]
+        planes = scratch(f"{tag}.padded", (b, c, hp * wp + (kw - 1) * dw))
+        planes[...] = 0.0
+        planes[:, :, :hp * wp].reshape(b, c, hp, wp)[:, :, top:top + h, left:left + w] = x
+        cols = scratch(f"{tag}.cols", (c, kh, kw, b, oh * wp))
+        s = planes.strides
+        np.copyto(cols, as_strided(planes, cols.shape, (s[1], dh * wp * s[2], dw * s[2], s[0], s[2])))
+        return cols
+
     def im2col(self, x, geom, out):
         # One strided copy (NumPy's copy loop beats a Numba gather on these short rows).
         (kh, kw), (sh, sw), (dh, dw) = geom.kernel, geom.stride, geom.dilation
