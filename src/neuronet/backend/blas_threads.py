@@ -12,7 +12,6 @@ choice changes. Without a bundled OpenBLAS it does nothing.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import glob
 import os
@@ -65,21 +64,3 @@ def use_all_threads() -> None:
     except IndexError:  # (nothing to undo; checked this way because threads may race here)
         return
     _LIB[0](threads)
-
-
-def threads() -> int:
-    """OpenBLAS's thread count as set (by the user, threadpoolctl or the default), not counting a
-    small product's temporary switch to one; 1 without a bundled OpenBLAS."""
-    if _LIB is None:
-        return 1
-    return _saved[0] if _saved else _LIB[1]()
-
-
-@contextlib.contextmanager
-def one_thread():
-    """OpenBLAS on one thread inside the block (for products run from several threads at once)."""
-    before_product(0, 0, 0)
-    try:
-        yield
-    finally:
-        use_all_threads()

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -14,7 +11,7 @@ from . import blas_threads, conv_kernels, kernels, optim_kernels, rnn_kernels
 from .conv_geometry import ConvGeometry
 from .ops import DEFAULT_ALPHA, Ops, _groups
 
-CONV_CHUNK_BYTES = 1 << 20  # the columns of one chunk of images (see NumpyOps._conv_shifted)
+CONV_CHUNK_BYTES = 1 << 22  # the columns of one chunk of images (see NumpyOps._conv_shifted)
 
 
 def _flat(a: np.ndarray) -> np.ndarray:
@@ -28,42 +25,11 @@ def _rows(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1, a.shape[-1])
 
 
-def _conv_chunks(lo: int, hi: int, bytes_per_image: int) -> list[tuple[int, int]]:
-    """(first image, count) of the chunks of images lo..hi-1 whose columns stay within
-    CONV_CHUNK_BYTES (at least one image each)."""
-    size = max(1, min(hi - lo, CONV_CHUNK_BYTES // bytes_per_image))
-    return [(n0, min(size, hi - n0)) for n0 in range(lo, hi, size)]
-
-
-_POOL: list[ThreadPoolExecutor] = []
-_POOL_LOCK = threading.Lock()
-
-
-def _in_parallel(n: int, images: Callable[[int, int, int], None]) -> int:
-    """Run ``images(part, lo, hi)`` over n images split into as many parts as OpenBLAS has threads,
-    one part per thread (this one included) with OpenBLAS on one thread meanwhile: each thread's
-    chunks then stay in its own core's cache, where a GEMM split over the cores by OpenBLAS moved every
-    chunk's columns from one core to the other. Returns the number of parts."""
-    parts = min(blas_threads.threads(), n)
-    if parts <= 1 or not _POOL_LOCK.acquire(blocking=False):  # (another thread's convolution has the pool)
-        images(0, 0, n)
-        return 1
-    try:
-        return _run_parts(parts, n, images)
-    finally:
-        _POOL_LOCK.release()
-
-
-def _run_parts(parts: int, n: int, images: Callable[[int, int, int], None]) -> int:
-    if not _POOL or _POOL[0]._max_workers < parts - 1:
-        _POOL[:] = [ThreadPoolExecutor(parts - 1, thread_name_prefix="neuronet-conv")]
-    bounds = [n * k // parts for k in range(parts + 1)]
-    with blas_threads.one_thread():
-        futures = [_POOL[0].submit(images, k, bounds[k], bounds[k + 1]) for k in range(1, parts)]
-        images(0, bounds[0], bounds[1])
-        for future in futures:
-            future.result()
-    return parts
+def _conv_chunks(n: int, bytes_per_image: int) -> list[tuple[int, int]]:
+    """(first image, count) of the chunks of n images whose columns stay within CONV_CHUNK_BYTES (at
+    least one image each)."""
+    size = max(1, min(n, CONV_CHUNK_BYTES // bytes_per_image))
+    return [(n0, min(size, n - n0)) for n0 in range(0, n, size)]
 
 
 def _transposed_geometry(geom: ConvGeometry) -> ConvGeometry | None:
@@ -165,38 +131,31 @@ class NumpyOps(Ops):
         length = oh * geom.padded_size[1]
         w = _groups(weight, g, weight[0].size)
 
-        def images(part, lo, hi):
-            for n0, b in _conv_chunks(lo, hi, c * math.prod(geom.kernel) * length * x.itemsize):
-                cols = self._shifted_columns(x[n0:n0 + b], geom, scratch, f"{tag}{part}")
-                z = scratch(f"{tag}{part}.gemm", (o, b, oh, geom.padded_size[1]))
-                np.matmul(w, _groups(cols, g, b * length), out=_groups(z, g, b * length))
-                if bias is not None:  # here, where rows are contiguous
-                    z += bias.reshape(o, 1, 1, 1)
-                np.copyto(out[n0:n0 + b], z[..., :ow].transpose(1, 0, 2, 3))
-
-        _in_parallel(n, images)
+        blas_threads.use_all_threads()  # (chunk by chunk the products are small, but come back to back)
+        for n0, b in _conv_chunks(n, c * math.prod(geom.kernel) * length * x.itemsize):
+            cols = self._shifted_columns(x[n0:n0 + b], geom, scratch, tag)
+            z = scratch(f"{tag}.gemm", (o, b, oh, geom.padded_size[1]))
+            np.matmul(w, _groups(cols, g, b * length), out=_groups(z, g, b * length))
+            if bias is not None:  # here, where rows are contiguous
+                z += bias.reshape(o, 1, 1, 1)
+            np.copyto(out[n0:n0 + b], z[..., :ow].transpose(1, 0, 2, 3))
         return out
 
     def _conv_weight_grad(self, dy, x, geom, dweight, scratch):
-        """dweight (per group) += dy (O, N*OH*Wp, zero past OW) @ columns of x^T, by the same chunks;
-        each thread sums its images' share in its own buffer."""
+        """dweight (per group) += dy (O, N*OH*Wp, zero past OW) @ columns of x^T, by the same chunks."""
         (n, o), c, (oh, ow) = dy.shape[:2], x.shape[1], geom.out_size
         wp, g = geom.padded_size[1], geom.groups
         length = oh * wp
 
-        def images(part, lo, hi):
-            acc, dw = scratch(f"conv{part}.dw_sum", dweight.shape), scratch(f"conv{part}.dw", dweight.shape)
-            acc[...] = 0.0
-            for n0, b in _conv_chunks(lo, hi, c * math.prod(geom.kernel) * length * x.itemsize):
-                dy_t = scratch(f"conv{part}.dy_t", (o, b, oh, wp))
-                np.copyto(dy_t[..., :ow], dy[n0:n0 + b].transpose(1, 0, 2, 3))
-                dy_t[..., ow:] = 0.0  # the extra outputs of each row contribute nothing
-                cols = self._shifted_columns(x[n0:n0 + b], geom, scratch, f"conv{part}")
-                np.matmul(_groups(dy_t, g, b * length), _groups(cols, g, b * length).swapaxes(-1, -2), out=dw)
-                acc += dw
-
-        for part in range(_in_parallel(n, images)):
-            dweight += scratch(f"conv{part}.dw_sum", dweight.shape)
+        dw = scratch("conv.dw", dweight.shape)
+        blas_threads.use_all_threads()
+        for n0, b in _conv_chunks(n, c * math.prod(geom.kernel) * length * x.itemsize):
+            dy_t = scratch("conv.dy_t", (o, b, oh, wp))
+            np.copyto(dy_t[..., :ow], dy[n0:n0 + b].transpose(1, 0, 2, 3))
+            dy_t[..., ow:] = 0.0  # the extra outputs of each row contribute nothing
+            cols = self._shifted_columns(x[n0:n0 + b], geom, scratch, "conv")
+            np.matmul(_groups(dy_t, g, b * length), _groups(cols, g, b * length).swapaxes(-1, -2), out=dw)
+            dweight += dw
 
     @staticmethod
     def _shifted_columns(x, geom, scratch, tag):
