@@ -169,6 +169,23 @@ def test_norm_rows(center, bias):
                      dict(x=(5, 6), w=(6,), b=(6,), dy=(5, 6), dw=(6,), db=(6,)).items()}, run)
 
 
+@case("batch_norm_stats batch_norm batch_norm_backward",
+      lambda r: {k: randn(r, *s) for k, s in dict(x=(3, 4, 5), w=(4,), b=(4,), dy=(3, 4, 5)).items()})
+def _(ops, a):
+    stats = [ops.empty((4,), "float64") for _ in range(5)]
+    mean, var, rstd, dw, db = stats
+    ops.batch_norm_stats(a["x"], mean, var)
+    ops.copy_(rstd, var)
+    rstd **= -0.5
+    out, dx, dx_eval = (ops.empty((3, 4, 5), "float64") for _ in range(3))
+    ops.batch_norm(a["x"], mean, rstd, a["w"], a["b"], out)
+    results = [mean, var, out]
+    for training, grad in ((True, dx), (False, dx_eval), (True, None)):
+        ops.batch_norm_backward(a["dy"], a["x"], mean, rstd, a["w"], training, grad, dw, db)
+        results += [dw * 1.0, db * 1.0] + ([grad * 1.0] if grad is not None else [])
+    return results
+
+
 @case("group_norm group_norm_backward",
       lambda r: {k: randn(r, *s) for k, s in
                  dict(x=(2, 6, 5), w=(6,), b=(6,), dy=(2, 6, 5), dw=(6,), db=(6,)).items()})

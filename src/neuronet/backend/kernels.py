@@ -334,6 +334,72 @@ def scatter_add_rows(table, index, rows):
 
 
 @jit
+def batch_norm_stats(x, mean, var):
+    """mean[c] and biased var[c] of x (N, C, M) over (N, M), two passes per channel."""
+    n, channels, m = x.shape
+    dt = x.dtype.type
+    inv_count = dt(1.0 / (n * m))
+    for c in range(channels):
+        mu = dt(0.0)
+        for i in range(n):
+            for j in range(m):
+                mu += x[i, c, j]
+        mu *= inv_count
+        sq = dt(0.0)
+        for i in range(n):
+            for j in range(m):
+                d = x[i, c, j] - mu
+                sq += d * d
+        mean[c] = mu
+        var[c] = sq * inv_count
+
+
+@jit
+def batch_norm_forward(x, mean, rstd, w, b, out):
+    """out = (x - mean[c]) * rstd[c] * w[c] + b[c] for x (N, C, M)."""
+    n, channels, m = x.shape
+    for c in range(channels):
+        scale = rstd[c] * w[c]
+        shift = b[c] - mean[c] * scale
+        for i in range(n):
+            for j in range(m):
+                out[i, c, j] = x[i, c, j] * scale + shift
+
+
+@jit
+def batch_norm_sums(dy, x, mean, rstd, dw, db):
+    """db[c] = sum dy and dw[c] = sum dy xhat over (N, M), xhat = (x - mean[c]) rstd[c] (written)."""
+    n, channels, m = x.shape
+    dt = x.dtype.type
+    for c in range(channels):
+        sdy = dt(0.0)
+        sdyx = dt(0.0)
+        mu = mean[c]
+        for i in range(n):
+            for j in range(m):
+                sdy += dy[i, c, j]
+                sdyx += dy[i, c, j] * (x[i, c, j] - mu)
+        db[c] = sdy
+        dw[c] = sdyx * rstd[c]
+
+
+@jit
+def batch_norm_dx(dy, x, mean, rstd, w, dw, db, training, dx):
+    """dx = w rstd (dy - db/M - xhat dw/M) (batch statistics) or w rstd dy (running ones)."""
+    n, channels, m = x.shape
+    dt = x.dtype.type
+    inv_count = dt(1.0 / (n * m)) if training else dt(0.0)
+    for c in range(channels):
+        scale = w[c] * rstd[c]
+        # dx = scale dy - scale (db/M + (x - mean) rstd dw/M) = scale dy + a x + k
+        a = -scale * rstd[c] * dw[c] * inv_count
+        k = -scale * db[c] * inv_count - a * mean[c]
+        for i in range(n):
+            for j in range(m):
+                dx[i, c, j] = scale * dy[i, c, j] + a * x[i, c, j] + k
+
+
+@jit
 def group_norm_forward(x, w, b, groups, eps, out, mean, rstd):
     """GroupNorm of x (N, C, M): each sample's channels in ``groups`` blocks of C/groups, normalised over
     the block's (C/groups) * M values, then out = xhat * w[c] + b[c]; saves mean, rstd (N * groups)."""

@@ -254,6 +254,20 @@ class NumpyOps(Ops):
                                    _rows(dx), dweight, db)
         return dx
 
+    def batch_norm_stats(self, x, mean, var):
+        kernels.batch_norm_stats(x, mean, var)
+
+    def batch_norm(self, x, mean, rstd, weight, bias, out):
+        kernels.batch_norm_forward(x, mean, rstd, weight, bias, out)
+        return out
+
+    def batch_norm_backward(self, dy, x, mean, rstd, weight, training, dx, dweight, dbias):
+        dy = np.ascontiguousarray(dy)
+        kernels.batch_norm_sums(dy, x, mean, rstd, dweight, dbias)
+        if dx is not None:
+            kernels.batch_norm_dx(dy, x, mean, rstd, weight, dweight, dbias, training, dx)
+        return dx
+
     def group_norm(self, x, weight, bias, groups, eps, out, mean, rstd):
         kernels.group_norm_forward(x, weight, bias, groups, eps, out, mean, rstd)
         return out

@@ -410,6 +410,31 @@ class Ops:
             dbias += dy.sum(axis=0)
         return dx
 
+    def batch_norm_stats(self, x, mean, var) -> None:
+        """Per channel of contiguous ``x`` (N, C, M): mean (C,) and biased variance var (C,) over (N, M)."""
+        x64 = x.astype(np.float64)
+        mean[...] = x64.mean(axis=(0, 2))
+        var[...] = x64.var(axis=(0, 2))
+
+    def batch_norm(self, x, mean, rstd, weight, bias, out) -> Any:
+        """out = (x - mean[c]) * rstd[c] * weight[c] + bias[c] for x (N, C, M) and per-channel (C,) stats."""
+        out[...] = (x - mean[:, None]) * (rstd * weight)[:, None] + bias[:, None]
+        return out
+
+    def batch_norm_backward(self, dy, x, mean, rstd, weight, training: bool, dx, dweight, dbias) -> Any:
+        """The gradients of ``batch_norm`` with xhat = (x - mean) rstd: dbias = sum dy and dweight = sum dy
+        xhat over (N, M), WRITTEN (C,); dx (N, C, M), unless None, = weight rstd (dy - dbias/M - xhat
+        dweight/M) when the statistics were the batch's (``training``), else weight rstd dy."""
+        x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+        xhat = (x64 - mean[:, None]) * rstd[:, None]
+        dbias[...] = dy64.sum(axis=(0, 2))
+        dweight[...] = (dy64 * xhat).sum(axis=(0, 2))
+        if dx is not None:
+            m = x.shape[0] * x.shape[2]
+            g = dy64 - (dbias[:, None] + xhat * dweight[:, None]) / m if training else dy64
+            dx[...] = g * (weight * rstd)[:, None]
+        return dx
+
     def group_norm(self, x, weight, bias, groups: int, eps: float, out, mean, rstd) -> Any:
         """GroupNorm of contiguous ``x`` (N, C, M): each sample's C channels in ``groups`` equal blocks,
         each normalised over its (C / groups) * M values; out = (x - mean) * rstd * weight[c] + bias[c].

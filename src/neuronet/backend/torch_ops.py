@@ -234,6 +234,47 @@ class TorchOps(Ops):
             dbias += dy.sum(dim=0)
         return dx
 
+    # BatchNorm: on the CPU the NumPy backend's fused kernels on the tensors' memory (PyTorch's
+    # mean + var alone took 2.3 ms on (64, 16, 784), the Numba statistics + normalisation ~1 ms);
+    # elsewhere PyTorch's kernels.
+    def batch_norm_stats(self, x, mean, var):
+        if _numba_ok(x):
+            kernels.batch_norm_stats(*_host(x, mean, var))
+            return
+        var_, mean_ = torch.var_mean(x, dim=(0, 2), correction=0)
+        mean.copy_(mean_)
+        var.copy_(var_)
+
+    def batch_norm(self, x, mean, rstd, weight, bias, out):
+        if _numba_ok(x):
+            kernels.batch_norm_forward(*_host(x, mean, rstd, weight, bias, out))
+            return out
+        scale = rstd * weight
+        torch.mul(x, scale[:, None], out=out)
+        out += (bias - mean * scale)[:, None]
+        return out
+
+    def batch_norm_backward(self, dy, x, mean, rstd, weight, training, dx, dweight, dbias):
+        if _numba_ok(x):
+            args = _host(dy.contiguous(), x, mean, rstd, weight)
+            kernels.batch_norm_sums(*args[:4], *_host(dweight, dbias))
+            if dx is not None:
+                kernels.batch_norm_dx(*args, *_host(dweight, dbias), training, *_host(dx))
+            return dx
+        if not training:  # running statistics (PyTorch's kernel would take rstd from them and eps)
+            torch.sum(dy, dim=(0, 2), out=dbias)
+            torch.sum(dy * ((x - mean[:, None]) * rstd[:, None]), dim=(0, 2), out=dweight)
+            if dx is not None:
+                torch.mul(dy, (weight * rstd)[:, None], out=dx)
+            return dx
+        gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
+            dy.contiguous(), x, weight, None, None, mean, rstd, True, 0.0, [dx is not None, True, True])
+        dweight.copy_(gw)
+        dbias.copy_(gb)
+        if dx is not None:
+            dx.copy_(gx)
+        return dx
+
     def group_norm(self, x, weight, bias, groups, eps, out, mean, rstd):  # PyTorch's fused kernels
         n, c, m = x.shape
         y, mu, rs = torch.native_group_norm(x, weight, bias, n, c, m, groups, eps)

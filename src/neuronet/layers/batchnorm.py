@@ -21,6 +21,8 @@ class _BatchNorm(Layer):
         dbias = sum dy,  dweight = sum dy * xhat,
         dx = weight / sqrt(var + eps) * (dy - dbias/M - xhat * dweight/M)
     (in inference mean and var are constants and dx = weight / sqrt(var + eps) * dy).
+    The sums and dx are ``ops.batch_norm_backward`` (one fused pass each on the NumPy backend, PyTorch's
+    kernel on the torch backend); forward saves x and the two (C,) statistics, not xhat.
     """
 
     allowed_ranks: tuple[int, ...] = ()
@@ -50,37 +52,27 @@ class _BatchNorm(Layer):
                            for tail in [("", "L", "H, W")[r - 1] for r in self.allowed_ranks])
 
     def forward(self, x, training: bool = True):
-        ops, xp = self.ops, self.ops.xp
-        n, c = x.shape[0], self.num_features
+        """x (N, C) or (N, C, ...) -> y, the same shape. Saves x, the mean and 1/sqrt(var + eps) used."""
+        ops, n, c = self.ops, x.shape[0], self.num_features
         x3 = x.reshape(n, c, -1)
         m = x3.shape[0] * x3.shape[2]
-        stat = (1, c, 1)
-        xhat = self.workspace("xhat", x3.shape)
-        y = self.workspace("y", x3.shape)
-        rstd = self.workspace("rstd", stat)
+        rstd = self.workspace("rstd", (c,))
         if training:
             if m < 2:
                 raise ValueError(f"{self!r}: expected more than 1 value per channel when training, "
                                  f"got input of shape {tuple(x.shape)}")
-            mean = self.workspace("mean", stat)
-            xp.mean(x3, axis=(0, 2), keepdims=True, out=mean)
-            xp.subtract(x3, mean, out=xhat)
-            xp.multiply(xhat, xhat, out=y)  # y as scratch for the squares
-            xp.mean(y, axis=(0, 2), keepdims=True, out=rstd)  # the biased variance, for now
-            self._update_running(mean.reshape(c), rstd.reshape(c), m)
+            mean = self.workspace("mean", (c,))
+            ops.batch_norm_stats(x3, mean, rstd)  # rstd holds the biased variance for now
+            self._update_running(mean, rstd, m)
         else:
-            xp.subtract(x3, self.buffers["running_mean"].reshape(stat), out=xhat)
-            ops.copy_(rstd, self.buffers["running_var"].reshape(stat))
+            mean = self.buffers["running_mean"]
+            ops.copy_(rstd, self.buffers["running_var"])
         rstd += self.eps
-        xp.sqrt(rstd, out=rstd)
-        std = self.workspace("std", stat)
-        ops.copy_(std, rstd)
-        ops.fill_(rstd, 1.0)
-        rstd /= std  # 1 / sqrt(var + eps)
-        xhat *= rstd
-        xp.multiply(xhat, self.params["weight"].reshape(stat), out=y)
-        y += self.params["bias"].reshape(stat)
-        self._xhat, self._rstd, self._training = xhat, rstd, training
+        self.ops.xp.sqrt(rstd, out=rstd)
+        self.ops.xp.reciprocal(rstd, out=rstd)
+        y = self.workspace("y", x3.shape)
+        ops.batch_norm(x3, mean, rstd, self.params["weight"], self.params["bias"], y)
+        self._x, self._mean, self._rstd, self._training = x3, mean, rstd, training
         return y.reshape(x.shape)
 
     def _update_running(self, mean, var, m: int) -> None:
@@ -94,33 +86,15 @@ class _BatchNorm(Layer):
         buf["num_batches_tracked"] += 1
 
     def backward(self, dy):
-        xp = self.ops.xp
-        xhat, c = self._xhat, self.num_features
-        n, m = xhat.shape[0], xhat.shape[0] * xhat.shape[2]
-        stat = (1, c, 1)
-        dy3 = dy.reshape(xhat.shape)
-        dbias, dweight = self.workspace("dbias", stat), self.workspace("dweight", stat)
-        dx = self.workspace("dx", xhat.shape)
-        xp.sum(dy3, axis=(0, 2), keepdims=True, out=dbias)
-        xp.multiply(dy3, xhat, out=dx)
-        xp.sum(dx, axis=(0, 2), keepdims=True, out=dweight)
+        x3, c = self._x, self.num_features
+        dbias, dweight = self.workspace("dbias", (c,)), self.workspace("dweight", (c,))
+        dx = self.workspace("dx", x3.shape) if self.needs_input_grad else None
+        self.ops.batch_norm_backward(dy.reshape(x3.shape), x3, self._mean, self._rstd, self.params["weight"],
+                                     self._training, dx, dweight, dbias)
         if self.trainable:  # frozen: the sums are still needed for dx, but no weight gradients
-            self.grads["weight"] += dweight.reshape(c)
-            self.grads["bias"] += dbias.reshape(c)
-        if not self.needs_input_grad:
-            return None
-        scale = self.workspace("scale", stat)
-        xp.multiply(self.params["weight"].reshape(stat), self._rstd, out=scale)
-        if self._training:
-            dweight *= 1.0 / m
-            dbias *= 1.0 / m
-            xp.multiply(xhat, dweight, out=dx)
-            xp.subtract(dy3, dx, out=dx)
-            dx -= dbias
-            dx *= scale
-        else:
-            xp.multiply(dy3, scale, out=dx)
-        return dx.reshape(n, *self.input_shape)
+            self.grads["weight"] += dweight
+            self.grads["bias"] += dbias
+        return None if dx is None else dx.reshape(x3.shape[0], *self.input_shape)
 
     def extra_repr(self):
         text = f"{self.num_features}"
