@@ -68,8 +68,7 @@ class _BatchNorm(Layer):
             mean = self.buffers["running_mean"]
             ops.copy_(rstd, self.buffers["running_var"])
         rstd += self.eps
-        self.ops.xp.sqrt(rstd, out=rstd)
-        self.ops.xp.reciprocal(rstd, out=rstd)
+        rstd **= -0.5  # 1 / sqrt(var + eps)
         y = self.workspace("y", x3.shape)
         ops.batch_norm(x3, mean, rstd, self.params["weight"], self.params["bias"], y)
         self._x, self._mean, self._rstd, self._training = x3, mean, rstd, training
