@@ -147,15 +147,16 @@ class NumpyOps(Ops):
         wp, g = geom.padded_size[1], geom.groups
         length = oh * wp
 
-        dw = scratch("conv.dw", dweight.shape)
+        dw_t = scratch("conv.dw_t", dweight.swapaxes(-1, -2).shape)
         blas_threads.use_all_threads()
         for n0, b in _conv_chunks(n, c * math.prod(geom.kernel) * length * x.itemsize):
             dy_t = scratch("conv.dy_t", (o, b, oh, wp))
             np.copyto(dy_t[..., :ow], dy[n0:n0 + b].transpose(1, 0, 2, 3))
             dy_t[..., ow:] = 0.0  # the extra outputs of each row contribute nothing
             cols = self._shifted_columns(x[n0:n0 + b], geom, scratch, "conv")
-            np.matmul(_groups(dy_t, g, b * length), _groups(cols, g, b * length).swapaxes(-1, -2), out=dw)
-            dweight += dw
+            # dweight^T = cols @ dy_t^T: OpenBLAS ran this orientation 1.3-1.9x faster than dy_t @ cols^T
+            np.matmul(_groups(cols, g, b * length), _groups(dy_t, g, b * length).swapaxes(-1, -2), out=dw_t)
+            dweight += dw_t.swapaxes(-1, -2)
 
     @staticmethod
     def _shifted_columns(x, geom, scratch, tag):
