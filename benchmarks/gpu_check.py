@@ -7,10 +7,11 @@
    every ``model.to("torch")`` in them lands on the GPU (``tests/test_sync_free.py`` then also runs its
    CUDA-graph tests, which are skipped without a GPU).
 2. Per workload (the CPU benchmarks' models, batches and optimizers), each engine in its own process:
-   neuronet-torch eager, neuronet-torch with ``compile(cuda_graph=True)``, PyTorch eager and PyTorch
-   under ``torch.compile``; median ms/step over ``--steps`` after ``--warmup`` steps, each step ending in
-   a read of the loss (as ``train_step`` and the usual PyTorch loop do), and one table of ratios to
-   PyTorch eager (> 1: faster).
+   neuronet-torch eager, neuronet-torch with ``compile(cuda_graph=True)``, neuronet-torch with
+   ``compile(mixed_precision="bfloat16")``, PyTorch eager, PyTorch under ``torch.compile`` and PyTorch
+   under ``torch.autocast(dtype=torch.bfloat16)``; median ms/step over ``--steps`` after ``--warmup``
+   steps, each step ending in a read of the loss (as ``train_step`` and the usual PyTorch loop do),
+   and one table of ratios to PyTorch eager (> 1: faster).
 
 Without CUDA it says so and exits with status 2: nothing in it has been run on a GPU where that
 happens, and no GPU result may be claimed from a CPU run.
@@ -30,7 +31,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 TESTS = ["tests/backend", "tests/layers", "tests/losses", "tests/optim", "tests/test_training.py",
          "tests/test_sync_free.py"]
-ENGINES = ["neuronet-torch", "neuronet-torch+graph", "pytorch", "pytorch+compile"]
+ENGINES = ["neuronet-torch", "neuronet-torch+graph", "neuronet-torch+bf16", "pytorch", "pytorch+compile",
+           "pytorch+bf16"]
 WORKLOADS = ["mlp", "cnn", "lstm", "gpt", "moe", "nanogpt"]
 
 
@@ -54,17 +56,27 @@ def _builders(workload: str):
     return module.neuronet, module.pytorch
 
 
-def _on_device(device: str, compiled: bool) -> None:
-    """Make the CPU benchmarks' PyTorch builders build on ``device`` (and wrap the model in torch.compile)."""
+def _on_device(device: str, engine: str) -> None:
+    """Make the CPU benchmarks' PyTorch builders build on ``device`` (and wrap the model in torch.compile,
+    or the step in bfloat16 autocast, as the engine says)."""
     import harness
     import torch
 
     torch.set_default_device(device)
     from_numpy = torch.from_numpy
     torch.from_numpy = lambda a: from_numpy(a).to(device)
-    if compiled:
-        step = harness.torch_training_step
+    step = harness.torch_training_step
+    if engine.endswith("compile"):
         harness.torch_training_step = lambda model, *rest: step(torch.compile(model), *rest)
+    if engine.endswith("bf16"):
+        def autocast_step(*args):
+            inner = step(*args)
+
+            def run():
+                with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16):
+                    return inner()
+            return run
+        harness.torch_training_step = autocast_step
 
 
 def _child(workload: str, engine: str, steps: int, warmup: int, device: str) -> None:
@@ -72,10 +84,11 @@ def _child(workload: str, engine: str, steps: int, warmup: int, device: str) -> 
 
     neuronet, pytorch = _builders(workload)
     if engine.startswith("pytorch"):
-        _on_device(device, engine.endswith("compile"))
+        _on_device(device, engine)
         step = pytorch()
     else:
-        step = neuronet("torch" if device == "cpu" else device, cuda_graph=engine.endswith("graph"))()
+        step = neuronet("torch" if device == "cpu" else device, cuda_graph=engine.endswith("graph"),
+                        mixed_precision="bfloat16" if engine.endswith("bf16") else None)()
     sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
     for _ in range(warmup):
         step()

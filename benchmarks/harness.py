@@ -220,14 +220,14 @@ def neuronet_training(make_model, data, optimizer: str = "Adam", lr: float = 1e-
 
     ``make_model(nn)`` returns an uncompiled Sequential; the loss is cross-entropy.
     """
-    def for_backend(backend: str, cuda_graph: bool = False):
+    def for_backend(backend: str, cuda_graph: bool = False, mixed_precision: str | None = None):
         def build():
             import neuronet as nn
 
             x, y = data()
             model = make_model(nn)
             model.compile(optimizer=getattr(nn, optimizer)(lr), loss=nn.CrossEntropyLoss(),
-                          cuda_graph=cuda_graph)
+                          cuda_graph=cuda_graph, mixed_precision=mixed_precision)
             model.build(tuple(x.shape[1:]))
             model.to(backend)
             if backend != "numpy":

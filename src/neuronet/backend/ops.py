@@ -15,12 +15,14 @@ scatter, random numbers) is a method here. See docs/backends.md for adding a bac
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..errors import ConfigError
 from .conv_geometry import ConvGeometry
 
 # The array-namespace functions layers and losses may call as ``ops.xp.<name>`` (NumPy's names; every
@@ -29,7 +31,7 @@ from .conv_geometry import ConvGeometry
 XP_FUNCTIONS = frozenset({
     "exp", "log", "log1p", "tanh", "sqrt", "square", "abs", "sign", "clip",
     "add", "subtract", "multiply", "divide", "floor_divide", "maximum", "minimum", "not_equal", "matmul",
-    "sum", "mean", "amax", "amin",
+    "sum", "mean", "amax", "amin", "isfinite",
 })
 
 # A buffer source for kernels that need scratch space: (name, shape) -> array (Layer.workspace).
@@ -152,6 +154,18 @@ class Ops:
     def scatter_add_rows(self, table, index, rows) -> None:
         """table[index[i]] += rows[i], repeated indices accumulate."""
         np.add.at(table, index.reshape(-1), rows.reshape(-1, *table.shape[1:]))
+
+    # ----------------------------------------------------------------- mixed precision
+    def compute_in(self, dtype: str | None) -> contextlib.AbstractContextManager:
+        """A context in which matmul, matmul_acc, conv2d and conv2d_backward multiply in ``dtype``
+        ("bfloat16" or "float16") and write their float32 outputs (automatic mixed precision: the
+        weights, gradients, norms, softmax, losses and optimizer stay float32). None: in the operands'
+        own dtype (also inside an outer low-precision context).
+        Only the torch backend has low-precision products; here any other value is a ConfigError."""
+        if dtype is not None:
+            raise ConfigError(f"mixed precision ({dtype}) needs the torch backend; the {self.name} backend "
+                              "computes in the model's dtype: call model.to('torch') (or 'cuda') first")
+        return contextlib.nullcontext()
 
     # ----------------------------------------------------------------- matrix products
     def matmul(self, a, b, out) -> Any:

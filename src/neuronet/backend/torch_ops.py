@@ -5,6 +5,9 @@ Imported only when asked for, so the core runs without torch installed.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -12,6 +15,7 @@ import torch.nn.functional as F
 from . import kernels, rnn_kernels
 from .ops import DEFAULT_ALPHA, Ops
 
+_LOW_PRECISION = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
            "int64": torch.int64, "int32": torch.int32, "bool": torch.bool, "uint8": torch.uint8}
 
@@ -23,6 +27,26 @@ class TorchOps(Ops):
     def __init__(self, device: str = "cpu"):
         self.device = device
         self._device = torch.device(device)
+        self._precision = threading.local()  # .dtype: the products' dtype inside compute_in, per thread
+
+    # ----------------------------------------------------------------- mixed precision
+    @contextlib.contextmanager
+    def compute_in(self, dtype):
+        if dtype is not None and dtype not in _LOW_PRECISION:
+            raise ValueError(f"compute_in: expected None, 'bfloat16' or 'float16', got {dtype!r}")
+        before = getattr(self._precision, "dtype", None)
+        self._precision.dtype = None if dtype is None else _LOW_PRECISION[dtype]
+        try:
+            yield
+        finally:
+            self._precision.dtype = before
+
+    def _low(self, *tensors):
+        """The tensors in the products' low precision inside compute_in, else None."""
+        dt = getattr(self._precision, "dtype", None)
+        if dt is None or tensors[0].dtype != torch.float32:
+            return None
+        return [None if t is None else t.to(dt) for t in tensors]
 
     # ----------------------------------------------------------------- creation / conversion
     def empty(self, shape, dtype):
@@ -114,6 +138,7 @@ class TorchOps(Ops):
     # ------------------------------------------------------------ convolution and pooling (PyTorch's kernels)
     def conv2d(self, x, weight, bias, geom, out, scratch):
         x, padding = _conv_input(x, geom)
+        x, weight, bias = self._low(x, weight, bias) or (x, weight, bias)
         out.copy_(F.conv2d(x, weight, bias, geom.stride, padding, geom.dilation, geom.groups))
         return out
 
@@ -121,6 +146,7 @@ class TorchOps(Ops):
         if x is None:  # dx only: the kernel reads nothing of x but its shape
             x = dy.new_zeros(()).expand(dy.shape[0], weight.shape[1] * geom.groups, *geom.in_size)
         x, padding = _conv_input(x, geom)
+        dy, x, weight = self._low(dy, x, weight) or (dy, x, weight)
         gx, gw, gb = torch.ops.aten.convolution_backward(
             dy, x, weight, [weight.shape[0]], geom.stride, padding, geom.dilation, False, [0, 0], geom.groups,
             [dx is not None, dweight is not None, dbias is not None])
@@ -163,8 +189,18 @@ class TorchOps(Ops):
             out.copy_(y)
         return out
 
+    def matmul(self, a, b, out):
+        low = self._low(a, b)
+        if low is None:
+            return torch.matmul(a, b, out=out)
+        out.copy_(torch.matmul(*low))
+        return out
+
     def matmul_acc(self, a, b, out, scratch=None):
-        if out.dim() == 2:
+        low = self._low(a, b)
+        if low is not None:
+            out += torch.matmul(*low)
+        elif out.dim() == 2:
             out.addmm_(a, b)
         else:
             super().matmul_acc(a, b, out, scratch)

@@ -347,7 +347,7 @@ class Model(Trainer, Layer):
 
     # ----------------------------------------------------------------- training
     def compile(self, optimizer: Any = "adam", loss: Any = "cross_entropy", metrics=None, loss_weights=None,
-                cuda_graph: bool = False):
+                cuda_graph: bool = False, mixed_precision: str | None = None):
         """As ``Sequential.compile``; with several outputs ``loss``, ``loss_weights`` and ``metrics``
         may be lists (one per output) or dicts keyed by output name; one loss or metric list applies to
         every output. The reported loss is the weighted sum; each output's own is ``<name>_loss``.
@@ -357,7 +357,7 @@ class Model(Trainer, Layer):
 
         self.optimizer = _resolve("optimizer", optimizer, OPTIMIZERS, OPTIMIZER_ALIASES)
         self.optimizer.bind(self)  # parameter names for its groups, and which layers are frozen
-        self.cuda_graph = bool(cuda_graph)
+        self._compile_options(cuda_graph, mixed_precision)
         names = self.output_names
         if isinstance(loss, PerOutputLoss):
             self.loss = loss

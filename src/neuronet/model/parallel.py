@@ -74,7 +74,8 @@ def inference_model(model):
         if not model.built:
             state.lock.acquire()  # the first forward builds the model: one thread at a time
         try:
-            yield model
+            with model._precision():
+                yield model
         finally:
             state.lock.release()
         return
@@ -82,7 +83,8 @@ def inference_model(model):
     if getattr(local, "key", None) is not model.flat_params or local.loss is not model.loss:
         local.replica, local.key, local.loss = replica(model), model.flat_params, model.loss
     local.replica.metric_fns = model.metric_fns
-    yield local.replica
+    with model._precision():
+        yield local.replica
 
 
 def predict(model, x, batch_size: int, workers: int):
@@ -316,6 +318,9 @@ class TrainingRun:
             if not model.built:
                 model.build(tuple(x.shape[1:]))
             workers = choose_workers(model, x, y, batch_size)
+        if workers != 1 and model.__dict__.get("loss_scale") is not None:
+            raise ConfigError("fit(workers=N): float16 loss scaling runs in one process's step; use "
+                              "mixed_precision='bfloat16' (no scaling needed) or workers=1")
         self.workers = workers
         self.n_global = batch_size
 
@@ -386,7 +391,7 @@ class TrainingRun:
                 self.sync.cancel()
                 raise
             self.sync.finish()
-        model.optimizer.step(model.flat_params, model.flat_grads)
+        model._optimizer_step()
         if self.comm is not None and self.has_buffers:  # rank 0's running statistics, as DDP
             from ..distributed.sync import broadcast_buffers
 

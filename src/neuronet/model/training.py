@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import ConfigError, NonFiniteError, ShapeError
 from . import parallel, resume
 from .data_adapter import DataList, adapt, as_array, split_validation
+from .loss_scale import DynamicLossScale
 from .totals import Totals
 from .weighting import scale_rows, weighted_forward
 
@@ -71,11 +72,15 @@ class Trainer:
         self._cursor: resume.EpochCursor | None = None
 
     def compile(self, optimizer: Any = "adam", loss: Any = "cross_entropy", metrics: list[str] | None = None,
-                cuda_graph: bool = False):
+                cuda_graph: bool = False, mixed_precision: str | None = None):
         """Choose the optimizer, the loss and the metrics reported by fit/evaluate.
 
         ``cuda_graph=True`` (torch backend on CUDA): ``train_step`` captures forward + backward once per
         input shape and replays it as one CUDA graph (see ``model/cuda_graph.py``).
+        ``mixed_precision="bfloat16"`` or ``"float16"`` (torch backend, float32 model): the matrix
+        products and convolutions multiply in that dtype, everything else stays float32, as
+        ``torch.autocast``; float16 adds dynamic loss scaling, as ``torch.amp.GradScaler``
+        (``model/loss_scale.py``).
         """
         from ..losses import LOSSES
         from ..metrics import resolve
@@ -85,8 +90,24 @@ class Trainer:
         self.optimizer.bind(self)  # parameter names for its groups, and which layers are frozen
         self.loss = _resolve("loss", loss, LOSSES, LOSS_ALIASES)
         self.metric_fns = resolve(metrics)
-        self.cuda_graph = bool(cuda_graph)
+        self._compile_options(cuda_graph, mixed_precision)
         return self
+
+    def _compile_options(self, cuda_graph: bool, mixed_precision: str | None) -> None:
+        """The options every model's compile shares: the CUDA graph and mixed precision."""
+        if mixed_precision not in (None, "bfloat16", "float16"):
+            raise ConfigError(f"compile: mixed_precision must be None, 'bfloat16' or 'float16', got "
+                              f"{mixed_precision!r}")
+        if mixed_precision is not None and str(self.dtype) != "float32":
+            raise ConfigError(f"compile(mixed_precision={mixed_precision!r}) needs a float32 model (the "
+                              f"master weights), this one is {self.dtype}")
+        self.cuda_graph = bool(cuda_graph)
+        self.mixed_precision = mixed_precision
+        self.loss_scale = DynamicLossScale() if mixed_precision == "float16" else None
+
+    def _precision(self):
+        """The context forward and backward run in: products in the compiled mixed precision, if any."""
+        return self.ops.compute_in(self.__dict__.get("mixed_precision"))
 
     def _require_compiled(self, what: str) -> None:
         if self.optimizer is None or self.loss is None:
@@ -134,8 +155,17 @@ class Trainer:
                 raise ConfigError("train_step: sample_weight is not supported with compile(cuda_graph=True)")
             return graphed_train_step(self, x, y)
         loss = self._gradients(x, y, sample_weight)
-        self.optimizer.step(self.flat_params, self.flat_grads)
+        self._optimizer_step()
         return loss
+
+    def _optimizer_step(self) -> None:
+        """One optimizer step on ``flat_grads``; with float16 loss scaling the gradients are unscaled
+        first, and a step whose gradients overflowed is skipped (counted in ``skipped_steps``)."""
+        scale = self.__dict__.get("loss_scale")
+        if scale is not None and not scale.unscale_(self.ops, self.flat_grads):
+            self.skipped_steps += 1
+            return
+        self.optimizer.step(self.flat_params, self.flat_grads)
 
     def _gradients(self, x, y, sample_weight=None) -> float:
         """train_step without the optimizer step: the loss, with its gradient in ``flat_grads``."""
@@ -149,7 +179,8 @@ class Trainer:
     def _forward_loss(self, x, y, sample_weight=None):
         """The forward pass and the loss of one batch, auxiliary losses included (a 0-d array on the
         device when the loss is sync-free)."""
-        out = self._last_output = self.forward(x, training=True)
+        with self._precision():
+            out = self._last_output = self.forward(x, training=True)
         loss = self.loss.forward(out, y) if sample_weight is None else \
             weighted_forward(self.loss, out, y, sample_weight)
         deferred = self.loss.__dict__.get("_deferred")
@@ -161,12 +192,18 @@ class Trainer:
         """zero_grad, then the backward of the last ``_forward_loss`` into ``flat_grads``."""
         aux_layers = self._aux_layers()
         self.zero_grad()
+        scale = self.__dict__.get("loss_scale")
+        factor = 1.0 if scale is None else scale.scale
         for layer in aux_layers:
-            layer.set_aux_loss_scale(layer.aux_loss_weight)
+            layer.set_aux_loss_scale(layer.aux_loss_weight * factor)
         try:
             grad = self.loss.backward()
-            self.backward(grad if sample_weight is None else scale_rows(self.ops, grad, sample_weight),
-                          input_grad=False)
+            if factor != 1.0:  # float16: the gradients flow scaled, so that small ones do not underflow
+                for g in grad if isinstance(grad, list) else [grad]:
+                    g *= factor
+            with self._precision():
+                self.backward(grad if sample_weight is None else scale_rows(self.ops, grad, sample_weight),
+                              input_grad=False)
         finally:
             for layer in aux_layers:
                 layer.set_aux_loss_scale(0.0)
