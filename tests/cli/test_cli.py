@@ -199,6 +199,8 @@ def test_bench_only_runs_the_named_benchmarks_and_lists_them_otherwise(capsys, m
     assert main(["bench", "--only", "mlp", "bench_lstm.py", "--quick"]) == 0
     assert [Path(cmd[1]).name for cmd in ran] == ["bench_lstm.py", "bench_mlp.py"]
     assert ran[0][2:] == ["--steps", "10", "--warmup", "3", "--rounds", "2"]
+    assert main(["bench", "--only", "mlp", "--threads", "1"]) == 0
+    assert ran[-1][2:] == ["--threads", "1"]
     assert main(["bench", "--only", "no_such_benchmark"]) == 2
     err = capsys.readouterr().err
     assert "no benchmark named no_such_benchmark; available: " in err and "mlp" in err

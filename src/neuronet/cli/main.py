@@ -206,6 +206,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if rest:
             print(f"neuronet bench: also available with --only or --all: {', '.join(rest)}", flush=True)
     extra = ["--steps", "10", "--warmup", "3", "--rounds", "2"] if args.quick else []
+    if args.threads:
+        extra += ["--threads", str(args.threads)]
     status = 0
     for script in scripts:
         print(f"== {script.stem} ==", flush=True)
@@ -317,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     be.add_argument("--only", nargs="*", help="benchmark names, e.g. mlp moe")
     be.add_argument("--quick", action="store_true", help="few steps and two rounds (a smoke run)")
+    be.add_argument("--threads", type=int, help="BLAS/OpenMP threads of every engine (default: the "
+                    "libraries' own); 1 gives the steadier figures on a shared machine")
     be.add_argument("--all", action="store_true",
                     help="every benchmark, also nanogpt (needs > 10 GiB), scaling, loader, finetune")
     be.set_defaults(func=cmd_bench)
