@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import kernels, rnn_kernels
+from . import conv_kernels, kernels, rnn_kernels
 from .ops import DEFAULT_ALPHA, Ops
 
 _LOW_PRECISION = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -163,7 +163,12 @@ class TorchOps(Ops):
             dx.copy_(F.pad(gx, (-left, w + left - gx.shape[3], -top, h + top - gx.shape[2])))
         return dx
 
+    # Max pooling on the CPU: the NumPy backend's Numba kernels on the tensors' memory (PyTorch's
+    # max_pool2d_with_indices took 6.3 ms per call on the MNIST CNN's (64, 32, 28, 28) at one thread).
     def max_pool2d(self, x, kernel, stride, padding, out, index):
+        if _numba_ok(x) and out.is_contiguous() and index.is_contiguous():
+            conv_kernels.max_pool2d(*_host(x.contiguous()), *kernel, *stride, *padding, *_host(out, index))
+            return out
         floor = [(size + 2 * p - k) // s + 1 for size, k, s, p in zip(x.shape[2:], kernel, stride, padding,
                                                                        strict=True)]
         y, idx = F.max_pool2d(x, kernel, stride, padding, ceil_mode=list(out.shape[2:]) != floor,
@@ -173,6 +178,9 @@ class TorchOps(Ops):
         return out
 
     def max_pool2d_backward(self, dy, index, out):
+        if _numba_ok(dy) and out.is_contiguous():
+            conv_kernels.max_pool2d_backward(*_host(dy.contiguous(), index.contiguous(), out))
+            return out
         n, c = out.shape[0], out.shape[1]
         out.zero_()
         out.view(n * c, -1).scatter_add_(1, index.reshape(n * c, -1), dy.reshape(n * c, -1))
