@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import conv_kernels, kernels, rnn_kernels
+from . import conv_kernels, kernels, malloc_tuning, rnn_kernels
 from .ops import DEFAULT_ALPHA, Ops
 
 _LOW_PRECISION = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -27,6 +27,8 @@ class TorchOps(Ops):
     def __init__(self, device: str = "cpu"):
         self.device = device
         self._device = torch.device(device)
+        if self._device.type == "cpu":
+            malloc_tuning.keep_freed_memory()  # PyTorch's per-call temporaries: see malloc_tuning
         self._precision = threading.local()  # .dtype: the products' dtype inside compute_in, per thread
 
     # ----------------------------------------------------------------- mixed precision
