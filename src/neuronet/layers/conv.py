@@ -46,8 +46,9 @@ class _Conv(Layer):
     """The N-d convolution, computed as 2-D: a Conv1D is a Conv2D with a (1, k) kernel over (N, C, 1, L).
 
     Forward: z = ops.conv2d(x, weight, bias); y = act(z). Backward: dz = act'(dy);
-    (dx, dweight, dbias) = ops.conv2d_backward(dz). The NumPy backend computes conv2d as one GEMM per
-    group over im2col columns (kept for the weight gradient); the torch backend calls PyTorch's kernels.
+    (dx, dweight, dbias) = ops.conv2d_backward(dz). The NumPy backend computes conv2d as GEMMs per
+    group over im2col columns (for stride 1 by cache-sized chunks of images, the columns rebuilt for the
+    weight gradient); the torch backend calls PyTorch's kernels.
     """
 
     ndim = 2
@@ -204,8 +205,8 @@ class Conv2D(_Conv):
         weight (O, C/groups, kh, kw), bias (O) — PyTorch's layout and default init
         U(+-1/sqrt(C/groups*kh*kw)).
     Saved for backward:
-        the input (torch backend) or its im2col columns (C*kh*kw, N*OH*OW) (NumPy backend), and the
-        activation's output (or input), in workspace.
+        the input (the NumPy backend's strided convolutions also keep its im2col columns, C*kh*kw by
+        N*OH*OW), and the activation's output (or input), in workspace.
     """
 
     ndim = 2
