@@ -321,3 +321,21 @@ def test_backends_override_only_what_differs():
                 code = (f.__code__.co_code, f.__code__.co_names, f.__code__.co_consts)
                 assert code != (base.__code__.co_code, base.__code__.co_names, base.__code__.co_consts), \
                     f"{type(ops).__name__}.{name} repeats the reference"
+
+
+CPU_KERNEL_CASES = sorted(n for n in CASES if n.startswith(("activation ", "max_pool2d", "batch_norm",
+                                                            "lstm_cell", "gru_cell", "attention_softmax")))
+
+
+@pytest.mark.parametrize("name", CPU_KERNEL_CASES)
+def test_torch_ops_path_matches_reference(name, monkeypatch):
+    """On CPU tensors the torch backend runs these through the Numba kernels; on CUDA/MPS through torch
+    ops. Force the torch-op path here so that it is checked without a GPU."""
+    import neuronet.backend.torch_ops as torch_ops
+
+    monkeypatch.setattr(torch_ops, "_numba_ok", lambda x: False)
+    make, run = CASES[name]
+    expected = outputs(Ops(), make, run)
+    got = outputs(BACKENDS["torch"], make, run)
+    for i, (g, e) in enumerate(zip(got, expected, strict=True)):
+        np.testing.assert_allclose(g, e, rtol=1e-9, atol=1e-11, err_msg=f"torch ops: output {i}")
