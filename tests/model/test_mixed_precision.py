@@ -140,3 +140,13 @@ def test_ops_compute_in_casts_every_product_and_restores():
     assert not torch.allclose(low, a @ b, rtol=1e-6, atol=1e-6)
     with pytest.raises(ConfigError, match="needs the torch backend"):
         nn.backend.NumpyOps().compute_in("bfloat16")
+
+
+def test_float16_is_refused_with_the_cuda_graph():
+    x, y = _data(8)
+    model = nn.Sequential(nn.Dense(12, 3))
+    model.compile(nn.SGD(0.1), "cross_entropy", mixed_precision="float16", cuda_graph=True)
+    model.build((12,))
+    model.to("torch")
+    with pytest.raises(ConfigError, match="loss scale changes between steps"):
+        model.train_step(model.ops.asarray(x), model.ops.asarray(y))

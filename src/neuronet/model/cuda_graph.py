@@ -28,6 +28,9 @@ from .training import _finite_loss
 
 
 def _refuse_uncapturable(model) -> None:
+    if model.__dict__.get("loss_scale") is not None:
+        raise ConfigError("compile(cuda_graph=True) with mixed_precision='float16': the loss scale changes "
+                          "between steps and would be frozen into the graph; use mixed_precision='bfloat16'")
     if model.ops.name != "torch" or not str(model.ops.device).startswith("cuda"):
         raise ConfigError(f"compile(cuda_graph=True) needs the torch backend on a CUDA device; this model "
                           f"runs on {model.ops.name} ({model.ops.device}): call model.to('cuda') first, or "
@@ -69,7 +72,7 @@ class _Graph:
         self.y.copy_(y, non_blocking=True)
         self.graph.replay()
         value = _finite_loss(self.loss)
-        model.optimizer.step(model.flat_params, model.flat_grads)
+        model._optimizer_step()
         return value
 
 
