@@ -248,3 +248,27 @@ def test_bad_num_layers_or_dropout(kwargs, match):
     for kind in ("LSTM", "GRU"):
         with pytest.raises(nn.errors.ConfigError, match=f"{kind}: {match}"):
             getattr(nn, kind)(3, 4, **kwargs)
+
+
+@pytest.mark.parametrize("return_sequences", [False, True])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_torch_backend_float32_runs_the_fused_lstm_and_matches_torch(return_sequences, bidirectional):
+    """float32 on the CPU: each layer-direction is one oneDNN LSTM call (ops.lstm_sequence)."""
+    torch.manual_seed(3)
+    module = torch.nn.LSTM(4, 5, num_layers=2, batch_first=True, bidirectional=bidirectional)
+    layer = make("LSTM", 4, 5, return_sequences, bidirectional, num_layers=2)
+    layer.build((6, 4), dtype="float32")
+    layer.to("torch")
+    x = np.random.default_rng(11).standard_normal((3, 6, 4)).astype(np.float32)
+    compare_with_torch(layer, module, x, torch_forward=torch_forward(return_sequences), atol=2e-5, rtol=1e-4,
+                       dtype="float32")
+    assert len(layer._fused) == 2 * (2 if bidirectional else 1)
+
+
+def test_fused_lstm_steps_aside_for_mixed_precision():
+    layer = nn.LSTM(4, 5)
+    layer.build((6, 4))
+    layer.to("torch")
+    with layer.ops.compute_in("bfloat16"):
+        layer.forward(layer.ops.asarray(np.ones((2, 6, 4), np.float32)))
+    assert layer._fused == {}  # the cells ran, their products in bfloat16

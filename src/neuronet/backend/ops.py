@@ -494,6 +494,18 @@ class Ops:
         return out
 
     # ----------------------------------------------------------------- recurrent cells (LSTM, GRU), one step
+    def lstm_sequence(self, seq, w_ih, w_hh, b_ih, b_hh, reverse: bool, h, saved: dict) -> bool:
+        """Optionally one LSTM layer-direction over the whole sequence in one call: seq (T, N, I) ->
+        h (T + 1, N, H), the zero initial state at h[T] when ``reverse`` else h[0], the states after each
+        step in the rest; what the backward needs goes into ``saved``. Returns False where the backend
+        has no such kernel (here, and on NumPy): the layer then runs ``lstm_cell`` step by step."""
+        return False
+
+    def lstm_sequence_backward(self, seq, w_ih, w_hh, b_ih, b_hh, reverse: bool, saved: dict, dh, dout):
+        """The gradients of an ``lstm_sequence`` that returned True, from dh (N, H) = dL/d(final state)
+        and dout (T, N, H) = dL/dh_t from above (or None): (ds (T, N, I), dW_ih, dW_hh, db_ih, db_hh)."""
+        raise NotImplementedError("lstm_sequence_backward: this backend has no lstm_sequence")
+
     def lstm_cell(self, gates, gh, bias, c_prev, c, tanh_c, h) -> None:
         """One LSTM step in PyTorch's gate order i, f, g, o; every array 2-D ``(N, .)`` and contiguous.
 

@@ -132,9 +132,14 @@ class _Recurrent(Layer):
         ops, (steps, n, size_in) = self.ops, seq.shape
         width = self.cell.gates * self.hidden_size
         gates = self.workspace("gates" + p.tag, (steps, n, width))
+        h = self.workspace("h" + p.tag, (steps + 1, n, self.hidden_size))
+        fused = self.__dict__.setdefault("_fused", {})  # tag -> what a whole-sequence kernel saved
+        saved = fused[p.tag] = {}
+        if isinstance(self.cell, LSTM) and ops.lstm_sequence(seq, *self._weights(p), p.reverse, h, saved):
+            return h
+        fused.pop(p.tag)
         ops.matmul(seq.reshape(steps * n, size_in), self.param(p, "weight_ih").T,
                    out=gates.reshape(steps * n, width))
-        h = self.workspace("h" + p.tag, (steps + 1, n, self.hidden_size))
         ops.fill_(h[p.off * steps], 0.0)  # the zero initial state
         self.cell.forward_loop(self, p, gates, h)
         return h
@@ -173,6 +178,10 @@ class _Recurrent(Layer):
         unless it is None. ``dout`` (T, N, H) is dL/dh_t from above, or None."""
         ops, (steps, n, size_in) = self.ops, seq.shape
         hid, width = self.hidden_size, self.cell.gates * self.hidden_size
+        saved = self.__dict__.get("_fused", {}).get(p.tag)
+        if saved is not None:
+            self._fused_backward(p, seq, saved, dh, dout, dseq_in, accumulate)
+            return
         h = self.workspace("h" + p.tag, (steps + 1, n, hid))
         gates = self.workspace("gates" + p.tag, (steps, n, width))
         dgx, dgh = self.cell.backward_loop(self, p, gates, h, dh, dout)
@@ -189,6 +198,22 @@ class _Recurrent(Layer):
                            self.workspace(f"ds_l{p.layer}", (steps * n, size_in)))
         else:
             ops.matmul(dgx, self.param(p, "weight_ih"), out=dseq_rows)
+
+    def _weights(self, p: _Pass) -> list:
+        return [self.param(p, name) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+
+    def _fused_backward(self, p: _Pass, seq, saved: dict, dh, dout, dseq_in, accumulate: bool) -> None:
+        """``_backward_pass`` for a pass that ran as one ``ops.lstm_sequence``."""
+        ds, *weight_grads = self.ops.lstm_sequence_backward(seq, *self._weights(p), p.reverse, saved, dh,
+                                                            dout)
+        if self.trainable:
+            for name, g in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), weight_grads, strict=True):
+                self.grads[name + p.tag] += g
+        if dseq_in is not None:
+            if accumulate:
+                dseq_in += ds
+            else:
+                self.ops.copy_(dseq_in, ds)
 
     def _weight_grads(self, p: _Pass, rows, prev, dgx, dgh, shared: bool) -> None:
         """Accumulate pass ``p``'s dW_ih, dW_hh and bias gradients from its pre-activation gradients."""
