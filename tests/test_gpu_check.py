@@ -21,8 +21,11 @@ def test_without_cuda_it_says_so_and_exits_2():
 
 
 def test_cpu_smoke_run_prints_the_table_and_the_graph_refusal():
+    engines = ["neuronet-torch", "neuronet-torch+graph", "neuronet-torch+bf16", "pytorch+bf16"]
     out = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--workloads", "mlp", "--engines",
-                          "neuronet-torch", "neuronet-torch+graph", "--steps", "1", "--warmup", "1"],
+                          *engines, "--steps", "1", "--warmup", "1"],
                          capture_output=True, text=True, env=ENV, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "mlp" in out.stdout and "needs the torch backend on a CUDA device" in out.stdout
+    row = next(line for line in out.stdout.splitlines() if line.startswith("mlp "))
+    assert all(float(cell) > 0 for cell in row.split()[-2:])  # both bfloat16 engines ran
