@@ -21,7 +21,7 @@ import numpy as np
 
 from .layer import Layer, Workspace
 
-_SCRATCH = ("_workspace", "_workspace_views", "_workspace_dtypes")
+_SCRATCH = ("_workspace", "_workspace_views", "_workspace_dtypes", "_fused")  # _fused: recurrent.py
 # A model's training state that a replica neither needs nor may share (the optimizer's moments,
 # the history, the thread pools and locks of the model/parallel module).
 _LEFT_OUT = ("optimizer", "history", "_last_output", "_aux_cache", "_parallel", "grad_ready")
