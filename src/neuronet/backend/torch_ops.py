@@ -12,9 +12,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import conv_kernels, kernels, malloc_tuning, rnn_kernels
+from . import malloc_tuning
+from .numpy_ops import NumpyOps
 from .ops import DEFAULT_ALPHA, Ops
 
+_CPU = NumpyOps()  # the Numba kernels with their calling conventions, for CPU tensors' host views
 _LSTM_MODE = 2  # oneDNN's RNN mode number for the LSTM cell
 _MKLDNN_RNN = hasattr(torch.ops.aten, "mkldnn_rnn_layer") and torch.backends.mkldnn.is_available()
 _LOW_PRECISION = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -38,16 +40,20 @@ class TorchOps(Ops):
     def compute_in(self, dtype):
         if dtype is not None and dtype not in _LOW_PRECISION:
             raise ValueError(f"compute_in: expected None, 'bfloat16' or 'float16', got {dtype!r}")
-        before = getattr(self._precision, "dtype", None)
+        before = self._low_dtype()
         self._precision.dtype = None if dtype is None else _LOW_PRECISION[dtype]
         try:
             yield
         finally:
             self._precision.dtype = before
 
+    def _low_dtype(self):
+        """The products' dtype inside compute_in (bfloat16/float16), else None."""
+        return getattr(self._precision, "dtype", None)
+
     def _low(self, *tensors):
         """The tensors in the products' low precision inside compute_in, else None."""
-        dt = getattr(self._precision, "dtype", None)
+        dt = self._low_dtype()
         if dt is None or tensors[0].dtype != torch.float32:
             return None
         return [None if t is None else t.to(dt) for t in tensors]
@@ -171,7 +177,7 @@ class TorchOps(Ops):
     # max_pool2d_with_indices took 6.3 ms per call on the MNIST CNN's (64, 32, 28, 28) at one thread).
     def max_pool2d(self, x, kernel, stride, padding, out, index):
         if _numba_ok(x) and out.is_contiguous() and index.is_contiguous():
-            conv_kernels.max_pool2d(*_host(x.contiguous()), *kernel, *stride, *padding, *_host(out, index))
+            _CPU.max_pool2d(*_host(x.contiguous()), kernel, stride, padding, *_host(out, index))
             return out
         floor = [(size + 2 * p - k) // s + 1 for size, k, s, p in zip(x.shape[2:], kernel, stride, padding,
                                                                        strict=True)]
@@ -183,7 +189,7 @@ class TorchOps(Ops):
 
     def max_pool2d_backward(self, dy, index, out):
         if _numba_ok(dy) and out.is_contiguous():
-            conv_kernels.max_pool2d_backward(*_host(dy.contiguous(), index.contiguous(), out))
+            _CPU.max_pool2d_backward(*_host(dy, index.contiguous(), out))
             return out
         n, c = out.shape[0], out.shape[1]
         out.zero_()
@@ -224,13 +230,8 @@ class TorchOps(Ops):
         if _numba_ok(dy) and name not in ("linear", "softmax", "log_softmax") and out.is_contiguous():
             # the NumPy backend's one-pass kernel on the tensors' memory: ReLU's mask product took
             # 12 ms of a 117 ms ResNet step in torch ops (a bool temporary and a mixed-dtype multiply)
-            dy = dy.contiguous()
-            z = dy if z is None else z.contiguous()
-            y = z if y is None else y.contiguous()
-            code, a = kernels.ACT_CODES[name], DEFAULT_ALPHA.get(name, 0.0) if alpha is None else alpha
-            kernels.activation_backward(code, a, *(t.reshape(-1) for t in _host(dy, z, y, out)))
-            if bias_grad is not None:
-                self.sum_rows_acc(out, bias_grad)
+            _CPU.activation_backward(name, *_host(dy), _host_or_none(z), _host_or_none(y), *_host(out), alpha,
+                                     bias_grad=_host_or_none(bias_grad))
             return out
         if name == "linear":
             g = dy
@@ -298,7 +299,7 @@ class TorchOps(Ops):
     # elsewhere PyTorch's kernels.
     def batch_norm_stats(self, x, mean, var):
         if _numba_ok(x):
-            kernels.batch_norm_stats(*_host(x, mean, var))
+            _CPU.batch_norm_stats(*_host(x, mean, var))
             return
         var_, mean_ = torch.var_mean(x, dim=(0, 2), correction=0)
         mean.copy_(mean_)
@@ -306,7 +307,7 @@ class TorchOps(Ops):
 
     def batch_norm(self, x, mean, rstd, weight, bias, out):
         if _numba_ok(x):
-            kernels.batch_norm_forward(*_host(x, mean, rstd, weight, bias, out))
+            _CPU.batch_norm(*_host(x, mean, rstd, weight, bias, out))
             return out
         scale = rstd * weight
         torch.mul(x, scale[:, None], out=out)
@@ -315,10 +316,8 @@ class TorchOps(Ops):
 
     def batch_norm_backward(self, dy, x, mean, rstd, weight, training, dx, dweight, dbias):
         if _numba_ok(x):
-            args = _host(dy.contiguous(), x, mean, rstd, weight)
-            kernels.batch_norm_sums(*args[:4], *_host(dweight, dbias))
-            if dx is not None:
-                kernels.batch_norm_dx(*args, *_host(dweight, dbias), training, *_host(dx))
+            _CPU.batch_norm_backward(*_host(dy, x, mean, rstd, weight), training, _host_or_none(dx),
+                                     *_host(dweight, dbias))
             return dx
         if not training:  # running statistics (PyTorch's kernel would take rstd from them and eps)
             torch.sum(dy, dim=(0, 2), out=dbias)
@@ -363,10 +362,8 @@ class TorchOps(Ops):
         return torch.ops.aten._softmax.out(out, -1, False, out=out)
 
     def attention_softmax_backward(self, dprobs, probs, out, scale=1.0):
-        t = probs.shape[-1]
         if _numba_ok(probs) and all(a.is_contiguous() for a in (dprobs, probs, out)):
-            kernels.softmax_rows_backward(*_host(dprobs.view(-1, t), probs.view(-1, t), out.view(-1, t)),
-                                          False, scale)
+            _CPU.attention_softmax_backward(*_host(dprobs, probs, out), scale)
             return out
         rowsum = (dprobs * probs).sum(dim=-1, keepdim=True)
         torch.mul(probs, dprobs - rowsum, out=out)
@@ -392,7 +389,7 @@ class TorchOps(Ops):
     # 14.5 ms for the step-by-step cells (T=28, N=64, H=128, one thread).
     def lstm_sequence(self, seq, w_ih, w_hh, b_ih, b_hh, reverse, h, saved):
         if not (_MKLDNN_RNN and seq.device.type == "cpu" and seq.dtype == torch.float32
-                and getattr(self._precision, "dtype", None) is None):
+                and self._low_dtype() is None):
             return False
         zeros = seq.new_zeros(seq.shape[1], w_hh.shape[1])
         out, hy, cy, workspace = torch.ops.aten.mkldnn_rnn_layer(
@@ -414,7 +411,7 @@ class TorchOps(Ops):
 
     def lstm_cell(self, gates, gh, bias, c_prev, c, tanh_c, h):
         if _numba_ok(gates):
-            rnn_kernels.lstm_cell_forward(*_host(gates, gh, bias, c_prev, c, tanh_c, h))
+            _CPU.lstm_cell(*_host(gates, gh, bias, c_prev, c, tanh_c, h))
             return
         if gates.is_cuda:
             fused = torch.ops.aten._thnn_fused_lstm_cell
@@ -438,7 +435,7 @@ class TorchOps(Ops):
 
     def lstm_cell_backward(self, gates, c_prev, tanh_c, dh, dc, dgates):
         if _numba_ok(gates):
-            rnn_kernels.lstm_cell_backward(*_host(gates, c_prev, tanh_c, dh, dc, dgates))
+            _CPU.lstm_cell_backward(*_host(gates, c_prev, tanh_c, dh, dc, dgates))
             return
         i, f, g, o = gates.split(dh.shape[1], dim=1)
         di, df, dg, do = dgates.split(dh.shape[1], dim=1)
@@ -452,7 +449,7 @@ class TorchOps(Ops):
     def gru_cell(self, gates, gh, b_ih, b_hh, h_prev, hn, h):
         hid = h.shape[1]
         if _numba_ok(gates):
-            rnn_kernels.gru_cell_forward(*_host(gates, gh, b_ih, b_hh, h_prev, hn, h))
+            _CPU.gru_cell(*_host(gates, gh, b_ih, b_hh, h_prev, hn, h))
             return
         if gates.is_cuda:  # workspace: r, z, n, h_prev, h W_hn^T + b_hn
             hy, work = torch.ops.aten._thnn_fused_gru_cell(gates, gh, h_prev, b_ih, b_hh)
@@ -472,7 +469,7 @@ class TorchOps(Ops):
 
     def gru_cell_backward(self, gates, hn, h_prev, dh, dgx, dgh, dh_direct):
         if _numba_ok(gates):
-            rnn_kernels.gru_cell_backward(*_host(gates, hn, h_prev, dh, dgx, dgh, dh_direct))
+            _CPU.gru_cell_backward(*_host(gates, hn, h_prev, dh, dgx, dgh, dh_direct))
             return
         if gates.is_cuda:
             work = torch.cat([gates, h_prev, hn], dim=1)
@@ -597,6 +594,10 @@ def _numba_ok(x) -> bool:
 def _host(*tensors):
     """NumPy views sharing the tensors' memory (no copy)."""
     return [t.numpy() for t in tensors]
+
+
+def _host_or_none(tensor):
+    return None if tensor is None else tensor.numpy()
 
 
 def _act(name, z, a):
