@@ -34,6 +34,14 @@ class _Merge(Layer):
             raise ShapeError(f"{self!r}: expected inputs {', '.join(map(_dims, self.input_shape))}, got "
                              f"{', '.join(str(tuple(x.shape)) for x in xs)}")
 
+    def _fold(self, op, xs):
+        """y = op(...op(op(x0, x1), x2)..., xk) into the "y" workspace (elementwise, equal shapes)."""
+        y = self.workspace("y", tuple(xs[0].shape))
+        op(xs[0], xs[1], out=y)
+        for x in xs[2:]:
+            op(y, x, out=y)
+        return y
+
     def _same_shapes(self, shapes: tuple) -> tuple:
         if len(set(shapes)) != 1:
             raise ShapeError(f"{self!r}: all inputs must have the same shape, got "
@@ -47,12 +55,7 @@ class Add(_Merge):
     merge_shape = _Merge._same_shapes
 
     def forward(self, xs, training: bool = True):
-        xp = self.ops.xp
-        y = self.workspace("y", tuple(xs[0].shape))
-        xp.add(xs[0], xs[1], out=y)
-        for x in xs[2:]:
-            xp.add(y, x, out=y)
-        return y
+        return self._fold(self.ops.xp.add, xs)
 
     def backward(self, dy):
         for i in range(len(self._dx)):
@@ -66,13 +69,8 @@ class Multiply(_Merge):
     merge_shape = _Merge._same_shapes
 
     def forward(self, xs, training: bool = True):
-        xp = self.ops.xp
         self._xs = xs
-        y = self.workspace("y", tuple(xs[0].shape))
-        xp.multiply(xs[0], xs[1], out=y)
-        for x in xs[2:]:
-            xp.multiply(y, x, out=y)
-        return y
+        return self._fold(self.ops.xp.multiply, xs)
 
     def backward(self, dy):
         """dL/dxi = dy * (product of the other inputs)."""
