@@ -134,10 +134,11 @@ class _Recurrent(Layer):
         gates = self.workspace("gates" + p.tag, (steps, n, width))
         h = self.workspace("h" + p.tag, (steps + 1, n, self.hidden_size))
         fused = self.__dict__.setdefault("_fused", {})  # tag -> what a whole-sequence kernel saved
-        saved = fused[p.tag] = {}
+        fused.pop(p.tag, None)
+        saved: dict = {}
         if isinstance(self.cell, LSTM) and ops.lstm_sequence(seq, *self._weights(p), p.reverse, h, saved):
+            fused[p.tag] = saved
             return h
-        fused.pop(p.tag)
         ops.matmul(seq.reshape(steps * n, size_in), self.param(p, "weight_ih").T,
                    out=gates.reshape(steps * n, width))
         ops.fill_(h[p.off * steps], 0.0)  # the zero initial state
