@@ -32,7 +32,8 @@ def test_the_users_own_malloc_settings_win():
 def test_the_torch_backend_on_the_cpu_asks_for_it():
     pytest.importorskip("torch")
     code = ("from neuronet.backend import malloc_tuning as m; import neuronet as nn; "
-            "assert not m._done; nn.Sequential(nn.Dense(2, 2)).to('torch'); print(bool(m._done))")
+            "calls = m.keep_freed_memory.cache_info; assert calls().currsize == 0; "
+            "nn.Sequential(nn.Dense(2, 2)).to('torch'); print(calls().currsize == 1)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True"]

@@ -19,19 +19,17 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 32 << 20   # glibc's maximum on 64-bit: blocks up to 32 MiB come from the heap
 TRIM_THRESHOLD = 256 << 20  # free memory the heap may keep at its top
-_done: list[bool] = []
 
 
+@functools.cache
 def keep_freed_memory() -> bool:
-    """Raise glibc's mmap and trim thresholds (once); returns whether they are raised now."""
-    if _done:
-        return _done[0]
-    _done.append(False)
+    """Raise glibc's mmap and trim thresholds (once per process); returns whether they are raised."""
     if any(v in os.environ for v in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
         return False
     name = ctypes.util.find_library("c")
@@ -43,6 +41,4 @@ def keep_freed_memory() -> bool:
     if mallopt is None or getattr(libc, "gnu_get_libc_version", None) is None:  # glibc only
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _done[0] = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD,
-                                                                              TRIM_THRESHOLD))
-    return _done[0]
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
