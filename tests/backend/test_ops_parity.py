@@ -285,9 +285,9 @@ def outputs(ops, make, run, seed=0):
     return [np.array(ops.to_numpy(o)) for o in run(ops, inputs)]
 
 
-def check(make, run):
+def check(make, run, backends=BACKENDS):
     expected = outputs(Ops(), make, run)
-    for name, ops in BACKENDS.items():
+    for name, ops in backends.items():
         got = outputs(ops, make, run)
         assert len(got) == len(expected)
         for i, (g, e) in enumerate(zip(got, expected, strict=True)):
@@ -335,8 +335,4 @@ def test_torch_ops_path_matches_reference(name, monkeypatch):
     import neuronet.backend.torch_ops as torch_ops
 
     monkeypatch.setattr(torch_ops, "_numba_ok", lambda x: False)
-    make, run = CASES[name]
-    expected = outputs(Ops(), make, run)
-    got = outputs(BACKENDS["torch"], make, run)
-    for i, (g, e) in enumerate(zip(got, expected, strict=True)):
-        np.testing.assert_allclose(g, e, rtol=1e-9, atol=1e-11, err_msg=f"torch ops: output {i}")
+    check(*CASES[name], backends={"torch ops": BACKENDS["torch"]})

@@ -23,13 +23,7 @@ OPTIMIZERS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _float64_scalars():
-    """torch keeps NAdam's mu_product in the default dtype; float64 as our scalars."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default_dtype")  # see conftest.py
 
 
 def _pair(seed=0):

@@ -78,13 +78,7 @@ def _run(name, backend, clip_norm=None, steps=STEPS):
     return opt
 
 
-@pytest.fixture(autouse=True)
-def _float64_scalars():
-    """torch keeps NAdam's mu_product as a tensor of the default dtype: float64, like our scalars."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default_dtype")  # see conftest.py
 
 
 @pytest.mark.parametrize("name", list(CASES))
