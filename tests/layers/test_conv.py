@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from _backends import assert_backends_train_alike
 
 import neuronet as nn
 from neuronet.testing import check_gradients, compare_with_torch, step_allocations
@@ -126,16 +127,4 @@ def test_cnn_train_step_allocates_nothing():
 def test_cnn_numpy_and_torch_backends_agree():
     rng = np.random.default_rng(9)
     x, y = rng.standard_normal((8, 1, 12, 12)), rng.integers(0, 10, 8)
-    models = []
-    for backend in ("numpy", "torch"):
-        nn.manual_seed(0)
-        model = mnist_like_cnn("float64")
-        model.build((1, 12, 12))
-        model.to(backend)
-        model.compile(optimizer=nn.Adam(1e-2), loss=nn.CrossEntropyLoss())
-        losses = [model.train_step(model.ops.asarray(x), model.ops.asarray(y)) for _ in range(3)]
-        models.append((model, losses))
-    (a, la), (b, lb) = models
-    np.testing.assert_allclose(la, lb, rtol=1e-9)
-    for key, value in a.state_dict().items():
-        np.testing.assert_allclose(b.state_dict()[key], value, rtol=1e-7, atol=1e-10, err_msg=key)
+    assert_backends_train_alike(lambda: mnist_like_cnn("float64"), (1, 12, 12), nn.CrossEntropyLoss(), x, y)

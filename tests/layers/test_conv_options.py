@@ -4,6 +4,7 @@ backends in float32 and float64, numerical gradients, zero-allocation steps, .nn
 import numpy as np
 import pytest
 import torch
+from _backends import assert_backends_train_alike
 
 import neuronet as nn
 from neuronet.testing import check_gradients, compare_with_torch, step_allocations
@@ -167,19 +168,7 @@ def test_encoder_decoder_train_step_allocates_nothing():
 def test_encoder_decoder_numpy_and_torch_backends_agree():
     rng = np.random.default_rng(9)
     x, y = rng.standard_normal((4, 2, 8, 8)), rng.standard_normal((4, 1, 8, 8))
-    runs = []
-    for backend in ("numpy", "torch"):
-        nn.manual_seed(0)
-        model = encoder_decoder("float64")
-        model.build((2, 8, 8))
-        model.to(backend)
-        model.compile(optimizer=nn.Adam(1e-2), loss=nn.MSELoss())
-        losses = [model.train_step(model.ops.asarray(x), model.ops.asarray(y)) for _ in range(3)]
-        runs.append((model, losses))
-    (a, la), (b, lb) = runs
-    np.testing.assert_allclose(la, lb, rtol=1e-9)
-    for key, value in a.state_dict().items():
-        np.testing.assert_allclose(b.state_dict()[key], value, rtol=1e-7, atol=1e-10, err_msg=key)
+    assert_backends_train_alike(lambda: encoder_decoder("float64"), (2, 8, 8), nn.MSELoss(), x, y)
 
 
 def test_encoder_decoder_round_trips_through_nnet(tmp_path):

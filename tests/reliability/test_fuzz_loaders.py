@@ -72,17 +72,19 @@ def nnet_file(tmp_path_factory):
     return path
 
 
-def test_fuzz_nnet_bytes(nnet_file, tmp_path_factory):
-    raw = nnet_file.read_bytes()
-    target = tmp_path_factory.mktemp("fuzz") / "f.nnet"
-
+def _fuzz_bytes(raw: bytes, target, load) -> None:
+    """``load(target)`` on mutations of the bytes ``raw``: only the allowed errors, never a crash."""
     @FUZZ
     @given(EDITS)
     def check(edits):
         target.write_bytes(mutate(raw, edits))
-        _call(lambda: nn.load(target))
+        _call(lambda: load(target))
 
     check()
+
+
+def test_fuzz_nnet_bytes(nnet_file, tmp_path_factory):
+    _fuzz_bytes(nnet_file.read_bytes(), tmp_path_factory.mktemp("fuzz") / "f.nnet", nn.load)
 
 
 def _paths(value, prefix=()):
@@ -125,16 +127,7 @@ def test_fuzz_gguf(tmp_path_factory):
     model.build((3,))
     path = tmp_path_factory.mktemp("gguf") / "m.gguf"
     nn.export_gguf(model, path)
-    raw = path.read_bytes()
-    target = path.with_name("f.gguf")
-
-    @FUZZ
-    @given(EDITS)
-    def check(edits):
-        target.write_bytes(mutate(raw, edits))
-        _call(lambda: nn.load_gguf(target))
-
-    check()
+    _fuzz_bytes(path.read_bytes(), path.with_name("f.gguf"), nn.load_gguf)
 
 
 # ---------------------------------------------------------------------------------------- IDX, CIFAR

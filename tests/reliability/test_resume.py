@@ -88,23 +88,24 @@ def test_mid_epoch_checkpoint_resumes_bit_exactly(tmp_path):
     assert resumed.full_history() == straight.full_history()
 
 
-def test_changed_data_restarts_the_interrupted_epoch_with_a_warning(tmp_path):
+def _stopped_and_loaded(tmp_path, epochs: int, stop_epoch: int):
+    """(x, y, model): 100 samples, batch 8, stopped after batch 2 of ``stop_epoch``, saved and loaded."""
     x, y = _data(100)
     model = _model()
-    model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[StopAt(0, 2)])
+    model.fit(x, y, epochs=epochs, batch_size=8, verbose=0, callbacks=[StopAt(stop_epoch, 2)])
     model.save(tmp_path / "m.nnet")
-    loaded = nn.load(tmp_path / "m.nnet")
+    return x, y, nn.load(tmp_path / "m.nnet")
+
+
+def test_changed_data_restarts_the_interrupted_epoch_with_a_warning(tmp_path):
+    x, y, loaded = _stopped_and_loaded(tmp_path, epochs=1, stop_epoch=0)
     with pytest.warns(RuntimeWarning, match="batch_size 8.*starts over"):
         loaded.fit(x, y, epochs=1, batch_size=10, verbose=0)
     assert loaded.epoch == 1 and loaded.optimizer.iterations == 3 + 10
 
 
 def test_fit_from_another_epoch_does_not_resume_inside_one(tmp_path):
-    x, y = _data(100)
-    model = _model()
-    model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[StopAt(1, 2)])
-    model.save(tmp_path / "m.nnet")
-    loaded = nn.load(tmp_path / "m.nnet")
+    x, y, loaded = _stopped_and_loaded(tmp_path, epochs=2, stop_epoch=1)
     with pytest.warns(RuntimeWarning, match="saved inside epoch 1, but fit starts at epoch 0"):
         loaded.fit(x, y, epochs=2, batch_size=8, verbose=0)
     assert loaded.optimizer.iterations == 13 + 3 + 2 * 13
