@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -47,6 +48,9 @@ def _finite_loss(loss) -> float:
         raise NonFiniteError(f"train_step: the loss is {value} (NaN or inf in the inputs/targets, or the "
                              "model diverged: lower the learning rate); the step was refused")
     return value
+
+
+_FULL_PRECISION = contextlib.nullcontext()  # reusable: entering it does nothing
 
 
 class Trainer:
@@ -106,8 +110,10 @@ class Trainer:
         self.loss_scale = DynamicLossScale() if mixed_precision == "float16" else None
 
     def _precision(self):
-        """The context forward and backward run in: products in the compiled mixed precision, if any."""
-        return self.ops.compute_in(self.__dict__.get("mixed_precision"))
+        """The context forward and backward run in: products in the compiled mixed precision, if any
+        (without it, one shared no-op context: nothing is made or entered per step)."""
+        mixed = self.__dict__.get("mixed_precision")
+        return _FULL_PRECISION if mixed is None else self.ops.compute_in(mixed)
 
     def _require_compiled(self, what: str) -> None:
         if self.optimizer is None or self.loss is None:
