@@ -25,11 +25,9 @@ def _rows(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1, a.shape[-1])
 
 
-def _conv_chunks(x, geom: ConvGeometry) -> list[tuple[int, int]]:
-    """(first image, count) of the chunks of x's images whose shifted-rows columns (C*kh*kw rows of
-    OH*Wp) stay within CONV_CHUNK_BYTES (at least one image each)."""
-    n, c = x.shape[:2]
-    bytes_per_image = c * math.prod(geom.kernel) * geom.out_size[0] * geom.padded_size[1] * x.itemsize
+def _conv_chunks(n: int, bytes_per_image: int) -> list[tuple[int, int]]:
+    """(first image, count) of the chunks of n images whose columns stay within CONV_CHUNK_BYTES (at
+    least one image each)."""
     size = max(1, min(n, CONV_CHUNK_BYTES // bytes_per_image))
     return [(n0, min(size, n - n0)) for n0 in range(0, n, size)]
 
@@ -129,11 +127,12 @@ class NumpyOps(Ops):
     def _conv_shifted(self, x, weight, bias, geom, out, scratch, tag):
         """conv2d (stride 1) by chunks: for each, its columns in the shifted-rows layout, one GEMM per
         group into z (O, b, OH, Wp), and z's first OW columns of each row copied to out (b, O, OH, OW)."""
-        (o, g), (oh, ow) = (weight.shape[0], geom.groups), geom.out_size
+        (n, c), (o, g), (oh, ow) = x.shape[:2], (weight.shape[0], geom.groups), geom.out_size
         length = oh * geom.padded_size[1]
         w = _groups(weight, g, weight[0].size)
+
         blas_threads.use_all_threads()  # (chunk by chunk the products are small, but come back to back)
-        for n0, b in _conv_chunks(x, geom):
+        for n0, b in _conv_chunks(n, c * math.prod(geom.kernel) * length * x.itemsize):
             cols = self._shifted_columns(x[n0:n0 + b], geom, scratch, tag)
             z = scratch(f"{tag}.gemm", (o, b, oh, geom.padded_size[1]))
             np.matmul(w, _groups(cols, g, b * length), out=_groups(z, g, b * length))
@@ -144,11 +143,13 @@ class NumpyOps(Ops):
 
     def _conv_weight_grad(self, dy, x, geom, dweight, scratch):
         """dweight (per group) += dy (O, N*OH*Wp, zero past OW) @ columns of x^T, by the same chunks."""
-        o, (oh, ow), (wp, g) = dy.shape[1], geom.out_size, (geom.padded_size[1], geom.groups)
+        (n, o), c, (oh, ow) = dy.shape[:2], x.shape[1], geom.out_size
+        wp, g = geom.padded_size[1], geom.groups
         length = oh * wp
+
         dw_t = scratch("conv.dw_t", dweight.swapaxes(-1, -2).shape)
         blas_threads.use_all_threads()
-        for n0, b in _conv_chunks(x, geom):
+        for n0, b in _conv_chunks(n, c * math.prod(geom.kernel) * length * x.itemsize):
             dy_t = scratch("conv.dy_t", (o, b, oh, wp))
             np.copyto(dy_t[..., :ow], dy[n0:n0 + b].transpose(1, 0, 2, 3))
             dy_t[..., ow:] = 0.0  # the extra outputs of each row contribute nothing
