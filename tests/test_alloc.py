@@ -4,10 +4,7 @@ import numpy as np
 import pytest
 
 import neuronet as nn
-from neuronet.testing import step_allocations
-
-GROWTH_LIMIT = 64 * 1024  # bytes still held after 20 steps
-PEAK_LIMIT = 256 * 1024  # largest transient rise within one step
+from neuronet.testing import assert_step_allocates_nothing
 
 
 def _step(model, batch=64, features=784, classes=10):
@@ -23,9 +20,7 @@ def test_mlp_train_step_allocates_nothing(optimizer):
     model = nn.Sequential(nn.Dense(784, 256, activation="relu"), nn.Dense(256, 128, activation="relu"),
                           nn.Dense(128, 10))
     model.compile(optimizer=optimizer(), loss=nn.CrossEntropyLoss())
-    growth, peak = step_allocations(_step(model), steps=20)
-    assert growth < GROWTH_LIMIT, f"{growth} bytes kept over 20 steps"
-    assert peak < PEAK_LIMIT, f"a step allocated {peak} bytes at its peak"
+    assert_step_allocates_nothing(_step(model))
 
 
 def test_every_activation_and_dropout_allocate_nothing():
@@ -33,8 +28,7 @@ def test_every_activation_and_dropout_allocate_nothing():
     layers = [nn.Dense(32, 32, activation=a) for a in acts]
     model = nn.Sequential(*layers, nn.Dropout(0.2), nn.SELU(), nn.Dense(32, 10, activation="log_softmax"))
     model.compile(optimizer=nn.Adam(1e-3), loss=nn.NLLLoss())
-    growth, peak = step_allocations(_step(model, batch=32, features=32), steps=20)
-    assert growth < GROWTH_LIMIT and peak < PEAK_LIMIT, (growth, peak)
+    assert_step_allocates_nothing(_step(model, batch=32, features=32))
 
 
 def test_mse_regression_step_allocates_nothing():
@@ -42,12 +36,10 @@ def test_mse_regression_step_allocates_nothing():
     model.compile(optimizer=nn.Adam(1e-3), loss=nn.MSELoss())
     rng = np.random.default_rng(1)
     x, y = rng.standard_normal((128, 16)).astype(np.float32), rng.standard_normal((128, 4)).astype(np.float32)
-    growth, peak = step_allocations(lambda: model.train_step(x, y), steps=20)
-    assert growth < GROWTH_LIMIT and peak < PEAK_LIMIT, (growth, peak)
+    assert_step_allocates_nothing(lambda: model.train_step(x, y))
 
 
 def test_forward_in_inference_allocates_nothing():
     model = nn.Sequential(nn.Dense(784, 256, activation="relu"), nn.Dropout(0.5), nn.Dense(256, 10))
     x = np.random.default_rng(2).standard_normal((64, 784)).astype(np.float32)
-    growth, peak = step_allocations(lambda: model.forward(x, training=False), steps=20)
-    assert growth < GROWTH_LIMIT and peak < PEAK_LIMIT, (growth, peak)
+    assert_step_allocates_nothing(lambda: model.forward(x, training=False), "forward")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import tracemalloc
 from collections.abc import Callable
 
+# The steady-state limits the suite holds every model family to (bytes).
+MAX_GROWTH, MAX_PEAK = 64 * 1024, 256 * 1024
+
 
 def step_allocations(step: Callable[[], object], steps: int = 20, warmup: int = 3) -> tuple[int, int]:
     """Run ``step`` ``warmup`` times, then ``steps`` times under tracemalloc.
@@ -28,3 +31,14 @@ def step_allocations(step: Callable[[], object], steps: int = 20, warmup: int = 
     finally:
         tracemalloc.stop()
     return end - base, peak
+
+
+def assert_step_allocates_nothing(step: Callable[[], object], what: str = "train_step") -> tuple[int, int]:
+    """``step_allocations`` within the project's limits: less than MAX_GROWTH bytes left allocated over
+    20 steady-state steps and less than MAX_PEAK bytes at the peak of any one; an AssertionError naming
+    both figures otherwise. Returns (growth, peak)."""
+    growth, peak = step_allocations(step)
+    assert growth < MAX_GROWTH and peak < MAX_PEAK, \
+        f"{what} grew {growth} bytes over 20 steps and peaked at {peak} bytes in one step " \
+        f"(limits {MAX_GROWTH} and {MAX_PEAK})"
+    return growth, peak

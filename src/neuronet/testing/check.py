@@ -20,13 +20,10 @@ from ..io.nnet import load
 from ..losses import MSELoss
 from ..model import Sequential
 from ..optim import SGD
-from .alloc import step_allocations
+from .alloc import MAX_GROWTH, MAX_PEAK, step_allocations
 from .gradcheck import check_gradients
 
 ALL_CHECKS = ("gradients", "accumulation", "zero_grad", "allocation", "backends", "save_load", "bad_input")
-
-# The steady-state limits the suite holds every model family to (bytes).
-MAX_GROWTH, MAX_PEAK = 64 * 1024, 256 * 1024
 
 
 def check_layer(layer: Layer, input_shape: Sequence[int], *, batch: int = 3, integer_high: int | None = None,
