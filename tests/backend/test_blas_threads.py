@@ -1,4 +1,9 @@
-"""blas_threads: small products switch NumPy's OpenBLAS to one thread and large ones restore the count."""
+"""blas_threads: small products switch NumPy's OpenBLAS to one thread and large ones restore the count; its
+idle workers spin briefly."""
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -21,5 +26,42 @@ def test_small_products_run_single_threaded_and_large_ones_restore_the_count(mon
         monkeypatch.setattr(blas_threads, "SMALL_GEMM", 1)  # now every product counts as large
         ops.matmul(a, b, out)
         assert get_threads() == 2
+    finally:
+        set_threads(before)
+
+
+def _spin_in_child(env):
+    """(the spin OpenBLAS read from the environment, whether the variable is left set) in a new process."""
+    code = ("import ctypes, os; from neuronet.backend import blas_threads as b; "
+            "lib = b._openblas_library()[0]; "
+            "print(lib.openblas_thread_timeout(), os.environ.get('OPENBLAS_THREAD_TIMEOUT'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+@pytest.mark.skipif(blas_threads._LIB is None, reason="NumPy has no bundled OpenBLAS here")
+def test_idle_workers_spin_briefly_and_the_environment_is_left_as_it_was():
+    env = {k: v for k, v in os.environ.items() if k not in blas_threads._SPIN_VARIABLES}
+    assert _spin_in_child(env) == [str(blas_threads.SPIN_LOG2), "None"]
+
+
+@pytest.mark.skipif(blas_threads._LIB is None, reason="NumPy has no bundled OpenBLAS here")
+def test_the_users_own_spin_wins():
+    assert _spin_in_child(dict(os.environ, OPENBLAS_THREAD_TIMEOUT="25")) == ["25", "25"]
+
+
+@pytest.mark.skipif(blas_threads._LIB is None, reason="NumPy has no bundled OpenBLAS here")
+def test_one_thread_holds_every_product_at_one_thread(monkeypatch):
+    set_threads, get_threads = blas_threads._LIB
+    before = get_threads()
+    monkeypatch.setattr(blas_threads, "_saved", [])
+    set_threads(2)
+    try:
+        a = np.ones((512, 512), np.float32)
+        with blas_threads.one_thread():
+            get_ops("numpy").matmul(a, a, np.empty_like(a))  # large: would restore 2 threads outside
+            assert get_threads() == 1 and blas_threads.threads() == 2
+        assert not blas_threads._held
     finally:
         set_threads(before)

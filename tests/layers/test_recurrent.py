@@ -132,6 +132,41 @@ def test_lstm_train_step_allocates_nothing():
     assert_step_allocates_nothing(lambda: model.train_step(x, y))
 
 
+# --------------------------------------------------------------------------- row blocks on threads
+@pytest.fixture
+def rows_in_three_blocks(monkeypatch):
+    """The NumPy backend runs the time loops of every batch in three row blocks at once (on a machine of
+    any size: without this, batches under 2 * MIN_ROWS or one BLAS thread stay in one block)."""
+    from neuronet.backend import NumpyOps, row_threads
+
+    monkeypatch.setattr(NumpyOps, "row_blocks", lambda self, n: row_threads.split(n, min(3, n)))
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("return_sequences", [False, True])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_row_blocks_on_threads_match_torch(kind, return_sequences, bidirectional, rows_in_three_blocks):
+    torch.manual_seed(4)
+    module = TORCH_RNN[kind](4, 5, num_layers=2, batch_first=True, bidirectional=bidirectional)
+    x = np.random.default_rng(11).standard_normal((7, 6, 4))
+    compare_with_torch(make(kind, 4, 5, return_sequences, bidirectional, num_layers=2), module, x,
+                       torch_forward=torch_forward(return_sequences), atol=1e-9, rtol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_row_blocks_on_threads_gradcheck(kind, rows_in_three_blocks):
+    check_gradients(make(kind, 3, 2, True, True), np.random.default_rng(12).standard_normal((4, 3, 3)))
+
+
+def test_row_blocks_on_threads_train_step_allocates_nothing(rows_in_three_blocks):
+    x = np.random.default_rng(13).standard_normal((48, 7, 8)).astype(np.float32)
+    y = np.random.default_rng(14).integers(0, 4, 48)
+    model = nn.Sequential(nn.Bidirectional(nn.GRU(8, 32, return_sequences=True)), nn.LSTM(64, 32),
+                          nn.Dense(32, 4))
+    model.compile(optimizer=nn.Adam(1e-3), loss=nn.CrossEntropyLoss())
+    assert_step_allocates_nothing(lambda: model.train_step(x, y))
+
+
 # --------------------------------------------------------------------------- stacked layers and dropout
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
 @pytest.mark.parametrize("return_sequences", [False, True])

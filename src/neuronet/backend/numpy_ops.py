@@ -7,7 +7,7 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from . import blas_threads, conv_kernels, kernels, optim_kernels, rnn_kernels
+from . import blas_threads, conv_kernels, kernels, optim_kernels, rnn_kernels, row_threads
 from .conv_geometry import ConvGeometry
 from .ops import DEFAULT_ALPHA, Ops, _groups
 
@@ -231,6 +231,14 @@ class NumpyOps(Ops):
         kernels.add_column_sums(_rows(np.ascontiguousarray(x)), out)
 
     # ----------------------------------------------------------------- recurrent cells (one Numba pass each)
+    # The recurrent loops run their rows in blocks on separate cores (row_threads): on 2 cores the
+    # LSTM's per-step products and cells then use both, where OpenBLAS alone split them badly.
+    def row_blocks(self, n):
+        return row_threads.split(n, max(1, min(blas_threads.threads(), n // row_threads.MIN_ROWS)))
+
+    def run_blocks(self, tasks):
+        row_threads.run(tasks)
+
     def lstm_cell(self, gates, gh, bias, c_prev, c, tanh_c, h):
         rnn_kernels.lstm_cell_forward(gates, gh, bias, c_prev, c, tanh_c, h)
 

@@ -494,6 +494,16 @@ class Ops:
         return out
 
     # ----------------------------------------------------------------- recurrent cells (LSTM, GRU), one step
+    def row_blocks(self, n: int) -> tuple[slice, ...]:
+        """The row ranges of an n-row batch that ``run_blocks`` may run at once: one range covering
+        every row here and on backends whose ops already use every core."""
+        return (slice(None),)
+
+    def run_blocks(self, tasks) -> None:
+        """Run independent tasks (one per ``row_blocks`` range) and return when all are done."""
+        for task in tasks:
+            task()
+
     def lstm_sequence(self, seq, w_ih, w_hh, b_ih, b_hh, reverse: bool, h, saved: dict) -> bool:
         """Optionally one LSTM layer-direction over the whole sequence in one call: seq (T, N, I) ->
         h (T + 1, N, H), the zero initial state at h[T] when ``reverse`` else h[0], the states after each

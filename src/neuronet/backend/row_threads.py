@@ -1,0 +1,58 @@
+"""Independent row blocks of a sequential loop, one per core (the NumPy backend's recurrent loops).
+
+A recurrent layer's time loop cannot be split over time, but the rows of its batch never meet: rows
+0..31 and 32..63 of a batch of 64 run the same loop on their own states. On the NumPy backend each
+step is a small GEMM (OpenBLAS splits it badly) and a Numba cell kernel; both release the GIL, so two
+Python threads, each looping over its own rows with OpenBLAS held at one thread, keep two cores busy
+where one was before. ``run`` is the mechanism, ``split`` the blocks; one region runs at a time (a
+second caller, e.g. a replica on another thread, runs its tasks itself, one after the other).
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from . import blas_threads
+
+MIN_ROWS = 16  # rows per block below which the GEMM gains less than the hand-off costs
+
+_busy = threading.Lock()
+
+
+@functools.cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="neuronet-rows")
+    atexit.register(pool.shutdown, wait=False)
+    return pool
+
+
+@functools.lru_cache(maxsize=64)
+def split(n: int, parts: int) -> tuple[slice, ...]:
+    """``parts`` near-equal ranges of n rows."""
+    bounds = [n * k // parts for k in range(parts + 1)]
+    return tuple(slice(lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False))
+
+
+def run(tasks: Sequence[Callable[[], None]]) -> None:
+    """Run ``tasks`` (independent of each other) at once, the first on this thread, and wait for all;
+    an exception in any of them is raised here once all have finished."""
+    if len(tasks) == 1 or not _busy.acquire(blocking=False):
+        for task in tasks:
+            task()
+        return
+    try:
+        with blas_threads.one_thread():
+            futures = [_pool(len(tasks) - 1).submit(task) for task in tasks[1:]]
+            try:
+                tasks[0]()
+            finally:
+                for future in futures:  # wait for every block before the buffers are reused
+                    future.exception()
+            for future in futures:
+                future.result()
+    finally:
+        _busy.release()

@@ -1,0 +1,54 @@
+"""row_threads: independent tasks at once on the NumPy backend's threads, one region at a time."""
+
+import threading
+
+import pytest
+
+from neuronet.backend import get_ops, row_threads
+
+
+def test_split_covers_every_row_once_in_near_equal_blocks():
+    for n, parts in ((64, 2), (40, 3), (7, 7), (5, 1)):
+        blocks = row_threads.split(n, parts)
+        rows = [r for block in blocks for r in range(n)[block]]
+        assert rows == list(range(n)) and len(blocks) == parts
+        assert max(map(len, (range(n)[b] for b in blocks))) - min(len(range(n)[b]) for b in blocks) <= 1
+
+
+def test_numpy_blocks_keep_min_rows_each(monkeypatch):
+    ops = get_ops("numpy")
+    monkeypatch.setattr("neuronet.backend.blas_threads.threads", lambda: 4)
+    assert ops.row_blocks(2 * row_threads.MIN_ROWS - 1) == (slice(0, 2 * row_threads.MIN_ROWS - 1),)
+    assert len(ops.row_blocks(64)) == 4 and len(ops.row_blocks(40)) == 2
+    monkeypatch.setattr("neuronet.backend.blas_threads.threads", lambda: 1)
+    assert len(ops.row_blocks(64)) == 1
+
+
+def test_tasks_run_at_once():
+    """Two tasks that each wait for the other can only finish if they run at the same time."""
+    meet = threading.Barrier(2, timeout=10)
+    done = []
+    get_ops("numpy").run_blocks([lambda: done.append(meet.wait()), lambda: done.append(meet.wait())])
+    assert sorted(done) == [0, 1]
+
+
+def test_an_error_in_any_task_is_raised_after_all_have_run():
+    finished = threading.Event()
+
+    def slow():
+        threading.Event().wait(0.05)
+        finished.set()
+
+    def fails():
+        raise ValueError("block 1 failed")
+
+    with pytest.raises(ValueError, match="block 1 failed"):
+        row_threads.run([slow, fails])
+    assert finished.is_set()
+
+
+def test_a_region_inside_a_region_runs_its_tasks_in_turn():
+    order = []
+    inner = [lambda: order.append("a"), lambda: order.append("b")]
+    row_threads.run([lambda: row_threads.run(inner), lambda: None])
+    assert order == ["a", "b"]
