@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -25,11 +27,29 @@ def _rows(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1, a.shape[-1])
 
 
-def _conv_chunks(n: int, bytes_per_image: int) -> list[tuple[int, int]]:
+def _conv_chunks(n: int, bytes_per_image: int, threads: int) -> list[tuple[int, int]]:
     """(first image, count) of the chunks of n images whose columns stay within CONV_CHUNK_BYTES (at
-    least one image each)."""
-    size = max(1, min(n, CONV_CHUNK_BYTES // bytes_per_image))
-    return [(n0, min(size, n - n0)) for n0 in range(0, n, size)]
+    least one image each), as many as it takes rounded up to a multiple of ``threads`` (when there are
+    more images than threads), near-equal in size."""
+    count = -(-n * bytes_per_image // CONV_CHUNK_BYTES)
+    if count > 1 and n >= threads:
+        count = -(-count // threads) * threads
+    return [(b.start, b.stop - b.start) for b in row_threads.split(n, min(n, max(1, count)))]
+
+
+_ARENA = threading.local()  # per thread: {(name, dtype): flat buffer} (see _temporary)
+
+
+def _temporary(name: str, shape: tuple, dtype) -> np.ndarray:
+    """This thread's buffer ``name`` for a value that lives only within one op call (a convolution's
+    columns, its GEMM output), grown to the largest request: every layer shares it, where layer
+    workspaces would each keep their own copy. Per thread, because the row threads run blocks at once."""
+    buffers = _ARENA.__dict__.setdefault("buffers", {})
+    n, key = math.prod(shape), (name, dtype)
+    buf = buffers.get(key)
+    if buf is None or buf.size < n:
+        buf = buffers[key] = np.empty(n, dtype)
+    return buf[:n].reshape(shape)
 
 
 def _transposed_geometry(geom: ConvGeometry) -> ConvGeometry | None:
@@ -103,7 +123,7 @@ class NumpyOps(Ops):
     def conv2d(self, x, weight, bias, geom, out, scratch):
         if _transposed_geometry(geom) is None:
             return super().conv2d(x, weight, bias, geom, out, scratch)
-        return self._conv_shifted(x, weight, bias, geom, out, scratch, "conv")
+        return self._conv_shifted(x, weight, bias, geom, out)
 
     def conv2d_backward(self, dy, x, weight, geom, dx, dweight, dbias, scratch):
         geom_t = _transposed_geometry(geom)
@@ -115,61 +135,81 @@ class NumpyOps(Ops):
             np.sum(dy.reshape(n, o, oh * ow), axis=(0, 2), out=db)
             dbias += db
         if dweight is not None:
-            self._conv_weight_grad(dy, x, geom, _groups(dweight, g, dweight[0].size), scratch)
+            self._conv_weight_grad(dy, x, geom, _groups(dweight, g, dweight[0].size))
         if dx is not None:  # dx = dy convolved with weight flipped in (i, j), in/out channels swapped
             c, (kh, kw) = x.shape[1] if x is not None else dx.shape[1], geom.kernel
             w_t = scratch("conv.w_t", (c, o // g, kh, kw))
             np.copyto(w_t.reshape(g, c // g, o // g, kh, kw),
                       weight.reshape(g, o // g, c // g, kh, kw).swapaxes(1, 2)[..., ::-1, ::-1])
-            self._conv_shifted(dy, w_t, None, geom_t, dx, scratch, "conv.dx")
+            self._conv_shifted(dy, w_t, None, geom_t, dx)
         return dx
 
-    def _conv_shifted(self, x, weight, bias, geom, out, scratch, tag):
+    def _conv_shifted(self, x, weight, bias, geom, out):
         """conv2d (stride 1) by chunks: for each, its columns in the shifted-rows layout, one GEMM per
         group into z (O, b, OH, Wp), and z's first OW columns of each row copied to out (b, O, OH, OW)."""
         (n, c), (o, g), (oh, ow) = x.shape[:2], (weight.shape[0], geom.groups), geom.out_size
         length = oh * geom.padded_size[1]
         w = _groups(weight, g, weight[0].size)
 
-        blas_threads.use_all_threads()  # (chunk by chunk the products are small, but come back to back)
-        for n0, b in _conv_chunks(n, c * math.prod(geom.kernel) * length * x.itemsize):
-            cols = self._shifted_columns(x[n0:n0 + b], geom, scratch, tag)
-            z = scratch(f"{tag}.gemm", (o, b, oh, geom.padded_size[1]))
-            np.matmul(w, _groups(cols, g, b * length), out=_groups(z, g, b * length))
-            if bias is not None:  # here, where rows are contiguous
-                z += bias.reshape(o, 1, 1, 1)
-            np.copyto(out[n0:n0 + b], z[..., :ow].transpose(1, 0, 2, 3))
+        def run(block: str, chunks) -> None:
+            for n0, b in chunks:
+                cols = self._shifted_columns(x[n0:n0 + b], geom)
+                z = _temporary("gemm", (o, b, oh, geom.padded_size[1]), x.dtype)
+                np.matmul(w, _groups(cols, g, b * length), out=_groups(z, g, b * length))
+                if bias is not None:  # here, where rows are contiguous
+                    z += bias.reshape(o, 1, 1, 1)
+                np.copyto(out[n0:n0 + b], z[..., :ow].transpose(1, 0, 2, 3))
+        self._in_chunk_blocks(n, c * math.prod(geom.kernel) * length * x.itemsize, run)
         return out
 
-    def _conv_weight_grad(self, dy, x, geom, dweight, scratch):
-        """dweight (per group) += dy (O, N*OH*Wp, zero past OW) @ columns of x^T, by the same chunks."""
+    def _conv_weight_grad(self, dy, x, geom, dweight):
+        """dweight (per group) += dy (O, N*OH*Wp, zero past OW) @ columns of x^T, by the same chunks;
+        each block of chunks sums into its own dw_t, added to dweight at the end."""
         (n, o), c, (oh, ow) = dy.shape[:2], x.shape[1], geom.out_size
         wp, g = geom.padded_size[1], geom.groups
         length = oh * wp
+        sums = []
 
-        dw_t = scratch("conv.dw_t", dweight.swapaxes(-1, -2).shape)
-        blas_threads.use_all_threads()
-        for n0, b in _conv_chunks(n, c * math.prod(geom.kernel) * length * x.itemsize):
-            dy_t = scratch("conv.dy_t", (o, b, oh, wp))
-            np.copyto(dy_t[..., :ow], dy[n0:n0 + b].transpose(1, 0, 2, 3))
-            dy_t[..., ow:] = 0.0  # the extra outputs of each row contribute nothing
-            cols = self._shifted_columns(x[n0:n0 + b], geom, scratch, "conv")
-            # dweight^T = cols @ dy_t^T: OpenBLAS ran this orientation 1.3-1.9x faster than dy_t @ cols^T
-            np.matmul(_groups(cols, g, b * length), _groups(dy_t, g, b * length).swapaxes(-1, -2), out=dw_t)
+        def run(block: str, chunks) -> None:
+            dw_t = _temporary("dw_t" + block, dweight.swapaxes(-1, -2).shape, x.dtype)
+            product = _temporary("dw_chunk", dw_t.shape, x.dtype) if len(chunks) > 1 else dw_t
+            for k, (n0, b) in enumerate(chunks):
+                dy_t = _temporary("dy_t", (o, b, oh, wp), x.dtype)
+                np.copyto(dy_t[..., :ow], dy[n0:n0 + b].transpose(1, 0, 2, 3))
+                dy_t[..., ow:] = 0.0  # the extra outputs of each row contribute nothing
+                cols = self._shifted_columns(x[n0:n0 + b], geom)
+                # dweight^T = cols @ dy_t^T: OpenBLAS ran this orientation 1.3-1.9x faster than dy_t @ cols^T
+                np.matmul(_groups(cols, g, b * length), _groups(dy_t, g, b * length).swapaxes(-1, -2),
+                          out=dw_t if k == 0 else product)
+                if k > 0:
+                    dw_t += product
+            sums.append(dw_t)
+        self._in_chunk_blocks(n, c * math.prod(geom.kernel) * length * x.itemsize, run)
+        for dw_t in sums:
             dweight += dw_t.swapaxes(-1, -2)
 
+    def _in_chunk_blocks(self, n: int, bytes_per_image: int, run) -> None:
+        """Call run(block, chunks) for the (first image, count) chunks of n images, dealt out in
+        contiguous blocks to the row threads, one block per thread; ``block`` ("", "1", ...) tells
+        each block's scratch buffers apart. A single block's products use every BLAS thread."""
+        chunks = _conv_chunks(n, bytes_per_image, blas_threads.threads())
+        blocks = row_threads.split(len(chunks), min(blas_threads.threads(), len(chunks)))
+        blas_threads.use_all_threads()
+        self.run_blocks([functools.partial(run, str(k) if k else "", chunks[rows])
+                         for k, rows in enumerate(blocks)])
+
     @staticmethod
-    def _shifted_columns(x, geom, scratch, tag):
+    def _shifted_columns(x, geom):
         """The columns (C, kh, kw, b, OH*Wp) of the b images x (b, C, H, W): x is copied inside zeros
         as planes (Hp*Wp + (kw-1)*dw apart), and entry (c, i, j, m) is the slice of plane (m, c) from
         i*dh*Wp + j*dw, OH*Wp long (over the whole padded width: the GEMM computes Wp - OW outputs
         per row that are dropped). One strided copy reads them all."""
         (b, c, h, w), (kh, kw), (dh, dw) = x.shape, geom.kernel, geom.dilation
         (hp, wp), ((top, _), (left, _)), oh = geom.padded_size, geom.padding, geom.out_size[0]
-        planes = scratch(f"{tag}.padded", (b, c, hp * wp + (kw - 1) * dw))
+        planes = _temporary("padded", (b, c, hp * wp + (kw - 1) * dw), x.dtype)
         planes[...] = 0.0
         planes[:, :, :hp * wp].reshape(b, c, hp, wp)[:, :, top:top + h, left:left + w] = x
-        cols = scratch(f"{tag}.cols", (c, kh, kw, b, oh * wp))
+        cols = _temporary("cols", (c, kh, kw, b, oh * wp), x.dtype)
         s = planes.strides
         np.copyto(cols, as_strided(planes, cols.shape, (s[1], dh * wp * s[2], dw * s[2], s[0], s[2])))
         return cols
