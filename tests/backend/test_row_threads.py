@@ -2,6 +2,7 @@
 
 import threading
 
+import numpy as np
 import pytest
 
 from neuronet.backend import get_ops, row_threads
@@ -52,3 +53,18 @@ def test_a_region_inside_a_region_runs_its_tasks_in_turn():
     inner = [lambda: order.append("a"), lambda: order.append("b")]
     row_threads.run([lambda: row_threads.run(inner), lambda: None])
     assert order == ["a", "b"]
+
+
+def test_stacked_products_split_over_the_threads_match_numpy(monkeypatch):
+    from neuronet.backend import numpy_ops
+
+    monkeypatch.setattr(numpy_ops, "STACK_SPLIT_WORK", 1)
+    monkeypatch.setattr("neuronet.backend.blas_threads.threads", lambda: 3)
+    ops, rng = get_ops("numpy"), np.random.default_rng(0)
+    a, b = rng.standard_normal((5, 2, 4, 3)), rng.standard_normal((5, 2, 3, 6))
+    assert len(ops._stack_blocks(a, b, np.empty((5, 2, 4, 6)))) == 3
+    out = np.empty((5, 2, 4, 6))
+    assert ops.matmul(a, b, out) is out and np.array_equal(out, np.matmul(a, b))
+    broadcast = rng.standard_normal((1, 2, 3, 6))  # one matrix for every row of a: not split
+    assert ops._stack_blocks(a, broadcast, out) == (slice(None),)
+    assert np.array_equal(ops.matmul(a, broadcast, out), np.matmul(a, broadcast))
