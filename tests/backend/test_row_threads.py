@@ -68,3 +68,19 @@ def test_stacked_products_split_over_the_threads_match_numpy(monkeypatch):
     broadcast = rng.standard_normal((1, 2, 3, 6))  # one matrix for every row of a: not split
     assert ops._stack_blocks(a, broadcast, out) == (slice(None),)
     assert np.array_equal(ops.matmul(a, broadcast, out), np.matmul(a, broadcast))
+
+
+def test_pooling_in_image_blocks_matches_one_block(monkeypatch):
+    from neuronet.backend import numpy_ops
+
+    ops, rng = get_ops("numpy"), np.random.default_rng(1)
+    x, dy = rng.standard_normal((5, 3, 8, 8)), rng.standard_normal((5, 3, 4, 4))
+    results = []
+    for least in (1 << 62, 1):  # one block, then a block per thread
+        monkeypatch.setattr(numpy_ops, "POOL_SPLIT_WORK", least)
+        monkeypatch.setattr("neuronet.backend.blas_threads.threads", lambda: 3)
+        out, index, dx = np.empty((5, 3, 4, 4)), np.empty((5, 3, 4, 4), np.int64), np.empty_like(x)
+        ops.max_pool2d(x, (2, 2), (2, 2), (0, 0), out, index)
+        ops.max_pool2d_backward(dy, index, dx)
+        results.append((out, index, dx))
+    assert all(np.array_equal(a, b) for a, b in zip(*results, strict=True))

@@ -18,6 +18,7 @@ CONV_CHUNK_BYTES = 1 << 22  # the columns of one chunk of images (see NumpyOps._
 # (median, 2 cores): (12, 4, 128, 32) @ (.., 32, 128), 25M, took as long split as not (570 us); nanoGPT's
 # (16, 6, 256, 64) @ (.., 64, 256), 400M, 5.9 against 11.2 ms.
 STACK_SPLIT_WORK = 1 << 25
+POOL_SPLIT_WORK = 1 << 19  # input elements of a max pooling from which its images run on the row threads
 
 
 def _flat(a: np.ndarray) -> np.ndarray:
@@ -36,7 +37,7 @@ def _conv_chunks(n: int, bytes_per_image: int, threads: int) -> list[tuple[int, 
     least one image each), as many as it takes rounded up to a multiple of ``threads`` (when there are
     more images than threads), near-equal in size."""
     count = -(-n * bytes_per_image // CONV_CHUNK_BYTES)
-    if count > 1 and n >= threads:
+    if n >= threads and 4 * n * bytes_per_image >= CONV_CHUNK_BYTES:  # enough work for every thread
         count = -(-count // threads) * threads
     return [(b.start, b.stop - b.start) for b in row_threads.split(n, min(n, max(1, count)))]
 
@@ -91,14 +92,18 @@ class NumpyOps(Ops):
         self.run_blocks([functools.partial(np.matmul, a[rows], b[rows], out=out[rows]) for rows in blocks])
         return out
 
+    @classmethod
+    def _stack_blocks(cls, a, b, out) -> tuple[slice, ...]:
+        """Ranges of the leading axis of a stacked product with as many matrices in a, b and out."""
+        stacked = a.ndim == b.ndim == out.ndim > 2 and a.shape[0] == b.shape[0] == out.shape[0]
+        return cls._blocks(out.shape[0], out.size * a.shape[-1] if stacked else 0, STACK_SPLIT_WORK)
+
     @staticmethod
-    def _stack_blocks(a, b, out) -> tuple[slice, ...]:
-        """Ranges of the leading axis of a stacked product with as many matrices in a, b and out, one per
-        thread, when it has at least STACK_SPLIT_WORK multiply-adds; else one range."""
-        stacked = a.ndim == b.ndim == out.ndim > 2 and a.shape[0] == b.shape[0] == out.shape[0] > 1
-        if not stacked or out.size * a.shape[-1] < STACK_SPLIT_WORK:
+    def _blocks(n: int, work: int, least: int) -> tuple[slice, ...]:
+        """Ranges of n independent rows, one per row thread, when ``work`` reaches ``least``; else one."""
+        if n < 2 or work < least:
             return (slice(None),)
-        return row_threads.split(out.shape[0], min(blas_threads.threads(), out.shape[0]))
+        return row_threads.split(n, min(blas_threads.threads(), n))
 
     def matmul_acc(self, a, b, out, scratch=None):
         blas_threads.before_product(a.shape[0], a.shape[1], b.shape[1])
@@ -246,12 +251,17 @@ class NumpyOps(Ops):
         conv_kernels.col2im(cols, *geom.stride, *geom.dilation, top, left, out)
         return out
 
+    # Pooling runs its images in blocks on the row threads (each image's windows are its own).
     def max_pool2d(self, x, kernel, stride, padding, out, index):
-        conv_kernels.max_pool2d(x, *kernel, *stride, *padding, out, index)
+        self.run_blocks([functools.partial(conv_kernels.max_pool2d, x[rows], *kernel, *stride, *padding,
+                                           out[rows], index[rows])
+                         for rows in self._blocks(x.shape[0], x.size, POOL_SPLIT_WORK)])
         return out
 
     def max_pool2d_backward(self, dy, index, out):
-        conv_kernels.max_pool2d_backward(np.ascontiguousarray(dy), index, out)
+        dy = np.ascontiguousarray(dy)
+        self.run_blocks([functools.partial(conv_kernels.max_pool2d_backward, dy[rows], index[rows], out[rows])
+                         for rows in self._blocks(out.shape[0], out.size, POOL_SPLIT_WORK)])
         return out
 
     # ----------------------------------------------------------------- activations
