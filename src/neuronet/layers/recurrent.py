@@ -16,6 +16,8 @@ Each pass keeps its state in workspaces named after it (``h_l0``, ``c_l1_reverse
 with one extra slot: the state before step t is h[t + off] and after it h[t + 1 - off], where off is 0
 forward and 1 reversed. Every GEMM over all steps then reads contiguous time-ordered rows in either
 direction. The fused cell math is ``ops.lstm_cell`` / ``ops.gru_cell`` (Numba on NumPy, torch ops on torch).
+The rows of a batch never meet in the cell's loop, so it runs over ``ops.row_blocks(N)``, the blocks at once
+where the backend can (``in_row_blocks``: on NumPy one thread per block).
 """
 
 from __future__ import annotations
