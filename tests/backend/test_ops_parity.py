@@ -304,7 +304,8 @@ HARNESS = {"empty", "zeros", "asarray", "to_numpy", "is_array", "is_floating", "
 SEPARATE = {"norm_rows", "norm_rows_backward",  # test_norm_rows
             "lstm_sequence", "lstm_sequence_backward",  # tests/layers/test_recurrent.py (torch backend)
             "compute_in",  # tests/model/test_mixed_precision.py
-            "row_blocks", "run_blocks"}  # tests/backend/test_row_threads.py, tests/layers/test_recurrent.py
+            "row_blocks", "run_blocks",  # tests/backend/test_row_threads.py, tests/layers/test_recurrent.py
+            "temporary"}  # tests/backend/test_temporaries.py
 
 
 def test_every_op_is_in_the_table():

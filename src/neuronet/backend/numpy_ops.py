@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -40,21 +39,6 @@ def _conv_chunks(n: int, bytes_per_image: int, threads: int) -> list[tuple[int, 
     if n >= threads and 4 * n * bytes_per_image >= CONV_CHUNK_BYTES:  # enough work for every thread
         count = -(-count // threads) * threads
     return [(b.start, b.stop - b.start) for b in row_threads.split(n, min(n, max(1, count)))]
-
-
-_ARENA = threading.local()  # per thread: {(name, dtype): flat buffer} (see _temporary)
-
-
-def _temporary(name: str, shape: tuple, dtype) -> np.ndarray:
-    """This thread's buffer ``name`` for a value that lives only within one op call (a convolution's
-    columns, its GEMM output), grown to the largest request: every layer shares it, where layer
-    workspaces would each keep their own copy. Per thread, because the row threads run blocks at once."""
-    buffers = _ARENA.__dict__.setdefault("buffers", {})
-    n, key = math.prod(shape), (name, dtype)
-    buf = buffers.get(key)
-    if buf is None or buf.size < n:
-        buf = buffers[key] = np.empty(n, dtype)
-    return buf[:n].reshape(shape)
 
 
 def _transposed_geometry(geom: ConvGeometry) -> ConvGeometry | None:
@@ -177,7 +161,7 @@ class NumpyOps(Ops):
         def run(block: str, chunks) -> None:
             for n0, b in chunks:
                 cols = self._shifted_columns(x[n0:n0 + b], geom)
-                z = _temporary("gemm", (o, b, oh, geom.padded_size[1]), x.dtype)
+                z = self.temporary("conv.gemm", (o, b, oh, geom.padded_size[1]), x.dtype)
                 np.matmul(w, _groups(cols, g, b * length), out=_groups(z, g, b * length))
                 if bias is not None:  # here, where rows are contiguous
                     z += bias.reshape(o, 1, 1, 1)
@@ -194,10 +178,10 @@ class NumpyOps(Ops):
         sums = []
 
         def run(block: str, chunks) -> None:
-            dw_t = _temporary("dw_t" + block, dweight.swapaxes(-1, -2).shape, x.dtype)
-            product = _temporary("dw_chunk", dw_t.shape, x.dtype) if len(chunks) > 1 else dw_t
+            dw_t = self.temporary("conv.dw_t" + block, dweight.swapaxes(-1, -2).shape, x.dtype)
+            product = self.temporary("conv.dw_chunk", dw_t.shape, x.dtype) if len(chunks) > 1 else dw_t
             for k, (n0, b) in enumerate(chunks):
-                dy_t = _temporary("dy_t", (o, b, oh, wp), x.dtype)
+                dy_t = self.temporary("conv.dy_t", (o, b, oh, wp), x.dtype)
                 np.copyto(dy_t[..., :ow], dy[n0:n0 + b].transpose(1, 0, 2, 3))
                 dy_t[..., ow:] = 0.0  # the extra outputs of each row contribute nothing
                 cols = self._shifted_columns(x[n0:n0 + b], geom)
@@ -221,18 +205,17 @@ class NumpyOps(Ops):
         self.run_blocks([functools.partial(run, str(k) if k else "", chunks[rows])
                          for k, rows in enumerate(blocks)])
 
-    @staticmethod
-    def _shifted_columns(x, geom):
+    def _shifted_columns(self, x, geom):
         """The columns (C, kh, kw, b, OH*Wp) of the b images x (b, C, H, W): x is copied inside zeros
         as planes (Hp*Wp + (kw-1)*dw apart), and entry (c, i, j, m) is the slice of plane (m, c) from
         i*dh*Wp + j*dw, OH*Wp long (over the whole padded width: the GEMM computes Wp - OW outputs
         per row that are dropped). One strided copy reads them all."""
         (b, c, h, w), (kh, kw), (dh, dw) = x.shape, geom.kernel, geom.dilation
         (hp, wp), ((top, _), (left, _)), oh = geom.padded_size, geom.padding, geom.out_size[0]
-        planes = _temporary("padded", (b, c, hp * wp + (kw - 1) * dw), x.dtype)
+        planes = self.temporary("conv.padded", (b, c, hp * wp + (kw - 1) * dw), x.dtype)
         planes[...] = 0.0
         planes[:, :, :hp * wp].reshape(b, c, hp, wp)[:, :, top:top + h, left:left + w] = x
-        cols = _temporary("cols", (c, kh, kw, b, oh * wp), x.dtype)
+        cols = self.temporary("conv.cols", (c, kh, kw, b, oh * wp), x.dtype)
         s = planes.strides
         np.copyto(cols, as_strided(planes, cols.shape, (s[1], dh * wp * s[2], dw * s[2], s[0], s[2])))
         return cols

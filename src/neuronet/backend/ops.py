@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -83,6 +84,10 @@ class Ops:
     xp: Any = np
     name: str = "reference"
     device: str = "cpu"
+
+    def __deepcopy__(self, memo) -> Ops:
+        """A backend is one object per device (``get_ops``): a copied model computes on the same one."""
+        return self
 
     # ----------------------------------------------------------------- creation / conversion
     def empty(self, shape, dtype) -> Any:
@@ -166,6 +171,21 @@ class Ops:
             raise ConfigError(f"mixed precision ({dtype}) needs the torch backend; the {self.name} backend "
                               "computes in the model's dtype: call model.to('torch') (or 'cuda') first")
         return contextlib.nullcontext()
+
+    # ----------------------------------------------------------------- temporaries
+    def temporary(self, name: str, shape: tuple, dtype) -> Any:
+        """This thread's buffer ``name`` of ``shape`` for a value that lives only within one call (a
+        backward's pre-activation gradient, a product's scratch, a convolution's columns): one buffer per
+        (name, dtype) and thread, grown to the largest request and shared by every layer, where a layer
+        workspace would keep one per layer. Per thread, so that replicas and row blocks running at once
+        do not share. Its contents are whatever was last written there; a caller must not hold it across
+        a call into another layer that may ask for the same name."""
+        buffers = self.__dict__.setdefault("_temporaries", threading.local()).__dict__
+        n, key = math.prod(shape), (name, str(dtype))
+        buf = buffers.get(key)
+        if buf is None or buf.shape[0] < n:
+            buf = buffers[key] = self.empty((max(n, 1),), dtype)
+        return buf[:n].reshape(shape)
 
     # ----------------------------------------------------------------- matrix products
     def matmul(self, a, b, out) -> Any:

@@ -122,7 +122,11 @@ class TorchOps(Ops):
         return torch.where(cond, a, b, out=out)
 
     def bernoulli_mask(self, keep, rng, out):
-        # Uniforms come from the NumPy generator so a seed gives the same mask on every backend.
+        # Uniforms come from the NumPy generator so a seed gives the same mask on every backend; on the
+        # CPU they are drawn straight into the tensor's memory (no host array per call).
+        if _numba_ok(out) and out.is_contiguous():
+            _CPU.bernoulli_mask(keep, rng, out.numpy())
+            return out
         host = np.float32 if out.dtype == torch.float32 else np.float64  # the draws NumpyOps makes
         u = torch.from_numpy(rng.random(tuple(out.shape), dtype=host)).to(out.device, out.dtype)
         torch.lt(u, keep, out=out)

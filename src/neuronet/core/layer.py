@@ -118,6 +118,11 @@ class Workspace:
         views[name] = (shape, dtype, self.ops, self.dtype, view)
         return view
 
+    def temporary(self, name: str, shape: tuple) -> Any:
+        """A buffer for a value that lives only within this call (``ops.temporary``: shared by every
+        layer on this thread, so never hold one across a call into another layer)."""
+        return self.ops.temporary(name, shape, self.dtype)
+
     def clear_workspace(self) -> None:
         self.__dict__["_workspace"] = {}
         self.__dict__["_workspace_views"] = {}

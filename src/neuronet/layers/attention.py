@@ -136,22 +136,28 @@ class MultiHeadAttention(Layer):
 
     def _attend(self, q, k, v, training: bool):
         """Heads (N, H, Tq, hd), (N, H, Tk, hd) x2 -> the (N*Tq, dim) rows of concat_heads(dropout(P) v)."""
-        ops, xp = self.ops, self.ops.xp
+        ops = self.ops
         n, t, d = self._shape
         probs = self.workspace("probs", (n, self.num_heads, t, k.shape[2]))
         ops.matmul(q, ops.swapaxes(k, -1, -2), out=probs)
         ops.attention_softmax(probs, probs, self.causal, 1.0 / math.sqrt(self.head_dim))
         self._drop = training and self.dropout > 0.0
-        weights = probs
         if self._drop:
             mask = self.workspace("mask", probs.shape)
             ops.bernoulli_mask(1.0 - self.dropout, nnrandom.generator(), mask)
-            weights = self.workspace("dropped", probs.shape)
-            xp.multiply(probs, mask, out=weights)
         ctx = self.workspace("ctx", (n * t, d))
-        ops.matmul(weights, v, out=self._heads(ctx, 1)[0])
-        self._q, self._k, self._v, self._probs, self._weights = q, k, v, probs, weights
+        ops.matmul(self._weights(probs), v, out=self._heads(ctx, 1)[0])
+        self._q, self._k, self._v, self._probs = q, k, v, probs
         return ctx
+
+    def _weights(self, probs):
+        """The attention weights: P, or with dropout P * mask in a temporary (made again in backward rather
+        than kept: one (N, H, Tq, Tk) buffer less per layer)."""
+        if not self._drop:
+            return probs
+        weights = self.temporary("dp", tuple(probs.shape))
+        self.ops.xp.multiply(probs, self.workspace("mask", tuple(probs.shape)), out=weights)
+        return weights
 
     def _heads(self, rows, parts: int, t: int | None = None):
         """(N*T, parts*dim) rows as ``parts`` (N, H, T, hd) views (no copy); T: the query's by default."""
@@ -168,11 +174,11 @@ class MultiHeadAttention(Layer):
         do = self._heads(dctx.reshape(n * t, d), 1)[0]
         if self.cross:
             return self._backward_cross(do)
-        dqkv = self.workspace("dqkv", (n * t, 3 * d))
+        dqkv = self.temporary("dqkv", (n * t, 3 * d))
         dq, dk, dv = self._heads(dqkv, 3)
         self._attend_backward(do, dq, dk, dv)
         if self.trainable:  # frozen: no weight gradients (out_proj, a child, decides for itself)
-            ops.matmul_acc(dqkv.T, self._x, self.grads["in_proj_weight"], self.workspace("dw", (3 * d, d)))
+            ops.matmul_acc(dqkv.T, self._x, self.grads["in_proj_weight"], self.temporary("dw", (3 * d, d)))
             ops.sum_rows_acc(dqkv, self.grads["in_proj_bias"])
         dx = self.workspace("dx", (n * t, d))
         ops.matmul(dqkv, self.params["in_proj_weight"], out=dx)
@@ -182,12 +188,12 @@ class MultiHeadAttention(Layer):
         """The weight gradients of both projections, then [dL/dquery, dL/dkey_value]."""
         ops = self.ops
         (n, t, d), tk = self._shape, self._tk
-        dq_rows, dkv_rows = self.workspace("dq_rows", (n * t, d)), self.workspace("dkv_rows", (n * tk, 2 * d))
+        dq_rows, dkv_rows = self.temporary("dq_rows", (n * t, d)), self.temporary("dkv_rows", (n * tk, 2 * d))
         self._attend_backward(do, self._heads(dq_rows, 1)[0], *self._heads(dkv_rows, 2, tk))
         w, gw, gb = self.params["in_proj_weight"], self.grads["in_proj_weight"], self.grads["in_proj_bias"]
         if self.trainable:
-            ops.matmul_acc(dq_rows.T, self._x, gw[:d], self.workspace("dw", (d, d)))
-            ops.matmul_acc(dkv_rows.T, self._xkv, gw[d:], self.workspace("dw_kv", (2 * d, d)))
+            ops.matmul_acc(dq_rows.T, self._x, gw[:d], self.temporary("dw", (d, d)))
+            ops.matmul_acc(dkv_rows.T, self._xkv, gw[d:], self.temporary("dw_kv", (2 * d, d)))
             ops.sum_rows_acc(dq_rows, gb[:d])
             ops.sum_rows_acc(dkv_rows, gb[d:])
         if not self.needs_input_grad:
@@ -202,8 +208,8 @@ class MultiHeadAttention(Layer):
     def _attend_backward(self, do, dq, dk, dv) -> None:
         """From dL/d(attention output heads) to dL/dq, dL/dk, dL/dv (head views, written in place)."""
         ops = self.ops
-        ops.matmul(ops.swapaxes(self._weights, -1, -2), do, out=dv)
-        dp = self.workspace("dp", self._probs.shape)
+        ops.matmul(ops.swapaxes(self._weights(self._probs), -1, -2), do, out=dv)
+        dp = self.temporary("dp", tuple(self._probs.shape))  # (the weights' buffer: dv has used them)
         ops.matmul(do, ops.swapaxes(self._v, -1, -2), out=dp)
         if self._drop:
             dp *= self.workspace("mask", dp.shape)

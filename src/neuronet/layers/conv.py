@@ -142,7 +142,7 @@ class _Conv(Layer):
         ops, n, geom, o = self.ops, dy.shape[0], self.geometry, self.out_channels
         dz = dy = dy.reshape(n, o, *geom.out_size)
         if self.activation != "linear":  # (not in place: the aliased Numba loop does not vectorise)
-            dz = self.workspace("dz", dy.shape)
+            dz = self.temporary("dz", dy.shape)
             z = None if self.activation in OUTPUT_DERIVATIVE else self._z
             ops.activation_backward(self.activation, dy, z, self._a, dz)
         dx = self.workspace("dx", self._x.shape) if self.needs_input_grad else None

@@ -64,10 +64,10 @@ class Dense(Layer):
             if db is not None:
                 ops.sum_rows_acc(dz, db)  # db += sum over rows of dz
         else:  # dz = dy * act'(z) and db += sum over rows of dz, in one pass
-            dz = self.workspace("dz", (m, self.out_features))
+            dz = self.temporary("dz", (m, self.out_features))
             ops.activation_backward(self.activation, dy, self._z, self._y, dz, bias_grad=db)
         if self.trainable:  # dW += dz^T x
-            ops.matmul_acc(dz.T, self._x, g["weight"], self.workspace("dw", g["weight"].shape))
+            ops.matmul_acc(dz.T, self._x, g["weight"], self.temporary("dw", g["weight"].shape))
         if not self.needs_input_grad:
             return None
         dx = self.workspace("dx", (m, self.in_features))
@@ -82,8 +82,8 @@ class Dense(Layer):
         if self.activation not in OUTPUT_DERIVATIVE:
             self.workspace("z", shape)
         if self.activation != "linear":
-            self.workspace("dz", shape)
-        self.workspace("dw", (self.out_features, self.in_features))
+            self.temporary("dz", shape)
+        self.temporary("dw", (self.out_features, self.in_features))
         self.workspace("dx", (rows, self.in_features))
 
     def extra_repr(self):
