@@ -84,3 +84,19 @@ def test_pooling_in_image_blocks_matches_one_block(monkeypatch):
         ops.max_pool2d_backward(dy, index, dx)
         results.append((out, index, dx))
     assert all(np.array_equal(a, b) for a, b in zip(*results, strict=True))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_forked_child_runs_regions_on_its_own_threads():
+    import multiprocessing
+
+    row_threads.run([lambda: None, lambda: None])  # the parent's pool exists
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        assert pool.apply_async(_region_in_child).get(timeout=60) == [0, 1]
+
+
+def _region_in_child():
+    meet, done = threading.Barrier(2, timeout=10), []
+    row_threads.run([lambda: done.append(meet.wait()), lambda: done.append(meet.wait())])
+    return sorted(done)

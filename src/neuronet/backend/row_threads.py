@@ -10,8 +10,8 @@ second caller, e.g. a replica on another thread, runs its tasks itself, one afte
 
 from __future__ import annotations
 
-import atexit
 import functools
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,9 +25,11 @@ _busy = threading.Lock()
 
 @functools.cache
 def _pool(workers: int) -> ThreadPoolExecutor:
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="neuronet-rows")
-    atexit.register(pool.shutdown, wait=False)
-    return pool
+    return ThreadPoolExecutor(workers, thread_name_prefix="neuronet-rows")
+
+
+if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads: it starts its own
+    os.register_at_fork(after_in_child=_pool.cache_clear)
 
 
 @functools.lru_cache(maxsize=64)
