@@ -26,6 +26,18 @@ def backend(request):
 
 
 @pytest.fixture
+def rows_on_threads(monkeypatch):
+    """The NumPy backend runs every row-block region (recurrent time loops, attention samples) in up to
+    three blocks at once, however few rows or little work (without this, small test batches stay in one
+    block)."""
+    from neuronet.backend import NumpyOps, row_threads
+
+    def per_row(self, n, min_rows=None):
+        return row_threads.split(n, min(3, n))
+    monkeypatch.setattr(NumpyOps, "row_blocks", per_row)
+
+
+@pytest.fixture
 def data_root() -> Path:
     if not DATA_ROOT.exists():
         pytest.skip(f"shared data not found at {DATA_ROOT} (set NEURONET_DATA)")

@@ -30,8 +30,11 @@ def _call(causal):
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_attention_matches_torch(causal, backend):
-    x = np.random.default_rng(1).standard_normal((2, 5, 8))
+@pytest.mark.parametrize("blocks", ["one", "per sample"])
+def test_attention_matches_torch(causal, backend, blocks, request):
+    if blocks == "per sample":  # the NumPy backend runs each sample's attention on its own thread
+        request.getfixturevalue("rows_on_threads")
+    x = np.random.default_rng(1).standard_normal((3, 5, 8))
     layer = _on(nn.MultiHeadAttention(8, 2, causal=causal), backend, (5, 8))
     compare_with_torch(layer, _torch_mha(8, 2), x, torch_forward=_call(causal))
 
@@ -79,9 +82,10 @@ def test_attention_dropout_identity_at_eval_and_scaled_while_training():
     assert np.abs(np.array(drop.forward(x, training=True)) - ref).mean() > 0.1 * np.abs(ref).mean()
 
 
-def test_attention_dropout_gradcheck():
-    x = np.random.default_rng(6).standard_normal((2, 4, 4))
-    layer = nn.MultiHeadAttention(4, 2, causal=True, dropout=0.3)
+@pytest.mark.parametrize("rope", [False, True])
+def test_attention_dropout_gradcheck(rope, rows_on_threads):
+    x = np.random.default_rng(6).standard_normal((3, 4, 4))
+    layer = nn.MultiHeadAttention(4, 2, causal=True, dropout=0.3, rope=rope)
     check_gradients(layer, x, reseed=lambda: nn.manual_seed(7))
 
 

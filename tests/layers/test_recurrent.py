@@ -133,21 +133,12 @@ def test_lstm_train_step_allocates_nothing():
 
 
 # --------------------------------------------------------------------------- row blocks on threads
-@pytest.fixture
-def rows_in_three_blocks(monkeypatch):
-    """The NumPy backend runs the time loops of every batch in three row blocks at once (on a machine of
-    any size: without this, batches under 2 * MIN_ROWS or one BLAS thread stay in one block)."""
-    from neuronet.backend import NumpyOps, row_threads
-
-    monkeypatch.setattr(NumpyOps, "row_blocks", lambda self, n: row_threads.split(n, min(3, n)))
-
-
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
-def test_row_blocks_on_threads_gradcheck(kind, rows_in_three_blocks):
+def test_row_blocks_on_threads_gradcheck(kind, rows_on_threads):
     check_gradients(make(kind, 3, 2, True, True), np.random.default_rng(12).standard_normal((4, 3, 3)))
 
 
-def test_row_blocks_on_threads_train_step_allocates_nothing(rows_in_three_blocks):
+def test_row_blocks_on_threads_train_step_allocates_nothing(rows_on_threads):
     x = np.random.default_rng(13).standard_normal((48, 7, 8)).astype(np.float32)
     y = np.random.default_rng(14).integers(0, 4, 48)
     model = nn.Sequential(nn.Bidirectional(nn.GRU(8, 32, return_sequences=True)), nn.LSTM(64, 32),
@@ -164,7 +155,7 @@ def test_row_blocks_on_threads_train_step_allocates_nothing(rows_in_three_blocks
 def test_stacked_matches_torch_on_both_backends(kind, return_sequences, bidirectional, backend, row_blocks,
                                                 request):
     if row_blocks == "per row":  # the NumPy backend runs each row's time loop on its own thread
-        request.getfixturevalue("rows_in_three_blocks")
+        request.getfixturevalue("rows_on_threads")
     torch.manual_seed(3)
     module = TORCH_RNN[kind](4, 5, num_layers=3, batch_first=True, bidirectional=bidirectional)
     layer = make(kind, 4, 5, return_sequences, bidirectional, num_layers=3)

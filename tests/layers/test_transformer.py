@@ -99,7 +99,10 @@ def _tiny_gpt(llama=False):
 
 
 @pytest.mark.parametrize("llama", [False, True])
-def test_gpt_train_step_allocates_nothing_on_numpy(llama):
+@pytest.mark.parametrize("blocks", ["one", "per sample"])
+def test_gpt_train_step_allocates_nothing_on_numpy(llama, blocks, request):
+    if blocks == "per sample":  # attention's samples on the row threads: the hand-offs allocate nothing
+        request.getfixturevalue("rows_on_threads")
     rng = np.random.default_rng(4)
     x, y = rng.integers(0, 11, (4, 8)), rng.integers(0, 11, (4, 8))
     model = _tiny_gpt(llama)

@@ -429,7 +429,10 @@ def _cross_attention_model(dropout=0.0):
     return nn.Model([q, kv], nn.MultiHeadAttention(8, 2, dropout=dropout)([q, kv]))
 
 
-def test_cross_attention_matches_torch_multihead_attention():
+@pytest.mark.parametrize("blocks", ["one", "per sample"])
+def test_cross_attention_matches_torch_multihead_attention(blocks, request):
+    if blocks == "per sample":  # the NumPy backend runs each sample's attention on its own thread
+        request.getfixturevalue("rows_on_threads")
     model = _cross_attention_model()
     module = torch.nn.ModuleDict({"0": torch.nn.MultiheadAttention(8, 2, batch_first=True)})
     xs = [RNG.standard_normal(s).astype(np.float32) for s in ((3, 5, 8), (3, 7, 8))]

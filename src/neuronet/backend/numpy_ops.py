@@ -284,8 +284,9 @@ class NumpyOps(Ops):
     # ----------------------------------------------------------------- recurrent cells (one Numba pass each)
     # The recurrent loops run their rows in blocks on separate cores (row_threads): on 2 cores the
     # LSTM's per-step products and cells then use both, where OpenBLAS alone split them badly.
-    def row_blocks(self, n):
-        return row_threads.split(n, max(1, min(blas_threads.threads(), n // row_threads.MIN_ROWS)))
+    def row_blocks(self, n, min_rows=None):
+        least = row_threads.MIN_ROWS if min_rows is None else max(1, min_rows)
+        return row_threads.split(n, max(1, min(blas_threads.threads(), n // least)))
 
     def run_blocks(self, tasks):
         row_threads.run(tasks)

@@ -514,9 +514,10 @@ class Ops:
         return out
 
     # ----------------------------------------------------------------- recurrent cells (LSTM, GRU), one step
-    def row_blocks(self, n: int) -> tuple[slice, ...]:
-        """The row ranges of an n-row batch that ``run_blocks`` may run at once: one range covering
-        every row here and on backends whose ops already use every core."""
+    def row_blocks(self, n: int, min_rows: int | None = None) -> tuple[slice, ...]:
+        """The row ranges of an n-row batch that ``run_blocks`` may run at once, each of at least
+        ``min_rows`` rows (None: the backend's default): one range covering every row here and on
+        backends whose ops already use every core."""
         return (slice(None),)
 
     def run_blocks(self, tasks) -> None:

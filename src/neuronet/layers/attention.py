@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -11,6 +12,8 @@ from ..core import initializers as init
 from ..core import random as nnrandom
 from ..core.layer import Layer, ShapeError
 from .dense import Dense
+
+BLOCK_WORK = 1 << 20  # attention multiply-adds (per matrix product) of one sample block on its own thread
 
 
 class MultiHeadAttention(Layer):
@@ -135,29 +138,39 @@ class MultiHeadAttention(Layer):
         return self.children["out_proj"].forward(ctx.reshape(n, t, d), training)
 
     def _attend(self, q, k, v, training: bool):
-        """Heads (N, H, Tq, hd), (N, H, Tk, hd) x2 -> the (N*Tq, dim) rows of concat_heads(dropout(P) v)."""
-        ops = self.ops
+        """Heads (N, H, Tq, hd), (N, H, Tk, hd) x2 -> the (N*Tq, dim) rows of concat_heads(dropout(P) v).
+        The samples never meet: they run in ``ops.row_blocks``, at once where the backend can."""
+        ops, xp = self.ops, self.ops.xp
         n, t, d = self._shape
         probs = self.workspace("probs", (n, self.num_heads, t, k.shape[2]))
-        ops.matmul(q, ops.swapaxes(k, -1, -2), out=probs)
-        ops.attention_softmax(probs, probs, self.causal, 1.0 / math.sqrt(self.head_dim))
         self._drop = training and self.dropout > 0.0
-        if self._drop:
-            mask = self.workspace("mask", probs.shape)
+        mask = self.workspace("mask", probs.shape) if self._drop else None
+        if mask is not None:  # drawn whole, before the blocks: the same masks for any split
             ops.bernoulli_mask(1.0 - self.dropout, nnrandom.generator(), mask)
+        weights = self.temporary("dp", tuple(probs.shape)) if self._drop else probs
         ctx = self.workspace("ctx", (n * t, d))
-        ops.matmul(self._weights(probs), v, out=self._heads(ctx, 1)[0])
+        ctx_heads, scale = self._heads(ctx, 1)[0], 1.0 / math.sqrt(self.head_dim)
+
+        def block(rows):
+            ops.matmul(q[rows], ops.swapaxes(k[rows], -1, -2), out=probs[rows])
+            ops.attention_softmax(probs[rows], probs[rows], self.causal, scale)
+            if mask is not None:
+                xp.multiply(probs[rows], mask[rows], out=weights[rows])
+            ops.matmul(weights[rows], v[rows], out=ctx_heads[rows])
+        self._in_sample_blocks(block)
         self._q, self._k, self._v, self._probs = q, k, v, probs
         return ctx
 
-    def _weights(self, probs):
-        """The attention weights: P, or with dropout P * mask in a temporary (made again in backward rather
-        than kept: one (N, H, Tq, Tk) buffer less per layer)."""
-        if not self._drop:
-            return probs
-        weights = self.temporary("dp", tuple(probs.shape))
-        self.ops.xp.multiply(probs, self.workspace("mask", tuple(probs.shape)), out=weights)
-        return weights
+    def _in_sample_blocks(self, block) -> None:
+        """Run block(rows) over the samples in ``ops.row_blocks``, each block with at least
+        BLOCK_WORK multiply-adds of attention (a region costs about as much as 3M)."""
+        n, t, _ = self._shape
+        per_sample = self.num_heads * t * self._kv_len() * self.head_dim
+        blocks = self.ops.row_blocks(n, min_rows=-(-BLOCK_WORK // per_sample))
+        self.ops.run_blocks([functools.partial(block, rows) for rows in blocks])
+
+    def _kv_len(self) -> int:
+        return self._tk if self.cross else self._shape[1]
 
     def _heads(self, rows, parts: int, t: int | None = None):
         """(N*T, parts*dim) rows as ``parts`` (N, H, T, hd) views (no copy); T: the query's by default."""
@@ -206,19 +219,29 @@ class MultiHeadAttention(Layer):
         return dxs
 
     def _attend_backward(self, do, dq, dk, dv) -> None:
-        """From dL/d(attention output heads) to dL/dq, dL/dk, dL/dv (head views, written in place)."""
-        ops = self.ops
-        ops.matmul(ops.swapaxes(self._weights(self._probs), -1, -2), do, out=dv)
-        dp = self.temporary("dp", tuple(self._probs.shape))  # (the weights' buffer: dv has used them)
-        ops.matmul(do, ops.swapaxes(self._v, -1, -2), out=dp)
-        if self._drop:
-            dp *= self.workspace("mask", dp.shape)
-        ops.attention_softmax_backward(dp, self._probs, dp, 1.0 / math.sqrt(self.head_dim))  # dL/d(q k^T)
+        """From dL/d(attention output heads) to dL/dq, dL/dk, dL/dv (head views, written in place), in
+        the same sample blocks as the forward."""
+        ops, xp, scale = self.ops, self.ops.xp, 1.0 / math.sqrt(self.head_dim)
+        probs, q, k, v = self._probs, self._q, self._k, self._v
+        dp = self.temporary("dp", tuple(probs.shape))  # the dropped-out weights (made again), then dL/dP
+        mask = self.workspace("mask", tuple(probs.shape)) if self._drop else None
         # with rope, the gradients of the rotated q, k first, then rotated back into dqkv
         gq, gk = (self.workspace(name, tuple(dq.shape)) for name in ("dq_rot", "dk_rot")) if self.rope \
             else (dq, dk)
-        ops.matmul(dp, self._k, out=gq)
-        ops.matmul(ops.swapaxes(dp, -1, -2), self._q, out=gk)
+
+        def block(rows):
+            weights = probs[rows]
+            if mask is not None:
+                weights = dp[rows]
+                xp.multiply(probs[rows], mask[rows], out=weights)
+            ops.matmul(ops.swapaxes(weights, -1, -2), do[rows], out=dv[rows])
+            ops.matmul(do[rows], ops.swapaxes(v[rows], -1, -2), out=dp[rows])
+            if mask is not None:
+                dp[rows] *= mask[rows]
+            ops.attention_softmax_backward(dp[rows], probs[rows], dp[rows], scale)  # dL/d(q k^T)
+            ops.matmul(dp[rows], k[rows], out=gq[rows])
+            ops.matmul(ops.swapaxes(dp[rows], -1, -2), q[rows], out=gk[rows])
+        self._in_sample_blocks(block)
         if self.rope:
             # the transpose of a rotation is the rotation by -angle
             cos, _, neg_sin = self._rope_tables(self._shape[1])
