@@ -77,7 +77,7 @@ def test_pooling_in_image_blocks_matches_one_block(monkeypatch):
     x, dy = rng.standard_normal((5, 3, 8, 8)), rng.standard_normal((5, 3, 4, 4))
     results = []
     for least in (1 << 62, 1):  # one block, then a block per thread
-        monkeypatch.setattr(numpy_ops, "POOL_SPLIT_WORK", least)
+        monkeypatch.setattr(numpy_ops, "PASS_SPLIT_WORK", least)
         monkeypatch.setattr("neuronet.backend.blas_threads.threads", lambda: 3)
         out, index, dx = np.empty((5, 3, 4, 4)), np.empty((5, 3, 4, 4), np.int64), np.empty_like(x)
         ops.max_pool2d(x, (2, 2), (2, 2), (0, 0), out, index)
@@ -100,3 +100,20 @@ def _region_in_child():
     meet, done = threading.Barrier(2, timeout=10), []
     row_threads.run([lambda: done.append(meet.wait()), lambda: done.append(meet.wait())])
     return sorted(done)
+
+
+@pytest.mark.parametrize("name", ["relu", "gelu", "tanh"])
+def test_elementwise_activations_in_blocks_match_one_block(name, monkeypatch):
+    from neuronet.backend import numpy_ops
+
+    ops, rng = get_ops("numpy"), np.random.default_rng(2)
+    z, dy = rng.standard_normal((7, 5, 3)), rng.standard_normal((7, 5, 3))
+    results = []
+    for least in (1 << 62, 1):  # one block, then a block per thread
+        monkeypatch.setattr(numpy_ops, "PASS_SPLIT_WORK", least)
+        monkeypatch.setattr("neuronet.backend.blas_threads.threads", lambda: 3)
+        y, dz = np.empty_like(z), np.empty_like(z)
+        ops.activation(name, z, y)
+        ops.activation_backward(name, dy, z, y, dz)
+        results.append((y, dz))
+    assert all(np.array_equal(a, b) for a, b in zip(*results, strict=True))

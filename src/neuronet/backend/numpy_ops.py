@@ -17,7 +17,7 @@ CONV_CHUNK_BYTES = 1 << 22  # the columns of one chunk of images (see NumpyOps._
 # (median, 2 cores): (12, 4, 128, 32) @ (.., 32, 128), 25M, took as long split as not (570 us); nanoGPT's
 # (16, 6, 256, 64) @ (.., 64, 256), 400M, 5.9 against 11.2 ms.
 STACK_SPLIT_WORK = 1 << 25
-POOL_SPLIT_WORK = 1 << 19  # input elements of a max pooling from which its images run on the row threads
+PASS_SPLIT_WORK = 1 << 19  # elements of a pooling or activation pass from which it runs in blocks
 
 
 def _flat(a: np.ndarray) -> np.ndarray:
@@ -238,13 +238,13 @@ class NumpyOps(Ops):
     def max_pool2d(self, x, kernel, stride, padding, out, index):
         self.run_blocks([functools.partial(conv_kernels.max_pool2d, x[rows], *kernel, *stride, *padding,
                                            out[rows], index[rows])
-                         for rows in self._blocks(x.shape[0], x.size, POOL_SPLIT_WORK)])
+                         for rows in self._blocks(x.shape[0], x.size, PASS_SPLIT_WORK)])
         return out
 
     def max_pool2d_backward(self, dy, index, out):
         dy = np.ascontiguousarray(dy)
         self.run_blocks([functools.partial(conv_kernels.max_pool2d_backward, dy[rows], index[rows], out[rows])
-                         for rows in self._blocks(out.shape[0], out.size, POOL_SPLIT_WORK)])
+                         for rows in self._blocks(out.shape[0], out.size, PASS_SPLIT_WORK)])
         return out
 
     # ----------------------------------------------------------------- activations
@@ -257,8 +257,10 @@ class NumpyOps(Ops):
         code, a = kernels.ACT_CODES[name], DEFAULT_ALPHA.get(name, 0.0) if alpha is None else alpha
         if bias is not None:
             kernels.bias_activation_rows(code, a, _rows(z), bias, _rows(out))
-        else:
-            kernels.activation_forward(code, a, np.ascontiguousarray(z).reshape(-1), _flat(out))
+            return out
+        z, out_flat = np.ascontiguousarray(z).reshape(-1), _flat(out)  # elementwise: blocks on the threads
+        self.run_blocks([functools.partial(kernels.activation_forward, code, a, z[part], out_flat[part])
+                         for part in self._blocks(z.size, z.size, PASS_SPLIT_WORK)])
         return out
 
     def activation_backward(self, name, dy, z, y, out, alpha=None, *, bias_grad=None):
@@ -274,8 +276,11 @@ class NumpyOps(Ops):
         if bias_grad is not None:
             kernels.activation_backward_bias_rows(code, a, _rows(dy), _rows(z), _rows(y), _rows(out),
                                                   bias_grad)
-        else:
-            kernels.activation_backward(code, a, dy.reshape(-1), z.reshape(-1), y.reshape(-1), _flat(out))
+            return out
+        dy, z, y, out_flat = dy.reshape(-1), z.reshape(-1), y.reshape(-1), _flat(out)
+        self.run_blocks([functools.partial(kernels.activation_backward, code, a, dy[part], z[part], y[part],
+                                           out_flat[part])
+                         for part in self._blocks(dy.size, dy.size, PASS_SPLIT_WORK)])
         return out
 
     def sum_rows_acc(self, x, out):
