@@ -180,12 +180,17 @@ class Ops:
         workspace would keep one per layer. Per thread, so that replicas and row blocks running at once
         do not share. Its contents are whatever was last written there; a caller must not hold it across
         a call into another layer that may ask for the same name."""
-        buffers = self.__dict__.setdefault("_temporaries", threading.local()).__dict__
-        n, key = math.prod(shape), (name, str(dtype))
-        buf = buffers.get(key)
+        local = self.__dict__.setdefault("_temporaries", threading.local())
+        buffers, views = local.__dict__.setdefault("buffers", {}), local.__dict__.setdefault("views", {})
+        key = (name, str(dtype))
+        buf, view = buffers.get(key), views.get((key, shape))
+        if view is not None and view[0] is buf:  # this shape's view of the current buffer (slicing a tensor
+            return view[1]                       # costs microseconds)
+        n = math.prod(shape)
         if buf is None or buf.shape[0] < n:
             buf = buffers[key] = self.empty((max(n, 1),), dtype)
-        return buf[:n].reshape(shape)
+        views[key, shape] = buf, buf[:n].reshape(shape)
+        return views[key, shape][1]
 
     # ----------------------------------------------------------------- matrix products
     def matmul(self, a, b, out) -> Any:
