@@ -76,18 +76,15 @@ class NumpyOps(Ops):
         self.run_blocks([functools.partial(np.matmul, a[rows], b[rows], out=out[rows]) for rows in blocks])
         return out
 
-    @classmethod
-    def _stack_blocks(cls, a, b, out) -> tuple[slice, ...]:
+    def _stack_blocks(self, a, b, out) -> tuple[slice, ...]:
         """Ranges of the leading axis of a stacked product with as many matrices in a, b and out."""
         stacked = a.ndim == b.ndim == out.ndim > 2 and a.shape[0] == b.shape[0] == out.shape[0]
-        return cls._blocks(out.shape[0], out.size * a.shape[-1] if stacked else 0, STACK_SPLIT_WORK)
+        return self._blocks(out.shape[0], out.size * a.shape[-1] if stacked else 0, STACK_SPLIT_WORK)
 
-    @staticmethod
-    def _blocks(n: int, work: int, least: int) -> tuple[slice, ...]:
-        """Ranges of n independent rows, one per row thread, when ``work`` reaches ``least``; else one."""
-        if n < 2 or work < least:
-            return (slice(None),)
-        return row_threads.split(n, min(blas_threads.threads(), n))
+    def _blocks(self, n: int, work: int, least: int) -> tuple[slice, ...]:
+        """``row_blocks`` of n independent rows (any number per block) when ``work`` reaches ``least``;
+        else one."""
+        return self.row_blocks(n, min_rows=1) if work >= least else (slice(None),)
 
     def matmul_acc(self, a, b, out, scratch=None):
         blas_threads.before_product(a.shape[0], a.shape[1], b.shape[1])
@@ -200,10 +197,9 @@ class NumpyOps(Ops):
         contiguous blocks to the row threads, one block per thread; ``block`` ("", "1", ...) tells
         each block's scratch buffers apart. A single block's products use every BLAS thread."""
         chunks = _conv_chunks(n, bytes_per_image, blas_threads.threads())
-        blocks = row_threads.split(len(chunks), min(blas_threads.threads(), len(chunks)))
         blas_threads.use_all_threads()
         self.run_blocks([functools.partial(run, str(k) if k else "", chunks[rows])
-                         for k, rows in enumerate(blocks)])
+                         for k, rows in enumerate(self.row_blocks(len(chunks), min_rows=1))])
 
     def _shifted_columns(self, x, geom):
         """The columns (C, kh, kw, b, OH*Wp) of the b images x (b, C, H, W): x is copied inside zeros

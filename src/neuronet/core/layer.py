@@ -123,6 +123,18 @@ class Workspace:
         layer on this thread, so never hold one across a call into another layer)."""
         return self.ops.temporary(name, shape, self.dtype)
 
+    def in_row_blocks(self, n: int, loop: Callable, *scratch: tuple[str, int],
+                      min_rows: int | None = None) -> None:
+        """Run ``loop(rows, *buffers)`` over the row blocks of ``ops.row_blocks(n, min_rows)`` of work whose
+        n rows never meet (a recurrent loop's batch, attention's samples), at once where the backend can;
+        each block gets its own (rows, width) workspace for each (name, width) of ``scratch``."""
+        tasks = []
+        for k, rows in enumerate(self.ops.row_blocks(n, min_rows)):
+            count, suffix = len(range(n)[rows]), str(k) if k else ""
+            buffers = [self.workspace(name + suffix, (count, width)) for name, width in scratch]
+            tasks.append(functools.partial(loop, rows, *buffers))
+        self.ops.run_blocks(tasks)
+
     def clear_workspace(self) -> None:
         self.__dict__["_workspace"] = {}
         self.__dict__["_workspace_views"] = {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -162,12 +161,11 @@ class MultiHeadAttention(Layer):
         return ctx
 
     def _in_sample_blocks(self, block) -> None:
-        """Run block(rows) over the samples in ``ops.row_blocks``, each block with at least
-        BLOCK_WORK multiply-adds of attention (a region costs about as much as 3M)."""
+        """Run block(rows) over the samples in row blocks, each block with at least BLOCK_WORK
+        multiply-adds of attention (a region costs about as much as 3M)."""
         n, t, _ = self._shape
         per_sample = self.num_heads * t * self._kv_len() * self.head_dim
-        blocks = self.ops.row_blocks(n, min_rows=-(-BLOCK_WORK // per_sample))
-        self.ops.run_blocks([functools.partial(block, rows) for rows in blocks])
+        self.in_row_blocks(n, block, min_rows=-(-BLOCK_WORK // per_sample))
 
     def _kv_len(self) -> int:
         return self._tk if self.cross else self._shape[1]

@@ -17,12 +17,11 @@ with one extra slot: the state before step t is h[t + off] and after it h[t + 1 
 forward and 1 reversed. Every GEMM over all steps then reads contiguous time-ordered rows in either
 direction. The fused cell math is ``ops.lstm_cell`` / ``ops.gru_cell`` (Numba on NumPy, torch ops on torch).
 The rows of a batch never meet in the cell's loop, so it runs over ``ops.row_blocks(N)``, the blocks at once
-where the backend can (``in_row_blocks``: on NumPy one thread per block).
+where the backend can (``Layer.in_row_blocks``: on NumPy one thread per block).
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 from ..core import args
@@ -92,17 +91,6 @@ class _Recurrent(Layer):
         w_t = self.workspace("w_hh_t", tuple(reversed(w_hh.shape)))
         self.ops.copy_(w_t, w_hh.T)
         return w_t
-
-    def in_row_blocks(self, n: int, loop, *scratch: tuple[str, int]) -> None:
-        """Run ``loop(rows, *buffers)`` over the row blocks of ``ops.row_blocks(n)``, at once where the
-        backend can (the rows of a batch never meet in a recurrent loop); each block gets its own
-        (rows, width) workspace for each (name, width) of ``scratch``."""
-        tasks = []
-        for k, rows in enumerate(self.ops.row_blocks(n)):
-            count, suffix = len(range(n)[rows]), str(k) if k else ""
-            buffers = [self.workspace(name + suffix, (count, width)) for name, width in scratch]
-            tasks.append(functools.partial(loop, rows, *buffers))
-        self.ops.run_blocks(tasks)
 
     # ----------------------------------------------------------------- forward
     def forward(self, x, training: bool = True):
