@@ -70,20 +70,29 @@ def test_stacked_products_split_over_the_threads_match_numpy(monkeypatch):
     assert np.array_equal(ops.matmul(a, broadcast, out), np.matmul(a, broadcast))
 
 
-def test_pooling_in_image_blocks_matches_one_block(monkeypatch):
+def _one_block_then_per_thread(monkeypatch, compute):
+    """compute() with PASS_SPLIT_WORK out of reach (one block), then at 1 (a block per thread, three of
+    them); asserts the two results are identical."""
     from neuronet.backend import numpy_ops
 
+    monkeypatch.setattr("neuronet.backend.blas_threads.threads", lambda: 3)
+    results = []
+    for least in (1 << 62, 1):
+        monkeypatch.setattr(numpy_ops, "PASS_SPLIT_WORK", least)
+        results.append(compute())
+    assert all(np.array_equal(a, b) for a, b in zip(*results, strict=True))
+
+
+def test_pooling_in_image_blocks_matches_one_block(monkeypatch):
     ops, rng = get_ops("numpy"), np.random.default_rng(1)
     x, dy = rng.standard_normal((5, 3, 8, 8)), rng.standard_normal((5, 3, 4, 4))
-    results = []
-    for least in (1 << 62, 1):  # one block, then a block per thread
-        monkeypatch.setattr(numpy_ops, "PASS_SPLIT_WORK", least)
-        monkeypatch.setattr("neuronet.backend.blas_threads.threads", lambda: 3)
+
+    def compute():
         out, index, dx = np.empty((5, 3, 4, 4)), np.empty((5, 3, 4, 4), np.int64), np.empty_like(x)
         ops.max_pool2d(x, (2, 2), (2, 2), (0, 0), out, index)
         ops.max_pool2d_backward(dy, index, dx)
-        results.append((out, index, dx))
-    assert all(np.array_equal(a, b) for a, b in zip(*results, strict=True))
+        return out, index, dx
+    _one_block_then_per_thread(monkeypatch, compute)
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
@@ -104,16 +113,12 @@ def _region_in_child():
 
 @pytest.mark.parametrize("name", ["relu", "gelu", "tanh"])
 def test_elementwise_activations_in_blocks_match_one_block(name, monkeypatch):
-    from neuronet.backend import numpy_ops
-
     ops, rng = get_ops("numpy"), np.random.default_rng(2)
     z, dy = rng.standard_normal((7, 5, 3)), rng.standard_normal((7, 5, 3))
-    results = []
-    for least in (1 << 62, 1):  # one block, then a block per thread
-        monkeypatch.setattr(numpy_ops, "PASS_SPLIT_WORK", least)
-        monkeypatch.setattr("neuronet.backend.blas_threads.threads", lambda: 3)
+
+    def compute():
         y, dz = np.empty_like(z), np.empty_like(z)
         ops.activation(name, z, y)
         ops.activation_backward(name, dy, z, y, dz)
-        results.append((y, dz))
-    assert all(np.array_equal(a, b) for a, b in zip(*results, strict=True))
+        return y, dz
+    _one_block_then_per_thread(monkeypatch, compute)
