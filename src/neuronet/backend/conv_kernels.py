@@ -3,6 +3,7 @@
 ``col2im`` is the adjoint of im2col (NumpyOps.im2col, a strided copy): it adds the columns
 ``(C, kh, kw, N, OH, OW)`` back into the unpadded image, dropping what fell on the zero padding.
 The loops run over the destination in order and need no atomics and no ``np.add.at``.
+``fold_shifted`` is the same adjoint for the stride-1 shifted-rows columns (NumpyOps._shifted_columns).
 """
 
 from __future__ import annotations
@@ -48,6 +49,30 @@ def col2im(cols, sh, sw, dh, dw, ph, pw, out):
                         for ow in range(lo_w, hi_w):
                             out[n, c, h, ow * sw + j * dw - pw] += cols[c, i, j, n, oh, ow]
 
+
+
+@jit
+def fold_shifted(dcols, wp, dh, dw, planes):
+    """The adjoint of NumpyOps._shifted_columns: planes[n, c] (zeroed first) += each entry (c, i, j, n)
+    of dcols (C, kh, kw, N, L), a row of L read from the plane at i*dh*wp + j*dw.
+
+    Each row is added through a slice taken from that offset: indexing the plane with ``off + p``
+    makes Numba check for a negative index and the loop does not vectorise (3x slower).
+    """
+    c_, kh, kw, n_, length = dcols.shape
+    for n in range(n_):
+        for c in range(c_):
+            plane = planes[n, c]
+            plane[:] = 0.0
+            for i in range(kh):
+                for j in range(kw):
+                    _add_row(dcols[c, i, j, n], plane[i * dh * wp + j * dw:])
+
+
+@jit
+def _add_row(row, into):
+    for p in range(row.shape[0]):
+        into[p] += row[p]
 
 def max_pool2d(x, kh, kw, sh, sw, ph, pw, out, index):
     """out = the max of each window (padding counts as -inf); index = its flat h*W + w in x's plane.

@@ -12,7 +12,7 @@ from . import blas_threads, conv_kernels, kernels, optim_kernels, rnn_kernels, r
 from .conv_geometry import ConvGeometry
 from .ops import DEFAULT_ALPHA, Ops, _groups
 
-CONV_CHUNK_BYTES = 1 << 22  # the columns of one chunk of images (see NumpyOps._conv_shifted)
+CONV_CHUNK_BYTES = 1 << 22  # the columns of one chunk of images (see NumpyOps.conv2d)
 # Multiply-adds of a stacked product from which the row threads share its matrices. A region costs 75 us
 # (median, 2 cores): (12, 4, 128, 32) @ (.., 32, 128), 25M, took as long split as not (570 us); nanoGPT's
 # (16, 6, 256, 64) @ (.., 64, 256), 400M, 5.9 against 11.2 ms.
@@ -41,17 +41,9 @@ def _conv_chunks(n: int, bytes_per_image: int, threads: int) -> list[tuple[int, 
     return [(b.start, b.stop - b.start) for b in row_threads.split(n, min(n, max(1, count)))]
 
 
-def _transposed_geometry(geom: ConvGeometry) -> ConvGeometry | None:
-    """The geometry of dx = conv2d(dy, flipped weight) for a stride-1 convolution that the shifted-rows
-    path runs (windows reaching exactly to the padded edge, padding at most the kernel's reach), else
-    None. Its padding on each side is (k-1)*d minus the forward's."""
-    reach = tuple((k - 1) * d for k, d in zip(geom.kernel, geom.dilation, strict=True))
-    if geom.stride != (1, 1) or geom.reach != geom.padded_size or \
-            any(side > r for pad, r in zip(geom.padding, reach, strict=True) for side in pad):
-        return None
-    padding = tuple((r - lo, r - hi) for (lo, hi), r in zip(geom.padding, reach, strict=True))
-    return ConvGeometry(in_size=geom.out_size, out_size=geom.in_size, kernel=geom.kernel, padding=padding,
-                        dilation=geom.dilation, groups=geom.groups)
+def _shifted(geom: ConvGeometry) -> bool:
+    """Whether the shifted-rows path runs this convolution: stride 1, every padded row and column read."""
+    return geom.stride == (1, 1) and geom.reach == geom.padded_size
 
 
 class NumpyOps(Ops):
@@ -121,41 +113,20 @@ class NumpyOps(Ops):
 
     # ----------------------------------------------------------------- convolution and pooling
     # Stride-1 convolutions (the usual 3x3 "same" and 1x1 ones) run in the shifted-rows layout over
-    # chunks of images that stay in the cache; dx is itself such a convolution, of dy with the
-    # flipped, transposed kernel. Other geometries run the reference's whole-batch im2col + GEMM.
-    # See _shifted_geometry and benchmarks/README.md for the numbers.
+    # chunks of images that stay in the cache: the forward and dweight as one GEMM each with the columns
+    # of x; dx as weight^T @ dy folded back onto the planes (the adjoint of the columns). Other
+    # geometries run the reference's whole-batch im2col + GEMM. See _shifted_columns and
+    # benchmarks/README.md for the numbers.
     def conv2d(self, x, weight, bias, geom, out, scratch):
-        if _transposed_geometry(geom) is None:
+        if not _shifted(geom):
             return super().conv2d(x, weight, bias, geom, out, scratch)
-        return self._conv_shifted(x, weight, bias, geom, out)
-
-    def conv2d_backward(self, dy, x, weight, geom, dx, dweight, dbias, scratch):
-        geom_t = _transposed_geometry(geom)
-        if geom_t is None:
-            return super().conv2d_backward(dy, x, weight, geom, dx, dweight, dbias, scratch)
-        (n, o), g, (oh, ow) = dy.shape[:2], geom.groups, geom.out_size
-        if dbias is not None:
-            db = scratch("conv.db", (o,))
-            np.sum(dy.reshape(n, o, oh * ow), axis=(0, 2), out=db)
-            dbias += db
-        if dweight is not None:
-            self._conv_weight_grad(dy, x, geom, _groups(dweight, g, dweight[0].size))
-        if dx is not None:  # dx = dy convolved with weight flipped in (i, j), in/out channels swapped
-            c, (kh, kw) = x.shape[1] if x is not None else dx.shape[1], geom.kernel
-            w_t = scratch("conv.w_t", (c, o // g, kh, kw))
-            np.copyto(w_t.reshape(g, c // g, o // g, kh, kw),
-                      weight.reshape(g, o // g, c // g, kh, kw).swapaxes(1, 2)[..., ::-1, ::-1])
-            self._conv_shifted(dy, w_t, None, geom_t, dx)
-        return dx
-
-    def _conv_shifted(self, x, weight, bias, geom, out):
-        """conv2d (stride 1) by chunks: for each, its columns in the shifted-rows layout, one GEMM per
-        group into z (O, b, OH, Wp), and z's first OW columns of each row copied to out (b, O, OH, OW)."""
         (n, c), (o, g), (oh, ow) = x.shape[:2], (weight.shape[0], geom.groups), geom.out_size
         length = oh * geom.padded_size[1]
         w = _groups(weight, g, weight[0].size)
 
         def run(block: str, chunks) -> None:
+            """For each chunk: its columns, one GEMM per group into z (O, b, OH, Wp), and z's first OW
+            columns of each row copied to out (b, O, OH, OW)."""
             for n0, b in chunks:
                 cols = self._shifted_columns(x[n0:n0 + b], geom)
                 z = self.temporary("conv.gemm", (o, b, oh, geom.padded_size[1]), x.dtype)
@@ -166,31 +137,53 @@ class NumpyOps(Ops):
         self._in_chunk_blocks(n, c * math.prod(geom.kernel) * length * x.itemsize, run)
         return out
 
-    def _conv_weight_grad(self, dy, x, geom, dweight):
-        """dweight (per group) += dy (O, N*OH*Wp, zero past OW) @ columns of x^T, by the same chunks;
-        each block of chunks sums into its own dw_t, added to dweight at the end."""
-        (n, o), c, (oh, ow) = dy.shape[:2], x.shape[1], geom.out_size
-        wp, g = geom.padded_size[1], geom.groups
-        length = oh * wp
+    def conv2d_backward(self, dy, x, weight, geom, dx, dweight, dbias, scratch):
+        if not _shifted(geom):
+            return super().conv2d_backward(dy, x, weight, geom, dx, dweight, dbias, scratch)
+        (n, o), g, (oh, ow) = dy.shape[:2], geom.groups, geom.out_size
+        wp, (kh, kw) = geom.padded_size[1], geom.kernel
+        c, length = (x if x is not None else dx).shape[1], oh * wp
+        if dbias is not None:
+            db = scratch("conv.db", (o,))
+            np.sum(dy.reshape(n, o, oh * ow), axis=(0, 2), out=db)
+            dbias += db
+        if dweight is None and dx is None:
+            return dx
+        w_t = _groups(weight, g, weight[0].size).swapaxes(-1, -2)
+        if dweight is not None:
+            dweight = _groups(dweight, g, dweight[0].size)
         sums = []
 
         def run(block: str, chunks) -> None:
-            dw_t = self.temporary("conv.dw_t" + block, dweight.swapaxes(-1, -2).shape, x.dtype)
-            product = self.temporary("conv.dw_chunk", dw_t.shape, x.dtype) if len(chunks) > 1 else dw_t
+            """For each chunk: dy_t (O, b, OH, Wp), zero past OW (the extra outputs of each row
+            contribute nothing); dweight^T += columns of x @ dy_t^T into this block's own dw_t (added
+            to dweight at the end); dcols = weight^T @ dy_t, folded into the chunk's dx."""
+            if dweight is not None:
+                dw_t = self.temporary("conv.dw_t" + block, dweight.swapaxes(-1, -2).shape, dy.dtype)
+                product = self.temporary("conv.dw_chunk", dw_t.shape, dy.dtype) if len(chunks) > 1 else dw_t
             for k, (n0, b) in enumerate(chunks):
-                dy_t = self.temporary("conv.dy_t", (o, b, oh, wp), x.dtype)
+                dy_t = self.temporary("conv.dy_t", (o, b, oh, wp), dy.dtype)
                 np.copyto(dy_t[..., :ow], dy[n0:n0 + b].transpose(1, 0, 2, 3))
-                dy_t[..., ow:] = 0.0  # the extra outputs of each row contribute nothing
-                cols = self._shifted_columns(x[n0:n0 + b], geom)
-                # dweight^T = cols @ dy_t^T: OpenBLAS ran this orientation 1.3-1.9x faster than dy_t @ cols^T
-                np.matmul(_groups(cols, g, b * length), _groups(dy_t, g, b * length).swapaxes(-1, -2),
-                          out=dw_t if k == 0 else product)
-                if k > 0:
-                    dw_t += product
-            sums.append(dw_t)
-        self._in_chunk_blocks(n, c * math.prod(geom.kernel) * length * x.itemsize, run)
+                dy_t[..., ow:] = 0.0
+                rows = _groups(dy_t, g, b * length)
+                if dweight is not None:
+                    # cols @ dy_t^T: OpenBLAS ran this orientation 1.3-1.9x faster than dy_t @ cols^T
+                    cols = self._shifted_columns(x[n0:n0 + b], geom)
+                    np.matmul(_groups(cols, g, b * length), rows.swapaxes(-1, -2),
+                              out=dw_t if k == 0 else product)
+                    if k > 0:
+                        dw_t += product
+                if dx is not None:
+                    dcols = self.temporary("conv.dcols", (c, kh, kw, b, length), dy.dtype)
+                    np.matmul(w_t, rows, out=_groups(dcols, g, b * length))
+                    self._fold_shifted(dcols, geom, dx[n0:n0 + b])
+            if dweight is not None:
+                sums.append(dw_t)
+        columns = (dweight is not None) + (dx is not None)  # of x and of dx, per image
+        self._in_chunk_blocks(n, columns * c * kh * kw * length * dy.itemsize, run)
         for dw_t in sums:
             dweight += dw_t.swapaxes(-1, -2)
+        return dx
 
     def _in_chunk_blocks(self, n: int, bytes_per_image: int, run) -> None:
         """Call run(block, chunks) for the (first image, count) chunks of n images, dealt out in
@@ -215,6 +208,15 @@ class NumpyOps(Ops):
         s = planes.strides
         np.copyto(cols, as_strided(planes, cols.shape, (s[1], dh * wp * s[2], dw * s[2], s[0], s[2])))
         return cols
+
+    def _fold_shifted(self, dcols, geom, dx):
+        """dx (b, C, H, W) = the adjoint of _shifted_columns applied to dcols (C, kh, kw, b, OH*Wp):
+        every entry added back onto the padded planes it was read from, the padding dropped."""
+        (b, c, h, w), (hp, wp), ((top, _), (left, _)) = dx.shape, geom.padded_size, geom.padding
+        planes = self.temporary("conv.padded", (b, c, hp * wp + (geom.kernel[1] - 1) * geom.dilation[1]),
+                                dx.dtype)
+        conv_kernels.fold_shifted(dcols, wp, *geom.dilation, planes)
+        np.copyto(dx, planes[:, :, :hp * wp].reshape(b, c, hp, wp)[:, :, top:top + h, left:left + w])
 
     def im2col(self, x, geom, out):
         # One strided copy (NumPy's copy loop beats a Numba gather on these short rows).
