@@ -6,7 +6,8 @@ from _backends import assert_backends_train_alike
 import neuronet as nn
 from neuronet.testing import assert_step_allocates_nothing, check_gradients, compare_with_torch
 
-TORCH_ACT = {"relu": torch.nn.ReLU(), "tanh": torch.nn.Tanh(), "gelu": torch.nn.GELU()}
+TORCH_ACT = {"relu": torch.nn.ReLU(), "tanh": torch.nn.Tanh(), "gelu": torch.nn.GELU(),
+             "sigmoid": torch.nn.Sigmoid(), "leaky_relu": torch.nn.LeakyReLU(0.01), "silu": torch.nn.SiLU()}
 PAIRS = {"0.weight": "weight", "0.bias": "bias"}
 
 
@@ -38,11 +39,12 @@ def test_conv2d_matches_torch(case, backend):
     compare_with_torch(layer, module, x, atol=1e-8, rtol=1e-7)
 
 
-@pytest.mark.parametrize("activation", ["relu", "tanh", "gelu"])
-def test_conv2d_fused_activation_matches_torch(activation, backend):
+@pytest.mark.parametrize("stride", [1, 2])  # the NumPy backend's fused stride-1 path, and im2col
+@pytest.mark.parametrize("activation", list(TORCH_ACT))
+def test_conv2d_fused_activation_matches_torch(activation, stride, backend):
     torch.manual_seed(0)
-    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), TORCH_ACT[activation])
-    layer = on_backend(nn.Conv2D(3, 4, 3, padding=1, activation=activation), (3, 5, 6), backend)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride, padding=1), TORCH_ACT[activation])
+    layer = on_backend(nn.Conv2D(3, 4, 3, stride, padding=1, activation=activation), (3, 5, 6), backend)
     x = np.random.default_rng(2).standard_normal((2, 3, 5, 6))
     compare_with_torch(layer, module, x, name_map=PAIRS, atol=1e-8, rtol=1e-7)
 
@@ -71,10 +73,10 @@ def test_conv1d_weight_layout_is_pytorchs():
     assert np.abs(layer.params["weight"]).max() <= 1 / np.sqrt(12)
 
 
-@pytest.mark.parametrize("activation", [None, "tanh"])
-def test_conv2d_gradcheck(activation):
+@pytest.mark.parametrize("activation,stride", [(None, 2), ("tanh", 2), ("gelu", 1), ("sigmoid", 1)])
+def test_conv2d_gradcheck(activation, stride):
     x = np.random.default_rng(5).standard_normal((2, 2, 5, 4))
-    check_gradients(nn.Conv2D(2, 3, 3, stride=2, padding=1, activation=activation), x)
+    check_gradients(nn.Conv2D(2, 3, 3, stride=stride, padding=1, activation=activation), x)
 
 
 def test_conv1d_gradcheck():

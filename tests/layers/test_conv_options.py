@@ -49,15 +49,19 @@ def test_conv2d_options_match_torch(case, dtype, backend):
 @pytest.mark.parametrize("case", [c for c in CONV2D_CASES if c[3] == 1], ids=str)
 def test_conv2d_in_one_image_chunks_on_threads_matches_torch(case, rows_on_threads, monkeypatch):
     """The NumPy backend's stride-1 path with every image its own chunk, the chunks dealt out to three
-    blocks (two chunks summed into one block's dweight, blocks summed at the end, dx folded per chunk)."""
+    blocks (two chunks summed into one block's dweight, blocks summed at the end, dx folded per chunk),
+    with an activation."""
     from neuronet.backend import numpy_ops
 
     monkeypatch.setattr(numpy_ops, "CONV_CHUNK_BYTES", 1)
     cin, cout, k, s, p, d, g, bias, shape, _ = case
     torch.manual_seed(0)
-    module = torch.nn.Conv2d(cin, cout, k, stride=s, padding=p, dilation=d, groups=g, bias=bias)
-    layer = nn.Conv2D(cin, cout, k, stride=s, padding=p, bias=bias, dilation=d, groups=g)
-    compare(layer, module, np.random.default_rng(1).standard_normal((5, *shape)), "numpy", "float64")
+    module = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, k, stride=s, padding=p, dilation=d, groups=g,
+                                                 bias=bias), torch.nn.GELU())
+    layer = nn.Conv2D(cin, cout, k, stride=s, padding=p, bias=bias, dilation=d, groups=g, activation="gelu")
+    layer.build(shape, dtype="float64")
+    compare_with_torch(layer, module, np.random.default_rng(1).standard_normal((5, *shape)), dtype="float64",
+                       name_map={"0.weight": "weight", "0.bias": "bias"}, **DTYPES["float64"])
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k,s,p,d,g,length", [(4, 1, "same", 1, 1, 9), (3, 1, "same", 3, 1, 11),
