@@ -62,10 +62,13 @@ def _(ops, a):
     return out, out2
 
 
-@case("bernoulli_mask", lambda r: {})
+@case("dropout_mask apply_mask", lambda r: {"x": randn(r, 6, 7)})
 def _(ops, a):
-    out = ops.empty((6, 7), "float64")
-    return (ops.bernoulli_mask(0.7, np.random.default_rng(3), out),)
+    mask = ops.dropout_mask(0.7, np.random.default_rng(3), ops.empty((6, 7), "bool"), "float64")
+    out, x = ops.empty((6, 7), "float64"), a["x"]
+    ops.apply_mask(x, mask, 1 / 0.7, out)
+    ops.apply_mask(x, mask, 1 / 0.7, x)  # in place
+    return mask, out, x
 
 
 @case("gather_rows scatter_add_rows",

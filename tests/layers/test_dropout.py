@@ -69,3 +69,24 @@ def test_dropout_in_a_model_is_off_in_predict():
     x = np.ones((3, 4), np.float32)
     np.testing.assert_array_equal(model.predict(x), model.predict(x))
     np.testing.assert_allclose(model.predict(x), model.forward(x, training=False))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_mask_drawn_in_chunks_is_the_one_draw_of_the_specification(dtype, monkeypatch):
+    """The NumPy backend draws a large mask through a small buffer (an odd chunk here, so float32 draws
+    straddle the generator's 64-bit outputs): the same uniforms as one ``rng.random`` of the whole shape."""
+    from neuronet.backend import NumpyOps, numpy_ops
+
+    monkeypatch.setattr(numpy_ops, "DRAW_CHUNK", 333)
+    mask = NumpyOps().dropout_mask(0.6, np.random.default_rng(5), np.empty((7, 1000), bool), dtype)
+    np.testing.assert_array_equal(mask, np.random.default_rng(5).random((7, 1000), dtype=dtype) < 0.6)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_a_dropped_nan_stays_nan_as_in_pytorch(backend):
+    x = np.full((64, 64), np.nan, np.float32)
+    layer = nn.Dropout(0.5)
+    layer.build((64,))
+    layer.to(backend)
+    assert np.isnan(_forward(layer, x)).all()  # NaN * 0, as torch.nn.functional.dropout gives
+    assert np.isnan(np.asarray(layer.ops.to_numpy(layer.backward(layer.ops.asarray(x))))).all()

@@ -199,8 +199,10 @@ def test_dropout_acts_between_layers_only_while_training():
     np.testing.assert_array_equal(dropped.forward(x, training=False), plain.forward(x, training=False))
     assert not np.allclose(dropped.forward(x, training=True), plain.forward(x, training=True))
     # torch's dropout: zero with probability p, scale the rest by 1 / (1 - p), on layer 0's outputs
-    mask = dropped.workspace("mask_l1", (5, 4, 6))
-    assert set(np.unique(mask)) == {0.0, 2.0} and 0.3 < np.mean(mask == 0.0) < 0.7
+    mask = dropped.workspace("mask_l1", (5, 4, 6), bool)  # (T, N, H), one byte per element
+    assert mask.dtype == bool and 0.3 < np.mean(~mask) < 0.7
+    np.testing.assert_array_equal(dropped.workspace("dropped_l1", (5, 4, 6)),
+                                  dropped.workspace("seq_l0", (5, 4, 6)) * mask * 2.0)
     single = make("GRU", 3, 6, True, False, dropout=0.5)  # one layer: nothing to drop, as torch
     single.build((5, 3), dtype="float64")
     np.testing.assert_array_equal(single.forward(x, training=True), single.forward(x, training=False))

@@ -128,6 +128,20 @@ def activation_backward(code, alpha, dy, z, y, out):
 
 
 @jit
+def masked_scale(x, mask, scale, out, in_place):
+    """out[i] = x[i] * (scale if mask[i] else 0), scale in x's dtype (a dropped NaN stays NaN).
+    ``in_place``: out is x, read through out alone (two aliased arrays keep the loop from vectorising)."""
+    dt = x.dtype.type
+    s, zero = dt(scale), dt(0.0)
+    if in_place:
+        for i in range(out.size):
+            out[i] *= s if mask[i] else zero
+    else:
+        for i in range(x.size):
+            out[i] = x[i] * (s if mask[i] else zero)
+
+
+@jit
 def bias_activation_rows(code, alpha, z, bias, out):
     """z[r] += bias, then out[r] = act(z[r]), row by row so the second pass reads from cache; out may be z."""
     cols = z.shape[1]

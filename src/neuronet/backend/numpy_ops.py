@@ -17,7 +17,8 @@ CONV_CHUNK_BYTES = 1 << 22  # the columns of one chunk of images (see NumpyOps.c
 # (median, 2 cores): (12, 4, 128, 32) @ (.., 32, 128), 25M, took as long split as not (570 us); nanoGPT's
 # (16, 6, 256, 64) @ (.., 64, 256), 400M, 5.9 against 11.2 ms.
 STACK_SPLIT_WORK = 1 << 25
-PASS_SPLIT_WORK = 1 << 19  # elements of a pooling or activation pass from which it runs in blocks
+PASS_SPLIT_WORK = 1 << 19  # elements of a pooling, activation or mask pass from which it runs in blocks
+DRAW_CHUNK = 1 << 18  # uniforms drawn at a time for a dropout mask (a 1 MiB float32 temporary)
 
 
 def _flat(a: np.ndarray) -> np.ndarray:
@@ -88,11 +89,23 @@ class NumpyOps(Ops):
         np.copyto(out, a, where=cond)
         return out
 
-    def bernoulli_mask(self, keep, rng, out):
-        # Draw uniforms straight into the float buffer, then turn them into {0, 1/keep}.
-        rng.random(out=out, dtype=out.dtype)
-        np.less(out, keep, out=out)
-        out *= 1.0 / keep
+    def dropout_mask(self, keep, rng, out, dtype):
+        # The uniforms go through a small float buffer, DRAW_CHUNK at a time (the generator's stream
+        # does not depend on how its draws are split).
+        flat, dtype = _flat(out), np.dtype(dtype)
+        u = self.temporary("dropout.u", (min(flat.size, DRAW_CHUNK),), dtype)
+        for start in range(0, flat.size, DRAW_CHUNK):
+            part = u[:min(DRAW_CHUNK, flat.size - start)]
+            rng.random(out=part, dtype=dtype)
+            np.less(part, keep, out=flat[start:start + part.size])
+        return out
+
+    def apply_mask(self, x, mask, scale, out):
+        x, mask, out_flat = np.ascontiguousarray(x).reshape(-1), _flat(mask), _flat(out)
+        in_place = np.may_share_memory(x, out_flat)
+        self.run_blocks([functools.partial(kernels.masked_scale, x[part], mask[part], scale, out_flat[part],
+                                           in_place)
+                         for part in self._blocks(x.size, x.size, PASS_SPLIT_WORK)])
         return out
 
     def topk(self, x, k, values, indices):

@@ -142,13 +142,19 @@ class Ops:
         out[...] = np.where(cond, a, b)
         return out
 
-    def bernoulli_mask(self, keep: float, rng: np.random.Generator, out) -> Any:
-        """Fill ``out`` with 1/keep where a uniform draw < keep, else 0 (inverted dropout).
+    def dropout_mask(self, keep: float, rng: np.random.Generator, out, dtype) -> Any:
+        """Fill the boolean ``out`` with True where a uniform draw < keep: the elements inverted dropout
+        keeps (one byte each, where a scaled float mask took four or eight).
 
-        The draws are ``rng.random(out.shape, dtype=out.dtype)`` on every backend, so a seed gives the
-        same mask everywhere."""
-        u = rng.random(out.shape, dtype=out.dtype)
-        out[...] = (u < keep) / keep
+        The draws are ``rng.random(out.shape, dtype=dtype)``, ``dtype`` the data's, on every backend, so
+        a seed gives the same mask everywhere."""
+        out[...] = rng.random(tuple(out.shape), dtype=np.dtype(dtype)) < keep
+        return out
+
+    def apply_mask(self, x, mask, scale: float, out) -> Any:
+        """out = x * (scale where mask else 0), scale rounded to x's dtype first (so a dropped NaN stays
+        NaN, as in PyTorch); ``out`` may be ``x``."""
+        out[...] = x * (mask * np.asarray(scale, dtype=x.dtype))
         return out
 
     def gather_rows(self, table, index, out) -> Any:

@@ -121,17 +121,23 @@ class TorchOps(Ops):
         b = b if isinstance(b, torch.Tensor) else torch.as_tensor(b, dtype=out.dtype, device=out.device)
         return torch.where(cond, a, b, out=out)
 
-    def bernoulli_mask(self, keep, rng, out):
+    def dropout_mask(self, keep, rng, out, dtype):
         # Uniforms come from the NumPy generator so a seed gives the same mask on every backend; on the
-        # CPU they are drawn straight into the tensor's memory (no host array per call).
-        if _numba_ok(out) and out.is_contiguous():
-            _CPU.bernoulli_mask(keep, rng, out.numpy())
+        # CPU they go through NumpyOps' small buffer into the mask's memory (no host array per call).
+        host = np.dtype(dtype) if str(np.dtype(dtype)) == "float64" else np.dtype(np.float32)
+        if out.device.type == "cpu" and out.is_contiguous():
+            _CPU.dropout_mask(keep, rng, out.numpy(), host)
             return out
-        host = np.float32 if out.dtype == torch.float32 else np.float64  # the draws NumpyOps makes
-        u = torch.from_numpy(rng.random(tuple(out.shape), dtype=host)).to(out.device, out.dtype)
-        torch.lt(u, keep, out=out)
-        out *= 1.0 / keep
+        torch.lt(torch.from_numpy(rng.random(tuple(out.shape), dtype=host)).to(out.device), keep, out=out)
         return out
+
+    def apply_mask(self, x, mask, scale, out):
+        if _numba_ok(x) and _numba_ok(out) and out.is_contiguous() and mask.device.type == "cpu" and \
+                mask.is_contiguous():
+            _CPU.apply_mask(x.numpy(), mask.numpy(), scale, out.numpy())
+            return out
+        torch.mul(x, mask, out=out)  # x * 1 or x * 0, then one rounding in the scale
+        return out.mul_(scale)
 
     def topk(self, x, k, values, indices):
         torch.topk(x, k, dim=-1, sorted=True, out=(values, indices))

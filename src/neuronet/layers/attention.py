@@ -139,14 +139,15 @@ class MultiHeadAttention(Layer):
     def _attend(self, q, k, v, training: bool):
         """Heads (N, H, Tq, hd), (N, H, Tk, hd) x2 -> the (N*Tq, dim) rows of concat_heads(dropout(P) v).
         The samples never meet: they run in ``ops.row_blocks``, at once where the backend can."""
-        ops, xp = self.ops, self.ops.xp
+        ops = self.ops
         n, t, d = self._shape
         probs = self.workspace("probs", (n, self.num_heads, t, k.shape[2]))
         self._drop = training and self.dropout > 0.0
-        mask = self.workspace("mask", probs.shape) if self._drop else None
+        mask = self.workspace("mask", probs.shape, bool) if self._drop else None
         if mask is not None:  # drawn whole, before the blocks: the same masks for any split
-            ops.bernoulli_mask(1.0 - self.dropout, nnrandom.generator(), mask)
+            ops.dropout_mask(1.0 - self.dropout, nnrandom.generator(), mask, self.dtype)
         weights = self.temporary("dp", tuple(probs.shape)) if self._drop else probs
+        keep_scale = 1.0 / (1.0 - self.dropout) if self._drop else 1.0
         ctx = self.workspace("ctx", (n * t, d))
         ctx_heads, scale = self._heads(ctx, 1)[0], 1.0 / math.sqrt(self.head_dim)
 
@@ -154,7 +155,7 @@ class MultiHeadAttention(Layer):
             ops.matmul(q[rows], ops.swapaxes(k[rows], -1, -2), out=probs[rows])
             ops.attention_softmax(probs[rows], probs[rows], self.causal, scale)
             if mask is not None:
-                xp.multiply(probs[rows], mask[rows], out=weights[rows])
+                ops.apply_mask(probs[rows], mask[rows], keep_scale, weights[rows])
             ops.matmul(weights[rows], v[rows], out=ctx_heads[rows])
         self._in_sample_blocks(block)
         self._q, self._k, self._v, self._probs = q, k, v, probs
@@ -219,10 +220,11 @@ class MultiHeadAttention(Layer):
     def _attend_backward(self, do, dq, dk, dv) -> None:
         """From dL/d(attention output heads) to dL/dq, dL/dk, dL/dv (head views, written in place), in
         the same sample blocks as the forward."""
-        ops, xp, scale = self.ops, self.ops.xp, 1.0 / math.sqrt(self.head_dim)
+        ops, scale = self.ops, 1.0 / math.sqrt(self.head_dim)
         probs, q, k, v = self._probs, self._q, self._k, self._v
         dp = self.temporary("dp", tuple(probs.shape))  # the dropped-out weights (made again), then dL/dP
-        mask = self.workspace("mask", tuple(probs.shape)) if self._drop else None
+        mask = self.workspace("mask", tuple(probs.shape), bool) if self._drop else None
+        keep_scale = 1.0 / (1.0 - self.dropout)
         # with rope, the gradients of the rotated q, k first, then rotated back into dqkv
         gq, gk = (self.workspace(name, tuple(dq.shape)) for name in ("dq_rot", "dk_rot")) if self.rope \
             else (dq, dk)
@@ -230,12 +232,11 @@ class MultiHeadAttention(Layer):
         def block(rows):
             weights = probs[rows]
             if mask is not None:
-                weights = dp[rows]
-                xp.multiply(probs[rows], mask[rows], out=weights)
+                weights = ops.apply_mask(probs[rows], mask[rows], keep_scale, dp[rows])
             ops.matmul(ops.swapaxes(weights, -1, -2), do[rows], out=dv[rows])
             ops.matmul(do[rows], ops.swapaxes(v[rows], -1, -2), out=dp[rows])
             if mask is not None:
-                dp[rows] *= mask[rows]
+                ops.apply_mask(dp[rows], mask[rows], keep_scale, dp[rows])
             ops.attention_softmax_backward(dp[rows], probs[rows], dp[rows], scale)  # dL/d(q k^T)
             ops.matmul(dp[rows], k[rows], out=gq[rows])
             ops.matmul(ops.swapaxes(dp[rows], -1, -2), q[rows], out=gk[rows])

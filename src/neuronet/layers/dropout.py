@@ -13,7 +13,7 @@ class Dropout(Layer):
     Shape:
         x: (N, *) -> y: (N, *)
     Saved for backward:
-        the scaled keep-mask (workspace).
+        the keep-mask (workspace, one byte per element).
     """
 
     def __init__(self, p: float = 0.5):
@@ -24,19 +24,16 @@ class Dropout(Layer):
         self._active = training and self.p > 0.0
         if not self._active:
             return x
-        mask = self.workspace("mask", tuple(x.shape))
-        self.ops.bernoulli_mask(1.0 - self.p, nnrandom.generator(), mask)
+        mask = self.workspace("mask", tuple(x.shape), bool)
+        self.ops.dropout_mask(1.0 - self.p, nnrandom.generator(), mask, self.dtype)
         self._mask = mask
-        y = self.workspace("y", tuple(x.shape))
-        self.ops.xp.multiply(x, mask, out=y)
-        return y
+        return self.ops.apply_mask(x, mask, 1.0 / (1.0 - self.p), self.workspace("y", tuple(x.shape)))
 
     def backward(self, dy):
         if not self._active:
             return dy
         dx = self.workspace("dx", tuple(dy.shape))
-        self.ops.xp.multiply(dy, self._mask, out=dx)
-        return dx
+        return self.ops.apply_mask(dy, self._mask, 1.0 / (1.0 - self.p), dx)
 
     def extra_repr(self):
         return f"p={self.p}"

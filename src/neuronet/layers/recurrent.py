@@ -120,14 +120,13 @@ class _Recurrent(Layer):
 
     def _layer_input(self, layer: int, below):
         """s_layer: x (time-major) for layer 0, else the outputs of the layer below, dropped out while
-        training (the scaled keep-mask is kept as ``mask_l<layer>``)."""
+        training (the keep-mask is kept as ``mask_l<layer>``)."""
         if layer == 0 or not self._dropping:
             return below
-        mask = self.workspace(f"mask_l{layer}", tuple(below.shape))
-        self.ops.bernoulli_mask(1.0 - self.dropout, nnrandom.generator(), mask)
-        dropped = self.workspace(f"dropped_l{layer}", tuple(below.shape))
-        self.ops.xp.multiply(below, mask, out=dropped)
-        return dropped
+        mask = self.workspace(f"mask_l{layer}", tuple(below.shape), bool)
+        self.ops.dropout_mask(1.0 - self.dropout, nnrandom.generator(), mask, self.dtype)
+        return self.ops.apply_mask(below, mask, 1.0 / (1.0 - self.dropout),
+                                   self.workspace(f"dropped_l{layer}", tuple(below.shape)))
 
     def _saved_input(self, layer: int):
         """The s_layer that ``forward`` fed to ``layer`` (the same workspace views)."""
@@ -176,7 +175,8 @@ class _Recurrent(Layer):
                     ops.fill_(dh, 0.0)
                 self._backward_pass(p, seq, dh, None if dseq is None else dseq[:, :, cols], dseq_in, j > 0)
             if dseq_in is not None and layer > 0 and self._dropping:
-                dseq_in *= self.workspace(f"mask_l{layer}", tuple(seq.shape))
+                self.ops.apply_mask(dseq_in, self.workspace(f"mask_l{layer}", tuple(seq.shape), bool),
+                                    1.0 / (1.0 - self.dropout), dseq_in)
             dseq = dseq_in
         if dseq is None:
             return None
