@@ -330,14 +330,17 @@ def test_backends_override_only_what_differs():
 
 
 CPU_KERNEL_CASES = sorted(n for n in CASES if n.startswith(("activation ", "max_pool2d", "batch_norm",
-                                                            "lstm_cell", "gru_cell", "attention_softmax")))
+                                                            "lstm_cell", "gru_cell", "attention_softmax",
+                                                            "dropout_mask", *STEPS)))
 
 
 @pytest.mark.parametrize("name", CPU_KERNEL_CASES)
 def test_torch_ops_path_matches_reference(name, monkeypatch):
-    """On CPU tensors the torch backend runs these through the Numba kernels; on CUDA/MPS through torch
-    ops. Force the torch-op path here so that it is checked without a GPU."""
+    """On CPU tensors the torch backend runs these through the Numba kernels (the optimizer updates as
+    NumpyOps' fused passes); on CUDA/MPS through torch ops. Force the torch-op path here so that it is
+    checked without a GPU."""
     import neuronet.backend.torch_ops as torch_ops
 
     monkeypatch.setattr(torch_ops, "_numba_ok", lambda x: False)
+    monkeypatch.setattr(torch_ops, "_on_cpu", lambda x: False)
     check(*CASES[name], backends={"torch ops": BACKENDS["torch"]})
