@@ -62,6 +62,12 @@ def _(ops, a):
     return out, out2
 
 
+@case("may_share_memory", lambda r: {"x": randn(r, 6, 7), "y": randn(r, 6, 7)})
+def _(ops, a):
+    x, y = a["x"], a["y"]
+    return np.array([ops.may_share_memory(x, x[2:]), ops.may_share_memory(x, y)])
+
+
 @case("dropout_mask apply_mask", lambda r: {"x": randn(r, 6, 7)})
 def _(ops, a):
     mask = ops.dropout_mask(0.7, np.random.default_rng(3), ops.empty((6, 7), "bool"), "float64")

@@ -157,6 +157,10 @@ class Ops:
         out[...] = x * (mask * np.asarray(scale, dtype=x.dtype))
         return out
 
+    def may_share_memory(self, a, b) -> bool:
+        """Whether arrays a and b may overlap in memory (False only when they certainly do not)."""
+        return bool(np.may_share_memory(a, b))
+
     def gather_rows(self, table, index, out) -> Any:
         """out[i] = table[index[i]] for a flat integer index (the caller checks it is in range)."""
         out.reshape(-1, *table.shape[1:])[...] = table[index.reshape(-1)]

@@ -121,6 +121,9 @@ class TorchOps(Ops):
         b = b if isinstance(b, torch.Tensor) else torch.as_tensor(b, dtype=out.dtype, device=out.device)
         return torch.where(cond, a, b, out=out)
 
+    def may_share_memory(self, a, b):
+        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
     def dropout_mask(self, keep, rng, out, dtype):
         # Uniforms come from the NumPy generator so a seed gives the same mask on every backend; on the
         # CPU they go through NumpyOps' small buffer into the mask's memory (no host array per call).

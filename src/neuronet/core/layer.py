@@ -123,6 +123,19 @@ class Workspace:
         layer on this thread, so never hold one across a call into another layer)."""
         return self.ops.temporary(name, shape, self.dtype)
 
+    def input_grad_buffer(self, shape: tuple, dy) -> Any:
+        """The buffer for this layer's dL/dx: its own ``"dx"`` workspace, or, when its container hands
+        that gradient straight on to the next layer's backward (``Layer.share_input_grads``), one of the
+        two temporaries of the container's nesting level: the one ``dy`` does not live in (a layer that
+        passes dy through, as Flatten, leaves the other one's turn out)."""
+        depth = self.__dict__.get("_grad_depth")
+        if depth is None:
+            return self.workspace("dx", shape)
+        first = self.ops.temporary(f"grad{depth}.0", shape, self.dtype)
+        if not self.ops.may_share_memory(first, dy):
+            return first
+        return self.ops.temporary(f"grad{depth}.1", shape, self.dtype)
+
     def in_row_blocks(self, n: int, loop: Callable, *scratch: tuple[str, int],
                       min_rows: int | None = None) -> None:
         """Run ``loop(rows, *buffers)`` over the row blocks of ``ops.row_blocks(n, min_rows)`` of work whose
@@ -221,7 +234,15 @@ class Layer(Workspace):
         self.output_shape = tuple(self.setup(self.input_shape))
         if _root:
             self._allocate()
+            self.share_input_grads(0)
         return self.output_shape
+
+    def share_input_grads(self, depth: int) -> None:
+        """Tell the containers inside this layer the nesting ``depth`` whose shared dL/dx temporaries
+        their layers use (``input_grad_buffer``). A plain layer's children keep their own workspaces;
+        Sequential and TransformerBlock, which hand each child's dL/dx straight on, override this."""
+        for child in self.children.values():
+            child.share_input_grads(depth)
 
     # ----------------------------------------------------------------- the parameter tree
     def named_layers(self, prefix: str = "") -> Iterator[tuple[str, Layer]]:

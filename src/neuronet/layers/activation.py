@@ -31,7 +31,7 @@ class Activation(Layer):
         return y
 
     def backward(self, dy):
-        dx = self.workspace("dx", tuple(dy.shape))
+        dx = self.input_grad_buffer(tuple(dy.shape), dy)
         return self.ops.activation_backward(self.name, dy, self._x, self._y, dx, self.alpha)
 
     def extra_repr(self):

@@ -179,6 +179,10 @@ class MultiHeadAttention(Layer):
         return [self.ops.swapaxes(split[:, :, i], 1, 2) for i in range(parts)]
 
     # ----------------------------------------------------------------- backward
+    def share_input_grads(self, depth: int) -> None:
+        # out_proj's dL/dx (dL/dctx) is read here and nowhere else: a shared temporary of this depth
+        self.children["out_proj"]._grad_depth = depth
+
     def backward(self, dy):
         ops = self.ops
         n, t, d = self._shape
@@ -192,7 +196,7 @@ class MultiHeadAttention(Layer):
         if self.trainable:  # frozen: no weight gradients (out_proj, a child, decides for itself)
             ops.matmul_acc(dqkv.T, self._x, self.grads["in_proj_weight"], self.temporary("dw", (3 * d, d)))
             ops.sum_rows_acc(dqkv, self.grads["in_proj_bias"])
-        dx = self.workspace("dx", (n * t, d))
+        dx = self.input_grad_buffer((n * t, d), dy)
         ops.matmul(dqkv, self.params["in_proj_weight"], out=dx)
         return dx.reshape(n, t, d)
 

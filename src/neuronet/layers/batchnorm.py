@@ -87,7 +87,7 @@ class _BatchNorm(Layer):
     def backward(self, dy):
         x3, c = self._x, self.num_features
         dbias, dweight = self.workspace("dbias", (c,)), self.workspace("dweight", (c,))
-        dx = self.workspace("dx", x3.shape) if self.needs_input_grad else None
+        dx = self.input_grad_buffer(x3.shape, dy) if self.needs_input_grad else None
         self.ops.batch_norm_backward(dy.reshape(x3.shape), x3, self._mean, self._rstd, self.params["weight"],
                                      self._training, dx, dweight, dbias)
         if self.trainable:  # frozen: the sums are still needed for dx, but no weight gradients

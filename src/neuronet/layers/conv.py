@@ -145,7 +145,7 @@ class _Conv(Layer):
             dz = self.temporary("dz", dy.shape)
             z = None if self.activation in OUTPUT_DERIVATIVE else self._z
             ops.activation_backward(self.activation, dy, z, self._a, dz)
-        dx = self.workspace("dx", self._x.shape) if self.needs_input_grad else None
+        dx = self.input_grad_buffer(self._x.shape, dy) if self.needs_input_grad else None
         trains = self.trainable  # frozen: no weight gradients
         ops.conv2d_backward(dz, self._x, self._weight(self.params), geom, dx,
                             self._weight(self.grads) if trains else None,
@@ -331,7 +331,7 @@ class ConvTranspose2D(Layer):
             ops.xp.sum(dy, axis=(0, 2, 3), out=db)
             self.grads["bias"] += db
         # dx = the transposed convolution's forward: conv2d(dy); it also leaves dy's columns for dweight.
-        dx = self.workspace("dx", self._x.shape)
+        dx = self.input_grad_buffer(self._x.shape, dy)
         ops.conv2d(dy, self.params["weight"], None, geom, dx, self.workspace)
         if self.trainable:
             ops.conv2d_backward(self._x, dy, self.params["weight"], geom, None, self.grads["weight"], None,

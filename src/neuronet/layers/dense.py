@@ -70,7 +70,7 @@ class Dense(Layer):
             ops.matmul_acc(dz.T, self._x, g["weight"], self.temporary("dw", g["weight"].shape))
         if not self.needs_input_grad:
             return None
-        dx = self.workspace("dx", (m, self.in_features))
+        dx = self.input_grad_buffer((m, self.in_features), dy)
         ops.matmul(dz, self.params["weight"], out=dx)
         return dx.reshape(self._x_shape)
 

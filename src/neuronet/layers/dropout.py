@@ -32,7 +32,7 @@ class Dropout(Layer):
     def backward(self, dy):
         if not self._active:
             return dy
-        dx = self.workspace("dx", tuple(dy.shape))
+        dx = self.input_grad_buffer(tuple(dy.shape), dy)
         return self.ops.apply_mask(dy, self._mask, 1.0 / (1.0 - self.p), dx)
 
     def extra_repr(self):

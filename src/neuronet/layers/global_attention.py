@@ -73,7 +73,7 @@ class GlobalAttention(Layer):
             ops.matmul_acc(dz.T, x.reshape(n * steps, d), g["weight"], self.workspace("dw", (d, d)))
         if not self.needs_input_grad:
             return None
-        dx = self.workspace("dx", (n, steps, d))
+        dx = self.input_grad_buffer((n, steps, d), dy)
         ops.matmul(a.reshape(n, steps, 1), dy.reshape(n, 1, d), out=dx)
         dx_scores = self.workspace("dx_scores", (n * steps, d))
         ops.matmul(dz, p["weight"], out=dx_scores)

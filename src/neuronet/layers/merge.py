@@ -181,7 +181,7 @@ class Residual(Layer):
             dh = self.block.backward(dy)
         if not self.needs_input_grad:
             return None
-        dx = self.workspace("dx", tuple(dy.shape))
+        dx = self.input_grad_buffer(tuple(dy.shape), dy)
         self.ops.xp.add(dy, dh, out=dx)
         return dx
 

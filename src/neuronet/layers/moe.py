@@ -202,7 +202,7 @@ class MoE(Layer):
         ops.scatter_add_rows(dlogits.reshape(-1, 1), flat.reshape(-1), dtop.reshape(-1, 1))
         if self._aux_loss_scale:
             self._aux_backward(dlogits)
-        dx = self.workspace("dx", (m, self.dim))
+        dx = self.input_grad_buffer((m, self.dim), dy)
         ops.copy_(dx, self.children["gate"].backward(dlogits))
 
         # Through the experts, each on its block, scatter-added back to its tokens.

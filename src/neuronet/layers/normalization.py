@@ -55,7 +55,7 @@ class LayerNorm(Layer):
                                   self._mean, self._rstd)
 
     def backward(self, dy):
-        dx = self.workspace("dx", tuple(dy.shape))
+        dx = self.input_grad_buffer(tuple(dy.shape), dy)
         dw, db = _affine_grads(self)
         return self.ops.norm_rows_backward(dy, self._x, self.params["weight"], self._mean, self._rstd,
                                            self.center, dx, dw, db)
@@ -142,7 +142,7 @@ class GroupNorm(Layer):
         return y
 
     def backward(self, dy):
-        dx = self.workspace("dx", tuple(dy.shape))
+        dx = self.input_grad_buffer(tuple(dy.shape), dy)
         shape = self._x.shape
         self.ops.group_norm_backward(dy.reshape(shape), self._x, self.params["weight"], self._mean,
                                      self._rstd, self.num_groups, dx.reshape(shape), *_affine_grads(self))

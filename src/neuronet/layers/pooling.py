@@ -88,7 +88,7 @@ class _MaxPool(_Pool):
 
     def backward(self, dy):
         n, c = dy.shape[:2]
-        dx = self.workspace("dx", (n, c, *self._in))
+        dx = self.input_grad_buffer((n, c, *self._in), dy)
         self.ops.max_pool2d_backward(dy.reshape(n, c, *self._out), self._index, dx)
         return dx.reshape(n, *self.input_shape)
 
@@ -208,7 +208,7 @@ class _AvgPool(_Pool):
         padded, inner = self._padded_views(n, c)
         for window in self._windows(padded):
             window += g
-        dx = self.workspace("dx", (n, c, *self._in))
+        dx = self.input_grad_buffer((n, c, *self._in), dy)
         ops.copy_(dx, inner)
         return dx.reshape(n, *self.input_shape)
 
@@ -289,7 +289,7 @@ class GlobalAvgPool2D(Layer):
 
     def backward(self, dy):
         n, (c, h, w) = dy.shape[0], self.input_shape
-        dx = self.workspace("dx", (n, c, h * w))
+        dx = self.input_grad_buffer((n, c, h * w), dy)
         self.ops.copy_(dx, dy.reshape(n, c, 1))
         dx *= 1.0 / (h * w)
         return dx.reshape(n, c, h, w)

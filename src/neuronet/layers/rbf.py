@@ -77,7 +77,7 @@ class RBF(Layer):
             self.grads["centers"] -= dc
         if not self.needs_input_grad:
             return None
-        dx = self.workspace("dx", (m, self.in_features))
+        dx = self.input_grad_buffer((m, self.in_features), dy)
         ops.matmul(g, c, out=dx)
         dx *= -1.0
         dx_own = self.workspace("dx_own", (m, self.in_features))

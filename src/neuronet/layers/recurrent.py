@@ -180,7 +180,7 @@ class _Recurrent(Layer):
             dseq = dseq_in
         if dseq is None:
             return None
-        dx = self.workspace("dx", (n, steps, self.input_size))
+        dx = self.input_grad_buffer((n, steps, self.input_size), dy)
         ops.copy_(dx, ops.swapaxes(dseq, 0, 1))
         return dx
 

@@ -28,7 +28,7 @@ class _TokenPooling(_SequencePooling):
         return y
 
     def backward(self, dy):
-        dx = self.workspace("dx", self._x_shape)
+        dx = self.input_grad_buffer(self._x_shape, dy)
         self.ops.fill_(dx, 0.0)
         self.ops.copy_(dx[:, self.index], dy)
         return dx
@@ -54,7 +54,7 @@ class MeanPooling(_SequencePooling):
 
     def backward(self, dy):
         n, steps, dim = self._x_shape
-        dx = self.workspace("dx", self._x_shape)
+        dx = self.input_grad_buffer(self._x_shape, dy)
         self.ops.copy_(dx, dy.reshape(n, 1, dim))
         dx *= 1.0 / steps
         return dx

@@ -54,7 +54,7 @@ class SwiGLU(Layer):
         dgated = w2.backward(dy)
         d_branch = self.workspace("d_branch", tuple(dgated.shape))
         xp.multiply(dgated, self._a, out=d_branch)
-        dx = self.workspace("dx", tuple(dy.shape))
+        dx = self.input_grad_buffer(tuple(dy.shape), dy)
         self.ops.copy_(dx, w3.backward(d_branch))
         xp.multiply(dgated, self._b, out=d_branch)
         dx += w1.backward(d_branch)

@@ -99,11 +99,18 @@ class TransformerBlock(Layer):
         xp.add(h, self._branch(ffn, h, training), out=y)
         return y
 
+    def share_input_grads(self, depth: int) -> None:
+        # The children's dL/dx go straight to the next child or into dh/dx here: the shared temporaries
+        # of this depth (dy, from the level above, is not among them).
+        for child in self.children.values():
+            child._grad_depth = depth
+            child.share_input_grads(depth + 1)
+
     def backward(self, dy):
         c, xp = self.children, self.ops.xp
-        dh = self.workspace("dh", tuple(dy.shape))
+        dh = self.temporary("transformer.dh", tuple(dy.shape))  # (no child asks for this name)
         xp.add(dy, self._branch_backward([c["norm2"], *self._ffn, c["dropout2"]], dy), out=dh)
-        dx = self.workspace("dx", tuple(dy.shape))
+        dx = self.input_grad_buffer(tuple(dy.shape), dy)
         xp.add(dh, self._branch_backward([c["norm1"], c["self_attn"], c["dropout1"]], dh), out=dx)
         return dx
 

@@ -100,7 +100,7 @@ class Upsample(Layer):
         a_h, a_w = self._matrices()
         dt = self.workspace("dt", (n, c, h, ow))
         self.ops.matmul(a_h.T, dy, out=dt)
-        dx = self.workspace("dx", (n, c, h, w))
+        dx = self.input_grad_buffer((n, c, h, w), dy)
         self.ops.matmul(dt, a_w, out=dx)
         return dx
 

@@ -52,6 +52,13 @@ class Sequential(Trainer, Layer):
             cached = self._first_trainable_at = (layer_module.TRAINABLE_VERSION, first)
         return cached[1]
 
+    def share_input_grads(self, depth: int) -> None:
+        # Each layer's dL/dx is read by the layer below it and by nothing else, so all but the bottom
+        # layer's (which leaves the model) come from the two shared temporaries of this depth.
+        for k, layer in enumerate(self.layers):
+            layer._grad_depth = depth if k else None
+            layer.share_input_grads(depth + 1)
+
     def build(self, input_shape, dtype: Any = None, ops=None, *, _root: bool = True) -> tuple:
         out = super().build(input_shape, dtype, ops, _root=_root)
         if self.optimizer is not None:
