@@ -229,6 +229,24 @@ def _(ops, a):
     return a["gates"], c, tanh_c, h, dgates, a["dc"]
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("with_dout", [False, True])
+def test_lstm_steps(reverse, with_dout):
+    """A block of 3 rows (of a batch of 5) through 4 steps and back, on views as the layer passes them."""
+    def run(ops, a):
+        steps, n, hid, rows = 4, 5, 2, slice(1, 4)
+        gates, h, c = a["gates"], ops.zeros((steps + 1, n, hid), "float64"), ops.zeros((steps + 1, n, hid),
+                                                                                         "float64")
+        tanh_c, gh = ops.zeros((steps, n, hid), "float64"), ops.empty((3, 4 * hid), "float64")
+        ops.lstm_steps(gates, h, c, tanh_c, a["w_hh_t"], a["bias"], gh, reverse, rows)
+        dgates, dc = ops.zeros((steps, n, 4 * hid), "float64"), ops.zeros((n, hid), "float64")
+        dh, dout = a["dh"], a["dout"] if with_dout else None
+        ops.lstm_steps_backward(gates, c, tanh_c, dh, dc, dgates, a["w_hh"], dout, reverse, rows)
+        return gates, h, c, tanh_c, dgates, dh, dc
+    check(lambda r: {k: randn(r, *s) for k, s in dict(gates=(4, 5, 8), w_hh_t=(2, 8), w_hh=(8, 2), bias=(8,),
+                                                      dh=(5, 2), dout=(4, 5, 2)).items()}, run)
+
+
 @case("gru_cell gru_cell_backward",
       lambda r: {k: randn(r, *s) for k, s in
                  dict(gates=(3, 6), gh=(3, 6), b_ih=(6,), b_hh=(6,), h_prev=(3, 2), dh=(3, 2)).items()})
@@ -311,6 +329,7 @@ def test_backend_matches_reference(name):
 # Conversion and creation run in every case above (the harness converts every input and output).
 HARNESS = {"empty", "zeros", "asarray", "to_numpy", "is_array", "is_floating", "dtype_name", "resolve_dtype"}
 SEPARATE = {"norm_rows", "norm_rows_backward",  # test_norm_rows
+            "lstm_steps", "lstm_steps_backward",  # test_lstm_steps
             "lstm_sequence", "lstm_sequence_backward",  # tests/layers/test_recurrent.py (torch backend)
             "compute_in",  # tests/model/test_mixed_precision.py
             "row_blocks", "run_blocks",  # tests/backend/test_row_threads.py, tests/layers/test_recurrent.py

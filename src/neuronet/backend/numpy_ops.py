@@ -8,7 +8,7 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from . import blas_threads, conv_kernels, kernels, optim_kernels, rnn_kernels, row_threads
+from . import blas_kernels, blas_threads, conv_kernels, kernels, optim_kernels, rnn_kernels, row_threads
 from .conv_geometry import ConvGeometry
 from .ops import DEFAULT_ALPHA, Ops, _groups
 
@@ -307,6 +307,26 @@ class NumpyOps(Ops):
     def run_blocks(self, tasks):
         row_threads.run(tasks)
 
+    # A block's whole time loop runs in one Numba kernel calling OpenBLAS's gemm (blas_kernels): the
+    # LSTM forward loop of two 32-row blocks on two threads, T = 28, H = 128: 2.08 vs 2.37-2.45 ms.
+    def lstm_steps(self, gates, h, c, tanh_c, w_hh_t, bias, gh, reverse, rows):
+        address = blas_kernels.gemm_address(gates.dtype)
+        if not address or not _c_contiguous(gates, h, c, tanh_c, w_hh_t, bias, gh):
+            return super().lstm_steps(gates, h, c, tanh_c, w_hh_t, bias, gh, reverse, rows)
+        rows = range(gates.shape[1])[rows]
+        rnn_kernels.lstm_forward_steps(address, gates, h, c, tanh_c, w_hh_t, bias, gh, bool(reverse),
+                                       rows.start, rows.stop)
+
+    def lstm_steps_backward(self, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, reverse, rows):
+        address = blas_kernels.gemm_address(gates.dtype)
+        dout = _NO_STEPS[dh.dtype] if dout is None else dout
+        if not address or not _c_contiguous(gates, c, tanh_c, dh, dc, dgates, w_hh, dout):
+            dout = None if dout.shape[0] == 0 else dout
+            return super().lstm_steps_backward(gates, c, tanh_c, dh, dc, dgates, w_hh, dout, reverse, rows)
+        rows = range(gates.shape[1])[rows]
+        rnn_kernels.lstm_backward_steps(address, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, bool(reverse),
+                                        rows.start, rows.stop)
+
     def lstm_cell(self, gates, gh, bias, c_prev, c, tanh_c, h):
         rnn_kernels.lstm_cell_forward(gates, gh, bias, c_prev, c, tanh_c, h)
 
@@ -410,3 +430,8 @@ def _table(spans, coef, dtype) -> tuple:
 
 # Stand-ins for absent optimizer state (no momentum buffer, not centered), one per float dtype.
 _EMPTY = {np.dtype(d): np.zeros(0, d) for d in ("float32", "float64")}
+_NO_STEPS = {np.dtype(d): np.zeros((0, 1, 1), d) for d in ("float32", "float64")}  # no dL/dh_t from above
+
+
+def _c_contiguous(*arrays) -> bool:
+    return all(a.flags.c_contiguous for a in arrays)

@@ -552,6 +552,36 @@ class Ops:
         and dout (T, N, H) = dL/dh_t from above (or None): (ds (T, N, I), dW_ih, dW_hh, db_ih, db_hh)."""
         raise NotImplementedError("lstm_sequence_backward: this backend has no lstm_sequence")
 
+    def lstm_steps(self, gates, h, c, tanh_c, w_hh_t, bias, gh, reverse: bool, rows: slice) -> None:
+        """The batch rows ``rows`` (a block) through a whole LSTM layer-direction, step by step: for each t
+        (from the end with ``reverse``) gh = h_prev @ w_hh_t, then ``lstm_cell(gates[t], gh, bias,
+        c_prev, c_t, tanh_c[t], h_t)`` on those rows. gates (T, N, 4H) hold x W_ih^T on entry; h, c
+        (T + 1, N, H) have the zero state at index 0 (at T with ``reverse``), where prev = t (t + 1) and
+        the step writes t + 1 (t); w_hh_t (H, 4H); gh (B, 4H) the block's scratch."""
+        steps, off = gates.shape[0], int(reverse)
+        gates, h, c, tanh_c = gates[:, rows], h[:, rows], c[:, rows], tanh_c[:, rows]
+        for t in range(steps - 1, -1, -1) if reverse else range(steps):
+            prev, new = t + off, t + 1 - off
+            self.matmul(h[prev], w_hh_t, out=gh)
+            self.lstm_cell(gates[t], gh, bias, c[prev], c[new], tanh_c[t], h[new])
+
+    def lstm_steps_backward(self, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, reverse: bool,
+                            rows: slice) -> None:
+        """The backward of ``lstm_steps`` for the rows ``rows``, in the reverse of its order: dh (N, H)
+        holds dL/d(last state) on entry (dL/dh_t is added from ``dout`` (T, N, H) when not None), dc
+        (N, H) zeros; each step writes dgates[t] = dL/d(pre-activations) (``lstm_cell_backward``) and,
+        but for the step from the zero state, dh = dgates[t] @ w_hh (4H, H)."""
+        steps, off = gates.shape[0], int(reverse)
+        first = off * (steps - 1)  # the step from the zero state: nothing to pass on
+        gates, c, tanh_c, dgates = (a[:, rows] for a in (gates, c, tanh_c, dgates))
+        dh, dc = dh[rows], dc[rows]
+        for t in range(steps) if reverse else range(steps - 1, -1, -1):
+            if dout is not None:
+                dh += dout[t, rows]
+            self.lstm_cell_backward(gates[t], c[t + off], tanh_c[t], dh, dc, dgates[t])
+            if t != first:
+                self.matmul(dgates[t], w_hh, out=dh)
+
     def lstm_cell(self, gates, gh, bias, c_prev, c, tanh_c, h) -> None:
         """One LSTM step in PyTorch's gate order i, f, g, o; every array 2-D ``(N, .)`` and contiguous.
 

@@ -12,6 +12,7 @@ import numba
 import numpy as np
 
 from . import fastmath as fm
+from .blas_kernels import gemm
 
 # error_model="numpy": no ZeroDivisionError branch in the division, which would stop vectorisation.
 jit = numba.njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
@@ -59,6 +60,41 @@ def lstm_cell_backward(gates, c_prev, tanh_c, dh, dc, dgates):
             dgates[r, 2 * hidden + j] = dct * i * (_ONE - g * g)
             dgates[r, 3 * hidden + j] = d * t * o * (_ONE - o)
             dc[r, j] = dct * f
+
+
+@jit
+def lstm_forward_steps(address, gates, h, c, tanh_c, w_hh_t, bias, gh, reverse, r0, r1):
+    """Ops.lstm_steps for rows r0:r1 of C-contiguous arrays in one kernel: each step's h_prev @ W_hh^T
+    through OpenBLAS's gemm at ``address`` (blas_kernels), then the cell; no Python and no GIL between
+    the steps. (``a[t, r0:r1]`` keeps a C-contiguous type, so the cell's loops vectorise.)"""
+    steps = gates.shape[0]
+    off = 1 if reverse else 0
+    for s in range(steps):
+        t = steps - 1 - s if reverse else s
+        prev, new = t + off, t + 1 - off
+        gemm(address, h[prev, r0:r1], w_hh_t, gh)
+        lstm_cell_forward(gates[t, r0:r1], gh, bias, c[prev, r0:r1], c[new, r0:r1], tanh_c[t, r0:r1],
+                          h[new, r0:r1])
+
+
+@jit
+def lstm_backward_steps(address, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, reverse, r0, r1):
+    """Ops.lstm_steps_backward for rows r0:r1 in one kernel; ``dout`` has no steps (shape (0, ., .))
+    when absent."""
+    steps = gates.shape[0]
+    off = 1 if reverse else 0
+    first = off * (steps - 1)
+    dh_r, dc_r = dh[r0:r1], dc[r0:r1]
+    for s in range(steps):
+        t = s if reverse else steps - 1 - s
+        if dout.shape[0]:
+            d = dout[t, r0:r1]
+            for r in range(dh_r.shape[0]):
+                for j in range(dh_r.shape[1]):
+                    dh_r[r, j] += d[r, j]
+        lstm_cell_backward(gates[t, r0:r1], c[t + off, r0:r1], tanh_c[t, r0:r1], dh_r, dc_r, dgates[t, r0:r1])
+        if t != first:
+            gemm(address, dgates[t, r0:r1], w_hh, dh_r)
 
 
 @jit

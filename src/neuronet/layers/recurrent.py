@@ -320,11 +320,7 @@ class LSTM(_RNN):
         w_hh_t = layer.recurrent_weight_t(p)
 
         def loop(rows, gh):
-            gates_r, h_r, c_r, tanh_c_r = gates[:, rows], h[:, rows], c[:, rows], tanh_c[:, rows]
-            for t in p.times(steps):
-                prev, new = t + p.off, t + 1 - p.off
-                ops.matmul(h_r[prev], w_hh_t, out=gh)
-                ops.lstm_cell(gates_r[t], gh, bias, c_r[prev], c_r[new], tanh_c_r[t], h_r[new])
+            ops.lstm_steps(gates, h, c, tanh_c, w_hh_t, bias, gh, p.reverse, rows)
         layer.in_row_blocks(n, loop, ("gh", width))
 
     def backward_loop(self, layer, p, gates, h, dh, dout):
@@ -333,19 +329,11 @@ class LSTM(_RNN):
         tanh_c = layer.workspace("tanh_c" + p.tag, (steps, n, hid))
         dgates, dc = layer.workspace("dgates", (steps, n, width)), layer.workspace("dc", (n, hid))
         ops.fill_(dc, 0.0)
-        w_hh, first = layer.param(p, "weight_hh"), p.off * (steps - 1)  # first: the step from the zero state
+        w_hh = layer.param(p, "weight_hh")
 
-        def loop(rows, dstep):
-            gates_r, c_r, tanh_c_r, dgates_r = gates[:, rows], c[:, rows], tanh_c[:, rows], dgates[:, rows]
-            dh_r, dc_r, dout_r = dh[rows], dc[rows], None if dout is None else dout[:, rows]
-            for t in reversed(p.times(steps)):
-                if dout_r is not None:
-                    ops.copy_(dstep, dout_r[t])  # contiguous copy: NumPy buffers strided ufunc inputs
-                    dh_r += dstep
-                ops.lstm_cell_backward(gates_r[t], c_r[t + p.off], tanh_c_r[t], dh_r, dc_r, dgates_r[t])
-                if t != first:
-                    ops.matmul(dgates_r[t], w_hh, out=dh_r)
-        layer.in_row_blocks(n, loop, ("dstep", hid))
+        def loop(rows):
+            ops.lstm_steps_backward(gates, c, tanh_c, dh, dc, dgates, w_hh, dout, p.reverse, rows)
+        layer.in_row_blocks(n, loop)
         return dgates, dgates  # the same pre-activation gradient reaches W_ih, W_hh and both biases
 
 
