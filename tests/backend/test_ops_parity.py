@@ -247,6 +247,25 @@ def test_lstm_steps(reverse, with_dout):
                                                       dh=(5, 2), dout=(4, 5, 2)).items()}, run)
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("with_dout", [False, True])
+def test_gru_steps(reverse, with_dout):
+    """test_lstm_steps for the GRU."""
+    def run(ops, a):
+        steps, n, hid, rows = 4, 5, 2, slice(1, 4)
+        gates, h = a["gates"], ops.zeros((steps + 1, n, hid), "float64")
+        hn = ops.zeros((steps, n, hid), "float64")
+        ops.gru_steps(gates, h, hn, a["w_hh_t"], a["b_ih"], a["b_hh"], ops.empty((3, 3 * hid), "float64"),
+                      reverse, rows)
+        dgx, dgh = ops.zeros((steps, n, 3 * hid), "float64"), ops.zeros((steps, n, 3 * hid), "float64")
+        dh, dout = a["dh"], a["dout"] if with_dout else None
+        ops.gru_steps_backward(gates, h, hn, dh, dgx, dgh, a["w_hh"], dout, ops.empty((3, hid), "float64"),
+                               reverse, rows)
+        return gates, h, hn, dgx, dgh, dh
+    check(lambda r: {k: randn(r, *s) for k, s in dict(gates=(4, 5, 6), w_hh_t=(2, 6), w_hh=(6, 2), b_ih=(6,),
+                                                      b_hh=(6,), dh=(5, 2), dout=(4, 5, 2)).items()}, run)
+
+
 @case("gru_cell gru_cell_backward",
       lambda r: {k: randn(r, *s) for k, s in
                  dict(gates=(3, 6), gh=(3, 6), b_ih=(6,), b_hh=(6,), h_prev=(3, 2), dh=(3, 2)).items()})
@@ -329,7 +348,7 @@ def test_backend_matches_reference(name):
 # Conversion and creation run in every case above (the harness converts every input and output).
 HARNESS = {"empty", "zeros", "asarray", "to_numpy", "is_array", "is_floating", "dtype_name", "resolve_dtype"}
 SEPARATE = {"norm_rows", "norm_rows_backward",  # test_norm_rows
-            "lstm_steps", "lstm_steps_backward",  # test_lstm_steps
+            "lstm_steps", "lstm_steps_backward", "gru_steps", "gru_steps_backward",  # test_*_steps
             "lstm_sequence", "lstm_sequence_backward",  # tests/layers/test_recurrent.py (torch backend)
             "compute_in",  # tests/model/test_mixed_precision.py
             "row_blocks", "run_blocks",  # tests/backend/test_row_threads.py, tests/layers/test_recurrent.py

@@ -582,6 +582,33 @@ class Ops:
             if t != first:
                 self.matmul(dgates[t], w_hh, out=dh)
 
+    def gru_steps(self, gates, h, hn, w_hh_t, b_ih, b_hh, gh, reverse: bool, rows: slice) -> None:
+        """``lstm_steps`` for a GRU: per step gh = h_prev @ w_hh_t, then ``gru_cell(gates[t], gh, b_ih, b_hh,
+        h_prev, hn[t], h_t)`` on the rows ``rows``; gates (T, N, 3H), hn (T, N, H), gh (B, 3H)."""
+        steps, off = gates.shape[0], int(reverse)
+        gates, h, hn = gates[:, rows], h[:, rows], hn[:, rows]
+        for t in range(steps - 1, -1, -1) if reverse else range(steps):
+            prev, new = t + off, t + 1 - off
+            self.matmul(h[prev], w_hh_t, out=gh)
+            self.gru_cell(gates[t], gh, b_ih, b_hh, h[prev], hn[t], h[new])
+
+    def gru_steps_backward(self, gates, h, hn, dh, dgx, dgh, w_hh, dout, dh_direct, reverse: bool,
+                           rows: slice) -> None:
+        """The backward of ``gru_steps`` for the rows ``rows`` (as ``lstm_steps_backward``): each step
+        writes dgx[t], dgh[t] (``gru_cell_backward``) and, but for the step from the zero state, dh =
+        dgh[t] @ w_hh (3H, H) + dh z; dh_direct (B, H) scratch."""
+        steps, off = gates.shape[0], int(reverse)
+        first = off * (steps - 1)  # the step from the zero state: nothing to pass on
+        gates, h, hn, dgx, dgh = (a[:, rows] for a in (gates, h, hn, dgx, dgh))
+        dh = dh[rows]
+        for t in range(steps) if reverse else range(steps - 1, -1, -1):
+            if dout is not None:
+                dh += dout[t, rows]
+            self.gru_cell_backward(gates[t], hn[t], h[t + off], dh, dgx[t], dgh[t], dh_direct)
+            if t != first:
+                self.matmul(dgh[t], w_hh, out=dh)
+                dh += dh_direct
+
     def lstm_cell(self, gates, gh, bias, c_prev, c, tanh_c, h) -> None:
         """One LSTM step in PyTorch's gate order i, f, g, o; every array 2-D ``(N, .)`` and contiguous.
 

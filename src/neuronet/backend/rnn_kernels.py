@@ -88,13 +88,48 @@ def lstm_backward_steps(address, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, r
     for s in range(steps):
         t = s if reverse else steps - 1 - s
         if dout.shape[0]:
-            d = dout[t, r0:r1]
-            for r in range(dh_r.shape[0]):
-                for j in range(dh_r.shape[1]):
-                    dh_r[r, j] += d[r, j]
+            _add_into(dh_r, dout[t, r0:r1])
         lstm_cell_backward(gates[t, r0:r1], c[t + off, r0:r1], tanh_c[t, r0:r1], dh_r, dc_r, dgates[t, r0:r1])
         if t != first:
             gemm(address, dgates[t, r0:r1], w_hh, dh_r)
+
+
+@jit
+def gru_forward_steps(address, gates, h, hn, w_hh_t, b_ih, b_hh, gh, reverse, r0, r1):
+    """Ops.gru_steps for rows r0:r1 in one kernel (as lstm_forward_steps)."""
+    steps = gates.shape[0]
+    off = 1 if reverse else 0
+    for s in range(steps):
+        t = steps - 1 - s if reverse else s
+        prev, new = t + off, t + 1 - off
+        gemm(address, h[prev, r0:r1], w_hh_t, gh)
+        gru_cell_forward(gates[t, r0:r1], gh, b_ih, b_hh, h[prev, r0:r1], hn[t, r0:r1], h[new, r0:r1])
+
+
+@jit
+def gru_backward_steps(address, gates, h, hn, dh, dgx, dgh, w_hh, dout, dh_direct, reverse, r0, r1):
+    """Ops.gru_steps_backward for rows r0:r1 in one kernel; ``dout`` (0, ., .) when absent."""
+    steps = gates.shape[0]
+    off = 1 if reverse else 0
+    first = off * (steps - 1)
+    dh_r = dh[r0:r1]
+    for s in range(steps):
+        t = s if reverse else steps - 1 - s
+        if dout.shape[0]:
+            _add_into(dh_r, dout[t, r0:r1])
+        gru_cell_backward(gates[t, r0:r1], hn[t, r0:r1], h[t + off, r0:r1], dh_r, dgx[t, r0:r1],
+                          dgh[t, r0:r1], dh_direct)
+        if t != first:
+            gemm(address, dgh[t, r0:r1], w_hh, dh_r)
+            _add_into(dh_r, dh_direct)
+
+
+@jit
+def _add_into(a, b):
+    """a += b for 2-D arrays of one shape."""
+    for r in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            a[r, j] += b[r, j]
 
 
 @jit

@@ -370,33 +370,18 @@ class GRU(_RNN):
         w_hh_t, b_ih, b_hh = layer.recurrent_weight_t(p), layer.param(p, "bias_ih"), layer.param(p, "bias_hh")
 
         def loop(rows, gh):
-            gates_r, h_r, hn_r = gates[:, rows], h[:, rows], hn[:, rows]
-            for t in p.times(steps):
-                prev, new = t + p.off, t + 1 - p.off
-                ops.matmul(h_r[prev], w_hh_t, out=gh)
-                ops.gru_cell(gates_r[t], gh, b_ih, b_hh, h_r[prev], hn_r[t], h_r[new])
+            ops.gru_steps(gates, h, hn, w_hh_t, b_ih, b_hh, gh, p.reverse, rows)
         layer.in_row_blocks(n, loop, ("gh", width))
 
     def backward_loop(self, layer, p, gates, h, dh, dout):
         ops, (steps, n, width), hid = layer.ops, gates.shape, self.hidden_size
         hn = layer.workspace("hn" + p.tag, (steps, n, hid))
         dgx, dgh = layer.workspace("dgx", (steps, n, width)), layer.workspace("dgh", (steps, n, width))
-        w_hh, first = layer.param(p, "weight_hh"), p.off * (steps - 1)  # first: the step from the zero state
+        w_hh = layer.param(p, "weight_hh")
 
-        def loop(rows, dstep, dh_direct):
-            gates_r, hn_r, h_r = gates[:, rows], hn[:, rows], h[:, rows]
-            dgx_r, dgh_r, dh_r = dgx[:, rows], dgh[:, rows], dh[rows]
-            dout_r = None if dout is None else dout[:, rows]
-            for t in reversed(p.times(steps)):
-                if dout_r is not None:
-                    ops.copy_(dstep, dout_r[t])  # contiguous copy: NumPy buffers strided ufunc inputs
-                    dh_r += dstep
-                ops.gru_cell_backward(gates_r[t], hn_r[t], h_r[t + p.off], dh_r, dgx_r[t], dgh_r[t],
-                                      dh_direct)
-                if t != first:  # dL/dh_{t-1} = dgh W_hh + dh z
-                    ops.matmul(dgh_r[t], w_hh, out=dh_r)
-                    dh_r += dh_direct
-        layer.in_row_blocks(n, loop, ("dstep", hid), ("dh_direct", hid))
+        def loop(rows, dh_direct):
+            ops.gru_steps_backward(gates, h, hn, dh, dgx, dgh, w_hh, dout, dh_direct, p.reverse, rows)
+        layer.in_row_blocks(n, loop, ("dh_direct", hid))
         return dgx, dgh
 
 
