@@ -311,28 +311,31 @@ class NumpyOps(Ops):
     # LSTM forward loop of two 32-row blocks on two threads, T = 28, H = 128: 2.08 vs 2.37-2.45 ms.
     def lstm_steps(self, gates, h, c, tanh_c, w_hh_t, bias, gh, reverse, rows):
         self._in_one_kernel(rnn_kernels.lstm_forward_steps, super().lstm_steps,
-                            (gates, h, c, tanh_c, w_hh_t, bias, gh), reverse, rows)
+                            (gates, h, c, tanh_c, w_hh_t, bias, gh), reverse, rows, w_hh_t)
 
     def lstm_steps_backward(self, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, reverse, rows):
         self._in_one_kernel(rnn_kernels.lstm_backward_steps, super().lstm_steps_backward,
-                            (gates, c, tanh_c, dh, dc, dgates, w_hh, dout), reverse, rows)
+                            (gates, c, tanh_c, dh, dc, dgates, w_hh, dout), reverse, rows, w_hh)
 
     def gru_steps(self, gates, h, hn, w_hh_t, b_ih, b_hh, gh, reverse, rows):
         self._in_one_kernel(rnn_kernels.gru_forward_steps, super().gru_steps,
-                            (gates, h, hn, w_hh_t, b_ih, b_hh, gh), reverse, rows)
+                            (gates, h, hn, w_hh_t, b_ih, b_hh, gh), reverse, rows, w_hh_t)
 
     def gru_steps_backward(self, gates, h, hn, dh, dgx, dgh, w_hh, dout, dh_direct, reverse, rows):
         self._in_one_kernel(rnn_kernels.gru_backward_steps, super().gru_steps_backward,
-                            (gates, h, hn, dh, dgx, dgh, w_hh, dout, dh_direct), reverse, rows)
+                            (gates, h, hn, dh, dgx, dgh, w_hh, dout, dh_direct), reverse, rows, w_hh)
 
-    def _in_one_kernel(self, kernel, reference, arrays: tuple, reverse, rows) -> None:
+    def _in_one_kernel(self, kernel, reference, arrays: tuple, reverse, rows, weight) -> None:
         """``kernel(gemm address, *arrays, reverse, first row, end row)`` where OpenBLAS's gemm is at hand
         and every array is C-contiguous (a None, the absent dL/dh_t from above, goes in as no steps);
-        else ``reference(*arrays, reverse, rows)``, the step-by-step loop of Ops."""
+        else ``reference(*arrays, reverse, rows)``, the step-by-step loop of Ops. OpenBLAS's threads are
+        set for the steps' (rows x k) @ ``weight`` products as for a ``matmul`` of that size (one thread
+        for the usual small ones; a row-thread region already holds one)."""
         address = blas_kernels.gemm_address(arrays[0].dtype)
         if not address or not _c_contiguous(*(a for a in arrays if a is not None)):
             return reference(*arrays, reverse, rows)
         rows = range(arrays[0].shape[1])[rows]
+        blas_threads.before_product(len(rows), *weight.shape)
         kernel(address, *(_NO_STEPS[arrays[0].dtype] if a is None else a for a in arrays), bool(reverse),
                rows.start, rows.stop)
 
