@@ -67,11 +67,8 @@ def lstm_forward_steps(address, gates, h, c, tanh_c, w_hh_t, bias, gh, reverse, 
     """Ops.lstm_steps for rows r0:r1 of C-contiguous arrays in one kernel: each step's h_prev @ W_hh^T
     through OpenBLAS's gemm at ``address`` (blas_kernels), then the cell; no Python and no GIL between
     the steps. (``a[t, r0:r1]`` keeps a C-contiguous type, so the cell's loops vectorise.)"""
-    steps = gates.shape[0]
-    off = 1 if reverse else 0
-    for s in range(steps):
-        t = steps - 1 - s if reverse else s
-        prev, new = t + off, t + 1 - off
+    for s in range(gates.shape[0]):
+        t, prev, new = _forward_step(gates.shape[0], reverse, s)
         gemm(address, h[prev, r0:r1], w_hh_t, gh)
         lstm_cell_forward(gates[t, r0:r1], gh, bias, c[prev, r0:r1], c[new, r0:r1], tanh_c[t, r0:r1],
                           h[new, r0:r1])
@@ -81,27 +78,21 @@ def lstm_forward_steps(address, gates, h, c, tanh_c, w_hh_t, bias, gh, reverse, 
 def lstm_backward_steps(address, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, reverse, r0, r1):
     """Ops.lstm_steps_backward for rows r0:r1 in one kernel; ``dout`` has no steps (shape (0, ., .))
     when absent."""
-    steps = gates.shape[0]
-    off = 1 if reverse else 0
-    first = off * (steps - 1)
     dh_r, dc_r = dh[r0:r1], dc[r0:r1]
-    for s in range(steps):
-        t = s if reverse else steps - 1 - s
+    for s in range(gates.shape[0]):
+        t, prev, last = _backward_step(gates.shape[0], reverse, s)
         if dout.shape[0]:
             _add_into(dh_r, dout[t, r0:r1])
-        lstm_cell_backward(gates[t, r0:r1], c[t + off, r0:r1], tanh_c[t, r0:r1], dh_r, dc_r, dgates[t, r0:r1])
-        if t != first:
+        lstm_cell_backward(gates[t, r0:r1], c[prev, r0:r1], tanh_c[t, r0:r1], dh_r, dc_r, dgates[t, r0:r1])
+        if not last:
             gemm(address, dgates[t, r0:r1], w_hh, dh_r)
 
 
 @jit
 def gru_forward_steps(address, gates, h, hn, w_hh_t, b_ih, b_hh, gh, reverse, r0, r1):
     """Ops.gru_steps for rows r0:r1 in one kernel (as lstm_forward_steps)."""
-    steps = gates.shape[0]
-    off = 1 if reverse else 0
-    for s in range(steps):
-        t = steps - 1 - s if reverse else s
-        prev, new = t + off, t + 1 - off
+    for s in range(gates.shape[0]):
+        t, prev, new = _forward_step(gates.shape[0], reverse, s)
         gemm(address, h[prev, r0:r1], w_hh_t, gh)
         gru_cell_forward(gates[t, r0:r1], gh, b_ih, b_hh, h[prev, r0:r1], hn[t, r0:r1], h[new, r0:r1])
 
@@ -109,19 +100,34 @@ def gru_forward_steps(address, gates, h, hn, w_hh_t, b_ih, b_hh, gh, reverse, r0
 @jit
 def gru_backward_steps(address, gates, h, hn, dh, dgx, dgh, w_hh, dout, dh_direct, reverse, r0, r1):
     """Ops.gru_steps_backward for rows r0:r1 in one kernel; ``dout`` (0, ., .) when absent."""
-    steps = gates.shape[0]
-    off = 1 if reverse else 0
-    first = off * (steps - 1)
     dh_r = dh[r0:r1]
-    for s in range(steps):
-        t = s if reverse else steps - 1 - s
+    for s in range(gates.shape[0]):
+        t, prev, last = _backward_step(gates.shape[0], reverse, s)
         if dout.shape[0]:
             _add_into(dh_r, dout[t, r0:r1])
-        gru_cell_backward(gates[t, r0:r1], hn[t, r0:r1], h[t + off, r0:r1], dh_r, dgx[t, r0:r1],
+        gru_cell_backward(gates[t, r0:r1], hn[t, r0:r1], h[prev, r0:r1], dh_r, dgx[t, r0:r1],
                           dgh[t, r0:r1], dh_direct)
-        if t != first:
+        if not last:
             gemm(address, dgh[t, r0:r1], w_hh, dh_r)
             _add_into(dh_r, dh_direct)
+
+
+@jit
+def _forward_step(steps, reverse, s):
+    """(t, prev, new) of a pass's s-th step: the time, the state read and the state written (the zero
+    state is at index 0, or at ``steps`` with ``reverse``)."""
+    off = 1 if reverse else 0
+    t = steps - 1 - s if reverse else s
+    return t, t + off, t + 1 - off
+
+
+@jit
+def _backward_step(steps, reverse, s):
+    """(t, prev, last) of the backward's s-th step (the forward's in reverse): the time, the state its
+    forward read, and whether it is the step from the zero state (nothing to pass on)."""
+    off = 1 if reverse else 0
+    t = s if reverse else steps - 1 - s
+    return t, t + off, t == off * (steps - 1)
 
 
 @jit
