@@ -38,7 +38,7 @@ def gemm_address(dtype) -> int:
 @intrinsic
 def _cblas_gemm(typingctx, address, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     """cblas_?gemm(RowMajor, NoTrans, NoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) at ``address``
-    (a, b, c: data addresses; alpha, beta in the matrices' float type)."""
+    (sizes int64; a, b, c: data addresses; alpha, beta in the matrices' float type)."""
     sig = types.void(address, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 
     def codegen(context, builder, signature, args):
@@ -48,14 +48,10 @@ def _cblas_gemm(typingctx, address, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc
         fnty = ir.FunctionType(ir.VoidType(), [i32, i32, i32, i64, i64, i64, real, ptr, i64, ptr, i64, real,
                                                ptr, i64])
         fn = builder.inttoptr(args[0], fnty.as_pointer())
-        (fm, fn_, fk, alpha_, fa, flda, fb, fldb, beta_, fc, fldc) = args[1:]
-        const = ir.Constant
-        builder.call(fn, [const(i32, _ROW_MAJOR), const(i32, _NO_TRANS), const(i32, _NO_TRANS),
-                          builder.sext(fm, i64) if fm.type != i64 else fm,
-                          builder.sext(fn_, i64) if fn_.type != i64 else fn_,
-                          builder.sext(fk, i64) if fk.type != i64 else fk, alpha_,
-                          builder.inttoptr(fa, ptr), flda, builder.inttoptr(fb, ptr), fldb, beta_,
-                          builder.inttoptr(fc, ptr), fldc])
+        m_, n_, k_, alpha_, a_, lda_, b_, ldb_, beta_, c_, ldc_ = args[1:]
+        order = [ir.Constant(i32, flag) for flag in (_ROW_MAJOR, _NO_TRANS, _NO_TRANS)]
+        a_, b_, c_ = (builder.inttoptr(address, ptr) for address in (a_, b_, c_))
+        builder.call(fn, [*order, m_, n_, k_, alpha_, a_, lda_, b_, ldb_, beta_, c_, ldc_])
         return context.get_dummy_value()
     return sig, codegen
 

@@ -50,7 +50,6 @@ def col2im(cols, sh, sw, dh, dw, ph, pw, out):
                             out[n, c, h, ow * sw + j * dw - pw] += cols[c, i, j, n, oh, ow]
 
 
-
 @jit
 def fold_shifted(dcols, wp, dh, dw, planes):
     """The adjoint of NumpyOps._shifted_columns: planes[n, c] (zeroed first) += each entry (c, i, j, n)
@@ -73,6 +72,7 @@ def fold_shifted(dcols, wp, dh, dw, planes):
 def _add_row(row, into):
     for p in range(row.shape[0]):
         into[p] += row[p]
+
 
 def max_pool2d(x, kh, kw, sh, sw, ph, pw, out, index):
     """out = the max of each window (padding counts as -inf); index = its flat h*W + w in x's plane.

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -558,10 +558,8 @@ class Ops:
         c_prev, c_t, tanh_c[t], h_t)`` on those rows. gates (T, N, 4H) hold x W_ih^T on entry; h, c
         (T + 1, N, H) have the zero state at index 0 (at T with ``reverse``), where prev = t (t + 1) and
         the step writes t + 1 (t); w_hh_t (H, 4H); gh (B, 4H) the block's scratch."""
-        steps, off = gates.shape[0], int(reverse)
         gates, h, c, tanh_c = gates[:, rows], h[:, rows], c[:, rows], tanh_c[:, rows]
-        for t in range(steps - 1, -1, -1) if reverse else range(steps):
-            prev, new = t + off, t + 1 - off
+        for t, prev, new in _forward_steps(len(gates), reverse):
             self.matmul(h[prev], w_hh_t, out=gh)
             self.lstm_cell(gates[t], gh, bias, c[prev], c[new], tanh_c[t], h[new])
 
@@ -571,24 +569,20 @@ class Ops:
         holds dL/d(last state) on entry (dL/dh_t is added from ``dout`` (T, N, H) when not None), dc
         (N, H) zeros; each step writes dgates[t] = dL/d(pre-activations) (``lstm_cell_backward``) and,
         but for the step from the zero state, dh = dgates[t] @ w_hh (4H, H)."""
-        steps, off = gates.shape[0], int(reverse)
-        first = off * (steps - 1)  # the step from the zero state: nothing to pass on
         gates, c, tanh_c, dgates = (a[:, rows] for a in (gates, c, tanh_c, dgates))
         dh, dc = dh[rows], dc[rows]
-        for t in range(steps) if reverse else range(steps - 1, -1, -1):
+        for t, prev, last in _backward_steps(len(gates), reverse):
             if dout is not None:
                 dh += dout[t, rows]
-            self.lstm_cell_backward(gates[t], c[t + off], tanh_c[t], dh, dc, dgates[t])
-            if t != first:
+            self.lstm_cell_backward(gates[t], c[prev], tanh_c[t], dh, dc, dgates[t])
+            if not last:
                 self.matmul(dgates[t], w_hh, out=dh)
 
     def gru_steps(self, gates, h, hn, w_hh_t, b_ih, b_hh, gh, reverse: bool, rows: slice) -> None:
         """``lstm_steps`` for a GRU: per step gh = h_prev @ w_hh_t, then ``gru_cell(gates[t], gh, b_ih, b_hh,
         h_prev, hn[t], h_t)`` on the rows ``rows``; gates (T, N, 3H), hn (T, N, H), gh (B, 3H)."""
-        steps, off = gates.shape[0], int(reverse)
         gates, h, hn = gates[:, rows], h[:, rows], hn[:, rows]
-        for t in range(steps - 1, -1, -1) if reverse else range(steps):
-            prev, new = t + off, t + 1 - off
+        for t, prev, new in _forward_steps(len(gates), reverse):
             self.matmul(h[prev], w_hh_t, out=gh)
             self.gru_cell(gates[t], gh, b_ih, b_hh, h[prev], hn[t], h[new])
 
@@ -597,15 +591,13 @@ class Ops:
         """The backward of ``gru_steps`` for the rows ``rows`` (as ``lstm_steps_backward``): each step
         writes dgx[t], dgh[t] (``gru_cell_backward``) and, but for the step from the zero state, dh =
         dgh[t] @ w_hh (3H, H) + dh z; dh_direct (B, H) scratch."""
-        steps, off = gates.shape[0], int(reverse)
-        first = off * (steps - 1)  # the step from the zero state: nothing to pass on
         gates, h, hn, dgx, dgh = (a[:, rows] for a in (gates, h, hn, dgx, dgh))
         dh = dh[rows]
-        for t in range(steps) if reverse else range(steps - 1, -1, -1):
+        for t, prev, last in _backward_steps(len(gates), reverse):
             if dout is not None:
                 dh += dout[t, rows]
-            self.gru_cell_backward(gates[t], hn[t], h[t + off], dh, dgx[t], dgh[t], dh_direct)
-            if t != first:
+            self.gru_cell_backward(gates[t], hn[t], h[prev], dh, dgx[t], dgh[t], dh_direct)
+            if not last:
                 self.matmul(dgh[t], w_hh, out=dh)
                 dh += dh_direct
 
@@ -848,6 +840,22 @@ def _normal_cdf(v):
 
 def _sigmoid(v):
     return 1.0 / (1.0 + np.exp(-v))
+
+
+def _forward_steps(steps: int, reverse: bool) -> Iterator[tuple[int, int, int]]:
+    """(t, prev, new) of a recurrent pass's steps in order: the time, the state read and the state
+    written (the zero state at index 0, or at ``steps`` with ``reverse``)."""
+    off = int(reverse)
+    for t in range(steps - 1, -1, -1) if reverse else range(steps):
+        yield t, t + off, t + 1 - off
+
+
+def _backward_steps(steps: int, reverse: bool) -> Iterator[tuple[int, int, bool]]:
+    """(t, prev, last) of its backward, the steps in reverse: whether it is the step from the zero state
+    (nothing to pass on) as ``last``."""
+    off = int(reverse)
+    for t in range(steps) if reverse else range(steps - 1, -1, -1):
+        yield t, t + off, t == off * (steps - 1)
 
 
 def _groups(a, groups: int, last: int):

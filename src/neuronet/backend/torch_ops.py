@@ -127,7 +127,7 @@ class TorchOps(Ops):
     def dropout_mask(self, keep, rng, out, dtype):
         # Uniforms come from the NumPy generator so a seed gives the same mask on every backend; on the
         # CPU they go through NumpyOps' small buffer into the mask's memory (no host array per call).
-        host = np.dtype(dtype) if str(np.dtype(dtype)) == "float64" else np.dtype(np.float32)
+        host = np.dtype(np.float64 if np.dtype(dtype) == np.float64 else np.float32)
         if _on_cpu(out) and out.is_contiguous():
             _CPU.dropout_mask(keep, rng, out.numpy(), host)
             return out

@@ -44,10 +44,6 @@ class _Pass(NamedTuple):
     def off(self) -> int:
         return int(self.reverse)
 
-    def times(self, steps: int) -> range:
-        """The times t in processing order."""
-        return range(steps - 1, -1, -1) if self.reverse else range(steps)
-
 
 class _Recurrent(Layer):
     """Runs ``num_layers`` layers of one or two directions of ``cell`` (an LSTM or GRU: the step math)."""
