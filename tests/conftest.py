@@ -37,6 +37,17 @@ def rows_on_threads(monkeypatch):
     monkeypatch.setattr(NumpyOps, "row_blocks", per_row)
 
 
+@pytest.fixture(params=["direct", "columns"])
+def conv_path(request, monkeypatch):
+    """Run a test with the NumPy backend's stride-1 convolutions direct (every geometry the direct kernels
+    take) or through columns and GEMM (none direct)."""
+    from neuronet.backend import numpy_ops
+
+    for name in ("DIRECT_MAX_CHANNELS", "DIRECT_MAX_INPUTS"):
+        monkeypatch.setattr(numpy_ops, name, 1 << 30 if request.param == "direct" else 0)
+    return request.param
+
+
 @pytest.fixture
 def data_root() -> Path:
     if not DATA_ROOT.exists():

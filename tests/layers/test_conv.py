@@ -74,7 +74,7 @@ def test_conv1d_weight_layout_is_pytorchs():
 
 
 @pytest.mark.parametrize("activation,stride", [(None, 2), ("tanh", 2), ("gelu", 1), ("sigmoid", 1)])
-def test_conv2d_gradcheck(activation, stride):
+def test_conv2d_gradcheck(activation, stride, conv_path):
     x = np.random.default_rng(5).standard_normal((2, 2, 5, 4))
     check_gradients(nn.Conv2D(2, 3, 3, stride=stride, padding=1, activation=activation), x)
 

@@ -47,10 +47,10 @@ def test_conv2d_options_match_torch(case, dtype, backend):
 
 
 @pytest.mark.parametrize("case", [c for c in CONV2D_CASES if c[3] == 1], ids=str)
-def test_conv2d_in_one_image_chunks_on_threads_matches_torch(case, rows_on_threads, monkeypatch):
-    """The NumPy backend's stride-1 path with every image its own chunk, the chunks dealt out to three
-    blocks (two chunks summed into one block's dweight, blocks summed at the end, dx folded per chunk),
-    with an activation."""
+def test_conv2d_in_one_image_chunks_on_threads_matches_torch(case, rows_on_threads, conv_path, monkeypatch):
+    """The NumPy backend's stride-1 paths on three blocks of images, with an activation: through columns
+    with every image its own chunk (two chunks summed into one block's dweight, blocks summed at the end,
+    dx folded per chunk), and direct where there is one group (the blocks' dweight and dbias summed)."""
     from neuronet.backend import numpy_ops
 
     monkeypatch.setattr(numpy_ops, "CONV_CHUNK_BYTES", 1)

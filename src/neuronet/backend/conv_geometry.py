@@ -13,6 +13,7 @@ unpadded size longer than the windows reach (those rows get zero gradient), neve
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -25,12 +26,12 @@ class ConvGeometry:
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
 
-    @property
+    @cached_property  # (computed once: the kernels ask for it on every call)
     def padded_size(self) -> tuple[int, int]:
         """(H, W) with the padding."""
         return tuple(size + lo + hi for size, (lo, hi) in zip(self.in_size, self.padding, strict=True))
 
-    @property
+    @cached_property
     def reach(self) -> tuple[int, int]:
         """(H, W) of the padded input that the windows read: (OH - 1)*sh + dh*(kh - 1) + 1, ..."""
         return tuple((o - 1) * s + d * (k - 1) + 1 for o, s, d, k in

@@ -4,6 +4,8 @@
 ``(C, kh, kw, N, OH, OW)`` back into the unpadded image, dropping what fell on the zero padding.
 The loops run over the destination in order and need no atomics and no ``np.add.at``.
 ``fold_shifted`` is the same adjoint for the stride-1 shifted-rows columns (NumpyOps._shifted_columns).
+``direct_conv2d`` and ``direct_conv2d_backward`` compute a stride-1 convolution with few inputs per output
+(the first layer's one or three channels) straight from the padded planes, without columns.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import numba
 import numpy as np
 
 jit = numba.njit(cache=True, nogil=True)
+# The direct convolution's sums may be reassociated (vectorised dot products), as a GEMM's are.
+jit_sums = numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"}, error_model="numpy")
 
 
 @jit
@@ -72,6 +76,107 @@ def fold_shifted(dcols, wp, dh, dw, planes):
 def _add_row(row, into):
     for p in range(row.shape[0]):
         into[p] += row[p]
+
+
+# The direct convolution. Plane (n, c) holds image n's channel c inside its zero padding, rows Wp apart
+# (NumpyOps._padded_planes); tap k of the kernel, (i, j), reads it from offsets[k] = i*dh*Wp + j*dw. A
+# row of z, OH*Wp long, is an output plane over the whole padded width (its last Wp - OW columns of each
+# row are dropped), so every tap is one contiguous multiply-add over the row. Each pass adds three taps
+# to one output row (loads of z and stores cut by three), and the weight gradient takes four output
+# channels' dot products per pass over a tap's inputs: at one thread, 64 images of 28x28, one channel in
+# and 32 out, 1.5 ms forward and 1.2 ms for dweight + dbias, against 1.7 and 2.7 ms for columns + GEMM.
+@jit_sums
+def direct_conv2d(planes, weight, offsets, bias, wp, z, out):
+    """out (b, O, OH, OW) = bias[o] + sum over c, k of weight[o, c, k] * plane (n, c) from offsets[k].
+
+    planes (b, C, P); weight (O, C, kh*kw); bias (O,); z: a scratch row (OH*Wp,).
+    """
+    b, o_, oh, ow = out.shape
+    c_, k_, length = weight.shape[1], weight.shape[2], z.shape[0]
+    for n in range(b):
+        for o in range(o_):
+            z[:] = bias[o]
+            for c in range(c_):
+                for k in range(0, k_ - 2, 3):
+                    _add_taps(z, planes[n, c, offsets[k]:offsets[k] + length], weight[o, c, k],
+                              planes[n, c, offsets[k + 1]:offsets[k + 1] + length], weight[o, c, k + 1],
+                              planes[n, c, offsets[k + 2]:offsets[k + 2] + length], weight[o, c, k + 2])
+                for k in range(k_ - k_ % 3, k_):
+                    _add_tap(z, planes[n, c, offsets[k]:offsets[k] + length], weight[o, c, k])
+            for r in range(oh):
+                out[n, o, r, :] = z[r * wp:r * wp + ow]
+
+
+@jit_sums
+def _add_taps(z, s0, w0, s1, w1, s2, w2):
+    for p in range(z.shape[0]):
+        z[p] += w0 * s0[p] + w1 * s1[p] + w2 * s2[p]
+
+
+@jit_sums
+def _add_tap(z, s0, w0):
+    for p in range(z.shape[0]):
+        z[p] += w0 * s0[p]
+
+
+@jit_sums
+def direct_conv2d_backward(planes, dy, weight, offsets, wp, rows, dweight, dbias, dplanes):
+    """The gradients of direct_conv2d from dy (b, O, OH, OW): dbias (O,) += dy's sums, dweight (O, C, K)
+    += dy . each tap's inputs, dplanes (b, C, P) = the adjoint (zeroed first); each is skipped when it
+    has no rows. rows: scratch (4, OH*Wp) for four channels of dy laid out as z (zero past OW)."""
+    b, o_, oh, ow = dy.shape
+    c_, k_, length = weight.shape[1], weight.shape[2], rows.shape[1]
+    rows[...] = 0.0
+    if dplanes.shape[0]:
+        dplanes[...] = 0.0
+    for n in range(b):
+        for o0 in range(0, o_, 4):
+            m = min(4, o_ - o0)
+            for j in range(m):
+                total = rows.dtype.type(0.0)
+                for r in range(oh):
+                    source, row = dy[n, o0 + j, r], rows[j, r * wp:r * wp + ow]
+                    for q in range(ow):
+                        row[q] = source[q]
+                        total += source[q]
+                if dbias.shape[0]:
+                    dbias[o0 + j] += total
+            for j in range(m, 4):  # a last group of fewer than four: the other rows add nothing
+                rows[j] = 0.0
+            for c in range(c_):
+                for k in range(k_):
+                    if dweight.shape[0]:
+                        sums = _dot4(rows, planes[n, c, offsets[k]:offsets[k] + length])
+                        for j in range(m):
+                            dweight[o0 + j, c, k] += sums[j]
+                    if dplanes.shape[0]:
+                        into = dplanes[n, c, offsets[k]:offsets[k] + length]
+                        _add_rows4(rows, weight[o0:o0 + m, c, k], into)
+
+
+@jit_sums
+def _dot4(rows, taps):
+    """The four dot products rows[j] . taps, in one pass over taps."""
+    r0, r1, r2, r3 = rows[0], rows[1], rows[2], rows[3]
+    a0 = a1 = a2 = a3 = rows.dtype.type(0.0)
+    for p in range(taps.shape[0]):
+        v = taps[p]
+        a0 += r0[p] * v
+        a1 += r1[p] * v
+        a2 += r2[p] * v
+        a3 += r3[p] * v
+    return a0, a1, a2, a3
+
+
+@jit_sums
+def _add_rows4(rows, weights, into):
+    """into += sum over j of weights[j] * rows[j] (up to four rows; the rest are zero)."""
+    m, zero = weights.shape[0], rows.dtype.type(0.0)
+    w0, w1 = weights[0], weights[1] if m > 1 else zero
+    w2, w3 = weights[2] if m > 2 else zero, weights[3] if m > 3 else zero
+    r0, r1, r2, r3 = rows[0], rows[1], rows[2], rows[3]
+    for p in range(into.shape[0]):
+        into[p] += w0 * r0[p] + w1 * r1[p] + w2 * r2[p] + w3 * r3[p]
 
 
 def max_pool2d(x, kh, kw, sh, sw, ph, pw, out, index):

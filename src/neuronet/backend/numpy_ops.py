@@ -19,6 +19,10 @@ CONV_CHUNK_BYTES = 1 << 22  # the columns of one chunk of images (see NumpyOps.c
 STACK_SPLIT_WORK = 1 << 25
 PASS_SPLIT_WORK = 1 << 19  # elements of a pooling, activation or mask pass from which it runs in blocks
 DRAW_CHUNK = 1 << 18  # uniforms drawn at a time for a dropout mask (a 1 MiB float32 temporary)
+# A stride-1 convolution with one group runs direct (no columns) with at most this many input channels
+# and (C/groups)*kh*kw inputs per output (measured: 3x3 over 1-3 channels and 5x5 over one 1.1-2.6x
+# faster; 3x3 over 4 or more, 5x5 over 3 and 1x1 over 16 slower; see benchmarks/README.md).
+DIRECT_MAX_CHANNELS, DIRECT_MAX_INPUTS = 3, 27
 
 
 def _flat(a: np.ndarray) -> np.ndarray:
@@ -45,6 +49,33 @@ def _conv_chunks(n: int, bytes_per_image: int, threads: int) -> list[tuple[int, 
 def _shifted(geom: ConvGeometry) -> bool:
     """Whether the shifted-rows path runs this convolution: stride 1, every padded row and column read."""
     return geom.stride == (1, 1) and geom.reach == geom.padded_size
+
+
+def _plane_length(geom: ConvGeometry) -> int:
+    """The length of a padded plane in the shifted-rows layout: Hp*Wp and what the last tap reads past it."""
+    (hp, wp), (kw, dw) = geom.padded_size, (geom.kernel[1], geom.dilation[1])
+    return hp * wp + (kw - 1) * dw
+
+
+def _interior(planes: np.ndarray, geom: ConvGeometry) -> np.ndarray:
+    """The view (b, C, H, W) of padded planes (b, C, _plane_length) where the unpadded images lie."""
+    (b, c), (h, w), (hp, wp) = planes.shape[:2], geom.in_size, geom.padded_size
+    (top, _), (left, _) = geom.padding
+    return planes[:, :, :hp * wp].reshape(b, c, hp, wp)[:, :, top:top + h, left:left + w]
+
+
+def _direct(geom: ConvGeometry, weight: np.ndarray) -> bool:
+    """Whether the direct path runs this convolution: stride 1, one group, few inputs per output."""
+    return (_shifted(geom) and geom.groups == 1 and weight.shape[1] <= DIRECT_MAX_CHANNELS
+            and weight[0].size <= DIRECT_MAX_INPUTS)
+
+
+@functools.lru_cache(maxsize=64)
+def _tap_offsets(kh: int, kw: int, dh: int, dw: int, wp: int) -> np.ndarray:
+    """Where tap (i, j) of the kernel starts reading a padded plane with rows wp apart: i*dh*wp + j*dw."""
+    offsets = np.array([i * dh * wp + j * dw for i in range(kh) for j in range(kw)], dtype=np.int64)
+    offsets.flags.writeable = False
+    return offsets
 
 
 class NumpyOps(Ops):
@@ -127,10 +158,14 @@ class NumpyOps(Ops):
     # ----------------------------------------------------------------- convolution and pooling
     # Stride-1 convolutions (the usual 3x3 "same" and 1x1 ones) run in the shifted-rows layout over
     # chunks of images that stay in the cache: the forward and dweight as one GEMM each with the columns
-    # of x; dx as weight^T @ dy folded back onto the planes (the adjoint of the columns). Other
+    # of x; dx as weight^T @ dy folded back onto the planes (the adjoint of the columns). With few
+    # inputs per output (a first layer's 1 or 3 channels) a GEMM has too little to multiply and the
+    # columns cost more than it: those run direct, from the planes (conv_kernels.direct_conv2d). Other
     # geometries run the reference's whole-batch im2col + GEMM. See _shifted_columns and
     # benchmarks/README.md for the numbers.
     def conv2d(self, x, weight, bias, geom, out, scratch):
+        if _direct(geom, weight):
+            return self._direct_conv2d(x, weight, bias, geom, out)
         if not _shifted(geom):
             return super().conv2d(x, weight, bias, geom, out, scratch)
         (n, c), (o, g), (oh, ow) = x.shape[:2], (weight.shape[0], geom.groups), geom.out_size
@@ -151,6 +186,8 @@ class NumpyOps(Ops):
         return out
 
     def conv2d_backward(self, dy, x, weight, geom, dx, dweight, dbias, scratch):
+        if _direct(geom, weight):
+            return self._direct_conv2d_backward(dy, x, weight, geom, dx, dweight, dbias)
         if not _shifted(geom):
             return super().conv2d_backward(dy, x, weight, geom, dx, dweight, dbias, scratch)
         (n, o), g, (oh, ow) = dy.shape[:2], geom.groups, geom.out_size
@@ -198,6 +235,55 @@ class NumpyOps(Ops):
             dweight += dw_t.swapaxes(-1, -2)
         return dx
 
+    def _direct_conv2d(self, x, weight, bias, geom, out):
+        """The forward straight from the padded planes, the images in blocks on the row threads."""
+        o, (oh, wp) = weight.shape[0], (geom.out_size[0], geom.padded_size[1])
+        w, offsets = weight.reshape(o, weight.shape[1], -1), _tap_offsets(*geom.kernel, *geom.dilation, wp)
+        if bias is None:
+            bias = self.temporary("conv.no_bias", (o,), x.dtype)
+            bias[...] = 0.0
+
+        def run(rows: slice) -> None:
+            z = self.temporary("conv.z_row", (oh * wp,), x.dtype)
+            conv_kernels.direct_conv2d(self._padded_planes(x[rows], geom), w, offsets, bias, wp, z, out[rows])
+        self.run_blocks([functools.partial(run, rows) for rows in self.row_blocks(x.shape[0], min_rows=1)])
+        return out
+
+    def _direct_conv2d_backward(self, dy, x, weight, geom, dx, dweight, dbias):
+        """The gradients straight from the padded planes, the images in blocks on the row threads: the
+        first block adds into dweight and dbias, each other block into its own buffers, added after."""
+        (n, o), c, wp = dy.shape[:2], weight.shape[1], geom.padded_size[1]
+        w, offsets = weight.reshape(o, c, -1), _tap_offsets(*geom.kernel, *geom.dilation, wp)
+        parts = []
+
+        def gradient(name: str, grad, shape: tuple, block: int):
+            """Where a block adds its share of grad (a buffer with no rows when grad is None)."""
+            if grad is None:
+                return self.temporary(name, (0, *shape[1:]), dy.dtype)
+            if block == 0 and grad.flags.c_contiguous:  # (a reshape of it is a view)
+                return grad.reshape(shape)
+            part = self.temporary(f"{name}{block}", shape, dy.dtype)
+            part[...] = 0.0
+            parts.append((part, grad))
+            return part
+
+        def run(block: int, rows: slice) -> None:
+            shape = (len(range(n)[rows]), c, _plane_length(geom))  # of this block's planes
+            planes = self._padded_planes(x[rows], geom) if dweight is not None else \
+                self.temporary("conv.padded", (*shape[:2], 0), dy.dtype)
+            dplanes = self.temporary("conv.dx_padded", shape if dx is not None else (0, c, 0), dy.dtype)
+            dy_rows = self.temporary("conv.dy_rows", (4, geom.out_size[0] * wp), dy.dtype)
+            conv_kernels.direct_conv2d_backward(planes, dy[rows], w, offsets, wp, dy_rows,
+                                                gradient("conv.dw", dweight, w.shape, block),
+                                                gradient("conv.db", dbias, (o,), block), dplanes)
+            if dx is not None:
+                np.copyto(dx[rows], _interior(dplanes, geom))
+        self.run_blocks([functools.partial(run, block, rows)
+                         for block, rows in enumerate(self.row_blocks(n, min_rows=1))])
+        for part, grad in parts:
+            grad += part.reshape(grad.shape)
+        return dx
+
     def _in_chunk_blocks(self, n: int, bytes_per_image: int, run) -> None:
         """Call run(block, chunks) for the (first image, count) chunks of n images, dealt out in
         contiguous blocks to the row threads, one block per thread; ``block`` ("", "1", ...) tells
@@ -212,24 +298,27 @@ class NumpyOps(Ops):
         as planes (Hp*Wp + (kw-1)*dw apart), and entry (c, i, j, m) is the slice of plane (m, c) from
         i*dh*Wp + j*dw, OH*Wp long (over the whole padded width: the GEMM computes Wp - OW outputs
         per row that are dropped). One strided copy reads them all."""
-        (b, c, h, w), (kh, kw), (dh, dw) = x.shape, geom.kernel, geom.dilation
-        (hp, wp), ((top, _), (left, _)), oh = geom.padded_size, geom.padding, geom.out_size[0]
-        planes = self.temporary("conv.padded", (b, c, hp * wp + (kw - 1) * dw), x.dtype)
-        planes[...] = 0.0
-        planes[:, :, :hp * wp].reshape(b, c, hp, wp)[:, :, top:top + h, left:left + w] = x
+        (b, c), (kh, kw), (dh, dw) = x.shape[:2], geom.kernel, geom.dilation
+        wp, oh = geom.padded_size[1], geom.out_size[0]
+        planes = self._padded_planes(x, geom)
         cols = self.temporary("conv.cols", (c, kh, kw, b, oh * wp), x.dtype)
         s = planes.strides
         np.copyto(cols, as_strided(planes, cols.shape, (s[1], dh * wp * s[2], dw * s[2], s[0], s[2])))
         return cols
 
+    def _padded_planes(self, x, geom):
+        """x (b, C, H, W) copied inside zeros as planes (b, C, _plane_length): the padded images."""
+        planes = self.temporary("conv.padded", (*x.shape[:2], _plane_length(geom)), x.dtype)
+        planes[...] = 0.0
+        np.copyto(_interior(planes, geom), x)
+        return planes
+
     def _fold_shifted(self, dcols, geom, dx):
         """dx (b, C, H, W) = the adjoint of _shifted_columns applied to dcols (C, kh, kw, b, OH*Wp):
         every entry added back onto the padded planes it was read from, the padding dropped."""
-        (b, c, h, w), (hp, wp), ((top, _), (left, _)) = dx.shape, geom.padded_size, geom.padding
-        planes = self.temporary("conv.padded", (b, c, hp * wp + (geom.kernel[1] - 1) * geom.dilation[1]),
-                                dx.dtype)
-        conv_kernels.fold_shifted(dcols, wp, *geom.dilation, planes)
-        np.copyto(dx, planes[:, :, :hp * wp].reshape(b, c, hp, wp)[:, :, top:top + h, left:left + w])
+        planes = self.temporary("conv.padded", (*dx.shape[:2], _plane_length(geom)), dx.dtype)
+        conv_kernels.fold_shifted(dcols, geom.padded_size[1], *geom.dilation, planes)
+        np.copyto(dx, _interior(planes, geom))
 
     def im2col(self, x, geom, out):
         # One strided copy (NumPy's copy loop beats a Numba gather on these short rows).
