@@ -403,7 +403,8 @@ class TorchOps(Ops):
         if not (_MKLDNN_RNN and seq.device.type == "cpu" and seq.dtype == torch.float32
                 and self._low_dtype() is None):
             return False
-        zeros = seq.new_zeros(seq.shape[1], w_hh.shape[1])
+        zeros = self.temporary("lstm.zero_state", (seq.shape[1], w_hh.shape[1]), seq.dtype)
+        zeros.zero_()  # (the initial h and c; shared by every pass, which only reads it)
         out, hy, cy, workspace = torch.ops.aten.mkldnn_rnn_layer(
             seq, w_ih, w_hh, b_ih, b_hh, zeros, zeros, reverse, [], _LSTM_MODE, w_hh.shape[1], 1, True, False,
             False, True)
