@@ -32,6 +32,8 @@ CONV2D_CASES = [
     (4, 4, 3, 2, 1, 1, 4, True, (4, 7, 6), 3),                  # depthwise
     (3, 6, (3, 1), 1, (1, 0), (1, 1), 3, False, (3, 5, 4), 2),  # depthwise multiplier 2
     (6, 4, 3, 1, "same", 2, 2, True, (6, 7, 7), 1),             # everything at once
+    (2, 3, 1, 1, 1, 1, 1, True, (2, 4, 5), 2),                  # padding wider than the kernel reaches
+    (4, 3, 3, 1, (1, 2), 1, 1, True, (4, 5, 6), 2),             # 2 columns of padding on each side
 ]
 
 

@@ -79,8 +79,8 @@ def _add_row(row, into):
 
 
 # The direct convolution. Plane (n, c) holds image n's channel c inside its zero padding, rows Wp apart
-# (NumpyOps._padded_planes); tap k of the kernel, (i, j), reads it from offsets[k] = i*dh*Wp + j*dw. A
-# row of z, OH*Wp long, is an output plane over the whole padded width (its last Wp - OW columns of each
+# (NumpyOps._padded_planes, _row_stride); tap k of the kernel, (i, j), reads it from offsets[k] =
+# i*dh*Wp + j*dw. A row of z, OH*Wp long, is an output plane over whole rows (its last Wp - OW columns of each
 # row are dropped), so every tap is one contiguous multiply-add over the row. Each pass adds three taps
 # to one output row (loads of z and stores cut by three), and the weight gradient takes four output
 # channels' dot products per pass over a tap's inputs: at one thread, 64 images of 28x28, one channel in

@@ -51,15 +51,26 @@ def _shifted(geom: ConvGeometry) -> bool:
     return geom.stride == (1, 1) and geom.reach == geom.padded_size
 
 
+def _row_stride(geom: ConvGeometry) -> int:
+    """Wp, the distance between two rows of a padded plane in the shifted-rows layout: the image's width
+    and the wider of its two side paddings. The zeros after one row's data serve as its right padding
+    and, read on from the row before, as the next row's left padding; a window reaching past the end of
+    a row reads at most min(left, right) zeros of the next, which must be padding too. For a 3x3 "same"
+    convolution at 14x14: rows 15 apart instead of 16, 7 % less GEMM and columns (MNIST CNN step 1.04-1.06x).
+    Where the narrower padding is wider than the kernel reaches, the full padded width."""
+    (left, right), w, (kw, dw) = geom.padding[1], geom.in_size[1], (geom.kernel[1], geom.dilation[1])
+    return w + max(left, right) if min(left, right) <= (kw - 1) * dw else w + left + right
+
+
 def _plane_length(geom: ConvGeometry) -> int:
     """The length of a padded plane in the shifted-rows layout: Hp*Wp and what the last tap reads past it."""
-    (hp, wp), (kw, dw) = geom.padded_size, (geom.kernel[1], geom.dilation[1])
+    hp, wp, (kw, dw) = geom.padded_size[0], _row_stride(geom), (geom.kernel[1], geom.dilation[1])
     return hp * wp + (kw - 1) * dw
 
 
 def _interior(planes: np.ndarray, geom: ConvGeometry) -> np.ndarray:
     """The view (b, C, H, W) of padded planes (b, C, _plane_length) where the unpadded images lie."""
-    (b, c), (h, w), (hp, wp) = planes.shape[:2], geom.in_size, geom.padded_size
+    (b, c), (h, w), (hp, wp) = planes.shape[:2], geom.in_size, (geom.padded_size[0], _row_stride(geom))
     (top, _), (left, _) = geom.padding
     return planes[:, :, :hp * wp].reshape(b, c, hp, wp)[:, :, top:top + h, left:left + w]
 
@@ -169,7 +180,7 @@ class NumpyOps(Ops):
         if not _shifted(geom):
             return super().conv2d(x, weight, bias, geom, out, scratch)
         (n, c), (o, g), (oh, ow) = x.shape[:2], (weight.shape[0], geom.groups), geom.out_size
-        length = oh * geom.padded_size[1]
+        length = oh * _row_stride(geom)
         w = _groups(weight, g, weight[0].size)
 
         def run(block: str, chunks) -> None:
@@ -177,7 +188,7 @@ class NumpyOps(Ops):
             columns of each row copied to out (b, O, OH, OW)."""
             for n0, b in chunks:
                 cols = self._shifted_columns(x[n0:n0 + b], geom)
-                z = self.temporary("conv.gemm", (o, b, oh, geom.padded_size[1]), x.dtype)
+                z = self.temporary("conv.gemm", (o, b, oh, _row_stride(geom)), x.dtype)
                 np.matmul(w, _groups(cols, g, b * length), out=_groups(z, g, b * length))
                 if bias is not None:  # here, where rows are contiguous
                     z += bias.reshape(o, 1, 1, 1)
@@ -191,7 +202,7 @@ class NumpyOps(Ops):
         if not _shifted(geom):
             return super().conv2d_backward(dy, x, weight, geom, dx, dweight, dbias, scratch)
         (n, o), g, (oh, ow) = dy.shape[:2], geom.groups, geom.out_size
-        wp, (kh, kw) = geom.padded_size[1], geom.kernel
+        wp, (kh, kw) = _row_stride(geom), geom.kernel
         c, length = (x if x is not None else dx).shape[1], oh * wp
         if dbias is not None:
             db = scratch("conv.db", (o,))
@@ -237,7 +248,7 @@ class NumpyOps(Ops):
 
     def _direct_conv2d(self, x, weight, bias, geom, out):
         """The forward straight from the padded planes, the images in blocks on the row threads."""
-        o, (oh, wp) = weight.shape[0], (geom.out_size[0], geom.padded_size[1])
+        o, (oh, wp) = weight.shape[0], (geom.out_size[0], _row_stride(geom))
         w, offsets = weight.reshape(o, weight.shape[1], -1), _tap_offsets(*geom.kernel, *geom.dilation, wp)
         if bias is None:
             bias = self.temporary("conv.no_bias", (o,), x.dtype)
@@ -252,7 +263,7 @@ class NumpyOps(Ops):
     def _direct_conv2d_backward(self, dy, x, weight, geom, dx, dweight, dbias):
         """The gradients straight from the padded planes, the images in blocks on the row threads: the
         first block adds into dweight and dbias, each other block into its own buffers, added after."""
-        (n, o), c, wp = dy.shape[:2], weight.shape[1], geom.padded_size[1]
+        (n, o), c, wp = dy.shape[:2], weight.shape[1], _row_stride(geom)
         w, offsets = weight.reshape(o, c, -1), _tap_offsets(*geom.kernel, *geom.dilation, wp)
         parts = []
 
@@ -294,12 +305,12 @@ class NumpyOps(Ops):
                          for k, rows in enumerate(self.row_blocks(len(chunks), min_rows=1))])
 
     def _shifted_columns(self, x, geom):
-        """The columns (C, kh, kw, b, OH*Wp) of the b images x (b, C, H, W): x is copied inside zeros
-        as planes (Hp*Wp + (kw-1)*dw apart), and entry (c, i, j, m) is the slice of plane (m, c) from
-        i*dh*Wp + j*dw, OH*Wp long (over the whole padded width: the GEMM computes Wp - OW outputs
-        per row that are dropped). One strided copy reads them all."""
+        """The columns (C, kh, kw, b, OH*Wp) of the b images x (b, C, H, W), Wp = _row_stride: x is
+        copied inside zeros as planes (_padded_planes), and entry (c, i, j, m) is the slice of plane (m, c)
+        from i*dh*Wp + j*dw, OH*Wp long (over whole rows: the GEMM computes Wp - OW outputs per row that
+        are dropped). One strided copy reads them all."""
         (b, c), (kh, kw), (dh, dw) = x.shape[:2], geom.kernel, geom.dilation
-        wp, oh = geom.padded_size[1], geom.out_size[0]
+        wp, oh = _row_stride(geom), geom.out_size[0]
         planes = self._padded_planes(x, geom)
         cols = self.temporary("conv.cols", (c, kh, kw, b, oh * wp), x.dtype)
         s = planes.strides
@@ -317,7 +328,7 @@ class NumpyOps(Ops):
         """dx (b, C, H, W) = the adjoint of _shifted_columns applied to dcols (C, kh, kw, b, OH*Wp):
         every entry added back onto the padded planes it was read from, the padding dropped."""
         planes = self.temporary("conv.padded", (*dx.shape[:2], _plane_length(geom)), dx.dtype)
-        conv_kernels.fold_shifted(dcols, geom.padded_size[1], *geom.dilation, planes)
+        conv_kernels.fold_shifted(dcols, _row_stride(geom), *geom.dilation, planes)
         np.copyto(dx, _interior(planes, geom))
 
     def im2col(self, x, geom, out):
