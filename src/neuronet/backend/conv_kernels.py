@@ -66,7 +66,7 @@ def fold_shifted(dcols, wp, dh, dw, planes):
     for n in range(n_):
         for c in range(c_):
             plane = planes[n, c]
-            plane[:] = 0.0
+            _fill(plane, 0.0)
             for i in range(kh):
                 for j in range(kw):
                     _add_row(dcols[c, i, j, n], plane[i * dh * wp + j * dw:])
@@ -76,6 +76,21 @@ def fold_shifted(dcols, wp, dh, dw, planes):
 def _add_row(row, into):
     for p in range(row.shape[0]):
         into[p] += row[p]
+
+
+# Explicit loops: a slice assignment (``a[:] = b``) in a kernel takes Numba's general broadcasting path,
+# 4x slower on these rows of 14-28 floats (0.78 against 0.19 ms for the 57 344 output rows of the MNIST
+# CNN's first layer).
+@jit
+def _fill(row, value):
+    for p in range(row.shape[0]):
+        row[p] = value
+
+
+@jit
+def _copy_row(source, into):
+    for p in range(source.shape[0]):
+        into[p] = source[p]
 
 
 # The direct convolution. Plane (n, c) holds image n's channel c inside its zero padding, rows Wp apart
@@ -95,7 +110,7 @@ def direct_conv2d(planes, weight, offsets, bias, wp, z, out):
     c_, k_, length = weight.shape[1], weight.shape[2], z.shape[0]
     for n in range(b):
         for o in range(o_):
-            z[:] = bias[o]
+            _fill(z, bias[o])
             for c in range(c_):
                 for k in range(0, k_ - 2, 3):
                     _add_taps(z, planes[n, c, offsets[k]:offsets[k] + length], weight[o, c, k],
@@ -104,7 +119,8 @@ def direct_conv2d(planes, weight, offsets, bias, wp, z, out):
                 for k in range(k_ - k_ % 3, k_):
                     _add_tap(z, planes[n, c, offsets[k]:offsets[k] + length], weight[o, c, k])
             for r in range(oh):
-                out[n, o, r, :] = z[r * wp:r * wp + ow]
+                _copy_row(z[r * wp:r * wp + ow], out[n, o, r])
+
 
 
 @jit_sums
