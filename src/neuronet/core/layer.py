@@ -125,16 +125,14 @@ class Workspace:
 
     def input_grad_buffer(self, shape: tuple, dy) -> Any:
         """The buffer for this layer's dL/dx: its own ``"dx"`` workspace, or, when its container hands
-        that gradient straight on to the next layer's backward (``Layer.share_input_grads``), one of the
-        two temporaries of the container's nesting level: the one ``dy`` does not live in (a layer that
-        passes dy through, as Flatten, leaves the other one's turn out)."""
-        depth = self.__dict__.get("_grad_depth")
-        if depth is None:
-            return self.workspace("dx", shape)
-        first = self.ops.temporary(f"grad{depth}.0", shape, self.dtype)
-        if not self.ops.may_share_memory(first, dy):
-            return first
-        return self.ops.temporary(f"grad{depth}.1", shape, self.dtype)
+        that gradient straight on (``Layer.share_input_grads``), the first of the temporaries the container
+        named in ``_grad_slots`` that ``dy`` does not live in (a layer that passes dy through, as Flatten,
+        leaves its slot's turn out). A layer asks once per backward."""
+        for name in self.__dict__.get("_grad_slots") or ():
+            buf = self.ops.temporary(name, shape, self.dtype)
+            if not self.ops.may_share_memory(buf, dy):
+                return buf
+        return self.workspace("dx", shape)
 
     def in_row_blocks(self, n: int, loop: Callable, *scratch: tuple[str, int],
                       min_rows: int | None = None) -> None:
@@ -151,6 +149,12 @@ class Workspace:
     def clear_workspace(self) -> None:
         self.__dict__["_workspace"] = {}
         self.__dict__["_workspace_views"] = {}
+
+
+def grad_slots(depth: int) -> tuple[str, str]:
+    """The two shared dL/dx temporaries of nesting ``depth``: a chain's layers alternate between them (each
+    takes the one its dy is not in; ``Layer.input_grad_buffer``)."""
+    return f"grad{depth}.0", f"grad{depth}.1"
 
 
 class Layer(Workspace):
@@ -240,7 +244,8 @@ class Layer(Workspace):
     def share_input_grads(self, depth: int) -> None:
         """Tell the containers inside this layer the nesting ``depth`` whose shared dL/dx temporaries
         their layers use (``input_grad_buffer``). A plain layer's children keep their own workspaces;
-        Sequential and TransformerBlock, which hand each child's dL/dx straight on, override this."""
+        Sequential, Model and TransformerBlock, which hand each child's dL/dx straight on, override this
+        (``grad_slots`` names a level's pair)."""
         for child in self.children.values():
             child.share_input_grads(depth)
 

@@ -9,7 +9,7 @@ import numpy as np
 from ..core import args
 from ..core import initializers as init
 from ..core import random as nnrandom
-from ..core.layer import Layer, ShapeError
+from ..core.layer import Layer, ShapeError, grad_slots
 from .dense import Dense
 
 BLOCK_WORK = 1 << 20  # attention multiply-adds (per matrix product) of one sample block on its own thread
@@ -181,7 +181,7 @@ class MultiHeadAttention(Layer):
     # ----------------------------------------------------------------- backward
     def share_input_grads(self, depth: int) -> None:
         # out_proj's dL/dx (dL/dctx) is read here and nowhere else: a shared temporary of this depth
-        self.children["out_proj"]._grad_depth = depth
+        self.children["out_proj"]._grad_slots = grad_slots(depth)
 
     def backward(self, dy):
         ops = self.ops

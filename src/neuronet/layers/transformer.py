@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..core.layer import Layer
+from ..core.layer import Layer, grad_slots
 from .attention import MultiHeadAttention
 from .dense import Dense
 from .dropout import Dropout
@@ -103,7 +103,7 @@ class TransformerBlock(Layer):
         # The children's dL/dx go straight to the next child or into dh/dx here: the shared temporaries
         # of this depth (dy, from the level above, is not among them).
         for child in self.children.values():
-            child._grad_depth = depth
+            child._grad_slots = grad_slots(depth)
             child.share_input_grads(depth + 1)
 
     def backward(self, dy):

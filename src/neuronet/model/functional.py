@@ -133,6 +133,15 @@ class Model(Trainer, Layer):
             self._consumers[t] += 1
         self._sum_names = [f"dsum{t}" for t in range(n)]
         self._runners_for = None
+        # Shared dL/dx (share_input_grads): the slot (index into _slot_names) each waiting gradient is in,
+        # and how many waiting gradients each slot holds; a step that reads a model input keeps its own
+        # workspace, for that gradient leaves the model.
+        self._slot_of: list[int] = [-1] * n
+        self._no_slots: list[int] = [-1] * n
+        self._slot_users: list[int] = []
+        self._slot_names: list[str] = []
+        n_in = len(self._inputs)
+        self._slot_steps = [all(t >= n_in for t in step.inputs) for step in self._steps]
 
     def _name_of(self, t: SymbolicTensor, i: int) -> str:
         layer = t.node.layer if t.node is not None else None
@@ -284,16 +293,47 @@ class Model(Trainer, Layer):
             return [values[t] for t in self._output_ids]
         return values[self._output_ids[0]]
 
-    def _add_grad(self, t: int, d) -> None:
-        """Add one consumer's dL/d(tensor t): by reference when it is the only one, else into a sum buffer."""
+    def _add_grad(self, t: int, d, slot: int = -1) -> None:
+        """Add one consumer's dL/d(tensor t): by reference when it is the only one (``slot``: the shared
+        temporary d is in, which it then holds until t's producer has read it), else into a sum buffer.
+        A model input's gradient leaves the model: it is never left in a shared temporary."""
         grads = self._grads
-        if self._consumers[t] == 1:
+        if self._consumers[t] == 1 and (slot < 0 or t >= len(self._inputs)):
             grads[t] = d
+            if slot >= 0:
+                self._slot_of[t] = slot
+                self._slot_users[slot] += 1
         elif grads[t] is None:
             buf = grads[t] = self.workspace(self._sum_names[t], tuple(d.shape))
             self.ops.copy_(buf, d)
         else:
             self.ops.xp.add(grads[t], d, out=grads[t])
+
+    def share_input_grads(self, depth: int) -> None:
+        # A step's dL/dx waits in ``_grads`` until the producer of its tensor runs backward, and branches
+        # interleave in the plan: each call gets, in ``backward``, a temporary of this depth that no waiting
+        # gradient is in (``_free_slot``), rather than a fixed pair as in Sequential.
+        self._slot_depth = depth
+        for layer in self.layers:
+            layer.share_input_grads(depth + 1)
+
+    def _free_slot(self) -> int:
+        """The first shared temporary that holds no waiting gradient (a new one when all do)."""
+        users = self._slot_users
+        for k, count in enumerate(users):
+            if count == 0:
+                return k
+        users.append(0)
+        self._slot_names.append(f"grad{self._slot_depth}.m{len(users) - 1}")
+        return len(users) - 1
+
+    def _slot_in(self, d, dy, dy_slot: int, slot: int) -> int:
+        """The slot the dL/dx ``d`` a call returned lives in: its dy's when passed through, the one it was
+        given when it used it, else -1 (a workspace of its own)."""
+        if dy_slot >= 0 and self.ops.may_share_memory(d, dy):
+            return dy_slot
+        given = self.ops.temporary(self._slot_names[slot], (1,), d.dtype) if slot >= 0 else None
+        return slot if given is not None and self.ops.may_share_memory(d, given) else -1
 
     def backward(self, dy, input_grad: bool = True):
         """Back-propagate dL/d(outputs) (a list for several outputs); returns dL/d(inputs).
@@ -307,28 +347,41 @@ class Model(Trainer, Layer):
                              f"got {len(dys)}")
         grads, runners, steps = self._grads, self._runners(), self._steps
         grads[:] = self._nones
+        slot_of, users = self._slot_of, self._slot_users
+        slot_of[:] = self._no_slots
+        for k in range(len(users)):
+            users[k] = 0
         for t, d in zip(self._output_ids, dys, strict=True):
             self._add_grad(t, d)
         plan = self._plans[input_grad]
         needs = None if input_grad else self._needs_train
         ready = self.grad_ready
+        sharing = "_slot_depth" in self.__dict__
         for k, need_dx in plan:
             step, layer = steps[k], runners[k]
+            dy, dy_slot = grads[step.output], slot_of[step.output]
             if not need_dx:
                 with layer.input_grad_needed(False):
-                    layer.backward(grads[step.output])
+                    layer.backward(dy)
             else:
-                dx = layer.backward(grads[step.output])
+                slot = self._free_slot() if sharing and self._slot_steps[k] else -1
+                layer._grad_slots = (self._slot_names[slot],) if slot >= 0 else None
+                try:
+                    dx = layer.backward(dy)
+                finally:
+                    layer._grad_slots = None
             if ready is not None and layer is self.layers[step.layer]:
                 ready(layer)  # its first call is backward's last visit: the gradients are final
-            if not need_dx:
-                continue
-            if not step.listed:
-                self._add_grad(step.inputs[0], dx)
-                continue
-            for t, d in zip(step.inputs, dx, strict=True):
-                if needs is None or needs[t]:
-                    self._add_grad(t, d)
+            if need_dx:
+                if not step.listed:
+                    self._add_grad(step.inputs[0], dx, self._slot_in(dx, dy, dy_slot, slot))
+                else:
+                    for t, d in zip(step.inputs, dx, strict=True):
+                        if needs is None or needs[t]:
+                            self._add_grad(t, d, self._slot_in(d, dy, dy_slot, slot))
+            if dy_slot >= 0:  # read: the gradient of this step's output no longer waits
+                users[dy_slot] -= 1
+                slot_of[step.output] = -1
         if not input_grad:
             return None
         dxs = grads[:len(self._inputs)]

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..core import layer as layer_module
-from ..core.layer import Layer, float_dtype
+from ..core.layer import Layer, float_dtype, grad_slots
 from ..errors import ShapeError
 from .training import Trainer
 
@@ -56,7 +56,7 @@ class Sequential(Trainer, Layer):
         # Each layer's dL/dx is read by the layer below it and by nothing else, so all but the bottom
         # layer's (which leaves the model) come from the two shared temporaries of this depth.
         for k, layer in enumerate(self.layers):
-            layer._grad_depth = depth if k else None
+            layer._grad_slots = grad_slots(depth) if k else None
             layer.share_input_grads(depth + 1)
 
     def build(self, input_shape, dtype: Any = None, ops=None, *, _root: bool = True) -> tuple:
