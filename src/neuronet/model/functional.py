@@ -133,13 +133,13 @@ class Model(Trainer, Layer):
             self._consumers[t] += 1
         self._sum_names = [f"dsum{t}" for t in range(n)]
         self._runners_for = None
-        # Shared dL/dx (share_input_grads): the slot (index into _slot_names) each waiting gradient is in,
-        # and how many waiting gradients each slot holds; a step that reads a model input keeps its own
+        # Shared dL/dx (share_input_grads): the slot (index into _slots) each waiting gradient is in, and
+        # how many waiting gradients each slot holds; a step that reads a model input keeps its own
         # workspace, for that gradient leaves the model.
         self._slot_of: list[int] = [-1] * n
         self._no_slots: list[int] = [-1] * n
         self._slot_users: list[int] = []
-        self._slot_names: list[str] = []
+        self._slots: list[tuple[str]] = []  # each slot's name, as the _grad_slots a layer is given
         n_in = len(self._inputs)
         self._slot_steps = [all(t >= n_in for t in step.inputs) for step in self._steps]
 
@@ -324,7 +324,7 @@ class Model(Trainer, Layer):
             if count == 0:
                 return k
         users.append(0)
-        self._slot_names.append(f"grad{self._slot_depth}.m{len(users) - 1}")
+        self._slots.append((f"grad{self._slot_depth}.m{len(users) - 1}",))
         return len(users) - 1
 
     def _slot_in(self, d, dy, dy_slot: int, slot: int) -> int:
@@ -332,7 +332,7 @@ class Model(Trainer, Layer):
         given when it used it, else -1 (a workspace of its own)."""
         if dy_slot >= 0 and self.ops.may_share_memory(d, dy):
             return dy_slot
-        given = self.ops.temporary(self._slot_names[slot], (1,), d.dtype) if slot >= 0 else None
+        given = self.ops.temporary(self._slots[slot][0], (1,), d.dtype) if slot >= 0 else None
         return slot if given is not None and self.ops.may_share_memory(d, given) else -1
 
     def backward(self, dy, input_grad: bool = True):
@@ -365,7 +365,7 @@ class Model(Trainer, Layer):
                     layer.backward(dy)
             else:
                 slot = self._free_slot() if sharing and self._slot_steps[k] else -1
-                layer._grad_slots = (self._slot_names[slot],) if slot >= 0 else None
+                layer._grad_slots = self._slots[slot] if slot >= 0 else None
                 try:
                     dx = layer.backward(dy)
                 finally:
