@@ -25,6 +25,22 @@ def test_batchnorm2d_matches_torch(training, backend):
     compare_with_torch(layer, module, x, training=training)
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm2d_in_channel_blocks_matches_torch(training, rows_on_threads, monkeypatch):
+    """The NumPy backend's passes over blocks of channels on three threads (5 channels: 1, 2, 2)."""
+    from neuronet.backend import numpy_ops
+
+    monkeypatch.setattr(numpy_ops, "PASS_SPLIT_WORK", 0)
+    torch.manual_seed(1)
+    module = torch.nn.BatchNorm2d(5)
+    with torch.no_grad():
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.uniform_(-0.5, 0.5)
+        module.running_var.uniform_(0.5, 2)
+    x = np.random.default_rng(2).standard_normal((4, 5, 3, 4)) * 2 + 1
+    compare_with_torch(built(nn.BatchNorm2D(5), (5, 3, 4), "numpy"), module, x, training=training)
+
+
 @pytest.mark.parametrize("shape", [(5,), (5, 7)])
 @pytest.mark.parametrize("training", [True, False])
 def test_batchnorm1d_matches_torch(shape, training, backend):

@@ -348,12 +348,14 @@ def scatter_add_rows(table, index, rows):
 
 
 @jit
-def batch_norm_stats(x, mean, var):
-    """mean[c] and biased var[c] of x (N, C, M) over (N, M), two passes per channel."""
-    n, channels, m = x.shape
+def batch_norm_stats(x, mean, var, c0, c1):
+    """mean[c] and biased var[c] of x (N, C, M) over (N, M) for channels c0..c1-1, two passes each.
+    (The BatchNorm kernels take whole arrays and a channel range, so that blocks of channels can run on
+    separate threads with loops that still vectorise.)"""
+    n, m = x.shape[0], x.shape[2]
     dt = x.dtype.type
     inv_count = dt(1.0 / (n * m))
-    for c in range(channels):
+    for c in range(c0, c1):
         mu = dt(0.0)
         for i in range(n):
             for j in range(m):
@@ -369,10 +371,10 @@ def batch_norm_stats(x, mean, var):
 
 
 @jit
-def batch_norm_forward(x, mean, rstd, w, b, out):
-    """out = (x - mean[c]) * rstd[c] * w[c] + b[c] for x (N, C, M)."""
-    n, channels, m = x.shape
-    for c in range(channels):
+def batch_norm_forward(x, mean, rstd, w, b, out, c0, c1):
+    """out = (x - mean[c]) * rstd[c] * w[c] + b[c] for x (N, C, M), channels c0..c1-1."""
+    n, m = x.shape[0], x.shape[2]
+    for c in range(c0, c1):
         scale = rstd[c] * w[c]
         shift = b[c] - mean[c] * scale
         for i in range(n):
@@ -381,11 +383,12 @@ def batch_norm_forward(x, mean, rstd, w, b, out):
 
 
 @jit
-def batch_norm_sums(dy, x, mean, rstd, dw, db):
-    """db[c] = sum dy and dw[c] = sum dy xhat over (N, M), xhat = (x - mean[c]) rstd[c] (written)."""
-    n, channels, m = x.shape
+def batch_norm_sums(dy, x, mean, rstd, dw, db, c0, c1):
+    """db[c] = sum dy and dw[c] = sum dy xhat over (N, M), xhat = (x - mean[c]) rstd[c] (written), for
+    channels c0..c1-1."""
+    n, m = x.shape[0], x.shape[2]
     dt = x.dtype.type
-    for c in range(channels):
+    for c in range(c0, c1):
         sdy = dt(0.0)
         sdyx = dt(0.0)
         mu = mean[c]
@@ -398,12 +401,13 @@ def batch_norm_sums(dy, x, mean, rstd, dw, db):
 
 
 @jit
-def batch_norm_dx(dy, x, mean, rstd, w, dw, db, training, dx):
-    """dx = w rstd (dy - db/M - xhat dw/M) (batch statistics) or w rstd dy (running ones)."""
-    n, channels, m = x.shape
+def batch_norm_dx(dy, x, mean, rstd, w, dw, db, training, dx, c0, c1):
+    """dx = w rstd (dy - db/M - xhat dw/M) (batch statistics) or w rstd dy (running ones), channels
+    c0..c1-1."""
+    n, m = x.shape[0], x.shape[2]
     dt = x.dtype.type
     inv_count = dt(1.0 / (n * m)) if training else dt(0.0)
-    for c in range(channels):
+    for c in range(c0, c1):
         scale = w[c] * rstd[c]
         # dx = scale dy - scale (db/M + (x - mean) rstd dw/M) = scale dy + a x + k
         a = -scale * rstd[c] * dw[c] * inv_count

@@ -463,19 +463,30 @@ class NumpyOps(Ops):
                                    _rows(dx), dweight, db)
         return dx
 
+    # BatchNorm's channels are independent: blocks of them run on the row threads.
     def batch_norm_stats(self, x, mean, var):
-        kernels.batch_norm_stats(x, mean, var)
+        self._in_channel_blocks(x, kernels.batch_norm_stats, x, mean, var)
 
     def batch_norm(self, x, mean, rstd, weight, bias, out):
-        kernels.batch_norm_forward(x, mean, rstd, weight, bias, out)
+        self._in_channel_blocks(x, kernels.batch_norm_forward, x, mean, rstd, weight, bias, out)
         return out
 
     def batch_norm_backward(self, dy, x, mean, rstd, weight, training, dx, dweight, dbias):
         dy = np.ascontiguousarray(dy)
-        kernels.batch_norm_sums(dy, x, mean, rstd, dweight, dbias)
-        if dx is not None:
-            kernels.batch_norm_dx(dy, x, mean, rstd, weight, dweight, dbias, training, dx)
+
+        def both(c0: int, c1: int) -> None:
+            kernels.batch_norm_sums(dy, x, mean, rstd, dweight, dbias, c0, c1)
+            if dx is not None:
+                kernels.batch_norm_dx(dy, x, mean, rstd, weight, dweight, dbias, training, dx, c0, c1)
+        self._in_channel_blocks(x, both)
         return dx
+
+    def _in_channel_blocks(self, x, kernel, *args) -> None:
+        """kernel(*args, first channel, end channel) over blocks of x's (N, C, M) channels, on the row
+        threads when the pass is large enough."""
+        channels = range(x.shape[1])
+        self.run_blocks([functools.partial(kernel, *args, channels[rows].start, channels[rows].stop)
+                         for rows in self._blocks(len(channels), x.size, PASS_SPLIT_WORK)])
 
     def group_norm(self, x, weight, bias, groups, eps, out, mean, rstd):
         kernels.group_norm_forward(x, weight, bias, groups, eps, out, mean, rstd)
