@@ -122,3 +122,25 @@ def test_elementwise_activations_in_blocks_match_one_block(name, monkeypatch):
         ops.activation_backward(name, dy, z, y, dz)
         return y, dz
     _one_block_then_per_thread(monkeypatch, compute)
+
+
+@pytest.mark.parametrize("name", ["gelu", "relu"])
+def test_bias_activations_in_row_blocks_match_one_block(name, monkeypatch):
+    """z += bias, act, and act' with the bias gradient (a partial sum per block, added after) over rows in
+    three blocks: the values as in one block, the bias gradient up to the order of its sums."""
+    from neuronet.backend import numpy_ops
+
+    ops, rng = get_ops("numpy"), np.random.default_rng(3)
+    z0, dy, bias = rng.standard_normal((7, 5)), rng.standard_normal((7, 5)), rng.standard_normal(5)
+    monkeypatch.setattr("neuronet.backend.blas_threads.threads", lambda: 3)
+    results = []
+    for least in (1 << 62, 1):
+        monkeypatch.setattr(numpy_ops, "PASS_SPLIT_WORK", least)
+        z, y, dz, dbias = z0.copy(), np.empty_like(z0), np.empty_like(z0), np.full(5, 0.5)
+        ops.activation(name, z, y, bias=bias)
+        ops.activation_backward(name, dy, z, y, dz, bias_grad=dbias)
+        results.append((z, y, dz, dbias))
+    (z1, y1, dz1, db1), (z3, y3, dz3, db3) = results
+    assert np.array_equal(z1, z3) and np.array_equal(y1, y3) and np.array_equal(dz1, dz3)
+    np.testing.assert_allclose(db3, db1, rtol=1e-12)
+    np.testing.assert_allclose(db1, 0.5 + dz1.sum(axis=0), rtol=1e-12)

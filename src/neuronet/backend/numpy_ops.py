@@ -366,8 +366,11 @@ class NumpyOps(Ops):
             kernels.softmax_rows(_rows(z), _rows(out), name == "log_softmax", 1.0, 0)
             return out
         code, a = kernels.ACT_CODES[name], DEFAULT_ALPHA.get(name, 0.0) if alpha is None else alpha
-        if bias is not None:
-            kernels.bias_activation_rows(code, a, _rows(z), bias, _rows(out))
+        if bias is not None:  # rows in blocks on the threads
+            z_rows, out_rows = _rows(z), _rows(out)
+            self.run_blocks([functools.partial(kernels.bias_activation_rows, code, a, z_rows[part], bias,
+                                               out_rows[part])
+                             for part in self._blocks(len(z_rows), z.size, PASS_SPLIT_WORK)])
             return out
         z, out_flat = np.ascontiguousarray(z).reshape(-1), _flat(out)  # elementwise: blocks on the threads
         self.run_blocks([functools.partial(kernels.activation_forward, code, a, z[part], out_flat[part])
@@ -384,9 +387,18 @@ class NumpyOps(Ops):
         dy = np.ascontiguousarray(dy)
         z = dy if z is None else np.ascontiguousarray(z)  # a stand-in where the derivative does not read it
         y = z if y is None else np.ascontiguousarray(y)
-        if bias_grad is not None:
-            kernels.activation_backward_bias_rows(code, a, _rows(dy), _rows(z), _rows(y), _rows(out),
-                                                  bias_grad)
+        if bias_grad is not None:  # rows in blocks: the first adds into bias_grad, the others their own
+            dy_rows, z_rows, y_rows, out_rows = _rows(dy), _rows(z), _rows(y), _rows(out)
+            blocks = self._blocks(len(dy_rows), dy.size, PASS_SPLIT_WORK)
+            sums = [bias_grad] + [self.temporary(f"act.dbias{k}", bias_grad.shape, bias_grad.dtype)
+                                  for k in range(1, len(blocks))]
+            for part in sums[1:]:
+                part[...] = 0.0
+            self.run_blocks([functools.partial(kernels.activation_backward_bias_rows, code, a, dy_rows[part],
+                                               z_rows[part], y_rows[part], out_rows[part], into)
+                             for part, into in zip(blocks, sums, strict=True)])
+            for part in sums[1:]:
+                bias_grad += part
             return out
         dy, z, y, out_flat = dy.reshape(-1), z.reshape(-1), y.reshape(-1), _flat(out)
         self.run_blocks([functools.partial(kernels.activation_backward, code, a, dy[part], z[part], y[part],
