@@ -261,39 +261,47 @@ class NumpyOps(Ops):
         return out
 
     def _direct_conv2d_backward(self, dy, x, weight, geom, dx, dweight, dbias):
-        """The gradients straight from the padded planes, the images in blocks on the row threads: the
-        first block adds into dweight and dbias, each other block into its own buffers, added after."""
+        """The gradients straight from the padded planes, the images in blocks on the row threads (each
+        block's weight and bias gradients apart, added after: ``_block_partials``)."""
         (n, o), c, wp = dy.shape[:2], weight.shape[1], _row_stride(geom)
         w, offsets = weight.reshape(o, c, -1), _tap_offsets(*geom.kernel, *geom.dilation, wp)
-        parts = []
+        blocks = self.row_blocks(n, min_rows=1)
+        no_grad = self.temporary("conv.no_grad", (0, *w.shape[1:]), dy.dtype)  # (a gradient not asked for)
+        dws = self._block_partials("conv.dw", _flat(dweight).reshape(w.shape), len(blocks)) \
+            if dweight is not None else [no_grad] * len(blocks)
+        dbs = self._block_partials("conv.db", dbias, len(blocks)) if dbias is not None else \
+            [no_grad[:, 0, 0]] * len(blocks)
 
-        def gradient(name: str, grad, shape: tuple, block: int):
-            """Where a block adds its share of grad (a buffer with no rows when grad is None)."""
-            if grad is None:
-                return self.temporary(name, (0, *shape[1:]), dy.dtype)
-            if block == 0 and grad.flags.c_contiguous:  # (a reshape of it is a view)
-                return grad.reshape(shape)
-            part = self.temporary(f"{name}{block}", shape, dy.dtype)
-            part[...] = 0.0
-            parts.append((part, grad))
-            return part
-
-        def run(block: int, rows: slice) -> None:
+        def run(rows: slice, dw, db) -> None:
             shape = (len(range(n)[rows]), c, _plane_length(geom))  # of this block's planes
             planes = self._padded_planes(x[rows], geom) if dweight is not None else \
                 self.temporary("conv.padded", (*shape[:2], 0), dy.dtype)
             dplanes = self.temporary("conv.dx_padded", shape if dx is not None else (0, c, 0), dy.dtype)
             dy_rows = self.temporary("conv.dy_rows", (4, geom.out_size[0] * wp), dy.dtype)
-            conv_kernels.direct_conv2d_backward(planes, dy[rows], w, offsets, wp, dy_rows,
-                                                gradient("conv.dw", dweight, w.shape, block),
-                                                gradient("conv.db", dbias, (o,), block), dplanes)
+            conv_kernels.direct_conv2d_backward(planes, dy[rows], w, offsets, wp, dy_rows, dw, db, dplanes)
             if dx is not None:
                 np.copyto(dx[rows], _interior(dplanes, geom))
-        self.run_blocks([functools.partial(run, block, rows)
-                         for block, rows in enumerate(self.row_blocks(n, min_rows=1))])
-        for part, grad in parts:
-            grad += part.reshape(grad.shape)
+        self.run_blocks([functools.partial(run, *args) for args in zip(blocks, dws, dbs, strict=True)])
+        for partials in (dws, dbs):
+            self._add_block_partials(partials)
         return dx
+
+    def _block_partials(self, name: str, grad, blocks: int) -> list:
+        """Where each of ``blocks`` row blocks adds its share of the gradient ``grad``: grad itself for the
+        first, a zeroed temporary for each other (added into grad after the region, in block order, by
+        ``_add_block_partials``: the sum does not depend on which thread finishes first)."""
+        partials = [grad]
+        for k in range(1, blocks):
+            part = self.temporary(f"{name}{k}", tuple(grad.shape), grad.dtype)
+            part[...] = 0.0
+            partials.append(part)
+        return partials
+
+    @staticmethod
+    def _add_block_partials(partials: list) -> None:
+        for part in partials[1:]:
+            if part is not partials[0]:  # (the stand-in for a gradient not asked for is every block's)
+                partials[0] += part
 
     def _in_chunk_blocks(self, n: int, bytes_per_image: int, run) -> None:
         """Call run(block, chunks) for the (first image, count) chunks of n images, dealt out in
@@ -387,18 +395,14 @@ class NumpyOps(Ops):
         dy = np.ascontiguousarray(dy)
         z = dy if z is None else np.ascontiguousarray(z)  # a stand-in where the derivative does not read it
         y = z if y is None else np.ascontiguousarray(y)
-        if bias_grad is not None:  # rows in blocks: the first adds into bias_grad, the others their own
+        if bias_grad is not None:  # rows in blocks, each block's share of bias_grad apart
             dy_rows, z_rows, y_rows, out_rows = _rows(dy), _rows(z), _rows(y), _rows(out)
             blocks = self._blocks(len(dy_rows), dy.size, PASS_SPLIT_WORK)
-            sums = [bias_grad] + [self.temporary(f"act.dbias{k}", bias_grad.shape, bias_grad.dtype)
-                                  for k in range(1, len(blocks))]
-            for part in sums[1:]:
-                part[...] = 0.0
+            partials = self._block_partials("act.dbias", bias_grad, len(blocks))
             self.run_blocks([functools.partial(kernels.activation_backward_bias_rows, code, a, dy_rows[part],
                                                z_rows[part], y_rows[part], out_rows[part], into)
-                             for part, into in zip(blocks, sums, strict=True)])
-            for part in sums[1:]:
-                bias_grad += part
+                             for part, into in zip(blocks, partials, strict=True)])
+            self._add_block_partials(partials)
             return out
         dy, z, y, out_flat = dy.reshape(-1), z.reshape(-1), y.reshape(-1), _flat(out)
         self.run_blocks([functools.partial(kernels.activation_backward, code, a, dy[part], z[part], y[part],
