@@ -89,6 +89,15 @@ def _input(name, shape, rng):
     return rng.integers(0, 11, (3, *shape)) if name == "transformer" else rng.standard_normal((3, *shape))
 
 
+def _as_list(value):
+    return value if isinstance(value, list) else [value]
+
+
+def _each(f, value):
+    """f of each array of a list, or of the one array."""
+    return [f(v) for v in value] if isinstance(value, list) else f(value)
+
+
 def _dy(y, rng):
     if isinstance(y, list):
         return [rng.standard_normal(yi.shape) for yi in y]
@@ -96,7 +105,7 @@ def _dy(y, rng):
 
 
 @pytest.mark.parametrize("name", list(_models()))
-def test_shared_input_grads_equal_per_layer_workspaces(name):
+def test_shared_input_grads_equal_per_layer_workspaces(name, backend):
     make, shape = _models()[name]
     rng = np.random.default_rng(0)
     x = _input(name, shape, rng)
@@ -106,13 +115,16 @@ def test_shared_input_grads_equal_per_layer_workspaces(name):
         nn.manual_seed(1)
         model = make()
         model.build(shape, dtype="float64")
+        model.to(backend)
         if not share:
             _unshared(model)
-        y = model.forward(x)
+        ops = model.ops
+        y = model.forward(_each(ops.asarray, x))
+        dy = _dy(_each(ops.to_numpy, y), np.random.default_rng(3))
         model.zero_grad()
-        dx = model.backward(_dy(y, np.random.default_rng(3)), input_grad=input_grad)
-        grads.append(np.array(model.flat_grads))
-        dxs.append(None if dx is None else [np.array(d) for d in (dx if isinstance(dx, list) else [dx])])
+        dx = model.backward(_each(ops.asarray, dy), input_grad=input_grad)
+        grads.append(np.array(ops.to_numpy(model.flat_grads)))
+        dxs.append(None if dx is None else [np.array(ops.to_numpy(d)) for d in _as_list(dx)])
     assert np.abs(grads[0]).max() > 0
     np.testing.assert_array_equal(grads[0], grads[1])
     if input_grad:

@@ -327,12 +327,13 @@ class Model(Trainer, Layer):
         self._slots.append((f"grad{self._slot_depth}.m{len(users) - 1}",))
         return len(users) - 1
 
-    def _slot_in(self, d, dy, dy_slot: int, slot: int) -> int:
-        """The slot the dL/dx ``d`` a call returned lives in: its dy's when passed through, the one it was
-        given when it used it, else -1 (a workspace of its own)."""
+    def _slot_in(self, d, dy, dy_slot: int, slot: int, layer: Layer) -> int:
+        """The slot the dL/dx ``d`` that ``layer`` returned lives in: its dy's when passed through, the one
+        it was given when it used it (the temporary as ``input_grad_buffer`` asks for it: by the layer's
+        dtype, which on the torch backend is not the tensor's), else -1 (a workspace of its own)."""
         if dy_slot >= 0 and self.ops.may_share_memory(d, dy):
             return dy_slot
-        given = self.ops.temporary(self._slots[slot][0], (1,), d.dtype) if slot >= 0 else None
+        given = self.ops.temporary(self._slots[slot][0], (1,), layer.dtype) if slot >= 0 else None
         return slot if given is not None and self.ops.may_share_memory(d, given) else -1
 
     def backward(self, dy, input_grad: bool = True):
@@ -374,11 +375,11 @@ class Model(Trainer, Layer):
                 ready(layer)  # its first call is backward's last visit: the gradients are final
             if need_dx:
                 if not step.listed:
-                    self._add_grad(step.inputs[0], dx, self._slot_in(dx, dy, dy_slot, slot))
+                    self._add_grad(step.inputs[0], dx, self._slot_in(dx, dy, dy_slot, slot, layer))
                 else:
                     for t, d in zip(step.inputs, dx, strict=True):
                         if needs is None or needs[t]:
-                            self._add_grad(t, d, self._slot_in(d, dy, dy_slot, slot))
+                            self._add_grad(t, d, self._slot_in(d, dy, dy_slot, slot, layer))
             if dy_slot >= 0:  # read: the gradient of this step's output no longer waits
                 users[dy_slot] -= 1
                 slot_of[step.output] = -1
