@@ -265,25 +265,24 @@ class NumpyOps(Ops):
         block's weight and bias gradients apart, added after: ``_block_partials``)."""
         (n, o), c, wp = dy.shape[:2], weight.shape[1], _row_stride(geom)
         w, offsets = weight.reshape(o, c, -1), _tap_offsets(*geom.kernel, *geom.dilation, wp)
-        blocks = self.row_blocks(n, min_rows=1)
-        no_grad = self.temporary("conv.no_grad", (0, *w.shape[1:]), dy.dtype)  # (a gradient not asked for)
+        blocks, absent = self.row_blocks(n, min_rows=1), _EMPTY_3D[dy.dtype]
         dws = self._block_partials("conv.dw", _flat(dweight).reshape(w.shape), len(blocks)) \
-            if dweight is not None else [no_grad] * len(blocks)
+            if dweight is not None else [absent] * len(blocks)
         dbs = self._block_partials("conv.db", dbias, len(blocks)) if dbias is not None else \
-            [no_grad[:, 0, 0]] * len(blocks)
+            [_EMPTY[dy.dtype]] * len(blocks)
 
         def run(rows: slice, dw, db) -> None:
-            shape = (len(range(n)[rows]), c, _plane_length(geom))  # of this block's planes
-            planes = self._padded_planes(x[rows], geom) if dweight is not None else \
-                self.temporary("conv.padded", (*shape[:2], 0), dy.dtype)
-            dplanes = self.temporary("conv.dx_padded", shape if dx is not None else (0, c, 0), dy.dtype)
+            planes = self._padded_planes(x[rows], geom) if dweight is not None else absent
+            dplanes = self.temporary("conv.dx_padded", (len(range(n)[rows]), c, _plane_length(geom)),
+                                     dy.dtype) if dx is not None else absent
             dy_rows = self.temporary("conv.dy_rows", (4, geom.out_size[0] * wp), dy.dtype)
             conv_kernels.direct_conv2d_backward(planes, dy[rows], w, offsets, wp, dy_rows, dw, db, dplanes)
             if dx is not None:
                 np.copyto(dx[rows], _interior(dplanes, geom))
         self.run_blocks([functools.partial(run, *args) for args in zip(blocks, dws, dbs, strict=True)])
-        for partials in (dws, dbs):
-            self._add_block_partials(partials)
+        for grad, partials in ((dweight, dws), (dbias, dbs)):
+            if grad is not None:
+                self._add_block_partials(partials)
         return dx
 
     def _block_partials(self, name: str, grad, blocks: int) -> list:
@@ -300,8 +299,7 @@ class NumpyOps(Ops):
     @staticmethod
     def _add_block_partials(partials: list) -> None:
         for part in partials[1:]:
-            if part is not partials[0]:  # (the stand-in for a gradient not asked for is every block's)
-                partials[0] += part
+            partials[0] += part
 
     def _in_chunk_blocks(self, n: int, bytes_per_image: int, run) -> None:
         """Call run(block, chunks) for the (first image, count) chunks of n images, dealt out in
@@ -452,7 +450,7 @@ class NumpyOps(Ops):
             return reference(*arrays, reverse, rows)
         rows = range(arrays[0].shape[1])[rows]
         blas_threads.before_product(len(rows), *weight.shape)
-        kernel(address, *(_NO_STEPS[arrays[0].dtype] if a is None else a for a in arrays), bool(reverse),
+        kernel(address, *(_EMPTY_3D[arrays[0].dtype] if a is None else a for a in arrays), bool(reverse),
                rows.start, rows.stop)
 
     def lstm_cell(self, gates, gh, bias, c_prev, c, tanh_c, h):
@@ -569,7 +567,9 @@ def _table(spans, coef, dtype) -> tuple:
 
 # Stand-ins for absent optimizer state (no momentum buffer, not centered), one per float dtype.
 _EMPTY = {np.dtype(d): np.zeros(0, d) for d in ("float32", "float64")}
-_NO_STEPS = {np.dtype(d): np.zeros((0, 1, 1), d) for d in ("float32", "float64")}  # no dL/dh_t from above
+# 3-D stand-ins with no rows: no dL/dh_t from above (the recurrent loops), a gradient or input the direct
+# convolution's backward is not asked for or does not need.
+_EMPTY_3D = {np.dtype(d): np.zeros((0, 1, 1), d) for d in ("float32", "float64")}
 
 
 def _c_contiguous(*arrays) -> bool:
