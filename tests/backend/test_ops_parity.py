@@ -229,22 +229,35 @@ def _(ops, a):
     return a["gates"], c, tanh_c, h, dgates, a["dc"]
 
 
+def prepacked(ops, w):
+    """``w`` as the ``*_steps`` loops read it (``Ops.prepack``)."""
+    return ops.prepack(w, ops.empty(ops.prepacked_shape(tuple(w.shape), "float64"), "float64"))
+
+
+# 20 hidden units: 5 column panels of 16 float64 per step product forward (4H = 80), 2 backward (the second
+# partial); a block of 7 rows: a tile of 6 rows and one of 1 (packed_gemm)
+RNN_STEPS, RNN_BATCH, RNN_HIDDEN, RNN_BLOCK = 4, 9, 20, slice(1, 8)
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("with_dout", [False, True])
 def test_lstm_steps(reverse, with_dout):
-    """A block of 3 rows (of a batch of 5) through 4 steps and back, on views as the layer passes them."""
+    """A block of 7 rows (of a batch of 9) through 4 steps and back, on views as the layer passes them."""
     def run(ops, a):
-        steps, n, hid, rows = 4, 5, 2, slice(1, 4)
+        steps, n, hid, rows = RNN_STEPS, RNN_BATCH, RNN_HIDDEN, RNN_BLOCK
         gates, h, c = a["gates"], ops.zeros((steps + 1, n, hid), "float64"), ops.zeros((steps + 1, n, hid),
                                                                                          "float64")
-        tanh_c, gh = ops.zeros((steps, n, hid), "float64"), ops.empty((3, 4 * hid), "float64")
-        ops.lstm_steps(gates, h, c, tanh_c, a["w_hh_t"], a["bias"], gh, reverse, rows)
+        tanh_c, gh = ops.zeros((steps, n, hid), "float64"), ops.empty((7, 4 * hid), "float64")
+        ops.lstm_steps(gates, h, c, tanh_c, prepacked(ops, a["w_hh"].T), a["bias"], gh, reverse, rows)
         dgates, dc = ops.zeros((steps, n, 4 * hid), "float64"), ops.zeros((n, hid), "float64")
         dh, dout = a["dh"], a["dout"] if with_dout else None
-        ops.lstm_steps_backward(gates, c, tanh_c, dh, dc, dgates, a["w_hh"], dout, reverse, rows)
+        ops.lstm_steps_backward(gates, c, tanh_c, dh, dc, dgates, prepacked(ops, a["w_hh"]), dout, reverse,
+                                rows)
         return gates, h, c, tanh_c, dgates, dh, dc
-    check(lambda r: {k: randn(r, *s) for k, s in dict(gates=(4, 5, 8), w_hh_t=(2, 8), w_hh=(8, 2), bias=(8,),
-                                                      dh=(5, 2), dout=(4, 5, 2)).items()}, run)
+    width = 4 * RNN_HIDDEN
+    check(lambda r: {k: randn(r, *s) for k, s in dict(
+        gates=(RNN_STEPS, RNN_BATCH, width), w_hh=(width, RNN_HIDDEN), bias=(width,),
+        dh=(RNN_BATCH, RNN_HIDDEN), dout=(RNN_STEPS, RNN_BATCH, RNN_HIDDEN)).items()}, run)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -252,18 +265,20 @@ def test_lstm_steps(reverse, with_dout):
 def test_gru_steps(reverse, with_dout):
     """test_lstm_steps for the GRU."""
     def run(ops, a):
-        steps, n, hid, rows = 4, 5, 2, slice(1, 4)
+        steps, n, hid, rows = RNN_STEPS, RNN_BATCH, RNN_HIDDEN, RNN_BLOCK
         gates, h = a["gates"], ops.zeros((steps + 1, n, hid), "float64")
         hn = ops.zeros((steps, n, hid), "float64")
-        ops.gru_steps(gates, h, hn, a["w_hh_t"], a["b_ih"], a["b_hh"], ops.empty((3, 3 * hid), "float64"),
-                      reverse, rows)
+        ops.gru_steps(gates, h, hn, prepacked(ops, a["w_hh"].T), a["b_ih"], a["b_hh"],
+                      ops.empty((7, 3 * hid), "float64"), reverse, rows)
         dgx, dgh = ops.zeros((steps, n, 3 * hid), "float64"), ops.zeros((steps, n, 3 * hid), "float64")
         dh, dout = a["dh"], a["dout"] if with_dout else None
-        ops.gru_steps_backward(gates, h, hn, dh, dgx, dgh, a["w_hh"], dout, ops.empty((3, hid), "float64"),
-                               reverse, rows)
+        ops.gru_steps_backward(gates, h, hn, dh, dgx, dgh, prepacked(ops, a["w_hh"]), dout,
+                               ops.empty((7, hid), "float64"), reverse, rows)
         return gates, h, hn, dgx, dgh, dh
-    check(lambda r: {k: randn(r, *s) for k, s in dict(gates=(4, 5, 6), w_hh_t=(2, 6), w_hh=(6, 2), b_ih=(6,),
-                                                      b_hh=(6,), dh=(5, 2), dout=(4, 5, 2)).items()}, run)
+    width = 3 * RNN_HIDDEN
+    check(lambda r: {k: randn(r, *s) for k, s in dict(
+        gates=(RNN_STEPS, RNN_BATCH, width), w_hh=(width, RNN_HIDDEN), b_ih=(width,), b_hh=(width,),
+        dh=(RNN_BATCH, RNN_HIDDEN), dout=(RNN_STEPS, RNN_BATCH, RNN_HIDDEN)).items()}, run)
 
 
 @case("gru_cell gru_cell_backward",
@@ -349,6 +364,7 @@ def test_backend_matches_reference(name):
 HARNESS = {"empty", "zeros", "asarray", "to_numpy", "is_array", "is_floating", "dtype_name", "resolve_dtype"}
 SEPARATE = {"norm_rows", "norm_rows_backward",  # test_norm_rows
             "lstm_steps", "lstm_steps_backward", "gru_steps", "gru_steps_backward",  # test_*_steps
+            "prepack", "prepacked_shape",  # test_*_steps; tests/backend/test_packed_gemm.py
             "lstm_sequence", "lstm_sequence_backward",  # tests/layers/test_recurrent.py (torch backend)
             "compute_in",  # tests/model/test_mixed_precision.py
             "row_blocks", "run_blocks",  # tests/backend/test_row_threads.py, tests/layers/test_recurrent.py

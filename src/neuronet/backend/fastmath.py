@@ -23,7 +23,7 @@ from numba.extending import intrinsic, overload
 
 from .jit_cache import announce_if_cold, drop_stale_caches
 
-drop_stale_caches(Path(__file__).parent, ["fastmath.py"])
+drop_stale_caches(Path(__file__).parent, ["fastmath.py", "packed_gemm.py"])  # the helpers kernels inline
 announce_if_cold(Path(__file__).parent)
 
 f32 = np.float32

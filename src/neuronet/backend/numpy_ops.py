@@ -8,7 +8,7 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from . import blas_kernels, blas_threads, conv_kernels, kernels, optim_kernels, rnn_kernels, row_threads
+from . import blas_threads, conv_kernels, kernels, optim_kernels, packed_gemm, rnn_kernels, row_threads
 from .conv_geometry import ConvGeometry
 from .ops import DEFAULT_ALPHA, Ops, _groups
 
@@ -421,37 +421,38 @@ class NumpyOps(Ops):
     def run_blocks(self, tasks):
         row_threads.run(tasks)
 
-    # A block's whole time loop runs in one Numba kernel calling OpenBLAS's gemm (blas_kernels): the
-    # LSTM forward loop of two 32-row blocks on two threads, T = 28, H = 128: 2.08 vs 2.37-2.45 ms.
+    # A block's whole time loop runs in one Numba kernel (no Python between the steps), its per-step
+    # products by packed_gemm from the weight packed once per pass (``prepack``).
+    def prepacked_shape(self, shape, dtype):
+        return packed_gemm.packed_shape(tuple(shape), dtype)
+
+    def prepack(self, w, out):
+        packed_gemm.pack(w, out)
+        return out
+
     def lstm_steps(self, gates, h, c, tanh_c, w_hh_t, bias, gh, reverse, rows):
-        self._in_one_kernel(rnn_kernels.lstm_forward_steps, super().lstm_steps,
-                            (gates, h, c, tanh_c, w_hh_t, bias, gh), reverse, rows, w_hh_t)
+        self._in_one_kernel(rnn_kernels.lstm_forward_steps, (gates, h, c, tanh_c, w_hh_t, bias, gh), reverse,
+                            rows)
 
     def lstm_steps_backward(self, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, reverse, rows):
-        self._in_one_kernel(rnn_kernels.lstm_backward_steps, super().lstm_steps_backward,
-                            (gates, c, tanh_c, dh, dc, dgates, w_hh, dout), reverse, rows, w_hh)
+        self._in_one_kernel(rnn_kernels.lstm_backward_steps, (gates, c, tanh_c, dh, dc, dgates, w_hh, dout),
+                            reverse, rows)
 
     def gru_steps(self, gates, h, hn, w_hh_t, b_ih, b_hh, gh, reverse, rows):
-        self._in_one_kernel(rnn_kernels.gru_forward_steps, super().gru_steps,
-                            (gates, h, hn, w_hh_t, b_ih, b_hh, gh), reverse, rows, w_hh_t)
+        self._in_one_kernel(rnn_kernels.gru_forward_steps, (gates, h, hn, w_hh_t, b_ih, b_hh, gh), reverse,
+                            rows)
 
     def gru_steps_backward(self, gates, h, hn, dh, dgx, dgh, w_hh, dout, dh_direct, reverse, rows):
-        self._in_one_kernel(rnn_kernels.gru_backward_steps, super().gru_steps_backward,
-                            (gates, h, hn, dh, dgx, dgh, w_hh, dout, dh_direct), reverse, rows, w_hh)
+        self._in_one_kernel(rnn_kernels.gru_backward_steps,
+                            (gates, h, hn, dh, dgx, dgh, w_hh, dout, dh_direct), reverse, rows)
 
-    def _in_one_kernel(self, kernel, reference, arrays: tuple, reverse, rows, weight) -> None:
-        """``kernel(gemm address, *arrays, reverse, first row, end row)`` where OpenBLAS's gemm is at hand
-        and every array is C-contiguous (a None, the absent dL/dh_t from above, goes in as no steps);
-        else ``reference(*arrays, reverse, rows)``, the step-by-step loop of Ops. OpenBLAS's threads are
-        set for the steps' (rows x k) @ ``weight`` products as for a ``matmul`` of that size (one thread
-        for the usual small ones; a row-thread region already holds one)."""
-        address = blas_kernels.gemm_address(arrays[0].dtype)
-        if not address or not _c_contiguous(*(a for a in arrays if a is not None)):
-            return reference(*arrays, reverse, rows)
+    @staticmethod
+    def _in_one_kernel(kernel, arrays: tuple, reverse, rows) -> None:
+        """``kernel(*arrays, reverse, first row, end row)``; a None (the absent dL/dh_t from above) goes in
+        as an array of no steps."""
         rows = range(arrays[0].shape[1])[rows]
-        blas_threads.before_product(len(rows), *weight.shape)
-        kernel(address, *(_EMPTY_3D[arrays[0].dtype] if a is None else a for a in arrays), bool(reverse),
-               rows.start, rows.stop)
+        kernel(*(_EMPTY_3D[arrays[0].dtype] if a is None else a for a in arrays), bool(reverse), rows.start,
+               rows.stop)
 
     def lstm_cell(self, gates, gh, bias, c_prev, c, tanh_c, h):
         rnn_kernels.lstm_cell_forward(gates, gh, bias, c_prev, c, tanh_c, h)
@@ -571,6 +572,3 @@ _EMPTY = {np.dtype(d): np.zeros(0, d) for d in ("float32", "float64")}
 # convolution's backward is not asked for or does not need.
 _EMPTY_3D = {np.dtype(d): np.zeros((0, 1, 1), d) for d in ("float32", "float64")}
 
-
-def _c_contiguous(*arrays) -> bool:
-    return all(a.flags.c_contiguous for a in arrays)

@@ -552,12 +552,25 @@ class Ops:
         and dout (T, N, H) = dL/dh_t from above (or None): (ds (T, N, I), dW_ih, dW_hh, db_ih, db_hh)."""
         raise NotImplementedError("lstm_sequence_backward: this backend has no lstm_sequence")
 
+    def prepacked_shape(self, shape: tuple[int, int], dtype) -> tuple[int, ...]:
+        """The shape of the buffer ``prepack`` fills for a (K, N) matrix of ``dtype``: (K, N) here."""
+        return tuple(shape)
+
+    def prepack(self, w, out):
+        """``w`` (K, N), the right operand of every per-step product of a ``*_steps`` loop, into ``out``
+        (``prepacked_shape``) in the layout those products read, once per pass: a contiguous copy here
+        (BLAS ran h @ W_hh^T 1.3x slower from a transposed view); NumPy packs column panels for its
+        register-blocked GEMM (``packed_gemm``). Returns ``out``."""
+        self.copy_(out, w)
+        return out
+
     def lstm_steps(self, gates, h, c, tanh_c, w_hh_t, bias, gh, reverse: bool, rows: slice) -> None:
         """The batch rows ``rows`` (a block) through a whole LSTM layer-direction, step by step: for each t
         (from the end with ``reverse``) gh = h_prev @ w_hh_t, then ``lstm_cell(gates[t], gh, bias,
         c_prev, c_t, tanh_c[t], h_t)`` on those rows. gates (T, N, 4H) hold x W_ih^T on entry; h, c
         (T + 1, N, H) have the zero state at index 0 (at T with ``reverse``), where prev = t (t + 1) and
-        the step writes t + 1 (t); w_hh_t (H, 4H); gh (B, 4H) the block's scratch."""
+        the step writes t + 1 (t); w_hh_t: W_hh^T (H, 4H) through ``prepack``; gh (B, 4H) the block's
+        scratch."""
         gates, h, c, tanh_c = gates[:, rows], h[:, rows], c[:, rows], tanh_c[:, rows]
         for t, prev, new in _forward_steps(len(gates), reverse):
             self.matmul(h[prev], w_hh_t, out=gh)
@@ -568,7 +581,7 @@ class Ops:
         """The backward of ``lstm_steps`` for the rows ``rows``, in the reverse of its order: dh (N, H)
         holds dL/d(last state) on entry (dL/dh_t is added from ``dout`` (T, N, H) when not None), dc
         (N, H) zeros; each step writes dgates[t] = dL/d(pre-activations) (``lstm_cell_backward``) and,
-        but for the step from the zero state, dh = dgates[t] @ w_hh (4H, H)."""
+        but for the step from the zero state, dh = dgates[t] @ w_hh (W_hh (4H, H) through ``prepack``)."""
         gates, c, tanh_c, dgates = (a[:, rows] for a in (gates, c, tanh_c, dgates))
         dh, dc = dh[rows], dc[rows]
         for t, prev, last in _backward_steps(len(gates), reverse):

@@ -12,7 +12,7 @@ import numba
 import numpy as np
 
 from . import fastmath as fm
-from .blas_kernels import gemm
+from .packed_gemm import gemm
 
 # error_model="numpy": no ZeroDivisionError branch in the division, which would stop vectorisation.
 jit = numba.njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
@@ -63,19 +63,19 @@ def lstm_cell_backward(gates, c_prev, tanh_c, dh, dc, dgates):
 
 
 @jit
-def lstm_forward_steps(address, gates, h, c, tanh_c, w_hh_t, bias, gh, reverse, r0, r1):
-    """Ops.lstm_steps for rows r0:r1 of C-contiguous arrays in one kernel: each step's h_prev @ W_hh^T
-    through OpenBLAS's gemm at ``address`` (blas_kernels), then the cell; no Python and no GIL between
-    the steps. (``a[t, r0:r1]`` keeps a C-contiguous type, so the cell's loops vectorise.)"""
+def lstm_forward_steps(gates, h, c, tanh_c, w_hh_t, bias, gh, reverse, r0, r1):
+    """Ops.lstm_steps for rows r0:r1 in one kernel: each step's h_prev @ W_hh^T by the register-blocked
+    GEMM from W_hh^T packed once (``packed_gemm``), then the cell; no Python and no GIL between the steps.
+    (``a[t, r0:r1]`` of a C-contiguous array keeps a C-contiguous type, so the cell's loops vectorise.)"""
     for s in range(gates.shape[0]):
         t, prev, new = _forward_step(gates.shape[0], reverse, s)
-        gemm(address, h[prev, r0:r1], w_hh_t, gh)
+        gemm(h[prev, r0:r1], w_hh_t, gh, False)
         lstm_cell_forward(gates[t, r0:r1], gh, bias, c[prev, r0:r1], c[new, r0:r1], tanh_c[t, r0:r1],
                           h[new, r0:r1])
 
 
 @jit
-def lstm_backward_steps(address, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, reverse, r0, r1):
+def lstm_backward_steps(gates, c, tanh_c, dh, dc, dgates, w_hh, dout, reverse, r0, r1):
     """Ops.lstm_steps_backward for rows r0:r1 in one kernel; ``dout`` has no steps (shape (0, ., .))
     when absent."""
     dh_r, dc_r = dh[r0:r1], dc[r0:r1]
@@ -85,20 +85,20 @@ def lstm_backward_steps(address, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, r
             _add_into(dh_r, dout[t, r0:r1])
         lstm_cell_backward(gates[t, r0:r1], c[prev, r0:r1], tanh_c[t, r0:r1], dh_r, dc_r, dgates[t, r0:r1])
         if not last:
-            gemm(address, dgates[t, r0:r1], w_hh, dh_r)
+            gemm(dgates[t, r0:r1], w_hh, dh_r, False)
 
 
 @jit
-def gru_forward_steps(address, gates, h, hn, w_hh_t, b_ih, b_hh, gh, reverse, r0, r1):
+def gru_forward_steps(gates, h, hn, w_hh_t, b_ih, b_hh, gh, reverse, r0, r1):
     """Ops.gru_steps for rows r0:r1 in one kernel (as lstm_forward_steps)."""
     for s in range(gates.shape[0]):
         t, prev, new = _forward_step(gates.shape[0], reverse, s)
-        gemm(address, h[prev, r0:r1], w_hh_t, gh)
+        gemm(h[prev, r0:r1], w_hh_t, gh, False)
         gru_cell_forward(gates[t, r0:r1], gh, b_ih, b_hh, h[prev, r0:r1], hn[t, r0:r1], h[new, r0:r1])
 
 
 @jit
-def gru_backward_steps(address, gates, h, hn, dh, dgx, dgh, w_hh, dout, dh_direct, reverse, r0, r1):
+def gru_backward_steps(gates, h, hn, dh, dgx, dgh, w_hh, dout, dh_direct, reverse, r0, r1):
     """Ops.gru_steps_backward for rows r0:r1 in one kernel; ``dout`` (0, ., .) when absent."""
     dh_r = dh[r0:r1]
     for s in range(gates.shape[0]):
@@ -108,7 +108,7 @@ def gru_backward_steps(address, gates, h, hn, dh, dgx, dgh, w_hh, dout, dh_direc
         gru_cell_backward(gates[t, r0:r1], hn[t, r0:r1], h[prev, r0:r1], dh_r, dgx[t, r0:r1],
                           dgh[t, r0:r1], dh_direct)
         if not last:
-            gemm(address, dgh[t, r0:r1], w_hh, dh_r)
+            gemm(dgh[t, r0:r1], w_hh, dh_r, False)
             _add_into(dh_r, dh_direct)
 
 

@@ -80,13 +80,13 @@ class _Recurrent(Layer):
     def param(self, p: _Pass, name: str):
         return self.params[name + p.tag]
 
-    def recurrent_weight_t(self, p: _Pass):
-        """W_hh^T (H, G*H) contiguous, copied once per pass: OpenBLAS ran the per-step h @ W_hh^T 1.3x
-        slower from the transposed view (121 against 91 us at 64 x 128 x 512, one thread)."""
+    def step_weight(self, p: _Pass, transposed: bool):
+        """W_hh^T (H, G*H) for the forward's per-step products, or W_hh (G*H, H) for the backward's, as
+        ``ops.prepack`` lays it out, once per pass."""
         w_hh = self.param(p, "weight_hh")
-        w_t = self.workspace("w_hh_t", tuple(reversed(w_hh.shape)))
-        self.ops.copy_(w_t, w_hh.T)
-        return w_t
+        w = w_hh.T if transposed else w_hh
+        name = "w_hh_t" if transposed else "w_hh"
+        return self.ops.prepack(w, self.workspace(name, self.ops.prepacked_shape(tuple(w.shape), self.dtype)))
 
     # ----------------------------------------------------------------- forward
     def forward(self, x, training: bool = True):
@@ -313,7 +313,7 @@ class LSTM(_RNN):
         bias = layer.workspace("bias" + p.tag, (width,))
         ops.xp.add(layer.param(p, "bias_ih"), layer.param(p, "bias_hh"), out=bias)
         ops.fill_(c[p.off * steps], 0.0)
-        w_hh_t = layer.recurrent_weight_t(p)
+        w_hh_t = layer.step_weight(p, transposed=True)
 
         def loop(rows, gh):
             ops.lstm_steps(gates, h, c, tanh_c, w_hh_t, bias, gh, p.reverse, rows)
@@ -325,7 +325,7 @@ class LSTM(_RNN):
         tanh_c = layer.workspace("tanh_c" + p.tag, (steps, n, hid))
         dgates, dc = layer.workspace("dgates", (steps, n, width)), layer.workspace("dc", (n, hid))
         ops.fill_(dc, 0.0)
-        w_hh = layer.param(p, "weight_hh")
+        w_hh = layer.step_weight(p, transposed=False)
 
         def loop(rows):
             ops.lstm_steps_backward(gates, c, tanh_c, dh, dc, dgates, w_hh, dout, p.reverse, rows)
@@ -363,7 +363,8 @@ class GRU(_RNN):
     def forward_loop(self, layer, p, gates, h):
         ops, (steps, n, width) = layer.ops, gates.shape
         hn = layer.workspace("hn" + p.tag, (steps, n, self.hidden_size))
-        w_hh_t, b_ih, b_hh = layer.recurrent_weight_t(p), layer.param(p, "bias_ih"), layer.param(p, "bias_hh")
+        w_hh_t = layer.step_weight(p, transposed=True)
+        b_ih, b_hh = layer.param(p, "bias_ih"), layer.param(p, "bias_hh")
 
         def loop(rows, gh):
             ops.gru_steps(gates, h, hn, w_hh_t, b_ih, b_hh, gh, p.reverse, rows)
@@ -373,7 +374,7 @@ class GRU(_RNN):
         ops, (steps, n, width), hid = layer.ops, gates.shape, self.hidden_size
         hn = layer.workspace("hn" + p.tag, (steps, n, hid))
         dgx, dgh = layer.workspace("dgx", (steps, n, width)), layer.workspace("dgh", (steps, n, width))
-        w_hh = layer.param(p, "weight_hh")
+        w_hh = layer.step_weight(p, transposed=False)
 
         def loop(rows, dh_direct):
             ops.gru_steps_backward(gates, h, hn, dh, dgx, dgh, w_hh, dout, dh_direct, p.reverse, rows)

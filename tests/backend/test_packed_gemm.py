@@ -1,0 +1,59 @@
+"""The register-blocked GEMM of the recurrent loops (backend/packed_gemm.py) against NumPy's product."""
+
+import numba
+import numpy as np
+import pytest
+
+from neuronet.backend import packed_gemm
+
+
+@numba.njit
+def _gemm(a, packed, c, accumulate):
+    packed_gemm.gemm(a, packed, c, accumulate)
+
+
+def _packed(b):
+    out = np.full(packed_gemm.packed_shape(b.shape, b.dtype), np.nan, b.dtype)  # all of it must be written
+    packed_gemm.pack(b, out)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, k, n", [(32, 128, 512), (13, 40, 70), (1, 1, 1), (7, 3, 33), (64, 33, 17),
+                                     (5, 0, 9)])
+def test_gemm_matches_numpy(dtype, m, k, n):
+    """Tiles of 6 rows and fewer, full and partial panels, an empty inner dimension; c = a @ b, then
+    c += a @ b; columns past c's last one (here the rest of a wider array's rows) are never written."""
+    rng = np.random.default_rng(m * 1000 + n)
+    a, b = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+    wide = np.full((m, n + 40), 7.0, dtype)
+    c = wide[:, :n]
+    packed = _packed(b)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    _gemm(a, packed, c, False)
+    np.testing.assert_allclose(c, a.astype(np.float64) @ b, **tol)
+    _gemm(a, packed, c, True)
+    np.testing.assert_allclose(c, 2 * (a.astype(np.float64) @ b), **tol)
+    assert (wide[:, n:] == 7.0).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_reads_a_through_its_strides(dtype):
+    """A transposed view and a row-sliced view of ``a`` give the product of their values."""
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((40, 30)).astype(dtype)
+    b = rng.standard_normal((20, 45)).astype(dtype)
+    packed = _packed(b)
+    for a in (base[:20].T, base[3:23, 5:25], base[::2, :20]):
+        c = np.zeros((a.shape[0], 45), dtype)
+        _gemm(a, packed, c, False)
+        np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_pack_zero_pads_the_last_panel():
+    b = np.arange(2 * 35, dtype=np.float32).reshape(2, 35)
+    packed = _packed(b)
+    assert packed.shape == (2, 2, 32)
+    np.testing.assert_array_equal(packed[1, :, :3], b[:, 32:])
+    assert (packed[1, :, 3:] == 0).all()
+    np.testing.assert_array_equal(packed[0], b[:, :32])
