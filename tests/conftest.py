@@ -40,7 +40,7 @@ def rows_on_threads(monkeypatch):
 @pytest.fixture(params=["direct", "columns"])
 def conv_path(request, monkeypatch):
     """Run a test with the NumPy backend's stride-1 convolutions direct (every geometry the direct kernels
-    take) or through columns and GEMM (none direct)."""
+    take) or not (none direct: the forward as an implicit GEMM, the backward through columns and GEMM)."""
     from neuronet.backend import numpy_ops
 
     for name in ("DIRECT_MAX_CHANNELS", "DIRECT_MAX_INPUTS"):

@@ -57,3 +57,25 @@ def test_pack_zero_pads_the_last_panel():
     np.testing.assert_array_equal(packed[1, :, :3], b[:, 32:])
     assert (packed[1, :, 3:] == 0).all()
     np.testing.assert_array_equal(packed[0], b[:, :32])
+
+
+@numba.njit
+def _gemm_indexed(a, b, index, c):
+    packed_gemm.gemm_indexed(a, b, index, c)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, length", [(13, 70), (6, 32), (1, 5)])
+def test_gemm_indexed_reads_rows_where_the_table_says(dtype, m, length):
+    """c = a @ B with row k of B the slice b[index[k]:index[k] + L] of a flat array (rows overlapping, out of
+    order); b's last NR - 1 values are NaN: read past the last row's end but never used."""
+    rng = np.random.default_rng(m)
+    nr = packed_gemm.panel_width(dtype)
+    index = np.array([0, 7, 3, 40, 41, 12, 25], dtype=np.int64)
+    b = np.full(index.max() + length + nr - 1, np.nan, dtype)
+    b[:index.max() + length] = rng.standard_normal(index.max() + length)
+    a = rng.standard_normal((m, len(index))).astype(dtype)
+    c = np.full((m, length), 7.0, dtype)
+    _gemm_indexed(a, b, index, c)
+    rows = np.stack([b[i:i + length] for i in index]).astype(np.float64)
+    np.testing.assert_allclose(c, a @ rows, rtol=1e-5, atol=1e-5)

@@ -5,13 +5,16 @@
 The loops run over the destination in order and need no atomics and no ``np.add.at``.
 ``fold_shifted`` is the same adjoint for the stride-1 shifted-rows columns (NumpyOps._shifted_columns).
 ``direct_conv2d`` and ``direct_conv2d_backward`` compute a stride-1 convolution with few inputs per output
-(the first layer's one or three channels) straight from the padded planes, without columns.
+(the first layer's one or three channels) straight from the padded planes, without columns;
+``implicit_conv2d`` the forward of one with more, as an implicit GEMM over those planes.
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
+
+from .packed_gemm import gemm_indexed
 
 jit = numba.njit(cache=True, nogil=True)
 # The direct convolution's sums may be reassociated (vectorised dot products), as a GEMM's are.
@@ -78,6 +81,25 @@ def _add_row(row, into):
         into[p] += row[p]
 
 
+# The implicit GEMM: for four or more input channels the forward is per image one product weight (O, C*kh*kw)
+# @ B whose row (c, k) is plane (n, c) from offsets[k], read where it lies (packed_gemm.gemm_indexed), no
+# columns written: the MNIST CNN's 32 -> 64 layer at 14x14, 64 images on two threads, 2.78 against 3.59 ms
+# for columns + OpenBLAS; 16 -> 16 at 28x28 1.57 against 3.14 ms.
+@jit
+def implicit_conv2d(planes, weight, index, bias, wp, z, out):
+    """out (b, O, OH, OW) = bias[o] + sum over (c, k) of weight[o, c k] * plane (n, c) from offsets[k].
+
+    planes (b, C*P + slack): each image's padded planes one after another, index (C*kh*kw,) = c*P +
+    offsets[k]; weight (O, C*kh*kw); bias (O,); z: a scratch (O, OH*Wp).
+    """
+    b, o_, oh, ow = out.shape
+    for n in range(b):
+        gemm_indexed(weight, planes[n], index, z)
+        for o in range(o_):
+            for r in range(oh):
+                _copy_row_plus(z[o, r * wp:r * wp + ow], bias[o], out[n, o, r])
+
+
 # Explicit loops: a slice assignment (``a[:] = b``) in a kernel takes Numba's general broadcasting path,
 # 4x slower on these rows of 14-28 floats (0.78 against 0.19 ms for the 57 344 output rows of the MNIST
 # CNN's first layer).
@@ -91,6 +113,12 @@ def _fill(row, value):
 def _copy_row(source, into):
     for p in range(source.shape[0]):
         into[p] = source[p]
+
+
+@jit
+def _copy_row_plus(source, value, into):
+    for p in range(source.shape[0]):
+        into[p] = source[p] + value
 
 
 # The direct convolution. Plane (n, c) holds image n's channel c inside its zero padding, rows Wp apart

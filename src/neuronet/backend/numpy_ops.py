@@ -82,6 +82,16 @@ def _direct(geom: ConvGeometry, weight: np.ndarray) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
+def _plane_index(c: int, geom: ConvGeometry) -> np.ndarray:
+    """Where row (c, k) of a convolution's columns starts in an image's planes, laid one after another:
+    c * _plane_length + the tap's offset (the implicit GEMM's table)."""
+    offsets = _tap_offsets(*geom.kernel, *geom.dilation, _row_stride(geom))
+    index = (np.arange(c, dtype=np.int64)[:, None] * _plane_length(geom) + offsets).reshape(-1)
+    index.flags.writeable = False
+    return index
+
+
+@functools.lru_cache(maxsize=64)
 def _tap_offsets(kh: int, kw: int, dh: int, dw: int, wp: int) -> np.ndarray:
     """Where tap (i, j) of the kernel starts reading a padded plane with rows wp apart: i*dh*wp + j*dw."""
     offsets = np.array([i * dh * wp + j * dw for i in range(kh) for j in range(kw)], dtype=np.int64)
@@ -179,6 +189,8 @@ class NumpyOps(Ops):
             return self._direct_conv2d(x, weight, bias, geom, out)
         if not _shifted(geom):
             return super().conv2d(x, weight, bias, geom, out, scratch)
+        if geom.groups == 1:
+            return self._implicit_conv2d(x, weight, bias, geom, out)
         (n, c), (o, g), (oh, ow) = x.shape[:2], (weight.shape[0], geom.groups), geom.out_size
         length = oh * _row_stride(geom)
         w = _groups(weight, g, weight[0].size)
@@ -250,15 +262,35 @@ class NumpyOps(Ops):
         """The forward straight from the padded planes, the images in blocks on the row threads."""
         o, (oh, wp) = weight.shape[0], (geom.out_size[0], _row_stride(geom))
         w, offsets = weight.reshape(o, weight.shape[1], -1), _tap_offsets(*geom.kernel, *geom.dilation, wp)
-        if bias is None:
-            bias = self.temporary("conv.no_bias", (o,), x.dtype)
-            bias[...] = 0.0
+        bias = self._bias_or_zeros(bias, o, x.dtype)
 
         def run(rows: slice) -> None:
             z = self.temporary("conv.z_row", (oh * wp,), x.dtype)
             conv_kernels.direct_conv2d(self._padded_planes(x[rows], geom), w, offsets, bias, wp, z, out[rows])
         self.run_blocks([functools.partial(run, rows) for rows in self.row_blocks(x.shape[0], min_rows=1)])
         return out
+
+    def _implicit_conv2d(self, x, weight, bias, geom, out):
+        """The forward as one implicit GEMM per image over its padded planes (conv_kernels.implicit_conv2d),
+        the images in blocks on the row threads."""
+        (c, o), (oh, wp) = (x.shape[1], weight.shape[0]), (geom.out_size[0], _row_stride(geom))
+        w, index = weight.reshape(o, -1), _plane_index(c, geom)
+        bias = self._bias_or_zeros(bias, o, x.dtype)
+        slack = packed_gemm.panel_width(x.dtype)  # a panel's last columns read up to NR - 1 past a plane
+
+        def run(rows: slice) -> None:
+            planes = self._padded_planes(x[rows], geom, slack)
+            z = self.temporary("conv.z", (o, oh * wp), x.dtype)
+            conv_kernels.implicit_conv2d(planes, w, index, bias, wp, z, out[rows])
+        self.run_blocks([functools.partial(run, rows) for rows in self.row_blocks(x.shape[0], min_rows=1)])
+        return out
+
+    def _bias_or_zeros(self, bias, o: int, dtype):
+        """``bias``, or where there is none a zero one (o,): one kernel serves both."""
+        if bias is None:
+            bias = self.temporary("conv.no_bias", (o,), dtype)
+            bias[...] = 0.0
+        return bias
 
     def _direct_conv2d_backward(self, dy, x, weight, geom, dx, dweight, dbias):
         """The gradients straight from the padded planes, the images in blocks on the row threads (each
@@ -323,12 +355,18 @@ class NumpyOps(Ops):
         np.copyto(cols, as_strided(planes, cols.shape, (s[1], dh * wp * s[2], dw * s[2], s[0], s[2])))
         return cols
 
-    def _padded_planes(self, x, geom):
-        """x (b, C, H, W) copied inside zeros as planes (b, C, _plane_length): the padded images."""
-        planes = self.temporary("conv.padded", (*x.shape[:2], _plane_length(geom)), x.dtype)
+    def _padded_planes(self, x, geom, slack: int = 0):
+        """x (b, C, H, W) copied inside zeros as planes (b, C, _plane_length): the padded images; with
+        ``slack``, flat per image (b, C*_plane_length + slack), the slack's contents undefined."""
+        (b, c), length = x.shape[:2], _plane_length(geom)
+        if not slack:
+            planes = self.temporary("conv.padded", (b, c, length), x.dtype)
+        else:
+            flat = self.temporary("conv.padded_slack", (b, c * length + slack), x.dtype)
+            planes = flat[:, :c * length].reshape(b, c, length)
         planes[...] = 0.0
         np.copyto(_interior(planes, geom), x)
-        return planes
+        return planes if not slack else flat
 
     def _fold_shifted(self, dcols, geom, dx):
         """dx (b, C, H, W) = the adjoint of _shifted_columns applied to dcols (C, kh, kw, b, OH*Wp):

@@ -55,14 +55,16 @@ def pack(b, out):
                 out[p, k, j] = b[k, col] if col < n else zero
 
 
-def _make_tile(rows: int):
-    """The intrinsic computing one tile of ``rows`` rows (1..MR) by one panel."""
+def _make_tile(rows: int, indexed: bool):
+    """The intrinsic computing one tile of ``rows`` rows (1..MR) by one panel; with ``indexed`` the
+    panel's rows are read where a table says (an implicit GEMM: a convolution's shifted planes)."""
 
     @intrinsic
-    def tile(typingctx, zero, a, a_row, a_col, b, c, ldc, k_size, n_cols, accumulate):
-        """c[r, :n_cols] (+)= sum_k a[r a_row + k a_col] * b[k NR : (k + 1) NR] for r < rows (addresses
-        and strides in elements; ``zero`` a float32 or float64 0 giving the element type)."""
-        sig = types.void(zero, a, a_row, a_col, b, c, ldc, k_size, n_cols, accumulate)
+    def tile(typingctx, zero, a, a_row, a_col, b, b_index, c, ldc, k_size, n_cols, accumulate):
+        """c[r, :n_cols] (+)= sum_k a[r a_row + k a_col] * B_k for r < rows, B_k the NR values at
+        b + k NR, or with ``indexed`` at b + b_index[k] (b_index: the address of an int64 array).
+        Addresses of elements, strides in elements; ``zero`` (float32 or float64) gives their type."""
+        sig = types.void(zero, a, a_row, a_col, b, b_index, c, ldc, k_size, n_cols, accumulate)
 
         def codegen(context, builder, signature, args):
             real = context.get_value_type(signature.args[0])
@@ -70,7 +72,7 @@ def _make_tile(rows: int):
             i32, i64 = ir.IntType(32), ir.IntType(64)
             vec, mask_t = ir.VectorType(real, lanes), ir.VectorType(ir.IntType(1), lanes)
             vptr = vec.as_pointer()
-            _, a_, a_row_, a_col_, b_, c_, ldc_, k_, n_cols_, accumulate_ = args
+            _, a_, a_row_, a_col_, b_, b_index_, c_, ldc_, k_, n_cols_, accumulate_ = args
             a_p, b_p, c_p = (builder.inttoptr(x, real.as_pointer()) for x in (a_, b_, c_))
             suffix = f"v{lanes}f{32 if isinstance(real, ir.FloatType) else 64}"
             fma = _declare(builder.module, f"llvm.fma.{suffix}", vec, [vec, vec, vec])
@@ -86,7 +88,10 @@ def _make_tile(rows: int):
             builder.position_at_end(body)
             k = builder.phi(i64)
             accs = [builder.phi(vec) for _ in range(2 * rows)]
-            panel = builder.mul(k, const(2 * lanes))
+            if indexed:
+                panel = builder.load(builder.gep(builder.inttoptr(b_index_, i64.as_pointer()), [k]))
+            else:
+                panel = builder.mul(k, const(2 * lanes))
             bv = [builder.load(_vector_at(builder, b_p, builder.add(panel, const(v * lanes)), vptr),
                                align=_alignment(real)) for v in range(2)]
             a_k = builder.mul(k, a_col_)
@@ -155,23 +160,38 @@ def _alignment(real) -> int:
     return 4 if isinstance(real, ir.FloatType) else 8
 
 
-_tile1, _tile2, _tile3, _tile4, _tile5, _tile6 = (_make_tile(r) for r in range(1, MR + 1))
+_tile1, _tile2, _tile3, _tile4, _tile5, _tile6 = (_make_tile(r, False) for r in range(1, MR + 1))
+_index1, _index2, _index3, _index4, _index5, _index6 = (_make_tile(r, True) for r in range(1, MR + 1))
 
 
 @register_jitable
-def _tile(rows, zero, a, a_row, a_col, b, c, ldc, k_size, n_cols, accumulate):
-    if rows == 6:
-        _tile6(zero, a, a_row, a_col, b, c, ldc, k_size, n_cols, accumulate)
+def _tile(rows, indexed, *args):
+    """The tile of ``rows`` rows (``_make_tile``), its panel packed or ``indexed``."""
+    if indexed:
+        if rows == 6:
+            _index6(*args)
+        elif rows == 5:
+            _index5(*args)
+        elif rows == 4:
+            _index4(*args)
+        elif rows == 3:
+            _index3(*args)
+        elif rows == 2:
+            _index2(*args)
+        else:
+            _index1(*args)
+    elif rows == 6:
+        _tile6(*args)
     elif rows == 5:
-        _tile5(zero, a, a_row, a_col, b, c, ldc, k_size, n_cols, accumulate)
+        _tile5(*args)
     elif rows == 4:
-        _tile4(zero, a, a_row, a_col, b, c, ldc, k_size, n_cols, accumulate)
+        _tile4(*args)
     elif rows == 3:
-        _tile3(zero, a, a_row, a_col, b, c, ldc, k_size, n_cols, accumulate)
+        _tile3(*args)
     elif rows == 2:
-        _tile2(zero, a, a_row, a_col, b, c, ldc, k_size, n_cols, accumulate)
+        _tile2(*args)
     else:
-        _tile1(zero, a, a_row, a_col, b, c, ldc, k_size, n_cols, accumulate)
+        _tile1(*args)
 
 
 @register_jitable
@@ -189,6 +209,27 @@ def gemm(a, packed, c, accumulate):
         b = packed[p].ctypes.data
         n_cols = np.int64(min(nr, n - p * nr))
         for r0 in range(0, m, MR):
-            _tile(min(MR, m - r0), zero, np.int64(a.ctypes.data + r0 * a.strides[0]), np.int64(a_row),
-                  np.int64(a_col), np.int64(b), np.int64(c.ctypes.data + (r0 * ldc + p * nr) * size),
-                  np.int64(ldc), np.int64(k_size), n_cols, flag)
+            _tile(min(MR, m - r0), False, zero, np.int64(a.ctypes.data + r0 * a.strides[0]), np.int64(a_row),
+                  np.int64(a_col), np.int64(b), np.int64(0),
+                  np.int64(c.ctypes.data + (r0 * ldc + p * nr) * size), np.int64(ldc), np.int64(k_size),
+                  n_cols, flag)
+
+
+@register_jitable
+def gemm_indexed(a, b, index, c):
+    """c (M, L) = a (M, K) @ B for B (K, L) whose row k is b[index[k] : index[k] + L] (b flat): an
+    implicit GEMM, B never written out (a convolution's columns are shifted planes). A panel reads NR
+    values from each row start, so b must hold NR - 1 elements past the last row's end."""
+    m, k_size = a.shape
+    length = c.shape[1]
+    size = c.itemsize
+    a_row, a_col, ldc = a.strides[0] // size, a.strides[1] // size, c.strides[0] // size
+    nr = PANEL_BYTES // size
+    zero = c.dtype.type(0.0)
+    for p0 in range(0, length, nr):
+        n_cols = np.int64(min(nr, length - p0))
+        for r0 in range(0, m, MR):
+            _tile(min(MR, m - r0), True, zero, np.int64(a.ctypes.data + r0 * a.strides[0]), np.int64(a_row),
+                  np.int64(a_col), np.int64(b.ctypes.data + p0 * size), np.int64(index.ctypes.data),
+                  np.int64(c.ctypes.data + (r0 * ldc + p0) * size), np.int64(ldc), np.int64(k_size), n_cols,
+                  np.int64(0))
