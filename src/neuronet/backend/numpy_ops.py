@@ -177,9 +177,11 @@ class NumpyOps(Ops):
         kernels.scatter_add_rows(_rows(table), index.reshape(-1), _rows(np.ascontiguousarray(rows)))
 
     # ----------------------------------------------------------------- convolution and pooling
-    # Stride-1 convolutions (the usual 3x3 "same" and 1x1 ones) run in the shifted-rows layout over
-    # chunks of images that stay in the cache: the forward and dweight as one GEMM each with the columns
-    # of x; dx as weight^T @ dy folded back onto the planes (the adjoint of the columns). With few
+    # Stride-1 convolutions (the usual 3x3 "same" and 1x1 ones) run in the shifted-rows layout: with one
+    # group the forward as an implicit GEMM over the padded planes (_implicit_conv2d, no columns); the
+    # backward (and a grouped forward) over chunks of images that stay in the cache, dweight as one GEMM
+    # with the columns of x, dx as weight^T @ dy folded back onto the planes (the adjoint of the
+    # columns). With few
     # inputs per output (a first layer's 1 or 3 channels) a GEMM has too little to multiply and the
     # columns cost more than it: those run direct, from the planes (conv_kernels.direct_conv2d). Other
     # geometries run the reference's whole-batch im2col + GEMM. See _shifted_columns and
