@@ -160,38 +160,29 @@ def _alignment(real) -> int:
     return 4 if isinstance(real, ir.FloatType) else 8
 
 
-_tile1, _tile2, _tile3, _tile4, _tile5, _tile6 = (_make_tile(r, False) for r in range(1, MR + 1))
-_index1, _index2, _index3, _index4, _index5, _index6 = (_make_tile(r, True) for r in range(1, MR + 1))
+def _by_rows(indexed: bool):
+    """``tile(rows, *args)``: the tile of ``rows`` rows (1..MR, ``_make_tile``), its panel packed or
+    ``indexed``."""
+    t1, t2, t3, t4, t5, t6 = (_make_tile(r, indexed) for r in range(1, MR + 1))
 
-
-@register_jitable
-def _tile(rows, indexed, *args):
-    """The tile of ``rows`` rows (``_make_tile``), its panel packed or ``indexed``."""
-    if indexed:
+    @register_jitable
+    def tile(rows, *args):
         if rows == 6:
-            _index6(*args)
+            t6(*args)
         elif rows == 5:
-            _index5(*args)
+            t5(*args)
         elif rows == 4:
-            _index4(*args)
+            t4(*args)
         elif rows == 3:
-            _index3(*args)
+            t3(*args)
         elif rows == 2:
-            _index2(*args)
+            t2(*args)
         else:
-            _index1(*args)
-    elif rows == 6:
-        _tile6(*args)
-    elif rows == 5:
-        _tile5(*args)
-    elif rows == 4:
-        _tile4(*args)
-    elif rows == 3:
-        _tile3(*args)
-    elif rows == 2:
-        _tile2(*args)
-    else:
-        _tile1(*args)
+            t1(*args)
+    return tile
+
+
+_tile, _tile_indexed = _by_rows(False), _by_rows(True)
 
 
 @register_jitable
@@ -209,7 +200,7 @@ def gemm(a, packed, c, accumulate):
         b = packed[p].ctypes.data
         n_cols = np.int64(min(nr, n - p * nr))
         for r0 in range(0, m, MR):
-            _tile(min(MR, m - r0), False, zero, np.int64(a.ctypes.data + r0 * a.strides[0]), np.int64(a_row),
+            _tile(min(MR, m - r0), zero, np.int64(a.ctypes.data + r0 * a.strides[0]), np.int64(a_row),
                   np.int64(a_col), np.int64(b), np.int64(0),
                   np.int64(c.ctypes.data + (r0 * ldc + p * nr) * size), np.int64(ldc), np.int64(k_size),
                   n_cols, flag)
@@ -229,7 +220,7 @@ def gemm_indexed(a, b, index, c):
     for p0 in range(0, length, nr):
         n_cols = np.int64(min(nr, length - p0))
         for r0 in range(0, m, MR):
-            _tile(min(MR, m - r0), True, zero, np.int64(a.ctypes.data + r0 * a.strides[0]), np.int64(a_row),
+            _tile_indexed(min(MR, m - r0), zero, np.int64(a.ctypes.data + r0 * a.strides[0]), np.int64(a_row),
                   np.int64(a_col), np.int64(b.ctypes.data + p0 * size), np.int64(index.ctypes.data),
                   np.int64(c.ctypes.data + (r0 * ldc + p0) * size), np.int64(ldc), np.int64(k_size), n_cols,
                   np.int64(0))
