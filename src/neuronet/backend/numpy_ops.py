@@ -181,11 +181,10 @@ class NumpyOps(Ops):
     # group the forward as an implicit GEMM over the padded planes (_implicit_conv2d, no columns); the
     # backward (and a grouped forward) over chunks of images that stay in the cache, dweight as one GEMM
     # with the columns of x, dx as weight^T @ dy folded back onto the planes (the adjoint of the
-    # columns). With few
-    # inputs per output (a first layer's 1 or 3 channels) a GEMM has too little to multiply and the
-    # columns cost more than it: those run direct, from the planes (conv_kernels.direct_conv2d). Other
-    # geometries run the reference's whole-batch im2col + GEMM. See _shifted_columns and
-    # benchmarks/README.md for the numbers.
+    # columns). With few inputs per output (a first layer's 1 or 3 channels) a GEMM has too little to
+    # multiply and the columns cost more than it: those run direct, from the planes
+    # (conv_kernels.direct_conv2d). Other geometries run the reference's whole-batch im2col + GEMM. See
+    # _shifted_columns and benchmarks/README.md for the numbers.
     def conv2d(self, x, weight, bias, geom, out, scratch):
         if _direct(geom, weight):
             return self._direct_conv2d(x, weight, bias, geom, out)

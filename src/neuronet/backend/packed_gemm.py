@@ -189,21 +189,7 @@ _tile, _tile_indexed = _by_rows(False), _by_rows(True)
 def gemm(a, packed, c, accumulate):
     """c = a @ b, or c += a @ b with ``accumulate``, for a (M, K), b (K, N) packed by ``pack``, c (M, N) with
     unit-stride rows; one dtype (float32 or float64). The caller checks the shapes."""
-    m, k_size = a.shape
-    n = c.shape[1]
-    size = c.itemsize
-    a_row, a_col, ldc = a.strides[0] // size, a.strides[1] // size, c.strides[0] // size
-    nr = packed.shape[2]
-    zero = c.dtype.type(0.0)
-    flag = np.int64(1 if accumulate else 0)
-    for p in range(packed.shape[0]):
-        b = packed[p].ctypes.data
-        n_cols = np.int64(min(nr, n - p * nr))
-        for r0 in range(0, m, MR):
-            _tile(min(MR, m - r0), zero, np.int64(a.ctypes.data + r0 * a.strides[0]), np.int64(a_row),
-                  np.int64(a_col), np.int64(b), np.int64(0),
-                  np.int64(c.ctypes.data + (r0 * ldc + p * nr) * size), np.int64(ldc), np.int64(k_size),
-                  n_cols, flag)
+    _product(False, a, packed.ctypes.data, packed.strides[0], 0, c, accumulate)
 
 
 @register_jitable
@@ -211,16 +197,28 @@ def gemm_indexed(a, b, index, c):
     """c (M, L) = a (M, K) @ B for B (K, L) whose row k is b[index[k] : index[k] + L] (b flat): an
     implicit GEMM, B never written out (a convolution's columns are shifted planes). A panel reads NR
     values from each row start, so b must hold NR - 1 elements past the last row's end."""
+    _product(True, a, b.ctypes.data, PANEL_BYTES, index.ctypes.data, c, False)
+
+
+@register_jitable
+def _product(indexed, a, b, panel_bytes, index, c, accumulate):
+    """c (+)= a @ B over B's panels of NR columns, panel p at address b + p * panel_bytes (its rows NR
+    apart, or with ``indexed`` where the int64 table at address ``index`` says), in tiles of MR rows."""
     m, k_size = a.shape
-    length = c.shape[1]
+    n = c.shape[1]
     size = c.itemsize
     a_row, a_col, ldc = a.strides[0] // size, a.strides[1] // size, c.strides[0] // size
     nr = PANEL_BYTES // size
     zero = c.dtype.type(0.0)
-    for p0 in range(0, length, nr):
-        n_cols = np.int64(min(nr, length - p0))
+    flag = np.int64(1 if accumulate else 0)
+    for p in range((n + nr - 1) // nr):
+        n_cols = np.int64(min(nr, n - p * nr))
+        panel, out = np.int64(b + p * panel_bytes), c.ctypes.data + p * nr * size
         for r0 in range(0, m, MR):
-            _tile_indexed(min(MR, m - r0), zero, np.int64(a.ctypes.data + r0 * a.strides[0]), np.int64(a_row),
-                  np.int64(a_col), np.int64(b.ctypes.data + p0 * size), np.int64(index.ctypes.data),
-                  np.int64(c.ctypes.data + (r0 * ldc + p0) * size), np.int64(ldc), np.int64(k_size), n_cols,
-                  np.int64(0))
+            args = (zero, np.int64(a.ctypes.data + r0 * a.strides[0]), np.int64(a_row), np.int64(a_col),
+                    panel, np.int64(index), np.int64(out + r0 * ldc * size), np.int64(ldc), np.int64(k_size),
+                    n_cols, flag)
+            if indexed:
+                _tile_indexed(min(MR, m - r0), *args)
+            else:
+                _tile(min(MR, m - r0), *args)
