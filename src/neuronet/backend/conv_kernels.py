@@ -14,7 +14,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .packed_gemm import gemm_indexed
+from .packed_gemm import gemm, gemm_indexed, pack
 
 jit = numba.njit(cache=True, nogil=True)
 # The direct convolution's sums may be reassociated (vectorised dot products), as a GEMM's are.
@@ -98,6 +98,40 @@ def implicit_conv2d(planes, weight, index, bias, wp, z, out):
         for o in range(o_):
             for r in range(oh):
                 _copy_row_plus(z[o, r * wp:r * wp + ow], bias[o], out[n, o, r])
+
+
+# Its backward, per image, from dz (O, Z): dy laid out as z (zero past OW in each row) after M zeros, M the
+# last tap's offset, and zeros after it. dx is the convolution of dz with the transposed kernel, again an
+# implicit GEMM: dplanes[c, q] = sum over (o, k) of weight[o, c, k] * dz[o, M + q - offsets[k]], computed
+# for the rows of the image (q from top*Wp, H*Wp long) and cropped. dweight, per tap k, is one GEMM of
+# the planes read from offsets[k] (C, OH*Wp: two strides) with dz^T packed once per image.
+@jit
+def implicit_conv2d_backward(planes, plane_length, dy, w_t, index_t, offsets, wp, left, dz, packed, dxz,
+                             dw_t, dx):
+    """The gradients of implicit_conv2d from dy (b, O, OH, OW); either is skipped when it has no rows:
+    dx (b, C, H, W) = per image w_t (C, O*K) @ the rows of dz from index_t (O*K,) = o*Z + M + top*Wp -
+    offsets[k], cropped from dxz (C, H*Wp) at column ``left``; dw_t (C, K, O) += per tap k the planes
+    (b, C*P + slack) of x from offsets[k] @ dz^T, through ``packed`` (packed_shape((OH*Wp, O))).
+    dz: a scratch (O, Z) with Z >= M + Hp*Wp + NR (zeroed here; only the data columns are written)."""
+    b, o_, oh, ow = dy.shape
+    front, length = offsets[offsets.shape[0] - 1], oh * wp
+    dz[...] = 0.0
+    for n in range(b):
+        for o in range(o_):
+            for r in range(oh):
+                _copy_row(dy[n, o, r], dz[o, front + r * wp:front + r * wp + ow])
+        if dw_t.shape[0]:
+            c_ = dw_t.shape[0]
+            pack(dz[:, front:front + length].T, packed)
+            image = planes[n, :c_ * plane_length].reshape(c_, plane_length)
+            for k in range(offsets.shape[0]):
+                gemm(image[:, offsets[k]:offsets[k] + length], packed, dw_t[:, k], True)
+        if dx.shape[0]:
+            gemm_indexed(w_t, dz, index_t, dxz)
+            c_, h_, w_ = dx.shape[1], dx.shape[2], dx.shape[3]
+            for c in range(c_):
+                for h in range(h_):
+                    _copy_row(dxz[c, h * wp + left:h * wp + left + w_], dx[n, c, h])
 
 
 # Explicit loops: a slice assignment (``a[:] = b``) in a kernel takes Numba's general broadcasting path,

@@ -92,6 +92,21 @@ def _plane_index(c: int, geom: ConvGeometry) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
+def _gradient_index(o: int, geom: ConvGeometry, nr: int) -> tuple[int, np.ndarray]:
+    """The implicit GEMM of a convolution's dx (conv_kernels.implicit_conv2d_backward): Z, the length of a
+    row of dz (the M = last tap's offset zeros, a padded plane, a panel's slack of nr), and where row
+    (o, k) starts reading dz: o*Z + M + top*Wp - the tap's offset."""
+    wp = _row_stride(geom)
+    offsets = _tap_offsets(*geom.kernel, *geom.dilation, wp)
+    front = int(offsets[-1])
+    z_length = front + geom.padded_size[0] * wp + nr
+    start = front + geom.padding[0][0] * wp
+    index = (np.arange(o, dtype=np.int64)[:, None] * z_length + start - offsets).reshape(-1)
+    index.flags.writeable = False
+    return z_length, index
+
+
+@functools.lru_cache(maxsize=64)
 def _tap_offsets(kh: int, kw: int, dh: int, dw: int, wp: int) -> np.ndarray:
     """Where tap (i, j) of the kernel starts reading a padded plane with rows wp apart: i*dh*wp + j*dw."""
     offsets = np.array([i * dh * wp + j * dw for i in range(kh) for j in range(kw)], dtype=np.int64)
@@ -214,6 +229,8 @@ class NumpyOps(Ops):
             return self._direct_conv2d_backward(dy, x, weight, geom, dx, dweight, dbias)
         if not _shifted(geom):
             return super().conv2d_backward(dy, x, weight, geom, dx, dweight, dbias, scratch)
+        if geom.groups == 1:
+            return self._implicit_conv2d_backward(dy, x, weight, geom, dx, dweight, dbias)
         (n, o), g, (oh, ow) = dy.shape[:2], geom.groups, geom.out_size
         wp, (kh, kw) = _row_stride(geom), geom.kernel
         c, length = (x if x is not None else dx).shape[1], oh * wp
@@ -285,6 +302,46 @@ class NumpyOps(Ops):
             conv_kernels.implicit_conv2d(planes, w, index, bias, wp, z, out[rows])
         self.run_blocks([functools.partial(run, rows) for rows in self.row_blocks(x.shape[0], min_rows=1)])
         return out
+
+    def _implicit_conv2d_backward(self, dy, x, weight, geom, dx, dweight, dbias):
+        """The gradients as implicit GEMMs over dy and x's padded planes
+        (conv_kernels.implicit_conv2d_backward), the images in blocks on the row threads, each block's
+        weight gradient apart (C, K, O), added after."""
+        (n, o), c, dtype = dy.shape[:2], weight.shape[1], dy.dtype
+        (oh, ow), wp, taps = geom.out_size, _row_stride(geom), math.prod(geom.kernel)
+        if dbias is not None:
+            db = self.temporary("conv.db", (o,), dtype)
+            np.sum(dy.reshape(n, o, oh * ow), axis=(0, 2), out=db)
+            dbias += db
+        if dweight is None and dx is None:
+            return dx
+        slack = packed_gemm.panel_width(dtype)
+        z_length, index = _gradient_index(o, geom, slack)
+        offsets = _tap_offsets(*geom.kernel, *geom.dilation, wp)
+        w_t = self.temporary("conv.w_t", (c, o * taps), dtype)
+        np.copyto(w_t.reshape(c, o, taps), weight.reshape(o, c, taps).transpose(1, 0, 2))
+        blocks, absent = self.row_blocks(n, min_rows=1), _EMPTY_3D[dtype]
+        dws = [absent] * len(blocks)
+        if dweight is not None:
+            dws = [self.temporary(f"conv.dw_t{k}", (c, taps, o), dtype) for k in range(len(blocks))]
+            for dw_t in dws:
+                dw_t[...] = 0.0
+
+        def run(rows: slice, dw_t) -> None:
+            planes = self._padded_planes(x[rows], geom, slack) if dweight is not None else _EMPTY_2D[dtype]
+            packed = self.temporary("conv.dz_packed", packed_gemm.packed_shape((oh * wp, o), dtype), dtype)
+            dxz = self.temporary("conv.dxz", (c, geom.in_size[0] * wp), dtype) if dx is not None else \
+                _EMPTY_2D[dtype]
+            conv_kernels.implicit_conv2d_backward(
+                planes, _plane_length(geom), dy[rows], w_t, index, offsets, wp, geom.padding[1][0],
+                self.temporary("conv.dz", (o, z_length), dtype), packed, dxz, dw_t,
+                dx[rows] if dx is not None else _EMPTY_4D[dtype])
+        self.run_blocks([functools.partial(run, *args) for args in zip(blocks, dws, strict=True)])
+        if dweight is not None:
+            grad = _flat(dweight).reshape(o, c, taps)
+            for dw_t in dws:
+                grad += dw_t.transpose(2, 0, 1)
+        return dx
 
     def _bias_or_zeros(self, bias, o: int, dtype):
         """``bias``, or where there is none a zero one (o,): one kernel serves both."""
@@ -610,4 +667,6 @@ _EMPTY = {np.dtype(d): np.zeros(0, d) for d in ("float32", "float64")}
 # 3-D stand-ins with no rows: no dL/dh_t from above (the recurrent loops), a gradient or input the direct
 # convolution's backward is not asked for or does not need.
 _EMPTY_3D = {np.dtype(d): np.zeros((0, 1, 1), d) for d in ("float32", "float64")}
+_EMPTY_2D = {np.dtype(d): np.zeros((0, 1), d) for d in ("float32", "float64")}
+_EMPTY_4D = {np.dtype(d): np.zeros((0, 1, 1, 1), d) for d in ("float32", "float64")}
 
