@@ -37,10 +37,10 @@ def rows_on_threads(monkeypatch):
     monkeypatch.setattr(NumpyOps, "row_blocks", per_row)
 
 
-@pytest.fixture(params=["direct", "columns"])
+@pytest.fixture(params=["direct", "implicit"])
 def conv_path(request, monkeypatch):
-    """Run a test with the NumPy backend's stride-1 convolutions direct (every geometry the direct kernels
-    take) or not (none direct: the forward as an implicit GEMM, the backward through columns and GEMM)."""
+    """Run a test with the NumPy backend's stride-1, one-group weight gradients direct wherever dx is not
+    wanted (every geometry the direct kernel takes) or never (all as implicit GEMMs)."""
     from neuronet.backend import numpy_ops
 
     for name in ("DIRECT_MAX_CHANNELS", "DIRECT_MAX_INPUTS"):

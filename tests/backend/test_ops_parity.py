@@ -113,6 +113,31 @@ def _(ops, a):
     return out, dx, a["dw"], a["db"]
 
 
+# Stride 1: the NumPy backend's implicit GEMMs (one group and three), and without dx its direct weight
+# gradient (three channels, one group).
+SHIFTED = [ConvGeometry(in_size=(7, 6), kernel=(3, 2), padding=((2, 1), (1, 2)), dilation=(2, 1), groups=g,
+                        out_size=(conv_output_size(7, 3, 1, 2, 1, 2), conv_output_size(6, 2, 1, 1, 2)))
+           for g in (1, 3)]
+
+
+@case("conv2d conv2d_backward (stride 1, with and without dx)",
+      lambda r: {"x": randn(r, 3, 3, 7, 6), "b": randn(r, 6), "dy": randn(r, 3, 6, *SHIFTED[0].out_size),
+                 **{f"{name}{g.groups}": randn(r, 6, 3 // g.groups, 3, 2) for g in SHIFTED
+                    for name in ("w", "dw", "dw_alone")},
+                 **{f"{name}{g.groups}": randn(r, 6) for g in SHIFTED for name in ("db", "db_alone")}})
+def _(ops, a):
+    scratch, results = scratch_of(ops), []
+    for geom in SHIFTED:
+        w, g = a[f"w{geom.groups}"], geom.groups
+        out = ops.empty((3, 6, *geom.out_size), "float64")
+        ops.conv2d(a["x"], w, a["b"], geom, out, scratch)
+        dx = ops.empty((3, 3, 7, 6), "float64")
+        ops.conv2d_backward(a["dy"], a["x"], w, geom, dx, a[f"dw{g}"], a[f"db{g}"], scratch)
+        ops.conv2d_backward(a["dy"], a["x"], w, geom, None, a[f"dw_alone{g}"], a[f"db_alone{g}"], scratch)
+        results += [out, dx, a[f"dw{g}"], a[f"db{g}"], a[f"dw_alone{g}"], a[f"db_alone{g}"]]
+    return tuple(results)
+
+
 @case("im2col col2im (reference layout)", lambda r: {"x": randn(r, 2, 3, 7, 6)})
 def _(ops, a):
     padded = ops.pad2d(a["x"], GEOM, scratch_of(ops))

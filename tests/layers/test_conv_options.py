@@ -48,22 +48,23 @@ def test_conv2d_options_match_torch(case, dtype, backend):
 
 
 
+@pytest.mark.parametrize("input_grad", [True, False], ids=["with_dx", "without_dx"])
 @pytest.mark.parametrize("case", [c for c in CONV2D_CASES if c[3] == 1], ids=str)
-def test_conv2d_in_one_image_chunks_on_threads_matches_torch(case, rows_on_threads, conv_path, monkeypatch):
-    """The NumPy backend's stride-1 paths on three blocks of images, with an activation: through columns
-    with every image its own chunk (two chunks summed into one block's dweight, blocks summed at the end,
-    dx folded per chunk), and direct where there is one group (the blocks' dweight and dbias summed)."""
-    from neuronet.backend import numpy_ops
-
-    monkeypatch.setattr(numpy_ops, "CONV_CHUNK_BYTES", 1)
+def test_conv2d_stride1_on_row_blocks_matches_torch(case, input_grad, rows_on_threads, conv_path):
+    """The NumPy backend's stride-1 paths on three blocks of images, with an activation: implicit GEMMs
+    (each block's dweight apart, summed at the end) and, as a first layer (no input gradient wanted), the
+    direct weight gradient (the blocks' dweight and dbias summed)."""
     cin, cout, k, s, p, d, g, bias, shape, _ = case
     torch.manual_seed(0)
     module = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, k, stride=s, padding=p, dilation=d, groups=g,
                                                  bias=bias), torch.nn.GELU())
     layer = nn.Conv2D(cin, cout, k, stride=s, padding=p, bias=bias, dilation=d, groups=g, activation="gelu")
     layer.build(shape, dtype="float64")
+    layer.needs_input_grad = input_grad
     compare_with_torch(layer, module, np.random.default_rng(1).standard_normal((5, *shape)), dtype="float64",
-                       name_map={"0.weight": "weight", "0.bias": "bias"}, **DTYPES["float64"])
+                       name_map={"0.weight": "weight", "0.bias": "bias"}, check_input_grad=input_grad,
+                       **DTYPES["float64"])
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k,s,p,d,g,length", [(4, 1, "same", 1, 1, 9), (3, 1, "same", 3, 1, 11),

@@ -3,10 +3,9 @@
 ``col2im`` is the adjoint of im2col (NumpyOps.im2col, a strided copy): it adds the columns
 ``(C, kh, kw, N, OH, OW)`` back into the unpadded image, dropping what fell on the zero padding.
 The loops run over the destination in order and need no atomics and no ``np.add.at``.
-``fold_shifted`` is the same adjoint for the stride-1 shifted-rows columns (NumpyOps._shifted_columns).
-``direct_conv2d`` and ``direct_conv2d_backward`` compute a stride-1 convolution with few inputs per output
-(the first layer's one or three channels) straight from the padded planes, without columns;
-``implicit_conv2d`` the forward of one with more, as an implicit GEMM over those planes.
+A stride-1 convolution runs on the images' padded planes (NumpyOps._padded_planes) without columns:
+``implicit_conv2d`` and ``implicit_conv2d_backward`` as implicit GEMMs (packed_gemm), and a first layer's
+weight gradient, with too few rows for a GEMM, in ``direct_conv2d_backward``.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .packed_gemm import gemm, gemm_indexed, pack
+from .packed_gemm import gemm_indexed, gemm_rows, pack
 
 jit = numba.njit(cache=True, nogil=True)
 # The direct convolution's sums may be reassociated (vectorised dot products), as a GEMM's are.
@@ -57,155 +56,105 @@ def col2im(cols, sh, sw, dh, dw, ph, pw, out):
                             out[n, c, h, ow * sw + j * dw - pw] += cols[c, i, j, n, oh, ow]
 
 
-@jit
-def fold_shifted(dcols, wp, dh, dw, planes):
-    """The adjoint of NumpyOps._shifted_columns: planes[n, c] (zeroed first) += each entry (c, i, j, n)
-    of dcols (C, kh, kw, N, L), a row of L read from the plane at i*dh*wp + j*dw.
-
-    Each row is added through a slice taken from that offset: indexing the plane with ``off + p``
-    makes Numba check for a negative index and the loop does not vectorise (3x slower).
-    """
-    c_, kh, kw, n_, length = dcols.shape
-    for n in range(n_):
-        for c in range(c_):
-            plane = planes[n, c]
-            _fill(plane, 0.0)
-            for i in range(kh):
-                for j in range(kw):
-                    _add_row(dcols[c, i, j, n], plane[i * dh * wp + j * dw:])
-
-
-@jit
-def _add_row(row, into):
-    for p in range(row.shape[0]):
-        into[p] += row[p]
-
-
-# The implicit GEMM: for four or more input channels the forward is per image one product weight (O, C*kh*kw)
-# @ B whose row (c, k) is plane (n, c) from offsets[k], read where it lies (packed_gemm.gemm_indexed), no
-# columns written: the MNIST CNN's 32 -> 64 layer at 14x14, 64 images on two threads, 2.78 against 3.59 ms
-# for columns + OpenBLAS; 16 -> 16 at 28x28 1.57 against 3.14 ms.
+# The implicit GEMM: per image and group one product weight (O/g, C/g*kh*kw) @ B whose row (c, k) is plane
+# (n, c) from offsets[k], read where it lies (packed_gemm.gemm_indexed), no columns written: the MNIST CNN's
+# 32 -> 64 layer at 14x14, 64 images on two threads, 2.78 against 3.59 ms for columns + OpenBLAS; 16 -> 16 at
+# 28x28 1.57 against 3.14 ms; 3 -> 32 at 32x32 0.87 against 1.68 ms for the direct loops it replaced.
 @jit
 def implicit_conv2d(planes, weight, index, bias, wp, z, out):
-    """out (b, O, OH, OW) = bias[o] + sum over (c, k) of weight[o, c k] * plane (n, c) from offsets[k].
+    """out (b, O, OH, OW) = bias[o] + sum over (c, k) of o's group of weight[o, c k] * plane (n, c) from
+    offsets[k].
 
     planes (b, C*P + slack): each image's padded planes one after another, index (C*kh*kw,) = c*P +
-    offsets[k]; weight (O, C*kh*kw); bias (O,); z: a scratch (O, OH*Wp).
+    offsets[k]; weight (O, C/g*kh*kw), the groups one after another; bias (O,); z: a scratch (O, OH*Wp).
     """
     b, o_, oh, ow = out.shape
+    rows = weight.shape[1]
+    groups = index.shape[0] // rows
+    og = o_ // groups
     for n in range(b):
-        gemm_indexed(weight, planes[n], index, z)
+        for g in range(groups):
+            gemm_indexed(weight[g * og:(g + 1) * og], planes[n], index[g * rows:(g + 1) * rows],
+                         z[g * og:(g + 1) * og])
         for o in range(o_):
             for r in range(oh):
-                _copy_row_plus(z[o, r * wp:r * wp + ow], bias[o], out[n, o, r])
+                _copy_row(z[o, r * wp:r * wp + ow], out[n, o, r], bias[o])
 
 
 # Its backward, per image, from dz (O, Z): dy laid out as z (zero past OW in each row) after M zeros, M the
 # last tap's offset, and zeros after it. dx is the convolution of dz with the transposed kernel, again an
 # implicit GEMM: dplanes[c, q] = sum over (o, k) of weight[o, c, k] * dz[o, M + q - offsets[k]], computed
-# for the rows of the image (q from top*Wp, H*Wp long) and cropped. dweight, per tap k, is one GEMM of
-# the planes read from offsets[k] (C, OH*Wp: two strides) with dz^T packed once per image.
+# for the rows of the image (q from top*Wp, H*Wp long) and cropped. dweight^T (C/g*K, O/g) of a group is
+# the GEMM of its columns, read where they lie as rows of the planes (gemm_rows, the forward's table),
+# with its dz^T packed.
+# A group with fewer output channels than this (depthwise: one) takes its weight gradient as dot products:
+# packing its dz^T would fill 32-column panels with zeros (64 channels of 14x14, 64 images, two threads:
+# 0.9 against 16.4 ms).
+DOTS_BELOW = 8
+
+
 @jit
-def implicit_conv2d_backward(planes, plane_length, dy, w_t, index_t, offsets, wp, left, dz, packed, dxz,
-                             dw_t, dx):
-    """The gradients of implicit_conv2d from dy (b, O, OH, OW); either is skipped when it has no rows:
-    dx (b, C, H, W) = per image w_t (C, O*K) @ the rows of dz from index_t (O*K,) = o*Z + M + top*Wp -
-    offsets[k], cropped from dxz (C, H*Wp) at column ``left``; dw_t (C, K, O) += per tap k the planes
-    (b, C*P + slack) of x from offsets[k] @ dz^T, through ``packed`` (packed_shape((OH*Wp, O))).
+def implicit_conv2d_backward(planes, dy, groups, w_t, index_t, index, front, wp, left, dz, packed, dxz, dw_t,
+                             dx):
+    """The gradients of implicit_conv2d from dy (b, O, OH, OW); either is skipped when it has no rows.
+
+    dx (b, C, H, W): per image and group, w_t (C, O/g*K) (row c: weight[o, c, k] over the o of c's group)
+    @ the rows of dz from index_t (O*K,) = o*Z + M + top*Wp - offsets[k], into dxz (C, H*Wp), cropped at
+    column ``left``. dw_t (C*K, O/g) += per image and group the rows of its planes (b, C*P + slack) from
+    index (C*K,) @ the group's dz^T, through ``packed`` (packed_shape((OH*Wp, O/g))).
     dz: a scratch (O, Z) with Z >= M + Hp*Wp + NR (zeroed here; only the data columns are written)."""
     b, o_, oh, ow = dy.shape
-    front, length = offsets[offsets.shape[0] - 1], oh * wp
+    length = oh * wp
+    og, cg, rows = o_ // groups, w_t.shape[0] // groups, index.shape[0] // groups  # per group: o, c, (c, k)
+    taps, zero = rows // cg, dz.dtype.type(0.0)
     dz[...] = 0.0
     for n in range(b):
         for o in range(o_):
             for r in range(oh):
-                _copy_row(dy[n, o, r], dz[o, front + r * wp:front + r * wp + ow])
-        if dw_t.shape[0]:
-            c_ = dw_t.shape[0]
-            pack(dz[:, front:front + length].T, packed)
-            image = planes[n, :c_ * plane_length].reshape(c_, plane_length)
-            for k in range(offsets.shape[0]):
-                gemm(image[:, offsets[k]:offsets[k] + length], packed, dw_t[:, k], True)
+                _copy_row(dy[n, o, r], dz[o, front + r * wp:front + r * wp + ow], zero)
+        for g in range(groups):
+            if dw_t.shape[0] and og >= DOTS_BELOW:
+                pack(dz[g * og:(g + 1) * og, front:front + length].T, packed)
+                gemm_rows(planes[n], index[g * rows:(g + 1) * rows], length, packed,
+                          dw_t[g * rows:(g + 1) * rows], True)
+            elif dw_t.shape[0]:
+                for row in range(g * rows, (g + 1) * rows):
+                    at = index[row]
+                    for o in range(og):
+                        dw_t[row, o] += _dot(dz[g * og + o, front:front + length], planes[n, at:at + length])
+            if dx.shape[0]:
+                gemm_indexed(w_t[g * cg:(g + 1) * cg], dz, index_t[g * og * taps:(g + 1) * og * taps],
+                             dxz[g * cg:(g + 1) * cg])
         if dx.shape[0]:
-            gemm_indexed(w_t, dz, index_t, dxz)
             c_, h_, w_ = dx.shape[1], dx.shape[2], dx.shape[3]
             for c in range(c_):
                 for h in range(h_):
-                    _copy_row(dxz[c, h * wp + left:h * wp + left + w_], dx[n, c, h])
+                    _copy_row(dxz[c, h * wp + left:h * wp + left + w_], dx[n, c, h], zero)
 
 
-# Explicit loops: a slice assignment (``a[:] = b``) in a kernel takes Numba's general broadcasting path,
+# An explicit loop: a slice assignment (``a[:] = b``) in a kernel takes Numba's general broadcasting path,
 # 4x slower on these rows of 14-28 floats (0.78 against 0.19 ms for the 57 344 output rows of the MNIST
 # CNN's first layer).
 @jit
-def _fill(row, value):
-    for p in range(row.shape[0]):
-        row[p] = value
-
-
-@jit
-def _copy_row(source, into):
+def _copy_row(source, into, plus):
+    """into = source + plus (a scalar of their dtype)."""
     for p in range(source.shape[0]):
-        into[p] = source[p]
+        into[p] = source[p] + plus
 
 
-@jit
-def _copy_row_plus(source, value, into):
-    for p in range(source.shape[0]):
-        into[p] = source[p] + value
-
-
-# The direct convolution. Plane (n, c) holds image n's channel c inside its zero padding, rows Wp apart
-# (NumpyOps._padded_planes, _row_stride); tap k of the kernel, (i, j), reads it from offsets[k] =
-# i*dh*Wp + j*dw. A row of z, OH*Wp long, is an output plane over whole rows (its last Wp - OW columns of each
-# row are dropped), so every tap is one contiguous multiply-add over the row. Each pass adds three taps
-# to one output row (loads of z and stores cut by three), and the weight gradient takes four output
-# channels' dot products per pass over a tap's inputs: at one thread, 64 images of 28x28, one channel in
-# and 32 out, 0.96 ms forward and 1.2 ms for dweight + dbias, against 1.7 and 2.7 ms for columns + GEMM.
+# The weight and bias gradients of a first layer (one to three channels, no dx wanted) straight from the
+# padded planes: the implicit GEMM's dweight has too few rows (C*K = 9 for one channel) to pay for packing
+# dy^T (64 images of 28x28, one channel in and 32 out, two threads: 0.70 against 1.15 ms). dy is copied
+# into rows laid out as z (Wp apart, zero past OW), and each pass over a tap's inputs takes four output
+# channels' dot products.
 @jit_sums
-def direct_conv2d(planes, weight, offsets, bias, wp, z, out):
-    """out (b, O, OH, OW) = bias[o] + sum over c, k of weight[o, c, k] * plane (n, c) from offsets[k].
-
-    planes (b, C, P); weight (O, C, kh*kw); bias (O,); z: a scratch row (OH*Wp,).
-    """
-    b, o_, oh, ow = out.shape
-    c_, k_, length = weight.shape[1], weight.shape[2], z.shape[0]
-    for n in range(b):
-        for o in range(o_):
-            _fill(z, bias[o])
-            for c in range(c_):
-                for k in range(0, k_ - 2, 3):
-                    _add_taps(z, planes[n, c, offsets[k]:offsets[k] + length], weight[o, c, k],
-                              planes[n, c, offsets[k + 1]:offsets[k + 1] + length], weight[o, c, k + 1],
-                              planes[n, c, offsets[k + 2]:offsets[k + 2] + length], weight[o, c, k + 2])
-                for k in range(k_ - k_ % 3, k_):
-                    _add_tap(z, planes[n, c, offsets[k]:offsets[k] + length], weight[o, c, k])
-            for r in range(oh):
-                _copy_row(z[r * wp:r * wp + ow], out[n, o, r])
-
-
-@jit_sums
-def _add_taps(z, s0, w0, s1, w1, s2, w2):
-    for p in range(z.shape[0]):
-        z[p] += w0 * s0[p] + w1 * s1[p] + w2 * s2[p]
-
-
-@jit_sums
-def _add_tap(z, s0, w0):
-    for p in range(z.shape[0]):
-        z[p] += w0 * s0[p]
-
-
-@jit_sums
-def direct_conv2d_backward(planes, dy, weight, offsets, wp, rows, dweight, dbias, dplanes):
-    """The gradients of direct_conv2d from dy (b, O, OH, OW): dbias (O,) += dy's sums, dweight (O, C, K)
-    += dy . each tap's inputs, dplanes (b, C, P) = the adjoint (zeroed first); each is skipped when it
-    has no rows. rows: scratch (4, OH*Wp) for four channels of dy laid out as z (zero past OW)."""
+def direct_conv2d_backward(planes, dy, offsets, wp, rows, dweight, dbias):
+    """From dy (b, O, OH, OW) and x's planes (b, C, P): dbias (O,) += dy's sums, dweight (O, C, K) += dy .
+    each tap's inputs (dbias skipped when it has no rows). rows: scratch (4, OH*Wp) for four channels of
+    dy laid out as z (zero past OW)."""
     b, o_, oh, ow = dy.shape
-    c_, k_, length = weight.shape[1], weight.shape[2], rows.shape[1]
+    c_, k_, length = dweight.shape[1], dweight.shape[2], rows.shape[1]
     rows[...] = 0.0
-    if dplanes.shape[0]:
-        dplanes[...] = 0.0
     for n in range(b):
         for o0 in range(0, o_, 4):
             m = min(4, o_ - o0)
@@ -222,13 +171,17 @@ def direct_conv2d_backward(planes, dy, weight, offsets, wp, rows, dweight, dbias
                 rows[j] = 0.0
             for c in range(c_):
                 for k in range(k_):
-                    if dweight.shape[0]:
-                        sums = _dot4(rows, planes[n, c, offsets[k]:offsets[k] + length])
-                        for j in range(m):
-                            dweight[o0 + j, c, k] += sums[j]
-                    if dplanes.shape[0]:
-                        into = dplanes[n, c, offsets[k]:offsets[k] + length]
-                        _add_rows4(rows, weight[o0:o0 + m, c, k], into)
+                    sums = _dot4(rows, planes[n, c, offsets[k]:offsets[k] + length])
+                    for j in range(m):
+                        dweight[o0 + j, c, k] += sums[j]
+
+
+@jit_sums
+def _dot(a, b):
+    total = a.dtype.type(0.0)
+    for p in range(a.shape[0]):
+        total += a[p] * b[p]
+    return total
 
 
 @jit_sums
@@ -243,17 +196,6 @@ def _dot4(rows, taps):
         a2 += r2[p] * v
         a3 += r3[p] * v
     return a0, a1, a2, a3
-
-
-@jit_sums
-def _add_rows4(rows, weights, into):
-    """into += sum over j of weights[j] * rows[j] (up to four rows; the rest are zero)."""
-    m, zero = weights.shape[0], rows.dtype.type(0.0)
-    w0, w1 = weights[0], weights[1] if m > 1 else zero
-    w2, w3 = weights[2] if m > 2 else zero, weights[3] if m > 3 else zero
-    r0, r1, r2, r3 = rows[0], rows[1], rows[2], rows[3]
-    for p in range(into.shape[0]):
-        into[p] += w0 * r0[p] + w1 * r1[p] + w2 * r2[p] + w3 * r3[p]
 
 
 def max_pool2d(x, kh, kw, sh, sw, ph, pw, out, index):

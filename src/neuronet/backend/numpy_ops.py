@@ -10,18 +10,17 @@ from numpy.lib.stride_tricks import as_strided
 
 from . import blas_threads, conv_kernels, kernels, optim_kernels, packed_gemm, rnn_kernels, row_threads
 from .conv_geometry import ConvGeometry
-from .ops import DEFAULT_ALPHA, Ops, _groups
+from .ops import DEFAULT_ALPHA, Ops
 
-CONV_CHUNK_BYTES = 1 << 22  # the columns of one chunk of images (see NumpyOps.conv2d)
 # Multiply-adds of a stacked product from which the row threads share its matrices. A region costs 75 us
 # (median, 2 cores): (12, 4, 128, 32) @ (.., 32, 128), 25M, took as long split as not (570 us); nanoGPT's
 # (16, 6, 256, 64) @ (.., 64, 256), 400M, 5.9 against 11.2 ms.
 STACK_SPLIT_WORK = 1 << 25
 PASS_SPLIT_WORK = 1 << 19  # elements of a pooling, activation or mask pass from which it runs in blocks
 DRAW_CHUNK = 1 << 18  # uniforms drawn at a time for a dropout mask (a 1 MiB float32 temporary)
-# A stride-1 convolution with one group runs direct (no columns) with at most this many input channels
-# and (C/groups)*kh*kw inputs per output (measured: 3x3 over 1-3 channels and 5x5 over one 1.1-2.6x
-# faster; 3x3 over 4 or more, 5x5 over 3 and 1x1 over 16 slower; see benchmarks/README.md).
+# A stride-1 convolution with one group whose dx is not wanted (a first layer) takes its weight gradient
+# direct (conv_kernels.direct_conv2d_backward) with at most this many input channels and C*kh*kw inputs
+# per output (the implicit GEMM's is faster from 3 channels with dx; see benchmarks/README.md).
 DIRECT_MAX_CHANNELS, DIRECT_MAX_INPUTS = 3, 27
 
 
@@ -34,16 +33,6 @@ def _flat(a: np.ndarray) -> np.ndarray:
 
 def _rows(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1, a.shape[-1])
-
-
-def _conv_chunks(n: int, bytes_per_image: int, threads: int) -> list[tuple[int, int]]:
-    """(first image, count) of the chunks of n images whose columns stay within CONV_CHUNK_BYTES (at
-    least one image each), as many as it takes rounded up to a multiple of ``threads`` (when there are
-    more images than threads), near-equal in size."""
-    count = -(-n * bytes_per_image // CONV_CHUNK_BYTES)
-    if n >= threads and 4 * n * bytes_per_image >= CONV_CHUNK_BYTES:  # enough work for every thread
-        count = -(-count // threads) * threads
-    return [(b.start, b.stop - b.start) for b in row_threads.split(n, min(n, max(1, count)))]
 
 
 def _shifted(geom: ConvGeometry) -> bool:
@@ -76,7 +65,8 @@ def _interior(planes: np.ndarray, geom: ConvGeometry) -> np.ndarray:
 
 
 def _direct(geom: ConvGeometry, weight: np.ndarray) -> bool:
-    """Whether the direct path runs this convolution: stride 1, one group, few inputs per output."""
+    """Whether a convolution is a first layer's for the direct weight gradient: stride 1, one group, few
+    inputs per output."""
     return (_shifted(geom) and geom.groups == 1 and weight.shape[1] <= DIRECT_MAX_CHANNELS
             and weight[0].size <= DIRECT_MAX_INPUTS)
 
@@ -192,104 +182,24 @@ class NumpyOps(Ops):
         kernels.scatter_add_rows(_rows(table), index.reshape(-1), _rows(np.ascontiguousarray(rows)))
 
     # ----------------------------------------------------------------- convolution and pooling
-    # Stride-1 convolutions (the usual 3x3 "same" and 1x1 ones) run in the shifted-rows layout: with one
-    # group the forward as an implicit GEMM over the padded planes (_implicit_conv2d, no columns); the
-    # backward (and a grouped forward) over chunks of images that stay in the cache, dweight as one GEMM
-    # with the columns of x, dx as weight^T @ dy folded back onto the planes (the adjoint of the
-    # columns). With few inputs per output (a first layer's 1 or 3 channels) a GEMM has too little to
-    # multiply and the columns cost more than it: those run direct, from the planes
-    # (conv_kernels.direct_conv2d). Other geometries run the reference's whole-batch im2col + GEMM. See
-    # _shifted_columns and benchmarks/README.md for the numbers.
+    # Stride-1 convolutions (the usual 3x3 "same" and 1x1 ones) run in the shifted-rows layout, as implicit
+    # GEMMs over the padded planes (no columns): the forward and dx (_implicit_conv2d, ..._backward), and
+    # dweight but for a first layer's (_direct_conv2d_backward). Other geometries run the reference's
+    # whole-batch im2col + GEMM. See benchmarks/README.md for the numbers.
     def conv2d(self, x, weight, bias, geom, out, scratch):
-        if _direct(geom, weight):
-            return self._direct_conv2d(x, weight, bias, geom, out)
         if not _shifted(geom):
             return super().conv2d(x, weight, bias, geom, out, scratch)
-        if geom.groups == 1:
-            return self._implicit_conv2d(x, weight, bias, geom, out)
-        (n, c), (o, g), (oh, ow) = x.shape[:2], (weight.shape[0], geom.groups), geom.out_size
-        length = oh * _row_stride(geom)
-        w = _groups(weight, g, weight[0].size)
-
-        def run(block: str, chunks) -> None:
-            """For each chunk: its columns, one GEMM per group into z (O, b, OH, Wp), and z's first OW
-            columns of each row copied to out (b, O, OH, OW)."""
-            for n0, b in chunks:
-                cols = self._shifted_columns(x[n0:n0 + b], geom)
-                z = self.temporary("conv.gemm", (o, b, oh, _row_stride(geom)), x.dtype)
-                np.matmul(w, _groups(cols, g, b * length), out=_groups(z, g, b * length))
-                if bias is not None:  # here, where rows are contiguous
-                    z += bias.reshape(o, 1, 1, 1)
-                np.copyto(out[n0:n0 + b], z[..., :ow].transpose(1, 0, 2, 3))
-        self._in_chunk_blocks(n, c * math.prod(geom.kernel) * length * x.itemsize, run)
-        return out
+        return self._implicit_conv2d(x, weight, bias, geom, out)
 
     def conv2d_backward(self, dy, x, weight, geom, dx, dweight, dbias, scratch):
-        if _direct(geom, weight):
-            return self._direct_conv2d_backward(dy, x, weight, geom, dx, dweight, dbias)
         if not _shifted(geom):
             return super().conv2d_backward(dy, x, weight, geom, dx, dweight, dbias, scratch)
-        if geom.groups == 1:
-            return self._implicit_conv2d_backward(dy, x, weight, geom, dx, dweight, dbias)
-        (n, o), g, (oh, ow) = dy.shape[:2], geom.groups, geom.out_size
-        wp, (kh, kw) = _row_stride(geom), geom.kernel
-        c, length = (x if x is not None else dx).shape[1], oh * wp
-        if dbias is not None:
-            db = scratch("conv.db", (o,))
-            np.sum(dy.reshape(n, o, oh * ow), axis=(0, 2), out=db)
-            dbias += db
-        if dweight is None and dx is None:
-            return dx
-        w_t = _groups(weight, g, weight[0].size).swapaxes(-1, -2)
-        if dweight is not None:
-            dweight = _groups(dweight, g, dweight[0].size)
-        sums = []
-
-        def run(block: str, chunks) -> None:
-            """For each chunk: dy_t (O, b, OH, Wp), zero past OW (the extra outputs of each row
-            contribute nothing); dweight^T += columns of x @ dy_t^T into this block's own dw_t (added
-            to dweight at the end); dcols = weight^T @ dy_t, folded into the chunk's dx."""
-            if dweight is not None:
-                dw_t = self.temporary("conv.dw_t" + block, dweight.swapaxes(-1, -2).shape, dy.dtype)
-                product = self.temporary("conv.dw_chunk", dw_t.shape, dy.dtype) if len(chunks) > 1 else dw_t
-            for k, (n0, b) in enumerate(chunks):
-                dy_t = self.temporary("conv.dy_t", (o, b, oh, wp), dy.dtype)
-                np.copyto(dy_t[..., :ow], dy[n0:n0 + b].transpose(1, 0, 2, 3))
-                dy_t[..., ow:] = 0.0
-                rows = _groups(dy_t, g, b * length)
-                if dweight is not None:
-                    # cols @ dy_t^T: OpenBLAS ran this orientation 1.3-1.9x faster than dy_t @ cols^T
-                    cols = self._shifted_columns(x[n0:n0 + b], geom)
-                    np.matmul(_groups(cols, g, b * length), rows.swapaxes(-1, -2),
-                              out=dw_t if k == 0 else product)
-                    if k > 0:
-                        dw_t += product
-                if dx is not None:
-                    dcols = self.temporary("conv.dcols", (c, kh, kw, b, length), dy.dtype)
-                    np.matmul(w_t, rows, out=_groups(dcols, g, b * length))
-                    self._fold_shifted(dcols, geom, dx[n0:n0 + b])
-            if dweight is not None:
-                sums.append(dw_t)
-        columns = (dweight is not None) + (dx is not None)  # of x and of dx, per image
-        self._in_chunk_blocks(n, columns * c * kh * kw * length * dy.itemsize, run)
-        for dw_t in sums:
-            dweight += dw_t.swapaxes(-1, -2)
-        return dx
-
-    def _direct_conv2d(self, x, weight, bias, geom, out):
-        """The forward straight from the padded planes, the images in blocks on the row threads."""
-        o, (oh, wp) = weight.shape[0], (geom.out_size[0], _row_stride(geom))
-        w, offsets = weight.reshape(o, weight.shape[1], -1), _tap_offsets(*geom.kernel, *geom.dilation, wp)
-        bias = self._bias_or_zeros(bias, o, x.dtype)
-
-        def run(rows: slice) -> None:
-            z = self.temporary("conv.z_row", (oh * wp,), x.dtype)
-            conv_kernels.direct_conv2d(self._padded_planes(x[rows], geom), w, offsets, bias, wp, z, out[rows])
-        self.run_blocks([functools.partial(run, rows) for rows in self.row_blocks(x.shape[0], min_rows=1)])
-        return out
+        if dx is None and dweight is not None and _direct(geom, weight):
+            return self._direct_conv2d_backward(dy, x, weight, geom, dweight, dbias)
+        return self._implicit_conv2d_backward(dy, x, weight, geom, dx, dweight, dbias)
 
     def _implicit_conv2d(self, x, weight, bias, geom, out):
-        """The forward as one implicit GEMM per image over its padded planes (conv_kernels.implicit_conv2d),
+        """The forward as implicit GEMMs over each image's padded planes (conv_kernels.implicit_conv2d),
         the images in blocks on the row threads."""
         (c, o), (oh, wp) = (x.shape[1], weight.shape[0]), (geom.out_size[0], _row_stride(geom))
         w, index = weight.reshape(o, -1), _plane_index(c, geom)
@@ -306,9 +216,9 @@ class NumpyOps(Ops):
     def _implicit_conv2d_backward(self, dy, x, weight, geom, dx, dweight, dbias):
         """The gradients as implicit GEMMs over dy and x's padded planes
         (conv_kernels.implicit_conv2d_backward), the images in blocks on the row threads, each block's
-        weight gradient apart (C, K, O), added after."""
-        (n, o), c, dtype = dy.shape[:2], weight.shape[1], dy.dtype
-        (oh, ow), wp, taps = geom.out_size, _row_stride(geom), math.prod(geom.kernel)
+        weight gradient apart (C*K, O/g), added after."""
+        (n, o), c, dtype = dy.shape[:2], (x if x is not None else dx).shape[1], dy.dtype
+        (oh, ow), wp, g, taps = geom.out_size, _row_stride(geom), geom.groups, math.prod(geom.kernel)
         if dbias is not None:
             db = self.temporary("conv.db", (o,), dtype)
             np.sum(dy.reshape(n, o, oh * ow), axis=(0, 2), out=db)
@@ -316,31 +226,32 @@ class NumpyOps(Ops):
         if dweight is None and dx is None:
             return dx
         slack = packed_gemm.panel_width(dtype)
-        z_length, index = _gradient_index(o, geom, slack)
-        offsets = _tap_offsets(*geom.kernel, *geom.dilation, wp)
-        w_t = self.temporary("conv.w_t", (c, o * taps), dtype)
-        np.copyto(w_t.reshape(c, o, taps), weight.reshape(o, c, taps).transpose(1, 0, 2))
-        blocks, absent = self.row_blocks(n, min_rows=1), _EMPTY_3D[dtype]
+        z_length, index_t = _gradient_index(o, geom, slack)
+        front = int(_tap_offsets(*geom.kernel, *geom.dilation, wp)[-1])
+        w_t = self.temporary("conv.w_t", (c, o // g * taps), dtype)  # row c: weight[o, c, k] over c's group
+        np.copyto(w_t.reshape(g, c // g, o // g, taps),
+                  weight.reshape(g, o // g, c // g, taps).transpose(0, 2, 1, 3))
+        blocks, absent = self.row_blocks(n, min_rows=1), _EMPTY_2D[dtype]
         dws = [absent] * len(blocks)
         if dweight is not None:
-            dws = [self.temporary(f"conv.dw_t{k}", (c, taps, o), dtype) for k in range(len(blocks))]
+            dws = [self.temporary(f"conv.dw_t{k}", (c * taps, o // g), dtype) for k in range(len(blocks))]
             for dw_t in dws:
                 dw_t[...] = 0.0
 
         def run(rows: slice, dw_t) -> None:
-            planes = self._padded_planes(x[rows], geom, slack) if dweight is not None else _EMPTY_2D[dtype]
-            packed = self.temporary("conv.dz_packed", packed_gemm.packed_shape((oh * wp, o), dtype), dtype)
-            dxz = self.temporary("conv.dxz", (c, geom.in_size[0] * wp), dtype) if dx is not None else \
-                _EMPTY_2D[dtype]
+            planes = self._padded_planes(x[rows], geom, slack) if dweight is not None else absent
+            packed = self.temporary("conv.dz_packed", packed_gemm.packed_shape((oh * wp, o // g), dtype),
+                                    dtype)
+            dxz = self.temporary("conv.dxz", (c, geom.in_size[0] * wp), dtype) if dx is not None else absent
             conv_kernels.implicit_conv2d_backward(
-                planes, _plane_length(geom), dy[rows], w_t, index, offsets, wp, geom.padding[1][0],
+                planes, dy[rows], g, w_t, index_t, _plane_index(c, geom), front, wp, geom.padding[1][0],
                 self.temporary("conv.dz", (o, z_length), dtype), packed, dxz, dw_t,
                 dx[rows] if dx is not None else _EMPTY_4D[dtype])
         self.run_blocks([functools.partial(run, *args) for args in zip(blocks, dws, strict=True)])
         if dweight is not None:
-            grad = _flat(dweight).reshape(o, c, taps)
+            grad = _flat(dweight).reshape(g, o // g, c // g, taps)
             for dw_t in dws:
-                grad += dw_t.transpose(2, 0, 1)
+                grad += dw_t.reshape(g, c // g, taps, o // g).transpose(0, 3, 1, 2)
         return dx
 
     def _bias_or_zeros(self, bias, o: int, dtype):
@@ -350,30 +261,25 @@ class NumpyOps(Ops):
             bias[...] = 0.0
         return bias
 
-    def _direct_conv2d_backward(self, dy, x, weight, geom, dx, dweight, dbias):
-        """The gradients straight from the padded planes, the images in blocks on the row threads (each
-        block's weight and bias gradients apart, added after: ``_block_partials``)."""
-        (n, o), c, wp = dy.shape[:2], weight.shape[1], _row_stride(geom)
-        w, offsets = weight.reshape(o, c, -1), _tap_offsets(*geom.kernel, *geom.dilation, wp)
-        blocks, absent = self.row_blocks(n, min_rows=1), _EMPTY_3D[dy.dtype]
-        dws = self._block_partials("conv.dw", _flat(dweight).reshape(w.shape), len(blocks)) \
-            if dweight is not None else [absent] * len(blocks)
+    def _direct_conv2d_backward(self, dy, x, weight, geom, dweight, dbias):
+        """The weight and bias gradients straight from the padded planes, the images in blocks on the row
+        threads (each block's apart, added after: ``_block_partials``)."""
+        (n, o), wp = dy.shape[:2], _row_stride(geom)
+        offsets = _tap_offsets(*geom.kernel, *geom.dilation, wp)
+        blocks = self.row_blocks(n, min_rows=1)
+        dws = self._block_partials("conv.dw", _flat(dweight).reshape(o, weight.shape[1], -1), len(blocks))
         dbs = self._block_partials("conv.db", dbias, len(blocks)) if dbias is not None else \
             [_EMPTY[dy.dtype]] * len(blocks)
 
         def run(rows: slice, dw, db) -> None:
-            planes = self._padded_planes(x[rows], geom) if dweight is not None else absent
-            dplanes = self.temporary("conv.dx_padded", (len(range(n)[rows]), c, _plane_length(geom)),
-                                     dy.dtype) if dx is not None else absent
             dy_rows = self.temporary("conv.dy_rows", (4, geom.out_size[0] * wp), dy.dtype)
-            conv_kernels.direct_conv2d_backward(planes, dy[rows], w, offsets, wp, dy_rows, dw, db, dplanes)
-            if dx is not None:
-                np.copyto(dx[rows], _interior(dplanes, geom))
+            conv_kernels.direct_conv2d_backward(self._padded_planes(x[rows], geom), dy[rows], offsets, wp,
+                                                dy_rows, dw, db)
         self.run_blocks([functools.partial(run, *args) for args in zip(blocks, dws, dbs, strict=True)])
         for grad, partials in ((dweight, dws), (dbias, dbs)):
             if grad is not None:
                 self._add_block_partials(partials)
-        return dx
+        return None
 
     def _block_partials(self, name: str, grad, blocks: int) -> list:
         """Where each of ``blocks`` row blocks adds its share of the gradient ``grad``: grad itself for the
@@ -391,28 +297,6 @@ class NumpyOps(Ops):
         for part in partials[1:]:
             partials[0] += part
 
-    def _in_chunk_blocks(self, n: int, bytes_per_image: int, run) -> None:
-        """Call run(block, chunks) for the (first image, count) chunks of n images, dealt out in
-        contiguous blocks to the row threads, one block per thread; ``block`` ("", "1", ...) tells
-        each block's scratch buffers apart. A single block's products use every BLAS thread."""
-        chunks = _conv_chunks(n, bytes_per_image, blas_threads.threads())
-        blas_threads.use_all_threads()
-        self.run_blocks([functools.partial(run, str(k) if k else "", chunks[rows])
-                         for k, rows in enumerate(self.row_blocks(len(chunks), min_rows=1))])
-
-    def _shifted_columns(self, x, geom):
-        """The columns (C, kh, kw, b, OH*Wp) of the b images x (b, C, H, W), Wp = _row_stride: x is
-        copied inside zeros as planes (_padded_planes), and entry (c, i, j, m) is the slice of plane (m, c)
-        from i*dh*Wp + j*dw, OH*Wp long (over whole rows: the GEMM computes Wp - OW outputs per row that
-        are dropped). One strided copy reads them all."""
-        (b, c), (kh, kw), (dh, dw) = x.shape[:2], geom.kernel, geom.dilation
-        wp, oh = _row_stride(geom), geom.out_size[0]
-        planes = self._padded_planes(x, geom)
-        cols = self.temporary("conv.cols", (c, kh, kw, b, oh * wp), x.dtype)
-        s = planes.strides
-        np.copyto(cols, as_strided(planes, cols.shape, (s[1], dh * wp * s[2], dw * s[2], s[0], s[2])))
-        return cols
-
     def _padded_planes(self, x, geom, slack: int = 0):
         """x (b, C, H, W) copied inside zeros as planes (b, C, _plane_length): the padded images; with
         ``slack``, flat per image (b, C*_plane_length + slack), the slack's contents undefined."""
@@ -425,13 +309,6 @@ class NumpyOps(Ops):
         planes[...] = 0.0
         np.copyto(_interior(planes, geom), x)
         return planes if not slack else flat
-
-    def _fold_shifted(self, dcols, geom, dx):
-        """dx (b, C, H, W) = the adjoint of _shifted_columns applied to dcols (C, kh, kw, b, OH*Wp):
-        every entry added back onto the padded planes it was read from, the padding dropped."""
-        planes = self.temporary("conv.padded", (*dx.shape[:2], _plane_length(geom)), dx.dtype)
-        conv_kernels.fold_shifted(dcols, _row_stride(geom), *geom.dilation, planes)
-        np.copyto(dx, _interior(planes, geom))
 
     def im2col(self, x, geom, out):
         # One strided copy (NumPy's copy loop beats a Numba gather on these short rows).
@@ -664,9 +541,8 @@ def _table(spans, coef, dtype) -> tuple:
 
 # Stand-ins for absent optimizer state (no momentum buffer, not centered), one per float dtype.
 _EMPTY = {np.dtype(d): np.zeros(0, d) for d in ("float32", "float64")}
-# 3-D stand-ins with no rows: no dL/dh_t from above (the recurrent loops), a gradient or input the direct
-# convolution's backward is not asked for or does not need.
-_EMPTY_3D = {np.dtype(d): np.zeros((0, 1, 1), d) for d in ("float32", "float64")}
-_EMPTY_2D = {np.dtype(d): np.zeros((0, 1), d) for d in ("float32", "float64")}
-_EMPTY_4D = {np.dtype(d): np.zeros((0, 1, 1, 1), d) for d in ("float32", "float64")}
+# Stand-ins with no rows, 2-, 3- and 4-D: no dL/dh_t from above (the recurrent loops), a gradient or input
+# the implicit convolution's backward is not asked for or does not need.
+_EMPTY_2D, _EMPTY_3D, _EMPTY_4D = ({np.dtype(d): np.zeros((0,) + (1,) * (ndim - 1), d)
+                                    for d in ("float32", "float64")} for ndim in (2, 3, 4))
 

@@ -55,14 +55,16 @@ def pack(b, out):
                 out[p, k, j] = b[k, col] if col < n else zero
 
 
-def _make_tile(rows: int, indexed: bool):
+def _make_tile(rows: int, indexed: bool, rows_indexed: bool):
     """The intrinsic computing one tile of ``rows`` rows (1..MR) by one panel; with ``indexed`` the
-    panel's rows are read where a table says (an implicit GEMM: a convolution's shifted planes)."""
+    panel's rows are read where a table says (an implicit GEMM: a convolution's shifted planes), with
+    ``rows_indexed`` the rows of ``a``."""
 
     @intrinsic
     def tile(typingctx, zero, a, a_row, a_col, b, b_index, c, ldc, k_size, n_cols, accumulate):
         """c[r, :n_cols] (+)= sum_k a[r a_row + k a_col] * B_k for r < rows, B_k the NR values at
-        b + k NR, or with ``indexed`` at b + b_index[k] (b_index: the address of an int64 array).
+        b + k NR, or with ``indexed`` at b + b_index[k] (b_index: the address of an int64 array); with
+        ``rows_indexed`` row r of a starts at a + a_row[r] (a_row: the address of an int64 array).
         Addresses of elements, strides in elements; ``zero`` (float32 or float64) gives their type."""
         sig = types.void(zero, a, a_row, a_col, b, b_index, c, ldc, k_size, n_cols, accumulate)
 
@@ -81,6 +83,12 @@ def _make_tile(rows: int, indexed: bool):
             def const(v):
                 return ir.Constant(i64, v)
 
+            if rows_indexed:  # where each row of a starts, loaded once
+                starts = builder.inttoptr(a_row_, i64.as_pointer())
+                row_at = [builder.load(builder.gep(starts, [const(r)])) for r in range(rows)]
+            else:
+                row_at = [builder.mul(const(r), a_row_) for r in range(rows)]
+
             # the k loop: accumulators as phi nodes, so that they live in registers
             entry = builder.block
             body, done = builder.append_basic_block("tile.k"), builder.append_basic_block("tile.done")
@@ -97,7 +105,7 @@ def _make_tile(rows: int, indexed: bool):
             a_k = builder.mul(k, a_col_)
             sums = []
             for r in range(rows):
-                x = builder.load(builder.gep(a_p, [builder.add(a_k, builder.mul(const(r), a_row_))]))
+                x = builder.load(builder.gep(a_p, [builder.add(a_k, row_at[r])]))
                 xs = _broadcast(builder, x, vec)
                 sums += [builder.call(fma, [xs, bv[v], accs[2 * r + v]]) for v in range(2)]
             k_next, end = builder.add(k, const(1)), builder.block
@@ -160,12 +168,10 @@ def _alignment(real) -> int:
     return 4 if isinstance(real, ir.FloatType) else 8
 
 
-def _by_rows(indexed: bool):
-    """``tile(rows, *args)``: the tile of ``rows`` rows (1..MR, ``_make_tile``), its panel packed or
-    ``indexed``."""
-    t1, t2, t3, t4, t5, t6 = (_make_tile(r, indexed) for r in range(1, MR + 1))
+def _by_rows(indexed: bool, rows_indexed: bool):
+    """``tile(rows, *args)``: the tile of ``rows`` rows (1..MR, ``_make_tile``)."""
+    t1, t2, t3, t4, t5, t6 = (_make_tile(r, indexed, rows_indexed) for r in range(1, MR + 1))
 
-    @register_jitable
     def tile(rows, *args):
         if rows == 6:
             t6(*args)
@@ -179,17 +185,26 @@ def _by_rows(indexed: bool):
             t2(*args)
         else:
             t1(*args)
-    return tile
+    # A name of its own per variant: Numba names a compiled function by its qualified name and a counter
+    # of the process that compiled it, and a kernel loaded from the disk cache calls its callees by that
+    # name. Three closures all called ``_by_rows.<locals>.tile`` made a cached kernel call whichever
+    # variant the running process had given the same counter (a segmentation fault).
+    tile.__name__ = tile.__qualname__ = "tile_" + ("indexed" if indexed else "rows_indexed" if rows_indexed
+                                                   else "packed")
+    return register_jitable(tile)
 
 
-_tile, _tile_indexed = _by_rows(False), _by_rows(True)
+_tile, _tile_indexed, _tile_rows_indexed = (_by_rows(False, False), _by_rows(True, False),
+                                            _by_rows(False, True))
 
 
 @register_jitable
 def gemm(a, packed, c, accumulate):
     """c = a @ b, or c += a @ b with ``accumulate``, for a (M, K), b (K, N) packed by ``pack``, c (M, N) with
     unit-stride rows; one dtype (float32 or float64). The caller checks the shapes."""
-    _product(False, a, packed.ctypes.data, packed.strides[0], 0, c, accumulate)
+    size = c.itemsize
+    _product(0, a.ctypes.data, a.strides[0] // size, a.strides[1] // size, a.shape[0], a.shape[1],
+             packed.ctypes.data, packed.strides[0], 0, c, accumulate)
 
 
 @register_jitable
@@ -197,17 +212,29 @@ def gemm_indexed(a, b, index, c):
     """c (M, L) = a (M, K) @ B for B (K, L) whose row k is b[index[k] : index[k] + L] (b flat): an
     implicit GEMM, B never written out (a convolution's columns are shifted planes). A panel reads NR
     values from each row start, so b must hold NR - 1 elements past the last row's end."""
-    _product(True, a, b.ctypes.data, PANEL_BYTES, index.ctypes.data, c, False)
+    size = c.itemsize
+    _product(1, a.ctypes.data, a.strides[0] // size, a.strides[1] // size, a.shape[0], a.shape[1],
+             b.ctypes.data, PANEL_BYTES, index.ctypes.data, c, False)
 
 
 @register_jitable
-def _product(indexed, a, b, panel_bytes, index, c, accumulate):
-    """c (+)= a @ B over B's panels of NR columns, panel p at address b + p * panel_bytes (its rows NR
-    apart, or with ``indexed`` where the int64 table at address ``index`` says), in tiles of MR rows."""
-    m, k_size = a.shape
+def gemm_rows(a, index, k_size, packed, c, accumulate):
+    """c (+)= A @ b for A (M, K) whose row m is a[index[m] : index[m] + k_size] (a flat; M = len(index)),
+    b packed by ``pack``: the other implicit GEMM, its left operand read in place (a convolution's
+    weight gradient: the shifted planes times dy^T)."""
+    _product(2, a.ctypes.data, index.ctypes.data, 1, index.shape[0], k_size,
+             packed.ctypes.data, packed.strides[0], 0, c, accumulate)
+
+
+@register_jitable
+def _product(kind, a, a_row, a_col, m, k_size, b, panel_bytes, index, c, accumulate):
+    """c (+)= A @ B over B's panels of NR columns, panel p at address b + p * panel_bytes, in tiles of
+    MR rows. ``kind`` 0: A (m, k_size) at address a with strides a_row, a_col (elements), B's rows NR
+    apart; 1: the same A, B's rows where the int64 table at address ``index`` says; 2: row r of A at
+    a + the int64 table at address a_row says, B's rows NR apart."""
     n = c.shape[1]
     size = c.itemsize
-    a_row, a_col, ldc = a.strides[0] // size, a.strides[1] // size, c.strides[0] // size
+    ldc = c.strides[0] // size
     nr = PANEL_BYTES // size
     zero = c.dtype.type(0.0)
     flag = np.int64(1 if accumulate else 0)
@@ -215,10 +242,16 @@ def _product(indexed, a, b, panel_bytes, index, c, accumulate):
         n_cols = np.int64(min(nr, n - p * nr))
         panel, out = np.int64(b + p * panel_bytes), c.ctypes.data + p * nr * size
         for r0 in range(0, m, MR):
-            args = (zero, np.int64(a.ctypes.data + r0 * a.strides[0]), np.int64(a_row), np.int64(a_col),
-                    panel, np.int64(index), np.int64(out + r0 * ldc * size), np.int64(ldc), np.int64(k_size),
-                    n_cols, flag)
-            if indexed:
-                _tile_indexed(min(MR, m - r0), *args)
+            rows = min(MR, m - r0)
+            if kind == 2:
+                a_at, a_rows = np.int64(a), np.int64(a_row + r0 * 8)
             else:
-                _tile(min(MR, m - r0), *args)
+                a_at, a_rows = np.int64(a + r0 * a_row * size), np.int64(a_row)
+            args = (zero, a_at, a_rows, np.int64(a_col), panel, np.int64(index),
+                    np.int64(out + r0 * ldc * size), np.int64(ldc), np.int64(k_size), n_cols, flag)
+            if kind == 1:
+                _tile_indexed(rows, *args)
+            elif kind == 2:
+                _tile_rows_indexed(rows, *args)
+            else:
+                _tile(rows, *args)
