@@ -14,8 +14,8 @@ def _gemm(a, packed, c, accumulate):
     packed_gemm.gemm(a, packed, c, accumulate)
 
 
-def _packed(b):
-    out = np.full(packed_gemm.packed_shape(b.shape, b.dtype), np.nan, b.dtype)  # all of it must be written
+def _packed(b, narrow=False):
+    out = np.full(packed_gemm.packed_shape(b.shape, b.dtype, narrow), np.nan, b.dtype)  # all of it written
     packed_gemm.pack(b, out)
     return out
 
@@ -88,22 +88,26 @@ def _gemm_rows(a, index, k_size, packed, c, accumulate):
     packed_gemm.gemm_rows(a, index, k_size, packed, c, accumulate)
 
 
+@pytest.mark.parametrize("narrow", [False, True], ids=["wide", "narrow"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("k_size, n", [(70, 40), (5, 1), (33, 32)])
-def test_gemm_rows_reads_a_where_the_table_says(dtype, k_size, n):
+@pytest.mark.parametrize("k_size, n", [(70, 40), (5, 1), (33, 32), (9, 16)])
+def test_gemm_rows_reads_a_where_the_table_says(dtype, k_size, n, narrow):
     """c (+)= A @ b with row m of A the slice a[index[m]:index[m] + K] of a flat array (rows overlapping,
-    out of order, 7 of them: a tile of 6 and one of 1); a's values past the last row are NaN, never read."""
+    out of order, 7 of them: a tile of 6 and one of 1), b in panels of either width; a's values past the
+    last row are NaN, never read; columns past c's last one are never written."""
     rng = np.random.default_rng(k_size)
     index = np.array([0, 7, 3, 40, 41, 12, 25], dtype=np.int64)
     a = np.full(index.max() + k_size + 50, np.nan, dtype)
     a[:index.max() + k_size] = rng.standard_normal(index.max() + k_size)
     b = rng.standard_normal((k_size, n)).astype(dtype)
-    c = np.full((len(index), n), 7.0, dtype)
+    wide = np.full((len(index), n + 40), 7.0, dtype)
+    c = wide[:, :n]
     rows = np.stack([a[i:i + k_size] for i in index]).astype(np.float64)
-    _gemm_rows(a, index, k_size, _packed(b), c, False)
+    _gemm_rows(a, index, k_size, _packed(b, narrow), c, False)
     np.testing.assert_allclose(c, rows @ b, rtol=1e-5, atol=1e-5)
-    _gemm_rows(a, index, k_size, _packed(b), c, True)
+    _gemm_rows(a, index, k_size, _packed(b, narrow), c, True)
     np.testing.assert_allclose(c, 2 * (rows @ b), rtol=1e-5, atol=1e-5)
+    assert (wide[:, n:] == 7.0).all()
 
 
 @numba.njit
@@ -113,12 +117,13 @@ def _all_three(a, packed, index, c):
     packed_gemm.gemm_rows(a.reshape(-1), index, 1, packed, c, False)
 
 
-def test_tile_variants_compile_to_functions_of_their_own_names():
+def test_product_variants_compile_to_functions_of_their_own_names():
     """A compiled function is named by its qualified name and a per-process counter; a kernel loaded from
     the disk cache calls its callees by that name, so variants sharing a qualified name would be told apart
     by the counter alone and a cached kernel could call another process's variant (it crashed)."""
     a, index = np.ones((2, 2)), np.zeros(2, np.int64)
     _all_three(a, _packed(a), index, np.zeros((2, 2)))
     ir = next(iter(_all_three.overloads.values())).library.get_llvm_str()
-    names = set(re.findall(r'define [^@]*@"?_ZN\w*?packed_gemm\d+(tile\w*?)B\d+v\d+', ir))
-    assert names == {"tile_packed", "tile_indexed", "tile_rows_indexed"}
+    names = set(re.findall(r'define [^@]*@"?_ZN\w*?packed_gemm\d+(product\w*?)B\d+v\d+', ir))
+    assert names == {"product_packed", "product_indexed", "product_rows_indexed",
+                     "product_rows_indexed_narrow"}

@@ -240,8 +240,8 @@ class NumpyOps(Ops):
 
         def run(rows: slice, dw_t) -> None:
             planes = self._padded_planes(x[rows], geom, slack) if dweight is not None else absent
-            packed = self.temporary("conv.dz_packed", packed_gemm.packed_shape((oh * wp, o // g), dtype),
-                                    dtype)
+            packed = self.temporary("conv.dz_packed", packed_gemm.packed_shape(
+                (oh * wp, o // g), dtype, packed_gemm.narrow_panels(o // g, dtype)), dtype)
             dxz = self.temporary("conv.dxz", (c, geom.in_size[0] * wp), dtype) if dx is not None else absent
             conv_kernels.implicit_conv2d_backward(
                 planes, dy[rows], g, w_t, index_t, _plane_index(c, geom), front, wp, geom.padding[1][0],

@@ -30,15 +30,22 @@ PANEL_BYTES = 2 * _VECTOR_BYTES
 jit = numba.njit(cache=True, nogil=True)
 
 
-def panel_width(dtype) -> int:
-    """NR: the columns of a panel for ``dtype`` (32 for float32, 16 for float64)."""
-    return PANEL_BYTES // np.dtype(dtype).itemsize
+def panel_width(dtype, narrow: bool = False) -> int:
+    """NR: the columns of a panel for ``dtype`` (32 for float32, 16 for float64); ``narrow``: half that
+    (one vector: ``gemm_rows`` takes either)."""
+    return PANEL_BYTES // (2 if narrow else 1) // np.dtype(dtype).itemsize
 
 
-def packed_shape(shape: tuple[int, int], dtype) -> tuple[int, int, int]:
+def narrow_panels(n: int, dtype) -> bool:
+    """Whether n columns waste less in narrow panels: the last full-width panel would be at most half full
+    (a convolution's dweight over 16 output channels computed 32 columns: 2x the work)."""
+    return (n - 1) % panel_width(dtype) < panel_width(dtype, narrow=True)
+
+
+def packed_shape(shape: tuple[int, int], dtype, narrow: bool = False) -> tuple[int, int, int]:
     """The (P, K, NR) array ``pack`` fills for a (K, N) matrix of ``dtype``."""
     k, n = shape
-    nr = panel_width(dtype)
+    nr = panel_width(dtype, narrow)
     return (n + nr - 1) // nr, k, nr
 
 
@@ -55,10 +62,10 @@ def pack(b, out):
                 out[p, k, j] = b[k, col] if col < n else zero
 
 
-def _make_tile(rows: int, indexed: bool, rows_indexed: bool):
-    """The intrinsic computing one tile of ``rows`` rows (1..MR) by one panel; with ``indexed`` the
-    panel's rows are read where a table says (an implicit GEMM: a convolution's shifted planes), with
-    ``rows_indexed`` the rows of ``a``."""
+def _make_tile(rows: int, indexed: bool, rows_indexed: bool, vectors: int):
+    """The intrinsic computing one tile of ``rows`` rows (1..MR) by one panel of ``vectors`` vectors; with
+    ``indexed`` the panel's rows are read where a table says (an implicit GEMM: a convolution's shifted
+    planes), with ``rows_indexed`` the rows of ``a``."""
 
     @intrinsic
     def tile(typingctx, zero, a, a_row, a_col, b, b_index, c, ldc, k_size, n_cols, accumulate):
@@ -95,19 +102,19 @@ def _make_tile(rows: int, indexed: bool, rows_indexed: bool):
             builder.cbranch(builder.icmp_signed(">", k_, const(0)), body, done)
             builder.position_at_end(body)
             k = builder.phi(i64)
-            accs = [builder.phi(vec) for _ in range(2 * rows)]
+            accs = [builder.phi(vec) for _ in range(vectors * rows)]
             if indexed:
                 panel = builder.load(builder.gep(builder.inttoptr(b_index_, i64.as_pointer()), [k]))
             else:
-                panel = builder.mul(k, const(2 * lanes))
+                panel = builder.mul(k, const(vectors * lanes))
             bv = [builder.load(_vector_at(builder, b_p, builder.add(panel, const(v * lanes)), vptr),
-                               align=_alignment(real)) for v in range(2)]
+                               align=_alignment(real)) for v in range(vectors)]
             a_k = builder.mul(k, a_col_)
             sums = []
             for r in range(rows):
                 x = builder.load(builder.gep(a_p, [builder.add(a_k, row_at[r])]))
                 xs = _broadcast(builder, x, vec)
-                sums += [builder.call(fma, [xs, bv[v], accs[2 * r + v]]) for v in range(2)]
+                sums += [builder.call(fma, [xs, bv[v], accs[vectors * r + v]]) for v in range(vectors)]
             k_next, end = builder.add(k, const(1)), builder.block
             builder.cbranch(builder.icmp_signed("<", k_next, k_), body, done)
             k.add_incoming(const(0), entry)
@@ -130,11 +137,11 @@ def _make_tile(rows: int, indexed: bool, rows_indexed: bool):
             n_splat = _broadcast(builder, n_cols_, ir.VectorType(i64, lanes))
             adding = builder.icmp_signed("!=", accumulate_, const(0))
             align = ir.Constant(i32, _alignment(real))
-            for v in range(2):
+            for v in range(vectors):
                 lane_cols = ir.Constant(ir.VectorType(i64, lanes), list(range(v * lanes, (v + 1) * lanes)))
                 mask = builder.icmp_signed("<", lane_cols, n_splat)
                 for r in range(rows):
-                    total = totals[2 * r + v]
+                    total = totals[vectors * r + v]
                     at = builder.add(builder.mul(const(r), ldc_), const(v * lanes))
                     ptr = _vector_at(builder, c_p, at, vptr)
                     old = builder.call(load, [ptr, align, mask, zeros])
@@ -168,34 +175,57 @@ def _alignment(real) -> int:
     return 4 if isinstance(real, ir.FloatType) else 8
 
 
-def _by_rows(indexed: bool, rows_indexed: bool):
-    """``tile(rows, *args)``: the tile of ``rows`` rows (1..MR, ``_make_tile``)."""
-    t1, t2, t3, t4, t5, t6 = (_make_tile(r, indexed, rows_indexed) for r in range(1, MR + 1))
+def _product_of(indexed: bool, rows_indexed: bool, vectors: int, name: str):
+    """The GEMM loop over panels of ``vectors`` vectors and tiles of MR rows, its tiles made by
+    ``_make_tile``: ``product(a, a_row, a_col, m, k_size, b, panel_bytes, index, c, accumulate)``,
+    c (+)= A @ B, panel p of B at address b + p * panel_bytes, its rows NR apart or with ``indexed`` where
+    the int64 table at address ``index`` says; A (m, k_size) at address a with strides a_row, a_col
+    (elements), or with ``rows_indexed`` row r at a + the int64 table at address a_row says."""
+    t1, t2, t3, t4, t5, t6 = (_make_tile(r, indexed, rows_indexed, vectors) for r in range(1, MR + 1))
+    nr_bytes = vectors * _VECTOR_BYTES
 
-    def tile(rows, *args):
-        if rows == 6:
-            t6(*args)
-        elif rows == 5:
-            t5(*args)
-        elif rows == 4:
-            t4(*args)
-        elif rows == 3:
-            t3(*args)
-        elif rows == 2:
-            t2(*args)
-        else:
-            t1(*args)
+    def product(a, a_row, a_col, m, k_size, b, panel_bytes, index, c, accumulate):
+        n = c.shape[1]
+        size = c.itemsize
+        ldc = c.strides[0] // size
+        nr = nr_bytes // size
+        zero = c.dtype.type(0.0)
+        flag = np.int64(1 if accumulate else 0)
+        for p in range((n + nr - 1) // nr):
+            n_cols = np.int64(min(nr, n - p * nr))
+            panel, out = np.int64(b + p * panel_bytes), c.ctypes.data + p * nr * size
+            for r0 in range(0, m, MR):
+                rows = min(MR, m - r0)
+                if rows_indexed:
+                    a_at, a_rows = np.int64(a), np.int64(a_row + r0 * 8)
+                else:
+                    a_at, a_rows = np.int64(a + r0 * a_row * size), np.int64(a_row)
+                args = (zero, a_at, a_rows, np.int64(a_col), panel, np.int64(index),
+                        np.int64(out + r0 * ldc * size), np.int64(ldc), np.int64(k_size), n_cols, flag)
+                if rows == 6:
+                    t6(*args)
+                elif rows == 5:
+                    t5(*args)
+                elif rows == 4:
+                    t4(*args)
+                elif rows == 3:
+                    t3(*args)
+                elif rows == 2:
+                    t2(*args)
+                else:
+                    t1(*args)
     # A name of its own per variant: Numba names a compiled function by its qualified name and a counter
     # of the process that compiled it, and a kernel loaded from the disk cache calls its callees by that
-    # name. Three closures all called ``_by_rows.<locals>.tile`` made a cached kernel call whichever
-    # variant the running process had given the same counter (a segmentation fault).
-    tile.__name__ = tile.__qualname__ = "tile_" + ("indexed" if indexed else "rows_indexed" if rows_indexed
-                                                   else "packed")
-    return register_jitable(tile)
+    # name. Variants all called ``_product_of.<locals>.product`` made a cached kernel call whichever one
+    # the running process had given the same counter (a segmentation fault).
+    product.__name__ = product.__qualname__ = name
+    return register_jitable(product)
 
 
-_tile, _tile_indexed, _tile_rows_indexed = (_by_rows(False, False), _by_rows(True, False),
-                                            _by_rows(False, True))
+_product = _product_of(False, False, 2, "product_packed")
+_product_indexed = _product_of(True, False, 2, "product_indexed")
+_product_rows = _product_of(False, True, 2, "product_rows_indexed")
+_product_rows_narrow = _product_of(False, True, 1, "product_rows_indexed_narrow")
 
 
 @register_jitable
@@ -203,7 +233,7 @@ def gemm(a, packed, c, accumulate):
     """c = a @ b, or c += a @ b with ``accumulate``, for a (M, K), b (K, N) packed by ``pack``, c (M, N) with
     unit-stride rows; one dtype (float32 or float64). The caller checks the shapes."""
     size = c.itemsize
-    _product(0, a.ctypes.data, a.strides[0] // size, a.strides[1] // size, a.shape[0], a.shape[1],
+    _product(a.ctypes.data, a.strides[0] // size, a.strides[1] // size, a.shape[0], a.shape[1],
              packed.ctypes.data, packed.strides[0], 0, c, accumulate)
 
 
@@ -213,45 +243,18 @@ def gemm_indexed(a, b, index, c):
     implicit GEMM, B never written out (a convolution's columns are shifted planes). A panel reads NR
     values from each row start, so b must hold NR - 1 elements past the last row's end."""
     size = c.itemsize
-    _product(1, a.ctypes.data, a.strides[0] // size, a.strides[1] // size, a.shape[0], a.shape[1],
-             b.ctypes.data, PANEL_BYTES, index.ctypes.data, c, False)
+    _product_indexed(a.ctypes.data, a.strides[0] // size, a.strides[1] // size, a.shape[0], a.shape[1],
+                     b.ctypes.data, PANEL_BYTES, index.ctypes.data, c, False)
 
 
 @register_jitable
 def gemm_rows(a, index, k_size, packed, c, accumulate):
     """c (+)= A @ b for A (M, K) whose row m is a[index[m] : index[m] + k_size] (a flat; M = len(index)),
-    b packed by ``pack``: the other implicit GEMM, its left operand read in place (a convolution's
-    weight gradient: the shifted planes times dy^T)."""
-    _product(2, a.ctypes.data, index.ctypes.data, 1, index.shape[0], k_size,
-             packed.ctypes.data, packed.strides[0], 0, c, accumulate)
-
-
-@register_jitable
-def _product(kind, a, a_row, a_col, m, k_size, b, panel_bytes, index, c, accumulate):
-    """c (+)= A @ B over B's panels of NR columns, panel p at address b + p * panel_bytes, in tiles of
-    MR rows. ``kind`` 0: A (m, k_size) at address a with strides a_row, a_col (elements), B's rows NR
-    apart; 1: the same A, B's rows where the int64 table at address ``index`` says; 2: row r of A at
-    a + the int64 table at address a_row says, B's rows NR apart."""
-    n = c.shape[1]
-    size = c.itemsize
-    ldc = c.strides[0] // size
-    nr = PANEL_BYTES // size
-    zero = c.dtype.type(0.0)
-    flag = np.int64(1 if accumulate else 0)
-    for p in range((n + nr - 1) // nr):
-        n_cols = np.int64(min(nr, n - p * nr))
-        panel, out = np.int64(b + p * panel_bytes), c.ctypes.data + p * nr * size
-        for r0 in range(0, m, MR):
-            rows = min(MR, m - r0)
-            if kind == 2:
-                a_at, a_rows = np.int64(a), np.int64(a_row + r0 * 8)
-            else:
-                a_at, a_rows = np.int64(a + r0 * a_row * size), np.int64(a_row)
-            args = (zero, a_at, a_rows, np.int64(a_col), panel, np.int64(index),
-                    np.int64(out + r0 * ldc * size), np.int64(ldc), np.int64(k_size), n_cols, flag)
-            if kind == 1:
-                _tile_indexed(rows, *args)
-            elif kind == 2:
-                _tile_rows_indexed(rows, *args)
-            else:
-                _tile(rows, *args)
+    b packed by ``pack`` in panels of either width (``packed_shape``): the other implicit GEMM, its left
+    operand read in place (a convolution's weight gradient: the shifted planes times dy^T)."""
+    if packed.shape[2] * packed.itemsize == _VECTOR_BYTES:
+        _product_rows_narrow(a.ctypes.data, index.ctypes.data, 1, index.shape[0], k_size,
+                             packed.ctypes.data, packed.strides[0], 0, c, accumulate)
+    else:
+        _product_rows(a.ctypes.data, index.ctypes.data, 1, index.shape[0], k_size,
+                      packed.ctypes.data, packed.strides[0], 0, c, accumulate)
