@@ -13,6 +13,11 @@ the whole inner dimension, and each k costs one broadcast of a[r, k] per row and
 panel. The tile is LLVM IR emitted through a Numba intrinsic (Numba's own loops do not keep accumulators in
 registers: measured at 30-50 GFLOP/s); its stores are masked past c's last column, so any N works. ``a`` is
 read through its two strides (a transposed view works); c's rows must be unit-stride.
+
+Two implicit GEMMs read an operand where it lies instead: ``gemm_indexed`` the rows of b through a table of
+row starts (a convolution's columns are shifted padded planes), ``gemm_rows`` the rows of a (the same
+columns as the left operand of a weight gradient), with b packed in panels of two vectors or, where the
+last would be at most half full (``narrow_panels``), of one.
 """
 
 from __future__ import annotations
