@@ -79,6 +79,14 @@ def test_conv2d_gradcheck(activation, stride, conv_path):
     check_gradients(nn.Conv2D(2, 3, 3, stride=stride, padding=1, activation=activation), x)
 
 
+@pytest.mark.parametrize("groups,out_channels", [(2, 16), (4, 4)], ids=["groups_of_8", "depthwise"])
+def test_conv2d_grouped_stride1_gradcheck(groups, out_channels):
+    """float64 numerical gradients of a grouped stride-1 convolution: on the NumPy backend a group of 8
+    outputs takes its weight gradient as a GEMM, a depthwise one as dot products."""
+    x = np.random.default_rng(7).standard_normal((2, 4, 5, 4))
+    check_gradients(nn.Conv2D(4, out_channels, 3, padding=1, groups=groups, activation="tanh"), x)
+
+
 def test_conv1d_gradcheck():
     x = np.random.default_rng(6).standard_normal((2, 2, 7))
     check_gradients(nn.Conv1D(2, 3, 3, stride=2, padding=2), x)

@@ -34,6 +34,9 @@ CONV2D_CASES = [
     (6, 4, 3, 1, "same", 2, 2, True, (6, 7, 7), 1),             # everything at once
     (2, 3, 1, 1, 1, 1, 1, True, (2, 4, 5), 2),                  # padding wider than the kernel reaches
     (4, 3, 3, 1, (1, 2), 1, 1, True, (4, 5, 6), 2),             # 2 columns of padding on each side
+    (3, 20, 3, 1, 1, 1, 1, True, (3, 6, 6), 2),                 # NumPy: dweight in full-width panels
+    (8, 32, 3, 1, 1, 1, 2, False, (8, 6, 5), 2),                # groups of 16 outputs: narrow panels
+    (4, 48, 3, 1, "same", (1, 2), 2, True, (4, 5, 6), 2),       # groups of 24 outputs: full-width panels
 ]
 
 
