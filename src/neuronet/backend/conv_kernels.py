@@ -3,7 +3,7 @@
 ``col2im`` is the adjoint of im2col (NumpyOps.im2col, a strided copy): it adds the columns
 ``(C, kh, kw, N, OH, OW)`` back into the unpadded image, dropping what fell on the zero padding.
 The loops run over the destination in order and need no atomics and no ``np.add.at``.
-A stride-1 convolution runs on the images' padded planes (NumpyOps._padded_planes) without columns:
+A stride-1 convolution runs on each image's padded planes (``_pad_image``) without columns:
 ``implicit_conv2d`` and ``implicit_conv2d_backward`` as implicit GEMMs (packed_gemm), and a first layer's
 weight gradient, with too few rows for a GEMM, in ``direct_conv2d_backward``.
 """
@@ -61,20 +61,23 @@ def col2im(cols, sh, sw, dh, dw, ph, pw, out):
 # 32 -> 64 layer at 14x14, 64 images on two threads, 2.78 against 3.59 ms for columns + OpenBLAS; 16 -> 16 at
 # 28x28 1.57 against 3.14 ms; 3 -> 32 at 32x32 0.87 against 1.68 ms for the direct loops it replaced.
 @jit
-def implicit_conv2d(planes, weight, index, bias, wp, z, out):
+def implicit_conv2d(x, top, left, plane, planes, weight, index, bias, wp, z, out):
     """out (b, O, OH, OW) = bias[o] + sum over (c, k) of o's group of weight[o, c k] * plane (n, c) from
     offsets[k].
 
-    planes (b, C*P + slack): each image's padded planes one after another, index (C*kh*kw,) = c*P +
-    offsets[k]; weight (O, C/g*kh*kw), the groups one after another; bias (O,); z: a scratch (O, OH*Wp).
+    x (b, C, H, W), each image laid into ``planes`` (C*P + slack,), P = ``plane``, in turn, index
+    (C*kh*kw,) = c*P + offsets[k]; weight (O, C/g*kh*kw), the groups one after another; bias (O,); z: a
+    scratch (O, OH*Wp).
     """
     b, o_, oh, ow = out.shape
     rows = weight.shape[1]
     groups = index.shape[0] // rows
     og = o_ // groups
+    planes[...] = 0.0
     for n in range(b):
+        _pad_image(x[n], top, left, wp, plane, planes)
         for g in range(groups):
-            gemm_indexed(weight[g * og:(g + 1) * og], planes[n], index[g * rows:(g + 1) * rows],
+            gemm_indexed(weight[g * og:(g + 1) * og], planes, index[g * rows:(g + 1) * rows],
                          z[g * og:(g + 1) * og])
         for o in range(o_):
             for r in range(oh):
@@ -94,34 +97,39 @@ DOTS_BELOW = 8
 
 
 @jit
-def implicit_conv2d_backward(planes, dy, groups, w_t, index_t, index, front, wp, left, dz, packed, dxz, dw_t,
-                             dx):
+def implicit_conv2d_backward(x, top, left, plane, planes, dy, groups, w_t, index_t, index, front, wp, dz,
+                             packed, dxz, dw_t, dx):
     """The gradients of implicit_conv2d from dy (b, O, OH, OW); either is skipped when it has no rows.
 
     dx (b, C, H, W): per image and group, w_t (C, O/g*K) (row c: weight[o, c, k] over the o of c's group)
     @ the rows of dz from index_t (O*K,) = o*Z + M + top*Wp - offsets[k], into dxz (C, H*Wp), cropped at
-    column ``left``. dw_t (C*K, O/g) += per image and group the rows of its planes (b, C*P + slack) from
-    index (C*K,) @ the group's dz^T, through ``packed`` (packed_shape((OH*Wp, O/g))).
+    column ``left``. dw_t (C*K, O/g) += per image and group the rows of its planes (x (b, C, H, W) laid
+    into ``planes`` (C*P + slack,), P = ``plane``, in turn) from index (C*K,) @ the group's dz^T, through
+    ``packed`` (packed_shape((OH*Wp, O/g))).
     dz: a scratch (O, Z) with Z >= M + Hp*Wp + NR (zeroed here; only the data columns are written)."""
     b, o_, oh, ow = dy.shape
     length = oh * wp
     og, cg, rows = o_ // groups, w_t.shape[0] // groups, index.shape[0] // groups  # per group: o, c, (c, k)
     taps, zero = rows // cg, dz.dtype.type(0.0)
     dz[...] = 0.0
+    if dw_t.shape[0]:
+        planes[...] = 0.0
     for n in range(b):
+        if dw_t.shape[0]:
+            _pad_image(x[n], top, left, wp, plane, planes)
         for o in range(o_):
             for r in range(oh):
                 _copy_row(dy[n, o, r], dz[o, front + r * wp:front + r * wp + ow], zero)
         for g in range(groups):
             if dw_t.shape[0] and og >= DOTS_BELOW:
                 pack(dz[g * og:(g + 1) * og, front:front + length].T, packed)
-                gemm_rows(planes[n], index[g * rows:(g + 1) * rows], length, packed,
+                gemm_rows(planes, index[g * rows:(g + 1) * rows], length, packed,
                           dw_t[g * rows:(g + 1) * rows], True)
             elif dw_t.shape[0]:
                 for row in range(g * rows, (g + 1) * rows):
                     at = index[row]
                     for o in range(og):
-                        dw_t[row, o] += _dot(dz[g * og + o, front:front + length], planes[n, at:at + length])
+                        dw_t[row, o] += _dot(dz[g * og + o, front:front + length], planes[at:at + length])
             if dx.shape[0]:
                 gemm_indexed(w_t[g * cg:(g + 1) * cg], dz, index_t[g * og * taps:(g + 1) * og * taps],
                              dxz[g * cg:(g + 1) * cg])
@@ -130,6 +138,18 @@ def implicit_conv2d_backward(planes, dy, groups, w_t, index_t, index, front, wp,
             for c in range(c_):
                 for h in range(h_):
                     _copy_row(dxz[c, h * wp + left:h * wp + left + w_], dx[n, c, h], zero)
+
+
+@jit
+def _pad_image(x, top, left, wp, plane, planes):
+    """The image x (C, H, W) into its padded planes (C*P + slack,), P = ``plane``, rows wp apart, from row
+    ``top``, column ``left``: only the image is written (the padding is whatever the caller zeroed)."""
+    c_, h_, w_ = x.shape
+    zero = planes.dtype.type(0.0)
+    for c in range(c_):
+        for h in range(h_):
+            at = c * plane + (top + h) * wp + left
+            _copy_row(x[c, h], planes[at:at + w_], zero)
 
 
 # An explicit loop: a slice assignment (``a[:] = b``) in a kernel takes Numba's general broadcasting path,
@@ -148,14 +168,16 @@ def _copy_row(source, into, plus):
 # into rows laid out as z (Wp apart, zero past OW), and each pass over a tap's inputs takes four output
 # channels' dot products.
 @jit_sums
-def direct_conv2d_backward(planes, dy, offsets, wp, rows, dweight, dbias):
-    """From dy (b, O, OH, OW) and x's planes (b, C, P): dbias (O,) += dy's sums, dweight (O, C, K) += dy .
-    each tap's inputs (dbias skipped when it has no rows). rows: scratch (4, OH*Wp) for four channels of
-    dy laid out as z (zero past OW)."""
+def direct_conv2d_backward(x, top, left, plane, planes, dy, offsets, wp, rows, dweight, dbias):
+    """From dy (b, O, OH, OW) and x (b, C, H, W), each image laid into ``planes`` (C*P,), P = ``plane``, in
+    turn: dbias (O,) += dy's sums, dweight (O, C, K) += dy . each tap's inputs (dbias skipped when it has
+    no rows). rows: scratch (4, OH*Wp) for four channels of dy laid out as z (zero past OW)."""
     b, o_, oh, ow = dy.shape
     c_, k_, length = dweight.shape[1], dweight.shape[2], rows.shape[1]
     rows[...] = 0.0
+    planes[...] = 0.0
     for n in range(b):
+        _pad_image(x[n], top, left, wp, plane, planes)
         for o0 in range(0, o_, 4):
             m = min(4, o_ - o0)
             for j in range(m):
@@ -171,7 +193,8 @@ def direct_conv2d_backward(planes, dy, offsets, wp, rows, dweight, dbias):
                 rows[j] = 0.0
             for c in range(c_):
                 for k in range(k_):
-                    sums = _dot4(rows, planes[n, c, offsets[k]:offsets[k] + length])
+                    at = c * plane + offsets[k]
+                    sums = _dot4(rows, planes[at:at + length])
                     for j in range(m):
                         dweight[o0 + j, c, k] += sums[j]
 

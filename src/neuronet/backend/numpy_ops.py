@@ -57,13 +57,6 @@ def _plane_length(geom: ConvGeometry) -> int:
     return hp * wp + (kw - 1) * dw
 
 
-def _interior(planes: np.ndarray, geom: ConvGeometry) -> np.ndarray:
-    """The view (b, C, H, W) of padded planes (b, C, _plane_length) where the unpadded images lie."""
-    (b, c), (h, w), (hp, wp) = planes.shape[:2], geom.in_size, (geom.padded_size[0], _row_stride(geom))
-    (top, _), (left, _) = geom.padding
-    return planes[:, :, :hp * wp].reshape(b, c, hp, wp)[:, :, top:top + h, left:left + w]
-
-
 def _direct(geom: ConvGeometry, weight: np.ndarray) -> bool:
     """Whether a convolution is a first layer's for the direct weight gradient: stride 1, one group, few
     inputs per output."""
@@ -207,9 +200,9 @@ class NumpyOps(Ops):
         slack = packed_gemm.panel_width(x.dtype)  # a panel's last columns read up to NR - 1 past a plane
 
         def run(rows: slice) -> None:
-            planes = self._padded_planes(x[rows], geom, slack)
             z = self.temporary("conv.z", (o, oh * wp), x.dtype)
-            conv_kernels.implicit_conv2d(planes, w, index, bias, wp, z, out[rows])
+            conv_kernels.implicit_conv2d(x[rows], *self._image_planes(c, geom, x.dtype, slack), w, index,
+                                         bias, wp, z, out[rows])
         self.run_blocks([functools.partial(run, rows) for rows in self.row_blocks(x.shape[0], min_rows=1)])
         return out
 
@@ -239,12 +232,12 @@ class NumpyOps(Ops):
                 dw_t[...] = 0.0
 
         def run(rows: slice, dw_t) -> None:
-            planes = self._padded_planes(x[rows], geom, slack) if dweight is not None else absent
             packed = self.temporary("conv.dz_packed", packed_gemm.packed_shape(
                 (oh * wp, o // g), dtype, packed_gemm.narrow_panels(o // g, dtype)), dtype)
             dxz = self.temporary("conv.dxz", (c, geom.in_size[0] * wp), dtype) if dx is not None else absent
             conv_kernels.implicit_conv2d_backward(
-                planes, dy[rows], g, w_t, index_t, _plane_index(c, geom), front, wp, geom.padding[1][0],
+                x[rows] if x is not None else _EMPTY_4D[dtype], *self._image_planes(c, geom, dtype, slack),
+                dy[rows], g, w_t, index_t, _plane_index(c, geom), front, wp,
                 self.temporary("conv.dz", (o, z_length), dtype), packed, dxz, dw_t,
                 dx[rows] if dx is not None else _EMPTY_4D[dtype])
         self.run_blocks([functools.partial(run, *args) for args in zip(blocks, dws, strict=True)])
@@ -273,8 +266,8 @@ class NumpyOps(Ops):
 
         def run(rows: slice, dw, db) -> None:
             dy_rows = self.temporary("conv.dy_rows", (4, geom.out_size[0] * wp), dy.dtype)
-            conv_kernels.direct_conv2d_backward(self._padded_planes(x[rows], geom), dy[rows], offsets, wp,
-                                                dy_rows, dw, db)
+            conv_kernels.direct_conv2d_backward(x[rows], *self._image_planes(weight.shape[1], geom, dy.dtype),
+                                                dy[rows], offsets, wp, dy_rows, dw, db)
         self.run_blocks([functools.partial(run, *args) for args in zip(blocks, dws, dbs, strict=True)])
         for grad, partials in ((dweight, dws), (dbias, dbs)):
             if grad is not None:
@@ -297,18 +290,12 @@ class NumpyOps(Ops):
         for part in partials[1:]:
             partials[0] += part
 
-    def _padded_planes(self, x, geom, slack: int = 0):
-        """x (b, C, H, W) copied inside zeros as planes (b, C, _plane_length): the padded images; with
-        ``slack``, flat per image (b, C*_plane_length + slack), the slack's contents undefined."""
-        (b, c), length = x.shape[:2], _plane_length(geom)
-        if not slack:
-            planes = self.temporary("conv.padded", (b, c, length), x.dtype)
-        else:
-            flat = self.temporary("conv.padded_slack", (b, c * length + slack), x.dtype)
-            planes = flat[:, :c * length].reshape(b, c, length)
-        planes[...] = 0.0
-        np.copyto(_interior(planes, geom), x)
-        return planes if not slack else flat
+    def _image_planes(self, c: int, geom, dtype, slack: int = 0) -> tuple:
+        """What a stride-1 kernel needs to lay one image of c channels into its padded planes in turn:
+        (top, left, P = _plane_length, this thread's buffer (c*P + slack,))."""
+        length = _plane_length(geom)
+        return (geom.padding[0][0], geom.padding[1][0], length,
+                self.temporary("conv.padded_image", (c * length + slack,), dtype))
 
     def im2col(self, x, geom, out):
         # One strided copy (NumPy's copy loop beats a Numba gather on these short rows).
