@@ -75,9 +75,9 @@ def _plane_index(c: int, geom: ConvGeometry) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def _gradient_index(o: int, geom: ConvGeometry, nr: int) -> tuple[int, np.ndarray]:
-    """The implicit GEMM of a convolution's dx (conv_kernels.implicit_conv2d_backward): Z, the length of a
-    row of dz (the M = last tap's offset zeros, a padded plane, a panel's slack of nr), and where row
+def _gradient_index(o: int, geom: ConvGeometry, nr: int) -> tuple[int, int, np.ndarray]:
+    """The implicit GEMM of a convolution's dx (conv_kernels.implicit_conv2d_backward): M, the last tap's
+    offset; Z, the length of a row of dz (M zeros, a padded plane, a panel's slack of nr); and where row
     (o, k) starts reading dz: o*Z + M + top*Wp - the tap's offset."""
     wp = _row_stride(geom)
     offsets = _tap_offsets(*geom.kernel, *geom.dilation, wp)
@@ -86,7 +86,7 @@ def _gradient_index(o: int, geom: ConvGeometry, nr: int) -> tuple[int, np.ndarra
     start = front + geom.padding[0][0] * wp
     index = (np.arange(o, dtype=np.int64)[:, None] * z_length + start - offsets).reshape(-1)
     index.flags.writeable = False
-    return z_length, index
+    return front, z_length, index
 
 
 @functools.lru_cache(maxsize=64)
@@ -219,17 +219,16 @@ class NumpyOps(Ops):
         if dweight is None and dx is None:
             return dx
         slack = packed_gemm.panel_width(dtype)
-        z_length, index_t = _gradient_index(o, geom, slack)
-        front = int(_tap_offsets(*geom.kernel, *geom.dilation, wp)[-1])
+        front, z_length, index_t = _gradient_index(o, geom, slack)
         w_t = self.temporary("conv.w_t", (c, o // g * taps), dtype)  # row c: weight[o, c, k] over c's group
         np.copyto(w_t.reshape(g, c // g, o // g, taps),
                   weight.reshape(g, o // g, c // g, taps).transpose(0, 2, 1, 3))
         blocks, absent = self.row_blocks(n, min_rows=1), _EMPTY_2D[dtype]
         dws = [absent] * len(blocks)
-        if dweight is not None:
-            dws = [self.temporary(f"conv.dw_t{k}", (c * taps, o // g), dtype) for k in range(len(blocks))]
-            for dw_t in dws:
-                dw_t[...] = 0.0
+        if dweight is not None:  # in the kernel's layout (C*K, O/g), each block's apart
+            dw_t = self.temporary("conv.dw_t", (c * taps, o // g), dtype)
+            dw_t[...] = 0.0
+            dws = self._block_partials("conv.dw_t", dw_t, len(blocks))
 
         def run(rows: slice, dw_t) -> None:
             packed = self.temporary("conv.dz_packed", packed_gemm.packed_shape(
@@ -242,9 +241,9 @@ class NumpyOps(Ops):
                 dx[rows] if dx is not None else _EMPTY_4D[dtype])
         self.run_blocks([functools.partial(run, *args) for args in zip(blocks, dws, strict=True)])
         if dweight is not None:
+            self._add_block_partials(dws)
             grad = _flat(dweight).reshape(g, o // g, c // g, taps)
-            for dw_t in dws:
-                grad += dw_t.reshape(g, c // g, taps, o // g).transpose(0, 3, 1, 2)
+            grad += dws[0].reshape(g, c // g, taps, o // g).transpose(0, 3, 1, 2)
         return dx
 
     def _bias_or_zeros(self, bias, o: int, dtype):
