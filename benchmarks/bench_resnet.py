@@ -20,9 +20,9 @@ def _data(n: int = BATCH):
 
 
 def neuronet_model(nn):
-    def conv_bn(x, cin, cout, relu=True):
-        h = nn.BatchNorm2D(cout)(nn.Conv2D(cin, cout, 3, padding=1, bias=False)(x))
-        return nn.ReLU()(h) if relu else h
+    def conv_bn(x, cin, cout, relu=True):  # the ReLU after a BatchNorm runs in its passes
+        conv = nn.Conv2D(cin, cout, 3, padding=1, bias=False)(x)
+        return nn.BatchNorm2D(cout, activation="relu" if relu else None)(conv)
 
     def block(x, c):
         return nn.ReLU()(nn.Add()([x, conv_bn(conv_bn(x, c, c), c, c, relu=False)]))

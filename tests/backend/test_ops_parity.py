@@ -211,12 +211,14 @@ def _(ops, a):
     ops.batch_norm_stats(a["x"], mean, var)
     ops.copy_(rstd, var)
     rstd **= -0.5
-    out, dx, dx_eval = (ops.empty((3, 4, 5), "float64") for _ in range(3))
+    out, relu_out, dx, dx_eval = (ops.empty((3, 4, 5), "float64") for _ in range(4))
     ops.batch_norm(a["x"], mean, rstd, a["w"], a["b"], out)
-    results = [mean, var, out]
-    for training, grad in ((True, dx), (False, dx_eval), (True, None)):
-        ops.batch_norm_backward(a["dy"], a["x"], mean, rstd, a["w"], training, grad, dw, db)
-        results += [dw * 1.0, db * 1.0] + ([grad * 1.0] if grad is not None else [])
+    ops.batch_norm(a["x"], mean, rstd, a["w"], a["b"], relu_out, True)
+    results = [mean, var, out, relu_out]
+    for fused in (None, relu_out):  # plain, then the gradients through the fused ReLU
+        for training, grad in ((True, dx), (False, dx_eval), (True, None)):
+            ops.batch_norm_backward(a["dy"], a["x"], mean, rstd, a["w"], training, grad, dw, db, fused)
+            results += [dw * 1.0, db * 1.0] + ([grad * 1.0] if grad is not None else [])
     return results
 
 

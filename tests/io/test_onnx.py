@@ -89,7 +89,7 @@ def test_model_on_torch_backend_exports(tmp_path):
 # --------------------------------------------------------------------------- CNN
 def test_cnn(tmp_path):
     model = nn.Sequential(
-        layer("Conv2D", 3, 4, 3, padding=1, activation="relu"), layer("BatchNorm2D", 4),
+        layer("Conv2D", 3, 4, 3, padding=1), layer("BatchNorm2D", 4, activation="relu"),
         layer("MaxPool2D", 2), layer("Conv2D", 4, 6, 3, stride=2, padding=1), layer("AvgPool2D", 2, stride=1),
         layer("GlobalAvgPool2D"), nn.Dense(6, 3))
     model.build((3, 10, 10))

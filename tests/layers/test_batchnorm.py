@@ -101,3 +101,63 @@ def test_batchnorm_bad_input():
     layer.build((3,))
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         layer.forward(np.zeros((1, 3), np.float32), training=True)
+
+
+def _bn_then_relu(module, x):
+    return torch.relu(module(x))
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("cls, torch_cls, shape", [(nn.BatchNorm2D, torch.nn.BatchNorm2d, (3, 5, 6)),
+                                                   (nn.BatchNorm1D, torch.nn.BatchNorm1d, (3, 7))])
+def test_batchnorm_with_fused_relu_matches_torch(cls, torch_cls, shape, training, backend):
+    """activation="relu" is BatchNorm followed by ReLU: values, dL/dx and both weight gradients (about
+    half the outputs negative, so the mask matters in every channel)."""
+    torch.manual_seed(0)
+    module = torch_cls(3)
+    with torch.no_grad():
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.uniform_(-0.5, 0.5)
+        module.running_mean.uniform_(-1, 1)
+        module.running_var.uniform_(0.5, 2)
+    x = np.random.default_rng(4).standard_normal((4, *shape)) * 2 + 1
+    layer = built(cls(3, activation="relu"), shape, backend)
+    result = compare_with_torch(layer, module, x, training=training, torch_forward=_bn_then_relu)
+    assert 0.2 < np.mean(result["y"] == 0) < 0.8
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_with_fused_relu_in_channel_blocks(training, rows_on_threads, monkeypatch):
+    """The fused kernels over blocks of channels on three threads (5 channels: 1, 2, 2)."""
+    from neuronet.backend import numpy_ops
+
+    monkeypatch.setattr(numpy_ops, "PASS_SPLIT_WORK", 0)
+    torch.manual_seed(1)
+    module = torch.nn.BatchNorm2d(5)
+    with torch.no_grad():
+        module.bias.uniform_(-0.5, 0.5)
+        module.running_var.uniform_(0.5, 2)
+    x = np.random.default_rng(5).standard_normal((4, 5, 3, 4))
+    compare_with_torch(built(nn.BatchNorm2D(5, activation="relu"), (5, 3, 4), "numpy"), module, x,
+                       training=training, torch_forward=_bn_then_relu)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_with_fused_relu_gradcheck(training):
+    x = np.random.default_rng(6).standard_normal((3, 2, 2, 3))
+    layer = nn.BatchNorm2D(2, activation="relu")
+    layer.build((2, 2, 3), dtype="float64")
+    layer.params["weight"][...] = [0.7, 1.3]
+    layer.params["bias"][...] = [0.1, -0.2]
+    check_gradients(layer, x, training=training)
+
+
+def test_batchnorm_activation_config_and_errors():
+    layer = nn.BatchNorm2D(4, activation="relu")
+    assert layer.get_config()["activation"] == "relu"
+    assert "activation='relu'" in repr(layer)
+    again = nn.BatchNorm2D(**layer.get_config())
+    assert again.activation == "relu"
+    assert nn.BatchNorm1D(4).get_config()["activation"] is None
+    with pytest.raises(ValueError, match=r"BatchNorm2D: activation must be None or 'relu'.*'gelu'"):
+        nn.BatchNorm2D(4, activation="gelu")

@@ -371,50 +371,70 @@ def batch_norm_stats(x, mean, var, c0, c1):
 
 
 @jit
-def batch_norm_forward(x, mean, rstd, w, b, out, c0, c1):
-    """out = (x - mean[c]) * rstd[c] * w[c] + b[c] for x (N, C, M), channels c0..c1-1."""
+def batch_norm_forward(x, mean, rstd, w, b, relu, out, c0, c1):
+    """out = (x - mean[c]) * rstd[c] * w[c] + b[c] for x (N, C, M), channels c0..c1-1; with ``relu``
+    max(that, 0) in the same pass."""
     n, m = x.shape[0], x.shape[2]
+    dt = x.dtype.type
     for c in range(c0, c1):
         scale = rstd[c] * w[c]
         shift = b[c] - mean[c] * scale
         for i in range(n):
-            for j in range(m):
-                out[i, c, j] = x[i, c, j] * scale + shift
+            if relu:  # (one loop per case: a test inside the inner loop would keep it from vectorising)
+                for j in range(m):
+                    out[i, c, j] = max(x[i, c, j] * scale + shift, dt(0.0))
+            else:
+                for j in range(m):
+                    out[i, c, j] = x[i, c, j] * scale + shift
 
 
 @jit
-def batch_norm_sums(dy, x, mean, rstd, dw, db, c0, c1):
-    """db[c] = sum dy and dw[c] = sum dy xhat over (N, M), xhat = (x - mean[c]) rstd[c] (written), for
-    channels c0..c1-1."""
+def batch_norm_sums(dy, y, x, mean, rstd, dw, db, c0, c1):
+    """db[c] = sum g and dw[c] = sum g xhat over (N, M), xhat = (x - mean[c]) rstd[c] (written), for
+    channels c0..c1-1; g = dy, or with a ReLU fused in the forward (``y`` its output, not empty)
+    g = dy where y > 0, else 0."""
     n, m = x.shape[0], x.shape[2]
     dt = x.dtype.type
+    relu = y.size > 0
     for c in range(c0, c1):
         sdy = dt(0.0)
         sdyx = dt(0.0)
         mu = mean[c]
         for i in range(n):
-            for j in range(m):
-                sdy += dy[i, c, j]
-                sdyx += dy[i, c, j] * (x[i, c, j] - mu)
+            if relu:
+                for j in range(m):
+                    g = dy[i, c, j] if y[i, c, j] > 0 else dt(0.0)
+                    sdy += g
+                    sdyx += g * (x[i, c, j] - mu)
+            else:
+                for j in range(m):
+                    sdy += dy[i, c, j]
+                    sdyx += dy[i, c, j] * (x[i, c, j] - mu)
         db[c] = sdy
         dw[c] = sdyx * rstd[c]
 
 
 @jit
-def batch_norm_dx(dy, x, mean, rstd, w, dw, db, training, dx, c0, c1):
-    """dx = w rstd (dy - db/M - xhat dw/M) (batch statistics) or w rstd dy (running ones), channels
-    c0..c1-1."""
+def batch_norm_dx(dy, y, x, mean, rstd, w, dw, db, training, dx, c0, c1):
+    """dx = w rstd (g - db/M - xhat dw/M) (batch statistics) or w rstd g (running ones), channels
+    c0..c1-1; g as in ``batch_norm_sums``."""
     n, m = x.shape[0], x.shape[2]
     dt = x.dtype.type
     inv_count = dt(1.0 / (n * m)) if training else dt(0.0)
+    relu = y.size > 0
     for c in range(c0, c1):
         scale = w[c] * rstd[c]
-        # dx = scale dy - scale (db/M + (x - mean) rstd dw/M) = scale dy + a x + k
+        # dx = scale g - scale (db/M + (x - mean) rstd dw/M) = scale g + a x + k
         a = -scale * rstd[c] * dw[c] * inv_count
         k = -scale * db[c] * inv_count - a * mean[c]
         for i in range(n):
-            for j in range(m):
-                dx[i, c, j] = scale * dy[i, c, j] + a * x[i, c, j] + k
+            if relu:
+                for j in range(m):
+                    g = dy[i, c, j] if y[i, c, j] > 0 else dt(0.0)
+                    dx[i, c, j] = scale * g + a * x[i, c, j] + k
+            else:
+                for j in range(m):
+                    dx[i, c, j] = scale * dy[i, c, j] + a * x[i, c, j] + k
 
 
 @jit

@@ -441,17 +441,18 @@ class NumpyOps(Ops):
     def batch_norm_stats(self, x, mean, var):
         self._in_channel_blocks(x, kernels.batch_norm_stats, x, mean, var)
 
-    def batch_norm(self, x, mean, rstd, weight, bias, out):
-        self._in_channel_blocks(x, kernels.batch_norm_forward, x, mean, rstd, weight, bias, out)
+    def batch_norm(self, x, mean, rstd, weight, bias, out, relu=False):
+        self._in_channel_blocks(x, kernels.batch_norm_forward, x, mean, rstd, weight, bias, bool(relu), out)
         return out
 
-    def batch_norm_backward(self, dy, x, mean, rstd, weight, training, dx, dweight, dbias):
+    def batch_norm_backward(self, dy, x, mean, rstd, weight, training, dx, dweight, dbias, relu_out=None):
         dy = np.ascontiguousarray(dy)
+        y = _EMPTY_3D[x.dtype] if relu_out is None else relu_out
 
         def both(c0: int, c1: int) -> None:
-            kernels.batch_norm_sums(dy, x, mean, rstd, dweight, dbias, c0, c1)
+            kernels.batch_norm_sums(dy, y, x, mean, rstd, dweight, dbias, c0, c1)
             if dx is not None:
-                kernels.batch_norm_dx(dy, x, mean, rstd, weight, dweight, dbias, training, dx, c0, c1)
+                kernels.batch_norm_dx(dy, y, x, mean, rstd, weight, dweight, dbias, training, dx, c0, c1)
         self._in_channel_blocks(x, both)
         return dx
 

@@ -465,16 +465,23 @@ class Ops:
         mean[...] = x64.mean(axis=(0, 2))
         var[...] = x64.var(axis=(0, 2))
 
-    def batch_norm(self, x, mean, rstd, weight, bias, out) -> Any:
-        """out = (x - mean[c]) * rstd[c] * weight[c] + bias[c] for x (N, C, M) and per-channel (C,) stats."""
+    def batch_norm(self, x, mean, rstd, weight, bias, out, relu: bool = False) -> Any:
+        """out = (x - mean[c]) * rstd[c] * weight[c] + bias[c] for x (N, C, M) and per-channel (C,) stats;
+        with ``relu`` max(that, 0)."""
         out[...] = (x - mean[:, None]) * (rstd * weight)[:, None] + bias[:, None]
+        if relu:
+            np.maximum(out, 0.0, out=out)
         return out
 
-    def batch_norm_backward(self, dy, x, mean, rstd, weight, training: bool, dx, dweight, dbias) -> Any:
+    def batch_norm_backward(self, dy, x, mean, rstd, weight, training: bool, dx, dweight, dbias,
+                            relu_out=None) -> Any:
         """The gradients of ``batch_norm`` with xhat = (x - mean) rstd: dbias = sum dy and dweight = sum dy
         xhat over (N, M), WRITTEN (C,); dx (N, C, M), unless None, = weight rstd (dy - dbias/M - xhat
-        dweight/M) when the statistics were the batch's (``training``), else weight rstd dy."""
+        dweight/M) when the statistics were the batch's (``training``), else weight rstd dy. After a
+        ``relu`` forward, ``relu_out`` is its output and dy counts only where relu_out > 0."""
         x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+        if relu_out is not None:
+            dy64 = np.where(relu_out > 0, dy64, 0.0)
         xhat = (x64 - mean[:, None]) * rstd[:, None]
         dbias[...] = dy64.sum(axis=(0, 2))
         dweight[...] = (dy64 * xhat).sum(axis=(0, 2))

@@ -317,20 +317,24 @@ class TorchOps(Ops):
         mean.copy_(mean_)
         var.copy_(var_)
 
-    def batch_norm(self, x, mean, rstd, weight, bias, out):
+    def batch_norm(self, x, mean, rstd, weight, bias, out, relu=False):
         if _numba_ok(x):
-            _CPU.batch_norm(*_host(x, mean, rstd, weight, bias, out))
+            _CPU.batch_norm(*_host(x, mean, rstd, weight, bias, out), relu)
             return out
         scale = rstd * weight
         torch.mul(x, scale[:, None], out=out)
         out += (bias - mean * scale)[:, None]
+        if relu:
+            out.clamp_min_(0.0)
         return out
 
-    def batch_norm_backward(self, dy, x, mean, rstd, weight, training, dx, dweight, dbias):
+    def batch_norm_backward(self, dy, x, mean, rstd, weight, training, dx, dweight, dbias, relu_out=None):
         if _numba_ok(x):
             _CPU.batch_norm_backward(*_host(dy, x, mean, rstd, weight), training, _host_or_none(dx),
-                                     *_host(dweight, dbias))
+                                     *_host(dweight, dbias), _host_or_none(relu_out))
             return dx
+        if relu_out is not None:  # dy where the forward's ReLU passed it, else 0
+            dy = dy * (relu_out > 0)
         if not training:  # running statistics (PyTorch's kernel would take rstd from them and eps)
             torch.sum(dy, dim=(0, 2), out=dbias)
             torch.sum(dy * ((x - mean[:, None]) * rstd[:, None]), dim=(0, 2), out=dweight)

@@ -502,9 +502,10 @@ def _global_avg_pool(g, layer, x, prefix):
 
 @converter("BatchNorm1D", "BatchNorm2D")
 def _batchnorm(g, layer, x, prefix):
-    eps = layer.get_config().get("eps", 1e-5)
+    cfg = layer.get_config()
     stats = [g.param(layer, prefix, key) for key in ("weight", "bias", "running_mean", "running_var")]
-    return g.op("BatchNormalization", x, *stats, epsilon=eps)
+    y = g.op("BatchNormalization", x, *stats, epsilon=cfg.get("eps", 1e-5))
+    return activation(g, cfg.get("activation") or "linear", y)
 
 
 # --------------------------------------------------------------------------- recurrent

@@ -16,23 +16,35 @@ class _BatchNorm(Layer):
                running_mean += momentum * (mean - running_mean), running_var likewise with the
                unbiased variance var * M/(M-1), M = N*L; num_batches_tracked += 1.
     Inference: mean, var = running_mean, running_var.
-    y = (x - mean) / sqrt(var + eps) * weight + bias.
-    Backward (training), with xhat the normalised input:
+    y = (x - mean) / sqrt(var + eps) * weight + bias;  with activation="relu", y = max(that, 0).
+    Backward (training), with xhat the normalised input (and dy zeroed where the ReLU was):
         dbias = sum dy,  dweight = sum dy * xhat,
         dx = weight / sqrt(var + eps) * (dy - dbias/M - xhat * dweight/M)
     (in inference mean and var are constants and dx = weight / sqrt(var + eps) * dy).
     The sums and dx are ``ops.batch_norm_backward`` (one fused pass each on the NumPy backend, PyTorch's
-    kernel on the torch backend); forward saves x and the two (C,) statistics, not xhat.
+    kernel on the torch backend); forward saves x and the two (C,) statistics, not xhat, and with the
+    ReLU its output y (for the mask).
+
+    The ReLU that follows a BatchNorm in most convolutional networks runs inside the normalisation's
+    passes with ``activation="relu"``: one pass over the activations forward and none of its own backward
+    (a ResNet's 16-channel BN + ReLU at 28x28, batch 64: 0.8 ms forward + backward against 1.2-1.6 ms
+    as two layers, NumPy backend, two threads).
     """
 
     allowed_ranks: tuple[int, ...] = ()
+    ACTIVATIONS = (None, "relu")  # what the kernels fuse; any other activation is a layer of its own
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 activation: str | None = None):
         super().__init__()
         owner = type(self).__name__
         self.num_features = args.size(owner, "num_features", num_features)
         self.eps = args.real(owner, "eps", eps, 0.0, lo_open=True)
         self.momentum = args.real(owner, "momentum", momentum, 0.0, 1.0)
+        if activation not in self.ACTIVATIONS:
+            raise ValueError(f"{owner}: activation must be None or 'relu' (fused into the normalisation), "
+                             f"got {activation!r}; put any other activation in a layer of its own")
+        self.activation = activation
 
     def setup(self, input_shape):
         if len(input_shape) not in self.allowed_ranks or input_shape[0] != self.num_features:
@@ -70,8 +82,10 @@ class _BatchNorm(Layer):
         rstd += self.eps
         rstd **= -0.5  # 1 / sqrt(var + eps)
         y = self.workspace("y", x3.shape)
-        ops.batch_norm(x3, mean, rstd, self.params["weight"], self.params["bias"], y)
+        relu = self.activation == "relu"
+        ops.batch_norm(x3, mean, rstd, self.params["weight"], self.params["bias"], y, relu)
         self._x, self._mean, self._rstd, self._training = x3, mean, rstd, training
+        self._relu_out = y if relu else None
         return y.reshape(x.shape)
 
     def _update_running(self, mean, var, m: int) -> None:
@@ -89,7 +103,7 @@ class _BatchNorm(Layer):
         dbias, dweight = self.workspace("dbias", (c,)), self.workspace("dweight", (c,))
         dx = self.input_grad_buffer(x3.shape, dy) if self.needs_input_grad else None
         self.ops.batch_norm_backward(dy.reshape(x3.shape), x3, self._mean, self._rstd, self.params["weight"],
-                                     self._training, dx, dweight, dbias)
+                                     self._training, dx, dweight, dbias, self._relu_out)
         if self.trainable:  # frozen: the sums are still needed for dx, but no weight gradients
             self.grads["weight"] += dweight
             self.grads["bias"] += dbias
@@ -98,10 +112,12 @@ class _BatchNorm(Layer):
     def extra_repr(self):
         text = f"{self.num_features}"
         text += f", eps={self.eps}" if self.eps != 1e-5 else ""
-        return text + (f", momentum={self.momentum}" if self.momentum != 0.1 else "")
+        text += f", momentum={self.momentum}" if self.momentum != 0.1 else ""
+        return text + (f", activation={self.activation!r}" if self.activation else "")
 
     def get_config(self):
-        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum}
+        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
+                "activation": self.activation}
 
 
 class BatchNorm1D(_BatchNorm):
@@ -109,18 +125,20 @@ class BatchNorm1D(_BatchNorm):
 
     y = (x - E[x]) / sqrt(Var[x] + eps) * weight + bias   (statistics over N, and L)
 
-    PyTorch: ``nn.BatchNorm1d(num_features, eps=1e-5, momentum=0.1)``.
+    PyTorch: ``nn.BatchNorm1d(num_features, eps=1e-5, momentum=0.1)`` (with ``activation="relu"``:
+    followed by ``nn.ReLU()``).
 
     Args:
         num_features (int): C.
         eps (float, optional): added to the variance. Default: ``1e-5``.
         momentum (float, optional): weight of the new batch in the running statistics. Default: ``0.1``.
+        activation (str, optional): ``"relu"`` applies max(y, 0) in the same pass. Default: ``None``.
     Shape:
         x: (N, C) or (N, C, L) -> y: the same.
     Parameters and buffers:
         weight (C) = 1, bias (C) = 0; running_mean (C), running_var (C), num_batches_tracked () in state_dict.
     Saved for backward:
-        xhat (N, C, L) and 1/sqrt(var + eps) (C) in workspace.
+        x (N, C, L) by reference, mean and 1/sqrt(var + eps) (C) in workspace; with the ReLU its output y.
     """
 
     allowed_ranks = (1, 2)
@@ -131,18 +149,20 @@ class BatchNorm2D(_BatchNorm):
 
     y = (x - E[x]) / sqrt(Var[x] + eps) * weight + bias
 
-    PyTorch: ``nn.BatchNorm2d(num_features, eps=1e-5, momentum=0.1)``.
+    PyTorch: ``nn.BatchNorm2d(num_features, eps=1e-5, momentum=0.1)`` (with ``activation="relu"``:
+    followed by ``nn.ReLU()``).
 
     Args:
         num_features (int): C.
         eps (float, optional): Default: ``1e-5``.
         momentum (float, optional): Default: ``0.1``.
+        activation (str, optional): ``"relu"`` applies max(y, 0) in the same pass. Default: ``None``.
     Shape:
         x: (N, C, H, W) -> y: the same.
     Parameters and buffers:
         as BatchNorm1D.
     Saved for backward:
-        xhat (N, C, H*W) and 1/sqrt(var + eps) (C) in workspace.
+        x (N, C, H*W) by reference, mean and 1/sqrt(var + eps) (C) in workspace; with the ReLU its output y.
     """
 
     allowed_ranks = (3,)
