@@ -2,7 +2,9 @@
 
 Stem conv16-BN-ReLU, two residual blocks at 16 channels, max-pool, conv32-BN-ReLU, one residual
 block at 32 channels, global average pool, fc10; batch 64, Adam. A residual block is
-conv-BN-ReLU-conv-BN, added to its input, then ReLU (He et al.'s basic block). ``python
+conv-BN-ReLU-conv-BN, added to its input, then ReLU (He et al.'s basic block). neuronet writes each
+BN-ReLU as ``BatchNorm2D(c, activation="relu")`` (the ReLU in the normalisation's passes, as the MNIST
+CNN's convolutions take ``activation="relu"``); PyTorch runs them as two modules. ``python
 benchmarks/bench_resnet.py [--threads 1]``.
 """
 

@@ -24,8 +24,9 @@ CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 
 
 def block(cin: int, cout: int) -> list[nn.Layer]:
-    """conv 3x3 (no bias: BatchNorm's shift replaces it) -> BatchNorm -> ReLU."""
-    return [nn.Conv2D(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2D(cout), nn.ReLU()]
+    """conv 3x3 (no bias: BatchNorm's shift replaces it) -> BatchNorm -> ReLU (inside the BatchNorm's
+    passes)."""
+    return [nn.Conv2D(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2D(cout, activation="relu")]
 
 
 def build_model() -> nn.Sequential:

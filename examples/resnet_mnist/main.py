@@ -24,9 +24,9 @@ MEAN, STD = 0.1307, 0.3081  # MNIST's pixel statistics
 
 
 def conv_bn(x, cin: int, cout: int, relu: bool = True):
-    """conv3x3 (no bias: BatchNorm has one) -> BatchNorm -> ReLU."""
-    h = nn.BatchNorm2D(cout)(nn.Conv2D(cin, cout, 3, padding=1, bias=False)(x))
-    return nn.ReLU()(h) if relu else h
+    """conv3x3 (no bias: BatchNorm has one) -> BatchNorm -> ReLU (inside the BatchNorm's passes)."""
+    h = nn.Conv2D(cin, cout, 3, padding=1, bias=False)(x)
+    return nn.BatchNorm2D(cout, activation="relu" if relu else None)(h)
 
 
 def residual_block(x, channels: int):
@@ -83,6 +83,8 @@ def torch_twin(model: nn.Model):
                     values.append(args[0].mean(dim=(2, 3)))
                 else:
                     values.append(self.layers[key](args[0]))
+                    if getattr(layers[key], "activation", None) == "relu":  # BatchNorm2D(activation="relu")
+                        values[-1] = torch.relu(values[-1])
             return values[graph["outputs"][0]]
     return Twin()
 

@@ -27,9 +27,9 @@ HERE = Path(__file__).resolve().parent
 
 
 def conv_block(x, c_in: int, c_out: int):
-    """conv3x3 (no bias) - BatchNorm - ReLU, keeping the spatial size."""
+    """conv3x3 (no bias) - BatchNorm - ReLU (inside the BatchNorm's passes), keeping the spatial size."""
     x = nn.Conv2D(c_in, c_out, 3, padding=1, bias=False)(x)
-    return nn.ReLU()(nn.BatchNorm2D(c_out)(x))
+    return nn.BatchNorm2D(c_out, activation="relu")(x)
 
 
 def unet(c: int = 8) -> nn.Model:
