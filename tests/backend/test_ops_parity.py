@@ -203,18 +203,21 @@ def test_norm_rows(center, bias):
                      dict(x=(5, 6), w=(6,), b=(6,), dy=(5, 6), dw=(6,), db=(6,)).items()}, run)
 
 
-@case("batch_norm_stats batch_norm batch_norm_backward",
+@case("batch_norm_stats batch_norm batch_norm_training batch_norm_backward",
       lambda r: {k: randn(r, *s) for k, s in dict(x=(3, 4, 5), w=(4,), b=(4,), dy=(3, 4, 5)).items()})
 def _(ops, a):
-    stats = [ops.empty((4,), "float64") for _ in range(5)]
-    mean, var, rstd, dw, db = stats
+    stats = [ops.empty((4,), "float64") for _ in range(8)]
+    mean, var, rstd, dw, db, t_mean, t_var, t_rstd = stats
     ops.batch_norm_stats(a["x"], mean, var)
     ops.copy_(rstd, var)
     rstd **= -0.5
-    out, relu_out, dx, dx_eval = (ops.empty((3, 4, 5), "float64") for _ in range(4))
+    out, relu_out, dx, dx_eval, t_out, t_relu = (ops.empty((3, 4, 5), "float64") for _ in range(6))
     ops.batch_norm(a["x"], mean, rstd, a["w"], a["b"], out)
     ops.batch_norm(a["x"], mean, rstd, a["w"], a["b"], relu_out, True)
-    results = [mean, var, out, relu_out]
+    ops.batch_norm_training(a["x"], a["w"], a["b"], 1e-3, t_out, t_mean, t_var, t_rstd)
+    results = [mean, var, out, relu_out, t_out * 1.0, t_mean * 1.0, t_var * 1.0, t_rstd * 1.0]
+    ops.batch_norm_training(a["x"], a["w"], a["b"], 1e-3, t_relu, t_mean, t_var, t_rstd, True)
+    results.append(t_relu)
     for fused in (None, relu_out):  # plain, then the gradients through the fused ReLU
         for training, grad in ((True, dx), (False, dx_eval), (True, None)):
             ops.batch_norm_backward(a["dy"], a["x"], mean, rstd, a["w"], training, grad, dw, db, fused)

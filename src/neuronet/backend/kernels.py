@@ -389,6 +389,16 @@ def batch_norm_forward(x, mean, rstd, w, b, relu, out, c0, c1):
 
 
 @jit
+def batch_norm_training_forward(x, w, b, eps, relu, out, mean, var, rstd, c0, c1):
+    """``batch_norm_stats``, rstd = 1/sqrt(var + eps), then ``batch_norm_forward`` for channels c0..c1-1:
+    a training forward in one call (one region on the row threads instead of two)."""
+    batch_norm_stats(x, mean, var, c0, c1)
+    for c in range(c0, c1):
+        rstd[c] = 1.0 / math.sqrt(var[c] + eps)
+    batch_norm_forward(x, mean, rstd, w, b, relu, out, c0, c1)
+
+
+@jit
 def batch_norm_sums(dy, y, x, mean, rstd, dw, db, c0, c1):
     """db[c] = sum g and dw[c] = sum g xhat over (N, M), xhat = (x - mean[c]) rstd[c] (written), for
     channels c0..c1-1; g = dy, or with a ReLU fused in the forward (``y`` its output, not empty)

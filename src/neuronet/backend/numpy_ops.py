@@ -441,6 +441,11 @@ class NumpyOps(Ops):
     def batch_norm_stats(self, x, mean, var):
         self._in_channel_blocks(x, kernels.batch_norm_stats, x, mean, var)
 
+    def batch_norm_training(self, x, weight, bias, eps, out, mean, var, rstd, relu=False):
+        self._in_channel_blocks(x, kernels.batch_norm_training_forward, x, weight, bias, x.dtype.type(eps),
+                                bool(relu), out, mean, var, rstd)
+        return out
+
     def batch_norm(self, x, mean, rstd, weight, bias, out, relu=False):
         self._in_channel_blocks(x, kernels.batch_norm_forward, x, mean, rstd, weight, bias, bool(relu), out)
         return out

@@ -465,6 +465,16 @@ class Ops:
         mean[...] = x64.mean(axis=(0, 2))
         var[...] = x64.var(axis=(0, 2))
 
+    def batch_norm_training(self, x, weight, bias, eps: float, out, mean, var, rstd,
+                            relu: bool = False) -> Any:
+        """The training forward: ``batch_norm_stats`` into mean and var (C,), rstd (C,) = 1/sqrt(var + eps),
+        then ``batch_norm`` into out."""
+        self.batch_norm_stats(x, mean, var)
+        self.copy_(rstd, var)
+        rstd += eps
+        rstd **= -0.5
+        return self.batch_norm(x, mean, rstd, weight, bias, out, relu)
+
     def batch_norm(self, x, mean, rstd, weight, bias, out, relu: bool = False) -> Any:
         """out = (x - mean[c]) * rstd[c] * weight[c] + bias[c] for x (N, C, M) and per-channel (C,) stats;
         with ``relu`` max(that, 0)."""

@@ -317,6 +317,12 @@ class TorchOps(Ops):
         mean.copy_(mean_)
         var.copy_(var_)
 
+    def batch_norm_training(self, x, weight, bias, eps, out, mean, var, rstd, relu=False):
+        if _numba_ok(x):
+            _CPU.batch_norm_training(*_host(x, weight, bias), eps, *_host(out, mean, var, rstd), relu)
+            return out
+        return super().batch_norm_training(x, weight, bias, eps, out, mean, var, rstd, relu)
+
     def batch_norm(self, x, mean, rstd, weight, bias, out, relu=False):
         if _numba_ok(x):
             _CPU.batch_norm(*_host(x, mean, rstd, weight, bias, out), relu)

@@ -21,9 +21,10 @@ class _BatchNorm(Layer):
         dbias = sum dy,  dweight = sum dy * xhat,
         dx = weight / sqrt(var + eps) * (dy - dbias/M - xhat * dweight/M)
     (in inference mean and var are constants and dx = weight / sqrt(var + eps) * dy).
-    The sums and dx are ``ops.batch_norm_backward`` (one fused pass each on the NumPy backend, PyTorch's
-    kernel on the torch backend); forward saves x and the two (C,) statistics, not xhat, and with the
-    ReLU its output y (for the mask).
+    A training forward is ``ops.batch_norm_training`` (statistics, rstd and y per block of channels in one
+    call); the sums and dx are ``ops.batch_norm_backward`` (one fused pass each on the NumPy backend and for
+    CPU tensors, PyTorch's kernel elsewhere); forward saves x and the two (C,) statistics, not xhat, and
+    with the ReLU its output y (for the mask).
 
     The ReLU that follows a BatchNorm in most convolutional networks runs inside the normalisation's
     passes with ``activation="relu"``: one pass over the activations forward and none of its own backward
@@ -68,22 +69,21 @@ class _BatchNorm(Layer):
         ops, n, c = self.ops, x.shape[0], self.num_features
         x3 = x.reshape(n, c, -1)
         m = x3.shape[0] * x3.shape[2]
-        rstd = self.workspace("rstd", (c,))
+        rstd, y = self.workspace("rstd", (c,)), self.workspace("y", x3.shape)
+        weight, bias, relu = self.params["weight"], self.params["bias"], self.activation == "relu"
         if training:
             if m < 2:
                 raise ValueError(f"{self!r}: expected more than 1 value per channel when training, "
                                  f"got input of shape {tuple(x.shape)}")
-            mean = self.workspace("mean", (c,))
-            ops.batch_norm_stats(x3, mean, rstd)  # rstd holds the biased variance for now
-            self._update_running(mean, rstd, m)
+            mean, var = self.workspace("mean", (c,)), self.workspace("var", (c,))
+            ops.batch_norm_training(x3, weight, bias, self.eps, y, mean, var, rstd, relu)
+            self._update_running(mean, var, m)
         else:
             mean = self.buffers["running_mean"]
             ops.copy_(rstd, self.buffers["running_var"])
-        rstd += self.eps
-        rstd **= -0.5  # 1 / sqrt(var + eps)
-        y = self.workspace("y", x3.shape)
-        relu = self.activation == "relu"
-        ops.batch_norm(x3, mean, rstd, self.params["weight"], self.params["bias"], y, relu)
+            rstd += self.eps
+            rstd **= -0.5  # 1 / sqrt(var + eps)
+            ops.batch_norm(x3, mean, rstd, weight, bias, y, relu)
         self._x, self._mean, self._rstd, self._training = x3, mean, rstd, training
         self._relu_out = y if relu else None
         return y.reshape(x.shape)
