@@ -11,6 +11,10 @@ def built(layer, shape, backend):
     return layer.to(backend)
 
 
+def _bn_then_relu(module, x):
+    return torch.relu(module(x))
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_batchnorm2d_matches_torch(training, backend):
     torch.manual_seed(0)
@@ -25,9 +29,11 @@ def test_batchnorm2d_matches_torch(training, backend):
     compare_with_torch(layer, module, x, training=training)
 
 
+@pytest.mark.parametrize("activation", [None, "relu"])
 @pytest.mark.parametrize("training", [True, False])
-def test_batchnorm2d_in_channel_blocks_matches_torch(training, rows_on_threads, monkeypatch):
-    """The NumPy backend's passes over blocks of channels on three threads (5 channels: 1, 2, 2)."""
+def test_batchnorm2d_in_channel_blocks_matches_torch(training, activation, rows_on_threads, monkeypatch):
+    """The NumPy backend's passes (plain and with the fused ReLU) over blocks of channels on three threads
+    (5 channels: 1, 2, 2)."""
     from neuronet.backend import numpy_ops
 
     monkeypatch.setattr(numpy_ops, "PASS_SPLIT_WORK", 0)
@@ -37,8 +43,9 @@ def test_batchnorm2d_in_channel_blocks_matches_torch(training, rows_on_threads, 
         module.weight.uniform_(0.5, 1.5)
         module.bias.uniform_(-0.5, 0.5)
         module.running_var.uniform_(0.5, 2)
-    x = np.random.default_rng(2).standard_normal((4, 5, 3, 4)) * 2 + 1
-    compare_with_torch(built(nn.BatchNorm2D(5), (5, 3, 4), "numpy"), module, x, training=training)
+    x = np.random.default_rng(2).standard_normal((4, 5, 3, 4)) * 2 + 1 - (activation is not None)
+    compare_with_torch(built(nn.BatchNorm2D(5, activation=activation), (5, 3, 4), "numpy"), module, x,
+                       training=training, torch_forward=_bn_then_relu if activation else None)
 
 
 @pytest.mark.parametrize("shape", [(5,), (5, 7)])
@@ -103,10 +110,6 @@ def test_batchnorm_bad_input():
         layer.forward(np.zeros((1, 3), np.float32), training=True)
 
 
-def _bn_then_relu(module, x):
-    return torch.relu(module(x))
-
-
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("cls, torch_cls, shape", [(nn.BatchNorm2D, torch.nn.BatchNorm2d, (3, 5, 6)),
                                                    (nn.BatchNorm1D, torch.nn.BatchNorm1d, (3, 7))])
@@ -124,22 +127,6 @@ def test_batchnorm_with_fused_relu_matches_torch(cls, torch_cls, shape, training
     layer = built(cls(3, activation="relu"), shape, backend)
     result = compare_with_torch(layer, module, x, training=training, torch_forward=_bn_then_relu)
     assert 0.2 < np.mean(result["y"] == 0) < 0.8
-
-
-@pytest.mark.parametrize("training", [True, False])
-def test_batchnorm_with_fused_relu_in_channel_blocks(training, rows_on_threads, monkeypatch):
-    """The fused kernels over blocks of channels on three threads (5 channels: 1, 2, 2)."""
-    from neuronet.backend import numpy_ops
-
-    monkeypatch.setattr(numpy_ops, "PASS_SPLIT_WORK", 0)
-    torch.manual_seed(1)
-    module = torch.nn.BatchNorm2d(5)
-    with torch.no_grad():
-        module.bias.uniform_(-0.5, 0.5)
-        module.running_var.uniform_(0.5, 2)
-    x = np.random.default_rng(5).standard_normal((4, 5, 3, 4))
-    compare_with_torch(built(nn.BatchNorm2D(5, activation="relu"), (5, 3, 4), "numpy"), module, x,
-                       training=training, torch_forward=_bn_then_relu)
 
 
 @pytest.mark.parametrize("training", [True, False])
