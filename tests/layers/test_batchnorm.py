@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import neuronet as nn
+from neuronet.errors import ConfigError
 from neuronet.testing import check_gradients, compare_with_torch
 
 
@@ -146,5 +147,5 @@ def test_batchnorm_activation_config_and_errors():
     again = nn.BatchNorm2D(**layer.get_config())
     assert again.activation == "relu"
     assert nn.BatchNorm1D(4).get_config()["activation"] is None
-    with pytest.raises(ValueError, match=r"BatchNorm2D: activation must be None or 'relu'.*'gelu'"):
+    with pytest.raises(ConfigError, match=r"BatchNorm2D: activation must be None or 'relu'.*'gelu'"):
         nn.BatchNorm2D(4, activation="gelu")

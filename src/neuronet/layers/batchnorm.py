@@ -7,6 +7,7 @@ import numpy as np
 from ..core import args
 from ..core import initializers as init
 from ..core.layer import Layer, ShapeError
+from ..errors import ConfigError
 
 
 class _BatchNorm(Layer):
@@ -43,7 +44,7 @@ class _BatchNorm(Layer):
         self.eps = args.real(owner, "eps", eps, 0.0, lo_open=True)
         self.momentum = args.real(owner, "momentum", momentum, 0.0, 1.0)
         if activation not in self.ACTIVATIONS:
-            raise ValueError(f"{owner}: activation must be None or 'relu' (fused into the normalisation), "
+            raise ConfigError(f"{owner}: activation must be None or 'relu' (fused into the normalisation), "
                              f"got {activation!r}; put any other activation in a layer of its own")
         self.activation = activation
 
