@@ -438,9 +438,6 @@ class NumpyOps(Ops):
         return dx
 
     # BatchNorm's channels are independent: blocks of them run on the row threads.
-    def batch_norm_stats(self, x, mean, var):
-        self._in_channel_blocks(x, kernels.batch_norm_stats, x, mean, var)
-
     def batch_norm_training(self, x, weight, bias, eps, out, mean, var, rstd, relu=False):
         self._in_channel_blocks(x, kernels.batch_norm_training_forward, x, weight, bias, x.dtype.type(eps),
                                 bool(relu), out, mean, var, rstd)
@@ -534,7 +531,7 @@ def _table(spans, coef, dtype) -> tuple:
 # Stand-ins for absent optimizer state (no momentum buffer, not centered), one per float dtype.
 _EMPTY = {np.dtype(d): np.zeros(0, d) for d in ("float32", "float64")}
 # Stand-ins with no rows, 2-, 3- and 4-D: no dL/dh_t from above (the recurrent loops), a gradient or input
-# the implicit convolution's backward is not asked for or does not need.
+# the implicit convolution's backward is not asked for or does not need, no ReLU output (BatchNorm).
 _EMPTY_2D, _EMPTY_3D, _EMPTY_4D = ({np.dtype(d): np.zeros((0,) + (1,) * (ndim - 1), d)
                                     for d in ("float32", "float64")} for ndim in (2, 3, 4))
 

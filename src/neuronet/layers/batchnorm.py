@@ -45,7 +45,7 @@ class _BatchNorm(Layer):
         self.momentum = args.real(owner, "momentum", momentum, 0.0, 1.0)
         if activation not in self.ACTIVATIONS:
             raise ConfigError(f"{owner}: activation must be None or 'relu' (fused into the normalisation), "
-                             f"got {activation!r}; put any other activation in a layer of its own")
+                              f"got {activation!r}; put any other activation in a layer of its own")
         self.activation = activation
 
     def setup(self, input_shape):
