@@ -37,14 +37,18 @@ def rows_on_threads(monkeypatch):
     monkeypatch.setattr(NumpyOps, "row_blocks", per_row)
 
 
-@pytest.fixture(params=["direct", "implicit"])
+@pytest.fixture(params=["direct", "implicit", "pixels"])
 def conv_path(request, monkeypatch):
     """Run a test with the NumPy backend's stride-1, one-group weight gradients direct wherever dx is not
-    wanted (every geometry the direct kernel takes) or never (all as implicit GEMMs)."""
+    wanted (every geometry the direct kernel takes) or never (all as implicit GEMMs), and the forward's and
+    dx's implicit GEMMs with the channels as rows (``implicit``) or the pixels (``pixels``), whatever the
+    image's size."""
     from neuronet.backend import numpy_ops
 
     for name in ("DIRECT_MAX_CHANNELS", "DIRECT_MAX_INPUTS"):
         monkeypatch.setattr(numpy_ops, name, 1 << 30 if request.param == "direct" else 0)
+    if request.param != "direct":
+        monkeypatch.setattr(numpy_ops, "PIXEL_ROWS_GAIN", 0.0 if request.param == "pixels" else float("inf"))
     return request.param
 
 

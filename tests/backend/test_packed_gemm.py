@@ -111,10 +111,35 @@ def test_gemm_rows_reads_a_where_the_table_says(dtype, k_size, n, narrow):
 
 
 @numba.njit
-def _all_three(a, packed, index, c):
+def _gemm_gather(a, rows, cols, packed, c):
+    packed_gemm.gemm_gather(a, rows, cols, packed, c)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [40, 1, 16])
+def test_gemm_gather_reads_a_where_both_tables_say(dtype, n):
+    """c = A @ b with A[m, k] = a[rows[m] + cols[k]] (both tables out of order, 7 rows: a tile of 6 and one
+    of 1), b in wide panels; a's values past the last one read are NaN, never read; columns past c's last
+    one are never written."""
+    rng = np.random.default_rng(n)
+    rows, cols = np.array([0, 7, 3, 40, 41, 12, 25], np.int64), np.array([5, 0, 17, 2, 30], np.int64)
+    a = np.full(rows.max() + cols.max() + 50, np.nan, dtype)
+    a[:rows.max() + cols.max() + 1] = rng.standard_normal(rows.max() + cols.max() + 1)
+    b = rng.standard_normal((len(cols), n)).astype(dtype)
+    wide = np.full((len(rows), n + 40), 7.0, dtype)
+    c = wide[:, :n]
+    _gemm_gather(a, rows, cols, _packed(b), c)
+    gathered = a[rows[:, None] + cols[None, :]].astype(np.float64)
+    np.testing.assert_allclose(c, gathered @ b, rtol=1e-5, atol=1e-5)
+    assert (wide[:, n:] == 7.0).all()
+
+
+@numba.njit
+def _all_four(a, packed, index, c):
     packed_gemm.gemm(a, packed, c, False)
     packed_gemm.gemm_indexed(a, a.reshape(-1), index, c)
     packed_gemm.gemm_rows(a.reshape(-1), index, 1, packed, c, False)
+    packed_gemm.gemm_gather(a.reshape(-1), index, index, packed, c)
 
 
 def test_product_variants_compile_to_functions_of_their_own_names():
@@ -122,8 +147,8 @@ def test_product_variants_compile_to_functions_of_their_own_names():
     the disk cache calls its callees by that name, so variants sharing a qualified name would be told apart
     by the counter alone and a cached kernel could call another process's variant (it crashed)."""
     a, index = np.ones((2, 2)), np.zeros(2, np.int64)
-    _all_three(a, _packed(a), index, np.zeros((2, 2)))
-    ir = next(iter(_all_three.overloads.values())).library.get_llvm_str()
+    _all_four(a, _packed(a), index, np.zeros((2, 2)))
+    ir = next(iter(_all_four.overloads.values())).library.get_llvm_str()
     names = set(re.findall(r'define [^@]*@"?_ZN\w*?packed_gemm\d+(product\w*?)B\d+v\d+', ir))
     assert names == {"product_packed", "product_indexed", "product_rows_indexed",
-                     "product_rows_indexed_narrow"}
+                     "product_rows_indexed_narrow", "product_gather"}

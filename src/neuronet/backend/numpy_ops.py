@@ -74,6 +74,38 @@ def _plane_index(c: int, geom: ConvGeometry) -> np.ndarray:
     return index
 
 
+# The implicit GEMM of a convolution (or of its dx) runs with the pixels as rows (conv_kernels, gemm_gather)
+# for an image of at most PIXEL_ROWS_MAX pixels where that computes less by more than PIXEL_ROWS_GAIN: its
+# rows go in tiles of MR, its columns in panels of NR, and the other way round copies its result out across
+# the channels. 64 images, one thread, forward / backward against the channels as rows: 32 -> 32 at 7x7
+# 1.32x / 1.09x, 128 -> 128 at 7x7 1.22x / 1.08x, 64 -> 64 at 14x14 1.16x / 1.09x, 32 -> 32 at 16x16
+# 1.05x / 1.16x; at 20x20 1.00x / 1.03x, and 16 -> 32 at 28x28 0.96x forward, 32 -> 32 at 32x32 0.69x (the
+# copy-out writes each pixel's channels a plane apart, 4 KiB there).
+PIXEL_ROWS_MAX, PIXEL_ROWS_GAIN = 256, 1.1
+
+
+def _pixel_rows(channels: int, rows: int, row_stride: int, pixels: int, dtype) -> bool:
+    """Whether a product for ``channels`` channels (a group's) over ``rows`` rows of an image, Wp =
+    ``row_stride`` apart, ``pixels`` of them wanted, runs with the pixels as rows: 32 channels at 7x7 fill
+    one 32-column panel, their 49 pixels (56 columns with the padding) two, and 6-row tiles 36 channels."""
+    mr, nr = packed_gemm.MR, packed_gemm.panel_width(dtype)
+
+    def up(n: int, k: int) -> int:
+        return -(-n // k) * k
+    return pixels <= PIXEL_ROWS_MAX and \
+        up(pixels, mr) * up(channels, nr) * PIXEL_ROWS_GAIN < up(channels, mr) * up(rows * row_stride, nr)
+
+
+@functools.lru_cache(maxsize=64)
+def _pixel_index(geom: ConvGeometry, dx: bool) -> np.ndarray:
+    """Where each pixel's row starts in the product with the pixels as rows: output pixel (r, q) at r*Wp + q
+    of the planes (the forward), input pixel (h, w) at h*Wp + left + w past dz's table (dx)."""
+    (h, w), left = (geom.in_size, geom.padding[1][0]) if dx else (geom.out_size, 0)
+    index = (np.arange(h, dtype=np.int64)[:, None] * _row_stride(geom) + left + np.arange(w)).reshape(-1)
+    index.flags.writeable = False
+    return index
+
+
 @functools.lru_cache(maxsize=64)
 def _gradient_index(o: int, geom: ConvGeometry, nr: int) -> tuple[int, int, np.ndarray]:
     """The implicit GEMM of a convolution's dx (conv_kernels.implicit_conv2d_backward): M, the last tap's
@@ -194,15 +226,18 @@ class NumpyOps(Ops):
     def _implicit_conv2d(self, x, weight, bias, geom, out):
         """The forward as implicit GEMMs over each image's padded planes (conv_kernels.implicit_conv2d),
         the images in blocks on the row threads."""
-        (c, o), (oh, wp) = (x.shape[1], weight.shape[0]), (geom.out_size[0], _row_stride(geom))
+        (c, o), (oh, ow), wp, g = (x.shape[1], weight.shape[0]), geom.out_size, _row_stride(geom), geom.groups
         w, index = weight.reshape(o, -1), _plane_index(c, geom)
         bias = self._bias_or_zeros(bias, o, x.dtype)
         slack = packed_gemm.panel_width(x.dtype)  # a panel's last columns read up to NR - 1 past a plane
+        pixels, w_t = _NO_PIXELS, _EMPTY_4D[x.dtype]
+        if _pixel_rows(o // g, oh, wp, oh * ow, x.dtype):
+            pixels, w_t = _pixel_index(geom, False), self._packed_groups("conv.w_packed", w, g)
 
         def run(rows: slice) -> None:
-            z = self.temporary("conv.z", (o, oh * wp), x.dtype)
+            z = self.temporary("conv.z", (oh * ow, o) if pixels.size else (o, oh * wp), x.dtype)
             conv_kernels.implicit_conv2d(x[rows], *self._image_planes(c, geom, x.dtype, slack), w, index,
-                                         bias, wp, z, out[rows])
+                                         bias, wp, pixels, w_t, z, out[rows])
         self.run_blocks([functools.partial(run, rows) for rows in self.row_blocks(x.shape[0], min_rows=1)])
         return out
 
@@ -224,6 +259,10 @@ class NumpyOps(Ops):
         np.copyto(w_t.reshape(g, c // g, o // g, taps),
                   weight.reshape(g, o // g, c // g, taps).transpose(0, 2, 1, 3))
         blocks, absent = self.row_blocks(n, min_rows=1), _EMPTY_2D[dtype]
+        h, w = geom.in_size
+        pixels, w_t_packed = _NO_PIXELS, _EMPTY_4D[dtype]
+        if dx is not None and _pixel_rows(c // g, h, wp, h * w, dtype):
+            pixels, w_t_packed = _pixel_index(geom, True), self._packed_groups("conv.w_t_packed", w_t, g)
         dws = [absent] * len(blocks)
         if dweight is not None:  # in the kernel's layout (C*K, O/g), each block's apart
             dw_t = self.temporary("conv.dw_t", (c * taps, o // g), dtype)
@@ -233,11 +272,12 @@ class NumpyOps(Ops):
         def run(rows: slice, dw_t) -> None:
             packed = self.temporary("conv.dz_packed", packed_gemm.packed_shape(
                 (oh * wp, o // g), dtype, packed_gemm.narrow_panels(o // g, dtype)), dtype)
-            dxz = self.temporary("conv.dxz", (c, geom.in_size[0] * wp), dtype) if dx is not None else absent
+            dxz = absent if dx is None else \
+                self.temporary("conv.dxz", (h * w, c) if pixels.size else (c, h * wp), dtype)
             conv_kernels.implicit_conv2d_backward(
                 x[rows] if x is not None else _EMPTY_4D[dtype], *self._image_planes(c, geom, dtype, slack),
                 dy[rows], g, w_t, index_t, _plane_index(c, geom), front, wp,
-                self.temporary("conv.dz", (o, z_length), dtype), packed, dxz, dw_t,
+                self.temporary("conv.dz", (o, z_length), dtype), packed, pixels, w_t_packed, dxz, dw_t,
                 dx[rows] if dx is not None else _EMPTY_4D[dtype])
         self.run_blocks([functools.partial(run, *args) for args in zip(blocks, dws, strict=True)])
         if dweight is not None:
@@ -245,6 +285,15 @@ class NumpyOps(Ops):
             grad = _flat(dweight).reshape(g, o // g, c // g, taps)
             grad += dws[0].reshape(g, c // g, taps, o // g).transpose(0, 3, 1, 2)
         return dx
+
+    def _packed_groups(self, name: str, w, groups: int):
+        """The transpose of each group's rows of w (groups*M, K), packed for packed_gemm (groups, P, K, NR):
+        the right operand of a product with the pixels as rows."""
+        m = w.shape[0] // groups
+        packed = self.temporary(name, (groups,) + packed_gemm.packed_shape((w.shape[1], m), w.dtype), w.dtype)
+        for g in range(groups):
+            packed_gemm.pack(w[g * m:(g + 1) * m].T, packed[g])
+        return packed
 
     def _bias_or_zeros(self, bias, o: int, dtype):
         """``bias``, or where there is none a zero one (o,): one kernel serves both."""
@@ -534,4 +583,6 @@ _EMPTY = {np.dtype(d): np.zeros(0, d) for d in ("float32", "float64")}
 # the implicit convolution's backward is not asked for or does not need, no ReLU output (BatchNorm).
 _EMPTY_2D, _EMPTY_3D, _EMPTY_4D = ({np.dtype(d): np.zeros((0,) + (1,) * (ndim - 1), d)
                                     for d in ("float32", "float64")} for ndim in (2, 3, 4))
+_NO_PIXELS = np.zeros(0, np.int64)  # a convolution's products with the channels as rows (conv_kernels)
+_NO_PIXELS.flags.writeable = False  # read-only as the tables are: one compiled kernel serves both
 

@@ -67,16 +67,17 @@ def pack(b, out):
                 out[p, k, j] = b[k, col] if col < n else zero
 
 
-def _make_tile(rows: int, indexed: bool, rows_indexed: bool, vectors: int):
+def _make_tile(rows: int, indexed: bool, rows_indexed: bool, vectors: int, cols_indexed: bool = False):
     """The intrinsic computing one tile of ``rows`` rows (1..MR) by one panel of ``vectors`` vectors; with
     ``indexed`` the panel's rows are read where a table says (an implicit GEMM: a convolution's shifted
-    planes), with ``rows_indexed`` the rows of ``a``."""
+    planes), with ``rows_indexed`` the rows of ``a``, and with ``cols_indexed`` too its columns."""
 
     @intrinsic
     def tile(typingctx, zero, a, a_row, a_col, b, b_index, c, ldc, k_size, n_cols, accumulate):
         """c[r, :n_cols] (+)= sum_k a[r a_row + k a_col] * B_k for r < rows, B_k the NR values at
         b + k NR, or with ``indexed`` at b + b_index[k] (b_index: the address of an int64 array); with
-        ``rows_indexed`` row r of a starts at a + a_row[r] (a_row: the address of an int64 array).
+        ``rows_indexed`` row r of a starts at a + a_row[r] (a_row: the address of an int64 array), and with
+        ``cols_indexed`` its column k is a_col[k] past that (a_col: the address of an int64 array).
         Addresses of elements, strides in elements; ``zero`` (float32 or float64) gives their type."""
         sig = types.void(zero, a, a_row, a_col, b, b_index, c, ldc, k_size, n_cols, accumulate)
 
@@ -114,7 +115,10 @@ def _make_tile(rows: int, indexed: bool, rows_indexed: bool, vectors: int):
                 panel = builder.mul(k, const(vectors * lanes))
             bv = [builder.load(_vector_at(builder, b_p, builder.add(panel, const(v * lanes)), vptr),
                                align=_alignment(real)) for v in range(vectors)]
-            a_k = builder.mul(k, a_col_)
+            if cols_indexed:
+                a_k = builder.load(builder.gep(builder.inttoptr(a_col_, i64.as_pointer()), [k]))
+            else:
+                a_k = builder.mul(k, a_col_)
             sums = []
             for r in range(rows):
                 x = builder.load(builder.gep(a_p, [builder.add(a_k, row_at[r])]))
@@ -180,13 +184,15 @@ def _alignment(real) -> int:
     return 4 if isinstance(real, ir.FloatType) else 8
 
 
-def _product_of(indexed: bool, rows_indexed: bool, vectors: int, name: str):
+def _product_of(indexed: bool, rows_indexed: bool, vectors: int, name: str, cols_indexed: bool = False):
     """The GEMM loop over panels of ``vectors`` vectors and tiles of MR rows, its tiles made by
     ``_make_tile``: ``product(a, a_row, a_col, m, k_size, b, panel_bytes, index, c, accumulate)``,
     c (+)= A @ B, panel p of B at address b + p * panel_bytes, its rows NR apart or with ``indexed`` where
     the int64 table at address ``index`` says; A (m, k_size) at address a with strides a_row, a_col
-    (elements), or with ``rows_indexed`` row r at a + the int64 table at address a_row says."""
-    t1, t2, t3, t4, t5, t6 = (_make_tile(r, indexed, rows_indexed, vectors) for r in range(1, MR + 1))
+    (elements), or with ``rows_indexed`` row r at a + the int64 table at address a_row says (and with
+    ``cols_indexed`` column k the int64 table at address a_col past that)."""
+    t1, t2, t3, t4, t5, t6 = (_make_tile(r, indexed, rows_indexed, vectors, cols_indexed)
+                              for r in range(1, MR + 1))
     nr_bytes = vectors * _VECTOR_BYTES
 
     def product(a, a_row, a_col, m, k_size, b, panel_bytes, index, c, accumulate):
@@ -231,6 +237,7 @@ _product = _product_of(False, False, 2, "product_packed")
 _product_indexed = _product_of(True, False, 2, "product_indexed")
 _product_rows = _product_of(False, True, 2, "product_rows_indexed")
 _product_rows_narrow = _product_of(False, True, 1, "product_rows_indexed_narrow")
+_product_gather = _product_of(False, True, 2, "product_gather", cols_indexed=True)
 
 
 @register_jitable
@@ -263,3 +270,13 @@ def gemm_rows(a, index, k_size, packed, c, accumulate):
     else:
         _product_rows(a.ctypes.data, index.ctypes.data, 1, index.shape[0], k_size,
                       packed.ctypes.data, packed.strides[0], 0, c, accumulate)
+
+
+@register_jitable
+def gemm_gather(a, rows, cols, packed, c):
+    """c (M, N) = A @ b for A (M, K) with A[m, k] = a[rows[m] + cols[k]] (a flat; M = len(rows), K =
+    len(cols)), b packed by ``pack`` in wide panels: the implicit GEMM with the output positions as rows
+    (a convolution's columns transposed, each row one output pixel), for a small image whose pixels fill
+    panels badly and whose channels fill them well."""
+    _product_gather(a.ctypes.data, rows.ctypes.data, cols.ctypes.data, rows.shape[0], cols.shape[0],
+                    packed.ctypes.data, packed.strides[0], 0, c, False)
