@@ -244,15 +244,11 @@ class NumpyOps(Ops):
     def _implicit_conv2d_backward(self, dy, x, weight, geom, dx, dweight, dbias):
         """The gradients as implicit GEMMs over dy and x's padded planes
         (conv_kernels.implicit_conv2d_backward), the images in blocks on the row threads, each block's
-        weight gradient apart (C*K, O/g), added after."""
+        weight and bias gradients apart (C*K, O/g), added after."""
+        if dweight is None and dx is None and dbias is None:
+            return None
         (n, o), c, dtype = dy.shape[:2], (x if x is not None else dx).shape[1], dy.dtype
-        (oh, ow), wp, g, taps = geom.out_size, _row_stride(geom), geom.groups, math.prod(geom.kernel)
-        if dbias is not None:
-            db = self.temporary("conv.db", (o,), dtype)
-            np.sum(dy.reshape(n, o, oh * ow), axis=(0, 2), out=db)
-            dbias += db
-        if dweight is None and dx is None:
-            return dx
+        oh, wp, g, taps = geom.out_size[0], _row_stride(geom), geom.groups, math.prod(geom.kernel)
         slack = packed_gemm.panel_width(dtype)
         front, z_length, index_t = _gradient_index(o, geom, slack)
         w_t = self.temporary("conv.w_t", (c, o // g * taps), dtype)  # row c: weight[o, c, k] over c's group
@@ -268,8 +264,10 @@ class NumpyOps(Ops):
             dw_t = self.temporary("conv.dw_t", (c * taps, o // g), dtype)
             dw_t[...] = 0.0
             dws = self._block_partials("conv.dw_t", dw_t, len(blocks))
+        dbs = self._block_partials("conv.db", dbias, len(blocks)) if dbias is not None else \
+            [_EMPTY[dtype]] * len(blocks)
 
-        def run(rows: slice, dw_t) -> None:
+        def run(rows: slice, dw_t, db) -> None:
             packed = self.temporary("conv.dz_packed", packed_gemm.packed_shape(
                 (oh * wp, o // g), dtype, packed_gemm.narrow_panels(o // g, dtype)), dtype)
             dxz = absent if dx is None else \
@@ -278,8 +276,10 @@ class NumpyOps(Ops):
                 x[rows] if x is not None else _EMPTY_4D[dtype], *self._image_planes(c, geom, dtype, slack),
                 dy[rows], g, w_t, index_t, _plane_index(c, geom), front, wp,
                 self.temporary("conv.dz", (o, z_length), dtype), packed, pixels, w_t_packed, dxz, dw_t,
-                dx[rows] if dx is not None else _EMPTY_4D[dtype])
-        self.run_blocks([functools.partial(run, *args) for args in zip(blocks, dws, strict=True)])
+                dx[rows] if dx is not None else _EMPTY_4D[dtype], db)
+        self.run_blocks([functools.partial(run, *args) for args in zip(blocks, dws, dbs, strict=True)])
+        if dbias is not None:
+            self._add_block_partials(dbs)
         if dweight is not None:
             self._add_block_partials(dws)
             grad = _flat(dweight).reshape(g, o // g, c // g, taps)
