@@ -107,12 +107,14 @@ def implicit_conv2d(x, top, left, plane, planes, weight, index, bias, wp, pixels
 # packing its dz^T would fill 32-column panels with zeros (64 channels of 14x14, 64 images, two threads:
 # 0.9 against 16.4 ms).
 # dx, the forward's product over dz, takes the pixels as rows for a small image as the forward does.
+# (The groups are not an argument: Numba 0.68 on CPython 3.11 keeps ~200 bytes per call of a function of
+# exactly 20 arguments, and a steady-state step must allocate nothing.)
 DOTS_BELOW = 8
 
 
 @jit
-def implicit_conv2d_backward(x, top, left, plane, planes, dy, groups, w_t, index_t, index, front, wp, dz,
-                             packed, dx_pixels, w_t_packed, dxz, dw_t, dx, dbias):
+def implicit_conv2d_backward(x, top, left, plane, planes, dy, w_t, index_t, index, front, wp, dz, packed,
+                             dx_pixels, w_t_packed, dxz, dw_t, dx, dbias):
     """The gradients of implicit_conv2d from dy (b, O, OH, OW); each is skipped when it has no rows.
 
     dx (b, C, H, W): per image and group, w_t (C, O/g*K) (row c: weight[o, c, k] over the o of c's group)
@@ -125,7 +127,7 @@ def implicit_conv2d_backward(x, top, left, plane, planes, dy, groups, w_t, index
     dbias (O,) += dy's sums, taken as dy is copied into dz.
     dz: a scratch (O, Z) with Z >= M + Hp*Wp + NR (zeroed here; only the data columns are written)."""
     b, o_, oh, ow = dy.shape
-    length = oh * wp
+    length, groups = oh * wp, index_t.shape[0] // w_t.shape[1]  # w_t: (C, O/g*K), index_t: (O*K,)
     og, cg, rows = o_ // groups, w_t.shape[0] // groups, index.shape[0] // groups  # per group: o, c, (c, k)
     taps, zero = rows // cg, dz.dtype.type(0.0)
     dz[...] = 0.0

@@ -274,7 +274,7 @@ class NumpyOps(Ops):
                 self.temporary("conv.dxz", (h * w, c) if pixels.size else (c, h * wp), dtype)
             conv_kernels.implicit_conv2d_backward(
                 x[rows] if x is not None else _EMPTY_4D[dtype], *self._image_planes(c, geom, dtype, slack),
-                dy[rows], g, w_t, index_t, _plane_index(c, geom), front, wp,
+                dy[rows], w_t, index_t, _plane_index(c, geom), front, wp,
                 self.temporary("conv.dz", (o, z_length), dtype), packed, pixels, w_t_packed, dxz, dw_t,
                 dx[rows] if dx is not None else _EMPTY_4D[dtype], db)
         self.run_blocks([functools.partial(run, *args) for args in zip(blocks, dws, dbs, strict=True)])
