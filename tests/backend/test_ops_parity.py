@@ -244,7 +244,10 @@ def _(ops, a):
     ops.attention_softmax(a["s"] * 1.0, pc, True, 0.5)
     ds = ops.empty((2, 3, 4, 4), "float64")
     ops.attention_softmax_backward(a["dp"], pc, ds, 0.5)
-    return p, pc, ds
+    in_place, ds_in_place = a["s"] * 1.0, a["dp"] * 1.0  # as the attention layer calls them
+    ops.attention_softmax(in_place, in_place, True, 0.5)
+    ops.attention_softmax_backward(ds_in_place, in_place, ds_in_place, 0.5)
+    return p, pc, ds, in_place, ds_in_place
 
 
 # ----------------------------------------------------------------- recurrent cells
