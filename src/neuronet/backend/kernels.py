@@ -28,11 +28,27 @@ _SQRT_2_OVER_PI = 0.7978845608028654
 # reassoc lets LLVM vectorise the row sums (softmax, norms); contract fuses a*b+c into FMAs. Constants are
 # cast to the data's dtype (``dt(...)``) so float32 data is computed in float32 throughout.
 jit = numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"}, error_model="numpy")
+# Inlined into its caller in Numba's own IR: a loop given the same array twice then reads and writes one
+# pointer, where two pointers to the same memory fail LLVM's run-time overlap check and the loop runs its
+# scalar version.
+jit_inline = numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"}, error_model="numpy",
+                        inline="always")
 
 
+# In place (a Dense layer's ReLU, tanh or sigmoid overwrites its pre-activation; a linear one adds its
+# bias in place), 393,216 floats, one thread: GELU 2150 against 214 us, ReLU 307 against 53 (out of
+# place: 212 and 52).
 @jit
 def activation_forward(code, alpha, z, out):
-    """out[i] = act(z[i]); alpha is LeakyReLU's slope or ELU's alpha."""
+    """out[i] = act(z[i]); alpha is LeakyReLU's slope or ELU's alpha; out may be z."""
+    if z.ctypes.data == out.ctypes.data:
+        _activation_forward(code, alpha, out, out)
+    else:
+        _activation_forward(code, alpha, z, out)
+
+
+@jit_inline
+def _activation_forward(code, alpha, z, out):
     n, dt = z.size, z.dtype.type
     one, half, alpha = dt(1.0), dt(0.5), dt(alpha)
     if code == 0:
@@ -79,7 +95,15 @@ def activation_forward(code, alpha, z, out):
 
 @jit
 def activation_backward(code, alpha, dy, z, y, out):
-    """out[i] = dy[i] * act'(z[i]); relu/sigmoid/tanh read the output y, the rest read z."""
+    """out[i] = dy[i] * act'(z[i]); relu/sigmoid/tanh read the output y, the rest read z; out may be dy."""
+    if dy.ctypes.data == out.ctypes.data:
+        _activation_backward(code, alpha, out, z, y, out)
+    else:
+        _activation_backward(code, alpha, dy, z, y, out)
+
+
+@jit_inline
+def _activation_backward(code, alpha, dy, z, y, out):
     n, dt = dy.size, dy.dtype.type
     one, half, alpha = dt(1.0), dt(0.5), dt(alpha)
     if code == 0:
