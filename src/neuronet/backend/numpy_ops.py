@@ -377,7 +377,7 @@ class NumpyOps(Ops):
         if name in ("softmax", "log_softmax"):
             if bias is not None:
                 z += bias
-            kernels.softmax_rows(_rows(z), _rows(out), name == "log_softmax", 1.0, 0, self._softmax_row(z))
+            kernels.softmax_rows(_rows(z), _rows(out), name == "log_softmax", 1.0, 0)
             return out
         code, a = kernels.ACT_CODES[name], DEFAULT_ALPHA.get(name, 0.0) if alpha is None else alpha
         if bias is not None:  # rows in blocks on the threads
@@ -393,8 +393,7 @@ class NumpyOps(Ops):
 
     def activation_backward(self, name, dy, z, y, out, alpha=None, *, bias_grad=None):
         if name in ("softmax", "log_softmax"):
-            kernels.softmax_rows_backward(_rows(dy), _rows(y), _rows(out), name == "log_softmax", 1.0,
-                                          self._softmax_row(dy))
+            kernels.softmax_rows_backward(_rows(dy), _rows(y), _rows(out), name == "log_softmax", 1.0)
             if bias_grad is not None:
                 kernels.add_column_sums(_rows(out), bias_grad)
             return out
@@ -525,18 +524,12 @@ class NumpyOps(Ops):
         return dx
 
     def attention_softmax(self, scores, out, causal, scale=1.0):
-        kernels.softmax_rows(_rows(scores), _rows(out), False, scale, scores.shape[-1] if causal else 0,
-                             self._softmax_row(scores))
+        kernels.softmax_rows(_rows(scores), _rows(out), False, scale, scores.shape[-1] if causal else 0)
         return out
 
     def attention_softmax_backward(self, dprobs, probs, out, scale=1.0):
-        kernels.softmax_rows_backward(_rows(dprobs), _rows(probs), _rows(out), False, scale,
-                                      self._softmax_row(dprobs))
+        kernels.softmax_rows_backward(_rows(dprobs), _rows(probs), _rows(out), False, scale)
         return out
-
-    def _softmax_row(self, x):
-        """This thread's scratch row for the softmax kernels (a row of x's last axis)."""
-        return self.temporary("softmax.row", (x.shape[-1],), x.dtype)
 
     # ----------------------------------------------------------------- optimizer updates (Numba, one pass)
     update_scratch = 0
