@@ -152,17 +152,21 @@ def _activation_backward(code, alpha, dy, z, y, out):
 
 
 @jit
-def masked_scale(x, mask, scale, out, in_place):
-    """out[i] = x[i] * (scale if mask[i] else 0), scale in x's dtype (a dropped NaN stays NaN).
-    ``in_place``: out is x, read through out alone (two aliased arrays keep the loop from vectorising)."""
+def masked_scale(x, mask, scale, out):
+    """out[i] = x[i] * (scale if mask[i] else 0), scale in x's dtype (a dropped NaN stays NaN); out may be
+    x (read through out alone, as the activations)."""
+    if x.ctypes.data == out.ctypes.data:
+        _masked_scale(out, mask, scale, out)
+    else:
+        _masked_scale(x, mask, scale, out)
+
+
+@jit_inline
+def _masked_scale(x, mask, scale, out):
     dt = x.dtype.type
     s, zero = dt(scale), dt(0.0)
-    if in_place:
-        for i in range(out.size):
-            out[i] *= s if mask[i] else zero
-    else:
-        for i in range(x.size):
-            out[i] = x[i] * (s if mask[i] else zero)
+    for i in range(x.size):
+        out[i] = x[i] * (s if mask[i] else zero)
 
 
 @jit

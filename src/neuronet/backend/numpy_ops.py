@@ -184,9 +184,7 @@ class NumpyOps(Ops):
 
     def apply_mask(self, x, mask, scale, out):
         x, mask, out_flat = np.ascontiguousarray(x).reshape(-1), _flat(mask), _flat(out)
-        in_place = np.may_share_memory(x, out_flat)
-        self.run_blocks([functools.partial(kernels.masked_scale, x[part], mask[part], scale, out_flat[part],
-                                           in_place)
+        self.run_blocks([functools.partial(kernels.masked_scale, x[part], mask[part], scale, out_flat[part])
                          for part in self._blocks(x.size, x.size, PASS_SPLIT_WORK)])
         return out
 
