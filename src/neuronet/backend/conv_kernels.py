@@ -60,10 +60,10 @@ def col2im(cols, sh, sw, dh, dw, ph, pw, out):
 # (n, c) from offsets[k], read where it lies (packed_gemm.gemm_indexed), no columns written: the MNIST CNN's
 # 32 -> 64 layer at 14x14, 64 images on two threads, 2.78 against 3.59 ms for columns + OpenBLAS; 16 -> 16 at
 # 28x28 1.57 against 3.14 ms; 3 -> 32 at 32x32 0.87 against 1.68 ms for the direct loops it replaced.
-# A small image fills the product's 32-column panels badly (7x7: 49 pixels in 64 columns, 32 channels in 36
-# rows) where its channels fill them well: with ``pixels`` the product runs transposed, B^T @ weight^T, one
-# row per output pixel (packed_gemm.gemm_gather) and one panel per 32 channels (32 -> 32 at 7x7, 64 images,
-# one thread: 0.51 against 0.70 ms for the products; see numpy_ops._pixel_rows for the choice).
+# A small image fills the product's 32-column panels badly (7x7: 49 pixels in 64 columns) where its channels
+# fill them well: with ``pixels`` the product runs transposed, B^T @ weight^T, one row per output pixel
+# (packed_gemm.gemm_gather) and one panel per 32 channels (32 -> 32 at 7x7, 64 images, one thread: 0.51
+# against 0.70 ms for the products; see numpy_ops._pixel_rows for the choice).
 @jit
 def implicit_conv2d(x, top, left, plane, planes, weight, index, bias, wp, pixels, weight_t, z, out):
     """out (b, O, OH, OW) = bias[o] + sum over (c, k) of o's group of weight[o, c k] * plane (n, c) from

@@ -86,8 +86,10 @@ PIXEL_ROWS_MAX, PIXEL_ROWS_GAIN = 256, 1.1
 
 def _pixel_rows(channels: int, rows: int, row_stride: int, pixels: int, dtype) -> bool:
     """Whether a product for ``channels`` channels (a group's) over ``rows`` rows of an image, Wp =
-    ``row_stride`` apart, ``pixels`` of them wanted, runs with the pixels as rows: 32 channels at 7x7 fill
-    one 32-column panel, their 49 pixels (56 columns with the padding) two, and 6-row tiles 36 channels."""
+    ``row_stride`` apart, ``pixels`` of them wanted, runs with the pixels as rows: each way counted in whole
+    tiles of MR rows (a last, shorter tile runs below a full one's rate) and whole panels of NR columns (a
+    panel's masked columns are computed). 32 channels at 7x7 fill one 32-column panel, their 49 pixels (56
+    columns with the padding) two."""
     mr, nr = packed_gemm.MR, packed_gemm.panel_width(dtype)
 
     def up(n: int, k: int) -> int:

@@ -14,10 +14,11 @@ panel. The tile is LLVM IR emitted through a Numba intrinsic (Numba's own loops 
 registers: measured at 30-50 GFLOP/s); its stores are masked past c's last column, so any N works. ``a`` is
 read through its two strides (a transposed view works); c's rows must be unit-stride.
 
-Two implicit GEMMs read an operand where it lies instead: ``gemm_indexed`` the rows of b through a table of
+Three implicit GEMMs read an operand where it lies instead: ``gemm_indexed`` the rows of b through a table of
 row starts (a convolution's columns are shifted padded planes), ``gemm_rows`` the rows of a (the same
 columns as the left operand of a weight gradient), with b packed in panels of two vectors or, where the
-last would be at most half full (``narrow_panels``), of one.
+last would be at most half full (``narrow_panels``), of one, and ``gemm_gather`` the elements of a through
+a table of row starts and one of column offsets (the columns transposed, a row per output pixel).
 """
 
 from __future__ import annotations
