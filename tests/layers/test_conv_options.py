@@ -80,6 +80,19 @@ def test_conv1d_options_match_torch(k, s, p, d, g, length, dtype, backend):
     compare(layer, module, np.random.default_rng(2).standard_normal((2, 4, length)), backend, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv1d_many_channels_short_sequence_matches_torch(dtype, backend):
+    """32 channels over 20 steps: on NumPy the forward's and dx's products run with the positions as rows
+    (a short sequence fills the 32-column panels worse than its channels do)."""
+    from neuronet.backend import numpy_ops
+
+    assert numpy_ops._pixel_rows(32, 1, 21, 20, np.dtype(dtype))  # the path under test
+    torch.manual_seed(0)
+    module = torch.nn.Conv1d(32, 32, 3, padding=1)
+    compare(nn.Conv1D(32, 32, 3, padding=1), module, np.random.default_rng(5).standard_normal((3, 32, 20)),
+            backend, dtype)
+
+
 def test_depthwise_weight_layout_is_pytorchs():
     layer = nn.Conv2D(8, 16, 3, groups=8)
     layer.build((8, 5, 5))
