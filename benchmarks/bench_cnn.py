@@ -79,7 +79,7 @@ TITLES = {"train": f"MNIST CNN, batch {TRAIN_BATCH}, Adam, float32 (training ste
 
 def engines(mode: str) -> dict:
     if mode == "predict":
-        return harness.standard_engines(neuronet_predict, pytorch(mode))
+        return harness.standard_engines(neuronet_predict, pytorch(mode), training=False)
     return harness.standard_engines(harness.neuronet_training(neuronet_model, lambda: _data(TRAIN_BATCH)),
                                     pytorch(mode))
 

@@ -224,14 +224,15 @@ def neuronet_training(make_model, data, optimizer: str = "Adam", lr: float = 1e-
 
     ``make_model(nn)`` returns an uncompiled Sequential; the loss is cross-entropy.
     """
-    def for_backend(backend: str, cuda_graph: bool = False, mixed_precision: str | None = None):
+    def for_backend(backend: str, cuda_graph: bool = False, mixed_precision: str | None = None,
+                    workers: int | str = 1):
         def build():
             import neuronet as nn
 
             x, y = data()
             model = make_model(nn)
             model.compile(optimizer=getattr(nn, optimizer)(lr), loss=nn.CrossEntropyLoss(),
-                          cuda_graph=cuda_graph, mixed_precision=mixed_precision)
+                          cuda_graph=cuda_graph, mixed_precision=mixed_precision, workers=workers)
             model.build(tuple(x.shape[1:]))
             model.to(backend)
             if backend != "numpy":
@@ -252,7 +253,12 @@ def torch_training_step(model, optimizer, x, y, loss_fn):
     return step
 
 
-def standard_engines(neuronet_for_backend, pytorch_build) -> dict:
-    """neuronet on each backend and PyTorch's own nn/optim, in the order they alternate."""
-    return {"neuronet-numpy": neuronet_for_backend("numpy"), "neuronet-torch": neuronet_for_backend("torch"),
-            "pytorch": pytorch_build}
+def standard_engines(neuronet_for_backend, pytorch_build, training: bool = True) -> dict:
+    """neuronet on each backend and PyTorch's own nn/optim, in the order they alternate; for training
+    also ``neuronet-numpy-auto``: the NumPy backend compiled with ``workers="auto"`` (the batch split over
+    one training replica per core where that measures faster and gives the same result)."""
+    engines = {"neuronet-numpy": neuronet_for_backend("numpy"),
+               "neuronet-torch": neuronet_for_backend("torch"), "pytorch": pytorch_build}
+    if training:
+        engines["neuronet-numpy-auto"] = neuronet_for_backend("numpy", workers="auto")
+    return engines

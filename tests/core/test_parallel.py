@@ -11,7 +11,7 @@ import neuronet as nn
 from neuronet.core.replica import replica
 from neuronet.errors import ConfigError
 from neuronet.model import parallel
-from neuronet.testing import step_allocations
+from neuronet.testing import assert_step_allocates_nothing, step_allocations
 
 
 def _mlp(seed=0, bn=False):
@@ -163,6 +163,48 @@ def test_workers_auto_leaves_the_model_untouched():
     model.fit(x, y, epochs=1, batch_size=32, verbose=0, workers="auto")
 
 
+def test_compile_workers_splits_every_train_step():
+    x, y = _data((6,), 48)
+    one, two = _transformer(), _transformer()
+    two.compile(nn.SGD(0.1, momentum=0.9), "cross_entropy", workers=2)
+    for _ in range(3):
+        loss1, loss2 = one.train_step(x, y), two.train_step(x, y)
+        np.testing.assert_allclose(loss2, loss1, rtol=1e-5)
+    assert parallel._state(two).pool is not None and parallel._state(one).pool is None
+    for (name, a), (_, b) in zip(one.state_dict().items(), two.state_dict().items(), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert_step_allocates_nothing(lambda: two.train_step(x, y), "pooled train_step")
+    one.train_step(x, y, workers=2)  # per call, over compile's
+    assert parallel._state(one).pool is not None
+    pooled = _transformer().compile(nn.SGD(0.1, momentum=0.9), "cross_entropy", workers=2)
+    h2 = pooled.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0)  # fit: compile's workers
+    h1 = _transformer().fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0)
+    assert parallel._state(pooled).pool is not None
+    np.testing.assert_allclose(h2.history["loss"], h1.history["loss"], rtol=1e-5)
+
+
+def test_workers_auto_keeps_one_worker_where_the_pool_would_change_the_result(monkeypatch):
+    monkeypatch.setattr(parallel, "cores", lambda: 2)
+    monkeypatch.setattr(parallel, "worker_pool", lambda *a: pytest.fail("the pool was measured"))
+    x, y = _data((20,), 32)
+    nn.manual_seed(0)
+    dropout = nn.Sequential(nn.Dense(20, 16, activation="relu"), nn.Dropout(0.5), nn.Dense(16, 5))
+    dropout.compile("sgd", "cross_entropy", workers="auto").build((20,))
+    state = nn.core.random.generator().bit_generator.state
+    assert parallel.choose_workers(dropout, x, y, 32) == 1  # it drew masks: one worker
+    assert nn.core.random.generator().bit_generator.state == state
+    nn.manual_seed(0)
+    moe = nn.Sequential(nn.MoE(20, 8, 2, 1), nn.Dense(20, 5)).compile("sgd", "cross_entropy")
+    moe.build((20,))
+    for model in (_mlp(bn=True), moe):  # batch statistics, a balancing loss over the batch
+        assert parallel.choose_workers(model, x, y, 32) == 1
+    monkeypatch.undo()
+    model = _mlp().compile("sgd", "cross_entropy", workers="auto")
+    model.train_step(x, y)  # built already: measures now, and keeps the choice
+    assert model._auto_workers[0] is model.flat_params
+    assert model._auto_workers[1] in (1, min(parallel.cores(), 32))
+
+
 def test_bad_workers_and_launcher_raise_config_errors(monkeypatch):
     model = _mlp()
     x, y = _data((20,), 40)
@@ -170,6 +212,11 @@ def test_bad_workers_and_launcher_raise_config_errors(monkeypatch):
         model.fit(x, y, batch_size=8, verbose=0, workers=16)
     with pytest.raises(ConfigError, match="positive integer"):
         model.fit(x, y, batch_size=8, verbose=0, workers=0)
+    for bad in (0, "many", 1.5):
+        with pytest.raises(ConfigError, match="compile: workers must be a positive integer"):
+            model.compile("sgd", "cross_entropy", workers=bad)
+    with pytest.raises(ConfigError, match="float16 loss scaling"):
+        model.compile("sgd", "cross_entropy", mixed_precision="float16", workers=2)
     for key in ("TORCHELASTIC_RUN_ID", "RANK", "PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK"):
         monkeypatch.delenv(key, raising=False)
     with pytest.raises(ConfigError, match="mpiexec -n K"):

@@ -401,7 +401,7 @@ class Model(Trainer, Layer):
 
     # ----------------------------------------------------------------- training
     def compile(self, optimizer: Any = "adam", loss: Any = "cross_entropy", metrics=None, loss_weights=None,
-                cuda_graph: bool = False, mixed_precision: str | None = None):
+                cuda_graph: bool = False, mixed_precision: str | None = None, workers: int | str = 1):
         """As ``Sequential.compile``; with several outputs ``loss``, ``loss_weights`` and ``metrics``
         may be lists (one per output) or dicts keyed by output name; one loss or metric list applies to
         every output. The reported loss is the weighted sum; each output's own is ``<name>_loss``.
@@ -411,7 +411,7 @@ class Model(Trainer, Layer):
 
         self.optimizer = _resolve("optimizer", optimizer, OPTIMIZERS, OPTIMIZER_ALIASES)
         self.optimizer.bind(self)  # parameter names for its groups, and which layers are frozen
-        self._compile_options(cuda_graph, mixed_precision)
+        self._compile_options(cuda_graph, mixed_precision, workers)
         names = self.output_names
         if isinstance(loss, PerOutputLoss):
             self.loss = loss
@@ -466,8 +466,9 @@ class Model(Trainer, Layer):
             raise ShapeError(f"Model: the arrays of {name} have different lengths {[len(a) for a in arrays]}")
         return DataList(arrays)
 
-    def train_step(self, x, y, sample_weight=None) -> float:
-        return Trainer.train_step(self, self._data(x, "x"), self._data(y, "y"), sample_weight)
+    def train_step(self, x, y, sample_weight=None, *, workers: int | str | None = None) -> float:
+        return Trainer.train_step(self, self._data(x, "x"), self._data(y, "y"), sample_weight,
+                                  workers=workers)
 
     def _totals(self) -> Totals:
         if not self._multi_out:

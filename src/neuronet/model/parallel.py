@@ -182,6 +182,18 @@ def check_workers(workers, batch: int, what: str) -> int | str:
     return workers
 
 
+def check_pool_options(model, workers, what: str) -> None:
+    """The options a pooled step cannot honour: float16 loss scaling and the CUDA graph."""
+    if workers == 1:
+        return
+    if model.__dict__.get("loss_scale") is not None:
+        raise ConfigError(f"{what}(workers={workers!r}): float16 loss scaling runs in one process's step; "
+                          "use mixed_precision='bfloat16' (no scaling needed) or workers=1")
+    if model.__dict__.get("cuda_graph"):
+        raise ConfigError(f"{what}(workers={workers!r}): the CUDA graph replays one process's step; use "
+                          "workers=1 with cuda_graph=True")
+
+
 def _bounds(n: int, parts: int) -> list[int]:
     """Contiguous split of n rows into ``parts`` shards differing by at most one (np.array_split)."""
     q, r = divmod(n, parts)
@@ -252,13 +264,16 @@ def worker_pool(model, workers: int) -> WorkerPool:
 
 def choose_workers(model, x, y, batch_size: int) -> int:
     """``workers="auto"``: time a few forward/backward passes with 1 worker x all BLAS threads and with
-    one worker per core x 1 thread; the faster wins. Weights, buffers and the random stream are left
-    as they were (no optimizer step is taken)."""
+    one worker per core x 1 thread; the faster wins. The pool is a candidate only where it gives one
+    worker's result up to rounding: on the CPU, without batch statistics (BatchNorm's buffers), without
+    an auxiliary loss over the batch (MoE's balancing) and without random draws in training (dropout
+    masks would depend on the threads' order). Weights, buffers and the random stream are left as they
+    were (no optimizer step is taken)."""
     n = min(batch_size, len(x))
     options = [1] + ([min(cores(), n)] if min(cores(), n) > 1 else [])
-    if len(options) == 1:
+    if len(options) == 1 or model.ops.device != "cpu" or model._aux_layers() or \
+            any(True for _ in model.named_buffers()):
         return 1
-    buffers = {k: np.array(model.ops.to_numpy(v)) for k, v in model.named_buffers()}
     rng = nnrandom.generator()
     rng_state = rng.bit_generator.state
     xb, yb = x[:n], y[:n]
@@ -267,15 +282,37 @@ def choose_workers(model, x, y, batch_size: int) -> int:
         step = model._gradients if workers == 1 else worker_pool(model, workers).gradients
         with blas_threads(model, workers):
             step(xb, yb)  # warm-up (workspaces, JIT)
+            if rng.bit_generator.state != rng_state:  # it draws: one worker, reproducibly
+                rng.bit_generator.state = rng_state
+                return 1
             best = math.inf
             for _ in range(3):
                 start = time.perf_counter()
                 step(xb, yb)
                 best = min(best, time.perf_counter() - start)
         timings[workers] = best
-    model.load_state_dict(buffers, strict=False)
-    rng.bit_generator.state = rng_state
     return min(timings, key=timings.get)
+
+
+def resolve_workers(model, workers, x, y) -> int:
+    """The workers a step of batch (x, y) runs on: ``workers`` itself, or for "auto" the choice of
+    ``choose_workers``, measured on the first batch and kept until the model is rebuilt or moved."""
+    if workers != "auto":
+        return workers
+    if not model.built:  # the first step builds the model; the next one measures
+        return 1
+    known = model.__dict__.get("_auto_workers")
+    if known is None or known[0] is not model.flat_params:
+        known = model._auto_workers = (model.flat_params, choose_workers(model, x, y, len(x)))
+    return known[1]
+
+
+def pooled_train_step(model, x, y, sample_weight, workers: int) -> float:
+    """One training step with the batch split over ``workers`` training replicas (``WorkerPool``)."""
+    with blas_threads(model, workers):
+        loss = worker_pool(model, workers).gradients(x, y, sample_weight)
+        model._optimizer_step()
+    return loss
 
 
 # ------------------------------------------------------------------------- what fit drives
@@ -310,18 +347,8 @@ class TrainingRun:
             self.seed = int(self.comm.broadcast(seed, what="the shuffle seed")[0])
             self.sync = dist.GradientSync(self.comm, model)
             self.has_buffers = any(True for _ in model.named_buffers())
-        workers = check_workers(workers, batch_size, "fit")
-        if workers == "auto":
-            if x is None:
-                raise ConfigError('fit(workers="auto") measures on arrays (x, y); with a source of batches '
-                                  "give the number of workers")
-            if not model.built:
-                model.build(tuple(x.shape[1:]))
-            workers = choose_workers(model, x, y, batch_size)
-        if workers != 1 and model.__dict__.get("loss_scale") is not None:
-            raise ConfigError("fit(workers=N): float16 loss scaling runs in one process's step; use "
-                              "mixed_precision='bfloat16' (no scaling needed) or workers=1")
-        self.workers = workers
+        self.workers = check_workers(workers, batch_size, "fit")
+        check_pool_options(model, self.workers, "fit")
         self.n_global = batch_size
 
     @property
@@ -369,18 +396,19 @@ class TrainingRun:
     # ---------------------------------------------------------------- one step
     def train_step(self, x, y, sample_weight=None) -> float:
         model = self.model
-        if self.comm is None and self.workers == 1:
-            return model.train_step(x, y, sample_weight)
+        if self.comm is None:
+            return model.train_step(x, y, sample_weight, workers=self.workers)
         if not model.built:
             model.build(tuple(x.shape[1:]))
-        with blas_threads(model, self.workers):
-            return self._step(x, y, sample_weight)
+        workers = resolve_workers(model, self.workers, x, y)
+        with blas_threads(model, workers):
+            return self._step(x, y, sample_weight, workers)
 
-    def _step(self, x, y, w) -> float:
+    def _step(self, x, y, w, workers: int) -> float:
         model = self.model
         model._require_compiled("train_step")
         model._check_lengths(x, y, "train_step")
-        local = model._gradients if self.workers == 1 else worker_pool(model, self.workers).gradients
+        local = model._gradients if workers == 1 else worker_pool(model, workers).gradients
         if self.comm is None:
             loss = local(x, y, w)
         else:

@@ -76,7 +76,7 @@ class Trainer:
         self._cursor: resume.EpochCursor | None = None
 
     def compile(self, optimizer: Any = "adam", loss: Any = "cross_entropy", metrics: list[str] | None = None,
-                cuda_graph: bool = False, mixed_precision: str | None = None):
+                cuda_graph: bool = False, mixed_precision: str | None = None, workers: int | str = 1):
         """Choose the optimizer, the loss and the metrics reported by fit/evaluate.
 
         ``cuda_graph=True`` (torch backend on CUDA): ``train_step`` captures forward + backward once per
@@ -85,6 +85,8 @@ class Trainer:
         products and convolutions multiply in that dtype, everything else stays float32, as
         ``torch.autocast``; float16 adds dynamic loss scaling, as ``torch.amp.GradScaler``
         (``model/loss_scale.py``).
+        ``workers=N`` (or "auto"): every ``train_step`` (and ``fit``, unless it is given its own)
+        splits the batch over N training replicas in threads, one per core (docs/parallel.md).
         """
         from ..losses import LOSSES
         from ..metrics import resolve
@@ -94,11 +96,11 @@ class Trainer:
         self.optimizer.bind(self)  # parameter names for its groups, and which layers are frozen
         self.loss = _resolve("loss", loss, LOSSES, LOSS_ALIASES)
         self.metric_fns = resolve(metrics)
-        self._compile_options(cuda_graph, mixed_precision)
+        self._compile_options(cuda_graph, mixed_precision, workers)
         return self
 
-    def _compile_options(self, cuda_graph: bool, mixed_precision: str | None) -> None:
-        """The options every model's compile shares: the CUDA graph and mixed precision."""
+    def _compile_options(self, cuda_graph: bool, mixed_precision: str | None, workers: int | str) -> None:
+        """The options every model's compile shares: the CUDA graph, mixed precision, the workers."""
         if mixed_precision not in (None, "bfloat16", "float16"):
             raise ConfigError(f"compile: mixed_precision must be None, 'bfloat16' or 'float16', got "
                               f"{mixed_precision!r}")
@@ -108,6 +110,8 @@ class Trainer:
         self.cuda_graph = bool(cuda_graph)
         self.mixed_precision = mixed_precision
         self.loss_scale = DynamicLossScale() if mixed_precision == "float16" else None
+        self.workers = parallel.check_workers(workers, math.inf, "compile")
+        parallel.check_pool_options(self, self.workers, "compile")
 
     def _precision(self):
         """The context forward and backward run in: products in the compiled mixed precision, if any
@@ -140,7 +144,7 @@ class Trainer:
                                                           if hasattr(layer, "aux_loss_weight")])
         return cache[1]
 
-    def train_step(self, x, y, sample_weight=None) -> float:
+    def train_step(self, x, y, sample_weight=None, *, workers: int | str | None = None) -> float:
         """Forward, loss, backward and one optimizer step on one batch; returns the loss.
 
         ``sample_weight`` (N,) scales each sample's loss (Keras: the loss is (1/N) sum_i w_i l_i).
@@ -150,10 +154,18 @@ class Trainer:
         non-finite loss (NaN or inf in the data, or a diverged model) raises FloatingPointError before
         the weights are touched. On an accelerator the loss is read back once, after the backward is
         queued (the step's only host-device synchronisation); with ``compile(cuda_graph=True)`` forward
-        and backward replay as one CUDA graph.
+        and backward replay as one CUDA graph. ``workers`` (default: compile's) splits the batch over
+        that many training replicas in threads (``model/parallel.py``).
         """
         self._require_compiled("train_step")
         self._check_lengths(x, y, "train_step")
+        workers = self.__dict__.get("workers", 1) if workers is None else workers
+        if workers != 1:
+            parallel.check_pool_options(self, parallel.check_workers(workers, math.inf, "train_step"),
+                                        "train_step")
+            workers = parallel.resolve_workers(self, workers, x, y)
+            if workers != 1:
+                return parallel.pooled_train_step(self, x, y, sample_weight, workers)
         if self.__dict__.get("cuda_graph"):
             from .cuda_graph import graphed_train_step
 
@@ -218,7 +230,7 @@ class Trainer:
     def fit(self, x, y=None, epochs: int = 1, batch_size: int = 32, validation_data=None,
             validation_split: float = 0.0, shuffle: bool = True, callbacks=None, verbose: int = 1,
             initial_epoch: int = 0, *, steps_per_epoch: int | None = None, class_weight: dict | None = None,
-            sample_weight=None, workers=1, distributed: bool = False, on_nonfinite: str = "raise"):
+            sample_weight=None, workers=None, distributed: bool = False, on_nonfinite: str = "raise"):
         """Train for ``epochs`` passes over the data in mini-batches; returns a History.
 
         The data: arrays ``(x, y)`` (batched here, shuffled with ``shuffle``), or ``x`` alone as a
@@ -228,9 +240,9 @@ class Trainer:
         arrays or a source) takes precedence. ``sample_weight`` (N,) and ``class_weight`` ({class:
         weight}) scale each sample's loss, as in Keras. Logs per epoch: ``loss``, the metrics, and
         ``val_``-prefixed ones with validation data. ``verbose``: 0 silent, 1 a progress bar per epoch
-        (loss/metrics, rate, ETA), 2 one line per epoch. ``workers=N`` (or "auto") splits each batch over
-        N threads; ``distributed=True`` trains data-parallel over the ranks of an ``mpiexec``/``torchrun``
-        job, ``batch_size`` per rank (docs/parallel.md).
+        (loss/metrics, rate, ETA), 2 one line per epoch. ``workers=N`` (or "auto"; default: compile's)
+        splits each batch over N threads; ``distributed=True`` trains data-parallel over the ranks of an
+        ``mpiexec``/``torchrun`` job, ``batch_size`` per rank (docs/parallel.md).
 
         Resuming: ``fit(..., initial_epoch=model.epoch)`` on a loaded model continues exactly where the
         saved run was, also inside an epoch (``model.position``). ``on_nonfinite``: what a batch with
@@ -250,6 +262,7 @@ class Trainer:
         data = adapt(x, y, batch_size=batch_size, shuffle=shuffle, steps=steps_per_epoch,
                      sample_weight=sample_weight, class_weight=class_weight, to_host=self.ops.name == "numpy",
                      as_data=self._data)
+        workers = self.__dict__.get("workers", 1) if workers is None else workers
         run = parallel.TrainingRun(self, data, batch_size, workers, distributed)
         verbose, callbacks = run.verbose(verbose), run.callbacks(callbacks)
         history = History()
