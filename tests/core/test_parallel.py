@@ -128,6 +128,25 @@ def test_worker_pool_gives_the_weights_of_one_worker(make, shape, backend):
     assert not np.allclose(one.state_dict()[first], make().state_dict()[first])  # it trained
 
 
+def test_worker_pool_weights_shards_by_the_losss_own_count(backend):
+    """Cross-entropy with class weights and ignore_index divides by the counted weight W, not by the
+    samples: the pool weights each shard by its W_k, a shard of ignored targets only (W_k = 0) by 0."""
+    x, y = _data((20,), 40)
+    few = y.copy()
+    few[:13] = -1  # the first shard (20 samples) counts 7 targets, the second 20
+    none = np.r_[np.full(20, -1), y[20:]]  # the first shard counts none: its own mean is 0/0
+    runs = []
+    for workers in (1, 2):
+        model = _mlp().to(backend)
+        loss = nn.CrossEntropyLoss(weight=[1.0, 2.0, 0.5, 1.0, 3.0], ignore_index=-1)
+        model.compile(nn.SGD(0.05), loss, workers=workers)
+        runs.append(([model.train_step(x, few), model.train_step(x, none)], model.state_dict()))
+    (losses1, weights1), (losses2, weights2) = runs
+    np.testing.assert_allclose(losses2, losses1, rtol=1e-5)
+    for name, value in weights1.items():
+        np.testing.assert_allclose(weights2[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 def test_worker_pool_batchnorm_uses_per_worker_statistics():
     x, y = _data((20,))
     model = _mlp(bn=True)

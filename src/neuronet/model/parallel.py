@@ -219,7 +219,7 @@ class WorkerPool(Workspace):
         self.losses = [0.0] * workers
 
     def _shard(self, k: int, x, y, w) -> None:
-        self.losses[k] = self.replicas[k]._gradients(x, y, w)
+        self.losses[k] = self.replicas[k]._gradients(x, y, w, finite=False)
 
     def gradients(self, x, y, sample_weight=None) -> float:
         """The mean loss over the batch, with its gradient in ``model.flat_grads``.
@@ -240,8 +240,11 @@ class WorkerPool(Workspace):
         self._shard(0, *parts[0])
         for f in futures:
             f.result()
+        shares = self._shares(bounds, sample_weight)
+        for j in np.flatnonzero(shares == 0):  # nothing of the mean in it (0/0 is NaN): no gradient either
+            self.grads[j] = 0
         weights = self.workspace("weights", (1, k))
-        self.ops.copy_(weights, self.ops.asarray(np.diff(bounds).reshape(1, k) / n, self.dtype))
+        self.ops.copy_(weights, self.ops.asarray(shares.reshape(1, k), self.dtype))
         self.ops.matmul(weights, self.grads[:k], out=model.flat_grads.reshape(1, -1))  # one fused pass
         if self.has_buffers:
             copy_buffers(self.replicas[0], model)
@@ -249,7 +252,18 @@ class WorkerPool(Workspace):
         out = model._last_output = self.workspace("output", (n, *out0.shape[1:]))
         for j in range(k):
             self.ops.copy_(out[bounds[j]:bounds[j + 1]], self.replicas[j]._last_output)
-        return float(sum(self.losses[j] * (bounds[j + 1] - bounds[j]) for j in range(k)) / n)
+        return float(sum(self.losses[j] * shares[j] for j in range(k) if shares[j] > 0))
+
+    def _shares(self, bounds: list[int], sample_weight) -> np.ndarray:
+        """Each shard's part of the batch mean: of the loss's denominator where the loss reports it
+        (cross-entropy's counted weight W_k with class weights or ignore_index), else of the samples."""
+        k = len(bounds) - 1
+        sizes = np.diff(bounds).astype(np.float64)
+        if sample_weight is None:
+            totals = [rep.loss.__dict__.get("total_weight") for rep in self.replicas[:k]]
+            if all(isinstance(t, float) for t in totals) and sum(totals) > 0:
+                sizes = np.array(totals)
+        return sizes / sizes.sum()
 
 
 def worker_pool(model, workers: int) -> WorkerPool:
@@ -305,14 +319,6 @@ def resolve_workers(model, workers, x, y) -> int:
     if known is None or known[0] is not model.flat_params:
         known = model._auto_workers = (model.flat_params, choose_workers(model, x, y, len(x)))
     return known[1]
-
-
-def pooled_train_step(model, x, y, sample_weight, workers: int) -> float:
-    """One training step with the batch split over ``workers`` training replicas (``WorkerPool``)."""
-    with blas_threads(model, workers):
-        loss = worker_pool(model, workers).gradients(x, y, sample_weight)
-        model._optimizer_step()
-    return loss
 
 
 # ------------------------------------------------------------------------- what fit drives
@@ -408,19 +414,15 @@ class TrainingRun:
         model = self.model
         model._require_compiled("train_step")
         model._check_lengths(x, y, "train_step")
-        local = model._gradients if workers == 1 else worker_pool(model, workers).gradients
-        if self.comm is None:
-            loss = local(x, y, w)
-        else:
-            self.sync.begin(len(x) / self.n_global)
-            try:
-                loss = local(x, y, w)
-            except BaseException:
-                self.sync.cancel()
-                raise
-            self.sync.finish()
+        self.sync.begin(len(x) / self.n_global)
+        try:
+            loss = model._gradients(x, y, w, workers)
+        except BaseException:
+            self.sync.cancel()
+            raise
+        self.sync.finish()
         model._optimizer_step()
-        if self.comm is not None and self.has_buffers:  # rank 0's running statistics, as DDP
+        if self.has_buffers:  # rank 0's running statistics, as DDP
             from ..distributed.sync import broadcast_buffers
 
             broadcast_buffers(self.comm, model)

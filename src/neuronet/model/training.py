@@ -164,8 +164,11 @@ class Trainer:
             parallel.check_pool_options(self, parallel.check_workers(workers, math.inf, "train_step"),
                                         "train_step")
             workers = parallel.resolve_workers(self, workers, x, y)
-            if workers != 1:
-                return parallel.pooled_train_step(self, x, y, sample_weight, workers)
+        if workers != 1:
+            with parallel.blas_threads(self, workers):
+                loss = self._gradients(x, y, sample_weight, workers)
+                self._optimizer_step()
+            return loss
         if self.__dict__.get("cuda_graph"):
             from .cuda_graph import graphed_train_step
 
@@ -185,14 +188,18 @@ class Trainer:
             return
         self.optimizer.step(self.flat_params, self.flat_grads)
 
-    def _gradients(self, x, y, sample_weight=None) -> float:
-        """train_step without the optimizer step: the loss, with its gradient in ``flat_grads``."""
+    def _gradients(self, x, y, sample_weight=None, workers: int = 1, finite: bool = True) -> float:
+        """train_step without the optimizer step: the loss, with its gradient in ``flat_grads``; on
+        ``workers`` replicas (inside ``parallel.blas_threads``) when more than 1. ``finite=False`` (a
+        replica's shard, whose mean may be 0/0) returns a NaN or inf loss instead of raising."""
+        if workers != 1:
+            return _finite_loss(parallel.worker_pool(self, workers).gradients(x, y, sample_weight))
         loss = self._forward_loss(x, y, sample_weight)
         deferred = self.loss.__dict__.get("_deferred")  # a device array: read it once, after the backward
-        if not deferred:
+        if not deferred and finite:
             loss = _finite_loss(loss)
         self._backward_loss(sample_weight)
-        return _finite_loss(loss) if deferred else loss
+        return float(loss) if deferred or not finite else loss
 
     def _forward_loss(self, x, y, sample_weight=None):
         """The forward pass and the loss of one batch, auxiliary losses included (a 0-d array on the
