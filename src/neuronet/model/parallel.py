@@ -123,15 +123,19 @@ def join_batches(parts: list):
 # ------------------------------------------------------------------------- threads and BLAS
 def cores() -> int:
     """CPU cores this process may use: its affinity set, shared with the other ranks on this node when a
-    launcher started several here without binding them to cores."""
+    launcher started several here without binding them to cores, and no more than the threads
+    ``OMP_NUM_THREADS`` or ``OPENBLAS_NUM_THREADS`` allow (torchrun sets the first to 1 per rank)."""
     total = os.cpu_count() or 1
     try:
         mine = len(os.sched_getaffinity(0))
     except AttributeError:
         mine = total
-    if mine < total:  # the launcher bound this rank to its own cores
-        return mine
     env = os.environ
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        if env.get(var, "").isdigit() and int(env[var]) > 0:
+            mine = min(mine, int(env[var]))
+    if mine < total:  # bound to its own cores, or held to fewer threads
+        return mine
     local = env.get("LOCAL_WORLD_SIZE") or env.get("OMPI_COMM_WORLD_LOCAL_SIZE") or env.get("MPI_LOCALNRANKS")
     return max(1, mine // int(local)) if local and local.isdigit() else mine
 
@@ -276,36 +280,42 @@ def worker_pool(model, workers: int) -> WorkerPool:
     return pool
 
 
+AUTO_ROUNDS = 5  # timed passes per option, alternating (this host's speed moves within seconds)
+AUTO_MARGIN = 0.95  # the pool must take less than this fraction of one worker's median to be chosen
+
+
 def choose_workers(model, x, y, batch_size: int) -> int:
-    """``workers="auto"``: time a few forward/backward passes with 1 worker x all BLAS threads and with
-    one worker per core x 1 thread; the faster wins. The pool is a candidate only where it gives one
-    worker's result up to rounding: on the CPU, without batch statistics (BatchNorm's buffers), without
-    an auxiliary loss over the batch (MoE's balancing) and without random draws in training (dropout
-    masks would depend on the threads' order). Weights, buffers and the random stream are left as they
-    were (no optimizer step is taken)."""
+    """``workers="auto"``: forward/backward passes of the batch with 1 worker x all BLAS threads and with
+    one worker per core x 1 thread, alternating ``AUTO_ROUNDS`` times; the pool wins when its median is
+    under ``AUTO_MARGIN`` of one worker's. The pool is a candidate only where it gives one worker's
+    result up to rounding: on the CPU, without batch statistics (BatchNorm's buffers), without an
+    auxiliary loss over the batch (MoE's balancing) and without random draws in training (dropout masks
+    would depend on the threads' order). Weights, buffers and the random stream are left as they were
+    (no optimizer step is taken); a pool that lost is dropped with its workspaces."""
     n = min(batch_size, len(x))
-    options = [1] + ([min(cores(), n)] if min(cores(), n) > 1 else [])
-    if len(options) == 1 or model.ops.device != "cpu" or model._aux_layers() or \
-            any(True for _ in model.named_buffers()):
+    k = min(cores(), n)
+    if k == 1 or model.ops.device != "cpu" or model._aux_layers() or any(True for _ in model.named_buffers()):
         return 1
     rng = nnrandom.generator()
     rng_state = rng.bit_generator.state
     xb, yb = x[:n], y[:n]
-    timings = {}
-    for workers in options:
-        step = model._gradients if workers == 1 else worker_pool(model, workers).gradients
-        with blas_threads(model, workers):
-            step(xb, yb)  # warm-up (workspaces, JIT)
-            if rng.bit_generator.state != rng_state:  # it draws: one worker, reproducibly
-                rng.bit_generator.state = rng_state
-                return 1
-            best = math.inf
-            for _ in range(3):
+    model._gradients(xb, yb)  # warm-up (workspaces, JIT)
+    if rng.bit_generator.state != rng_state:  # it draws: one worker, reproducibly
+        rng.bit_generator.state = rng_state
+        return 1
+    steps = {1: model._gradients, k: worker_pool(model, k).gradients}
+    times: dict[int, list[float]] = {1: [], k: []}
+    for timed in range(AUTO_ROUNDS + 1):
+        for workers, step in steps.items():
+            with blas_threads(model, workers):
                 start = time.perf_counter()
                 step(xb, yb)
-                best = min(best, time.perf_counter() - start)
-        timings[workers] = best
-    return min(timings, key=timings.get)
+                if timed:  # round 0 warms the pool up
+                    times[workers].append(time.perf_counter() - start)
+    if np.median(times[k]) < AUTO_MARGIN * np.median(times[1]):
+        return k
+    _state(model).pool = None
+    return 1
 
 
 def resolve_workers(model, workers, x, y) -> int:

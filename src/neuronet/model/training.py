@@ -199,7 +199,9 @@ class Trainer:
         if not deferred and finite:
             loss = _finite_loss(loss)
         self._backward_loss(sample_weight)
-        return float(loss) if deferred or not finite else loss
+        if not finite:
+            return float(loss)
+        return _finite_loss(loss) if deferred else loss
 
     def _forward_loss(self, x, y, sample_weight=None):
         """The forward pass and the loss of one batch, auxiliary losses included (a 0-d array on the
