@@ -132,6 +132,7 @@ class Model(Trainer, Layer):
         for t in self._output_ids:
             self._consumers[t] += 1
         self._sum_names = [f"dsum{t}" for t in range(n)]
+        self._summed, self._no_sums = [False] * n, [False] * n  # t's gradient in its sum buffer yet
         self._runners_for = None
         # Shared dL/dx (share_input_grads): the slot (index into _slots) each waiting gradient is in, and
         # how many waiting gradients each slot holds; a step that reads a model input keeps its own
@@ -294,20 +295,30 @@ class Model(Trainer, Layer):
         return values[self._output_ids[0]]
 
     def _add_grad(self, t: int, d, slot: int = -1) -> None:
-        """Add one consumer's dL/d(tensor t): by reference when it is the only one (``slot``: the shared
-        temporary d is in, which it then holds until t's producer has read it), else into a sum buffer.
-        A model input's gradient leaves the model: it is never left in a shared temporary."""
-        grads = self._grads
-        if self._consumers[t] == 1 and (slot < 0 or t >= len(self._inputs)):
+        """Add one consumer's dL/d(tensor t). The first is held by reference (``slot``: the shared
+        temporary d is in, which it then holds until it is read), the second is added to it into t's
+        sum buffer (the first's temporary is then free), later ones into that buffer. A model input's
+        gradient leaves the model: it is never left in a shared temporary, and with several consumers
+        it is summed in its buffer from the first."""
+        grads, slot_of = self._grads, self._slot_of
+        held = grads[t]
+        if held is None and (t >= len(self._inputs) or (self._consumers[t] == 1 and slot < 0)):
             grads[t] = d
             if slot >= 0:
-                self._slot_of[t] = slot
+                slot_of[t] = slot
                 self._slot_users[slot] += 1
-        elif grads[t] is None:
+        elif held is None:
             buf = grads[t] = self.workspace(self._sum_names[t], tuple(d.shape))
             self.ops.copy_(buf, d)
+        elif t < len(self._inputs) or self._summed[t]:
+            self.ops.xp.add(held, d, out=held)
         else:
-            self.ops.xp.add(grads[t], d, out=grads[t])
+            grads[t] = self.workspace(self._sum_names[t], tuple(d.shape))
+            self.ops.xp.add(held, d, out=grads[t])
+            self._summed[t] = True
+            if slot_of[t] >= 0:  # the first gradient is read: its temporary no longer holds one
+                self._slot_users[slot_of[t]] -= 1
+                slot_of[t] = -1
 
     def share_input_grads(self, depth: int) -> None:
         # A step's dL/dx waits in ``_grads`` until the producer of its tensor runs backward, and branches
@@ -348,6 +359,7 @@ class Model(Trainer, Layer):
                              f"got {len(dys)}")
         grads, runners, steps = self._grads, self._runners(), self._steps
         grads[:] = self._nones
+        self._summed[:] = self._no_sums
         slot_of, users = self._slot_of, self._slot_users
         slot_of[:] = self._no_slots
         for k in range(len(users)):
