@@ -280,18 +280,18 @@ def worker_pool(model, workers: int) -> WorkerPool:
     return pool
 
 
-AUTO_ROUNDS = 5  # timed passes per option, alternating (this host's speed moves within seconds)
+AUTO_ROUNDS = 4  # timed passes per option, alternating (this host's speed moves within seconds)
 AUTO_MARGIN = 0.95  # the pool must take less than this fraction of one worker's median to be chosen
 
 
 def choose_workers(model, x, y, batch_size: int) -> int:
     """``workers="auto"``: forward/backward passes of the batch with 1 worker x all BLAS threads and with
-    one worker per core x 1 thread, alternating ``AUTO_ROUNDS`` times; the pool wins when its median is
-    under ``AUTO_MARGIN`` of one worker's. The pool is a candidate only where it gives one worker's
-    result up to rounding: on the CPU, without batch statistics (BatchNorm's buffers), without an
-    auxiliary loss over the batch (MoE's balancing) and without random draws in training (dropout masks
-    would depend on the threads' order). Weights, buffers and the random stream are left as they were
-    (no optimizer step is taken); a pool that lost is dropped with its workspaces."""
+    one worker per core x 1 thread, two of each in turn ``AUTO_ROUNDS`` times (the second timed); the
+    pool wins when its median is under ``AUTO_MARGIN`` of one worker's. The pool is a candidate only
+    where it gives one worker's result up to rounding: on the CPU, without batch statistics (BatchNorm's
+    buffers), without an auxiliary loss over the batch (MoE's balancing) and without random draws in
+    training (dropout masks would depend on the threads' order). Weights, buffers and the random stream
+    are left as they were (no optimizer step is taken); a pool that lost is dropped with its workspaces."""
     n = min(batch_size, len(x))
     k = min(cores(), n)
     if k == 1 or model.ops.device != "cpu" or model._aux_layers() or any(True for _ in model.named_buffers()):
@@ -305,13 +305,13 @@ def choose_workers(model, x, y, batch_size: int) -> int:
         return 1
     steps = {1: model._gradients, k: worker_pool(model, k).gradients}
     times: dict[int, list[float]] = {1: [], k: []}
-    for timed in range(AUTO_ROUNDS + 1):
+    for _ in range(AUTO_ROUNDS):
         for workers, step in steps.items():
             with blas_threads(model, workers):
+                step(xb, yb)  # after the other way's pass: the caches and threads as that left them
                 start = time.perf_counter()
-                step(xb, yb)
-                if timed:  # round 0 warms the pool up
-                    times[workers].append(time.perf_counter() - start)
+                step(xb, yb)  # as in a run of steps
+                times[workers].append(time.perf_counter() - start)
     if np.median(times[k]) < AUTO_MARGIN * np.median(times[1]):
         return k
     _state(model).pool = None
