@@ -85,3 +85,34 @@ def test_bfloat16_takes_the_torch_ops_route():
     assert probs.dtype == torch.bfloat16
     torch.testing.assert_close(probs.float().sum(-1), torch.ones(2, 4), atol=1e-2, rtol=0)
     assert float(probs[0, 0, 1]) == 0.0
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_products_on_one_torch_thread_go_to_openblas_and_agree(threads, monkeypatch):
+    """With torch on one thread the products run in NumPy's OpenBLAS on the tensors' memory (plain,
+    transposed views, stacked heads; the weight gradient accumulated); with more, in torch."""
+    ops, rng = get_ops("torch"), np.random.default_rng(4)
+    calls = []
+    for name in ("matmul", "matmul_acc"):
+        original = getattr(torch_ops_module._CPU, name)
+        monkeypatch.setattr(torch_ops_module._CPU, name,
+                            lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        heads = rng.standard_normal((2, 5, 3, 4, 6)).astype(np.float32)  # (N, T, parts, H, hd) rows
+        q, k = (np.swapaxes(heads[:, :, i], 1, 2) for i in (0, 1))
+        a, b = rng.standard_normal((7, 9)).astype(np.float32), rng.standard_normal((7, 11)).astype(np.float32)
+        scores = torch.empty(2, 4, 5, 5)
+        ops.matmul(torch.from_numpy(heads)[:, :, 0].transpose(1, 2),
+                   torch.from_numpy(heads)[:, :, 1].transpose(1, 2).transpose(-1, -2), out=scores)
+        np.testing.assert_allclose(scores.numpy(), q @ np.swapaxes(k, -1, -2), rtol=1e-5, atol=1e-5)
+        out = torch.empty(9, 11)
+        ops.matmul(torch.from_numpy(a).T, torch.from_numpy(b), out=out)
+        np.testing.assert_allclose(out.numpy(), a.T @ b, rtol=1e-5, atol=1e-5)
+        acc = torch.ones(9, 11)
+        ops.matmul_acc(torch.from_numpy(a).T, torch.from_numpy(b), acc, torch.empty(9, 11))
+        np.testing.assert_allclose(acc.numpy(), 1 + a.T @ b, rtol=1e-5, atol=1e-5)
+    finally:
+        torch.set_num_threads(before)
+    assert calls == (["matmul", "matmul", "matmul_acc"] if threads == 1 else [])

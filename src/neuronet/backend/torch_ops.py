@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import malloc_tuning
+from . import blas_threads, malloc_tuning
 from .numpy_ops import NumpyOps
 from .ops import DEFAULT_ALPHA, Ops
 
@@ -222,6 +222,10 @@ class TorchOps(Ops):
     def matmul(self, a, b, out):
         low = self._low(a, b)
         if low is None:
+            if _on_one_cpu_thread(a, b, out):
+                with blas_threads.one_thread():
+                    _CPU.matmul(*_host(a, b, out))
+                return out
             return torch.matmul(a, b, out=out)
         out.copy_(torch.matmul(*low))
         return out
@@ -230,6 +234,9 @@ class TorchOps(Ops):
         low = self._low(a, b)
         if low is not None:
             out += torch.matmul(*low)
+        elif out.dim() == 2 and scratch is not None and _on_one_cpu_thread(a, b, out, scratch):
+            with blas_threads.one_thread():
+                _CPU.matmul_acc(*_host(a, b, out, scratch))
         elif out.dim() == 2:
             out.addmm_(a, b)
         else:
@@ -640,6 +647,16 @@ _NUMBA_DTYPES = (torch.float32, torch.float64)
 def _numba_ok(x) -> bool:
     """Whether a cell's tensors can go to the Numba kernels: CPU float32/float64, no autograd."""
     return x.dtype in _NUMBA_DTYPES and _on_cpu(x)
+
+
+def _on_one_cpu_thread(*tensors) -> bool:
+    """Whether a product goes to NumPy's OpenBLAS on the tensors' memory: CPU float32/float64 tensors while
+    torch runs one thread. On this AMD host OpenBLAS ran the stacked per-head products 1.24x and the
+    weight gradients (a transposed) 1.15-1.21x as fast as torch's calls, the plain 2-D products about
+    as fast (0.89-1.02 alone, yet the char GPT step gained most with them too: 61-64 against 64-68 ms);
+    with more threads torch's OpenMP workers, spinning after each torch op, would take the cores
+    OpenBLAS's threads need (measured: the GPT step 2x slower)."""
+    return torch.get_num_threads() == 1 and all(_numba_ok(t) for t in tensors)
 
 
 def _on_cpu(x) -> bool:
