@@ -116,3 +116,39 @@ def test_products_on_one_torch_thread_go_to_openblas_and_agree(threads, monkeypa
     finally:
         torch.set_num_threads(before)
     assert calls == (["matmul", "matmul", "matmul_acc"] if threads == 1 else [])
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_recurrent_layers_on_one_torch_thread_run_the_numpy_loops(kind, monkeypatch):
+    """With torch on one thread the torch backend runs an LSTM/GRU's time loops in the NumPy backend's
+    kernels on the tensors' memory (W_hh packed), bidirectional and stacked: the NumPy backend's
+    values and gradients."""
+    import neuronet as nn
+
+    calls = []
+    for name in (f"{kind.lower()}_steps", f"{kind.lower()}_steps_backward"):
+        original = getattr(torch_ops_module._CPU, name)
+        monkeypatch.setattr(torch_ops_module._CPU, name,
+                            lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 6, 3)).astype(np.float32)
+    dy = rng.standard_normal((4, 6, 10)).astype(np.float32)
+    results = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for backend in ("numpy", "torch"):
+            nn.manual_seed(0)
+            layer = nn.Bidirectional(getattr(nn, kind)(3, 5, return_sequences=True, num_layers=2))
+            model = nn.Sequential(layer).to(backend)
+            model.build((6, 3))
+            ops = model.ops
+            y = ops.to_numpy(model.forward(ops.asarray(x)))
+            model.zero_grad()
+            dx = ops.to_numpy(model.backward(ops.asarray(dy)))
+            results.append((np.array(y), np.array(dx), np.array(ops.to_numpy(model.flat_grads))))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    assert calls.count(f"{kind.lower()}_steps") == 4 and calls.count(f"{kind.lower()}_steps_backward") == 4

@@ -415,7 +415,7 @@ class TorchOps(Ops):
     # 14.5 ms for the step-by-step cells (T=28, N=64, H=128, one thread).
     def lstm_sequence(self, seq, w_ih, w_hh, b_ih, b_hh, reverse, h, saved):
         if not (_MKLDNN_RNN and seq.device.type == "cpu" and seq.dtype == torch.float32
-                and self._low_dtype() is None):
+                and self._low_dtype() is None) or self._numpy_loops(seq.dtype):
             return False
         zeros = self.temporary("lstm.zero_state", (seq.shape[1], w_hh.shape[1]), seq.dtype)
         zeros.zero_()  # (the initial h and c; shared by every pass, which only reads it)
@@ -435,6 +435,47 @@ class TorchOps(Ops):
             None if dout is None else dout.contiguous(), dh.contiguous(), None, reverse, _LSTM_MODE,
             w_hh.shape[1], 1, True, True, False, [], False, saved["workspace"])
         return grads[:5]
+
+    # With torch on one CPU thread a recurrent layer's whole time loop runs in the NumPy backend's Numba
+    # kernels on the tensors' memory (its per-step products on packed_gemm, W_hh packed by ``prepack``):
+    # they took the LSTM step below oneDNN's fused layer there, where PyTorch's nn.LSTM runs oneDNN.
+    # With more threads torch's spinning OpenMP workers would meet the NumPy row threads: oneDNN then.
+    def _numpy_loops(self, dtype) -> bool:
+        return self._device.type == "cpu" and torch.get_num_threads() == 1 and self._low_dtype() is None \
+            and str(dtype).removeprefix("torch.") in ("float32", "float64")
+
+    def prepacked_shape(self, shape, dtype):
+        return _CPU.prepacked_shape(shape, dtype) if self._numpy_loops(dtype) else super().prepacked_shape(
+            shape, dtype)
+
+    def prepack(self, w, out):
+        if tuple(out.shape) == tuple(w.shape):
+            return super().prepack(w, out)
+        _CPU.prepack(*_host(w, out))  # a packed buffer: prepacked_shape chose the NumPy loops
+        return out
+
+    def lstm_steps(self, gates, h, c, tanh_c, w_hh_t, bias, gh, reverse, rows):
+        if w_hh_t.dim() == 2:
+            return super().lstm_steps(gates, h, c, tanh_c, w_hh_t, bias, gh, reverse, rows)
+        _CPU.lstm_steps(*_host(gates, h, c, tanh_c, w_hh_t, bias, gh), reverse, rows)
+
+    def lstm_steps_backward(self, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, reverse, rows):
+        if w_hh.dim() == 2:
+            return super().lstm_steps_backward(gates, c, tanh_c, dh, dc, dgates, w_hh, dout, reverse, rows)
+        _CPU.lstm_steps_backward(*_host(gates, c, tanh_c, dh, dc, dgates, w_hh), _host_or_none(dout), reverse,
+                                 rows)
+
+    def gru_steps(self, gates, h, hn, w_hh_t, b_ih, b_hh, gh, reverse, rows):
+        if w_hh_t.dim() == 2:
+            return super().gru_steps(gates, h, hn, w_hh_t, b_ih, b_hh, gh, reverse, rows)
+        _CPU.gru_steps(*_host(gates, h, hn, w_hh_t, b_ih, b_hh, gh), reverse, rows)
+
+    def gru_steps_backward(self, gates, h, hn, dh, dgx, dgh, w_hh, dout, dh_direct, reverse, rows):
+        if w_hh.dim() == 2:
+            return super().gru_steps_backward(gates, h, hn, dh, dgx, dgh, w_hh, dout, dh_direct, reverse,
+                                              rows)
+        _CPU.gru_steps_backward(*_host(gates, h, hn, dh, dgx, dgh, w_hh), _host_or_none(dout),
+                                _host_or_none(dh_direct), reverse, rows)
 
     def lstm_cell(self, gates, gh, bias, c_prev, c, tanh_c, h):
         if _numba_ok(gates):
