@@ -87,11 +87,14 @@ def test_bfloat16_takes_the_torch_ops_route():
     assert float(probs[0, 0, 1]) == 0.0
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_products_on_one_torch_thread_go_to_openblas_and_agree(threads, monkeypatch):
+@pytest.mark.parametrize("threads, min_work", [(1, 0), (2, 0), (1, None)], ids=["one", "two", "one-small"])
+def test_products_on_one_torch_thread_go_to_openblas_and_agree(threads, min_work, monkeypatch):
     """With torch on one thread the products run in NumPy's OpenBLAS on the tensors' memory (plain,
-    transposed views, stacked heads; the weight gradient accumulated); with more, in torch."""
+    transposed views, stacked heads; the weight gradient accumulated); with more, or below
+    OPENBLAS_MIN_WORK multiply-adds (these are), in torch."""
     ops, rng = get_ops("torch"), np.random.default_rng(4)
+    if min_work is not None:
+        monkeypatch.setattr(torch_ops_module, "OPENBLAS_MIN_WORK", min_work)
     calls = []
     for name in ("matmul", "matmul_acc"):
         original = getattr(torch_ops_module._CPU, name)
@@ -115,7 +118,7 @@ def test_products_on_one_torch_thread_go_to_openblas_and_agree(threads, monkeypa
         np.testing.assert_allclose(acc.numpy(), 1 + a.T @ b, rtol=1e-5, atol=1e-5)
     finally:
         torch.set_num_threads(before)
-    assert calls == (["matmul", "matmul", "matmul_acc"] if threads == 1 else [])
+    assert calls == (["matmul", "matmul", "matmul_acc"] if threads == 1 and min_work == 0 else [])
 
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])

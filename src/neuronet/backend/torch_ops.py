@@ -222,7 +222,7 @@ class TorchOps(Ops):
     def matmul(self, a, b, out):
         low = self._low(a, b)
         if low is None:
-            if _on_one_cpu_thread(a, b, out):
+            if _in_openblas(a, b, out):
                 with blas_threads.one_thread():
                     _CPU.matmul(*_host(a, b, out))
                 return out
@@ -234,7 +234,7 @@ class TorchOps(Ops):
         low = self._low(a, b)
         if low is not None:
             out += torch.matmul(*low)
-        elif out.dim() == 2 and scratch is not None and _on_one_cpu_thread(a, b, out, scratch):
+        elif out.dim() == 2 and scratch is not None and _in_openblas(a, b, out, scratch):
             with blas_threads.one_thread():
                 _CPU.matmul_acc(*_host(a, b, out, scratch))
         elif out.dim() == 2:
@@ -690,14 +690,20 @@ def _numba_ok(x) -> bool:
     return x.dtype in _NUMBA_DTYPES and _on_cpu(x)
 
 
-def _on_one_cpu_thread(*tensors) -> bool:
-    """Whether a product goes to NumPy's OpenBLAS on the tensors' memory: CPU float32/float64 tensors while
-    torch runs one thread. On this AMD host OpenBLAS ran the stacked per-head products 1.24x and the
-    weight gradients (a transposed) 1.15-1.21x as fast as torch's calls, the plain 2-D products about
-    as fast (0.89-1.02 alone, yet the char GPT step gained most with them too: 61-64 against 64-68 ms);
-    with more threads torch's OpenMP workers, spinning after each torch op, would take the cores
-    OpenBLAS's threads need (measured: the GPT step 2x slower)."""
-    return torch.get_num_threads() == 1 and all(_numba_ok(t) for t in tensors)
+OPENBLAS_MIN_WORK = 1 << 22  # multiply-adds below which torch's call beats the hand-over (~9 us)
+
+
+def _in_openblas(a, b, out, *more) -> bool:
+    """Whether the product out (+)= a @ b goes to NumPy's OpenBLAS on the tensors' memory: CPU
+    float32/float64 tensors while torch runs one thread, from OPENBLAS_MIN_WORK multiply-adds. On this AMD
+    host OpenBLAS ran the stacked per-head products 1.24x and the weight gradients (a transposed)
+    1.15-1.21x as fast as torch's calls, the plain 2-D products about as fast (0.89-1.02 alone, yet the
+    char GPT step gained most with them too: 61-64 against 64-68 ms); the MoE's products of ~2M
+    multiply-adds ran 20-45 % slower (its step 3.8-4.1 against 3.1-3.4 ms). With more threads torch's
+    OpenMP workers, spinning after each torch op, would take the cores OpenBLAS's threads need (the GPT
+    step 2x slower)."""
+    return torch.get_num_threads() == 1 and out.numel() * a.shape[-1] >= OPENBLAS_MIN_WORK and \
+        all(_numba_ok(t) for t in (a, b, out, *more))
 
 
 def _on_cpu(x) -> bool:
