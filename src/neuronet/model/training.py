@@ -167,7 +167,7 @@ class Trainer:
         if workers != 1:
             with parallel.blas_threads(self, workers):
                 loss = self._gradients(x, y, sample_weight, workers)
-                self._optimizer_step()
+            self._optimizer_step()  # on every thread again
             return loss
         if self.__dict__.get("cuda_graph"):
             from .cuda_graph import graphed_train_step
