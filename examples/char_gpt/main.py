@@ -80,6 +80,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--eval-iters", type=int, default=200)
     ap.add_argument("--backend", default="numpy")
+    ap.add_argument("--workers", default="1",
+                    help='training replicas per step, one core each: an integer or "auto" (compile)')
     ap.add_argument("--seed", type=int, default=1337)
     args = ap.parse_args(argv)
 
@@ -94,7 +96,8 @@ def main(argv=None) -> dict:
     ff = args.ff or (349 if args.llama else 512)
     model = gpt(len(chars), args.block, ff=ff, llama=args.llama)
     opt = nn.AdamW(args.lr, betas=(0.9, 0.99), weight_decay=0.1, clip_norm=1.0)
-    model.compile(optimizer=opt, loss=nn.CrossEntropyLoss())
+    workers = args.workers if args.workers == "auto" else int(args.workers)
+    model.compile(optimizer=opt, loss=nn.CrossEntropyLoss(), workers=workers)
     model.build((args.block,))
     model.to(args.backend)
     print(f"{'LLaMA-style' if args.llama else 'GPT-2-style'} blocks, {model.num_params():,} parameters, "

@@ -65,3 +65,24 @@ def test_one_thread_holds_every_product_at_one_thread(monkeypatch):
         assert not blas_threads._held
     finally:
         set_threads(before)
+
+
+@pytest.mark.skipif(blas_threads._LIB is None, reason="NumPy has no bundled OpenBLAS here")
+def test_limit_holds_products_and_row_blocks_to_a_workers_share(monkeypatch):
+    """A worker pool's replicas run inside limit(1): a small product's pending switch back to every
+    thread, left by a step outside the pool, must not give them every core (the char GPT example ran
+    3x slower when an evaluation's last product had been small)."""
+    set_threads, get_threads = blas_threads._LIB
+    before = get_threads()
+    monkeypatch.setattr(blas_threads, "_saved", [])
+    set_threads(2)
+    ops = get_ops("numpy")
+    try:
+        blas_threads.before_product(8, 8, 8)  # small: one thread, the count of 2 pending
+        with blas_threads.limit(1):
+            assert blas_threads.threads() == 1 and len(ops.row_blocks(64)) == 1
+            blas_threads.before_product(4096, 4096, 4096)  # large: would restore 2 outside the limit
+            assert get_threads() == 1
+        assert get_threads() == 2 and blas_threads.threads() == 2 and len(ops.row_blocks(64)) == 2
+    finally:
+        set_threads(before)

@@ -81,14 +81,38 @@ def _shorten_spin(lib) -> None:
 
 _LIB = _openblas()
 _saved: list[int] = []  # the thread count to restore while a small product holds OpenBLAS at one
-_held: list[bool] = []  # non-empty inside one_thread(): every product stays on one thread
+_held: list[bool] = []  # non-empty inside one_thread() or limit(): no product changes the thread count
+_caps: list[int] = []  # inside limit(n): the threads every product and row block may use
 
 
 def threads() -> int:
     """The OpenBLAS threads a large product runs on (1 without a bundled OpenBLAS)."""
     if _LIB is None:
         return 1
+    if _caps:
+        return _caps[-1]
     return _saved[-1] if _saved else _LIB[1]()
+
+
+@contextlib.contextmanager
+def limit(n: int) -> Iterator[None]:
+    """Every product on ``n`` OpenBLAS threads, and ``threads()`` n, until the block ends; then the count
+    from before. For a worker pool's replicas, each with its share of the cores: a small product's
+    switch to one thread, if one is pending, is undone first, so that no replica restores the full count
+    (and runs its products on every core) inside the block."""
+    use_all_threads()
+    before = _LIB[1]() if _LIB is not None else 1
+    _caps.append(n)
+    _held.append(True)
+    if _LIB is not None:
+        _LIB[0](n)
+    try:
+        yield
+    finally:
+        _held.pop()
+        _caps.pop()
+        if _LIB is not None:
+            _LIB[0](before)
 
 
 @contextlib.contextmanager

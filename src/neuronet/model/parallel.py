@@ -19,10 +19,11 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import numpy as np
 
+from ..backend import blas_threads as openblas
 from ..core import random as nnrandom
 from ..core.layer import Workspace
 from ..core.replica import copy_buffers, replica
@@ -145,19 +146,13 @@ _controller = None
 
 @contextmanager
 def blas_threads(model, workers: int):
-    """Limit BLAS (threadpoolctl) and torch intra-op threads so workers x threads <= cores."""
+    """Limit NumPy's OpenBLAS (``backend.blas_threads.limit``), the other BLAS libraries (threadpoolctl)
+    and torch's intra-op threads so that workers x threads <= cores."""
     global _controller
-    n = max(1, cores() // workers)
     if workers == 1:
         yield
         return
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # without threadpoolctl the pool may oversubscribe, but still computes
-        yield
-        return
-    if _controller is None:
-        _controller = ThreadpoolController()
+    n = max(1, cores() // workers)
     torch_threads = None
     if model.ops.name == "torch":
         import torch
@@ -165,7 +160,16 @@ def blas_threads(model, workers: int):
         torch_threads = torch.get_num_threads()
         torch.set_num_threads(n)
     try:
-        with _controller.limit(limits=n, user_api="blas"):
+        with ExitStack() as stack:
+            stack.enter_context(openblas.limit(n))
+            try:
+                from threadpoolctl import ThreadpoolController
+            except ImportError:  # other BLAS libraries then keep their threads: slower, still right
+                pass
+            else:
+                if _controller is None:
+                    _controller = ThreadpoolController()
+                stack.enter_context(_controller.limit(limits=n, user_api="blas"))
             yield
     finally:
         if torch_threads is not None:
