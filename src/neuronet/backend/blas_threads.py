@@ -85,6 +85,11 @@ _held: list[bool] = []  # non-empty inside one_thread() or limit(): no product c
 _caps: list[int] = []  # inside limit(n): the threads every product and row block may use
 
 
+def bundled():
+    """NumPy's bundled OpenBLAS as (set_num_threads, get_num_threads), or None (NumPy on another BLAS)."""
+    return _LIB
+
+
 def threads() -> int:
     """The OpenBLAS threads a large product runs on (1 without a bundled OpenBLAS)."""
     if _LIB is None:

@@ -146,8 +146,8 @@ _controller = None
 
 @contextmanager
 def blas_threads(model, workers: int):
-    """Limit NumPy's OpenBLAS (``backend.blas_threads.limit``), the other BLAS libraries (threadpoolctl)
-    and torch's intra-op threads so that workers x threads <= cores."""
+    """Limit NumPy's BLAS (its bundled OpenBLAS through ``backend.blas_threads.limit``, another through
+    threadpoolctl) and torch's intra-op threads so that workers x threads <= cores."""
     global _controller
     if workers == 1:
         yield
@@ -162,14 +162,15 @@ def blas_threads(model, workers: int):
     try:
         with ExitStack() as stack:
             stack.enter_context(openblas.limit(n))
-            try:
-                from threadpoolctl import ThreadpoolController
-            except ImportError:  # other BLAS libraries then keep their threads: slower, still right
-                pass
-            else:
-                if _controller is None:
-                    _controller = ThreadpoolController()
-                stack.enter_context(_controller.limit(limits=n, user_api="blas"))
+            if openblas.bundled() is None:  # NumPy on another BLAS (MKL, a system OpenBLAS): threadpoolctl
+                try:
+                    from threadpoolctl import ThreadpoolController
+                except ImportError:  # that BLAS then keeps its threads: slower, still right
+                    pass
+                else:
+                    if _controller is None:
+                        _controller = ThreadpoolController()
+                    stack.enter_context(_controller.limit(limits=n, user_api="blas"))
             yield
     finally:
         if torch_threads is not None:
