@@ -128,6 +128,33 @@ def test_worker_pool_gives_the_weights_of_one_worker(make, shape, backend):
     assert not np.allclose(one.state_dict()[first], make().state_dict()[first])  # it trained
 
 
+def _two_in_two_out(seed=0):
+    nn.manual_seed(seed)
+    a, b = nn.Input((8,)), nn.Input((4,))
+    h = nn.Concatenate()([nn.Dense(8, 16, activation="relu")(a), b])
+    return nn.Model([a, b], [nn.Dense(20, 3, name="cls")(h), nn.Dense(20, 1, name="reg")(h)])
+
+
+def test_worker_pool_trains_a_model_of_several_inputs_and_outputs(backend):
+    """Shards of every input and target; each output's loss, metric and the joined outputs as one
+    worker's."""
+    rng = np.random.default_rng(2)
+    x = [rng.standard_normal((30, 8)).astype(np.float32), rng.standard_normal((30, 4)).astype(np.float32)]
+    y = [rng.integers(0, 3, 30), rng.standard_normal((30, 1)).astype(np.float32)]
+    runs = []
+    for workers in (1, 2):
+        model = _two_in_two_out().to(backend)
+        model.compile(nn.SGD(0.05), ["cross_entropy", "mse"], metrics=["accuracy"], workers=workers)
+        history = model.fit(x, y, epochs=2, batch_size=10, verbose=0, shuffle=False).history
+        runs.append((history, model.state_dict()))
+    (h1, w1), (h2, w2) = runs
+    assert set(h2) == set(h1) and {"cls_loss", "reg_loss", "cls_accuracy"} <= set(h1)
+    for key in h1:
+        np.testing.assert_allclose(h2[key], h1[key], rtol=1e-5, err_msg=key)
+    for name, value in w1.items():
+        np.testing.assert_allclose(w2[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 def test_worker_pool_weights_shards_by_the_losss_own_count(backend):
     """Cross-entropy with class weights and ignore_index divides by the counted weight W, not by the
     samples: the pool weights each shard by its W_k, a shard of ignored targets only (W_k = 0) by 0."""

@@ -257,11 +257,27 @@ class WorkerPool(Workspace):
         self.ops.matmul(weights, self.grads[:k], out=model.flat_grads.reshape(1, -1))  # one fused pass
         if self.has_buffers:
             copy_buffers(self.replicas[0], model)
-        out0 = self.replicas[0]._last_output
-        out = model._last_output = self.workspace("output", (n, *out0.shape[1:]))
-        for j in range(k):
-            self.ops.copy_(out[bounds[j]:bounds[j + 1]], self.replicas[j]._last_output)
+        model._last_output = self._joined_output(bounds)
+        parts = model.loss.__dict__.get("values")
+        if parts is not None:  # several outputs: each output's loss, as the batch's (for the logs)
+            for i in range(len(parts)):
+                parts[i] = float(sum(self.replicas[j].loss.values[i] * shares[j] for j in range(k)
+                                     if shares[j] > 0))
         return float(sum(self.losses[j] * shares[j] for j in range(k) if shares[j] > 0))
+
+    def _joined_output(self, bounds: list[int]):
+        """The replicas' outputs (for the metrics) as the batch's: one array, or a list per output."""
+        firsts = self.replicas[0]._last_output
+        several = isinstance(firsts, list)
+        outs = self.__dict__.setdefault("_outs", [])
+        outs.clear()
+        for i, first in enumerate(firsts if several else [firsts]):
+            out = self.workspace(f"output{i}", (bounds[-1], *first.shape[1:]))
+            for j in range(len(bounds) - 1):
+                part = self.replicas[j]._last_output
+                self.ops.copy_(out[bounds[j]:bounds[j + 1]], part[i] if several else part)
+            outs.append(out)
+        return list(outs) if several else outs[0]
 
     def _shares(self, bounds: list[int], sample_weight) -> np.ndarray:
         """Each shard's part of the batch mean: of the loss's denominator where the loss reports it
