@@ -445,8 +445,9 @@ class TorchOps(Ops):
             and str(dtype).removeprefix("torch.") in ("float32", "float64")
 
     def prepacked_shape(self, shape, dtype):
-        return _CPU.prepacked_shape(shape, dtype) if self._numpy_loops(dtype) else super().prepacked_shape(
-            shape, dtype)
+        if self._numpy_loops(dtype):
+            return _CPU.prepacked_shape(shape, dtype)
+        return super().prepacked_shape(shape, dtype)
 
     def prepack(self, w, out):
         if tuple(out.shape) == tuple(w.shape):

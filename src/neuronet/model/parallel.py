@@ -269,15 +269,14 @@ class WorkerPool(Workspace):
         """The replicas' outputs (for the metrics) as the batch's: one array, or a list per output."""
         firsts = self.replicas[0]._last_output
         several = isinstance(firsts, list)
-        outs = self.__dict__.setdefault("_outs", [])
-        outs.clear()
+        outs = []
         for i, first in enumerate(firsts if several else [firsts]):
             out = self.workspace(f"output{i}", (bounds[-1], *first.shape[1:]))
             for j in range(len(bounds) - 1):
                 part = self.replicas[j]._last_output
                 self.ops.copy_(out[bounds[j]:bounds[j + 1]], part[i] if several else part)
             outs.append(out)
-        return list(outs) if several else outs[0]
+        return outs if several else outs[0]
 
     def _shares(self, bounds: list[int], sample_weight) -> np.ndarray:
         """Each shard's part of the batch mean: of the loss's denominator where the loss reports it
