@@ -278,3 +278,19 @@ def test_config_hardware_workers():
     assert validate(base)["hardware"]["workers"] == 1
     with pytest.raises(ConfigError, match="hardware.workers"):
         validate(dict(base, hardware={"workers": 0}))
+
+
+def test_cores_honours_the_thread_variables(monkeypatch):
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE",
+                "MPI_LOCALNRANKS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(parallel.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert parallel.cores() == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert parallel.cores() == 4  # two ranks on this node, not bound to cores
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as torchrun sets it per rank
+    assert parallel.cores() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "junk")
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
+    assert parallel.cores() == 3
