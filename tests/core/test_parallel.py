@@ -174,6 +174,24 @@ def test_worker_pool_weights_shards_by_the_losss_own_count(backend):
         np.testing.assert_allclose(weights2[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+def test_worker_pool_with_dropout_is_reproducible_under_a_seed():
+    """Each shard draws its masks from its own stream, seeded in shard order: the same weights twice,
+    whatever order the threads ran in; and the masks did act (not one worker's weights)."""
+    x, y = _data((20,), 60)
+
+    def run(workers):
+        nn.manual_seed(3)
+        model = nn.Sequential(nn.Dense(20, 32, activation="relu"), nn.Dropout(0.5), nn.Dense(32, 5))
+        model.compile(nn.SGD(0.05), "cross_entropy", workers=workers)
+        model.fit(x, y, epochs=2, batch_size=20, verbose=0)
+        return model.state_dict()
+
+    first, second, one = run(2), run(2), run(1)
+    for name, value in first.items():
+        np.testing.assert_array_equal(second[name], value, err_msg=name)
+    assert not np.allclose(first["0.weight"], one["0.weight"])
+
+
 def test_worker_pool_batchnorm_uses_per_worker_statistics():
     x, y = _data((20,))
     model = _mlp(bn=True)

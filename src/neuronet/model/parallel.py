@@ -227,8 +227,9 @@ class WorkerPool(Workspace):
         self.has_buffers = any(True for _ in model.named_buffers())
         self.losses = [0.0] * workers
 
-    def _shard(self, k: int, x, y, w) -> None:
-        self.losses[k] = self.replicas[k]._gradients(x, y, w, finite=False)
+    def _shard(self, k: int, x, y, w, seed: int) -> None:
+        with nnrandom.thread_stream(seed):  # its dropout masks from a stream of its own: reproducible
+            self.losses[k] = self.replicas[k]._gradients(x, y, w, finite=False)
 
     def gradients(self, x, y, sample_weight=None) -> float:
         """The mean loss over the batch, with its gradient in ``model.flat_grads``.
@@ -244,9 +245,10 @@ class WorkerPool(Workspace):
         w = sample_weight
         parts = [(x[a:b], y[a:b], None if w is None else w[a:b]) for a, b in zip(bounds[:-1], bounds[1:],
                                                                                    strict=True)]
-        futures = [_state(model).threads(self.workers - 1).submit(self._shard, j, *parts[j])
+        seeds = nnrandom.generator().integers(0, 2**63 - 1, k).tolist()  # in order, whatever the threads do
+        futures = [_state(model).threads(self.workers - 1).submit(self._shard, j, *parts[j], seeds[j])
                    for j in range(1, k)]
-        self._shard(0, *parts[0])
+        self._shard(0, *parts[0], seeds[0])
         for f in futures:
             f.result()
         shares = self._shares(bounds, sample_weight)
@@ -332,6 +334,7 @@ def choose_workers(model, x, y, batch_size: int) -> int:
                 start = time.perf_counter()
                 step(xb, yb)  # as in a run of steps
                 times[workers].append(time.perf_counter() - start)
+    rng.bit_generator.state = rng_state  # (the pool drew its shards' seeds)
     if np.median(times[k]) < AUTO_MARGIN * np.median(times[1]):
         return k
     _state(model).pool = None
@@ -340,11 +343,12 @@ def choose_workers(model, x, y, batch_size: int) -> int:
 
 def resolve_workers(model, workers, x, y) -> int:
     """The workers a step of batch (x, y) runs on: ``workers`` itself, or for "auto" the choice of
-    ``choose_workers``, measured on the first batch and kept until the model is rebuilt or moved."""
+    ``choose_workers``, measured on the first batch and kept until the model is rebuilt or moved; one
+    for the step that builds the model."""
+    if not model.built:  # the first step builds the model, on one worker; the next one splits (or measures)
+        return 1
     if workers != "auto":
         return workers
-    if not model.built:  # the first step builds the model; the next one measures
-        return 1
     known = model.__dict__.get("_auto_workers")
     if known is None or known[0] is not model.flat_params:
         known = model._auto_workers = (model.flat_params, choose_workers(model, x, y, len(x)))
