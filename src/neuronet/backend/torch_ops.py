@@ -455,28 +455,26 @@ class TorchOps(Ops):
         _CPU.prepack(*_host(w, out))  # a packed buffer: prepacked_shape chose the NumPy loops
         return out
 
+    def _loop(self, name: str, weight, *args) -> None:
+        """``Ops.<name>``, step by step in torch ops; or, where ``prepack`` packed ``weight`` (one torch
+        thread, ``_numpy_loops``), the NumPy backend's whole-loop kernel on the tensors' memory."""
+        if weight.dim() == 2:
+            getattr(super(), name)(*args)
+        else:
+            getattr(_CPU, name)(*(a.numpy() if isinstance(a, torch.Tensor) else a for a in args))
+
     def lstm_steps(self, gates, h, c, tanh_c, w_hh_t, bias, gh, reverse, rows):
-        if w_hh_t.dim() == 2:
-            return super().lstm_steps(gates, h, c, tanh_c, w_hh_t, bias, gh, reverse, rows)
-        _CPU.lstm_steps(*_host(gates, h, c, tanh_c, w_hh_t, bias, gh), reverse, rows)
+        self._loop("lstm_steps", w_hh_t, gates, h, c, tanh_c, w_hh_t, bias, gh, reverse, rows)
 
     def lstm_steps_backward(self, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, reverse, rows):
-        if w_hh.dim() == 2:
-            return super().lstm_steps_backward(gates, c, tanh_c, dh, dc, dgates, w_hh, dout, reverse, rows)
-        _CPU.lstm_steps_backward(*_host(gates, c, tanh_c, dh, dc, dgates, w_hh), _host_or_none(dout), reverse,
-                                 rows)
+        self._loop("lstm_steps_backward", w_hh, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, reverse, rows)
 
     def gru_steps(self, gates, h, hn, w_hh_t, b_ih, b_hh, gh, reverse, rows):
-        if w_hh_t.dim() == 2:
-            return super().gru_steps(gates, h, hn, w_hh_t, b_ih, b_hh, gh, reverse, rows)
-        _CPU.gru_steps(*_host(gates, h, hn, w_hh_t, b_ih, b_hh, gh), reverse, rows)
+        self._loop("gru_steps", w_hh_t, gates, h, hn, w_hh_t, b_ih, b_hh, gh, reverse, rows)
 
     def gru_steps_backward(self, gates, h, hn, dh, dgx, dgh, w_hh, dout, dh_direct, reverse, rows):
-        if w_hh.dim() == 2:
-            return super().gru_steps_backward(gates, h, hn, dh, dgx, dgh, w_hh, dout, dh_direct, reverse,
-                                              rows)
-        _CPU.gru_steps_backward(*_host(gates, h, hn, dh, dgx, dgh, w_hh), _host_or_none(dout),
-                                _host_or_none(dh_direct), reverse, rows)
+        self._loop("gru_steps_backward", w_hh, gates, h, hn, dh, dgx, dgh, w_hh, dout, dh_direct, reverse,
+                   rows)
 
     def lstm_cell(self, gates, gh, bias, c_prev, c, tanh_c, h):
         if _numba_ok(gates):

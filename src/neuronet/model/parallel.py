@@ -260,12 +260,11 @@ class WorkerPool(Workspace):
         if self.has_buffers:
             copy_buffers(self.replicas[0], model)
         model._last_output = self._joined_output(bounds)
-        parts = model.loss.__dict__.get("values")
-        if parts is not None:  # several outputs: each output's loss, as the batch's (for the logs)
-            for i in range(len(parts)):
-                parts[i] = float(sum(self.replicas[j].loss.values[i] * shares[j] for j in range(k)
-                                     if shares[j] > 0))
-        return float(sum(self.losses[j] * shares[j] for j in range(k) if shares[j] > 0))
+        per_output = model.loss.__dict__.get("values")
+        if per_output is not None:  # several outputs: each output's loss, as the batch's (for the logs)
+            for i in range(len(per_output)):
+                per_output[i] = _weighted([rep.loss.values[i] for rep in self.replicas[:k]], shares)
+        return _weighted(self.losses[:k], shares)
 
     def _joined_output(self, bounds: list[int]):
         """The replicas' outputs (for the metrics) as the batch's: one array, or a list per output."""
@@ -290,6 +289,11 @@ class WorkerPool(Workspace):
             if all(isinstance(t, float) for t in totals) and sum(totals) > 0:
                 sizes = np.array(totals)
         return sizes / sizes.sum()
+
+
+def _weighted(values, shares) -> float:
+    """sum_j values[j] * shares[j] over the shards that count (one of share 0 may hold 0/0 = NaN)."""
+    return float(sum(v * s for v, s in zip(values, shares, strict=True) if s > 0))
 
 
 def worker_pool(model, workers: int) -> WorkerPool:
