@@ -159,11 +159,12 @@ class Trainer:
         """
         self._require_compiled("train_step")
         self._check_lengths(x, y, "train_step")
-        workers = self.__dict__.get("workers", 1) if workers is None else workers
-        if workers != 1:
+        if workers is None:
+            workers = self.__dict__.get("workers", 1)  # (checked by compile)
+        elif workers != 1:
             parallel.check_pool_options(self, parallel.check_workers(workers, math.inf, "train_step"),
                                         "train_step")
-            workers = parallel.resolve_workers(self, workers, x, y)
+        workers = parallel.resolve_workers(self, workers, x, y)
         if workers != 1:
             with parallel.blas_threads(self, workers):
                 loss = self._gradients(x, y, sample_weight, workers)
