@@ -11,6 +11,7 @@ import neuronet as nn
 from neuronet.core.replica import replica
 from neuronet.errors import ConfigError
 from neuronet.model import parallel
+from neuronet.model.data_adapter import DataList
 from neuronet.testing import assert_step_allocates_nothing, step_allocations
 
 
@@ -266,7 +267,38 @@ def test_workers_auto_keeps_one_worker_where_the_pool_would_change_the_result(mo
     model = _mlp().compile("sgd", "cross_entropy", workers="auto")
     model.train_step(x, y)  # built already: measures now, and keeps the choice
     assert model._auto_workers[0] is model.flat_params
-    assert model._auto_workers[1] in (1, min(parallel.cores(), 32))
+    assert model._auto_workers[1] == {((32, 20),): model._auto_workers[1][((32, 20),)]}
+    assert model._auto_workers[1][((32, 20),)] in (1, min(parallel.cores(), 32))
+
+
+def test_workers_auto_measures_each_batch_shape_up_to_a_bound(monkeypatch):
+    """Like cudnn.benchmark, "auto" chooses per batch shape: a new shape is measured, a known one is
+    not; past AUTO_SHAPES shapes the first shape's choice is taken; the pool is dropped only when no
+    shape chose it."""
+    measured = []
+
+    def choose(model, x, y, batch_size):
+        measured.append(len(x))
+        return 2 if len(x) >= 16 else 1
+
+    monkeypatch.setattr(parallel, "choose_workers", choose)
+    monkeypatch.setattr(parallel, "AUTO_SHAPES", 3)
+    model = _mlp().compile("sgd", "cross_entropy", workers="auto")
+    x, y = _data((20,), 32)
+    assert [parallel.resolve_workers(model, "auto", x[:n], y[:n]) for n in (32, 32, 8, 32, 8)] == \
+        [2, 2, 1, 2, 1]
+    assert measured == [32, 8]
+    parallel.worker_pool(model, 2)
+    assert parallel.resolve_workers(model, "auto", x[:4], y[:4]) == 1
+    assert parallel._state(model).pool is not None  # the batches of 32 still take it
+    assert parallel.resolve_workers(model, "auto", x[:5], y[:5]) == 2  # a fourth shape: the first's choice
+    assert measured == [32, 8, 4]
+    other = _mlp().compile("sgd", "cross_entropy", workers="auto")
+    parallel.worker_pool(other, 2)
+    assert parallel.resolve_workers(other, "auto", x[:8], y[:8]) == 1
+    assert parallel._state(other).pool is None  # no shape chose it
+    several = DataList([np.zeros((4, 3)), np.zeros((4, 2))])
+    assert parallel._batch_key(several) == ((4, 3), (4, 2))  # a model of several inputs: each one's shape
 
 
 def test_bad_workers_and_launcher_raise_config_errors(monkeypatch):

@@ -308,6 +308,7 @@ def worker_pool(model, workers: int) -> WorkerPool:
 
 AUTO_ROUNDS = 4  # timed passes per option, alternating (this host's speed moves within seconds)
 AUTO_MARGIN = 0.95  # the pool must take less than this fraction of one worker's median to be chosen
+AUTO_SHAPES = 8  # batch shapes measured per model; a further shape takes the first one's choice
 
 
 def choose_workers(model, x, y, batch_size: int) -> int:
@@ -317,7 +318,7 @@ def choose_workers(model, x, y, batch_size: int) -> int:
     where it gives one worker's result up to rounding: on the CPU, without batch statistics (BatchNorm's
     buffers), without an auxiliary loss over the batch (MoE's balancing) and without random draws in
     training (dropout masks would depend on the threads' order). Weights, buffers and the random stream
-    are left as they were (no optimizer step is taken); a pool that lost is dropped with its workspaces."""
+    are left as they were (no optimizer step is taken)."""
     n = min(batch_size, len(x))
     k = min(cores(), n)
     if k == 1 or model.ops.device != "cpu" or model._aux_layers() or any(True for _ in model.named_buffers()):
@@ -339,24 +340,35 @@ def choose_workers(model, x, y, batch_size: int) -> int:
                 step(xb, yb)  # as in a run of steps
                 times[workers].append(time.perf_counter() - start)
     rng.bit_generator.state = rng_state  # (the pool drew its shards' seeds)
-    if np.median(times[k]) < AUTO_MARGIN * np.median(times[1]):
-        return k
-    _state(model).pool = None
-    return 1
+    return k if np.median(times[k]) < AUTO_MARGIN * np.median(times[1]) else 1
 
 
 def resolve_workers(model, workers, x, y) -> int:
     """The workers a step of batch (x, y) runs on: ``workers`` itself, or for "auto" the choice of
-    ``choose_workers``, measured on the first batch and kept until the model is rebuilt or moved; one
-    for the step that builds the model."""
+    ``choose_workers`` for this batch's shape (as ``torch.backends.cudnn.benchmark`` chooses per input
+    shape), measured on the first batch of each shape, up to ``AUTO_SHAPES`` shapes, and kept until the
+    model is rebuilt or moved; one for the step that builds the model. A pool that no shape chose is
+    dropped with its workspaces."""
     if not model.built:  # the first step builds the model, on one worker; the next one splits (or measures)
         return 1
     if workers != "auto":
         return workers
     known = model.__dict__.get("_auto_workers")
     if known is None or known[0] is not model.flat_params:
-        known = model._auto_workers = (model.flat_params, choose_workers(model, x, y, len(x)))
-    return known[1]
+        known = model._auto_workers = (model.flat_params, {})
+    choices, key = known[1], _batch_key(x)
+    if key not in choices:
+        if len(choices) >= AUTO_SHAPES:
+            return next(iter(choices.values()))
+        choices[key] = choose_workers(model, x, y, len(x))
+        if choices[key] == 1 and all(c == 1 for c in choices.values()):
+            _state(model).pool = None
+    return choices[key]
+
+
+def _batch_key(x) -> tuple:
+    """The shapes of a batch's inputs (a DataList holds one array per input)."""
+    return tuple(tuple(getattr(a, "shape", (len(a),))) for a in getattr(x, "arrays", [x]))
 
 
 # ------------------------------------------------------------------------- what fit drives
