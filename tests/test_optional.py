@@ -13,8 +13,9 @@ import neuronet as nn
     ("onnx", "onnx", lambda m, p: nn.export_onnx(m, p / "m.onnx", (3,))),
     ("gguf", "gguf", lambda m, p: nn.export_gguf(m, p / "m.gguf")),
     ("torch", "torch", lambda m, p: nn.to_torch_state_dict(m)),
-    ("matplotlib", "plot", lambda m, p: __import__("neuronet.cli.train").cli.train.plot_history(
-        {"loss": [1.0]}, p / "h.png")),
+    ("matplotlib", "plot", lambda m, p: nn.plotting.plot_history({"loss": [1.0]}, p / "h.png")),
+    ("matplotlib", "plot", lambda m, p: nn.plotting.save_images(p / "i.png", [np.zeros((2, 4))],
+                                                               image_shape=(2, 2))),
 ])
 def test_a_missing_optional_dependency_names_its_extra(monkeypatch, tmp_path, module, extra, call):
     model = nn.Sequential(nn.Dense(3, 2))

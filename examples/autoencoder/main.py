@@ -22,29 +22,6 @@ DATA = Path(os.environ.get("NEURONET_DATA", Path(__file__).resolve().parents[2].
 HERE = Path(__file__).resolve().parent
 
 
-def save_grid(path: Path, rows: list[np.ndarray], labels: list[str]) -> None:
-    """One row of 28x28 images per entry of ``rows``, written atomically as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(rows[0])
-    fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9, len(rows) * 1.0))
-    for r, (images, label) in enumerate(zip(rows, labels, strict=True)):
-        for c in range(n):
-            ax = axes[r, c]
-            ax.imshow(images[c].reshape(28, 28), cmap="gray", vmin=0.0, vmax=1.0)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[r, 0].set_ylabel(label, fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)
@@ -79,7 +56,7 @@ def main() -> None:
 
     picks = np.array([np.flatnonzero(y_test == d)[0] for d in range(10)])  # first test image of each digit
     recon = model.predict(x_test[picks])
-    save_grid(args.out, [x_test[picks], recon], ["input", "output"])
+    nn.plotting.save_images(args.out, [x_test[picks], recon], ["input", "output"])
     print(f"wrote {args.out}")
 
 

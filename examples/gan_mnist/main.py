@@ -38,26 +38,6 @@ def build_models() -> tuple[nn.Sequential, nn.Sequential]:
     return generator, discriminator
 
 
-def save_grid(path: Path, images: np.ndarray, cols: int = 8) -> None:
-    """Images (n, 784) in [-1, 1] as a grid PNG, written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = len(images) // cols
-    tiles = images[:rows * cols].reshape(rows, cols, 28, 28).transpose(0, 2, 1, 3)  # (rows, 28, cols, 28)
-    tiles = tiles.reshape(rows * 28, cols * 28)
-    fig = plt.figure(figsize=(cols, rows), dpi=60)
-    plt.imshow((tiles + 1.0) / 2.0, cmap="gray", vmin=0.0, vmax=1.0)
-    plt.axis("off")
-    plt.tight_layout(pad=0)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=30)
@@ -108,7 +88,8 @@ def main() -> None:
               f"D(real) > 0.5 on {np.mean(d_real):.2f} of real images  ({time.perf_counter() - start:.0f} s)")
 
     samples = generator.predict(fixed_noise)
-    save_grid(args.out, samples)
+    rows = [samples[r * 8:(r + 1) * 8] for r in range(len(samples) // 8)]  # a grid of 8 columns
+    nn.plotting.save_images(args.out, rows, value_range=(-1.0, 1.0), tile_inches=1.0, dpi=60)
     print(f"wrote {args.out} ({args.epochs} epochs in {time.perf_counter() - start:.0f} s)")
 
 

@@ -63,29 +63,6 @@ def add_noise(x: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarr
     return np.clip(x + sigma * rng.standard_normal(x.shape).astype(np.float32), 0.0, 1.0)
 
 
-def save_rows(path: Path, rows: list[np.ndarray], labels: list[str]) -> None:
-    """One row of 28x28 images per entry of ``rows``, written atomically as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(rows[0])
-    fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.8, len(rows) * 0.85))
-    for r, (images, label) in enumerate(zip(rows, labels, strict=True)):
-        for col in range(n):
-            ax = axes[r, col]
-            ax.imshow(images[col].reshape(28, 28), cmap="gray", vmin=0.0, vmax=1.0)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[r, 0].set_ylabel(label, fontsize=7)
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=72)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
@@ -122,8 +99,8 @@ def main() -> None:
         print(f"{name:17s} {model.num_params():6,} params  train MSE per epoch {losses}  "
               f"test MSE {mse:.4f}  ({args.epochs} epochs in {seconds:.0f} s)")
 
-    save_rows(args.out, [noisy_test[picks], outputs["U-Net"], outputs["conv autoencoder"], x_test[picks]],
-              ["noisy", "U-Net", "autoenc.", "clean"])
+    rows = [noisy_test[picks], outputs["U-Net"], outputs["conv autoencoder"], x_test[picks]]
+    nn.plotting.save_images(args.out, rows, ["noisy", "U-Net", "autoenc.", "clean"], tile_inches=0.85)
     print(f"test MSE: U-Net {results['U-Net']:.4f}, conv autoencoder {results['conv autoencoder']:.4f}, "
           f"noisy input {noisy_mse:.4f}; wrote {args.out}")
 

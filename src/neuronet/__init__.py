@@ -7,7 +7,7 @@
 """
 
 from . import backend as backends
-from . import data, distributed, errors
+from . import data, distributed, errors, plotting
 from .backend import set_backend
 from .callbacks import (
     Callback,
@@ -63,7 +63,7 @@ __all__ = [
     "LAYERS", "LOSSES", "OPTIMIZERS", "SGD", "Adam", "AdamW", "CSVLogger", "Callback", "CrossEntropyLoss",
     "EarlyStopping", "History", "Layer", "Loss", "MSELoss", "ModelCheckpoint", "Optimizer", "ProgressBar",
     "ReduceLROnPlateau", "Sequential", "TensorBoard", "Input", "Model", "ShapeError", "backends", "data",
-    "distributed", "errors", "load", "manual_seed", "register_layer", "set_backend",
+    "distributed", "errors", "load", "plotting", "manual_seed", "register_layer", "set_backend",
     "export_gguf", "export_onnx", "load_gguf", "to_torch_state_dict",
     *_layer_names,
     "BCELoss", "BCEWithLogitsLoss", "HuberLoss", "KLDivLoss", "L1Loss", "MarginRankingLoss",

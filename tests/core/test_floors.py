@@ -12,6 +12,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[2] / "src" / "neuronet"
 FLOORS = [
     {"errors", "_atomic", "_optional"},
+    {"plotting"},
     {"backend"},
     {"core"},
     {"layers", "losses", "metrics", "optim", "data"},

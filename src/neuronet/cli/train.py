@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .._optional import require
 from ..callbacks import Callback
+from ..plotting import plot_history
 from .config import build_callbacks, build_model, compile_model, load_config
 from .pipeline import Preprocessor, load_dataset
 
@@ -246,35 +246,6 @@ def export(model, fmt: str, path: Path) -> Path:
         fn(model, path, model.input_shape)
     else:
         fn(model, path)
-    return path
-
-
-def plot_history(history: dict, path: Path, title: str = "") -> Path:
-    """Loss and metric curves per epoch (train solid, validation dashed) as a PNG (matplotlib, Agg)."""
-    matplotlib = require("matplotlib", "plot", "plotting the training history")
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .._atomic import atomic_path
-
-    names = [k for k in history if not k.startswith("val_")]
-    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.5), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=True):
-        epochs = np.arange(1, len(history[name]) + 1)
-        ax.plot(epochs, history[name], label=f"train {name}")
-        if f"val_{name}" in history:
-            ax.plot(epochs, history[f"val_{name}"], "--", label=f"validation {name}")
-        ax.set_xlabel("epoch")
-        ax.set_title(name)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(path, "plot") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
     return path
 
 
