@@ -277,17 +277,6 @@ def _softmax_rows_backward(dy, y, out, log, scale):
                 out[r, c] = scale * y[r, c] * (dy[r, c] - s)
 
 
-def warm_up(dtype=np.float32) -> None:
-    """Compile (or load from the cache) the activation kernels for one dtype."""
-    a = np.zeros(2, dtype)
-    for code in ACT_CODES.values():
-        activation_forward(code, 0.01, a, a)
-        activation_backward(code, 0.01, a, a, a, a)
-    m = a.reshape(1, 2)
-    softmax_rows(m, m, True, 1.0, 0)
-    softmax_rows_backward(m, m, m, True, 1.0)
-
-
 # ----------------------------------------------------------------- routing kernels (mixture of experts)
 @jit
 def topk_rows(x, k, values, indices):

@@ -129,20 +129,3 @@ def nadam_update(p, g, m, v, starts, stops, group, coef, beta2, c1, c2, bc2, eps
             vs[i] = vi
             d = np.sqrt(vi / bc2) + eps
             ps[i] = (ps[i] - cg * (gi / d)) - cm * (mi / d)
-
-
-def warm_up(dtype=np.float32) -> None:
-    """Compile (or load from the cache) every kernel for ``dtype``."""
-    t = np.dtype(dtype).type
-    a = np.zeros(4, dtype)
-    empty = np.zeros(0, dtype)
-    one = np.zeros(1, np.int64)
-    starts, stops, group, coef = one, one + 4, one, np.zeros((1, 3), dtype)
-    span = (starts, stops, group, coef)
-    adam_update(a, a.copy(), a.copy(), a.copy(), *span, t(0.999), t(0.1), t(1e-3), t(1), t(1e-8))
-    sgd_update(a, a.copy(), a.copy(), *span, t(0.9), t(1), False, False)
-    sgd_update(a, a.copy(), empty, *span, t(0), t(1), False, True)
-    rmsprop_update(a, a.copy(), a.copy(), a.copy(), a.copy(), *span, t(0.99), t(0.01), t(1e-8), t(0.9), True)
-    rmsprop_update(a, a.copy(), a.copy(), empty, empty, *span, t(0.99), t(0.01), t(1e-8), t(0), False)
-    adagrad_update(a, a.copy(), a.copy(), *span, t(1e-10))
-    nadam_update(a, a.copy(), a.copy(), a.copy(), *span, t(0.999), t(0.1), t(1e-3), t(1), t(1e-8))

@@ -106,16 +106,6 @@ _PARSE_ERRORS = (ValueError, LookupError, TypeError, ArithmeticError, AttributeE
 CONFIG_KEYS = {"format_version", "input_shape", "model"}
 
 
-def read_gguf_tensors(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """(neuronet.config as a dict, {state_dict name: float32/integer array}) of a neuronet GGUF file.
-
-    Quantised tensors are dequantised; shapes are NumPy's (outermost first).
-    Raises NnetFormatError for a malformed file, FileNotFoundError for a missing one.
-    """
-    config, reader = _read_config(path)
-    return config, {t.name: _tensor(t, path) for t in reader.tensors}
-
-
 def _read_config(path: str | Path) -> tuple[dict, Any]:
     """The checked ``neuronet.config`` and the open reader (tensors memory-mapped, nothing read yet)."""
     gguf = require("gguf", "gguf", "load_gguf")
