@@ -69,8 +69,9 @@ def test_layer(layer, shape, options):
 
 
 # Layers of several inputs (a list) or wrapping another layer, which check_layer cannot rebuild from a
-# config alone: tests/model/test_functional.py checks them (PyTorch, numerical gradients, both backends).
-ELSEWHERE = {"Add", "Multiply", "Concatenate", "Residual"}
+# config alone: tests/model/test_functional.py and tests/layers/test_remat.py check them (PyTorch,
+# numerical gradients, both backends).
+ELSEWHERE = {"Add", "Multiply", "Concatenate", "Residual", "Remat"}
 
 
 def test_table_covers_every_public_layer():

@@ -99,8 +99,12 @@ class Workspace:
         """A buffer of ``shape``: a view of the prefix of a buffer kept under ``name``.
 
         The backing buffer is allocated the first time and re-allocated only when a larger one is
-        asked for; its contents are whatever was last written there.
+        asked for; its contents are whatever was last written there. Inside a ``Remat`` the buffer is
+        this thread's ``ops.temporary`` of the layer's place in the remat'd block (``_recompute_key``).
         """
+        shared = self.__dict__.get("_recompute_key")
+        if shared is not None:  # inside a Remat: this thread's buffer, one for every Remat of the layout
+            return self.ops.temporary(shared + name, shape, self.dtype if dtype is None else dtype)
         views = self.__dict__.setdefault("_workspace_views", {})
         hit = views.get(name)  # the same request as last time: the same view (saves slicing a tensor)
         if hit is not None and hit[0] == shape and hit[1] is dtype and hit[2] is self.ops and \
@@ -251,10 +255,11 @@ class Layer(Workspace):
 
     # ----------------------------------------------------------------- the parameter tree
     def named_layers(self, prefix: str = "") -> Iterator[tuple[str, Layer]]:
-        """(dotted prefix, layer) for this layer and every descendant, parents first."""
+        """(dotted prefix, layer) for this layer and every descendant, parents first; a child added under
+        the name "" shares its parent's prefix (a transparent wrapper's, as ``Remat``'s block)."""
         yield prefix, self
         for name, child in self.children.items():
-            yield from child.named_layers(f"{prefix}{name}.")
+            yield from child.named_layers(f"{prefix}{name}." if name else prefix)
 
     def param_specs(self) -> Iterator[tuple[str, Layer, str, tuple, Initializer]]:
         """(dotted name, owner, local name, shape, init) in PyTorch's order: own params, then children's."""
@@ -315,9 +320,10 @@ class Layer(Workspace):
                 offset += n
             for cname, child in layer.children.items():
                 carve(child)
+                at = f"{cname}." if cname else ""  # (a transparent wrapper's block: no prefix)
                 for key in child.params:  # a composite sees its descendants under dotted keys
-                    layer.params[f"{cname}.{key}"] = child.params[key]
-                    layer.grads[f"{cname}.{key}"] = child.grads[key]
+                    layer.params[at + key] = child.params[key]
+                    layer.grads[at + key] = child.grads[key]
 
         carve(self)
 

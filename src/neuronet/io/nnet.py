@@ -48,6 +48,7 @@ from .._atomic import atomic_path
 from ..core import layer as layer_module
 from ..core.layer import LAYERS, layer_name
 from ..errors import NnetFormatError
+from ..layers.wrapper import _Wrapper
 from . import _nnet_meta as checks
 
 FORMAT_VERSION = 1
@@ -120,8 +121,9 @@ def _scheduler_state(optimizer) -> dict | None:
 
 
 def describe(layer) -> dict:
-    """{"type", "config"} of a layer, plus "layers" (its children, in order) for a Sequential, a
-    Residual or a Model, "graph" (JSON nodes and edges) for a Model and "name" for a named layer."""
+    """{"type", "config"} of a layer, plus "layers" (its children, in order) for a Sequential, a wrapper
+    (Residual, Remat) or a Model, "graph" (JSON nodes and edges) for a Model and "name" for a named
+    layer."""
     node = {"type": layer_name(type(layer)), "config": layer.get_config()}
     if layer.layer_name:
         node["name"] = layer.layer_name
@@ -133,8 +135,9 @@ def describe(layer) -> dict:
 
 
 def _takes_layers(cls) -> bool:
-    """Classes made of layers: Sequential(*layers), Residual(block), Model.from_graph(layers, graph)."""
-    return issubclass(cls, (LAYERS["Sequential"], LAYERS["Residual"])) or hasattr(cls, "from_graph")
+    """Classes made of layers: Sequential(*layers), a wrapper (Residual(block), Remat(block)),
+    Model.from_graph(layers, graph)."""
+    return issubclass(cls, (LAYERS["Sequential"], _Wrapper)) or hasattr(cls, "from_graph")
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -380,7 +383,7 @@ def build_layer(node: dict, where: str, depth: int = 0):
                               "and import its module first")
     children = node.get("layers")
     if (children is not None) != _takes_layers(cls):
-        raise NnetFormatError(f"{where}: 'layers' is required for a Sequential, Residual or Model and "
+        raise NnetFormatError(f"{where}: 'layers' is required for a Sequential, Residual, Remat or Model and "
                               "allowed only there")
     label = node.get("name")
     if label is not None and not (isinstance(label, str) and label.isidentifier() and len(label) <= 128):

@@ -266,6 +266,11 @@ def _residual(g, layer, x, prefix):
     return g.op("Add", x, convert_layer(g, layer.block, x, f"{prefix}block."))
 
 
+@converter("Remat")
+def _remat(g, layer, x, prefix):
+    return convert_layer(g, layer.block, x, prefix)  # (inference: the block itself, its names unprefixed)
+
+
 @converter("Dense")
 def _dense(g, layer, x, prefix):
     cfg = layer.get_config()

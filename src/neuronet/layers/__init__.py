@@ -31,6 +31,7 @@ from .sequence_pooling import CLSPooling, LastToken, MeanPooling
 from .swiglu import SwiGLU
 from .transformer import TransformerBlock
 from .upsample import Upsample
+from .wrapper import Remat
 
 __all__ = [
     "Activation",
@@ -70,6 +71,7 @@ __all__ = [
     "RBF",
     "RMSNorm",
     "ReLU",
+    "Remat",
     "Residual",
     "Reshape",
     "SELU",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ..core.layer import Layer
 from ..errors import ShapeError
+from .wrapper import _Wrapper
 
 
 def _dims(shape: tuple) -> str:
@@ -141,7 +142,7 @@ class Concatenate(_Merge):
         return {"axis": self.axis}
 
 
-class Residual(Layer):
+class Residual(_Wrapper):
     """y = x + block(x): a skip connection around ``block`` (any layer, e.g. a Sequential).
 
     Usable in ``Sequential`` and in functional models; ``block`` must keep the shape. Its parameters
@@ -149,25 +150,12 @@ class Residual(Layer):
     Saved for backward: whatever ``block`` saves.
     """
 
-    def __init__(self, block: Layer):
-        super().__init__()
-        if not isinstance(block, Layer):
-            raise TypeError(f"Residual: block is a {type(block).__name__}, not a neuronet Layer")
-        self.block = block
-
-    @property
-    def layers(self) -> list[Layer]:
-        return [self.block]
-
     def setup(self, input_shape):
-        out = self.add_child("block", self.block, input_shape)
+        out = super().setup(input_shape)
         if tuple(out) != tuple(input_shape):
             raise ShapeError(f"Residual: block {self.block!r} maps {_dims(input_shape)} to {_dims(out)}; "
                              "a residual block must keep the shape")
         return input_shape
-
-    def check_input(self, x) -> None:
-        self.block.check_input(x)
 
     def forward(self, x, training: bool = True):
         h = self.block.forward(x, training=training)
@@ -185,5 +173,3 @@ class Residual(Layer):
         self.ops.xp.add(dy, dh, out=dx)
         return dx
 
-    def extra_repr(self):
-        return repr(self.block)
