@@ -23,22 +23,27 @@ def _data():
     return rng.integers(0, VOCAB, (BATCH, BLOCK)), rng.integers(0, VOCAB, (BATCH, BLOCK))
 
 
-def neuronet_gpt(vocab: int, block: int, layers: int, heads: int, dim: int, ff: int, dropout: float = 0.0):
-    """make_model(nn) for harness.neuronet_training: embeddings, pre-norm causal blocks, LayerNorm, head."""
+def neuronet_gpt(vocab: int, block: int, layers: int, heads: int, dim: int, ff: int, dropout: float = 0.0,
+                 remat: bool = False):
+    """make_model(nn) for harness.neuronet_training: embeddings, pre-norm causal blocks (each in nn.Remat
+    with ``remat``), LayerNorm, head."""
     def make(nn):
+        wrap = nn.Remat if remat else (lambda layer: layer)
         return nn.Sequential(
             nn.Embedding(vocab, dim), nn.PositionalEncoding(block, dim, learned=True),
             *([nn.Dropout(dropout)] if dropout else []),
-            *[nn.TransformerBlock(dim, heads, ff, causal=True, dropout=dropout) for _ in range(layers)],
+            *[wrap(nn.TransformerBlock(dim, heads, ff, causal=True, dropout=dropout)) for _ in range(layers)],
             nn.LayerNorm(dim), nn.Dense(dim, vocab))
     return make
 
 
 def pytorch_gpt(data, vocab: int, block: int, layers: int, heads: int, dim: int, ff: int,
-                dropout: float = 0.0):
-    """build() of the same GPT's training step in PyTorch (AdamW, lr 1e-3)."""
+                dropout: float = 0.0, checkpoint: bool = False):
+    """build() of the same GPT's training step in PyTorch (AdamW, lr 1e-3); with ``checkpoint`` each block
+    runs under torch.utils.checkpoint (its activations recomputed in backward)."""
     def build():
         import torch
+        from torch.utils.checkpoint import checkpoint as recomputed
 
         class GPT(torch.nn.Module):
             def __init__(self):
@@ -56,7 +61,10 @@ def pytorch_gpt(data, vocab: int, block: int, layers: int, heads: int, dim: int,
             def forward(self, idx):
                 h = self.drop(self.tok(idx) + self.pos[: idx.shape[1]])
                 for layer in self.blocks:
-                    h = layer(h, src_mask=self.mask, is_causal=True)
+                    if checkpoint:
+                        h = recomputed(layer, h, self.mask, None, True, use_reentrant=False)
+                    else:
+                        h = layer(h, src_mask=self.mask, is_causal=True)
                 return self.head(self.norm(h))
 
         x, y = (torch.from_numpy(a) for a in data())

@@ -31,6 +31,10 @@ SHAPE = dict(vocab=VOCAB, block=BLOCK, layers=LAYERS, heads=HEADS, dim=DIM, ff=F
 ENGINES = harness.standard_engines(
     harness.neuronet_training(bench_gpt.neuronet_gpt(**SHAPE), _data, optimizer="AdamW"),
     bench_gpt.pytorch_gpt(_data, **SHAPE))
+# Activation checkpointing on both sides (each block recomputed in backward): memory against time.
+remat = harness.neuronet_training(bench_gpt.neuronet_gpt(**SHAPE, remat=True), _data, optimizer="AdamW")
+ENGINES["neuronet-numpy-remat"] = remat("numpy")
+ENGINES["pytorch-checkpoint"] = bench_gpt.pytorch_gpt(_data, **SHAPE, checkpoint=True)
 
 if __name__ == "__main__":
     harness.main(ENGINES, f"nanoGPT shakespeare-char: {LAYERS} x ({DIM} wide, {HEADS} heads, ff {FF}), block "

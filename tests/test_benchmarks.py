@@ -43,3 +43,18 @@ def test_the_neuronet_engines_of_each_benchmark_run(bench, name, backend):
             loss = step()
         if isinstance(loss, float):
             assert np.isfinite(loss)
+
+
+def test_the_pytorch_checkpoint_engine_computes_what_pytorch_does(bench):
+    """nanoGPT's pytorch-checkpoint engine (torch.utils.checkpoint per block) is the same step, dropout
+    masks included: the recomputation draws them again from the same random state."""
+    import torch
+
+    module = bench("bench_nanogpt")
+    losses = []
+    for name in ("pytorch", "pytorch-checkpoint"):
+        torch.manual_seed(0)
+        step = module.ENGINES[name]()
+        torch.manual_seed(1)
+        losses.append([step(), step()])
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
