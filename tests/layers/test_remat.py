@@ -165,3 +165,48 @@ def test_remat_refuses_what_it_cannot_wrap():
         nn.Sequential(nn.Remat(nn.Sequential(nn.Remat(nn.Dense(4, 4))))).build((4,))
     with pytest.raises(ShapeError, match="several inputs"):
         nn.Remat(nn.Add()).build(((4,), (4,)))
+
+
+def _functional(wrap):
+    inp = nn.Input((10,))
+    h = nn.Dense(10, 16, activation="relu")(inp)
+    a = wrap(nn.Sequential(nn.Dense(16, 16, activation="gelu"), nn.Dropout(0.3)))(h)
+    b = wrap(nn.Sequential(nn.Dense(16, 16, activation="gelu"), nn.Dropout(0.3)))(h)
+    return nn.Model(inp, nn.Dense(16, 3)(nn.Add()([a, b])))
+
+
+FAMILIES = {  # a model around remat'd blocks, its input shape, and a batch (x, y)
+    "lstm": (lambda w: nn.Sequential(w(nn.LSTM(5, 12, return_sequences=True, num_layers=2, dropout=0.2)),
+                                     nn.LSTM(12, 8), nn.Dense(8, 3)), (6, 5), "sequences"),
+    "bidirectional gru": (lambda w: nn.Sequential(w(nn.Bidirectional(nn.GRU(5, 8))), nn.Dense(16, 3)), (6, 5),
+                          "sequences"),
+    "moe": (lambda w: nn.Sequential(nn.Dense(10, 16), w(nn.MoE(16, 24, 4, 2)), nn.Dense(16, 3)), (10,),
+            "features"),
+    "functional branches": (_functional, (10,), "features"),
+    "llama blocks": (lambda w: nn.Sequential(nn.Embedding(20, 16), *[w(nn.TransformerBlock(
+        16, 4, 32, causal=True, norm="rms", ffn="swiglu", rope=True, dropout=0.1)) for _ in range(2)],
+        nn.Dense(16, 20)), (12,), "tokens"),
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_remat_is_exact_around_every_family(family, backend):
+    """Recurrent loops (their packed weights and row blocks), the MoE's routing and balancing loss, a
+    functional model's branches and LLaMA-style blocks (rotary, SwiGLU, dropout): bit for bit."""
+    make, shape, kind = FAMILIES[family]
+    rng = np.random.default_rng(0)
+    x, y = {"sequences": (rng.standard_normal((16, 6, 5)).astype(np.float32), rng.integers(0, 3, 16)),
+            "features": (rng.standard_normal((32, 10)).astype(np.float32), rng.integers(0, 3, 32)),
+            "tokens": (rng.integers(0, 20, (8, 12)), rng.integers(0, 20, (8, 12)))}[kind]
+    runs = []
+    for wrap in (lambda block: block, nn.Remat):
+        nn.manual_seed(0)
+        model = make(wrap)
+        model.build(shape)
+        model.to(backend)
+        model.compile(nn.Adam(1e-2), "cross_entropy")
+        nn.manual_seed(3)
+        runs.append(([model.train_step(x, y) for _ in range(3)], model.state_dict()))
+    assert runs[0][0] == runs[1][0]
+    for name, value in runs[0][1].items():
+        np.testing.assert_array_equal(runs[1][1][name], value, err_msg=name)
