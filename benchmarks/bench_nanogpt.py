@@ -3,9 +3,10 @@ batch 64, dropout 0.2, vocab 65, AdamW: training steps, neuronet vs PyTorch (``b
 
 About 1.2 TFLOP per training step and GiBs of saved activations at batch 64 x 256 tokens (peak RSS on
 2026-12-06, fourth session: NumPy backend 5.3 GiB, PyTorch 6.6 GiB): about 10 s per step on 2 cores,
-hence few steps and one round by default (about 7 minutes for the six engines). Two engines recompute
-each block's activations in backward instead of keeping them: ``neuronet-numpy-remat`` (each block in
-``nn.Remat``) and ``pytorch-checkpoint`` (``torch.utils.checkpoint`` per block); at 0685341 they took 1937
+hence few steps and one round by default (about 8 minutes for the seven engines). Three engines recompute
+each block's activations in backward instead of keeping them: ``neuronet-numpy-remat`` and
+``neuronet-torch-remat`` (each block in ``nn.Remat``) and ``pytorch-checkpoint`` (``torch.utils.checkpoint``
+per block); at 0685341 they took 1937
 and 3071 MiB against PyTorch's 6907, at 1.24x and 0.66x PyTorch's speed.
 ``NEURONET_NANOGPT_BATCH=8`` runs the same model on a smaller batch where the machine is shared. Tokens
 are random integers below 65 (timing does not depend on the text). nanoGPT itself uses no biases and
@@ -37,6 +38,7 @@ ENGINES = harness.standard_engines(
 # Activation checkpointing on both sides (each block recomputed in backward): memory against time.
 remat = harness.neuronet_training(bench_gpt.neuronet_gpt(**SHAPE, remat=True), _data, optimizer="AdamW")
 ENGINES["neuronet-numpy-remat"] = remat("numpy")
+ENGINES["neuronet-torch-remat"] = remat("torch")
 ENGINES["pytorch-checkpoint"] = bench_gpt.pytorch_gpt(_data, **SHAPE, checkpoint=True)
 
 if __name__ == "__main__":
