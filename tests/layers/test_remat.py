@@ -210,3 +210,24 @@ def test_remat_is_exact_around_every_family(family, backend):
     assert runs[0][0] == runs[1][0]
     for name, value in runs[0][1].items():
         np.testing.assert_array_equal(runs[1][1][name], value, err_msg=name)
+
+
+def test_the_block_that_ran_forward_last_is_not_computed_again():
+    """A stack of three: the top block's activations are still in the shared buffers when its backward
+    comes, so a step runs 3 + 2 block forwards; after another Remat's forward it recomputes again."""
+    calls = []
+    model = _stack(True, blocks=3)
+    for remat in model.layers[1:4]:
+        forward = remat.block.forward
+        remat.block.forward = lambda x, training=True, forward=forward, block=remat.block: (
+            calls.append(block), forward(x, training))[1]
+    model.build((8,))
+    model.compile("sgd", "cross_entropy")
+    x, y = _batch()
+    model.train_step(x, y)
+    blocks = [r.block for r in model.layers[1:4]]
+    assert calls == blocks + blocks[1::-1]  # forward 0 1 2; backward 2 (kept), 1 and 0 again
+    calls.clear()
+    model.layers[1].forward(model.layers[0].forward(model.ops.asarray(x)))  # block 0 writes last now
+    model.layers[3].backward(model.ops.zeros((32, 16), np.float32))
+    assert calls == [blocks[0], blocks[2]]

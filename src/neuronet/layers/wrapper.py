@@ -7,6 +7,9 @@ instead of kept from forward.
 
 from __future__ import annotations
 
+import threading
+import weakref
+
 from ..core import random as nnrandom
 from ..core.layer import Layer
 from ..errors import ConfigError, ShapeError
@@ -37,6 +40,14 @@ class _Wrapper(Layer):
         return repr(self.block)
 
 
+_last = threading.local()  # .writer: a weak reference to the Remat whose block last ran forward here
+
+
+def _ran_last(remat: Remat) -> bool:
+    writer = getattr(_last, "writer", None)
+    return writer is not None and writer() is remat
+
+
 class Remat(_Wrapper):
     """y = block(x), keeping only x for backward: ``block``'s activations are computed again there.
 
@@ -46,7 +57,8 @@ class Remat(_Wrapper):
     place, and live only within one call. Backward runs ``block.forward`` again from x with the random
     stream rewound to where the first forward drew (the same dropout masks) and the block's buffers
     (BatchNorm's running statistics) put back afterwards (they move once per step), then
-    ``block.backward``: one more forward of the block per step. PyTorch:
+    ``block.backward``: one more forward of the block per step, except for the block that ran forward
+    last on this thread (the top one of a stack), whose activations are still in the buffers. PyTorch:
     ``torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)``; Keras: ``keras.remat(block)``.
 
     Args:
@@ -81,6 +93,7 @@ class Remat(_Wrapper):
         rng = nnrandom.generator()
         before = rng.bit_generator.state if training else None
         y = self.block.forward(x, training=training)
+        _last.writer = weakref.ref(self)  # (CPython hands out one cached reference per object)
         self._x, self._training = x, training
         self._rng_state = before if training and rng.bit_generator.state != before else None
         out = self.workspace("y", tuple(y.shape))
@@ -88,8 +101,10 @@ class Remat(_Wrapper):
         return out
 
     def backward(self, dy):
-        """Recompute block's forward from the saved x, then dL/dx = block.backward(dy)."""
-        self._recompute()
+        """Recompute block's forward from the saved x (unless it ran forward last on this thread: its
+        activations are still there), then dL/dx = block.backward(dy)."""
+        if not _ran_last(self):
+            self._recompute()
         with self.block.input_grad_needed(self.needs_input_grad):
             dh = self.block.backward(dy)
         if not self.needs_input_grad:
@@ -112,6 +127,7 @@ class Remat(_Wrapper):
             now = rng.bit_generator.state
             rng.bit_generator.state = self._rng_state
         self.block.forward(self._x, training=self._training)
+        _last.writer = weakref.ref(self)
         if self._rng_state is not None:
             rng.bit_generator.state = now
         for copy, buf in zip(kept, buffers, strict=True):
