@@ -6,8 +6,8 @@ About 1.2 TFLOP per training step and GiBs of saved activations at batch 64 x 25
 hence few steps and one round by default (about 8 minutes for the seven engines). Three engines recompute
 each block's activations in backward instead of keeping them: ``neuronet-numpy-remat`` and
 ``neuronet-torch-remat`` (each block in ``nn.Remat``) and ``pytorch-checkpoint`` (``torch.utils.checkpoint``
-per block); at 0685341 they took 1937
-and 3071 MiB against PyTorch's 6907, at 1.24x and 0.66x PyTorch's speed.
+per block); at 10b6406 they took 1937, 2721 and 2951 MiB against
+PyTorch's 6980, at 1.25x, 1.11x and 0.65x PyTorch's speed.
 ``NEURONET_NANOGPT_BATCH=8`` runs the same model on a smaller batch where the machine is shared. Tokens
 are random integers below 65 (timing does not depend on the text). nanoGPT itself uses no biases and
 weight-tied embeddings; both engines here keep torch.nn's biases, untied.
