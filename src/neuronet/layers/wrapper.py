@@ -93,7 +93,7 @@ class Remat(_Wrapper):
         rng = nnrandom.generator()
         before = rng.bit_generator.state if training else None
         y = self.block.forward(x, training=training)
-        _last.writer = weakref.ref(self)  # (CPython hands out one cached reference per object)
+        _last.writer = weakref.ref(self)  # weak: the thread must not keep a deleted model alive
         self._x, self._training = x, training
         self._rng_state = before if training and rng.bit_generator.state != before else None
         out = self.workspace("y", tuple(y.shape))
