@@ -100,7 +100,7 @@ def main() -> None:
               f"test MSE {mse:.4f}  ({args.epochs} epochs in {seconds:.0f} s)")
 
     rows = [noisy_test[picks], outputs["U-Net"], outputs["conv autoencoder"], x_test[picks]]
-    nn.plotting.save_images(args.out, rows, ["noisy", "U-Net", "autoenc.", "clean"], tile_inches=0.85)
+    nn.plotting.save_images(args.out, rows, ["noisy", "U-Net", "autoenc.", "clean"], tile_inches=0.85, dpi=72)
     print(f"test MSE: U-Net {results['U-Net']:.4f}, conv autoencoder {results['conv autoencoder']:.4f}, "
           f"noisy input {noisy_mse:.4f}; wrote {args.out}")
 
