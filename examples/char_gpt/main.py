@@ -22,16 +22,18 @@ DATA = Path(os.environ.get("NEURONET_DATA", Path(__file__).resolve().parents[3] 
 
 
 def gpt(vocab: int, block: int, layers: int = 4, heads: int = 4, dim: int = 128, ff: int = 512,
-        llama: bool = False) -> nn.Sequential:
+        llama: bool = False, remat: bool = False) -> nn.Sequential:
     """Embedding (+ learned positions) -> causal blocks -> final norm -> vocabulary logits.
 
-    ``llama``: RMSNorm, SwiGLU feed-forward and rotary positions instead of learned ones.
+    ``llama``: RMSNorm, SwiGLU feed-forward and rotary positions instead of learned ones. ``remat``: each
+    block in ``nn.Remat`` (its activations computed again in backward instead of kept).
     """
     body = [nn.Embedding(vocab, dim)]
     if not llama:
         body.append(nn.PositionalEncoding(block, dim, learned=True))
     style = {"norm": "rms", "ffn": "swiglu", "rope": True} if llama else {}
-    body += [nn.TransformerBlock(dim, heads, ff, causal=True, **style) for _ in range(layers)]
+    wrap = nn.Remat if remat else (lambda layer: layer)
+    body += [wrap(nn.TransformerBlock(dim, heads, ff, causal=True, **style)) for _ in range(layers)]
     body += [nn.RMSNorm(dim) if llama else nn.LayerNorm(dim), nn.Dense(dim, vocab)]
     return nn.Sequential(*body)
 
@@ -82,6 +84,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--backend", default="numpy")
     ap.add_argument("--workers", default="1",
                     help='training replicas per step, one core each: an integer or "auto" (compile)')
+    ap.add_argument("--remat", action="store_true",
+                    help="recompute each block's activations in backward (nn.Remat): less memory, more time")
     ap.add_argument("--seed", type=int, default=1337)
     args = ap.parse_args(argv)
 
@@ -94,7 +98,7 @@ def main(argv=None) -> dict:
 
     nn.manual_seed(args.seed)
     ff = args.ff or (349 if args.llama else 512)
-    model = gpt(len(chars), args.block, ff=ff, llama=args.llama)
+    model = gpt(len(chars), args.block, ff=ff, llama=args.llama, remat=args.remat)
     opt = nn.AdamW(args.lr, betas=(0.9, 0.99), weight_decay=0.1, clip_norm=1.0)
     workers = args.workers if args.workers == "auto" else int(args.workers)
     model.compile(optimizer=opt, loss=nn.CrossEntropyLoss(), workers=workers)
