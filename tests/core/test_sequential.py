@@ -176,6 +176,17 @@ def test_summary_lists_layers_shapes_and_counts():
         assert needle in text, needle
 
 
+def test_summary_keeps_a_nested_layer_on_one_line():
+    model = nn.Sequential(nn.Dense(4, 8), nn.Remat(nn.Sequential(nn.Dense(8, 8), nn.ReLU())),
+                          nn.Residual(nn.Sequential(*[nn.Dense(8, 8) for _ in range(8)])))
+    model.build((4,))
+    rows = model.summary(print_fn=None).splitlines()
+    assert "1: Remat(Sequential(Dense(8, 8), ReLU()))" in rows[4]
+    assert rows[5].startswith("2: Residual(Sequential(Dense(8, 8), Dense(8, 8),") and "..." in rows[5]
+    assert {len(row) for row in rows[:7]} == {len(rows[0])}  # every row of the table as wide as its rules
+    assert len(rows) == 12
+
+
 def test_sequential_rejects_non_layers_and_late_add():
     with pytest.raises(TypeError, match="item 1 is a int"):
         nn.Sequential(nn.Dense(2, 2), 3)

@@ -131,7 +131,8 @@ class Sequential(Trainer, Layer):
         self._require_built("summary")
         rows = [("Layer", "Output shape", "Params")]
         for i, layer in enumerate(self.layers):
-            rows.append((f"{i}: {layer!r}", str((None, *layer.output_shape)), f"{layer.num_params():,}"))
+            rows.append((f"{i}: {_one_line(repr(layer))}", str((None, *layer.output_shape)),
+                         f"{layer.num_params():,}"))
         return self._summary_table(rows, print_fn=print_fn)
 
     def extra_repr(self):
@@ -149,3 +150,12 @@ class Sequential(Trainer, Layer):
 
     def __getitem__(self, i: int) -> Layer:
         return self.layers[i]
+
+
+SUMMARY_WIDTH = 72  # the layer column's widest cell
+
+
+def _one_line(text: str) -> str:
+    """A layer's repr on one line (a nested Sequential's spans several), cut at SUMMARY_WIDTH."""
+    flat = " ".join(text.split()).replace("( ", "(").replace(" )", ")")
+    return flat if len(flat) <= SUMMARY_WIDTH else flat[:SUMMARY_WIDTH - 3] + "..."
