@@ -9,9 +9,11 @@
 2. Per workload (the CPU benchmarks' models, batches and optimizers), each engine in its own process:
    neuronet-torch eager, neuronet-torch with ``compile(cuda_graph=True)``, neuronet-torch with
    ``compile(mixed_precision="bfloat16")``, PyTorch eager, PyTorch under ``torch.compile`` and PyTorch
-   under ``torch.autocast(dtype=torch.bfloat16)``; median ms/step over ``--steps`` after ``--warmup``
-   steps, each step ending in a read of the loss (as ``train_step`` and the usual PyTorch loop do),
-   and one table of ratios to PyTorch eager (> 1: faster).
+   under ``torch.autocast(dtype=torch.bfloat16)``; for the transformer workloads also each block
+   recomputed in backward (neuronet ``nn.Remat``, PyTorch ``torch.utils.checkpoint``); median ms/step
+   over ``--steps`` after ``--warmup`` steps, each step ending in a read of the loss (as ``train_step``
+   and the usual PyTorch loop do), and two tables against PyTorch eager: speed (> 1: faster) and peak
+   GPU memory (``torch.cuda.max_memory_allocated``; < 1: less).
 
 Without CUDA it says so and exits with status 2: nothing in it has been run on a GPU where that
 happens, and no GPU result may be claimed from a CPU run.
@@ -31,13 +33,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 TESTS = ["tests/backend", "tests/layers", "tests/losses", "tests/optim", "tests/test_training.py",
          "tests/test_sync_free.py"]
-ENGINES = ["neuronet-torch", "neuronet-torch+graph", "neuronet-torch+bf16", "pytorch", "pytorch+compile",
-           "pytorch+bf16"]
+ENGINES = ["neuronet-torch", "neuronet-torch+graph", "neuronet-torch+bf16", "neuronet-torch+remat", "pytorch",
+           "pytorch+compile", "pytorch+bf16", "pytorch+checkpoint"]
 WORKLOADS = ["mlp", "cnn", "lstm", "gpt", "moe", "nanogpt"]
+BLOCKS = {"gpt", "nanogpt"}  # the workloads of transformer blocks: +remat / +checkpoint recompute each one
 
 
-def _builders(workload: str):
-    """(neuronet for_backend, PyTorch build) of one CPU benchmark's workload."""
+def _builders(workload: str, recompute: bool = False):
+    """(neuronet for_backend, PyTorch build) of one CPU benchmark's workload; with ``recompute`` each
+    transformer block in nn.Remat / under torch.utils.checkpoint."""
     sys.path.insert(0, str(HERE))
     import harness
 
@@ -46,12 +50,14 @@ def _builders(workload: str):
 
         data = lambda: bench_cnn._data(bench_cnn.TRAIN_BATCH)  # noqa: E731
         return harness.neuronet_training(bench_cnn.neuronet_model, data), bench_cnn.pytorch("train")
-    if workload == "nanogpt":
+    if workload in BLOCKS:
         import bench_gpt
-        import bench_nanogpt as b
+        import bench_nanogpt
 
-        return (harness.neuronet_training(bench_gpt.neuronet_gpt(**b.SHAPE), b._data, optimizer="AdamW"),
-                bench_gpt.pytorch_gpt(b._data, **b.SHAPE))
+        b = bench_nanogpt if workload == "nanogpt" else bench_gpt
+        return (harness.neuronet_training(bench_gpt.neuronet_gpt(**b.SHAPE, remat=recompute), b._data,
+                                          optimizer="AdamW"),
+                bench_gpt.pytorch_gpt(b._data, **b.SHAPE, checkpoint=recompute))
     module = __import__(f"bench_{workload}")
     return module.neuronet, module.pytorch
 
@@ -82,7 +88,7 @@ def _on_device(device: str, engine: str) -> None:
 def _child(workload: str, engine: str, steps: int, warmup: int, device: str) -> None:
     import torch
 
-    neuronet, pytorch = _builders(workload)
+    neuronet, pytorch = _builders(workload, recompute=engine.endswith(("remat", "checkpoint")))
     if engine.startswith("pytorch"):
         _on_device(device, engine)
         step = pytorch()
@@ -113,6 +119,9 @@ def run_timings(workloads: list[str], engines: list[str], steps: int, warmup: in
     rows = {}
     for workload in workloads:
         for engine in engines:
+            if engine.endswith(("remat", "checkpoint")) and workload not in BLOCKS:
+                rows[workload, engine] = {"ms": None, "peak_mib": None}  # no blocks to recompute
+                continue
             cmd = [sys.executable, __file__, "--child", workload, engine, "--steps", str(steps),
                    "--warmup", str(warmup), "--device", device]
             try:
@@ -122,15 +131,19 @@ def run_timings(workloads: list[str], engines: list[str], steps: int, warmup: in
                     {"error": (out.stderr.strip().splitlines() or ["?"])[-1]}
             except subprocess.TimeoutExpired:
                 rows[workload, engine] = {"error": f"timed out after {timeout} s"}
-    print(f"\n{'workload':<10}" + "".join(f"{e:>24}" for e in engines) + "   (ms/step; x PyTorch eager)")
-    for workload in workloads:
-        ref = rows.get((workload, "pytorch"), {}).get("ms")
-        cells = []
-        for engine in engines:
-            r = rows[workload, engine]
-            cells.append("failed (below)" if "error" in r else
-                         f"{r['ms']:.2f} ({ref / r['ms']:.2f}x)" if ref else f"{r['ms']:.2f}")
-        print(f"{workload:<10}" + "".join(f"{c:>24}" for c in cells))
+    for key, unit, faster in (("ms", "ms/step; x PyTorch eager's speed", True),
+                              ("peak_mib", "peak GPU memory MiB; x PyTorch eager's", False)):
+        print(f"\n{'workload':<10}" + "".join(f"{e:>24}" for e in engines) + f"   ({unit})")
+        for workload in workloads:
+            ref = rows.get((workload, "pytorch"), {}).get(key)
+            cells = []
+            for engine in engines:
+                r = rows[workload, engine]
+                value = r.get(key)
+                cells.append("failed (below)" if "error" in r else "-" if value is None else
+                             f"{value:.2f} ({(ref / value if faster else value / ref):.2f}x)" if ref else
+                             f"{value:.2f}")
+            print(f"{workload:<10}" + "".join(f"{c:>24}" for c in cells))
     errors = {k: v["error"] for k, v in rows.items() if "error" in v}
     for (workload, engine), message in errors.items():
         print(f"{workload} / {engine}: {message}")

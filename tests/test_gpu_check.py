@@ -29,3 +29,18 @@ def test_cpu_smoke_run_prints_the_table_and_the_graph_refusal():
     assert "mlp" in out.stdout and "needs the torch backend on a CUDA device" in out.stdout
     row = next(line for line in out.stdout.splitlines() if line.startswith("mlp "))
     assert all(float(cell) > 0 for cell in row.split()[-2:])  # both bfloat16 engines ran
+
+
+def test_cpu_smoke_run_of_the_recomputing_engines():
+    """nn.Remat and torch.utils.checkpoint engines run the transformer workload and leave the others' cells
+    empty; the memory table has a row per workload (empty without CUDA)."""
+    engines = ["neuronet-torch+remat", "pytorch", "pytorch+checkpoint"]
+    out = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--workloads", "gpt", "mlp",
+                          "--engines", *engines, "--steps", "1", "--warmup", "1"],
+                         capture_output=True, text=True, env=ENV, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines() if line.startswith(("gpt ", "mlp "))]
+    gpt, mlp = rows[:2]  # the speed table's rows (the memory table's follow)
+    assert all(float(cell) > 0 for cell in gpt[1::2]), gpt  # ms of each engine, then its ratio
+    assert mlp[1] == "-" and mlp[-1] == "-", mlp
+    assert "peak GPU memory MiB" in out.stdout
