@@ -90,3 +90,25 @@ def test_a_dropped_nan_stays_nan_as_in_pytorch(backend):
     layer.to(backend)
     assert np.isnan(_forward(layer, x)).all()  # NaN * 0, as torch.nn.functional.dropout gives
     assert np.isnan(np.asarray(layer.ops.to_numpy(layer.backward(layer.ops.asarray(x))))).all()
+
+
+def test_inplace_writes_over_x_with_the_same_values_and_gradient(backend):
+    """PyTorch's inplace=True: the same mask (same seed), the result in x's own memory, dL/dx unchanged;
+    it survives save/load in its config."""
+    x = np.random.default_rng(0).standard_normal((6, 40)).astype(np.float32)
+    dy = np.random.default_rng(1).standard_normal((6, 40)).astype(np.float32)
+    results = []
+    for inplace in (False, True):
+        layer = nn.Dropout(0.3, inplace=inplace)
+        layer.build((40,))
+        layer.to(backend)
+        xb = layer.ops.asarray(x.copy())
+        nn.manual_seed(4)
+        y = layer.forward(xb)
+        assert (y is xb) == inplace and layer.ops.may_share_memory(y, xb) == inplace
+        dx = layer.backward(layer.ops.asarray(dy))
+        results.append((layer.ops.to_numpy(y).copy(), layer.ops.to_numpy(dx)))
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert nn.Dropout(0.3, inplace=True).get_config() == {"p": 0.3, "inplace": True}
+    assert repr(nn.Dropout(0.3, inplace=True)) == "Dropout(p=0.3, inplace=True)"

@@ -153,3 +153,28 @@ def test_block_dropout_identity_at_eval_and_active_while_training():
     np.testing.assert_allclose(drop.forward(x, training=False), plain.forward(x, training=False))
     assert not np.allclose(drop.forward(x, training=True), plain.forward(x, training=True))
     check_gradients(drop, x, reseed=lambda: nn.manual_seed(3))
+
+
+def test_block_dropouts_write_over_their_inputs_and_change_nothing_else(backend):
+    """The three dropouts of a block run in place (their inputs are read by nothing after them): the
+    same training steps bit for bit as with dropouts of their own buffers, and no (N, T, ff) or (N, T, dim)
+    output buffer of theirs."""
+    x = np.random.default_rng(0).integers(0, 20, (4, 10))
+    runs = []
+    for inplace in (True, False):
+        nn.manual_seed(0)
+        model = nn.Sequential(nn.Embedding(20, 16), nn.TransformerBlock(16, 2, 32, causal=True, dropout=0.2),
+                              nn.Dense(16, 20))
+        model.build((10,))
+        model.to(backend)
+        drops = [model.layers[1].children[k] for k in ("dropout", "dropout1", "dropout2")]
+        assert all(d.inplace for d in drops)
+        for d in drops:
+            d.inplace = inplace
+        model.compile(nn.AdamW(1e-2), "cross_entropy")
+        nn.manual_seed(1)
+        runs.append(([model.train_step(x, x) for _ in range(3)], model.state_dict()))
+        assert all(("y" in d.__dict__.get("_workspace", {})) != inplace for d in drops)
+    assert runs[0][0] == runs[1][0]
+    for name, value in runs[0][1].items():
+        np.testing.assert_array_equal(runs[1][1][name], value, err_msg=name)

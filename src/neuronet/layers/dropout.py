@@ -10,15 +10,21 @@ from ..core.layer import Layer
 class Dropout(Layer):
     """Zero each element with probability ``p`` and scale the rest by 1 / (1 - p) while training.
 
+    Args:
+        p (float): the probability of zeroing an element, in [0, 1). Default: ``0.5``.
+        inplace (bool): write the result over x instead of into a buffer of its own (as PyTorch's
+            ``inplace=True``): for an x that nothing reads after this layer, e.g. the output of a layer
+            whose backward does not read its output (a GELU or linear Dense). Default: ``False``.
     Shape:
         x: (N, *) -> y: (N, *)
     Saved for backward:
         the keep-mask (workspace, one byte per element).
     """
 
-    def __init__(self, p: float = 0.5):
+    def __init__(self, p: float = 0.5, inplace: bool = False):
         super().__init__()
         self.p = args.real("Dropout", "p", p, 0.0, 1.0, hi_open=True)
+        self.inplace = bool(inplace)
 
     def forward(self, x, training: bool = True):
         self._active = training and self.p > 0.0
@@ -27,7 +33,8 @@ class Dropout(Layer):
         mask = self.workspace("mask", tuple(x.shape), bool)
         self.ops.dropout_mask(1.0 - self.p, nnrandom.generator(), mask, self.dtype)
         self._mask = mask
-        return self.ops.apply_mask(x, mask, 1.0 / (1.0 - self.p), self.workspace("y", tuple(x.shape)))
+        out = x if self.inplace else self.workspace("y", tuple(x.shape))
+        return self.ops.apply_mask(x, mask, 1.0 / (1.0 - self.p), out)
 
     def backward(self, dy):
         if not self._active:
@@ -36,7 +43,7 @@ class Dropout(Layer):
         return self.ops.apply_mask(dy, self._mask, 1.0 / (1.0 - self.p), dx)
 
     def extra_repr(self):
-        return f"p={self.p}"
+        return f"p={self.p}" + (", inplace=True" if self.inplace else "")
 
     def get_config(self):
-        return {"p": self.p}
+        return {"p": self.p, "inplace": self.inplace}

@@ -63,7 +63,7 @@ class TransformerBlock(Layer):
         self.add_child("self_attn", attn, input_shape)
         if self.ffn == "gelu":
             hidden = self.add_child("linear1", Dense(d, self.ff_dim, activation="gelu"), input_shape)
-            self.add_child("dropout", Dropout(p), hidden)
+            self.add_child("dropout", Dropout(p, inplace=True), hidden)  # (GELU's backward reads z, not y)
             self.add_child("linear2", Dense(self.ff_dim, d), hidden)
             self._ffn = [self.children[k] for k in ("linear1", "dropout", "linear2")]
         else:
@@ -72,8 +72,10 @@ class TransformerBlock(Layer):
         norm = NORMS[self.norm]
         self.add_child("norm1", norm(d), input_shape)
         self.add_child("norm2", norm(d), input_shape)
-        self.add_child("dropout1", Dropout(p), input_shape)
-        self.add_child("dropout2", Dropout(p), input_shape)
+        # Each dropout writes over its input, which nothing reads afterwards: the attention's and linear2's
+        # outputs (linear layers, whose backward reads their input, not their output) and the GELU's.
+        self.add_child("dropout1", Dropout(p, inplace=True), input_shape)
+        self.add_child("dropout2", Dropout(p, inplace=True), input_shape)
         return input_shape
 
     def check_input(self, x):
