@@ -72,3 +72,16 @@ def test_dense_float32_grads_match_torch_on_each_backend(backend):
     x = np.random.default_rng(6).standard_normal((32, 16)).astype(np.float32)
     compare_with_torch(layer, module, x, dtype="float32", atol=1e-5, rtol=1e-4,
                        name_map={"0.weight": "weight", "0.bias": "bias"})
+
+
+def test_recompute_output_gives_y_again_from_z_and_refuses_where_y_is_z():
+    layer = nn.Dense(4, 6, activation="gelu")
+    layer.build((4,))
+    y = layer.forward(np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)).copy()
+    layer._y[...] = 0.0  # (a container let another layer use the buffer)
+    np.testing.assert_array_equal(layer.recompute_output(), y)
+    relu = nn.Dense(4, 6, activation="relu")
+    relu.build((4,))
+    relu.forward(np.ones((2, 4), np.float32))
+    with pytest.raises(RuntimeError, match="computes y over z"):
+        relu.recompute_output()

@@ -155,26 +155,60 @@ def test_block_dropout_identity_at_eval_and_active_while_training():
     check_gradients(drop, x, reseed=lambda: nn.manual_seed(3))
 
 
-def test_block_dropouts_write_over_their_inputs_and_change_nothing_else(backend):
-    """The three dropouts of a block run in place (their inputs are read by nothing after them): the
-    same training steps bit for bit as with dropouts of their own buffers, and no (N, T, ff) or (N, T, dim)
-    output buffer of theirs."""
+def test_block_dropouts_in_place_and_one_shared_hidden_buffer_change_nothing_else(backend):
+    """The three dropouts of a block run in place (their inputs are read by nothing after them), and the
+    blocks' feed-forward hidden outputs are one buffer, made again in backward: the same training steps
+    bit for bit as with buffers of their own, and no (N, T, ff) or (N, T, dim) buffer of theirs."""
     x = np.random.default_rng(0).integers(0, 20, (4, 10))
     runs = []
-    for inplace in (True, False):
+    for economical in (True, False):
         nn.manual_seed(0)
-        model = nn.Sequential(nn.Embedding(20, 16), nn.TransformerBlock(16, 2, 32, causal=True, dropout=0.2),
-                              nn.Dense(16, 20))
+        blocks = [nn.TransformerBlock(16, 2, 32, causal=True, dropout=0.2) for _ in range(2)]
+        model = nn.Sequential(nn.Embedding(20, 16), *blocks, nn.Dense(16, 20))
         model.build((10,))
         model.to(backend)
-        drops = [model.layers[1].children[k] for k in ("dropout", "dropout1", "dropout2")]
+        drops = [b.children[k] for b in blocks for k in ("dropout", "dropout1", "dropout2")]
         assert all(d.inplace for d in drops)
-        for d in drops:
-            d.inplace = inplace
+        hidden = [b.children["linear1"] for b in blocks]
+        if not economical:
+            for layer in drops:
+                layer.inplace = False
+            for layer in hidden:
+                del layer.__dict__["_shared_workspaces"]
         model.compile(nn.AdamW(1e-2), "cross_entropy")
         nn.manual_seed(1)
         runs.append(([model.train_step(x, x) for _ in range(3)], model.state_dict()))
-        assert all(("y" in d.__dict__.get("_workspace", {})) != inplace for d in drops)
+        assert all(("y" in d.__dict__.get("_workspace", {})) != economical for d in drops)
+        assert all(("y" in h.__dict__.get("_workspace", {})) != economical for h in hidden)
+        assert model.ops.may_share_memory(hidden[0]._y, hidden[1]._y) == economical
     assert runs[0][0] == runs[1][0]
     for name, value in runs[0][1].items():
         np.testing.assert_array_equal(runs[1][1][name], value, err_msg=name)
+
+
+def test_blocks_sharing_the_hidden_buffer_may_run_backward_in_any_order():
+    """Forward A, forward B (which overwrites the shared hidden buffer), then backward A before B: each
+    block makes its hidden output again, so both gradients are those of a block run alone."""
+    rng = np.random.default_rng(3)
+    x1, x2, dy1, dy2 = (rng.standard_normal((2, 5, 8)) for _ in range(4))
+    nn.manual_seed(0)
+    a, b = nn.TransformerBlock(8, 2, 16, dropout=0.25), nn.TransformerBlock(8, 2, 16, dropout=0.25)
+    for block in (a, b):
+        block.build((5, 8), dtype="float64")
+    alone = []
+    for block, x, dy, seed in ((a, x1, dy1, 1), (b, x2, dy2, 2)):
+        nn.manual_seed(seed)
+        block.forward(x)
+        block.zero_grad()
+        alone.append((block.backward(dy).copy(), {k: v.copy() for k, v in block.grads.items()}))
+    nn.manual_seed(1)
+    a.forward(x1)
+    nn.manual_seed(2)
+    b.forward(x2)
+    a.zero_grad()
+    b.zero_grad()
+    together = [(a.backward(dy1).copy(), a.grads), (b.backward(dy2).copy(), b.grads)]
+    for (dx, grads), (dx_alone, grads_alone) in zip(together, alone, strict=True):
+        np.testing.assert_array_equal(dx, dx_alone)
+        for name, value in grads_alone.items():
+            np.testing.assert_array_equal(grads[name], value, err_msg=name)

@@ -99,12 +99,12 @@ class Workspace:
         """A buffer of ``shape``: a view of the prefix of a buffer kept under ``name``.
 
         The backing buffer is allocated the first time and re-allocated only when a larger one is
-        asked for; its contents are whatever was last written there. Inside a ``Remat`` the buffer is
-        this thread's ``ops.temporary`` of the layer's place in the remat'd block (``_recompute_key``).
+        asked for; its contents are whatever was last written there. A name ``share_workspaces`` gave
+        away is this thread's ``ops.temporary`` instead.
         """
-        shared = self.__dict__.get("_recompute_key")
-        if shared is not None:  # inside a Remat: this thread's buffer, one for every Remat of the layout
-            return self.ops.temporary(shared + name, shape, self.dtype if dtype is None else dtype)
+        shared = self.__dict__.get("_shared_workspaces")
+        if shared is not None and (shared[1] is None or name in shared[1]):
+            return self.ops.temporary(shared[0] + name, shape, self.dtype if dtype is None else dtype)
         views = self.__dict__.setdefault("_workspace_views", {})
         hit = views.get(name)  # the same request as last time: the same view (saves slicing a tensor)
         if hit is not None and hit[0] == shape and hit[1] is dtype and hit[2] is self.ops and \
@@ -121,6 +121,14 @@ class Workspace:
         view = buf[:n].reshape(shape)
         views[name] = (shape, dtype, self.ops, self.dtype, view)
         return view
+
+    def share_workspaces(self, prefix: str, names: frozenset | None = None) -> None:
+        """Make the workspaces ``names`` of this layer (every one when None) this thread's temporaries
+        ``prefix + name``, shared by every layer given the same prefix: for values that a container
+        computes again before anything reads them again (``Remat``'s block, a ``TransformerBlock``'s
+        feed-forward hidden layer), so that a stack of such layers holds one copy."""
+        self.__dict__["_shared_workspaces"] = (prefix, names)
+        self.__dict__.pop("_workspace_views", None)
 
     def temporary(self, name: str, shape: tuple) -> Any:
         """A buffer for a value that lives only within this call (``ops.temporary``: shared by every

@@ -74,6 +74,15 @@ class Dense(Layer):
         ops.matmul(dz, self.params["weight"], out=dx)
         return dx.reshape(self._x_shape)
 
+    def recompute_output(self):
+        """y = act(z) again from the kept pre-activation and return y: for a container that shares y's
+        buffer (``share_workspaces``) and needs it back before the next layer's backward reads it. Only
+        where y has a buffer of its own (an activation whose derivative reads z, such as GELU)."""
+        if self.activation in OUTPUT_DERIVATIVE:
+            raise RuntimeError(f"{self!r}: recompute_output needs z kept apart from y; {self.activation!r} "
+                               "computes y over z")
+        return self.ops.activation(self.activation, self._z, self._y)
+
     def reserve(self, rows: int) -> None:
         """Allocate the workspaces of a batch of up to ``rows`` positions now, computing nothing (a MoE
         sizes its experts for the worst routing this way)."""

@@ -36,6 +36,12 @@ class Dropout(Layer):
         out = x if self.inplace else self.workspace("y", tuple(x.shape))
         return self.ops.apply_mask(x, mask, 1.0 / (1.0 - self.p), out)
 
+    def reapply(self, x) -> None:
+        """Apply the last forward's mask and scale to x again, in place (a container that recomputes this
+        layer's input calls it to recompute the output): nothing when that forward dropped nothing."""
+        if self._active:
+            self.ops.apply_mask(x, self._mask, 1.0 / (1.0 - self.p), x)
+
     def backward(self, dy):
         if not self._active:
             return dy

@@ -42,7 +42,9 @@ class TransformerBlock(Layer):
         self_attn.* (MultiHeadAttention); linear1.* (ff_dim, dim) and linear2.* (dim, ff_dim), or
         ffn.w1/w2/w3.weight; norm1.weight/bias, norm2.weight/bias (no bias for RMSNorm).
     Saved for backward:
-        the residual h (workspace); the sub-layers keep their own.
+        the residual h (workspace); the sub-layers keep their own, except linear1's output (GELU
+        feed-forward): one buffer for every block on the thread, made again in backward from linear1's
+        pre-activation and the dropout mask.
     """
 
     def __init__(self, dim: int, num_heads: int, ff_dim: int, causal: bool = False, dropout: float = 0.0,
@@ -63,6 +65,9 @@ class TransformerBlock(Layer):
         self.add_child("self_attn", attn, input_shape)
         if self.ffn == "gelu":
             hidden = self.add_child("linear1", Dense(d, self.ff_dim, activation="gelu"), input_shape)
+            # The hidden layer's output (N, T, ff), read by linear2 in forward and backward, is one buffer
+            # for every block on the thread: backward makes it again from linear1's z and the mask.
+            self.children["linear1"].share_workspaces("transformer.ffn:", frozenset({"y"}))
             self.add_child("dropout", Dropout(p, inplace=True), hidden)  # (GELU's backward reads z, not y)
             self.add_child("linear2", Dense(self.ff_dim, d), hidden)
             self._ffn = [self.children[k] for k in ("linear1", "dropout", "linear2")]
@@ -110,6 +115,8 @@ class TransformerBlock(Layer):
 
     def backward(self, dy):
         c, xp = self.children, self.ops.xp
+        if self.ffn == "gelu":  # linear2's input, dropout(gelu(z)), in the shared buffer again
+            c["dropout"].reapply(c["linear1"].recompute_output())
         dh = self.temporary("transformer.dh", tuple(dy.shape))  # (no child asks for this name)
         xp.add(dy, self._branch_backward([c["norm2"], *self._ffn, c["dropout2"]], dy), out=dh)
         dx = self.input_grad_buffer(tuple(dy.shape), dy)

@@ -86,7 +86,7 @@ class Remat(_Wrapper):
             if isinstance(layer, Remat):
                 raise ConfigError(f"Remat: {layer!r} is inside the block of another Remat; remat the outer "
                                   "block or the inner one, not both")
-            layer._recompute_key = f"remat:{path}:"
+            layer.share_workspaces(f"remat:{path}:")
         return out
 
     def forward(self, x, training: bool = True):
