@@ -3,12 +3,12 @@ batch 64, dropout 0.2, vocab 65, AdamW: training steps, neuronet vs PyTorch (``b
 
 About 1.2 TFLOP per training step and GiBs of saved activations at batch 64 x 256 tokens (peak RSS on
 2026-12-06, fourth session: NumPy backend 5.3 GiB, PyTorch 6.6 GiB; 4.5 GiB since the blocks' dropouts
-write over their inputs, 5f5d5b0; 4.0 GiB since their hidden outputs share one buffer, 3ff22b2): about 10 s per step on 2 cores,
-hence few steps and one round by default (about 8 minutes for the seven engines). Three engines recompute
-each block's activations in backward instead of keeping them: ``neuronet-numpy-remat`` and
-``neuronet-torch-remat`` (each block in ``nn.Remat``) and ``pytorch-checkpoint`` (``torch.utils.checkpoint``
-per block); at 10b6406 they took 1937, 2721 and 2951 MiB against
-PyTorch's 6980, at 1.25x, 1.11x and 0.65x PyTorch's speed.
+write over their inputs, 5f5d5b0; 4.0 GiB since their hidden outputs share one buffer, 3ff22b2): about
+10 s per step on 2 cores, hence few steps and one round by default (about 8 minutes for the seven
+engines). Three engines recompute each block's activations in backward instead of keeping them:
+``neuronet-numpy-remat`` and ``neuronet-torch-remat`` (each block in ``nn.Remat``) and
+``pytorch-checkpoint`` (``torch.utils.checkpoint`` per block); at 10b6406 they took 1937, 2721 and 2951
+MiB against PyTorch's 6980, at 1.25x, 1.11x and 0.65x PyTorch's speed.
 ``NEURONET_NANOGPT_BATCH=8`` runs the same model on a smaller batch where the machine is shared. Tokens
 are random integers below 65 (timing does not depend on the text). nanoGPT itself uses no biases and
 weight-tied embeddings; both engines here keep torch.nn's biases, untied.
