@@ -4,6 +4,7 @@ import torch
 from _transformer_refs import Block
 
 import neuronet as nn
+from neuronet.layers import transformer
 from neuronet.testing import assert_step_allocates_nothing, check_gradients, compare_with_torch
 
 
@@ -155,10 +156,11 @@ def test_block_dropout_identity_at_eval_and_active_while_training():
     check_gradients(drop, x, reseed=lambda: nn.manual_seed(3))
 
 
-def test_block_dropouts_in_place_and_one_shared_hidden_buffer_change_nothing_else(backend):
+def test_block_dropouts_in_place_and_one_shared_hidden_buffer_change_nothing_else(backend, monkeypatch):
     """The three dropouts of a block run in place (their inputs are read by nothing after them), and the
     blocks' feed-forward hidden outputs are one buffer, made again in backward: the same training steps
     bit for bit as with buffers of their own, and no (N, T, ff) or (N, T, dim) buffer of theirs."""
+    monkeypatch.setattr(transformer, "SHARED_HIDDEN_FROM", 0)  # these blocks are small: share anyway
     x = np.random.default_rng(0).integers(0, 20, (4, 10))
     runs = []
     for economical in (True, False):
@@ -173,8 +175,7 @@ def test_block_dropouts_in_place_and_one_shared_hidden_buffer_change_nothing_els
         if not economical:
             for layer in drops:
                 layer.inplace = False
-            for layer in hidden:
-                del layer.__dict__["_shared_workspaces"]
+            monkeypatch.setattr(transformer, "SHARED_HIDDEN_FROM", 1 << 40)
         model.compile(nn.AdamW(1e-2), "cross_entropy")
         nn.manual_seed(1)
         runs.append(([model.train_step(x, x) for _ in range(3)], model.state_dict()))
@@ -186,9 +187,10 @@ def test_block_dropouts_in_place_and_one_shared_hidden_buffer_change_nothing_els
         np.testing.assert_array_equal(runs[1][1][name], value, err_msg=name)
 
 
-def test_blocks_sharing_the_hidden_buffer_may_run_backward_in_any_order():
+def test_blocks_sharing_the_hidden_buffer_may_run_backward_in_any_order(monkeypatch):
     """Forward A, forward B (which overwrites the shared hidden buffer), then backward A before B: each
     block makes its hidden output again, so both gradients are those of a block run alone."""
+    monkeypatch.setattr(transformer, "SHARED_HIDDEN_FROM", 0)
     rng = np.random.default_rng(3)
     x1, x2, dy1, dy2 = (rng.standard_normal((2, 5, 8)) for _ in range(4))
     nn.manual_seed(0)
@@ -212,3 +214,27 @@ def test_blocks_sharing_the_hidden_buffer_may_run_backward_in_any_order():
         np.testing.assert_array_equal(dx, dx_alone)
         for name, value in grads_alone.items():
             np.testing.assert_array_equal(grads[name], value, err_msg=name)
+
+
+def test_the_hidden_buffer_is_shared_from_its_size_and_not_inside_a_remat(monkeypatch):
+    """Below SHARED_HIDDEN_FROM elements a block keeps its hidden output (nothing made again); from it the
+    blocks share one; inside a Remat the Remat's sharing stands and the block makes nothing again."""
+    nn.manual_seed(0)
+    block = nn.TransformerBlock(8, 2, 16)
+    block.build((5, 8))
+    linear1 = block.children["linear1"]
+    x = np.random.default_rng(0).standard_normal((4, 5, 8)).astype(np.float32)
+    block.forward(x)
+    assert not block._remake_hidden and "_shared_workspaces" not in linear1.__dict__
+    monkeypatch.setattr(transformer, "SHARED_HIDDEN_FROM", 4 * 5 * 16)
+    block.forward(x)
+    assert block._remake_hidden and linear1._shared_workspaces == ("transformer.ffn:", frozenset({"y"}))
+    block.forward(x[:3])  # a smaller batch: its own buffer again
+    assert not block._remake_hidden and "_shared_workspaces" not in linear1.__dict__
+    monkeypatch.setattr(transformer, "SHARED_HIDDEN_FROM", 0)
+    remat = nn.Remat(nn.TransformerBlock(8, 2, 16))
+    remat.build((5, 8))
+    remat.forward(x)
+    inner = remat.block
+    assert not inner._remake_hidden
+    assert inner.children["linear1"]._shared_workspaces == ("remat:linear1.:", None)

@@ -122,12 +122,16 @@ class Workspace:
         views[name] = (shape, dtype, self.ops, self.dtype, view)
         return view
 
-    def share_workspaces(self, prefix: str, names: frozenset | None = None) -> None:
+    def share_workspaces(self, prefix: str | None, names: frozenset | None = None) -> None:
         """Make the workspaces ``names`` of this layer (every one when None) this thread's temporaries
         ``prefix + name``, shared by every layer given the same prefix: for values that a container
         computes again before anything reads them again (``Remat``'s block, a ``TransformerBlock``'s
-        feed-forward hidden layer), so that a stack of such layers holds one copy."""
-        self.__dict__["_shared_workspaces"] = (prefix, names)
+        feed-forward hidden layer), so that a stack of such layers holds one copy. ``prefix=None``: the
+        layer's own workspaces again."""
+        if prefix is None:
+            self.__dict__.pop("_shared_workspaces", None)
+        else:
+            self.__dict__["_shared_workspaces"] = (prefix, names)
         self.__dict__.pop("_workspace_views", None)
 
     def temporary(self, name: str, shape: tuple) -> Any:
