@@ -17,6 +17,7 @@ FFNS = ("gelu", "swiglu")
 # it and make it again in backward: nanoGPT at batch 64 (25M) saves 100 MB a block for ~1 % of its step;
 # the char GPT's 0.4M would save 1.5 MB for the same 1 % (measured 35.6-35.7 vs 36.0-36.2 ms).
 SHARED_HIDDEN_FROM = 1 << 21
+_HIDDEN = ("transformer.ffn:", frozenset({"y"}))  # linear1's share_workspaces then
 
 
 class TransformerBlock(Layer):
@@ -115,13 +116,13 @@ class TransformerBlock(Layer):
         one buffer for every block on the thread (backward then makes it again from linear1's z and the
         dropout mask): from SHARED_HIDDEN_FROM elements, where it is memory worth a pass. Not inside a
         Remat, whose block shares all its buffers and runs forward again before backward anyway."""
-        linear1, mine = self.children["linear1"], ("transformer.ffn:", frozenset({"y"}))
+        linear1 = self.children["linear1"]
         now = linear1.__dict__.get("_shared_workspaces")
-        if now is not None and now != mine:  # an outer Remat's
+        if now is not None and now != _HIDDEN:  # an outer Remat's
             return False
         share = rows * self.ff_dim >= SHARED_HIDDEN_FROM
-        if (now == mine) != share:
-            linear1.share_workspaces(*(mine if share else (None,)))
+        if (now == _HIDDEN) != share:
+            linear1.share_workspaces(*(_HIDDEN if share else (None,)))
         return share
 
     def share_input_grads(self, depth: int) -> None:
