@@ -191,16 +191,19 @@ def check_workers(workers, batch: int, what: str) -> int | str:
     return workers
 
 
-def check_pool_options(model, workers, what: str) -> None:
-    """The options a pooled step cannot honour: float16 loss scaling and the CUDA graph."""
+def check_training_workers(model, workers, batch: int, what: str) -> int | str:
+    """``workers`` for a training step of ``model`` (``check_workers``), refused with the options a pooled
+    step cannot honour: float16 loss scaling and the CUDA graph."""
+    workers = check_workers(workers, batch, what)
     if workers == 1:
-        return
+        return workers
     if model.__dict__.get("loss_scale") is not None:
         raise ConfigError(f"{what}(workers={workers!r}): float16 loss scaling runs in one process's step; "
                           "use mixed_precision='bfloat16' (no scaling needed) or workers=1")
     if model.__dict__.get("cuda_graph"):
         raise ConfigError(f"{what}(workers={workers!r}): the CUDA graph replays one process's step; use "
                           "workers=1 with cuda_graph=True")
+    return workers
 
 
 def _bounds(n: int, parts: int) -> list[int]:
@@ -361,7 +364,7 @@ def resolve_workers(model, workers, x, y) -> int:
         if len(choices) >= AUTO_SHAPES:
             return next(iter(choices.values()))
         choices[key] = choose_workers(model, x, y, len(x))
-        if choices[key] == 1 and all(c == 1 for c in choices.values()):
+        if all(c == 1 for c in choices.values()):
             _state(model).pool = None
     return choices[key]
 
@@ -403,8 +406,7 @@ class TrainingRun:
             self.seed = int(self.comm.broadcast(seed, what="the shuffle seed")[0])
             self.sync = dist.GradientSync(self.comm, model)
             self.has_buffers = any(True for _ in model.named_buffers())
-        self.workers = check_workers(workers, batch_size, "fit")
-        check_pool_options(model, self.workers, "fit")
+        self.workers = check_training_workers(model, workers, batch_size, "fit")
         self.n_global = batch_size
 
     @property

@@ -110,8 +110,7 @@ class Trainer:
         self.cuda_graph = bool(cuda_graph)
         self.mixed_precision = mixed_precision
         self.loss_scale = DynamicLossScale() if mixed_precision == "float16" else None
-        self.workers = parallel.check_workers(workers, math.inf, "compile")
-        parallel.check_pool_options(self, self.workers, "compile")
+        self.workers = parallel.check_training_workers(self, workers, math.inf, "compile")
 
     def _precision(self):
         """The context forward and backward run in: products in the compiled mixed precision, if any
@@ -162,8 +161,7 @@ class Trainer:
         if workers is None:
             workers = self.__dict__.get("workers", 1)  # (checked by compile)
         elif workers != 1:
-            parallel.check_pool_options(self, parallel.check_workers(workers, math.inf, "train_step"),
-                                        "train_step")
+            parallel.check_training_workers(self, workers, math.inf, "train_step")
         workers = parallel.resolve_workers(self, workers, x, y)
         if workers != 1:
             with parallel.blas_threads(self, workers):
