@@ -16,7 +16,13 @@ from .ops import DEFAULT_ALPHA, Ops
 # (median, 2 cores): (12, 4, 128, 32) @ (.., 32, 128), 25M, took as long split as not (570 us); nanoGPT's
 # (16, 6, 256, 64) @ (.., 64, 256), 400M, 5.9 against 11.2 ms.
 STACK_SPLIT_WORK = 1 << 25
-PASS_SPLIT_WORK = 1 << 19  # elements of a pooling, activation or mask pass from which it runs in blocks
+# Elements of a pooling, activation or mask pass from which it runs in blocks. Inside a training step a
+# pass runs ~2x slower than alone (its operands come from other cores' caches or memory): the char GPT's
+# GELU backward (768 x 512) took 890 us there against 383 us in a loop, so the split pays from fewer
+# elements than a loop says. 2^17 against 2^19 (before), alternating processes, median ms/step: char GPT
+# 37.2-35.3 vs 39.2-40.0, CNN train 14.3-14.8 vs 14.3-16.2, CNN predict 20.4-21.2 vs 21.9-22.5, ResNet
+# 47.0-48.3 vs 48.8-50.2, MLP and MoE even (no pass that large).
+PASS_SPLIT_WORK = 1 << 17
 DRAW_CHUNK = 1 << 18  # uniforms drawn at a time for a dropout mask (a 1 MiB float32 temporary)
 # A stride-1 convolution with one group whose dx is not wanted (a first layer) takes its weight gradient
 # direct (conv_kernels.direct_conv2d_backward) with at most this many input channels and C*kh*kw inputs
