@@ -254,6 +254,56 @@ def _(ops, a):
     return p, pc, ds, in_place, ds_in_place
 
 
+ATT_B, ATT_H, ATT_HD = 2, 3, 20  # with T = 40 and Tq = 13: partial row tiles, several panels (NR 16 here)
+
+
+def _heads(ops, rows, t, parts):
+    """The attention layer's views: (B*T, parts*H*hd) rows as ``parts`` (B, H, T, hd) strided views."""
+    split = rows.reshape(ATT_B, t, parts, ATT_H, ATT_HD)
+    return [ops.swapaxes(split[:, :, i], 1, 2) for i in range(parts)]
+
+
+def _attention_inputs(r):
+    b, h, hd = ATT_B, ATT_H, ATT_HD
+    return {"qkv": randn(r, b * 40, 3 * h * hd), "q": randn(r, b * 13, h * hd),
+            "kv": randn(r, b * 40, 2 * h * hd), "do": randn(r, b * 40, h * hd),
+            "do_cross": randn(r, b * 13, h * hd),
+            "mask": r.random((b, h, 40, 40)) < 0.7, "mask_cross": r.random((b, h, 13, 40)) < 0.7}
+
+
+@case("attention attention_backward", _attention_inputs)
+def _(ops, a):
+    """Self-attention (T 40: causal and not, with and without dropout) and cross-attention (Tq 13, Tk 40) on
+    the layer's strided head views; the gradients written into views of one (rows, 3 dim) buffer."""
+    scratch, results = scratch_of(ops), []
+    own = _heads(ops, a["qkv"], 40, 3)
+    cross = [*_heads(ops, a["q"], 13, 1), *_heads(ops, a["kv"], 40, 2)]
+    for (q, k, v), causal, mask, do in ((own, True, None, a["do"]), (own, True, a["mask"], a["do"]),
+                                        (own, False, None, a["do"]),
+                                        (cross, False, a["mask_cross"], a["do_cross"])):
+        tq, tk = q.shape[2], k.shape[2]
+        probs = ops.empty((ATT_B, ATT_H, tq, tk), "float64")
+        out = ops.zeros((ATT_B * tq, ATT_H * ATT_HD), "float64")
+        ops.attention(q, k, v, probs, _heads(ops, out, tq, 1)[0], causal, 0.3, mask, 1 / 0.7, scratch)
+        dq_rows = ops.zeros((ATT_B * tq, ATT_H * ATT_HD), "float64")
+        dkv_rows = ops.zeros((ATT_B * tk, 2 * ATT_H * ATT_HD), "float64")
+        dq, (dk, dv) = _heads(ops, dq_rows, tq, 1)[0], _heads(ops, dkv_rows, tk, 2)
+        ops.attention_backward(_heads(ops, do, tq, 1)[0], probs, q, k, v, dq, dk, dv, causal, 0.3, mask,
+                               1 / 0.7, scratch)
+        results += [probs, out, dq_rows, dkv_rows]
+    return tuple(results)
+
+
+def test_fused_attention_ignores_what_its_scratch_held():
+    """The NumPy backend's causal products leave the scores' tiles above the diagonal unwritten: whatever
+    its scratch held there before (NaN here, read first by the causal cases) must not reach the gradients."""
+    ops = NumpyOps()
+    for name, shape in (("attention.weights", (40, 40)), ("attention.keys", (3, ATT_HD, 16)),
+                        ("attention.rows", (2, 40, 16))):
+        ops.temporary(name, shape, "float64").fill(np.nan)
+    check(*CASES["attention attention_backward"], backends={"numpy": ops})
+
+
 # ----------------------------------------------------------------- recurrent cells
 @case("lstm_cell lstm_cell_backward",
       lambda r: {k: randn(r, *s) for k, s in

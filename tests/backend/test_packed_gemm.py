@@ -62,6 +62,42 @@ def test_pack_zero_pads_the_last_panel():
 
 
 @numba.njit
+def _gemm_triangle(a, packed, c, triangle):
+    packed_gemm.gemm(a, packed, c, False, triangle)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("t, k", [(64, 32), (13, 7), (40, 64), (1, 3)])
+def test_gemm_triangles_skip_only_what_a_causal_mask_zeroes(dtype, t, k):
+    """SKIP_UPPER: c = a @ b on and below the diagonal, whole tiles above it untouched (7.0) and some written;
+    A_LOWER / A_UPPER: a zero above / below its diagonal gives the full product while reading only the
+    triangle and the rest of each tile's rows (beyond that a is NaN, which a read would spread)."""
+    rng = np.random.default_rng(t * 100 + k)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    a, b = rng.standard_normal((t, k)).astype(dtype), rng.standard_normal((k, t)).astype(dtype)
+    c = np.full((t, t), 7.0, dtype)
+    _gemm_triangle(a, _packed(b), c, packed_gemm.SKIP_UPPER)
+    lower = np.tril(np.ones((t, t), bool))
+    np.testing.assert_allclose(c[lower], (a.astype(np.float64) @ b)[lower], **tol)
+    nr, mr = packed_gemm.panel_width(dtype), packed_gemm.MR
+    for i in range(t):
+        for j in range(t):  # a tile (rows of i's tile of MR, columns of j's panel) wholly above the diagonal
+            assert (c[i, j] == 7.0) == (i // mr * mr + mr - 1 < j // nr * nr), (i, j)
+
+    square, v = rng.standard_normal((t, t)).astype(dtype), rng.standard_normal((t, k)).astype(dtype)
+    rows, cols = np.indices((t, t))
+    first = rows // mr * mr  # the first row of each row's tile
+    for triangle, keep, unread in ((packed_gemm.A_LOWER, np.tril, cols >= first + mr),
+                                   (packed_gemm.A_UPPER, np.triu, cols < first)):
+        zeroed = keep(square)
+        read = np.where(unread, np.nan, zeroed).astype(dtype)
+        for a in (read, np.ascontiguousarray(read.T).T):  # row-major and a transposed view
+            c = np.full((t, k), 7.0, dtype)
+            _gemm_triangle(a, _packed(v), c, triangle)
+            np.testing.assert_allclose(c, zeroed.astype(np.float64) @ v, **tol)
+
+
+@numba.njit
 def _gemm_indexed(a, b, index, c):
     packed_gemm.gemm_indexed(a, b, index, c)
 

@@ -247,34 +247,38 @@ def _softmax_rows(z, out, log, scale, causal_t):
 
 
 @jit
-def softmax_rows_backward(dy, y, out, log, scale):
+def softmax_rows_backward(dy, y, out, log, scale, causal_t=0):
     """d/dz of softmax(scale z): scale y (dy - sum(dy y)); of log_softmax: scale (dy - exp(y) sum(dy)).
 
-    out may be dy.
+    out may be dy. With ``causal_t`` > 0 (softmax_rows's masked rows) row r reads columns 0..r % causal_t
+    only (dy may hold anything past them) and writes 0 past them.
     """
     if dy.ctypes.data == out.ctypes.data:
-        _softmax_rows_backward(out, y, out, log, scale)
+        _softmax_rows_backward(out, y, out, log, scale, causal_t)
     else:
-        _softmax_rows_backward(dy, y, out, log, scale)
+        _softmax_rows_backward(dy, y, out, log, scale, causal_t)
 
 
 @jit_inline
-def _softmax_rows_backward(dy, y, out, log, scale):
+def _softmax_rows_backward(dy, y, out, log, scale, causal_t):
     rows, cols = dy.shape
     dt = dy.dtype.type
     scale = dt(scale)
     for r in range(rows):
+        seen = r % causal_t + 1 if causal_t > 0 else cols
         s = dt(0.0)
         if log:
-            for c in range(cols):
+            for c in range(seen):
                 s += dy[r, c]
-            for c in range(cols):
+            for c in range(seen):
                 out[r, c] = scale * (dy[r, c] - fm.exp(y[r, c]) * s)
         else:
-            for c in range(cols):
+            for c in range(seen):
                 s += dy[r, c] * y[r, c]
-            for c in range(cols):
+            for c in range(seen):
                 out[r, c] = scale * y[r, c] * (dy[r, c] - s)
+        for c in range(seen, cols):
+            out[r, c] = 0.0
 
 
 # ----------------------------------------------------------------- routing kernels (mixture of experts)

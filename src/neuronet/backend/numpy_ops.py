@@ -8,7 +8,16 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from . import blas_threads, conv_kernels, kernels, optim_kernels, packed_gemm, rnn_kernels, row_threads
+from . import (
+    attention_kernels,
+    blas_threads,
+    conv_kernels,
+    kernels,
+    optim_kernels,
+    packed_gemm,
+    rnn_kernels,
+    row_threads,
+)
 from .conv_geometry import ConvGeometry
 from .ops import DEFAULT_ALPHA, Ops
 
@@ -537,6 +546,29 @@ class NumpyOps(Ops):
         kernels.softmax_rows_backward(_rows(dprobs), _rows(probs), _rows(out), False, scale)
         return out
 
+    # The fused kernels (attention_kernels) for float32/float64 heads whose rows are unit-stride (the
+    # layer's views of its projections); anything else takes the generic products.
+    def attention(self, q, k, v, probs, out, causal, scale, mask, keep_scale, scratch):
+        if not _fused_heads(q, k, v, probs, out):
+            return super().attention(q, k, v, probs, out, causal, scale, mask, keep_scale, scratch)
+        (tq, hd), tk, dtype = q.shape[2:], k.shape[2], q.dtype
+        attention_kernels.attention_forward(
+            q, k, v, probs, out, causal, scale, _EMPTY_MASK if mask is None else mask, keep_scale,
+            self.temporary("attention.keys", packed_gemm.packed_shape((hd, tk), dtype), dtype),
+            self.temporary("attention.rows", packed_gemm.packed_shape((tk, hd), dtype), dtype),
+            self.temporary("attention.weights", (tq, tk) if mask is not None else (0, 0), dtype))
+
+    def attention_backward(self, do, probs, q, k, v, dq, dk, dv, causal, scale, mask, keep_scale, scratch):
+        if not _fused_heads(q, k, v, probs, do, dq, dk, dv):
+            return super().attention_backward(do, probs, q, k, v, dq, dk, dv, causal, scale, mask, keep_scale,
+                                              scratch)
+        (tq, hd), tk, dtype = q.shape[2:], k.shape[2], q.dtype
+        attention_kernels.attention_backward(
+            do, probs, q, k, v, dq, dk, dv, causal, scale, _EMPTY_MASK if mask is None else mask, keep_scale,
+            self.temporary("attention.keys", packed_gemm.packed_shape((hd, tk), dtype), dtype),
+            self.temporary("attention.rows", packed_gemm.packed_shape((max(tq, tk), hd), dtype), dtype),
+            self.temporary("attention.weights", (tq, tk), dtype))
+
     # ----------------------------------------------------------------- optimizer updates (Numba, one pass)
     update_scratch = 0
 
@@ -589,6 +621,16 @@ _EMPTY = {np.dtype(d): np.zeros(0, d) for d in ("float32", "float64")}
 # the implicit convolution's backward is not asked for or does not need, no ReLU output (BatchNorm).
 _EMPTY_2D, _EMPTY_3D, _EMPTY_4D = ({np.dtype(d): np.zeros((0,) + (1,) * (ndim - 1), d)
                                     for d in ("float32", "float64")} for ndim in (2, 3, 4))
+_EMPTY_MASK = np.zeros((0, 1, 1, 1), bool)  # attention without dropout
+
+
+def _fused_heads(*heads: np.ndarray) -> bool:
+    """Whether attention_kernels takes these (B, H, T, hd) head stacks: one float dtype, rows unit-stride."""
+    dtype = heads[0].dtype
+    return dtype in _EMPTY and all(h.ndim == 4 and h.dtype == dtype and h.strides[3] == dtype.itemsize
+                                   for h in heads)
+
+
 _NO_PIXELS = np.zeros(0, np.int64)  # a convolution's products with the channels as rows (conv_kernels)
 _NO_PIXELS.flags.writeable = False  # read-only as the tables are: one compiled kernel serves both
 

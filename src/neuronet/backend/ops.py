@@ -548,6 +548,33 @@ class Ops:
         out[...] = scale * p * (d - (d * p).sum(axis=-1, keepdims=True))
         return out
 
+    def attention(self, q, k, v, probs, out, causal: bool, scale: float, mask, keep_scale: float,
+                  scratch: Scratch) -> None:
+        """Scaled dot-product attention of head stacks q (B, H, Tq, hd), k and v (B, H, Tk, hd):
+        probs (B, H, Tq, Tk) = attention_softmax(q k^T, causal, scale), saved for backward, and out (B, H,
+        Tq, hd) = W v with W = probs, or with dropout (``mask`` (B, H, Tq, Tk) bool, else None) probs *
+        mask * keep_scale. ``scratch(name, shape)``: buffers that live within the call."""
+        self.matmul(q, self.swapaxes(k, -1, -2), out=probs)
+        self.attention_softmax(probs, probs, causal, scale)
+        weights = probs if mask is None else \
+            self.apply_mask(probs, mask, keep_scale, scratch("attention.weights", tuple(probs.shape)))
+        self.matmul(weights, v, out=out)
+
+    def attention_backward(self, do, probs, q, k, v, dq, dk, dv, causal: bool, scale: float, mask,
+                           keep_scale: float, scratch: Scratch) -> None:
+        """dq, dk, dv (written, shaped as q, k, v) of ``attention`` from dL/dout ``do`` and its saved
+        probs: dv = W^T do, dW = do v^T (* mask * keep_scale), dS = attention_softmax_backward(dW, probs),
+        dq = dS k, dk = dS^T q."""
+        grad = scratch("attention.grad", tuple(probs.shape))  # W, then dW and dS
+        weights = probs if mask is None else self.apply_mask(probs, mask, keep_scale, grad)
+        self.matmul(self.swapaxes(weights, -1, -2), do, out=dv)
+        self.matmul(do, self.swapaxes(v, -1, -2), out=grad)
+        if mask is not None:
+            self.apply_mask(grad, mask, keep_scale, grad)
+        self.attention_softmax_backward(grad, probs, grad, scale)
+        self.matmul(grad, k, out=dq)
+        self.matmul(self.swapaxes(grad, -1, -2), q, out=dk)
+
     # ----------------------------------------------------------------- recurrent cells (LSTM, GRU), one step
     def row_blocks(self, n: int, min_rows: int | None = None) -> tuple[slice, ...]:
         """The row ranges of an n-row batch that ``run_blocks`` may run at once, each of at least

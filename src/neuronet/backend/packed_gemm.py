@@ -29,6 +29,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, register_jitable
 
+SKIP_UPPER, A_LOWER, A_UPPER = 1, 2, 3  # ``gemm(..., triangle)``: what a causal mask makes zero (0: none)
 MR = 6  # rows of a tile: 12 accumulators + 2 panel vectors + 1 broadcast of the 32 vector registers
 _VECTOR_BYTES = 64  # one AVX-512 register; LLVM splits it where the machine has narrower ones
 PANEL_BYTES = 2 * _VECTOR_BYTES
@@ -187,16 +188,19 @@ def _alignment(real) -> int:
 
 def _product_of(indexed: bool, rows_indexed: bool, vectors: int, name: str, cols_indexed: bool = False):
     """The GEMM loop over panels of ``vectors`` vectors and tiles of MR rows, its tiles made by
-    ``_make_tile``: ``product(a, a_row, a_col, m, k_size, b, panel_bytes, index, c, accumulate)``,
+    ``_make_tile``: ``product(a, a_row, a_col, m, k_size, b, panel_bytes, index, c, accumulate, triangle)``,
     c (+)= A @ B, panel p of B at address b + p * panel_bytes, its rows NR apart or with ``indexed`` where
     the int64 table at address ``index`` says; A (m, k_size) at address a with strides a_row, a_col
     (elements), or with ``rows_indexed`` row r at a + the int64 table at address a_row says (and with
-    ``cols_indexed`` column k the int64 table at address a_col past that)."""
+    ``cols_indexed`` column k the int64 table at address a_col past that). ``triangle`` (plain A and B
+    only) skips work a causal mask makes zero: ``SKIP_UPPER`` leaves the tiles of c above its diagonal
+    unwritten, ``A_LOWER`` and ``A_UPPER`` read only the columns of A on and below, or on and above, each
+    tile's rows (A is zero elsewhere)."""
     t1, t2, t3, t4, t5, t6 = (_make_tile(r, indexed, rows_indexed, vectors, cols_indexed)
                               for r in range(1, MR + 1))
     nr_bytes = vectors * _VECTOR_BYTES
 
-    def product(a, a_row, a_col, m, k_size, b, panel_bytes, index, c, accumulate):
+    def product(a, a_row, a_col, m, k_size, b, panel_bytes, index, c, accumulate, triangle):
         n = c.shape[1]
         size = c.itemsize
         ldc = c.strides[0] // size
@@ -206,14 +210,18 @@ def _product_of(indexed: bool, rows_indexed: bool, vectors: int, name: str, cols
         for p in range((n + nr - 1) // nr):
             n_cols = np.int64(min(nr, n - p * nr))
             panel, out = np.int64(b + p * panel_bytes), c.ctypes.data + p * nr * size
-            for r0 in range(0, m, MR):
+            first = (p * nr) // MR * MR if triangle == SKIP_UPPER else 0  # the tile holding row p * nr
+            for r0 in range(first, m, MR):
                 rows = min(MR, m - r0)
+                k_lo = min(r0, k_size) if triangle == A_UPPER else 0
+                k_hi = min(r0 + rows, k_size) if triangle == A_LOWER else k_size
                 if rows_indexed:
                     a_at, a_rows = np.int64(a), np.int64(a_row + r0 * 8)
                 else:
-                    a_at, a_rows = np.int64(a + r0 * a_row * size), np.int64(a_row)
-                args = (zero, a_at, a_rows, np.int64(a_col), panel, np.int64(index),
-                        np.int64(out + r0 * ldc * size), np.int64(ldc), np.int64(k_size), n_cols, flag)
+                    a_at, a_rows = np.int64(a + (r0 * a_row + k_lo * a_col) * size), np.int64(a_row)
+                args = (zero, a_at, a_rows, np.int64(a_col), np.int64(panel + k_lo * nr * size),
+                        np.int64(index), np.int64(out + r0 * ldc * size), np.int64(ldc),
+                        np.int64(k_hi - k_lo), n_cols, flag)
                 if rows == 6:
                     t6(*args)
                 elif rows == 5:
@@ -242,12 +250,15 @@ _product_gather = _product_of(False, True, 2, "product_gather", cols_indexed=Tru
 
 
 @register_jitable
-def gemm(a, packed, c, accumulate):
+def gemm(a, packed, c, accumulate, triangle=0):
     """c = a @ b, or c += a @ b with ``accumulate``, for a (M, K), b (K, N) packed by ``pack``, c (M, N) with
-    unit-stride rows; one dtype (float32 or float64). The caller checks the shapes."""
+    unit-stride rows; one dtype (float32 or float64). The caller checks the shapes. ``triangle`` (for
+    square causal attention): ``SKIP_UPPER`` computes c on and below its diagonal at least (the tiles wholly
+    above it are left as they were), ``A_LOWER`` or ``A_UPPER`` says a is zero above, or below, its
+    diagonal, and reads it only where it is not."""
     size = c.itemsize
     _product(a.ctypes.data, a.strides[0] // size, a.strides[1] // size, a.shape[0], a.shape[1],
-             packed.ctypes.data, packed.strides[0], 0, c, accumulate)
+             packed.ctypes.data, packed.strides[0], 0, c, accumulate, triangle)
 
 
 @register_jitable
@@ -257,7 +268,7 @@ def gemm_indexed(a, b, index, c):
     values from each row start, so b must hold NR - 1 elements past the last row's end."""
     size = c.itemsize
     _product_indexed(a.ctypes.data, a.strides[0] // size, a.strides[1] // size, a.shape[0], a.shape[1],
-                     b.ctypes.data, PANEL_BYTES, index.ctypes.data, c, False)
+                     b.ctypes.data, PANEL_BYTES, index.ctypes.data, c, False, 0)
 
 
 @register_jitable
@@ -267,10 +278,10 @@ def gemm_rows(a, index, k_size, packed, c, accumulate):
     operand read in place (a convolution's weight gradient: the shifted planes times dy^T)."""
     if packed.shape[2] * packed.itemsize == _VECTOR_BYTES:
         _product_rows_narrow(a.ctypes.data, index.ctypes.data, 1, index.shape[0], k_size,
-                             packed.ctypes.data, packed.strides[0], 0, c, accumulate)
+                             packed.ctypes.data, packed.strides[0], 0, c, accumulate, 0)
     else:
         _product_rows(a.ctypes.data, index.ctypes.data, 1, index.shape[0], k_size,
-                      packed.ctypes.data, packed.strides[0], 0, c, accumulate)
+                      packed.ctypes.data, packed.strides[0], 0, c, accumulate, 0)
 
 
 @register_jitable
@@ -280,4 +291,4 @@ def gemm_gather(a, rows, cols, packed, c):
     (a convolution's columns transposed, each row one output pixel), for a small image whose pixels fill
     panels badly and whose channels fill them well."""
     _product_gather(a.ctypes.data, rows.ctypes.data, cols.ctypes.data, rows.shape[0], cols.shape[0],
-                    packed.ctypes.data, packed.strides[0], 0, c, False)
+                    packed.ctypes.data, packed.strides[0], 0, c, False, 0)

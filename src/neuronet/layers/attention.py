@@ -146,17 +146,12 @@ class MultiHeadAttention(Layer):
         mask = self.workspace("mask", probs.shape, bool) if self._drop else None
         if mask is not None:  # drawn whole, before the blocks: the same masks for any split
             ops.dropout_mask(1.0 - self.dropout, nnrandom.generator(), mask, self.dtype)
-        weights = self.temporary("dp", tuple(probs.shape)) if self._drop else probs
-        keep_scale = 1.0 / (1.0 - self.dropout) if self._drop else 1.0
         ctx = self.workspace("ctx", (n * t, d))
-        ctx_heads, scale = self._heads(ctx, 1)[0], 1.0 / math.sqrt(self.head_dim)
+        ctx_heads = self._heads(ctx, 1)[0]
 
         def block(rows):
-            ops.matmul(q[rows], ops.swapaxes(k[rows], -1, -2), out=probs[rows])
-            ops.attention_softmax(probs[rows], probs[rows], self.causal, scale)
-            if mask is not None:
-                ops.apply_mask(probs[rows], mask[rows], keep_scale, weights[rows])
-            ops.matmul(weights[rows], v[rows], out=ctx_heads[rows])
+            ops.attention(q[rows], k[rows], v[rows], probs[rows], ctx_heads[rows], self.causal, self._scale(),
+                          None if mask is None else mask[rows], self._keep_scale(), self.temporary)
         self._in_sample_blocks(block)
         self._q, self._k, self._v, self._probs = q, k, v, probs
         return ctx
@@ -167,6 +162,12 @@ class MultiHeadAttention(Layer):
         n, t, _ = self._shape
         per_sample = self.num_heads * t * self._kv_len() * self.head_dim
         self.in_row_blocks(n, block, min_rows=-(-BLOCK_WORK // per_sample))
+
+    def _scale(self) -> float:
+        return 1.0 / math.sqrt(self.head_dim)
+
+    def _keep_scale(self) -> float:
+        return 1.0 / (1.0 - self.dropout)
 
     def _kv_len(self) -> int:
         return self._tk if self.cross else self._shape[1]
@@ -224,26 +225,17 @@ class MultiHeadAttention(Layer):
     def _attend_backward(self, do, dq, dk, dv) -> None:
         """From dL/d(attention output heads) to dL/dq, dL/dk, dL/dv (head views, written in place), in
         the same sample blocks as the forward."""
-        ops, scale = self.ops, 1.0 / math.sqrt(self.head_dim)
+        ops = self.ops
         probs, q, k, v = self._probs, self._q, self._k, self._v
-        dp = self.temporary("dp", tuple(probs.shape))  # the dropped-out weights (made again), then dL/dP
         mask = self.workspace("mask", tuple(probs.shape), bool) if self._drop else None
-        keep_scale = 1.0 / (1.0 - self.dropout)
         # with rope, the gradients of the rotated q, k first, then rotated back into dqkv
         gq, gk = (self.workspace(name, tuple(dq.shape)) for name in ("dq_rot", "dk_rot")) if self.rope \
             else (dq, dk)
 
         def block(rows):
-            weights = probs[rows]
-            if mask is not None:
-                weights = ops.apply_mask(probs[rows], mask[rows], keep_scale, dp[rows])
-            ops.matmul(ops.swapaxes(weights, -1, -2), do[rows], out=dv[rows])
-            ops.matmul(do[rows], ops.swapaxes(v[rows], -1, -2), out=dp[rows])
-            if mask is not None:
-                ops.apply_mask(dp[rows], mask[rows], keep_scale, dp[rows])
-            ops.attention_softmax_backward(dp[rows], probs[rows], dp[rows], scale)  # dL/d(q k^T)
-            ops.matmul(dp[rows], k[rows], out=gq[rows])
-            ops.matmul(ops.swapaxes(dp[rows], -1, -2), q[rows], out=gk[rows])
+            ops.attention_backward(do[rows], probs[rows], q[rows], k[rows], v[rows], gq[rows], gk[rows],
+                                   dv[rows], self.causal, self._scale(), None if mask is None else mask[rows],
+                                   self._keep_scale(), self.temporary)
         self._in_sample_blocks(block)
         if self.rope:
             # the transpose of a rotation is the rotation by -angle
