@@ -154,6 +154,33 @@ def test_gguf_rejects_a_transposed_weight(tmp_path):
         nn.load_gguf(tmp_path / "t.gguf")
 
 
+@pytest.mark.parametrize("field", ["int32 array", "string", "tensor count", "dimensions"])
+def test_gguf_counts_past_the_file_end_are_refused_before_parsing(tmp_path, peak_bytes, field):
+    """A count flipped by 2^40: an NnetFormatError naming the claim, within a few MiB. The int32 array is
+    the loader fuzz test's case: export_gguf's input_shape with its count's fifth byte changed and the
+    bytes after it a whole number of int32s made gguf 0.19's reader build an object per claimed element
+    (24 GB, then the OOM killer)."""
+    pytest.importorskip("gguf")
+    model = nn.Sequential(nn.Dense(3, 4))
+    model.build((3,))
+    path = tmp_path / "m.gguf"
+    nn.export_gguf(model, path)
+    data = bytearray(path.read_bytes())
+    key = data.index(b"neuronet.input_shape") + len("neuronet.input_shape")  # then ARRAY, INT32, count
+    count = {"int32 array": key + 8, "string": data.index(b"general.architecture") + 20 + 4,
+             "tensor count": 8}
+    if field == "dimensions":  # the first tensor info: name length, name "0.weight", dimension count
+        at = data.index(b"0.weight", key) + len("0.weight")
+        data[at:at + 4] = struct.pack("<I", 1 << 30)
+    else:
+        data[count[field] + 5] ^= 1
+    data += bytes(-(len(data) - key - 16) % 4)  # the array's claimed data: whole int32s to the end
+    path.write_bytes(bytes(data))
+    err, peak = peak_bytes(lambda: nn.load_gguf(path))
+    assert isinstance(err, NnetFormatError) and "not a readable GGUF file" in str(err), err
+    assert peak < 4 * MiB
+
+
 # ------------------------------------------------------------------------------------- IDX, CIFAR, CSV
 def test_idx_gzip_bomb_stops_at_the_declared_size(tmp_path, peak_bytes):
     path = tmp_path / "bomb-idx1-ubyte.gz"

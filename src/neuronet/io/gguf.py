@@ -26,6 +26,7 @@ from .._atomic import atomic_path
 from .._optional import require
 from ..core.layer import Layer
 from ..errors import NnetFormatError
+from ._gguf_check import check_gguf_layout
 from ._nnet_meta import check_keys
 from .nnet import _REBUILD_ERRORS, build_layer, describe, parse_input_shape
 
@@ -180,6 +181,7 @@ def load_gguf(path: str | Path) -> Layer:
 def _open(gguf: Any, path: str | Path) -> Any:
     if not Path(path).is_file():
         raise FileNotFoundError(f"load_gguf: no such file {str(path)!r}")
+    check_gguf_layout(path, f"load_gguf: {str(path)!r}")  # no count the file cannot hold reaches the parser
     try:
         return gguf.GGUFReader(path)
     except _PARSE_ERRORS as err:
