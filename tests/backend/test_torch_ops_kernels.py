@@ -155,3 +155,38 @@ def test_recurrent_layers_on_one_torch_thread_run_the_numpy_loops(kind, monkeypa
     for a, b in zip(*results, strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
     assert calls.count(f"{kind.lower()}_steps") == 4 and calls.count(f"{kind.lower()}_steps_backward") == 4
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_attention_on_one_torch_thread_runs_the_fused_kernel(threads, monkeypatch):
+    """With torch on one thread a causal transformer block with attention dropout runs attention's core in
+    the NumPy backend's fused kernel on the tensors' memory (with more, in torch's products): the NumPy
+    backend's values and gradients either way."""
+    import neuronet as nn
+
+    calls = []
+    for name in ("attention", "attention_backward"):
+        original = getattr(torch_ops_module._CPU, name)
+        monkeypatch.setattr(torch_ops_module._CPU, name,
+                            lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, 40, 8)).astype(np.float32)
+    dy = rng.standard_normal((3, 40, 8)).astype(np.float32)
+    results = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for backend in ("numpy", "torch"):
+            nn.manual_seed(0)
+            model = nn.Sequential(nn.TransformerBlock(8, 2, 16, causal=True, dropout=0.1)).to(backend)
+            model.build((40, 8))
+            ops = model.ops
+            y = ops.to_numpy(model.forward(ops.asarray(x)))
+            model.zero_grad()
+            dx = ops.to_numpy(model.backward(ops.asarray(dy)))
+            results.append((np.array(y), np.array(dx), np.array(ops.to_numpy(model.flat_grads))))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    assert calls == (["attention", "attention_backward"] if threads == 1 else [])

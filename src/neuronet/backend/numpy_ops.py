@@ -549,7 +549,7 @@ class NumpyOps(Ops):
     # The fused kernels (attention_kernels) for float32/float64 heads whose rows are unit-stride (the
     # layer's views of its projections); anything else takes the generic products.
     def attention(self, q, k, v, probs, out, causal, scale, mask, keep_scale, scratch):
-        if not _fused_heads(q, k, v, probs, out):
+        if not fused_heads(q, k, v, probs, out):
             return super().attention(q, k, v, probs, out, causal, scale, mask, keep_scale, scratch)
         (tq, hd), tk, dtype = q.shape[2:], k.shape[2], q.dtype
         attention_kernels.attention_forward(
@@ -559,7 +559,7 @@ class NumpyOps(Ops):
             self.temporary("attention.weights", (tq, tk) if mask is not None else (0, 0), dtype))
 
     def attention_backward(self, do, probs, q, k, v, dq, dk, dv, causal, scale, mask, keep_scale, scratch):
-        if not _fused_heads(q, k, v, probs, do, dq, dk, dv):
+        if not fused_heads(q, k, v, probs, do, dq, dk, dv):
             return super().attention_backward(do, probs, q, k, v, dq, dk, dv, causal, scale, mask, keep_scale,
                                               scratch)
         (tq, hd), tk, dtype = q.shape[2:], k.shape[2], q.dtype
@@ -624,7 +624,7 @@ _EMPTY_2D, _EMPTY_3D, _EMPTY_4D = ({np.dtype(d): np.zeros((0,) + (1,) * (ndim - 
 _EMPTY_MASK = np.zeros((0, 1, 1, 1), bool)  # attention without dropout
 
 
-def _fused_heads(*heads: np.ndarray) -> bool:
+def fused_heads(*heads: np.ndarray) -> bool:
     """Whether attention_kernels takes these (B, H, T, hd) head stacks: one float dtype, rows unit-stride."""
     dtype = heads[0].dtype
     return dtype in _EMPTY and all(h.ndim == 4 and h.dtype == dtype and h.strides[3] == dtype.itemsize

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from . import blas_threads, malloc_tuning
-from .numpy_ops import NumpyOps
+from .numpy_ops import NumpyOps, fused_heads
 from .ops import DEFAULT_ALPHA, Ops
 
 
@@ -406,6 +406,22 @@ class TorchOps(Ops):
         out *= scale
         return out
 
+    # Attention's core on CPU tensors while torch runs one thread: the NumPy backend's fused kernel on the
+    # tensors' memory (a GEMM per head with the causal zeros skipped, no (N, H, T, T) temporary). With more
+    # threads torch's own batched products use them; the kernel runs a block of samples on one core.
+    def attention(self, q, k, v, probs, out, causal, scale, mask, keep_scale, scratch):
+        if _host_attention(q, k, v, probs, out):
+            _CPU.attention(*_host(q, k, v, probs, out), causal, scale, _host_or_none(mask), keep_scale, None)
+            return
+        super().attention(q, k, v, probs, out, causal, scale, mask, keep_scale, scratch)
+
+    def attention_backward(self, do, probs, q, k, v, dq, dk, dv, causal, scale, mask, keep_scale, scratch):
+        if _host_attention(q, k, v, probs, do, dq, dk, dv):
+            _CPU.attention_backward(*_host(do, probs, q, k, v, dq, dk, dv), causal, scale,
+                                    _host_or_none(mask), keep_scale, None)
+            return
+        super().attention_backward(do, probs, q, k, v, dq, dk, dv, causal, scale, mask, keep_scale, scratch)
+
     def _causal_mask(self, t: int, device):
         """(t, t) bool, True above the diagonal; made once per size and device."""
         cache = self.__dict__.setdefault("_mask_cache", {})
@@ -713,6 +729,13 @@ def _in_openblas(a, b, out, *more) -> bool:
     step 2x slower)."""
     return torch.get_num_threads() == 1 and out.numel() * a.shape[-1] >= OPENBLAS_MIN_WORK and \
         all(_numba_ok(t) for t in (a, b, out, *more))
+
+
+def _host_attention(*heads) -> bool:
+    """Whether attention's head stacks go to the NumPy backend's fused kernel: CPU float tensors, rows
+    unit-stride (``numpy_ops.fused_heads``), torch at one thread."""
+    return torch.get_num_threads() == 1 and all(_numba_ok(h) for h in heads) and \
+        fused_heads(*(h.numpy() for h in heads))
 
 
 def _on_cpu(x) -> bool:
