@@ -95,11 +95,7 @@ def test_products_on_one_torch_thread_go_to_openblas_and_agree(threads, min_work
     ops, rng = get_ops("torch"), np.random.default_rng(4)
     if min_work is not None:
         monkeypatch.setattr(torch_ops_module, "OPENBLAS_MIN_WORK", min_work)
-    calls = []
-    for name in ("matmul", "matmul_acc"):
-        original = getattr(torch_ops_module._CPU, name)
-        monkeypatch.setattr(torch_ops_module._CPU, name,
-                            lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+    calls = _spy_on_host_kernels(monkeypatch, ("matmul", "matmul_acc"))
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -121,30 +117,29 @@ def test_products_on_one_torch_thread_go_to_openblas_and_agree(threads, min_work
     assert calls == (["matmul", "matmul", "matmul_acc"] if threads == 1 and min_work == 0 else [])
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
-def test_recurrent_layers_on_one_torch_thread_run_the_numpy_loops(kind, monkeypatch):
-    """With torch on one thread the torch backend runs an LSTM/GRU's time loops in the NumPy backend's
-    kernels on the tensors' memory (W_hh packed), bidirectional and stacked: the NumPy backend's
-    values and gradients."""
-    import neuronet as nn
-
+def _spy_on_host_kernels(monkeypatch, names) -> list:
+    """The names of the NumPy-backend kernels (``torch_ops._CPU``) the torch backend calls, in order."""
     calls = []
-    for name in (f"{kind.lower()}_steps", f"{kind.lower()}_steps_backward"):
+    for name in names:
         original = getattr(torch_ops_module._CPU, name)
         monkeypatch.setattr(torch_ops_module._CPU, name,
                             lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal((4, 6, 3)).astype(np.float32)
-    dy = rng.standard_normal((4, 6, 10)).astype(np.float32)
+    return calls
+
+
+def _assert_backends_agree(make_layer, x, dy, threads: int) -> None:
+    """One forward and backward of ``make_layer()`` on the NumPy and the torch backend (same seed), torch
+    on ``threads`` threads: the same output, dL/dx and gradients."""
+    import neuronet as nn
+
     results = []
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     try:
         for backend in ("numpy", "torch"):
             nn.manual_seed(0)
-            layer = nn.Bidirectional(getattr(nn, kind)(3, 5, return_sequences=True, num_layers=2))
-            model = nn.Sequential(layer).to(backend)
-            model.build((6, 3))
+            model = nn.Sequential(make_layer(nn)).to(backend)
+            model.build(x.shape[1:])
             ops = model.ops
             y = ops.to_numpy(model.forward(ops.asarray(x)))
             model.zero_grad()
@@ -154,7 +149,21 @@ def test_recurrent_layers_on_one_torch_thread_run_the_numpy_loops(kind, monkeypa
         torch.set_num_threads(before)
     for a, b in zip(*results, strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
-    assert calls.count(f"{kind.lower()}_steps") == 4 and calls.count(f"{kind.lower()}_steps_backward") == 4
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_recurrent_layers_on_one_torch_thread_run_the_numpy_loops(kind, monkeypatch):
+    """With torch on one thread the torch backend runs an LSTM/GRU's time loops in the NumPy backend's
+    kernels on the tensors' memory (W_hh packed), bidirectional and stacked: the NumPy backend's
+    values and gradients."""
+    steps = f"{kind.lower()}_steps"
+    calls = _spy_on_host_kernels(monkeypatch, (steps, f"{steps}_backward"))
+    rng = np.random.default_rng(5)
+    _assert_backends_agree(
+        lambda nn: nn.Bidirectional(getattr(nn, kind)(3, 5, return_sequences=True, num_layers=2)),
+        rng.standard_normal((4, 6, 3)).astype(np.float32), rng.standard_normal((4, 6, 10)).astype(np.float32),
+        threads=1)
+    assert calls.count(steps) == 4 and calls.count(f"{steps}_backward") == 4
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -162,31 +171,9 @@ def test_attention_on_one_torch_thread_runs_the_fused_kernel(threads, monkeypatc
     """With torch on one thread a causal transformer block with attention dropout runs attention's core in
     the NumPy backend's fused kernel on the tensors' memory (with more, in torch's products): the NumPy
     backend's values and gradients either way."""
-    import neuronet as nn
-
-    calls = []
-    for name in ("attention", "attention_backward"):
-        original = getattr(torch_ops_module._CPU, name)
-        monkeypatch.setattr(torch_ops_module._CPU, name,
-                            lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+    calls = _spy_on_host_kernels(monkeypatch, ("attention", "attention_backward"))
     rng = np.random.default_rng(6)
-    x = rng.standard_normal((3, 40, 8)).astype(np.float32)
-    dy = rng.standard_normal((3, 40, 8)).astype(np.float32)
-    results = []
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for backend in ("numpy", "torch"):
-            nn.manual_seed(0)
-            model = nn.Sequential(nn.TransformerBlock(8, 2, 16, causal=True, dropout=0.1)).to(backend)
-            model.build((40, 8))
-            ops = model.ops
-            y = ops.to_numpy(model.forward(ops.asarray(x)))
-            model.zero_grad()
-            dx = ops.to_numpy(model.backward(ops.asarray(dy)))
-            results.append((np.array(y), np.array(dx), np.array(ops.to_numpy(model.flat_grads))))
-    finally:
-        torch.set_num_threads(before)
-    for a, b in zip(*results, strict=True):
-        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    _assert_backends_agree(lambda nn: nn.TransformerBlock(8, 2, 16, causal=True, dropout=0.1),
+                           rng.standard_normal((3, 40, 8)).astype(np.float32),
+                           rng.standard_normal((3, 40, 8)).astype(np.float32), threads)
     assert calls == (["attention", "attention_backward"] if threads == 1 else [])
