@@ -491,3 +491,31 @@ def test_torch_ops_path_matches_reference(name, monkeypatch):
     monkeypatch.setattr(torch_ops, "_numba_ok", lambda x: False)
     monkeypatch.setattr(torch_ops, "_on_cpu", lambda x: False)
     check(*CASES[name], backends={"torch ops": BACKENDS["torch"]})
+
+
+@pytest.fixture
+def torch_one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+ONE_THREAD_CASES = sorted(n for n in CASES if n.startswith(("activation ", "attention ")))
+
+
+@pytest.mark.parametrize("name", ONE_THREAD_CASES)
+def test_torch_ops_on_one_thread_match_reference(name, torch_one_thread, spy_host_kernels):
+    """With torch on one thread the torch backend runs activations (with their bias) and attention's core
+    through the NumPy backend's kernels on the tensors' memory."""
+    calls = spy_host_kernels(("activation", "attention", "attention_backward"))
+    check(*CASES[name], backends={"torch, one thread": BACKENDS["torch"]})
+    assert calls and set(calls) <= {"activation", "attention", "attention_backward"}
+
+
+@pytest.mark.parametrize("center, bias", [(True, True), (False, False)])
+def test_norm_rows_on_one_torch_thread(center, bias, torch_one_thread, spy_host_kernels):
+    """LayerNorm and RMSNorm the same way."""
+    calls = spy_host_kernels(("norm_rows", "norm_rows_backward"))
+    test_norm_rows(center, bias)
+    assert calls == ["norm_rows", "norm_rows_backward"]

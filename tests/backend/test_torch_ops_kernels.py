@@ -88,14 +88,15 @@ def test_bfloat16_takes_the_torch_ops_route():
 
 
 @pytest.mark.parametrize("threads, min_work", [(1, 0), (2, 0), (1, None)], ids=["one", "two", "one-small"])
-def test_products_on_one_torch_thread_go_to_openblas_and_agree(threads, min_work, monkeypatch):
+def test_products_on_one_torch_thread_go_to_openblas_and_agree(threads, min_work, monkeypatch,
+                                                                spy_host_kernels):
     """With torch on one thread the products run in NumPy's OpenBLAS on the tensors' memory (plain,
     transposed views, stacked heads; the weight gradient accumulated); with more, or below
     OPENBLAS_MIN_WORK multiply-adds (these are), in torch."""
     ops, rng = get_ops("torch"), np.random.default_rng(4)
     if min_work is not None:
         monkeypatch.setattr(torch_ops_module, "OPENBLAS_MIN_WORK", min_work)
-    calls = _spy_on_host_kernels(monkeypatch, ("matmul", "matmul_acc"))
+    calls = spy_host_kernels(("matmul", "matmul_acc"))
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -115,16 +116,6 @@ def test_products_on_one_torch_thread_go_to_openblas_and_agree(threads, min_work
     finally:
         torch.set_num_threads(before)
     assert calls == (["matmul", "matmul", "matmul_acc"] if threads == 1 and min_work == 0 else [])
-
-
-def _spy_on_host_kernels(monkeypatch, names) -> list:
-    """The names of the NumPy-backend kernels (``torch_ops._CPU``) the torch backend calls, in order."""
-    calls = []
-    for name in names:
-        original = getattr(torch_ops_module._CPU, name)
-        monkeypatch.setattr(torch_ops_module._CPU, name,
-                            lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
-    return calls
 
 
 def _assert_backends_agree(make_layer, x, dy, threads: int) -> None:
@@ -152,12 +143,12 @@ def _assert_backends_agree(make_layer, x, dy, threads: int) -> None:
 
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
-def test_recurrent_layers_on_one_torch_thread_run_the_numpy_loops(kind, monkeypatch):
+def test_recurrent_layers_on_one_torch_thread_run_the_numpy_loops(kind, spy_host_kernels):
     """With torch on one thread the torch backend runs an LSTM/GRU's time loops in the NumPy backend's
     kernels on the tensors' memory (W_hh packed), bidirectional and stacked: the NumPy backend's
     values and gradients."""
     steps = f"{kind.lower()}_steps"
-    calls = _spy_on_host_kernels(monkeypatch, (steps, f"{steps}_backward"))
+    calls = spy_host_kernels((steps, f"{steps}_backward"))
     rng = np.random.default_rng(5)
     _assert_backends_agree(
         lambda nn: nn.Bidirectional(getattr(nn, kind)(3, 5, return_sequences=True, num_layers=2)),
@@ -167,11 +158,11 @@ def test_recurrent_layers_on_one_torch_thread_run_the_numpy_loops(kind, monkeypa
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_attention_on_one_torch_thread_runs_the_fused_kernel(threads, monkeypatch):
+def test_attention_on_one_torch_thread_runs_the_fused_kernel(threads, spy_host_kernels):
     """With torch on one thread a causal transformer block with attention dropout runs attention's core in
     the NumPy backend's fused kernel on the tensors' memory (with more, in torch's products): the NumPy
     backend's values and gradients either way."""
-    calls = _spy_on_host_kernels(monkeypatch, ("attention", "attention_backward"))
+    calls = spy_host_kernels(("attention", "attention_backward"))
     rng = np.random.default_rng(6)
     _assert_backends_agree(lambda nn: nn.TransformerBlock(8, 2, 16, causal=True, dropout=0.1),
                            rng.standard_normal((3, 40, 8)).astype(np.float32),
