@@ -144,3 +144,21 @@ def test_bias_activations_in_row_blocks_match_one_block(name, monkeypatch):
     assert np.array_equal(z1, z3) and np.array_equal(y1, y3) and np.array_equal(dz1, dz3)
     np.testing.assert_allclose(db3, db1, rtol=1e-12)
     np.testing.assert_allclose(db1, 0.5 + dz1.sum(axis=0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("policy, spins", [("passive", False), ("PASSIVE ", False), ("active", True),
+                                           ("", True)])
+def test_omp_wait_policy_passive_turns_the_polling_off(policy, spins):
+    """Under OMP_WAIT_POLICY=passive (OpenMP's and PyTorch's switch) a worker does not poll between
+    regions; regions run as before."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import threading; from neuronet.backend import row_threads\n"
+            "meet = threading.Barrier(2, timeout=10)\n"
+            "for _ in range(3): row_threads.run([meet.wait, meet.wait])\n"
+            "print(row_threads.SPIN_NS > 0)")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_WAIT_POLICY": policy},
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.strip() == str(spins)

@@ -18,6 +18,7 @@ GPT 34.1-34.3 against 34.0-36.6 ms, LSTM 5.18-5.21 against 5.42-5.86, small ResN
 44.5-45.0, MNIST CNN 13.5-14.1 against 14.6-14.7; MoE and MLP even. A budget of 20,000 polls instead of
 wall-clock time spun for seconds when other processes held the cores (each ``sched_yield`` then gives
 up a time slice): the test suite, two processes on two cores, took 480 s against 180; with SPIN_NS, 113.
+Where the cores are shared with other work, ``OMP_WAIT_POLICY=passive`` turns the polling off.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from numba import types
 from . import blas_threads
 
 MIN_ROWS = 16  # rows per block below which the GEMM gains less than the hand-off costs
-SPIN_NS = 3_000_000  # how long a worker polls for its next task before it sleeps (wall clock)
+# How long a worker polls for its next task before it sleeps (wall clock); none under OMP_WAIT_POLICY=passive,
+# the setting that tells OpenMP's workers (PyTorch's among them) not to spin either.
+SPIN_NS = 0 if os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE" else 3_000_000
 MAX_WORKERS = 256  # a region of more tasks runs them in turn on the calling thread
 
 _busy = threading.Lock()
