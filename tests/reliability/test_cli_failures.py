@@ -2,6 +2,7 @@
 beside (never over) the last good checkpoint; a corrupt file on --resume is one line too."""
 
 import json
+import signal
 import struct
 
 import pytest
@@ -41,7 +42,9 @@ def test_late_error_is_one_line_and_keeps_the_model_without_clobbering(tmp_path,
     capsys.readouterr()
     good = (out / "model.nnet").read_bytes()
     config = _config(tmp_path, epochs=3, callbacks=[{"type": "EarlyStopping", "monitor": "val_loss"}])
+    handler = signal.getsignal(signal.SIGINT)
     code = main(["train", config, "-o", str(out), "-q", "--resume"])
+    assert signal.getsignal(signal.SIGINT) is handler  # Ctrl-C's handler put back after the failed fit
     line = _one_error_line(capsys)
     assert code != 0
     assert line.startswith("neuronet train: error: training failed after epoch 2: KeyError:")

@@ -35,13 +35,19 @@ class StopOnInterrupt(Callback):
 
     def __init__(self):
         self.interrupted = False
-        self._previous = None
+        self._previous: list = []  # the SIGINT handler from before training, while ours is installed
 
     def on_train_begin(self, logs=None):
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        self._previous[:] = [signal.signal(signal.SIGINT, self._handle)]
 
     def on_train_end(self, logs=None):
-        signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+        self.restore()
+
+    def restore(self) -> None:
+        """Put back the SIGINT handler from before training: at its end, and after a fit that failed (no
+        training end then; the handler of a finished run must not catch the next one's Ctrl-C)."""
+        if self._previous:
+            signal.signal(signal.SIGINT, self._previous.pop() or signal.default_int_handler)
 
     def _handle(self, signum, frame):
         if self.interrupted:
@@ -169,6 +175,8 @@ def run(
         )
     except Exception as err:  # a late failure: keep what was trained, then one line (main prints it)
         raise TrainingFailed(_late_error(err, model, model_path) if lead else str(err)) from err
+    finally:
+        stopper.restore()
     seconds = time.perf_counter() - start
     history = full_history(model)
     if lead:
