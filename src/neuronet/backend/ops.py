@@ -565,7 +565,7 @@ class Ops:
         """dq, dk, dv (written, shaped as q, k, v) of ``attention`` from dL/dout ``do`` and its saved
         probs: dv = W^T do, dW = do v^T (* mask * keep_scale), dS = attention_softmax_backward(dW, probs),
         dq = dS k, dk = dS^T q."""
-        grad = scratch("attention.grad", tuple(probs.shape))  # W, then dW and dS
+        grad = scratch("attention.weights", tuple(probs.shape))  # W, then dW and dS (forward's buffer)
         weights = probs if mask is None else self.apply_mask(probs, mask, keep_scale, grad)
         self.matmul(self.swapaxes(weights, -1, -2), do, out=dv)
         self.matmul(do, self.swapaxes(v, -1, -2), out=grad)
