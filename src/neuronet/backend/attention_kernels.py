@@ -37,13 +37,13 @@ def _dropped(probs, mask, keep_scale, out):
 
 
 @jit
-def attention_forward(q, k, v, probs, out, causal, scale, mask, keep_scale, keys_packed, values_packed,
+def attention_forward(q, k, v, probs, out, causal, scale, mask, keep_scale, keys_packed, rows_packed,
                       weights):
     """probs[b, h] = softmax(scale q k^T) and out[b, h] = W v for every (b, h) of q (B, H, Tq, hd), k, v
     (B, H, Tk, hd), probs (B, H, Tq, Tk), out (B, H, Tq, hd) (rows unit-stride). ``mask`` (B, H, Tq, Tk)
-    bool with ``dropout``, else an empty array; ``keys_packed`` (packed_shape((hd, Tk))), ``values_packed``
-    (packed_shape((Tk, hd))) and ``weights`` (Tq, Tk, only with dropout) are scratch."""
-    tq = q.shape[2]
+    bool with ``dropout``, else an empty array; ``keys_packed`` (packed_shape((hd, Tk))), ``rows_packed``
+    (packed_shape((K, hd)), K >= Tk) and ``weights`` (Tq, Tk, only with dropout) are scratch."""
+    tq, tk = q.shape[2], k.shape[2]
     dropout = mask.size > 0
     for b in range(q.shape[0]):
         for h in range(q.shape[1]):
@@ -55,8 +55,8 @@ def attention_forward(q, k, v, probs, out, causal, scale, mask, keep_scale, keys
             if dropout:
                 _dropped(p, mask[b, h], keep_scale, weights)
                 w = weights
-            pack(v[b, h], values_packed)
-            gemm(w, values_packed, out[b, h], False, A_LOWER if causal else 0)
+            pack(v[b, h], rows_packed[:, :tk])
+            gemm(w, rows_packed[:, :tk], out[b, h], False, A_LOWER if causal else 0)
 
 
 @jit

@@ -551,23 +551,25 @@ class NumpyOps(Ops):
     def attention(self, q, k, v, probs, out, causal, scale, mask, keep_scale, scratch):
         if not fused_heads(q, k, v, probs, out):
             return super().attention(q, k, v, probs, out, causal, scale, mask, keep_scale, scratch)
-        (tq, hd), tk, dtype = q.shape[2:], k.shape[2], q.dtype
-        attention_kernels.attention_forward(
-            q, k, v, probs, out, causal, scale, _EMPTY_MASK if mask is None else mask, keep_scale,
-            self.temporary("attention.keys", packed_gemm.packed_shape((hd, tk), dtype), dtype),
-            self.temporary("attention.rows", packed_gemm.packed_shape((tk, hd), dtype), dtype),
-            self.temporary("attention.weights", (tq, tk) if mask is not None else (0, 0), dtype))
+        attention_kernels.attention_forward(q, k, v, probs, out, causal, scale,
+                                            _EMPTY_MASK if mask is None else mask, keep_scale,
+                                            *self._attention_scratch(q, k, mask is not None))
 
     def attention_backward(self, do, probs, q, k, v, dq, dk, dv, causal, scale, mask, keep_scale, scratch):
         if not fused_heads(q, k, v, probs, do, dq, dk, dv):
             return super().attention_backward(do, probs, q, k, v, dq, dk, dv, causal, scale, mask, keep_scale,
                                               scratch)
+        attention_kernels.attention_backward(do, probs, q, k, v, dq, dk, dv, causal, scale,
+                                             _EMPTY_MASK if mask is None else mask, keep_scale,
+                                             *self._attention_scratch(q, k, True))
+
+    def _attention_scratch(self, q, k, weights: bool) -> tuple:
+        """This thread's scratch of attention_kernels: k^T packed, a packed (max(Tq, Tk), hd) operand, and a
+        (Tq, Tk) buffer where ``weights`` (dropout's weights in forward, dW in backward), else none."""
         (tq, hd), tk, dtype = q.shape[2:], k.shape[2], q.dtype
-        attention_kernels.attention_backward(
-            do, probs, q, k, v, dq, dk, dv, causal, scale, _EMPTY_MASK if mask is None else mask, keep_scale,
-            self.temporary("attention.keys", packed_gemm.packed_shape((hd, tk), dtype), dtype),
-            self.temporary("attention.rows", packed_gemm.packed_shape((max(tq, tk), hd), dtype), dtype),
-            self.temporary("attention.weights", (tq, tk), dtype))
+        return (self.temporary("attention.keys", packed_gemm.packed_shape((hd, tk), dtype), dtype),
+                self.temporary("attention.rows", packed_gemm.packed_shape((max(tq, tk), hd), dtype), dtype),
+                self.temporary("attention.weights", (tq, tk) if weights else (0, 0), dtype))
 
     # ----------------------------------------------------------------- optimizer updates (Numba, one pass)
     update_scratch = 0

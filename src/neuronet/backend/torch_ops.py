@@ -420,15 +420,16 @@ class TorchOps(Ops):
     # tensors' memory (a GEMM per head with the causal zeros skipped, no (N, H, T, T) temporary). With more
     # threads torch's own batched products use them; the kernel runs a block of samples on one core.
     def attention(self, q, k, v, probs, out, causal, scale, mask, keep_scale, scratch):
-        if _host_attention(q, k, v, probs, out):
-            _CPU.attention(*_host(q, k, v, probs, out), causal, scale, _host_or_none(mask), keep_scale, None)
+        host = _host_heads(q, k, v, probs, out)
+        if host is not None:
+            _CPU.attention(*host, causal, scale, _host_or_none(mask), keep_scale, None)
             return
         super().attention(q, k, v, probs, out, causal, scale, mask, keep_scale, scratch)
 
     def attention_backward(self, do, probs, q, k, v, dq, dk, dv, causal, scale, mask, keep_scale, scratch):
-        if _host_attention(q, k, v, probs, do, dq, dk, dv):
-            _CPU.attention_backward(*_host(do, probs, q, k, v, dq, dk, dv), causal, scale,
-                                    _host_or_none(mask), keep_scale, None)
+        host = _host_heads(do, probs, q, k, v, dq, dk, dv)
+        if host is not None:
+            _CPU.attention_backward(*host, causal, scale, _host_or_none(mask), keep_scale, None)
             return
         super().attention_backward(do, probs, q, k, v, dq, dk, dv, causal, scale, mask, keep_scale, scratch)
 
@@ -741,18 +742,22 @@ def _in_openblas(a, b, out, *more) -> bool:
         all(_numba_ok(t) for t in (a, b, out, *more))
 
 
-def _one_thread_host(*tensors) -> bool:
+def _one_thread_host(*tensors, contiguous: bool = True) -> bool:
     """Whether a pass goes to the NumPy backend's kernel on the tensors' memory because torch runs one
-    thread (with more, torch's kernels use them): CPU float tensors, contiguous. At one thread the char
-    GPT's LayerNorms and bias + GELU took 2.9 ms a step more in torch's kernels than in ours."""
-    return torch.get_num_threads() == 1 and all(_numba_ok(t) and t.is_contiguous() for t in tensors)
+    thread (with more, torch's kernels use them): CPU float tensors, contiguous unless the kernel reads
+    strides. At one thread the char GPT's LayerNorms and bias + GELU took 2.9 ms a step more in torch's
+    kernels than in ours."""
+    return torch.get_num_threads() == 1 and \
+        all(_numba_ok(t) and (not contiguous or t.is_contiguous()) for t in tensors)
 
 
-def _host_attention(*heads) -> bool:
-    """Whether attention's head stacks go to the NumPy backend's fused kernel: CPU float tensors, rows
-    unit-stride (``numpy_ops.fused_heads``), torch at one thread."""
-    return torch.get_num_threads() == 1 and all(_numba_ok(h) for h in heads) and \
-        fused_heads(*(h.numpy() for h in heads))
+def _host_heads(*heads) -> list | None:
+    """The NumPy views of attention's head stacks where they go to the NumPy backend's fused kernel
+    (``_one_thread_host``, rows unit-stride: ``numpy_ops.fused_heads``), else None."""
+    if not _one_thread_host(*heads, contiguous=False):
+        return None
+    host = _host(*heads)
+    return host if fused_heads(*host) else None
 
 
 def _on_cpu(x) -> bool:
