@@ -322,8 +322,8 @@ def prepacked(ops, w):
 
 
 # 20 hidden units: 5 column panels of 16 float64 per step product forward (4H = 80), 2 backward (the second
-# partial); a block of 7 rows: a tile of 6 rows and one of 1 (packed_gemm)
-RNN_STEPS, RNN_BATCH, RNN_HIDDEN, RNN_BLOCK = 4, 9, 20, slice(1, 8)
+# partial); a block of 7 rows: a tile of 6 rows and one of 1 (packed_gemm); 3 input features
+RNN_STEPS, RNN_BATCH, RNN_HIDDEN, RNN_BLOCK, RNN_INPUT = 4, 9, 20, slice(1, 8), 3
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -332,10 +332,12 @@ def test_lstm_steps(reverse, with_dout):
     """A block of 7 rows (of a batch of 9) through 4 steps and back, on views as the layer passes them."""
     def run(ops, a):
         steps, n, hid, rows = RNN_STEPS, RNN_BATCH, RNN_HIDDEN, RNN_BLOCK
-        gates, h, c = a["gates"], ops.zeros((steps + 1, n, hid), "float64"), ops.zeros((steps + 1, n, hid),
-                                                                                         "float64")
+        h, c = ops.zeros((steps + 1, n, hid), "float64"), ops.zeros((steps + 1, n, hid), "float64")
+        gates = ops.empty((steps, n, 4 * hid), "float64")
+        ops.fill_(gates, np.nan)  # an output only: what it held must not be read
         tanh_c, gh = ops.zeros((steps, n, hid), "float64"), ops.empty((7, 4 * hid), "float64")
-        ops.lstm_steps(gates, h, c, tanh_c, prepacked(ops, a["w_hh"].T), a["bias"], gh, reverse, rows)
+        w_ih_t, w_hh_t = prepacked(ops, a["w_ih"].T), prepacked(ops, a["w_hh"].T)
+        ops.lstm_steps(a["seq"], w_ih_t, gates, h, c, tanh_c, w_hh_t, a["bias"], gh, reverse, rows)
         dgates, dc = ops.zeros((steps, n, 4 * hid), "float64"), ops.zeros((n, hid), "float64")
         dh, dout = a["dh"], a["dout"] if with_dout else None
         ops.lstm_steps_backward(gates, c, tanh_c, dh, dc, dgates, prepacked(ops, a["w_hh"]), dout, reverse,
@@ -343,8 +345,8 @@ def test_lstm_steps(reverse, with_dout):
         return gates, h, c, tanh_c, dgates, dh, dc
     width = 4 * RNN_HIDDEN
     check(lambda r: {k: randn(r, *s) for k, s in dict(
-        gates=(RNN_STEPS, RNN_BATCH, width), w_hh=(width, RNN_HIDDEN), bias=(width,),
-        dh=(RNN_BATCH, RNN_HIDDEN), dout=(RNN_STEPS, RNN_BATCH, RNN_HIDDEN)).items()}, run)
+        seq=(RNN_STEPS, RNN_BATCH, RNN_INPUT), w_ih=(width, RNN_INPUT), w_hh=(width, RNN_HIDDEN),
+        bias=(width,), dh=(RNN_BATCH, RNN_HIDDEN), dout=(RNN_STEPS, RNN_BATCH, RNN_HIDDEN)).items()}, run)
 
 
 @pytest.mark.parametrize("reverse", [False, True])

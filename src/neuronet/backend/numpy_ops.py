@@ -453,9 +453,10 @@ class NumpyOps(Ops):
         packed_gemm.pack(w, out)
         return out
 
-    def lstm_steps(self, gates, h, c, tanh_c, w_hh_t, bias, gh, reverse, rows):
-        self._in_one_kernel(rnn_kernels.lstm_forward_steps, (gates, h, c, tanh_c, w_hh_t, bias, gh), reverse,
-                            rows)
+    def lstm_steps(self, seq, w_ih_t, gates, h, c, tanh_c, w_hh_t, bias, gh, reverse, rows):
+        scale = rnn_kernels.gate_scale(h.shape[2], gates.dtype)
+        self._in_one_kernel(rnn_kernels.lstm_forward_steps,
+                            (seq, w_ih_t, gates, h, c, tanh_c, w_hh_t, bias, scale, gh), reverse, rows)
 
     def lstm_steps_backward(self, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, reverse, rows):
         self._in_one_kernel(rnn_kernels.lstm_backward_steps, (gates, c, tanh_c, dh, dc, dgates, w_hh, dout),
@@ -478,7 +479,8 @@ class NumpyOps(Ops):
                rows.stop)
 
     def lstm_cell(self, gates, gh, bias, c_prev, c, tanh_c, h):
-        rnn_kernels.lstm_cell_forward(gates, gh, bias, c_prev, c, tanh_c, h)
+        rnn_kernels.lstm_cell_forward(gates, gh, bias, rnn_kernels.gate_scale(c.shape[1], gates.dtype), True,
+                                      c_prev, c, tanh_c, h)
 
     def lstm_cell_backward(self, gates, c_prev, tanh_c, dh, dc, dgates):
         rnn_kernels.lstm_cell_backward(gates, c_prev, tanh_c, dh, dc, dgates)

@@ -611,15 +611,18 @@ class Ops:
         self.copy_(out, w)
         return out
 
-    def lstm_steps(self, gates, h, c, tanh_c, w_hh_t, bias, gh, reverse: bool, rows: slice) -> None:
+    def lstm_steps(self, seq, w_ih_t, gates, h, c, tanh_c, w_hh_t, bias, gh, reverse: bool,
+                   rows: slice) -> None:
         """The batch rows ``rows`` (a block) through a whole LSTM layer-direction, step by step: for each t
-        (from the end with ``reverse``) gh = h_prev @ w_hh_t, then ``lstm_cell(gates[t], gh, bias,
-        c_prev, c_t, tanh_c[t], h_t)`` on those rows. gates (T, N, 4H) hold x W_ih^T on entry; h, c
-        (T + 1, N, H) have the zero state at index 0 (at T with ``reverse``), where prev = t (t + 1) and
-        the step writes t + 1 (t); w_hh_t: W_hh^T (H, 4H) through ``prepack``; gh (B, 4H) the block's
+        (from the end with ``reverse``) gates[t] = seq[t] @ w_ih_t and gh = h_prev @ w_hh_t, then
+        ``lstm_cell(gates[t], gh, bias, c_prev, c_t, tanh_c[t], h_t)`` on those rows. seq (T, N, I) is the
+        layer's input, gates (T, N, 4H) receive the gate activations; h, c (T + 1, N, H) have the zero
+        state at index 0 (at T with ``reverse``), where prev = t (t + 1) and the step writes t + 1 (t);
+        w_ih_t, w_hh_t: W_ih^T (I, 4H) and W_hh^T (H, 4H) through ``prepack``; gh (B, 4H) the block's
         scratch."""
-        gates, h, c, tanh_c = gates[:, rows], h[:, rows], c[:, rows], tanh_c[:, rows]
+        seq, gates, h, c, tanh_c = seq[:, rows], gates[:, rows], h[:, rows], c[:, rows], tanh_c[:, rows]
         for t, prev, new in _forward_steps(len(gates), reverse):
+            self.matmul(seq[t], w_ih_t, out=gates[t])
             self.matmul(h[prev], w_hh_t, out=gh)
             self.lstm_cell(gates[t], gh, bias, c[prev], c[new], tanh_c[t], h[new])
 

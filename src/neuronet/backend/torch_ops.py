@@ -500,8 +500,8 @@ class TorchOps(Ops):
         else:
             getattr(_CPU, name)(*(a.numpy() if isinstance(a, torch.Tensor) else a for a in args))
 
-    def lstm_steps(self, gates, h, c, tanh_c, w_hh_t, bias, gh, reverse, rows):
-        self._loop("lstm_steps", w_hh_t, gates, h, c, tanh_c, w_hh_t, bias, gh, reverse, rows)
+    def lstm_steps(self, seq, w_ih_t, gates, h, c, tanh_c, w_hh_t, bias, gh, reverse, rows):
+        self._loop("lstm_steps", w_hh_t, seq, w_ih_t, gates, h, c, tanh_c, w_hh_t, bias, gh, reverse, rows)
 
     def lstm_steps_backward(self, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, reverse, rows):
         self._loop("lstm_steps_backward", w_hh, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, reverse, rows)

@@ -3,11 +3,12 @@ num_layers, dropout and bidirectional).
 
 Layer l (of ``num_layers``) reads the time-major sequence s_l (T, N, I_l): s_0 is x, s_{l+1} the outputs
 h_t of every direction of layer l side by side (T, N, D*H), dropped out while training. One pass is one
-layer in one direction; only its recurrent products run per step:
+layer in one direction:
 
-    forward   gates = s_l W_ih^T                          one GEMM over all T steps
+    forward   gates = s_l W_ih^T                          GRU: one GEMM over all T steps
               for t in time order (reversed for the reverse direction):           the cell's loop
                   gates[t] = cell(gates[t] + h_prev W_hh^T + biases)
+                  (LSTM: gates[t] = s_l[t] W_ih^T here, in the loop: on NumPy still in cache for the cell)
     backward  for t in the opposite order:                                        the cell's loop
                   dgates[t] = cell'(dh);  dh_prev = dgates[t] W_hh
               dW_ih = dgates^T s_l,  dW_hh = dgates^T h_prev,  ds_l = dgates W_ih  one GEMM each
@@ -80,13 +81,12 @@ class _Recurrent(Layer):
     def param(self, p: _Pass, name: str):
         return self.params[name + p.tag]
 
-    def step_weight(self, p: _Pass, transposed: bool):
-        """W_hh^T (H, G*H) for the forward's per-step products, or W_hh (G*H, H) for the backward's, as
-        ``ops.prepack`` lays it out, once per pass."""
-        w_hh = self.param(p, "weight_hh")
-        w = w_hh.T if transposed else w_hh
-        name = "w_hh_t" if transposed else "w_hh"
-        return self.ops.prepack(w, self.workspace(name, self.ops.prepacked_shape(tuple(w.shape), self.dtype)))
+    def step_weight(self, p: _Pass, name: str, transposed: bool):
+        """The weight ``name`` of pass ``p`` as its per-step products read it, laid out by ``ops.prepack``
+        once per pass: W_hh^T (H, G*H) and W_ih^T (I, G*H) for the forward, W_hh (G*H, H) for the backward."""
+        w = self.param(p, name).T if transposed else self.param(p, name)
+        shape = self.ops.prepacked_shape(tuple(w.shape), self.dtype)
+        return self.ops.prepack(w, self.workspace(name + ("_t" if transposed else ""), shape))
 
     # ----------------------------------------------------------------- forward
     def forward(self, x, training: bool = True):
@@ -134,7 +134,7 @@ class _Recurrent(Layer):
 
     def _forward_pass(self, p: _Pass, seq):
         """Run pass ``p`` over s (T, N, I); returns its states h (T + 1, N, H)."""
-        ops, (steps, n, size_in) = self.ops, seq.shape
+        ops, (steps, n, _) = self.ops, seq.shape
         width = self.cell.gates * self.hidden_size
         gates = self.workspace("gates" + p.tag, (steps, n, width))
         h = self.workspace("h" + p.tag, (steps + 1, n, self.hidden_size))
@@ -144,10 +144,8 @@ class _Recurrent(Layer):
         if isinstance(self.cell, LSTM) and ops.lstm_sequence(seq, *self._weights(p), p.reverse, h, saved):
             fused[p.tag] = saved
             return h
-        ops.matmul(seq.reshape(steps * n, size_in), self.param(p, "weight_ih").T,
-                   out=gates.reshape(steps * n, width))
         ops.fill_(h[p.off * steps], 0.0)  # the zero initial state
-        self.cell.forward_loop(self, p, gates, h)
+        self.cell.forward_loop(self, p, seq, gates, h)
         return h
 
     # ----------------------------------------------------------------- backward
@@ -255,10 +253,10 @@ class _RNN(_Recurrent):
         self.dropout = args.real(name, "dropout", dropout, 0.0, 1.0, hi_open=True)
         self._use(self, directions=1)
 
-    def forward_loop(self, layer: _Recurrent, p: _Pass, gates, h) -> None:
-        """Run the cell over time: ``gates`` (T, N, G*H) holds s W_ih^T on entry and the gate activations
-        on exit; ``h`` (T + 1, N, H) holds the zero initial state and receives every h_t. Whatever else
-        backward needs goes into ``layer``'s workspaces named with ``p.tag``."""
+    def forward_loop(self, layer: _Recurrent, p: _Pass, seq, gates, h) -> None:
+        """Run the cell over the input s (T, N, I): ``gates`` (T, N, G*H) receives the gate activations;
+        ``h`` (T + 1, N, H) holds the zero initial state and receives every h_t. Whatever else backward
+        needs goes into ``layer``'s workspaces named with ``p.tag``."""
         raise NotImplementedError
 
     def backward_loop(self, layer: _Recurrent, p: _Pass, gates, h, dh, dout):
@@ -306,17 +304,18 @@ class LSTM(_RNN):
 
     gates = 4
 
-    def forward_loop(self, layer, p, gates, h):
+    def forward_loop(self, layer, p, seq, gates, h):
         ops, (steps, n, width), hid = layer.ops, gates.shape, self.hidden_size
         c = layer.workspace("c" + p.tag, (steps + 1, n, hid))
         tanh_c = layer.workspace("tanh_c" + p.tag, (steps, n, hid))
         bias = layer.workspace("bias" + p.tag, (width,))
         ops.xp.add(layer.param(p, "bias_ih"), layer.param(p, "bias_hh"), out=bias)
         ops.fill_(c[p.off * steps], 0.0)
-        w_hh_t = layer.step_weight(p, transposed=True)
+        w_ih_t = layer.step_weight(p, "weight_ih", transposed=True)
+        w_hh_t = layer.step_weight(p, "weight_hh", transposed=True)
 
         def loop(rows, gh):
-            ops.lstm_steps(gates, h, c, tanh_c, w_hh_t, bias, gh, p.reverse, rows)
+            ops.lstm_steps(seq, w_ih_t, gates, h, c, tanh_c, w_hh_t, bias, gh, p.reverse, rows)
         layer.in_row_blocks(n, loop, ("gh", width))
 
     def backward_loop(self, layer, p, gates, h, dh, dout):
@@ -325,7 +324,7 @@ class LSTM(_RNN):
         tanh_c = layer.workspace("tanh_c" + p.tag, (steps, n, hid))
         dgates, dc = layer.workspace("dgates", (steps, n, width)), layer.workspace("dc", (n, hid))
         ops.fill_(dc, 0.0)
-        w_hh = layer.step_weight(p, transposed=False)
+        w_hh = layer.step_weight(p, "weight_hh", transposed=False)
 
         def loop(rows):
             ops.lstm_steps_backward(gates, c, tanh_c, dh, dc, dgates, w_hh, dout, p.reverse, rows)
@@ -360,10 +359,12 @@ class GRU(_RNN):
 
     gates = 3
 
-    def forward_loop(self, layer, p, gates, h):
-        ops, (steps, n, width) = layer.ops, gates.shape
+    def forward_loop(self, layer, p, seq, gates, h):
+        ops, (steps, n, width), size_in = layer.ops, gates.shape, seq.shape[2]
+        ops.matmul(seq.reshape(steps * n, size_in), layer.param(p, "weight_ih").T,  # all steps' x W_ih^T
+                   out=gates.reshape(steps * n, width))
         hn = layer.workspace("hn" + p.tag, (steps, n, self.hidden_size))
-        w_hh_t = layer.step_weight(p, transposed=True)
+        w_hh_t = layer.step_weight(p, "weight_hh", transposed=True)
         b_ih, b_hh = layer.param(p, "bias_ih"), layer.param(p, "bias_hh")
 
         def loop(rows, gh):
@@ -374,7 +375,7 @@ class GRU(_RNN):
         ops, (steps, n, width), hid = layer.ops, gates.shape, self.hidden_size
         hn = layer.workspace("hn" + p.tag, (steps, n, hid))
         dgx, dgh = layer.workspace("dgx", (steps, n, width)), layer.workspace("dgh", (steps, n, width))
-        w_hh = layer.step_weight(p, transposed=False)
+        w_hh = layer.step_weight(p, "weight_hh", transposed=False)
 
         def loop(rows, dh_direct):
             ops.gru_steps_backward(gates, h, hn, dh, dgx, dgh, w_hh, dout, dh_direct, p.reverse, rows)
