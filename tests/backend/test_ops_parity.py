@@ -340,13 +340,16 @@ def test_lstm_steps(reverse, with_dout):
         ops.lstm_steps(a["seq"], w_ih_t, gates, h, c, tanh_c, w_hh_t, a["bias"], gh, reverse, rows)
         dgates, dc = ops.zeros((steps, n, 4 * hid), "float64"), ops.zeros((n, hid), "float64")
         dh, dout = a["dh"], a["dout"] if with_dout else None
-        ops.lstm_steps_backward(gates, c, tanh_c, dh, dc, dgates, prepacked(ops, a["w_hh"]), dout, reverse,
-                                rows)
-        return gates, h, c, tanh_c, dgates, dh, dc
+        dw_ih, dw_hh, dbias = a["dw_ih"], a["dw_hh"], a["dbias"]  # added to what they hold
+        w_hh = prepacked(ops, a["w_hh"])
+        ops.lstm_steps_backward(a["seq"], h, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, reverse, rows,
+                                dw_ih, dw_hh, dbias)
+        return gates, h, c, tanh_c, dgates, dh, dc, dw_ih, dw_hh, dbias
     width = 4 * RNN_HIDDEN
     check(lambda r: {k: randn(r, *s) for k, s in dict(
         seq=(RNN_STEPS, RNN_BATCH, RNN_INPUT), w_ih=(width, RNN_INPUT), w_hh=(width, RNN_HIDDEN),
-        bias=(width,), dh=(RNN_BATCH, RNN_HIDDEN), dout=(RNN_STEPS, RNN_BATCH, RNN_HIDDEN)).items()}, run)
+        bias=(width,), dh=(RNN_BATCH, RNN_HIDDEN), dout=(RNN_STEPS, RNN_BATCH, RNN_HIDDEN),
+        dw_ih=(width, RNN_INPUT), dw_hh=(width, RNN_HIDDEN), dbias=(width,)).items()}, run)
 
 
 @pytest.mark.parametrize("reverse", [False, True])

@@ -458,9 +458,18 @@ class NumpyOps(Ops):
         self._in_one_kernel(rnn_kernels.lstm_forward_steps,
                             (seq, w_ih_t, gates, h, c, tanh_c, w_hh_t, bias, scale, gh), reverse, rows)
 
-    def lstm_steps_backward(self, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, reverse, rows):
-        self._in_one_kernel(rnn_kernels.lstm_backward_steps, (gates, c, tanh_c, dh, dc, dgates, w_hh, dout),
-                            reverse, rows)
+    def lstm_steps_backward(self, seq, h, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, reverse, rows,
+                            dw_ih=None, dw_hh=None, dbias=None):
+        dtype, block = gates.dtype, len(range(gates.shape[1])[rows])
+        weight_grads = dw_ih is not None
+        if not weight_grads:
+            dw_ih = dw_hh = _EMPTY_2D[dtype]
+            dbias = _EMPTY[dtype]
+        packed_x, packed_h = (self.temporary(f"lstm.{name}_packed", packed_gemm.packed_shape(
+            (block, width), dtype), dtype) for name, width in (("x", seq.shape[2]), ("h", h.shape[2])))
+        self._in_one_kernel(rnn_kernels.lstm_backward_steps,
+                            (seq, h, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, dw_ih, dw_hh, dbias,
+                             packed_x, packed_h, weight_grads), reverse, rows)
 
     def gru_steps(self, gates, h, hn, w_hh_t, b_ih, b_hh, gh, reverse, rows):
         self._in_one_kernel(rnn_kernels.gru_forward_steps, (gates, h, hn, w_hh_t, b_ih, b_hh, gh), reverse,

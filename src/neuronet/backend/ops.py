@@ -626,13 +626,16 @@ class Ops:
             self.matmul(h[prev], w_hh_t, out=gh)
             self.lstm_cell(gates[t], gh, bias, c[prev], c[new], tanh_c[t], h[new])
 
-    def lstm_steps_backward(self, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, reverse: bool,
-                            rows: slice) -> None:
+    def lstm_steps_backward(self, seq, h, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, reverse: bool,
+                            rows: slice, dw_ih=None, dw_hh=None, dbias=None) -> None:
         """The backward of ``lstm_steps`` for the rows ``rows``, in the reverse of its order: dh (N, H)
         holds dL/d(last state) on entry (dL/dh_t is added from ``dout`` (T, N, H) when not None), dc
         (N, H) zeros; each step writes dgates[t] = dL/d(pre-activations) (``lstm_cell_backward``) and,
-        but for the step from the zero state, dh = dgates[t] @ w_hh (W_hh (4H, H) through ``prepack``)."""
-        gates, c, tanh_c, dgates = (a[:, rows] for a in (gates, c, tanh_c, dgates))
+        but for the step from the zero state, dh = dgates[t] @ w_hh (W_hh (4H, H) through ``prepack``).
+        Unless ``dw_ih`` is None, adds the block's weight gradients: dw_ih (4H, I) += dgates^T s,
+        dw_hh (4H, H) += dgates^T h_prev, dbias (4H,) += dgates summed over steps and rows (the one
+        gradient of both biases)."""
+        seq, h, gates, c, tanh_c, dgates = (a[:, rows] for a in (seq, h, gates, c, tanh_c, dgates))
         dh, dc = dh[rows], dc[rows]
         for t, prev, last in _backward_steps(len(gates), reverse):
             if dout is not None:
@@ -640,6 +643,14 @@ class Ops:
             self.lstm_cell_backward(gates[t], c[prev], tanh_c[t], dh, dc, dgates[t])
             if not last:
                 self.matmul(dgates[t], w_hh, out=dh)
+        if dw_ih is None:
+            return
+        off, steps = int(reverse), len(gates)
+        d = dgates.reshape(-1, dgates.shape[2])  # (T*B, 4H): a view where the block is the whole batch
+        for grad, right in ((dw_ih, seq), (dw_hh, h[off:steps + off])):  # h_prev of every step
+            self.matmul_acc(d.T, right.reshape(-1, right.shape[2]), grad,
+                            self.temporary("lstm.dw", tuple(grad.shape), grad.dtype))
+        self.sum_rows_acc(d, dbias)
 
     def gru_steps(self, gates, h, hn, w_hh_t, b_ih, b_hh, gh, reverse: bool, rows: slice) -> None:
         """``lstm_steps`` for a GRU: per step gh = h_prev @ w_hh_t, then ``gru_cell(gates[t], gh, b_ih, b_hh,

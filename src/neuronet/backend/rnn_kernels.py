@@ -14,7 +14,7 @@ import numba
 import numpy as np
 
 from . import fastmath as fm
-from .packed_gemm import gemm
+from .packed_gemm import gemm, pack
 
 # error_model="numpy": no ZeroDivisionError branch in the division, which would stop vectorisation.
 jit = numba.njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
@@ -102,17 +102,29 @@ def lstm_forward_steps(seq, w_ih_t, gates, h, c, tanh_c, w_hh_t, bias, scale, gh
 
 
 @jit
-def lstm_backward_steps(gates, c, tanh_c, dh, dc, dgates, w_hh, dout, reverse, r0, r1):
+def lstm_backward_steps(seq, h, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, dw_ih, dw_hh, dbias, packed_x,
+                        packed_h, weight_grads, reverse, r0, r1):
     """Ops.lstm_steps_backward for rows r0:r1 in one kernel; ``dout`` has no steps (shape (0, ., .))
-    when absent."""
+    when absent. With ``weight_grads`` each step adds its share of the weight gradients while dgates[t]
+    is in cache: dW_ih += dgates[t]^T x_t and dW_hh += dgates[t]^T h_prev (x_t and h_prev packed into
+    ``packed_x``, ``packed_h``), dbias += the column sums of dgates[t]. One thread, 64 rows: 2.3-2.4 ms
+    for both products against OpenBLAS's 2.5-2.6 over all steps after the loop; each block on its own
+    core, where OpenBLAS split the products over both after the loop."""
     dh_r, dc_r = dh[r0:r1], dc[r0:r1]
     for s in range(gates.shape[0]):
         t, prev, last = _backward_step(gates.shape[0], reverse, s)
         if dout.shape[0]:
             _add_into(dh_r, dout[t, r0:r1])
-        lstm_cell_backward(gates[t, r0:r1], c[prev, r0:r1], tanh_c[t, r0:r1], dh_r, dc_r, dgates[t, r0:r1])
+        dg = dgates[t, r0:r1]
+        lstm_cell_backward(gates[t, r0:r1], c[prev, r0:r1], tanh_c[t, r0:r1], dh_r, dc_r, dg)
+        if weight_grads:
+            pack(seq[t, r0:r1], packed_x)
+            gemm(dg.T, packed_x, dw_ih, True)
+            pack(h[prev, r0:r1], packed_h)
+            gemm(dg.T, packed_h, dw_hh, True)
+            _add_column_sums(dg, dbias)
         if not last:
-            gemm(dgates[t, r0:r1], w_hh, dh_r, False)
+            gemm(dg, w_hh, dh_r, False)
 
 
 @jit
@@ -155,6 +167,14 @@ def _backward_step(steps, reverse, s):
     off = 1 if reverse else 0
     t = s if reverse else steps - 1 - s
     return t, t + off, t == off * (steps - 1)
+
+
+@jit
+def _add_column_sums(x, out):
+    """out += x (2-D) summed over its rows."""
+    for r in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            out[j] += x[r, j]
 
 
 @jit

@@ -503,8 +503,10 @@ class TorchOps(Ops):
     def lstm_steps(self, seq, w_ih_t, gates, h, c, tanh_c, w_hh_t, bias, gh, reverse, rows):
         self._loop("lstm_steps", w_hh_t, seq, w_ih_t, gates, h, c, tanh_c, w_hh_t, bias, gh, reverse, rows)
 
-    def lstm_steps_backward(self, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, reverse, rows):
-        self._loop("lstm_steps_backward", w_hh, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, reverse, rows)
+    def lstm_steps_backward(self, seq, h, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, reverse, rows,
+                            dw_ih=None, dw_hh=None, dbias=None):
+        self._loop("lstm_steps_backward", w_hh, seq, h, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, reverse,
+                   rows, dw_ih, dw_hh, dbias)
 
     def gru_steps(self, gates, h, hn, w_hh_t, b_ih, b_hh, gh, reverse, rows):
         self._loop("gru_steps", w_hh_t, gates, h, hn, w_hh_t, b_ih, b_hh, gh, reverse, rows)

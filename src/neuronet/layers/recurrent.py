@@ -23,6 +23,7 @@ where the backend can (``Layer.in_row_blocks``: on NumPy one thread per block).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 from ..core import args
@@ -189,12 +190,7 @@ class _Recurrent(Layer):
             return
         h = self.workspace("h" + p.tag, (steps + 1, n, hid))
         gates = self.workspace("gates" + p.tag, (steps, n, width))
-        dgx, dgh = self.cell.backward_loop(self, p, gates, h, dh, dout)
-        shared = dgh is dgx  # LSTM: one pre-activation gradient for both sides
-        rows, prev = seq.reshape(steps * n, size_in), h[p.off:steps + p.off].reshape(steps * n, hid)
-        dgx, dgh = dgx.reshape(steps * n, width), dgh.reshape(steps * n, width)
-        if self.trainable:  # frozen: no weight gradients
-            self._weight_grads(p, rows, prev, dgx, dgh, shared)
+        dgx = self.cell.backward_loop(self, p, seq, gates, h, dh, dout).reshape(steps * n, width)
         if dseq_in is None:
             return
         dseq_rows = dseq_in.reshape(steps * n, size_in)
@@ -220,21 +216,6 @@ class _Recurrent(Layer):
             else:
                 self.ops.copy_(dseq_in, ds)
 
-    def _weight_grads(self, p: _Pass, rows, prev, dgx, dgh, shared: bool) -> None:
-        """Accumulate pass ``p``'s dW_ih, dW_hh and bias gradients from its pre-activation gradients."""
-        ops, width, size_in, hid = self.ops, dgx.shape[1], rows.shape[1], prev.shape[1]
-        grads = {name: self.grads[name + p.tag] for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
-        ops.matmul_acc(dgx.T, rows, grads["weight_ih"], self.workspace(f"dw_ih_l{p.layer}", (width, size_in)))
-        ops.matmul_acc(dgh.T, prev, grads["weight_hh"], self.workspace("dw_hh", (width, hid)))
-        if shared:  # both biases get the same gradient: sum it once
-            dbias = self.workspace("dbias", (width,))
-            ops.fill_(dbias, 0.0)
-            ops.sum_rows_acc(dgx, dbias)
-            grads["bias_ih"] += dbias
-            grads["bias_hh"] += dbias
-        else:
-            ops.sum_rows_acc(dgx, grads["bias_ih"])
-            ops.sum_rows_acc(dgh, grads["bias_hh"])
 
 
 class _RNN(_Recurrent):
@@ -259,10 +240,11 @@ class _RNN(_Recurrent):
         needs goes into ``layer``'s workspaces named with ``p.tag``."""
         raise NotImplementedError
 
-    def backward_loop(self, layer: _Recurrent, p: _Pass, gates, h, dh, dout):
+    def backward_loop(self, layer: _Recurrent, p: _Pass, seq, gates, h, dh, dout):
         """Run the cell backward over time from dh (N, H) = dL/dh at the last step processed, adding
-        dout[t] = dL/dh_t from above (when not None) at each step. Returns (dgx, dgh) (T, N, G*H): the
-        gradients of the input-side (s W_ih^T + b_ih) and recurrent-side (h W_hh^T + b_hh) pre-activations."""
+        dout[t] = dL/dh_t from above (when not None) at each step, and (unless the layer is frozen) add the
+        pass's weight and bias gradients to ``layer.grads``. Returns dgx (T, N, G*H): the gradient of the
+        input-side pre-activations s W_ih^T + b_ih."""
         raise NotImplementedError
 
     def extra_repr(self):
@@ -318,18 +300,45 @@ class LSTM(_RNN):
             ops.lstm_steps(seq, w_ih_t, gates, h, c, tanh_c, w_hh_t, bias, gh, p.reverse, rows)
         layer.in_row_blocks(n, loop, ("gh", width))
 
-    def backward_loop(self, layer, p, gates, h, dh, dout):
+    def backward_loop(self, layer, p, seq, gates, h, dh, dout):
         ops, (steps, n, width), hid = layer.ops, gates.shape, self.hidden_size
         c = layer.workspace("c" + p.tag, (steps + 1, n, hid))
         tanh_c = layer.workspace("tanh_c" + p.tag, (steps, n, hid))
         dgates, dc = layer.workspace("dgates", (steps, n, width)), layer.workspace("dc", (n, hid))
         ops.fill_(dc, 0.0)
         w_hh = layer.step_weight(p, "weight_hh", transposed=False)
+        blocks = ops.row_blocks(n)
+        sums = self._block_grads(layer, p, len(blocks)) if layer.trainable else [()] * len(blocks)
+        ops.run_blocks([functools.partial(ops.lstm_steps_backward, seq, h, gates, c, tanh_c, dh, dc, dgates,
+                                          w_hh, dout, p.reverse, rows, *into)
+                        for rows, into in zip(blocks, sums, strict=True)])
+        if layer.trainable:  # each block's sums apart, added in block order (not in order of finishing)
+            for into in sums[1:]:
+                for total, part in zip(sums[0], into, strict=True):
+                    total += part
+            dw_ih, dw_hh, dbias = sums[0]
+            layer.grads["bias_ih" + p.tag] += dbias  # one pre-activation gradient reaches both biases
+            layer.grads["bias_hh" + p.tag] += dbias
+        return dgates
 
-        def loop(rows):
-            ops.lstm_steps_backward(gates, c, tanh_c, dh, dc, dgates, w_hh, dout, p.reverse, rows)
-        layer.in_row_blocks(n, loop)
-        return dgates, dgates  # the same pre-activation gradient reaches W_ih, W_hh and both biases
+    @staticmethod
+    def _block_grads(layer: _Recurrent, p: _Pass, blocks: int) -> list[tuple]:
+        """Where each row block adds its (dW_ih, dW_hh, dbias): the first into W_ih's and W_hh's gradients
+        and a zeroed bias sum, every other into zeroed workspaces of its own."""
+        width, grads = 4 * layer.hidden_size, layer.grads
+        sums = []
+        for k in range(blocks):
+            dbias = layer.workspace(f"dbias{k}", (width,))
+            layer.ops.fill_(dbias, 0.0)
+            if k == 0:
+                sums.append((grads["weight_ih" + p.tag], grads["weight_hh" + p.tag], dbias))
+                continue
+            into = [layer.workspace(f"{name}{k}_l{p.layer}", tuple(grads[name + p.tag].shape))
+                    for name in ("weight_ih", "weight_hh")]
+            for part in into:
+                layer.ops.fill_(part, 0.0)
+            sums.append((*into, dbias))
+        return sums
 
 
 class GRU(_RNN):
@@ -371,7 +380,7 @@ class GRU(_RNN):
             ops.gru_steps(gates, h, hn, w_hh_t, b_ih, b_hh, gh, p.reverse, rows)
         layer.in_row_blocks(n, loop, ("gh", width))
 
-    def backward_loop(self, layer, p, gates, h, dh, dout):
+    def backward_loop(self, layer, p, seq, gates, h, dh, dout):
         ops, (steps, n, width), hid = layer.ops, gates.shape, self.hidden_size
         hn = layer.workspace("hn" + p.tag, (steps, n, hid))
         dgx, dgh = layer.workspace("dgx", (steps, n, width)), layer.workspace("dgh", (steps, n, width))
@@ -380,7 +389,14 @@ class GRU(_RNN):
         def loop(rows, dh_direct):
             ops.gru_steps_backward(gates, h, hn, dh, dgx, dgh, w_hh, dout, dh_direct, p.reverse, rows)
         layer.in_row_blocks(n, loop, ("dh_direct", hid))
-        return dgx, dgh
+        if layer.trainable:  # frozen: no weight gradients
+            rows, prev = seq.reshape(steps * n, -1), h[p.off:steps + p.off].reshape(steps * n, hid)
+            for side, right, grad in (("ih", rows, dgx), ("hh", prev, dgh)):
+                flat = grad.reshape(steps * n, width)
+                ops.matmul_acc(flat.T, right, layer.grads[f"weight_{side}" + p.tag],
+                               layer.workspace(f"dw_{side}_l{p.layer}", (width, right.shape[1])))
+                ops.sum_rows_acc(flat, layer.grads[f"bias_{side}" + p.tag])
+        return dgx
 
 
 class Bidirectional(_Recurrent):
