@@ -358,19 +358,23 @@ def test_gru_steps(reverse, with_dout):
     """test_lstm_steps for the GRU."""
     def run(ops, a):
         steps, n, hid, rows = RNN_STEPS, RNN_BATCH, RNN_HIDDEN, RNN_BLOCK
-        gates, h = a["gates"], ops.zeros((steps + 1, n, hid), "float64")
-        hn = ops.zeros((steps, n, hid), "float64")
-        ops.gru_steps(gates, h, hn, prepacked(ops, a["w_hh"].T), a["b_ih"], a["b_hh"],
+        h, hn = ops.zeros((steps + 1, n, hid), "float64"), ops.zeros((steps, n, hid), "float64")
+        gates = ops.empty((steps, n, 3 * hid), "float64")
+        ops.fill_(gates, np.nan)  # an output only: what it held must not be read
+        w_ih_t, w_hh_t = prepacked(ops, a["w_ih"].T), prepacked(ops, a["w_hh"].T)
+        ops.gru_steps(a["seq"], w_ih_t, gates, h, hn, w_hh_t, a["b_ih"], a["b_hh"],
                       ops.empty((7, 3 * hid), "float64"), reverse, rows)
         dgx, dgh = ops.zeros((steps, n, 3 * hid), "float64"), ops.zeros((steps, n, 3 * hid), "float64")
         dh, dout = a["dh"], a["dout"] if with_dout else None
-        ops.gru_steps_backward(gates, h, hn, dh, dgx, dgh, prepacked(ops, a["w_hh"]), dout,
-                               ops.empty((7, hid), "float64"), reverse, rows)
-        return gates, h, hn, dgx, dgh, dh
+        grads = [a[name] for name in ("dw_ih", "dw_hh", "db_ih", "db_hh")]  # added to what they hold
+        ops.gru_steps_backward(a["seq"], h, gates, hn, dh, dgx, dgh, prepacked(ops, a["w_hh"]), dout,
+                               ops.empty((7, hid), "float64"), reverse, rows, *grads)
+        return gates, h, hn, dgx, dgh, dh, *grads
     width = 3 * RNN_HIDDEN
     check(lambda r: {k: randn(r, *s) for k, s in dict(
-        gates=(RNN_STEPS, RNN_BATCH, width), w_hh=(width, RNN_HIDDEN), b_ih=(width,), b_hh=(width,),
-        dh=(RNN_BATCH, RNN_HIDDEN), dout=(RNN_STEPS, RNN_BATCH, RNN_HIDDEN)).items()}, run)
+        seq=(RNN_STEPS, RNN_BATCH, RNN_INPUT), w_ih=(width, RNN_INPUT), w_hh=(width, RNN_HIDDEN),
+        b_ih=(width,), b_hh=(width,), dh=(RNN_BATCH, RNN_HIDDEN), dout=(RNN_STEPS, RNN_BATCH, RNN_HIDDEN),
+        dw_ih=(width, RNN_INPUT), dw_hh=(width, RNN_HIDDEN), db_ih=(width,), db_hh=(width,)).items()}, run)
 
 
 @case("gru_cell gru_cell_backward",

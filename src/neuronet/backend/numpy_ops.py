@@ -460,24 +460,29 @@ class NumpyOps(Ops):
 
     def lstm_steps_backward(self, seq, h, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, reverse, rows,
                             dw_ih=None, dw_hh=None, dbias=None):
-        dtype, block = gates.dtype, len(range(gates.shape[1])[rows])
-        weight_grads = dw_ih is not None
-        if not weight_grads:
-            dw_ih = dw_hh = _EMPTY_2D[dtype]
-            dbias = _EMPTY[dtype]
-        packed_x, packed_h = (self.temporary(f"lstm.{name}_packed", packed_gemm.packed_shape(
-            (block, width), dtype), dtype) for name, width in (("x", seq.shape[2]), ("h", h.shape[2])))
         self._in_one_kernel(rnn_kernels.lstm_backward_steps,
-                            (seq, h, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, dw_ih, dw_hh, dbias,
-                             packed_x, packed_h, weight_grads), reverse, rows)
+                            (seq, h, gates, c, tanh_c, dh, dc, dgates, w_hh, dout,
+                             *self._step_grads(seq, h, rows, dw_ih, dw_hh, dbias)), reverse, rows)
 
-    def gru_steps(self, gates, h, hn, w_hh_t, b_ih, b_hh, gh, reverse, rows):
-        self._in_one_kernel(rnn_kernels.gru_forward_steps, (gates, h, hn, w_hh_t, b_ih, b_hh, gh), reverse,
-                            rows)
+    def gru_steps(self, seq, w_ih_t, gates, h, hn, w_hh_t, b_ih, b_hh, gh, reverse, rows):
+        self._in_one_kernel(rnn_kernels.gru_forward_steps,
+                            (seq, w_ih_t, gates, h, hn, w_hh_t, b_ih, b_hh, gh), reverse, rows)
 
-    def gru_steps_backward(self, gates, h, hn, dh, dgx, dgh, w_hh, dout, dh_direct, reverse, rows):
+    def gru_steps_backward(self, seq, h, gates, hn, dh, dgx, dgh, w_hh, dout, dh_direct, reverse, rows,
+                           dw_ih=None, dw_hh=None, db_ih=None, db_hh=None):
         self._in_one_kernel(rnn_kernels.gru_backward_steps,
-                            (gates, h, hn, dh, dgx, dgh, w_hh, dout, dh_direct), reverse, rows)
+                            (seq, h, gates, hn, dh, dgx, dgh, w_hh, dout, dh_direct,
+                             *self._step_grads(seq, h, rows, dw_ih, dw_hh, db_ih, db_hh)), reverse, rows)
+
+    def _step_grads(self, seq, h, rows, dw_ih, dw_hh, *dbiases) -> tuple:
+        """The backward kernels' weight-gradient arguments: where to add (stand-ins of no elements when
+        dw_ih is None: the layer is frozen) and this thread's buffers for a step's x_t and h_prev packed."""
+        dtype, block = h.dtype, len(range(h.shape[1])[rows])
+        packed = (self.temporary(f"rnn.{name}_packed", packed_gemm.packed_shape((block, width), dtype), dtype)
+                  for name, width in (("x", seq.shape[2]), ("h", h.shape[2])))
+        if dw_ih is None:
+            return (_EMPTY_2D[dtype], _EMPTY_2D[dtype], *(_EMPTY[dtype] for _ in dbiases), *packed)
+        return (dw_ih, dw_hh, *dbiases, *packed)
 
     @staticmethod
     def _in_one_kernel(kernel, arrays: tuple, reverse, rows) -> None:

@@ -643,29 +643,27 @@ class Ops:
             self.lstm_cell_backward(gates[t], c[prev], tanh_c[t], dh, dc, dgates[t])
             if not last:
                 self.matmul(dgates[t], w_hh, out=dh)
-        if dw_ih is None:
-            return
-        off, steps = int(reverse), len(gates)
-        d = dgates.reshape(-1, dgates.shape[2])  # (T*B, 4H): a view where the block is the whole batch
-        for grad, right in ((dw_ih, seq), (dw_hh, h[off:steps + off])):  # h_prev of every step
-            self.matmul_acc(d.T, right.reshape(-1, right.shape[2]), grad,
-                            self.temporary("lstm.dw", tuple(grad.shape), grad.dtype))
-        self.sum_rows_acc(d, dbias)
+        if dw_ih is not None:
+            self._add_weight_grads(seq, h, reverse, dgates, dgates, dw_ih, dw_hh, dbias, None)
 
-    def gru_steps(self, gates, h, hn, w_hh_t, b_ih, b_hh, gh, reverse: bool, rows: slice) -> None:
-        """``lstm_steps`` for a GRU: per step gh = h_prev @ w_hh_t, then ``gru_cell(gates[t], gh, b_ih, b_hh,
-        h_prev, hn[t], h_t)`` on the rows ``rows``; gates (T, N, 3H), hn (T, N, H), gh (B, 3H)."""
-        gates, h, hn = gates[:, rows], h[:, rows], hn[:, rows]
+    def gru_steps(self, seq, w_ih_t, gates, h, hn, w_hh_t, b_ih, b_hh, gh, reverse: bool,
+                  rows: slice) -> None:
+        """``lstm_steps`` for a GRU: per step gates[t] = seq[t] @ w_ih_t and gh = h_prev @ w_hh_t, then
+        ``gru_cell(gates[t], gh, b_ih, b_hh, h_prev, hn[t], h_t)`` on the rows ``rows``; gates (T, N, 3H),
+        hn (T, N, H), gh (B, 3H)."""
+        seq, gates, h, hn = seq[:, rows], gates[:, rows], h[:, rows], hn[:, rows]
         for t, prev, new in _forward_steps(len(gates), reverse):
+            self.matmul(seq[t], w_ih_t, out=gates[t])
             self.matmul(h[prev], w_hh_t, out=gh)
             self.gru_cell(gates[t], gh, b_ih, b_hh, h[prev], hn[t], h[new])
 
-    def gru_steps_backward(self, gates, h, hn, dh, dgx, dgh, w_hh, dout, dh_direct, reverse: bool,
-                           rows: slice) -> None:
+    def gru_steps_backward(self, seq, h, gates, hn, dh, dgx, dgh, w_hh, dout, dh_direct, reverse: bool,
+                           rows: slice, dw_ih=None, dw_hh=None, db_ih=None, db_hh=None) -> None:
         """The backward of ``gru_steps`` for the rows ``rows`` (as ``lstm_steps_backward``): each step
         writes dgx[t], dgh[t] (``gru_cell_backward``) and, but for the step from the zero state, dh =
-        dgh[t] @ w_hh (3H, H) + dh z; dh_direct (B, H) scratch."""
-        gates, h, hn, dgx, dgh = (a[:, rows] for a in (gates, h, hn, dgx, dgh))
+        dgh[t] @ w_hh (3H, H) + dh z; dh_direct (B, H) scratch. Unless ``dw_ih`` is None, adds the block's
+        dw_ih += dgx^T s, dw_hh += dgh^T h_prev, db_ih += dgx and db_hh += dgh summed."""
+        seq, h, gates, hn, dgx, dgh = (a[:, rows] for a in (seq, h, gates, hn, dgx, dgh))
         dh = dh[rows]
         for t, prev, last in _backward_steps(len(gates), reverse):
             if dout is not None:
@@ -674,6 +672,20 @@ class Ops:
             if not last:
                 self.matmul(dgh[t], w_hh, out=dh)
                 dh += dh_direct
+        if dw_ih is not None:
+            self._add_weight_grads(seq, h, reverse, dgx, dgh, dw_ih, dw_hh, db_ih, db_hh)
+
+    def _add_weight_grads(self, seq, h, reverse: bool, d_in, d_rec, dw_ih, dw_hh, db_ih, db_hh) -> None:
+        """A block's recurrent weight gradients after its loop, each one product over its steps: dw_ih +=
+        d_in^T s, dw_hh += d_rec^T h_prev, db_ih += d_in summed, db_hh += d_rec summed (unless None); every
+        array (T, B, .) of the block's rows, h (T + 1, B, H)."""
+        off, steps = int(reverse), len(seq)
+        for grad, d, right in ((dw_ih, d_in, seq), (dw_hh, d_rec, h[off:steps + off])):  # h_prev of each step
+            scratch = self.temporary("rnn.dw", tuple(grad.shape), grad.dtype)
+            self.matmul_acc(_steps_as_rows(d).T, _steps_as_rows(right), grad, scratch)
+        for grad, d in ((db_ih, d_in), (db_hh, d_rec)):
+            if grad is not None:
+                self.sum_rows_acc(_steps_as_rows(d), grad)
 
     def lstm_cell(self, gates, gh, bias, c_prev, c, tanh_c, h) -> None:
         """One LSTM step in PyTorch's gate order i, f, g, o; every array 2-D ``(N, .)`` and contiguous.
@@ -926,6 +938,11 @@ def _normal_cdf(v):
 
 def _sigmoid(v):
     return 1.0 / (1.0 + np.exp(-v))
+
+
+def _steps_as_rows(a):
+    """(T, B, W) -> (T*B, W): a view where the block is the whole batch, a copy of its rows otherwise."""
+    return a.reshape(-1, a.shape[2])
 
 
 def _forward_steps(steps: int, reverse: bool) -> Iterator[tuple[int, int, int]]:

@@ -103,11 +103,12 @@ def lstm_forward_steps(seq, w_ih_t, gates, h, c, tanh_c, w_hh_t, bias, scale, gh
 
 @jit
 def lstm_backward_steps(seq, h, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, dw_ih, dw_hh, dbias, packed_x,
-                        packed_h, weight_grads, reverse, r0, r1):
+                        packed_h, reverse, r0, r1):
     """Ops.lstm_steps_backward for rows r0:r1 in one kernel; ``dout`` has no steps (shape (0, ., .))
-    when absent. With ``weight_grads`` each step adds its share of the weight gradients while dgates[t]
-    is in cache: dW_ih += dgates[t]^T x_t and dW_hh += dgates[t]^T h_prev (x_t and h_prev packed into
-    ``packed_x``, ``packed_h``), dbias += the column sums of dgates[t]. One thread, 64 rows: 2.3-2.4 ms
+    when absent. Unless dw_ih has no rows (a frozen layer), each step adds its share of the weight
+    gradients while dgates[t] is in cache: dW_ih += dgates[t]^T x_t and dW_hh += dgates[t]^T h_prev (x_t
+    and h_prev packed into ``packed_x``, ``packed_h``), dbias += the column sums of dgates[t]. One thread,
+    64 rows: 2.3-2.4 ms
     for both products against OpenBLAS's 2.5-2.6 over all steps after the loop; each block on its own
     core, where OpenBLAS split the products over both after the loop."""
     dh_r, dc_r = dh[r0:r1], dc[r0:r1]
@@ -117,28 +118,29 @@ def lstm_backward_steps(seq, h, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, dw
             _add_into(dh_r, dout[t, r0:r1])
         dg = dgates[t, r0:r1]
         lstm_cell_backward(gates[t, r0:r1], c[prev, r0:r1], tanh_c[t, r0:r1], dh_r, dc_r, dg)
-        if weight_grads:
-            pack(seq[t, r0:r1], packed_x)
-            gemm(dg.T, packed_x, dw_ih, True)
-            pack(h[prev, r0:r1], packed_h)
-            gemm(dg.T, packed_h, dw_hh, True)
-            _add_column_sums(dg, dbias)
+        if dw_ih.shape[0]:
+            _add_step_weight_grads(dg, dg, seq[t, r0:r1], h[prev, r0:r1], packed_x, packed_h, dw_ih, dw_hh,
+                                   dbias, dbias[:0])
         if not last:
             gemm(dg, w_hh, dh_r, False)
 
 
 @jit
-def gru_forward_steps(gates, h, hn, w_hh_t, b_ih, b_hh, gh, reverse, r0, r1):
-    """Ops.gru_steps for rows r0:r1 in one kernel (as lstm_forward_steps)."""
+def gru_forward_steps(seq, w_ih_t, gates, h, hn, w_hh_t, b_ih, b_hh, gh, reverse, r0, r1):
+    """Ops.gru_steps for rows r0:r1 in one kernel (as lstm_forward_steps; x_t W_ih^T goes into gates[t],
+    which the cell reads beside gh: the GRU's n gate needs the two apart)."""
     for s in range(gates.shape[0]):
         t, prev, new = _forward_step(gates.shape[0], reverse, s)
+        gemm(seq[t, r0:r1], w_ih_t, gates[t, r0:r1], False)
         gemm(h[prev, r0:r1], w_hh_t, gh, False)
         gru_cell_forward(gates[t, r0:r1], gh, b_ih, b_hh, h[prev, r0:r1], hn[t, r0:r1], h[new, r0:r1])
 
 
 @jit
-def gru_backward_steps(gates, h, hn, dh, dgx, dgh, w_hh, dout, dh_direct, reverse, r0, r1):
-    """Ops.gru_steps_backward for rows r0:r1 in one kernel; ``dout`` (0, ., .) when absent."""
+def gru_backward_steps(seq, h, gates, hn, dh, dgx, dgh, w_hh, dout, dh_direct, dw_ih, dw_hh, db_ih, db_hh,
+                       packed_x, packed_h, reverse, r0, r1):
+    """Ops.gru_steps_backward for rows r0:r1 in one kernel (as lstm_backward_steps); ``dout`` (0, ., .)
+    when absent."""
     dh_r = dh[r0:r1]
     for s in range(gates.shape[0]):
         t, prev, last = _backward_step(gates.shape[0], reverse, s)
@@ -146,9 +148,26 @@ def gru_backward_steps(gates, h, hn, dh, dgx, dgh, w_hh, dout, dh_direct, revers
             _add_into(dh_r, dout[t, r0:r1])
         gru_cell_backward(gates[t, r0:r1], hn[t, r0:r1], h[prev, r0:r1], dh_r, dgx[t, r0:r1],
                           dgh[t, r0:r1], dh_direct)
+        if dw_ih.shape[0]:
+            _add_step_weight_grads(dgx[t, r0:r1], dgh[t, r0:r1], seq[t, r0:r1], h[prev, r0:r1], packed_x,
+                                   packed_h, dw_ih, dw_hh, db_ih, db_hh)
         if not last:
             gemm(dgh[t, r0:r1], w_hh, dh_r, False)
             _add_into(dh_r, dh_direct)
+
+
+@jit
+def _add_step_weight_grads(d_in, d_rec, x, h_prev, packed_x, packed_h, dw_ih, dw_hh, db_ih, db_hh):
+    """One step's share of a recurrent layer's weight gradients, for its block of rows: dw_ih += d_in^T x,
+    dw_hh += d_rec^T h_prev (x and h_prev packed first; K = the block's rows, d^T read in place), db_ih +=
+    d_in and db_hh += d_rec summed over the rows (none into a db_hh of no elements)."""
+    pack(x, packed_x)
+    gemm(d_in.T, packed_x, dw_ih, True)
+    pack(h_prev, packed_h)
+    gemm(d_rec.T, packed_h, dw_hh, True)
+    _add_column_sums(d_in, db_ih)
+    if db_hh.shape[0]:
+        _add_column_sums(d_rec, db_hh)
 
 
 @jit

@@ -508,12 +508,13 @@ class TorchOps(Ops):
         self._loop("lstm_steps_backward", w_hh, seq, h, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, reverse,
                    rows, dw_ih, dw_hh, dbias)
 
-    def gru_steps(self, gates, h, hn, w_hh_t, b_ih, b_hh, gh, reverse, rows):
-        self._loop("gru_steps", w_hh_t, gates, h, hn, w_hh_t, b_ih, b_hh, gh, reverse, rows)
+    def gru_steps(self, seq, w_ih_t, gates, h, hn, w_hh_t, b_ih, b_hh, gh, reverse, rows):
+        self._loop("gru_steps", w_hh_t, seq, w_ih_t, gates, h, hn, w_hh_t, b_ih, b_hh, gh, reverse, rows)
 
-    def gru_steps_backward(self, gates, h, hn, dh, dgx, dgh, w_hh, dout, dh_direct, reverse, rows):
-        self._loop("gru_steps_backward", w_hh, gates, h, hn, dh, dgx, dgh, w_hh, dout, dh_direct, reverse,
-                   rows)
+    def gru_steps_backward(self, seq, h, gates, hn, dh, dgx, dgh, w_hh, dout, dh_direct, reverse, rows,
+                           dw_ih=None, dw_hh=None, db_ih=None, db_hh=None):
+        self._loop("gru_steps_backward", w_hh, seq, h, gates, hn, dh, dgx, dgh, w_hh, dout, dh_direct,
+                   reverse, rows, dw_ih, dw_hh, db_ih, db_hh)
 
     def lstm_cell(self, gates, gh, bias, c_prev, c, tanh_c, h):
         if _numba_ok(gates):

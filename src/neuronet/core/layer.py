@@ -150,16 +150,17 @@ class Workspace:
                 return buf
         return self.workspace("dx", shape)
 
-    def in_row_blocks(self, n: int, loop: Callable, *scratch: tuple[str, int],
-                      min_rows: int | None = None) -> None:
-        """Run ``loop(rows, *buffers)`` over the row blocks of ``ops.row_blocks(n, min_rows)`` of work whose
-        n rows never meet (a recurrent loop's batch, attention's samples), at once where the backend can;
-        each block gets its own (rows, width) workspace for each (name, width) of ``scratch``."""
+    def in_row_blocks(self, n: int, loop: Callable, *scratch: tuple[str, int], min_rows: int | None = None,
+                      per_block: Callable[[int], tuple] = lambda k: ()) -> None:
+        """Run ``loop(rows, *buffers, *per_block(k))`` over the row blocks of ``ops.row_blocks(n, min_rows)``
+        of work whose n rows never meet (a recurrent loop's batch, attention's samples), at once where the
+        backend can; each block gets its own (rows, width) workspace for each (name, width) of ``scratch``,
+        and whatever else ``per_block`` gives the k-th block."""
         tasks = []
         for k, rows in enumerate(self.ops.row_blocks(n, min_rows)):
             count, suffix = len(range(n)[rows]), str(k) if k else ""
             buffers = [self.workspace(name + suffix, (count, width)) for name, width in scratch]
-            tasks.append(functools.partial(loop, rows, *buffers))
+            tasks.append(functools.partial(loop, rows, *buffers, *per_block(k)))
         self.ops.run_blocks(tasks)
 
     def clear_workspace(self) -> None:

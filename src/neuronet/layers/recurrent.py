@@ -3,15 +3,14 @@ num_layers, dropout and bidirectional).
 
 Layer l (of ``num_layers``) reads the time-major sequence s_l (T, N, I_l): s_0 is x, s_{l+1} the outputs
 h_t of every direction of layer l side by side (T, N, D*H), dropped out while training. One pass is one
-layer in one direction:
+layer in one direction; all its products but ds_l run inside the cell's loop, a step's operands in cache:
 
-    forward   gates = s_l W_ih^T                          GRU: one GEMM over all T steps
-              for t in time order (reversed for the reverse direction):           the cell's loop
-                  gates[t] = cell(gates[t] + h_prev W_hh^T + biases)
-                  (LSTM: gates[t] = s_l[t] W_ih^T here, in the loop: on NumPy still in cache for the cell)
-    backward  for t in the opposite order:                                        the cell's loop
+    forward   for t in time order (reversed for the reverse direction):
+                  gates[t] = cell(s_l[t] W_ih^T + h_prev W_hh^T + biases)
+    backward  for t in the opposite order:
                   dgates[t] = cell'(dh);  dh_prev = dgates[t] W_hh
-              dW_ih = dgates^T s_l,  dW_hh = dgates^T h_prev,  ds_l = dgates W_ih  one GEMM each
+                  dW_ih += dgates[t]^T s_l[t],  dW_hh += dgates[t]^T h_prev,  db += dgates[t] summed
+              ds_l = dgates W_ih                                   one GEMM over all steps
 
 Each pass keeps its state in workspaces named after it (``h_l0``, ``c_l1_reverse``, ...) in time order
 with one extra slot: the state before step t is h[t + off] and after it h[t + 1 - off], where off is 0
@@ -23,7 +22,6 @@ where the backend can (``Layer.in_row_blocks``: on NumPy one thread per block).
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 from ..core import args
@@ -218,6 +216,39 @@ class _Recurrent(Layer):
 
 
 
+    def backward_in_blocks(self, p: _Pass, n: int, loop, *scratch: tuple[str, int],
+                           shared_bias: bool) -> None:
+        """``in_row_blocks`` for a backward loop that adds pass ``p``'s weight gradients as it goes: block k
+        runs ``loop(rows, *buffers, dW_ih, dW_hh, db_ih[, db_hh])`` (nothing after the buffers when the layer
+        is frozen), the first block adding into the gradients themselves, every other into zeroed sums of
+        its own, which are added after the region in block order (the result does not depend on which
+        thread finishes first). ``shared_bias`` (the LSTM: one pre-activation gradient reaches both biases):
+        a block adds one bias sum, which then goes to both."""
+        names = ("weight_ih", "weight_hh") + (("bias",) if shared_bias else ("bias_ih", "bias_hh"))
+        sums: list[tuple] = []
+
+        def block_sums(k: int) -> tuple:
+            into = []
+            for name in names if self.trainable else ():
+                if k == 0 and name != "bias":
+                    into.append(self.grads[name + p.tag])
+                    continue
+                shape = (self.cell.gates * self.hidden_size,) if name == "bias" else \
+                    tuple(self.grads[name + p.tag].shape)
+                part = self.workspace(f"sum_{name}{k}_l{p.layer}", shape)
+                self.ops.fill_(part, 0.0)
+                into.append(part)
+            sums.append(tuple(into))
+            return sums[-1]
+        self.in_row_blocks(n, loop, *scratch, per_block=block_sums)
+        for into in sums[1:]:
+            for total, part in zip(sums[0], into, strict=True):
+                total += part
+        if shared_bias and self.trainable:
+            self.grads["bias_ih" + p.tag] += sums[0][2]
+            self.grads["bias_hh" + p.tag] += sums[0][2]
+
+
 class _RNN(_Recurrent):
     """Shared by LSTM and GRU: arguments, checks, config; the subclass gives the cell's two loops."""
 
@@ -307,38 +338,12 @@ class LSTM(_RNN):
         dgates, dc = layer.workspace("dgates", (steps, n, width)), layer.workspace("dc", (n, hid))
         ops.fill_(dc, 0.0)
         w_hh = layer.step_weight(p, "weight_hh", transposed=False)
-        blocks = ops.row_blocks(n)
-        sums = self._block_grads(layer, p, len(blocks)) if layer.trainable else [()] * len(blocks)
-        ops.run_blocks([functools.partial(ops.lstm_steps_backward, seq, h, gates, c, tanh_c, dh, dc, dgates,
-                                          w_hh, dout, p.reverse, rows, *into)
-                        for rows, into in zip(blocks, sums, strict=True)])
-        if layer.trainable:  # each block's sums apart, added in block order (not in order of finishing)
-            for into in sums[1:]:
-                for total, part in zip(sums[0], into, strict=True):
-                    total += part
-            dw_ih, dw_hh, dbias = sums[0]
-            layer.grads["bias_ih" + p.tag] += dbias  # one pre-activation gradient reaches both biases
-            layer.grads["bias_hh" + p.tag] += dbias
-        return dgates
 
-    @staticmethod
-    def _block_grads(layer: _Recurrent, p: _Pass, blocks: int) -> list[tuple]:
-        """Where each row block adds its (dW_ih, dW_hh, dbias): the first into W_ih's and W_hh's gradients
-        and a zeroed bias sum, every other into zeroed workspaces of its own."""
-        width, grads = 4 * layer.hidden_size, layer.grads
-        sums = []
-        for k in range(blocks):
-            dbias = layer.workspace(f"dbias{k}", (width,))
-            layer.ops.fill_(dbias, 0.0)
-            if k == 0:
-                sums.append((grads["weight_ih" + p.tag], grads["weight_hh" + p.tag], dbias))
-                continue
-            into = [layer.workspace(f"{name}{k}_l{p.layer}", tuple(grads[name + p.tag].shape))
-                    for name in ("weight_ih", "weight_hh")]
-            for part in into:
-                layer.ops.fill_(part, 0.0)
-            sums.append((*into, dbias))
-        return sums
+        def loop(rows, *into):
+            ops.lstm_steps_backward(seq, h, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, p.reverse, rows,
+                                    *into)
+        layer.backward_in_blocks(p, n, loop, shared_bias=True)
+        return dgates
 
 
 class GRU(_RNN):
@@ -369,15 +374,14 @@ class GRU(_RNN):
     gates = 3
 
     def forward_loop(self, layer, p, seq, gates, h):
-        ops, (steps, n, width), size_in = layer.ops, gates.shape, seq.shape[2]
-        ops.matmul(seq.reshape(steps * n, size_in), layer.param(p, "weight_ih").T,  # all steps' x W_ih^T
-                   out=gates.reshape(steps * n, width))
+        ops, (steps, n, width) = layer.ops, gates.shape
         hn = layer.workspace("hn" + p.tag, (steps, n, self.hidden_size))
+        w_ih_t = layer.step_weight(p, "weight_ih", transposed=True)
         w_hh_t = layer.step_weight(p, "weight_hh", transposed=True)
         b_ih, b_hh = layer.param(p, "bias_ih"), layer.param(p, "bias_hh")
 
         def loop(rows, gh):
-            ops.gru_steps(gates, h, hn, w_hh_t, b_ih, b_hh, gh, p.reverse, rows)
+            ops.gru_steps(seq, w_ih_t, gates, h, hn, w_hh_t, b_ih, b_hh, gh, p.reverse, rows)
         layer.in_row_blocks(n, loop, ("gh", width))
 
     def backward_loop(self, layer, p, seq, gates, h, dh, dout):
@@ -386,16 +390,10 @@ class GRU(_RNN):
         dgx, dgh = layer.workspace("dgx", (steps, n, width)), layer.workspace("dgh", (steps, n, width))
         w_hh = layer.step_weight(p, "weight_hh", transposed=False)
 
-        def loop(rows, dh_direct):
-            ops.gru_steps_backward(gates, h, hn, dh, dgx, dgh, w_hh, dout, dh_direct, p.reverse, rows)
-        layer.in_row_blocks(n, loop, ("dh_direct", hid))
-        if layer.trainable:  # frozen: no weight gradients
-            rows, prev = seq.reshape(steps * n, -1), h[p.off:steps + p.off].reshape(steps * n, hid)
-            for side, right, grad in (("ih", rows, dgx), ("hh", prev, dgh)):
-                flat = grad.reshape(steps * n, width)
-                ops.matmul_acc(flat.T, right, layer.grads[f"weight_{side}" + p.tag],
-                               layer.workspace(f"dw_{side}_l{p.layer}", (width, right.shape[1])))
-                ops.sum_rows_acc(flat, layer.grads[f"bias_{side}" + p.tag])
+        def loop(rows, dh_direct, *into):
+            ops.gru_steps_backward(seq, h, gates, hn, dh, dgx, dgh, w_hh, dout, dh_direct, p.reverse, rows,
+                                   *into)
+        layer.backward_in_blocks(p, n, loop, ("dh_direct", hid), shared_bias=False)
         return dgx
 
 
