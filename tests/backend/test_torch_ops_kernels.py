@@ -92,7 +92,7 @@ def test_products_on_one_torch_thread_go_to_openblas_and_agree(threads, min_work
                                                                 spy_host_kernels):
     """With torch on one thread the products run in NumPy's OpenBLAS on the tensors' memory (plain,
     transposed views, stacked heads; the weight gradient accumulated); with more, or below
-    OPENBLAS_MIN_WORK multiply-adds (these are), in torch."""
+    OPENBLAS_MIN_WORK multiply-adds (these are; None, on an Intel CPU: every product), in torch."""
     ops, rng = get_ops("torch"), np.random.default_rng(4)
     if min_work is not None:
         monkeypatch.setattr(torch_ops_module, "OPENBLAS_MIN_WORK", min_work)

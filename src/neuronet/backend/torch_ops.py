@@ -729,20 +729,38 @@ def _numba_ok(x) -> bool:
     return x.dtype in _NUMBA_DTYPES and _on_cpu(x)
 
 
-OPENBLAS_MIN_WORK = 1 << 22  # multiply-adds below which torch's call beats the hand-over (~9 us)
+def _cpu_vendor() -> str:
+    """The CPU's vendor as /proc/cpuinfo names it ("GenuineIntel", "AuthenticAMD"), or "" elsewhere."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            for line in info:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+# Multiply-adds from which a product goes to NumPy's OpenBLAS while torch runs one thread (None: never;
+# below it torch's call beats the ~9 us hand-over). Only on an AMD CPU, where torch's MKL ran these
+# products slower than OpenBLAS (``_in_openblas``). On an Intel CPU (AVX-512) MKL ran them faster:
+# 768x128 @ 128x512 633-639 us against OpenBLAS's 731-751, alternating processes at one thread the char
+# GPT step 53.2-56.6 against 62.7-64.4 ms and the MLP's 3.58-3.61 against 4.57-4.60; MoE, CNN and ResNet
+# even (2026-12-07).
+OPENBLAS_MIN_WORK = 1 << 22 if _cpu_vendor() == "AuthenticAMD" else None
 
 
 def _in_openblas(a, b, out, *more) -> bool:
     """Whether the product out (+)= a @ b goes to NumPy's OpenBLAS on the tensors' memory: CPU
-    float32/float64 tensors while torch runs one thread, from OPENBLAS_MIN_WORK multiply-adds. On this AMD
-    host OpenBLAS ran the stacked per-head products 1.24x and the weight gradients (a transposed)
-    1.15-1.21x as fast as torch's calls, the plain 2-D products about as fast (0.89-1.02 alone, yet the
-    char GPT step gained most with them too: 61-64 against 64-68 ms); the MoE's products of ~2M
-    multiply-adds ran 20-45 % slower (its step 3.8-4.1 against 3.1-3.4 ms). With more threads torch's
+    float32/float64 tensors while torch runs one thread, from OPENBLAS_MIN_WORK multiply-adds. On the AMD
+    host where this was measured OpenBLAS ran the stacked per-head products 1.24x and the weight gradients
+    (a transposed) 1.15-1.21x as fast as torch's calls, the plain 2-D products about as fast (0.89-1.02
+    alone, yet the char GPT step gained most with them too: 61-64 against 64-68 ms); the MoE's products of
+    ~2M multiply-adds ran 20-45 % slower (its step 3.8-4.1 against 3.1-3.4 ms). With more threads torch's
     OpenMP workers, spinning after each torch op, would take the cores OpenBLAS's threads need (the GPT
     step 2x slower)."""
-    return torch.get_num_threads() == 1 and out.numel() * a.shape[-1] >= OPENBLAS_MIN_WORK and \
-        all(_numba_ok(t) for t in (a, b, out, *more))
+    return OPENBLAS_MIN_WORK is not None and torch.get_num_threads() == 1 and \
+        out.numel() * a.shape[-1] >= OPENBLAS_MIN_WORK and all(_numba_ok(t) for t in (a, b, out, *more))
 
 
 def _one_thread_host(*tensors, contiguous: bool = True) -> bool:
