@@ -147,6 +147,17 @@ def test_row_blocks_on_threads_train_step_allocates_nothing(rows_on_threads):
     assert_step_allocates_nothing(lambda: model.train_step(x, y))
 
 
+def test_stacked_row_blocks_train_step_allocates_nothing(rows_on_threads):
+    """Stacked passes of different input widths (each layer's W_ih^T packed apart) and every row block's
+    own gradient sums, in the steady state."""
+    x = np.random.default_rng(15).standard_normal((9, 5, 6)).astype(np.float32)
+    y = np.random.default_rng(16).integers(0, 3, 9)
+    model = nn.Sequential(nn.Bidirectional(nn.LSTM(6, 8, num_layers=2, return_sequences=True)),
+                          nn.GRU(16, 8, num_layers=2), nn.Dense(8, 3))
+    model.compile(optimizer=nn.Adam(1e-3), loss=nn.CrossEntropyLoss())
+    assert_step_allocates_nothing(lambda: model.train_step(x, y))
+
+
 # --------------------------------------------------------------------------- stacked layers and dropout
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
 @pytest.mark.parametrize("return_sequences", [False, True])

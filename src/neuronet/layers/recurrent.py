@@ -84,8 +84,8 @@ class _Recurrent(Layer):
         """The weight ``name`` of pass ``p`` as its per-step products read it, laid out by ``ops.prepack``
         once per pass: W_hh^T (H, G*H) and W_ih^T (I, G*H) for the forward, W_hh (G*H, H) for the backward."""
         w = self.param(p, name).T if transposed else self.param(p, name)
-        shape = self.ops.prepacked_shape(tuple(w.shape), self.dtype)
-        return self.ops.prepack(w, self.workspace(name + ("_t" if transposed else ""), shape))
+        shape = self.ops.prepacked_shape(tuple(w.shape), self.dtype)  # (W_ih's differs by layer: one each)
+        return self.ops.prepack(w, self.workspace(f"{name}{'_t' if transposed else ''}_l{p.layer}", shape))
 
     # ----------------------------------------------------------------- forward
     def forward(self, x, training: bool = True):
@@ -213,8 +213,6 @@ class _Recurrent(Layer):
                 dseq_in += ds
             else:
                 self.ops.copy_(dseq_in, ds)
-
-
 
     def backward_in_blocks(self, p: _Pass, n: int, loop, *scratch: tuple[str, int],
                            shared_bias: bool) -> None:
