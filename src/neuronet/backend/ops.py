@@ -619,10 +619,15 @@ class Ops:
         layer's input, gates (T, N, 4H) receive the gate activations; h, c (T + 1, N, H) have the zero
         state at index 0 (at T with ``reverse``), where prev = t (t + 1) and the step writes t + 1 (t);
         w_ih_t, w_hh_t: W_ih^T (I, 4H) and W_hh^T (H, 4H) through ``prepack``; gh (B, 4H) the block's
-        scratch."""
+        scratch. (Where the block is the whole batch, the input products of all steps are one product
+        before the loop: on a GPU one kernel instead of T.)"""
+        whole = _whole(gates, rows)
         seq, gates, h, c, tanh_c = seq[:, rows], gates[:, rows], h[:, rows], c[:, rows], tanh_c[:, rows]
+        if whole:
+            self.matmul(_steps_as_rows(seq), w_ih_t, out=_steps_as_rows(gates))
         for t, prev, new in _forward_steps(len(gates), reverse):
-            self.matmul(seq[t], w_ih_t, out=gates[t])
+            if not whole:
+                self.matmul(seq[t], w_ih_t, out=gates[t])
             self.matmul(h[prev], w_hh_t, out=gh)
             self.lstm_cell(gates[t], gh, bias, c[prev], c[new], tanh_c[t], h[new])
 
@@ -651,9 +656,13 @@ class Ops:
         """``lstm_steps`` for a GRU: per step gates[t] = seq[t] @ w_ih_t and gh = h_prev @ w_hh_t, then
         ``gru_cell(gates[t], gh, b_ih, b_hh, h_prev, hn[t], h_t)`` on the rows ``rows``; gates (T, N, 3H),
         hn (T, N, H), gh (B, 3H)."""
+        whole = _whole(gates, rows)
         seq, gates, h, hn = seq[:, rows], gates[:, rows], h[:, rows], hn[:, rows]
+        if whole:
+            self.matmul(_steps_as_rows(seq), w_ih_t, out=_steps_as_rows(gates))
         for t, prev, new in _forward_steps(len(gates), reverse):
-            self.matmul(seq[t], w_ih_t, out=gates[t])
+            if not whole:
+                self.matmul(seq[t], w_ih_t, out=gates[t])
             self.matmul(h[prev], w_hh_t, out=gh)
             self.gru_cell(gates[t], gh, b_ih, b_hh, h[prev], hn[t], h[new])
 
@@ -938,6 +947,11 @@ def _normal_cdf(v):
 
 def _sigmoid(v):
     return 1.0 / (1.0 + np.exp(-v))
+
+
+def _whole(steps_rows, rows: slice) -> bool:
+    """Whether the block ``rows`` of a (T, N, .) array is all of its N rows."""
+    return len(range(steps_rows.shape[1])[rows]) == steps_rows.shape[1]
 
 
 def _steps_as_rows(a):
