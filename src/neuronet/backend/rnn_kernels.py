@@ -1,4 +1,5 @@
-"""Fused Numba kernels for one step of an LSTM or GRU cell: all gate nonlinearities in one pass.
+"""Fused Numba kernels for an LSTM or GRU cell: one step's gate nonlinearities in one pass, and a row
+block's whole time loop (its per-step products on ``packed_gemm``) in one call.
 
 Arrays are 2-D and C-contiguous: gate blocks ``(N, G*H)`` in PyTorch's order (LSTM i, f, g, o;
 GRU r, z, n), states ``(N, H)``, biases ``(G*H,)``. tanh and sigmoid come from ``fastmath``: on
@@ -108,9 +109,8 @@ def lstm_backward_steps(seq, h, gates, c, tanh_c, dh, dc, dgates, w_hh, dout, dw
     when absent. Unless dw_ih has no rows (a frozen layer), each step adds its share of the weight
     gradients while dgates[t] is in cache: dW_ih += dgates[t]^T x_t and dW_hh += dgates[t]^T h_prev (x_t
     and h_prev packed into ``packed_x``, ``packed_h``), dbias += the column sums of dgates[t]. One thread,
-    64 rows: 2.3-2.4 ms
-    for both products against OpenBLAS's 2.5-2.6 over all steps after the loop; each block on its own
-    core, where OpenBLAS split the products over both after the loop."""
+    64 rows: 2.3-2.4 ms for both products against OpenBLAS's 2.5-2.6 over all steps after the loop; and
+    each block on its own core, where OpenBLAS split the products over both after the loop."""
     dh_r, dc_r = dh[r0:r1], dc[r0:r1]
     for s in range(gates.shape[0]):
         t, prev, last = _backward_step(gates.shape[0], reverse, s)
