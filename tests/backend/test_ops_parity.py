@@ -96,6 +96,34 @@ def _(ops, a):
     return out, a["acc"], a["bias"], np.array(ops.sum_of_squares(a["b"].reshape(-1)))
 
 
+@case("linear_grads",
+      lambda r: {"dz": randn(r, 6, 5), "x": randn(r, 6, 3), "w": randn(r, 5, 3), "dw": randn(r, 5, 3)})
+def _(ops, a):
+    """Both products, then each alone (the other None); dw accumulates, dx is written."""
+    dx, scratch = ops.empty((6, 3), "float64"), ops.empty((5, 3), "float64")
+    ops.linear_grads(a["dz"], a["x"], a["w"], a["dw"], dx, scratch)
+    dw_once = ops.asarray(np.array(ops.to_numpy(a["dw"])), "float64")
+    ops.linear_grads(a["dz"], a["x"], a["w"], a["dw"], None, scratch)
+    dx_alone = ops.empty((6, 3), "float64")
+    ops.linear_grads(a["dz"], a["x"], a["w"], None, dx_alone, scratch)
+    return dx, dw_once, a["dw"], dx_alone
+
+
+def test_linear_grads_at_once_on_two_threads(monkeypatch):
+    """The NumPy backend's two products at once (one row-thread region of two tasks) agree with the
+    reference, the weight gradient accumulated."""
+    from neuronet.backend import numpy_ops
+
+    monkeypatch.setattr(numpy_ops, "PAIR_WORK", 0)
+    monkeypatch.setattr("neuronet.backend.blas_threads.threads", lambda: 2)
+    regions = []
+    run_blocks = NumpyOps.run_blocks
+    monkeypatch.setattr(NumpyOps, "run_blocks", lambda self, tasks: (regions.append(len(tasks)),
+                                                                      run_blocks(self, tasks)))
+    check(*CASES["linear_grads"], backends={"numpy": NumpyOps()})
+    assert regions == [2]
+
+
 # ----------------------------------------------------------------- convolution and pooling
 GEOM = ConvGeometry(in_size=(7, 6), kernel=(3, 3), stride=(2, 1), padding=((1, 0), (1, 1)), dilation=(1, 2),
                     groups=2, out_size=(conv_output_size(7, 3, 2, 1, 0), conv_output_size(6, 3, 1, 1, 1, 2)))

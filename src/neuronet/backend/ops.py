@@ -218,6 +218,16 @@ class Ops:
         self.xp.matmul(a, b, out=scratch)
         out += scratch
 
+    def linear_grads(self, dz, x, weight, dweight, dx, scratch=None) -> None:
+        """The two products of a linear map's backward, for z = x weight^T with dz (M, out), x (M, in),
+        weight (out, in): dweight (out, in) += dz^T x unless dweight is None (``matmul_acc``, with its
+        ``scratch``), and dx (M, in) = dz weight unless dx is None. They do not depend on each other: a
+        backend may run them at once."""
+        if dweight is not None:
+            self.matmul_acc(dz.T, x, dweight, scratch)
+        if dx is not None:
+            self.matmul(dz, weight, out=dx)
+
     def sum_rows_acc(self, x, out) -> None:
         """out += x summed over every axis but the last (bias gradients)."""
         out += self.xp.sum(x.reshape(-1, x.shape[-1]), axis=0)

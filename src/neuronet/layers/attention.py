@@ -195,10 +195,11 @@ class MultiHeadAttention(Layer):
         dq, dk, dv = self._heads(dqkv, 3)
         self._attend_backward(do, dq, dk, dv)
         if self.trainable:  # frozen: no weight gradients (out_proj, a child, decides for itself)
-            ops.matmul_acc(dqkv.T, self._x, self.grads["in_proj_weight"], self.temporary("dw", (3 * d, d)))
             ops.sum_rows_acc(dqkv, self.grads["in_proj_bias"])
         dx = self.input_grad_buffer((n * t, d), dy)
-        ops.matmul(dqkv, self.params["in_proj_weight"], out=dx)
+        ops.linear_grads(dqkv, self._x, self.params["in_proj_weight"],
+                         self.grads["in_proj_weight"] if self.trainable else None, dx,
+                         self.temporary("dw", (3 * d, d)))
         return dx.reshape(n, t, d)
 
     def _backward_cross(self, do):

@@ -66,13 +66,10 @@ class Dense(Layer):
         else:  # dz = dy * act'(z) and db += sum over rows of dz, in one pass
             dz = self.temporary("dz", (m, self.out_features))
             ops.activation_backward(self.activation, dy, self._z, self._y, dz, bias_grad=db)
-        if self.trainable:  # dW += dz^T x
-            ops.matmul_acc(dz.T, self._x, g["weight"], self.temporary("dw", g["weight"].shape))
-        if not self.needs_input_grad:
-            return None
-        dx = self.input_grad_buffer((m, self.in_features), dy)
-        ops.matmul(dz, self.params["weight"], out=dx)
-        return dx.reshape(self._x_shape)
+        dw = g["weight"] if self.trainable else None  # dW += dz^T x
+        dx = self.input_grad_buffer((m, self.in_features), dy) if self.needs_input_grad else None  # dz W
+        ops.linear_grads(dz, self._x, self.params["weight"], dw, dx, self.temporary("dw", g["weight"].shape))
+        return None if dx is None else dx.reshape(self._x_shape)
 
     def recompute_output(self):
         """y = act(z) again from the kept pre-activation and return y: for a container that shares y's
