@@ -452,6 +452,23 @@ for _name, (_, _kws) in STEPS.items():
         _step_case(_name, _k, _kw)
 
 
+@pytest.mark.parametrize("name", sorted(k for k in CASES if k.split()[0] in STEPS))
+@pytest.mark.parametrize("threads", [2, 3])
+def test_optimizer_updates_in_span_blocks(name, threads, monkeypatch):
+    """The NumPy backend's updates with their spans cut into blocks on the row threads (a cut inside a
+    span and, with three, at a span's end and across the frozen gap) agree with the reference."""
+    from neuronet.backend import numpy_ops
+
+    monkeypatch.setattr(numpy_ops, "OPTIM_SPLIT_WORK", 0)
+    monkeypatch.setattr("neuronet.backend.blas_threads.threads", lambda: threads)
+    regions = []
+    run_blocks = NumpyOps.run_blocks
+    monkeypatch.setattr(NumpyOps, "run_blocks", lambda self, tasks: (regions.append(len(tasks)),
+                                                                      run_blocks(self, tasks)))
+    check(*CASES[name], backends={"numpy": NumpyOps()})
+    assert regions == [threads]
+
+
 # ----------------------------------------------------------------- routing
 @case("topk group_by_key bincount",
       lambda r: {"x": randn(r, 5, 6), "keys": r.integers(0, 4, 20)})

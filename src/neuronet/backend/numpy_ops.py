@@ -19,7 +19,7 @@ from . import (
     row_threads,
 )
 from .conv_geometry import ConvGeometry
-from .ops import DEFAULT_ALPHA, Ops
+from .ops import DEFAULT_ALPHA, Ops, Spans
 
 # Multiply-adds of a stacked product from which the row threads share its matrices. A region costs 75 us
 # (median, 2 cores): (12, 4, 128, 32) @ (.., 32, 128), 25M, took as long split as not (570 us); nanoGPT's
@@ -39,6 +39,9 @@ PASS_SPLIT_WORK = 1 << 17
 # 2.81-2.95, char GPT 35.7-37.5 (median 36.1) against 35.8-37.2 (36.7), MoE 2.53-2.79 against 2.63-2.95,
 # CNN even; 2^21 and 2^23 read the same as 2^22 within the host's noise.
 PAIR_WORK = 1 << 22
+# Elements of an optimizer update from which its spans run in blocks on the row threads: Adam over 804K
+# float32 (the char GPT), one thread 460 us in a loop and 840-950 with cold caches, two 305 and 560-610.
+OPTIM_SPLIT_WORK = 1 << 18
 DRAW_CHUNK = 1 << 18  # uniforms drawn at a time for a dropout mask (a 1 MiB float32 temporary)
 # A stride-1 convolution with one group whose dx is not wanted (a first layer) takes its weight gradient
 # direct (conv_kernels.direct_conv2d_backward) with at most this many input channels and C*kh*kw inputs
@@ -612,40 +615,64 @@ class NumpyOps(Ops):
         t, bc1 = p.dtype.type, 1.0 - beta1 ** step
         coef = [(1.0 - r * wd, 0.0, r / bc1) if decoupled else (1.0, wd, r / bc1)
                 for r, wd in zip(lr, weight_decay, strict=True)]
-        optim_kernels.adam_update(p, g, m, v, *_table(spans, coef, p.dtype), t(beta2), t(1.0 - beta1),
-                                  t(1.0 - beta2), t(math.sqrt(1.0 - beta2 ** step)), t(eps))
+        self._update(optim_kernels.adam_update, (p, g, m, v), spans, coef, t(beta2), t(1.0 - beta1),
+                     t(1.0 - beta2), t(math.sqrt(1.0 - beta2 ** step)), t(eps))
 
     def sgd_step(self, p, g, buf, scratch, spans, *, lr, weight_decay, momentum, dampening, nesterov, first):
         t = p.dtype.type
-        optim_kernels.sgd_update(p, g, _EMPTY[p.dtype] if buf is None else buf,
-                                 *_table(spans, zip(lr, weight_decay, strict=True), p.dtype), t(momentum),
-                                 t(1.0 - dampening), bool(nesterov), bool(first))
+        self._update(optim_kernels.sgd_update, (p, g, _EMPTY[p.dtype] if buf is None else buf), spans,
+                     zip(lr, weight_decay, strict=True), t(momentum), t(1.0 - dampening), bool(nesterov),
+                     bool(first))
 
     def rmsprop_step(self, p, g, square_avg, grad_avg, buf, scratch, spans, *, lr, weight_decay, alpha, eps,
                      momentum, centered):
         t, empty = p.dtype.type, _EMPTY[p.dtype]
-        optim_kernels.rmsprop_update(p, g, square_avg, empty if grad_avg is None else grad_avg,
-                                     empty if buf is None else buf,
-                                     *_table(spans, zip(lr, weight_decay, strict=True), p.dtype), t(alpha),
-                                     t(1.0 - alpha), t(eps), t(momentum), bool(centered))
+        self._update(optim_kernels.rmsprop_update, (p, g, square_avg, empty if grad_avg is None else grad_avg,
+                                                    empty if buf is None else buf),
+                     spans, zip(lr, weight_decay, strict=True), t(alpha), t(1.0 - alpha), t(eps), t(momentum),
+                     bool(centered))
 
     def adagrad_step(self, p, g, state_sum, scratch, spans, *, lr, weight_decay, eps):
-        table = _table(spans, zip(lr, weight_decay, strict=True), p.dtype)
-        optim_kernels.adagrad_update(p, g, state_sum, *table, p.dtype.type(eps))
+        self._update(optim_kernels.adagrad_update, (p, g, state_sum), spans,
+                     zip(lr, weight_decay, strict=True), p.dtype.type(eps))
 
     def nadam_step(self, p, g, m, v, scratch, spans, *, lr, weight_decay, beta1, beta2, eps, step, mu,
                    mu_next, mu_product):
         t = p.dtype.type
         coef = [(wd, r * (1.0 - mu) / (1.0 - mu_product), r * mu_next / (1.0 - mu_product * mu_next))
                 for r, wd in zip(lr, weight_decay, strict=True)]
-        optim_kernels.nadam_update(p, g, m, v, *_table(spans, coef, p.dtype), t(beta2), t(1.0 - beta1),
-                                   t(1.0 - beta2), t(1.0 - beta2 ** step), t(eps))
+        self._update(optim_kernels.nadam_update, (p, g, m, v), spans, coef, t(beta2), t(1.0 - beta1),
+                     t(1.0 - beta2), t(1.0 - beta2 ** step), t(eps))
+
+    def _update(self, kernel, arrays: tuple, spans, coef, *scalars) -> None:
+        """``kernel(*arrays, starts, stops, group, coef, *scalars)`` over the spans, the per-group scalars
+        ``coef`` (one row per group) in the parameters' dtype; from OPTIM_SPLIT_WORK elements and two
+        threads, its spans cut into blocks of near-equal elements, the blocks at once (memory-bound: two
+        cores move more bytes than one)."""
+        table = np.array(list(coef), arrays[0].dtype)
+        total = sum(b - a for a, b, _ in spans.items)
+        parts = (spans,) if blas_threads.threads() < 2 or total < OPTIM_SPLIT_WORK else \
+            _split_spans(spans.items, blas_threads.threads())
+        self.run_blocks([functools.partial(kernel, *arrays, part.starts, part.stops, part.group, table,
+                                           *scalars) for part in parts])
 
 
-def _table(spans, coef, dtype) -> tuple:
-    """The kernels' span arguments: starts, stops, group, and the per-group scalars (one row of ``coef``
-    per group) in the parameters' dtype."""
-    return spans.starts, spans.stops, spans.group, np.array(list(coef), dtype)
+@functools.lru_cache(maxsize=16)
+def _split_spans(items: tuple, parts: int) -> tuple[Spans, ...]:
+    """The spans ``items`` ((start, stop, group) triples) cut into ``parts`` tables of near-equal elements."""
+    total = sum(b - a for a, b, _ in items)
+    cuts = [total * k // parts for k in range(1, parts)]
+    tables, current, seen = [], [], 0
+    for a, b, group in items:
+        while cuts and seen + (b - a) > cuts[0]:  # the span crosses a cut: the part before it ends a table
+            at = a + cuts.pop(0) - seen
+            current.append((a, at, group))
+            tables.append(current)
+            current, seen, a = [], seen + at - a, at
+        current.append((a, b, group))
+        seen += b - a
+    tables.append(current)
+    return tuple(Spans.of([(a, b, k) for a, b, k in table if b > a]) for table in tables)
 
 
 # Stand-ins for absent optimizer state (no momentum buffer, not centered), one per float dtype.
