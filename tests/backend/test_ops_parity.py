@@ -459,7 +459,7 @@ def test_optimizer_updates_in_span_blocks(name, threads, monkeypatch):
     span and, with three, at a span's end and across the frozen gap) agree with the reference."""
     from neuronet.backend import numpy_ops
 
-    monkeypatch.setattr(numpy_ops, "OPTIM_SPLIT_WORK", 0)
+    monkeypatch.setattr(numpy_ops, "BULK_SPLIT_WORK", 0)
     monkeypatch.setattr("neuronet.backend.blas_threads.threads", lambda: threads)
     regions = []
     run_blocks = NumpyOps.run_blocks
@@ -467,6 +467,26 @@ def test_optimizer_updates_in_span_blocks(name, threads, monkeypatch):
                                                                       run_blocks(self, tasks)))
     check(*CASES[name], backends={"numpy": NumpyOps()})
     assert regions == [threads]
+
+
+def test_fill_in_blocks(monkeypatch):
+    """A large contiguous fill runs in blocks on the row threads and reaches every element; a strided view
+    is filled where it lies and nowhere else."""
+    from neuronet.backend import numpy_ops
+
+    monkeypatch.setattr(numpy_ops, "BULK_SPLIT_WORK", 4)
+    monkeypatch.setattr("neuronet.backend.blas_threads.threads", lambda: 2)
+    regions = []
+    run_blocks = NumpyOps.run_blocks
+    monkeypatch.setattr(NumpyOps, "run_blocks", lambda self, tasks: (regions.append(len(tasks)),
+                                                                      run_blocks(self, tasks)))
+    ops, x = NumpyOps(), np.zeros((3, 7))
+    ops.fill_(x, 1.5)
+    np.testing.assert_array_equal(x, np.full((3, 7), 1.5))
+    ops.fill_(x[:, ::2], -2.0)
+    np.testing.assert_array_equal(x[:, ::2], -2.0)
+    np.testing.assert_array_equal(x[:, 1::2], 1.5)
+    assert regions == [2]
 
 
 # ----------------------------------------------------------------- routing

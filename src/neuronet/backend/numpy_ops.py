@@ -39,9 +39,11 @@ PASS_SPLIT_WORK = 1 << 17
 # 2.81-2.95, char GPT 35.7-37.5 (median 36.1) against 35.8-37.2 (36.7), MoE 2.53-2.79 against 2.63-2.95,
 # CNN even; 2^21 and 2^23 read the same as 2^22 within the host's noise.
 PAIR_WORK = 1 << 22
-# Elements of an optimizer update from which its spans run in blocks on the row threads: Adam over 804K
-# float32 (the char GPT), one thread 460 us in a loop and 840-950 with cold caches, two 305 and 560-610.
-OPTIM_SPLIT_WORK = 1 << 18
+# Elements of a memory-bound pass over a whole buffer (an optimizer update, the gradients' zeroing) from which
+# it runs in blocks on the row threads: Adam over 804K float32 (the char GPT), one thread 460 us in a loop and
+# 840-950 with cold caches, two 305 and 560-610; the char GPT's step with its 3.2 MB of gradients zeroed in
+# two blocks 33.2-36.0 ms against 33.5-36.1 (lower in each of four alternating pairs).
+BULK_SPLIT_WORK = 1 << 18
 DRAW_CHUNK = 1 << 18  # uniforms drawn at a time for a dropout mask (a 1 MiB float32 temporary)
 # A stride-1 convolution with one group whose dx is not wanted (a first layer) takes its weight gradient
 # direct (conv_kernels.direct_conv2d_backward) with at most this many input channels and C*kh*kw inputs
@@ -201,6 +203,14 @@ class NumpyOps(Ops):
         return None
 
     # ----------------------------------------------------------------- primitives
+    def fill_(self, x, value):
+        if x.size < BULK_SPLIT_WORK or not x.flags.c_contiguous:
+            return super().fill_(x, value)
+        flat = x.reshape(-1)  # (ndarray.fill releases the GIL: the blocks run at once)
+        self.run_blocks([functools.partial(flat[part].fill, value)
+                         for part in self._blocks(flat.size, flat.size, BULK_SPLIT_WORK)])
+        return None
+
     def where(self, cond, a, b, out):
         np.copyto(out, b)
         np.copyto(out, a, where=cond)
@@ -646,12 +656,12 @@ class NumpyOps(Ops):
 
     def _update(self, kernel, arrays: tuple, spans, coef, *scalars) -> None:
         """``kernel(*arrays, starts, stops, group, coef, *scalars)`` over the spans, the per-group scalars
-        ``coef`` (one row per group) in the parameters' dtype; from OPTIM_SPLIT_WORK elements and two
+        ``coef`` (one row per group) in the parameters' dtype; from BULK_SPLIT_WORK elements and two
         threads, its spans cut into blocks of near-equal elements, the blocks at once (memory-bound: two
         cores move more bytes than one)."""
         table = np.array(list(coef), arrays[0].dtype)
         total = sum(b - a for a, b, _ in spans.items)
-        parts = (spans,) if blas_threads.threads() < 2 or total < OPTIM_SPLIT_WORK else \
+        parts = (spans,) if blas_threads.threads() < 2 or total < BULK_SPLIT_WORK else \
             _split_spans(spans.items, blas_threads.threads())
         self.run_blocks([functools.partial(kernel, *arrays, part.starts, part.stops, part.group, table,
                                            *scalars) for part in parts])
