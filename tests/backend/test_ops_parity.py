@@ -109,17 +109,25 @@ def _(ops, a):
     return dx, dw_once, a["dw"], dx_alone
 
 
-def test_linear_grads_at_once_on_two_threads(monkeypatch):
-    """The NumPy backend's two products at once (one row-thread region of two tasks) agree with the
-    reference, the weight gradient accumulated."""
+def regions_on(monkeypatch, threads: int, **thresholds) -> list[int]:
+    """NumPy's row threads as if there were ``threads`` cores, numpy_ops' ``thresholds`` set (e.g.
+    PAIR_WORK=0); returns the list that records each region's number of tasks."""
     from neuronet.backend import numpy_ops
 
-    monkeypatch.setattr(numpy_ops, "PAIR_WORK", 0)
-    monkeypatch.setattr("neuronet.backend.blas_threads.threads", lambda: 2)
-    regions = []
+    for name, value in thresholds.items():
+        monkeypatch.setattr(numpy_ops, name, value)
+    monkeypatch.setattr("neuronet.backend.blas_threads.threads", lambda: threads)
+    regions: list[int] = []
     run_blocks = NumpyOps.run_blocks
     monkeypatch.setattr(NumpyOps, "run_blocks", lambda self, tasks: (regions.append(len(tasks)),
                                                                       run_blocks(self, tasks)))
+    return regions
+
+
+def test_linear_grads_at_once_on_two_threads(monkeypatch):
+    """The NumPy backend's two products at once (one row-thread region of two tasks) agree with the
+    reference, the weight gradient accumulated."""
+    regions = regions_on(monkeypatch, 2, PAIR_WORK=0)
     check(*CASES["linear_grads"], backends={"numpy": NumpyOps()})
     assert regions == [2]
 
@@ -457,14 +465,7 @@ for _name, (_, _kws) in STEPS.items():
 def test_optimizer_updates_in_span_blocks(name, threads, monkeypatch):
     """The NumPy backend's updates with their spans cut into blocks on the row threads (a cut inside a
     span and, with three, at a span's end and across the frozen gap) agree with the reference."""
-    from neuronet.backend import numpy_ops
-
-    monkeypatch.setattr(numpy_ops, "BULK_SPLIT_WORK", 0)
-    monkeypatch.setattr("neuronet.backend.blas_threads.threads", lambda: threads)
-    regions = []
-    run_blocks = NumpyOps.run_blocks
-    monkeypatch.setattr(NumpyOps, "run_blocks", lambda self, tasks: (regions.append(len(tasks)),
-                                                                      run_blocks(self, tasks)))
+    regions = regions_on(monkeypatch, threads, BULK_SPLIT_WORK=0)
     check(*CASES[name], backends={"numpy": NumpyOps()})
     assert regions == [threads]
 
@@ -472,14 +473,7 @@ def test_optimizer_updates_in_span_blocks(name, threads, monkeypatch):
 def test_fill_in_blocks(monkeypatch):
     """A large contiguous fill runs in blocks on the row threads and reaches every element; a strided view
     is filled where it lies and nowhere else."""
-    from neuronet.backend import numpy_ops
-
-    monkeypatch.setattr(numpy_ops, "BULK_SPLIT_WORK", 4)
-    monkeypatch.setattr("neuronet.backend.blas_threads.threads", lambda: 2)
-    regions = []
-    run_blocks = NumpyOps.run_blocks
-    monkeypatch.setattr(NumpyOps, "run_blocks", lambda self, tasks: (regions.append(len(tasks)),
-                                                                      run_blocks(self, tasks)))
+    regions = regions_on(monkeypatch, 2, BULK_SPLIT_WORK=4)
     ops, x = NumpyOps(), np.zeros((3, 7))
     ops.fill_(x, 1.5)
     np.testing.assert_array_equal(x, np.full((3, 7), 1.5))
