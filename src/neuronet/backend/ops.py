@@ -631,13 +631,8 @@ class Ops:
         w_ih_t, w_hh_t: W_ih^T (I, 4H) and W_hh^T (H, 4H) through ``prepack``; gh (B, 4H) the block's
         scratch. (Where the block is the whole batch, the input products of all steps are one product
         before the loop: on a GPU one kernel instead of T.)"""
-        whole = _whole(gates, rows)
-        seq, gates, h, c, tanh_c = seq[:, rows], gates[:, rows], h[:, rows], c[:, rows], tanh_c[:, rows]
-        if whole:
-            self.matmul(_steps_as_rows(seq), w_ih_t, out=_steps_as_rows(gates))
-        for t, prev, new in _forward_steps(len(gates), reverse):
-            if not whole:
-                self.matmul(seq[t], w_ih_t, out=gates[t])
+        gates, h, c, tanh_c = gates[:, rows], h[:, rows], c[:, rows], tanh_c[:, rows]
+        for t, prev, new in self._input_steps(seq, w_ih_t, gates, rows, reverse):
             self.matmul(h[prev], w_hh_t, out=gh)
             self.lstm_cell(gates[t], gh, bias, c[prev], c[new], tanh_c[t], h[new])
 
@@ -666,15 +661,24 @@ class Ops:
         """``lstm_steps`` for a GRU: per step gates[t] = seq[t] @ w_ih_t and gh = h_prev @ w_hh_t, then
         ``gru_cell(gates[t], gh, b_ih, b_hh, h_prev, hn[t], h_t)`` on the rows ``rows``; gates (T, N, 3H),
         hn (T, N, H), gh (B, 3H)."""
-        whole = _whole(gates, rows)
-        seq, gates, h, hn = seq[:, rows], gates[:, rows], h[:, rows], hn[:, rows]
+        gates, h, hn = gates[:, rows], h[:, rows], hn[:, rows]
+        for t, prev, new in self._input_steps(seq, w_ih_t, gates, rows, reverse):
+            self.matmul(h[prev], w_hh_t, out=gh)
+            self.gru_cell(gates[t], gh, b_ih, b_hh, h[prev], hn[t], h[new])
+
+    def _input_steps(self, seq, w_ih_t, gates, rows: slice, reverse: bool) -> Iterator[tuple[int, int, int]]:
+        """``_forward_steps`` of a block's forward loop, with its input product gates[t] = seq[t] @ w_ih_t
+        done by the time each step is yielded (gates: the block's (T, B, G*H) view): one product of all
+        steps before the first where the block is the whole batch (on a GPU one kernel instead of T),
+        else one per step."""
+        whole = len(range(seq.shape[1])[rows]) == seq.shape[1]
+        seq = seq[:, rows]
         if whole:
             self.matmul(_steps_as_rows(seq), w_ih_t, out=_steps_as_rows(gates))
         for t, prev, new in _forward_steps(len(gates), reverse):
             if not whole:
                 self.matmul(seq[t], w_ih_t, out=gates[t])
-            self.matmul(h[prev], w_hh_t, out=gh)
-            self.gru_cell(gates[t], gh, b_ih, b_hh, h[prev], hn[t], h[new])
+            yield t, prev, new
 
     def gru_steps_backward(self, seq, h, gates, hn, dh, dgx, dgh, w_hh, dout, dh_direct, reverse: bool,
                            rows: slice, dw_ih=None, dw_hh=None, db_ih=None, db_hh=None) -> None:
@@ -957,11 +961,6 @@ def _normal_cdf(v):
 
 def _sigmoid(v):
     return 1.0 / (1.0 + np.exp(-v))
-
-
-def _whole(steps_rows, rows: slice) -> bool:
-    """Whether the block ``rows`` of a (T, N, .) array is all of its N rows."""
-    return len(range(steps_rows.shape[1])[rows]) == steps_rows.shape[1]
 
 
 def _steps_as_rows(a):

@@ -68,7 +68,8 @@ class Dense(Layer):
             ops.activation_backward(self.activation, dy, self._z, self._y, dz, bias_grad=db)
         dw = g["weight"] if self.trainable else None  # dW += dz^T x
         dx = self.input_grad_buffer((m, self.in_features), dy) if self.needs_input_grad else None  # dz W
-        ops.linear_grads(dz, self._x, self.params["weight"], dw, dx, self.temporary("dw", g["weight"].shape))
+        scratch = None if dw is None else self.temporary("dw", g["weight"].shape)
+        ops.linear_grads(dz, self._x, self.params["weight"], dw, dx, scratch)
         return None if dx is None else dx.reshape(self._x_shape)
 
     def recompute_output(self):
