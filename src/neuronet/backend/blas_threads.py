@@ -11,11 +11,14 @@ choice changes. Without a bundled OpenBLAS it does nothing.
 
 An idle OpenBLAS worker spins (sched_yield) for 2^28 cycles, 0.1 s, before it sleeps: in a training loop
 with a GEMM every few milliseconds it never sleeps, and holds a core that the NumPy backend's own
-threads (row_threads) need. ``SPIN_LOG2`` shortens the spin to 2^18 cycles (0.1 ms at 2.6 GHz) once,
-when this module loads, unless OPENBLAS_THREAD_TIMEOUT or GOTO_THREAD_TIMEOUT is set (the user's
-choice wins). Measured 2026-12-06 on 2 cores, training step medians over 4 process starts each:
-LSTM 8.3-9.7 ms against 11.4-15.3 ms; the MLP and the char GPT within the host's spread (2.97-5.04
+threads (row_threads) need. ``SPIN_LOG2`` shortens the spin to 2^14 cycles (~6 us) once, when this
+module loads, unless OPENBLAS_THREAD_TIMEOUT or GOTO_THREAD_TIMEOUT is set (the user's choice wins).
+Measured 2026-12-06 on 2 cores, training step medians over 4 process starts each, 2^18 cycles against
+2^28: LSTM 8.3-9.7 ms against 11.4-15.3 ms; the MLP and the char GPT within the host's spread (2.97-5.04
 against 3.16-5.77 ms, 45.8-58.4 against 44.2-54.3 ms). A spin of 2^4 cycles slowed the MLP and GPT.
+2026-12-07, 2^14 against 2^18: after the char GPT's threaded products the row worker saw its next task
+~60 us late (OpenBLAS's worker spun on its core) against ~4 us; steps, with row_threads' grace, five
+alternating processes each: char GPT 27.1 against 27.9 ms, the others even (LSTM 4.29 against 4.30).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from collections.abc import Iterator
 import numpy as np
 
 SMALL_GEMM = 1 << 23  # multiply-adds of one product below which it runs single-threaded
-SPIN_LOG2 = 18  # an idle OpenBLAS worker spins 2^SPIN_LOG2 cycles before it sleeps (OpenBLAS: 28)
+SPIN_LOG2 = 14  # an idle OpenBLAS worker spins 2^SPIN_LOG2 cycles before it sleeps (OpenBLAS: 28)
 _SPIN_VARIABLES = ("OPENBLAS_THREAD_TIMEOUT", "GOTO_THREAD_TIMEOUT")
 
 

@@ -19,6 +19,16 @@ GPT 34.1-34.3 against 34.0-36.6 ms, LSTM 5.18-5.21 against 5.42-5.86, small ResN
 wall-clock time spun for seconds when other processes held the cores (each ``sched_yield`` then gives
 up a time slice): the test suite, two processes on two cores, took 480 s against 180; with SPIN_NS, 113.
 Where the cores are shared with other work, ``OMP_WAIT_POLICY=passive`` turns the polling off.
+
+A worker that has seen its task waits GRACE_NS more (polling) before it asks for the GIL: the caller
+holds the GIL until its own task reaches native code (the Python before a kernel: ~4 us for an
+elementwise pass, ~20 us for an attention block), and a worker that asks before then sleeps on the GIL's
+condition, whose wake-up took 30-60 us here (the idle virtual core halted again). Measured 2026-12-07 in
+the char GPT's step, 2 cores, the worker's start after the post (median per kind of region, without ->
+with a grace of 25 us): attention blocks 78 -> 35 us, a linear map's backward products 45 -> 33, GELU
+backward 54 -> 36. Steps with the grace and blas_threads.SPIN_LOG2 14 against neither, alternating
+processes: char GPT 27.6 against 28.4 ms (eight pairs, each faster), LSTM 4.26 against 4.34, ResNet
+37.2-37.7 against 38.1 (five), CNN, MLP and MoE even. A region of two GELU halves alone: 97 against 125 us.
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ MIN_ROWS = 16  # rows per block below which the GEMM gains less than the hand-of
 # the setting that tells OpenMP's workers (PyTorch's among them) not to spin either.
 SPIN_NS = 0 if os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE" else 3_000_000
 MAX_WORKERS = 256  # a region of more tasks runs them in turn on the calling thread
+GRACE_NS = 25_000  # how long a worker that has seen its task polls on before it asks for the GIL
 
 _busy = threading.Lock()
 _jit = numba.njit(cache=True, nogil=True)
@@ -53,33 +64,40 @@ if _CLOCK is not None:
     _clock_gettime = types.ExternalFunction("clock_gettime", types.int32(types.int32, types.intp))
 
     @_jit
-    def _poll(posted, i, seen, spin_ns, clock):
-        """True as soon as posted[i] != seen (a task was posted), False after ``spin_ns`` of polling;
-        clock: this thread's int64[2] (a struct timespec)."""
+    def _now(clock):
+        """CLOCK_MONOTONIC in ns; clock: this thread's int64[2] (a struct timespec)."""
         _clock_gettime(_CLOCK, clock.ctypes.data)
-        end = clock[0] * 1_000_000_000 + clock[1] + spin_ns
+        return clock[0] * 1_000_000_000 + clock[1]
+
+    @_jit
+    def _poll(posted, i, seen, spin_ns, grace_ns, clock):
+        """True once posted[i] != seen (a task was posted) and ``grace_ns`` more have passed, False after
+        ``spin_ns`` of polling without a task."""
+        end = _now(clock) + spin_ns
         while True:
             for _ in range(64):
                 if posted[i] != seen:
+                    until = _now(clock) + grace_ns
+                    while _now(clock) < until:  # (not yielding: the caller is about to let go)
+                        pass
                     return True
                 _yield()
-            _clock_gettime(_CLOCK, clock.ctypes.data)
-            if clock[0] * 1_000_000_000 + clock[1] > end:
+            if _now(clock) > end:
                 return posted[i] != seen
 else:
     _yield = types.ExternalFunction("SwitchToThread", types.int32())
 
     @_jit
-    def _poll(posted, i, seen, spin_ns, clock):
+    def _poll(posted, i, seen, spin_ns, grace_ns, clock):
         return posted[i] != seen
 
 
 @_jit
-def _finish_and_poll(done, posted, i, seen, spin_ns, clock):
+def _finish_and_poll(done, posted, i, seen, spin_ns, grace_ns, clock):
     """done[i] = seen, then ``_poll``: in one call, so that the main thread, waiting for done without the
     GIL, takes the GIL back while this thread already polls without it."""
     done[i] = seen
-    return _poll(posted, i, seen, spin_ns, clock)
+    return _poll(posted, i, seen, spin_ns, grace_ns, clock)
 
 
 @_jit
@@ -117,7 +135,7 @@ class _Workers:
 
     def _loop(self, i: int, posted: np.ndarray, done: np.ndarray) -> None:
         seen, clock = 0, np.zeros(2, np.int64)
-        ready = _poll(posted, i, seen, SPIN_NS, clock)
+        ready = _poll(posted, i, seen, SPIN_NS, GRACE_NS, clock)
         while True:
             if not ready:
                 with self.wake:
@@ -133,7 +151,7 @@ class _Workers:
             except BaseException as error:  # raised by run() in the caller's thread
                 self.errors[i] = error
             self.tasks[i] = None
-            ready = _finish_and_poll(done, posted, i, seen, SPIN_NS, clock)
+            ready = _finish_and_poll(done, posted, i, seen, SPIN_NS, GRACE_NS, clock)
 
     def run(self, tasks: Sequence[Callable[[], None]]) -> None:
         k = len(tasks) - 1
