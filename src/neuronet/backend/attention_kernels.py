@@ -78,11 +78,12 @@ def _prefetch_heads(arrays, b, h):
 
 @jit
 def attention_forward(q, k, v, probs, out, causal, scale, mask, keep_scale, keys_packed, rows_packed,
-                      weights):
+                      weights, row_max):
     """probs[b, h] = softmax(scale q k^T) and out[b, h] = W v for every (b, h) of q (B, H, Tq, hd), k, v
     (B, H, Tk, hd), probs (B, H, Tq, Tk), out (B, H, Tq, hd) (rows unit-stride). ``mask`` (B, H, Tq, Tk)
     bool with ``dropout``, else an empty array; ``keys_packed`` (packed_shape((hd, Tk))), ``rows_packed``
-    (packed_shape((K, hd)), K >= Tk) and ``weights`` (Tq, Tk, only with dropout) are scratch."""
+    (packed_shape((K, hd)), K >= Tk), ``weights`` (Tq, Tk, only with dropout) and ``row_max`` (Tq,) are
+    scratch."""
     tq, tk = q.shape[2], k.shape[2]
     dropout = mask.size > 0
     operands = (q, k, v, probs, out)
@@ -94,7 +95,7 @@ def attention_forward(q, k, v, probs, out, causal, scale, mask, keep_scale, keys
             p = probs[b, h]
             pack(k[b, h].T, keys_packed)
             gemm(q[b, h], keys_packed, p, False, SKIP_UPPER if causal else 0)
-            kernels.softmax_rows(p, p, False, scale, tq if causal else 0)  # (0 above the diagonal)
+            kernels.softmax_rows(p, p, False, scale, tq if causal else 0, row_max)  # (0 above the diagonal)
             w = p
             if dropout:
                 _dropped(p, mask[b, h], keep_scale, weights)
