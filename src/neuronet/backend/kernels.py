@@ -172,20 +172,40 @@ def _masked_scale(x, mask, scale, out):
 @jit
 def bias_activation_rows(code, alpha, z, bias, out):
     """z[r] += bias, then out[r] = act(z[r]), row by row so the second pass reads from cache; out may be z."""
+    if z.ctypes.data == out.ctypes.data:
+        _bias_activation_rows(code, alpha, out, bias, out, True)
+    else:
+        _bias_activation_rows(code, alpha, z, bias, out, False)
+
+
+# The row loops below inline the activation (one call per row of activation_forward, which checks its
+# operands' addresses, cost ~50 ns a row: a linear layer's bias over 768 x 128 took 44 us in place, 6 us
+# now; GELU's 768 x 512 with its bias 194 against a 137-us pass without one).
+@jit_inline
+def _bias_activation_rows(code, alpha, z, bias, out, in_place):
     cols = z.shape[1]
     for r in range(z.shape[0]):
         zr = z[r]
         for c in range(cols):
             zr[c] += bias[c]
-        activation_forward(code, alpha, zr, out[r])
+        if code != 0 or not in_place:  # (a linear layer's y is its z: nothing more to do)
+            _activation_forward(code, alpha, zr, out[r])
 
 
 @jit
 def activation_backward_bias_rows(code, alpha, dy, z, y, out, dbias):
     """out[r] = dy[r] * act'(z[r]) (as activation_backward), then dbias += out[r]; out may be dy."""
+    if dy.ctypes.data == out.ctypes.data:
+        _activation_backward_bias_rows(code, alpha, out, z, y, out, dbias)
+    else:
+        _activation_backward_bias_rows(code, alpha, dy, z, y, out, dbias)
+
+
+@jit_inline
+def _activation_backward_bias_rows(code, alpha, dy, z, y, out, dbias):
     cols = dy.shape[1]
     for r in range(dy.shape[0]):
-        activation_backward(code, alpha, dy[r], z[r], y[r], out[r])
+        _activation_backward(code, alpha, dy[r], z[r], y[r], out[r])
         o = out[r]
         for c in range(cols):
             dbias[c] += o[c]
