@@ -32,6 +32,9 @@ STACK_SPLIT_WORK = 1 << 25
 # 37.2-35.3 vs 39.2-40.0, CNN train 14.3-14.8 vs 14.3-16.2, CNN predict 20.4-21.2 vs 21.9-22.5, ResNet
 # 47.0-48.3 vs 48.8-50.2, MLP and MoE even (no pass that large).
 PASS_SPLIT_WORK = 1 << 17
+# ... and of a linear layer's bias pass (an add, ~0.07 ns an element in cache): 768 x 384 took 21 us on the
+# calling thread against 45 in two blocks (a region's start costs ~30 us), so it splits from 2^20.
+BIAS_SPLIT_WORK = 1 << 20
 # Multiply-adds of each of a linear map's two backward products (dW += dz^T x, dx = dz W) from which they run
 # at once, each on its own core in one OpenBLAS thread, instead of one after the other on OpenBLAS's threads
 # (inside a step its woken workers and split products ran 768x512x128 at ~190 GFLOP/s on two cores where
@@ -426,9 +429,10 @@ class NumpyOps(Ops):
         code, a = kernels.ACT_CODES[name], DEFAULT_ALPHA.get(name, 0.0) if alpha is None else alpha
         if bias is not None:  # rows in blocks on the threads
             z_rows, out_rows = _rows(z), _rows(out)
+            least = BIAS_SPLIT_WORK if code == kernels.ACT_CODES["linear"] else PASS_SPLIT_WORK
             self.run_blocks([functools.partial(kernels.bias_activation_rows, code, a, z_rows[part], bias,
                                                out_rows[part])
-                             for part in self._blocks(len(z_rows), z.size, PASS_SPLIT_WORK)])
+                             for part in self._blocks(len(z_rows), z.size, least)])
             return out
         z, out_flat = np.ascontiguousarray(z).reshape(-1), _flat(out)  # elementwise: blocks on the threads
         self.run_blocks([functools.partial(kernels.activation_forward, code, a, z[part], out_flat[part])

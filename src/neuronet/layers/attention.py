@@ -112,7 +112,7 @@ class MultiHeadAttention(Layer):
         self._x = x.reshape(n * t, d)
         qkv = self.workspace("qkv", (n * t, 3 * d))
         ops.matmul(self._x, self.params["in_proj_weight"].T, out=qkv)
-        qkv += self.params["in_proj_bias"]
+        ops.activation("linear", qkv, qkv, bias=self.params["in_proj_bias"])  # qkv += bias
         q, k, v = self._heads(qkv, 3)  # views: the GEMMs below read the heads in place
         if self.rope:
             cos, sin, _ = self._rope_tables(t)
