@@ -42,7 +42,7 @@ def scratch_of(ops):
 
 
 # ----------------------------------------------------------------- primitives
-@case("copy_ fill_ transpose swapaxes item arange", lambda r: {"x": randn(r, 2, 3, 4)})
+@case("copy_ fill_ add transpose swapaxes item arange", lambda r: {"x": randn(r, 2, 3, 4)})
 def _(ops, a):
     y = ops.zeros((2, 3, 4), "float64")
     ops.copy_(y, a["x"])
@@ -50,7 +50,10 @@ def _(ops, a):
     s = ops.swapaxes(y, 0, 2) * 1.0
     f = ops.empty((3,), "float64")
     ops.fill_(f, 2.5)
-    return y, t, s, f, np.array(ops.item(y[1, 2, 3])), ops.arange(5)
+    total = ops.empty((2, 3, 4), "float64")
+    ops.add(y, a["x"] * 0.5, out=total)
+    ops.add(total, y, out=total)  # in place, as a gradient sum
+    return y, t, s, f, total, np.array(ops.item(y[1, 2, 3])), ops.arange(5)
 
 
 @case("where", lambda r: {"x": randn(r, 4, 5), "y": randn(r, 4, 5)})
@@ -481,6 +484,26 @@ def test_fill_in_blocks(monkeypatch):
     np.testing.assert_array_equal(x[:, ::2], -2.0)
     np.testing.assert_array_equal(x[:, 1::2], 1.5)
     assert regions == [2]
+
+
+def test_add_in_blocks(monkeypatch):
+    """A large contiguous add runs in blocks on the row threads, also in place; a broadcast or strided one
+    runs where it lies; each equals NumPy's."""
+    regions = regions_on(monkeypatch, 2, BULK_SPLIT_WORK=4)
+    rng = np.random.default_rng(0)
+    ops, a, b = NumpyOps(), rng.standard_normal((3, 7)), rng.standard_normal((3, 7))
+    out = np.empty_like(a)
+    ops.add(a, b, out=out)
+    np.testing.assert_array_equal(out, a + b)
+    held = a.copy()
+    ops.add(held, b, out=held)
+    np.testing.assert_array_equal(held, a + b)
+    assert regions == [2, 2]
+    ops.add(a, b[0], out=out)
+    np.testing.assert_array_equal(out, a + b[0])
+    ops.add(a[:, ::2], b[:, ::2], out=out[:, ::2])
+    np.testing.assert_array_equal(out[:, ::2], (a + b)[:, ::2])
+    assert regions == [2, 2]
 
 
 # ----------------------------------------------------------------- routing

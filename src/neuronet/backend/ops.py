@@ -124,6 +124,11 @@ class Ops:
     def fill_(self, x, value: float) -> None:
         x[...] = value
 
+    def add(self, a, b, out) -> Any:
+        """out = a + b, elementwise (out may be a or b): the residual sums and a tensor's gradient summed
+        over its consumers."""
+        return self.xp.add(a, b, out=out)
+
     # ----------------------------------------------------------------- shape helpers
     def transpose(self, x, axes) -> Any:
         return np.transpose(x, axes)

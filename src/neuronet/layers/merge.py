@@ -56,7 +56,7 @@ class Add(_Merge):
     merge_shape = _Merge._same_shapes
 
     def forward(self, xs, training: bool = True):
-        return self._fold(self.ops.xp.add, xs)
+        return self._fold(self.ops.add, xs)
 
     def backward(self, dy):
         for i in range(len(self._dx)):
@@ -160,7 +160,7 @@ class Residual(_Wrapper):
     def forward(self, x, training: bool = True):
         h = self.block.forward(x, training=training)
         y = self.workspace("y", tuple(x.shape))
-        self.ops.xp.add(x, h, out=y)
+        self.ops.add(x, h, out=y)
         return y
 
     def backward(self, dy):
@@ -170,6 +170,6 @@ class Residual(_Wrapper):
         if not self.needs_input_grad:
             return None
         dx = self.input_grad_buffer(tuple(dy.shape), dy)
-        self.ops.xp.add(dy, dh, out=dx)
+        self.ops.add(dy, dh, out=dx)
         return dx
 

@@ -101,14 +101,14 @@ class TransformerBlock(Layer):
         return dy
 
     def forward(self, x, training: bool = True):
-        c, xp = self.children, self.ops.xp
+        c, ops = self.children, self.ops
         self._remake_hidden = self.ffn == "gelu" and self._share_hidden(math.prod(x.shape[:-1]))
         attn = [c["norm1"], c["self_attn"], c["dropout1"]]
         ffn = [c["norm2"], *self._ffn, c["dropout2"]]
         h = self.workspace("h", tuple(x.shape))
-        xp.add(x, self._branch(attn, x, training), out=h)
+        ops.add(x, self._branch(attn, x, training), out=h)
         y = self.workspace("y", tuple(x.shape))
-        xp.add(h, self._branch(ffn, h, training), out=y)
+        ops.add(h, self._branch(ffn, h, training), out=y)
         return y
 
     def _share_hidden(self, rows: int) -> bool:
@@ -133,13 +133,13 @@ class TransformerBlock(Layer):
             child.share_input_grads(depth + 1)
 
     def backward(self, dy):
-        c, xp = self.children, self.ops.xp
+        c, ops = self.children, self.ops
         if self._remake_hidden:  # linear2's input, dropout(gelu(z)), in the shared buffer again
             c["dropout"].reapply(c["linear1"].recompute_output())
         dh = self.temporary("transformer.dh", tuple(dy.shape))  # (no child asks for this name)
-        xp.add(dy, self._branch_backward([c["norm2"], *self._ffn, c["dropout2"]], dy), out=dh)
+        ops.add(dy, self._branch_backward([c["norm2"], *self._ffn, c["dropout2"]], dy), out=dh)
         dx = self.input_grad_buffer(tuple(dy.shape), dy)
-        xp.add(dh, self._branch_backward([c["norm1"], c["self_attn"], c["dropout1"]], dh), out=dx)
+        ops.add(dh, self._branch_backward([c["norm1"], c["self_attn"], c["dropout1"]], dh), out=dx)
         return dx
 
     def extra_repr(self):

@@ -311,10 +311,10 @@ class Model(Trainer, Layer):
             buf = grads[t] = self.workspace(self._sum_names[t], tuple(d.shape))
             self.ops.copy_(buf, d)
         elif t < len(self._inputs) or self._summed[t]:
-            self.ops.xp.add(held, d, out=held)
+            self.ops.add(held, d, out=held)
         else:
             grads[t] = self.workspace(self._sum_names[t], tuple(d.shape))
-            self.ops.xp.add(held, d, out=grads[t])
+            self.ops.add(held, d, out=grads[t])
             self._summed[t] = True
             if slot_of[t] >= 0:  # the first gradient is read: its temporary no longer holds one
                 self._slot_users[slot_of[t]] -= 1
