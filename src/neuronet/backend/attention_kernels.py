@@ -33,7 +33,7 @@ from numba import literal_unroll, types
 from numba.extending import intrinsic
 
 from . import kernels
-from .packed_gemm import A_LOWER, A_UPPER, SKIP_UPPER, gemm, pack
+from .packed_gemm import A_LOWER, A_UPPER, SKIP_UPPER, declare_intrinsic, gemm, pack
 
 jit = numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"}, error_model="numpy")
 _LINE_BYTES = 64
@@ -53,11 +53,8 @@ def _dropped(probs, mask, keep_scale, out):
 def _prefetch(typingctx, address):
     """llvm.prefetch (read, keep in all levels) of the cache line at ``address`` (an int)."""
     def codegen(context, builder, signature, args):
-        ptr = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        name = "llvm.prefetch.p0"
-        fn = builder.module.globals.get(name) or ir.Function(
-            builder.module, ir.FunctionType(ir.VoidType(), [ptr, i32, i32, i32]), name)
+        ptr, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = declare_intrinsic(builder.module, "llvm.prefetch.p0", ir.VoidType(), [ptr, i32, i32, i32])
         builder.call(fn, [builder.inttoptr(args[0], ptr), ir.Constant(i32, 0), ir.Constant(i32, 3),
                           ir.Constant(i32, 1)])
     return types.void(types.intp), codegen

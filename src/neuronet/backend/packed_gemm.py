@@ -97,7 +97,7 @@ def _make_tile(rows: int, indexed: bool, rows_indexed: bool, vectors: int, cols_
             _, a_, a_row_, a_col_, b_, b_index_, c_, ldc_, k_, n_cols_, accumulate_ = args
             a_p, b_p, c_p = (builder.inttoptr(x, real.as_pointer()) for x in (a_, b_, c_))
             suffix = f"v{lanes}f{32 if isinstance(real, ir.FloatType) else 64}"
-            fma = _declare(builder.module, f"llvm.fma.{suffix}", vec, [vec, vec, vec])
+            fma = declare_intrinsic(builder.module, f"llvm.fma.{suffix}", vec, [vec, vec, vec])
             zeros = ir.Constant(vec, [0.0] * lanes)
 
             def const(v):
@@ -147,9 +147,10 @@ def _make_tile(rows: int, indexed: bool, rows_indexed: bool, vectors: int, cols_
                 totals.append(total)
 
             # the stores: masked past column n_cols; with ``accumulate`` added to what c holds
-            load = _declare(builder.module, f"llvm.masked.load.{suffix}.p0", vec, [vptr, i32, mask_t, vec])
-            store = _declare(builder.module, f"llvm.masked.store.{suffix}.p0", ir.VoidType(),
-                             [vec, vptr, i32, mask_t])
+            load = declare_intrinsic(builder.module, f"llvm.masked.load.{suffix}.p0", vec,
+                                     [vptr, i32, mask_t, vec])
+            store = declare_intrinsic(builder.module, f"llvm.masked.store.{suffix}.p0", ir.VoidType(),
+                                      [vec, vptr, i32, mask_t])
             n_splat = _broadcast(builder, n_cols_, ir.VectorType(i64, lanes))
             adding = builder.icmp_signed("!=", accumulate_, const(0))
             align = ir.Constant(i32, _alignment(real))
@@ -168,7 +169,7 @@ def _make_tile(rows: int, indexed: bool, rows_indexed: bool, vectors: int, cols_
     return tile
 
 
-def _declare(module, name: str, result, params: list):
+def declare_intrinsic(module, name: str, result, params: list) -> ir.Function:
     """The LLVM intrinsic ``name`` in ``module``, declared once."""
     fn = module.globals.get(name)
     return fn if fn is not None else ir.Function(module, ir.FunctionType(result, params), name)
