@@ -436,7 +436,8 @@ class NumpyOps(Ops):
             if bias is not None:
                 z += bias
             rows = _rows(z)
-            kernels.softmax_rows(rows, _rows(out), name == "log_softmax", 1.0, 0, self._row_max(rows))
+            kernels.softmax_rows(rows, _rows(out), name == "log_softmax", 1.0, 0,
+                                 self._row_max(len(rows), z.dtype))
             return out
         code, a = kernels.ACT_CODES[name], DEFAULT_ALPHA.get(name, 0.0) if alpha is None else alpha
         if bias is not None:  # rows in blocks on the threads
@@ -601,12 +602,12 @@ class NumpyOps(Ops):
 
     def attention_softmax(self, scores, out, causal, scale=1.0):
         rows, causal_t = _rows(scores), scores.shape[-1] if causal else 0
-        kernels.softmax_rows(rows, _rows(out), False, scale, causal_t, self._row_max(rows))
+        kernels.softmax_rows(rows, _rows(out), False, scale, causal_t, self._row_max(len(rows), rows.dtype))
         return out
 
-    def _row_max(self, rows):
-        """softmax_rows's scratch for the (R, C) ``rows``."""
-        return self.temporary("softmax.row_max", (rows.shape[0],), rows.dtype)
+    def _row_max(self, rows: int, dtype):
+        """softmax_rows's scratch for ``rows`` rows."""
+        return self.temporary("softmax.row_max", (rows,), dtype)
 
     def attention_softmax_backward(self, dprobs, probs, out, scale=1.0):
         kernels.softmax_rows_backward(_rows(dprobs), _rows(probs), _rows(out), False, scale)
@@ -620,7 +621,7 @@ class NumpyOps(Ops):
         attention_kernels.attention_forward(q, k, v, probs, out, causal, scale,
                                             _EMPTY_MASK if mask is None else mask, keep_scale,
                                             *self._attention_scratch(q, k, mask is not None),
-                                            self.temporary("softmax.row_max", (q.shape[2],), q.dtype))
+                                            self._row_max(q.shape[2], q.dtype))
 
     def attention_backward(self, do, probs, q, k, v, dq, dk, dv, causal, scale, mask, keep_scale, scratch):
         if not fused_heads(q, k, v, probs, do, dq, dk, dv):

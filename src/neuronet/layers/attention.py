@@ -129,9 +129,9 @@ class MultiHeadAttention(Layer):
         w, b = self.params["in_proj_weight"], self.params["in_proj_bias"]
         q_rows, kv_rows = self.workspace("q", (n * t, d)), self.workspace("kv", (n * tk, 2 * d))
         ops.matmul(self._x, w[:d].T, out=q_rows)
-        q_rows += b[:d]
+        ops.activation("linear", q_rows, q_rows, bias=b[:d])  # q_rows += its bias
         ops.matmul(self._xkv, w[d:].T, out=kv_rows)
-        kv_rows += b[d:]
+        ops.activation("linear", kv_rows, kv_rows, bias=b[d:])
         k, v = self._heads(kv_rows, 2, tk)
         ctx = self._attend(self._heads(q_rows, 1)[0], k, v, training)
         return self.children["out_proj"].forward(ctx.reshape(n, t, d), training)
@@ -210,15 +210,16 @@ class MultiHeadAttention(Layer):
         self._attend_backward(do, self._heads(dq_rows, 1)[0], *self._heads(dkv_rows, 2, tk))
         w, gw, gb = self.params["in_proj_weight"], self.grads["in_proj_weight"], self.grads["in_proj_bias"]
         if self.trainable:
-            ops.matmul_acc(dq_rows.T, self._x, gw[:d], self.temporary("dw", (d, d)))
-            ops.matmul_acc(dkv_rows.T, self._xkv, gw[d:], self.temporary("dw_kv", (2 * d, d)))
             ops.sum_rows_acc(dq_rows, gb[:d])
             ops.sum_rows_acc(dkv_rows, gb[d:])
+        dxq, dxkv = (self.workspace("dx", (n * t, d)), self.workspace("dx_kv", (n * tk, d))) \
+            if self.needs_input_grad else (None, None)
+        ops.linear_grads(dq_rows, self._x, w[:d], gw[:d] if self.trainable else None, dxq,
+                         self.temporary("dw", (d, d)))
+        ops.linear_grads(dkv_rows, self._xkv, w[d:], gw[d:] if self.trainable else None, dxkv,
+                         self.temporary("dw_kv", (2 * d, d)))
         if not self.needs_input_grad:
             return None
-        dxq, dxkv = self.workspace("dx", (n * t, d)), self.workspace("dx_kv", (n * tk, d))
-        ops.matmul(dq_rows, w[:d], out=dxq)
-        ops.matmul(dkv_rows, w[d:], out=dxkv)
         dxs = self.__dict__.setdefault("_dxs", [None, None])
         dxs[0], dxs[1] = dxq.reshape(n, t, d), dxkv.reshape(n, tk, d)
         return dxs
