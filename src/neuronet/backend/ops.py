@@ -602,15 +602,15 @@ class Ops:
         for task in tasks:
             task()
 
-    def lstm_sequence(self, seq, w_ih, w_hh, b_ih, b_hh, reverse: bool, h, saved: dict) -> bool:
-        """Optionally one LSTM layer-direction over the whole sequence in one call: seq (T, N, I) ->
-        h (T + 1, N, H), the zero initial state at h[T] when ``reverse`` else h[0], the states after each
-        step in the rest; what the backward needs goes into ``saved``. Returns False where the backend
-        has no such kernel (here, and on NumPy): the layer then runs ``lstm_cell`` step by step."""
-        return False
+    def lstm_sequence(self, seq, w_ih, w_hh, b_ih, b_hh, reverse: bool, saved: dict):
+        """Optionally one LSTM layer-direction over the whole sequence in one call, from the zero state:
+        seq (T, N, I) -> the state after each step, h_t (T, N, H) in time order (the kernel's own output
+        buffer); what the backward needs goes into ``saved``. Returns None where the backend has no such
+        kernel (here, and on NumPy): the layer then runs its cells step by step."""
+        return None
 
     def lstm_sequence_backward(self, seq, w_ih, w_hh, b_ih, b_hh, reverse: bool, saved: dict, dh, dout):
-        """The gradients of an ``lstm_sequence`` that returned True, from dh (N, H) = dL/d(final state)
+        """The gradients of an ``lstm_sequence`` that returned its states, from dh (N, H) = dL/d(final state)
         and dout (T, N, H) = dL/dh_t from above (or None): (ds (T, N, I), dW_ih, dW_hh, db_ih, db_hh)."""
         raise NotImplementedError("lstm_sequence_backward: this backend has no lstm_sequence")
 

@@ -450,20 +450,17 @@ class TorchOps(Ops):
     # The whole LSTM layer-direction as oneDNN's fused layer (what nn.LSTM runs on the CPU), where PyTorch
     # has it: float32 on the CPU, outside a low-precision context. 11.1 ms forward + backward against
     # 14.5 ms for the step-by-step cells (T=28, N=64, H=128, one thread).
-    def lstm_sequence(self, seq, w_ih, w_hh, b_ih, b_hh, reverse, h, saved):
+    def lstm_sequence(self, seq, w_ih, w_hh, b_ih, b_hh, reverse, saved):
         if not (_MKLDNN_RNN and seq.device.type == "cpu" and seq.dtype == torch.float32
                 and self._low_dtype() is None) or self._numpy_loops(seq.dtype):
-            return False
+            return None
         zeros = self.temporary("lstm.zero_state", (seq.shape[1], w_hh.shape[1]), seq.dtype)
         zeros.zero_()  # (the initial h and c; shared by every pass, which only reads it)
         out, hy, cy, workspace = torch.ops.aten.mkldnn_rnn_layer(
             seq, w_ih, w_hh, b_ih, b_hh, zeros, zeros, reverse, [], _LSTM_MODE, w_hh.shape[1], 1, True, False,
             False, True)
-        states = h[:-1] if reverse else h[1:]  # the zero initial state at the other end
-        states.copy_(out)
-        h[-1 if reverse else 0].zero_()
         saved.update(out=out, hy=hy, cy=cy, workspace=workspace, zeros=zeros)
-        return True
+        return out
 
     def lstm_sequence_backward(self, seq, w_ih, w_hh, b_ih, b_hh, reverse, saved, dh, dout):
         zeros = saved["zeros"]

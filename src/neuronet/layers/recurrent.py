@@ -102,14 +102,14 @@ class _Recurrent(Layer):
             seq = self._layer_input(layer, seq)
             out = self.workspace(f"seq_l{layer}", (steps, n, width)) if layer < last else None
             for j, p in enumerate(passes):
-                h = self._forward_pass(p, seq)
+                states = self._forward_pass(p, seq)
                 cols = slice(j * hid, (j + 1) * hid)
                 if out is not None:
-                    ops.copy_(out[:, :, cols], h[1 - p.off:steps + 1 - p.off])
+                    ops.copy_(out[:, :, cols], states)
                 elif self.return_sequences:
-                    ops.copy_(y[:, :, cols], ops.swapaxes(h[1 - p.off:steps + 1 - p.off], 0, 1))
+                    ops.copy_(y[:, :, cols], ops.swapaxes(states, 0, 1))
                 else:
-                    ops.copy_(y[:, cols], h[(1 - p.off) * steps])  # the state after the last step
+                    ops.copy_(y[:, cols], states[0 if p.reverse else -1])  # the state after the last step
             seq = out
         return y
 
@@ -132,7 +132,8 @@ class _Recurrent(Layer):
         return self.workspace(name, (steps, n, width))
 
     def _forward_pass(self, p: _Pass, seq):
-        """Run pass ``p`` over s (T, N, I); returns its states h (T + 1, N, H)."""
+        """Run pass ``p`` over s (T, N, I); returns the state after each step t, h_t (T, N, H) in time order
+        (the loops keep them in ``h`` (T + 1, N, H) beside the zero initial state)."""
         ops, (steps, n, _) = self.ops, seq.shape
         width = self.cell.gates * self.hidden_size
         gates = self.workspace("gates" + p.tag, (steps, n, width))
@@ -140,12 +141,14 @@ class _Recurrent(Layer):
         fused = self.__dict__.setdefault("_fused", {})  # tag -> what a whole-sequence kernel saved
         fused.pop(p.tag, None)
         saved: dict = {}
-        if isinstance(self.cell, LSTM) and ops.lstm_sequence(seq, *self._weights(p), p.reverse, h, saved):
-            fused[p.tag] = saved
-            return h
+        if isinstance(self.cell, LSTM):
+            states = ops.lstm_sequence(seq, *self._weights(p), p.reverse, saved)
+            if states is not None:
+                fused[p.tag] = saved
+                return states
         ops.fill_(h[p.off * steps], 0.0)  # the zero initial state
         self.cell.forward_loop(self, p, seq, gates, h)
-        return h
+        return h[1 - p.off:steps + 1 - p.off]
 
     # ----------------------------------------------------------------- backward
     def backward(self, dy):
