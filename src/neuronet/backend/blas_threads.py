@@ -88,6 +88,12 @@ _held: list[bool] = []  # non-empty inside one_thread() or limit(): no product c
 _caps: list[int] = []  # inside limit(n): the threads every product and row block may use
 
 
+def library():
+    """NumPy's bundled OpenBLAS itself (a ctypes library), or None."""
+    found = _openblas_library()
+    return None if found is None else found[0]
+
+
 def bundled():
     """NumPy's bundled OpenBLAS as (set_num_threads, get_num_threads), or None (NumPy on another BLAS)."""
     return _LIB

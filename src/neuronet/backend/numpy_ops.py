@@ -10,6 +10,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from . import (
     attention_kernels,
+    blas_gemm,
     blas_threads,
     conv_kernels,
     kernels,
@@ -195,7 +196,8 @@ class NumpyOps(Ops):
 
     def matmul_acc(self, a, b, out, scratch=None):
         blas_threads.before_product(a.shape[0], a.shape[1], b.shape[1])
-        super().matmul_acc(a, b, out, scratch)
+        if not blas_gemm.accumulate(a, b, out):  # (one cblas call with beta = 1: no scratch, no sum)
+            super().matmul_acc(a, b, out, scratch)
 
     def linear_grads(self, dz, x, weight, dweight, dx, scratch=None):
         if dweight is None or dx is None or blas_threads.threads() < 2 or \
