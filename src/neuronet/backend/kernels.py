@@ -265,8 +265,7 @@ def _softmax_rows(z, out, log, scale, causal_t, row_max):
             inv = dt(1.0) / s
             for c in range(seen):
                 o[c] *= inv
-        for c in range(seen, cols):
-            o[c] = 0.0
+        o[seen:] = 0.0  # (a slice: one memset; LLVM made the loop scattered vector stores, 3x slower)
 
 
 @jit_inline
@@ -316,8 +315,7 @@ def _softmax_rows_backward(dy, y, out, log, scale, causal_t):
                 s += dy[r, c] * y[r, c]
             for c in range(seen):
                 out[r, c] = scale * y[r, c] * (dy[r, c] - s)
-        for c in range(seen, cols):
-            out[r, c] = 0.0
+        out[r, seen:] = 0.0  # (as in _softmax_rows)
 
 
 # ----------------------------------------------------------------- routing kernels (mixture of experts)
