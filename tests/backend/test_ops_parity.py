@@ -9,7 +9,7 @@ import inspect
 import numpy as np
 import pytest
 
-from neuronet.backend import ACTIVATIONS, OUTPUT_DERIVATIVE, NumpyOps, Ops, Spans
+from neuronet.backend import ACTIVATIONS, NEW, OUTPUT_DERIVATIVE, NumpyOps, Ops, Spans
 from neuronet.backend.conv_geometry import ConvGeometry, conv_output_size
 
 torch = pytest.importorskip("torch")
@@ -144,12 +144,15 @@ GEOM = ConvGeometry(in_size=(7, 6), kernel=(3, 3), stride=(2, 1), padding=((1, 0
       lambda r: {"x": randn(r, 2, 4, 7, 6), "w": randn(r, 6, 2, 3, 3), "b": randn(r, 6),
                  "dy": randn(r, 2, 6, *GEOM.out_size), "dw": randn(r, 6, 2, 3, 3), "db": randn(r, 6)})
 def _(ops, a):
+    """Into given buffers, and as new arrays (``NEW``: what a layer asks where ``ops.fresh_outputs``)."""
     scratch = scratch_of(ops)
     out = ops.empty((2, 6, *GEOM.out_size), "float64")
-    ops.conv2d(a["x"], a["w"], a["b"], GEOM, out, scratch)
+    assert ops.conv2d(a["x"], a["w"], a["b"], GEOM, out, scratch) is out
     dx = ops.empty((2, 4, 7, 6), "float64")
-    ops.conv2d_backward(a["dy"], a["x"], a["w"], GEOM, dx, a["dw"], a["db"], scratch)
-    return out, dx, a["dw"], a["db"]
+    assert ops.conv2d_backward(a["dy"], a["x"], a["w"], GEOM, dx, a["dw"], a["db"], scratch) is dx
+    made = ops.conv2d(a["x"], a["w"], a["b"], GEOM, NEW, scratch)
+    made_dx = ops.conv2d_backward(a["dy"], a["x"], a["w"], GEOM, NEW, None, None, scratch)
+    return out, dx, a["dw"], a["db"], made, made_dx
 
 
 # Stride 1: the NumPy backend's implicit GEMMs (one group and three), and without dx its direct weight
@@ -173,7 +176,9 @@ def _(ops, a):
         dx = ops.empty((3, 3, 7, 6), "float64")
         ops.conv2d_backward(a["dy"], a["x"], w, geom, dx, a[f"dw{g}"], a[f"db{g}"], scratch)
         ops.conv2d_backward(a["dy"], a["x"], w, geom, None, a[f"dw_alone{g}"], a[f"db_alone{g}"], scratch)
-        results += [out, dx, a[f"dw{g}"], a[f"db{g}"], a[f"dw_alone{g}"], a[f"db_alone{g}"]]
+        results += [out, dx, a[f"dw{g}"], a[f"db{g}"], a[f"dw_alone{g}"], a[f"db_alone{g}"],
+                    ops.conv2d(a["x"], w, a["b"], geom, NEW, scratch),
+                    ops.conv2d_backward(a["dy"], a["x"], w, geom, NEW, None, None, scratch)]
     return tuple(results)
 
 

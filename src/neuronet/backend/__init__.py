@@ -12,10 +12,10 @@ import functools
 import os
 
 from .numpy_ops import NumpyOps
-from .ops import ACTIVATIONS, OUTPUT_DERIVATIVE, Ops, Spans, check_activation
+from .ops import ACTIVATIONS, NEW, OUTPUT_DERIVATIVE, Ops, Spans, check_activation
 
-__all__ = ["ACTIVATIONS", "OUTPUT_DERIVATIVE", "Ops", "NumpyOps", "Spans", "available", "check_activation",
-           "get_ops", "ops_for_array", "set_backend", "default_ops"]
+__all__ = ["ACTIVATIONS", "NEW", "OUTPUT_DERIVATIVE", "Ops", "NumpyOps", "Spans", "available",
+           "check_activation", "get_ops", "ops_for_array", "set_backend", "default_ops"]
 
 _default = os.environ.get("NEURONET_BACKEND", "numpy")
 # The device "torch" names (default "cpu"): benchmarks/gpu_check.py runs the torch-backend tests with "cuda".

@@ -274,9 +274,10 @@ class NumpyOps(Ops):
     def conv2d(self, x, weight, bias, geom, out, scratch):
         if not _shifted(geom):
             return super().conv2d(x, weight, bias, geom, out, scratch)
-        return self._implicit_conv2d(x, weight, bias, geom, out)
+        return self._implicit_conv2d(x, weight, bias, geom, self._conv_output(out, x, weight, geom))
 
     def conv2d_backward(self, dy, x, weight, geom, dx, dweight, dbias, scratch):
+        dx = self._conv_input_grad(dx, dy, weight, geom)
         if not _shifted(geom):
             return super().conv2d_backward(dy, x, weight, geom, dx, dweight, dbias, scratch)
         if dx is None and dweight is not None and _direct(geom, weight):

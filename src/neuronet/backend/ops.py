@@ -39,6 +39,20 @@ XP_FUNCTIONS = frozenset({
 Scratch = Callable[[str, tuple], Any]
 
 
+class _NewOutput:
+    """The type of ``NEW``."""
+
+    def __repr__(self) -> str:
+        return "NEW"
+
+
+# Passed as a convolution's output (``conv2d``'s out, ``conv2d_backward``'s dx), NEW asks the op for a new
+# array, which it returns. A layer passes it where ``ops.fresh_outputs``: where the kernel makes its
+# result in memory of its own anyway (PyTorch's convolutions), and copying that into the layer's
+# workspace would be one more pass over it.
+NEW = _NewOutput()
+
+
 class Spans(NamedTuple):
     """Where an optimizer update applies: the ranges [starts[i], stops[i]) of the flat parameter buffer,
     each with the index ``group[i]`` of its parameter group (int64 arrays); frozen ranges are absent.
@@ -84,6 +98,7 @@ class Ops:
     xp: Any = np
     name: str = "reference"
     device: str = "cpu"
+    fresh_outputs: bool = False  # see NEW: True where the convolutions make their results themselves
 
     def __deepcopy__(self, memo) -> Ops:
         """A backend is one object per device (``get_ops``): a copied model computes on the same one."""
@@ -243,13 +258,14 @@ class Ops:
     # conv2d). This generic version is im2col + one GEMM per group; TorchOps calls PyTorch's kernels.
     def conv2d(self, x, weight, bias, geom: ConvGeometry, out, scratch: Scratch) -> Any:
         """out (N, O, OH, OW) = the cross-correlation of x (N, C, H, W) with weight (O, C/groups, kh, kw),
-        plus bias (O,) unless None.
+        plus bias (O,) unless None; returns out (a new array for ``out=NEW``).
 
         ``scratch(name, shape)`` gives reusable buffers (a layer's ``workspace``); the columns of x stay
         in ``scratch("conv.cols")`` for ``conv2d_backward``'s weight gradient.
         """
         (n, c), o, g = x.shape[:2], weight.shape[0], geom.groups
         (kh, kw), (oh, ow) = geom.kernel, geom.out_size
+        out = self._conv_output(out, x, weight, geom)
         m = n * oh * ow
         cols = scratch("conv.cols", (c, kh, kw, n, oh, ow))
         self.im2col(self.pad2d(x, geom, scratch), geom, cols)
@@ -264,7 +280,8 @@ class Ops:
         """The gradients of ``conv2d`` from dy = dL/dout (N, O, OH, OW): dx = dL/dx (written), dweight +=
         dL/dweight and dbias (O,) += dy summed over N, OH, OW, each skipped when None (PyTorch's
         ``convolution_backward`` with its output mask). ``x`` is the forward input; this version reads the
-        columns that ``conv2d`` left in scratch instead, and needs neither x nor them for dx."""
+        columns that ``conv2d`` left in scratch instead, and needs neither x nor them for dx. Returns dx."""
+        dx = self._conv_input_grad(dx, dy, weight, geom)
         n, o, g = dy.shape[0], weight.shape[0], geom.groups
         c, (kh, kw), (oh, ow) = weight.shape[1] * g, geom.kernel, geom.out_size
         m, k = n * oh * ow, c // g * kh * kw
@@ -283,6 +300,15 @@ class Ops:
             self.matmul(self.swapaxes(w, -1, -2), dy_t, out=_groups(dcols, g, m))
             self.col2im(dcols, geom, dx)
         return dx
+
+    def _conv_output(self, out, x, weight, geom: ConvGeometry) -> Any:
+        """``conv2d``'s out, or for ``NEW`` a new (N, O, OH, OW) array."""
+        return self.empty((x.shape[0], weight.shape[0], *geom.out_size), x.dtype) if out is NEW else out
+
+    def _conv_input_grad(self, dx, dy, weight, geom: ConvGeometry) -> Any:
+        """``conv2d_backward``'s dx (None: not asked for), or for ``NEW`` a new (N, C, H, W) array."""
+        shape = (dy.shape[0], weight.shape[1] * geom.groups, *geom.in_size)
+        return self.empty(shape, dy.dtype) if dx is NEW else dx
 
     def pad2d(self, x, geom: ConvGeometry, scratch: Scratch) -> Any:
         """x (N, C, H, W) inside zeros of ``geom.padding`` (in ``scratch("conv.padded")``), or x itself."""

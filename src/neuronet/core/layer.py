@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import Ops, default_ops
+from ..backend import NEW, Ops, default_ops
 from ..errors import ConfigError, ShapeError
 from . import graph, input_spec
 from . import random as nnrandom
@@ -138,6 +138,16 @@ class Workspace:
         """A buffer for a value that lives only within this call (``ops.temporary``: shared by every
         layer on this thread, so never hold one across a call into another layer)."""
         return self.ops.temporary(name, shape, self.dtype)
+
+    def kernel_output(self, name: str, shape: tuple) -> Any:
+        """The ``out`` to give a convolution for a result this layer keeps: its workspace ``name``, or
+        ``NEW`` where the backend's convolutions make their results themselves (``ops.fresh_outputs``),
+        whose own array the layer then keeps (no copy)."""
+        return NEW if self.ops.fresh_outputs else self.workspace(name, shape)
+
+    def kernel_input_grad(self, shape: tuple, dy) -> Any:
+        """``kernel_output`` for this layer's dL/dx: ``NEW`` or ``input_grad_buffer(shape, dy)``."""
+        return NEW if self.ops.fresh_outputs else self.input_grad_buffer(shape, dy)
 
     def input_grad_buffer(self, shape: tuple, dy) -> Any:
         """The buffer for this layer's dL/dx: its own ``"dx"`` workspace, or, when its container hands

@@ -129,8 +129,8 @@ class _Conv(Layer):
     def forward(self, x, training: bool = True):
         ops, n, geom, o = self.ops, x.shape[0], self.geometry, self.out_channels
         self._x = x.reshape(n, self.in_channels, *geom.in_size)
-        z = self.workspace("z", (n, o, *geom.out_size))
-        ops.conv2d(self._x, self._weight(self.params), self.params.get("bias"), geom, z, self.workspace)
+        z = ops.conv2d(self._x, self._weight(self.params), self.params.get("bias"), geom,
+                       self.kernel_output("z", (n, o, *geom.out_size)), self.workspace)
         a = z
         if self.activation != "linear":  # into its own buffer: in place, the Numba pass is slower
             a = self.workspace("a", z.shape)
@@ -145,11 +145,11 @@ class _Conv(Layer):
             dz = self.temporary("dz", dy.shape)
             z = None if self.activation in OUTPUT_DERIVATIVE else self._z
             ops.activation_backward(self.activation, dy, z, self._a, dz)
-        dx = self.input_grad_buffer(self._x.shape, dy) if self.needs_input_grad else None
+        dx = self.kernel_input_grad(self._x.shape, dy) if self.needs_input_grad else None
         trains = self.trainable  # frozen: no weight gradients
-        ops.conv2d_backward(dz, self._x, self._weight(self.params), geom, dx,
-                            self._weight(self.grads) if trains else None,
-                            self.grads.get("bias") if trains else None, self.workspace)
+        dx = ops.conv2d_backward(dz, self._x, self._weight(self.params), geom, dx,
+                                 self._weight(self.grads) if trains else None,
+                                 self.grads.get("bias") if trains else None, self.workspace)
         return None if dx is None else dx.reshape(n, *self.input_shape)
 
     def extra_repr(self):
@@ -318,8 +318,9 @@ class ConvTranspose2D(Layer):
     def forward(self, x, training: bool = True):
         n = x.shape[0]
         self._x = x
-        y = self.workspace("y", (n, *self.output_shape))
-        self.ops.conv2d_backward(x, None, self.params["weight"], self.geometry, y, None, None, self.workspace)
+        y = self.kernel_output("y", (n, *self.output_shape))
+        y = self.ops.conv2d_backward(x, None, self.params["weight"], self.geometry, y, None, None,
+                                     self.workspace)
         if self.use_bias:
             y += self.params["bias"].reshape(self.out_channels, 1, 1)
         return y
@@ -331,8 +332,8 @@ class ConvTranspose2D(Layer):
             ops.xp.sum(dy, axis=(0, 2, 3), out=db)
             self.grads["bias"] += db
         # dx = the transposed convolution's forward: conv2d(dy); it also leaves dy's columns for dweight.
-        dx = self.input_grad_buffer(self._x.shape, dy)
-        ops.conv2d(dy, self.params["weight"], None, geom, dx, self.workspace)
+        dx = ops.conv2d(dy, self.params["weight"], None, geom, self.kernel_input_grad(self._x.shape, dy),
+                        self.workspace)
         if self.trainable:
             ops.conv2d_backward(self._x, dy, self.params["weight"], geom, None, self.grads["weight"], None,
                                 self.workspace)
