@@ -129,6 +129,7 @@ class _Conv(Layer):
     def forward(self, x, training: bool = True):
         ops, n, geom, o = self.ops, x.shape[0], self.geometry, self.out_channels
         self._x = x.reshape(n, self.in_channels, *geom.in_size)
+        self._z = self._a = None  # (a kernel's own last result, ops.NEW: freed before it makes the next)
         z = ops.conv2d(self._x, self._weight(self.params), self.params.get("bias"), geom,
                        self.kernel_output("z", (n, o, *geom.out_size)), self.workspace)
         a = z
