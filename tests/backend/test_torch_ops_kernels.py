@@ -73,10 +73,10 @@ def test_attention_softmax_and_backward_match_numpy_backend(causal, route):
     dgot = ops.attention_softmax_backward(ops.asarray(dprobs), got, torch.empty_like(got), 0.5)
     np.testing.assert_allclose(ops.to_numpy(dgot), dwant, rtol=1e-12, atol=1e-15)
     if causal and route == "torch-ops":  # the mask (an additive bias) is made once per size, not per call
-        masks = dict(ops._mask_cache)
+        masks = dict(ops._causal_biases)
         ops.attention_softmax(ops.asarray(scores), ops.asarray(scores), True, 0.5)
-        assert ops._mask_cache.keys() == masks.keys() and (4, "cpu", torch.float64) in masks
-        assert all(ops._mask_cache[key] is bias for key, bias in masks.items())
+        assert ops._causal_biases.keys() == masks.keys() and (4, "cpu", torch.float64) in masks
+        assert all(ops._causal_biases[key] is bias for key, bias in masks.items())
 
 
 def test_bfloat16_takes_the_torch_ops_route():

@@ -409,12 +409,12 @@ class TorchOps(Ops):
         dbias += gb
         return dx
 
-    # Forward: in place in ``out`` with a cached causal mask, no allocation (torch's vectorised softmax
-    # took ~5 % less CPU in the char-GPT step than the Numba kernel on the same memory). Backward on the
-    # CPU: the fused Numba kernel (no (N, H, T, T) temporaries); elsewhere torch ops.
-    # The scale and the causal mask in one pass, as an additive bias (0, -inf above the diagonal): a
-    # masked_fill_ with the broadcast (T, T) mask took 77 us over the char GPT's (12, 4, 64, 64) scores, the
-    # whole softmax 162 against 78 us (two threads).
+    # Forward: in place in ``out``, no allocation (torch's vectorised softmax took ~5 % less CPU in the
+    # char-GPT step than the Numba kernel on the same memory), the scale and the causal mask in one pass as
+    # a cached additive bias (0, -inf above the diagonal): a masked_fill_ with the broadcast (T, T) bool
+    # mask took 77 us over the char GPT's (12, 4, 64, 64) scores, the whole softmax 162 against 78 us (two
+    # threads). Backward on the CPU: the fused Numba kernel (no (N, H, T, T) temporaries); elsewhere torch
+    # ops.
     def attention_softmax(self, scores, out, causal, scale=1.0):
         if causal:  # out = bias + scale * scores
             bias = self._causal_bias(scores.shape[-1], out.device, out.dtype)
@@ -451,7 +451,7 @@ class TorchOps(Ops):
 
     def _causal_bias(self, t: int, device, dtype):
         """(t, t): 0 on and below the diagonal, -inf above; made once per size, device and dtype."""
-        cache = self.__dict__.setdefault("_mask_cache", {})
+        cache = self.__dict__.setdefault("_causal_biases", {})
         key = (t, str(device), dtype)
         if key not in cache:
             cache[key] = torch.zeros(t, t, dtype=dtype, device=device).masked_fill_(
