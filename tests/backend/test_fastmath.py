@@ -59,3 +59,28 @@ def test_tanh_and_sigmoid_saturate_exactly_where_float32_does():
     x = np.array([9.5, 12.0, 50.0, -9.5, -50.0], np.float32)
     np.testing.assert_array_equal(_run("tanh", x), np.sign(x))
     np.testing.assert_array_equal(_run("sigmoid", np.array([40.0], np.float32)), [1.0])
+
+
+def test_prefer_512_bit_vectors_marks_only_the_calling_kernel():
+    @numba.njit
+    def wide(x):
+        fm.prefer_512_bit_vectors()
+        return x + 1.0
+
+    @numba.njit
+    def default(x):
+        return x + 1.0
+
+    attribute = '"prefer-vector-width"="512"'
+    wide(1.0), default(1.0)
+    assert attribute in next(iter(wide.inspect_llvm().values()))
+    assert attribute not in next(iter(default.inspect_llvm().values()))
+
+
+def test_the_activation_kernels_prefer_512_bit_vectors():
+    from neuronet.backend import kernels
+
+    fresh = numba.njit(kernels.activation_forward.py_func)  # cached code cannot be inspected
+    x = np.ones(8, np.float32)
+    fresh(7, 0.0, x, np.empty_like(x))
+    assert '"prefer-vector-width"="512"' in next(iter(fresh.inspect_llvm().values()))

@@ -38,6 +38,20 @@ def _float32_from_bits(typingctx, bits):
     return types.float32(types.int32), codegen
 
 
+@intrinsic
+def prefer_512_bit_vectors(typingctx):
+    """Call first in a kernel whose loops are arithmetic-bound (exp, erf, tanh): LLVM then vectorises
+    that kernel's loops 16 floats wide instead of 8. This CPU target prefers 256-bit vectors by default
+    (wide ones used to lower the clock); the attribute applies to the one function that calls this,
+    where a process-wide ``NUMBA_CPU_FEATURES`` would change every kernel. A CPU without AVX-512
+    ignores it. GELU's backward over 196,608 floats, one thread: 136 -> 97 us, the same bits."""
+    def codegen(context, builder, signature, args):
+        # llvmlite's attribute set accepts only flag attributes; a key="value" one is written as it is
+        set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+        return context.get_dummy_value()
+    return types.none(), codegen
+
+
 def exp32(x):
     """e**x, relative error < 1e-7: x = n ln2 + r (Cody-Waite), e**r by Cephes' degree-7 polynomial,
     2**n from its exponent bits. x is clamped to [-87, 88], where float32 stays normal and finite."""

@@ -41,6 +41,7 @@ jit_inline = numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"}
 @jit
 def activation_forward(code, alpha, z, out):
     """out[i] = act(z[i]); alpha is LeakyReLU's slope or ELU's alpha; out may be z."""
+    fm.prefer_512_bit_vectors()
     if z.ctypes.data == out.ctypes.data:
         _activation_forward(code, alpha, out, out)
     else:
@@ -96,6 +97,7 @@ def _activation_forward(code, alpha, z, out):
 @jit
 def activation_backward(code, alpha, dy, z, y, out):
     """out[i] = dy[i] * act'(z[i]); relu/sigmoid/tanh read the output y, the rest read z; out may be dy."""
+    fm.prefer_512_bit_vectors()
     if dy.ctypes.data == out.ctypes.data:
         _activation_backward(code, alpha, out, z, y, out)
     else:
@@ -172,6 +174,7 @@ def _masked_scale(x, mask, scale, out):
 @jit
 def bias_activation_rows(code, alpha, z, bias, out):
     """z[r] += bias, then out[r] = act(z[r]), row by row so the second pass reads from cache; out may be z."""
+    fm.prefer_512_bit_vectors()
     if z.ctypes.data == out.ctypes.data:
         _bias_activation_rows(code, alpha, out, bias, out, True)
     else:
@@ -195,6 +198,7 @@ def _bias_activation_rows(code, alpha, z, bias, out, in_place):
 @jit
 def activation_backward_bias_rows(code, alpha, dy, z, y, out, dbias):
     """out[r] = dy[r] * act'(z[r]) (as activation_backward), then dbias += out[r]; out may be dy."""
+    fm.prefer_512_bit_vectors()
     if dy.ctypes.data == out.ctypes.data:
         _activation_backward_bias_rows(code, alpha, out, z, y, out, dbias)
     else:
