@@ -61,6 +61,24 @@ def test_pack_zero_pads_the_last_panel():
     np.testing.assert_array_equal(packed[0], b[:, :32])
 
 
+def _panels(b, narrow=False):
+    """The packed layout built by NumPy: (P, K, NR), zero past b's last column."""
+    p, k, nr = packed_gemm.packed_shape(b.shape, b.dtype, narrow)
+    wide = np.zeros((k, p * nr), b.dtype)
+    wide[:, :b.shape[1]] = b
+    return wide.reshape(k, p, nr).transpose(1, 0, 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("narrow", [False, True])
+def test_pack_reads_any_view(dtype, narrow):
+    """Rows of a wider array (a head of attention's projection rows: whole panels copied as vectors), a
+    transposed view, a column-strided one, each with full panels and a partial last one."""
+    base = np.random.default_rng(3).standard_normal((70, 200)).astype(dtype)
+    for b in (base[:40, 8:8 + 64], base[:40, 8:8 + 70], base[:33, :40].T, base[:20, :130:2], base[5:6, :7]):
+        np.testing.assert_array_equal(_packed(b, narrow), _panels(b, narrow))
+
+
 @numba.njit
 def _gemm_triangle(a, packed, c, triangle):
     packed_gemm.gemm(a, packed, c, False, triangle)

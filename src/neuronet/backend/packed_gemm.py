@@ -67,11 +67,38 @@ def pack(b, out):
     k_size, n = b.shape
     nr = out.shape[2]
     zero = out.dtype.type(0.0)
-    for p in range(out.shape[0]):
-        for k in range(k_size):
-            for j in range(nr):
-                col = p * nr + j
-                out[p, k, j] = b[k, col] if col < n else zero
+    full = 0  # panels copied row by row as whole vectors: b's rows unit-stride, the panel within them
+    if b.strides[1] == b.itemsize and nr * b.itemsize == PANEL_BYTES and out.strides[2] == out.itemsize \
+            and out.strides[1] == PANEL_BYTES:
+        full = n // nr
+        for p in range(full):
+            for k in range(k_size):
+                _copy_panel_row(out.ctypes.data + p * out.strides[0] + k * PANEL_BYTES,
+                                b.ctypes.data + k * b.strides[0] + p * PANEL_BYTES)
+    for p in range(full, out.shape[0]):  # column by column: a transposed view reads its rows
+        for j in range(nr):
+            col = p * nr + j
+            if col < n:
+                for k in range(k_size):
+                    out[p, k, j] = b[k, col]
+            else:
+                for k in range(k_size):
+                    out[p, k, j] = zero
+
+
+@intrinsic
+def _copy_panel_row(typingctx, dst, src):
+    """PANEL_BYTES from address ``src`` to address ``dst`` (two vector loads and stores). Numba indexes a
+    view whose strides it does not know (a head of the attention's projection rows, ``v[b, h]``) an
+    element at a time: 0.69 us to pack a 64 x 32 head against 0.21 for a contiguous array."""
+    def codegen(context, builder, signature, args):
+        ptr, i64 = ir.IntType(8).as_pointer(), ir.IntType(64)
+        fn = declare_intrinsic(builder.module, "llvm.memcpy.p0.p0.i64", ir.VoidType(),
+                               [ptr, ptr, i64, ir.IntType(1)])
+        builder.call(fn, [builder.inttoptr(args[0], ptr), builder.inttoptr(args[1], ptr),
+                          ir.Constant(i64, PANEL_BYTES), ir.Constant(ir.IntType(1), 0)])
+        return context.get_dummy_value()
+    return types.void(types.intp, types.intp), codegen
 
 
 def _make_tile(rows: int, indexed: bool, rows_indexed: bool, vectors: int, cols_indexed: bool = False):
