@@ -23,7 +23,8 @@ from numba.extending import intrinsic, overload
 
 from .jit_cache import announce_if_cold, drop_stale_caches
 
-drop_stale_caches(Path(__file__).parent, ["fastmath.py", "packed_gemm.py"])  # the helpers kernels inline
+# the helpers that kernels inline
+drop_stale_caches(Path(__file__).parent, ["fastmath.py", "packed_gemm.py", "vector_rows.py"])
 announce_if_cold(Path(__file__).parent)
 
 f32 = np.float32

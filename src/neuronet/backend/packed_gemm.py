@@ -156,7 +156,7 @@ def _make_tile(rows: int, indexed: bool, rows_indexed: bool, vectors: int, cols_
             sums = []
             for r in range(rows):
                 x = builder.load(builder.gep(a_p, [builder.add(a_k, row_at[r])]))
-                xs = _broadcast(builder, x, vec)
+                xs = broadcast(builder, x, vec)
                 sums += [builder.call(fma, [xs, bv[v], accs[vectors * r + v]]) for v in range(vectors)]
             k_next, end = builder.add(k, const(1)), builder.block
             builder.cbranch(builder.icmp_signed("<", k_next, k_), body, done)
@@ -178,7 +178,7 @@ def _make_tile(rows: int, indexed: bool, rows_indexed: bool, vectors: int, cols_
                                      [vptr, i32, mask_t, vec])
             store = declare_intrinsic(builder.module, f"llvm.masked.store.{suffix}.p0", ir.VoidType(),
                                       [vec, vptr, i32, mask_t])
-            n_splat = _broadcast(builder, n_cols_, ir.VectorType(i64, lanes))
+            n_splat = broadcast(builder, n_cols_, ir.VectorType(i64, lanes))
             adding = builder.icmp_signed("!=", accumulate_, const(0))
             align = ir.Constant(i32, _alignment(real))
             for v in range(vectors):
@@ -202,7 +202,7 @@ def declare_intrinsic(module, name: str, result, params: list) -> ir.Function:
     return fn if fn is not None else ir.Function(module, ir.FunctionType(result, params), name)
 
 
-def _broadcast(builder, value, vector_type):
+def broadcast(builder, value, vector_type):
     """``value`` in every lane of ``vector_type``."""
     undef, i32 = ir.Constant(vector_type, ir.Undefined), ir.IntType(32)
     first = builder.insert_element(undef, value, ir.Constant(i32, 0))
