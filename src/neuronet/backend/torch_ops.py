@@ -471,18 +471,19 @@ class TorchOps(Ops):
         if not (_MKLDNN_RNN and seq.device.type == "cpu" and seq.dtype == torch.float32
                 and self._low_dtype() is None) or self._numpy_loops(seq.dtype):
             return None
-        zeros = self.temporary("lstm.zero_state", (seq.shape[1], w_hh.shape[1]), seq.dtype)
-        zeros.zero_()  # (the initial h and c; shared by every pass, which only reads it)
+        # The initial h and c, zeros shared by every pass (which only reads them); two tensors, not one
+        # twice: oneDNN's backward took 2.96-3.02 against 2.85-2.89 ms with h and c the same tensor.
+        h0, c0 = (self.temporary(name, (seq.shape[1], w_hh.shape[1]), seq.dtype).zero_()
+                  for name in ("lstm.zero_h", "lstm.zero_c"))
         out, hy, cy, workspace = torch.ops.aten.mkldnn_rnn_layer(
-            seq, w_ih, w_hh, b_ih, b_hh, zeros, zeros, reverse, [], _LSTM_MODE, w_hh.shape[1], 1, True, False,
+            seq, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, [], _LSTM_MODE, w_hh.shape[1], 1, True, False,
             False, True)
-        saved.update(out=out, hy=hy, cy=cy, workspace=workspace, zeros=zeros)
+        saved.update(out=out, hy=hy, cy=cy, workspace=workspace, h0=h0, c0=c0)
         return out
 
     def lstm_sequence_backward(self, seq, w_ih, w_hh, b_ih, b_hh, reverse, saved, dh, dout):
-        zeros = saved["zeros"]
         grads = torch.ops.aten.mkldnn_rnn_layer_backward(
-            seq, w_ih, w_hh, b_ih, b_hh, zeros, zeros, saved["out"], saved["hy"], saved["cy"],
+            seq, w_ih, w_hh, b_ih, b_hh, saved["h0"], saved["c0"], saved["out"], saved["hy"], saved["cy"],
             None if dout is None else dout.contiguous(), dh.contiguous(), None, reverse, _LSTM_MODE,
             w_hh.shape[1], 1, True, True, False, [], False, saved["workspace"])
         return grads[:5]
