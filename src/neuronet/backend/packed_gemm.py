@@ -64,26 +64,34 @@ def packed_shape(shape: tuple[int, int], dtype, narrow: bool = False) -> tuple[i
 @jit
 def pack(b, out):
     """out (P, K, NR) <- the panels of b (K, N), zero past b's last column (``packed_shape``)."""
+    nr = out.shape[2]
+    if b.strides[1] == b.itemsize and nr * b.itemsize == PANEL_BYTES and out.strides[2] == out.itemsize \
+            and out.strides[1] == PANEL_BYTES:  # b's rows unit-stride: whole panels row by row as vectors
+        full = b.shape[1] // nr
+        for p in range(full):
+            for k in range(b.shape[0]):
+                _copy_panel_row(out.ctypes.data + p * out.strides[0] + k * PANEL_BYTES,
+                                b.ctypes.data + k * b.strides[0] + p * PANEL_BYTES)
+        if 0 < full < out.shape[0]:
+            _pack_elements(b[:, full * nr:], out[full:])
+        elif full == 0:  # (not a slice of b: Numba's loops over b as it is typed ran ~1.7x faster)
+            _pack_elements(b, out)
+    else:
+        _pack_elements(b, out)
+
+
+@jit
+def _pack_elements(b, out):
+    """``pack`` an element at a time, row by row (a convolution's transposed dz (840 x 16) packed column
+    by column took 3x as long: the panel's rows, written a column at a time, leave L1 in between)."""
     k_size, n = b.shape
     nr = out.shape[2]
     zero = out.dtype.type(0.0)
-    full = 0  # panels copied row by row as whole vectors: b's rows unit-stride, the panel within them
-    if b.strides[1] == b.itemsize and nr * b.itemsize == PANEL_BYTES and out.strides[2] == out.itemsize \
-            and out.strides[1] == PANEL_BYTES:
-        full = n // nr
-        for p in range(full):
-            for k in range(k_size):
-                _copy_panel_row(out.ctypes.data + p * out.strides[0] + k * PANEL_BYTES,
-                                b.ctypes.data + k * b.strides[0] + p * PANEL_BYTES)
-    for p in range(full, out.shape[0]):  # column by column: a transposed view reads its rows
-        for j in range(nr):
-            col = p * nr + j
-            if col < n:
-                for k in range(k_size):
-                    out[p, k, j] = b[k, col]
-            else:
-                for k in range(k_size):
-                    out[p, k, j] = zero
+    for p in range(out.shape[0]):
+        for k in range(k_size):
+            for j in range(nr):
+                col = p * nr + j
+                out[p, k, j] = b[k, col] if col < n else zero
 
 
 @intrinsic
