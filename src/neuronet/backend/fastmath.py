@@ -53,18 +53,27 @@ def prefer_512_bit_vectors(typingctx):
     return types.none(), codegen
 
 
+# exp32's constants (also vector_rows' 16-lane exponential): the clamp, log2(e), ln 2 as a float32 high
+# part and the rest (Cody-Waite), and Cephes' polynomial for e**r - 1 - r, highest degree first.
+EXP32_RANGE = (-87.0, 88.0)
+LOG2_E = 1.4426950408889634
+LN2_HIGH, LN2_LOW = 0.693359375, -2.12194440e-4
+EXP32_POLYNOMIAL = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
+                    5.0000001201e-1)
+
+
 def exp32(x):
     """e**x, relative error < 1e-7: x = n ln2 + r (Cody-Waite), e**r by Cephes' degree-7 polynomial,
     2**n from its exponent bits. x is clamped to [-87, 88], where float32 stays normal and finite."""
-    x = min(max(x, f32(-87.0)), f32(88.0))
-    n = np.floor(x * f32(1.4426950408889634) + f32(0.5))
-    r = x - n * f32(0.693359375) + n * f32(2.12194440e-4)
-    p = f32(1.9875691500e-4)
-    p = p * r + f32(1.3981999507e-3)
-    p = p * r + f32(8.3334519073e-3)
-    p = p * r + f32(4.1665795894e-2)
-    p = p * r + f32(1.6666665459e-1)
-    p = p * r + f32(5.0000001201e-1)
+    x = min(max(x, f32(EXP32_RANGE[0])), f32(EXP32_RANGE[1]))
+    n = np.floor(x * f32(LOG2_E) + f32(0.5))
+    r = x - n * f32(LN2_HIGH) - n * f32(LN2_LOW)
+    p = f32(EXP32_POLYNOMIAL[0])
+    p = p * r + f32(EXP32_POLYNOMIAL[1])
+    p = p * r + f32(EXP32_POLYNOMIAL[2])
+    p = p * r + f32(EXP32_POLYNOMIAL[3])
+    p = p * r + f32(EXP32_POLYNOMIAL[4])
+    p = p * r + f32(EXP32_POLYNOMIAL[5])
     p = p * r * r + r + f32(1.0)
     return p * _float32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
 
