@@ -72,10 +72,13 @@ def _panels(b, narrow=False):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("narrow", [False, True])
 def test_pack_reads_any_view(dtype, narrow):
-    """Rows of a wider array (a head of attention's projection rows: whole panels copied as vectors), a
-    transposed view, a column-strided one, each with full panels and a partial last one."""
-    base = np.random.default_rng(3).standard_normal((70, 200)).astype(dtype)
-    for b in (base[:40, 8:8 + 64], base[:40, 8:8 + 70], base[:33, :40].T, base[:20, :130:2], base[5:6, :7]):
+    """Rows of a wider array (a head of attention's projection rows: whole panels copied as vectors),
+    transposed views (float32: 16 x 16 blocks transposed in registers; partial blocks both ways, blocks
+    wholly past b's last column, a convolution's dz^T of 840 rows), a column-strided view, each with full
+    panels and a partial last one."""
+    base = np.random.default_rng(3).standard_normal((70, 900)).astype(dtype)
+    for b in (base[:40, 8:8 + 64], base[:40, 8:8 + 70], base[:33, :40].T, base[:20, :130:2], base[5:6, :7],
+              base[:16, 30:870].T, base[:64, 5:37].T, base[2:9, 1:6].T, base[:1, :17].T):
         np.testing.assert_array_equal(_packed(b, narrow), _panels(b, narrow))
 
 

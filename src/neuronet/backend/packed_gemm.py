@@ -76,8 +76,27 @@ def pack(b, out):
             _pack_elements(b[:, full * nr:], out[full:])
         elif full == 0:  # (not a slice of b: Numba's loops over b as it is typed ran ~1.7x faster)
             _pack_elements(b, out)
+    elif b.strides[0] == b.itemsize == 4 and out.strides[2] == 4 and nr % _BLOCK == 0:
+        _pack_transposed(b, out)  # b's columns unit-stride (a transposed view): 16 x 16 blocks in registers
     else:
         _pack_elements(b, out)
+
+
+@jit
+def _pack_transposed(b, out):
+    """``pack`` of a float32 b (K, N) whose columns are unit-stride, in 16 x 16 blocks transposed in
+    registers (``_transpose_block``), one thread, against the element-wise loop: a convolution's dz^T
+    (840 x 16) in narrow panels 4.9 -> 2.1 us, (840 x 32) 8.3 -> 4.2, its weight^T (144 x 32) 2.2 -> 0.9,
+    attention's k^T (32 x 64) 0.89 -> 0.52."""
+    k_size, n = b.shape
+    nr = out.shape[2]
+    for p in range(out.shape[0]):
+        for j0 in range(0, nr, _BLOCK):
+            col = p * nr + j0
+            for k0 in range(0, k_size, _BLOCK):
+                _transpose_block(out.ctypes.data + p * out.strides[0] + k0 * out.strides[1] + j0 * 4,
+                                 out.strides[1], b.ctypes.data + col * b.strides[1] + k0 * 4, b.strides[1],
+                                 min(_BLOCK, n - col), min(_BLOCK, k_size - k0))
 
 
 @jit
@@ -92,6 +111,50 @@ def _pack_elements(b, out):
             for j in range(nr):
                 col = p * nr + j
                 out[p, k, j] = b[k, col] if col < n else zero
+
+
+_BLOCK = 16  # float32 lanes of a 64-byte vector: the side of ``_transpose_block``'s square
+
+
+@intrinsic
+def _transpose_block(typingctx, dst, dst_stride, src, src_stride, rows, cols):
+    """dst[c, r] = src[r, c] for c < cols (rows of dst written) and r < 16, 0 where r >= rows (float32;
+    addresses, strides in bytes; rows may be <= 0, cols in 1..16). The 16 source rows, read as vectors
+    under a mask of the columns, become the 16 destination rows in four rounds of two-vector shuffles,
+    each swapping the off-diagonal blocks of a side half the last one's (8, 4, 2, 1)."""
+    def codegen(context, builder, signature, args):
+        dst_, dst_stride_, src_, src_stride_, rows_, cols_ = args
+        b, f32, i32, i64 = builder, ir.FloatType(), ir.IntType(32), ir.IntType(64)
+        vec, lanes = ir.VectorType(f32, _BLOCK), ir.Constant(ir.VectorType(i64, _BLOCK), list(range(_BLOCK)))
+        mask_t, vptr, align = ir.VectorType(ir.IntType(1), _BLOCK), vec.as_pointer(), ir.Constant(i32, 4)
+        load = declare_intrinsic(b.module, "llvm.masked.load.v16f32.p0", vec, [vptr, i32, mask_t, vec])
+        store = declare_intrinsic(b.module, "llvm.masked.store.v16f32.p0", ir.VoidType(),
+                                  [vec, vptr, i32, mask_t])
+        zeros = ir.Constant(vec, [0.0] * _BLOCK)
+
+        def at(base, stride, i):
+            return b.inttoptr(b.add(base, b.mul(stride, ir.Constant(i64, i))), vptr)
+
+        rows_v = []
+        for r in range(_BLOCK):  # row r under the column mask, or no lane at all past ``rows``
+            limit = b.select(b.icmp_signed("<", ir.Constant(i64, r), rows_), cols_, ir.Constant(i64, 0))
+            mask = b.icmp_signed("<", lanes, broadcast(b, limit, lanes.type))
+            rows_v.append(b.call(load, [at(src_, src_stride_, r), align, mask, zeros]))
+        for step in (8, 4, 2, 1):
+            low = ir.Constant(ir.VectorType(i32, _BLOCK),
+                              [c if c & step == 0 else _BLOCK + c - step for c in range(_BLOCK)])
+            high = ir.Constant(ir.VectorType(i32, _BLOCK),
+                               [c + step if c & step == 0 else _BLOCK + c for c in range(_BLOCK)])
+            for r in range(_BLOCK):
+                if r & step == 0:
+                    x, y = rows_v[r], rows_v[r + step]
+                    rows_v[r], rows_v[r + step] = b.shuffle_vector(x, y, low), b.shuffle_vector(x, y, high)
+        for c in range(_BLOCK):
+            write = b.icmp_signed("<", ir.Constant(i64, c), cols_)
+            b.call(store, [rows_v[c], at(dst_, dst_stride_, c), align,
+                           broadcast(b, write, mask_t)])
+        return context.get_dummy_value()
+    return types.void(types.intp, types.intp, types.intp, types.intp, types.intp, types.intp), codegen
 
 
 @intrinsic
