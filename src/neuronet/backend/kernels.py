@@ -245,19 +245,22 @@ def softmax_rows(z, out, log, scale, causal_t, row_max):
 # in one row's iteration, the char GPT's 48 causal (64, 64) heads took 287 us (one thread), 293 without
 # the mask; in two sweeps 180 and 113 (2026-12-07). The maximum keeps 8 partial maxima (one chain of
 # dependent max instructions ran at ~3 cycles an element). Float32 rows of unit stride take the masked
-# 16-lane passes of vector_rows instead (no scalar tail): 24 causal (64, 64) heads 74 -> 42 us, the
-# same unmasked 73 -> 57, rows of 10 columns 301 -> 127, of 1024 168 -> 134 (one thread).
+# 16-lane passes of vector_rows instead (no scalar tail; log-softmax too): 24 causal (64, 64) heads
+# 74 -> 42 us, the same unmasked 73 -> 57, rows of 10 columns 301 -> 127, of 1024 168 -> 134 (one thread).
 @jit_inline
 def _softmax_rows(z, out, log, scale, causal_t, row_max):
     rows, cols = z.shape
     dt = z.dtype.type
     scale = dt(scale)
-    if z.itemsize == 4 and not log and z.strides[1] == 4 and out.strides[1] == 4:
+    if z.itemsize == 4 and z.strides[1] == 4 and out.strides[1] == 4:
         for r in range(rows):
             row_max[r] = vector_rows.row_max(z[r].ctypes.data, r % causal_t + 1 if causal_t > 0 else cols)
         for r in range(rows):
-            vector_rows.softmax_row(z[r].ctypes.data, out[r].ctypes.data,
-                                    r % causal_t + 1 if causal_t > 0 else cols, cols, scale, row_max[r])
+            zr, o, seen = z[r].ctypes.data, out[r].ctypes.data, r % causal_t + 1 if causal_t > 0 else cols
+            if log:
+                vector_rows.log_softmax_row(zr, o, seen, cols, scale, row_max[r])
+            else:
+                vector_rows.softmax_row(zr, o, seen, cols, scale, row_max[r])
         return
     for r in range(rows):
         row_max[r] = _max8(z[r], r % causal_t + 1 if causal_t > 0 else cols)
