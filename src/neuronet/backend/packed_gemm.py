@@ -38,6 +38,7 @@ SKIP_UPPER, A_LOWER, A_UPPER = 1, 2, 3  # ``gemm(..., triangle)``: what a causal
 MR = 8  # rows of a tile: 16 accumulators + 2 panel vectors + 1 broadcast of the 32 vector registers
 _VECTOR_BYTES = 64  # one AVX-512 register; LLVM splits it where the machine has narrower ones
 PANEL_BYTES = 2 * _VECTOR_BYTES
+_BLOCK = _VECTOR_BYTES // 4  # float32 lanes of a vector: the side of ``_transpose_block``'s square
 
 jit = numba.njit(cache=True, nogil=True)
 
@@ -111,9 +112,6 @@ def _pack_elements(b, out):
             for j in range(nr):
                 col = p * nr + j
                 out[p, k, j] = b[k, col] if col < n else zero
-
-
-_BLOCK = 16  # float32 lanes of a 64-byte vector: the side of ``_transpose_block``'s square
 
 
 @intrinsic
