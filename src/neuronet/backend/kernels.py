@@ -377,6 +377,7 @@ def group_by_key(keys, order, counts):
 @jit
 def norm_rows_forward(x, w, b, eps, center, has_bias, out, mean, rstd):
     """LayerNorm (center) or RMSNorm rows of 2-D x: out = (x - mean) * rstd * w (+ b); saves mean, rstd."""
+    fm.prefer_512_bit_vectors()  # (768 rows of 128, one thread: forward 22 -> 21 us, backward 35 -> 31)
     rows, cols = x.shape
     dt = x.dtype.type
     eps, inv_cols = dt(eps), dt(1.0 / cols)
@@ -408,6 +409,7 @@ def norm_rows_backward(dy, x, w, mean, rstd, center, has_bias, dx, dw, db):
 
     ACCUMULATES dw += sum dy xhat and db += sum dy.
     """
+    fm.prefer_512_bit_vectors()  # (768 rows of 128, one thread: forward 22 -> 21 us, backward 35 -> 31)
     rows, cols = x.shape
     dt = x.dtype.type
     inv_cols = dt(1.0 / cols)
