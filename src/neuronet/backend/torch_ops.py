@@ -29,6 +29,7 @@ class _HostKernels(NumpyOps):
 _CPU = _HostKernels()  # the Numba kernels with their calling conventions, for CPU tensors' host views
 _LSTM_MODE = 2  # oneDNN's RNN mode number for the LSTM cell
 _MKLDNN_RNN = hasattr(torch.ops.aten, "mkldnn_rnn_layer") and torch.backends.mkldnn.is_available()
+FUSED_ATTENTION_THREADS = 2  # up to this many torch threads, CPU attention runs the one-core fused kernel
 _LOW_PRECISION = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
            "int64": torch.int64, "int32": torch.int32, "bool": torch.bool, "uint8": torch.uint8}
@@ -432,9 +433,11 @@ class TorchOps(Ops):
         out *= scale
         return out
 
-    # Attention's core on CPU tensors while torch runs one thread: the NumPy backend's fused kernel on the
-    # tensors' memory (a GEMM per head with the causal zeros skipped, no (N, H, T, T) temporary). With more
-    # threads torch's own batched products use them; the kernel runs a block of samples on one core.
+    # Attention's core on CPU tensors while torch runs at most FUSED_ATTENTION_THREADS threads: the NumPy
+    # backend's fused kernel on the tensors' memory (a GEMM per head with the causal zeros skipped, no
+    # (N, H, T, T) temporary), on one core. torch's batched products copy each strided head operand first
+    # (48 clones a char GPT step): at two threads the one-core kernel still made that step 4 % faster
+    # (8 of 12 alternating pairs); with more threads torch's products use them.
     def attention(self, q, k, v, probs, out, causal, scale, mask, keep_scale, scratch):
         host = _host_heads(q, k, v, probs, out)
         if host is not None:
@@ -796,9 +799,10 @@ def _one_thread_host(*tensors, contiguous: bool = True) -> bool:
 
 
 def _host_heads(*heads) -> list | None:
-    """The NumPy views of attention's head stacks where they go to the NumPy backend's fused kernel
-    (``_one_thread_host``, rows unit-stride: ``numpy_ops.fused_heads``), else None."""
-    if not _one_thread_host(*heads, contiguous=False):
+    """The NumPy views of attention's head stacks where they go to the NumPy backend's fused kernel (CPU
+    float tensors, torch at most FUSED_ATTENTION_THREADS threads, rows unit-stride:
+    ``numpy_ops.fused_heads``), else None."""
+    if torch.get_num_threads() > FUSED_ATTENTION_THREADS or not all(_numba_ok(t) for t in heads):
         return None
     host = _host(*heads)
     return host if fused_heads(*host) else None
