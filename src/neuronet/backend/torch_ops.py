@@ -436,8 +436,8 @@ class TorchOps(Ops):
     # Attention's core on CPU tensors while torch runs at most FUSED_ATTENTION_THREADS threads: the NumPy
     # backend's fused kernel on the tensors' memory (a GEMM per head with the causal zeros skipped, no
     # (N, H, T, T) temporary), on one core. torch's batched products copy each strided head operand first
-    # (48 clones a char GPT step): at two threads the one-core kernel still made that step 4 % faster
-    # (8 of 12 alternating pairs); with more threads torch's products use them.
+    # (48 clones a char GPT step): at two threads the one-core kernel still made that step 1-4 % faster
+    # (15 of 25 alternating pairs of processes); with more threads torch's products use them.
     def attention(self, q, k, v, probs, out, causal, scale, mask, keep_scale, scratch):
         host = _host_heads(q, k, v, probs, out)
         if host is not None:
