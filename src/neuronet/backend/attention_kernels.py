@@ -33,7 +33,8 @@ from numba import literal_unroll, types
 from numba.extending import intrinsic
 
 from . import kernels
-from .packed_gemm import A_LOWER, A_UPPER, SKIP_UPPER, declare_intrinsic, gemm, pack
+from .llvm_vectors import declare_intrinsic
+from .packed_gemm import A_LOWER, A_UPPER, SKIP_UPPER, gemm, pack
 
 jit = numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"}, error_model="numpy")
 _LINE_BYTES = 64

@@ -24,7 +24,8 @@ from numba.extending import intrinsic, overload
 from .jit_cache import announce_if_cold, drop_stale_caches
 
 # the helpers that kernels inline (kernels.py too: attention_kernels calls its softmax)
-drop_stale_caches(Path(__file__).parent, ["fastmath.py", "packed_gemm.py", "vector_rows.py", "kernels.py"])
+drop_stale_caches(Path(__file__).parent,
+                  ["fastmath.py", "llvm_vectors.py", "packed_gemm.py", "vector_rows.py", "kernels.py"])
 announce_if_cold(Path(__file__).parent)
 
 f32 = np.float32

@@ -34,11 +34,13 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, register_jitable
 
+from .llvm_vectors import I32, I64, LANES, Float32Vectors, broadcast, declare_intrinsic
+
 SKIP_UPPER, A_LOWER, A_UPPER = 1, 2, 3  # ``gemm(..., triangle)``: what a causal mask makes zero (0: none)
 MR = 8  # rows of a tile: 16 accumulators + 2 panel vectors + 1 broadcast of the 32 vector registers
 _VECTOR_BYTES = 64  # one AVX-512 register; LLVM splits it where the machine has narrower ones
 PANEL_BYTES = 2 * _VECTOR_BYTES
-_BLOCK = _VECTOR_BYTES // 4  # float32 lanes of a vector: the side of ``_transpose_block``'s square
+_BLOCK = LANES  # float32 lanes of a vector: the side of ``_transpose_block``'s square
 
 jit = numba.njit(cache=True, nogil=True)
 
@@ -122,35 +124,28 @@ def _transpose_block(typingctx, dst, dst_stride, src, src_stride, rows, cols):
     each swapping the off-diagonal blocks of a side half the last one's (8, 4, 2, 1)."""
     def codegen(context, builder, signature, args):
         dst_, dst_stride_, src_, src_stride_, rows_, cols_ = args
-        b, f32, i32, i64 = builder, ir.FloatType(), ir.IntType(32), ir.IntType(64)
-        vec, lanes = ir.VectorType(f32, _BLOCK), ir.Constant(ir.VectorType(i64, _BLOCK), list(range(_BLOCK)))
-        mask_t, vptr, align = ir.VectorType(ir.IntType(1), _BLOCK), vec.as_pointer(), ir.Constant(i32, 4)
-        load = declare_intrinsic(b.module, "llvm.masked.load.v16f32.p0", vec, [vptr, i32, mask_t, vec])
-        store = declare_intrinsic(b.module, "llvm.masked.store.v16f32.p0", ir.VoidType(),
-                                  [vec, vptr, i32, mask_t])
-        zeros = ir.Constant(vec, [0.0] * _BLOCK)
+        b, vectors, zero = builder, Float32Vectors(builder), ir.Constant(I64, 0)
 
         def at(base, stride, i):
-            return b.inttoptr(b.add(base, b.mul(stride, ir.Constant(i64, i))), vptr)
+            return b.add(base, b.mul(stride, ir.Constant(I64, i)))
 
         rows_v = []
         for r in range(_BLOCK):  # row r under the column mask, or no lane at all past ``rows``
-            limit = b.select(b.icmp_signed("<", ir.Constant(i64, r), rows_), cols_, ir.Constant(i64, 0))
-            mask = b.icmp_signed("<", lanes, broadcast(b, limit, lanes.type))
-            rows_v.append(b.call(load, [at(src_, src_stride_, r), align, mask, zeros]))
+            limit = b.select(b.icmp_signed("<", ir.Constant(I64, r), rows_), cols_, zero)
+            rows_v.append(vectors.load(at(src_, src_stride_, r), vectors.lanes_below(zero, limit)))
         for step in (8, 4, 2, 1):
-            low = ir.Constant(ir.VectorType(i32, _BLOCK),
+            low = ir.Constant(ir.VectorType(I32, _BLOCK),
                               [c if c & step == 0 else _BLOCK + c - step for c in range(_BLOCK)])
-            high = ir.Constant(ir.VectorType(i32, _BLOCK),
+            high = ir.Constant(ir.VectorType(I32, _BLOCK),
                                [c + step if c & step == 0 else _BLOCK + c for c in range(_BLOCK)])
             for r in range(_BLOCK):
                 if r & step == 0:
                     x, y = rows_v[r], rows_v[r + step]
                     rows_v[r], rows_v[r + step] = b.shuffle_vector(x, y, low), b.shuffle_vector(x, y, high)
-        for c in range(_BLOCK):
-            write = b.icmp_signed("<", ir.Constant(i64, c), cols_)
-            b.call(store, [rows_v[c], at(dst_, dst_stride_, c), align,
-                           broadcast(b, write, mask_t)])
+        every = ir.VectorType(ir.IntType(1), _BLOCK)
+        for c in range(_BLOCK):  # row c of dst, whole or not at all
+            write = b.icmp_signed("<", ir.Constant(I64, c), cols_)
+            vectors.store(rows_v[c], at(dst_, dst_stride_, c), broadcast(b, write, every))
         return context.get_dummy_value()
     return types.void(types.intp, types.intp, types.intp, types.intp, types.intp, types.intp), codegen
 
@@ -263,20 +258,6 @@ def _make_tile(rows: int, indexed: bool, rows_indexed: bool, vectors: int, cols_
             return context.get_dummy_value()
         return sig, codegen
     return tile
-
-
-def declare_intrinsic(module, name: str, result, params: list) -> ir.Function:
-    """The LLVM intrinsic ``name`` in ``module``, declared once."""
-    fn = module.globals.get(name)
-    return fn if fn is not None else ir.Function(module, ir.FunctionType(result, params), name)
-
-
-def broadcast(builder, value, vector_type):
-    """``value`` in every lane of ``vector_type``."""
-    undef, i32 = ir.Constant(vector_type, ir.Undefined), ir.IntType(32)
-    first = builder.insert_element(undef, value, ir.Constant(i32, 0))
-    lanes = vector_type.count
-    return builder.shuffle_vector(first, undef, ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
 
 
 def _vector_at(builder, base, index, vector_pointer):

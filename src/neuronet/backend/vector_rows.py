@@ -22,48 +22,28 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from . import fastmath as fm
-from .packed_gemm import broadcast, declare_intrinsic
-
-LANES = 16  # float32 lanes of an AVX-512 register; LLVM splits the vectors where registers are narrower
-_F32 = ir.FloatType()
-_VEC = ir.VectorType(_F32, LANES)
-_I32, _I64 = ir.IntType(32), ir.IntType(64)
-_ALIGN = ir.Constant(_I32, 4)
+from .llvm_vectors import F32, I32, I64, LANES, VEC, Float32Vectors, broadcast, declare_intrinsic, splat
 
 
-def _const(value: float) -> ir.Constant:
-    return ir.Constant(_VEC, [value] * LANES)
-
-
-class _Row:
+class _Row(Float32Vectors):
     """IR helpers over one row: masked vector loads and stores at column ``c`` under ``mask(c, n)``."""
 
-    def __init__(self, builder: ir.IRBuilder):
-        self.b = builder
-        module, vptr, mask_t = builder.module, _VEC.as_pointer(), ir.VectorType(ir.IntType(1), LANES)
-        self._load = declare_intrinsic(module, "llvm.masked.load.v16f32.p0", _VEC, [vptr, _I32, mask_t, _VEC])
-        self._store = declare_intrinsic(module, "llvm.masked.store.v16f32.p0", ir.VoidType(),
-                                        [_VEC, vptr, _I32, mask_t])
-        self._lanes = ir.Constant(ir.VectorType(_I64, LANES), list(range(LANES)))
-
     def fn(self, name: str, n_args: int = 1) -> ir.Function:
-        return declare_intrinsic(self.b.module, f"llvm.{name}.v16f32", _VEC, [_VEC] * n_args)
+        return declare_intrinsic(self.b.module, f"llvm.{name}.v16f32", VEC, [VEC] * n_args)
 
     def mask(self, c, n):
         """Lanes c + i < n."""
-        b = self.b
-        return b.icmp_signed("<", b.add(broadcast(b, c, self._lanes.type), self._lanes),
-                             broadcast(b, n, self._lanes.type))
-
-    def pointer(self, address, c):
-        b = self.b
-        return b.bitcast(b.gep(b.inttoptr(address, _F32.as_pointer()), [c]), _VEC.as_pointer())
+        return self.lanes_below(c, n)
 
     def load(self, address, c, mask, fill: float):
-        return self.b.call(self._load, [self.pointer(address, c), _ALIGN, mask, _const(fill)])
+        return super().load(self._column(address, c), mask, fill)
 
     def store(self, value, address, c, mask) -> None:
-        self.b.call(self._store, [value, self.pointer(address, c), _ALIGN, mask])
+        super().store(value, self._column(address, c), mask)
+
+    def _column(self, address, c):
+        """The byte address of float32 column c of the row at ``address``."""
+        return self.b.add(address, self.b.mul(c, ir.Constant(I64, 4)))
 
     def chunks(self, start, end):
         """A loop over the columns c = start, start + 16, ... < end (``with``: c)."""
@@ -76,35 +56,35 @@ class _Row:
     def exp(self, x):
         """e**x as ``fastmath.exp32``: x clamped, x = n ln2 + r, Cephes' polynomial, times 2**n."""
         b, fma = self.b, self.fn("fma", 3)
-        low, high = (_const(v) for v in fm.EXP32_RANGE)  # (selects keep a NaN; minnum and maxnum drop it)
+        low, high = (splat(v) for v in fm.EXP32_RANGE)  # (selects keep a NaN; minnum and maxnum drop it)
         x = b.select(b.fcmp_ordered("<", x, low), low, x)
         x = b.select(b.fcmp_ordered(">", x, high), high, x)
-        n = b.call(self.fn("floor"), [b.fadd(b.fmul(x, _const(fm.LOG2_E)), _const(0.5))])
-        r = b.fsub(b.fsub(x, b.fmul(n, _const(fm.LN2_HIGH))), b.fmul(n, _const(fm.LN2_LOW)))
-        p = _const(fm.EXP32_POLYNOMIAL[0])
+        n = b.call(self.fn("floor"), [b.fadd(b.fmul(x, splat(fm.LOG2_E)), splat(0.5))])
+        r = b.fsub(b.fsub(x, b.fmul(n, splat(fm.LN2_HIGH))), b.fmul(n, splat(fm.LN2_LOW)))
+        p = splat(fm.EXP32_POLYNOMIAL[0])
         for coefficient in fm.EXP32_POLYNOMIAL[1:]:
-            p = b.call(fma, [p, r, _const(coefficient)])
-        p = b.fadd(b.call(fma, [b.fmul(p, r), r, r]), _const(1.0))
-        ints = ir.VectorType(_I32, LANES)
+            p = b.call(fma, [p, r, splat(coefficient)])
+        p = b.fadd(b.call(fma, [b.fmul(p, r), r, r]), splat(1.0))
+        ints = ir.VectorType(I32, LANES)
         exponent = b.add(b.fptosi(n, ints), ir.Constant(ints, 127))
-        return b.fmul(p, b.bitcast(b.shl(exponent, ir.Constant(ints, 23)), _VEC))  # p 2**n
+        return b.fmul(p, b.bitcast(b.shl(exponent, ir.Constant(ints, 23)), VEC))  # p 2**n
 
     def sum(self, vector):
         """The lanes' sum, in any order."""
-        fn = declare_intrinsic(self.b.module, "llvm.vector.reduce.fadd.v16f32", _F32, [_F32, _VEC])
-        return self.b.call(fn, [ir.Constant(_F32, 0.0), vector], fastmath=("reassoc",))
+        fn = declare_intrinsic(self.b.module, "llvm.vector.reduce.fadd.v16f32", F32, [F32, VEC])
+        return self.b.call(fn, [ir.Constant(F32, 0.0), vector], fastmath=("reassoc",))
 
 
 class _Chunks:
     def __init__(self, builder, start, end):
         self.b, self.start = builder, start
         span = builder.sub(end, start)
-        self.count = builder.sdiv(builder.add(span, ir.Constant(_I64, LANES - 1)), ir.Constant(_I64, LANES))
+        self.count = builder.sdiv(builder.add(span, ir.Constant(I64, LANES - 1)), ir.Constant(I64, LANES))
 
     def __enter__(self):
         self._range = cgutils.for_range(self.b, self.count)
         loop = self._range.__enter__()
-        return self.b.add(self.start, self.b.mul(loop.index, ir.Constant(_I64, LANES)))
+        return self.b.add(self.start, self.b.mul(loop.index, ir.Constant(I64, LANES)))
 
     def __exit__(self, *exc):
         return self._range.__exit__(*exc)
@@ -116,15 +96,15 @@ def row_max(typingctx, z, seen):
     def codegen(context, builder, signature, args):
         z_, seen_ = args
         row, b = _Row(builder), builder
-        high = cgutils.alloca_once_value(b, _const(float("-inf")))
-        with row.chunks(ir.Constant(_I64, 0), seen_) as c:
+        high = cgutils.alloca_once_value(b, splat(float("-inf")))
+        with row.chunks(ir.Constant(I64, 0), seen_) as c:
             b.store(row.max(b.load(high), row.load(z_, c, row.mask(c, seen_), float("-inf"))), high)
         vector, width = b.load(high), LANES
         while width > 1:  # halves folded onto each other: 16 -> 1 lanes in 4 steps
             width //= 2
-            order = ir.Constant(ir.VectorType(_I32, LANES), [(i + width) % LANES for i in range(LANES)])
+            order = ir.Constant(ir.VectorType(I32, LANES), [(i + width) % LANES for i in range(LANES)])
             vector = row.max(vector, b.shuffle_vector(vector, vector, order))
-        return b.extract_element(vector, ir.Constant(_I32, 0))
+        return b.extract_element(vector, ir.Constant(I32, 0))
     return types.float32(types.intp, types.intp), codegen
 
 
@@ -132,33 +112,33 @@ def _softmax_codegen(log: bool):
     """The code of ``softmax_row`` (``log``: ``log_softmax_row``)."""
     def codegen(context, builder, signature, args):
         z_, out_, seen_, cols_, scale_, high_ = args
-        row, b, zero = _Row(builder), builder, ir.Constant(_I64, 0)
-        m, s = broadcast(b, high_, _VEC), broadcast(b, scale_, _VEC)
-        total = cgutils.alloca_once_value(b, _const(0.0))
+        row, b, zero = _Row(builder), builder, ir.Constant(I64, 0)
+        m, s = broadcast(b, high_, VEC), broadcast(b, scale_, VEC)
+        total = cgutils.alloca_once_value(b, splat(0.0))
         with row.chunks(zero, seen_) as c:  # e = exp(scale (z - max)), its sum; softmax keeps e in out
             mask = row.mask(c, seen_)
-            e = b.select(mask, row.exp(b.fmul(b.fsub(row.load(z_, c, mask, 0.0), m), s)), _const(0.0))
+            e = b.select(mask, row.exp(b.fmul(b.fsub(row.load(z_, c, mask, 0.0), m), s)), splat(0.0))
             if not log:
                 row.store(e, out_, c, row.mask(c, cols_))  # zeros past seen within the vector
             b.store(b.fadd(b.load(total), e), total)
         total = row.sum(b.load(total))
         if log:  # scale (z - max) - log(sum e), zeros past seen within the vector (as PyTorch: scale z -
             # (scale max + log(sum e)) cancels in float32 where z is large)
-            log_of = declare_intrinsic(b.module, "llvm.log.f32", _F32, [_F32])
-            log_total = broadcast(b, b.call(log_of, [total]), _VEC)
+            log_of = declare_intrinsic(b.module, "llvm.log.f32", F32, [F32])
+            log_total = broadcast(b, b.call(log_of, [total]), VEC)
             with row.chunks(zero, seen_) as c:
                 mask = row.mask(c, seen_)
                 value = b.fsub(b.fmul(b.fsub(row.load(z_, c, mask, 0.0), m), s), log_total)
-                row.store(b.select(mask, value, _const(0.0)), out_, c, row.mask(c, cols_))
+                row.store(b.select(mask, value, splat(0.0)), out_, c, row.mask(c, cols_))
         else:  # e / sum e
-            inv = broadcast(b, b.fdiv(ir.Constant(_F32, 1.0), total), _VEC)
+            inv = broadcast(b, b.fdiv(ir.Constant(F32, 1.0), total), VEC)
             with row.chunks(zero, seen_) as c:
                 mask = row.mask(c, seen_)
                 row.store(b.fmul(row.load(out_, c, mask, 0.0), inv), out_, c, mask)
-        covered = b.mul(b.sdiv(b.add(seen_, ir.Constant(_I64, LANES - 1)), ir.Constant(_I64, LANES)),
-                        ir.Constant(_I64, LANES))
+        covered = b.mul(b.sdiv(b.add(seen_, ir.Constant(I64, LANES - 1)), ir.Constant(I64, LANES)),
+                        ir.Constant(I64, LANES))
         with row.chunks(covered, cols_) as c:  # the columns past the vectors the passes above wrote
-            row.store(_const(0.0), out_, c, row.mask(c, cols_))
+            row.store(splat(0.0), out_, c, row.mask(c, cols_))
         return context.get_dummy_value()
     return codegen
 
