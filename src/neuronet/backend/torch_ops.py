@@ -789,13 +789,11 @@ def _in_openblas(a, b, out, *more) -> bool:
         out.numel() * a.shape[-1] >= OPENBLAS_MIN_WORK and all(_numba_ok(t) for t in (a, b, out, *more))
 
 
-def _one_thread_host(*tensors, contiguous: bool = True) -> bool:
+def _one_thread_host(*tensors) -> bool:
     """Whether a pass goes to the NumPy backend's kernel on the tensors' memory because torch runs one
-    thread (with more, torch's kernels use them): CPU float tensors, contiguous unless the kernel reads
-    strides. At one thread the char GPT's LayerNorms and bias + GELU took 2.9 ms a step more in torch's
-    kernels than in ours."""
-    return torch.get_num_threads() == 1 and \
-        all(_numba_ok(t) and (not contiguous or t.is_contiguous()) for t in tensors)
+    thread (with more, torch's kernels use them): contiguous CPU float tensors. At one thread the char
+    GPT's LayerNorms and bias + GELU took 2.9 ms a step more in torch's kernels than in ours."""
+    return torch.get_num_threads() == 1 and all(_numba_ok(t) and t.is_contiguous() for t in tensors)
 
 
 def _host_heads(*heads) -> list | None:
