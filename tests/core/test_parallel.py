@@ -61,6 +61,25 @@ def test_replica_shares_parameters_and_owns_gradients():
     np.testing.assert_allclose(rep.forward(x, training=False), model.forward(x, training=False), rtol=1e-6)
 
 
+def test_replica_of_a_model_another_thread_is_running():
+    """The first forward adds attributes (saved activations) to each layer; a thread that copies the
+    layers meanwhile (predict(workers=N) on a model built but never run) once failed with "dictionary
+    changed size during iteration". Here the copy itself triggers the other thread's write."""
+    model = _mlp()
+    first = model.layers[0]
+
+    class WrittenMeanwhile:
+        def __deepcopy__(self, memo):
+            first.__dict__["_added_meanwhile"] = True  # what the other thread's forward does
+            return self
+
+    first.marker = WrittenMeanwhile()
+    rep = replica(model)
+    assert "_added_meanwhile" in vars(first) and "_added_meanwhile" not in vars(rep.layers[0])
+    x, _ = _data((20,), 8)
+    np.testing.assert_allclose(rep.forward(x, training=False), model.forward(x, training=False), rtol=1e-6)
+
+
 @pytest.mark.parametrize("what", ["predict", "evaluate"])
 def test_concurrent_predict_and_evaluate_from_4_threads(what):
     model = _mlp()

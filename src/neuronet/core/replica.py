@@ -36,23 +36,29 @@ def replica(root: Layer, grads: Any = None) -> Layer:
     """
     root._require_built("replica")
     memo: dict[int, Any] = {id(root.flat_params): root.flat_params, id(root.flat_grads): root.flat_grads}
-    scratch = [layer for _, layer in root.named_layers()]
+    objects = [layer for _, layer in root.named_layers()]
     loss = getattr(root, "loss", None)
     if isinstance(loss, Workspace):
-        scratch.append(loss)
+        objects.append(loss)
     is_array = root.ops.is_array
-    for obj in scratch:
-        for key, value in vars(obj).items():
+    # Each object's attributes as a snapshot (one dict copy, atomic under the GIL): another thread may be
+    # running the original and adding attributes (its first forward's saved activations) meanwhile.
+    states = [dict(vars(obj)) for obj in objects]
+    for obj, state in zip(objects, states, strict=True):
+        for key, value in state.items():
             if key in _SCRATCH:
-                memo[id(value)] = {}
+                state[key] = {}
             elif key in _LEFT_OUT:
-                memo[id(value)] = None
+                state[key] = None
             elif key == "ops" or is_array(value):  # saved activations: rebound by the first forward
                 memo[id(value)] = value
-        for table in (getattr(obj, "params", {}), getattr(obj, "grads", {}), getattr(obj, "buffers", {})):
+        for table in (state.get("params", {}), state.get("grads", {}), state.get("buffers", {})):
             for value in table.values():
                 memo[id(value)] = value
-    clone = copy.deepcopy(root, memo)
+        memo[id(obj)] = object.__new__(type(obj))  # its copy, filled below: references resolve to it
+    for obj, state in zip(objects, states, strict=True):
+        vars(memo[id(obj)]).update(copy.deepcopy(state, memo))
+    clone = memo[id(root)]
     for _, layer in clone.named_layers():
         for key in ("_parallel", "grad_ready"):  # None above; the replica makes its own when asked
             layer.__dict__.pop(key, None)
