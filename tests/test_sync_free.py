@@ -35,7 +35,9 @@ def test_sync_free_loss_trains_like_the_default(options):
         assert all(isinstance(v, float) for v in losses)
         runs.append((losses, model.ops.to_numpy(model.flat_params).copy()))
     np.testing.assert_allclose(runs[1][0], runs[0][0], rtol=1e-6)
-    np.testing.assert_allclose(runs[1][1], runs[0][1], rtol=1e-5, atol=1e-7)
+    # (On the CPU the default computes on the NumPy host twin, the sync-free path in torch: Adam's
+    # m / sqrt(v) magnifies their rounding where a gradient is near 0.)
+    np.testing.assert_allclose(runs[1][1], runs[0][1], rtol=1e-5, atol=1e-5)
 
 
 def test_sync_free_loss_is_a_device_scalar_and_never_calls_item(monkeypatch):

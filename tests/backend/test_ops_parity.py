@@ -89,6 +89,23 @@ def _(ops, a):
     return out, a["table"]
 
 
+@case("class_labels class_weights",
+      lambda r: {"t": np.array([3, -100, 0, 4, 4, 1]), "weight": r.random(5), "scores": randn(r, 6, 5)})
+def _(ops, a):
+    """With and without class weights; ignore_index -100 (position 1) reads class 0 with weight 0."""
+    t, scores = ops.asarray(a["t"], "int64"), a["scores"]
+    rows = ops.asarray(np.arange(6), "int64")
+    label, keep, w_row = ops.empty((6,), "int64"), ops.empty((6,), "float64"), ops.empty((6,), "float64")
+    flat = ops.empty((6,), "int64")
+    lo, hi = ops.class_labels(t, -100, label, keep)
+    total, picked = ops.class_weights(label, a["weight"], keep, rows, scores, w_row, flat)
+    plain = ops.class_weights(label, None, keep, rows, scores, keep, flat)
+    none = ops.class_labels(t[:0], -100, label[:0], keep[:0])
+    assert ops.class_labels(t, -100, label, keep, bounds=False) is None
+    values = [ops.item(v) for v in (lo, hi, total, picked, *plain, *none)]
+    return label, keep, w_row, flat, np.array(values)
+
+
 @case("matmul matmul_acc sum_rows_acc sum_of_squares",
       lambda r: {"a": randn(r, 4, 3), "b": randn(r, 3, 5), "acc": randn(r, 4, 5), "bias": randn(r, 5)})
 def _(ops, a):
@@ -551,7 +568,8 @@ SEPARATE = {"norm_rows", "norm_rows_backward",  # test_norm_rows
             "lstm_sequence", "lstm_sequence_backward",  # tests/layers/test_recurrent.py (torch backend)
             "compute_in",  # tests/model/test_mixed_precision.py
             "row_blocks", "run_blocks",  # tests/backend/test_row_threads.py, tests/layers/test_recurrent.py
-            "temporary"}  # tests/backend/test_temporaries.py
+            "temporary",  # tests/backend/test_temporaries.py
+            "host_twin", "from_host"}  # tests/losses/test_losses.py (the losses on CPU tensors)
 
 
 def test_every_op_is_in_the_table():

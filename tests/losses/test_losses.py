@@ -207,3 +207,33 @@ def test_class_targets_of_any_integer_dtype(dtype, backend):
     want = F.cross_entropy(torch.tensor(x), torch.tensor(target)).item()
     assert nn.CrossEntropyLoss()(ops.asarray(x), target.astype(dtype)) == pytest.approx(want, rel=1e-12)
     assert nn.NLLLoss()(ops.asarray(x), target.astype(dtype)) == pytest.approx(-x[range(4), target].mean())
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_cpu_tensors_compute_on_the_host_twin(name):
+    """CPU float tensors: the loss runs on the NumPy backend over views of their memory (a dozen small
+    passes cost less there) and hands its gradient back as tensors; the torch path (kept when the loss is
+    sync-free, as on accelerators) gives the same."""
+    make_loss, _, make = CASES[name]
+    preds, target = make(np.random.default_rng(3), (5, 4))
+    tensors = tuple(torch.tensor(p, dtype=torch.float32) for p in preds)
+    runs = []
+    for sync_free in (False, True):
+        loss = make_loss()
+        loss.sync_free = sync_free
+        value = loss.forward(tensors if len(tensors) > 1 else tensors[0],
+                             None if target is None else torch.tensor(target))
+        grads = loss.backward()
+        grads = grads if isinstance(grads, tuple) else (grads,)
+        assert all(isinstance(g, torch.Tensor) and g.dtype == torch.float32 for g in grads)
+        assert (loss.ops.name == "numpy") is not sync_free
+        runs.append((float(value), [g.numpy().copy() for g in grads]))
+    assert runs[0][0] == pytest.approx(runs[1][0], rel=1e-5, abs=1e-6)
+    for a, b in zip(runs[0][1], runs[1][1], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_low_precision_tensors_stay_on_torch():
+    loss = nn.CrossEntropyLoss()
+    loss.forward(torch.randn(4, 3, dtype=torch.float16), torch.tensor([0, 2, 1, 0]))
+    assert loss.ops.name == "torch" and loss.backward().dtype == torch.float16

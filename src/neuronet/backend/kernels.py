@@ -444,6 +444,39 @@ def scatter_add_rows(table, index, rows):
 
 
 @jit
+def class_labels(t, ignore_index, label, keep):
+    """label[i] = t[i] (0 where t[i] == ignore_index), keep[i] = [t[i] != ignore_index]; returns the
+    labels' (min, max), (0, -1) for none."""
+    lo, hi = 0, -1
+    for i in range(t.shape[0]):
+        kept = t[i] != ignore_index
+        value = t[i] if kept else 0
+        label[i] = value
+        keep[i] = 1.0 if kept else 0.0
+        if i == 0 or value < lo:
+            lo = value
+        if i == 0 or value > hi:
+            hi = value
+    return lo, hi
+
+
+@jit
+def class_weights(label, weight, keep, rows, scores, w_row, flat):
+    """w_row[i] = keep[i] weight[label[i]] (w_row is keep when weight is None), flat[i] = rows[i] C +
+    label[i]; returns (sum w_row, sum_i w_row[i] scores[i, label[i]]) in float64. Labels in [0, C)."""
+    c = scores.shape[1]
+    total, picked = 0.0, 0.0
+    for i in range(label.shape[0]):
+        k = label[i]
+        if weight is not None:
+            w_row[i] = keep[i] * weight[k]
+        flat[i] = rows[i] * c + k
+        total += w_row[i]
+        picked += w_row[i] * scores[i, k]
+    return total, picked
+
+
+@jit
 def batch_norm_stats(x, mean, var, c0, c1):
     """mean[c] and biased var[c] of x (N, C, M) over (N, M) for channels c0..c1-1, two passes each.
     (The BatchNorm kernels take whole arrays and a channel range, so that blocks of channels can run on

@@ -266,6 +266,15 @@ class NumpyOps(Ops):
     def scatter_add_rows(self, table, index, rows):
         kernels.scatter_add_rows(_rows(table), index.reshape(-1), _rows(np.ascontiguousarray(rows)))
 
+    # One pass each instead of a dozen NumPy calls: the MLP's cross-entropy (128 x 10) forward inside its
+    # training step 172-187 -> ... us.
+    def class_labels(self, t, ignore_index, label, keep, bounds=True):
+        found = kernels.class_labels(t, ignore_index, label, keep)
+        return found if bounds else None
+
+    def class_weights(self, label, weight, keep, rows, scores, w_row, flat):
+        return kernels.class_weights(label, weight, keep, rows, scores, w_row, flat)
+
     # ----------------------------------------------------------------- convolution and pooling
     # Stride-1 convolutions (the usual 3x3 "same" and 1x1 ones) run in the shifted-rows layout, as implicit
     # GEMMs over the padded planes (no columns): the forward and dx (_implicit_conv2d, ..._backward), and

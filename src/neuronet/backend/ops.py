@@ -16,6 +16,7 @@ scatter, random numbers) is a method here. See docs/backends.md for adding a bac
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import threading
 from collections.abc import Callable, Iterator
@@ -83,6 +84,11 @@ OUTPUT_DERIVATIVE = {"linear", "relu", "sigmoid", "tanh", "softmax", "log_softma
 DEFAULT_ALPHA = {"leaky_relu": 0.01, "elu": 1.0}
 
 
+@functools.lru_cache(maxsize=64)
+def _dtype_name(dtype: np.dtype) -> str:
+    return str(dtype)  # (NumPy computes it in Python each time: ~2 us)
+
+
 def check_activation(name: str | None, owner: str) -> str:
     """Normalise an activation name (None -> "linear") or raise naming the owner and the choices."""
     name = "linear" if name is None else str(name).lower()
@@ -120,15 +126,25 @@ class Ops:
     def to_numpy(self, x) -> np.ndarray:
         return np.asarray(x)
 
+    def host_twin(self, arrays) -> tuple[Ops, list] | None:
+        """(the NumPy backend, NumPy views of ``arrays``' memory) where it can compute on these arrays of
+        this backend and runs a chain of small passes faster than this backend's calls; None otherwise
+        (and here, already on NumPy)."""
+        return None
+
+    def from_host(self, x) -> Any:
+        """An array of this backend on the memory of ``x``, an array its ``host_twin`` computed."""
+        return x
+
     def is_array(self, x) -> bool:
         return isinstance(x, np.ndarray)
 
     def is_floating(self, x) -> bool:
-        return np.issubdtype(np.asarray(x).dtype, np.floating)
+        return np.asarray(x).dtype.kind == "f"
 
     def dtype_name(self, x) -> str:
         """'float32', 'float64', 'int64', ... for error messages and checks."""
-        return str(np.asarray(x).dtype)
+        return _dtype_name(np.asarray(x).dtype)
 
     def resolve_dtype(self, name: str) -> Any:
         return np.dtype(name)
@@ -189,6 +205,37 @@ class Ops:
     def scatter_add_rows(self, table, index, rows) -> None:
         """table[index[i]] += rows[i], repeated indices accumulate."""
         np.add.at(table, index.reshape(-1), rows.reshape(-1, *table.shape[1:]))
+
+    # ----------------------------------------------------------------- class targets (losses)
+    def class_labels(self, t, ignore_index: int, label, keep, bounds: bool = True) -> tuple | None:
+        """For class targets ``t`` (M,) int64: label = t with ignore_index replaced by 0 (a valid index,
+        for a position that then counts with weight 0), keep = [t != ignore_index] as floats. Returns the
+        labels' (min, max), (0, -1) for none (0-d arrays where the backend keeps them on its device), or
+        None without ``bounds`` (a backend may then skip computing them)."""
+        xp = self.xp
+        kept = self.temporary("class_labels.kept", tuple(t.shape), "bool")
+        xp.not_equal(t, ignore_index, out=kept)
+        xp.multiply(t, kept, out=label)
+        self.copy_(keep, kept)
+        if not bounds:
+            return None
+        return (xp.amin(label), xp.amax(label)) if t.shape[0] else (0, -1)
+
+    def class_weights(self, label, weight, keep, rows, scores, w_row, flat) -> tuple:
+        """For ``class_labels``' label and keep (labels in [0, C)) and the (M, C) ``scores``: w_row =
+        keep * weight[label] (``w_row`` is ``keep`` itself when weight is None), flat = rows * C + label
+        (``rows``: 0..M-1), each position's index into the flat scores. Returns (sum_i w_row_i,
+        sum_i w_row_i scores[i, label_i]), 0-d arrays where the backend keeps them on its device."""
+        xp, (m, c) = self.xp, scores.shape
+        if weight is not None:
+            self.gather_rows(weight, label, w_row)
+            w_row *= keep
+        xp.multiply(rows, c, out=flat)
+        flat += label
+        picked = self.temporary("class_weights.picked", (m,), self.dtype_name(scores))
+        self.gather_rows(scores.reshape(-1), flat, picked)
+        picked *= w_row
+        return xp.sum(w_row), xp.sum(picked)
 
     # ----------------------------------------------------------------- mixed precision
     def compute_in(self, dtype: str | None) -> contextlib.AbstractContextManager:

@@ -93,6 +93,15 @@ class TorchOps(Ops):
             return x.detach().cpu().numpy()
         return np.asarray(x)
 
+    def host_twin(self, arrays):
+        # CPU float tensors: a loss's dozen small passes cost 5-15 us each as torch calls, ~1 us as NumPy's.
+        # The sequential-MNIST LSTM's cross-entropy (64 x 10): forward 140 -> 69 us, backward 50 -> 11.
+        ok = all(isinstance(a, torch.Tensor) and _numba_ok(a) for a in arrays)
+        return (_CPU, [a.numpy() for a in arrays]) if ok else None
+
+    def from_host(self, x):
+        return torch.from_numpy(x)
+
     def is_array(self, x):
         return isinstance(x, torch.Tensor)
 

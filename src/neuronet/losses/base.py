@@ -18,8 +18,11 @@ class Loss(Workspace):
 
     Subclasses name their inputs (``inputs``; more than one means ``pred`` is a tuple) and implement
     ``_forward(*preds, target) -> float``, keeping what ``_backward()`` needs, and ``_backward()``,
-    which returns dL/dpred (a tuple for several inputs) in workspace buffers.
+    which returns dL/dpred (a tuple for several inputs) in workspace buffers. On torch tensors in host
+    memory both run on the NumPy backend, on views of the tensors (``Ops.host_twin``).
     """
+
+    _device_ops = None  # the backend of the predictions when the loss computes on a host twin
 
     inputs: tuple[str, ...] = ("input",)
 
@@ -40,6 +43,8 @@ class Loss(Workspace):
         """The loss of ``pred`` against ``target`` as a Python float (a 0-d device array when sync-free,
         see ``sync_free``); saves what backward needs."""
         preds = self._bind(pred)
+        if self._device_ops is not None and self._device_ops.is_array(target):
+            target = self.ops.asarray(target)  # its host view, once
         self._deferred = self.ops.device != "cpu" if self.sync_free is None else bool(self.sync_free)
         self._pending = False
         value = self._forward(*preds, target)
@@ -50,7 +55,10 @@ class Loss(Workspace):
         """dL/dpred of the last forward (a tuple of gradients for a tuple ``pred``)."""
         if not self.__dict__.get("_pending"):
             raise RuntimeError(f"{type(self).__name__}: backward() needs a forward(pred, target) first")
-        return self._backward()
+        grad, device = self._backward(), self._device_ops
+        if device is None:
+            return grad
+        return tuple(device.from_host(g) for g in grad) if isinstance(grad, tuple) else device.from_host(grad)
 
     def _forward(self, *args) -> float:
         raise NotImplementedError
@@ -69,7 +77,14 @@ class Loss(Workspace):
             preds = tuple(pred)
         else:
             preds = (pred,)
-        self.ops = ops = ops_for_array(preds[0])
+        ops = ops_for_array(preds[0])
+        # CPU tensors: computed by the NumPy backend on views of their memory (``Ops.host_twin``), the
+        # gradient handed back as a tensor on that memory.
+        twin = None if self.sync_free else ops.host_twin(preds)
+        self._device_ops = None if twin is None else ops
+        if twin is not None:
+            ops, preds = twin
+        self.ops = ops
         first = ops.asarray(preds[0])
         if not ops.is_floating(first):
             raise TypeError(f"{name}: {self.inputs[0]} must be a floating-point array, "
@@ -121,11 +136,14 @@ class Loss(Workspace):
         """Raise, naming a label and the range, when the flat integer ``labels`` leave [0, c)."""
         ops, xp = self.ops, self.ops.xp
         if labels.shape[0] and not self._deferred:  # (sync-free: an out-of-range label fails on the device)
-            lo, hi = ops.item(xp.amin(labels)), ops.item(xp.amax(labels))
-            if lo < 0 or hi >= c:
-                bad = int(lo if lo < 0 else hi)
-                raise ValueError(f"{type(self).__name__}: class label {bad} out of range [0, {c}) for {c} "
-                                 f"classes{note}")
+            self._check_range(ops.item(xp.amin(labels)), ops.item(xp.amax(labels)), c, note)
+
+    def _check_range(self, lo: float, hi: float, c: int, note: str = "") -> None:
+        """Raise, naming a label and the range, when the labels' min ``lo`` or max ``hi`` leave [0, c)."""
+        if lo < 0 or hi >= c:
+            bad = int(lo if lo < 0 else hi)
+            raise ValueError(f"{type(self).__name__}: class label {bad} out of range [0, {c}) for {c} "
+                             f"classes{note}")
 
     def _rows(self, m: int):
         """0..m-1 on this backend (cached), the row index that pairs with class targets."""

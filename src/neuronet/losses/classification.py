@@ -21,7 +21,7 @@ class _ClassScoreLoss(Loss):
     ``train_step`` refuses the step), the gradient NaN on the positions that are not ignored and 0 on
     those that are.
 
-    Subclasses call ``_select(pred, target)`` in ``_forward``; it keeps, per position, the flat index
+    Subclasses call ``_select(pred, target, scores)`` in ``_forward``; it keeps, per position, the flat index
     of its target score (``_flat``), w_i (``_w_row``), keep_i and keep_i / W (``_row_scale``: the float
     1/M when every w_i is 1, ``_uniform``, so the common case scales by a scalar, not by a broadcast
     column, which NumPy buffers).
@@ -47,27 +47,25 @@ class _ClassScoreLoss(Loss):
             cache = self._weight_cache = (self.ops, self.dtype, self.ops.asarray(self.weight, self.dtype))
         return cache[2]
 
-    def _select(self, pred, target) -> None:
-        """Check the class ``target`` of ``pred`` (..., C); keep each position's index, weight and scale."""
+    def _select(self, pred, target, scores):
+        """Check the class ``target`` of ``pred`` (..., C); keep each position's index, weight and scale.
+        Returns sum_i w_i scores[i, t_i] for the (M, C) ``scores`` (a 0-d array when sync-free)."""
         ops, xp = self.ops, self.ops.xp
         c = pred.shape[-1]
         t = self._class_index(pred, target)
         m = t.shape[0]
-        kept = self.workspace("kept", (m,), "bool")
-        xp.not_equal(t, self.ignore_index, out=kept)
-        label = self.workspace("label", (m,), "int64")
-        xp.multiply(t, kept, out=label)  # ignored positions read class 0, a valid index, with weight 0
-        self._check_labels(label, c, f" (and not ignore_index={self.ignore_index})")
-        keep = self.workspace("keep", (m,))
-        ops.copy_(keep, kept)
+        label, keep = self.workspace("label", (m,), "int64"), self.workspace("keep", (m,))
+        # (sync-free: no bounds to read back; an out-of-range label fails on the device)
+        bounds = ops.class_labels(t, self.ignore_index, label, keep, bounds=not self._deferred)
+        if bounds is not None:
+            self._check_range(*map(ops.item, bounds), c, f" (and not ignore_index={self.ignore_index})")
         w = self._weights(pred)
-        w_row = keep if w is None else ops.gather_rows(w, label, self.workspace("w_row", (m,)))
-        if w is not None:
-            w_row *= keep
+        w_row = keep if w is None else self.workspace("w_row", (m,))
         flat = self.workspace("flat_index", (m,), "int64")
-        xp.multiply(self._rows(m), c, out=flat)
-        flat += label
-        self.total_weight = total = self._sum(w_row)
+        total, picked = ops.class_weights(label, w, keep, self._rows(m), scores, w_row, flat)
+        if not self._deferred:
+            total, picked = ops.item(total), ops.item(picked)
+        self.total_weight = total
         self._uniform = not self._deferred and w is None and total == m > 0
         if self._uniform:
             scale = 1.0 / m
@@ -78,15 +76,9 @@ class _ClassScoreLoss(Loss):
             elif total > 0:
                 xp.multiply(keep.reshape(m, 1), 1.0 / total, out=scale)
             else:  # 0/0 as in torch: NaN where kept, 0 where ignored
-                ops.where(kept.reshape(m, 1), math.nan, 0.0, scale)
+                ops.where(keep.reshape(m, 1) > 0, math.nan, 0.0, scale)
         self._flat, self._w_row, self._keep, self._row_scale = flat, w_row, keep, scale
-
-    def _picked_sum(self, x) -> float:
-        """sum_i w_i x[i, t_i] for the (M, C) scores ``x`` of the last ``_select``."""
-        picked = self.workspace("picked", tuple(self._w_row.shape))
-        self.ops.gather_rows(x.reshape(-1), self._flat, picked)
-        picked *= self._w_row
-        return self._sum(picked)
+        return picked
 
     def _mean(self, total: float) -> float:
         """total / W (NaN when W = 0, torch's 0/0)."""
@@ -166,9 +158,9 @@ class CrossEntropyLoss(_ClassScoreLoss):
         if t is not None and ops.is_floating(t) and tuple(t.shape) == tuple(pred.shape):
             return self._forward_probs(pred, logp, ops.asarray(t, self.dtype).reshape(m, c))
         self._probs = None
-        self._select(pred, t)
+        picked = self._select(pred, t, logp)
         smooth = eps / c * self._smoothing_sum(pred, logp, self._keep) if eps else 0.0
-        return self._mean(-((1.0 - eps) * self._picked_sum(logp) + smooth))
+        return self._mean(-((1.0 - eps) * picked + smooth))
 
     def _forward_probs(self, pred, logp, q):
         xp, eps, (m, c) = self.ops.xp, self.label_smoothing, logp.shape
@@ -256,9 +248,8 @@ class NLLLoss(_ClassScoreLoss):
         super().__init__(weight, ignore_index)
 
     def _forward(self, pred, target):
-        self._select(pred, target)
         self._shape = tuple(pred.shape)
-        return self._mean(-self._picked_sum(pred.reshape(-1, pred.shape[-1])))
+        return self._mean(-self._select(pred, target, pred.reshape(-1, pred.shape[-1])))
 
     def _backward(self):
         m = self._w_row.shape[0]
