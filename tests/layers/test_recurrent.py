@@ -291,6 +291,11 @@ def test_torch_backend_float32_runs_the_fused_lstm_and_matches_torch(return_sequ
     compare_with_torch(layer, module, x, torch_forward=torch_forward(return_sequences), atol=2e-5, rtol=1e-4,
                        dtype="float32")
     assert len(layer._fused) == 2 * (2 if bidirectional else 1)
+    # The zeros it passes oneDNN (initial states, dL/dc_T, dL/d(outputs) of the last layer) stay zeros.
+    zeros = layer.ops.__dict__["_zero_cache"]
+    assert {name for name, _, _ in zeros} >= {"lstm.h0", "lstm.c0", "lstm.dc"} | \
+        (set() if return_sequences else {"lstm.dout"})
+    assert all(not z.any() for z in zeros.values())
 
 
 def test_fused_lstm_steps_aside_for_mixed_precision():
