@@ -156,6 +156,22 @@ def test_predict_on_a_never_compiled_model():
     np.testing.assert_allclose(p, model.forward(x.astype(np.float32), training=False), rtol=1e-6)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_predict_reads_the_callers_rows_without_copying_them(backend):
+    """Inference batches in order are views of a C-contiguous x (a copy of each batch was 4 bytes per
+    input value a call); other layouts still give the same predictions."""
+    from neuronet.testing import step_allocations
+
+    model = nn.Sequential(nn.Dense(64, 8, activation="relu"), nn.Dense(8, 3)).to(backend)
+    model.build((64,))
+    x = np.random.default_rng(4).standard_normal((512, 64)).astype(np.float32)
+    _, peak = step_allocations(lambda: model.predict(x, batch_size=256), steps=3)
+    assert peak < x.nbytes // 4, peak  # one batch's copy would be 64 KiB
+    want = model.predict(x, batch_size=256)
+    for other, batch in ((np.asfortranarray(x), 256), (x[::-1].copy()[::-1], 100)):
+        np.testing.assert_allclose(model.predict(other, batch_size=batch), want, rtol=1e-5, atol=1e-6)
+
+
 def test_float64_model_runs_in_float64():
     model = _mlp(dtype="float64")
     x = np.random.default_rng(3).standard_normal((4, 6)).astype(np.float32)
