@@ -129,16 +129,25 @@ def limit(n: int) -> Iterator[None]:
             _LIB[0](before)
 
 
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Hold every product at one OpenBLAS thread, whatever its size: for threads that each run their own
-    products at once (row_threads)."""
-    before_product(0, 0, 0)
-    _held.append(True)
-    try:
-        yield
-    finally:
+class _OneThread:
+    """``one_thread()``'s context: a plain class, where a generator's context machinery cost ~3 us of
+    Python a row-thread region (35 regions a char GPT step)."""
+
+    def __enter__(self) -> None:
+        before_product(0, 0, 0)
+        _held.append(True)
+
+    def __exit__(self, *exc) -> None:
         _held.pop()
+
+
+_ONE_THREAD = _OneThread()
+
+
+def one_thread() -> _OneThread:
+    """Hold every product at one OpenBLAS thread, whatever its size, inside a ``with`` block: for threads
+    that each run their own products at once (row_threads)."""
+    return _ONE_THREAD
 
 
 def before_product(m: int, k: int, n: int) -> None:

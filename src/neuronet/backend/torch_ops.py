@@ -133,6 +133,9 @@ class TorchOps(Ops):
     def transpose(self, x, axes):
         return x.permute(*axes)
 
+    def swapaxes(self, x, a, b):
+        return x.transpose(a, b)
+
     def item(self, x):
         return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
 
