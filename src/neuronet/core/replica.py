@@ -47,9 +47,9 @@ def replica(root: Layer, grads: Any = None) -> Layer:
     for obj, state in zip(objects, states, strict=True):
         for key, value in state.items():
             if key in _SCRATCH:
-                state[key] = {}
+                memo[id(value)] = state[key] = {}
             elif key in _LEFT_OUT:
-                state[key] = None
+                memo[id(value)] = state[key] = None
             elif key == "ops" or is_array(value):  # saved activations: rebound by the first forward
                 memo[id(value)] = value
         for table in (state.get("params", {}), state.get("grads", {}), state.get("buffers", {})):
