@@ -89,6 +89,18 @@ def _(ops, a):
     return out, a["table"]
 
 
+def log_softmax(z):
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+@case("softmax_target_grad", lambda r: {"logp": log_softmax(randn(r, 6, 5)), "coef": r.random((6, 1))})
+def _(ops, a):
+    flat = ops.asarray(np.arange(6) * 5 + np.array([3, 0, 0, 4, 4, 1]), "int64")
+    out = ops.empty((6, 5), "float64")
+    ops.softmax_target_grad(a["logp"], flat, a["coef"], out)
+    return out, a["coef"]
+
+
 @case("class_labels class_weights",
       lambda r: {"t": np.array([3, -100, 0, 4, 4, 1]), "weight": r.random(5), "scores": randn(r, 6, 5)})
 def _(ops, a):

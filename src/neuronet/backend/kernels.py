@@ -477,6 +477,17 @@ def class_weights(label, weight, keep, rows, scores, w_row, flat):
 
 
 @jit
+def softmax_target_grad(logp, flat, coef, out):
+    """out[i, c] = exp(logp[i, c]) coef[i, 0], then out.flat[flat[i]] -= coef[i, 0] (row i's target)."""
+    rows, cols = logp.shape
+    for i in range(rows):
+        s = coef[i, 0]
+        for c in range(cols):
+            out[i, c] = fm.exp(logp[i, c]) * s
+        out[i, flat[i] - i * cols] -= s
+
+
+@jit
 def batch_norm_stats(x, mean, var, c0, c1):
     """mean[c] and biased var[c] of x (N, C, M) over (N, M) for channels c0..c1-1, two passes each.
     (The BatchNorm kernels take whole arrays and a channel range, so that blocks of channels can run on

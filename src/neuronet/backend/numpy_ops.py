@@ -275,6 +275,10 @@ class NumpyOps(Ops):
     def class_weights(self, label, weight, keep, rows, scores, w_row, flat):
         return kernels.class_weights(label, weight, keep, rows, scores, w_row, flat)
 
+    def softmax_target_grad(self, logp, flat, coef, out):
+        kernels.softmax_target_grad(logp, flat, coef, out)
+        return out
+
     # ----------------------------------------------------------------- convolution and pooling
     # Stride-1 convolutions (the usual 3x3 "same" and 1x1 ones) run in the shifted-rows layout, as implicit
     # GEMMs over the padded planes (no columns): the forward and dx (_implicit_conv2d, ..._backward), and

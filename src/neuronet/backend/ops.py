@@ -235,6 +235,18 @@ class Ops:
         picked *= w_row
         return xp.sum(w_row), xp.sum(picked)
 
+    def softmax_target_grad(self, logp, flat, coef, out) -> Any:
+        """Cross-entropy's gradient for class targets: out = exp(logp) * coef with coef_i then subtracted
+        at each row's target. logp (M, C) log-probabilities, ``flat`` each row's target as an index into
+        the flat (M, C) out (``class_weights``), coef (M, 1) the rows' w_i / W."""
+        xp = self.xp
+        xp.exp(logp, out=out)
+        out *= coef
+        negated = self.temporary("softmax_target_grad.coef", tuple(coef.shape), self.dtype_name(coef))
+        xp.multiply(coef, -1.0, out=negated)
+        self.scatter_add_rows(out.reshape(-1, 1), flat, negated)
+        return out
+
     # ----------------------------------------------------------------- mixed precision
     def compute_in(self, dtype: str | None) -> contextlib.AbstractContextManager:
         """A context in which matmul, matmul_acc, conv2d and conv2d_backward multiply in ``dtype``

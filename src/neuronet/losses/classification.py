@@ -192,6 +192,9 @@ class CrossEntropyLoss(_ClassScoreLoss):
         xp, eps = self.ops.xp, self.label_smoothing
         m, c = self._logp.shape
         grad = self.workspace("grad", (m, c))
+        if self._probs is None and not eps:  # (softmax - one-hot target) w_i / W
+            self.ops.softmax_target_grad(self._logp, self._flat, self._target_coef(), grad)
+            return grad.reshape(self._shape)
         xp.exp(self._logp, out=grad)
         w = self._weights(self._logp)
         smooth = 0.0
@@ -212,15 +215,13 @@ class CrossEntropyLoss(_ClassScoreLoss):
             grad *= 1.0 / max(m, 1)
             return grad.reshape(self._shape)
         coef = self._target_coef()  # w_i / W
-        if eps:  # (softmax sum_c a_ic - eps w / C) keep_i / W; sum_c a_ic = 1 when every w_i is 1
-            if not self._uniform:
-                xp.multiply(self._w_row.reshape(m, 1), 1.0 - eps, out=total)
-                total += eps * w_sum / c
-                grad *= total
-            grad -= smooth
-            grad *= self._row_scale
-        else:  # softmax w_i / W
-            grad *= self._row_scale if self._uniform else coef
+        # (softmax sum_c a_ic - eps w / C) keep_i / W; sum_c a_ic = 1 when every w_i is 1
+        if not self._uniform:
+            xp.multiply(self._w_row.reshape(m, 1), 1.0 - eps, out=total)
+            total += eps * w_sum / c
+            grad *= total
+        grad -= smooth
+        grad *= self._row_scale
         coef *= -(1.0 - eps)
         self._add_at_targets(grad, coef)
         return grad.reshape(self._shape)
