@@ -275,7 +275,11 @@ def test_norm_rows(center, bias):
         dx = ops.empty((5, 6), "float64")
         ops.norm_rows_backward(a["dy"], a["x"], a["w"], mean, rstd, center, dx, a["dw"],
                                a["db"] if bias else None)
-        return out, rstd, dx, a["dw"], a["db"]
+        # out=NEW and dx=NEW (a backend with fresh_outputs keeps its kernels' own results): the same values
+        fresh = ops.norm_rows(a["x"], a["w"], a["b"] if bias else None, 1e-5, center, NEW, mean, rstd)
+        fresh_dx = ops.norm_rows_backward(a["dy"], a["x"], a["w"], mean, rstd, center, NEW, a["dw"],
+                                          a["db"] if bias else None)
+        return out, rstd, dx, a["dw"], a["db"], fresh, fresh_dx
     check(lambda r: {k: randn(r, *s) for k, s in
                      dict(x=(5, 6), w=(6,), b=(6,), dy=(5, 6), dw=(6,), db=(6,)).items()}, run)
 
@@ -644,4 +648,4 @@ def test_norm_rows_on_one_torch_thread(center, bias, torch_one_thread, spy_host_
     """LayerNorm and RMSNorm the same way."""
     calls = spy_host_kernels(("norm_rows", "norm_rows_backward"))
     test_norm_rows(center, bias)
-    assert calls == ["norm_rows", "norm_rows_backward"]
+    assert calls == ["norm_rows", "norm_rows_backward"] * 2  # into buffers, then out=NEW

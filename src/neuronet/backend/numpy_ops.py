@@ -569,12 +569,12 @@ class NumpyOps(Ops):
 
     # ----------------------------------------------------------------- sequence models (norms, attention)
     def norm_rows(self, x, weight, bias, eps, center, out, mean, rstd):
-        b = weight if bias is None else bias
+        out, b = self._new_like(out, x), weight if bias is None else bias
         kernels.norm_rows_forward(_rows(x), weight, b, eps, center, bias is not None, _rows(out), mean, rstd)
         return out
 
     def norm_rows_backward(self, dy, x, weight, mean, rstd, center, dx, dweight, dbias):
-        db = dweight if dbias is None else dbias
+        dx, db = self._new_like(dx, dy), dweight if dbias is None else dbias
         kernels.norm_rows_backward(_rows(dy), _rows(x), weight, mean, rstd, center, dbias is not None,
                                    _rows(dx), dweight, db)
         return dx

@@ -104,7 +104,7 @@ class Ops:
     xp: Any = np
     name: str = "reference"
     device: str = "cpu"
-    fresh_outputs: bool = False  # see NEW: True where the convolutions make their results themselves
+    fresh_outputs: bool = False  # see NEW: True where convolutions and norms make their results themselves
 
     def __deepcopy__(self, memo) -> Ops:
         """A backend is one object per device (``get_ops``): a copied model computes on the same one."""
@@ -358,6 +358,10 @@ class Ops:
             self.col2im(dcols, geom, dx)
         return dx
 
+    def _new_like(self, out, x) -> Any:
+        """``out``, or for ``NEW`` a new array of x's shape and dtype."""
+        return self.empty(tuple(x.shape), x.dtype) if out is NEW else out
+
     def _conv_output(self, out, x, weight, geom: ConvGeometry) -> Any:
         """``conv2d``'s out, or for ``NEW`` a new (N, O, OH, OW) array."""
         return self.empty((x.shape[0], weight.shape[0], *geom.out_size), x.dtype) if out is NEW else out
@@ -532,7 +536,9 @@ class Ops:
         out = (x - mean) * rstd * weight (+ bias), rstd = 1/sqrt(var + eps);
         for RMSNorm mean = 0 and var = mean(x^2).
         Saves ``mean`` and ``rstd`` (one per row) for ``norm_rows_backward``. ``bias`` may be None.
+        Returns out (a new array for ``out=NEW``).
         """
+        out = self._new_like(out, x)
         x = x.reshape(-1, x.shape[-1]).astype(np.float64)
         mu = x.mean(axis=1) if center else np.zeros(len(x))
         rs = 1.0 / np.sqrt(((x - mu[:, None]) ** 2).mean(axis=1) + eps)
@@ -545,7 +551,8 @@ class Ops:
         """dx of ``norm_rows``; ACCUMULATES into ``dweight`` and ``dbias`` (None when there is no bias).
 
         With xhat = (x - mean) rstd and g = dy weight: dx = rstd (g - mean(g xhat) xhat - mean(g)),
-        the last term only when centred."""
+        the last term only when centred. Returns dx (a new array for ``dx=NEW``)."""
+        dx = self._new_like(dx, dy)
         dy = dy.reshape(-1, dy.shape[-1]).astype(np.float64)
         x = x.reshape(dy.shape).astype(np.float64)
         rs = rstd.astype(np.float64)[:, None]

@@ -140,9 +140,9 @@ class Workspace:
         return self.ops.temporary(name, shape, self.dtype)
 
     def kernel_output(self, name: str, shape: tuple) -> Any:
-        """The ``out`` to give a convolution for a result this layer keeps: its workspace ``name``, or
-        ``NEW`` where the backend's convolutions make their results themselves (``ops.fresh_outputs``),
-        whose own array the layer then keeps (no copy)."""
+        """The ``out`` to give a convolution or a norm for a result this layer keeps: its workspace
+        ``name``, or ``NEW`` where the backend's kernels make their results themselves
+        (``ops.fresh_outputs``), whose own array the layer then keeps (no copy)."""
         return NEW if self.ops.fresh_outputs else self.workspace(name, shape)
 
     def kernel_input_grad(self, shape: tuple, dy) -> Any:

@@ -50,12 +50,12 @@ class LayerNorm(Layer):
         self._x = x
         m = math.prod(x.shape[:-1])
         self._mean, self._rstd = self.workspace("mean", (m,)), self.workspace("rstd", (m,))
-        y = self.workspace("y", tuple(x.shape))
+        y = self.kernel_output("y", tuple(x.shape))
         return self.ops.norm_rows(x, self.params["weight"], self.params.get("bias"), self.eps, self.center, y,
                                   self._mean, self._rstd)
 
     def backward(self, dy):
-        dx = self.input_grad_buffer(tuple(dy.shape), dy)
+        dx = self.kernel_input_grad(tuple(dy.shape), dy)
         dw, db = _affine_grads(self)
         return self.ops.norm_rows_backward(dy, self._x, self.params["weight"], self._mean, self._rstd,
                                            self.center, dx, dw, db)
