@@ -114,6 +114,20 @@ def test_a_stack_of_remat_blocks_keeps_one_blocks_activations():
     assert sizes[True] < 0.3 * sizes[False], sizes
 
 
+def test_kernels_inside_remat_write_into_the_shared_buffers_on_the_torch_backend():
+    """The torch backend keeps its convolutions' and norms' own results (ops.NEW); inside a Remat block
+    they write into the block's shared buffers instead, or each kept result would hold its own memory."""
+    norm = nn.LayerNorm(16)
+    block = nn.Remat(nn.Sequential(norm, nn.Dense(16, 16)))
+    block.build((16,))
+    block.to("torch")
+    assert norm.kernel_output("y", (4, 16)) is not nn.backend.NEW
+    free = nn.LayerNorm(16)
+    free.build((16,))
+    free.to("torch")
+    assert free.kernel_output("y", (4, 16)) is nn.backend.NEW
+
+
 def test_remat_allocates_nothing_in_a_steady_step(backend):
     model = _stack(True)
     model.build((8,))

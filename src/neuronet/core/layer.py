@@ -102,9 +102,9 @@ class Workspace:
         asked for; its contents are whatever was last written there. A name ``share_workspaces`` gave
         away is this thread's ``ops.temporary`` instead.
         """
-        shared = self.__dict__.get("_shared_workspaces")
-        if shared is not None and (shared[1] is None or name in shared[1]):
-            return self.ops.temporary(shared[0] + name, shape, self.dtype if dtype is None else dtype)
+        shared = self._shared_as(name)
+        if shared is not None:
+            return self.ops.temporary(shared, shape, self.dtype if dtype is None else dtype)
         views = self.__dict__.setdefault("_workspace_views", {})
         hit = views.get(name)  # the same request as last time: the same view (saves slicing a tensor)
         if hit is not None and hit[0] == shape and hit[1] is dtype and hit[2] is self.ops and \
@@ -121,6 +121,11 @@ class Workspace:
         view = buf[:n].reshape(shape)
         views[name] = (shape, dtype, self.ops, self.dtype, view)
         return view
+
+    def _shared_as(self, name: str) -> str | None:
+        """The temporary's name that workspace ``name`` is (``share_workspaces``), or None: its own."""
+        shared = self.__dict__.get("_shared_workspaces")
+        return shared[0] + name if shared is not None and (shared[1] is None or name in shared[1]) else None
 
     def share_workspaces(self, prefix: str | None, names: frozenset | None = None) -> None:
         """Make the workspaces ``names`` of this layer (every one when None) this thread's temporaries
@@ -142,8 +147,11 @@ class Workspace:
     def kernel_output(self, name: str, shape: tuple) -> Any:
         """The ``out`` to give a convolution or a norm for a result this layer keeps: its workspace
         ``name``, or ``NEW`` where the backend's kernels make their results themselves
-        (``ops.fresh_outputs``), whose own array the layer then keeps (no copy)."""
-        return NEW if self.ops.fresh_outputs else self.workspace(name, shape)
+        (``ops.fresh_outputs``), whose own array the layer then keeps (no copy). A workspace shared with
+        other layers (``share_workspaces``: a ``Remat`` block's) stays one: kept results would each hold
+        their own memory."""
+        fresh = self.ops.fresh_outputs and self._shared_as(name) is None
+        return NEW if fresh else self.workspace(name, shape)
 
     def kernel_input_grad(self, shape: tuple, dy) -> Any:
         """``kernel_output`` for this layer's dL/dx: ``NEW`` or ``input_grad_buffer(shape, dy)``."""
