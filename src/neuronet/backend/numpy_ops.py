@@ -696,13 +696,13 @@ class NumpyOps(Ops):
 
     def _update(self, kernel, arrays: tuple, spans, coef, *scalars) -> None:
         """``kernel(*arrays, starts, stops, group, coef, *scalars)`` over the spans, the per-group scalars
-        ``coef`` (one row per group) in the parameters' dtype; from BULK_SPLIT_WORK elements and two
-        threads, its spans cut into blocks of near-equal elements, the blocks at once (memory-bound: two
-        cores move more bytes than one)."""
+        ``coef`` (one row per group) in the parameters' dtype; from BULK_SPLIT_WORK elements, its spans
+        cut into as many blocks of near-equal elements as ``row_blocks`` gives, the blocks at once
+        (memory-bound: two cores move more bytes than one)."""
         table = np.array(list(coef), arrays[0].dtype)
         total = sum(b - a for a, b, _ in spans.items)
-        parts = (spans,) if blas_threads.threads() < 2 or total < BULK_SPLIT_WORK else \
-            _split_spans(spans.items, blas_threads.threads())
+        count = len(self.row_blocks(total, min_rows=1)) if total >= BULK_SPLIT_WORK else 1
+        parts = (spans,) if count < 2 else _split_spans(spans.items, count)
         self.run_blocks([functools.partial(kernel, *arrays, part.starts, part.stops, part.group, table,
                                            *scalars) for part in parts])
 

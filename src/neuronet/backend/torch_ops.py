@@ -19,22 +19,14 @@ from .ops import DEFAULT_ALPHA, NEW, Ops
 
 
 class _HostKernels(NumpyOps):
-    """The NumPy backend's kernels on CPU tensors' memory, on the row threads only while torch runs on one
+    """The NumPy backend's kernels on CPU tensors' memory, in row blocks only while torch runs on one
     thread: with more, PyTorch's OpenMP workers hold the other cores (and spin after each of its ops), and
-    the row threads' blocks beside them made the char GPT's step 40-43 against 32-33 ms. Blocks cut
-    without ``row_blocks`` (the optimizer's spans) run one after the other then: the MLP's Adam update on
-    two row threads left the torch backend's step at 2.6 or 4.0 ms from process to process, 2.5-2.75 in
-    turn."""
+    the row threads' blocks beside them made the char GPT's step 40-43 against 32-33 ms; the MLP's Adam
+    update, whose spans were cut for the row threads without asking ``row_blocks``, left its step at 2.6
+    or 4.0 ms from process to process (2.45-2.75 in one block)."""
 
     def row_blocks(self, n, min_rows=None):
         return (slice(None),) if torch.get_num_threads() > 1 else super().row_blocks(n, min_rows)
-
-    def run_blocks(self, tasks):
-        if torch.get_num_threads() > 1:
-            for task in tasks:
-                task()
-        else:
-            super().run_blocks(tasks)
 
 
 _CPU = _HostKernels()  # the Numba kernels with their calling conventions, for CPU tensors' host views
