@@ -254,18 +254,18 @@ def _softmax_rows(z, out, log, scale, causal_t, row_max):
     scale = dt(scale)
     if z.itemsize == 4 and z.strides[1] == 4 and out.strides[1] == 4:
         for r in range(rows):
-            row_max[r] = vector_rows.row_max(z[r].ctypes.data, r % causal_t + 1 if causal_t > 0 else cols)
+            row_max[r] = vector_rows.row_max(z[r].ctypes.data, _seen(r, causal_t, cols))
         for r in range(rows):
-            zr, o, seen = z[r].ctypes.data, out[r].ctypes.data, r % causal_t + 1 if causal_t > 0 else cols
+            zr, o, seen = z[r].ctypes.data, out[r].ctypes.data, _seen(r, causal_t, cols)
             if log:
                 vector_rows.log_softmax_row(zr, o, seen, cols, scale, row_max[r])
             else:
                 vector_rows.softmax_row(zr, o, seen, cols, scale, row_max[r])
         return
     for r in range(rows):
-        row_max[r] = _max8(z[r], r % causal_t + 1 if causal_t > 0 else cols)
+        row_max[r] = _max8(z[r], _seen(r, causal_t, cols))
     for r in range(rows):
-        seen = r % causal_t + 1 if causal_t > 0 else cols
+        seen = _seen(r, causal_t, cols)
         zr, o, m = z[r], out[r], row_max[r]
         s = dt(0.0)
         if log:  # o may be zr: read zr in full before writing
@@ -283,6 +283,13 @@ def _softmax_rows(z, out, log, scale, causal_t, row_max):
             for c in range(seen):
                 o[c] *= inv
         o[seen:] = 0.0  # (a slice: one memset; LLVM made the loop scattered vector stores, 3x slower)
+
+
+@jit_inline
+def _seen(r, causal_t, cols):
+    """The columns row r of the softmax's rows sees: its query's keys 0..r % causal_t under a causal mask
+    (``causal_t`` > 0), else all ``cols``."""
+    return r % causal_t + 1 if causal_t > 0 else cols
 
 
 @jit_inline
@@ -320,7 +327,7 @@ def _softmax_rows_backward(dy, y, out, log, scale, causal_t):
     dt = dy.dtype.type
     scale = dt(scale)
     for r in range(rows):
-        seen = r % causal_t + 1 if causal_t > 0 else cols
+        seen = _seen(r, causal_t, cols)
         s = dt(0.0)
         if log:
             for c in range(seen):

@@ -156,11 +156,11 @@ def _copy_panel_row(typingctx, dst, src):
     view whose strides it does not know (a head of the attention's projection rows, ``v[b, h]``) an
     element at a time: 0.69 us to pack a 64 x 32 head against 0.21 for a contiguous array."""
     def codegen(context, builder, signature, args):
-        ptr, i64 = ir.IntType(8).as_pointer(), ir.IntType(64)
+        ptr = ir.IntType(8).as_pointer()
         fn = declare_intrinsic(builder.module, "llvm.memcpy.p0.p0.i64", ir.VoidType(),
-                               [ptr, ptr, i64, ir.IntType(1)])
+                               [ptr, ptr, I64, ir.IntType(1)])
         builder.call(fn, [builder.inttoptr(args[0], ptr), builder.inttoptr(args[1], ptr),
-                          ir.Constant(i64, PANEL_BYTES), ir.Constant(ir.IntType(1), 0)])
+                          ir.Constant(I64, PANEL_BYTES), ir.Constant(ir.IntType(1), 0)])
         return context.get_dummy_value()
     return types.void(types.intp, types.intp), codegen
 
@@ -182,7 +182,6 @@ def _make_tile(rows: int, indexed: bool, rows_indexed: bool, vectors: int, cols_
         def codegen(context, builder, signature, args):
             real = context.get_value_type(signature.args[0])
             lanes = _VECTOR_BYTES // (4 if isinstance(real, ir.FloatType) else 8)
-            i32, i64 = ir.IntType(32), ir.IntType(64)
             vec, mask_t = ir.VectorType(real, lanes), ir.VectorType(ir.IntType(1), lanes)
             vptr = vec.as_pointer()
             _, a_, a_row_, a_col_, b_, b_index_, c_, ldc_, k_, n_cols_, accumulate_ = args
@@ -192,10 +191,10 @@ def _make_tile(rows: int, indexed: bool, rows_indexed: bool, vectors: int, cols_
             zeros = ir.Constant(vec, [0.0] * lanes)
 
             def const(v):
-                return ir.Constant(i64, v)
+                return ir.Constant(I64, v)
 
             if rows_indexed:  # where each row of a starts, loaded once
-                starts = builder.inttoptr(a_row_, i64.as_pointer())
+                starts = builder.inttoptr(a_row_, I64.as_pointer())
                 row_at = [builder.load(builder.gep(starts, [const(r)])) for r in range(rows)]
             else:
                 row_at = [builder.mul(const(r), a_row_) for r in range(rows)]
@@ -205,16 +204,16 @@ def _make_tile(rows: int, indexed: bool, rows_indexed: bool, vectors: int, cols_
             body, done = builder.append_basic_block("tile.k"), builder.append_basic_block("tile.done")
             builder.cbranch(builder.icmp_signed(">", k_, const(0)), body, done)
             builder.position_at_end(body)
-            k = builder.phi(i64)
+            k = builder.phi(I64)
             accs = [builder.phi(vec) for _ in range(vectors * rows)]
             if indexed:
-                panel = builder.load(builder.gep(builder.inttoptr(b_index_, i64.as_pointer()), [k]))
+                panel = builder.load(builder.gep(builder.inttoptr(b_index_, I64.as_pointer()), [k]))
             else:
                 panel = builder.mul(k, const(vectors * lanes))
             bv = [builder.load(_vector_at(builder, b_p, builder.add(panel, const(v * lanes)), vptr),
                                align=_alignment(real)) for v in range(vectors)]
             if cols_indexed:
-                a_k = builder.load(builder.gep(builder.inttoptr(a_col_, i64.as_pointer()), [k]))
+                a_k = builder.load(builder.gep(builder.inttoptr(a_col_, I64.as_pointer()), [k]))
             else:
                 a_k = builder.mul(k, a_col_)
             sums = []
@@ -239,14 +238,14 @@ def _make_tile(rows: int, indexed: bool, rows_indexed: bool, vectors: int, cols_
 
             # the stores: masked past column n_cols; with ``accumulate`` added to what c holds
             load = declare_intrinsic(builder.module, f"llvm.masked.load.{suffix}.p0", vec,
-                                     [vptr, i32, mask_t, vec])
+                                     [vptr, I32, mask_t, vec])
             store = declare_intrinsic(builder.module, f"llvm.masked.store.{suffix}.p0", ir.VoidType(),
-                                      [vec, vptr, i32, mask_t])
-            n_splat = broadcast(builder, n_cols_, ir.VectorType(i64, lanes))
+                                      [vec, vptr, I32, mask_t])
+            n_splat = broadcast(builder, n_cols_, ir.VectorType(I64, lanes))
             adding = builder.icmp_signed("!=", accumulate_, const(0))
-            align = ir.Constant(i32, _alignment(real))
+            align = ir.Constant(I32, _alignment(real))
             for v in range(vectors):
-                lane_cols = ir.Constant(ir.VectorType(i64, lanes), list(range(v * lanes, (v + 1) * lanes)))
+                lane_cols = ir.Constant(ir.VectorType(I64, lanes), list(range(v * lanes, (v + 1) * lanes)))
                 mask = builder.icmp_signed("<", lane_cols, n_splat)
                 for r in range(rows):
                     total = totals[vectors * r + v]

@@ -26,14 +26,11 @@ from .llvm_vectors import F32, I32, I64, LANES, VEC, Float32Vectors, broadcast, 
 
 
 class _Row(Float32Vectors):
-    """IR helpers over one row: masked vector loads and stores at column ``c`` under ``mask(c, n)``."""
+    """IR helpers over one row: masked vector loads and stores at column ``c`` under
+    ``lanes_below(c, n)``."""
 
     def fn(self, name: str, n_args: int = 1) -> ir.Function:
         return declare_intrinsic(self.b.module, f"llvm.{name}.v16f32", VEC, [VEC] * n_args)
-
-    def mask(self, c, n):
-        """Lanes c + i < n."""
-        return self.lanes_below(c, n)
 
     def load(self, address, c, mask, fill: float):
         return super().load(self._column(address, c), mask, fill)
@@ -78,8 +75,7 @@ class _Row(Float32Vectors):
 class _Chunks:
     def __init__(self, builder, start, end):
         self.b, self.start = builder, start
-        span = builder.sub(end, start)
-        self.count = builder.sdiv(builder.add(span, ir.Constant(I64, LANES - 1)), ir.Constant(I64, LANES))
+        self.count = _vectors_over(builder, builder.sub(end, start))
 
     def __enter__(self):
         self._range = cgutils.for_range(self.b, self.count)
@@ -90,6 +86,11 @@ class _Chunks:
         return self._range.__exit__(*exc)
 
 
+def _vectors_over(builder, n):
+    """ceil(n / LANES): the vectors that cover n columns (i64 values)."""
+    return builder.sdiv(builder.add(n, ir.Constant(I64, LANES - 1)), ir.Constant(I64, LANES))
+
+
 @intrinsic
 def row_max(typingctx, z, seen):
     """max(z[:seen]) (z: a float32 address, seen >= 1)."""
@@ -98,7 +99,7 @@ def row_max(typingctx, z, seen):
         row, b = _Row(builder), builder
         high = cgutils.alloca_once_value(b, splat(float("-inf")))
         with row.chunks(ir.Constant(I64, 0), seen_) as c:
-            b.store(row.max(b.load(high), row.load(z_, c, row.mask(c, seen_), float("-inf"))), high)
+            b.store(row.max(b.load(high), row.load(z_, c, row.lanes_below(c, seen_), float("-inf"))), high)
         vector, width = b.load(high), LANES
         while width > 1:  # halves folded onto each other: 16 -> 1 lanes in 4 steps
             width //= 2
@@ -116,10 +117,10 @@ def _softmax_codegen(log: bool):
         m, s = broadcast(b, high_, VEC), broadcast(b, scale_, VEC)
         total = cgutils.alloca_once_value(b, splat(0.0))
         with row.chunks(zero, seen_) as c:  # e = exp(scale (z - max)), its sum; softmax keeps e in out
-            mask = row.mask(c, seen_)
+            mask = row.lanes_below(c, seen_)
             e = b.select(mask, row.exp(b.fmul(b.fsub(row.load(z_, c, mask, 0.0), m), s)), splat(0.0))
             if not log:
-                row.store(e, out_, c, row.mask(c, cols_))  # zeros past seen within the vector
+                row.store(e, out_, c, row.lanes_below(c, cols_))  # zeros past seen within the vector
             b.store(b.fadd(b.load(total), e), total)
         total = row.sum(b.load(total))
         if log:  # scale (z - max) - log(sum e), zeros past seen within the vector (as PyTorch: scale z -
@@ -127,18 +128,17 @@ def _softmax_codegen(log: bool):
             log_of = declare_intrinsic(b.module, "llvm.log.f32", F32, [F32])
             log_total = broadcast(b, b.call(log_of, [total]), VEC)
             with row.chunks(zero, seen_) as c:
-                mask = row.mask(c, seen_)
+                mask = row.lanes_below(c, seen_)
                 value = b.fsub(b.fmul(b.fsub(row.load(z_, c, mask, 0.0), m), s), log_total)
-                row.store(b.select(mask, value, splat(0.0)), out_, c, row.mask(c, cols_))
+                row.store(b.select(mask, value, splat(0.0)), out_, c, row.lanes_below(c, cols_))
         else:  # e / sum e
             inv = broadcast(b, b.fdiv(ir.Constant(F32, 1.0), total), VEC)
             with row.chunks(zero, seen_) as c:
-                mask = row.mask(c, seen_)
+                mask = row.lanes_below(c, seen_)
                 row.store(b.fmul(row.load(out_, c, mask, 0.0), inv), out_, c, mask)
-        covered = b.mul(b.sdiv(b.add(seen_, ir.Constant(I64, LANES - 1)), ir.Constant(I64, LANES)),
-                        ir.Constant(I64, LANES))
+        covered = b.mul(_vectors_over(b, seen_), ir.Constant(I64, LANES))
         with row.chunks(covered, cols_) as c:  # the columns past the vectors the passes above wrote
-            row.store(splat(0.0), out_, c, row.mask(c, cols_))
+            row.store(splat(0.0), out_, c, row.lanes_below(c, cols_))
         return context.get_dummy_value()
     return codegen
 
