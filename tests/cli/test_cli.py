@@ -1,6 +1,7 @@
 """The neuronet command: train/evaluate/predict end to end in subprocesses, config errors, Ctrl-C, helpers."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -124,6 +125,120 @@ def test_config_object_errors_name_the_key(tmp_path, capsys):
     cfg["training"]["optimizer"] = {"type": "SGD", "lr": -1}
     assert main(["train", str(_write(tmp_path, cfg)), "-o", str(tmp_path), "-q"]) == 2
     assert "training.optimizer (SGD): SGD: l" in capsys.readouterr().err
+
+
+RESIDUAL = {
+    "inputs": {"image": [1, 8, 8]},
+    "layers": [
+        {"type": "Conv2D", "in_channels": 1, "out_channels": 8, "kernel_size": 3, "padding": 1,
+         "activation": "relu", "name": "stem"},
+        {"type": "Conv2D", "in_channels": 8, "out_channels": 8, "kernel_size": 3, "padding": 1,
+         "name": "body"},
+        {"type": "Add", "inputs": ["stem", "body"]},
+        {"type": "ReLU"},
+        {"type": "Flatten"},
+        {"type": "Dense", "in_features": 512, "out_features": 10},
+    ],
+}
+
+
+def _python_residual():
+    inp = nn.Input((1, 8, 8), name="image")
+    stem = nn.Conv2D(1, 8, 3, padding=1, activation="relu", name="stem")(inp)
+    body = nn.Conv2D(8, 8, 3, padding=1, name="body")(stem)
+    h = nn.Flatten()(nn.ReLU()(nn.Add()([stem, body])))
+    return nn.Model(inp, nn.Dense(512, 10)(h))
+
+
+def test_functional_config_builds_the_graph_python_would(tmp_path):
+    """model.inputs makes a functional Model: same graph, same parameters for a seed as the Python one,
+    and `neuronet train` trains it and saves a file that loads back to the same predictions."""
+    from neuronet.cli.config import build_model
+    from neuronet.io.nnet import describe
+
+    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+    cfg["model"] = RESIDUAL
+    models = []
+    for make in (lambda: build_model(validate(cfg)), _python_residual):
+        nn.manual_seed(5)
+        models.append(make())
+        models[-1].build((1, 8, 8))
+    built, reference = models
+    assert describe(built) == describe(reference)
+    x = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
+    np.testing.assert_array_equal(built.predict(x), reference.predict(x))
+
+    train_module.run(str(_write(tmp_path, cfg)), str(tmp_path / "out"), verbose=0)
+    loaded = nn.load(tmp_path / "out" / "model.nnet")
+    assert isinstance(loaded, nn.Model)
+    assert [layer.layer_name for layer in loaded.layers][:2] == ["stem", "body"]
+    digits, _ = nn.data.load_digits()
+    assert np.isfinite(loaded.predict(digits[:4])).all()
+
+
+def test_nested_containers_in_a_config():
+    """Sequential, Residual and Remat entries list their children under layers: (a wrapper's several
+    children as one Sequential), as the Python constructors nest them."""
+    from neuronet.cli.config import build_model
+    from neuronet.io.nnet import describe
+
+    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+    dense = {"type": "Dense", "in_features": 16, "out_features": 16, "activation": "relu"}
+    cfg["model"]["layers"][2:2] = [
+        {"type": "Residual", "layers": [dense, {"type": "Dense", "in_features": 16, "out_features": 16}]},
+        {"type": "Remat", "name": "again", "layers": [{"type": "Sequential", "layers": [dense]}]},
+    ]
+    python = nn.Sequential(
+        nn.Flatten(), nn.Dense(64, 16, activation="relu"),
+        nn.Residual(nn.Sequential(nn.Dense(16, 16, activation="relu"), nn.Dense(16, 16))),
+        nn.Remat(nn.Sequential(nn.Dense(16, 16, activation="relu")), name="again"),
+        nn.Dense(16, 10),
+    )
+    assert describe(build_model(validate(cfg))) == describe(python)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m["layers"][2].update(inputs=["stem", "bodyy"]),
+         r"model.layers\[2\].inputs\[1\]: 'bodyy' is not a model input nor an earlier entry's name; "
+         r"known: image, stem, body"),
+        (lambda m: m.update(outputs=["nowhere"]), r"model.outputs\[0\]: 'nowhere' is not a model input"),
+        (lambda m: m["layers"][1].update(name="stem"), r"model.layers\[1\].name: 'stem' already names"),
+        (lambda m: m["layers"][1].update(name="not a name"),
+         r"model.layers\[1\].name: must be an identifier"),
+        (lambda m: m.update(inputs={"image": [1, -8, 8]}),
+         r"model.inputs.image: expected a shape without the batch, a list of positive integers"),
+        (lambda m: m.pop("inputs"), r"model.layers\[2\].inputs: only in a functional model"),
+        (lambda m: m["layers"][4].update(layers=[]),
+         r"model.layers\[4\].layers: only a Sequential, Residual"),
+        (lambda m: m["layers"].insert(0, {"type": "Residual"}), r"model.layers\[0\].layers: required"),
+        (lambda m: m["layers"][5].update(in_features=500),
+         r"model.layers\[5\] \(Dense\): Dense\(500, 10\): expected input of shape \(N, ..., 500\), "
+         r"got \(N, 512\)"),
+    ],
+)
+def test_functional_config_errors_name_the_entry(edit, message):
+    from neuronet.cli.config import build_model
+
+    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+    cfg["model"] = yaml.safe_load(yaml.safe_dump(RESIDUAL))
+    edit(cfg["model"])
+    with pytest.raises(ConfigError, match=message):
+        build_model(validate(cfg))
+
+
+def test_the_docs_config_examples_build():
+    from neuronet.cli.config import build_model
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
+    blocks = re.findall(r"^```yaml\n(.*?)^```", page, flags=re.S | re.M)
+    assert len(blocks) == 2
+    for block in blocks:  # both read the 8x8 digits
+        cfg = yaml.safe_load(block) | {"dataset": {"source": "digits"}}
+        model = build_model(validate(cfg))
+        model.build((1, 8, 8))
+        assert model.predict(np.zeros((2, 1, 8, 8), np.float32)).shape == (2, 10)
 
 
 def test_missing_dataset_says_where_to_put_it(tmp_path, capsys):

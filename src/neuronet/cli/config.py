@@ -1,7 +1,8 @@
 """YAML training configs: validate against a schema (errors name the key path and the allowed values),
 fill in defaults, and turn the ``type:`` entries into neuronet objects.
 
-    model:        {layers: [{type: Dense, in_features: 64, out_features: 10}, ...], dtype: float32}
+    model:        {layers: [{type: Dense, in_features: 64, out_features: 10}, ...], dtype: float32,
+                   inputs: {name: shape}, outputs: name | [names]}
     training:     {epochs, batch_size, optimizer: {type: Adam, lr: 0.001}, loss, metrics, callbacks, seed}
     dataset:      {source: digits|mnist|fashion_mnist|cifar10|csv|text, path, splits: {test, validation},
                    label_column, block_size, limit, download}
@@ -10,6 +11,12 @@ fill in defaults, and turn the ``type:`` entries into neuronet objects.
     output:       {dir, model, history, plot}
     hardware:     {device: auto|cpu|numpy|torch|cuda|mps, threads, workers: N|auto}
     export:       {formats: [onnx, gguf]}
+
+A layer entry is ``{type: LayerName, name: label, ...arguments}``; a Sequential, Residual or Remat entry
+lists its children under ``layers:``. With ``model.inputs`` the model is a functional graph (``nn.Model``):
+each entry reads the output of the entry before it, or those ``inputs:`` names (model inputs or earlier
+entries' ``name``; a list calls the layer on a list, as ``Add``), and ``model.outputs`` names the outputs
+(default: the last entry's).
 
 Relative paths (``dataset.path``, ``output.dir``) are relative to the current directory.
 """
@@ -56,6 +63,8 @@ SCHEMA: dict = {
     "model": {
         "layers": Field((list,), None, check=(bool, "a non-empty list of {type: LayerName, ...arguments}")),
         "dtype": Field((str,), "float32", ("float32", "float64")),
+        "inputs": Field((dict,), None, check=(bool, "a non-empty mapping of input name to shape")),
+        "outputs": Field((str, list), None, check=(bool, "an entry's name or a non-empty list of names")),
     },
     "training": {
         "epochs": Field((int,), 10, check=(_positive, "a positive integer")),
@@ -230,8 +239,9 @@ def _join(path: str, key: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------------- objects
-def construct(registry: dict, spec: Any, where: str, aliases: dict | None = None) -> Any:
-    """An instance from ``"Name"`` or ``{type: Name, **arguments}``, looked up in ``registry``.
+def construct(registry: dict, spec: Any, where: str, aliases: dict | None = None, args: tuple = ()) -> Any:
+    """An instance from ``"Name"`` or ``{type: Name, **arguments}``, looked up in ``registry`` (``args``:
+    positional arguments before them).
 
     Errors name the key path, the allowed type names and, for bad arguments, the accepted ones.
     """
@@ -248,6 +258,8 @@ def construct(registry: dict, spec: Any, where: str, aliases: dict | None = None
         raise ConfigError(f"{where}.type: unknown {name!r:.80}; allowed: {', '.join(allowed)}")
     params = inspect.signature(cls).parameters
     accepted = [p for p, v in params.items() if v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD)]
+    if args:  # the children of a layer made of layers are not arguments a config names
+        accepted = [p for p in accepted if p != "block"]
     unknown = [k for k in kwargs if k not in accepted]
     if unknown and not any(v.kind == v.VAR_KEYWORD for v in params.values()):
         raise ConfigError(
@@ -257,23 +269,119 @@ def construct(registry: dict, spec: Any, where: str, aliases: dict | None = None
     if not all(isinstance(k, str) for k in kwargs):
         raise ConfigError(f"{where} ({name}): argument names must be strings, got {list(kwargs)!r:.80}")
     try:
-        return cls(**kwargs)
+        return cls(*args, **kwargs)
     except (TypeError, ValueError, LookupError, ArithmeticError, AttributeError, RecursionError) as e:
         raise ConfigError(f"{where} ({name}): {e!s:.300}; its arguments: {', '.join(accepted)}") from None
 
 
 def build_model(cfg: dict):
-    """The Sequential described by ``cfg["model"]`` (not yet built)."""
+    """The model ``cfg["model"]`` describes (not yet built): a Sequential of ``layers``, or with ``inputs``
+    a functional ``Model`` whose entries name what they read."""
+    from ..model import Model, Sequential
+
+    spec = cfg["model"]
+    if spec["inputs"] is None:
+        for key in ("inputs", "outputs"):
+            for i, entry in enumerate(spec["layers"]):
+                if isinstance(entry, dict) and key in entry:
+                    raise ConfigError(f"model.layers[{i}].{key}: only in a functional model (give "
+                                      "model.inputs: {name: shape})")
+        if spec["outputs"] is not None:
+            raise ConfigError("model.outputs: only in a functional model (give model.inputs: {name: shape})")
+        layers = [_layer(entry, f"model.layers[{i}]") for i, entry in enumerate(spec["layers"])]
+        return Sequential(*layers, dtype=spec["dtype"])
+    inputs = _model_inputs(spec["inputs"])
+    tensors, last = dict(inputs), next(iter(inputs.values()))
+    for i, entry in enumerate(spec["layers"]):
+        where = f"model.layers[{i}]"
+        entry = dict(entry) if isinstance(entry, dict) else entry
+        reads = entry.pop("inputs", None) if isinstance(entry, dict) else None
+        layer = _layer(entry, where)
+        if reads is None:
+            x = last
+        elif isinstance(reads, list) and reads:
+            x = [_tensor(tensors, r, f"{where}.inputs[{k}]") for k, r in enumerate(reads)]
+        else:
+            x = _tensor(tensors, reads, f"{where}.inputs")
+        try:
+            last = layer(x)
+        except (TypeError, ValueError, LookupError) as e:  # (NeuronetError is a ValueError)
+            raise ConfigError(f"{where} ({entry['type']}): {e!s:.300}") from None
+        if layer.layer_name is not None:
+            if layer.layer_name in tensors:
+                raise ConfigError(f"{where}.name: {layer.layer_name!r} already names an input or an entry")
+            tensors[layer.layer_name] = last
+    outputs = spec["outputs"]
+    if outputs is None:
+        out = last
+    elif isinstance(outputs, list):
+        out = [_tensor(tensors, o, f"model.outputs[{k}]") for k, o in enumerate(outputs)]
+    else:
+        out = _tensor(tensors, outputs, "model.outputs")
+    xs = list(inputs.values())
+    return Model(xs if len(xs) > 1 else xs[0], out, dtype=spec["dtype"])
+
+
+def _model_inputs(spec: dict) -> dict:
+    """``model.inputs``, {name: shape without the batch}, as symbolic inputs."""
+    from ..model import Input
+
+    inputs = {}
+    for name, shape in spec.items():
+        where = f"model.inputs.{str(name)[:80]}"
+        if not (isinstance(name, str) and name.isidentifier()):
+            raise ConfigError(f"{where}: an input's name must be an identifier, got {name!r:.80}")
+        if not (isinstance(shape, list) and shape and all(type(d) is int and d > 0 for d in shape)):
+            raise ConfigError(f"{where}: expected a shape without the batch, a list of positive integers "
+                              f"such as [1, 28, 28], got {shape!r:.80}")
+        inputs[name] = Input(tuple(shape), name=name)
+    return inputs
+
+
+def _tensor(tensors: dict, name: Any, where: str):
+    """The output ``name`` refers to (a model input or an earlier entry's ``name``)."""
+    if not isinstance(name, str) or name not in tensors:
+        known = ", ".join(tensors) or "none"
+        raise ConfigError(f"{where}: {name!r:.80} is not a model input nor an earlier entry's name; "
+                          f"known: {known}")
+    return tensors[name]
+
+
+def _layer(entry: Any, where: str, depth: int = 0):
+    """A layer from ``{type: LayerName, ...arguments}``; one made of layers (Sequential, Residual, Remat)
+    takes its children from ``layers:`` (a wrapper's several children as one Sequential)."""
     from ..core.layer import LAYERS
+    from ..io.nnet import MAX_DEPTH, takes_layers
     from ..model import Sequential
 
-    layers = []
-    for i, spec in enumerate(cfg["model"]["layers"]):
-        where = f"model.layers[{i}]"
-        if not isinstance(spec, dict) or "type" not in spec:
-            raise ConfigError(f"{where}: expected {{type: LayerName, ...arguments}}, got {spec!r:.80}")
-        layers.append(construct(LAYERS, spec, where))
-    return Sequential(*layers, dtype=cfg["model"]["dtype"])
+    if not isinstance(entry, dict) or "type" not in entry:
+        raise ConfigError(f"{where}: expected {{type: LayerName, ...arguments}}, got {entry!r:.80}")
+    if depth > MAX_DEPTH:
+        raise ConfigError(f"{where}: layers nested deeper than {MAX_DEPTH}")
+    entry = dict(entry)
+    label = entry.pop("name", None)
+    if label is not None and not (isinstance(label, str) and label.isidentifier() and len(label) <= 128):
+        raise ConfigError(f"{where}.name: must be an identifier, got {label!r:.80}")
+    cls = LAYERS.get(entry["type"]) if isinstance(entry["type"], str) else None
+    children = entry.pop("layers", None)
+    if cls is None or not takes_layers(cls):
+        if children is not None:
+            raise ConfigError(f"{where}.layers: only a Sequential, Residual or Remat lists layers")
+        layer = construct(LAYERS, entry, where)
+        layer.layer_name = label
+        return layer
+    if hasattr(cls, "from_graph"):
+        raise ConfigError(f"{where}.type: a Model inside model.layers; write its layers here instead (with "
+                          "model.inputs and each entry's inputs:)")
+    if not isinstance(children, list) or not children:
+        raise ConfigError(f"{where}.layers: required, a non-empty list of {{type: LayerName, ...}}, got "
+                          f"{children!r:.80}")
+    layers = [_layer(c, f"{where}.layers[{i}]", depth + 1) for i, c in enumerate(children)]
+    if cls is not Sequential and len(layers) > 1:
+        layers = [Sequential(*layers)]
+    layer = construct(LAYERS, entry, where, args=tuple(layers))
+    layer.layer_name = label
+    return layer
 
 
 def compile_model(model, cfg: dict) -> None:

@@ -127,14 +127,14 @@ def describe(layer) -> dict:
     node = {"type": layer_name(type(layer)), "config": layer.get_config()}
     if layer.layer_name:
         node["name"] = layer.layer_name
-    if _takes_layers(type(layer)):
+    if takes_layers(type(layer)):
         node["layers"] = [describe(child) for child in layer.layers]
     if hasattr(layer, "graph_config"):
         node["graph"] = layer.graph_config()
     return node
 
 
-def _takes_layers(cls) -> bool:
+def takes_layers(cls) -> bool:
     """Classes made of layers: Sequential(*layers), a wrapper (Residual(block), Remat(block)),
     Model.from_graph(layers, graph)."""
     return issubclass(cls, (LAYERS["Sequential"], _Wrapper)) or hasattr(cls, "from_graph")
@@ -382,7 +382,7 @@ def build_layer(node: dict, where: str, depth: int = 0):
                               f"decorate it with @nn.register_layer (or call nn.register_layer({short})) "
                               "and import its module first")
     children = node.get("layers")
-    if (children is not None) != _takes_layers(cls):
+    if (children is not None) != takes_layers(cls):
         raise NnetFormatError(f"{where}: 'layers' is required for a Sequential, Residual, Remat or Model and "
                               "allowed only there")
     label = node.get("name")
