@@ -37,6 +37,12 @@ CONV2D_CASES = [
     (3, 20, 3, 1, 1, 1, 1, True, (3, 6, 6), 2),                 # NumPy: dweight in full-width panels
     (8, 32, 3, 1, 1, 1, 2, False, (8, 6, 5), 2),                # groups of 16 outputs: narrow panels
     (4, 48, 3, 1, "same", (1, 2), 2, True, (4, 5, 6), 2),       # groups of 24 outputs: full-width panels
+    # strided: the NumPy backend's phase planes (conv_layout)
+    (3, 5, 1, 2, 0, 1, 1, True, (3, 7, 6), 2),                  # a 1x1 downsampling: one phase read
+    (2, 3, 2, 3, 1, 1, 1, True, (2, 8, 10), 2),                 # stride 3 > kernel: phases no tap reads
+    (3, 4, (3, 4), (2, 3), (2, 1), (1, 2), 1, False, (3, 9, 11), 2),  # strides, dilations, pads differ
+    (4, 40, 3, 2, 1, 1, 2, True, (4, 7, 9), 2),                 # groups of 20 outputs, odd sizes
+    (3, 16, 5, 2, 0, 1, 1, True, (3, 12, 12), 2),               # windows leave the last row and column
 ]
 
 
@@ -52,11 +58,11 @@ def test_conv2d_options_match_torch(case, dtype, backend):
 
 
 @pytest.mark.parametrize("input_grad", [True, False], ids=["with_dx", "without_dx"])
-@pytest.mark.parametrize("case", [c for c in CONV2D_CASES if c[3] == 1], ids=str)
-def test_conv2d_stride1_on_row_blocks_matches_torch(case, input_grad, rows_on_threads, conv_path):
-    """The NumPy backend's stride-1 paths on three blocks of images, with an activation: implicit GEMMs
-    (each block's dweight apart, summed at the end) and, as a first layer (no input gradient wanted), the
-    direct weight gradient (the blocks' dweight and dbias summed)."""
+@pytest.mark.parametrize("case", CONV2D_CASES, ids=str)
+def test_conv2d_on_row_blocks_matches_torch(case, input_grad, rows_on_threads, conv_path):
+    """The NumPy backend's implicit paths on three blocks of images, with an activation: implicit GEMMs
+    (each block's dweight apart, summed at the end) and, as a stride-1 first layer (no input gradient
+    wanted), the direct weight gradient (the blocks' dweight and dbias summed)."""
     cin, cout, k, s, p, d, g, bias, shape, _ = case
     torch.manual_seed(0)
     module = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, k, stride=s, padding=p, dilation=d, groups=g,
@@ -131,6 +137,8 @@ TRANSPOSE_CASES = [
     (2, 2, 3, 1, 0, 1, 2, 1, True, (2, 4, 3), 1),     # output_padding >= stride, < dilation
     (4, 6, 3, 2, 1, 1, 1, 2, True, (4, 3, 4), 2),     # groups
     (3, 3, 2, 2, 0, 0, 1, 3, True, (3, 3, 3), 2),     # depthwise
+    (3, 2, 3, 3, 1, 2, 1, 1, True, (3, 4, 3), 2),     # stride above the kernel's reach: pixels no tap writes
+    (2, 4, (4, 3), (3, 2), (2, 1), (0, 1), (1, 2), 1, True, (2, 3, 4), 3),
 ]
 
 

@@ -3,9 +3,10 @@
 ``col2im`` is the adjoint of im2col (NumpyOps.im2col, a strided copy): it adds the columns
 ``(C, kh, kw, N, OH, OW)`` back into the unpadded image, dropping what fell on the zero padding.
 The loops run over the destination in order and need no atomics and no ``np.add.at``.
-A stride-1 convolution runs on each image's padded planes (``_pad_image``) without columns:
-``implicit_conv2d`` and ``implicit_conv2d_backward`` as implicit GEMMs (packed_gemm), and a first layer's
-weight gradient, with too few rows for a GEMM, in ``direct_conv2d_backward``.
+A convolution runs on each image's padded planes (``_pad_image``; a strided one's split into phases, see
+conv_layout) without columns: ``implicit_conv2d`` and ``implicit_conv2d_backward`` as implicit GEMMs
+(packed_gemm), and a stride-1 first layer's weight gradient, with too few rows for a GEMM, in
+``direct_conv2d_backward``.
 """
 
 from __future__ import annotations
@@ -65,15 +66,17 @@ def col2im(cols, sh, sw, dh, dw, ph, pw, out):
 # (packed_gemm.gemm_gather) and one panel per 32 channels (32 -> 32 at 7x7, 64 images, one thread: 0.51
 # against 0.70 ms for the products; see numpy_ops._pixel_rows for the choice).
 @jit
-def implicit_conv2d(x, top, left, plane, planes, weight, index, bias, wp, pixels, weight_t, z, out):
-    """out (b, O, OH, OW) = bias[o] + sum over (c, k) of o's group of weight[o, c k] * plane (n, c) from
-    offsets[k].
+def implicit_conv2d(x, top, left, plane, planes, weight, index, bias, wp, pixels, weight_t, z, out, sh, sw,
+                    phases):
+    """out (b, O, OH, OW) = bias[o] + sum over (c, k) of o's group of weight[o, c k] * the planes from
+    index[c, k].
 
-    x (b, C, H, W), each image laid into ``planes`` (C*P + slack,), P = ``plane``, in turn, index
-    (C*kh*kw,) = c*P + offsets[k]; weight (O, C/g*kh*kw), the groups one after another; bias (O,); z: a
-    scratch (O, OH*Wp). With ``pixels`` (OH*OW,) not empty, where output pixel (r, q) reads the planes
-    (r*Wp + q), the products run with the pixels as rows from ``weight_t`` (g, ...): each group's
-    weight^T packed (packed_gemm.pack), and z is (OH*OW, O).
+    x (b, C, H, W), each image laid into ``planes`` (C*S*P + slack,), P = ``plane``, S = sh*sw phases
+    (the stride), in turn, but those no tap reads (``phases``: conv_layout.gradient_index's table); index
+    (C*kh*kw,) (conv_layout.plane_index); weight (O, C/g*kh*kw), the groups
+    one after another; bias (O,); z: a scratch (O, OH*Wp). With ``pixels`` (OH*OW,) not empty (stride 1),
+    where output pixel (r, q) reads the planes (r*Wp + q), the products run with the pixels as rows from
+    ``weight_t`` (g, ...): each group's weight^T packed (packed_gemm.pack), and z is (OH*OW, O).
     """
     b, o_, oh, ow = out.shape
     rows = weight.shape[1]
@@ -81,7 +84,7 @@ def implicit_conv2d(x, top, left, plane, planes, weight, index, bias, wp, pixels
     og = o_ // groups
     planes[...] = 0.0
     for n in range(b):
-        _pad_image(x[n], top, left, wp, plane, planes)
+        _pad_image(x[n], top, left, wp, plane, planes, sh, sw, phases)
         for g in range(groups):
             if pixels.shape[0]:
                 gemm_gather(planes, pixels, index[g * rows:(g + 1) * rows], weight_t[g],
@@ -98,11 +101,11 @@ def implicit_conv2d(x, top, left, plane, planes, weight, index, bias, wp, pixels
 
 
 # Its backward, per image, from dz (O, Z): dy laid out as z (zero past OW in each row) after M zeros, M the
-# last tap's offset, and zeros after it. dx is the convolution of dz with the transposed kernel, again an
-# implicit GEMM: dplanes[c, q] = sum over (o, k) of weight[o, c, k] * dz[o, M + q - offsets[k]], computed
-# for the rows of the image (q from top*Wp, H*Wp long) and cropped. dweight^T (C/g*K, O/g) of a group is
-# the GEMM of its columns, read where they lie as rows of the planes (gemm_rows, the forward's table),
-# with its dz^T packed.
+# largest tap offset, and zeros after it. dx is the convolution of dz with the transposed kernel, again an
+# implicit GEMM per phase: dplanes[c, q] = sum over (o, k) of the phase's taps of weight[o, c, k] *
+# dz[o, M + q - offsets[k]], computed for the plane rows that hold image rows and cropped. dweight^T
+# (C/g*K, O/g) of a group is the GEMM of its columns, read where they lie as rows of the planes (gemm_rows,
+# the forward's table), with its dz^T packed.
 # A group with fewer output channels than this (depthwise: one) takes its weight gradient as dot products:
 # packing its dz^T would fill 32-column panels with zeros (64 channels of 14x14, 64 images, two threads:
 # 0.9 against 16.4 ms).
@@ -114,18 +117,20 @@ DOTS_BELOW = 8
 
 @jit
 def implicit_conv2d_backward(x, top, left, plane, planes, dy, w_t, index_t, index, front, wp, dz, packed,
-                             dx_pixels, w_t_packed, dxz, dw_t, dx, dbias):
+                             dx_pixels, w_t_packed, dxz, dw_t, dx, dbias, sh, sw, phases):
     """The gradients of implicit_conv2d from dy (b, O, OH, OW); each is skipped when it has no rows.
 
-    dx (b, C, H, W): per image and group, w_t (C, O/g*K) (row c: weight[o, c, k] over the o of c's group)
-    @ the rows of dz from index_t (O*K,) = o*Z + M + top*Wp - offsets[k], into dxz (C, H*Wp), cropped at
-    column ``left``. dw_t (C*K, O/g) += per image and group the rows of its planes (x (b, C, H, W) laid
-    into ``planes`` (C*P + slack,), P = ``plane``, in turn) from index (C*K,) @ the group's dz^T, through
-    ``packed`` (packed_shape((OH*Wp, O/g))). With ``dx_pixels`` (H*W,) not empty, where input pixel (h, w)
+    dx (b, C, H, W): per image, group and phase p, w_t (C, O/g*K) (row c: weight[o, c, k] over the o of
+    c's group, phase by phase, conv_layout.gradient_index's order) @ the rows of dz from index_t (O*K,),
+    into dxz (S, C, R*Wp), then written back through the phase split (``_unphase``). ``phases`` (S, 4):
+    per phase its first and end tap, first plane row and rows (conv_layout.gradient_index). dw_t
+    (C*K, O/g) += per image and group the rows of its planes (x (b, C, H, W) laid into ``planes`` as
+    implicit_conv2d's) from index (C*K,) @ the group's dz^T, through ``packed``
+    (packed_shape((OH*Wp, O/g))). With ``dx_pixels`` (H*W,) not empty (stride 1), where input pixel (h, w)
     reads dz (h*Wp + left + w), dx's products run with the pixels as rows from ``w_t_packed`` (g, ...):
-    each group's w_t^T packed, and dxz is (H*W, C).
+    each group's w_t^T packed, and dxz is (1, H*W, C).
     dbias (O,) += dy's sums, taken as dy is copied into dz.
-    dz: a scratch (O, Z) with Z >= M + Hp*Wp + NR (zeroed here; only the data columns are written)."""
+    dz: a scratch (O, Z) (conv_layout.gradient_index's Z; zeroed here, only the data columns written)."""
     b, o_, oh, ow = dy.shape
     length, groups = oh * wp, index_t.shape[0] // w_t.shape[1]  # w_t: (C, O/g*K), index_t: (O*K,)
     og, cg, rows = o_ // groups, w_t.shape[0] // groups, index.shape[0] // groups  # per group: o, c, (c, k)
@@ -135,7 +140,7 @@ def implicit_conv2d_backward(x, top, left, plane, planes, dy, w_t, index_t, inde
         planes[...] = 0.0
     for n in range(b):
         if dw_t.shape[0]:
-            _pad_image(x[n], top, left, wp, plane, planes)
+            _pad_image(x[n], top, left, wp, plane, planes, sh, sw, phases)
         for o in range(o_):
             total = zero
             for r in range(oh):
@@ -154,29 +159,89 @@ def implicit_conv2d_backward(x, top, left, plane, planes, dy, w_t, index_t, inde
                         dw_t[row, o] += _dot(dz[g * og + o, front:front + length], planes[at:at + length])
             if dx.shape[0] and dx_pixels.shape[0]:
                 gemm_gather(dz, dx_pixels, index_t[g * og * taps:(g + 1) * og * taps], w_t_packed[g],
-                            dxz[:, g * cg:(g + 1) * cg])
+                            dxz[0, :, g * cg:(g + 1) * cg])
             elif dx.shape[0]:
-                gemm_indexed(w_t[g * cg:(g + 1) * cg], dz, index_t[g * og * taps:(g + 1) * og * taps],
-                             dxz[g * cg:(g + 1) * cg])
+                for p in range(phases.shape[0]):
+                    k0, k1, rows_p = phases[p, 0], phases[p, 1], phases[p, 3]
+                    if k1 > k0 and rows_p > 0:
+                        at, end = g * og * taps + og * k0, g * og * taps + og * k1
+                        gemm_indexed(w_t[g * cg:(g + 1) * cg, og * k0:og * k1], dz, index_t[at:end],
+                                     dxz[p, g * cg:(g + 1) * cg, :rows_p * wp])
         if dx.shape[0] and dx_pixels.shape[0]:
-            _copy_pixels(dxz, dz[0, :0], dx[n])
+            _copy_pixels(dxz[0], dz[0, :0], dx[n])
         elif dx.shape[0]:
-            c_, h_, w_ = dx.shape[1], dx.shape[2], dx.shape[3]
-            for c in range(c_):
-                for h in range(h_):
-                    _copy_row(dxz[c, h * wp + left:h * wp + left + w_], dx[n, c, h], zero)
+            _unphase(dxz, phases, top, left, wp, sh, sw, dx[n])
 
 
 @jit
-def _pad_image(x, top, left, wp, plane, planes):
-    """The image x (C, H, W) into its padded planes (C*P + slack,), P = ``plane``, rows wp apart, from row
-    ``top``, column ``left``: only the image is written (the padding is whatever the caller zeroed)."""
-    c_, h_, w_ = x.shape
-    zero = planes.dtype.type(0.0)
+def order_taps(weight, order, phases, w_t):
+    """w_t (C, O/g*K), row c: weight (O, C/g, K)[o, c's index in its group, order[k]] over the o of c's group,
+    phase by phase (``phases``: each one's taps order[k0:k1]), o by o within a phase: dx's left operand."""
+    o_, cg, _ = weight.shape
+    groups = w_t.shape[0] // cg
+    og = o_ // groups
+    for g in range(groups):
+        for local in range(cg):
+            row = w_t[g * cg + local]
+            for p in range(phases.shape[0]):
+                k0, k1 = phases[p, 0], phases[p, 1]
+                for o in range(og):
+                    for k in range(k0, k1):
+                        row[og * k0 + o * (k1 - k0) + k - k0] = weight[g * og + o, local, order[k]]
+
+
+@jit
+def _unphase(dxz, phases, top, left, wp, sh, sw, dx):
+    """dx (C, H, W) from the phases' products dxz (S, C, R*Wp): pixel (h, w) from phase ((top + h) % sh,
+    (left + w) % sw), its row (top + h) // sh less the phase's first, column (left + w) // sw; zero where
+    the phase has no taps (no window reads the pixel). Stride 1: row h, columns from ``left``."""
+    c_, h_, w_ = dx.shape
+    zero = dx.dtype.type(0.0)
+    if sh == 1 and sw == 1:
+        for c in range(c_):
+            for h in range(h_):
+                _copy_row(dxz[0, c, h * wp + left:h * wp + left + w_], dx[c, h], zero)
+        return
     for c in range(c_):
         for h in range(h_):
-            at = c * plane + (top + h) * wp + left
-            _copy_row(x[c, h], planes[at:at + w_], zero)
+            a, row = (top + h) % sh, (top + h) // sh
+            for b in range(sw):
+                p, w0 = a * sw + b, (b - left) % sw
+                if w0 >= w_:
+                    continue
+                at, into = (row - phases[p, 2]) * wp + (w0 + left) // sw, dx[c, h]
+                for q in range((w_ - w0 + sw - 1) // sw):
+                    into[w0 + q * sw] = dxz[p, c, at + q] if phases[p, 1] > phases[p, 0] else zero
+
+
+@jit
+def _pad_image(x, top, left, wp, plane, planes, sh, sw, phases):
+    """The image x (C, H, W) into its padded planes (C*S*P + slack,), P = ``plane``, rows wp apart, from row
+    ``top``, column ``left``, each channel's S = sh*sw phase planes in turn (conv_layout; stride 1: one
+    plane), but those no tap reads (``phases``: gradient_index's table): only the image is written (the
+    padding is whatever the caller zeroed)."""
+    c_, h_, w_ = x.shape
+    zero = planes.dtype.type(0.0)
+    if sh == 1 and sw == 1:  # (the divisions below cost 3-5 % of a stride-1 backward)
+        for c in range(c_):
+            for h in range(h_):
+                at = c * plane + (top + h) * wp + left
+                _copy_row(x[c, h], planes[at:at + w_], zero)
+        return
+    for c in range(c_):
+        for h in range(h_):
+            a, row = (top + h) % sh, (top + h) // sh
+            for b in range(sw):
+                p, w0 = a * sw + b, (b - left) % sw
+                if w0 >= w_ or phases[p, 1] == phases[p, 0]:
+                    continue
+                at = (c * sh * sw + p) * plane + row * wp + (w0 + left) // sw
+                source = x[c, h]  # (inline: a strided slice per call cost 30 % more at 32x32, stride 2)
+                for q in range((w_ - w0 + sw - 1) // sw):
+                    planes[at + q] = source[w0 + q * sw]
+
+
+_ONE_PHASE = np.array([[0, 1, 0, 0]], dtype=np.int64)  # a stride-1 first layer's (direct_conv2d_backward)
 
 
 # Row by row of z (the products' rows, read in order), each written across the channels: 2-4x faster than
@@ -223,7 +288,7 @@ def direct_conv2d_backward(x, top, left, plane, planes, dy, offsets, wp, rows, d
     rows[...] = 0.0
     planes[...] = 0.0
     for n in range(b):
-        _pad_image(x[n], top, left, wp, plane, planes)
+        _pad_image(x[n], top, left, wp, plane, planes, 1, 1, _ONE_PHASE)
         for o0 in range(0, o_, 4):
             m = min(4, o_ - o0)
             for j in range(m):

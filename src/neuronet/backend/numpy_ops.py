@@ -13,6 +13,7 @@ from . import (
     blas_gemm,
     blas_threads,
     conv_kernels,
+    conv_layout,
     kernels,
     optim_kernels,
     packed_gemm,
@@ -66,43 +67,11 @@ def _rows(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1, a.shape[-1])
 
 
-def _shifted(geom: ConvGeometry) -> bool:
-    """Whether the shifted-rows path runs this convolution: stride 1, every padded row and column read."""
-    return geom.stride == (1, 1) and geom.reach == geom.padded_size
-
-
-def _row_stride(geom: ConvGeometry) -> int:
-    """Wp, the distance between two rows of a padded plane in the shifted-rows layout: the image's width
-    and the wider of its two side paddings. The zeros after one row's data serve as its right padding
-    and, read on from the row before, as the next row's left padding; a window reaching past the end of
-    a row reads at most min(left, right) zeros of the next, which must be padding too. For a 3x3 "same"
-    convolution at 14x14: rows 15 apart instead of 16, 7 % less GEMM and columns (MNIST CNN step 1.04-1.06x).
-    Where the narrower padding is wider than the kernel reaches, the full padded width."""
-    (left, right), w, (kw, dw) = geom.padding[1], geom.in_size[1], (geom.kernel[1], geom.dilation[1])
-    return w + max(left, right) if min(left, right) <= (kw - 1) * dw else w + left + right
-
-
-def _plane_length(geom: ConvGeometry) -> int:
-    """The length of a padded plane in the shifted-rows layout: Hp*Wp and what the last tap reads past it."""
-    hp, wp, (kw, dw) = geom.padded_size[0], _row_stride(geom), (geom.kernel[1], geom.dilation[1])
-    return hp * wp + (kw - 1) * dw
-
-
 def _direct(geom: ConvGeometry, weight: np.ndarray) -> bool:
     """Whether a convolution is a first layer's for the direct weight gradient: stride 1, one group, few
     inputs per output."""
-    return (_shifted(geom) and geom.groups == 1 and weight.shape[1] <= DIRECT_MAX_CHANNELS
-            and weight[0].size <= DIRECT_MAX_INPUTS)
-
-
-@functools.lru_cache(maxsize=64)
-def _plane_index(c: int, geom: ConvGeometry) -> np.ndarray:
-    """Where row (c, k) of a convolution's columns starts in an image's planes, laid one after another:
-    c * _plane_length + the tap's offset (the implicit GEMM's table)."""
-    offsets = _tap_offsets(*geom.kernel, *geom.dilation, _row_stride(geom))
-    index = (np.arange(c, dtype=np.int64)[:, None] * _plane_length(geom) + offsets).reshape(-1)
-    index.flags.writeable = False
-    return index
+    return (geom.stride == (1, 1) and conv_layout.implicit(geom) and geom.groups == 1
+            and weight.shape[1] <= DIRECT_MAX_CHANNELS and weight[0].size <= DIRECT_MAX_INPUTS)
 
 
 # The implicit GEMM of a convolution (or of its dx) runs with the pixels as rows (conv_kernels, gemm_gather)
@@ -127,39 +96,6 @@ def _pixel_rows(channels: int, rows: int, row_stride: int, pixels: int, dtype) -
         return -(-n // k) * k
     return pixels <= PIXEL_ROWS_MAX and \
         up(pixels, mr) * up(channels, nr) * PIXEL_ROWS_GAIN < up(channels, mr) * up(rows * row_stride, nr)
-
-
-@functools.lru_cache(maxsize=64)
-def _pixel_index(geom: ConvGeometry, dx: bool) -> np.ndarray:
-    """Where each pixel's row starts in the product with the pixels as rows: output pixel (r, q) at r*Wp + q
-    of the planes (the forward), input pixel (h, w) at h*Wp + left + w past dz's table (dx)."""
-    (h, w), left = (geom.in_size, geom.padding[1][0]) if dx else (geom.out_size, 0)
-    index = (np.arange(h, dtype=np.int64)[:, None] * _row_stride(geom) + left + np.arange(w)).reshape(-1)
-    index.flags.writeable = False
-    return index
-
-
-@functools.lru_cache(maxsize=64)
-def _gradient_index(o: int, geom: ConvGeometry, nr: int) -> tuple[int, int, np.ndarray]:
-    """The implicit GEMM of a convolution's dx (conv_kernels.implicit_conv2d_backward): M, the last tap's
-    offset; Z, the length of a row of dz (M zeros, a padded plane, a panel's slack of nr); and where row
-    (o, k) starts reading dz: o*Z + M + top*Wp - the tap's offset."""
-    wp = _row_stride(geom)
-    offsets = _tap_offsets(*geom.kernel, *geom.dilation, wp)
-    front = int(offsets[-1])
-    z_length = front + geom.padded_size[0] * wp + nr
-    start = front + geom.padding[0][0] * wp
-    index = (np.arange(o, dtype=np.int64)[:, None] * z_length + start - offsets).reshape(-1)
-    index.flags.writeable = False
-    return front, z_length, index
-
-
-@functools.lru_cache(maxsize=64)
-def _tap_offsets(kh: int, kw: int, dh: int, dw: int, wp: int) -> np.ndarray:
-    """Where tap (i, j) of the kernel starts reading a padded plane with rows wp apart: i*dh*wp + j*dw."""
-    offsets = np.array([i * dh * wp + j * dw for i in range(kh) for j in range(kw)], dtype=np.int64)
-    offsets.flags.writeable = False
-    return offsets
 
 
 class NumpyOps(Ops):
@@ -280,18 +216,19 @@ class NumpyOps(Ops):
         return out
 
     # ----------------------------------------------------------------- convolution and pooling
-    # Stride-1 convolutions (the usual 3x3 "same" and 1x1 ones) run in the shifted-rows layout, as implicit
-    # GEMMs over the padded planes (no columns): the forward and dx (_implicit_conv2d, ..._backward), and
-    # dweight but for a first layer's (_direct_conv2d_backward). Other geometries run the reference's
-    # whole-batch im2col + GEMM. See benchmarks/README.md for the numbers.
+    # Convolutions run as implicit GEMMs over the padded planes (no columns; conv_layout): the forward and
+    # dx (_implicit_conv2d, ..._backward), and dweight but for a stride-1 first layer's
+    # (_direct_conv2d_backward). A stride-1 geometry whose windows leave padded rows unread (a transposed
+    # convolution's output_padding with dilation) runs the reference's whole-batch im2col + GEMM. See
+    # benchmarks/README.md for the numbers.
     def conv2d(self, x, weight, bias, geom, out, scratch):
-        if not _shifted(geom):
+        if not conv_layout.implicit(geom):
             return super().conv2d(x, weight, bias, geom, out, scratch)
         return self._implicit_conv2d(x, weight, bias, geom, self._conv_output(out, x, weight, geom))
 
     def conv2d_backward(self, dy, x, weight, geom, dx, dweight, dbias, scratch):
         dx = self._conv_input_grad(dx, dy, weight, geom)
-        if not _shifted(geom):
+        if not conv_layout.implicit(geom):
             return super().conv2d_backward(dy, x, weight, geom, dx, dweight, dbias, scratch)
         if dx is None and dweight is not None and _direct(geom, weight):
             return self._direct_conv2d_backward(dy, x, weight, geom, dweight, dbias)
@@ -300,18 +237,19 @@ class NumpyOps(Ops):
     def _implicit_conv2d(self, x, weight, bias, geom, out):
         """The forward as implicit GEMMs over each image's padded planes (conv_kernels.implicit_conv2d),
         the images in blocks on the row threads."""
-        (c, o), (oh, ow), wp, g = (x.shape[1], weight.shape[0]), geom.out_size, _row_stride(geom), geom.groups
-        w, index = weight.reshape(o, -1), _plane_index(c, geom)
+        (c, o), (oh, ow), g = (x.shape[1], weight.shape[0]), geom.out_size, geom.groups
+        wp, w, index = conv_layout.row_stride(geom), weight.reshape(o, -1), conv_layout.plane_index(c, geom)
+        phases = conv_layout.gradient_index(o, geom, packed_gemm.panel_width(x.dtype))[4]
         bias = self._bias_or_zeros(bias, o, x.dtype)
         slack = packed_gemm.panel_width(x.dtype)  # a panel's last columns read up to NR - 1 past a plane
         pixels, w_t = _NO_PIXELS, _EMPTY_4D[x.dtype]
-        if _pixel_rows(o // g, oh, wp, oh * ow, x.dtype):
-            pixels, w_t = _pixel_index(geom, False), self._packed_groups("conv.w_packed", w, g)
+        if geom.stride == (1, 1) and _pixel_rows(o // g, oh, wp, oh * ow, x.dtype):
+            pixels, w_t = conv_layout.pixel_index(geom, False), self._packed_groups("conv.w_packed", w, g)
 
         def run(rows: slice) -> None:
             z = self.temporary("conv.z", (oh * ow, o) if pixels.size else (o, oh * wp), x.dtype)
             conv_kernels.implicit_conv2d(x[rows], *self._image_planes(c, geom, x.dtype, slack), w, index,
-                                         bias, wp, pixels, w_t, z, out[rows])
+                                         bias, wp, pixels, w_t, z, out[rows], *geom.stride, phases)
         self.run_blocks([functools.partial(run, rows) for rows in self.row_blocks(x.shape[0], min_rows=1)])
         return out
 
@@ -322,18 +260,18 @@ class NumpyOps(Ops):
         if dweight is None and dx is None and dbias is None:
             return None
         (n, o), c, dtype = dy.shape[:2], (x if x is not None else dx).shape[1], dy.dtype
-        oh, wp, g, taps = geom.out_size[0], _row_stride(geom), geom.groups, math.prod(geom.kernel)
+        oh, wp, g, taps = geom.out_size[0], conv_layout.row_stride(geom), geom.groups, math.prod(geom.kernel)
         slack = packed_gemm.panel_width(dtype)
-        front, z_length, index_t = _gradient_index(o, geom, slack)
+        front, z_length, index_t, order, phases = conv_layout.gradient_index(o, geom, slack)
         w_t = self.temporary("conv.w_t", (c, o // g * taps), dtype)  # row c: weight[o, c, k] over c's group
-        np.copyto(w_t.reshape(g, c // g, o // g, taps),
-                  weight.reshape(g, o // g, c // g, taps).transpose(0, 2, 1, 3))
-        blocks, absent = self.row_blocks(n, min_rows=1), _EMPTY_2D[dtype]
+        conv_kernels.order_taps(weight.reshape(o, c // g, taps), order, phases, w_t)
+        blocks, absent = self.row_blocks(n, min_rows=1), _EMPTY_3D[dtype]
         h, w = geom.in_size
         pixels, w_t_packed = _NO_PIXELS, _EMPTY_4D[dtype]
-        if dx is not None and _pixel_rows(c // g, h, wp, h * w, dtype):
-            pixels, w_t_packed = _pixel_index(geom, True), self._packed_groups("conv.w_t_packed", w_t, g)
-        dws = [absent] * len(blocks)
+        if dx is not None and geom.stride == (1, 1) and _pixel_rows(c // g, h, wp, h * w, dtype):
+            pixels = conv_layout.pixel_index(geom, True)
+            w_t_packed = self._packed_groups("conv.w_t_packed", w_t, g)
+        dws = [_EMPTY_2D[dtype]] * len(blocks)
         if dweight is not None:  # in the kernel's layout (C*K, O/g), each block's apart
             dw_t = self.temporary("conv.dw_t", (c * taps, o // g), dtype)
             dw_t[...] = 0.0
@@ -344,13 +282,14 @@ class NumpyOps(Ops):
         def run(rows: slice, dw_t, db) -> None:
             packed = self.temporary("conv.dz_packed", packed_gemm.packed_shape(
                 (oh * wp, o // g), dtype, packed_gemm.narrow_panels(o // g, dtype)), dtype)
-            dxz = absent if dx is None else \
-                self.temporary("conv.dxz", (h * w, c) if pixels.size else (c, h * wp), dtype)
+            dxz = absent if dx is None else self.temporary(
+                "conv.dxz", (1, h * w, c) if pixels.size else (len(phases), c, int(phases[:, 3].max()) * wp),
+                dtype)
             conv_kernels.implicit_conv2d_backward(
                 x[rows] if x is not None else _EMPTY_4D[dtype], *self._image_planes(c, geom, dtype, slack),
-                dy[rows], w_t, index_t, _plane_index(c, geom), front, wp,
+                dy[rows], w_t, index_t, conv_layout.plane_index(c, geom), front, wp,
                 self.temporary("conv.dz", (o, z_length), dtype), packed, pixels, w_t_packed, dxz, dw_t,
-                dx[rows] if dx is not None else _EMPTY_4D[dtype], db)
+                dx[rows] if dx is not None else _EMPTY_4D[dtype], db, *geom.stride, phases)
         self.run_blocks([functools.partial(run, *args) for args in zip(blocks, dws, dbs, strict=True)])
         if dbias is not None:
             self._add_block_partials(dbs)
@@ -379,8 +318,8 @@ class NumpyOps(Ops):
     def _direct_conv2d_backward(self, dy, x, weight, geom, dweight, dbias):
         """The weight and bias gradients straight from the padded planes, the images in blocks on the row
         threads (each block's apart, added after: ``_block_partials``)."""
-        (n, o), wp = dy.shape[:2], _row_stride(geom)
-        offsets = _tap_offsets(*geom.kernel, *geom.dilation, wp)
+        (n, o), wp = dy.shape[:2], conv_layout.row_stride(geom)
+        offsets = conv_layout.taps(geom)[1]
         blocks = self.row_blocks(n, min_rows=1)
         dws = self._block_partials("conv.dw", _flat(dweight).reshape(o, weight.shape[1], -1), len(blocks))
         dbs = self._block_partials("conv.db", dbias, len(blocks)) if dbias is not None else \
@@ -413,11 +352,11 @@ class NumpyOps(Ops):
             partials[0] += part
 
     def _image_planes(self, c: int, geom, dtype, slack: int = 0) -> tuple:
-        """What a stride-1 kernel needs to lay one image of c channels into its padded planes in turn:
-        (top, left, P = _plane_length, this thread's buffer (c*P + slack,))."""
-        length = _plane_length(geom)
+        """What a kernel needs to lay one image of c channels into its padded planes in turn: (top, left,
+        P = conv_layout.plane_length, this thread's buffer (c*S*P + slack,), S phases)."""
+        length = conv_layout.plane_length(geom)
         return (geom.padding[0][0], geom.padding[1][0], length,
-                self.temporary("conv.padded_image", (c * length + slack,), dtype))
+                self.temporary("conv.padded_image", (c * conv_layout.phases(geom) * length + slack,), dtype))
 
     def im2col(self, x, geom, out):
         # One strided copy (NumPy's copy loop beats a Numba gather on these short rows).
