@@ -243,7 +243,7 @@ class NumpyOps(Ops):
         bias = self._bias_or_zeros(bias, o, x.dtype)
         slack = packed_gemm.panel_width(x.dtype)  # a panel's last columns read up to NR - 1 past a plane
         pixels, w_t = _NO_PIXELS, _EMPTY_4D[x.dtype]
-        if geom.stride == (1, 1) and _pixel_rows(o // g, oh, wp, oh * ow, x.dtype):
+        if _pixel_rows(o // g, oh, wp, oh * ow, x.dtype):
             pixels, w_t = conv_layout.pixel_index(geom, False), self._packed_groups("conv.w_packed", w, g)
 
         def run(rows: slice) -> None:
