@@ -30,22 +30,26 @@ def test_batchnorm2d_matches_torch(training, backend):
     compare_with_torch(layer, module, x, training=training)
 
 
+@pytest.mark.parametrize("cls, torch_cls, shape", [(nn.BatchNorm2D, torch.nn.BatchNorm2d, (5, 3, 4)),
+                                                   (nn.BatchNorm1D, torch.nn.BatchNorm1d, (5,))])
 @pytest.mark.parametrize("activation", [None, "relu"])
 @pytest.mark.parametrize("training", [True, False])
-def test_batchnorm2d_in_channel_blocks_matches_torch(training, activation, rows_on_threads, monkeypatch):
+def test_batchnorm_in_channel_blocks_matches_torch(cls, torch_cls, shape, training, activation,
+                                                   rows_on_threads, monkeypatch):
     """The NumPy backend's passes (plain and with the fused ReLU) over blocks of channels on three threads
-    (5 channels: 1, 2, 2)."""
+    (5 channels: 1, 2, 2), down each channel's values (N, C, H, W) and along the rows (N, C)."""
     from neuronet.backend import numpy_ops
 
     monkeypatch.setattr(numpy_ops, "PASS_SPLIT_WORK", 0)
+    monkeypatch.setattr(numpy_ops, "BULK_SPLIT_WORK", 0)
     torch.manual_seed(1)
-    module = torch.nn.BatchNorm2d(5)
+    module = torch_cls(5)
     with torch.no_grad():
         module.weight.uniform_(0.5, 1.5)
         module.bias.uniform_(-0.5, 0.5)
         module.running_var.uniform_(0.5, 2)
-    x = np.random.default_rng(2).standard_normal((4, 5, 3, 4)) * 2 + 1 - (activation is not None)
-    compare_with_torch(built(nn.BatchNorm2D(5, activation=activation), (5, 3, 4), "numpy"), module, x,
+    x = np.random.default_rng(2).standard_normal((7, *shape)) * 2 + 1 - (activation is not None)
+    compare_with_torch(built(cls(5, activation=activation), shape, "numpy"), module, x,
                        training=training, torch_forward=_bn_then_relu if activation else None)
 
 
@@ -89,11 +93,12 @@ def test_state_dict_names_are_pytorchs_and_load_both_ways():
     model.load_state_dict(torch_model.state_dict())
 
 
+@pytest.mark.parametrize("shape", [(2, 2, 3), (2,)], ids=["channels_of_planes", "features"])
 @pytest.mark.parametrize("training", [True, False])
-def test_batchnorm_gradcheck(training):
-    x = np.random.default_rng(3).standard_normal((3, 2, 2, 3))
-    layer = nn.BatchNorm2D(2)
-    layer.build((2, 2, 3), dtype="float64")
+def test_batchnorm_gradcheck(training, shape):
+    x = np.random.default_rng(3).standard_normal((3, *shape))
+    layer = (nn.BatchNorm2D if len(shape) == 3 else nn.BatchNorm1D)(2)
+    layer.build(shape, dtype="float64")
     layer.params["weight"][...] = [0.7, 1.3]
     layer.params["bias"][...] = [0.1, -0.2]
     # The running statistics change on every training forward; the gradient does not depend on them.
