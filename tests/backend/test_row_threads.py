@@ -111,8 +111,9 @@ def _region_in_child():
     return sorted(done)
 
 
-@pytest.mark.parametrize("name", ["relu", "gelu", "tanh"])
+@pytest.mark.parametrize("name", ["relu", "gelu", "tanh", "softmax", "log_softmax"])
 def test_elementwise_activations_in_blocks_match_one_block(name, monkeypatch):
+    """Elementwise passes in blocks of elements, the softmaxes in blocks of rows."""
     ops, rng = get_ops("numpy"), np.random.default_rng(2)
     z, dy = rng.standard_normal((7, 5, 3)), rng.standard_normal((7, 5, 3))
 

@@ -392,12 +392,14 @@ class NumpyOps(Ops):
 
     # ----------------------------------------------------------------- activations
     def activation(self, name, z, out, alpha=None, *, bias=None):
-        if name in ("softmax", "log_softmax"):
+        if name in ("softmax", "log_softmax"):  # rows in blocks on the threads (256 x 1024: 157 -> 95 us)
             if bias is not None:
                 z += bias
-            rows = _rows(z)
-            kernels.softmax_rows(rows, _rows(out), name == "log_softmax", 1.0, 0,
-                                 self._row_max(len(rows), z.dtype))
+            rows, out_rows = _rows(z), _rows(out)
+            row_max = self._row_max(len(rows), z.dtype)
+            self.run_blocks([functools.partial(kernels.softmax_rows, rows[part], out_rows[part],
+                                               name == "log_softmax", 1.0, 0, row_max[part])
+                             for part in self._blocks(len(rows), z.size, PASS_SPLIT_WORK)])
             return out
         code, a = kernels.ACT_CODES[name], DEFAULT_ALPHA.get(name, 0.0) if alpha is None else alpha
         if bias is not None:  # rows in blocks on the threads
@@ -414,7 +416,10 @@ class NumpyOps(Ops):
 
     def activation_backward(self, name, dy, z, y, out, alpha=None, *, bias_grad=None):
         if name in ("softmax", "log_softmax"):
-            kernels.softmax_rows_backward(_rows(dy), _rows(y), _rows(out), name == "log_softmax", 1.0)
+            dy_rows, y_rows, out_rows = _rows(dy), _rows(y), _rows(out)
+            self.run_blocks([functools.partial(kernels.softmax_rows_backward, dy_rows[part], y_rows[part],
+                                               out_rows[part], name == "log_softmax", 1.0)
+                             for part in self._blocks(len(dy_rows), dy.size, PASS_SPLIT_WORK)])
             if bias_grad is not None:
                 kernels.add_column_sums(_rows(out), bias_grad)
             return out
