@@ -58,3 +58,20 @@ def test_the_pytorch_checkpoint_engine_computes_what_pytorch_does(bench):
         torch.manual_seed(1)
         losses.append([step(), step()])
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+
+
+def test_every_layer_of_the_layer_benchmark_runs_on_both_engines(bench):
+    """bench_layers: each case's neuronet layer and PyTorch module take the same input and give outputs of
+    one shape, and a step of each runs."""
+    import torch
+
+    import neuronet as nn
+
+    module = bench("bench_layers")
+    for name, (make_layer, make_module, x) in module.cases(nn, torch).items():
+        layer = nn.Sequential(make_layer())
+        layer.build(x.shape[1:])
+        theirs = make_module()(torch.from_numpy(x))
+        assert layer.forward(x, training=True).shape == tuple(theirs.shape), name
+        module.neuronet_step(nn, make_layer, x)()
+        module.torch_step(torch, make_module, x)()
