@@ -238,6 +238,26 @@ def _max_pool(ops, a):
     return out, index, dx
 
 
+# 2x2 / stride 2 on 7x7 (the NumPy kernel's unrolled case, the last row and column unread), 3x3 / stride 2 /
+# padding 1 on 8x8 with a table of divisors (count_include_pad=False), and the same with ceil_mode's extra
+# window.
+AVG_POOLS = [((2, 2), (2, 2), (0, 0), 7, 3, False), ((3, 3), (2, 2), (1, 1), 8, 4, True),
+             ((3, 3), (2, 2), (1, 1), 8, 5, True)]
+
+
+@case("avg_pool2d avg_pool2d_backward", lambda r: {"x": randn(r, 2, 3, 8, 8), "dy": randn(r, 2, 3, 5, 5),
+                                                   "table": 1.0 / (1.0 + np.abs(randn(r, 5, 5)))})
+def _(ops, a):
+    results = []
+    for kernel, stride, padding, size, o, table in AVG_POOLS:
+        inverse = ops.asarray(np.array(ops.to_numpy(a["table"]))[:o, :o] if table else np.full((o, o), 0.25))
+        out, dx = ops.empty((2, 3, o, o), "float64"), ops.empty((2, 3, size, size), "float64")
+        assert ops.avg_pool2d(a["x"][:, :, :size, :size], kernel, stride, padding, inverse, out) is out
+        assert ops.avg_pool2d_backward(a["dy"][:, :, :o, :o], kernel, stride, padding, inverse, dx) is dx
+        results += [out, dx]
+    return tuple(results)
+
+
 # ----------------------------------------------------------------- activations
 def _activation_case(name):
     def make(r):
@@ -606,8 +626,9 @@ def test_backends_override_only_what_differs():
                     f"{type(ops).__name__}.{name} repeats the reference"
 
 
-CPU_KERNEL_CASES = sorted(n for n in CASES if n.startswith(("activation ", "max_pool2d", "batch_norm",
-                                                            "lstm_cell", "gru_cell", "attention_softmax",
+CPU_KERNEL_CASES = sorted(n for n in CASES if n.startswith(("activation ", "max_pool2d", "avg_pool2d",
+                                                            "batch_norm", "lstm_cell", "gru_cell",
+                                                            "attention_softmax",
                                                             "dropout_mask", *STEPS)))
 
 

@@ -426,6 +426,59 @@ def _max_pool_any(x, kh, kw, sh, sw, ph, pw, out, index):
                     index[n, c, oh, ow] = arg
 
 
+# Average pooling: each window's sum (in the reference's order, window offset by offset) times its
+# 1/divisor from the layer's table; the usual 2x2 / stride 2 one unrolled (32 images of 32 channels at
+# 32x32, two threads: forward + backward 3.1 ms as strided NumPy views against PyTorch's 2.0).
+@jit
+def avg_pool2d(x, kh, kw, sh, sw, ph, pw, inverse, out):
+    """out (b, C, OH, OW) = the sum of each window of x (b, C, H, W), padding as zeros, times inverse
+    (OH, OW)."""
+    h_, w_ = x.shape[2], x.shape[3]
+    oh_, ow_ = out.shape[2], out.shape[3]
+    for n in range(out.shape[0]):
+        for c in range(out.shape[1]):
+            if (kh, kw, sh, sw, ph, pw) == (2, 2, 2, 2, 0, 0) and 2 * oh_ <= h_ and 2 * ow_ <= w_:
+                for oh in range(oh_):
+                    top, bottom, row, inv = x[n, c, 2 * oh], x[n, c, 2 * oh + 1], out[n, c, oh], inverse[oh]
+                    for ow in range(ow_):
+                        w = 2 * ow
+                        row[ow] = (top[w] + top[w + 1] + bottom[w] + bottom[w + 1]) * inv[ow]
+                continue
+            for oh in range(oh_):
+                for ow in range(ow_):
+                    total = out.dtype.type(0.0)
+                    for h in range(max(oh * sh - ph, 0), min(oh * sh - ph + kh, h_)):
+                        for w in range(max(ow * sw - pw, 0), min(ow * sw - pw + kw, w_)):
+                            total += x[n, c, h, w]
+                    out[n, c, oh, ow] = total * inverse[oh, ow]
+
+
+@jit
+def avg_pool2d_backward(dy, kh, kw, sh, sw, ph, pw, inverse, out):
+    """out (b, C, H, W) = dy (b, C, OH, OW) times inverse, added to every input position of its window."""
+    h_, w_ = out.shape[2], out.shape[3]
+    oh_, ow_ = dy.shape[2], dy.shape[3]
+    out[...] = 0.0
+    for n in range(dy.shape[0]):
+        for c in range(dy.shape[1]):
+            if (kh, kw, sh, sw, ph, pw) == (2, 2, 2, 2, 0, 0) and 2 * oh_ <= h_ and 2 * ow_ <= w_:
+                for oh in range(oh_):
+                    top, bottom, g, inv = out[n, c, 2 * oh], out[n, c, 2 * oh + 1], dy[n, c, oh], inverse[oh]
+                    for ow in range(ow_):
+                        v = g[ow] * inv[ow]
+                        top[2 * ow] = v
+                        top[2 * ow + 1] = v
+                        bottom[2 * ow] = v
+                        bottom[2 * ow + 1] = v
+                continue
+            for oh in range(oh_):
+                for ow in range(ow_):
+                    v = dy[n, c, oh, ow] * inverse[oh, ow]
+                    for h in range(max(oh * sh - ph, 0), min(oh * sh - ph + kh, h_)):
+                        for w in range(max(ow * sw - pw, 0), min(ow * sw - pw + kw, w_)):
+                            out[n, c, h, w] += v
+
+
 @jit
 def max_pool2d_backward(dy, index, out):
     """out[n, c] (flattened plane) = sum of dy at the windows whose max sat there."""

@@ -390,6 +390,19 @@ class NumpyOps(Ops):
                          for rows in self._blocks(out.shape[0], out.size, PASS_SPLIT_WORK)])
         return out
 
+    def avg_pool2d(self, x, kernel, stride, padding, inverse, out):
+        self.run_blocks([functools.partial(conv_kernels.avg_pool2d, x[rows], *kernel, *stride, *padding,
+                                           inverse, out[rows])
+                         for rows in self._blocks(out.shape[0], x.size, PASS_SPLIT_WORK)])
+        return out
+
+    def avg_pool2d_backward(self, dy, kernel, stride, padding, inverse, out):
+        dy = np.ascontiguousarray(dy)
+        self.run_blocks([functools.partial(conv_kernels.avg_pool2d_backward, dy[rows], *kernel, *stride,
+                                           *padding, inverse, out[rows])
+                         for rows in self._blocks(out.shape[0], out.size, PASS_SPLIT_WORK)])
+        return out
+
     # ----------------------------------------------------------------- activations
     def activation(self, name, z, out, alpha=None, *, bias=None):
         if name in ("softmax", "log_softmax"):  # rows in blocks on the threads (256 x 1024: 157 -> 95 us)

@@ -433,6 +433,37 @@ class Ops:
                 index[...] = np.where(better, (r[:, None] * w + c[None, :]), index)
         return out
 
+    def avg_pool2d(self, x, kernel: tuple, stride: tuple, padding: tuple, inverse, out) -> Any:
+        """out = the sum of each window of ``x`` (N, C, H, W), padding as zeros, times ``inverse`` (OH, OW):
+        each window's 1/divisor (the layer's count_include_pad and ceil_mode rules). The size of ``out``
+        says whether the last, partial windows count."""
+        (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+        h, w = x.shape[2:]
+        oh, ow = out.shape[2:]
+        out[...] = 0.0
+        for i in range(kh):
+            for j in range(kw):
+                r, c = np.arange(oh) * sh - ph + i, np.arange(ow) * sw - pw + j
+                inside = ((r >= 0) & (r < h))[:, None] & ((c >= 0) & (c < w))[None, :]
+                out += np.where(inside, x[:, :, r.clip(0, h - 1)][:, :, :, c.clip(0, w - 1)], 0.0)
+        out *= inverse
+        return out
+
+    def avg_pool2d_backward(self, dy, kernel: tuple, stride: tuple, padding: tuple, inverse, out) -> Any:
+        """out (N, C, H, W) = dy times ``inverse``, added back to every input position of its window."""
+        (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+        h, w = out.shape[2:]
+        oh, ow = dy.shape[2:]
+        g = dy * inverse
+        out[...] = 0.0
+        for i in range(kh):
+            for j in range(kw):
+                r, c = np.arange(oh) * sh - ph + i, np.arange(ow) * sw - pw + j
+                inside = ((r >= 0) & (r < h))[:, None] & ((c >= 0) & (c < w))[None, :]
+                rows, cols = np.broadcast_arrays(r.clip(0, h - 1)[:, None], c.clip(0, w - 1)[None, :])
+                np.add.at(out, (slice(None), slice(None), rows, cols), np.where(inside, g, 0.0))
+        return out
+
     def max_pool2d_backward(self, dy, index, out) -> Any:
         """out (N, C, H, W) = dy added at the ``index`` positions of each plane (zero elsewhere)."""
         n, c = out.shape[:2]

@@ -228,10 +228,8 @@ class TorchOps(Ops):
         if _numba_ok(x) and out.is_contiguous() and index.is_contiguous():
             _CPU.max_pool2d(*_host(x.contiguous()), kernel, stride, padding, *_host(out, index))
             return out
-        floor = [(size + 2 * p - k) // s + 1 for size, k, s, p in zip(x.shape[2:], kernel, stride, padding,
-                                                                       strict=True)]
-        y, idx = F.max_pool2d(x, kernel, stride, padding, ceil_mode=list(out.shape[2:]) != floor,
-                              return_indices=True)
+        ceil_mode = _ceil_mode(x, kernel, stride, padding, out)
+        y, idx = F.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode, return_indices=True)
         out.copy_(y)
         index.copy_(idx)
         return out
@@ -243,6 +241,23 @@ class TorchOps(Ops):
         n, c = out.shape[0], out.shape[1]
         out.zero_()
         out.view(n * c, -1).scatter_add_(1, index.reshape(n * c, -1), dy.reshape(n * c, -1))
+        return out
+
+    # Window sums (divisor_override=1, padding counted as zeros) times the layer's 1/divisor table.
+    def avg_pool2d(self, x, kernel, stride, padding, inverse, out):
+        if _numba_ok(x) and out.is_contiguous() and inverse.is_contiguous():
+            _CPU.avg_pool2d(*_host(x.contiguous()), kernel, stride, padding, *_host(inverse, out))
+            return out
+        torch.mul(F.avg_pool2d(x, kernel, stride, padding, _ceil_mode(x, kernel, stride, padding, out),
+                               True, 1), inverse, out=out)
+        return out
+
+    def avg_pool2d_backward(self, dy, kernel, stride, padding, inverse, out):
+        if _numba_ok(dy) and out.is_contiguous() and inverse.is_contiguous():
+            _CPU.avg_pool2d_backward(*_host(dy.contiguous()), kernel, stride, padding, *_host(inverse, out))
+            return out
+        out.copy_(torch.ops.aten.avg_pool2d_backward(dy * inverse, out, kernel, stride, padding,
+                                                     _ceil_mode(out, kernel, stride, padding, dy), True, 1))
         return out
 
     # ----------------------------------------------------------------- activations
@@ -854,3 +869,11 @@ def _host_or_none(tensor):
 
 def _act(name, z, a):
     return z if name == "linear" else _ACT[name](z, a)
+
+
+def _ceil_mode(x, kernel, stride, padding, out) -> bool:
+    """Whether a pooling of x (N, C, H, W) into out counts its last, partial windows (out is larger than
+    the floor rule gives)."""
+    floor = [(size + 2 * p - k) // s + 1 for size, k, s, p in zip(x.shape[2:], kernel, stride, padding,
+                                                                   strict=True)]
+    return list(out.shape[2:]) != floor

@@ -134,7 +134,8 @@ class MaxPool1D(_MaxPool):
 
 
 class _AvgPool(_Pool):
-    """The mean of each window (see AvgPool2D): a sum of the kh*kw strided window views, times 1/divisor."""
+    """The mean of each window (see AvgPool2D): ops.avg_pool2d's window sums times each window's
+    1/divisor."""
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                  count_include_pad: bool = True):
@@ -149,9 +150,6 @@ class _AvgPool(_Pool):
                                                             self._padding, strict=True)]
         inverse = 1.0 / np.outer(*sizes)
         self._inverse = inverse[0, 0] if np.all(inverse == inverse[0, 0]) else inverse.astype(self.dtype)
-        # The padded plane every window lies in (ceil_mode windows may reach past the padding).
-        self._padded = tuple(max(size + 2 * p, (o - 1) * s + k) for size, o, k, s, p in
-                             zip(self._in, self._out, self._kernel, self._stride, self._padding, strict=True))
         return output_shape
 
     def _window_sizes(self, size: int, out: int, kernel: int, stride: int, padding: int) -> np.ndarray:
@@ -161,55 +159,27 @@ class _AvgPool(_Pool):
             start, end = np.maximum(start, 0), np.minimum(end, size)
         return (end - start).astype(np.float64)
 
-    def _windows(self, padded):
-        """The kh*kw strided views of ``padded`` that window offset (i, j) reads, each (N, C, OH, OW)."""
-        (kh, kw), (sh, sw), (oh, ow) = self._kernel, self._stride, self._out
-        for i in range(kh):
-            for j in range(kw):
-                yield padded[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
-
-    def _padded_views(self, n: int, c: int):
-        """A zeroed (N, C, Hp, Wp) buffer and its view of where the input sits."""
-        (ph, pw), (h, w) = self._padding, self._in
-        buf = self.workspace("padded", (n, c, *self._padded))
-        self.ops.fill_(buf, 0.0)
-        return buf, buf[:, :, ph:ph + h, pw:pw + w]
-
-    def _scale(self, y):
-        """y *= 1/divisor, per window."""
+    def _inverse_table(self):
+        """1/divisor of each window, (OH, OW), on the layer's backend."""
+        table = self.workspace("inverse", self._out)
         if isinstance(self._inverse, np.ndarray):
-            inverse = self.workspace("inverse", self._out)
-            self.ops.copy_(inverse, self.ops.asarray(self._inverse))
-            y *= inverse
+            self.ops.copy_(table, self.ops.asarray(self._inverse))
         else:
-            y *= float(self._inverse)
+            self.ops.fill_(table, float(self._inverse))
+        return table
 
     def forward(self, x, training: bool = True):
-        ops, (n, c) = self.ops, x.shape[:2]
-        x = x.reshape(n, c, *self._in)
-        if self._padded != self._in:
-            padded, inner = self._padded_views(n, c)
-            ops.copy_(inner, x)
-            x = padded
+        n, c = x.shape[:2]
         y = self.workspace("y", (n, c, *self._out))
-        for k, window in enumerate(self._windows(x)):
-            if k == 0:
-                ops.copy_(y, window)
-            else:
-                y += window
-        self._scale(y)
+        self.ops.avg_pool2d(x.reshape(n, c, *self._in), self._kernel, self._stride, self._padding,
+                            self._inverse_table(), y)
         return y.reshape(n, *self.output_shape)
 
     def backward(self, dy):
-        ops, (n, c) = self.ops, dy.shape[:2]
-        g = self.workspace("dy_scaled", (n, c, *self._out))
-        ops.copy_(g, dy.reshape(n, c, *self._out))
-        self._scale(g)
-        padded, inner = self._padded_views(n, c)
-        for window in self._windows(padded):
-            window += g
+        n, c = dy.shape[:2]
         dx = self.input_grad_buffer((n, c, *self._in), dy)
-        ops.copy_(dx, inner)
+        self.ops.avg_pool2d_backward(dy.reshape(n, c, *self._out), self._kernel, self._stride, self._padding,
+                                     self._inverse_table(), dx)
         return dx.reshape(n, *self.input_shape)
 
     def extra_repr(self):
