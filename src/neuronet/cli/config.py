@@ -279,7 +279,7 @@ def build_model(cfg: dict):
     a functional ``Model`` whose entries name what they read."""
     from ..model import Model, Sequential
 
-    spec = cfg["model"]
+    spec = {"inputs": None, "outputs": None, "dtype": "float32"} | cfg["model"]
     if spec["inputs"] is None:
         for key in ("inputs", "outputs"):
             for i, entry in enumerate(spec["layers"]):
