@@ -3,7 +3,8 @@ same PyTorch module, float32, at shapes a model would give it.
 
 The table workloads time whole models; a layer they do not use could be slow and nobody would see it (this
 scan found the strided convolutions, ConvTranspose2D and BatchNorm1D at 0.3-0.45x PyTorch). Each engine
-runs every layer in its own process, the engines alternating for ``--rounds`` rounds; a layer's ratio
+(the NumPy backend, the torch backend, PyTorch) runs every layer in its own process, the engines
+alternating for ``--rounds`` rounds; a layer's ratio
 (PyTorch time / neuronet time, > 1: neuronet faster) is taken per round and shown as median (min-max).
 
     python benchmarks/bench_layers.py [--only conv2d_s2 bn1d] [--rounds 3] [--threads 1]
@@ -21,7 +22,7 @@ import time
 
 import numpy as np
 
-ENGINES = ("neuronet-numpy", "pytorch")
+ENGINES = ("neuronet-numpy", "neuronet-torch", "pytorch")
 
 
 def _f32(*shape: int) -> np.ndarray:
@@ -109,10 +110,17 @@ def cases(nn, torch) -> dict:
     }
 
 
-def neuronet_step(nn, make, x):
+def neuronet_step(nn, make, x, backend: str = "numpy"):
     model = nn.Sequential(make())
     model.build(x.shape[1:])
-    dy = np.full_like(model.forward(x, training=True), 0.01)
+    if backend == "torch":
+        import torch
+
+        model.to("torch")
+        x = torch.from_numpy(x)
+        dy = torch.full_like(model.forward(x, training=True), 0.01)
+    else:
+        dy = np.full_like(model.forward(x, training=True), 0.01)
 
     def step():
         model.forward(x, training=True)
@@ -156,8 +164,8 @@ def child(engine: str, names: list[str], repeats: int) -> dict[str, float]:
     times = {}
     for name in names:
         make_layer, make_module, x = table[name]
-        step = neuronet_step(nn, make_layer, x) if engine == "neuronet-numpy" else \
-            torch_step(torch, make_module, x)
+        step = torch_step(torch, make_module, x) if engine == "pytorch" else \
+            neuronet_step(nn, make_layer, x, engine.removeprefix("neuronet-"))
         times[name] = _median_time(step, repeats)
     return times
 
@@ -192,14 +200,18 @@ def main() -> None:
             runs[engine].append(json.loads(out.stdout.strip().splitlines()[-1]))
     threads = f"{args.threads} thread(s)" if args.threads else "default threads"
     print(f"One layer's forward + backward, float32, {threads}, {args.rounds} rounds x {args.repeats} steps "
-          "(ratio = PyTorch / neuronet-numpy, > 1: neuronet faster)")
-    print(f"{'layer':18s} {'neuronet ms':>12s} {'PyTorch ms':>11s}  ratio median (min-max)")
+          "(ratio = PyTorch / neuronet, > 1: neuronet faster; median (min-max) over the rounds)")
+    columns = zip(("PyTorch ms", "numpy ms", "ratio", "torch ms", "ratio"), (10, 9, 17, 9, 17), strict=True)
+    print(f"{'layer':18s} " + " ".join(f"{c:>{w}s}" for c, w in columns))
     for name in names:
-        ours = [r[name] for r in runs["neuronet-numpy"]]
         theirs = [r[name] for r in runs["pytorch"]]
-        ratios = sorted(t / o for t, o in zip(theirs, ours, strict=True))
-        print(f"{name:18s} {statistics.median(ours) * 1e3:12.3f} {statistics.median(theirs) * 1e3:11.3f}  "
-              f"{statistics.median(ratios):5.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})")
+        row = f"{name:18s} {statistics.median(theirs) * 1e3:10.3f}"
+        for engine in ENGINES[:2]:
+            ours = [r[name] for r in runs[engine]]
+            ratios = sorted(t / o for t, o in zip(theirs, ours, strict=True))
+            row += f" {statistics.median(ours) * 1e3:9.3f} {statistics.median(ratios):5.2f} " \
+                   f"({ratios[0]:.2f}-{ratios[-1]:.2f})"
+        print(row)
 
 
 if __name__ == "__main__":

@@ -74,4 +74,5 @@ def test_every_layer_of_the_layer_benchmark_runs_on_both_engines(bench):
         theirs = make_module()(torch.from_numpy(x))
         assert layer.forward(x, training=True).shape == tuple(theirs.shape), name
         module.neuronet_step(nn, make_layer, x)()
+        module.neuronet_step(nn, make_layer, x, "torch")()
         module.torch_step(torch, make_module, x)()
