@@ -204,14 +204,17 @@ def _unphase(dxz, phases, top, left, wp, sh, sw, dx):
         return
     for c in range(c_):
         for h in range(h_):
-            a, row = (top + h) % sh, (top + h) // sh
+            a, row, into = (top + h) % sh, (top + h) // sh, dx[c, h]
             for b in range(sw):
                 p, w0 = a * sw + b, (b - left) % sw
-                if w0 >= w_:
+                count = (w_ - w0 + sw - 1) // sw
+                if phases[p, 1] == phases[p, 0]:
+                    for q in range(count):
+                        into[w0 + q * sw] = zero
                     continue
-                at, into = (row - phases[p, 2]) * wp + (w0 + left) // sw, dx[c, h]
-                for q in range((w_ - w0 + sw - 1) // sw):
-                    into[w0 + q * sw] = dxz[p, c, at + q] if phases[p, 1] > phases[p, 0] else zero
+                source, at = dxz[p, c], (row - phases[p, 2]) * wp + (w0 + left) // sw
+                for q in range(count):
+                    into[w0 + q * sw] = source[at + q]
 
 
 @jit
