@@ -643,7 +643,9 @@ class Ops:
     def group_norm(self, x, weight, bias, groups: int, eps: float, out, mean, rstd) -> Any:
         """GroupNorm of contiguous ``x`` (N, C, M): each sample's C channels in ``groups`` equal blocks,
         each normalised over its (C / groups) * M values; out = (x - mean) * rstd * weight[c] + bias[c].
-        Saves ``mean`` and ``rstd`` (N * groups) for ``group_norm_backward``."""
+        Saves ``mean`` and ``rstd`` (N * groups) for ``group_norm_backward``. Returns out (a new array for
+        ``out=NEW``)."""
+        out = self._new_like(out, x)
         n, c, m = x.shape
         blocks = x.reshape(n * groups, -1).astype(np.float64)  # one row per (sample, group)
         mu, rs = blocks.mean(axis=1), 1.0 / np.sqrt(blocks.var(axis=1) + eps)
@@ -655,7 +657,9 @@ class Ops:
     def group_norm_backward(self, dy, x, weight, mean, rstd, groups: int, dx, dweight, dbias) -> Any:
         """dx of ``group_norm`` (all (N, C, M)); ACCUMULATES into ``dweight`` and ``dbias`` (C).
 
-        Per (sample, group) block, with g = dy weight[c]: dx = rstd (g - mean(g) - xhat mean(g xhat))."""
+        Per (sample, group) block, with g = dy weight[c]: dx = rstd (g - mean(g) - xhat mean(g xhat)).
+        Returns dx (a new array for ``dx=NEW``)."""
+        dx = self._new_like(dx, dy)
         n, c, m = x.shape
         mu, rs = mean.astype(np.float64)[:, None], rstd.astype(np.float64)[:, None]
         dy = dy.astype(np.float64)

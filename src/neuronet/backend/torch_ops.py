@@ -420,23 +420,23 @@ class TorchOps(Ops):
             dx.copy_(gx)
         return dx
 
-    def group_norm(self, x, weight, bias, groups, eps, out, mean, rstd):  # PyTorch's fused kernels
+    # PyTorch's fused kernels, their results kept where the layer asks for NEW (two threads, 32 x 32 x 16x16:
+    # forward + backward 0.43 -> 0.33 ms without the two copies).
+    def group_norm(self, x, weight, bias, groups, eps, out, mean, rstd):
         n, c, m = x.shape
         y, mu, rs = torch.native_group_norm(x, weight, bias, n, c, m, groups, eps)
-        out.copy_(y)
         mean.copy_(mu.reshape(-1))
         rstd.copy_(rs.reshape(-1))
-        return out
+        return _kept_or_copied(out, y)
 
     def group_norm_backward(self, dy, x, weight, mean, rstd, groups, dx, dweight, dbias):
         n, c, m = x.shape
         stats = mean.reshape(n, groups), rstd.reshape(n, groups)
         gx, gw, gb = torch.ops.aten.native_group_norm_backward(dy.contiguous(), x, *stats, weight, n, c, m,
                                                                groups, [True, True, True])
-        dx.copy_(gx)
         dweight += gw
         dbias += gb
-        return dx
+        return _kept_or_copied(dx, gx)
 
     # Forward: in place in ``out``, no allocation (torch's vectorised softmax took ~5 % less CPU in the
     # char-GPT step than the Numba kernel on the same memory), the scale and the causal mask in one pass as

@@ -136,17 +136,17 @@ class GroupNorm(Layer):
         self._x = x.reshape(n, self.num_channels, -1)  # (N, C, M): every position after the channels
         stats = (n * self.num_groups,)
         self._mean, self._rstd = self.workspace("mean", stats), self.workspace("rstd", stats)
-        y = self.workspace("y", tuple(x.shape))
-        self.ops.group_norm(self._x, self.params["weight"], self.params["bias"], self.num_groups, self.eps,
-                            y.reshape(self._x.shape), self._mean, self._rstd)
-        return y
+        y = self.kernel_output("y", self._x.shape)  # (NEW on the torch backend: PyTorch's result kept)
+        y = self.ops.group_norm(self._x, self.params["weight"], self.params["bias"], self.num_groups,
+                                self.eps, y, self._mean, self._rstd)
+        return y.reshape(x.shape)
 
     def backward(self, dy):
-        dx = self.input_grad_buffer(tuple(dy.shape), dy)
         shape = self._x.shape
-        self.ops.group_norm_backward(dy.reshape(shape), self._x, self.params["weight"], self._mean,
-                                     self._rstd, self.num_groups, dx.reshape(shape), *_affine_grads(self))
-        return dx
+        dx = self.ops.group_norm_backward(dy.reshape(shape), self._x, self.params["weight"], self._mean,
+                                          self._rstd, self.num_groups, self.kernel_input_grad(shape, dy),
+                                          *_affine_grads(self))
+        return dx.reshape(dy.shape)
 
     def extra_repr(self):
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}"
