@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 
+import harness
 import numpy as np
 
 ENGINES = ("neuronet-numpy", "neuronet-torch", "pytorch")
@@ -186,10 +187,7 @@ def main() -> None:
     import neuronet as nn
 
     names = args.only or list(cases(nn, torch))
-    env = dict(os.environ)
-    if args.threads:
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-            env[var] = str(args.threads)
+    env = harness.thread_environment(args.threads)
     runs: dict[str, list[dict]] = {engine: [] for engine in ENGINES}
     for _ in range(args.rounds):
         for engine in ENGINES:

@@ -101,6 +101,15 @@ def _child(engines: dict, name: str, steps: int, warmup: int, gemm: int) -> None
                       "rss_peak_mib": rss_peak, "gemm_gflops": ceiling}))
 
 
+def thread_environment(threads: int | None) -> dict:
+    """The environment for an engine's process: this one's, with every thread pool at ``threads`` if given."""
+    env = dict(os.environ)
+    if threads:
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+            env[var] = str(threads)
+    return env
+
+
 def _spread(values: list[float]) -> tuple[float, float, float]:
     return min(values), statistics.median(values), max(values)
 
@@ -125,10 +134,7 @@ def main(engines: dict, title: str, steps: int = 50, warmup: int = 10, rounds: i
         _child(engines, args.engine, args.steps, args.warmup, args.gemm)
         return {}
     names = args.only or list(engines)
-    env = dict(os.environ)
-    if args.threads:
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-            env[var] = str(args.threads)
+    env = thread_environment(args.threads)
     rows: dict[str, list[dict]] = {n: [] for n in names}
     for _ in range(args.rounds):
         for name in names:

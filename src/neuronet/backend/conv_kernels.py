@@ -437,49 +437,64 @@ def avg_pool2d(x, kh, kw, sh, sw, ph, pw, inverse, out):
     """out (b, C, OH, OW) = the sum of each window of x (b, C, H, W), padding as zeros, times inverse
     (OH, OW)."""
     h_, w_ = x.shape[2], x.shape[3]
-    oh_, ow_ = out.shape[2], out.shape[3]
+    halves = _halving(kh, kw, sh, sw, ph, pw, out.shape[2], out.shape[3], h_, w_)
     for n in range(out.shape[0]):
         for c in range(out.shape[1]):
-            if (kh, kw, sh, sw, ph, pw) == (2, 2, 2, 2, 0, 0) and 2 * oh_ <= h_ and 2 * ow_ <= w_:
-                for oh in range(oh_):
-                    top, bottom, row, inv = x[n, c, 2 * oh], x[n, c, 2 * oh + 1], out[n, c, oh], inverse[oh]
-                    for ow in range(ow_):
+            for oh in range(out.shape[2]):
+                row, inv = out[n, c, oh], inverse[oh]
+                if halves:
+                    top, bottom = x[n, c, 2 * oh], x[n, c, 2 * oh + 1]
+                    for ow in range(row.shape[0]):
                         w = 2 * ow
                         row[ow] = (top[w] + top[w + 1] + bottom[w] + bottom[w + 1]) * inv[ow]
-                continue
-            for oh in range(oh_):
-                for ow in range(ow_):
+                    continue
+                h_lo, h_hi = _span(oh, sh, ph, kh, h_)
+                for ow in range(row.shape[0]):
+                    w_lo, w_hi = _span(ow, sw, pw, kw, w_)
                     total = out.dtype.type(0.0)
-                    for h in range(max(oh * sh - ph, 0), min(oh * sh - ph + kh, h_)):
-                        for w in range(max(ow * sw - pw, 0), min(ow * sw - pw + kw, w_)):
+                    for h in range(h_lo, h_hi):
+                        for w in range(w_lo, w_hi):
                             total += x[n, c, h, w]
-                    out[n, c, oh, ow] = total * inverse[oh, ow]
+                    row[ow] = total * inv[ow]
 
 
 @jit
 def avg_pool2d_backward(dy, kh, kw, sh, sw, ph, pw, inverse, out):
     """out (b, C, H, W) = dy (b, C, OH, OW) times inverse, added to every input position of its window."""
     h_, w_ = out.shape[2], out.shape[3]
-    oh_, ow_ = dy.shape[2], dy.shape[3]
+    halves = _halving(kh, kw, sh, sw, ph, pw, dy.shape[2], dy.shape[3], h_, w_)
     out[...] = 0.0
     for n in range(dy.shape[0]):
         for c in range(dy.shape[1]):
-            if (kh, kw, sh, sw, ph, pw) == (2, 2, 2, 2, 0, 0) and 2 * oh_ <= h_ and 2 * ow_ <= w_:
-                for oh in range(oh_):
-                    top, bottom, g, inv = out[n, c, 2 * oh], out[n, c, 2 * oh + 1], dy[n, c, oh], inverse[oh]
-                    for ow in range(ow_):
-                        v = g[ow] * inv[ow]
-                        top[2 * ow] = v
-                        top[2 * ow + 1] = v
-                        bottom[2 * ow] = v
-                        bottom[2 * ow + 1] = v
-                continue
-            for oh in range(oh_):
-                for ow in range(ow_):
-                    v = dy[n, c, oh, ow] * inverse[oh, ow]
-                    for h in range(max(oh * sh - ph, 0), min(oh * sh - ph + kh, h_)):
-                        for w in range(max(ow * sw - pw, 0), min(ow * sw - pw + kw, w_)):
-                            out[n, c, h, w] += v
+            plane = out[n, c]
+            for oh in range(dy.shape[2]):
+                g, inv = dy[n, c, oh], inverse[oh]
+                if halves:  # each input in one window: stored, not added
+                    for i in range(2):
+                        into = plane[2 * oh + i]
+                        for ow in range(g.shape[0]):
+                            into[2 * ow] = into[2 * ow + 1] = g[ow] * inv[ow]
+                    continue
+                h_lo, h_hi = _span(oh, sh, ph, kh, h_)
+                for ow in range(g.shape[0]):
+                    w_lo, w_hi = _span(ow, sw, pw, kw, w_)
+                    v = g[ow] * inv[ow]
+                    for h in range(h_lo, h_hi):
+                        for w in range(w_lo, w_hi):
+                            plane[h, w] += v
+
+
+@jit
+def _halving(kh, kw, sh, sw, ph, pw, oh_, ow_, h_, w_):
+    """Whether a pooling is 2x2 / stride 2 without padding or partial windows."""
+    return (kh, kw, sh, sw, ph, pw) == (2, 2, 2, 2, 0, 0) and 2 * oh_ <= h_ and 2 * ow_ <= w_
+
+
+@jit
+def _span(o, stride, pad, kernel, size):
+    """The input positions [lo, hi) of window o that are not padding."""
+    lo = o * stride - pad
+    return max(lo, 0), min(lo + kernel, size)
 
 
 @jit
