@@ -143,8 +143,8 @@ def torch_step(torch, make, x):
     return step
 
 
-def _median_time(step, repeats: int) -> float:
-    for _ in range(3):
+def _median_time(step, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
         step()
     times = []
     for _ in range(repeats):
@@ -154,7 +154,7 @@ def _median_time(step, repeats: int) -> float:
     return statistics.median(times)
 
 
-def child(engine: str, names: list[str], repeats: int) -> dict[str, float]:
+def child(engine: str, names: list[str], repeats: int, warmup: int) -> dict[str, float]:
     import torch
 
     import neuronet as nn
@@ -167,7 +167,7 @@ def child(engine: str, names: list[str], repeats: int) -> dict[str, float]:
         make_layer, make_module, x = table[name]
         step = torch_step(torch, make_module, x) if engine == "pytorch" else \
             neuronet_step(nn, make_layer, x, engine.removeprefix("neuronet-"))
-        times[name] = _median_time(step, repeats)
+        times[name] = _median_time(step, repeats, warmup)
     return times
 
 
@@ -175,12 +175,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="*", help="layers to run (default: all)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=20, help="timed steps per layer and round")
+    parser.add_argument("--repeats", "--steps", type=int, default=20, help="timed steps per layer and round")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per layer first")
     parser.add_argument("--threads", type=int, help="BLAS/OpenMP threads per engine (default: unset)")
     parser.add_argument("--engine", help="(internal) run one engine in this process")
     args = parser.parse_args()
     if args.engine:
-        print(json.dumps(child(args.engine, args.only, args.repeats)))
+        print(json.dumps(child(args.engine, args.only, args.repeats, args.warmup)))
         return
     import torch
 
@@ -191,7 +192,8 @@ def main() -> None:
     runs: dict[str, list[dict]] = {engine: [] for engine in ENGINES}
     for _ in range(args.rounds):
         for engine in ENGINES:
-            command = [sys.executable, __file__, "--engine", engine, "--repeats", str(args.repeats), "--only"]
+            command = [sys.executable, __file__, "--engine", engine, "--repeats", str(args.repeats),
+                       "--warmup", str(args.warmup), "--only"]
             out = subprocess.run(command + names, capture_output=True, text=True, check=False, env=env)
             if out.returncode != 0:
                 raise SystemExit(f"{engine} failed:\n{out.stderr}")
