@@ -607,7 +607,7 @@ class Ops:
     def batch_norm_training(self, x, weight, bias, eps: float, out, mean, var, rstd,
                             relu: bool = False) -> Any:
         """The training forward: ``batch_norm_stats`` into mean and var (C,), rstd (C,) = 1/sqrt(var + eps),
-        then ``batch_norm`` into out."""
+        then ``batch_norm`` into out. Returns out (a new array for ``out=NEW``)."""
         self.batch_norm_stats(x, mean, var)
         self.copy_(rstd, var)
         rstd += eps
@@ -616,7 +616,8 @@ class Ops:
 
     def batch_norm(self, x, mean, rstd, weight, bias, out, relu: bool = False) -> Any:
         """out = (x - mean[c]) * rstd[c] * weight[c] + bias[c] for x (N, C, M) and per-channel (C,) stats;
-        with ``relu`` max(that, 0)."""
+        with ``relu`` max(that, 0). Returns out (a new array for ``out=NEW``)."""
+        out = self._new_like(out, x)
         out[...] = (x - mean[:, None]) * (rstd * weight)[:, None] + bias[:, None]
         if relu:
             np.maximum(out, 0.0, out=out)
@@ -627,7 +628,9 @@ class Ops:
         """The gradients of ``batch_norm`` with xhat = (x - mean) rstd: dbias = sum dy and dweight = sum dy
         xhat over (N, M), WRITTEN (C,); dx (N, C, M), unless None, = weight rstd (dy - dbias/M - xhat
         dweight/M) when the statistics were the batch's (``training``), else weight rstd dy. After a
-        ``relu`` forward, ``relu_out`` is its output and dy counts only where relu_out > 0."""
+        ``relu`` forward, ``relu_out`` is its output and dy counts only where relu_out > 0. Returns dx (a new
+        array for ``dx=NEW``)."""
+        dx = self._new_like(dx, dy)
         x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
         if relu_out is not None:
             dy64 = np.where(relu_out > 0, dy64, 0.0)

@@ -374,51 +374,61 @@ class TorchOps(Ops):
                 dbias += dy.sum(dim=0)
         return _kept_or_copied(dx, gx.reshape(shape))
 
-    # BatchNorm: on the CPU the NumPy backend's fused kernels on the tensors' memory (PyTorch's
-    # mean + var alone took 2.3 ms on (64, 16, 784), the Numba statistics + normalisation ~1 ms);
-    # elsewhere PyTorch's kernels.
-    def batch_norm_stats(self, x, mean, var):  # (the reference's training forward off the CPU)
+    # BatchNorm: on one torch thread the NumPy backend's fused kernels on the tensors' memory (PyTorch's
+    # mean + var alone took 2.3 ms on (64, 16, 784), the Numba statistics + normalisation ~1 ms); with more
+    # threads, and off the CPU, PyTorch's own (statistics and normalisation in one call, on its threads),
+    # their results kept where the layer asks for NEW.
+    def batch_norm_stats(self, x, mean, var):  # (the reference's training forward, for the parity table)
         var_, mean_ = torch.var_mean(x, dim=(0, 2), correction=0)
         mean.copy_(mean_)
         var.copy_(var_)
 
     def batch_norm_training(self, x, weight, bias, eps, out, mean, var, rstd, relu=False):
-        if _numba_ok(x):
+        if _one_thread_host(x, weight, bias, mean, var, rstd) and (out is NEW or _one_thread_host(out)):
+            out = self._new_like(out, x)
             _CPU.batch_norm_training(*_host(x, weight, bias), eps, *_host(out, mean, var, rstd), relu)
             return out
-        return super().batch_norm_training(x, weight, bias, eps, out, mean, var, rstd, relu)
+        y, mu, rs = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
+        mean.copy_(mu)
+        rstd.copy_(rs)
+        torch.pow(rs, -2, out=var)  # the biased variance it normalised with
+        var -= eps
+        if relu:
+            y.clamp_min_(0.0)
+        return _kept_or_copied(out, y)
 
     def batch_norm(self, x, mean, rstd, weight, bias, out, relu=False):
-        if _numba_ok(x):
+        if _one_thread_host(x, mean, rstd, weight, bias) and (out is NEW or _one_thread_host(out)):
+            out = self._new_like(out, x)
             _CPU.batch_norm(*_host(x, mean, rstd, weight, bias, out), relu)
             return out
         scale = rstd * weight
-        torch.mul(x, scale[:, None], out=out)
+        out = torch.mul(x, scale[:, None]) if out is NEW else torch.mul(x, scale[:, None], out=out)
         out += (bias - mean * scale)[:, None]
         if relu:
             out.clamp_min_(0.0)
         return out
 
     def batch_norm_backward(self, dy, x, mean, rstd, weight, training, dx, dweight, dbias, relu_out=None):
-        if _numba_ok(x):
+        if _one_thread_host(dy, x, mean, rstd, weight, dweight, dbias) and \
+                (dx is None or dx is NEW or _one_thread_host(dx)):
+            dx = self._new_like(dx, dy) if dx is not None else None
             _CPU.batch_norm_backward(*_host(dy, x, mean, rstd, weight), training, _host_or_none(dx),
                                      *_host(dweight, dbias), _host_or_none(relu_out))
             return dx
-        if relu_out is not None:  # dy where the forward's ReLU passed it, else 0
-            dy = dy * (relu_out > 0)
+        if relu_out is not None:  # dy where the forward's ReLU passed it, else 0 (one pass)
+            dy = torch.ops.aten.threshold_backward(dy, relu_out, 0)
         if not training:  # running statistics (PyTorch's kernel would take rstd from them and eps)
             torch.sum(dy, dim=(0, 2), out=dbias)
             torch.sum(dy * ((x - mean[:, None]) * rstd[:, None]), dim=(0, 2), out=dweight)
-            if dx is not None:
-                torch.mul(dy, (weight * rstd)[:, None], out=dx)
-            return dx
+            if dx is None:
+                return None
+            return _kept_or_copied(dx, torch.mul(dy, (weight * rstd)[:, None]))
         gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
             dy.contiguous(), x, weight, None, None, mean, rstd, True, 0.0, [dx is not None, True, True])
         dweight.copy_(gw)
         dbias.copy_(gb)
-        if dx is not None:
-            dx.copy_(gx)
-        return dx
+        return None if dx is None else _kept_or_copied(dx, gx)
 
     # PyTorch's fused kernels, their results kept where the layer asks for NEW (two threads, 32 x 32 x 16x16:
     # forward + backward 0.43 -> 0.33 ms without the two copies).

@@ -70,21 +70,21 @@ class _BatchNorm(Layer):
         ops, n, c = self.ops, x.shape[0], self.num_features
         x3 = x.reshape(n, c, -1)
         m = x3.shape[0] * x3.shape[2]
-        rstd, y = self.workspace("rstd", (c,)), self.workspace("y", x3.shape)
+        rstd, y = self.workspace("rstd", (c,)), self.kernel_output("y", x3.shape)
         weight, bias, relu = self.params["weight"], self.params["bias"], self.activation == "relu"
         if training:
             if m < 2:
                 raise ValueError(f"{self!r}: expected more than 1 value per channel when training, "
                                  f"got input of shape {tuple(x.shape)}")
             mean, var = self.workspace("mean", (c,)), self.workspace("var", (c,))
-            ops.batch_norm_training(x3, weight, bias, self.eps, y, mean, var, rstd, relu)
+            y = ops.batch_norm_training(x3, weight, bias, self.eps, y, mean, var, rstd, relu)
             self._update_running(mean, var, m)
         else:
             mean = self.buffers["running_mean"]
             ops.copy_(rstd, self.buffers["running_var"])
             rstd += self.eps
             rstd **= -0.5  # 1 / sqrt(var + eps)
-            ops.batch_norm(x3, mean, rstd, weight, bias, y, relu)
+            y = ops.batch_norm(x3, mean, rstd, weight, bias, y, relu)
         self._x, self._mean, self._rstd, self._training = x3, mean, rstd, training
         self._relu_out = y if relu else None
         return y.reshape(x.shape)
@@ -102,9 +102,10 @@ class _BatchNorm(Layer):
     def backward(self, dy):
         x3, c = self._x, self.num_features
         dbias, dweight = self.workspace("dbias", (c,)), self.workspace("dweight", (c,))
-        dx = self.input_grad_buffer(x3.shape, dy) if self.needs_input_grad else None
-        self.ops.batch_norm_backward(dy.reshape(x3.shape), x3, self._mean, self._rstd, self.params["weight"],
-                                     self._training, dx, dweight, dbias, self._relu_out)
+        dx = self.kernel_input_grad(x3.shape, dy) if self.needs_input_grad else None
+        dx = self.ops.batch_norm_backward(dy.reshape(x3.shape), x3, self._mean, self._rstd,
+                                          self.params["weight"], self._training, dx, dweight, dbias,
+                                          self._relu_out)
         if self.trainable:  # frozen: the sums are still needed for dx, but no weight gradients
             self.grads["weight"] += dweight
             self.grads["bias"] += dbias
