@@ -101,6 +101,8 @@ EXAMPLES = [
             rf"256 training images, 1 epochs, {FLOAT} s .*", data="mnist"),
     Example("digits_cnn", expect=TRAINED, writes=(*RUN_FILES, "run/model.onnx"),
             config={"dataset": {"limit": 256}}, evaluate="digits"),
+    Example("digits_resnet", expect=TRAINED, writes=(*RUN_FILES, "run/model.onnx"),
+            config={"dataset": {"limit": 256}}, evaluate="digits"),
     Example("finetune", ("--pretrain-limit", "256", "--finetune-size", "128", "--epochs", "1", "--test-limit",
                          "256"), rf"scratch +51,813 +{FLOAT} +{FLOAT} +{FLOAT} +{FLOAT}", data="mnist"),
     Example("mnist_mlp", ("--epochs", "1", "--limit", "512"),
