@@ -72,7 +72,7 @@ def implicit_conv2d(x, top, left, plane, planes, weight, index, bias, wp, pixels
     index[c, k].
 
     x (b, C, H, W), each image laid into ``planes`` (C*S*P + slack,), P = ``plane``, S = sh*sw phases
-    (the stride), in turn, but those no tap reads (``phases``: conv_layout.gradient_index's table); index
+    (the stride), in turn, but those no tap reads (``phases``: conv_layout.phase_table's); index
     (C*kh*kw,) (conv_layout.plane_index); weight (O, C/g*kh*kw), the groups
     one after another; bias (O,); z: a scratch (O, OH*Wp). With ``pixels`` (OH*OW,) not empty (stride 1),
     where output pixel (r, q) reads the planes (r*Wp + q), the products run with the pixels as rows from
@@ -121,9 +121,9 @@ def implicit_conv2d_backward(x, top, left, plane, planes, dy, w_t, index_t, inde
     """The gradients of implicit_conv2d from dy (b, O, OH, OW); each is skipped when it has no rows.
 
     dx (b, C, H, W): per image, group and phase p, w_t (C, O/g*K) (row c: weight[o, c, k] over the o of
-    c's group, phase by phase, conv_layout.gradient_index's order) @ the rows of dz from index_t (O*K,),
+    c's group, phase by phase, conv_layout.phase_table's order) @ the rows of dz from index_t (O*K,),
     into dxz (S, C, R*Wp), then written back through the phase split (``_unphase``). ``phases`` (S, 4):
-    per phase its first and end tap, first plane row and rows (conv_layout.gradient_index). dw_t
+    per phase its first and end tap, first plane row and rows (conv_layout.phase_table). dw_t
     (C*K, O/g) += per image and group the rows of its planes (x (b, C, H, W) laid into ``planes`` as
     implicit_conv2d's) from index (C*K,) @ the group's dz^T, through ``packed``
     (packed_shape((OH*Wp, O/g))). With ``dx_pixels`` (H*W,) not empty (stride 1), where input pixel (h, w)
@@ -221,7 +221,7 @@ def _unphase(dxz, phases, top, left, wp, sh, sw, dx):
 def _pad_image(x, top, left, wp, plane, planes, sh, sw, phases):
     """The image x (C, H, W) into its padded planes (C*S*P + slack,), P = ``plane``, rows wp apart, from row
     ``top``, column ``left``, each channel's S = sh*sw phase planes in turn (conv_layout; stride 1: one
-    plane), but those no tap reads (``phases``: gradient_index's table): only the image is written (the
+    plane), but those no tap reads (``phases``: conv_layout.phase_table's): only the image is written (the
     padding is whatever the caller zeroed)."""
     c_, h_, w_ = x.shape
     zero = planes.dtype.type(0.0)

@@ -86,22 +86,13 @@ def pixel_index(geom: ConvGeometry, dx: bool) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def gradient_index(o: int, geom: ConvGeometry, nr: int) -> tuple[int, int, np.ndarray, np.ndarray,
-                                                                  np.ndarray]:
-    """The tables of a convolution's dx (conv_kernels.implicit_conv2d_backward), one product per phase
-    over dz (O, Z): dy laid out as the forward's output rows (Wp apart, zero past OW) after M zeros.
-
-    Returns M (the largest tap offset); Z (M, a phase plane's rows, a panel's slack of nr); where row
-    (o, tap) of each phase's product starts reading dz, o*Z + M + first*Wp - the tap's offset, ordered by
-    group, then phase, then o, then tap (``order``: the taps in that order); ``order`` (K,); and per phase
-    [first tap, end tap in ``order``, first plane row holding image rows, number of such rows]."""
+def phase_table(geom: ConvGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """The taps in phase order, ``order`` (K,), and per phase [first tap, end tap in ``order``, first plane
+    row that holds image rows, number of such rows] (S, 4): which phases the planes need (a phase no tap
+    reads is not laid out) and dx's products per phase."""
     (sh, sw), (top, _), h = geom.stride, geom.padding[0], geom.in_size[0]
-    wp, g = row_stride(geom), geom.groups
-    phase, offset = taps(geom)
+    phase = taps(geom)[0]
     order = np.argsort(phase, kind="stable")
-    front = int(offset.max())
-    rows_of_plane = -(-geom.padded_size[0] // sh)
-    z_length = front + rows_of_plane * wp + nr
     table = np.zeros((sh * sw, 4), dtype=np.int64)
     for p in range(sh * sw):
         a = p // sw
@@ -109,6 +100,22 @@ def gradient_index(o: int, geom: ConvGeometry, nr: int) -> tuple[int, int, np.nd
         end = (top + h - 1 - a) // sh + 1
         table[p] = (np.searchsorted(phase[order], p), np.searchsorted(phase[order], p, side="right"), first,
                     max(end - first, 0))
+    return _frozen(order), _frozen(table)
+
+
+@functools.lru_cache(maxsize=64)
+def gradient_index(o: int, geom: ConvGeometry, nr: int) -> tuple[int, int, np.ndarray]:
+    """The table of a convolution's dx (conv_kernels.implicit_conv2d_backward), one product per phase over
+    dz (O, Z): dy laid out as the forward's output rows (Wp apart, zero past OW) after M zeros.
+
+    Returns M (the largest tap offset); Z (M, a phase plane's rows, a panel's slack of nr); and where row
+    (o, tap) of each phase's product starts reading dz, o*Z + M + first*Wp - the tap's offset, ordered by
+    group, then phase, then o, then tap (``phase_table``'s order)."""
+    wp, g = row_stride(geom), geom.groups
+    offset = taps(geom)[1]
+    order, table = phase_table(geom)
+    front = int(offset.max())
+    z_length = front + -(-geom.padded_size[0] // geom.stride[0]) * wp + nr
     og = o // g
     index = np.empty(o * len(order), dtype=np.int64)
     at = 0
@@ -118,7 +125,7 @@ def gradient_index(o: int, geom: ConvGeometry, nr: int) -> tuple[int, int, np.nd
             rows = channels * z_length + front + first * wp - offset[order[k0:k1]]
             index[at:at + rows.size] = rows.reshape(-1)
             at += rows.size
-    return front, z_length, _frozen(index), _frozen(order), _frozen(table)
+    return front, z_length, _frozen(index)
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:

@@ -244,7 +244,7 @@ class NumpyOps(Ops):
         the images in blocks on the row threads."""
         (c, o), (oh, ow), g = (x.shape[1], weight.shape[0]), geom.out_size, geom.groups
         wp, w, index = conv_layout.row_stride(geom), weight.reshape(o, -1), conv_layout.plane_index(c, geom)
-        phases = conv_layout.gradient_index(o, geom, packed_gemm.panel_width(x.dtype))[4]
+        phases = conv_layout.phase_table(geom)[1]
         bias = self._bias_or_zeros(bias, o, x.dtype)
         slack = packed_gemm.panel_width(x.dtype)  # a panel's last columns read up to NR - 1 past a plane
         pixels, w_t = _NO_PIXELS, _EMPTY_4D[x.dtype]
@@ -267,7 +267,8 @@ class NumpyOps(Ops):
         (n, o), c, dtype = dy.shape[:2], (x if x is not None else dx).shape[1], dy.dtype
         oh, wp, g, taps = geom.out_size[0], conv_layout.row_stride(geom), geom.groups, math.prod(geom.kernel)
         slack = packed_gemm.panel_width(dtype)
-        front, z_length, index_t, order, phases = conv_layout.gradient_index(o, geom, slack)
+        front, z_length, index_t = conv_layout.gradient_index(o, geom, slack)
+        order, phases = conv_layout.phase_table(geom)
         w_t = self.temporary("conv.w_t", (c, o // g * taps), dtype)  # row c: weight[o, c, k] over c's group
         conv_kernels.order_taps(weight.reshape(o, c // g, taps), order, phases, w_t)
         blocks, absent = self.row_blocks(n, min_rows=1), _EMPTY_3D[dtype]
