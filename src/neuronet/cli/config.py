@@ -281,11 +281,10 @@ def build_model(cfg: dict):
 
     spec = {"inputs": None, "outputs": None, "dtype": "float32"} | cfg["model"]
     if spec["inputs"] is None:
-        for key in ("inputs", "outputs"):
-            for i, entry in enumerate(spec["layers"]):
-                if isinstance(entry, dict) and key in entry:
-                    raise ConfigError(f"model.layers[{i}].{key}: only in a functional model (give "
-                                      "model.inputs: {name: shape})")
+        for i, entry in enumerate(spec["layers"]):
+            if isinstance(entry, dict) and "inputs" in entry:
+                raise ConfigError(f"model.layers[{i}].inputs: only in a functional model (give "
+                                  "model.inputs: {name: shape})")
         if spec["outputs"] is not None:
             raise ConfigError("model.outputs: only in a functional model (give model.inputs: {name: shape})")
         layers = [_layer(entry, f"model.layers[{i}]") for i, entry in enumerate(spec["layers"])]
