@@ -160,6 +160,9 @@ def implicit_conv2d_backward(x, top, left, plane, planes, dy, w_t, index_t, inde
             if dx.shape[0] and dx_pixels.shape[0]:
                 gemm_gather(dz, dx_pixels, index_t[g * og * taps:(g + 1) * og * taps], w_t_packed[g],
                             dxz[0, :, g * cg:(g + 1) * cg])
+            elif dx.shape[0] and phases.shape[0] == 1:  # stride 1: one product over every tap
+                gemm_indexed(w_t[g * cg:(g + 1) * cg], dz, index_t[g * og * taps:(g + 1) * og * taps],
+                             dxz[0, g * cg:(g + 1) * cg])
             elif dx.shape[0]:
                 for p in range(phases.shape[0]):
                     k0, k1, rows_p = phases[p, 0], phases[p, 1], phases[p, 3]

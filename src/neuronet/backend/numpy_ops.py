@@ -243,8 +243,8 @@ class NumpyOps(Ops):
         """The forward as implicit GEMMs over each image's padded planes (conv_kernels.implicit_conv2d),
         the images in blocks on the row threads."""
         (c, o), (oh, ow), g = (x.shape[1], weight.shape[0]), geom.out_size, geom.groups
-        wp, w, index = conv_layout.row_stride(geom), weight.reshape(o, -1), conv_layout.plane_index(c, geom)
-        phases = conv_layout.phase_table(geom)[1]
+        lay, w = conv_layout.layout(c, geom), weight.reshape(o, -1)
+        wp = lay.row_stride
         bias = self._bias_or_zeros(bias, o, x.dtype)
         slack = packed_gemm.panel_width(x.dtype)  # a panel's last columns read up to NR - 1 past a plane
         pixels, w_t = _NO_PIXELS, _EMPTY_4D[x.dtype]
@@ -253,8 +253,9 @@ class NumpyOps(Ops):
 
         def run(rows: slice) -> None:
             z = self.temporary("conv.z", (oh * ow, o) if pixels.size else (o, oh * wp), x.dtype)
-            conv_kernels.implicit_conv2d(x[rows], *self._image_planes(c, geom, x.dtype, slack), w, index,
-                                         bias, wp, pixels, w_t, z, out[rows], *geom.stride, phases)
+            conv_kernels.implicit_conv2d(x[rows], *self._image_planes(lay, geom, x.dtype, slack), w,
+                                         lay.index, bias, wp, pixels, w_t, z, out[rows], *geom.stride,
+                                         lay.phases)
         self.run_blocks([functools.partial(run, rows) for rows in self.row_blocks(x.shape[0], min_rows=1)])
         return out
 
@@ -265,12 +266,11 @@ class NumpyOps(Ops):
         if dweight is None and dx is None and dbias is None:
             return None
         (n, o), c, dtype = dy.shape[:2], (x if x is not None else dx).shape[1], dy.dtype
-        oh, wp, g, taps = geom.out_size[0], conv_layout.row_stride(geom), geom.groups, math.prod(geom.kernel)
-        slack = packed_gemm.panel_width(dtype)
+        lay, g, taps = conv_layout.layout(c, geom), geom.groups, math.prod(geom.kernel)
+        oh, wp, slack = geom.out_size[0], lay.row_stride, packed_gemm.panel_width(dtype)
         front, z_length, index_t = conv_layout.gradient_index(o, geom, slack)
-        order, phases = conv_layout.phase_table(geom)
         w_t = self.temporary("conv.w_t", (c, o // g * taps), dtype)  # row c: weight[o, c, k] over c's group
-        conv_kernels.order_taps(weight.reshape(o, c // g, taps), order, phases, w_t)
+        conv_kernels.order_taps(weight.reshape(o, c // g, taps), lay.order, lay.phases, w_t)
         blocks, absent = self.row_blocks(n, min_rows=1), _EMPTY_3D[dtype]
         h, w = geom.in_size
         pixels, w_t_packed = _NO_PIXELS, _EMPTY_4D[dtype]
@@ -289,13 +289,12 @@ class NumpyOps(Ops):
             packed = self.temporary("conv.dz_packed", packed_gemm.packed_shape(
                 (oh * wp, o // g), dtype, packed_gemm.narrow_panels(o // g, dtype)), dtype)
             dxz = absent if dx is None else self.temporary(
-                "conv.dxz", (1, h * w, c) if pixels.size else (len(phases), c, int(phases[:, 3].max()) * wp),
-                dtype)
+                "conv.dxz", (1, h * w, c) if pixels.size else (len(lay.phases), c, lay.rows * wp), dtype)
             conv_kernels.implicit_conv2d_backward(
-                x[rows] if x is not None else _EMPTY_4D[dtype], *self._image_planes(c, geom, dtype, slack),
-                dy[rows], w_t, index_t, conv_layout.plane_index(c, geom), front, wp,
-                self.temporary("conv.dz", (o, z_length), dtype), packed, pixels, w_t_packed, dxz, dw_t,
-                dx[rows] if dx is not None else _EMPTY_4D[dtype], db, *geom.stride, phases)
+                x[rows] if x is not None else _EMPTY_4D[dtype], *self._image_planes(lay, geom, dtype, slack),
+                dy[rows], w_t, index_t, lay.index, front, wp, self.temporary("conv.dz", (o, z_length), dtype),
+                packed, pixels, w_t_packed, dxz, dw_t, dx[rows] if dx is not None else _EMPTY_4D[dtype], db,
+                *geom.stride, lay.phases)
         self.run_blocks([functools.partial(run, *args) for args in zip(blocks, dws, dbs, strict=True)])
         if dbias is not None:
             self._add_block_partials(dbs)
@@ -324,8 +323,8 @@ class NumpyOps(Ops):
     def _direct_conv2d_backward(self, dy, x, weight, geom, dweight, dbias):
         """The weight and bias gradients straight from the padded planes, the images in blocks on the row
         threads (each block's apart, added after: ``_block_partials``)."""
-        (n, o), wp = dy.shape[:2], conv_layout.row_stride(geom)
-        offsets = conv_layout.taps(geom)[1]
+        (n, o), lay = dy.shape[:2], conv_layout.layout(weight.shape[1], geom)
+        wp, offsets = lay.row_stride, conv_layout.taps(geom)[1]
         blocks = self.row_blocks(n, min_rows=1)
         dws = self._block_partials("conv.dw", _flat(dweight).reshape(o, weight.shape[1], -1), len(blocks))
         dbs = self._block_partials("conv.db", dbias, len(blocks)) if dbias is not None else \
@@ -333,7 +332,7 @@ class NumpyOps(Ops):
 
         def run(rows: slice, dw, db) -> None:
             dy_rows = self.temporary("conv.dy_rows", (4, geom.out_size[0] * wp), dy.dtype)
-            conv_kernels.direct_conv2d_backward(x[rows], *self._image_planes(weight.shape[1], geom, dy.dtype),
+            conv_kernels.direct_conv2d_backward(x[rows], *self._image_planes(lay, geom, dy.dtype),
                                                 dy[rows], offsets, wp, dy_rows, dw, db)
         self.run_blocks([functools.partial(run, *args) for args in zip(blocks, dws, dbs, strict=True)])
         for grad, partials in ((dweight, dws), (dbias, dbs)):
@@ -357,12 +356,11 @@ class NumpyOps(Ops):
         for part in partials[1:]:
             partials[0] += part
 
-    def _image_planes(self, c: int, geom, dtype, slack: int = 0) -> tuple:
-        """What a kernel needs to lay one image of c channels into its padded planes in turn: (top, left,
-        P = conv_layout.plane_length, this thread's buffer (c*S*P + slack,), S phases)."""
-        length = conv_layout.plane_length(geom)
-        return (geom.padding[0][0], geom.padding[1][0], length,
-                self.temporary("conv.padded_image", (c * conv_layout.phases(geom) * length + slack,), dtype))
+    def _image_planes(self, lay, geom, dtype, slack: int = 0) -> tuple:
+        """What a kernel needs to lay one image into its padded planes (``lay``: conv_layout.layout) in turn:
+        (top, left, the plane's length, this thread's buffer (lay.size + slack,))."""
+        return (geom.padding[0][0], geom.padding[1][0], lay.plane,
+                self.temporary("conv.padded_image", (lay.size + slack,), dtype))
 
     def im2col(self, x, geom, out):
         # One strided copy (NumPy's copy loop beats a Numba gather on these short rows).
