@@ -213,6 +213,11 @@ def test_nested_containers_in_a_config():
         (lambda m: m["layers"][4].update(layers=[]),
          r"model.layers\[4\].layers: only a Sequential, Residual"),
         (lambda m: m["layers"].insert(0, {"type": "Residual"}), r"model.layers\[0\].layers: required"),
+        (lambda m: m["inputs"].update(unused=[3]),
+         r"model: Model: no output depends on input 1 \(unused \(N, 3\)\)"),
+        (lambda m: m["layers"][2].update(inputs=["stem"]),
+         r"model.layers\[2\] \(Add\): Add\(\): takes a list of at least two inputs, got a list of 1: "
+         r"\(N, 8, 8, 8\)"),
         (lambda m: m["layers"][5].update(in_features=500),
          r"model.layers\[5\] \(Dense\): Dense\(500, 10\): expected input of shape \(N, ..., 500\), "
          r"got \(N, 512\)"),

@@ -318,7 +318,10 @@ def build_model(cfg: dict):
     else:
         out = _tensor(tensors, outputs, "model.outputs")
     xs = list(inputs.values())
-    return Model(xs if len(xs) > 1 else xs[0], out, dtype=spec["dtype"])
+    try:
+        return Model(xs if len(xs) > 1 else xs[0], out, dtype=spec["dtype"])
+    except (TypeError, ValueError) as e:  # (an input no output uses, ...: NeuronetError is a ValueError)
+        raise ConfigError(f"model: {e!s:.300}") from None
 
 
 def _model_inputs(spec: dict) -> dict:

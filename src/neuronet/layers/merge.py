@@ -21,8 +21,9 @@ class _Merge(Layer):
 
     def setup(self, input_shape):
         if not input_shape or isinstance(input_shape[0], int) or len(input_shape) < 2:
-            raise ShapeError(f"{self!r}: takes a list of at least two inputs, got one of shape "
-                             f"{_dims(input_shape)}")
+            got = f"one of shape {_dims(input_shape)}" if not input_shape or isinstance(input_shape[0], int) \
+                else f"a list of {len(input_shape)}: {', '.join(map(_dims, input_shape))}"
+            raise ShapeError(f"{self!r}: takes a list of at least two inputs, got {got}")
         self._dx = [None] * len(input_shape)
         return self.merge_shape(input_shape)
 
