@@ -597,7 +597,8 @@ def test_backend_matches_reference(name):
 
 
 # Conversion and creation run in every case above (the harness converts every input and output).
-HARNESS = {"empty", "zeros", "asarray", "to_numpy", "is_array", "is_floating", "dtype_name", "resolve_dtype"}
+HARNESS = {"empty", "zeros", "asarray", "to_numpy", "is_array", "is_floating", "dtype_name", "resolve_dtype",
+           "ready"}  # (ready: test_ready_arrays_are_used_as_they_are)
 SEPARATE = {"norm_rows", "norm_rows_backward",  # test_norm_rows
             "lstm_steps", "lstm_steps_backward", "gru_steps", "gru_steps_backward",  # test_*_steps
             "prepack", "prepacked_shape",  # test_*_steps; tests/backend/test_packed_gemm.py
@@ -685,3 +686,16 @@ def test_torch_cpu_updates_use_the_row_threads_only_on_one_torch_thread(threads,
     finally:
         torch.set_num_threads(before)
     assert regions == ([2] if threads == 1 else [1])
+
+
+def test_ready_arrays_are_used_as_they_are():
+    """Ops.ready: the backend's own array of the dtype, nothing that needs a conversion or a detach."""
+    f32 = np.dtype("float32")
+    numpy_ops, torch_ops = BACKENDS["numpy"], BACKENDS["torch"]
+    assert numpy_ops.ready(np.zeros(3, f32), f32)
+    assert not numpy_ops.ready(np.zeros(3), f32) and not numpy_ops.ready([0.0], f32)
+    assert not numpy_ops.ready(torch.zeros(3), f32)
+    assert torch_ops.ready(torch.zeros(3), f32)
+    assert not torch_ops.ready(torch.zeros(3, dtype=torch.float64), f32)
+    assert not torch_ops.ready(torch.zeros(3, requires_grad=True), f32)
+    assert not torch_ops.ready(np.zeros(3, f32), f32)

@@ -269,7 +269,7 @@ class Model(Trainer, Layer):
 
     def _prepare(self, x, i: int):
         ops = self.ops
-        if not (type(x) is np.ndarray and x.dtype == self.dtype and ops.is_array(x)):
+        if not ops.ready(x, self.dtype):
             x = ops.asarray(x)
             if ops.is_floating(x) and ops.dtype_name(x) != str(self.dtype):
                 x = ops.asarray(x, self.dtype)

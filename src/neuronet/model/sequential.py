@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from ..core import layer as layer_module
 from ..core.layer import Layer, float_dtype, grad_slots
 from ..errors import ShapeError
@@ -69,7 +67,7 @@ class Sequential(Trainer, Layer):
     def _prepare_input(self, x):
         """Bring a batch onto this model's backend and dtype, building the model on first sight."""
         ops = self.ops
-        if type(x) is np.ndarray and x.dtype == self.dtype and ops.is_array(x) and x.ndim and self.built:
+        if self.built and ops.ready(x, self.dtype) and x.ndim:
             return x  # the common case, without the generic checks below
         x = ops.asarray(x)
         if x.ndim < 1:
