@@ -44,9 +44,9 @@ def cases(nn, torch) -> dict:
             return y if self.sequences else h[0]
 
     class LSTM(T.Module):
-        def __init__(self, i: int, h: int):
+        def __init__(self, i: int, h: int, bidirectional: bool = False):
             super().__init__()
-            self.rnn = T.LSTM(i, h, batch_first=True)
+            self.rnn = T.LSTM(i, h, batch_first=True, bidirectional=bidirectional)
 
         def forward(self, x):
             return self.rnn(x)[0]
@@ -86,6 +86,10 @@ def cases(nn, torch) -> dict:
         "conv_transpose2d": (lambda: nn.ConvTranspose2D(32, 16, 4, stride=2, padding=1),
                              lambda: T.ConvTranspose2d(32, 16, 4, stride=2, padding=1), _f32(32, 32, 16, 16)),
         "maxpool2d": (lambda: nn.MaxPool2D(2), lambda: T.MaxPool2d(2), _f32(32, 32, 32, 32)),
+        "maxpool1d": (lambda: nn.MaxPool1D(2), lambda: T.MaxPool1d(2), _f32(32, 64, 256)),
+        "avgpool1d": (lambda: nn.AvgPool1D(2), lambda: T.AvgPool1d(2), _f32(32, 64, 256)),
+        "global_avgpool": (lambda: nn.GlobalAvgPool2D(),
+                           lambda: T.Sequential(T.AdaptiveAvgPool2d(1), T.Flatten()), _f32(32, 64, 16, 16)),
         "avgpool2d": (lambda: nn.AvgPool2D(2), lambda: T.AvgPool2d(2), _f32(32, 32, 32, 32)),
         "upsample": (lambda: nn.Upsample(2), lambda: T.Upsample(scale_factor=2), _f32(32, 16, 16, 16)),
         "batchnorm2d": (lambda: nn.BatchNorm2D(32), lambda: T.BatchNorm2d(32), _f32(32, 32, 32, 32)),
@@ -96,6 +100,9 @@ def cases(nn, torch) -> dict:
         "gelu": (lambda: nn.GELU(), lambda: T.GELU(), _f32(256, 1024)),
         "silu": (lambda: nn.SiLU(), lambda: T.SiLU(), _f32(256, 1024)),
         "tanh": (lambda: nn.Tanh(), lambda: T.Tanh(), _f32(256, 1024)),
+        "sigmoid": (lambda: nn.Sigmoid(), lambda: T.Sigmoid(), _f32(256, 1024)),
+        "elu": (lambda: nn.ELU(), lambda: T.ELU(), _f32(256, 1024)),
+        "leaky_relu": (lambda: nn.LeakyReLU(), lambda: T.LeakyReLU(), _f32(256, 1024)),
         "softmax": (lambda: nn.Softmax(), lambda: T.Softmax(-1), _f32(256, 1024)),
         "log_softmax": (lambda: nn.LogSoftmax(), lambda: T.LogSoftmax(-1), _f32(256, 1024)),
         "dropout": (lambda: nn.Dropout(0.2), lambda: T.Dropout(0.2), _f32(256, 1024)),
@@ -103,6 +110,12 @@ def cases(nn, torch) -> dict:
                       np.random.default_rng(0).integers(0, 1000, (32, 64))),
         "gru": (lambda: nn.GRU(64, 128, return_sequences=True), lambda: GRU(64, 128, True), _f32(32, 64, 64)),
         "lstm": (lambda: nn.LSTM(64, 128, return_sequences=True), lambda: LSTM(64, 128), _f32(32, 64, 64)),
+        "bidirectional_lstm": (lambda: nn.Bidirectional(nn.LSTM(64, 128, return_sequences=True)),
+                               lambda: LSTM(64, 128, bidirectional=True), _f32(32, 64, 64)),
+        "transformer_block": (lambda: nn.TransformerBlock(128, 4, 512),
+                              lambda: T.TransformerEncoderLayer(128, 4, 512, 0.0, activation="gelu",
+                                                                batch_first=True, norm_first=True),
+                              _f32(12, 64, 128)),
         "attention": (lambda: nn.MultiHeadAttention(128, 4), lambda: Attention(128, 4, False),
                       _f32(12, 64, 128)),
         "attention_causal": (lambda: nn.MultiHeadAttention(128, 4, causal=True),

@@ -239,10 +239,10 @@ def _max_pool(ops, a):
 
 
 # 2x2 / stride 2 on 7x7 (the NumPy kernel's unrolled case, the last row and column unread), 3x3 / stride 2 /
-# padding 1 on 8x8 with a table of divisors (count_include_pad=False), and the same with ceil_mode's extra
-# window.
+# padding 1 on 8x8 with a table of divisors (count_include_pad=False), the same with ceil_mode's extra
+# window, and 3x3 windows tiling 7x7 (the kernel's offset-by-offset case, the last row and column unread).
 AVG_POOLS = [((2, 2), (2, 2), (0, 0), 7, 3, False), ((3, 3), (2, 2), (1, 1), 8, 4, True),
-             ((3, 3), (2, 2), (1, 1), 8, 5, True)]
+             ((3, 3), (2, 2), (1, 1), 8, 5, True), ((3, 3), (3, 3), (0, 0), 7, 2, True)]
 
 
 @case("avg_pool2d avg_pool2d_backward", lambda r: {"x": randn(r, 2, 3, 8, 8), "dy": randn(r, 2, 3, 5, 5),

@@ -20,8 +20,8 @@ ACT_CODES = {
     "gelu": 7, "gelu_tanh": 8, "silu": 9,
 }
 
-_SELU_ALPHA = 1.6732632423543772848170429916717
-_SELU_SCALE = 1.0507009873554804934193349852946
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
 _INV_SQRT2 = 0.7071067811865476
 _INV_SQRT_2PI = 0.3989422804014327
 _SQRT_2_OVER_PI = 0.7978845608028654
@@ -75,7 +75,7 @@ def _activation_forward(code, alpha, z, out):
             v = z[i]
             out[i] = v if v > 0 else alpha * (fm.exp(v) - one)
     elif code == 6:
-        scale, scale_alpha = dt(_SELU_SCALE), dt(_SELU_SCALE * _SELU_ALPHA)
+        scale, scale_alpha = dt(SELU_SCALE), dt(SELU_SCALE * SELU_ALPHA)
         for i in range(n):
             v = z[i]
             out[i] = scale * v if v > 0 else scale_alpha * (fm.exp(v) - one)
@@ -131,7 +131,7 @@ def _activation_backward(code, alpha, dy, z, y, out):
             v = z[i]
             out[i] = dy[i] if v > 0 else dy[i] * alpha * fm.exp(v)
     elif code == 6:
-        scale, scale_alpha = dt(_SELU_SCALE), dt(_SELU_SCALE * _SELU_ALPHA)
+        scale, scale_alpha = dt(SELU_SCALE), dt(SELU_SCALE * SELU_ALPHA)
         for i in range(n):
             v = z[i]
             out[i] = dy[i] * scale if v > 0 else dy[i] * scale_alpha * fm.exp(v)

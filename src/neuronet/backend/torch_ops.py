@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import blas_threads, malloc_tuning
+from .kernels import SELU_ALPHA, SELU_SCALE
 from .numpy_ops import NumpyOps, fused_heads
 from .ops import DEFAULT_ALPHA, NEW, Ops
 
@@ -813,6 +814,10 @@ _BACKWARD = {
     "silu": lambda dy, z, y, a, out: torch.ops.aten.silu_backward.grad_input(dy, z, grad_input=out),
     "leaky_relu": lambda dy, z, y, a, out: torch.ops.aten.leaky_relu_backward.grad_input(dy, z, a, False,
                                                                                          grad_input=out),
+    "elu": lambda dy, z, y, a, out: torch.ops.aten.elu_backward.grad_input(dy, a, 1.0, 1.0, False, z,
+                                                                           grad_input=out),
+    "selu": lambda dy, z, y, a, out: torch.ops.aten.elu_backward.grad_input(dy, SELU_ALPHA, SELU_SCALE, 1.0,
+                                                                            False, z, grad_input=out),
     "softmax": lambda dy, z, y, a, out: torch.ops.aten._softmax_backward_data.out(dy, y, -1, y.dtype,
                                                                                   grad_input=out),
     "log_softmax": lambda dy, z, y, a, out: torch.ops.aten._log_softmax_backward_data.out(dy, y, -1, y.dtype,
