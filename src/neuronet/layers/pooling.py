@@ -259,7 +259,8 @@ class GlobalAvgPool2D(Layer):
 
     def backward(self, dy):
         n, (c, h, w) = dy.shape[0], self.input_shape
+        scaled = self.workspace("dy_scaled", (n, c, 1))  # dy / (H*W) first: one pass over dx, not two
+        self.ops.xp.multiply(dy.reshape(n, c, 1), 1.0 / (h * w), out=scaled)
         dx = self.input_grad_buffer((n, c, h * w), dy)
-        self.ops.copy_(dx, dy.reshape(n, c, 1))
-        dx *= 1.0 / (h * w)
+        self.ops.copy_(dx, scaled)
         return dx.reshape(n, c, h, w)
