@@ -48,13 +48,18 @@ def row_stride(geom: ConvGeometry) -> int:
     return w + max(left, right) if min(left, right) <= (kw - 1) * dw else w + left + right
 
 
+def plane_rows(geom: ConvGeometry) -> int:
+    """The rows of one plane: the padded image's (stride 1), ceil(padded height / sh) (a phase plane)."""
+    return -(-geom.padded_size[0] // geom.stride[0])
+
+
 def plane_length(geom: ConvGeometry) -> int:
     """The length of one plane: its rows and what the last tap reads past them (a strided convolution's
     phase plane: one spare row, as a junk column q >= OW reads up to a row further)."""
     wp, (kw, dw) = row_stride(geom), (geom.kernel[1], geom.dilation[1])
     if geom.stride != (1, 1):
-        return (-(-geom.padded_size[0] // geom.stride[0]) + 1) * wp
-    return geom.padded_size[0] * wp + (kw - 1) * dw
+        return (plane_rows(geom) + 1) * wp
+    return plane_rows(geom) * wp + (kw - 1) * dw
 
 
 @functools.lru_cache(maxsize=64)
@@ -116,7 +121,7 @@ def gradient_index(o: int, geom: ConvGeometry, nr: int) -> tuple[int, int, np.nd
     offset = taps(geom)[1]
     order, table = phase_table(geom)
     front = int(offset.max())
-    z_length = front + -(-geom.padded_size[0] // geom.stride[0]) * wp + nr
+    z_length = front + plane_rows(geom) * wp + nr
     og = o // g
     index = np.empty(o * len(order), dtype=np.int64)
     at = 0
@@ -147,8 +152,9 @@ class Layout:
 @functools.lru_cache(maxsize=64)
 def layout(c: int, geom: ConvGeometry) -> Layout:
     order, table = phase_table(geom)
-    return Layout(row_stride(geom), plane_length(geom), c * phases(geom) * plane_length(geom),
-                  plane_index(c, geom), order, table, int(table[:, 3].max()))
+    length = plane_length(geom)
+    return Layout(row_stride(geom), length, c * phases(geom) * length, plane_index(c, geom), order, table,
+                  int(table[:, 3].max()))
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:

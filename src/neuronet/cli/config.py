@@ -258,8 +258,8 @@ def construct(registry: dict, spec: Any, where: str, aliases: dict | None = None
         raise ConfigError(f"{where}.type: unknown {name!r:.80}; allowed: {', '.join(allowed)}")
     params = inspect.signature(cls).parameters
     accepted = [p for p, v in params.items() if v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD)]
-    if args:  # the children of a layer made of layers are not arguments a config names
-        accepted = [p for p in accepted if p != "block"]
+    if args:  # the child of a wrapper (Residual, Remat: its ``child_name``) is not an argument a config names
+        accepted = [p for p in accepted if p != getattr(cls, "child_name", None)]
     unknown = [k for k in kwargs if k not in accepted]
     if unknown and not any(v.kind == v.VAR_KEYWORD for v in params.values()):
         raise ConfigError(
