@@ -43,6 +43,7 @@ CONV2D_CASES = [
     (3, 4, (3, 4), (2, 3), (2, 1), (1, 2), 1, False, (3, 9, 11), 2),  # strides, dilations, pads differ
     (4, 40, 3, 2, 1, 1, 2, True, (4, 7, 9), 2),                 # groups of 20 outputs, odd sizes
     (3, 16, 5, 2, 0, 1, 1, True, (3, 12, 12), 2),               # windows leave the last row and column
+    (2, 3, 5, 2, 2, 1, 1, True, (2, 5, 37), 1),                 # rows of two pair_rows blocks, left pad even
 ]
 
 

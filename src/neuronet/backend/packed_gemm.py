@@ -40,7 +40,7 @@ SKIP_UPPER, A_LOWER, A_UPPER = 1, 2, 3  # ``gemm(..., triangle)``: what a causal
 MR = 8  # rows of a tile: 16 accumulators + 2 panel vectors + 1 broadcast of the 32 vector registers
 _VECTOR_BYTES = 64  # one AVX-512 register; LLVM splits it where the machine has narrower ones
 PANEL_BYTES = 2 * _VECTOR_BYTES
-_BLOCK = LANES  # float32 lanes of a vector: the side of ``_transpose_block``'s square
+BLOCK = LANES  # float32 lanes of a vector: the side of ``transpose_block``'s square
 
 jit = numba.njit(cache=True, nogil=True)
 
@@ -79,7 +79,7 @@ def pack(b, out):
             _pack_elements(b[:, full * nr:], out[full:])
         elif full == 0:  # (not a slice of b: Numba's loops over b as it is typed ran ~1.7x faster)
             _pack_elements(b, out)
-    elif b.strides[0] == b.itemsize == 4 and out.strides[2] == 4 and nr % _BLOCK == 0:
+    elif b.strides[0] == b.itemsize == 4 and out.strides[2] == 4 and nr % BLOCK == 0:
         _pack_transposed(b, out)  # b's columns unit-stride (a transposed view): 16 x 16 blocks in registers
     else:
         _pack_elements(b, out)
@@ -88,18 +88,18 @@ def pack(b, out):
 @jit
 def _pack_transposed(b, out):
     """``pack`` of a float32 b (K, N) whose columns are unit-stride, in 16 x 16 blocks transposed in
-    registers (``_transpose_block``), one thread, against the element-wise loop: a convolution's dz^T
+    registers (``transpose_block``), one thread, against the element-wise loop: a convolution's dz^T
     (840 x 16) in narrow panels 4.9 -> 2.1 us, (840 x 32) 8.3 -> 4.2, its weight^T (144 x 32) 2.2 -> 0.9,
     attention's k^T (32 x 64) 0.89 -> 0.52."""
     k_size, n = b.shape
     nr = out.shape[2]
     for p in range(out.shape[0]):
-        for j0 in range(0, nr, _BLOCK):
+        for j0 in range(0, nr, BLOCK):
             col = p * nr + j0
-            for k0 in range(0, k_size, _BLOCK):
-                _transpose_block(out.ctypes.data + p * out.strides[0] + k0 * out.strides[1] + j0 * 4,
+            for k0 in range(0, k_size, BLOCK):
+                transpose_block(out.ctypes.data + p * out.strides[0] + k0 * out.strides[1] + j0 * 4,
                                  out.strides[1], b.ctypes.data + col * b.strides[1] + k0 * 4, b.strides[1],
-                                 min(_BLOCK, n - col), min(_BLOCK, k_size - k0))
+                                 min(BLOCK, n - col), min(BLOCK, k_size - k0))
 
 
 @jit
@@ -117,7 +117,7 @@ def _pack_elements(b, out):
 
 
 @intrinsic
-def _transpose_block(typingctx, dst, dst_stride, src, src_stride, rows, cols):
+def transpose_block(typingctx, dst, dst_stride, src, src_stride, rows, cols):
     """dst[c, r] = src[r, c] for c < cols (rows of dst written) and r < 16, 0 where r >= rows (float32;
     addresses, strides in bytes; rows may be <= 0, cols in 1..16). The 16 source rows, read as vectors
     under a mask of the columns, become the 16 destination rows in four rounds of two-vector shuffles,
@@ -130,20 +130,20 @@ def _transpose_block(typingctx, dst, dst_stride, src, src_stride, rows, cols):
             return b.add(base, b.mul(stride, ir.Constant(I64, i)))
 
         rows_v = []
-        for r in range(_BLOCK):  # row r under the column mask, or no lane at all past ``rows``
+        for r in range(BLOCK):  # row r under the column mask, or no lane at all past ``rows``
             limit = b.select(b.icmp_signed("<", ir.Constant(I64, r), rows_), cols_, zero)
             rows_v.append(vectors.load(at(src_, src_stride_, r), vectors.lanes_below(zero, limit)))
         for step in (8, 4, 2, 1):
-            low = ir.Constant(ir.VectorType(I32, _BLOCK),
-                              [c if c & step == 0 else _BLOCK + c - step for c in range(_BLOCK)])
-            high = ir.Constant(ir.VectorType(I32, _BLOCK),
-                               [c + step if c & step == 0 else _BLOCK + c for c in range(_BLOCK)])
-            for r in range(_BLOCK):
+            low = ir.Constant(ir.VectorType(I32, BLOCK),
+                              [c if c & step == 0 else BLOCK + c - step for c in range(BLOCK)])
+            high = ir.Constant(ir.VectorType(I32, BLOCK),
+                               [c + step if c & step == 0 else BLOCK + c for c in range(BLOCK)])
+            for r in range(BLOCK):
                 if r & step == 0:
                     x, y = rows_v[r], rows_v[r + step]
                     rows_v[r], rows_v[r + step] = b.shuffle_vector(x, y, low), b.shuffle_vector(x, y, high)
-        every = ir.VectorType(ir.IntType(1), _BLOCK)
-        for c in range(_BLOCK):  # row c of dst, whole or not at all
+        every = ir.VectorType(ir.IntType(1), BLOCK)
+        for c in range(BLOCK):  # row c of dst, whole or not at all
             write = b.icmp_signed("<", ir.Constant(I64, c), cols_)
             vectors.store(rows_v[c], at(dst_, dst_stride_, c), broadcast(b, write, every))
         return context.get_dummy_value()
