@@ -84,8 +84,8 @@ def _direct(geom: ConvGeometry, weight: np.ndarray) -> bool:
 # rows go in tiles of MR, its columns in panels of NR, and the other way round copies its result out across
 # the channels. 64 images, one thread, forward / backward against the channels as rows: 32 -> 32 at 7x7
 # 1.32x / 1.09x, 128 -> 128 at 7x7 1.22x / 1.08x, 64 -> 64 at 14x14 1.16x / 1.09x, 32 -> 32 at 16x16
-# 1.05x / 1.16x; at 20x20 1.00x / 1.03x, and 16 -> 32 at 28x28 0.96x forward, 32 -> 32 at 32x32 0.69x (the
-# copy-out writes each pixel's channels a plane apart, 4 KiB there).
+# 1.05x / 1.16x; at 20x20 1.00x / 1.03x, and 16 -> 32 at 28x28 0.96x forward, 32 -> 32 at 32x32 0.82x (0.69x
+# before the copy-out went through register transposes: conv_kernels._copy_pixels).
 PIXEL_ROWS_MAX, PIXEL_ROWS_GAIN = 256, 1.1
 
 
