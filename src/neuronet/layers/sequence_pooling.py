@@ -54,9 +54,11 @@ class MeanPooling(_SequencePooling):
 
     def backward(self, dy):
         n, steps, dim = self._x_shape
+        scaled = self.workspace("dy_scaled", (n, dim))  # dy / T first: dx is then written in one pass
+        self.ops.copy_(scaled, dy)
+        scaled *= 1.0 / steps
         dx = self.input_grad_buffer(self._x_shape, dy)
-        self.ops.copy_(dx, dy.reshape(n, 1, dim))
-        dx *= 1.0 / steps
+        self.ops.copy_(dx, scaled.reshape(n, 1, dim))
         return dx
 
 
