@@ -163,3 +163,23 @@ def test_omp_wait_policy_passive_turns_the_polling_off(policy, spins):
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_WAIT_POLICY": policy},
                          capture_output=True, text=True, timeout=120, check=True).stdout
     assert out.strip() == str(spins)
+
+
+def test_workers_wait_briefly_only_where_the_callers_task_goes_native():
+    """A region whose task is a compiled function's call gets the short grace; one that runs Python first
+    the long one (a worker asking for the GIL before the caller lets go of it sleeps on it)."""
+    import functools
+
+    from neuronet.backend import kernels
+
+    x = np.ones(8, np.float32)
+    native = [functools.partial(kernels.activation_forward, 1, 0.0, x, x), functools.partial(np.add, x, x),
+              functools.partial(x.fill, 0.0), functools.partial(np.copyto, x, x)]
+    assert all(row_threads._goes_native(task) for task in native)
+    python = [lambda: None, functools.partial(test_split_covers_every_row_once_in_near_equal_blocks)]
+    assert not any(row_threads._goes_native(task) for task in python)
+    workers = row_threads._workers()
+    row_threads.run([functools.partial(np.add, x, x, out=x)] * 2)
+    assert workers.grace[0] == row_threads.QUICK_GRACE_NS
+    row_threads.run([lambda: None] * 2)
+    assert workers.grace[0] == row_threads.GRACE_NS

@@ -29,6 +29,12 @@ with a grace of 25 us): attention blocks 78 -> 35 us, a linear map's backward pr
 backward 54 -> 36. Steps with the grace and blas_threads.SPIN_LOG2 14 against neither, alternating
 processes: char GPT 27.6 against 28.4 ms (eight pairs, each faster), LSTM 4.26 against 4.34, ResNet
 37.2-37.7 against 38.1 (five), CNN, MLP and MoE even. A region of two GELU halves alone: 97 against 125 us.
+The grace is for the Python before a task's kernel; where the caller's task is a compiled function's
+call (a Numba kernel through its dispatcher: 0.5-1.3 us for 4-16 arguments, a ufunc, ndarray.fill) it
+lets go of the GIL at once, and the workers wait QUICK_GRACE_NS instead: a region of two empty tasks
+35 -> 10 us; forward + backward of a ReLU layer on 256 x 1024, 215-225 -> 159-180 us (GELU 276-278 ->
+233-251; ``bench_layers``); training steps, alternating processes: MNIST CNN 13.4-14.5 against 13.4-14.9
+ms, char GPT, LSTM, ResNet, MLP and MoE within their noise (their native regions run 0.2-0.7 ms each).
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ MIN_ROWS = 16  # rows per block below which the GEMM gains less than the hand-of
 SPIN_NS = 0 if os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE" else 3_000_000
 MAX_WORKERS = 256  # a region of more tasks runs them in turn on the calling thread
 GRACE_NS = 25_000  # how long a worker that has seen its task polls on before it asks for the GIL
+QUICK_GRACE_NS = 6_000  # the same where the caller's task is a compiled function's call (``_goes_native``)
 
 _busy = threading.Lock()
 _jit = numba.njit(cache=True, nogil=True)
@@ -70,14 +77,14 @@ if _CLOCK is not None:
         return clock[0] * 1_000_000_000 + clock[1]
 
     @_jit
-    def _poll(posted, i, seen, spin_ns, grace_ns, clock):
-        """True once posted[i] != seen (a task was posted) and ``grace_ns`` more have passed, False after
+    def _poll(posted, i, seen, spin_ns, grace, clock):
+        """True once posted[i] != seen (a task was posted) and grace[i] ns more have passed, False after
         ``spin_ns`` of polling without a task."""
         end = _now(clock) + spin_ns
         while True:
             for _ in range(64):
                 if posted[i] != seen:
-                    until = _now(clock) + grace_ns
+                    until = _now(clock) + grace[i]  # (set before posted[i]; read after it: the call between)
                     while _now(clock) < until:  # (not yielding: the caller is about to let go)
                         pass
                     return True
@@ -88,16 +95,16 @@ else:
     _yield = types.ExternalFunction("SwitchToThread", types.int32())
 
     @_jit
-    def _poll(posted, i, seen, spin_ns, grace_ns, clock):
+    def _poll(posted, i, seen, spin_ns, grace, clock):
         return posted[i] != seen
 
 
 @_jit
-def _finish_and_poll(done, posted, i, seen, spin_ns, grace_ns, clock):
+def _finish_and_poll(done, posted, i, seen, spin_ns, grace, clock):
     """done[i] = seen, then ``_poll``: in one call, so that the main thread, waiting for done without the
     GIL, takes the GIL back while this thread already polls without it."""
     done[i] = seen
-    return _poll(posted, i, seen, spin_ns, grace_ns, clock)
+    return _poll(posted, i, seen, spin_ns, grace, clock)
 
 
 @_jit
@@ -119,6 +126,7 @@ class _Workers:
     def __init__(self):
         # per worker: the number of the region whose task it was last given (posted) and finished (done)
         self.posted, self.done = np.zeros(MAX_WORKERS, np.int64), np.zeros(MAX_WORKERS, np.int64)
+        self.grace = np.zeros(MAX_WORKERS, np.int64)  # per worker: the grace of the region posted to it
         self.tasks: list[Callable[[], None] | None] = [None] * MAX_WORKERS
         self.errors: list[BaseException | None] = [None] * MAX_WORKERS
         self.sleeping = [False] * MAX_WORKERS
@@ -128,14 +136,14 @@ class _Workers:
     def grow(self, k: int) -> None:
         """At least k workers (started here)."""
         for i in range(len(self.threads), k):
-            thread = threading.Thread(target=self._loop, args=(i, self.posted, self.done),
+            thread = threading.Thread(target=self._loop, args=(i, self.posted, self.done, self.grace),
                                       name=f"neuronet-rows_{i}", daemon=True)
             self.threads.append(thread)
             thread.start()
 
-    def _loop(self, i: int, posted: np.ndarray, done: np.ndarray) -> None:
+    def _loop(self, i: int, posted: np.ndarray, done: np.ndarray, grace: np.ndarray) -> None:
         seen, clock = 0, np.zeros(2, np.int64)
-        ready = _poll(posted, i, seen, SPIN_NS, GRACE_NS, clock)
+        ready = _poll(posted, i, seen, SPIN_NS, grace, clock)
         while True:
             if not ready:
                 with self.wake:
@@ -151,12 +159,13 @@ class _Workers:
             except BaseException as error:  # raised by run() in the caller's thread
                 self.errors[i] = error
             self.tasks[i] = None
-            ready = _finish_and_poll(done, posted, i, seen, SPIN_NS, GRACE_NS, clock)
+            ready = _finish_and_poll(done, posted, i, seen, SPIN_NS, grace, clock)
 
     def run(self, tasks: Sequence[Callable[[], None]]) -> None:
         k = len(tasks) - 1
         self.grow(k)
         posted, done = self.posted, self.done
+        self.grace[:k] = QUICK_GRACE_NS if _goes_native(tasks[0]) else GRACE_NS
         for i, task in enumerate(tasks[1:]):
             self.tasks[i], self.errors[i] = task, None
             posted[i] += 1
@@ -178,6 +187,15 @@ class _Workers:
             self.wake.notify_all()
         for thread in self.threads:
             thread.join(timeout=1.0)
+
+
+_NATIVE = (numba.core.dispatcher.Dispatcher, np.ufunc, type(np.copyto), type(len))  # (len: a builtin)
+
+
+def _goes_native(task: Callable[[], None]) -> bool:
+    """Whether a task is a compiled function's call (a Numba kernel, a ufunc, ndarray.fill): the caller's
+    own one lets go of the GIL within microseconds of the post, and the workers' grace can be short."""
+    return isinstance(task, functools.partial) and isinstance(task.func, _NATIVE)
 
 
 @functools.cache
