@@ -165,7 +165,8 @@ class NumpyOps(Ops):
     # the destination as assignment does, its one buffered pass): MeanPooling's broadcast gradient
     # (32 x 128 x 256) 0.18 -> 0.16 ms, a plain copy of it 0.31 -> 0.23.
     def copy_(self, dst, src):
-        if dst.size < BULK_SPLIT_WORK or not dst.flags.c_contiguous or np.may_share_memory(dst, src):
+        if dst.size < BULK_SPLIT_WORK or dst.ndim == 0 or not dst.flags.c_contiguous or \
+                np.may_share_memory(dst, src):
             return super().copy_(dst, src)
         src = np.broadcast_to(src, dst.shape)  # (as dst[...] = src: ValueError where it does not broadcast)
         self.run_blocks([functools.partial(np.copyto, dst[part], src[part], casting="unsafe")
