@@ -44,3 +44,26 @@ def test_a_cold_kernel_cache_is_announced_once_on_stderr(tmp_path):
     assert all(run.returncode == 0 for run in runs), runs[0].stderr + runs[1].stderr
     assert runs[0].stderr.count("compiling kernels on first use (first run only") == 1
     assert "compiling kernels" not in runs[1].stderr
+
+
+
+def test_every_compiled_helper_a_cached_kernel_imports_is_in_the_digest():
+    """Numba keys a cached kernel by its own file: a backend file that cached kernels import compiled code
+    or IR from (jitted functions, intrinsics, llvmlite IR helpers) must be in the helpers' digest, or an
+    edit to it alone would leave those kernels running the old code from the cache."""
+    import re
+    from pathlib import Path
+
+    from neuronet.backend import fastmath
+
+    sources = {p.name: p.read_text() for p in Path(fastmath.__file__).parent.glob("*.py")}
+    compiled = {name for name, text in sources.items()
+                if "@intrinsic" in text or "njit(" in text or "from llvmlite import ir" in text}
+    imported = set()
+    for text in (t for t in sources.values() if "cache=True" in t):
+        imported |= {f"{m}.py" for m in re.findall(r"^from \.(\w+) import", text, re.M)}
+        for names in re.findall(r"^from \. import ([\w, ]+)", text, re.M):
+            imported |= {f"{m.split(' as ')[0].strip()}.py" for m in names.split(",")}
+    helpers = imported & compiled
+    assert {"packed_gemm.py", "pair_rows.py", "vector_rows.py", "fastmath.py"} <= helpers
+    assert helpers <= set(fastmath.KERNEL_HELPERS)

@@ -23,9 +23,11 @@ from numba.extending import intrinsic, overload
 
 from .jit_cache import announce_if_cold, drop_stale_caches
 
-# the helpers that kernels inline (kernels.py too: attention_kernels calls its softmax)
-drop_stale_caches(Path(__file__).parent,
-                  ["fastmath.py", "llvm_vectors.py", "packed_gemm.py", "vector_rows.py", "kernels.py"])
+# the files of compiled code (jitted functions, intrinsics, their IR helpers) that cached kernels in other
+# files import and inline (tests/backend/test_jit_cache.py checks the list against the imports)
+KERNEL_HELPERS = ("fastmath.py", "llvm_vectors.py", "packed_gemm.py", "vector_rows.py", "pair_rows.py",
+                  "kernels.py")
+drop_stale_caches(Path(__file__).parent, list(KERNEL_HELPERS))
 announce_if_cold(Path(__file__).parent)
 
 f32 = np.float32

@@ -1,9 +1,10 @@
 """Keep Numba's disk cache honest when a kernel's helper file changes.
 
 Numba keys a cached kernel by the kernel's own source file only. Our kernels inline the float32
-functions of ``fastmath.py``, the GEMM of ``packed_gemm.py`` and the row passes of ``vector_rows.py``
-(their IR helpers in ``llvm_vectors.py``), and ``attention_kernels.py`` calls the softmax of
-``kernels.py``; after an edit to such a file alone they would keep running the old code from the cache.
+functions of ``fastmath.py``, the GEMM of ``packed_gemm.py``, the row passes of ``vector_rows.py`` and the
+pair shuffles of ``pair_rows.py`` (their IR helpers in ``llvm_vectors.py``), and ``attention_kernels.py``
+calls the softmax of ``kernels.py`` (``fastmath.KERNEL_HELPERS``); after an edit to such a file alone they
+would keep running the old code from the cache.
 ``drop_stale_caches`` stores a digest of the helper files beside the cache and deletes the cached
 kernels of the package when the digest changes, so they recompile.
 """
