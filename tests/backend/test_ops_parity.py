@@ -564,6 +564,29 @@ def test_add_in_blocks(monkeypatch):
     assert regions == [2, 2]
 
 
+def test_copy_in_blocks(monkeypatch):
+    """A large contiguous copy runs in blocks of its leading axis, a broadcast source too; one overlapping
+    its destination, a strided destination and a 0-d one are copied as assignment does."""
+    regions = regions_on(monkeypatch, 2, BULK_SPLIT_WORK=4)
+    rng = np.random.default_rng(0)
+    ops, src, x = NumpyOps(), rng.standard_normal((3, 7)), np.zeros((3, 7))
+    ops.copy_(x, src)
+    np.testing.assert_array_equal(x, src)
+    ops.copy_(x, src[1])  # broadcast along the rows
+    np.testing.assert_array_equal(x, np.broadcast_to(src[1], (3, 7)))
+    assert regions == [2, 2]
+    x[...] = src
+    ops.copy_(x[1:], x[:2])  # overlapping: the rows as they were before the copy
+    np.testing.assert_array_equal(x[1:], src[:2])
+    ops.copy_(x[:, ::2], src[:, ::2])
+    np.testing.assert_array_equal(x[:, ::2], src[:, ::2])
+    scalar = np.zeros(())
+    ops.copy_(scalar, np.array(2.5))
+    assert scalar == 2.5 and regions == [2, 2]
+    with pytest.raises(ValueError):
+        ops.copy_(x, src[:, :3])
+
+
 # ----------------------------------------------------------------- routing
 @case("topk group_by_key bincount",
       lambda r: {"x": randn(r, 5, 6), "keys": r.integers(0, 4, 20)})

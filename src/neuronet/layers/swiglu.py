@@ -54,11 +54,10 @@ class SwiGLU(Layer):
         dgated = w2.backward(dy)
         d_branch = self.workspace("d_branch", tuple(dgated.shape))
         xp.multiply(dgated, self._a, out=d_branch)
-        dx = self.input_grad_buffer(tuple(dy.shape), dy)
-        self.ops.copy_(dx, w3.backward(d_branch))
+        dx3 = w3.backward(d_branch)  # (w1 and w3 keep their own dL/dx: both are read below)
         xp.multiply(dgated, self._b, out=d_branch)
-        dx += w1.backward(d_branch)
-        return dx
+        dx = self.input_grad_buffer(tuple(dy.shape), dy)
+        return self.ops.add(dx3, w1.backward(d_branch), out=dx)  # (one pass: no copy of dx3 first)
 
     def extra_repr(self):
         return f"{self.dim}, {self.hidden}"
