@@ -790,6 +790,7 @@ _OUT_VARIANT = {
     "silu": lambda z, out, a: torch.ops.aten.silu.out(z, out=out),
     "leaky_relu": lambda z, out, a: torch.ops.aten.leaky_relu.out(z, a, out=out),
     "elu": lambda z, out, a: torch.ops.aten.elu.out(z, a, out=out),
+    "selu": lambda z, out, a: torch.ops.aten.elu.out(z, SELU_ALPHA, SELU_SCALE, 1.0, out=out),
     "softmax": lambda z, out, a: _softmax_into(z, out, torch.ops.aten._softmax),
     "log_softmax": lambda z, out, a: _softmax_into(z, out, torch.ops.aten._log_softmax),
 }
