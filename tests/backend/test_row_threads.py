@@ -1,5 +1,6 @@
 """row_threads: independent tasks at once on the NumPy backend's threads, one region at a time."""
 
+import functools
 import threading
 
 import numpy as np
@@ -168,8 +169,6 @@ def test_omp_wait_policy_passive_turns_the_polling_off(policy, spins):
 def test_workers_wait_briefly_only_where_the_callers_task_goes_native():
     """A region whose task is a compiled function's call gets the short grace; one that runs Python first
     the long one (a worker asking for the GIL before the caller lets go of it sleeps on it)."""
-    import functools
-
     from neuronet.backend import kernels
 
     x = np.ones(8, np.float32)
