@@ -389,12 +389,14 @@ def _dot4(rows, taps):
     return a0, a1, a2, a3
 
 
+@jit
 def max_pool2d(x, kh, kw, sh, sw, ph, pw, out, index):
     """out = the max of each window (padding counts as -inf); index = its flat h*W + w in x's plane.
 
     Ties keep the first maximum in scan order and a NaN wins (the last one), as in PyTorch's CPU
     kernel. The usual 2x2 / stride 2 pooling has its own unrolled kernel (~20x faster than the
-    general loops, whose short variable-length window loops do not pipeline).
+    general loops, whose short variable-length window loops do not pipeline). (Compiled, the choice
+    included: a region of compiled calls has the row workers' short grace, row_threads.QUICK_GRACE_NS.)
     """
     whole = 2 * out.shape[2] <= x.shape[2] and 2 * out.shape[3] <= x.shape[3]  # no partial (ceil_mode) window
     if (kh, kw, sh, sw, ph, pw) == (2, 2, 2, 2, 0, 0) and whole:
