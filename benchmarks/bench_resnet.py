@@ -64,7 +64,8 @@ def pytorch():
     return harness.torch_training_step(model, opt, x, y, torch.nn.CrossEntropyLoss())
 
 
-ENGINES = harness.standard_engines(harness.neuronet_training(neuronet_model, _data), pytorch)
+neuronet = harness.neuronet_training(neuronet_model, _data)
+ENGINES = harness.standard_engines(neuronet, pytorch)
 
 if __name__ == "__main__":
     harness.main(ENGINES, f"small ResNet (3 residual blocks), batch {BATCH}, Adam, float32 "

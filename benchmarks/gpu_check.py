@@ -35,7 +35,7 @@ TESTS = ["tests/backend", "tests/layers", "tests/losses", "tests/optim", "tests/
          "tests/test_sync_free.py"]
 ENGINES = ["neuronet-torch", "neuronet-torch+graph", "neuronet-torch+bf16", "neuronet-torch+remat", "pytorch",
            "pytorch+compile", "pytorch+bf16", "pytorch+checkpoint"]
-WORKLOADS = ["mlp", "cnn", "lstm", "gpt", "moe", "nanogpt"]
+WORKLOADS = ["mlp", "cnn", "lstm", "gpt", "moe", "resnet", "nanogpt"]
 BLOCKS = {"gpt", "nanogpt"}  # the workloads of transformer blocks: +remat / +checkpoint recompute each one
 
 
