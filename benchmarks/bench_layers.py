@@ -8,6 +8,10 @@ alternating for ``--rounds`` rounds; a layer's ratio
 (PyTorch time / neuronet time, > 1: neuronet faster) is taken per round and shown as median (min-max).
 
     python benchmarks/bench_layers.py [--only conv2d_s2 bn1d] [--rounds 3] [--threads 1]
+    python benchmarks/bench_layers.py --device cuda   # the torch backend against PyTorch on a GPU
+
+On a GPU (``--device cuda``) only the torch backend and PyTorch run, each step ending in a synchronisation.
+Not yet run on a GPU: no GPU was at hand when this option was written.
 """
 
 from __future__ import annotations
@@ -139,14 +143,14 @@ def cases(nn, torch) -> dict:
     }
 
 
-def neuronet_step(nn, make, x, backend: str = "numpy"):
+def neuronet_step(nn, make, x, backend: str = "numpy", device: str = "cpu"):
     model = nn.Sequential(make())
     model.build(x.shape[1:])
     if backend == "torch":
         import torch
 
-        model.to("torch")
-        x = torch.from_numpy(x)
+        model.to("torch" if device == "cpu" else device)
+        x = torch.from_numpy(x).to(device)
         dy = torch.full_like(model.forward(x, training=True), 0.01)
     else:
         dy = np.full_like(model.forward(x, training=True), 0.01)
@@ -157,9 +161,9 @@ def neuronet_step(nn, make, x, backend: str = "numpy"):
     return step
 
 
-def torch_step(torch, make, x):
-    module = make().train()
-    xt = torch.from_numpy(x)
+def torch_step(torch, make, x, device: str = "cpu"):
+    module = make().to(device).train()
+    xt = torch.from_numpy(x).to(device)
     if xt.is_floating_point():
         xt.requires_grad_(True)
     dy = torch.full_like(module(xt), 0.01)
@@ -171,18 +175,25 @@ def torch_step(torch, make, x):
     return step
 
 
-def _median_time(step, repeats: int, warmup: int) -> float:
+def _median_time(step, repeats: int, warmup: int, sync) -> float:
     for _ in range(warmup):
         step()
+    sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         step()
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def child(engine: str, names: list[str], repeats: int, warmup: int) -> dict[str, float]:
+def engines_on(device: str) -> tuple[str, ...]:
+    """The engines that run on ``device``: the NumPy backend only on the CPU."""
+    return ENGINES if device == "cpu" else ("neuronet-torch", "pytorch")
+
+
+def child(engine: str, names: list[str], repeats: int, warmup: int, device: str = "cpu") -> dict[str, float]:
     import torch
 
     import neuronet as nn
@@ -190,12 +201,13 @@ def child(engine: str, names: list[str], repeats: int, warmup: int) -> dict[str,
     if os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     table = cases(nn, torch)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
     times = {}
     for name in names:
         make_layer, make_module, x = table[name]
-        step = torch_step(torch, make_module, x) if engine == "pytorch" else \
-            neuronet_step(nn, make_layer, x, engine.removeprefix("neuronet-"))
-        times[name] = _median_time(step, repeats, warmup)
+        step = torch_step(torch, make_module, x, device) if engine == "pytorch" else \
+            neuronet_step(nn, make_layer, x, engine.removeprefix("neuronet-"), device)
+        times[name] = _median_time(step, repeats, warmup, sync)
     return times
 
 
@@ -206,10 +218,11 @@ def main() -> None:
     parser.add_argument("--repeats", "--steps", type=int, default=20, help="timed steps per layer and round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per layer first")
     parser.add_argument("--threads", type=int, help="BLAS/OpenMP threads per engine (default: unset)")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (cuda:1): the torch backend only")
     parser.add_argument("--engine", help="(internal) run one engine in this process")
     args = parser.parse_args()
     if args.engine:
-        print(json.dumps(child(args.engine, args.only, args.repeats, args.warmup)))
+        print(json.dumps(child(args.engine, args.only, args.repeats, args.warmup, args.device)))
         return
     import torch
 
@@ -217,24 +230,27 @@ def main() -> None:
 
     names = args.only or list(cases(nn, torch))
     env = harness.thread_environment(args.threads)
-    runs: dict[str, list[dict]] = {engine: [] for engine in ENGINES}
+    engines = engines_on(args.device)
+    runs: dict[str, list[dict]] = {engine: [] for engine in engines}
     for _ in range(args.rounds):
-        for engine in ENGINES:
+        for engine in engines:
             command = [sys.executable, __file__, "--engine", engine, "--repeats", str(args.repeats),
-                       "--warmup", str(args.warmup), "--only"]
+                       "--warmup", str(args.warmup), "--device", args.device, "--only"]
             out = subprocess.run(command + names, capture_output=True, text=True, check=False, env=env)
             if out.returncode != 0:
                 raise SystemExit(f"{engine} failed:\n{out.stderr}")
             runs[engine].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    threads = f"{args.threads} thread(s)" if args.threads else "default threads"
-    print(f"One layer's forward + backward, float32, {threads}, {args.rounds} rounds x {args.repeats} steps "
+    where = f"{args.threads} thread(s)" if args.threads else "default threads"
+    where = where if args.device == "cpu" else args.device
+    print(f"One layer's forward + backward, float32, {where}, {args.rounds} rounds x {args.repeats} steps "
           "(ratio = PyTorch / neuronet, > 1: neuronet faster; median (min-max) over the rounds)")
-    columns = zip(("PyTorch ms", "numpy ms", "ratio", "torch ms", "ratio"), (10, 9, 17, 9, 17), strict=True)
+    ours = [engine.removeprefix("neuronet-") for engine in engines[:-1]]
+    columns = [("PyTorch ms", 10)] + [(c, w) for name in ours for c, w in ((f"{name} ms", 9), ("ratio", 17))]
     print(f"{'layer':18s} " + " ".join(f"{c:>{w}s}" for c, w in columns))
     for name in names:
         theirs = [r[name] for r in runs["pytorch"]]
         row = f"{name:18s} {statistics.median(theirs) * 1e3:10.3f}"
-        for engine in ENGINES[:2]:
+        for engine in engines[:-1]:
             ours = [r[name] for r in runs[engine]]
             ratios = sorted(t / o for t, o in zip(theirs, ours, strict=True))
             row += f" {statistics.median(ours) * 1e3:9.3f} {statistics.median(ratios):5.2f} " \

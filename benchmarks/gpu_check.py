@@ -2,6 +2,8 @@
 
     python benchmarks/gpu_check.py                  # tests, then every workload
     python benchmarks/gpu_check.py --skip-tests --workloads mlp gpt --steps 100
+    python benchmarks/gpu_check.py --skip-tests --workloads --layers   # only each layer alone
+    python benchmarks/gpu_check.py --skip-tests --workloads --layers conv2d_s2 lstm
 
 1. ``pytest`` over the tests that exercise the torch backend, with ``NEURONET_TORCH_DEVICE=cuda`` so that
    every ``model.to("torch")`` in them lands on the GPU (``tests/test_sync_free.py`` then also runs its
@@ -14,6 +16,8 @@
    over ``--steps`` after ``--warmup`` steps, each step ending in a read of the loss (as ``train_step``
    and the usual PyTorch loop do), and two tables against PyTorch eager: speed (> 1: faster) and peak
    GPU memory (``torch.cuda.max_memory_allocated``; < 1: less).
+3. With ``--layers [NAME ...]``, ``bench_layers.py --device cuda``: each layer alone (or those named), the
+   torch backend against the same PyTorch module on the GPU.
 
 Without CUDA it says so and exits with status 2: nothing in it has been run on a GPU where that
 happens, and no GPU result may be claimed from a CPU run.
@@ -159,22 +163,28 @@ def main() -> int:
     parser.add_argument("--skip-tests", action="store_true")
     parser.add_argument("--engines", nargs="*", default=ENGINES, choices=ENGINES)
     parser.add_argument("--device", default="cuda", help="cuda, cuda:1 (cpu: a smoke run of this script)")
+    parser.add_argument("--layers", nargs="*", help="then each layer alone, or those named (bench_layers.py)")
     args = parser.parse_args()
     if args.child:
         _child(*args.child, args.steps, args.warmup, args.device)
         return 0
     import torch
 
-    if args.device == "cpu":  # only checks that the script itself runs; the numbers mean nothing
-        run_timings(args.workloads, args.engines, args.steps, args.warmup, args.timeout, "cpu")
-        return 0
-    if not torch.cuda.is_available():
+    status, on_gpu = 0, args.device != "cpu"  # cpu: checks that the script runs; its numbers mean nothing
+    if on_gpu and not torch.cuda.is_available():
         print("gpu_check: PyTorch sees no CUDA device here; nothing was checked (this script is for a GPU "
               "machine)", file=sys.stderr)
         return 2
-    print(f"gpu_check on {torch.cuda.get_device_name()} (torch {torch.__version__})", flush=True)
-    status = 0 if args.skip_tests else run_tests()
-    run_timings(args.workloads, args.engines, args.steps, args.warmup, args.timeout, args.device)
+    if on_gpu:
+        print(f"gpu_check on {torch.cuda.get_device_name()} (torch {torch.__version__})", flush=True)
+        status = 0 if args.skip_tests else run_tests()
+    if args.workloads:
+        run_timings(args.workloads, args.engines, args.steps, args.warmup, args.timeout, args.device)
+    if args.layers is not None:
+        only = ["--only", *args.layers] if args.layers else []
+        layers = subprocess.call([sys.executable, str(HERE / "bench_layers.py"), "--device", args.device,
+                                  *only])
+        status = status or layers
     return status
 
 

@@ -76,3 +76,11 @@ def test_every_layer_of_the_layer_benchmark_runs_on_both_engines(bench):
         module.neuronet_step(nn, make_layer, x)()
         module.neuronet_step(nn, make_layer, x, "torch")()
         module.torch_step(torch, make_module, x)()
+
+
+def test_the_layer_benchmark_on_a_gpu_runs_the_torch_backend_only(bench):
+    """bench_layers --device cuda: no NumPy engine off the CPU (what the option does on a GPU is not run
+    here: no GPU)."""
+    module = bench("bench_layers")
+    assert module.engines_on("cpu") == module.ENGINES
+    assert module.engines_on("cuda") == ("neuronet-torch", "pytorch")

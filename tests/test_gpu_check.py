@@ -44,3 +44,13 @@ def test_cpu_smoke_run_of_the_recomputing_engines():
     assert all(float(cell) > 0 for cell in gpt[1::2]), gpt  # ms of each engine, then its ratio
     assert mlp[1] == "-" and mlp[-1] == "-", mlp
     assert "peak GPU memory MiB" in out.stdout
+
+
+def test_cpu_smoke_run_of_the_layer_table_alone():
+    """--layers with no workloads: bench_layers' table of the layers named (here on the CPU, all three
+    engines) and nothing else."""
+    out = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--workloads", "--layers", "relu"],
+                         capture_output=True, text=True, env=ENV, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "One layer's forward + backward" in out.stdout and "ms/step" not in out.stdout
+    assert [line.split()[0] for line in out.stdout.splitlines()[2:]] == ["relu"]
