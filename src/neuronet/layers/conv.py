@@ -133,8 +133,8 @@ class _Conv(Layer):
         z = ops.conv2d(self._x, self._weight(self.params), self.params.get("bias"), geom,
                        self.kernel_output("z", (n, o, *geom.out_size)), self.workspace)
         a = z
-        if self.activation != "linear":  # into its own buffer: in place, the Numba pass is slower
-            a = self.workspace("a", z.shape)
+        if self.activation != "linear":  # in place where backward reads only the output (ReLU, tanh, ...)
+            a = z if self.activation in OUTPUT_DERIVATIVE else self.workspace("a", z.shape)
             ops.activation(self.activation, z, a)
         self._z, self._a = z, a
         return a.reshape(n, *self.output_shape)
@@ -206,8 +206,8 @@ class Conv2D(_Conv):
         weight (O, C/groups, kh, kw), bias (O) — PyTorch's layout and default init
         U(+-1/sqrt(C/groups*kh*kw)).
     Saved for backward:
-        the input (the NumPy backend's strided convolutions also keep its im2col columns, C*kh*kw by
-        N*OH*OW), and the activation's output (or input), in workspace.
+        the input (by reference) and the activation's output, in workspace: written over its input where
+        the derivative reads only the output (ReLU, sigmoid, tanh), beside it otherwise (GELU, ...).
     """
 
     ndim = 2
