@@ -4,7 +4,8 @@ Stem conv16-BN-ReLU, two residual blocks at 16 channels, max-pool, conv32-BN-ReL
 block at 32 channels, global average pool, fc10; batch 64, Adam. A residual block is
 conv-BN-ReLU-conv-BN, added to its input, then ReLU (He et al.'s basic block). neuronet writes each
 BN-ReLU as ``BatchNorm2D(c, activation="relu")`` (the ReLU in the normalisation's passes, as the MNIST
-CNN's convolutions take ``activation="relu"``); PyTorch runs them as two modules. ``python
+CNN's convolutions take ``activation="relu"``) and the join as ``Add(activation="relu")`` (the ReLU over
+the sum in place); PyTorch runs them as two modules, ``torch.relu(x + block(x))``. ``python
 benchmarks/bench_resnet.py [--threads 1]``.
 """
 
@@ -26,8 +27,8 @@ def neuronet_model(nn):
         conv = nn.Conv2D(cin, cout, 3, padding=1, bias=False)(x)
         return nn.BatchNorm2D(cout, activation="relu" if relu else None)(conv)
 
-    def block(x, c):
-        return nn.ReLU()(nn.Add()([x, conv_bn(conv_bn(x, c, c), c, c, relu=False)]))
+    def block(x, c):  # the ReLU after the residual sum runs over it in place
+        return nn.Add(activation="relu")([x, conv_bn(conv_bn(x, c, c), c, c, relu=False)])
 
     inp = nn.Input((1, 28, 28))
     h = block(block(conv_bn(inp, 1, 16), 16), 16)

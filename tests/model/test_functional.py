@@ -81,6 +81,49 @@ def test_residual_cnn_matches_torch():
     _compare(model, module, run, RNG.standard_normal((4, 3, 8, 8)).astype(np.float32))
 
 
+def _fused_residual_cnn():
+    """The residual CNN with its ReLUs in the BatchNorm and the Add (the bench's ResNet block's spelling)."""
+    inp = nn.Input((3, 8, 8))
+    h = nn.BatchNorm2D(8, activation="relu")(nn.Conv2D(3, 8, 3, padding=1)(inp))   # 0, 1
+    r = nn.BatchNorm2D(8)(nn.Conv2D(8, 8, 3, padding=1)(h))                      # 2, 3
+    h = nn.Add(activation="relu")([h, r])                                         # 4
+    return nn.Model(inp, nn.Dense(8, 5)(nn.GlobalAvgPool2D()(h)))                 # 5, 6
+
+
+def test_add_with_its_relu_matches_torch_and_the_torch_backend():
+    model = _fused_residual_cnn()
+    m = torch.nn.ModuleDict({"0": torch.nn.Conv2d(3, 8, 3, padding=1), "1": torch.nn.BatchNorm2d(8),
+                             "2": torch.nn.Conv2d(8, 8, 3, padding=1), "3": torch.nn.BatchNorm2d(8),
+                             "6": torch.nn.Linear(8, 5)})
+
+    def run(m, x):
+        h = F.relu(m["1"](m["0"](x)))
+        h = F.relu(h + m["3"](m["2"](h)))
+        return m["6"](h.mean(dim=(2, 3)))
+    x = RNG.standard_normal((4, 3, 8, 8)).astype(np.float32)
+    _compare(model, m, run, x)
+    dy = RNG.standard_normal((4, 5)).astype(np.float32)
+    want_y, want_dx = model.forward(x), model.backward(dy).copy()
+    model.to("torch")
+    got_y, got_dx = model.forward(torch.from_numpy(x)), model.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(got_y.numpy(), want_y, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_dx.numpy(), want_dx, rtol=1e-5, atol=1e-5)
+
+
+def test_add_with_its_relu_numerical_gradients_and_config(tmp_path):
+    inp = nn.Input((6,))
+    out = nn.Add(activation="relu")([nn.Dense(6, 6)(inp), inp])
+    check_gradients(nn.Model(inp, out), RNG.standard_normal((5, 6)))
+    with pytest.raises(nn.errors.ConfigError, match="Add: activation must be None or 'relu'"):
+        nn.Add(activation="gelu")
+    model = _fused_residual_cnn()
+    x = RNG.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    model.save(tmp_path / "fused.nnet")
+    loaded = nn.load(tmp_path / "fused.nnet")
+    assert repr(loaded.layers[4]) == "Add(activation='relu')"
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+
+
 def test_shared_layer_is_one_set_of_weights_whose_gradients_add_up():
     inp = nn.Input((6,))
     shared = nn.Dense(6, 6, activation="tanh")
@@ -376,15 +419,16 @@ def _onnx_run(path, feeds):
     return sess.run(None, feeds)
 
 
-def test_onnx_round_trip_of_a_residual_cnn(tmp_path):
-    model = _residual_cnn()
+@pytest.mark.parametrize("build", [_residual_cnn, _fused_residual_cnn], ids=["relu_layers", "fused_relus"])
+def test_onnx_round_trip_of_a_residual_cnn(build, tmp_path):
+    model = build()
     x = RNG.standard_normal((3, 3, 8, 8)).astype(np.float32)
     model.forward(x)                                   # BatchNorm running statistics away from 0/1
     nn.export_onnx(model, tmp_path / "r.onnx", (3, 8, 8))
     import onnx
 
     ops = {node.op_type for node in onnx.load(str(tmp_path / "r.onnx")).graph.node}
-    assert "Add" in ops and "Conv" in ops
+    assert {"Add", "Conv", "Relu"} <= ops
     (got,) = _onnx_run(tmp_path / "r.onnx", {"input": x})
     np.testing.assert_allclose(got, model.predict(x), rtol=1e-4, atol=1e-5)
 

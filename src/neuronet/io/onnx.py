@@ -253,7 +253,7 @@ def _merge(g, layer, xs, prefix):
     y = xs[0]
     for x in xs[1:]:
         y = g.op(op, y, x)
-    return y
+    return activation(g, layer.get_config().get("activation") or "linear", y)  # Add(activation="relu")
 
 
 @converter("Concatenate")

@@ -8,7 +8,7 @@ from ``backward``; its ``input_shape`` is the tuple of its inputs' shapes. Keras
 from __future__ import annotations
 
 from ..core.layer import Layer
-from ..errors import ShapeError
+from ..errors import ConfigError, ShapeError
 from .wrapper import _Wrapper
 
 
@@ -52,17 +52,42 @@ class _Merge(Layer):
 
 
 class Add(_Merge):
-    """y = x0 + x1 + ... (inputs of equal shape). Saved for backward: nothing (dL/dxi = dy)."""
+    """y = x0 + x1 + ... (inputs of equal shape); with ``activation="relu"``, y = max(that, 0), the ReLU
+    applied over the sum in place (a residual block's join, ``relu(x + block(x))``, as
+    ``BatchNorm2D(activation="relu")`` takes its ReLU: no second buffer of the block's size to write).
+
+    Saved for backward: nothing (dL/dxi = dy); with the ReLU its output y (workspace), dL/dxi = dy * (y > 0).
+    """
 
     merge_shape = _Merge._same_shapes
+    ACTIVATIONS = (None, "relu")  # what runs over the sum in place; another activation is a layer of its own
+
+    def __init__(self, activation: str | None = None):
+        super().__init__()
+        if activation not in self.ACTIVATIONS:
+            raise ConfigError(f"Add: activation must be None or 'relu' (applied over the sum), got "
+                              f"{activation!r}; put any other activation in a layer of its own")
+        self.activation = activation
 
     def forward(self, xs, training: bool = True):
-        return self._fold(self.ops.add, xs)
+        y = self._y = self._fold(self.ops.add, xs)
+        if self.activation is not None:  # (in place: its derivative reads only y)
+            self.ops.activation(self.activation, y, y)
+        return y
 
     def backward(self, dy):
+        if self.activation is not None:  # one dL/d(sum) for every input, kept past this call: a workspace
+            dz = self.workspace("dz", tuple(dy.shape))
+            dy = self.ops.activation_backward(self.activation, dy, None, self._y, dz)
         for i in range(len(self._dx)):
             self._dx[i] = dy
         return self._dx
+
+    def extra_repr(self):
+        return f"activation={self.activation!r}" if self.activation else ""
+
+    def get_config(self):
+        return {"activation": self.activation} if self.activation else {}
 
 
 class Multiply(_Merge):
