@@ -61,15 +61,18 @@ def _residual_cnn():
     return nn.Model(inputs=inp, outputs=out)
 
 
-def _torch_residual_cnn():
-    m = torch.nn.ModuleDict({"0": torch.nn.Conv2d(3, 8, 3, padding=1), "1": torch.nn.BatchNorm2d(8),
-                             "3": torch.nn.Conv2d(8, 8, 3, padding=1), "4": torch.nn.BatchNorm2d(8),
-                             "8": torch.nn.Linear(8, 5)})
+def _torch_residual_cnn(keys=("0", "1", "3", "4", "8")):
+    """Its PyTorch twin; ``keys``: the graph's layer numbers of the two convolutions and BatchNorms (in turn)
+    and of the Dense."""
+    conv, bn, conv2, bn2, fc = keys
+    m = torch.nn.ModuleDict({conv: torch.nn.Conv2d(3, 8, 3, padding=1), bn: torch.nn.BatchNorm2d(8),
+                             conv2: torch.nn.Conv2d(8, 8, 3, padding=1), bn2: torch.nn.BatchNorm2d(8),
+                             fc: torch.nn.Linear(8, 5)})
 
     def run(m, x):
-        h = F.relu(m["1"](m["0"](x)))
-        h = F.relu(h + m["4"](m["3"](h)))
-        return m["8"](h.mean(dim=(2, 3)))
+        h = F.relu(m[bn](m[conv](x)))
+        h = F.relu(h + m[bn2](m[conv2](h)))
+        return m[fc](h.mean(dim=(2, 3)))
     return m, run
 
 
@@ -92,14 +95,7 @@ def _fused_residual_cnn():
 
 def test_add_with_its_relu_matches_torch_and_the_torch_backend():
     model = _fused_residual_cnn()
-    m = torch.nn.ModuleDict({"0": torch.nn.Conv2d(3, 8, 3, padding=1), "1": torch.nn.BatchNorm2d(8),
-                             "2": torch.nn.Conv2d(8, 8, 3, padding=1), "3": torch.nn.BatchNorm2d(8),
-                             "6": torch.nn.Linear(8, 5)})
-
-    def run(m, x):
-        h = F.relu(m["1"](m["0"](x)))
-        h = F.relu(h + m["3"](m["2"](h)))
-        return m["6"](h.mean(dim=(2, 3)))
+    m, run = _torch_residual_cnn(("0", "1", "2", "3", "6"))
     x = RNG.standard_normal((4, 3, 8, 8)).astype(np.float32)
     _compare(model, m, run, x)
     dy = RNG.standard_normal((4, 5)).astype(np.float32)
