@@ -22,7 +22,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 import harness
 import numpy as np
@@ -175,19 +174,6 @@ def torch_step(torch, make, x, device: str = "cpu"):
     return step
 
 
-def _median_time(step, repeats: int, warmup: int, sync) -> float:
-    for _ in range(warmup):
-        step()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def engines_on(device: str) -> tuple[str, ...]:
     """The engines that run on ``device``: the NumPy backend only on the CPU."""
     return ENGINES if device == "cpu" else ("neuronet-torch", "pytorch")
@@ -207,7 +193,7 @@ def child(engine: str, names: list[str], repeats: int, warmup: int, device: str 
         make_layer, make_module, x = table[name]
         step = torch_step(torch, make_module, x, device) if engine == "pytorch" else \
             neuronet_step(nn, make_layer, x, engine.removeprefix("neuronet-"), device)
-        times[name] = _median_time(step, repeats, warmup, sync)
+        times[name] = statistics.median(harness.step_times(step, repeats, warmup, sync))
     return times
 
 

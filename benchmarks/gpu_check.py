@@ -31,7 +31,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -99,16 +98,10 @@ def _child(workload: str, engine: str, steps: int, warmup: int, device: str) -> 
     else:
         step = neuronet("torch" if device == "cpu" else device, cuda_graph=engine.endswith("graph"),
                         mixed_precision="bfloat16" if engine.endswith("bf16") else None)()
+    import harness  # (on the path since _builders)
+
     sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
-    for _ in range(warmup):
-        step()
-    sync()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t)
+    times = harness.step_times(step, steps, warmup, sync)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
     print(json.dumps({"ms": statistics.median(times) * 1e3, "peak_mib": peak}))
 

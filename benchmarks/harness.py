@@ -74,17 +74,28 @@ def gemm_ceiling(library: str, n: int, repeats: int = 5) -> float:
     return 2.0 * n**3 / best / 1e9
 
 
+def step_times(step, steps: int, warmup: int = 0, sync=lambda: None) -> list[float]:
+    """Wall seconds of each of ``steps`` calls of ``step`` after ``warmup`` untimed ones, each ending in
+    ``sync()`` (a GPU's ``torch.cuda.synchronize``: its queued work counted in the step that queued it)."""
+    for _ in range(warmup):
+        step()
+    sync()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t)
+    return times
+
+
 def _child(engines: dict, name: str, steps: int, warmup: int, gemm: int) -> None:
     step = engines[name]()
     rss_built = _peak_rss_mib()
     for _ in range(warmup):
         step()
-    times = []
     cpu = time.process_time()
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
+    times = step_times(step, steps)
     cpu = (time.process_time() - cpu) / steps
     rss_peak = _peak_rss_mib()  # before tracemalloc and the GEMM below add their own
     tracemalloc.start()
