@@ -422,51 +422,33 @@ class Ops:
         the position h*W + w of each max in its plane, as ``F.max_pool2d(..., return_indices=True)``.
         The size of ``out`` says whether the last, partial windows count (``ceil_mode``).
         Ties keep the first maximum in the window's row-major order."""
-        (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-        h, w = x.shape[2:]
-        oh, ow = out.shape[2:]
+        w, reads = x.shape[3], _window_reads(kernel, stride, padding, x.shape[2:], out.shape[2:])
         out[...] = -np.inf
         index[...] = 0
-        for i in range(kh):
-            for j in range(kw):
-                r = np.arange(oh) * sh - ph + i  # the input row/column each window reads at (i, j)
-                c = np.arange(ow) * sw - pw + j
-                inside = ((r >= 0) & (r < h))[:, None] & ((c >= 0) & (c < w))[None, :]
-                v = np.where(inside, x[:, :, r.clip(0, h - 1)][:, :, :, c.clip(0, w - 1)], -np.inf)
-                better = v > out
-                out[...] = np.where(better, v, out)
-                index[...] = np.where(better, (r[:, None] * w + c[None, :]), index)
+        for (r, c), (rows, cols), inside in reads:
+            v = np.where(inside, x[:, :, rows][:, :, :, cols], -np.inf)
+            better = v > out
+            out[...] = np.where(better, v, out)
+            index[...] = np.where(better, (r[:, None] * w + c[None, :]), index)
         return out
 
     def avg_pool2d(self, x, kernel: tuple, stride: tuple, padding: tuple, inverse, out) -> Any:
         """out = the sum of each window of ``x`` (N, C, H, W), padding as zeros, times ``inverse`` (OH, OW):
         each window's 1/divisor (the layer's count_include_pad and ceil_mode rules). The size of ``out``
         says whether the last, partial windows count."""
-        (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-        h, w = x.shape[2:]
-        oh, ow = out.shape[2:]
         out[...] = 0.0
-        for i in range(kh):
-            for j in range(kw):
-                r, c = np.arange(oh) * sh - ph + i, np.arange(ow) * sw - pw + j
-                inside = ((r >= 0) & (r < h))[:, None] & ((c >= 0) & (c < w))[None, :]
-                out += np.where(inside, x[:, :, r.clip(0, h - 1)][:, :, :, c.clip(0, w - 1)], 0.0)
+        for _, (rows, cols), inside in _window_reads(kernel, stride, padding, x.shape[2:], out.shape[2:]):
+            out += np.where(inside, x[:, :, rows][:, :, :, cols], 0.0)
         out *= inverse
         return out
 
     def avg_pool2d_backward(self, dy, kernel: tuple, stride: tuple, padding: tuple, inverse, out) -> Any:
         """out (N, C, H, W) = dy times ``inverse``, added back to every input position of its window."""
-        (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-        h, w = out.shape[2:]
-        oh, ow = dy.shape[2:]
         g = dy * inverse
         out[...] = 0.0
-        for i in range(kh):
-            for j in range(kw):
-                r, c = np.arange(oh) * sh - ph + i, np.arange(ow) * sw - pw + j
-                inside = ((r >= 0) & (r < h))[:, None] & ((c >= 0) & (c < w))[None, :]
-                rows, cols = np.broadcast_arrays(r.clip(0, h - 1)[:, None], c.clip(0, w - 1)[None, :])
-                np.add.at(out, (slice(None), slice(None), rows, cols), np.where(inside, g, 0.0))
+        for _, (rows, cols), inside in _window_reads(kernel, stride, padding, out.shape[2:], dy.shape[2:]):
+            rows, cols = np.broadcast_arrays(rows[:, None], cols[None, :])
+            np.add.at(out, (slice(None), slice(None), rows, cols), np.where(inside, g, 0.0))
         return out
 
     def max_pool2d_backward(self, dy, index, out) -> Any:
@@ -1091,6 +1073,18 @@ def _dtype_key(dtype) -> str:
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _window_reads(kernel: tuple, stride: tuple, padding: tuple, in_size: tuple, out_size: tuple):
+    """Per window offset (i, j) of a pooling over (H, W) into (OH, OW): the input row (OH,) and column (OW,)
+    each window reads there (in the padding, perhaps), the same clipped into the input, and where the read
+    lies inside it (OH, OW)."""
+    (kh, kw), (sh, sw), (ph, pw), (h, w), (oh, ow) = kernel, stride, padding, in_size, out_size
+    for i in range(kh):
+        for j in range(kw):
+            r, c = np.arange(oh) * sh - ph + i, np.arange(ow) * sw - pw + j
+            inside = ((r >= 0) & (r < h))[:, None] & ((c >= 0) & (c < w))[None, :]
+            yield (r, c), (r.clip(0, h - 1), c.clip(0, w - 1)), inside
 
 
 def _normal_cdf(v):
