@@ -111,7 +111,7 @@ class TorchOps(Ops):
         return isinstance(x, torch.Tensor)
 
     def ready(self, x, dtype):  # (a tensor that requires grad is detached by asarray)
-        return isinstance(x, torch.Tensor) and x.dtype == _torch_dtype(dtype) and not x.requires_grad \
+        return isinstance(x, torch.Tensor) and x.dtype == self.resolve_dtype(dtype) and not x.requires_grad \
             and x.device == self._device
 
     def is_floating(self, x):
@@ -124,9 +124,7 @@ class TorchOps(Ops):
         return str(np.asarray(x).dtype)
 
     def resolve_dtype(self, name):
-        if isinstance(name, torch.dtype):
-            return name
-        return _DTYPES[str(np.dtype(name))]
+        return name if isinstance(name, torch.dtype) else _torch_dtype(name)
 
     def copy_(self, dst, src):
         if isinstance(src, torch.Tensor):
