@@ -20,7 +20,7 @@ from .callbacks import (
     TensorBoard,
     TerminateOnNaN,
 )
-from .core import LAYERS, Layer, manual_seed, register_layer
+from .core import LAYERS, Layer, is_grad_enabled, manual_seed, no_grad, register_layer
 from .errors import ShapeError
 from .io import export_gguf, export_onnx, load, load_gguf, to_torch_state_dict
 from .layers import *  # noqa: F403
@@ -63,7 +63,8 @@ __all__ = [
     "LAYERS", "LOSSES", "OPTIMIZERS", "SGD", "Adam", "AdamW", "CSVLogger", "Callback", "CrossEntropyLoss",
     "EarlyStopping", "History", "Layer", "Loss", "MSELoss", "ModelCheckpoint", "Optimizer", "ProgressBar",
     "ReduceLROnPlateau", "Sequential", "TensorBoard", "Input", "Model", "ShapeError", "backends", "data",
-    "distributed", "errors", "load", "plotting", "manual_seed", "register_layer", "set_backend",
+    "distributed", "errors", "load", "plotting", "manual_seed", "no_grad", "is_grad_enabled",
+    "register_layer", "set_backend",
     "export_gguf", "export_onnx", "load_gguf", "to_torch_state_dict",
     *_layer_names,
     "BCELoss", "BCEWithLogitsLoss", "HuberLoss", "KLDivLoss", "L1Loss", "MarginRankingLoss",

@@ -238,6 +238,16 @@ def _max_pool(ops, a):
     return out, index, dx
 
 
+@case("max_pool2d maxima alone", lambda r: {"x": randn(r, 2, 3, 7, 7)})
+def _max_pool_values(ops, a):
+    """index=None (inference under no_grad): the 2x2 kernel's own version and the general one's."""
+    outs = []
+    for kernel, stride, padding, size in [((2, 2), (2, 2), (0, 0), 3), ((3, 3), (2, 2), (1, 1), 4)]:
+        out = ops.empty((2, 3, size, size), "float64")
+        outs.append(ops.max_pool2d(a["x"], kernel, stride, padding, out, None))
+    return tuple(outs)
+
+
 # 2x2 / stride 2 on 7x7 (the NumPy kernel's unrolled case, the last row and column unread), 3x3 / stride 2 /
 # padding 1 on 8x8 with a table of divisors (count_include_pad=False), the same with ceil_mode's extra
 # window, and 3x3 windows tiling 7x7 (the kernel's offset-by-offset case, the last row and column unread).

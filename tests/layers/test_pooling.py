@@ -50,6 +50,27 @@ def test_max_pool_ties_and_nan_follow_torch(backend):
     np.testing.assert_array_equal(layer.ops.to_numpy(layer._index), it.numpy())
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("k,s,p,shape,n", CASES)
+def test_max_pool_under_no_grad_keeps_no_indices(k, s, p, shape, n, dtype, backend):
+    """The maxima alone (NaN and ties as PyTorch's), no int64 index workspace; a backward then names the
+    layer and no_grad, and a forward outside no_grad makes backward work again."""
+    x = np.random.default_rng(5).standard_normal((n, *shape)).astype(dtype)
+    x[0, 0, 1, 1], x[-1, -1, 0, :2] = np.nan, 7.0
+    layer = nn.MaxPool2D(k, s, p)
+    layer.build(shape, dtype=dtype)
+    layer.to(backend)
+    with nn.no_grad():
+        y = np.array(layer.ops.to_numpy(layer.forward(layer.ops.asarray(x))))
+    assert "index" not in layer.__dict__.get("_workspace", {})
+    np.testing.assert_array_equal(y, torch.nn.functional.max_pool2d(torch.tensor(x), k, s, p).numpy())
+    dy = layer.ops.asarray(np.ones_like(y))
+    with pytest.raises(RuntimeError, match=r"MaxPool2D\(.*no_grad"):
+        layer.backward(dy)
+    layer.forward(layer.ops.asarray(x))
+    assert layer.backward(dy).shape == x.shape
+
+
 @pytest.mark.parametrize("layer", [nn.MaxPool2D(3, 2, 1), nn.AvgPool2D(3, 2, 1), nn.GlobalAvgPool2D()])
 def test_pool_gradcheck(layer):
     x = np.random.default_rng(3).permutation(2 * 2 * 5 * 6).reshape(2, 2, 5, 6) / 10.0  # distinct: no ties

@@ -391,7 +391,7 @@ class NumpyOps(Ops):
     # Pooling runs its images in blocks on the row threads (each image's windows are its own).
     def max_pool2d(self, x, kernel, stride, padding, out, index):
         self.run_blocks([functools.partial(conv_kernels.max_pool2d, x[rows], *kernel, *stride, *padding,
-                                           out[rows], index[rows])
+                                           out[rows], None if index is None else index[rows])
                          for rows in self._blocks(x.shape[0], x.size, PASS_SPLIT_WORK)])
         return out
 

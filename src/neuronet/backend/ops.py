@@ -419,17 +419,20 @@ class Ops:
 
     def max_pool2d(self, x, kernel: tuple, stride: tuple, padding: tuple, out, index) -> Any:
         """out = the max of each window of ``x`` (N, C, H, W), padding as -inf; ``index`` (int64) gets
-        the position h*W + w of each max in its plane, as ``F.max_pool2d(..., return_indices=True)``.
+        the position h*W + w of each max in its plane, as ``F.max_pool2d(..., return_indices=True)``, or
+        is None (inference: the maxima alone).
         The size of ``out`` says whether the last, partial windows count (``ceil_mode``).
         Ties keep the first maximum in the window's row-major order."""
         w, reads = x.shape[3], _window_reads(kernel, stride, padding, x.shape[2:], out.shape[2:])
         out[...] = -np.inf
-        index[...] = 0
+        where = np.zeros(out.shape, np.int64)
         for (r, c), (rows, cols), inside in reads:
             v = np.where(inside, x[:, :, rows][:, :, :, cols], -np.inf)
             better = v > out
             out[...] = np.where(better, v, out)
-            index[...] = np.where(better, (r[:, None] * w + c[None, :]), index)
+            where[...] = np.where(better, (r[:, None] * w + c[None, :]), where)
+        if index is not None:
+            index[...] = where
         return out
 
     def avg_pool2d(self, x, kernel: tuple, stride: tuple, padding: tuple, inverse, out) -> Any:

@@ -239,10 +239,13 @@ class TorchOps(Ops):
     # Max pooling on the CPU: the NumPy backend's Numba kernels on the tensors' memory (PyTorch's
     # max_pool2d_with_indices took 6.3 ms per call on the MNIST CNN's (64, 32, 28, 28) at one thread).
     def max_pool2d(self, x, kernel, stride, padding, out, index):
-        if _numba_ok(x) and out.is_contiguous() and index.is_contiguous():
-            _CPU.max_pool2d(*_host(x.contiguous()), kernel, stride, padding, *_host(out, index))
+        if _numba_ok(x) and out.is_contiguous() and (index is None or index.is_contiguous()):
+            _CPU.max_pool2d(*_host(x.contiguous()), kernel, stride, padding, out.numpy(),
+                            _host_or_none(index))
             return out
         ceil_mode = _ceil_mode(x, kernel, stride, padding, out)
+        if index is None:
+            return out.copy_(F.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode))
         y, idx = F.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode, return_indices=True)
         out.copy_(y)
         index.copy_(idx)

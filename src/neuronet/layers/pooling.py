@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core.grad_mode import is_grad_enabled
 from ..core.layer import Layer, ShapeError
 from ..errors import ConfigError
 from .conv import _plain, pair, short
@@ -81,12 +82,18 @@ class _MaxPool(_Pool):
     def forward(self, x, training: bool = True):
         n, c = x.shape[:2]
         y = self.workspace("y", (n, c, *self._out))
-        self._index = self.workspace("index", (n, c, *self._out), dtype="int64")
+        # The argmax positions only for a backward: none under no_grad (predict: 19 MB of int64 a
+        # batch of 256 in the MNIST CNN, and their writes).
+        keep = is_grad_enabled()
+        self._index = self.workspace("index", (n, c, *self._out), dtype="int64") if keep else None
         x = x.reshape(n, c, *self._in)
         self.ops.max_pool2d(x, self._kernel, self._stride, self._padding, y, self._index)
         return y.reshape(n, *self.output_shape)
 
     def backward(self, dy):
+        if self._index is None:
+            raise RuntimeError(f"{self!r}: backward after a forward under nn.no_grad(), which keeps no "
+                               "argmax positions; run the forward outside no_grad")
         n, c = dy.shape[:2]
         dx = self.input_grad_buffer((n, c, *self._in), dy)
         self.ops.max_pool2d_backward(dy.reshape(n, c, *self._out), self._index, dx)
@@ -110,7 +117,8 @@ class MaxPool2D(_MaxPool):
     Shape:
         x: (N, C, H, W) -> y: (N, C, OH, OW), OH = floor((H + 2*ph - kh) / sh) + 1 (ceil with ceil_mode).
     Saved for backward:
-        the int64 index of each window's maximum in its input plane (workspace), as PyTorch's indices.
+        the int64 index of each window's maximum in its input plane (workspace), as PyTorch's indices;
+        nothing under ``nn.no_grad()`` (``predict``, ``evaluate``).
     """
 
 
@@ -127,7 +135,7 @@ class MaxPool1D(_MaxPool):
     Shape:
         x: (N, C, L) -> y: (N, C, OL), OL = floor((L + 2*padding - kernel_size) / stride) + 1.
     Saved for backward:
-        the int64 index of each window's maximum (workspace).
+        the int64 index of each window's maximum (workspace); nothing under ``nn.no_grad()``.
     """
 
     ndim = 1

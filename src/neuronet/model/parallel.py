@@ -25,6 +25,7 @@ import numpy as np
 
 from ..backend import blas_threads as openblas
 from ..core import random as nnrandom
+from ..core.grad_mode import no_grad
 from ..core.layer import Workspace
 from ..core.replica import copy_buffers, replica
 from ..errors import ConfigError
@@ -65,7 +66,8 @@ def _state(model) -> _Parallel:
 
 @contextmanager
 def inference_model(model):
-    """The model itself if no other thread is using it, else this thread's inference replica.
+    """The model itself if no other thread is using it, else this thread's inference replica, under
+    ``no_grad`` (no backward follows: layers keep nothing for one).
 
     A replica is made once per thread and model (and again after the model is rebuilt or moved); it
     sees every weight update at once since it shares the parameter array.
@@ -75,7 +77,7 @@ def inference_model(model):
         if not model.built:
             state.lock.acquire()  # the first forward builds the model: one thread at a time
         try:
-            with model._precision():
+            with model._precision(), no_grad():
                 yield model
         finally:
             state.lock.release()
@@ -84,7 +86,7 @@ def inference_model(model):
     if getattr(local, "key", None) is not model.flat_params or local.loss is not model.loss:
         local.replica, local.key, local.loss = replica(model), model.flat_params, model.loss
     local.replica.metric_fns = model.metric_fns
-    with model._precision():
+    with model._precision(), no_grad():
         yield local.replica
 
 
