@@ -698,6 +698,31 @@ def test_torch_ops_on_one_thread_match_reference(name, torch_one_thread, spy_hos
     assert calls and set(calls) <= {"activation", "attention", "attention_backward"}
 
 
+@pytest.mark.parametrize("name, rows, on_host", [("gelu_tanh", 768, True), ("gelu", 16, True),
+                                                  ("gelu", 512, False), ("relu", 16, False)])
+def test_torch_activations_at_two_threads_run_where_faster(name, rows, on_host, spy_host_kernels):
+    """At two torch threads the tanh GELU at any size and the exact GELU below 2^17 elements run the NumPy
+    backend's one-core kernel (faster there than PyTorch's on two threads), the rest PyTorch's kernels;
+    the values and gradients are the reference's either way."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        calls = spy_host_kernels(("activation", "activation_backward"))
+        rng = np.random.default_rng(0)
+        z, dy = rng.standard_normal((rows, 256)), rng.standard_normal((rows, 256))
+        for ops in (Ops(), BACKENDS["torch"]):
+            y, dz = ops.empty(z.shape, "float64"), ops.empty(z.shape, "float64")
+            ops.activation(name, ops.asarray(z), y)
+            ops.activation_backward(name, ops.asarray(dy), ops.asarray(z), y, dz)
+            if ops is not BACKENDS["torch"]:
+                expected = y, dz
+        np.testing.assert_allclose(ops.to_numpy(y), expected[0], rtol=1e-9, atol=1e-11)
+        np.testing.assert_allclose(ops.to_numpy(dz), expected[1], rtol=1e-9, atol=1e-11)
+        assert calls == (["activation", "activation_backward"] if on_host else [])
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("center, bias", [(True, True), (False, False)])
 def test_norm_rows_on_one_torch_thread(center, bias, torch_one_thread, spy_host_kernels):
     """LayerNorm and RMSNorm the same way."""
