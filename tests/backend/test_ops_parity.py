@@ -298,7 +298,7 @@ for _name in ACTIVATIONS:
 # ----------------------------------------------------------------- norms and attention
 @pytest.mark.parametrize("center", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
-def test_norm_rows(center, bias):
+def test_norm_rows(center, bias, backends=BACKENDS):
     def run(ops, a):
         out, mean, rstd = ops.empty((5, 6), "float64"), ops.empty((5,), "float64"), ops.empty((5,), "float64")
         ops.norm_rows(a["x"], a["w"], a["b"] if bias else None, 1e-5, center, out, mean, rstd)
@@ -311,7 +311,7 @@ def test_norm_rows(center, bias):
                                           a["db"] if bias else None)
         return out, rstd, dx, a["dw"], a["db"], fresh, fresh_dx
     check(lambda r: {k: randn(r, *s) for k, s in
-                     dict(x=(5, 6), w=(6,), b=(6,), dy=(5, 6), dw=(6,), db=(6,)).items()}, run)
+                     dict(x=(5, 6), w=(6,), b=(6,), dy=(5, 6), dw=(6,), db=(6,)).items()}, run, backends)
 
 
 @case("batch_norm_stats batch_norm batch_norm_training batch_norm_backward",
@@ -719,6 +719,29 @@ def test_torch_activations_at_two_threads_run_where_faster(name, rows, on_host, 
         np.testing.assert_allclose(ops.to_numpy(y), expected[0], rtol=1e-9, atol=1e-11)
         np.testing.assert_allclose(ops.to_numpy(dz), expected[1], rtol=1e-9, atol=1e-11)
         assert calls == (["activation", "activation_backward"] if on_host else [])
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("center, bias", [(True, True), (False, False)])
+def test_norm_rows_torch_op_path_matches_reference(center, bias, monkeypatch):
+    """LayerNorm's and RMSNorm's torch-op path (a CUDA tensor's), forced on CPU tensors."""
+    import neuronet.backend.torch_ops as torch_ops
+
+    monkeypatch.setattr(torch_ops, "_numba_ok", lambda x: False)
+    test_norm_rows(center, bias, backends={"torch ops": BACKENDS["torch"]})
+
+
+@pytest.mark.parametrize("center, calls", [(True, []), (False, ["norm_rows", "norm_rows_backward"] * 2)])
+def test_norm_rows_at_two_torch_threads(center, calls, spy_host_kernels):
+    """At two torch threads RMSNorm runs the NumPy backend's one-core kernels (PyTorch's five ops were 3-4x
+    slower), LayerNorm PyTorch's fused kernels."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = spy_host_kernels(("norm_rows", "norm_rows_backward"))
+        test_norm_rows(center, center, backends={"torch": BACKENDS["torch"]})
+        assert seen == calls
     finally:
         torch.set_num_threads(before)
 

@@ -346,11 +346,16 @@ class TorchOps(Ops):
 
 
     # ----------------------------------------------------------------- sequence models (norms, attention)
-    # The norms keep PyTorch's results where the layer asks for NEW (fresh_outputs): each copy into a
-    # workspace cost 28 us inside the char GPT's step (18 a step).
+    # RMSNorm runs the NumPy backend's one-pass kernels on one core at any torch thread count (two threads,
+    # 768x128: forward 27 against 93 us in five torch ops, backward 46 against 233), LayerNorm only at one
+    # thread: alone its kernel was faster at two as well (768x128: 36 against PyTorch's 61 us, backward 56
+    # against 101), but inside the char GPT's step it made the step slower (4 of 4 alternating pairs).
+    # Where PyTorch's run, the norms keep its results where the layer asks for NEW (fresh_outputs): each
+    # copy into a workspace cost 28 us inside the char GPT's step (18 a step).
     def norm_rows(self, x, weight, bias, eps, center, out, mean, rstd):
-        if _one_thread_host(x, weight, mean, rstd, *([] if bias is None else [bias])) and \
-                (out is NEW or _one_thread_host(out)):
+        limit = 0 if center else math.inf
+        if _host_below(limit, x, weight, mean, rstd, *([] if bias is None else [bias])) and \
+                (out is NEW or _host_below(limit, out)):
             out = self._new_like(out, x)
             _CPU.norm_rows(*_host(x, weight), _host_or_none(bias), eps, center, *_host(out, mean, rstd))
             return out
@@ -368,8 +373,9 @@ class TorchOps(Ops):
         return _kept_or_copied(out, y.reshape(x.shape))
 
     def norm_rows_backward(self, dy, x, weight, mean, rstd, center, dx, dweight, dbias):
-        if _one_thread_host(dy, x, weight, mean, rstd, dweight, *([] if dbias is None else [dbias])) and \
-                (dx is NEW or _one_thread_host(dx)):
+        limit = 0 if center else math.inf
+        if _host_below(limit, dy, x, weight, mean, rstd, dweight, *([] if dbias is None else [dbias])) and \
+                (dx is NEW or _host_below(limit, dx)):
             dx = self._new_like(dx, dy)
             _CPU.norm_rows_backward(*_host(dy, x, weight, mean, rstd), center, *_host(dx, dweight),
                                     _host_or_none(dbias))
@@ -888,7 +894,16 @@ def _one_thread_host(*tensors) -> bool:
     """Whether a pass goes to the NumPy backend's kernel on the tensors' memory because torch runs one
     thread (with more, torch's kernels use them): contiguous CPU float tensors. At one thread the char
     GPT's LayerNorms and bias + GELU took 2.9 ms a step more in torch's kernels than in ours."""
-    return torch.get_num_threads() == 1 and all(_numba_ok(t) and t.is_contiguous() for t in tensors)
+    return _host_below(0, *tensors)
+
+
+def _host_below(limit: float, *tensors) -> bool:
+    """Whether a pass goes to the NumPy backend's kernel on the tensors' memory (contiguous CPU float
+    tensors): at one torch thread always, with more where the first tensor has fewer than ``limit``
+    elements (below it that kernel on one core measured faster than PyTorch's on its threads)."""
+    if torch.get_num_threads() > 1 and tensors[0].numel() >= limit:
+        return False
+    return all(_numba_ok(t) and t.is_contiguous() for t in tensors)
 
 
 # Activations whose NumPy-backend kernel on one core beats PyTorch's on two threads below this many
@@ -899,12 +914,8 @@ _HOST_ACTIVATION_BELOW = {"gelu_tanh": math.inf, "gelu": 2**17}
 
 
 def _host_activation(name: str, *tensors) -> bool:
-    """Whether activation ``name`` over these tensors runs the NumPy backend's kernel on their memory:
-    at one torch thread (``_one_thread_host``) or, with more, where that kernel is faster on one core
-    (``_HOST_ACTIVATION_BELOW``)."""
-    if torch.get_num_threads() > 1 and tensors[0].numel() >= _HOST_ACTIVATION_BELOW.get(name, 0):
-        return False
-    return all(_numba_ok(t) and t.is_contiguous() for t in tensors)
+    """``_host_below`` for activation ``name`` (``_HOST_ACTIVATION_BELOW``)."""
+    return _host_below(_HOST_ACTIVATION_BELOW.get(name, 0), *tensors)
 
 
 def _host_heads(*heads) -> list | None:
