@@ -4,6 +4,7 @@
     python benchmarks/gpu_check.py --skip-tests --workloads mlp gpt --steps 100
     python benchmarks/gpu_check.py --skip-tests --workloads --layers   # only each layer alone
     python benchmarks/gpu_check.py --skip-tests --workloads --layers conv2d_s2 lstm
+    python benchmarks/gpu_check.py --budget 420 --workloads mlp cnn gpt --steps 30   # a short device lend
 
 1. ``pytest`` over the tests that exercise the torch backend, with ``NEURONET_TORCH_DEVICE=cuda`` so that
    every ``model.to("torch")`` in them lands on the GPU (``tests/test_sync_free.py`` then also runs its
@@ -19,6 +20,10 @@
 3. With ``--layers [NAME ...]``, ``bench_layers.py --device cuda``: each layer alone (or those named), the
    torch backend against the same PyTorch module on the GPU.
 
+Each result is printed the moment its process ends (``[workload / engine] ...``), so a run cut short still
+leaves what it measured; ``--budget SECONDS`` bounds the whole run: the tests get at most half of it, and
+no process starts once it is spent (those cells say so).
+
 Without CUDA it says so and exits with status 2: nothing in it has been run on a GPU where that
 happens, and no GPU result may be claimed from a CPU run.
 """
@@ -31,6 +36,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -106,28 +112,46 @@ def _child(workload: str, engine: str, steps: int, warmup: int, device: str) -> 
     print(json.dumps({"ms": statistics.median(times) * 1e3, "peak_mib": peak}))
 
 
-def run_tests() -> int:
+def run_tests(seconds: float | None) -> int:
+    """pytest over TESTS on the GPU; at most ``seconds`` (None: no limit), then stopped with status 1."""
     env = dict(os.environ, NEURONET_TORCH_DEVICE="cuda", PYTHONPATH=str(HERE.parent / "src"))
-    return subprocess.call([sys.executable, "-m", "pytest", "-q", *TESTS], cwd=HERE.parent, env=env)
+    try:
+        return subprocess.call([sys.executable, "-m", "pytest", "-q", *TESTS], cwd=HERE.parent, env=env,
+                               timeout=seconds)
+    except subprocess.TimeoutExpired:
+        print(f"gpu_check: the tests were stopped after {seconds:.0f} s (--budget)", flush=True)
+        return 1
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - time.monotonic()
 
 
 def run_timings(workloads: list[str], engines: list[str], steps: int, warmup: int, timeout: int,
-                device: str) -> None:
+                device: str, deadline: float | None = None) -> None:
+    """Each (workload, engine) in its own process, printed as it ends, then the two tables; no process
+    starts after ``deadline`` (time.monotonic())."""
     rows = {}
     for workload in workloads:
         for engine in engines:
             if engine.endswith(("remat", "checkpoint")) and workload not in BLOCKS:
                 rows[workload, engine] = {"ms": None, "peak_mib": None}  # no blocks to recompute
                 continue
+            left = _left(deadline)
+            if left is not None and left < 1:
+                rows[workload, engine] = {"error": "not run: the --budget was spent"}
+                continue
+            limit = timeout if left is None else min(timeout, left)
             cmd = [sys.executable, __file__, "--child", workload, engine, "--steps", str(steps),
                    "--warmup", str(warmup), "--device", device]
             try:
-                out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+                out = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, check=False)
                 ok = out.returncode == 0
                 rows[workload, engine] = json.loads(out.stdout.strip().splitlines()[-1]) if ok else \
                     {"error": (out.stderr.strip().splitlines() or ["?"])[-1]}
             except subprocess.TimeoutExpired:
-                rows[workload, engine] = {"error": f"timed out after {timeout} s"}
+                rows[workload, engine] = {"error": f"timed out after {limit:.0f} s"}
+            print(f"[{workload} / {engine}] {json.dumps(rows[workload, engine])}", flush=True)
     for key, unit, faster in (("ms", "ms/step; x PyTorch eager's speed", True),
                               ("peak_mib", "peak GPU memory MiB; x PyTorch eager's", False)):
         print(f"\n{'workload':<10}" + "".join(f"{e:>24}" for e in engines) + f"   ({unit})")
@@ -157,6 +181,7 @@ def main() -> int:
     parser.add_argument("--engines", nargs="*", default=ENGINES, choices=ENGINES)
     parser.add_argument("--device", default="cuda", help="cuda, cuda:1 (cpu: a smoke run of this script)")
     parser.add_argument("--layers", nargs="*", help="then each layer alone, or those named (bench_layers.py)")
+    parser.add_argument("--budget", type=float, help="seconds for the whole run (the tests at most half)")
     args = parser.parse_args()
     if args.child:
         _child(*args.child, args.steps, args.warmup, args.device)
@@ -168,11 +193,13 @@ def main() -> int:
         print("gpu_check: PyTorch sees no CUDA device here; nothing was checked (this script is for a GPU "
               "machine)", file=sys.stderr)
         return 2
+    deadline = None if args.budget is None else time.monotonic() + args.budget
     if on_gpu:
         print(f"gpu_check on {torch.cuda.get_device_name()} (torch {torch.__version__})", flush=True)
-        status = 0 if args.skip_tests else run_tests()
+        status = 0 if args.skip_tests else run_tests(None if args.budget is None else args.budget / 2)
     if args.workloads:
-        run_timings(args.workloads, args.engines, args.steps, args.warmup, args.timeout, args.device)
+        run_timings(args.workloads, args.engines, args.steps, args.warmup, args.timeout, args.device,
+                    deadline)
     if args.layers is not None:
         only = ["--only", *args.layers] if args.layers else []
         layers = subprocess.call([sys.executable, str(HERE / "bench_layers.py"), "--device", args.device,

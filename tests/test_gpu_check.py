@@ -54,3 +54,17 @@ def test_cpu_smoke_run_of_the_layer_table_alone():
     assert out.returncode == 0, out.stderr
     assert "One layer's forward + backward" in out.stdout and "ms/step" not in out.stdout
     assert [line.split()[0] for line in out.stdout.splitlines()[2:]] == ["relu"]
+
+
+def test_budget_stops_starting_processes_and_each_result_prints_as_it_ends():
+    """--budget: once spent no engine starts (its cell says so); a finished engine's line came first."""
+    out = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--workloads", "mlp", "--engines",
+                          "pytorch", "neuronet-torch", "--steps", "1", "--warmup", "1", "--budget", "0"],
+                         capture_output=True, text=True, env=ENV, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "mlp / pytorch: not run: the --budget was spent" in out.stdout
+    out = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--workloads", "mlp", "--engines",
+                          "pytorch", "--steps", "1", "--warmup", "1", "--budget", "300"],
+                         capture_output=True, text=True, env=ENV, timeout=300)
+    first = out.stdout.splitlines()[0]
+    assert first.startswith("[mlp / pytorch] {") and '"ms"' in first, out.stdout
