@@ -36,6 +36,7 @@ import time
 import tracemalloc
 
 SPREAD_WARNING = 0.20  # rounds whose ratios differ by more than this (slowest / fastest - 1)
+JSON_SUMMARY = "NEURONET_BENCH_JSON"  # set: main() ends with its summary as one JSON line
 
 
 def _peak_rss_mib() -> float:
@@ -139,7 +140,8 @@ def main(engines: dict, title: str, steps: int = 50, warmup: int = 10, rounds: i
     parser.add_argument("--only", nargs="*", help="engines to run (default: all)")
     parser.add_argument("--threads", type=int, help="BLAS/OpenMP threads per engine (default: unset)")
     parser.add_argument("--gemm", type=int, default=1024, help="size of the sgemm ceiling (0: skip)")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--json", action="store_true", default=bool(os.environ.get(JSON_SUMMARY)),
+                        help=f"print the summary as JSON (also {JSON_SUMMARY}=1: neuronet bench --markdown)")
     args = parser.parse_args()
     if args.engine:
         _child(engines, args.engine, args.steps, args.warmup, args.gemm)
@@ -192,7 +194,12 @@ def summarize(rows: dict[str, list[dict]], flops: float | None) -> dict:
                 entry["fraction_of_gemm"] = entry["gflops"] / entry["gemm_gflops"]
         out["engines"][name] = entry
     out["warnings"] = spread_warnings(spreads, min(len(r) for r in rows.values()), SPREAD_WARNING)
+    out["unsteady"] = [name for name, v in spreads.items() if _unsteady(v, SPREAD_WARNING)]
     return out
+
+
+def _unsteady(values: list[float], tolerance: float) -> bool:
+    return min(values) > 0 and max(values) / min(values) - 1 > tolerance
 
 
 def spread_warnings(times: dict[str, list[float]], rounds: int, tolerance: float = 0.2) -> list[str]:
@@ -203,7 +210,7 @@ def spread_warnings(times: dict[str, list[float]], rounds: int, tolerance: float
                 "before trusting these ratios"]
     return [f"WARNING: {name}: rounds differ by {max(v) / min(v) - 1:.0%} (> {tolerance:.0%}): the "
             "machine was busy; these ratios are unreliable (rerun, read the CPU ratio, or use --threads 1)"
-            for name, v in times.items() if min(v) > 0 and max(v) / min(v) - 1 > tolerance]
+            for name, v in times.items() if _unsteady(v, tolerance)]
 
 
 def format_table(summary: dict, title: str) -> str:
@@ -219,6 +226,32 @@ def format_table(summary: dict, title: str) -> str:
         lines.append(f"{name:<22}{e['ms'][1]:>9.2f}{ratio:>22}{cpu:>11}{e['rss_peak_mib']:>7.0f}MiB{mem:>7}"
                      f"{e['peak_bytes_per_step']:>12,}{gf:>9}{frac:>15}")
     lines += summary["warnings"]
+    return "\n".join(lines)
+
+
+MARKDOWN_ENGINES = ("neuronet-numpy", "neuronet-numpy-auto", "neuronet-torch")
+
+
+def markdown_table(summaries: list[dict]) -> str:
+    """The README's kind of table from ``main``'s JSON summaries (one row per benchmark run): each
+    neuronet engine's ratio to PyTorch as median (min-max), † where its rounds differed by more than
+    SPREAD_WARNING, and peak RSS against PyTorch's."""
+    head = ["workload", *MARKDOWN_ENGINES, "peak RSS ÷ PyTorch's (" + " / ".join(MARKDOWN_ENGINES) + ")"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for summary in summaries:
+        engines, cells, memory = summary["engines"], [], []
+        for name in MARKDOWN_ENGINES:
+            e = engines.get(name)
+            if e is None or "ratio" not in e:
+                cells.append("–")
+                memory.append("–")
+                continue
+            low, mid, high = e["ratio"]
+            mark = "†" if name in summary.get("unsteady", ()) else ""
+            cells.append(f"{mid:.2f} ({low:.2f}–{high:.2f}){mark}")
+            memory.append(f"{e['rss_vs_pytorch']:.2f}")
+        threads = f", {summary['threads']} thread(s)" if summary.get("threads") else ""
+        lines.append(f"| {summary['title']}{threads} | " + " | ".join(cells) + f" | {' / '.join(memory)} |")
     return "\n".join(lines)
 
 

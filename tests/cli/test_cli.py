@@ -316,7 +316,7 @@ def test_bench_only_runs_the_named_benchmarks_and_lists_them_otherwise(capsys, m
     import neuronet.cli.main as cli
 
     ran = []
-    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, **kw: ran.append(cmd) or 0)
+    monkeypatch.setattr(cli, "_run_echoing", lambda cmd, cwd, env: ran.append(cmd) or (0, []))
     assert main(["bench", "--only", "mlp", "bench_lstm.py", "--quick"]) == 0
     assert [Path(cmd[1]).name for cmd in ran] == ["bench_lstm.py", "bench_mlp.py"]
     assert ran[0][2:] == ["--steps", "10", "--warmup", "3", "--rounds", "2"]
@@ -325,6 +325,37 @@ def test_bench_only_runs_the_named_benchmarks_and_lists_them_otherwise(capsys, m
     assert main(["bench", "--only", "no_such_benchmark"]) == 2
     err = capsys.readouterr().err
     assert "no benchmark named no_such_benchmark; available: " in err and "mlp" in err
+
+
+def test_bench_markdown_ends_with_one_table_of_the_runs(capsys, monkeypatch, tmp_path):
+    """--markdown: the benchmarks run with NEURONET_BENCH_JSON set, their output echoed but for the JSON
+    summaries, which end the run as one Markdown table (†: rounds that differed, –: an engine not run)."""
+    import neuronet.cli.main as cli
+
+    def summary(title, auto):
+        engines = {"neuronet-numpy": {"ratio": [1.5, 1.75, 2.0], "rss_vs_pytorch": 0.6},
+                   "neuronet-torch": {"ratio": [1.0, 1.1, 1.4], "rss_vs_pytorch": 1.2}}
+        if auto:
+            engines["neuronet-numpy-auto"] = {"ratio": [1.7, 1.8, 1.9], "rss_vs_pytorch": 0.65}
+        return {"engines": engines, "unsteady": ["neuronet-torch"], "title": title, "threads": None}
+
+    script = tmp_path / "fake.py"
+    script.write_text("import json, os\nprint('table lines')\n"
+                      f"print(json.dumps({summary('train', True)!r}) "
+                      "if os.environ.get('NEURONET_BENCH_JSON') else 'no json')\n")
+    code, found = cli._run_echoing([sys.executable, str(script)], tmp_path,
+                                   dict(os.environ, NEURONET_BENCH_JSON="1"))
+    assert code == 0 and found == [summary("train", True)]
+    assert capsys.readouterr().out == "table lines\n"  # echoed; the JSON line is not
+    envs = []
+    monkeypatch.setattr(cli, "_run_echoing", lambda cmd, cwd, env: envs.append(env) or
+                        (0, [summary("train", True), summary("predict", False)]))
+    assert main(["bench", "--only", "cnn", "--markdown"]) == 0
+    assert envs[0]["NEURONET_BENCH_JSON"] == "1"
+    table = capsys.readouterr().out.split("\n| workload")[1].splitlines()
+    assert table[2] == ("| train | 1.75 (1.50–2.00) | 1.80 (1.70–1.90) | 1.10 (1.00–1.40)† "
+                        "| 0.60 / 0.65 / 1.20 |")
+    assert table[3] == "| predict | 1.75 (1.50–2.00) | – | 1.10 (1.00–1.40)† | 0.60 / – / 1.20 |"
 
 
 def test_bench_warns_about_one_round_and_disagreeing_rounds():

@@ -6,6 +6,8 @@ Every command has ``--help``. ``train`` lives in ``cli/train.py``, its YAML sche
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import subprocess
 import sys
 import time
@@ -208,11 +210,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
     extra = ["--steps", "10", "--warmup", "3", "--rounds", "2"] if args.quick else []
     if args.threads:
         extra += ["--threads", str(args.threads)]
-    status = 0
+    status, summaries = 0, []
+    env = dict(os.environ, NEURONET_BENCH_JSON="1") if args.markdown else None
     for script in scripts:
         print(f"== {script.stem} ==", flush=True)
-        status |= subprocess.call([sys.executable, str(script), *extra], cwd=folder.parent)
+        code, printed = _run_echoing([sys.executable, str(script), *extra], folder.parent, env)
+        status |= code
+        summaries += printed
+    if args.markdown:
+        sys.path.insert(0, str(folder))
+        import harness
+
+        print("\n" + harness.markdown_table(summaries))
     return status
+
+
+def _run_echoing(cmd: list[str], cwd: Path, env: dict | None) -> tuple[int, list[dict]]:
+    """Run a benchmark, echoing its output line by line; its exit status and the JSON summaries it printed
+    (benchmarks/harness.py's, with NEURONET_BENCH_JSON set), which are not echoed."""
+    summaries = []
+    with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, text=True) as proc:
+        for line in proc.stdout:
+            if line.startswith('{"engines"'):
+                summaries.append(json.loads(line))
+            else:
+                print(line, end="", flush=True)
+    return proc.returncode, summaries
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -321,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--quick", action="store_true", help="few steps and two rounds (a smoke run)")
     be.add_argument("--threads", type=int, help="BLAS/OpenMP threads of every engine (default: the "
                     "libraries' own); 1 gives the steadier figures on a shared machine")
+    be.add_argument("--markdown", action="store_true",
+                    help="end with one Markdown table of every run's ratios and memory (the README's kind)")
     be.add_argument("--all", action="store_true",
                     help="every benchmark, also nanogpt (needs > 10 GiB), scaling, loader, finetune")
     be.set_defaults(func=cmd_bench)
