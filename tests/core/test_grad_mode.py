@@ -60,3 +60,44 @@ def test_predict_and_evaluate_run_under_no_grad_and_training_still_works(backend
     model.train_step(model.ops.asarray(x), model.ops.asarray(y))  # after predict: the index is made again
     assert "index" in pool.__dict__["_workspace"]
     assert not np.array_equal(model.state_dict()["0.weight"], before)
+
+
+@pytest.mark.parametrize("make, shape, kept", [
+    (lambda: nn.Dense(6, 5, activation="gelu"), (4, 6), "z"),
+    (lambda: nn.Conv2D(2, 3, 3, padding=1, activation="silu"), (2, 2, 5, 5), "a"),
+    (lambda: nn.Conv1D(2, 3, 3, activation="elu"), (2, 2, 7), "a"),
+])
+def test_activation_written_over_its_input_under_no_grad(make, shape, kept, backend):
+    """GELU, SiLU, ELU (derivatives that read z) write their output over z under no_grad: no second
+    buffer, the same values; a backward then names the layer; outside no_grad the gradients are as before."""
+    x = np.random.default_rng(1).standard_normal(shape)
+    fresh, reference = make(), make()
+    for layer in (fresh, reference):
+        nn.manual_seed(0)
+        layer.build(shape[1:], dtype="float64")
+        layer.to(backend)
+    ops = fresh.ops
+    with nn.no_grad():
+        y = np.array(ops.to_numpy(fresh.forward(ops.asarray(x))))
+    assert kept not in fresh.__dict__.get("_workspace", {})
+    np.testing.assert_array_equal(y, ops.to_numpy(reference.forward(ops.asarray(x))))
+    dy = ops.asarray(np.random.default_rng(2).standard_normal(y.shape))
+    with pytest.raises(RuntimeError, match=r"(Dense|Conv[12]D)\(.*no_grad.*pre-activation"):
+        fresh.backward(dy)
+    fresh.forward(ops.asarray(x))
+    np.testing.assert_array_equal(ops.to_numpy(fresh.backward(dy)), ops.to_numpy(reference.backward(dy)))
+    np.testing.assert_array_equal(fresh.flat_grads if backend == "numpy" else ops.to_numpy(fresh.flat_grads),
+                                  reference.flat_grads if backend == "numpy" else
+                                  ops.to_numpy(reference.flat_grads))
+
+
+def test_transformer_predict_under_no_grad_matches_forward(backend):
+    """A GELU feed-forward (its hidden Dense shares workspaces across blocks) predicts as it forwards."""
+    nn.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(11, 16), nn.TransformerBlock(16, 2, 32, causal=True),
+                          nn.TransformerBlock(16, 2, 32, causal=True), nn.Dense(16, 11))
+    model.build((8,))
+    model.to(backend)
+    x = np.random.default_rng(0).integers(0, 11, (3, 8))
+    expected = np.array(model.ops.to_numpy(model.forward(model.ops.asarray(x), training=False)))
+    np.testing.assert_allclose(model.predict(x), expected, rtol=1e-6, atol=1e-6)

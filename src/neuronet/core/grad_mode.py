@@ -32,3 +32,10 @@ def no_grad() -> Iterator[None]:
         yield
     finally:
         _state.enabled = previous
+
+
+def backward_after_no_grad(layer, what: str) -> RuntimeError:
+    """The error a layer's backward raises when its last forward ran under ``no_grad`` and so kept no
+    ``what``."""
+    return RuntimeError(f"{layer!r}: backward after a forward under nn.no_grad(), which keeps no {what}; "
+                        "run the forward outside no_grad")

@@ -14,6 +14,7 @@ from ..backend import OUTPUT_DERIVATIVE, check_activation
 from ..backend.conv_geometry import ConvGeometry, conv_output_size
 from ..core import args
 from ..core import initializers as init
+from ..core.grad_mode import backward_after_no_grad, is_grad_enabled
 from ..core.layer import Layer, ShapeError
 from ..errors import ConfigError
 
@@ -133,16 +134,20 @@ class _Conv(Layer):
         z = ops.conv2d(self._x, self._weight(self.params), self.params.get("bias"), geom,
                        self.kernel_output("z", (n, o, *geom.out_size)), self.workspace)
         a = z
-        if self.activation != "linear":  # in place where backward reads only the output (ReLU, tanh, ...)
-            a = z if self.activation in OUTPUT_DERIVATIVE else self.workspace("a", z.shape)
+        # In place where backward reads only the output (ReLU, tanh, ...) or under no_grad (none follows).
+        keep_z = self.activation not in OUTPUT_DERIVATIVE and is_grad_enabled()
+        if self.activation != "linear":
+            a = self.workspace("a", z.shape) if keep_z else z
             ops.activation(self.activation, z, a)
-        self._z, self._a = z, a
+        self._z, self._a = z if keep_z or self.activation in OUTPUT_DERIVATIVE else None, a
         return a.reshape(n, *self.output_shape)
 
     def backward(self, dy):
         ops, n, geom, o = self.ops, dy.shape[0], self.geometry, self.out_channels
         dz = dy = dy.reshape(n, o, *geom.out_size)
         if self.activation != "linear":  # (not in place: the aliased Numba loop does not vectorise)
+            if self._z is None:
+                raise backward_after_no_grad(self, f"pre-activation for {self.activation!r}")
             dz = self.temporary("dz", dy.shape)
             z = None if self.activation in OUTPUT_DERIVATIVE else self._z
             ops.activation_backward(self.activation, dy, z, self._a, dz)
@@ -207,7 +212,8 @@ class Conv2D(_Conv):
         U(+-1/sqrt(C/groups*kh*kw)).
     Saved for backward:
         the input (by reference) and the activation's output, in workspace: written over its input where
-        the derivative reads only the output (ReLU, sigmoid, tanh), beside it otherwise (GELU, ...).
+        the derivative reads only the output (ReLU, sigmoid, tanh), beside it otherwise (GELU, ...); under
+        ``nn.no_grad()`` over it always.
     """
 
     ndim = 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..backend import OUTPUT_DERIVATIVE, check_activation
 from ..core import args
 from ..core import initializers as init
+from ..core.grad_mode import backward_after_no_grad, is_grad_enabled
 from ..core.layer import Layer
 
 
@@ -23,7 +24,8 @@ class Dense(Layer):
     Parameters:
         weight (out_features, in_features), bias (out_features) — PyTorch's layout and init.
     Saved for backward:
-        x (by reference), y (workspace) and, for activations whose derivative needs it, z = x W^T + b.
+        x (by reference), y (workspace) and, for activations whose derivative needs it, z = x W^T + b
+        (under ``nn.no_grad()`` not: y is then written over z).
     """
 
     def __init__(self, in_features: int, out_features: int, activation: str | None = None, bias: bool = True):
@@ -49,10 +51,12 @@ class Dense(Layer):
         self._x = x.reshape(-1, self.in_features)  # (M, in), M = all leading positions
         m = self._x.shape[0]
         y = self.workspace("y", (m, self.out_features))
-        z = y if self.activation in OUTPUT_DERIVATIVE else self.workspace("z", (m, self.out_features))
+        keep_z = self.activation not in OUTPUT_DERIVATIVE and is_grad_enabled()  # (GELU's derivative reads z)
+        z = self.workspace("z", (m, self.out_features)) if keep_z else y
         self.ops.matmul(self._x, self.params["weight"].T, out=z)
         self.ops.activation(self.activation, z, y, bias=self.params.get("bias"))  # y = act(z += bias)
-        self._z, self._y = z, y
+        self._z = z if keep_z or self.activation in OUTPUT_DERIVATIVE else None
+        self._y = y
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def backward(self, dy):
@@ -64,6 +68,8 @@ class Dense(Layer):
             if db is not None:
                 ops.sum_rows_acc(dz, db)  # db += sum over rows of dz
         else:  # dz = dy * act'(z) and db += sum over rows of dz, in one pass
+            if self._z is None:
+                raise backward_after_no_grad(self, f"pre-activation for {self.activation!r}")
             dz = self.temporary("dz", (m, self.out_features))
             ops.activation_backward(self.activation, dy, self._z, self._y, dz, bias_grad=db)
         dw = g["weight"] if self.trainable else None  # dW += dz^T x

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core.grad_mode import is_grad_enabled
+from ..core.grad_mode import backward_after_no_grad, is_grad_enabled
 from ..core.layer import Layer, ShapeError
 from ..errors import ConfigError
 from .conv import _plain, pair, short
@@ -92,8 +92,7 @@ class _MaxPool(_Pool):
 
     def backward(self, dy):
         if self._index is None:
-            raise RuntimeError(f"{self!r}: backward after a forward under nn.no_grad(), which keeps no "
-                               "argmax positions; run the forward outside no_grad")
+            raise backward_after_no_grad(self, "argmax positions")
         n, c = dy.shape[:2]
         dx = self.input_grad_buffer((n, c, *self._in), dy)
         self.ops.max_pool2d_backward(dy.reshape(n, c, *self._out), self._index, dx)
