@@ -662,7 +662,7 @@ def test_backends_override_only_what_differs():
 
 CPU_KERNEL_CASES = sorted(n for n in CASES if n.startswith(("activation ", "max_pool2d", "avg_pool2d",
                                                             "batch_norm", "lstm_cell", "gru_cell",
-                                                            "attention_softmax",
+                                                            "attention_softmax", "gather_rows", "topk",
                                                             "dropout_mask", *STEPS)))
 
 

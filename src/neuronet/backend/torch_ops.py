@@ -174,7 +174,12 @@ class TorchOps(Ops):
     def topk(self, x, k, values, indices):
         torch.topk(x, k, dim=-1, sorted=True, out=(values, indices))
 
+    # The MoE's routing and the embeddings' gradients on CPU tensors: the NumPy backend's loops (two
+    # threads, 512 rows of 64: index_add_ 43 against 6 us; a stable sort and a bincount 15 against 3.3).
     def group_by_key(self, keys, order, counts):
+        if all(_on_cpu(t) and t.dtype == torch.int64 for t in (keys, order, counts)):
+            _CPU.group_by_key(*_host(keys, order, counts))
+            return
         torch.sort(keys, stable=True, out=(torch.empty_like(keys), order))
         self.bincount(keys, counts)
 
@@ -185,6 +190,10 @@ class TorchOps(Ops):
         return torch.index_select(table, 0, index.reshape(-1).long(), out=out.reshape(-1, *table.shape[1:]))
 
     def scatter_add_rows(self, table, index, rows):
+        if _numba_ok(table) and table.is_contiguous() and rows.is_contiguous() and _on_cpu(index) and \
+                index.dtype == torch.int64:
+            _CPU.scatter_add_rows(*_host(table, index, rows))
+            return
         table.index_add_(0, index.reshape(-1).long(), rows.reshape(-1, *table.shape[1:]))
 
     # ------------------------------------------------------------ convolution and pooling (PyTorch's kernels)
