@@ -678,12 +678,21 @@ def test_torch_ops_path_matches_reference(name, monkeypatch):
     check(*CASES[name], backends={"torch ops": BACKENDS["torch"]})
 
 
-@pytest.fixture
-def torch_one_thread():
+def _torch_threads(n: int):
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def torch_one_thread():
+    yield from _torch_threads(1)
+
+
+@pytest.fixture
+def torch_two_threads():
+    yield from _torch_threads(2)
 
 
 ONE_THREAD_CASES = sorted(n for n in CASES if n.startswith(("activation ", "attention ")))
@@ -700,27 +709,22 @@ def test_torch_ops_on_one_thread_match_reference(name, torch_one_thread, spy_hos
 
 @pytest.mark.parametrize("name, rows, on_host", [("gelu_tanh", 768, True), ("gelu", 16, True),
                                                   ("gelu", 512, False), ("relu", 16, False)])
-def test_torch_activations_at_two_threads_run_where_faster(name, rows, on_host, spy_host_kernels):
+def test_torch_activations_at_two_threads_run_where_faster(name, rows, on_host, torch_two_threads,
+                                                           spy_host_kernels):
     """At two torch threads the tanh GELU at any size and the exact GELU below 2^17 elements run the NumPy
     backend's one-core kernel (faster there than PyTorch's on two threads), the rest PyTorch's kernels;
     the values and gradients are the reference's either way."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        calls = spy_host_kernels(("activation", "activation_backward"))
-        rng = np.random.default_rng(0)
-        z, dy = rng.standard_normal((rows, 256)), rng.standard_normal((rows, 256))
-        for ops in (Ops(), BACKENDS["torch"]):
-            y, dz = ops.empty(z.shape, "float64"), ops.empty(z.shape, "float64")
-            ops.activation(name, ops.asarray(z), y)
-            ops.activation_backward(name, ops.asarray(dy), ops.asarray(z), y, dz)
-            if ops is not BACKENDS["torch"]:
-                expected = y, dz
-        np.testing.assert_allclose(ops.to_numpy(y), expected[0], rtol=1e-9, atol=1e-11)
-        np.testing.assert_allclose(ops.to_numpy(dz), expected[1], rtol=1e-9, atol=1e-11)
-        assert calls == (["activation", "activation_backward"] if on_host else [])
-    finally:
-        torch.set_num_threads(before)
+    calls = spy_host_kernels(("activation", "activation_backward"))
+    rng = np.random.default_rng(0)
+    z, dy = rng.standard_normal((rows, 256)), rng.standard_normal((rows, 256))
+
+    def run(ops, a):
+        y, dz = ops.empty(z.shape, "float64"), ops.empty(z.shape, "float64")
+        ops.activation(name, a["z"], y)
+        ops.activation_backward(name, a["dy"], a["z"], y, dz)
+        return y, dz
+    check(lambda r: {"z": z, "dy": dy}, run, backends={"torch": BACKENDS["torch"]})
+    assert calls == (["activation", "activation_backward"] if on_host else [])
 
 
 @pytest.mark.parametrize("center, bias", [(True, True), (False, False)])
@@ -733,17 +737,12 @@ def test_norm_rows_torch_op_path_matches_reference(center, bias, monkeypatch):
 
 
 @pytest.mark.parametrize("center, calls", [(True, []), (False, ["norm_rows", "norm_rows_backward"] * 2)])
-def test_norm_rows_at_two_torch_threads(center, calls, spy_host_kernels):
+def test_norm_rows_at_two_torch_threads(center, calls, torch_two_threads, spy_host_kernels):
     """At two torch threads RMSNorm runs the NumPy backend's one-core kernels (PyTorch's five ops were 3-4x
     slower), LayerNorm PyTorch's fused kernels."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        seen = spy_host_kernels(("norm_rows", "norm_rows_backward"))
-        test_norm_rows(center, center, backends={"torch": BACKENDS["torch"]})
-        assert seen == calls
-    finally:
-        torch.set_num_threads(before)
+    seen = spy_host_kernels(("norm_rows", "norm_rows_backward"))
+    test_norm_rows(center, center, backends={"torch": BACKENDS["torch"]})
+    assert seen == calls
 
 
 @pytest.mark.parametrize("center, bias", [(True, True), (False, False)])
