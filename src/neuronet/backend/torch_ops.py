@@ -288,8 +288,7 @@ class TorchOps(Ops):
 
     # ----------------------------------------------------------------- activations
     def activation(self, name, z, out, alpha=None, *, bias=None):
-        # (bias and activation in one pass there)
-        if _host_activation(name, z, out, *([] if bias is None else [bias])):
+        if _host_activation(name, z, out, bias):  # (bias and activation in one pass there)
             _CPU.activation(name, *_host(z, out), alpha, bias=_host_or_none(bias))
             return out
         if bias is not None:
@@ -362,9 +361,7 @@ class TorchOps(Ops):
     # Where PyTorch's run, the norms keep its results where the layer asks for NEW (fresh_outputs): each
     # copy into a workspace cost 28 us inside the char GPT's step (18 a step).
     def norm_rows(self, x, weight, bias, eps, center, out, mean, rstd):
-        limit = 0 if center else math.inf
-        if _host_below(limit, x, weight, mean, rstd, *([] if bias is None else [bias])) and \
-                (out is NEW or _host_below(limit, out)):
+        if _host_below(_HOST_NORM_BELOW[center], x, weight, bias, mean, rstd, out):
             out = self._new_like(out, x)
             _CPU.norm_rows(*_host(x, weight), _host_or_none(bias), eps, center, *_host(out, mean, rstd))
             return out
@@ -382,9 +379,7 @@ class TorchOps(Ops):
         return _kept_or_copied(out, y.reshape(x.shape))
 
     def norm_rows_backward(self, dy, x, weight, mean, rstd, center, dx, dweight, dbias):
-        limit = 0 if center else math.inf
-        if _host_below(limit, dy, x, weight, mean, rstd, dweight, *([] if dbias is None else [dbias])) and \
-                (dx is NEW or _host_below(limit, dx)):
+        if _host_below(_HOST_NORM_BELOW[center], dy, x, weight, mean, rstd, dweight, dbias, dx):
             dx = self._new_like(dx, dy)
             _CPU.norm_rows_backward(*_host(dy, x, weight, mean, rstd), center, *_host(dx, dweight),
                                     _host_or_none(dbias))
@@ -417,7 +412,7 @@ class TorchOps(Ops):
         var.copy_(var_)
 
     def batch_norm_training(self, x, weight, bias, eps, out, mean, var, rstd, relu=False):
-        if _one_thread_host(x, weight, bias, mean, var, rstd) and (out is NEW or _one_thread_host(out)):
+        if _one_thread_host(x, weight, bias, mean, var, rstd, out):
             out = self._new_like(out, x)
             _CPU.batch_norm_training(*_host(x, weight, bias), eps, *_host(out, mean, var, rstd), relu)
             return out
@@ -431,7 +426,7 @@ class TorchOps(Ops):
         return _kept_or_copied(out, y)
 
     def batch_norm(self, x, mean, rstd, weight, bias, out, relu=False):
-        if _one_thread_host(x, mean, rstd, weight, bias) and (out is NEW or _one_thread_host(out)):
+        if _one_thread_host(x, mean, rstd, weight, bias, out):
             out = self._new_like(out, x)
             _CPU.batch_norm(*_host(x, mean, rstd, weight, bias, out), relu)
             return out
@@ -443,8 +438,7 @@ class TorchOps(Ops):
         return out
 
     def batch_norm_backward(self, dy, x, mean, rstd, weight, training, dx, dweight, dbias, relu_out=None):
-        if _one_thread_host(dy, x, mean, rstd, weight, dweight, dbias) and \
-                (dx is None or dx is NEW or _one_thread_host(dx)):
+        if _one_thread_host(dy, x, mean, rstd, weight, dweight, dbias, dx):
             dx = self._new_like(dx, dy) if dx is not None else None
             _CPU.batch_norm_backward(*_host(dy, x, mean, rstd, weight), training, _host_or_none(dx),
                                      *_host(dweight, dbias), _host_or_none(relu_out))
@@ -908,11 +902,12 @@ def _one_thread_host(*tensors) -> bool:
 
 def _host_below(limit: float, *tensors) -> bool:
     """Whether a pass goes to the NumPy backend's kernel on the tensors' memory (contiguous CPU float
-    tensors): at one torch thread always, with more where the first tensor has fewer than ``limit``
-    elements (below it that kernel on one core measured faster than PyTorch's on its threads)."""
+    tensors; None, an absent bias or output, and NEW, an output the kernel is to make, pass): at one torch
+    thread always, with more where the first tensor has fewer than ``limit`` elements (below it that
+    kernel on one core measured faster than PyTorch's on its threads)."""
     if torch.get_num_threads() > 1 and tensors[0].numel() >= limit:
         return False
-    return all(_numba_ok(t) and t.is_contiguous() for t in tensors)
+    return all(t is None or t is NEW or (_numba_ok(t) and t.is_contiguous()) for t in tensors)
 
 
 # Activations whose NumPy-backend kernel on one core beats PyTorch's on two threads below this many
@@ -920,6 +915,7 @@ def _host_below(limit: float, *tensors) -> bool:
 # backward 266 against 429), the exact GELU below 2^17 (128x256, an MoE expert's hidden layer: 19 against
 # 30 us, 30 against 44; parity at 2^17). The others are faster in PyTorch from the smallest sizes up.
 _HOST_ACTIVATION_BELOW = {"gelu_tanh": math.inf, "gelu": 2**17}
+_HOST_NORM_BELOW = {True: 0, False: math.inf}  # by ``center``: LayerNorm, RMSNorm (TorchOps.norm_rows)
 
 
 def _host_activation(name: str, *tensors) -> bool:
