@@ -55,8 +55,7 @@ class MeanPooling(_SequencePooling):
     def backward(self, dy):
         n, steps, dim = self._x_shape
         scaled = self.workspace("dy_scaled", (n, dim))  # dy / T first: dx is then written in one pass
-        self.ops.copy_(scaled, dy)
-        scaled *= 1.0 / steps
+        self.ops.xp.multiply(dy, 1.0 / steps, out=scaled)
         dx = self.input_grad_buffer(self._x_shape, dy)
         self.ops.copy_(dx, scaled.reshape(n, 1, dim))
         return dx
