@@ -381,7 +381,8 @@ def _attention_inputs(r):
 @case("attention attention_backward", _attention_inputs)
 def _(ops, a):
     """Self-attention (T 40: causal and not, with and without dropout) and cross-attention (Tq 13, Tk 40) on
-    the layer's strided head views; the gradients written into views of one (rows, 3 dim) buffer."""
+    the layer's strided head views; the gradients written into views of one (rows, 3 dim) buffer; the
+    output again with no probabilities kept (probs None: ``nn.no_grad``), from a scratch that held NaN."""
     scratch, results = scratch_of(ops), []
     own = _heads(ops, a["qkv"], 40, 3)
     cross = [*_heads(ops, a["q"], 13, 1), *_heads(ops, a["kv"], 40, 2)]
@@ -392,12 +393,15 @@ def _(ops, a):
         probs = ops.empty((ATT_B, ATT_H, tq, tk), "float64")
         out = ops.zeros((ATT_B * tq, ATT_H * ATT_HD), "float64")
         ops.attention(q, k, v, probs, _heads(ops, out, tq, 1)[0], causal, 0.3, mask, 1 / 0.7, scratch)
+        out_alone = ops.zeros((ATT_B * tq, ATT_H * ATT_HD), "float64")
+        ops.fill_(scratch("attention.probs", tuple(probs.shape)), float("nan"))
+        ops.attention(q, k, v, None, _heads(ops, out_alone, tq, 1)[0], causal, 0.3, mask, 1 / 0.7, scratch)
         dq_rows = ops.zeros((ATT_B * tq, ATT_H * ATT_HD), "float64")
         dkv_rows = ops.zeros((ATT_B * tk, 2 * ATT_H * ATT_HD), "float64")
         dq, (dk, dv) = _heads(ops, dq_rows, tq, 1)[0], _heads(ops, dkv_rows, tk, 2)
         ops.attention_backward(_heads(ops, do, tq, 1)[0], probs, q, k, v, dq, dk, dv, causal, 0.3, mask,
                                1 / 0.7, scratch)
-        results += [probs, out, dq_rows, dkv_rows]
+        results += [probs, out, out_alone, dq_rows, dkv_rows]
     return tuple(results)
 
 
@@ -406,7 +410,7 @@ def test_fused_attention_ignores_what_its_scratch_held():
     its scratch held there before (NaN here, read first by the causal cases) must not reach the gradients."""
     ops = NumpyOps()
     for name, shape in (("attention.weights", (40, 40)), ("attention.keys", (3, ATT_HD, 16)),
-                        ("attention.rows", (2, 40, 16))):
+                        ("attention.rows", (2, 40, 16)), ("attention.probs", (1, 1, 40, 40))):
         ops.temporary(name, shape, "float64").fill(np.nan)
     check(*CASES["attention attention_backward"], backends={"numpy": ops})
 
@@ -662,7 +666,7 @@ def test_backends_override_only_what_differs():
 
 CPU_KERNEL_CASES = sorted(n for n in CASES if n.startswith(("activation ", "max_pool2d", "avg_pool2d",
                                                             "batch_norm", "lstm_cell", "gru_cell",
-                                                            "attention_softmax", "gather_rows", "topk",
+                                                            "attention", "gather_rows", "topk",
                                                             "dropout_mask", *STEPS)))
 
 

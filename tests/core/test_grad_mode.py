@@ -62,14 +62,18 @@ def test_predict_and_evaluate_run_under_no_grad_and_training_still_works(backend
     assert not np.array_equal(model.state_dict()["0.weight"], before)
 
 
-@pytest.mark.parametrize("make, shape, kept", [
-    (lambda: nn.Dense(6, 5, activation="gelu"), (4, 6), "z"),
-    (lambda: nn.Conv2D(2, 3, 3, padding=1, activation="silu"), (2, 2, 5, 5), "a"),
-    (lambda: nn.Conv1D(2, 3, 3, activation="elu"), (2, 2, 7), "a"),
+@pytest.mark.parametrize("make, shape, kept, error", [
+    (lambda: nn.Dense(6, 5, activation="gelu"), (4, 6), "z", r"Dense\(.*no_grad.*pre-activation"),
+    (lambda: nn.Conv2D(2, 3, 3, padding=1, activation="silu"), (2, 2, 5, 5), "a", r"Conv2D\(.*pre-activation"),
+    (lambda: nn.Conv1D(2, 3, 3, activation="elu"), (2, 2, 7), "a", r"Conv1D\(.*pre-activation"),
+    (lambda: nn.MultiHeadAttention(8, 2, causal=True), (3, 5, 8), "probs",
+     r"MultiHeadAttention\(.*no_grad.*attention probabilities"),
+    (lambda: nn.MultiHeadAttention(8, 2, rope=True), (2, 6, 8), "probs", "attention probabilities"),
 ])
-def test_activation_written_over_its_input_under_no_grad(make, shape, kept, backend):
-    """GELU, SiLU, ELU (derivatives that read z) write their output over z under no_grad: no second
-    buffer, the same values; a backward then names the layer; outside no_grad the gradients are as before."""
+def test_under_no_grad_layers_keep_less_and_compute_the_same(make, shape, kept, error, backend):
+    """Under no_grad GELU, SiLU, ELU (derivatives that read z) write their output over z, attention keeps
+    no probabilities (N, H, T, T): the same values; a backward then names the layer and what it lacks;
+    outside no_grad the gradients are as before."""
     x = np.random.default_rng(1).standard_normal(shape)
     fresh, reference = make(), make()
     for layer in (fresh, reference):
@@ -82,7 +86,7 @@ def test_activation_written_over_its_input_under_no_grad(make, shape, kept, back
     assert kept not in fresh.__dict__.get("_workspace", {})
     np.testing.assert_array_equal(y, ops.to_numpy(reference.forward(ops.asarray(x))))
     dy = ops.asarray(np.random.default_rng(2).standard_normal(y.shape))
-    with pytest.raises(RuntimeError, match=r"(Dense|Conv[12]D)\(.*no_grad.*pre-activation"):
+    with pytest.raises(RuntimeError, match=error):
         fresh.backward(dy)
     fresh.forward(ops.asarray(x))
     np.testing.assert_array_equal(ops.to_numpy(fresh.backward(dy)), ops.to_numpy(reference.backward(dy)))
@@ -99,3 +103,54 @@ def test_transformer_predict_under_no_grad_matches_forward(backend):
     x = np.random.default_rng(0).integers(0, 11, (3, 8))
     expected = np.array(model.ops.to_numpy(model.forward(model.ops.asarray(x), training=False)))
     np.testing.assert_allclose(model.predict(x), expected, rtol=1e-6, atol=1e-6)
+
+
+def _blocks():
+    """Containers whose output is their own buffer (TransformerBlocks, Residuals, one Residual inside
+    another): under no_grad their layers' buffers are shared by the blocks of a class."""
+    nn.manual_seed(3)
+    inner = nn.Residual(nn.Sequential(nn.Dense(8, 8, activation="tanh"), nn.LayerNorm(8)))
+    model = nn.Sequential(nn.TransformerBlock(8, 2, 16, causal=True), nn.TransformerBlock(8, 2, 16, causal=True),
+                          nn.Residual(nn.Sequential(inner, nn.Dense(8, 8, activation="gelu"))),
+                          nn.Residual(nn.Sequential(nn.Dense(8, 8, activation="relu"), nn.Dense(8, 8))),
+                          nn.Flatten(), nn.Dense(5 * 8, 3))
+    model.build((5, 8), dtype="float64")
+    model.compile(optimizer=nn.Adam(1e-2), loss=nn.CrossEntropyLoss())
+    return model, inner
+
+
+def _inside_blocks(model):
+    return [layer for block in model.layers[:4] for _, layer in block.named_layers() if layer is not block]
+
+
+def test_blocks_share_their_layers_buffers_under_no_grad(backend):
+    """predict keeps no buffer inside a block (the inner Residual run alone first, then inside the outer
+    one), gives forward's values, and training afterwards steps exactly as a model never predicted."""
+    (model, inner), (twin, _) = _blocks(), _blocks()
+    model.to(backend), twin.to(backend)
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((6, 5, 8)), rng.integers(0, 3, 6)
+    with nn.no_grad():
+        inner.forward(model.ops.asarray(x))
+    predicted = model.predict(x)
+    assert not any(layer.__dict__.get("_workspace") for layer in _inside_blocks(model))
+    np.testing.assert_allclose(predicted, twin.ops.to_numpy(twin.forward(twin.ops.asarray(x), training=False)),
+                               rtol=1e-12, atol=1e-12)
+    for m in (model, twin):
+        m.train_step(m.ops.asarray(x), m.ops.asarray(y))
+    np.testing.assert_array_equal(model.ops.to_numpy(model.flat_grads), twin.ops.to_numpy(twin.flat_grads))
+    np.testing.assert_array_equal(model.state_dict()["0.linear1.weight"], twin.state_dict()["0.linear1.weight"])
+    np.testing.assert_allclose(model.predict(x), twin.predict(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("index, name", [(1, "TransformerBlock"), (3, "Residual")])
+def test_backward_after_a_no_grad_forward_raises_before_any_gradient(index, name):
+    """The blocks' buffers hold whichever block ran last: their backward refuses, adding nothing."""
+    model, _ = _blocks()
+    x = np.random.default_rng(5).standard_normal((6, 5, 8))
+    with nn.no_grad():
+        model.forward(x)
+    block = model.layers[index]
+    with pytest.raises(RuntimeError, match=rf"(?s){name}\(.*no_grad.*activations of its layers"):
+        block.backward(np.ones((6, 5, 8)))
+    assert not np.any(model.flat_grads)

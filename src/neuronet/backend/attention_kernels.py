@@ -2,7 +2,8 @@
 
 For each (sample, head) with q (Tq, hd), k and v (Tk, hd):
 
-    forward:   P = softmax(scale q k^T)  (causal: query i sees keys j <= i)      saved (the layer's workspace)
+    forward:   P = softmax(scale q k^T)  (causal: query i sees keys j <= i)      saved (the layer's workspace;
+                                                                   under no_grad one (Tq, Tk) scratch)
                W = P, or P * mask * keep_scale with dropout
                o = W v
     backward:  dv = W^T do,  dW = do v^T (* mask * keep_scale),  dS = scale P (dW - rowsum(dW P)),
@@ -64,9 +65,9 @@ def _prefetch(typingctx, address):
 @jit
 def _prefetch_heads(arrays, b, h):
     """Prefetch the cache lines of x[b, h] (T, D) for each (B, H, T, D) x of the tuple ``arrays``, unless
-    b is past the samples."""
+    (b, h) is past its samples or heads."""
     for x in literal_unroll(arrays):
-        if b < x.shape[0]:
+        if b < x.shape[0] and h < x.shape[1]:  # (not past a (1, 1, Tq, Tk) scratch's one head)
             base = x.ctypes.data + b * x.strides[0] + h * x.strides[1]
             for t in range(x.shape[2]):
                 row = base + t * x.strides[2]
@@ -78,7 +79,8 @@ def _prefetch_heads(arrays, b, h):
 def attention_forward(q, k, v, probs, out, causal, scale, mask, keep_scale, keys_packed, rows_packed,
                       weights, row_max):
     """probs[b, h] = softmax(scale q k^T) and out[b, h] = W v for every (b, h) of q (B, H, Tq, hd), k, v
-    (B, H, Tk, hd), probs (B, H, Tq, Tk), out (B, H, Tq, hd) (rows unit-stride). ``mask`` (B, H, Tq, Tk)
+    (B, H, Tk, hd), probs (B, H, Tq, Tk) or (1, 1, Tq, Tk) (one buffer every head's probabilities pass
+    through, where nothing is kept for a backward), out (B, H, Tq, hd) (rows unit-stride). ``mask`` (B, H, Tq, Tk)
     bool with ``dropout``, else an empty array; ``keys_packed`` (packed_shape((hd, Tk))), ``rows_packed``
     (packed_shape((K, hd)), K >= Tk), ``weights`` (Tq, Tk, only with dropout) and ``row_max`` (Tq,) are
     scratch."""
@@ -90,7 +92,7 @@ def attention_forward(q, k, v, probs, out, causal, scale, mask, keep_scale, keys
     for b in range(q.shape[0]):
         for h in range(q.shape[1]):
             _prefetch_heads(operands, b + 1, h)
-            p = probs[b, h]
+            p = probs[b % probs.shape[0], h % probs.shape[1]]
             pack(k[b, h].T, keys_packed)
             gemm(q[b, h], keys_packed, p, False, SKIP_UPPER if causal else 0)
             kernels.softmax_rows(p, p, False, scale, tq if causal else 0, row_max)  # (0 above the diagonal)

@@ -686,7 +686,10 @@ class Ops:
         """Scaled dot-product attention of head stacks q (B, H, Tq, hd), k and v (B, H, Tk, hd):
         probs (B, H, Tq, Tk) = attention_softmax(q k^T, causal, scale), saved for backward, and out (B, H,
         Tq, hd) = W v with W = probs, or with dropout (``mask`` (B, H, Tq, Tk) bool, else None) probs *
-        mask * keep_scale. ``scratch(name, shape)``: buffers that live within the call."""
+        mask * keep_scale. ``probs`` None: nothing is kept for a backward (``nn.no_grad``), the
+        probabilities pass through scratch. ``scratch(name, shape)``: buffers that live within the call."""
+        if probs is None:
+            probs = scratch("attention.probs", (*q.shape[:3], k.shape[2]))
         self.matmul(q, self.swapaxes(k, -1, -2), out=probs)
         self.attention_softmax(probs, probs, causal, scale)
         weights = probs if mask is None else \

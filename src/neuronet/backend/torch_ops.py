@@ -924,13 +924,14 @@ def _host_activation(name: str, *tensors) -> bool:
 
 
 def _host_heads(*heads) -> list | None:
-    """The NumPy views of attention's head stacks where they go to the NumPy backend's fused kernel (CPU
-    float tensors, torch at most FUSED_ATTENTION_THREADS threads, rows unit-stride:
-    ``numpy_ops.fused_heads``), else None."""
-    if torch.get_num_threads() > FUSED_ATTENTION_THREADS or not all(_numba_ok(t) for t in heads):
+    """The NumPy views of attention's head stacks (None passes: probabilities not kept) where they go to
+    the NumPy backend's fused kernel (CPU float tensors, torch at most FUSED_ATTENTION_THREADS threads,
+    rows unit-stride: ``numpy_ops.fused_heads``), else None."""
+    present = [t for t in heads if t is not None]
+    if torch.get_num_threads() > FUSED_ATTENTION_THREADS or not all(_numba_ok(t) for t in present):
         return None
-    host = _host(*heads)
-    return host if fused_heads(*host) else None
+    host = [_host_or_none(t) for t in heads]
+    return host if fused_heads(*(h for h in host if h is not None)) else None
 
 
 def _on_cpu(x) -> bool:

@@ -22,6 +22,7 @@ from ..backend import NEW, Ops, default_ops
 from ..errors import ConfigError, ShapeError
 from . import graph, input_spec
 from . import random as nnrandom
+from .grad_mode import backward_after_no_grad, is_grad_enabled
 
 Initializer = Callable[[np.random.Generator, tuple, np.dtype], np.ndarray]
 
@@ -123,9 +124,14 @@ class Workspace:
         return view
 
     def _shared_as(self, name: str) -> str | None:
-        """The temporary's name that workspace ``name`` is (``share_workspaces``), or None: its own."""
+        """The temporary's name that workspace ``name`` is (``share_workspaces``; under ``nn.no_grad()`` also
+        ``share_workspaces_under_no_grad``), or None: its own."""
         shared = self.__dict__.get("_shared_workspaces")
-        return shared[0] + name if shared is not None and (shared[1] is None or name in shared[1]) else None
+        if shared is None:
+            shared = self.__dict__.get("_no_grad_workspaces")
+            if shared is None or is_grad_enabled():
+                return None
+        return shared[0] + name if shared[1] is None or name in shared[1] else None
 
     def share_workspaces(self, prefix: str | None, names: frozenset | None = None) -> None:
         """Make the workspaces ``names`` of this layer (every one when None) this thread's temporaries
@@ -291,6 +297,31 @@ class Layer(Workspace):
         yield prefix, self
         for name, child in self.children.items():
             yield from child.named_layers(f"{prefix}{name}." if name else prefix)
+
+    def share_workspaces_under_no_grad(self) -> None:
+        """For a container whose output is its own workspace (a residual block), at the top of its forward:
+        under ``nn.no_grad()`` nothing inside it outlives the call, so every descendant's workspaces are
+        then this thread's temporaries named after the descendant's path in the container, shared with
+        each container of the class: a stack of N blocks holds one block's buffers in ``predict``. With
+        gradients on they are the descendants' own again. The outermost such container names them: an
+        inner one finds itself named and leaves them (so no two names meet within one call). Its backward
+        calls ``check_activations_kept``."""
+        kept = self.__dict__["_activations_kept"] = is_grad_enabled()
+        if kept or "_no_grad_workspaces" in self.__dict__ or self.__dict__.get("_no_grad_names_given"):
+            return
+        prefix = f"no_grad:{type(self).__name__}:"
+        for path, layer in self.named_layers():
+            if layer is not self:
+                layer.__dict__["_no_grad_workspaces"] = (prefix + path, None)
+                layer.clear_workspace()  # (buffers of an earlier training, or of a forward on its own)
+        self.__dict__["_no_grad_names_given"] = True
+
+    def check_activations_kept(self) -> None:
+        """At the top of the backward of a container that calls ``share_workspaces_under_no_grad``: after a
+        forward under ``nn.no_grad()`` its layers' buffers belong to whichever block ran last: raise, before
+        any gradient is added, rather than differentiate those."""
+        if not self.__dict__.get("_activations_kept", True):
+            raise backward_after_no_grad(self, "activations of its layers")
 
     def param_specs(self) -> Iterator[tuple[str, Layer, str, tuple, Initializer]]:
         """(dotted name, owner, local name, shape, init) in PyTorch's order: own params, then children's."""

@@ -9,6 +9,7 @@ import numpy as np
 from ..core import args
 from ..core import initializers as init
 from ..core import random as nnrandom
+from ..core.grad_mode import backward_after_no_grad, is_grad_enabled
 from ..core.layer import Layer, ShapeError, grad_slots
 from .dense import Dense
 
@@ -49,7 +50,7 @@ class MultiHeadAttention(Layer):
         in_proj_weight (3 dim, dim), in_proj_bias (3 dim), out_proj.weight (dim, dim), out_proj.bias (dim).
     Saved for backward:
         x (by reference); the q, k, v projection (rotated q, k with ``rope``), P and the dropout mask
-        (workspace).
+        (workspace). Under ``nn.no_grad()`` not P: the largest, N H T^2 values a layer.
     """
 
     def __init__(self, dim: int, num_heads: int, causal: bool = False, dropout: float = 0.0,
@@ -138,20 +139,24 @@ class MultiHeadAttention(Layer):
 
     def _attend(self, q, k, v, training: bool):
         """Heads (N, H, Tq, hd), (N, H, Tk, hd) x2 -> the (N*Tq, dim) rows of concat_heads(dropout(P) v).
-        The samples never meet: they run in ``ops.row_blocks``, at once where the backend can."""
+        The samples never meet: they run in ``ops.row_blocks``, at once where the backend can. P is kept
+        for backward (workspace ``probs``, (N, H, Tq, Tk)) except under ``nn.no_grad()``, where it passes
+        through the backend's scratch (on NumPy one head's (Tq, Tk) at a time)."""
         ops = self.ops
         n, t, d = self._shape
-        probs = self.workspace("probs", (n, self.num_heads, t, k.shape[2]))
+        shape = (n, self.num_heads, t, k.shape[2])
+        probs = self.workspace("probs", shape) if is_grad_enabled() else None
         self._drop = training and self.dropout > 0.0
-        mask = self.workspace("mask", probs.shape, bool) if self._drop else None
+        mask = self.workspace("mask", shape, bool) if self._drop else None
         if mask is not None:  # drawn whole, before the blocks: the same masks for any split
             ops.dropout_mask(1.0 - self.dropout, nnrandom.generator(), mask, self.dtype)
         ctx = self.workspace("ctx", (n * t, d))
         ctx_heads = self._heads(ctx, 1)[0]
 
         def block(rows):
-            ops.attention(q[rows], k[rows], v[rows], probs[rows], ctx_heads[rows], self.causal, self._scale(),
-                          None if mask is None else mask[rows], self._keep_scale(), self.temporary)
+            ops.attention(q[rows], k[rows], v[rows], None if probs is None else probs[rows], ctx_heads[rows],
+                          self.causal, self._scale(), None if mask is None else mask[rows], self._keep_scale(),
+                          self.temporary)
         self._in_sample_blocks(block)
         self._q, self._k, self._v, self._probs = q, k, v, probs
         return ctx
@@ -185,6 +190,8 @@ class MultiHeadAttention(Layer):
         self.children["out_proj"]._grad_slots = grad_slots(depth)
 
     def backward(self, dy):
+        if self._probs is None:  # (before out_proj adds its gradients)
+            raise backward_after_no_grad(self, "attention probabilities")
         ops = self.ops
         n, t, d = self._shape
         dctx = self.children["out_proj"].backward(dy)

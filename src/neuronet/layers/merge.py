@@ -184,6 +184,7 @@ class Residual(_Wrapper):
         return input_shape
 
     def forward(self, x, training: bool = True):
+        self.share_workspaces_under_no_grad()  # (predict: the residual blocks' layers share their buffers)
         h = self.block.forward(x, training=training)
         y = self.workspace("y", tuple(x.shape))
         self.ops.add(x, h, out=y)
@@ -191,6 +192,7 @@ class Residual(_Wrapper):
 
     def backward(self, dy):
         """dL/dx = dy + block.backward(dy); without ``needs_input_grad`` only the block's weights."""
+        self.check_activations_kept()
         with self.block.input_grad_needed(self.needs_input_grad):
             dh = self.block.backward(dy)
         if not self.needs_input_grad:

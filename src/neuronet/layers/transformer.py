@@ -102,6 +102,7 @@ class TransformerBlock(Layer):
 
     def forward(self, x, training: bool = True):
         c, ops = self.children, self.ops
+        self.share_workspaces_under_no_grad()  # (predict: the blocks' layers share their buffers)
         self._remake_hidden = self.ffn == "gelu" and self._share_hidden(math.prod(x.shape[:-1]))
         attn = [c["norm1"], c["self_attn"], c["dropout1"]]
         ffn = [c["norm2"], *self._ffn, c["dropout2"]]
@@ -133,6 +134,7 @@ class TransformerBlock(Layer):
             child.share_input_grads(depth + 1)
 
     def backward(self, dy):
+        self.check_activations_kept()
         c, ops = self.children, self.ops
         if self._remake_hidden:  # linear2's input, dropout(gelu(z)), in the shared buffer again
             c["dropout"].reapply(c["linear1"].recompute_output())
