@@ -37,38 +37,46 @@ def neuronet_gpt(vocab: int, block: int, layers: int, heads: int, dim: int, ff: 
     return make
 
 
+def torch_gpt(vocab: int, block: int, layers: int, heads: int, dim: int, ff: int, dropout: float = 0.0,
+              checkpoint: bool = False):
+    """The same GPT as a torch.nn.Module; with ``checkpoint`` each block runs under torch.utils.checkpoint
+    (its activations recomputed in backward)."""
+    import torch
+    from torch.utils.checkpoint import checkpoint as recomputed
+
+    class GPT(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok = torch.nn.Embedding(vocab, dim)
+            self.pos = torch.nn.Parameter(torch.randn(block, dim) * 0.02)
+            self.drop = torch.nn.Dropout(dropout)
+            self.blocks = torch.nn.ModuleList(torch.nn.TransformerEncoderLayer(
+                dim, heads, ff, dropout=dropout, activation="gelu", batch_first=True, norm_first=True)
+                for _ in range(layers))
+            self.norm = torch.nn.LayerNorm(dim)
+            self.head = torch.nn.Linear(dim, vocab)
+            self.register_buffer("mask", torch.nn.Transformer.generate_square_subsequent_mask(block))
+
+        def forward(self, idx):
+            h = self.drop(self.tok(idx) + self.pos[: idx.shape[1]])
+            for layer in self.blocks:
+                if checkpoint:
+                    h = recomputed(layer, h, self.mask, None, True, use_reentrant=False)
+                else:
+                    h = layer(h, src_mask=self.mask, is_causal=True)
+            return self.head(self.norm(h))
+
+    return GPT()
+
+
 def pytorch_gpt(data, vocab: int, block: int, layers: int, heads: int, dim: int, ff: int,
                 dropout: float = 0.0, checkpoint: bool = False):
-    """build() of the same GPT's training step in PyTorch (AdamW, lr 1e-3); with ``checkpoint`` each block
-    runs under torch.utils.checkpoint (its activations recomputed in backward)."""
+    """build() of ``torch_gpt``'s training step (AdamW, lr 1e-3)."""
     def build():
         import torch
-        from torch.utils.checkpoint import checkpoint as recomputed
-
-        class GPT(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.tok = torch.nn.Embedding(vocab, dim)
-                self.pos = torch.nn.Parameter(torch.randn(block, dim) * 0.02)
-                self.drop = torch.nn.Dropout(dropout)
-                self.blocks = torch.nn.ModuleList(torch.nn.TransformerEncoderLayer(
-                    dim, heads, ff, dropout=dropout, activation="gelu", batch_first=True, norm_first=True)
-                    for _ in range(layers))
-                self.norm = torch.nn.LayerNorm(dim)
-                self.head = torch.nn.Linear(dim, vocab)
-                self.register_buffer("mask", torch.nn.Transformer.generate_square_subsequent_mask(block))
-
-            def forward(self, idx):
-                h = self.drop(self.tok(idx) + self.pos[: idx.shape[1]])
-                for layer in self.blocks:
-                    if checkpoint:
-                        h = recomputed(layer, h, self.mask, None, True, use_reentrant=False)
-                    else:
-                        h = layer(h, src_mask=self.mask, is_causal=True)
-                return self.head(self.norm(h))
 
         x, y = (torch.from_numpy(a) for a in data())
-        model = GPT()
+        model = torch_gpt(vocab, block, layers, heads, dim, ff, dropout, checkpoint)
         opt = torch.optim.AdamW(model.parameters(), 1e-3)
         cross_entropy = torch.nn.CrossEntropyLoss()
         return harness.torch_training_step(

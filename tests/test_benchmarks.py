@@ -54,7 +54,7 @@ def test_the_pytorch_checkpoint_engine_computes_what_pytorch_does(bench):
     losses = []
     for name in ("pytorch", "pytorch-checkpoint"):
         torch.manual_seed(0)
-        step = module.ENGINES[name]()
+        step = module.engines("train")[name]()
         torch.manual_seed(1)
         losses.append([step(), step()])
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)

@@ -80,10 +80,10 @@ def attention_forward(q, k, v, probs, out, causal, scale, mask, keep_scale, keys
                       weights, row_max):
     """probs[b, h] = softmax(scale q k^T) and out[b, h] = W v for every (b, h) of q (B, H, Tq, hd), k, v
     (B, H, Tk, hd), probs (B, H, Tq, Tk) or (1, 1, Tq, Tk) (one buffer every head's probabilities pass
-    through, where nothing is kept for a backward), out (B, H, Tq, hd) (rows unit-stride). ``mask`` (B, H, Tq, Tk)
-    bool with ``dropout``, else an empty array; ``keys_packed`` (packed_shape((hd, Tk))), ``rows_packed``
-    (packed_shape((K, hd)), K >= Tk), ``weights`` (Tq, Tk, only with dropout) and ``row_max`` (Tq,) are
-    scratch."""
+    through, where nothing is kept for a backward), out (B, H, Tq, hd) (rows unit-stride). ``mask``
+    (B, H, Tq, Tk) bool with ``dropout``, else an empty array; ``keys_packed`` (packed_shape((hd, Tk))),
+    ``rows_packed`` (packed_shape((K, hd)), K >= Tk), ``weights`` (Tq, Tk, only with dropout) and
+    ``row_max`` (Tq,) are scratch."""
     tq, tk = q.shape[2], k.shape[2]
     dropout = mask.size > 0
     operands = (q, k, v, probs, out)

@@ -155,8 +155,8 @@ class MultiHeadAttention(Layer):
 
         def block(rows):
             ops.attention(q[rows], k[rows], v[rows], None if probs is None else probs[rows], ctx_heads[rows],
-                          self.causal, self._scale(), None if mask is None else mask[rows], self._keep_scale(),
-                          self.temporary)
+                          self.causal, self._scale(), None if mask is None else mask[rows],
+                          self._keep_scale(), self.temporary)
         self._in_sample_blocks(block)
         self._q, self._k, self._v, self._probs = q, k, v, probs
         return ctx

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from ..core.grad_mode import is_grad_enabled
 from ..core.layer import Layer, grad_slots
 from .attention import MultiHeadAttention
 from .dense import Dense
@@ -51,7 +52,9 @@ class TransformerBlock(Layer):
     Saved for backward:
         the residual h (workspace); the sub-layers keep their own, except linear1's output (GELU
         feed-forward) from SHARED_HIDDEN_FROM elements: one buffer for every block on the thread, made
-        again in backward from linear1's pre-activation and the dropout mask.
+        again in backward from linear1's pre-activation and the dropout mask. Under ``nn.no_grad()``
+        only the output y is the block's own: h and the sub-layers' buffers are shared by every block
+        (``Layer.share_workspaces_under_no_grad``).
     """
 
     def __init__(self, dim: int, num_heads: int, ff_dim: int, causal: bool = False, dropout: float = 0.0,
@@ -106,7 +109,9 @@ class TransformerBlock(Layer):
         self._remake_hidden = self.ffn == "gelu" and self._share_hidden(math.prod(x.shape[:-1]))
         attn = [c["norm1"], c["self_attn"], c["dropout1"]]
         ffn = [c["norm2"], *self._ffn, c["dropout2"]]
-        h = self.workspace("h", tuple(x.shape))
+        # h: kept for backward; under no_grad read only within this call (no child asks for this name)
+        h = self.workspace("h", tuple(x.shape)) if is_grad_enabled() else \
+            self.temporary("transformer.h", tuple(x.shape))
         ops.add(x, self._branch(attn, x, training), out=h)
         y = self.workspace("y", tuple(x.shape))
         ops.add(h, self._branch(ffn, h, training), out=y)
