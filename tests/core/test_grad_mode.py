@@ -156,3 +156,21 @@ def test_backward_after_a_no_grad_forward_raises_before_any_gradient(index, name
     with pytest.raises(RuntimeError, match=rf"(?s){name}\(.*no_grad.*activations of its layers"):
         block.backward(np.ones((6, 5, 8)))
     assert not np.any(model.flat_grads)
+
+
+def test_a_blocks_output_outlives_the_next_block_under_no_grad(backend):
+    """A functional model that adds two blocks' outputs: each block's own output is not among the buffers
+    the blocks share, so predict equals forward."""
+    nn.manual_seed(0)
+    inp = nn.Input((8,))
+    h = nn.Embedding(11, 16)(inp)
+    a = nn.TransformerBlock(16, 2, 32, causal=True)(h)
+    b = nn.TransformerBlock(16, 2, 32, causal=True)(a)
+    c = nn.Residual(nn.Dense(16, 16, activation="tanh"))(b)
+    d = nn.Residual(nn.Dense(16, 16, activation="tanh"))(c)
+    model = nn.Model(inp, nn.Dense(16, 11)(nn.Add()([a, b, c, d])))
+    model.build((8,))
+    model.to(backend)
+    x = np.random.default_rng(0).integers(0, 11, (3, 8))
+    expected = np.array(model.ops.to_numpy(model.forward(model.ops.asarray(x), training=False)))
+    np.testing.assert_array_equal(model.predict(x), expected)
