@@ -174,3 +174,40 @@ def test_a_blocks_output_outlives_the_next_block_under_no_grad(backend):
     x = np.random.default_rng(0).integers(0, 11, (3, 8))
     expected = np.array(model.ops.to_numpy(model.forward(model.ops.asarray(x), training=False)))
     np.testing.assert_array_equal(model.predict(x), expected)
+
+
+SEQUENCE, IMAGE = (6, 8), (4, 8, 8)
+SHARING_BLOCKS = {  # shape-keeping blocks of many layer kinds: (make, input shape)
+    "dense": (lambda: nn.Sequential(nn.Dense(8, 16, activation="gelu"), nn.Dense(16, 8)), SEQUENCE),
+    "norms": (lambda: nn.Sequential(nn.LayerNorm(8), nn.RMSNorm(8), nn.Dense(8, 8, activation="silu")),
+              SEQUENCE),
+    "lstm": (lambda: nn.LSTM(8, 8, return_sequences=True, num_layers=2), SEQUENCE),
+    "bidirectional_gru": (lambda: nn.Bidirectional(nn.GRU(8, 4, return_sequences=True)), SEQUENCE),
+    "attention": (lambda: nn.MultiHeadAttention(8, 2, causal=True, rope=True), SEQUENCE),
+    "llama_block": (lambda: nn.TransformerBlock(8, 2, 16, norm="rms", ffn="swiglu"), SEQUENCE),
+    "moe": (lambda: nn.MoE(8, 16, 4, 2), SEQUENCE),
+    "conv1d_rbf": (lambda: nn.Sequential(nn.Conv1D(6, 6, 3, padding=1), nn.RBF(8, 5), nn.Dense(5, 8)),
+                   SEQUENCE),
+    "conv_batchnorm": (lambda: nn.Sequential(nn.Conv2D(4, 4, 3, padding=1),
+                                             nn.BatchNorm2D(4, activation="relu"),
+                                             nn.Conv2D(4, 4, 3, padding=1, activation="gelu")), IMAGE),
+    "pool_upsample": (lambda: nn.Sequential(nn.MaxPool2D(2), nn.Upsample(2), nn.AvgPool2D(2),
+                                            nn.Upsample(2, mode="bilinear")), IMAGE),
+    "transpose_groupnorm": (lambda: nn.Sequential(nn.ConvTranspose2D(4, 4, 3, padding=1), nn.GroupNorm(2, 4)),
+                            IMAGE),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SHARING_BLOCKS))
+def test_residual_blocks_of_every_kind_predict_what_they_forward(kind, backend):
+    """Three Residual blocks of one kind share their layers' buffers under no_grad: no layer may read in a
+    call what it wrote in an earlier one. predict (shared buffers) against forward (each layer its own)."""
+    make, shape = SHARING_BLOCKS[kind]
+    nn.manual_seed(7)
+    model = nn.Sequential(*(nn.Residual(make()) for _ in range(3)))
+    model.build(shape, dtype="float64")
+    model.to(backend)
+    x = np.random.default_rng(8).standard_normal((5, *shape))
+    expected = np.array(model.ops.to_numpy(model.forward(model.ops.asarray(x), training=False)))
+    np.testing.assert_allclose(model.predict(x), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(model.predict(x[:3]), expected[:3], rtol=1e-12, atol=1e-12)
