@@ -110,3 +110,45 @@ def test_cuda_graph_refuses_host_random_and_data_dependent_layers(layer):
     plain = nn.Sequential(nn.Dense(8, 8), nn.TransformerBlock(8, 2, 16))
     plain.build((3, 8))
     _refuse_uncapturable(SimpleNamespace(ops=on_cuda.ops, named_layers=plain.named_layers))  # no error
+
+
+def _blocks_model(backend, graph=False):
+    nn.manual_seed(0)
+    model = nn.Sequential(nn.TransformerBlock(8, 2, 16, causal=True),
+                          nn.TransformerBlock(8, 2, 16, causal=True), nn.Flatten(), nn.Dense(7 * 8, 5))
+    model.compile(optimizer=nn.Adam(1e-2), loss=nn.CrossEntropyLoss(), cuda_graph=graph)
+    model.build((7, 8))
+    model.to(backend)
+    return model
+
+
+def test_a_cuda_graph_holds_every_buffer_its_warm_up_made():
+    """buffers_in_use: nested layers' workspaces, the loss's and this thread's temporaries."""
+    from neuronet.model.cuda_graph import buffers_in_use
+
+    model = _blocks_model("torch")
+    rng = np.random.default_rng(2)
+    model.train_step(rng.standard_normal((6, 7, 8), dtype=np.float32), rng.integers(0, 5, 6))
+    held = {id(b) for b in buffers_in_use(model)}
+    for owner in (model.layers[1].children["self_attn"], model.layers[1].children["linear2"], model.loss):
+        assert owner.workspace_buffers() and all(id(b) in held for b in owner.workspace_buffers())
+    assert model.ops.temporary_buffers() and all(id(b) in held for b in model.ops.temporary_buffers())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_steps_survive_a_predict_between_them():
+    """A predict of a larger batch between replays gives the blocks' layers shared buffers (dropping their
+    own) and grows the temporaries; the graph holds what it captured, so its steps still match eager ones."""
+    rng = np.random.default_rng(3)
+    batches = [(rng.standard_normal((6, 7, 8), dtype=np.float32), rng.integers(0, 5, 6)) for _ in range(4)]
+    wide = rng.standard_normal((64, 7, 8), dtype=np.float32)
+    runs = []
+    for graph in (False, True):
+        model = _blocks_model("cuda", graph)
+        losses = [model.train_step(x, y) for x, y in batches[:2]]
+        predicted = model.predict(wide)
+        losses += [model.train_step(x, y) for x, y in batches[2:]]
+        runs.append((losses, predicted, model.ops.to_numpy(model.flat_params).copy()))
+    np.testing.assert_allclose(runs[1][0], runs[0][0], rtol=1e-5)
+    np.testing.assert_allclose(runs[1][1], runs[0][1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(runs[1][2], runs[0][2], rtol=1e-4, atol=1e-6)

@@ -7,7 +7,8 @@ step instead of hundreds, which is where small models lose time on a GPU. Per in
 1. three forward + backward passes (no optimizer step) on a side stream (PyTorch's recipe: lazy
    workspaces, cuBLAS handles and the caching allocator settle before capture);
 2. ``torch.cuda.graph`` records ``forward -> loss -> zero_grad -> backward`` reading the static input
-   buffers and writing the loss into a static 0-d tensor;
+   buffers and writing the loss into a static 0-d tensor; the graph then holds every buffer it captured
+   (``buffers_in_use``), whatever the model does with its own references afterwards;
 3. each call copies the batch into the static buffers, replays the graph, reads the loss once (the
    step's one synchronisation: a non-finite loss is refused before the weights change) and runs the
    optimizer eagerly over the flat parameter array (a handful of kernels; kept out of the graph so that
@@ -47,6 +48,17 @@ def _refuse_uncapturable(model) -> None:
                               "tokens with data-dependent shapes and cannot be captured")
 
 
+def buffers_in_use(model) -> list:
+    """The buffers a captured step reads and writes that were allocated before the capture (the warm-up
+    passes made them): the layers' and the loss's workspaces and this thread's temporaries. The graph
+    holds them for its life: a later predict (whose blocks then use shared buffers), a larger batch
+    (grown workspaces) or ``clear_workspace`` drops the model's references, and memory the caching
+    allocator handed to another tensor would then be written by every replay. (What the capture itself
+    allocated lives in the graph's private pool.)"""
+    buffers = [b for _, layer in model.named_layers() for b in layer.workspace_buffers()]
+    return buffers + model.loss.workspace_buffers() + model.ops.temporary_buffers()
+
+
 class _Graph:
     """The captured step of one (input shape, dtype) pair and its static buffers."""
 
@@ -66,6 +78,7 @@ class _Graph:
         with torch.cuda.graph(self.graph):
             self.loss = model._forward_loss(self.x, self.y)
             model._backward_loss()
+        self.buffers = buffers_in_use(model)
 
     def step(self, model, x, y) -> float:
         self.x.copy_(x, non_blocking=True)
