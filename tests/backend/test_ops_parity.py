@@ -128,6 +128,14 @@ def _(ops, a):
     return out, a["acc"], a["bias"], np.array(ops.sum_of_squares(a["b"].reshape(-1)))
 
 
+@case("clip_norm_", lambda r: {"big": randn(r, 50), "small": randn(r, 50) * 0.01})
+def _(ops, a):
+    """Scaled to norm 1 (minus eps) where it is larger; left as it is where it is within."""
+    for x in (a["big"], a["small"]):
+        ops.clip_norm_(x, 1.0, 1e-6)
+    return a["big"], a["small"]
+
+
 @case("linear_grads",
       lambda r: {"dz": randn(r, 6, 5), "x": randn(r, 6, 3), "w": randn(r, 5, 3), "dw": randn(r, 5, 3)})
 def _(ops, a):
@@ -643,6 +651,7 @@ SEPARATE = {"norm_rows", "norm_rows_backward",  # test_norm_rows
             "compute_in",  # tests/model/test_mixed_precision.py
             "row_blocks", "run_blocks",  # tests/backend/test_row_threads.py, tests/layers/test_recurrent.py
             "temporary",  # tests/backend/test_temporaries.py
+            "temporary_buffers",  # tests/test_sync_free.py (what a CUDA graph holds)
             "host_twin", "from_host"}  # tests/losses/test_losses.py (the losses on CPU tensors)
 
 
@@ -666,7 +675,7 @@ def test_backends_override_only_what_differs():
 
 CPU_KERNEL_CASES = sorted(n for n in CASES if n.startswith(("activation ", "max_pool2d", "avg_pool2d",
                                                             "batch_norm", "lstm_cell", "gru_cell",
-                                                            "attention", "gather_rows", "topk",
+                                                            "attention", "gather_rows", "topk", "clip_norm_",
                                                             "dropout_mask", *STEPS)))
 
 

@@ -906,8 +906,15 @@ class Ops:
     update_scratch = 2
 
     def sum_of_squares(self, x) -> float:
-        """sum(x * x) of a 1-D array, without a temporary (global-norm clipping)."""
+        """sum(x * x) of a 1-D array, without a temporary."""
         return self.item(self.xp.dot(x, x))
+
+    def clip_norm_(self, x, max_norm: float, eps: float) -> None:
+        """Scale the 1-D ``x`` in place by min(1, max_norm / (||x||_2 + eps)): global-norm gradient
+        clipping, ``torch.nn.utils.clip_grad_norm_``'s rule."""
+        coef = max_norm / (math.sqrt(self.sum_of_squares(x)) + eps)
+        if coef < 1.0:
+            x *= coef
 
     def adam_step(self, p, g, m, v, scratch, spans, *, lr, weight_decay, **kw) -> None:
         """One Adam/AdamW update (beta1, beta2, eps, step, decoupled), as ``torch.optim.Adam``/``AdamW``."""

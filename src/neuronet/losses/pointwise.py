@@ -122,14 +122,16 @@ class BCELoss(_PointwiseLoss):
     dL/dx = (x - t) / max(x (1 - x), 1e-12) / n
 
     Shape:
-        pred (*) with values in [0, 1], target (*) the same shape.
+        pred (*) with values in [0, 1] (others raise a ValueError; on the sync-free path, read by nothing
+        on the host, they make the loss NaN, which ``train_step`` refuses), target (*) the same shape.
     Saved for backward:
         the derivative (workspace).
     """
 
     def _pointwise(self, x, t):
         ops, xp, shape = self.ops, self.ops.xp, tuple(x.shape)
-        if math.prod(shape):
+        # (sync-free: no range to read back; a value outside [0, 1] makes the loss NaN, refused by the step)
+        if math.prod(shape) and not self._deferred:
             lo, hi = ops.item(xp.amin(x)), ops.item(xp.amax(x))
             if not (lo >= 0.0 and hi <= 1.0):
                 raise ValueError(f"BCELoss: input must hold probabilities in [0, 1], got values in "

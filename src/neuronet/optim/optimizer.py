@@ -144,14 +144,10 @@ class Optimizer:
         s = self._scratch
         return not self.ops.update_scratch or s is not None and type(s) is type(params)
 
-    def clip_(self, grads) -> float:
-        """Scale ``grads`` in place so their global L2 norm is at most clip_norm; returns the norm before."""
-        ops = self.ops or ops_for_array(grads)
-        norm = math.sqrt(ops.sum_of_squares(grads))
-        coef = self.clip_norm / (norm + CLIP_EPS)
-        if coef < 1.0:
-            grads *= coef
-        return norm
+    def clip_(self, grads) -> None:
+        """Scale ``grads`` in place so their global L2 norm is at most clip_norm (on a device without
+        reading the norm back: ``ops.clip_norm_``)."""
+        (self.ops or ops_for_array(grads)).clip_norm_(grads, self.clip_norm, CLIP_EPS)
 
     def update(self, params, grads, spans) -> None:
         raise NotImplementedError
