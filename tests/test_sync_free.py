@@ -115,24 +115,28 @@ def test_cuda_graph_refuses_host_random_and_data_dependent_layers(layer):
 def _blocks_model(backend, graph=False):
     nn.manual_seed(0)
     model = nn.Sequential(nn.TransformerBlock(8, 2, 16, causal=True),
-                          nn.TransformerBlock(8, 2, 16, causal=True), nn.Flatten(), nn.Dense(7 * 8, 5))
+                          nn.TransformerBlock(8, 2, 16, causal=True, rope=True), nn.Flatten(),
+                          nn.Dense(7 * 8, 5))
     model.compile(optimizer=nn.Adam(1e-2), loss=nn.CrossEntropyLoss(), cuda_graph=graph)
     model.build((7, 8))
     model.to(backend)
     return model
 
 
-def test_a_cuda_graph_holds_every_buffer_its_warm_up_made():
-    """buffers_in_use: nested layers' workspaces, the loss's and this thread's temporaries."""
+def test_a_cuda_graph_holds_every_tensor_its_step_may_touch():
+    """buffers_in_use: nested layers' workspaces, this thread's temporaries and the cached tables (rotary
+    angles, the losses' row index), which a larger batch or sequence would replace."""
     from neuronet.model.cuda_graph import buffers_in_use
 
     model = _blocks_model("torch")
+    model.loss.sync_free = True  # (its sums in torch, as on a GPU: the row index a tensor)
     rng = np.random.default_rng(2)
     model.train_step(rng.standard_normal((6, 7, 8), dtype=np.float32), rng.integers(0, 5, 6))
     held = {id(b) for b in buffers_in_use(model)}
-    for owner in (model.layers[1].children["self_attn"], model.layers[1].children["linear2"], model.loss):
-        assert owner.workspace_buffers() and all(id(b) in held for b in owner.workspace_buffers())
-    assert model.ops.temporary_buffers() and all(id(b) in held for b in model.ops.temporary_buffers())
+    attention, linear2 = model.layers[1].children["self_attn"], model.layers[1].children["linear2"]
+    expected = [*attention._workspace.values(), *linear2._workspace.values(), *attention._rope,
+                model.loss._arange, *model.ops._temporaries.buffers.values()]
+    assert len(expected) > 8 and all(id(b) in held for b in expected)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -651,7 +651,6 @@ SEPARATE = {"norm_rows", "norm_rows_backward",  # test_norm_rows
             "compute_in",  # tests/model/test_mixed_precision.py
             "row_blocks", "run_blocks",  # tests/backend/test_row_threads.py, tests/layers/test_recurrent.py
             "temporary",  # tests/backend/test_temporaries.py
-            "temporary_buffers",  # tests/test_sync_free.py (what a CUDA graph holds)
             "host_twin", "from_host"}  # tests/losses/test_losses.py (the losses on CPU tensors)
 
 

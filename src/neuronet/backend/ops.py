@@ -265,12 +265,6 @@ class Ops:
         return contextlib.nullcontext()
 
     # ----------------------------------------------------------------- temporaries
-    def temporary_buffers(self) -> list:
-        """This thread's ``temporary`` buffers as allocated now (a CUDA graph that captured them holds
-        them)."""
-        local = self.__dict__.get("_temporaries")
-        return list(getattr(local, "buffers", {}).values())
-
     def temporary(self, name: str, shape: tuple, dtype) -> Any:
         """This thread's buffer ``name`` of ``shape`` for a value that lives only within one call (a
         backward's pre-activation gradient, a product's scratch, a convolution's columns): one buffer per

@@ -123,11 +123,6 @@ class Workspace:
         views[name] = (shape, dtype, self.ops, self.dtype, view)
         return view
 
-    def workspace_buffers(self) -> list:
-        """The buffers this object's workspaces are views of, as allocated now (a CUDA graph that
-        captured them holds them: ``model/cuda_graph.py``)."""
-        return list(self.__dict__.get("_workspace", {}).values())
-
     def _shared_as(self, name: str) -> str | None:
         """The temporary's name that workspace ``name`` is (``share_workspaces``; under ``nn.no_grad()`` also
         ``share_workspaces_under_no_grad``), or None: its own."""

@@ -8,7 +8,7 @@ step instead of hundreds, which is where small models lose time on a GPU. Per in
    workspaces, cuBLAS handles and the caching allocator settle before capture);
 2. ``torch.cuda.graph`` records ``forward -> loss -> zero_grad -> backward`` reading the static input
    buffers and writing the loss into a static 0-d tensor; the graph then holds every buffer it captured
-   (``buffers_in_use``), whatever the model does with its own references afterwards;
+   and table (``buffers_in_use``), whatever the model does with its own references afterwards;
 3. each call copies the batch into the static buffers, replays the graph, reads the loss once (the
    step's one synchronisation: a non-finite loss is refused before the weights change) and runs the
    optimizer eagerly over the flat parameter array (a handful of kernels; kept out of the graph so that
@@ -21,6 +21,8 @@ docs/performance-guide.md.
 """
 
 from __future__ import annotations
+
+import threading
 
 from ..errors import ConfigError
 from ..layers.attention import MultiHeadAttention
@@ -49,14 +51,31 @@ def _refuse_uncapturable(model) -> None:
 
 
 def buffers_in_use(model) -> list:
-    """The buffers a captured step reads and writes that were allocated before the capture (the warm-up
-    passes made them): the layers' and the loss's workspaces and this thread's temporaries. The graph
-    holds them for its life: a later predict (whose blocks then use shared buffers), a larger batch
-    (grown workspaces) or ``clear_workspace`` drops the model's references, and memory the caching
-    allocator handed to another tensor would then be written by every replay. (What the capture itself
-    allocated lives in the graph's private pool.)"""
-    buffers = [b for _, layer in model.named_layers() for b in layer.workspace_buffers()]
-    return buffers + model.loss.workspace_buffers() + model.ops.temporary_buffers()
+    """Every tensor the model, its loss and its ops object hold now (workspaces, this thread's
+    temporaries, cached tables: rotary angles, the causal mask, the losses' row index, zeros): what a
+    step captured before or during the warm-up may read or write. The graph holds them for its life: a
+    later predict (whose blocks then use shared buffers), a larger batch (grown workspaces and tables) or
+    ``clear_workspace`` drops the model's references, and memory the caching allocator handed to another
+    tensor would then be read or written by every replay. (What the capture itself allocated lives in the
+    graph's private pool.)"""
+    found: list = []
+    for owner in [layer for _, layer in model.named_layers()] + [model.loss, model.ops]:
+        _tensors_in(vars(owner), found)
+    return found
+
+
+def _tensors_in(value, found: list, depth: int = 0) -> None:
+    """Append the torch tensors in ``value``, looking into dicts, lists, tuples and this thread's view of
+    a threading.local (a few levels: the caches' shapes), not into other objects."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        found.append(value)
+    elif depth < 4 and isinstance(value, (dict, list, tuple, threading.local)):
+        items = value.values() if isinstance(value, dict) else \
+            vars(value).values() if isinstance(value, threading.local) else value
+        for item in items:
+            _tensors_in(item, found, depth + 1)
 
 
 class _Graph:
