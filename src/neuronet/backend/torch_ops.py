@@ -84,7 +84,7 @@ class TorchOps(Ops):
     def clip_norm_(self, x, max_norm, eps):
         if _on_cpu(x):  # (reading the norm back costs nothing there, and skips the pass when within)
             super().clip_norm_(x, max_norm, eps)
-        else:  # on a device the norm stays there: the coefficient clamped at 1 scales x always (PyTorch's way)
+        else:  # on a device the norm stays there: the coefficient clamped at 1 scales x always, as PyTorch
             x.mul_(torch.clamp(max_norm / (torch.linalg.vector_norm(x) + eps), max=1.0))
 
     def arange(self, n):  # (torch.arange alone makes a CPU tensor: the losses' row index on a GPU)
