@@ -95,3 +95,74 @@ def test_unsupported_dtypes_are_refused_by_name(dtype, backend):
     layer = nn.Dense(2, 2)
     with pytest.raises(nn.errors.ConfigError, match=rf"Dense: dtype '{dtype}' is not supported"):
         layer.build((2,), dtype=dtype, ops=nn.backends.get_ops(backend))
+
+
+N_SAMPLES = 5
+PER_SAMPLE_CASES = {  # name: (loss, pred shape, target)
+    "mse": (lambda: nn.MSELoss(), (N_SAMPLES, 3), "floats"),
+    "mse_sequences": (lambda: nn.MSELoss(), (N_SAMPLES, 4, 3), "floats"),
+    "l1": (lambda: nn.L1Loss(), (N_SAMPLES, 3), "floats"),
+    "huber": (lambda: nn.HuberLoss(0.5), (N_SAMPLES, 2, 3), "floats"),
+    "bce": (lambda: nn.BCELoss(), (N_SAMPLES, 3), "probabilities"),
+    "bce_with_logits": (lambda: nn.BCEWithLogitsLoss(), (N_SAMPLES, 3), "binary"),
+    "kl_div": (lambda: nn.KLDivLoss(), (N_SAMPLES, 2, 3), "distribution"),
+    "cross_entropy": (lambda: nn.CrossEntropyLoss(), (N_SAMPLES, 3), "classes"),
+    "cross_entropy_sequences": (lambda: nn.CrossEntropyLoss(weight=[1.0, 3.0, 0.5], ignore_index=1,
+                                                            label_smoothing=0.2),
+                                (N_SAMPLES, 4, 3), "classes"),
+    "cross_entropy_probabilities": (lambda: nn.CrossEntropyLoss(label_smoothing=0.1), (N_SAMPLES, 3),
+                                    "distribution"),
+    "nll": (lambda: nn.NLLLoss(weight=[2.0, 1.0, 0.5]), (N_SAMPLES, 4, 3), "classes"),
+}
+
+
+def _target(kind, shape, rng):
+    if kind == "classes":
+        return rng.integers(0, shape[-1], shape[:-1])
+    values = {"floats": rng.standard_normal(shape), "probabilities": rng.random(shape),
+              "binary": (rng.random(shape) > 0.5) * 1.0,
+              "distribution": rng.dirichlet(np.ones(shape[-1]), shape[:-1])}[kind]
+    return values.astype(np.float32)
+
+
+@pytest.mark.parametrize("sync_free", [False, True])
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("name", sorted(PER_SAMPLE_CASES))
+def test_per_sample_losses_are_each_sample_alone(name, backend, sync_free):
+    """Loss.per_sample after one batch forward: what a forward of each sample alone gives (the loop it
+    replaced in weighted_forward), with class weights, ignored targets (a sample with all of them ignored:
+    NaN, as alone), smoothing and sequences; on the NumPy backend, on the torch backend and sync-free."""
+    make, shape, kind = PER_SAMPLE_CASES[name]
+    rng = np.random.default_rng(4)
+    pred, target = rng.standard_normal(shape).astype(np.float32), _target(kind, shape, rng)
+    if name == "bce":
+        pred = rng.random(shape).astype(np.float32)
+    if name == "nll":
+        pred = np.log(rng.dirichlet(np.ones(shape[-1]), shape[:-1])).astype(np.float32)
+    if name == "cross_entropy_sequences":
+        target[0] = 1  # every position of sample 0 ignored
+    loss = make()
+    loss.sync_free = sync_free if backend == "torch" else None
+    ops = nn.backends.get_ops(backend)
+    p, t = ops.asarray(pred), ops.asarray(target)
+    alone = [float(loss.forward(p[i:i + 1], t[i:i + 1])) for i in range(N_SAMPLES)]
+    loss.forward(p, t)
+    split = loss.per_sample(N_SAMPLES)
+    if name == "cross_entropy_probabilities":
+        assert split is None  # (weighted_forward runs these per sample)
+        return
+    np.testing.assert_allclose(split, alone, rtol=2e-6, atol=1e-7)
+    assert np.isnan(split[0]) == (name == "cross_entropy_sequences")
+
+
+def test_a_weighted_step_forwards_the_loss_once():
+    """sample_weight takes each sample's loss from the batch forward (it ran N + 1 forwards: the MLP's
+    weighted step 2.5x its plain one)."""
+    model, _ = _pair()
+    model.compile(nn.SGD(0.1), "cross_entropy")
+    calls = []
+    forward = model.loss.forward
+    model.loss.forward = lambda *a: calls.append(1) or forward(*a)
+    rng = np.random.default_rng(2)
+    model.train_step(rng.standard_normal((8, 4)).astype(np.float32), rng.integers(0, 3, 8), rng.random(8))
+    assert len(calls) == 1

@@ -60,6 +60,12 @@ class Loss(Workspace):
             return grad
         return tuple(device.from_host(g) for g in grad) if isinstance(grad, tuple) else device.from_host(grad)
 
+    def per_sample(self, n: int) -> np.ndarray | None:
+        """After ``forward`` on a batch of ``n`` samples: each sample's own loss (the loss of that sample
+        alone) as a float64 host array (n,), from what forward kept, for ``sample_weight``
+        (``model/weighting.py``); None where this loss does not split (the caller then runs it per sample)."""
+        return None
+
     def _forward(self, *args) -> float:
         raise NotImplementedError
 

@@ -77,8 +77,23 @@ class _ClassScoreLoss(Loss):
                 xp.multiply(keep.reshape(m, 1), 1.0 / total, out=scale)
             else:  # 0/0 as in torch: NaN where kept, 0 where ignored
                 ops.where(keep.reshape(m, 1) > 0, math.nan, 0.0, scale)
-        self._flat, self._w_row, self._keep, self._row_scale = flat, w_row, keep, scale
+        self._flat, self._w_row, self._keep, self._row_scale, self._scores = flat, w_row, keep, scale, scores
         return picked
+
+    def per_sample(self, n: int):
+        """Sample s's own loss: -sum a_i / sum w_i over its positions i, a_i = w_i scores[i, t_i] (with
+        label smoothing (1 - eps) of that plus eps / C keep_i sum_c w_c logp_ic); NaN where all its targets
+        are ignored, as it alone gives. Not for probability targets."""
+        if self.__dict__.get("_probs") is not None:
+            return None
+        host, (m, c) = self.ops.to_numpy, tuple(self._scores.shape)
+        w = host(self._w_row).astype(np.float64)
+        a = w * host(self._scores.reshape(-1)[self._flat])
+        eps = getattr(self, "label_smoothing", 0.0)
+        if eps:
+            a = (1.0 - eps) * a + eps / c * host(self.workspace("smoothing_rows", (m,)))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return -a.reshape(n, -1).sum(axis=1) / w.reshape(n, -1).sum(axis=1)
 
     def _mean(self, total: float) -> float:
         """total / W (NaN when W = 0, torch's 0/0)."""

@@ -13,23 +13,29 @@ from .base import Loss
 class _PointwiseLoss(Loss):
     """sum over elements of f(pred, target), divided by ``_count`` (all elements: reduction="mean").
 
-    Subclasses implement ``_pointwise(x, t) -> (sum of f, d)`` where ``d`` (a workspace buffer) times
-    ``deriv_scale`` is df/dx; the workspace "grad" is free scratch inside ``_pointwise``.
+    Subclasses implement ``_pointwise(x, t) -> (v, d)``: ``v`` (a workspace buffer shaped as x) times
+    ``value_scale`` is f elementwise, ``d`` (a workspace buffer) times ``deriv_scale`` is df/dx; the
+    workspace "grad" is free scratch inside ``_pointwise``.
     """
 
+    value_scale = 1.0
     deriv_scale = 1.0
 
     def _forward(self, x, target):
         t = self._float_target(x, target)
-        total, self._deriv = self._pointwise(x, t)
+        self._values, self._deriv = self._pointwise(x, t)
         n = max(self._count(x), 1)
         self._scale = self.deriv_scale / n
-        return total / n
+        return self.value_scale * self._sum(self._values) / n
+
+    def per_sample(self, n: int):
+        values = self.ops.to_numpy(self._values).reshape(n, -1)
+        return self.value_scale * values.sum(axis=1, dtype=np.float64) / max(self._count(self._values[:1]), 1)
 
     def _count(self, x) -> int:
         return math.prod(x.shape)
 
-    def _pointwise(self, x, t) -> tuple[float, Any]:
+    def _pointwise(self, x, t) -> tuple[Any, Any]:
         raise NotImplementedError
 
     def _backward(self):
@@ -57,7 +63,7 @@ class MSELoss(_PointwiseLoss):
         xp.subtract(x, t, out=d)
         sq = self.workspace("grad", tuple(x.shape))
         xp.multiply(d, d, out=sq)
-        return self._sum(sq), d
+        return sq, d
 
 
 class L1Loss(_PointwiseLoss):
@@ -78,7 +84,7 @@ class L1Loss(_PointwiseLoss):
         s = self.workspace("deriv", tuple(x.shape))
         xp.sign(d, out=s)
         xp.abs(d, out=d)
-        return self._sum(d), s
+        return d, s
 
 
 class HuberLoss(_PointwiseLoss):
@@ -95,6 +101,8 @@ class HuberLoss(_PointwiseLoss):
         clip(d, -delta, delta) (workspace).
     """
 
+    value_scale = 0.5
+
     def __init__(self, delta: float = 1.0):
         if not delta > 0:
             raise ValueError(f"HuberLoss: delta must be > 0, got {delta!r}")
@@ -109,7 +117,7 @@ class HuberLoss(_PointwiseLoss):
         d *= 2.0  # 2 f = c (2 d - c)
         d -= c
         d *= c
-        return 0.5 * self._sum(d), c
+        return d, c
 
     def get_config(self):
         return {"delta": self.delta}
@@ -127,6 +135,8 @@ class BCELoss(_PointwiseLoss):
     Saved for backward:
         the derivative (workspace).
     """
+
+    value_scale = -1.0
 
     def _pointwise(self, x, t):
         ops, xp, shape = self.ops, self.ops.xp, tuple(x.shape)
@@ -151,7 +161,7 @@ class BCELoss(_PointwiseLoss):
         log_x -= log_1mx  # t log x + (1 - t) log(1 - x) = log(1 - x) + t (log x - log(1 - x))
         log_x *= t
         log_x += log_1mx
-        return -self._sum(log_x), d
+        return log_x, d
 
 
 class BCEWithLogitsLoss(_PointwiseLoss):
@@ -178,7 +188,7 @@ class BCEWithLogitsLoss(_PointwiseLoss):
         f -= d
         ops.activation("sigmoid", x, d)
         d -= t
-        return self._sum(f), d
+        return f, d
 
 
 class KLDivLoss(_PointwiseLoss):
@@ -203,4 +213,4 @@ class KLDivLoss(_PointwiseLoss):
         f -= x
         f *= t
         xp.multiply(t, -1.0, out=d)
-        return self._sum(f), d
+        return f, d
