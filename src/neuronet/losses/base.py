@@ -66,6 +66,10 @@ class Loss(Workspace):
         (``model/weighting.py``); None where this loss does not split (the caller then runs it per sample)."""
         return None
 
+    def _sample_sums(self, values, n: int) -> np.ndarray:
+        """(n,) float64 host sums of ``values`` (n samples first) over each sample's elements."""
+        return self.ops.to_numpy(values).reshape(n, -1).sum(axis=1, dtype=np.float64)
+
     def _forward(self, *args) -> float:
         raise NotImplementedError
 

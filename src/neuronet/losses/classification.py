@@ -83,9 +83,7 @@ class _ClassScoreLoss(Loss):
     def per_sample(self, n: int):
         """Sample s's own loss: -sum a_i / sum w_i over its positions i, a_i = w_i scores[i, t_i] (with
         label smoothing (1 - eps) of that plus eps / C keep_i sum_c w_c logp_ic); NaN where all its targets
-        are ignored, as it alone gives. Not for probability targets."""
-        if self.__dict__.get("_probs") is not None:
-            return None
+        are ignored, as it alone gives."""
         host, (m, c) = self.ops.to_numpy, tuple(self._scores.shape)
         w = host(self._w_row).astype(np.float64)
         a = w * host(self._scores.reshape(-1)[self._flat])
@@ -176,6 +174,17 @@ class CrossEntropyLoss(_ClassScoreLoss):
         picked = self._select(pred, t, logp)
         smooth = eps / c * self._smoothing_sum(pred, logp, self._keep) if eps else 0.0
         return self._mean(-((1.0 - eps) * picked + smooth))
+
+    def per_sample(self, n: int):
+        if self._probs is None:
+            return super().per_sample(n)
+        # probability targets: -((1 - eps) sum_c q_ic logp_ic + eps / C sum_c w_c logp_ic) over the sample's
+        # positions (forward left q logp in "grad" and the smoothing term's rows), divided by their count
+        eps, (m, c) = self.label_smoothing, self._logp.shape
+        a = (1.0 - eps) * self._sample_sums(self.workspace("grad", (m, c)), n)
+        if eps:
+            a += eps / c * self._sample_sums(self.workspace("smoothing_rows", (m,)), n)
+        return -a / (m // max(n, 1))
 
     def _forward_probs(self, pred, logp, q):
         xp, eps, (m, c) = self.ops.xp, self.label_smoothing, logp.shape

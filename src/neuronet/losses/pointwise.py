@@ -29,8 +29,7 @@ class _PointwiseLoss(Loss):
         return self.value_scale * self._sum(self._values) / n
 
     def per_sample(self, n: int):
-        values = self.ops.to_numpy(self._values).reshape(n, -1)
-        return self.value_scale * values.sum(axis=1, dtype=np.float64) / max(self._count(self._values[:1]), 1)
+        return self.value_scale * self._sample_sums(self._values, n) / max(self._count(self._values[:1]), 1)
 
     def _count(self, x) -> int:
         return math.prod(x.shape)

@@ -51,6 +51,10 @@ class MultiMarginLoss(Loss):
         self._index = idx
         return self._sum(h) / (c * max(n, 1))
 
+    def per_sample(self, n: int):
+        c = self._deriv.shape[1]
+        return self._sample_sums(self.workspace("grad", (n, c)), n) / c
+
     def _backward(self):
         xp = self.ops.xp
         n, c = self._deriv.shape
