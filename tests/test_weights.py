@@ -166,3 +166,37 @@ def test_a_weighted_step_forwards_the_loss_once():
     rng = np.random.default_rng(2)
     model.train_step(rng.standard_normal((8, 4)).astype(np.float32), rng.integers(0, 3, 8), rng.random(8))
     assert len(calls) == 1
+
+
+def _two_heads():
+    nn.manual_seed(3)
+    inp = nn.Input((4,))
+    h = nn.Dense(4, 8, activation="tanh")(inp)
+    model = nn.Model(inp, [nn.Dense(8, 3)(h), nn.Dense(8, 2)(h)])
+    model.compile(nn.SGD(0.0), ["cross_entropy", "mse"], loss_weights=[1.0, 0.5])
+    return model
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_sample_weight_on_a_model_of_two_outputs(split, monkeypatch):
+    """Weights apply to every output's loss (Keras): all ones is the plain step, N at sample k and 0
+    elsewhere is sample k's step alone; from the per-output split, and from the per-sample fallback
+    (which slices each output and target)."""
+    if not split:
+        monkeypatch.setattr(nn.model.functional.PerOutputLoss, "per_sample", lambda self, n: None)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 4)).astype(np.float32)
+    y = [rng.integers(0, 3, 6), rng.standard_normal((6, 2)).astype(np.float32)]
+    model = _two_heads()
+
+    def step(xs, ys, w=None):
+        loss = model.train_step(xs, ys, w)
+        return loss, model.ops.to_numpy(model.flat_grads).copy()
+
+    plain, ones = step(x, y), step(x, y, np.ones(6))
+    np.testing.assert_allclose(ones[0], plain[0], rtol=1e-6)
+    np.testing.assert_allclose(ones[1], plain[1], rtol=1e-5, atol=1e-7)
+    alone = step(x[2:3], [t[2:3] for t in y])
+    picked = step(x, y, np.eye(6)[2] * 6)
+    np.testing.assert_allclose(picked[0], alone[0], rtol=1e-5)
+    np.testing.assert_allclose(picked[1], alone[1], rtol=1e-4, atol=1e-6)

@@ -567,6 +567,13 @@ class PerOutputLoss(Loss):
             total += self.weights[k] * self.values[k]
         return total
 
+    def per_sample(self, n: int):
+        """sum_k weight_k times output k's per-sample losses (None where one of them does not split)."""
+        parts = [loss.per_sample(n) for loss in self.losses]
+        if any(p is None for p in parts):
+            return None
+        return sum(w * p for w, p in zip(self.weights, parts, strict=True))
+
     def backward(self):
         for k, loss in enumerate(self.losses):
             dy = loss.backward()

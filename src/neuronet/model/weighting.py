@@ -17,13 +17,23 @@ def weighted_forward(loss, out, y, w: np.ndarray) -> float:
     loss.forward(out, y)
     per_sample = loss.per_sample(len(w))
     if per_sample is None:
-        per_sample = np.array([float(loss.forward(out[i:i + 1], y[i:i + 1])) for i in range(len(w))])
+        per_sample = np.array([float(loss.forward(_sample(out, i), _sample(y, i))) for i in range(len(w))])
         loss.forward(out, y)
     return float(np.dot(w, per_sample)) / len(w)
 
 
+def _sample(data, i: int):
+    """Sample i of a batch: of each array where ``data`` holds several (a model's outputs or targets)."""
+    arrays = getattr(data, "arrays", data)  # (a DataList's)
+    return [a[i:i + 1] for a in arrays] if isinstance(arrays, (list, tuple)) else data[i:i + 1]
+
+
 def scale_rows(ops, grad, w: np.ndarray):
-    """``grad`` (N, ...) with row i multiplied by w_i, in place."""
+    """``grad`` (N, ...) with row i multiplied by w_i, in place; each of a list of them (several outputs)."""
+    if isinstance(grad, (list, tuple)):
+        for g in grad:
+            scale_rows(ops, g, w)
+        return grad
     shape = (len(w),) + (1,) * (len(grad.shape) - 1)
     grad *= ops.asarray(w.reshape(shape), ops.dtype_name(grad))
     return grad
