@@ -660,13 +660,13 @@ class NumpyOps(Ops):
         coef = [(1.0 - r * wd, 0.0, r / bc1) if decoupled else (1.0, wd, r / bc1)
                 for r, wd in zip(lr, weight_decay, strict=True)]
         self._update(optim_kernels.adam_update, (p, g, m, v), spans, coef, t(beta2), t(1.0 - beta1),
-                     t(1.0 - beta2), t(math.sqrt(1.0 - beta2 ** step)), t(eps))
+                     t(1.0 - beta2), t(math.sqrt(1.0 - beta2 ** step)), t(eps), _tiny(p))
 
     def sgd_step(self, p, g, buf, scratch, spans, *, lr, weight_decay, momentum, dampening, nesterov, first):
         t = p.dtype.type
         self._update(optim_kernels.sgd_update, (p, g, _EMPTY[p.dtype] if buf is None else buf), spans,
                      zip(lr, weight_decay, strict=True), t(momentum), t(1.0 - dampening), bool(nesterov),
-                     bool(first))
+                     bool(first), _tiny(p))
 
     def rmsprop_step(self, p, g, square_avg, grad_avg, buf, scratch, spans, *, lr, weight_decay, alpha, eps,
                      momentum, centered):
@@ -674,7 +674,7 @@ class NumpyOps(Ops):
         self._update(optim_kernels.rmsprop_update, (p, g, square_avg, empty if grad_avg is None else grad_avg,
                                                     empty if buf is None else buf),
                      spans, zip(lr, weight_decay, strict=True), t(alpha), t(1.0 - alpha), t(eps), t(momentum),
-                     bool(centered))
+                     bool(centered), _tiny(p))
 
     def adagrad_step(self, p, g, state_sum, scratch, spans, *, lr, weight_decay, eps):
         self._update(optim_kernels.adagrad_update, (p, g, state_sum), spans,
@@ -686,7 +686,7 @@ class NumpyOps(Ops):
         coef = [(wd, r * (1.0 - mu) / (1.0 - mu_product), r * mu_next / (1.0 - mu_product * mu_next))
                 for r, wd in zip(lr, weight_decay, strict=True)]
         self._update(optim_kernels.nadam_update, (p, g, m, v), spans, coef, t(beta2), t(1.0 - beta1),
-                     t(1.0 - beta2), t(1.0 - beta2 ** step), t(eps))
+                     t(1.0 - beta2), t(1.0 - beta2 ** step), t(eps), _tiny(p))
 
     def _update(self, kernel, arrays: tuple, spans, coef, *scalars) -> None:
         """``kernel(*arrays, starts, stops, group, coef, *scalars)`` over the spans, the per-group scalars
@@ -726,6 +726,14 @@ _EMPTY = {np.dtype(d): np.zeros(0, d) for d in ("float32", "float64")}
 _EMPTY_2D, _EMPTY_3D, _EMPTY_4D = ({np.dtype(d): np.zeros((0,) + (1,) * (ndim - 1), d)
                                     for d in ("float32", "float64")} for ndim in (2, 3, 4))
 _EMPTY_MASK = np.zeros((0, 1, 1, 1), bool)  # attention without dropout
+
+
+def _tiny(x: np.ndarray):
+    """The smallest normal number of x's dtype, as that dtype (the optimizer kernels flush state below it)."""
+    return _TINY[x.dtype]
+
+
+_TINY = {np.dtype(t): np.dtype(t).type(np.finfo(t).tiny) for t in (np.float32, np.float64)}
 
 
 def fused_heads(*heads: np.ndarray) -> bool:

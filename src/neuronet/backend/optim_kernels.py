@@ -20,6 +20,12 @@ from a small ``coef`` array, so frozen layers and parameter groups cost no extra
 Decoupled decay is applied as ``p * decay`` with decay = 1 exactly when absent, and L2 decay as
 ``g + l2 * p`` with l2 = 0 when absent, so one loop without branches serves every variant.
 Compiled on first use per dtype and cached on disk (``cache=True``).
+
+The state that decays (Adam's and NAdam's m and v, the momentum buffers, RMSprop's averages) is set to 0
+where it falls below the dtype's smallest normal number (``tiny``): a parameter whose gradient stays 0
+(a pixel that is 0 in every image, a dead unit) has m shrink by beta1 each step through the subnormal
+range, where every operation on it takes a microcode assist: the MLP's Adam update went from 0.27 to
+1.69 ms once a quarter of its m was subnormal. The step it changes is below 1e-30 of the learning rate.
 """
 
 from __future__ import annotations
@@ -33,9 +39,15 @@ jit = numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")
 
 
 @jit
-def adam_update(p, g, m, v, starts, stops, group, coef, beta2, c1, c2, bc2_sqrt, eps):
+def _normal_or_zero(x, tiny):
+    """x, or 0 where |x| < tiny (subnormal); NaN stays NaN (x - x), so a diverged state is still seen."""
+    return x if abs(x) >= tiny else x - x
+
+
+@jit
+def adam_update(p, g, m, v, starts, stops, group, coef, beta2, c1, c2, bc2_sqrt, eps, tiny):
     """One Adam/AdamW step in place; c1 = 1 - beta1 (the lerp weight), c2 = 1 - beta2; per group k
-    coef[k] = (decay, l2, step_size)."""
+    coef[k] = (decay, l2, step_size); m and v flushed below ``tiny``."""
     for s in range(starts.size):
         decay, l2, step_size = coef[group[s], 0], coef[group[s], 1], coef[group[s], 2]
         a, b = starts[s], stops[s]
@@ -43,16 +55,17 @@ def adam_update(p, g, m, v, starts, stops, group, coef, beta2, c1, c2, bc2_sqrt,
         for i in range(ps.size):
             pi = ps[i]
             gi = gs[i] + l2 * pi
-            mi = ms[i] + c1 * (gi - ms[i])
-            vi = vs[i] * beta2 + c2 * (gi * gi)
+            mi = _normal_or_zero(ms[i] + c1 * (gi - ms[i]), tiny)
+            vi = _normal_or_zero(vs[i] * beta2 + c2 * (gi * gi), tiny)
             ms[i] = mi
             vs[i] = vi
             ps[i] = pi * decay - step_size * (mi / (np.sqrt(vi) / bc2_sqrt + eps))
 
 
 @jit
-def sgd_update(p, g, buf, starts, stops, group, coef, momentum, damp, nesterov, first):
-    """One SGD step in place; ``buf`` is the momentum buffer (empty without momentum); coef[k] = (lr, l2)."""
+def sgd_update(p, g, buf, starts, stops, group, coef, momentum, damp, nesterov, first, tiny):
+    """One SGD step in place; ``buf`` is the momentum buffer (empty without momentum, flushed below
+    ``tiny``); coef[k] = (lr, l2)."""
     use_momentum = buf.size > 0
     for s in range(starts.size):
         lr, l2 = coef[group[s], 0], coef[group[s], 1]
@@ -69,14 +82,15 @@ def sgd_update(p, g, buf, starts, stops, group, coef, momentum, damp, nesterov, 
         else:
             for i in range(ps.size):
                 gi = gs[i] + l2 * ps[i]
-                bi = bs[i] * momentum + damp * gi
+                bi = _normal_or_zero(bs[i] * momentum + damp * gi, tiny)
                 bs[i] = bi
                 ps[i] = ps[i] - lr * (gi + momentum * bi if nesterov else bi)
 
 
 @jit
-def rmsprop_update(p, g, sq, gavg, buf, starts, stops, group, coef, alpha, c, eps, momentum, centered):
-    """One RMSprop step in place; c = 1 - alpha; ``gavg``/``buf`` empty when unused; coef[k] = (lr, l2)."""
+def rmsprop_update(p, g, sq, gavg, buf, starts, stops, group, coef, alpha, c, eps, momentum, centered, tiny):
+    """One RMSprop step in place; c = 1 - alpha; ``gavg``/``buf`` empty when unused; coef[k] = (lr, l2);
+    the averages and the buffer flushed below ``tiny``."""
     use_momentum = buf.size > 0
     for s in range(starts.size):
         lr, l2 = coef[group[s], 0], coef[group[s], 1]
@@ -84,15 +98,15 @@ def rmsprop_update(p, g, sq, gavg, buf, starts, stops, group, coef, alpha, c, ep
         ps, gs, sqs, gas, bs = p[a:b], g[a:b], sq[a:b], gavg[a:b], buf[a:b]
         for i in range(ps.size):
             gi = gs[i] + l2 * ps[i]
-            sqi = sqs[i] * alpha + c * (gi * gi)
+            sqi = _normal_or_zero(sqs[i] * alpha + c * (gi * gi), tiny)
             sqs[i] = sqi
             if centered:
-                ai = gas[i] + c * (gi - gas[i])
+                ai = _normal_or_zero(gas[i] + c * (gi - gas[i]), tiny)
                 gas[i] = ai
                 sqi = sqi - ai * ai
             d = np.sqrt(sqi) + eps
             if use_momentum:
-                bi = bs[i] * momentum + gi / d
+                bi = _normal_or_zero(bs[i] * momentum + gi / d, tiny)
                 bs[i] = bi
                 ps[i] = ps[i] - lr * bi
             else:
@@ -114,17 +128,18 @@ def adagrad_update(p, g, state_sum, starts, stops, group, coef, eps):
 
 
 @jit
-def nadam_update(p, g, m, v, starts, stops, group, coef, beta2, c1, c2, bc2, eps):
+def nadam_update(p, g, m, v, starts, stops, group, coef, beta2, c1, c2, bc2, eps, tiny):
     """One NAdam step in place; per group k coef[k] = (l2, grad_coef, avg_coef), where
-    p -= grad_coef g / d, then p -= avg_coef m / d, with d = sqrt(v / bc2) + eps."""
+    p -= grad_coef g / d, then p -= avg_coef m / d, with d = sqrt(v / bc2) + eps; m, v flushed below
+    ``tiny``."""
     for s in range(starts.size):
         l2, cg, cm = coef[group[s], 0], coef[group[s], 1], coef[group[s], 2]
         a, b = starts[s], stops[s]
         ps, gs, ms, vs = p[a:b], g[a:b], m[a:b], v[a:b]
         for i in range(ps.size):
             gi = gs[i] + l2 * ps[i]
-            mi = ms[i] + c1 * (gi - ms[i])
-            vi = vs[i] * beta2 + c2 * (gi * gi)
+            mi = _normal_or_zero(ms[i] + c1 * (gi - ms[i]), tiny)
+            vi = _normal_or_zero(vs[i] * beta2 + c2 * (gi * gi), tiny)
             ms[i] = mi
             vs[i] = vi
             d = np.sqrt(vi / bc2) + eps
