@@ -150,7 +150,8 @@ def test_decaying_state_is_flushed_below_the_smallest_normal_number(method, stat
 
     ops, t = nn.backends.get_ops("numpy"), np.dtype(dtype)
     tiny = np.finfo(t).tiny
-    values = np.array([tiny * 1.0005, tiny * 4, 0.3, np.nan, tiny * 1.0002, 1.0], t)  # (1.000x tiny decays below)
+    # 1.000x tiny decays below it in one step at every rate here; 4 tiny stays normal
+    values = np.array([tiny * 1.0005, tiny * 4, 0.3, np.nan, tiny * 1.0002, 1.0], t)
     g = np.array([0, 0, 0.1, 0, 0, 0.2], t)
     groups, spans = dict(lr=(1e-2,), weight_decay=(0.0,)), Spans.of([(0, 6, 0)])
     flushed, reference = [values.copy() for _ in range(state)], [values.copy() for _ in range(state)]
