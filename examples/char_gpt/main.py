@@ -47,12 +47,14 @@ def batches(data: np.ndarray, block: int, batch: int, rng: np.random.Generator):
         yield window[:, :-1], window[:, 1:]
 
 
+@nn.no_grad()  # no backward follows: attention keeps no probabilities, the blocks share their buffers
 def evaluate(model: nn.Sequential, data: np.ndarray, block: int, batch: int, iters: int, seed: int) -> float:
     loss, it = nn.CrossEntropyLoss(), batches(data, block, batch, np.random.default_rng(seed))
     pairs = (next(it) for _ in range(iters))
     return float(np.mean([loss(model.forward(x, training=False), y) for x, y in pairs]))
 
 
+@nn.no_grad()
 def sample(model: nn.Sequential, chars: list[str], block: int, length: int, rng: np.random.Generator) -> str:
     ids = [chars.index("\n")]
     for _ in range(length):
