@@ -114,7 +114,10 @@ def _child(workload: str, engine: str, steps: int, warmup: int, device: str) -> 
 
 def run_tests(seconds: float | None) -> int:
     """pytest over TESTS on the GPU; at most ``seconds`` (None: no limit), then stopped with status 1."""
-    env = dict(os.environ, NEURONET_TORCH_DEVICE="cuda", PYTHONPATH=str(HERE.parent / "src"))
+    # (NEURONET_HOST_MASKS: dropout's masks as the NumPy backend draws them, which the backend-agreement
+    # tests compare; training draws them on the GPU)
+    env = dict(os.environ, NEURONET_TORCH_DEVICE="cuda", NEURONET_HOST_MASKS="1",
+               PYTHONPATH=str(HERE.parent / "src"))
     try:
         return subprocess.call([sys.executable, "-m", "pytest", "-q", *TESTS], cwd=HERE.parent, env=env,
                                timeout=seconds)

@@ -687,6 +687,7 @@ def test_torch_ops_path_matches_reference(name, monkeypatch):
 
     monkeypatch.setattr(torch_ops, "_numba_ok", lambda x: False)
     monkeypatch.setattr(torch_ops, "_on_cpu", lambda x: False)
+    monkeypatch.setattr(BACKENDS["torch"], "host_masks", True)  # (the device's own draws: test_dropout.py)
     check(*CASES[name], backends={"torch ops": BACKENDS["torch"]})
 
 

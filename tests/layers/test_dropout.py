@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
+import torch
 
 import neuronet as nn
+from neuronet.core import random as nnrandom
 from neuronet.testing import check_gradients
 
 
@@ -112,3 +114,63 @@ def test_inplace_writes_over_x_with_the_same_values_and_gradient(backend):
         np.testing.assert_array_equal(a, b)
     assert nn.Dropout(0.3, inplace=True).get_config() == {"p": 0.3, "inplace": True}
     assert repr(nn.Dropout(0.3, inplace=True)) == "Dropout(p=0.3, inplace=True)"
+
+
+@pytest.fixture
+def device_masks(monkeypatch):
+    """The torch backend draws dropout's uniforms as it does off the CPU (by torch's generator, seeded
+    from one draw of the NumPy generator), here on CPU tensors."""
+    import neuronet.backend.torch_ops as torch_ops
+
+    ops = nn.backends.get_ops("torch")
+    real = torch_ops._on_cpu
+    monkeypatch.setattr(torch_ops, "_on_cpu", lambda x: False if x.dtype == torch.bool else real(x))
+    monkeypatch.setattr(ops, "host_masks", False)
+    return ops
+
+
+def test_device_masks_are_seeded_by_the_numpy_generator_and_take_one_draw(device_masks):
+    ops, shape = device_masks, (300, 400)
+
+    def mask(seed):
+        nn.manual_seed(seed)
+        out = ops.dropout_mask(0.8, nnrandom.generator(), ops.empty(shape, "bool"), "float32")
+        return np.array(ops.to_numpy(out)), nnrandom.generator().random()
+
+    (a, after), (b, _), (c, _) = mask(0), mask(0), mask(1)
+    np.testing.assert_array_equal(a, b)  # a seed fixes the mask
+    assert not np.array_equal(a, c)
+    assert abs(a.mean() - 0.8) < 0.005
+    reference = np.random.default_rng(0)
+    reference.integers(2**63)
+    assert after == reference.random()  # the generator moved by one draw, whatever the mask's size
+
+
+def test_host_masks_are_the_numpy_backends(device_masks, monkeypatch):
+    monkeypatch.setattr(device_masks, "host_masks", True)
+    masks = []
+    for ops in (nn.backends.get_ops("numpy"), device_masks):
+        nn.manual_seed(2)
+        masks.append(np.asarray(ops.to_numpy(ops.dropout_mask(0.7, nnrandom.generator(),
+                                                              ops.empty((50, 60), "bool"), "float32"))))
+    np.testing.assert_array_equal(masks[0], masks[1])
+
+
+def test_remat_redraws_the_same_device_masks(device_masks):
+    """Remat's recomputation restores the NumPy generator, so the device generator gets the same seed and
+    the same masks: a remat'd block with dropout trains exactly as the block."""
+    def run(remat):
+        nn.manual_seed(0)
+        block = nn.TransformerBlock(8, 2, 16, causal=True, dropout=0.3)
+        model = nn.Sequential(nn.Remat(block) if remat else block, nn.Flatten(), nn.Dense(5 * 8, 3))
+        model.build((5, 8))
+        model.to("torch")
+        model.compile(nn.Adam(1e-2), "cross_entropy")
+        x = np.random.default_rng(1).standard_normal((4, 5, 8)).astype(np.float32)
+        nn.manual_seed(4)
+        return [model.train_step(x, np.arange(4) % 3) for _ in range(3)], model.state_dict()
+
+    plain, remat = run(False), run(True)
+    assert plain[0] == remat[0]
+    for name, value in plain[1].items():
+        np.testing.assert_array_equal(remat[1][name], value, err_msg=name)

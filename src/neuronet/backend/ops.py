@@ -185,8 +185,9 @@ class Ops:
         """Fill the boolean ``out`` with True where a uniform draw < keep: the elements inverted dropout
         keeps (one byte each, where a scaled float mask took four or eight).
 
-        The draws are ``rng.random(out.shape, dtype=dtype)``, ``dtype`` the data's, on every backend, so
-        a seed gives the same mask everywhere."""
+        The draws are ``rng.random(out.shape, dtype=dtype)``, ``dtype`` the data's, on the NumPy backend and
+        on CPU tensors, so a seed gives the same mask there; the torch backend on a GPU draws them on the
+        device from a seed drawn by ``rng`` (a seed still fixes them; ``NEURONET_HOST_MASKS=1``: as here)."""
         out[...] = rng.random(tuple(out.shape), dtype=np.dtype(dtype)) < keep
         return out
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import threading
 
 import numpy as np
@@ -35,6 +36,9 @@ _CPU = _HostKernels()  # the Numba kernels with their calling conventions, for C
 _LSTM_MODE = 2  # oneDNN's RNN mode number for the LSTM cell
 _MKLDNN_RNN = hasattr(torch.ops.aten, "mkldnn_rnn_layer") and torch.backends.mkldnn.is_available()
 FUSED_ATTENTION_THREADS = 2  # up to this many torch threads, CPU attention runs the one-core fused kernel
+# Off the CPU dropout's uniforms are drawn on the device, unless this is set (the NumPy backend's masks
+# exactly: what the backend-agreement tests compare, gpu_check.py runs them so).
+HOST_MASKS = os.environ.get("NEURONET_HOST_MASKS") == "1"
 _LOW_PRECISION = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
            "int64": torch.int64, "int32": torch.int32, "bool": torch.bool, "uint8": torch.uint8}
@@ -50,6 +54,8 @@ class TorchOps(Ops):
         if self._device.type == "cpu":
             malloc_tuning.keep_freed_memory()  # PyTorch's per-call temporaries: see malloc_tuning
         self._precision = threading.local()  # .dtype: the products' dtype inside compute_in, per thread
+        self.host_masks = HOST_MASKS
+        self._mask_generator = threading.local()  # .gen: this thread's generator on the device
 
     # ----------------------------------------------------------------- mixed precision
     @contextlib.contextmanager
@@ -164,14 +170,34 @@ class TorchOps(Ops):
         return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
     def dropout_mask(self, keep, rng, out, dtype):
-        # Uniforms come from the NumPy generator so a seed gives the same mask on every backend; on the
-        # CPU they go through NumpyOps' small buffer into the mask's memory (no host array per call).
+        # On the CPU the uniforms come from the NumPy generator, as on the NumPy backend (the same masks),
+        # through its small buffer into the mask's memory. On a device they are drawn there, by torch's
+        # generator seeded from one draw of the NumPy one: a seed still fixes every mask (and Remat's
+        # recomputation redraws the same), and no host work or copy grows with the mask (nanoGPT at batch
+        # 64 drops ~270 M values a step: host uniforms and their copy would take longer than the step).
         host = np.dtype(np.float64 if np.dtype(dtype) == np.float64 else np.float32)
         if _on_cpu(out) and out.is_contiguous():
             _CPU.dropout_mask(keep, rng, out.numpy(), host)
-            return out
-        torch.lt(torch.from_numpy(rng.random(tuple(out.shape), dtype=host)).to(out.device), keep, out=out)
+        elif self.host_masks:
+            torch.lt(torch.from_numpy(rng.random(tuple(out.shape), dtype=host)).to(out.device), keep, out=out)
+        else:
+            uniforms = self.temporary("dropout.u", tuple(out.shape), host.name)
+            uniforms.uniform_(generator=self._device_generator(int(rng.integers(2**63))))
+            torch.lt(uniforms, keep, out=out)
         return out
+
+    def _device_generator(self, seed: int):
+        """This thread's torch generator on the device, seeded with ``seed`` (None where the device has
+        none: "meta", whose tensors hold no values)."""
+        local = self._mask_generator
+        if not hasattr(local, "gen"):
+            try:
+                local.gen = torch.Generator(device=self._device)
+            except RuntimeError:
+                local.gen = None
+        if local.gen is not None:
+            local.gen.manual_seed(seed)
+        return local.gen
 
     def apply_mask(self, x, mask, scale, out):
         if _numba_ok(x) and _numba_ok(out) and out.is_contiguous() and _on_cpu(mask) and mask.is_contiguous():

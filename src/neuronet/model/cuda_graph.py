@@ -15,7 +15,8 @@ step instead of hundreds, which is where small models lose time on a GPU. Per in
    Python-side state such as Adam's step count and a scheduler's learning rate stay live).
 
 Not capturable, refused with a ConfigError: models whose forward draws random numbers on the host
-(dropout > 0: the masks come from the NumPy generator so that every backend sees the same masks) and
+(dropout > 0: each mask's seed is drawn from the NumPy generator on the host, which a replay would
+not redo) and
 models whose shapes depend on the data (MoE routing). Only verified where a GPU was available: see
 docs/performance-guide.md.
 """
@@ -43,8 +44,8 @@ def _refuse_uncapturable(model) -> None:
             layer.dropout if isinstance(layer, MultiHeadAttention) else 0.0
         if rate > 0.0:
             label = name.rstrip(".") or type(layer).__name__
-            raise ConfigError(f"compile(cuda_graph=True): layer {label} has dropout {rate}; its masks "
-                              "are drawn on the host and cannot be captured")
+            raise ConfigError(f"compile(cuda_graph=True): layer {label} has dropout {rate}; its masks' "
+                              "seeds are drawn on the host each step and cannot be captured")
         if hasattr(layer, "aux_loss_weight"):
             raise ConfigError(f"compile(cuda_graph=True): layer {name} ({type(layer).__name__}) routes "
                               "tokens with data-dependent shapes and cannot be captured")
