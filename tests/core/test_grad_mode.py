@@ -195,12 +195,17 @@ SHARING_BLOCKS = {  # shape-keeping blocks of many layer kinds: (make, input sha
                                             nn.Upsample(2, mode="bilinear")), IMAGE),
     "transpose_groupnorm": (lambda: nn.Sequential(nn.ConvTranspose2D(4, 4, 3, padding=1), nn.GroupNorm(2, 4)),
                             IMAGE),
+    "depthwise_softmax": (lambda: nn.Sequential(nn.Conv2D(4, 4, 3, padding=1, groups=4, activation="elu"),
+                                                nn.Softmax(), nn.SELU()), IMAGE),
+    "positions_remat": (lambda: nn.Sequential(nn.PositionalEncoding(6, 8, learned=True),
+                                              nn.Remat(nn.TransformerBlock(8, 2, 16)), nn.LogSoftmax()),
+                        SEQUENCE),
 }
 
 
 @pytest.mark.parametrize("kind", sorted(SHARING_BLOCKS))
 def test_residual_blocks_of_every_kind_predict_what_they_forward(kind, backend):
-    """Three Residual blocks of one kind share their layers' buffers under no_grad: no layer may read in a
+    """Three Residual blocks of one kind (thirteen kinds, a Remat inside one) share their layers' buffers under no_grad: no layer may read in a
     call what it wrote in an earlier one. predict (shared buffers) against forward (each layer its own)."""
     make, shape = SHARING_BLOCKS[kind]
     nn.manual_seed(7)
