@@ -205,8 +205,9 @@ SHARING_BLOCKS = {  # shape-keeping blocks of many layer kinds: (make, input sha
 
 @pytest.mark.parametrize("kind", sorted(SHARING_BLOCKS))
 def test_residual_blocks_of_every_kind_predict_what_they_forward(kind, backend):
-    """Three Residual blocks of one kind (thirteen kinds, a Remat inside one) share their layers' buffers under no_grad: no layer may read in a
-    call what it wrote in an earlier one. predict (shared buffers) against forward (each layer its own)."""
+    """Three Residual blocks of one kind (thirteen kinds, a Remat inside one) share their layers' buffers
+    under no_grad: no layer may read in a call what it wrote in an earlier one. predict (shared buffers)
+    against forward (each layer its own)."""
     make, shape = SHARING_BLOCKS[kind]
     nn.manual_seed(7)
     model = nn.Sequential(*(nn.Residual(make()) for _ in range(3)))
