@@ -174,3 +174,23 @@ def test_remat_redraws_the_same_device_masks(device_masks):
     assert plain[0] == remat[0]
     for name, value in plain[1].items():
         np.testing.assert_array_equal(remat[1][name], value, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(3, 50001), (64, 3000), (5, 7)])
+def test_masks_drawn_in_parallel_parts_are_the_one_stream(dtype, shape, rows_on_threads):
+    """The NumPy backend draws a large mask in row blocks at once, each from the PCG64 stream advanced to its
+    part (three parts here, odd sizes): the same mask as the reference's single draw, and the generator
+    left where that draw leaves it; a generator holding half an output draws in one part."""
+    from neuronet.backend import Ops
+
+    ops = nn.backends.get_ops("numpy")
+    for prime in (False, True):  # True: rng.random(dtype=float32) once first (half a 64-bit output kept)
+        rngs = [np.random.default_rng(3), np.random.default_rng(3)]
+        if prime:
+            for r in rngs:
+                r.random(dtype=np.float32)
+        mask = ops.dropout_mask(0.7, rngs[0], np.empty(shape, bool), dtype)
+        expected = Ops.dropout_mask(ops, 0.7, rngs[1], np.empty(shape, bool), dtype)
+        np.testing.assert_array_equal(mask, expected)
+        assert rngs[0].bit_generator.state == rngs[1].bit_generator.state

@@ -188,14 +188,24 @@ class NumpyOps(Ops):
 
     def dropout_mask(self, keep, rng, out, dtype):
         # The uniforms go through a small float buffer, DRAW_CHUNK at a time (the generator's stream
-        # does not depend on how its draws are split).
+        # does not depend on how its draws are split). From PASS_SPLIT_WORK elements the mask is cut into
+        # row blocks drawn at once, each from a copy of a PCG64 generator advanced to where its part of
+        # the same stream begins: the same mask as one thread draws (nanoGPT at batch 8 spent 12 % of
+        # its step drawing masks on one core).
         flat, dtype = _flat(out), np.dtype(dtype)
+        parts = _stream_parts(rng, flat.size, dtype, self._blocks(flat.size, flat.size, PASS_SPLIT_WORK))
+        self.run_blocks([functools.partial(self._draw_mask, keep, part_rng, flat[part], dtype)
+                         for part, part_rng in parts])
+        if len(parts) > 1:
+            rng.bit_generator.state = parts[-1][1].bit_generator.state  # (the stream after the last draw)
+        return out
+
+    def _draw_mask(self, keep, rng, flat, dtype) -> None:
         u = self.temporary("dropout.u", (min(flat.size, DRAW_CHUNK),), dtype)
         for start in range(0, flat.size, DRAW_CHUNK):
             part = u[:min(DRAW_CHUNK, flat.size - start)]
             rng.random(out=part, dtype=dtype)
             np.less(part, keep, out=flat[start:start + part.size])
-        return out
 
     def apply_mask(self, x, mask, scale, out):
         x, mask, out_flat = np.ascontiguousarray(x).reshape(-1), _flat(mask), _flat(out)
@@ -726,6 +736,26 @@ _EMPTY = {np.dtype(d): np.zeros(0, d) for d in ("float32", "float64")}
 _EMPTY_2D, _EMPTY_3D, _EMPTY_4D = ({np.dtype(d): np.zeros((0,) + (1,) * (ndim - 1), d)
                                     for d in ("float32", "float64")} for ndim in (2, 3, 4))
 _EMPTY_MASK = np.zeros((0, 1, 1, 1), bool)  # attention without dropout
+
+
+def _stream_parts(rng: np.random.Generator, n: int, dtype: np.dtype, blocks: tuple) -> list:
+    """(slice, generator) per part of n uniform draws of ``dtype`` such that the parts drawn at once give
+    what ``rng`` drawing all n in order gives: part j from a copy of rng's PCG64 state advanced past the
+    parts before it (a float64 draw takes one 64-bit output, a float32 draw half of one: float32 parts
+    start at even offsets). One part, ``rng`` itself, for fewer blocks, another bit generator, or a
+    PCG64 holding half an output (``advance`` would drop it)."""
+    state = rng.bit_generator.state
+    if len(blocks) < 2 or state.get("bit_generator") != "PCG64" or state.get("has_uint32"):
+        return [(slice(0, n), rng)]
+    per_output = 2 if dtype == np.float32 else 1
+    bounds = [0] + [(k * n // len(blocks)) // per_output * per_output for k in range(1, len(blocks))] + [n]
+    parts = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        bits = np.random.PCG64()
+        bits.state = state
+        bits.advance(a // per_output)
+        parts.append((slice(a, b), np.random.Generator(bits)))
+    return parts
 
 
 def _tiny(x: np.ndarray):
