@@ -200,3 +200,37 @@ def test_sample_weight_on_a_model_of_two_outputs(split, monkeypatch):
     picked = step(x, y, np.eye(6)[2] * 6)
     np.testing.assert_allclose(picked[0], alone[0], rtol=1e-5)
     np.testing.assert_allclose(picked[1], alone[1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("sync_free", [None, True])
+@pytest.mark.parametrize("name", ["margin_ranking", "triplet"])
+def test_per_sample_losses_of_several_inputs(name, sync_free):
+    """The pair and triplet losses split their batch loss too (pred a tuple, sequences of 2 positions)."""
+    rng = np.random.default_rng(6)
+    ops = nn.backends.get_ops("torch")
+    if name == "margin_ranking":
+        loss, shape = nn.MarginRankingLoss(0.2), (N_SAMPLES, 2, 3)
+        pred = tuple(ops.asarray(rng.standard_normal(shape).astype(np.float32)) for _ in range(2))
+        target = ops.asarray(np.sign(rng.standard_normal(shape)).astype(np.float32))
+    else:
+        loss, shape = nn.TripletMarginLoss(0.5), (N_SAMPLES, 2, 4)
+        pred = tuple(ops.asarray(rng.standard_normal(shape).astype(np.float32)) for _ in range(3))
+        target = None
+    loss.sync_free = sync_free
+    alone = [float(loss.forward(tuple(p[i:i + 1] for p in pred), None if target is None else target[i:i + 1]))
+             for i in range(N_SAMPLES)]
+    loss.forward(pred, target)
+    np.testing.assert_allclose(loss.per_sample(N_SAMPLES), alone, rtol=2e-6, atol=1e-7)
+
+
+def test_sync_free_margin_ranking_makes_an_invalid_target_non_finite():
+    """Read by nothing on the host, a target that is not -1 or 1 cannot raise: the loss is inf or NaN, which
+    train_step refuses; with host reads it raises the ValueError."""
+    ops = nn.backends.get_ops("torch")
+    x = ops.asarray(np.ones((4, 2), np.float32))
+    y = ops.asarray(np.array([[1, -1], [1, 0.5], [1, 1], [-1, -1]], np.float32))
+    loss = nn.MarginRankingLoss()
+    with pytest.raises(ValueError, match="-1 or 1"):
+        loss.forward((x, x * 2), y)
+    loss.sync_free = True
+    assert not np.isfinite(float(loss.forward((x, x * 2), y)))

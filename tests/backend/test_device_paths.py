@@ -170,3 +170,13 @@ def test_every_loss_is_sync_free_on_the_device(name, on_meta):
     model.build((6,))
     model.to("torch")
     _steps(model, model.ops.asarray(_floats(N, 6)), model.ops.asarray(target()))
+
+
+@pytest.mark.parametrize("loss", [nn.MarginRankingLoss(0.1), nn.TripletMarginLoss()], ids=repr)
+def test_the_losses_of_several_inputs_are_sync_free_on_the_device(loss, on_meta):
+    ops = nn.backends.get_ops("torch")
+    pred = tuple(ops.asarray(_floats(N, 3)) for _ in range(len(loss.inputs)))
+    target = ops.asarray(np.sign(_floats(N, 3))) if len(loss.inputs) == 2 else None
+    value = loss.forward(pred, target)
+    assert str(value.device) == "meta"
+    assert all(str(g.device) == "meta" for g in loss.backward())

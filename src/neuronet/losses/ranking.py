@@ -79,7 +79,8 @@ class MarginRankingLoss(Loss):
     Args:
         margin (float): Default: ``0.0``.
     Shape:
-        pred = (x1, x2), each (*); target y (*) with values in {-1, 1}.
+        pred = (x1, x2), each (*); target y (*) with values in {-1, 1} (others raise a ValueError; on the
+        sync-free path, read by nothing on the host, they make the loss non-finite, which the step refuses).
     Saved for backward:
         -y [z >= 0] (workspace).
     """
@@ -94,7 +95,10 @@ class MarginRankingLoss(Loss):
         y = self._float_target(x1, target)
         z, d = self.workspace("z", shape), self.workspace("deriv", shape)
         xp.abs(y, out=d)
-        if math.prod(shape) and not self.ops.item(xp.amin(d)) == self.ops.item(xp.amax(d)) == 1.0:
+        valid = None  # sync-free: whether every |y| is 1, on the device (no read back)
+        if math.prod(shape) and self._deferred:
+            valid = xp.all(d == 1.0)
+        elif math.prod(shape) and not self.ops.item(xp.amin(d)) == self.ops.item(xp.amax(d)) == 1.0:
             raise ValueError("MarginRankingLoss: target values must be -1 or 1")
         xp.subtract(x1, x2, out=z)
         z *= y
@@ -107,7 +111,12 @@ class MarginRankingLoss(Loss):
         d *= -1.0
         xp.clip(z, 0.0, None, out=z)
         self._deriv, self._n = d, max(math.prod(shape), 1)
-        return self._sum(z) / self._n
+        value = self._sum(z) / self._n
+        return value if valid is None else value / valid  # (an invalid target: inf or NaN, refused)
+
+    def per_sample(self, n: int):
+        z = self.workspace("z", tuple(self._deriv.shape))
+        return self._sample_sums(z, n) / (self._n // max(n, 1))
 
     def _backward(self):
         xp, d = self.ops.xp, self._deriv
@@ -164,6 +173,9 @@ class TripletMarginLoss(Loss):
         xp.clip(z, 0.0, None, out=z)
         self._m, self._dim = max(m, 1), dim
         return self._sum(z) / self._m
+
+    def per_sample(self, n: int):
+        return self._sample_sums(self.workspace("z", (self._m,)), n) / (self._m // max(n, 1))
 
     def _distance(self, x, y, name: str):
         """d = ||x - y + eps||_p per position; keeps u = x - y + eps in the workspace "u_<name>"."""
