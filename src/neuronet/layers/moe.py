@@ -82,6 +82,8 @@ class MoE(Layer):
     Tokens go only to their chosen experts: each expert runs on the gathered rows routed to it, and
     its weighted output is scatter-added back. ``train_step``/``fit`` add ``aux_loss_weight *
     aux_loss`` to the loss and, through ``set_aux_loss_scale``, its gradient to the gate's logits.
+    ``aux_loss`` is a float, or off the CPU a 0-d array on the device (not read back: the routing's group
+    sizes are the layer's one read back there).
 
     Args:
         dim (int): size of the last input axis (and of the output).
@@ -174,7 +176,8 @@ class MoE(Layer):
         f *= 1.0 / m
         p_mean = xp.mean(probs, axis=0, out=self.workspace("p_mean", (n_exp,)))
         p_mean *= f
-        self.aux_loss = n_exp * ops.item(xp.sum(p_mean))
+        aux = n_exp * xp.sum(p_mean)
+        self.aux_loss = ops.item(aux) if ops.device == "cpu" else aux
         self._probs, self._gates, self._idx, self._f = probs, gates, idx, f
         self._order, self._token, self._weight, self._ys = order, token, weight, ys
         return y.reshape(self._x_shape)
