@@ -8,7 +8,8 @@
 
 1. ``pytest`` over the tests that exercise the torch backend, with ``NEURONET_TORCH_DEVICE=cuda`` so that
    every ``model.to("torch")`` in them lands on the GPU (``tests/test_sync_free.py`` then also runs its
-   CUDA-graph tests, which are skipped without a GPU).
+   CUDA-graph tests, which are skipped without a GPU) and ``NEURONET_HOST_MASKS=1`` so that dropout's masks
+   are the NumPy backend's, which the backend-agreement tests compare (training draws them on the GPU).
 2. Per workload (the CPU benchmarks' models, batches and optimizers), each engine in its own process:
    neuronet-torch eager, neuronet-torch with ``compile(cuda_graph=True)``, neuronet-torch with
    ``compile(mixed_precision="bfloat16")``, PyTorch eager, PyTorch under ``torch.compile`` and PyTorch
