@@ -96,7 +96,7 @@ class ArrayBatches(Batches):
         if buf is None or buf.shape[0] < len(idx) or buf.dtype != data.dtype:
             buf = self.buffers[key] = np.empty((max(len(idx), 1), *data.shape[1:]), data.dtype)
         out = buf[:len(idx)]
-        np.take(data, idx, axis=0, out=out)
+        np.take(data, idx, axis=0, out=out, mode="clip")  # (our own indices: "raise" buffers the output)
         return out
 
 
