@@ -634,7 +634,7 @@ class NumpyOps(Ops):
     # The fused kernels (attention_kernels) for float32/float64 heads whose rows are unit-stride (the
     # layer's views of its projections); anything else takes the generic products.
     def attention(self, q, k, v, probs, out, causal, scale, mask, keep_scale, scratch):
-        if not fused_heads(q, k, v, out) or (probs is not None and not fused_heads(probs)):
+        if not fused_heads(*(a for a in (q, k, v, probs, out) if a is not None)):  # (probs None: not kept)
             return super().attention(q, k, v, probs, out, causal, scale, mask, keep_scale, scratch)
         if probs is None:  # one head's probabilities at a time, in this thread's (Tq, Tk) buffer
             probs = self.temporary("attention.probs", (1, 1, q.shape[2], k.shape[2]), q.dtype)
