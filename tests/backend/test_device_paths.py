@@ -180,3 +180,33 @@ def test_the_losses_of_several_inputs_are_sync_free_on_the_device(loss, on_meta)
     value = loss.forward(pred, target)
     assert str(value.device) == "meta"
     assert all(str(g.device) == "meta" for g in loss.backward())
+
+
+@pytest.mark.parametrize("choice", ["flash", "efficient"])
+def test_fused_attention_kernels_train_on_the_device(choice, on_meta, monkeypatch):
+    """The GPU's fused attention kernels (FlashAttention, the memory-efficient kernel), as
+    ``F.scaled_dot_product_attention`` would pick them there, called forward and backward with their
+    arguments: a transformer's training step and a no_grad forward on meta."""
+    import neuronet.backend.torch_ops as torch_ops
+
+    ops = nn.backend.get_ops("torch")
+    monkeypatch.setattr(ops, "fused_attention_devices", ("meta",))
+    number = {"flash": torch_ops._SDPA_FLASH, "efficient": torch_ops._SDPA_EFFICIENT}[choice]
+    monkeypatch.setattr(torch_ops, "_sdpa_choice", lambda *args: number)
+    called = []
+    kernel = torch_ops._SDPA_KERNELS[False, number]
+    monkeypatch.setitem(torch_ops._SDPA_KERNELS, (False, number), torch_ops._FusedAttention(
+        lambda *a: called.append("forward") or kernel.forward(*a),
+        lambda *a: called.append("backward") or kernel.backward(*a)))
+    nn.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(11, 8), nn.TransformerBlock(8, 2, 16, causal=True),
+                          nn.TransformerBlock(8, 2, 16, norm="rms", ffn="swiglu", rope=True),
+                          nn.LayerNorm(8), nn.LastToken(), nn.Dense(8, 3))
+    model.compile(optimizer=nn.AdamW(1e-2), loss=nn.CrossEntropyLoss())
+    model.build((5,))
+    model.to("torch")
+    x, y = _on_device(model, _inputs(["tokens"])), model.ops.asarray(np.arange(N) % 3)
+    _steps(model, x, y, steps=1)
+    assert called == ["forward"] * 2 + ["backward"] * 2
+    with nn.no_grad():
+        assert tuple(model.forward(x, training=False).shape) == (N, 3)

@@ -98,3 +98,74 @@ def test_attention_bad_configuration_and_input():
     model.build((5, 8))
     with pytest.raises(nn.ShapeError, match=r"MultiHeadAttention\(8, 2\).*\(N, T, 8\).*\(N, 5, 6\)"):
         model.forward(np.zeros((1, 5, 6), np.float32))
+
+
+# ----------------------------------------------------------------- the fused kernel (a GPU's path)
+@pytest.fixture
+def fused_on_cpu(monkeypatch):
+    """The torch backend's fused attention (on a GPU FlashAttention or the memory-efficient kernel) run on
+    the CPU by PyTorch's CPU flash kernel, the same calls forward and backward; returns the count of fused
+    backwards."""
+    from neuronet.backend import get_ops
+
+    ops = get_ops("torch")
+    monkeypatch.setattr(ops, "fused_attention_devices", ("cpu",))
+    backwards = []
+    real = ops.fused_attention_backward
+    monkeypatch.setattr(ops, "fused_attention_backward", lambda *a: backwards.append(1) or real(*a))
+    return backwards
+
+
+@pytest.mark.parametrize("opts", [{}, {"causal": True}, {"causal": True, "rope": True}])
+def test_fused_attention_matches_torch(opts, fused_on_cpu):
+    """Values and every gradient (float64) against PyTorch through the fused kernel, which keeps no
+    probabilities."""
+    x = np.random.default_rng(8).standard_normal((3, 5, 8))
+    layer = _on(nn.MultiHeadAttention(8, 2, **opts), "torch", (5, 8))
+    reference = SelfAttention(8, 2, opts.get("causal", False), use_rope=True) if opts.get("rope") else \
+        _torch_mha(8, 2)
+    compare_with_torch(layer, reference, x, torch_forward=None if opts.get("rope") else
+                       _call(opts.get("causal", False)))
+    assert fused_on_cpu and layer.__dict__.get("_workspace", {}).get("probs") is None
+
+
+def test_fused_cross_attention_trains_as_the_explicit_path(fused_on_cpu, monkeypatch):
+    """Cross-attention (Tq != Tk) in a functional model: the same outputs, input and weight gradients."""
+    from neuronet.backend import get_ops
+
+    xs = [np.random.default_rng(9).standard_normal(s) for s in ((3, 5, 8), (3, 7, 8))]
+    dy = np.random.default_rng(10).standard_normal((3, 5, 8))
+    runs = []
+    for fused in (False, True):
+        monkeypatch.setattr(get_ops("torch"), "fused_attention_devices", ("cpu",) if fused else ())
+        nn.manual_seed(0)
+        q, kv = nn.Input((5, 8)), nn.Input((7, 8))
+        model = nn.Model([q, kv], nn.MultiHeadAttention(8, 2)([q, kv]))
+        model.build([(5, 8), (7, 8)], dtype="float64")
+        model.to("torch")
+        y = model.forward([model.ops.asarray(a) for a in xs])
+        dx = model.backward(model.ops.asarray(dy))
+        runs.append([y.numpy().copy(), *(d.numpy().copy() for d in dx), model.flat_grads.numpy().copy()])
+    assert len(fused_on_cpu) == 1
+    for explicit, fused in zip(*runs, strict=True):
+        np.testing.assert_allclose(fused, explicit, rtol=1e-10, atol=1e-12)
+
+
+def test_fused_attention_under_no_grad_keeps_nothing_for_a_backward(fused_on_cpu):
+    layer = _on(nn.MultiHeadAttention(8, 2, causal=True), "torch", (5, 8))
+    x = layer.ops.asarray(np.random.default_rng(11).standard_normal((2, 5, 8)))
+    with_grad = layer.forward(x).numpy().copy()
+    with nn.no_grad():
+        np.testing.assert_allclose(layer.forward(x).numpy(), with_grad, rtol=1e-12)
+    with pytest.raises(RuntimeError, match="no_grad"):
+        layer.backward(layer.ops.asarray(np.ones((2, 5, 8))))
+    assert not fused_on_cpu
+
+
+def test_attention_with_dropout_keeps_the_explicit_path(fused_on_cpu):
+    """Dropout's masks come from neuronet's generator: never the fused kernel while they are drawn."""
+    layer = _on(nn.MultiHeadAttention(8, 2, dropout=0.5), "torch", (5, 8))
+    x = layer.ops.asarray(np.random.default_rng(12).standard_normal((2, 5, 8)))
+    layer.forward(x, training=True)
+    layer.backward(layer.ops.asarray(np.ones((2, 5, 8))))
+    assert not fused_on_cpu and layer._fused is None

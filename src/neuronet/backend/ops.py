@@ -712,6 +712,18 @@ class Ops:
         self.matmul(grad, k, out=dq)
         self.matmul(self.swapaxes(grad, -1, -2), q, out=dk)
 
+    def fused_attention(self, q, k, v, causal: bool, scale: float) -> tuple | None:
+        """Optionally ``attention`` without dropout as one fused kernel that keeps no probabilities
+        (FlashAttention and its kin): returns (out, saved), out (B, H, Tq, hd) the backend's own array and
+        ``saved`` what ``fused_attention_backward`` needs (a row statistic per query, not (Tq, Tk)), or
+        None where the backend has no such kernel for these operands (``attention`` then runs)."""
+        return None
+
+    def fused_attention_backward(self, do, q, k, v, out, saved, dq, dk, dv, causal: bool,
+                                 scale: float) -> None:
+        """dq, dk, dv (written, shaped as q, k, v) of ``fused_attention``'s ``out`` from dL/dout ``do``."""
+        raise NotImplementedError(f"{self.name} backend: fused_attention returned None, so no backward")
+
     # ----------------------------------------------------------------- recurrent cells (LSTM, GRU), one step
     def row_blocks(self, n: int, min_rows: int | None = None) -> tuple[slice, ...]:
         """The row ranges of an n-row batch that ``run_blocks`` may run at once, each of at least

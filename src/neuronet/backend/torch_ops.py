@@ -10,6 +10,8 @@ import functools
 import math
 import os
 import threading
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -56,6 +58,7 @@ class TorchOps(Ops):
         self._precision = threading.local()  # .dtype: the products' dtype inside compute_in, per thread
         self.host_masks = HOST_MASKS
         self._mask_generator = threading.local()  # .gen: this thread's generator on the device
+        self.fused_attention_devices = ("cuda",)  # device types where fused_attention runs
 
     # ----------------------------------------------------------------- mixed precision
     @contextlib.contextmanager
@@ -552,6 +555,29 @@ class TorchOps(Ops):
             return
         super().attention_backward(do, probs, q, k, v, dq, dk, dv, causal, scale, mask, keep_scale, scratch)
 
+    # Attention on a GPU: the fused kernel PyTorch's scaled_dot_product_attention would pick for these
+    # operands (FlashAttention for half precision, the memory-efficient kernel for float32), called
+    # forward and backward as the convolutions are: one kernel each way instead of a dozen (the batched
+    # products copy each strided head operand first), and a (B, H, Tq) log-sum-exp kept instead of the
+    # (B, H, Tq, Tk) probabilities (nanoGPT at batch 64: 100 MB a layer). Not with attention dropout (its
+    # masks come from neuronet's generator) nor on the CPU, where the NumPy kernel is the faster
+    # (char GPT's shapes, forward + backward at two threads: 845-1,036 against 1,720-2,186 us for
+    # PyTorch's CPU flash kernel); ``fused_attention_devices`` lists where it runs.
+    def fused_attention(self, q, k, v, causal, scale):
+        if q.device.type not in self.fused_attention_devices or (causal and q.shape[2] != k.shape[2]):
+            return None
+        kernel = _SDPA_KERNELS.get((q.is_cpu, int(_sdpa_choice(q, k, v, causal, scale))))
+        if kernel is None:
+            return None
+        out, state = kernel.forward(q, k, v, causal, scale)
+        return out, (kernel, state)
+
+    def fused_attention_backward(self, do, q, k, v, out, saved, dq, dk, dv, causal, scale):
+        kernel, state = saved
+        for grad, result in zip((dq, dk, dv), kernel.backward(do, q, k, v, out, state, causal, scale),
+                                strict=True):
+            grad.copy_(result)
+
     def _causal_bias(self, t: int, device, dtype):
         """(t, t): 0 on and below the diagonal, -inf above; made once per size, device and dtype."""
         cache = self.__dict__.setdefault("_causal_biases", {})
@@ -956,6 +982,61 @@ _HOST_NORM_BELOW = {True: 0, False: math.inf}  # by ``center``: LayerNorm, RMSNo
 def _host_activation(name: str, *tensors) -> bool:
     """``_host_below`` for activation ``name`` (``_HOST_ACTIVATION_BELOW``)."""
     return _host_below(_HOST_ACTIVATION_BELOW.get(name, 0), *tensors)
+
+
+class _FusedAttention(NamedTuple):
+    """One fused attention kernel pair of PyTorch (``TorchOps.fused_attention``): forward(q, k, v, causal,
+    scale) -> (out, state), backward(do, q, k, v, out, state, causal, scale) -> (dq, dk, dv)."""
+
+    forward: Callable
+    backward: Callable
+
+
+def _sdpa_choice(q, k, v, causal: bool, scale: float) -> int:
+    """The kernel ``F.scaled_dot_product_attention`` would run on these operands without a mask or dropout
+    (``torch.nn.attention.SDPBackend``'s number), from their device, dtype, shapes and strides alone."""
+    return torch.ops.aten._fused_sdp_choice(q, k, v, None, 0.0, causal, scale=scale)
+
+
+def _flash(q, k, v, causal, scale):
+    out, *state = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False, scale=scale)
+    return out, state[:7]  # log-sum-exp, cumulative lengths, maximal lengths, rng state, unused
+
+
+def _flash_backward(do, q, k, v, out, state, causal, scale):
+    lse, cum_q, cum_k, max_q, max_k, rng_state, unused = state
+    return torch.ops.aten._scaled_dot_product_flash_attention_backward(
+        do, q, k, v, out, lse, cum_q, cum_k, max_q, max_k, 0.0, causal, rng_state, unused, scale=scale)
+
+
+def _efficient(q, k, v, causal, scale):
+    out, *state = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, causal,
+                                                                         scale=scale)
+    return out, state  # log-sum-exp, philox seed and offset
+
+
+def _efficient_backward(do, q, k, v, out, state, causal, scale):
+    lse, seed, offset = state
+    return torch.ops.aten._scaled_dot_product_efficient_attention_backward(
+        do, q, k, v, None, out, lse, seed, offset, 0.0, [True, True, True, False], causal, scale=scale)[:3]
+
+
+def _flash_cpu(q, k, v, causal, scale):
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
+    return out, lse
+
+
+def _flash_cpu_backward(do, q, k, v, out, lse, causal, scale):
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(do, q, k, v, out, lse, 0.0,
+                                                                               causal, scale=scale)
+
+
+_SDPA_FLASH, _SDPA_EFFICIENT = 1, 2  # SDPBackend.FLASH_ATTENTION, EFFICIENT_ATTENTION
+_SDPA_KERNELS = {  # (on the CPU, the choice) -> the kernels; a choice not here (math, cuDNN): attention
+    (False, _SDPA_FLASH): _FusedAttention(_flash, _flash_backward),
+    (False, _SDPA_EFFICIENT): _FusedAttention(_efficient, _efficient_backward),
+    (True, _SDPA_FLASH): _FusedAttention(_flash_cpu, _flash_cpu_backward),
+}
 
 
 def _host_heads(*heads) -> list | None:

@@ -141,12 +141,19 @@ class MultiHeadAttention(Layer):
         """Heads (N, H, Tq, hd), (N, H, Tk, hd) x2 -> the (N*Tq, dim) rows of concat_heads(dropout(P) v).
         The samples never meet: they run in ``ops.row_blocks``, at once where the backend can. P is kept
         for backward (workspace ``probs``, (N, H, Tq, Tk)) except under ``nn.no_grad()``, where it passes
-        through the backend's scratch (on NumPy one head's (Tq, Tk) at a time)."""
+        through the backend's scratch (on NumPy one head's (Tq, Tk) at a time). Without dropout, where the
+        backend has a fused kernel for these operands (``ops.fused_attention``: on a GPU), that kernel's
+        output is the result and its saved state (no P) what the backward reads."""
         ops = self.ops
         n, t, d = self._shape
+        self._drop = training and self.dropout > 0.0
+        fused = None if self._drop else ops.fused_attention(q, k, v, self.causal, self._scale())
+        self._q, self._k, self._v, self._probs = q, k, v, None
+        self._fused = fused if is_grad_enabled() else None
+        if fused is not None:  # one kernel, no probabilities (on a GPU: FlashAttention or its kin)
+            return ops.swapaxes(fused[0], 1, 2).reshape(n * t, d)
         shape = (n, self.num_heads, t, k.shape[2])
         probs = self.workspace("probs", shape) if is_grad_enabled() else None
-        self._drop = training and self.dropout > 0.0
         mask = self.workspace("mask", shape, bool) if self._drop else None
         if mask is not None:  # drawn whole, before the blocks: the same masks for any split
             ops.dropout_mask(1.0 - self.dropout, nnrandom.generator(), mask, self.dtype)
@@ -158,7 +165,7 @@ class MultiHeadAttention(Layer):
                           self.causal, self._scale(), None if mask is None else mask[rows],
                           self._keep_scale(), self.temporary)
         self._in_sample_blocks(block)
-        self._q, self._k, self._v, self._probs = q, k, v, probs
+        self._probs = probs
         return ctx
 
     def _in_sample_blocks(self, block) -> None:
@@ -190,7 +197,7 @@ class MultiHeadAttention(Layer):
         self.children["out_proj"]._grad_slots = grad_slots(depth)
 
     def backward(self, dy):
-        if self._probs is None:  # (before out_proj adds its gradients)
+        if self._probs is None and self._fused is None:  # (before out_proj adds its gradients)
             raise backward_after_no_grad(self, "attention probabilities")
         ops = self.ops
         n, t, d = self._shape
@@ -236,16 +243,21 @@ class MultiHeadAttention(Layer):
         the same sample blocks as the forward."""
         ops = self.ops
         probs, q, k, v = self._probs, self._q, self._k, self._v
-        mask = self.workspace("mask", tuple(probs.shape), bool) if self._drop else None
         # with rope, the gradients of the rotated q, k first, then rotated back into dqkv
         gq, gk = (self.workspace(name, tuple(dq.shape)) for name in ("dq_rot", "dk_rot")) if self.rope \
             else (dq, dk)
+        if self._fused is not None:
+            out, saved = self._fused
+            ops.fused_attention_backward(do, q, k, v, out, saved, gq, gk, dv, self.causal, self._scale())
+        else:
+            mask = self.workspace("mask", tuple(probs.shape), bool) if self._drop else None
 
-        def block(rows):
-            ops.attention_backward(do[rows], probs[rows], q[rows], k[rows], v[rows], gq[rows], gk[rows],
-                                   dv[rows], self.causal, self._scale(), None if mask is None else mask[rows],
-                                   self._keep_scale(), self.temporary)
-        self._in_sample_blocks(block)
+            def block(rows):
+                ops.attention_backward(do[rows], probs[rows], q[rows], k[rows], v[rows], gq[rows], gk[rows],
+                                       dv[rows], self.causal, self._scale(),
+                                       None if mask is None else mask[rows], self._keep_scale(),
+                                       self.temporary)
+            self._in_sample_blocks(block)
         if self.rope:
             # the transpose of a rotation is the rotation by -angle
             cos, _, neg_sin = self._rope_tables(self._shape[1])
