@@ -293,9 +293,9 @@ class TorchOps(Ops):
         ceil_mode = _ceil_mode(x, kernel, stride, padding, out)
         if index is None:
             return out.copy_(F.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode))
-        y, idx = F.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode, return_indices=True)
-        out.copy_(y)
-        index.copy_(idx)
+        # written straight into the workspaces (three kernels on a GPU were one)
+        torch.ops.aten.max_pool2d_with_indices.out(x, kernel, stride, padding, 1, ceil_mode, out=out,
+                                                   indices=index)
         return out
 
     def max_pool2d_backward(self, dy, index, out):
