@@ -128,6 +128,17 @@ def _(ops, a):
     return out, a["acc"], a["bias"], np.array(ops.sum_of_squares(a["b"].reshape(-1)))
 
 
+@case("linear", lambda r: {"x": randn(r, 4, 3), "w": randn(r, 5, 3), "bias": randn(r, 5)})
+def _(ops, a):
+    """With a bias and an activation, written over z, and without a bias."""
+    z, y, plain = (ops.empty((4, 5), "float64") for _ in range(3))
+    assert ops.linear(a["x"], a["w"], a["bias"], "tanh", z, y) is y
+    in_place = ops.empty((4, 5), "float64")
+    ops.linear(a["x"], a["w"], a["bias"], "relu", in_place, in_place)
+    ops.linear(a["x"], a["w"], None, "linear", plain, plain)
+    return z, y, in_place, plain
+
+
 @case("clip_norm_", lambda r: {"big": randn(r, 50), "small": randn(r, 50) * 0.01})
 def _(ops, a):
     """Scaled to norm 1 (minus eps) where it is larger; left as it is where it is within."""
@@ -674,7 +685,7 @@ def test_backends_override_only_what_differs():
 
 
 CPU_KERNEL_CASES = sorted(n for n in CASES if n.startswith(("activation ", "max_pool2d", "avg_pool2d",
-                                                            "batch_norm", "lstm_cell", "gru_cell",
+                                                            "linear", "batch_norm", "lstm_cell", "gru_cell",
                                                             "attention", "gather_rows", "topk", "clip_norm_",
                                                             "dropout_mask", *STEPS)))
 

@@ -168,4 +168,4 @@ def test_attention_with_dropout_keeps_the_explicit_path(fused_on_cpu):
     x = layer.ops.asarray(np.random.default_rng(12).standard_normal((2, 5, 8)))
     layer.forward(x, training=True)
     layer.backward(layer.ops.asarray(np.ones((2, 5, 8))))
-    assert not fused_on_cpu and layer._fused is None
+    assert not fused_on_cpu and layer._sdpa_saved is None

@@ -301,6 +301,13 @@ class Ops:
         self.xp.matmul(a, b, out=scratch)
         out += scratch
 
+    def linear(self, x, weight, bias, activation: str, z, out) -> Any:
+        """out = act(z), z = x @ weight.T + bias (bias None: none), for 2-D x (M, in) and weight (out_f, in):
+        Dense's forward. ``out`` may be ``z``. Here the bias goes in with the activation (one pass on the
+        NumPy backend); a backend may add it inside the product instead."""
+        self.matmul(x, weight.T, out=z)
+        return self.activation(activation, z, out, bias=bias)
+
     def linear_grads(self, dz, x, weight, dweight, dx, scratch=None) -> None:
         """The two products of a linear map's backward, for z = x weight^T with dz (M, out), x (M, in),
         weight (out, in): dweight (out, in) += dz^T x unless dweight is None (``matmul_acc``, with its

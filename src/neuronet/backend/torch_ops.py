@@ -350,6 +350,14 @@ class TorchOps(Ops):
         out.copy_(torch.matmul(*low))
         return out
 
+    # Off the CPU the bias goes in with the product (addmm: one kernel less a Dense layer on a GPU); on CPU
+    # tensors the Numba kernel adds it in the activation's pass.
+    def linear(self, x, weight, bias, activation, z, out):
+        if bias is None or _numba_ok(z) or self._low_dtype() is not None:
+            return super().linear(x, weight, bias, activation, z, out)
+        torch.addmm(bias, x, weight.T, out=z)
+        return self.activation(activation, z, out)
+
     def matmul_acc(self, a, b, out, scratch=None):
         low = self._low(a, b)
         if low is not None:

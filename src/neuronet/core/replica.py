@@ -23,8 +23,9 @@ from .layer import Layer, Workspace
 
 _SCRATCH = ("_workspace", "_workspace_views", "_workspace_dtypes", "_fused")  # _fused: recurrent.py
 # A model's training state that a replica neither needs nor may share (the optimizer's moments,
-# the history, the thread pools and locks of the model/parallel module).
-_LEFT_OUT = ("optimizer", "history", "_last_output", "_aux_cache", "_parallel", "grad_ready")
+# the history, the thread pools and locks of the model/parallel module, what a fused attention kernel
+# saved for its backward).
+_LEFT_OUT = ("optimizer", "history", "_last_output", "_aux_cache", "_parallel", "grad_ready", "_sdpa_saved")
 
 
 def replica(root: Layer, grads: Any = None) -> Layer:
@@ -46,6 +47,8 @@ def replica(root: Layer, grads: Any = None) -> Layer:
     states = [dict(vars(obj)) for obj in objects]
     for obj, state in zip(objects, states, strict=True):
         for key, value in state.items():
+            if value is None:  # (None in the memo would stand for {} everywhere)
+                continue
             if key in _SCRATCH:
                 memo[id(value)] = state[key] = {}
             elif key in _LEFT_OUT:

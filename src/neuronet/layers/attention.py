@@ -112,8 +112,7 @@ class MultiHeadAttention(Layer):
         self._shape = (n, t, d)
         self._x = x.reshape(n * t, d)
         qkv = self.workspace("qkv", (n * t, 3 * d))
-        ops.matmul(self._x, self.params["in_proj_weight"].T, out=qkv)
-        ops.activation("linear", qkv, qkv, bias=self.params["in_proj_bias"])  # qkv += bias
+        ops.linear(self._x, self.params["in_proj_weight"], self.params["in_proj_bias"], "linear", qkv, qkv)
         q, k, v = self._heads(qkv, 3)  # views: the GEMMs below read the heads in place
         if self.rope:
             cos, sin, _ = self._rope_tables(t)
@@ -129,10 +128,8 @@ class MultiHeadAttention(Layer):
         self._x, self._xkv = x[0].reshape(n * t, d), x[1].reshape(n * tk, d)
         w, b = self.params["in_proj_weight"], self.params["in_proj_bias"]
         q_rows, kv_rows = self.workspace("q", (n * t, d)), self.workspace("kv", (n * tk, 2 * d))
-        ops.matmul(self._x, w[:d].T, out=q_rows)
-        ops.activation("linear", q_rows, q_rows, bias=b[:d])  # q_rows += its bias
-        ops.matmul(self._xkv, w[d:].T, out=kv_rows)
-        ops.activation("linear", kv_rows, kv_rows, bias=b[d:])
+        ops.linear(self._x, w[:d], b[:d], "linear", q_rows, q_rows)
+        ops.linear(self._xkv, w[d:], b[d:], "linear", kv_rows, kv_rows)
         k, v = self._heads(kv_rows, 2, tk)
         ctx = self._attend(self._heads(q_rows, 1)[0], k, v, training)
         return self.children["out_proj"].forward(ctx.reshape(n, t, d), training)
@@ -149,7 +146,7 @@ class MultiHeadAttention(Layer):
         self._drop = training and self.dropout > 0.0
         fused = None if self._drop else ops.fused_attention(q, k, v, self.causal, self._scale())
         self._q, self._k, self._v, self._probs = q, k, v, None
-        self._fused = fused if is_grad_enabled() else None
+        self._sdpa_saved = fused if is_grad_enabled() else None
         if fused is not None:  # one kernel, no probabilities (on a GPU: FlashAttention or its kin)
             return ops.swapaxes(fused[0], 1, 2).reshape(n * t, d)
         shape = (n, self.num_heads, t, k.shape[2])
@@ -197,7 +194,7 @@ class MultiHeadAttention(Layer):
         self.children["out_proj"]._grad_slots = grad_slots(depth)
 
     def backward(self, dy):
-        if self._probs is None and self._fused is None:  # (before out_proj adds its gradients)
+        if self._probs is None and self._sdpa_saved is None:  # (before out_proj adds its gradients)
             raise backward_after_no_grad(self, "attention probabilities")
         ops = self.ops
         n, t, d = self._shape
@@ -246,8 +243,8 @@ class MultiHeadAttention(Layer):
         # with rope, the gradients of the rotated q, k first, then rotated back into dqkv
         gq, gk = (self.workspace(name, tuple(dq.shape)) for name in ("dq_rot", "dk_rot")) if self.rope \
             else (dq, dk)
-        if self._fused is not None:
-            out, saved = self._fused
+        if self._sdpa_saved is not None:
+            out, saved = self._sdpa_saved
             ops.fused_attention_backward(do, q, k, v, out, saved, gq, gk, dv, self.causal, self._scale())
         else:
             mask = self.workspace("mask", tuple(probs.shape), bool) if self._drop else None

@@ -53,8 +53,7 @@ class Dense(Layer):
         y = self.workspace("y", (m, self.out_features))
         keep_z = self.activation not in OUTPUT_DERIVATIVE and is_grad_enabled()  # (GELU's derivative reads z)
         z = self.workspace("z", (m, self.out_features)) if keep_z else y
-        self.ops.matmul(self._x, self.params["weight"].T, out=z)
-        self.ops.activation(self.activation, z, y, bias=self.params.get("bias"))  # y = act(z += bias)
+        self.ops.linear(self._x, self.params["weight"], self.params.get("bias"), self.activation, z, y)
         self._z = z if keep_z or self.activation in OUTPUT_DERIVATIVE else None
         self._y = y
         return y.reshape(*x.shape[:-1], self.out_features)
