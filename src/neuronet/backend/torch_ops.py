@@ -370,8 +370,22 @@ class TorchOps(Ops):
         else:
             super().matmul_acc(a, b, out, scratch)
 
+    # Off the CPU one product with a ones vector (out += rows^T 1): one kernel where the sum and the add were
+    # two (on the CPU they measured the same: 0.07-0.12 ms for 1792 x 512).
     def sum_rows_acc(self, x, out):
-        out += x.reshape(-1, x.shape[-1]).sum(dim=0)
+        rows = x.reshape(-1, x.shape[-1])
+        if _on_cpu(out):
+            out += rows.sum(dim=0)
+        else:
+            out.addmv_(rows.T, self._ones(rows.shape[0], out.device, out.dtype))
+
+    def _ones(self, n: int, device, dtype):
+        """n ones on the device, a view of a vector kept per device and dtype and grown when needed."""
+        cache = self.__dict__.setdefault("_ones_vectors", {})
+        key = (str(device), dtype)
+        if key not in cache or cache[key].shape[0] < n:
+            cache[key] = torch.ones(n, dtype=dtype, device=device)
+        return cache[key][:n]
 
     def activation_backward(self, name, dy, z, y, out, alpha=None, *, bias_grad=None):
         a = DEFAULT_ALPHA.get(name, 0.0) if alpha is None else alpha
@@ -412,7 +426,13 @@ class TorchOps(Ops):
             _CPU.norm_rows(*_host(x, weight), _host_or_none(bias), eps, center, *_host(out, mean, rstd))
             return out
         rows = x.reshape(-1, x.shape[-1])
-        if center:  # LayerNorm: PyTorch's fused kernel
+        if center and x.dtype in (torch.float32, torch.float64):  # LayerNorm: PyTorch's kernel, statistics
+            # written in place (in half precision they are float32 there: copied below)
+            y = torch.empty_like(rows) if out is NEW else out.reshape(rows.shape)
+            torch.ops.aten.native_layer_norm.out(rows, [rows.shape[-1]], weight, bias, eps, out0=y,
+                                                 out1=mean.reshape(-1, 1), out2=rstd.reshape(-1, 1))
+            return out if out is not NEW else y.reshape(x.shape)
+        if center:
             y, mu, rs = torch.native_layer_norm(rows, [rows.shape[-1]], weight, bias, eps)
             mean.copy_(mu.reshape(-1))
             rstd.copy_(rs.reshape(-1))
