@@ -156,3 +156,36 @@ def test_cuda_graph_steps_survive_a_predict_between_them():
     np.testing.assert_allclose(runs[1][0], runs[0][0], rtol=1e-5)
     np.testing.assert_allclose(runs[1][1], runs[0][1], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(runs[1][2], runs[0][2], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss", [
+    lambda: nn.CrossEntropyLoss(), lambda: nn.CrossEntropyLoss(ignore_index=2),
+    lambda: nn.CrossEntropyLoss(weight=[1.0, 2.0, 0.5, 1.0, 3.0], ignore_index=0),
+    lambda: nn.NLLLoss(weight=[1.0, 2.0, 0.5, 1.0, 3.0])], ids=["ce", "ce-ignore", "ce-weights", "nll"])
+def test_fused_class_losses_train_like_the_default(loss, monkeypatch):
+    """Off the CPU the class-target losses run PyTorch's nll_loss kernels (``ops.nll_loss``): forced here on
+    CPU tensors, the same losses and steps as the default over (N, T) targets, with and without sample
+    weights (whose per-sample losses then select the rows after the fused forward)."""
+    import neuronet.backend.torch_ops as torch_ops
+
+    rng = np.random.default_rng(2)
+    x, y, w = rng.standard_normal((6, 7, 8), dtype=np.float32), rng.integers(0, 5, (6, 7)), rng.random(6)
+    calls, real = [], torch_ops.TorchOps.nll_loss
+    monkeypatch.setattr(torch_ops.TorchOps, "nll_loss", lambda self, *a: calls.append(1) or real(self, *a))
+    runs = []
+    for fused in (False, True):
+        if fused:
+            monkeypatch.setattr(torch_ops, "_on_cpu", lambda t: False)
+        nn.manual_seed(0)
+        model = nn.Sequential(nn.LSTM(8, 16, return_sequences=True), nn.Dense(16, 5),
+                              *([nn.LogSoftmax()] if isinstance(loss(), nn.NLLLoss) else []))
+        criterion = loss()
+        criterion.sync_free = fused
+        model.compile(optimizer=nn.Adam(1e-2), loss=criterion)
+        model.build((7, 8))
+        model.to("torch")
+        losses = [model.train_step(x, y), model.train_step(x, y, sample_weight=w), model.train_step(x, y)]
+        assert len(calls) == 3 * fused
+        runs.append((losses, model.ops.to_numpy(model.flat_params).copy()))
+    np.testing.assert_allclose(runs[1][0], runs[0][0], rtol=1e-6)
+    np.testing.assert_allclose(runs[1][1], runs[0][1], rtol=1e-5, atol=1e-5)

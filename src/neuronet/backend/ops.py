@@ -241,6 +241,17 @@ class Ops:
         picked *= w_row
         return xp.sum(w_row), xp.sum(picked)
 
+    def nll_loss(self, scores, target, weight, ignore_index: int) -> tuple | None:
+        """Optionally -(1/W) sum_i w_i scores[i, t_i] of (M, C) ``scores`` and (M,) int64 class ``target`` in
+        one fused kernel, w_i = weight[t_i] (1 without ``weight``) and 0 where t_i == ignore_index,
+        W = sum_i w_i: (loss, W) as 0-d arrays on the backend's device, never read back; or None where the
+        backend has no such kernel (the losses then compose class_labels and class_weights)."""
+        return None
+
+    def nll_loss_backward(self, scores, target, weight, ignore_index: int, total_weight, out) -> Any:
+        """out = dL/dscores of ``nll_loss``: -w_i / W at each row's target, 0 elsewhere."""
+        raise NotImplementedError(f"{self.name} backend: nll_loss returned None, so no backward")
+
     def softmax_target_grad(self, logp, flat, coef, out) -> Any:
         """Cross-entropy's gradient for class targets: out = exp(logp) * coef with coef_i then subtracted
         at each row's target. logp (M, C) log-probabilities, ``flat`` each row's target as an index into

@@ -80,10 +80,34 @@ class _ClassScoreLoss(Loss):
         self._flat, self._w_row, self._keep, self._row_scale, self._scores = flat, w_row, keep, scale, scores
         return picked
 
+    def _nll(self, pred, target, scores):
+        """-(1/W) sum_i w_i scores[i, t_i] for the (M, C) ``scores``: by the backend's fused kernel where it
+        has one for them (``ops.nll_loss``, sync-free only: PyTorch's off the CPU), else by ``_select``."""
+        if self._deferred:
+            t = self._class_index(pred, target)
+            fused = self.ops.nll_loss(scores, t, self._weights(pred), self.ignore_index)
+            if fused is not None:
+                loss, self.total_weight = fused
+                self._nll_inputs = (pred, target, t, scores)
+                return loss
+        return self._mean(-self._select(pred, target, scores))
+
+    def _nll_backward(self):
+        """dL/dscores of a fused ``_nll`` in the workspace "grad", or None when ``_select`` ran."""
+        if self.__dict__.get("_nll_inputs") is None:
+            return None
+        pred, _, t, scores = self._nll_inputs
+        grad = self.workspace("grad", tuple(scores.shape))
+        return self.ops.nll_loss_backward(scores, t, self._weights(pred), self.ignore_index,
+                                          self.total_weight, grad)
+
     def per_sample(self, n: int):
         """Sample s's own loss: -sum a_i / sum w_i over its positions i, a_i = w_i scores[i, t_i] (with
         label smoothing (1 - eps) of that plus eps / C keep_i sum_c w_c logp_ic); NaN where all its targets
         are ignored, as it alone gives."""
+        if self.__dict__.get("_nll_inputs") is not None:  # the fused kernel kept no rows: select them now
+            pred, target, _, scores = self._nll_inputs
+            self._select(pred, target, scores)
         host, (m, c) = self.ops.to_numpy, tuple(self._scores.shape)
         w = host(self._w_row).astype(np.float64)
         a = w * host(self._scores.reshape(-1)[self._flat])
@@ -166,11 +190,13 @@ class CrossEntropyLoss(_ClassScoreLoss):
         m = z.shape[0]
         logp = self.workspace("logp", (m, c))
         ops.activation("log_softmax", z, logp)
-        self._logp, self._shape = logp, tuple(pred.shape)
+        self._logp, self._shape, self._nll_inputs = logp, tuple(pred.shape), None
         t = ops.asarray(target) if target is not None else None
         if t is not None and ops.is_floating(t) and tuple(t.shape) == tuple(pred.shape):
             return self._forward_probs(pred, logp, ops.asarray(t, self.dtype).reshape(m, c))
         self._probs = None
+        if not eps:
+            return self._nll(pred, t, logp)
         picked = self._select(pred, t, logp)
         smooth = eps / c * self._smoothing_sum(pred, logp, self._keep) if eps else 0.0
         return self._mean(-((1.0 - eps) * picked + smooth))
@@ -215,6 +241,10 @@ class CrossEntropyLoss(_ClassScoreLoss):
     def _backward(self):
         xp, eps = self.ops.xp, self.label_smoothing
         m, c = self._logp.shape
+        dlogp = self._nll_backward()
+        if dlogp is not None:  # through the log-softmax, in place
+            return self.ops.activation_backward("log_softmax", dlogp, None, self._logp, dlogp).reshape(
+                self._shape)
         grad = self.workspace("grad", (m, c))
         if self._probs is None and not eps:  # (softmax - one-hot target) w_i / W
             self.ops.softmax_target_grad(self._logp, self._flat, self._target_coef(), grad)
@@ -273,10 +303,13 @@ class NLLLoss(_ClassScoreLoss):
         super().__init__(weight, ignore_index)
 
     def _forward(self, pred, target):
-        self._shape = tuple(pred.shape)
-        return self._mean(-self._select(pred, target, pred.reshape(-1, pred.shape[-1])))
+        self._shape, self._nll_inputs = tuple(pred.shape), None
+        return self._nll(pred, target, pred.reshape(-1, pred.shape[-1]))
 
     def _backward(self):
+        grad = self._nll_backward()
+        if grad is not None:
+            return grad.reshape(self._shape)
         m = self._w_row.shape[0]
         grad = self.workspace("grad", (m, self._shape[-1]))
         self.ops.fill_(grad, 0.0)
