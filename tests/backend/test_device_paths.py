@@ -210,3 +210,20 @@ def test_fused_attention_kernels_train_on_the_device(choice, on_meta, monkeypatc
     assert called == ["forward"] * 2 + ["backward"] * 2
     with nn.no_grad():
         assert tuple(model.forward(x, training=False).shape) == (N, 3)
+
+
+def test_transformer_with_dropout_and_a_shared_hidden_layer_trains_on_the_device(on_meta, monkeypatch):
+    """A block whose feed-forward hidden layer is the shared buffer (large models: backward makes it again
+    and reapplies dropout's mask) trains on the device: the recomputed hidden layer has the mask's (N, T,
+    ff) shape there (on the CPU the mask's kernel walks flat memory; torch's product broadcasts)."""
+    import neuronet.layers.transformer as transformer
+
+    monkeypatch.setattr(transformer, "SHARED_HIDDEN_FROM", 1)
+    nn.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(11, 8), nn.TransformerBlock(8, 2, 16, causal=True, dropout=0.2),
+                          nn.LastToken(), nn.Dense(8, 3))
+    model.compile(optimizer=nn.AdamW(1e-2), loss=nn.CrossEntropyLoss())
+    model.build((5,))
+    model.to("torch")
+    assert model.layers[1]._share_hidden(N * 5)
+    _steps(model, _on_device(model, _inputs(["tokens"])), model.ops.asarray(np.arange(N) % 3))

@@ -80,11 +80,14 @@ class Dense(Layer):
     def recompute_output(self):
         """y = act(z) again from the kept pre-activation and return y: for a container that shares y's
         buffer (``share_workspaces``) and needs it back before the next layer's backward reads it. Only
-        where y has a buffer of its own (an activation whose derivative reads z, such as GELU)."""
+        where y has a buffer of its own (an activation whose derivative reads z, such as GELU). Shaped as
+        forward returned it: a dropout mask over it is (N, *, out_features), and off the CPU
+        ``apply_mask`` broadcasts rather than walking flat memory."""
         if self.activation in OUTPUT_DERIVATIVE:
             raise RuntimeError(f"{self!r}: recompute_output needs z kept apart from y; {self.activation!r} "
                                "computes y over z")
-        return self.ops.activation(self.activation, self._z, self._y)
+        y = self.ops.activation(self.activation, self._z, self._y)
+        return y.reshape(*self._x_shape[:-1], self.out_features)
 
     def reserve(self, rows: int) -> None:
         """Allocate the workspaces of a batch of up to ``rows`` positions now, computing nothing (a MoE
