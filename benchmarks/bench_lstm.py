@@ -20,15 +20,12 @@ def _data():
     return rng.random((BATCH, STEPS, FEATURES), dtype=np.float32), rng.integers(0, CLASSES, BATCH)
 
 
-neuronet = harness.neuronet_training(
-    lambda nn: nn.Sequential(nn.LSTM(FEATURES, HIDDEN), nn.Dense(HIDDEN, CLASSES)), _data)
+def neuronet_model(nn):
+    return nn.Sequential(nn.LSTM(FEATURES, HIDDEN), nn.Dense(HIDDEN, CLASSES))
 
 
-def pytorch():
+def torch_model():
     import torch
-
-    x, y = _data()
-    x, y = torch.from_numpy(x), torch.from_numpy(y)
 
     class Net(torch.nn.Module):
         def __init__(self):
@@ -39,7 +36,18 @@ def pytorch():
         def forward(self, x):
             return self.head(self.lstm(x)[1][0][-1])
 
-    model = Net()
+    return Net()
+
+
+neuronet = harness.neuronet_training(neuronet_model, _data)
+
+
+def pytorch():
+    import torch
+
+    x, y = _data()
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    model = torch_model()
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     return harness.torch_training_step(model, opt, x, y, torch.nn.CrossEntropyLoss())
 

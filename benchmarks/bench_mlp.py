@@ -13,8 +13,19 @@ def _data():
     return rng.standard_normal((BATCH, 784)).astype(np.float32), rng.integers(0, 10, BATCH)
 
 
-neuronet = harness.neuronet_training(lambda nn: nn.Sequential(
-    nn.Dense(784, 512, activation="relu"), nn.Dense(512, 256, activation="relu"), nn.Dense(256, 10)), _data)
+def neuronet_model(nn):
+    return nn.Sequential(nn.Dense(784, 512, activation="relu"), nn.Dense(512, 256, activation="relu"),
+                         nn.Dense(256, 10))
+
+
+def torch_model():
+    import torch
+
+    return torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 256),
+                               torch.nn.ReLU(), torch.nn.Linear(256, 10))
+
+
+neuronet = harness.neuronet_training(neuronet_model, _data)
 
 
 def pytorch():
@@ -22,8 +33,7 @@ def pytorch():
 
     x, y = _data()
     x, y = torch.from_numpy(x), torch.from_numpy(y)
-    model = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 256),
-                                torch.nn.ReLU(), torch.nn.Linear(256, 10))
+    model = torch_model()
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     return harness.torch_training_step(model, opt, x, y, torch.nn.CrossEntropyLoss())
 

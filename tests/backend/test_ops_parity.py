@@ -661,6 +661,7 @@ SEPARATE = {"norm_rows", "norm_rows_backward",  # test_norm_rows
             "lstm_sequence", "lstm_sequence_backward",  # tests/layers/test_recurrent.py (torch backend)
             "fused_attention", "fused_attention_backward",  # tests/layers/test_attention.py (test_fused_*)
             "nll_loss", "nll_loss_backward",  # tests/test_sync_free.py (test_fused_class_losses_*)
+            "fused_batch_norm_training",  # tests/layers/test_batchnorm.py (test_torch_backend_running_*)
             "compute_in",  # tests/model/test_mixed_precision.py
             "row_blocks", "run_blocks",  # tests/backend/test_row_threads.py, tests/layers/test_recurrent.py
             "temporary",  # tests/backend/test_temporaries.py

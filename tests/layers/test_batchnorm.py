@@ -84,6 +84,44 @@ def test_running_statistics_follow_torch_over_several_steps(backend):
                                module(torch.tensor(x)).detach().numpy(), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_torch_backend_running_statistics_in_the_kernel_or_apart(threads, activation, monkeypatch):
+    """With torch on two threads (and on a GPU) PyTorch's one kernel computes the statistics into the
+    layer's workspaces and updates the running averages (``fused_batch_norm_training``); on one thread the
+    NumPy kernels run and the layer updates them: both follow torch over several steps, values and
+    gradients."""
+    from neuronet.backend import get_ops
+
+    ops, fused = get_ops("torch"), []
+    real = ops.fused_batch_norm_training
+    monkeypatch.setattr(ops, "fused_batch_norm_training", lambda *a: fused.append(real(*a)) or fused[-1])
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        module = torch.nn.BatchNorm2d(4, momentum=0.3).double()
+        layer = built(nn.BatchNorm2D(4, momentum=0.3, activation=activation), (4, 3, 5), "torch")
+        rng = np.random.default_rng(3)
+        for _ in range(4):
+            x = rng.standard_normal((3, 4, 3, 5)) * rng.uniform(0.5, 3) + rng.uniform(-2, 2)
+            g, xt = rng.standard_normal(x.shape), torch.tensor(x, requires_grad=True)
+            y = module(xt)
+            ((torch.relu(y) if activation else y) * torch.tensor(g)).sum().backward()
+            ours = layer.forward(layer.ops.asarray(x), training=True)
+            np.testing.assert_allclose(ours.numpy(), (torch.relu(y) if activation else y).detach().numpy(),
+                                       rtol=1e-10, atol=1e-12)
+            dx = layer.backward(layer.ops.asarray(g))
+            np.testing.assert_allclose(dx.numpy(), xt.grad.numpy(), rtol=1e-9, atol=1e-10)
+        for key, value in module.state_dict().items():
+            np.testing.assert_allclose(layer.state_dict()[key], value.numpy(), rtol=1e-12, atol=1e-12,
+                                       err_msg=key)
+        np.testing.assert_allclose(layer.grads["weight"].numpy(), module.weight.grad.numpy(), rtol=1e-9)
+        np.testing.assert_allclose(layer.grads["bias"].numpy(), module.bias.grad.numpy(), rtol=1e-9)
+    finally:
+        torch.set_num_threads(before)
+    assert len(fused) == 4 and all((f is not None) == (threads == 2) for f in fused)
+
+
 def test_state_dict_names_are_pytorchs_and_load_both_ways():
     model = nn.Sequential(nn.Conv2D(1, 2, 3), nn.BatchNorm2D(2))
     model.build((1, 6, 6))

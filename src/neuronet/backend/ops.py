@@ -623,6 +623,14 @@ class Ops:
         rstd **= -0.5
         return self.batch_norm(x, mean, rstd, weight, bias, out, relu)
 
+    def fused_batch_norm_training(self, x, weight, bias, eps: float, out, mean, rstd, relu: bool,
+                                  running_mean, running_var, momentum: float) -> Any:
+        """Optionally ``batch_norm_training`` and the running averages' update in one fused kernel
+        (running = (1 - momentum) running + momentum * the batch's mean, and its unbiased variance, as
+        PyTorch): returns out (a new array for ``out=NEW``), or None where the backend has none (the layer
+        then calls ``batch_norm_training`` and updates the averages itself)."""
+        return None
+
     def batch_norm(self, x, mean, rstd, weight, bias, out, relu: bool = False) -> Any:
         """out = (x - mean[c]) * rstd[c] * weight[c] + bias[c] for x (N, C, M) and per-channel (C,) stats;
         with ``relu`` max(that, 0). Returns out (a new array for ``out=NEW``)."""

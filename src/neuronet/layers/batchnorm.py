@@ -76,9 +76,16 @@ class _BatchNorm(Layer):
             if m < 2:
                 raise ValueError(f"{self!r}: expected more than 1 value per channel when training, "
                                  f"got input of shape {tuple(x.shape)}")
-            mean, var = self.workspace("mean", (c,)), self.workspace("var", (c,))
-            y = ops.batch_norm_training(x3, weight, bias, self.eps, y, mean, var, rstd, relu)
-            self._update_running(mean, var, m)
+            mean, buf = self.workspace("mean", (c,)), self.buffers
+            fused = ops.fused_batch_norm_training(x3, weight, bias, self.eps, y, mean, rstd, relu,
+                                                 buf["running_mean"], buf["running_var"], self.momentum)
+            if fused is None:
+                var = self.workspace("var", (c,))
+                y = ops.batch_norm_training(x3, weight, bias, self.eps, y, mean, var, rstd, relu)
+                self._update_running(mean, var, m)
+            else:
+                y = fused
+            buf["num_batches_tracked"] += 1
         else:
             mean = self.buffers["running_mean"]
             ops.copy_(rstd, self.buffers["running_var"])
@@ -97,7 +104,6 @@ class _BatchNorm(Layer):
         buf["running_var"] *= 1.0 - mom
         self.ops.xp.multiply(var, mom * m / (m - 1), out=tmp)  # the unbiased variance, as PyTorch
         buf["running_var"] += tmp
-        buf["num_batches_tracked"] += 1
 
     def backward(self, dy):
         x3, c = self._x, self.num_features
