@@ -84,3 +84,19 @@ def test_the_layer_benchmark_on_a_gpu_runs_the_torch_backend_only(bench):
     module = bench("bench_layers")
     assert module.engines_on("cpu") == module.ENGINES
     assert module.engines_on("cuda") == ("neuronet-torch", "pytorch")
+
+
+def test_count_kernels_counts_a_step_on_meta_against_pytorch():
+    """benchmarks/count_kernels.py: the MLP's training step on the torch backend's device path launches no
+    more kernels than PyTorch's eager step (both counted on the meta device), and the fused attention
+    fewer than the explicit one in the char GPT's step."""
+    import subprocess
+
+    script = str(BENCHMARKS / "count_kernels.py")
+    counts = {}
+    for engine in ("mlp:neuronet", "mlp:pytorch", "gpt:neuronet", "gpt:fused"):
+        run = subprocess.run([sys.executable, script, "--engine", engine], capture_output=True, text=True,
+                             check=True, timeout=300)
+        counts[engine] = int(run.stdout.split()[0])
+    assert 0 < counts["mlp:neuronet"] <= counts["mlp:pytorch"]
+    assert counts["gpt:fused"] < counts["gpt:neuronet"]
