@@ -103,12 +103,12 @@ def test_attention_bad_configuration_and_input():
 # ----------------------------------------------------------------- the fused kernel (a GPU's path)
 @pytest.fixture
 def fused_on_cpu(monkeypatch):
-    """The torch backend's fused attention (on a GPU FlashAttention or the memory-efficient kernel) run on
-    the CPU by PyTorch's CPU flash kernel, the same calls forward and backward; returns the count of fused
+    """The torch backend's fused attention (on a GPU the memory-efficient kernel) run on the CPU by
+    PyTorch's CPU flash kernel, the same calls forward and backward; returns the count of fused
     backwards."""
     from neuronet.backend import get_ops
 
-    ops = get_ops("torch")
+    ops = get_ops("torch-cpu")  # (the CPU also where gpu_check runs these tests with "torch" on CUDA)
     monkeypatch.setattr(ops, "fused_attention_devices", ("cpu",))
     backwards = []
     real = ops.fused_attention_backward
@@ -121,7 +121,7 @@ def test_fused_attention_matches_torch(opts, fused_on_cpu):
     """Values and every gradient (float64) against PyTorch through the fused kernel, which keeps no
     probabilities."""
     x = np.random.default_rng(8).standard_normal((3, 5, 8))
-    layer = _on(nn.MultiHeadAttention(8, 2, **opts), "torch", (5, 8))
+    layer = _on(nn.MultiHeadAttention(8, 2, **opts), "torch-cpu", (5, 8))
     reference = SelfAttention(8, 2, opts.get("causal", False), use_rope=True) if opts.get("rope") else \
         _torch_mha(8, 2)
     compare_with_torch(layer, reference, x, torch_forward=None if opts.get("rope") else
@@ -137,12 +137,12 @@ def test_fused_cross_attention_trains_as_the_explicit_path(fused_on_cpu, monkeyp
     dy = np.random.default_rng(10).standard_normal((3, 5, 8))
     runs = []
     for fused in (False, True):
-        monkeypatch.setattr(get_ops("torch"), "fused_attention_devices", ("cpu",) if fused else ())
+        monkeypatch.setattr(get_ops("torch-cpu"), "fused_attention_devices", ("cpu",) if fused else ())
         nn.manual_seed(0)
         q, kv = nn.Input((5, 8)), nn.Input((7, 8))
         model = nn.Model([q, kv], nn.MultiHeadAttention(8, 2)([q, kv]))
         model.build([(5, 8), (7, 8)], dtype="float64")
-        model.to("torch")
+        model.to("torch-cpu")
         y = model.forward([model.ops.asarray(a) for a in xs])
         dx = model.backward(model.ops.asarray(dy))
         runs.append([y.numpy().copy(), *(d.numpy().copy() for d in dx), model.flat_grads.numpy().copy()])
@@ -152,7 +152,7 @@ def test_fused_cross_attention_trains_as_the_explicit_path(fused_on_cpu, monkeyp
 
 
 def test_fused_attention_under_no_grad_keeps_nothing_for_a_backward(fused_on_cpu):
-    layer = _on(nn.MultiHeadAttention(8, 2, causal=True), "torch", (5, 8))
+    layer = _on(nn.MultiHeadAttention(8, 2, causal=True), "torch-cpu", (5, 8))
     x = layer.ops.asarray(np.random.default_rng(11).standard_normal((2, 5, 8)))
     with_grad = layer.forward(x).numpy().copy()
     with nn.no_grad():
@@ -164,8 +164,41 @@ def test_fused_attention_under_no_grad_keeps_nothing_for_a_backward(fused_on_cpu
 
 def test_attention_with_dropout_keeps_the_explicit_path(fused_on_cpu):
     """Dropout's masks come from neuronet's generator: never the fused kernel while they are drawn."""
-    layer = _on(nn.MultiHeadAttention(8, 2, dropout=0.5), "torch", (5, 8))
+    layer = _on(nn.MultiHeadAttention(8, 2, dropout=0.5), "torch-cpu", (5, 8))
     x = layer.ops.asarray(np.random.default_rng(12).standard_normal((2, 5, 8)))
     layer.forward(x, training=True)
     layer.backward(layer.ops.asarray(np.ones((2, 5, 8))))
     assert not fused_on_cpu and layer._sdpa_saved is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("opts", [{}, {"causal": True, "rope": True}, {"cross": True}])
+def test_fused_attention_on_cuda_matches_the_explicit_path(opts, monkeypatch):
+    """On a GPU the kernel scaled_dot_product_attention picks for float32 (the memory-efficient one) against
+    the explicit products and softmax: outputs, input and weight gradients."""
+    from neuronet.backend import get_ops
+
+    cross = opts.pop("cross", False)
+    rng = np.random.default_rng(13)
+    shapes = [(4, 16, 64), (4, 24, 64)] if cross else [(4, 16, 64)]
+    xs, dy = [rng.standard_normal(s).astype(np.float32) for s in shapes], rng.standard_normal((4, 16, 64))
+    runs = []
+    for fused in (True, False):
+        monkeypatch.setattr(get_ops("cuda"), "fused_attention_devices", ("cuda",) if fused else ())
+        nn.manual_seed(0)
+        layer = nn.MultiHeadAttention(64, 4, **opts)
+        if cross:
+            inputs = [nn.Input(s[1:]) for s in shapes]
+            model = nn.Model(inputs, layer(inputs))
+            model.build([s[1:] for s in shapes])
+        else:
+            model = nn.Sequential(layer)
+            model.build(shapes[0][1:])
+        model.to("cuda")
+        x = [model.ops.asarray(a) for a in xs]
+        y = model.forward(x if cross else x[0])
+        dx = model.backward(model.ops.asarray(dy.astype(np.float32)))
+        assert (layer._sdpa_saved is not None) == fused
+        runs.append([t.cpu().numpy() for t in (y, *(dx if cross else [dx]), model.flat_grads)])
+    for got, want in zip(*runs, strict=True):
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)

@@ -93,14 +93,14 @@ def test_torch_backend_running_statistics_in_the_kernel_or_apart(threads, activa
     gradients."""
     from neuronet.backend import get_ops
 
-    ops, fused = get_ops("torch"), []
+    ops, fused = get_ops("torch-cpu"), []  # (the CPU's threads; on a GPU PyTorch's kernel always runs)
     real = ops.fused_batch_norm_training
     monkeypatch.setattr(ops, "fused_batch_norm_training", lambda *a: fused.append(real(*a)) or fused[-1])
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         module = torch.nn.BatchNorm2d(4, momentum=0.3).double()
-        layer = built(nn.BatchNorm2D(4, momentum=0.3, activation=activation), (4, 3, 5), "torch")
+        layer = built(nn.BatchNorm2D(4, momentum=0.3, activation=activation), (4, 3, 5), "torch-cpu")
         rng = np.random.default_rng(3)
         for _ in range(4):
             x = rng.standard_normal((3, 4, 3, 5)) * rng.uniform(0.5, 3) + rng.uniform(-2, 2)

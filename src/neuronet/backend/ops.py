@@ -740,9 +740,10 @@ class Ops:
 
     def fused_attention(self, q, k, v, causal: bool, scale: float) -> tuple | None:
         """Optionally ``attention`` without dropout as one fused kernel that keeps no probabilities
-        (FlashAttention and its kin): returns (out, saved), out (B, H, Tq, hd) the backend's own array and
-        ``saved`` what ``fused_attention_backward`` needs (a row statistic per query, not (Tq, Tk)), or
-        None where the backend has no such kernel for these operands (``attention`` then runs)."""
+        (PyTorch's memory-efficient kernel on a GPU, FlashAttention's kin): returns (out, saved), out
+        (B, H, Tq, hd) the backend's own array and ``saved`` what ``fused_attention_backward`` needs (a row
+        statistic per query, not (Tq, Tk)), or None where the backend has no such kernel for these operands
+        (``attention`` then runs)."""
         return None
 
     def fused_attention_backward(self, do, q, k, v, out, saved, dq, dk, dv, causal: bool,

@@ -604,8 +604,8 @@ class TorchOps(Ops):
         super().attention_backward(do, probs, q, k, v, dq, dk, dv, causal, scale, mask, keep_scale, scratch)
 
     # Attention on a GPU: the fused kernel PyTorch's scaled_dot_product_attention would pick for these
-    # operands (FlashAttention for half precision, the memory-efficient kernel for float32), called
-    # forward and backward as the convolutions are: one kernel each way instead of a dozen (the batched
+    # operands (the memory-efficient kernel for float32: FlashAttention's kin), called forward and
+    # backward as the convolutions are: one kernel each way instead of a dozen (the batched
     # products copy each strided head operand first), and a (B, H, Tq) log-sum-exp kept instead of the
     # (B, H, Tq, Tk) probabilities (nanoGPT at batch 64: 100 MB a layer). Not with attention dropout (its
     # masks come from neuronet's generator) nor on the CPU, where the NumPy kernel is the faster
@@ -1046,17 +1046,6 @@ def _sdpa_choice(q, k, v, causal: bool, scale: float) -> int:
     return torch.ops.aten._fused_sdp_choice(q, k, v, None, 0.0, causal, scale=scale)
 
 
-def _flash(q, k, v, causal, scale):
-    out, *state = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False, scale=scale)
-    return out, state[:7]  # log-sum-exp, cumulative lengths, maximal lengths, rng state, unused
-
-
-def _flash_backward(do, q, k, v, out, state, causal, scale):
-    lse, cum_q, cum_k, max_q, max_k, rng_state, unused = state
-    return torch.ops.aten._scaled_dot_product_flash_attention_backward(
-        do, q, k, v, out, lse, cum_q, cum_k, max_q, max_k, 0.0, causal, rng_state, unused, scale=scale)
-
-
 def _efficient(q, k, v, causal, scale):
     out, *state = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, causal,
                                                                          scale=scale)
@@ -1079,11 +1068,13 @@ def _flash_cpu_backward(do, q, k, v, out, lse, causal, scale):
                                                                                causal, scale=scale)
 
 
-_SDPA_FLASH, _SDPA_EFFICIENT = 1, 2  # SDPBackend.FLASH_ATTENTION, EFFICIENT_ATTENTION
-_SDPA_KERNELS = {  # (on the CPU, the choice) -> the kernels; a choice not here (math, cuDNN): attention
-    (False, _SDPA_FLASH): _FusedAttention(_flash, _flash_backward),
+# SDPBackend.FLASH_ATTENTION, EFFICIENT_ATTENTION. On a GPU FlashAttention and cuDNN's kernel take half
+# precision only, and the models' attention runs in float32 (also under mixed precision, which casts the
+# products' operands, not q, k, v): the memory-efficient kernel is the one they get there.
+_SDPA_FLASH, _SDPA_EFFICIENT = 1, 2
+_SDPA_KERNELS = {  # (on the CPU, the choice) -> the kernels; a choice not here (math): attention
     (False, _SDPA_EFFICIENT): _FusedAttention(_efficient, _efficient_backward),
-    (True, _SDPA_FLASH): _FusedAttention(_flash_cpu, _flash_cpu_backward),
+    (True, _SDPA_FLASH): _FusedAttention(_flash_cpu, _flash_cpu_backward),  # (the tests' stand-in)
 }
 
 

@@ -147,7 +147,7 @@ class MultiHeadAttention(Layer):
         fused = None if self._drop else ops.fused_attention(q, k, v, self.causal, self._scale())
         self._q, self._k, self._v, self._probs = q, k, v, None
         self._sdpa_saved = fused if is_grad_enabled() else None
-        if fused is not None:  # one kernel, no probabilities (on a GPU: FlashAttention or its kin)
+        if fused is not None:  # one kernel, no probabilities (on a GPU: the memory-efficient kernel)
             return ops.swapaxes(fused[0], 1, 2).reshape(n * t, d)
         shape = (n, self.num_heads, t, k.shape[2])
         probs = self.workspace("probs", shape) if is_grad_enabled() else None
