@@ -43,8 +43,8 @@ class GlobalAttention(Layer):
         n, steps, d = x.shape
         self._x = x
         u = self.workspace("u", (n, steps, d))
-        ops.matmul(x.reshape(n * steps, d), p["weight"].T, out=u.reshape(n * steps, d))
-        ops.activation("tanh", u, u, bias=p["bias"])
+        rows = u.reshape(n * steps, d)
+        ops.linear(x.reshape(n * steps, d), p["weight"], p["bias"], "tanh", rows, rows)  # u = tanh(x W^T + b)
         a = self.workspace("a", (n, steps))
         ops.matmul(u, p["v"], out=a)  # scores s (N, T)
         ops.activation("softmax", a, a)
