@@ -117,7 +117,10 @@ def to_host(ops, out):
 
 
 def join_batches(parts: list):
-    """Per-batch predictions joined along the batch axis (one list of arrays for several outputs)."""
+    """Per-batch predictions joined along the batch axis (one list of arrays for several outputs); one
+    batch's own arrays as they are (``to_host`` copied them already)."""
+    if len(parts) == 1:
+        return parts[0]
     if isinstance(parts[0], list):
         return [np.concatenate(p) for p in zip(*parts, strict=True)]
     return np.concatenate(parts)
