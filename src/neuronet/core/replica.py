@@ -23,9 +23,10 @@ from .layer import Layer, Workspace
 
 _SCRATCH = ("_workspace", "_workspace_views", "_workspace_dtypes", "_fused")  # _fused: recurrent.py
 # A model's training state that a replica neither needs nor may share (the optimizer's moments,
-# the history, the thread pools and locks of the model/parallel module, what a fused attention kernel
-# saved for its backward).
-_LEFT_OUT = ("optimizer", "history", "_last_output", "_aux_cache", "_parallel", "grad_ready", "_sdpa_saved")
+# the history, the thread pools and locks of the model/parallel module, what a fused attention or loss
+# kernel saved for its backward).
+_LEFT_OUT = ("optimizer", "history", "_last_output", "_aux_cache", "_parallel", "grad_ready", "_sdpa_saved",
+             "_nll_inputs")
 
 
 def replica(root: Layer, grads: Any = None) -> Layer:
