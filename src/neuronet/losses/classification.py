@@ -21,10 +21,11 @@ class _ClassScoreLoss(Loss):
     ``train_step`` refuses the step), the gradient NaN on the positions that are not ignored and 0 on
     those that are.
 
-    Subclasses call ``_select(pred, target, scores)`` in ``_forward``; it keeps, per position, the flat index
-    of its target score (``_flat``), w_i (``_w_row``), keep_i and keep_i / W (``_row_scale``: the float
-    1/M when every w_i is 1, ``_uniform``, so the common case scales by a scalar, not by a broadcast
-    column, which NumPy buffers).
+    Subclasses call ``_nll(pred, target, scores)`` (or ``_select(pred, _class_index(pred, target),
+    scores)``) in ``_forward``; ``_select`` keeps, per position, the flat index of its target score
+    (``_flat``), w_i (``_w_row``), keep_i and keep_i / W (``_row_scale``: the float 1/M when every w_i is
+    1, ``_uniform``, so the common case scales by a scalar, not by a broadcast column, which NumPy
+    buffers).
     """
 
     def __init__(self, weight: Any = None, ignore_index: int = -100):
@@ -47,12 +48,12 @@ class _ClassScoreLoss(Loss):
             cache = self._weight_cache = (self.ops, self.dtype, self.ops.asarray(self.weight, self.dtype))
         return cache[2]
 
-    def _select(self, pred, target, scores):
-        """Check the class ``target`` of ``pred`` (..., C); keep each position's index, weight and scale.
-        Returns sum_i w_i scores[i, t_i] for the (M, C) ``scores`` (a 0-d array when sync-free)."""
+    def _select(self, pred, t, scores):
+        """For ``t``, the class targets of ``pred`` (..., C) as a flat index (``_class_index``): check them
+        and keep each position's index, weight and scale. Returns sum_i w_i scores[i, t_i] for the (M, C)
+        ``scores`` (a 0-d array when sync-free)."""
         ops, xp = self.ops, self.ops.xp
         c = pred.shape[-1]
-        t = self._class_index(pred, target)
         m = t.shape[0]
         label, keep = self.workspace("label", (m,), "int64"), self.workspace("keep", (m,))
         # (sync-free: no bounds to read back; an out-of-range label fails on the device)
@@ -83,20 +84,20 @@ class _ClassScoreLoss(Loss):
     def _nll(self, pred, target, scores):
         """-(1/W) sum_i w_i scores[i, t_i] for the (M, C) ``scores``: by the backend's fused kernel where it
         has one for them (``ops.nll_loss``, sync-free only: PyTorch's off the CPU), else by ``_select``."""
+        t = self._class_index(pred, target)
         if self._deferred:
-            t = self._class_index(pred, target)
             fused = self.ops.nll_loss(scores, t, self._weights(pred), self.ignore_index)
             if fused is not None:
                 loss, self.total_weight = fused
-                self._nll_inputs = (pred, target, t, scores)
+                self._nll_inputs = (pred, t, scores)
                 return loss
-        return self._mean(-self._select(pred, target, scores))
+        return self._mean(-self._select(pred, t, scores))
 
     def _nll_backward(self):
         """dL/dscores of a fused ``_nll`` in the workspace "grad", or None when ``_select`` ran."""
         if self.__dict__.get("_nll_inputs") is None:
             return None
-        pred, _, t, scores = self._nll_inputs
+        pred, t, scores = self._nll_inputs
         grad = self.workspace("grad", tuple(scores.shape))
         return self.ops.nll_loss_backward(scores, t, self._weights(pred), self.ignore_index,
                                           self.total_weight, grad)
@@ -106,8 +107,7 @@ class _ClassScoreLoss(Loss):
         label smoothing (1 - eps) of that plus eps / C keep_i sum_c w_c logp_ic); NaN where all its targets
         are ignored, as it alone gives."""
         if self.__dict__.get("_nll_inputs") is not None:  # the fused kernel kept no rows: select them now
-            pred, target, _, scores = self._nll_inputs
-            self._select(pred, target, scores)
+            self._select(*self._nll_inputs)
         host, (m, c) = self.ops.to_numpy, tuple(self._scores.shape)
         w = host(self._w_row).astype(np.float64)
         a = w * host(self._scores.reshape(-1)[self._flat])
@@ -197,7 +197,7 @@ class CrossEntropyLoss(_ClassScoreLoss):
         self._probs = None
         if not eps:
             return self._nll(pred, t, logp)
-        picked = self._select(pred, t, logp)
+        picked = self._select(pred, self._class_index(pred, t), logp)
         smooth = eps / c * self._smoothing_sum(pred, logp, self._keep) if eps else 0.0
         return self._mean(-((1.0 - eps) * picked + smooth))
 
