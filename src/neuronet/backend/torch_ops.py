@@ -1059,8 +1059,7 @@ def _efficient_backward(do, q, k, v, out, state, causal, scale):
 
 
 def _flash_cpu(q, k, v, causal, scale):
-    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
-    return out, lse
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
 
 
 def _flash_cpu_backward(do, q, k, v, out, lse, causal, scale):
@@ -1082,8 +1081,8 @@ def _host_heads(*heads) -> list | None:
     """The NumPy views of attention's head stacks (None passes: probabilities not kept) where they go to
     the NumPy backend's fused kernel (CPU float tensors, torch at most FUSED_ATTENTION_THREADS threads,
     rows unit-stride: ``numpy_ops.fused_heads``), else None."""
-    present = [t for t in heads if t is not None]
-    if torch.get_num_threads() > FUSED_ATTENTION_THREADS or not all(_numba_ok(t) for t in present):
+    if torch.get_num_threads() > FUSED_ATTENTION_THREADS or \
+            not all(_numba_ok(t) for t in heads if t is not None):
         return None
     host = [_host_or_none(t) for t in heads]
     return host if fused_heads(*(h for h in host if h is not None)) else None

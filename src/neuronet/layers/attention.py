@@ -145,12 +145,13 @@ class MultiHeadAttention(Layer):
         n, t, d = self._shape
         self._drop = training and self.dropout > 0.0
         fused = None if self._drop else ops.fused_attention(q, k, v, self.causal, self._scale())
+        keep = is_grad_enabled()  # (a backward follows)
         self._q, self._k, self._v, self._probs = q, k, v, None
-        self._sdpa_saved = fused if is_grad_enabled() else None
+        self._sdpa_saved = fused if keep else None
         if fused is not None:  # one kernel, no probabilities (on a GPU: the memory-efficient kernel)
             return ops.swapaxes(fused[0], 1, 2).reshape(n * t, d)
         shape = (n, self.num_heads, t, k.shape[2])
-        probs = self.workspace("probs", shape) if is_grad_enabled() else None
+        probs = self.workspace("probs", shape) if keep else None
         mask = self.workspace("mask", shape, bool) if self._drop else None
         if mask is not None:  # drawn whole, before the blocks: the same masks for any split
             ops.dropout_mask(1.0 - self.dropout, nnrandom.generator(), mask, self.dtype)
