@@ -93,30 +93,26 @@ def _steady(step):
 def neuronet_on_meta(make_model, data, optimizer: str, fused_attention: bool = False) -> collections.Counter:
     """One training step of neuronet's torch backend on the meta device, counted."""
     import neuronet as nn
-    import neuronet.backend as backend
     import neuronet.backend.torch_ops as torch_ops
+    from neuronet.testing import meta_device
 
-    backend._TORCH_DEVICE = "meta"  # (what the tests' on_meta fixture does, for this process)
-    canonical = backend._canonical
-    backend._canonical = lambda name: "torch:meta" if name == "meta" else canonical(name)
-    backend.available_devices = lambda: ["cpu", "meta"]
-    ops = backend.get_ops("torch")
-    ops.host_masks = False
-    ops.fused_attention_devices = ("meta",) if fused_attention else ()
-    torch_ops._sdpa_choice = lambda *args: torch_ops._SDPA_EFFICIENT  # float32 on CUDA
-    x, y = data()
-    nn.manual_seed(0)
-    model = make_model(nn)
-    model.compile(optimizer=getattr(nn, optimizer)(1e-3), loss=nn.CrossEntropyLoss())
-    model.build(tuple(x.shape[1:]))
-    model.to("torch")
-    x, y = model.ops.asarray(x), model.ops.asarray(y)
+    with meta_device():
+        ops = nn.backend.get_ops("torch")
+        ops.fused_attention_devices = ("meta",) if fused_attention else ()
+        torch_ops._sdpa_choice = lambda *args: torch_ops._SDPA_EFFICIENT  # float32 on CUDA
+        x, y = data()
+        nn.manual_seed(0)
+        model = make_model(nn)
+        model.compile(optimizer=getattr(nn, optimizer)(1e-3), loss=nn.CrossEntropyLoss())
+        model.build(tuple(x.shape[1:]))
+        model.to("torch")
+        x, y = model.ops.asarray(x), model.ops.asarray(y)
 
-    def step():
-        model._forward_loss(x, y)
-        model._backward_loss()
-        model._optimizer_step()
-    return _steady(step)
+        def step():
+            model._forward_loss(x, y)
+            model._backward_loss()
+            model._optimizer_step()
+        return _steady(step)
 
 
 def pytorch_on_meta(make_model, data, optimizer: str) -> collections.Counter:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import neuronet as nn
+from neuronet.testing import meta_device
 
 pytest.importorskip("torch")
 
@@ -17,16 +18,10 @@ N = 4
 
 
 @pytest.fixture
-def on_meta(monkeypatch):
+def on_meta():
     """For this test the device "torch" means is PyTorch's meta device."""
-    import neuronet.backend as backend
-
-    canonical = backend._canonical
-    monkeypatch.setattr(backend, "_TORCH_DEVICE", "meta")
-    monkeypatch.setattr(backend, "_canonical",
-                        lambda name: "torch:meta" if name == "meta" else canonical(name))
-    monkeypatch.setattr(backend, "available_devices", lambda: ["cpu", "meta"])
-    monkeypatch.setattr(backend.get_ops("torch"), "host_masks", False)  # (gpu_check's tests set them on)
+    with meta_device():
+        yield
 
 
 def _floats(*shape):
@@ -226,3 +221,11 @@ def test_transformer_with_dropout_and_a_shared_hidden_layer_trains_on_the_device
     model.to("torch")
     assert model.layers[1]._share_hidden(N * 5)
     _steps(model, _on_device(model, _inputs(["tokens"])), model.ops.asarray(np.arange(N) % 3))
+
+
+def test_meta_device_names_meta_inside_and_restores_the_device_after():
+    before = nn.backend.get_ops("torch")
+    with meta_device():
+        inside = nn.backend.get_ops("torch")
+        assert inside.device == "meta" and not inside.host_masks
+    assert nn.backend.get_ops("torch") is before and inside.host_masks == before.host_masks
